@@ -1,0 +1,46 @@
+"""headkit: inspect, swap, train and ship the heads of pretrained transformer models."""
+
+from headkit.backbone import fingerprint, inspect_model, load_backbone, load_processor, split_backbone
+from headkit.errors import (
+    CheckpointError,
+    DataError,
+    FingerprintMismatchError,
+    HeadConfigError,
+    HeadkitError,
+    HeadMismatchError,
+    ModelNotFoundError,
+    RemoteCodeError,
+    UnknownHeadTypeError,
+)
+from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
+from headkit.io import load, load_heads, save, save_heads
+from headkit.model import MultiHeadModel, MultiHeadOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY",
+    "CheckpointError",
+    "DataError",
+    "FingerprintMismatchError",
+    "HeadConfig",
+    "HeadConfigError",
+    "HeadMismatchError",
+    "HeadkitError",
+    "ModelNotFoundError",
+    "MultiHeadModel",
+    "MultiHeadOutput",
+    "RemoteCodeError",
+    "UnknownHeadTypeError",
+    "build_head",
+    "fingerprint",
+    "head_config",
+    "inspect_model",
+    "load",
+    "load_backbone",
+    "load_heads",
+    "load_processor",
+    "save",
+    "save_heads",
+    "split_backbone",
+]

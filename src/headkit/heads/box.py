@@ -1,0 +1,86 @@
+"""Bounding-box regression for vision backbones: one box per image.
+
+Boxes are (x1, y1, x2, y2) in coordinates normalised to [0, 1]. The head predicts centre and
+size through a sigmoid, so every output is a valid box inside the image. The loss is DETR's
+L1 + generalised IoU (Rezatofighi et al. 2019); labels are (B, 4) floats, NaN for missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headkit.heads.base import HeadConfig, rows_with_labels, zero_loss
+from headkit.heads.pooling import check_pooling, pool
+
+
+@dataclass
+class BoxConfig(HeadConfig):
+    type: str = "box"
+    dropout: float = 0.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def iou_and_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Element-wise IoU and generalised IoU of two (N, 4) xyxy box sets."""
+    top_left = torch.maximum(pred[:, :2], target[:, :2])
+    bottom_right = torch.minimum(pred[:, 2:], target[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    union = box_area(pred) + box_area(target) - inter
+    iou = inter / union.clamp(min=1e-7)
+    hull = (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])).prod(dim=1)
+    giou = iou - (hull - union) / hull.clamp(min=1e-7)
+    return iou, giou
+
+
+class BoxHead(nn.Module):
+    per_token = False
+    primary_metric, greater_is_better = "mean_iou", True
+
+    def __init__(self, config: BoxConfig):
+        super().__init__()
+        check_pooling(config.pooling)
+        self.config = config
+        h = config.input_size
+        self.mlp = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 4))
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_pooled(pool(hidden, mask, self.config.pooling))
+
+    def forward_pooled(self, pooled: Tensor) -> Tensor:
+        cx, cy, w, h = self.mlp(pooled).float().sigmoid().unbind(-1)
+        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        return boxes.clamp(0.0, 1.0)  # (B, 4) xyxy
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        present = rows_with_labels(labels)
+        n = int(present.sum())
+        if n == 0:
+            return zero_loss(output), 0
+        pred, target = output[present].float(), labels[present].float()
+        _, giou = iou_and_giou(pred, target)
+        l1 = F.l1_loss(pred, target)
+        return self.config.l1_weight * l1 + self.config.giou_weight * (1 - giou).mean(), n
+
+    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[list[float]]:
+        return output.float().tolist()
+
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[float] | None]:
+        present = rows_with_labels(labels).tolist()
+        return [row if ok else None for row, ok in zip(labels.float().tolist(), present, strict=True)]
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        iou, _ = iou_and_giou(torch.tensor([p for p, _ in pairs]), torch.tensor([r for _, r in pairs]))
+        return {"mean_iou": float(iou.mean()), "iou@0.5": float((iou >= 0.5).float().mean())}

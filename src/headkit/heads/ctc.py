@@ -1,0 +1,81 @@
+"""CTC head for speech backbones (wav2vec2-style): per-frame logits over a symbol vocabulary.
+
+`labels` is the vocabulary (index `blank_id` is the CTC blank). Label tensors are (B, L) long
+symbol ids padded with -100; a row that is all -100 is missing for this head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rapidfuzz.distance import Levenshtein
+from torch import Tensor, nn
+
+from headkit.heads.base import IGNORE_INDEX, HeadConfig, dropout_linear, zero_loss
+
+
+@dataclass
+class CTCConfig(HeadConfig):
+    type: str = "ctc"
+    pooling: str = "none"
+    blank_id: int = 0
+
+
+class CTCHead(nn.Module):
+    per_token = True
+    primary_metric, greater_is_better = "cer", False
+
+    def __init__(self, config: CTCConfig):
+        super().__init__()
+        config.require_labels(2)
+        self.config = config
+        self.lm_head = dropout_linear(config.input_size, len(config.labels), config.dropout)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.lm_head(hidden)  # (B, T, V)
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        present = (labels != IGNORE_INDEX).any(dim=1)
+        n = int(present.sum())
+        if n == 0:
+            return zero_loss(output), 0
+        if mask is None:
+            mask = torch.ones(output.shape[:2], dtype=torch.long, device=output.device)
+        lengths = mask.sum(dim=1)  # frames per example
+        log_probs = output.float()[present].log_softmax(-1).transpose(0, 1)  # (T, n, V)
+        targets = labels[present]
+        target_lengths = (targets != IGNORE_INDEX).sum(dim=1)
+        loss = F.ctc_loss(
+            log_probs,
+            targets[targets != IGNORE_INDEX],
+            lengths[present].long(),
+            target_lengths,
+            blank=self.config.blank_id,
+            zero_infinity=True,
+        )
+        return loss, n
+
+    def _text(self, ids: list[int]) -> str:
+        return "".join(self.config.labels[i] for i in ids)
+
+    def decode(self, output: Tensor, mask: Tensor) -> list[str]:
+        """Greedy CTC decoding: best symbol per frame, repeats merged, blanks dropped."""
+        texts = []
+        for row, n in zip(output.argmax(-1).tolist(), mask.sum(dim=1).tolist(), strict=True):
+            merged = [s for i, s in enumerate(row[: int(n)]) if i == 0 or s != row[i - 1]]
+            texts.append(self._text([s for s in merged if s != self.config.blank_id]))
+        return texts
+
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
+        rows = [[y for y in row if y != IGNORE_INDEX] for row in labels.tolist()]
+        return [self._text(r) if r else None for r in rows]
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        edits = sum(Levenshtein.distance(p, r) for p, r in pairs)
+        return {"cer": edits / max(1, sum(len(r) for _, r in pairs))}

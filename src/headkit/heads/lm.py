@@ -1,0 +1,102 @@
+"""Language-modelling heads: masked-LM (BERT-style) and causal-LM (GPT/Llama-style).
+
+Both map every hidden vector to vocabulary logits. With `tie_embeddings` the decoder shares its
+weight with the backbone's input embeddings (as in BERT, GPT-2 and SmolLM2), which saves
+vocab_size x hidden parameters; `MultiHeadModel` does the tying because only it sees both.
+Labels are (B, T) token ids with -100 where no prediction is wanted; the causal head shifts
+them itself, so labels = input_ids (padding set to -100) is correct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score
+from torch import Tensor, nn
+
+from headkit.errors import HeadConfigError, HeadMismatchError
+from headkit.heads.base import IGNORE_INDEX, HeadConfig, zero_loss
+
+
+@dataclass
+class LMConfig(HeadConfig):
+    type: str = "masked-lm"  # or "causal-lm"
+    pooling: str = "none"
+    dropout: float = 0.0
+    vocab_size: int = 0
+    tie_embeddings: bool = True
+    layer_norm_eps: float = 1e-12
+
+
+class LMHead(nn.Module):
+    per_token = True
+    primary_metric, greater_is_better = "accuracy", True
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise HeadConfigError(f"a '{config.type}' head needs vocab_size > 0 (the tokenizer's size)")
+        self.config = config
+        self.causal = config.type == "causal-lm"
+        h = config.input_size
+        # BERT's MLM head transforms before decoding; causal heads decode directly.
+        self.transform = (
+            nn.Identity()
+            if self.causal
+            else nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
+        )
+        self.decoder = nn.Linear(h, config.vocab_size, bias=not self.causal)
+
+    def tie_to(self, embeddings: nn.Module) -> None:
+        """Share the decoder weight with the backbone's input embeddings."""
+        weight = getattr(embeddings, "weight", None)
+        if weight is None or tuple(weight.shape) != tuple(self.decoder.weight.shape):
+            got = None if weight is None else tuple(weight.shape)
+            raise HeadMismatchError(
+                f"cannot tie the '{self.config.type}' head: its decoder is {tuple(self.decoder.weight.shape)} "
+                f"(vocab x hidden) but the backbone's input embeddings are {got}; set vocab_size to the "
+                "tokenizer's size, or tie_embeddings=False"
+            )
+        self.decoder.weight = weight
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.decoder(self.transform(hidden))  # (B, T, V)
+
+    def _aligned(self, output: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self.causal:  # position t predicts token t + 1
+            return output[:, :-1], labels[:, 1:]
+        return output, labels
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        logits, targets = self._aligned(output, labels)
+        n = int((targets != IGNORE_INDEX).any(dim=1).sum())
+        if n == 0:
+            return zero_loss(output), 0
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.long().flatten(), ignore_index=IGNORE_INDEX)
+        return loss, n
+
+    def decode(self, output: Tensor, mask: Tensor) -> list[list[int]]:
+        ids = output.argmax(-1)
+        return [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(dim=1).tolist(), strict=True)]
+
+    def references(self, labels: Tensor, mask: Tensor) -> list[list[int | None] | None]:
+        refs: list[list[int | None] | None] = []
+        for row, n in zip(labels.tolist(), mask.sum(dim=1).tolist(), strict=True):
+            shifted = [*row[1:], IGNORE_INDEX] if self.causal else row
+            ids = [None if y == IGNORE_INDEX else y for y in shifted[: int(n)]]
+            refs.append(None if all(y is None for y in ids) else ids)
+        return refs
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [
+            (p, r)
+            for pred, ref in zip(predictions, references, strict=True)
+            if ref is not None
+            for p, r in zip(pred, ref, strict=False)
+            if r is not None
+        ]
+        if not pairs:
+            return {}
+        return {"accuracy": float(accuracy_score([r for _, r in pairs], [p for p, _ in pairs]))}

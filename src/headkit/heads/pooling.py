@@ -1,0 +1,36 @@
+"""Sequence pooling: (B, T, H) hidden states + (B, T) mask -> (B, H).
+
+Every method respects the attention mask, so padding never leaks into the pooled vector, and
+`last` finds the last real token for both right- and left-padded batches (decoder models).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from headkit.errors import HeadConfigError
+
+POOLING_METHODS = ("cls", "mean", "max", "last")
+
+
+def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
+    """Pool hidden states over the sequence dimension with the named method."""
+    if method == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    if method == "mean":
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    if method == "max":
+        masked = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min)
+        return masked.max(dim=1).values
+    if method == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")
+
+
+def check_pooling(method: str) -> None:
+    if method not in POOLING_METHODS:
+        raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")

@@ -1,0 +1,84 @@
+"""Extractive question answering: start and end logits over the context tokens.
+
+Labels are (B, 2) long token positions [start, end] (inclusive), -100 for a missing example.
+Padding positions are masked out of both softmaxes, so an answer can never start in padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score
+from torch import Tensor, nn
+
+from headkit.heads.base import IGNORE_INDEX, HeadConfig, zero_loss
+
+
+@dataclass
+class SpanConfig(HeadConfig):
+    type: str = "span"
+    pooling: str = "none"
+    max_answer_tokens: int = 30
+
+
+def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
+    """SQuAD-style F1 between two inclusive token ranges."""
+    common = max(0, min(pred[1], ref[1]) - max(pred[0], ref[0]) + 1)
+    if common == 0:
+        return 0.0
+    precision = common / (pred[1] - pred[0] + 1)
+    recall = common / (ref[1] - ref[0] + 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+class SpanHead(nn.Module):
+    per_token = True
+    primary_metric, greater_is_better = "exact_match", True
+
+    def __init__(self, config: SpanConfig):
+        super().__init__()
+        self.config = config
+        self.dropout = nn.Dropout(config.dropout)
+        self.qa_outputs = nn.Linear(config.input_size, 2)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        logits = self.qa_outputs(self.dropout(hidden))  # (B, T, 2): start, end
+        return logits.masked_fill((mask == 0).unsqueeze(-1), torch.finfo(logits.dtype).min)
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        present = (labels != IGNORE_INDEX).all(dim=1)
+        n = int(present.sum())
+        if n == 0:
+            return zero_loss(output), 0
+        logits, positions = output.float()[present], labels.long()[present]
+        start = F.cross_entropy(logits[..., 0], positions[:, 0])
+        end = F.cross_entropy(logits[..., 1], positions[:, 1])
+        return (start + end) / 2, n
+
+    def decode(self, output: Tensor, mask: Tensor) -> list[dict[str, Any]]:
+        """Best span with start <= end < start + max_answer_tokens, scored by summed log-probs."""
+        logp = output.float().log_softmax(dim=1)  # (B, T, 2)
+        scores = logp[..., 0].unsqueeze(2) + logp[..., 1].unsqueeze(1)  # (B, T_start, T_end)
+        t = scores.shape[1]
+        idx = torch.arange(t, device=scores.device)
+        allowed = (idx[None, :] >= idx[:, None]) & (idx[None, :] - idx[:, None] < self.config.max_answer_tokens)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        best = scores.flatten(1).argmax(dim=1)
+        starts, ends = (best // t).tolist(), (best % t).tolist()
+        top = scores.flatten(1).max(dim=1).values.exp().tolist()
+        return [{"start": s, "end": e, "score": p} for s, e, p in zip(starts, ends, top, strict=True)]
+
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
+        return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [((p["start"], p["end"]), r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        return {
+            "exact_match": float(accuracy_score([str(r) for _, r in pairs], [str(p) for p, _ in pairs])),
+            "f1": float(sum(overlap_f1(p, r) for p, r in pairs) / len(pairs)),
+        }

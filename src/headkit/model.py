@@ -1,0 +1,171 @@
+"""MultiHeadModel: one shared backbone, named heads, one backbone forward for all of them.
+
+    inputs -> backbone -> hidden (B, T, H), mask (B, T) -> each head -> outputs, losses
+    total loss = LossWeighting({head: loss}) over the heads that have labels in the batch
+
+`forward_features` and `forward_heads` are split (timm style) so frozen training can run the
+heads on cached backbone features without touching the backbone at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from headkit.backbone import load_backbone
+from headkit.errors import HeadConfigError, HeadMismatchError
+from headkit.heads import HeadConfig, build_head, head_config
+from headkit.weighting import LossWeighting
+
+HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class MultiHeadOutput:
+    outputs: dict[str, Tensor]
+    losses: dict[str, Tensor] = field(default_factory=dict)  # mean loss of each head with labels
+    counts: dict[str, int] = field(default_factory=dict)  # labelled examples behind each loss
+    loss: Tensor | None = None  # weighted total, None when no labels were given
+    mask: Tensor | None = None  # (B, T) mask over the hidden states
+
+
+class MultiHeadModel(nn.Module):
+    """A backbone plus a `ModuleDict` of heads; see the module docstring."""
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        heads: Mapping[str, HeadConfig] | None = None,
+        weighting: str = "static",
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict()
+        self.weighting = LossWeighting(weighting)
+        for name, config in (heads or {}).items():
+            self.add_head(name, config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        heads: Mapping[str, HeadConfig | dict[str, Any]] | None = None,
+        weighting: str = "static",
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> MultiHeadModel:
+        """Load the backbone of any checkpoint (its own head is dropped) and attach `heads`."""
+        backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
+        configs = {name: c if isinstance(c, HeadConfig) else head_config(**c) for name, c in (heads or {}).items()}
+        return cls(backbone, configs, weighting=weighting)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    @property
+    def head_configs(self) -> dict[str, HeadConfig]:
+        return {name: head.config for name, head in self.heads.items()}
+
+    def add_head(self, name: str, config: HeadConfig) -> nn.Module:
+        """Attach a new head, checking that it fits this backbone (sizes, vocabulary)."""
+        if not HEAD_NAME.match(name):
+            raise HeadConfigError(f"head name '{name}' must be a Python identifier (letters, digits, _)")
+        if name in self.heads:
+            raise HeadConfigError(f"a head named '{name}' already exists; remove_head('{name}') first")
+        if config.input_size is None:
+            config.input_size = self.hidden_size
+        elif config.input_size != self.hidden_size:
+            raise HeadMismatchError(
+                f"head '{name}' expects input size {config.input_size}, but the backbone "
+                f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
+                f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
+            )
+        if getattr(config, "vocab_size", None) == 0:
+            config.vocab_size = int(self.backbone.config.vocab_size)
+        head = build_head(config)
+        if getattr(config, "tie_embeddings", False):
+            head.tie_to(self.backbone.get_input_embeddings())
+        head.to(device=self.device)
+        self.heads[name] = head
+        self.weighting.add_head(name)
+        return head
+
+    def remove_head(self, name: str) -> None:
+        del self.heads[name]
+        self.weighting.remove_head(name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """A (B, T) mask over hidden positions, whatever the modality.
+
+        Text: the attention mask. Vision: all ones. Speech: the mask over audio samples is
+        mapped to frames by the backbone's own helper.
+        """
+        b, t = hidden.shape[:2]
+        if attention_mask is None:
+            return torch.ones(b, t, dtype=torch.long, device=hidden.device)
+        if attention_mask.shape[1] == t:
+            return attention_mask
+        to_frames = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
+        if to_frames is not None:
+            return to_frames(t, attention_mask).long()
+        return torch.ones(b, t, dtype=torch.long, device=hidden.device)
+
+    def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the backbone once: returns hidden states (B, T, H) and their mask (B, T)."""
+        out = self.backbone(**inputs)
+        hidden = out.last_hidden_state
+        return hidden, self.hidden_mask(hidden, inputs.get("attention_mask"))
+
+    def forward_heads(
+        self,
+        hidden: Tensor,
+        mask: Tensor,
+        labels: Mapping[str, Tensor | None] | None = None,
+        heads: list[str] | None = None,
+    ) -> MultiHeadOutput:
+        """Run the chosen heads (all by default) on backbone features and combine their losses."""
+        names = heads if heads is not None else list(self.heads)
+        unknown = [n for n in names if n not in self.heads]
+        if unknown:
+            raise HeadConfigError(f"unknown head(s) {unknown}; this model has {list(self.heads)}")
+        outputs = {n: self.heads[n](hidden, mask) for n in names}
+        result = MultiHeadOutput(outputs=outputs, mask=mask)
+        if labels is None:
+            return result
+        zero = hidden.sum() * 0.0
+        for name in names:
+            y = labels.get(name)
+            if y is None:
+                continue
+            loss, n = self.heads[name].loss(outputs[name], y.to(hidden.device), mask)
+            if n > 0:
+                result.losses[name], result.counts[name] = loss, n
+        weights = {n: self.heads[n].config.loss_weight for n in result.losses}
+        result.loss = self.weighting(result.losses, weights) if result.losses else zero
+        return result
+
+    def forward(
+        self,
+        labels: Mapping[str, Tensor | None] | None = None,
+        heads: list[str] | None = None,
+        **inputs: Tensor,
+    ) -> MultiHeadOutput:
+        hidden, mask = self.forward_features(**inputs)
+        return self.forward_heads(hidden, mask, labels=labels, heads=heads)
+
+    def tied_parameter_names(self) -> set[str]:
+        """Head parameters that are the backbone's own tensors (not saved with the heads)."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return {n for n, p in self.heads.named_parameters(remove_duplicate=False) if id(p) in backbone_ids}
