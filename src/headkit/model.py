@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from headkit.backbone import load_backbone
 from headkit.errors import HeadConfigError, HeadMismatchError
 from headkit.heads import HeadConfig, build_head, head_config
+from headkit.heads.base import zero_loss
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -144,7 +145,6 @@ class MultiHeadModel(nn.Module):
         result = MultiHeadOutput(outputs=outputs, mask=mask)
         if labels is None:
             return result
-        zero = hidden.sum() * 0.0
         for name in names:
             y = labels.get(name)
             if y is None:
@@ -153,7 +153,7 @@ class MultiHeadModel(nn.Module):
             if n > 0:
                 result.losses[name], result.counts[name] = loss, n
         weights = {n: self.heads[n].config.loss_weight for n in result.losses}
-        result.loss = self.weighting(result.losses, weights) if result.losses else zero
+        result.loss = self.weighting(result.losses, weights) if result.losses else zero_loss(hidden)
         return result
 
     def forward(

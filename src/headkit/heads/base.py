@@ -75,8 +75,12 @@ class Head(Protocol):
 
 
 def zero_loss(output: Tensor) -> Tensor:
-    """A zero that keeps the autograd graph, for batches with no labels for a head."""
-    return output.sum() * 0.0
+    """A zero that keeps the autograd graph, for batches with no labels for a head.
+
+    Masked logits hold huge negative values whose sum overflows to -inf (and -inf * 0 is NaN),
+    so entries are zeroed before summing, non-finite ones included.
+    """
+    return (torch.where(torch.isfinite(output), output, 0.0) * 0.0).sum()
 
 
 def labelled(predictions: list[Any], references: list[Any]) -> tuple[list[Any], list[Any]]:

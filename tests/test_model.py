@@ -1,0 +1,159 @@
+import pytest
+import torch
+import transformers
+
+from conftest import VOCAB, text_batch, tiny_config
+from headkit import HeadConfigError, HeadMismatchError, MultiHeadModel, head_config
+from headkit.heads import IGNORE_INDEX
+
+NAN = float("nan")
+
+
+def three_heads(weights=(1.0, 0.5, 2.0)) -> dict:
+    return {
+        "sentiment": head_config("classification", labels=["neg", "pos"], loss_weight=weights[0]),
+        "topics": head_config("multilabel", labels=["a", "b", "c"], pooling="mean", loss_weight=weights[1]),
+        "score": head_config("regression", labels=["y"], pooling="max", loss_weight=weights[2]),
+    }
+
+
+def three_labels() -> dict:
+    return {
+        "sentiment": torch.tensor([0, 1, IGNORE_INDEX, 1]),
+        "topics": torch.tensor([[1.0, 0, 0], [NAN] * 3, [0, 1, 1], [1, 1, 0]]),
+        "score": torch.tensor([[0.5], [1.0], [NAN], [-0.3]]),
+    }
+
+
+def test_one_backbone_forward_feeds_all_heads(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads()).eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    out = model(**text_batch())
+    assert len(calls) == 1
+    assert out.outputs["sentiment"].shape == (4, 2)
+    assert out.outputs["topics"].shape == (4, 3)
+    assert out.outputs["score"].shape == (4, 1)
+    assert out.loss is None and out.losses == {}
+
+
+def test_total_loss_is_weighted_sum_of_head_losses(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads((1.0, 0.5, 2.0))).eval()
+    out = model(labels=three_labels(), **text_batch())
+    expected = 1.0 * out.losses["sentiment"] + 0.5 * out.losses["topics"] + 2.0 * out.losses["score"]
+    assert torch.allclose(out.loss, expected)
+    assert out.counts == {"sentiment": 3, "topics": 3, "score": 3}
+    # each head's loss is exactly its own loss on its own outputs
+    for name, head in model.heads.items():
+        own, _ = head.loss(out.outputs[name], three_labels()[name], out.mask)
+        assert torch.allclose(out.losses[name], own)
+
+
+def test_missing_labels_skip_only_that_heads_loss(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads()).eval()
+    batch = text_batch()
+    labels = three_labels()
+    out = model(labels=labels, **batch)
+    keep = torch.tensor([0, 1, 3])  # the examples that have a sentiment label
+    sub = model(labels={"sentiment": labels["sentiment"][keep]}, **{k: v[keep] for k, v in batch.items()})
+    assert torch.allclose(out.losses["sentiment"], sub.losses["sentiment"], atol=1e-6)
+    # a head with no labels at all in the batch contributes nothing and never NaN
+    labels["score"] = torch.full((4, 1), NAN)
+    out = model(labels=labels, **batch)
+    assert "score" not in out.losses and torch.isfinite(out.loss)
+    assert torch.allclose(out.loss, out.losses["sentiment"] + 0.5 * out.losses["topics"])
+
+
+def test_no_labels_at_all_gives_zero_loss_that_backpropagates(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads())
+    labels = {"sentiment": torch.full((4,), IGNORE_INDEX)}
+    out = model(labels=labels, **text_batch())
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+
+
+def test_uncertainty_weighting_follows_kendall_formula(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads((1.0, 1.0, 1.0)), weighting="uncertainty").eval()
+    with torch.no_grad():
+        for value, s in zip((0.3, -0.2, 1.0), model.weighting.log_vars.values(), strict=True):
+            s.fill_(value)
+    out = model(labels=three_labels(), **text_batch())
+    expected = sum(
+        torch.exp(-torch.tensor(s)) * out.losses[n] + s
+        for n, s in zip(("sentiment", "topics", "score"), (0.3, -0.2, 1.0), strict=True)
+    )
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.weighting.log_vars.values())
+
+
+def test_backward_reaches_backbone_and_every_head(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads())
+    model(labels=three_labels(), **text_batch()).loss.backward()
+    assert model.backbone.embeddings.word_embeddings.weight.grad is not None
+    for head in model.heads.values():
+        assert all(p.grad is not None for p in head.parameters())
+
+
+def test_head_that_does_not_fit_the_backbone_is_refused(bert_backbone):
+    model = MultiHeadModel(bert_backbone)
+    with pytest.raises(HeadMismatchError, match=r"expects input size 768.*hidden size 32"):
+        model.add_head("x", head_config("classification", labels=["a", "b"], input_size=768))
+    with pytest.raises(HeadMismatchError, match=r"cannot tie"):
+        model.add_head("lm", head_config("masked-lm", vocab_size=VOCAB + 5))
+    with pytest.raises(HeadConfigError, match=r"Python identifier"):
+        model.add_head("my head", head_config("classification", labels=["a", "b"]))
+    model.add_head("x", head_config("classification", labels=["a", "b"]))
+    with pytest.raises(HeadConfigError, match=r"already exists"):
+        model.add_head("x", head_config("classification", labels=["a", "b"]))
+    with pytest.raises(HeadConfigError, match=r"unknown head\(s\) \['y'\]"):
+        model(heads=["y"], **text_batch())
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_lm_heads_tie_to_input_embeddings(kind):
+    backbone = transformers.AutoModel.from_config(tiny_config(kind))
+    head_type = "masked-lm" if kind == "bert" else "causal-lm"
+    model = MultiHeadModel(backbone, {"lm": head_config(head_type)})
+    assert model.heads["lm"].decoder.weight is backbone.get_input_embeddings().weight
+    assert model.tied_parameter_names() == {"lm.decoder.weight"}
+    batch = text_batch()
+    out = model(labels={"lm": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)}, **batch)
+    assert out.outputs["lm"].shape == (4, 7, VOCAB) and torch.isfinite(out.loss)
+
+
+def test_remove_head(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads(), weighting="uncertainty")
+    model.remove_head("topics")
+    assert list(model.heads) == ["sentiment", "score"] and "topics" not in model.weighting.log_vars
+
+
+def test_vision_backbone_with_class_and_box_heads():
+    backbone = transformers.AutoModel.from_config(tiny_config("vit"))
+    model = MultiHeadModel(
+        backbone,
+        {"shape": head_config("classification", labels=["circle", "square", "triangle"]), "box": head_config("box")},
+    )
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model(
+        labels={"shape": torch.tensor([0, 2]), "box": torch.tensor([[0.1, 0.1, 0.6, 0.5]] * 2)}, pixel_values=pixels
+    )
+    assert out.outputs["box"].shape == (2, 4) and out.mask.shape == (2, 17)
+    assert torch.allclose(out.loss, out.losses["shape"] + out.losses["box"])
+
+
+def test_speech_backbone_ctc_head_maps_sample_mask_to_frames():
+    backbone = transformers.AutoModel.from_config(tiny_config("wav2vec2"))
+    vocab = ["<blank>", *"abcdefghijk"]
+    model = MultiHeadModel(backbone, {"asr": head_config("ctc", labels=vocab)}).eval()
+    audio = torch.randn(2, 1600)
+    sample_mask = torch.ones(2, 1600, dtype=torch.long)
+    sample_mask[1, 800:] = 0
+    out = model(
+        labels={"asr": torch.tensor([[1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]])},
+        input_values=audio,
+        attention_mask=sample_mask,
+    )
+    frames = out.outputs["asr"].shape[1]
+    assert out.mask.shape == (2, frames) and out.mask[1].sum() < out.mask[0].sum()
+    assert torch.isfinite(out.loss)
