@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PIP="$PY -m pip install --quiet --disable-pip-version-check"
+PIP="$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore"
 if ! $PY -c "import torch" 2>/dev/null; then
     $PIP torch==2.13.0
 fi

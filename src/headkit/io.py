@@ -161,14 +161,15 @@ def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = N
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
         save_heads(model, staging)
-        _swap_in(staging, directory)
+        replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
 
 
-def _swap_in(staging: Path, directory: Path) -> None:
+def replace_dir(staging: Path, directory: Path) -> None:
+    """Move a fully written staging directory to `directory`, replacing any previous one."""
     if not directory.exists():
         os.replace(staging, directory)
         return

@@ -131,17 +131,28 @@ class MultiHeadModel(nn.Module):
 
     def forward_heads(
         self,
-        hidden: Tensor,
+        hidden: Tensor | None,
         mask: Tensor,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
+        pooled: Mapping[str, Tensor] | None = None,
     ) -> MultiHeadOutput:
-        """Run the chosen heads (all by default) on backbone features and combine their losses."""
+        """Run the chosen heads (all by default) on backbone features and combine their losses.
+
+        `pooled` maps a pooling method to precomputed (B, H) vectors (the feature cache); pooled
+        heads then skip pooling, and `hidden` may be None when no per-token head runs.
+        """
         names = heads if heads is not None else list(self.heads)
         unknown = [n for n in names if n not in self.heads]
         if unknown:
             raise HeadConfigError(f"unknown head(s) {unknown}; this model has {list(self.heads)}")
-        outputs = {n: self.heads[n](hidden, mask) for n in names}
+        outputs = {}
+        for name in names:
+            head = self.heads[name]
+            if pooled is not None and not head.per_token:
+                outputs[name] = head.forward_pooled(pooled[head.config.pooling])
+            else:
+                outputs[name] = head(hidden, mask)
         result = MultiHeadOutput(outputs=outputs, mask=mask)
         if labels is None:
             return result
@@ -149,19 +160,28 @@ class MultiHeadModel(nn.Module):
             y = labels.get(name)
             if y is None:
                 continue
-            loss, n = self.heads[name].loss(outputs[name], y.to(hidden.device), mask)
+            loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), mask)
             if n > 0:
                 result.losses[name], result.counts[name] = loss, n
         weights = {n: self.heads[n].config.loss_weight for n in result.losses}
-        result.loss = self.weighting(result.losses, weights) if result.losses else zero_loss(hidden)
+        if result.losses:
+            result.loss = self.weighting(result.losses, weights)
+        else:
+            result.loss = sum((zero_loss(o) for o in outputs.values()), start=zero_loss(mask.float()))
         return result
 
     def forward(
         self,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
+        features: tuple[Tensor | None, Tensor, Mapping[str, Tensor]] | None = None,
         **inputs: Tensor,
     ) -> MultiHeadOutput:
+        """Backbone + heads; with `features` = (hidden, mask, pooled) from the feature cache the
+        backbone is skipped. Going through `forward` either way keeps DDP's gradient sync intact."""
+        if features is not None:
+            hidden, mask, pooled = features
+            return self.forward_heads(hidden, mask, labels=labels, heads=heads, pooled=pooled)
         hidden, mask = self.forward_features(**inputs)
         return self.forward_heads(hidden, mask, labels=labels, heads=heads)
 

@@ -1,0 +1,55 @@
+"""What a person sees at the end of a run: a summary table, metrics.json and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from headkit.evaluate import Evaluation
+from headkit.io import atomic_write_json
+from headkit.model import MultiHeadModel
+
+
+def write_report(
+    run: Path, model: MultiHeadModel, evaluation: Evaluation | None, progress: dict, metrics: dict
+) -> None:
+    """metrics.json, the per-head loss curves and a confusion matrix per classification head."""
+    from headkit import plots
+
+    atomic_write_json(run / "metrics.json", metrics)
+    plots.loss_curves(progress["steps"], progress["epochs"], list(model.heads), run / "loss_curves.png")
+    if evaluation is None:
+        return
+    for name, head in model.heads.items():
+        if head.config.type != "classification":
+            continue
+        pairs = [
+            (r, p["label"])
+            for p, r in zip(evaluation.predictions[name], evaluation.references[name], strict=True)
+            if r is not None
+        ]
+        if pairs:
+            refs, preds = zip(*pairs, strict=True)
+            plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
+
+
+def print_summary(model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any]) -> None:
+    table = Table(title=f"validation ({metrics['val_examples']} examples) — best epoch {metrics.get('best_epoch')}")
+    table.add_column("head", style="bold")
+    table.add_column("type")
+    table.add_column("metrics")
+    table.add_column("loss", justify="right")
+    for name, head in model.heads.items():
+        scores = evaluation.scores.get(name, {}) if evaluation else {}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        loss = evaluation.losses.get(name) if evaluation else None
+        table.add_row(name, head.config.type, shown or "-", f"{loss:.4f}" if loss is not None else "-")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"strategy {metrics['strategy']}: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} "
+        f"parameters; {metrics['train_examples']} training examples; {metrics['seconds']} s"
+    )

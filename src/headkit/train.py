@@ -1,0 +1,447 @@
+"""The training recipe: data -> model -> strategy -> phases of epochs -> best model + report.
+
+Reads top to bottom (torchtune style). Runs unchanged under `accelerate launch` on several
+GPUs: the model, optimizer and data loader go through `Accelerator.prepare`, bf16 is used where
+the hardware has it, and only the main process writes files.
+
+    RUN/config.yaml        the resolved config; --resume refuses a different one
+    RUN/checkpoint/        last training state (every `save_every` steps and each epoch)
+    RUN/best.safetensors   trainable weights of the best epoch so far
+    RUN/model/             the final model (best epoch): backbone/ + heads.json + heads.safetensors
+    RUN/metrics.json       per-head metrics, losses, parameter counts, timings
+    RUN/*.png              loss curves per head, confusion matrix per classification head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from headkit.backbone import load_backbone, load_processor
+from headkit.checkpoint import load_train_state, save_train_state
+from headkit.data import LengthGroupedBatches, TaskSpec, collate, parse_task
+from headkit.errors import CheckpointError, HeadkitError
+from headkit.evaluate import Evaluation, evaluate
+from headkit.features import FeatureCache, cached_features
+from headkit.io import atomic_write_bytes, atomic_write_json, save
+from headkit.model import MultiHeadModel
+from headkit.report import print_summary, write_report
+from headkit.strategies import (
+    Strategy,
+    apply_lora,
+    count_parameters,
+    freeze_bottom,
+    parse_strategy,
+    set_backbone_trainable,
+)
+from headkit.tasks import PreparedData, prepare
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the CLI flags and the YAML config are generated from it.
+
+    Attributes:
+        model: backbone checkpoint directory or alias (minilm, smollm2).
+        tasks: heads and their data (YAML); or use data/text/head below for one file.
+        data: shorthand: one data file or built-in dataset shared by every --head.
+        text: shorthand: the text column of --data.
+        head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
+        output_dir: the run directory.
+        strategy: frozen, partial:K, full, lora or lp-ft.
+        weighting: static (each head's loss_weight) or uncertainty (learned).
+        epochs: training epochs (lp-ft: of the fine-tuning phase).
+        batch_size: examples per optimizer micro-step.
+        lr: learning rate of the heads.
+        backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft).
+        lora_lr: learning rate of LoRA adapter weights.
+        weight_decay: AdamW weight decay (matrices only).
+        warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
+        grad_accum: micro-steps per optimizer step.
+        max_length: token limit; longer inputs are truncated.
+        val_fraction: share of each dataset held out for validation (seeded split).
+        seed: seed for initialisation, split, batch order and dropout.
+        patience: stop after this many epochs without validation improvement (0: never).
+        save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling alpha.
+        lora_dropout: dropout on the LoRA path.
+        lora_targets: module names to adapt (default: peft's choice for the model type).
+        lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
+        mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
+        resume: continue the run in output_dir from its last checkpoint.
+        overwrite: replace an existing run in output_dir.
+        trust_remote_code: allow checkpoints that need their own Python code.
+        progress: show progress bars.
+    """
+
+    model: str = "minilm"
+    tasks: list[TaskSpec] = field(default_factory=list)
+    data: str | None = None
+    text: str = "text"
+    head: list[str] = field(default_factory=list)
+    output_dir: str = "runs/latest"
+    strategy: str = "frozen"
+    weighting: str = "static"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float = 3e-5
+    lora_lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_length: int = 128
+    val_fraction: float = 0.1
+    seed: int = 0
+    patience: int = 3
+    save_every: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None
+    lp_epochs: int = 10
+    mixed_precision: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def all_tasks(self) -> list[TaskSpec]:
+        tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
+        return tasks + [parse_task(spec, self.data, self.text) for spec in self.head]
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define a run: a resumed run must match them exactly."""
+        data = dataclasses.asdict(self)
+        data["tasks"] = [dataclasses.asdict(t) for t in self.all_tasks()]
+        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text"):
+            data.pop(key)
+        return data
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    cached: bool  # heads on cached backbone features (backbone frozen and never run)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: MultiHeadModel
+    evaluation: Evaluation | None
+    metrics: dict[str, Any]
+
+
+def plan_phases(strategy: Strategy, config: TrainConfig) -> list[Phase]:
+    if strategy.name == "frozen":
+        return [Phase("heads", config.epochs, cached=True)]
+    if strategy.name == "lp-ft":
+        return [Phase("probe", config.lp_epochs, cached=True), Phase("finetune", config.epochs, cached=False)]
+    return [Phase("train", config.epochs, cached=False)]
+
+
+def set_trainable(model: MultiHeadModel, strategy: Strategy, phase: Phase) -> None:
+    """Which backbone weights train in this phase (heads always train)."""
+    for p in [*model.heads.parameters(), *model.weighting.parameters()]:
+        p.requires_grad_(True)
+    if phase.cached:
+        set_backbone_trainable(model.backbone, False)
+    elif strategy.name in ("full", "lp-ft"):
+        set_backbone_trainable(model.backbone, True)
+    elif strategy.name == "partial":
+        set_backbone_trainable(model.backbone, True)
+        freeze_bottom(model.backbone, strategy.frozen_layers)
+    # lora: peft already froze the base weights and left the adapters trainable
+
+
+def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
+    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]}
+    backbone_lr = config.lora_lr if strategy.name == "lora" else config.backbone_lr
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in {id(p): p for p in model.parameters()}.values():
+        if not p.requires_grad:
+            continue
+        lr = config.lr if id(p) in head_ids else backbone_lr
+        decay = config.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in sorted(groups.items())]
+    return torch.optim.AdamW(params, fused=torch.cuda.is_available())
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Create or re-open the run directory; never silently mix two different runs."""
+    run = Path(config.output_dir)
+    saved = run / "config.yaml"
+    if saved.is_file() and config.resume:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        current = config.identity()
+        diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if diff:
+            details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in diff[:5])
+            raise CheckpointError(
+                f"--resume: {run} holds a run with a different configuration ({details}); "
+                "resume with the same settings, or choose another --output_dir"
+            )
+        return run
+    if saved.is_file() and not config.overwrite:
+        raise HeadkitError(
+            f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --output_dir"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(saved, yaml.safe_dump(config.identity(), sort_keys=True).encode("utf-8"))
+    for stale in ("checkpoint", "best.safetensors", "best.json"):
+        path = run / stale
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return run
+
+
+def _features(model, data, pad_id, config, accelerator) -> FeatureCache:
+    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
+    need_tokens = any(h.per_token for h in model.heads.values())
+    with accelerator.main_process_first():
+        cache, hit = cached_features(
+            model,
+            data,
+            poolings,
+            need_tokens,
+            batch_size=64,
+            pad_id=pad_id,
+            progress=config.progress and accelerator.is_main_process,
+        )
+    if accelerator.is_main_process:
+        print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else 'computed and cached'}")
+    return cache
+
+
+def _to_device(cache_batch, device):
+    hidden, mask, pooled = cache_batch
+    return (
+        hidden.to(device) if hidden is not None else None,
+        mask.to(device),
+        {k: v.to(device) for k, v in pooled.items()},
+    )
+
+
+def _save_best(run: Path, model: MultiHeadModel, backbone_modified: bool, epoch_record: dict) -> None:
+    keep = {n: p for n, p in model.named_parameters() if n.startswith(("heads.", "weighting."))}
+    if backbone_modified:
+        keep.update({n: p for n, p in model.named_parameters() if n.startswith("backbone.")})
+    tied = {f"heads.{n}" for n in model.tied_parameter_names()}
+    tensors = {n: p.detach().cpu().contiguous() for n, p in keep.items() if n not in tied}
+    atomic_write_bytes(run / "best.safetensors", safetensors.torch.save(tensors))
+    atomic_write_json(run / "best.json", {"backbone_modified": backbone_modified, **epoch_record})
+
+
+def _restore_best(run: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:
+    info = json.loads((run / "best.json").read_text(encoding="utf-8"))
+    if backbone_modified and not info["backbone_modified"]:
+        # the best epoch came before the backbone was touched (lp-ft probe): use pristine weights
+        pristine = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
+        model.backbone.load_state_dict(pristine.state_dict(), strict=False)
+    state = safetensors.torch.load_file(run / "best.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return info
+
+
+def _checkpoint(accelerator, directory: Path, wrapped, optimizer, scheduler, progress: dict) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_train_state(directory, accelerator.unwrap_model(wrapped), optimizer, scheduler, progress)
+
+
+def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
+    """Run a whole training recipe and return the best model with its validation metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    strategy = parse_strategy(config.strategy)
+    mixed = config.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
+    main = accelerator.is_main_process
+    run = prepare_run_dir(config) if main else Path(config.output_dir)
+    set_seed(config.seed)
+
+    # --- data and model
+    tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    data: PreparedData = prepare(
+        config.all_tasks(), tokenizer, config.max_length, config.val_fraction, config.seed, sources=sources
+    )
+    model = MultiHeadModel.from_pretrained(
+        config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
+    )
+    if strategy.name == "lora":
+        model.backbone = apply_lora(
+            model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
+        )
+    model.to(accelerator.device)
+
+    # --- resume bookkeeping
+    progress: dict[str, Any] = {
+        "phase": 0,
+        "epoch": 0,
+        "batches_done": 0,
+        "global_step": 0,
+        "best": -math.inf,
+        "bad_epochs": 0,
+        "steps": [],
+        "epochs": [],
+        "backbone_modified": False,
+    }
+    resume_dir = run / "checkpoint"
+    resuming = config.resume and (resume_dir / "state.json").is_file()
+
+    phases = plan_phases(strategy, config)
+    caches: dict[str, FeatureCache] = {}
+    for phase_index, phase in enumerate(phases):
+        if resuming and phase_index < json.loads((resume_dir / "state.json").read_text())["progress"]["phase"]:
+            continue
+        set_trainable(model, strategy, phase)
+        trainable, total = count_parameters(model)
+        if main:
+            print(
+                f"phase '{phase.name}' ({strategy.name}): {trainable:,} trainable of {total:,} parameters "
+                f"({100 * trainable / total:.2f}%)"
+            )
+        if phase.cached and "train" not in caches:
+            caches["train"] = _features(model, data.train, pad_id, config, accelerator)
+            if len(data.val):
+                caches["val"] = _features(model, data.val, pad_id, config, accelerator)
+        sampler = LengthGroupedBatches(data.train.lengths(), config.batch_size, seed=config.seed)
+        loader = DataLoader(
+            data.train, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad_id, data.head_types, data.widths)
+        )
+        optimizer = make_optimizer(model, config, strategy)
+        wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+        total_steps = max(1, steps_per_epoch * phase.epochs)
+        scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+        if resuming:
+            progress = load_train_state(resume_dir, accelerator.unwrap_model(wrapped), optimizer, scheduler)
+            resuming = False
+            if main:
+                print(
+                    f"resumed from {resume_dir}: phase {progress['phase'] + 1}, epoch {progress['epoch'] + 1}, "
+                    f"{progress['batches_done']} batches into it"
+                )
+        else:
+            progress.update(phase=phase_index, epoch=0, batches_done=0, bad_epochs=0)
+        if not phase.cached:
+            progress["backbone_modified"] = True
+
+        while progress["epoch"] < phase.epochs:
+            epoch = progress["epoch"]
+            sampler.set_epoch(epoch)
+            skip = progress["batches_done"]
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            wrapped.train()
+            bar = tqdm(
+                total=len(loader),
+                initial=skip,
+                desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+                disable=not (config.progress and main),
+                leave=False,
+            )
+            for batch in batches:
+                with accelerator.accumulate(wrapped):
+                    if phase.cached:
+                        out = wrapped(
+                            labels=batch["labels"],
+                            features=_to_device(caches["train"].batch(batch["index"].cpu()), accelerator.device),
+                        )
+                    else:
+                        out = wrapped(
+                            labels=batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                        )
+                    accelerator.backward(out.loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                progress["batches_done"] += 1
+                bar.update(1)
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    progress["global_step"] += 1
+                    losses = {k: round(v.detach().item(), 5) for k, v in out.losses.items()}
+                    progress["steps"].append({"step": progress["global_step"], "losses": losses})
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                    if config.save_every and progress["global_step"] % config.save_every == 0:
+                        _checkpoint(accelerator, resume_dir, wrapped, optimizer, scheduler, progress)
+            bar.close()
+            # --- end of epoch: validate, keep the best, maybe stop early
+            unwrapped = accelerator.unwrap_model(wrapped)
+            record: dict[str, Any] = {"phase": phase.name, "epoch": len(progress["epochs"]) + 1}
+            if len(data.val):
+                ev = evaluate(unwrapped, data.val, pad_id, cache=caches.get("val") if phase.cached else None)
+                record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(unwrapped))
+            improved = record.get("objective", 0.0) > progress["best"] or not len(data.val)
+            if improved:
+                progress["best"], progress["bad_epochs"] = record.get("objective", 0.0), 0
+                if main:
+                    _save_best(run, unwrapped, progress["backbone_modified"], record)
+            else:
+                progress["bad_epochs"] += 1
+            progress["epochs"].append(record)
+            if main and "scores" in record:
+                shown = ", ".join(
+                    f"{h}: {unwrapped.heads[h].primary_metric} {s.get(unwrapped.heads[h].primary_metric, 0):.4f}"
+                    for h, s in record["scores"].items()
+                )
+                print(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
+            progress.update(epoch=epoch + 1, batches_done=0)
+            stop = config.patience and progress["bad_epochs"] >= config.patience
+            if stop:
+                progress["epoch"] = phase.epochs
+            _checkpoint(accelerator, resume_dir, wrapped, optimizer, scheduler, progress)
+            if stop and main:
+                print(f"early stopping: no improvement for {config.patience} epochs")
+        progress.update(phase=phase_index + 1, epoch=0, batches_done=0)
+
+    # --- the best model, its final evaluation, the report
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(wrapped)
+    best = _restore_best(run, model, config, progress["backbone_modified"])
+    evaluation = evaluate(model, data.val, pad_id) if len(data.val) else None
+    metrics = {
+        "strategy": config.strategy,
+        "best_epoch": best.get("epoch"),
+        "heads": evaluation.scores if evaluation else {},
+        "val_losses": evaluation.losses if evaluation else {},
+        "trainable_params": count_parameters(model)[0],
+        "total_params": count_parameters(model)[1],
+        "train_examples": len(data.train),
+        "val_examples": len(data.val),
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": progress["epochs"],
+    }
+    if main:
+        save(model, run / "model", processor=tokenizer)
+        write_report(run, model, evaluation, progress, metrics)
+        print_summary(model, evaluation, metrics)
+    return TrainResult(run, model, evaluation, metrics)
