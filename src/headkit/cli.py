@@ -7,17 +7,22 @@ and help (as litgpt does), so the CLI and the library never drift. Bool paramete
 
 from __future__ import annotations
 
+import dataclasses
 import inspect as pyinspect
 import os
 import sys
+import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from headkit.data import TaskSpec
 from headkit.errors import HeadkitError
+from headkit.train import TrainConfig
 
 
 def _count(n: int | None) -> str:
@@ -70,7 +75,149 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
     Console().print(table)
 
 
-COMMANDS: list[Callable] = [inspect]
+def train(config: TrainConfig) -> None:
+    """Train heads on a backbone with one adaptation strategy (frozen, partial:K, full, lora, lp-ft).
+
+    Args:
+        config: see TrainConfig; give a YAML file with --config, flags, or both (flags win).
+    """
+    from headkit.train import train as run_training
+
+    run_training(config)
+
+
+def evaluate(
+    run: str,
+    data: str | None = None,
+    head: list[str] | None = None,
+    text: str = "text",
+    max_length: int = 128,
+    batch_size: int = 64,
+    output: str | None = None,
+) -> None:
+    """Score a trained model on labelled data, with the label maps saved at training time.
+
+    Args:
+        run: a training run directory (or its model/ directory).
+        data: a labelled file or built-in dataset.
+        head: NAME:COLUMN for each head to score (default: a column named like the head, else 'label').
+        text: the text column.
+        max_length: token limit; longer inputs are truncated.
+        batch_size: examples per forward pass.
+        output: also write the scores to this JSON file.
+    """
+    from headkit.data import TaskSpec, read_rows
+    from headkit.evaluate import evaluate as run_evaluation
+    from headkit.io import atomic_write_json
+    from headkit.predict import load_for_inference
+    from headkit.report import print_summary
+    from headkit.tasks import prepare
+
+    if not data:
+        raise HeadkitError("evaluate needs labelled data: --data FILE (or a built-in dataset name)")
+    model, tokenizer = load_for_inference(run)
+    bad = [spec for spec in head or [] if ":" not in spec]
+    if bad:
+        raise HeadkitError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
+    columns = dict(spec.split(":", 1) for spec in head or [])
+    unknown = sorted(set(columns) - set(model.heads))
+    if unknown:
+        raise HeadkitError(f"--head names {unknown} are not heads of this model: {list(model.heads)}")
+    if not columns:
+        first = read_rows(data)[0]
+        columns = {n: n if n in first else "label" for n in model.heads}
+    tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
+    label_maps = {n: model.heads[n].config.labels for n in columns}
+    prepared = prepare(tasks, tokenizer, max_length, val_fraction=0.0, label_maps=label_maps)
+    pad_id = tokenizer.pad_token_id or 0
+    result = run_evaluation(model, prepared.train, pad_id, batch_size=batch_size)
+    print_summary(
+        model,
+        result,
+        {
+            "val_examples": len(prepared.train),
+            "best_epoch": "-",
+            "strategy": "-",
+            "trainable_params": 0,
+            "total_params": 0,
+            "train_examples": 0,
+            "seconds": "-",
+        },
+        title=f"evaluation on {data} ({len(prepared.train)} examples)",
+    )
+    if output:
+        atomic_write_json(Path(output), {"scores": result.scores, "losses": result.losses})
+
+
+def predict(
+    run: str,
+    input: str | None = None,
+    output: str | None = None,
+    text: list[str] | None = None,
+    text_column: str = "text",
+    batch_size: int = 64,
+) -> None:
+    """Predict every head for texts from a file (written to another file) or from --text.
+
+    Args:
+        run: a training run directory (or its model/ directory).
+        input: a CSV / JSONL / Parquet file with a text column.
+        output: where to write predictions (.jsonl or .csv); default INPUT.predictions.jsonl.
+        text: texts to predict directly (repeat --text for several).
+        text_column: the text column of --input.
+        batch_size: texts per forward pass.
+    """
+    from headkit.predict import load_for_inference, predict_file, predict_texts
+
+    if not input and not text:
+        raise HeadkitError("nothing to predict: give --input FILE or --text 'some text'")
+    model, tokenizer = load_for_inference(run)
+    if input:
+        output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
+        count = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
+        print(f"wrote predictions for {count} texts to {output}")
+    for sample, prediction in zip(text or [], predict_texts(model, tokenizer, text or [], batch_size), strict=True):
+        Console().print(f"[bold]{sample}[/]", highlight=False)
+        for head, value in prediction.items():
+            Console().print(f"  {head}: {_brief(value)}", highlight=False)
+
+
+def _brief(value) -> str:
+    """One readable line for a head's prediction."""
+    if isinstance(value, dict) and "label" in value:
+        return f"{value['label']} ({value['probs'][value['label']]:.2f})"
+    if isinstance(value, dict) and "labels" in value:
+        return ", ".join(value["labels"]) or "(none)"
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "tag" in value[0]:
+        return " ".join(f"{w['word']}/{w['tag']}" for w in value if w["tag"] != "O") or "(no entities)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v:.3f}" for k, v in value.items())
+    return str(value)
+
+
+COMMANDS: list[Callable] = [inspect, train, evaluate, predict]
+
+
+def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
+    """Flags from a function signature (or, for a dataclass parameter, from its fields)."""
+    doc = parse_docstring(pyinspect.getdoc(fn) or "")
+    params = pyinspect.signature(fn).parameters
+    hints = typing.get_type_hints(fn)
+    target = next((hints[n] for n in params if dataclasses.is_dataclass(hints.get(n))), None)
+    if target is not None:
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        flags = {n for n, f in fields.items() if f.type in (bool, "bool")}
+        parser.add_class_arguments(target, nested_key=None, as_group=False, skip=flags)
+        parser.add_argument("--config", action="config", help="a YAML file with any of these options")
+        helps = {p.arg_name: p.description for p in parse_docstring(target.__doc__ or "").params}
+        defaults = {n: fields[n].default for n in flags}
+    else:
+        flags = {n for n, p in params.items() if p.annotation in (bool, "bool")}
+        parser.add_function_arguments(fn, skip=flags, as_positional=True)
+        helps = {p.arg_name: p.description for p in doc.params}
+        defaults = {n: params[n].default for n in flags}
+    for name in sorted(flags):
+        parser.add_argument(f"--{name}", action=ActionYesNo, default=defaults[name], help=helps.get(name))
 
 
 def build_parser() -> ArgumentParser:
@@ -79,30 +226,46 @@ def build_parser() -> ArgumentParser:
     for fn in COMMANDS:
         doc = parse_docstring(pyinspect.getdoc(fn) or "")
         sub = ArgumentParser(description=doc.short_description)
-        params = pyinspect.signature(fn).parameters
-        flags = {n for n, p in params.items() if p.annotation in (bool, "bool")}
-        sub.add_function_arguments(fn, skip=flags, as_positional=True)
-        helps = {p.arg_name: p.description for p in doc.params}
-        for name in sorted(flags):
-            sub.add_argument(f"--{name}", action=ActionYesNo, default=params[name].default, help=helps.get(name))
+        _add_arguments(sub, fn)
         subcommands.add_subcommand(fn.__name__.replace("_", "-"), sub, help=doc.short_description)
     return parser
+
+
+LIST_FLAGS = {"--head", "--text", "--lora_targets"}
+
+
+def _repeatable_lists(argv: list[str]) -> list[str]:
+    """`--head a --head b` -> `--head+ a --head+ b`: repeatable list flags, as users expect."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in LIST_FLAGS and i + 1 < len(argv) and not argv[i + 1].startswith("["):
+            out += [arg + "+", argv[i + 1]]
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_repeatable_lists(list(sys.argv[1:] if argv is None else argv)))
     name = args.command
     fn = next(f for f in COMMANDS if f.__name__.replace("_", "-") == name)
-    kwargs = {k: v for k, v in args[name].items() if k != "config" and not k.startswith("__")}
+    kwargs = {k: v for k, v in args[name].as_dict().items() if k != "config" and not k.startswith("__")}
     try:
-        fn(**kwargs)
+        if fn is train:
+            kwargs["tasks"] = [TaskSpec(**t) for t in kwargs.get("tasks") or []]
+            fn(TrainConfig(**kwargs))
+        else:
+            fn(**kwargs)
     except HeadkitError as e:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
         return 130
     return 0
 

@@ -5,7 +5,8 @@ A head checkpoint is two files, like a sentence-transformers module:
                         the backbone fingerprint, and the sha256 of the weights file
     heads.safetensors   head (and learned weighting) parameters, tied weights left out
 A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
-tokenizer or image processor). Each file is written to a temporary name and renamed into
+tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files).
+Each file is written to a temporary name and renamed into
 place; a full save is built in a temporary directory and swapped in, so a crash never leaves a
 half-written checkpoint under the final name.
 """
@@ -34,6 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "heads.json"
 WEIGHTS = "heads.safetensors"
 BACKBONE_DIR = "backbone"
+ADAPTER_DIR = "adapter"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -157,7 +159,7 @@ def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = N
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
-        model.backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
+        _save_backbone(model.backbone, staging)
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
         save_heads(model, staging)
@@ -166,6 +168,18 @@ def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _save_backbone(backbone: nn.Module, staging: Path) -> None:
+    """Plain backbones save as they are; a LoRA backbone saves its clean base weights to
+    backbone/ and its adapter to adapter/ (peft's own format), so loading is exact."""
+    if not hasattr(backbone, "peft_config"):
+        backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
+        return
+    base = backbone.get_base_model()
+    clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+    base.save_pretrained(staging / BACKBONE_DIR, state_dict=clean, safe_serialization=True)
+    backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
 
 
 def replace_dir(staging: Path, directory: Path) -> None:
@@ -189,4 +203,8 @@ def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> Multi
             "load it with headkit.load_heads(dir, backbone)"
         )
     backbone = load_backbone(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    if (directory / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
     return load_heads(directory, backbone)

@@ -36,8 +36,11 @@ def write_report(
             plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
 
 
-def print_summary(model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any]) -> None:
-    table = Table(title=f"validation ({metrics['val_examples']} examples) — best epoch {metrics.get('best_epoch')}")
+def print_summary(
+    model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any], title: str | None = None
+) -> None:
+    title = title or f"validation ({metrics['val_examples']} examples) — best epoch {metrics.get('best_epoch')}"
+    table = Table(title=title)
     table.add_column("head", style="bold")
     table.add_column("type")
     table.add_column("metrics")
@@ -49,6 +52,8 @@ def print_summary(model: MultiHeadModel, evaluation: Evaluation | None, metrics:
         table.add_row(name, head.config.type, shown or "-", f"{loss:.4f}" if loss is not None else "-")
     console = Console()
     console.print(table)
+    if title.startswith("evaluation"):
+        return
     console.print(
         f"strategy {metrics['strategy']}: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} "
         f"parameters; {metrics['train_examples']} training examples; {metrics['seconds']} s"

@@ -1,0 +1,123 @@
+"""Batch prediction: texts in, every head's prediction out, from one backbone pass per batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headkit.data import read_rows
+from headkit.errors import DataError, HeadkitError
+from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_bytes, load
+from headkit.model import MultiHeadModel
+
+
+def resolve_model_dir(run: str | os.PathLike) -> Path:
+    """A run directory (holding model/) or a saved model directory (holding heads.json)."""
+    path = Path(run)
+    for candidate in (path, path / "model"):
+        if (candidate / MANIFEST).is_file() and (candidate / BACKBONE_DIR).is_dir():
+            return candidate
+    raise HeadkitError(f"{path} is neither a training run (with model/) nor a saved model (with {MANIFEST})")
+
+
+def load_for_inference(run: str | os.PathLike, trust_remote_code: bool = False):
+    """The saved model (eval mode) and its tokenizer."""
+    from headkit.backbone import load_processor
+
+    directory = resolve_model_dir(run)
+    model = load(directory, trust_remote_code=trust_remote_code).eval()
+    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+
+
+def _words(head_output: list[str], encoding, text: str) -> list[dict[str, str]]:
+    """Token-level tags -> one tag per word (its first sub-word), with the word's text."""
+    words, previous = [], None
+    for position, word in enumerate(encoding.word_ids):
+        if word is None or word == previous or position >= len(head_output):
+            previous = word if word is not None else previous
+            continue
+        start, end = encoding.offsets[position]
+        words.append({"word": text[start:end], "tag": head_output[position]})
+        previous = word
+    return words
+
+
+@torch.no_grad()
+def predict_texts(
+    model: MultiHeadModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int = 512,
+    heads: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Each text's predictions from every head (or the named ones), in input order."""
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
+    limit = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    results: list[dict[str, Any]] = [{} for _ in texts]
+    device = model.device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch_texts = [texts[i] for i in idx]
+        enc = tokenizer(batch_texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = model(heads=heads, **inputs)
+        for name, output in out.outputs.items():
+            head = model.heads[name]
+            decoded = head.decode(output, out.mask)
+            for row, i in enumerate(idx):
+                value = decoded[row]
+                if head.config.type == "token-classification":
+                    value = _words(value, enc[row], texts[i])
+                results[i][name] = value
+    return results
+
+
+def predict_file(
+    model: MultiHeadModel, tokenizer, input_path: str, text_column: str, output_path: str, batch_size: int = 64
+) -> int:
+    """Read texts from a file, write one JSON object (or CSV row) per input with each head's output."""
+    rows = read_rows(input_path)
+    if text_column not in rows[0]:
+        raise DataError(f"column '{text_column}' not found in {input_path}; available columns: {sorted(rows[0])}")
+    texts = [r.get(text_column) for r in rows]
+    missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if missing is not None:
+        raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
+    predictions = predict_texts(model, tokenizer, texts, batch_size=batch_size)
+    out = Path(output_path)
+    if out.suffix.lower() == ".csv":
+        atomic_write_bytes(out, _csv_bytes(texts, predictions))
+    else:
+        lines = [json.dumps({"text": t, **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
+        atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
+    return len(texts)
+
+
+def _csv_bytes(texts: list[str], predictions: list[dict[str, Any]]) -> bytes:
+    """Flat CSV: a column per head's label (and per class probability), JSON for anything nested."""
+    import io as stdio
+
+    flat_rows = []
+    for text, pred in zip(texts, predictions, strict=True):
+        row: dict[str, Any] = {"text": text}
+        for head, value in pred.items():
+            if isinstance(value, dict) and "label" in value:
+                row[head] = value["label"]
+                row.update({f"{head}.p.{k}": round(v, 6) for k, v in value["probs"].items()})
+            else:
+                row[head] = json.dumps(value, ensure_ascii=False)
+        flat_rows.append(row)
+    buffer = stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in flat_rows for k in r)))
+    writer.writeheader()
+    writer.writerows(flat_rows)
+    return buffer.getvalue().encode("utf-8")
