@@ -7,6 +7,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import tempfile
+
+os.environ["HEADKIT_CACHE"] = tempfile.mkdtemp(prefix="headkit-test-cache-")  # never the user's cache
 
 import importlib.util
 from pathlib import Path
@@ -94,3 +97,47 @@ def text_batch(batch: int = 4, length: int = 7, pad_last: int = 2) -> dict[str, 
 
 def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
+FILLER = ["the", "film", "plot", "was", "very", "a", "movie", "and", "acting", "story"]
+WORDS = POSITIVE + NEGATIVE + FILLER + ["paris", "london", "alice", "bob", "visited", "met"]
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    """A tiny random BERT with a real WordPiece tokenizer over a small vocabulary, saved to disk."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = transformers.BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = tiny_config("bert")
+    config.vocab_size = len(vocab)
+    transformers.BertModel(config).save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:
+    """A learnable toy sentiment task: the label is carried by one sentiment word."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
+        filler = rng.sample(FILLER, 4)
+        rows.append({"text": " ".join([*filler[:2], word, *filler[2:]]), "label": label, "score": str(i % 5)})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -93,9 +93,19 @@ def load_train_state(directory: Path, model: nn.Module, optimizer: torch.optim.O
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     scheduler.load_state_dict(meta["scheduler"])
+    return meta["progress"]
+
+
+def restore_rng_state(directory: Path) -> None:
+    """Put the random number generators back where they were at the checkpoint.
+
+    Kept apart from `load_train_state` because *when* matters: creating a DataLoader iterator
+    draws from the global generator, so the trainer restores after that draw when resuming
+    mid-epoch (the saved state already includes it) and before it at an epoch boundary.
+    """
+    tensors = safetensors.torch.load_file(directory / STATE_TENSORS)
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-    return meta["progress"]

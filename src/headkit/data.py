@@ -260,11 +260,6 @@ def encode_labels(rows: list[dict[str, Any]], task: TaskSpec, labels: list[str],
     if task.type == "classification":
         out = np.full(len(rows), IGNORE_INDEX, dtype=np.int64)
         for i, v in enumerate(values):
-            if isinstance(v, list | dict):
-                raise DataError(
-                    f"head '{task.name}': row {i + 1} of column '{column}' holds a {type(v).__name__}; "
-                    "a classification label must be one value (use type multilabel for lists)"
-                )
             if not _is_missing(v):
                 out[i] = lookup(str(v), i + 1)
         return out
@@ -299,6 +294,12 @@ def check_label_dtype(values: list[Any], task: TaskSpec, source: str) -> None:
     if not present:
         raise DataError(f"column '{task.label}' of {source} has no labels at all for head '{task.name}'")
     if task.type == "classification":
+        nested = next((v for v in present if isinstance(v, list | dict)), None)
+        if nested is not None:
+            raise DataError(
+                f"column '{task.label}' of {source} holds a {type(nested).__name__} ({nested!r}); a classification "
+                "label must be one value (use type multilabel for lists of labels)"
+            )
         distinct = {str(v) for v in present}
         if len(distinct) > max(50, len(present) // 2):
             raise DataError(
@@ -393,7 +394,7 @@ def align_tags(tag_ids: list[int] | None, word_ids: list[int | None]) -> list[in
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic shuffled train/validation split."""
     order = np.random.default_rng(seed).permutation(n)
-    n_val = round(n * val_fraction) if val_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0  # a requested split is never empty
     if val_fraction > 0 and n - n_val < 1:
         raise DataError(f"only {n} examples: too few to hold out {val_fraction:.0%} for validation")
     return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -15,6 +15,7 @@ the hardware has it, and only the main process writes files.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from headkit.backbone import load_backbone, load_processor
-from headkit.checkpoint import load_train_state, save_train_state
+from headkit.checkpoint import load_train_state, restore_rng_state, save_train_state
 from headkit.data import LengthGroupedBatches, TaskSpec, collate, parse_task
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
@@ -345,22 +346,36 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
         if resuming:
             progress = load_train_state(resume_dir, accelerator.unwrap_model(wrapped), optimizer, scheduler)
-            resuming = False
+            resuming, rng_pending = False, True
             if main:
                 print(
                     f"resumed from {resume_dir}: phase {progress['phase'] + 1}, epoch {progress['epoch'] + 1}, "
                     f"{progress['batches_done']} batches into it"
                 )
         else:
+            rng_pending = False
             progress.update(phase=phase_index, epoch=0, batches_done=0, bad_epochs=0)
         if not phase.cached:
             progress["backbone_modified"] = True
 
         while progress["epoch"] < phase.epochs:
             epoch = progress["epoch"]
-            sampler.set_epoch(epoch)
+            # accelerate's loaders call set_epoch(their own pass count) on every iteration, so the
+            # epoch is set on the loader itself: a resumed run then sees the same batch order.
+            loader.set_epoch(epoch)
             skip = progress["batches_done"]
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            if skip:
+                batches.set_epoch(epoch)
+            if rng_pending and not skip:  # resumed at an epoch boundary: restore before the iterator's draw
+                restore_rng_state(resume_dir)
+                rng_pending = False
+            iterator = iter(batches)
+            if rng_pending:  # resumed mid-epoch: the saved state already includes the loader's draw,
+                first = next(iterator, None)  # which happens lazily, at the first batch
+                iterator = itertools.chain([] if first is None else [first], iterator)
+                restore_rng_state(resume_dir)
+                rng_pending = False
             wrapped.train()
             bar = tqdm(
                 total=len(loader),
@@ -369,7 +384,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
                 disable=not (config.progress and main),
                 leave=False,
             )
-            for batch in batches:
+            for batch in iterator:
                 with accelerator.accumulate(wrapped):
                     if phase.cached:
                         out = wrapped(
