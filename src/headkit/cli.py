@@ -106,45 +106,20 @@ def evaluate(
         batch_size: examples per forward pass.
         output: also write the scores to this JSON file.
     """
-    from headkit.data import TaskSpec, read_rows
-    from headkit.evaluate import evaluate as run_evaluation
+    from headkit.evaluate import evaluate_dataset
     from headkit.io import atomic_write_json
     from headkit.predict import load_for_inference
     from headkit.report import print_summary
-    from headkit.tasks import prepare
 
     if not data:
         raise HeadkitError("evaluate needs labelled data: --data FILE (or a built-in dataset name)")
-    model, tokenizer = load_for_inference(run)
     bad = [spec for spec in head or [] if ":" not in spec]
     if bad:
         raise HeadkitError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
+    model, tokenizer = load_for_inference(run)
     columns = dict(spec.split(":", 1) for spec in head or [])
-    unknown = sorted(set(columns) - set(model.heads))
-    if unknown:
-        raise HeadkitError(f"--head names {unknown} are not heads of this model: {list(model.heads)}")
-    if not columns:
-        first = read_rows(data)[0]
-        columns = {n: n if n in first else "label" for n in model.heads}
-    tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
-    label_maps = {n: model.heads[n].config.labels for n in columns}
-    prepared = prepare(tasks, tokenizer, max_length, val_fraction=0.0, label_maps=label_maps)
-    pad_id = tokenizer.pad_token_id or 0
-    result = run_evaluation(model, prepared.train, pad_id, batch_size=batch_size)
-    print_summary(
-        model,
-        result,
-        {
-            "val_examples": len(prepared.train),
-            "best_epoch": "-",
-            "strategy": "-",
-            "trainable_params": 0,
-            "total_params": 0,
-            "train_examples": 0,
-            "seconds": "-",
-        },
-        title=f"evaluation on {data} ({len(prepared.train)} examples)",
-    )
+    result, count = evaluate_dataset(model, tokenizer, data, columns, text, max_length, batch_size)
+    print_summary(model, result, {}, title=f"evaluation on {data} ({count} examples)")
     if output:
         atomic_write_json(Path(output), {"scores": result.scores, "losses": result.losses})
 

@@ -76,3 +76,35 @@ def evaluate(
         if head.config.type in ("masked-lm", "causal-lm") and name in losses:
             scores[name]["perplexity"] = math.exp(min(losses[name], 50))
     return Evaluation(scores, losses, preds, refs)
+
+
+def evaluate_dataset(
+    model: MultiHeadModel,
+    tokenizer,
+    data: str,
+    columns: dict[str, str] | None = None,
+    text: str = "text",
+    max_length: int = 128,
+    batch_size: int = 64,
+) -> tuple[Evaluation, int]:
+    """Score a trained model on labelled data with the label maps saved at training time.
+
+    `columns` maps head -> label column (default: a column named like the head, else 'label').
+    Returns the evaluation and the number of examples. Unseen labels raise a `DataError`.
+    """
+    from headkit.data import TaskSpec, read_rows
+    from headkit.errors import HeadkitError
+    from headkit.tasks import prepare
+
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(model.heads))
+    if unknown:
+        raise HeadkitError(f"heads {unknown} are not heads of this model: {list(model.heads)}")
+    if not columns:
+        first = read_rows(data)[0]
+        columns = {n: n if n in first else "label" for n in model.heads}
+    tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
+    label_maps = {n: model.heads[n].config.labels for n in columns}
+    prepared = prepare(tasks, tokenizer, max_length, val_fraction=0.0, label_maps=label_maps)
+    pad_id = tokenizer.pad_token_id or 0
+    return evaluate(model, prepared.train, pad_id, batch_size=batch_size), len(prepared.train)

@@ -81,6 +81,8 @@ class TrainConfig:
         lora_dropout: dropout on the LoRA path.
         lora_targets: module names to adapt (default: peft's choice for the model type).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
+        feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
+            (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
         mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
         resume: continue the run in output_dir from its last checkpoint.
         overwrite: replace an existing run in output_dir.
@@ -114,6 +116,7 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     lp_epochs: int = 10
+    feature_cache: bool = True
     mixed_precision: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -137,7 +140,8 @@ class TrainConfig:
 class Phase:
     name: str
     epochs: int
-    cached: bool  # heads on cached backbone features (backbone frozen and never run)
+    cached: bool  # heads on cached backbone features (the backbone never runs)
+    frozen: bool = False  # the backbone does not train (and runs in eval mode when not cached)
 
 
 @dataclass
@@ -150,9 +154,12 @@ class TrainResult:
 
 def plan_phases(strategy: Strategy, config: TrainConfig) -> list[Phase]:
     if strategy.name == "frozen":
-        return [Phase("heads", config.epochs, cached=True)]
+        return [Phase("heads", config.epochs, cached=config.feature_cache, frozen=True)]
     if strategy.name == "lp-ft":
-        return [Phase("probe", config.lp_epochs, cached=True), Phase("finetune", config.epochs, cached=False)]
+        return [
+            Phase("probe", config.lp_epochs, cached=config.feature_cache, frozen=True),
+            Phase("finetune", config.epochs, cached=False),
+        ]
     return [Phase("train", config.epochs, cached=False)]
 
 
@@ -160,7 +167,7 @@ def set_trainable(model: MultiHeadModel, strategy: Strategy, phase: Phase) -> No
     """Which backbone weights train in this phase (heads always train)."""
     for p in [*model.heads.parameters(), *model.weighting.parameters()]:
         p.requires_grad_(True)
-    if phase.cached:
+    if phase.frozen:
         set_backbone_trainable(model.backbone, False)
     elif strategy.name in ("full", "lp-ft"):
         set_backbone_trainable(model.backbone, True)
@@ -355,7 +362,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         else:
             rng_pending = False
             progress.update(phase=phase_index, epoch=0, batches_done=0, bad_epochs=0)
-        if not phase.cached:
+        if not phase.frozen:
             progress["backbone_modified"] = True
 
         while progress["epoch"] < phase.epochs:
@@ -377,6 +384,9 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
                 restore_rng_state(resume_dir)
                 rng_pending = False
             wrapped.train()
+            if phase.frozen:  # a frozen feature extractor: no dropout, same features every epoch
+                accelerator.unwrap_model(wrapped).backbone.eval()
+            epoch_started = time.perf_counter()
             bar = tqdm(
                 total=len(loader),
                 initial=skip,
@@ -411,7 +421,11 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
             bar.close()
             # --- end of epoch: validate, keep the best, maybe stop early
             unwrapped = accelerator.unwrap_model(wrapped)
-            record: dict[str, Any] = {"phase": phase.name, "epoch": len(progress["epochs"]) + 1}
+            record: dict[str, Any] = {
+                "phase": phase.name,
+                "epoch": len(progress["epochs"]) + 1,
+                "train_seconds": round(time.perf_counter() - epoch_started, 3),
+            }
             if len(data.val):
                 ev = evaluate(unwrapped, data.val, pad_id, cache=caches.get("val") if phase.cached else None)
                 record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(unwrapped))
