@@ -20,9 +20,9 @@ from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from headkit.config import TrainConfig
 from headkit.data import TaskSpec
 from headkit.errors import HeadkitError
-from headkit.train import TrainConfig
 
 
 def _count(n: int | None) -> str:

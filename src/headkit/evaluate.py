@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,13 @@ def evaluate(
     pad_id: int,
     batch_size: int = 64,
     cache: FeatureCache | None = None,
+    make_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> Evaluation:
-    """Decode every head on `data` and score it against the labels (missing labels skipped)."""
+    """Decode every head on `data` and score it against the labels (missing labels skipped).
+
+    `make_batch` builds a batch from examples (default: padding + labels); it must be
+    deterministic so that two evaluations are comparable (pretraining masks with a fixed seed).
+    """
     was_training = model.training
     model.eval()
     head_types = {n: h.config.type for n, h in model.heads.items()}
@@ -49,7 +55,8 @@ def evaluate(
     counts: dict[str, int] = {n: 0 for n in model.heads}
     device = model.device
     for indices in LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches():
-        batch = collate([data[i] for i in indices], pad_id, head_types, widths)
+        examples = [data[i] for i in indices]
+        batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths)
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
         if cache is not None:
             hidden, mask, pooled = cache.batch(batch["index"])

@@ -14,12 +14,13 @@ the hardware has it, and only the main process writes files.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from headkit.backbone import load_backbone, load_processor
 from headkit.checkpoint import load_train_state, restore_rng_state, save_train_state
-from headkit.data import LengthGroupedBatches, TaskSpec, collate, parse_task
+from headkit.config import TrainConfig
+from headkit.data import LengthGroupedBatches, collate
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
 from headkit.features import FeatureCache, cached_features
@@ -48,92 +50,6 @@ from headkit.strategies import (
     set_backbone_trainable,
 )
 from headkit.tasks import PreparedData, prepare
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI flags and the YAML config are generated from it.
-
-    Attributes:
-        model: backbone checkpoint directory or alias (minilm, smollm2).
-        tasks: heads and their data (YAML); or use data/text/head below for one file.
-        data: shorthand: one data file or built-in dataset shared by every --head.
-        text: shorthand: the text column of --data.
-        head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
-        output_dir: the run directory.
-        strategy: frozen, partial:K, full, lora or lp-ft.
-        weighting: static (each head's loss_weight) or uncertainty (learned).
-        epochs: training epochs (lp-ft: of the fine-tuning phase).
-        batch_size: examples per optimizer micro-step.
-        lr: learning rate of the heads.
-        backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft).
-        lora_lr: learning rate of LoRA adapter weights.
-        weight_decay: AdamW weight decay (matrices only).
-        warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
-        grad_accum: micro-steps per optimizer step.
-        max_length: token limit; longer inputs are truncated.
-        val_fraction: share of each dataset held out for validation (seeded split).
-        seed: seed for initialisation, split, batch order and dropout.
-        patience: stop after this many epochs without validation improvement (0: never).
-        save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling alpha.
-        lora_dropout: dropout on the LoRA path.
-        lora_targets: module names to adapt (default: peft's choice for the model type).
-        lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
-        feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
-            (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
-        mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
-        resume: continue the run in output_dir from its last checkpoint.
-        overwrite: replace an existing run in output_dir.
-        trust_remote_code: allow checkpoints that need their own Python code.
-        progress: show progress bars.
-    """
-
-    model: str = "minilm"
-    tasks: list[TaskSpec] = field(default_factory=list)
-    data: str | None = None
-    text: str = "text"
-    head: list[str] = field(default_factory=list)
-    output_dir: str = "runs/latest"
-    strategy: str = "frozen"
-    weighting: str = "static"
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr: float = 3e-5
-    lora_lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    grad_accum: int = 1
-    max_length: int = 128
-    val_fraction: float = 0.1
-    seed: int = 0
-    patience: int = 3
-    save_every: int = 0
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_targets: list[str] | None = None
-    lp_epochs: int = 10
-    feature_cache: bool = True
-    mixed_precision: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    trust_remote_code: bool = False
-    progress: bool = True
-
-    def all_tasks(self) -> list[TaskSpec]:
-        tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [parse_task(spec, self.data, self.text) for spec in self.head]
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define a run: a resumed run must match them exactly."""
-        data = dataclasses.asdict(self)
-        data["tasks"] = [dataclasses.asdict(t) for t in self.all_tasks()]
-        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text"):
-            data.pop(key)
-        return data
 
 
 @dataclass
@@ -283,8 +199,35 @@ def _checkpoint(accelerator, directory: Path, wrapped, optimizer, scheduler, pro
 
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
     """Run a whole training recipe and return the best model with its validation metrics."""
-    from accelerate import Accelerator
+    from accelerate import PartialState
     from accelerate.utils import set_seed
+
+    if PartialState().is_main_process:
+        prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
+    tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+    data = prepare(config.all_tasks(), tokenizer, config.max_length, config.val_fraction, config.seed, sources=sources)
+    set_seed(config.seed)
+    model = MultiHeadModel.from_pretrained(
+        config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
+    )
+    return fit(config, model, tokenizer, data)
+
+
+def fit(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    tokenizer: Any,
+    data: PreparedData,
+    make_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> TrainResult:
+    """The training loop proper: phases of epochs over `data`, checkpoints, resume, best model.
+
+    `make_batch` turns a list of examples into a batch (default: dynamic padding with the
+    examples' labels); continued pretraining passes one that masks tokens on the fly, and a
+    deterministic `make_eval_batch` for validation.
+    """
+    from accelerate import Accelerator
 
     started = time.perf_counter()
     strategy = parse_strategy(config.strategy)
@@ -293,18 +236,10 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
     main = accelerator.is_main_process
-    run = prepare_run_dir(config) if main else Path(config.output_dir)
-    set_seed(config.seed)
-
-    # --- data and model
-    tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+    run = Path(config.output_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    data: PreparedData = prepare(
-        config.all_tasks(), tokenizer, config.max_length, config.val_fraction, config.seed, sources=sources
-    )
-    model = MultiHeadModel.from_pretrained(
-        config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
-    )
+    if make_batch is None:
+        make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
     if strategy.name == "lora":
         model.backbone = apply_lora(
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
@@ -343,9 +278,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
             if len(data.val):
                 caches["val"] = _features(model, data.val, pad_id, config, accelerator)
         sampler = LengthGroupedBatches(data.train.lengths(), config.batch_size, seed=config.seed)
-        loader = DataLoader(
-            data.train, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad_id, data.head_types, data.widths)
-        )
+        loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=make_batch)
         optimizer = make_optimizer(model, config, strategy)
         wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
@@ -427,7 +360,13 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
                 "train_seconds": round(time.perf_counter() - epoch_started, 3),
             }
             if len(data.val):
-                ev = evaluate(unwrapped, data.val, pad_id, cache=caches.get("val") if phase.cached else None)
+                ev = evaluate(
+                    unwrapped,
+                    data.val,
+                    pad_id,
+                    cache=caches.get("val") if phase.cached else None,
+                    make_batch=make_eval_batch,
+                )
                 record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(unwrapped))
             improved = record.get("objective", 0.0) > progress["best"] or not len(data.val)
             if improved:
@@ -456,7 +395,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(wrapped)
     best = _restore_best(run, model, config, progress["backbone_modified"])
-    evaluation = evaluate(model, data.val, pad_id) if len(data.val) else None
+    evaluation = evaluate(model, data.val, pad_id, make_batch=make_eval_batch) if len(data.val) else None
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best.get("epoch"),
