@@ -80,8 +80,9 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
     if not path.is_dir():
         raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")
     if not (path / "config.json").is_file():
-        if (path / "backbone" / "config.json").is_file():
-            return ModelSource(path=path / "backbone")
+        for saved in (path / "backbone", path / "model" / "backbone"):  # a headkit save, or a run directory
+            if (saved / "config.json").is_file():
+                return ModelSource(path=saved)
         raise ModelNotFoundError(
             f"'{text}' holds no config.json, so it is not a Hugging Face checkpoint directory "
             "(save one with model.save_pretrained(dir))"
@@ -273,9 +274,16 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
 
 
 def load_backbone(
-    name: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    name: str | os.PathLike,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    merge_adapter: bool = True,
 ) -> PreTrainedModel:
-    """Load only the backbone (`AutoModel`) of any checkpoint; a pretraining or task head is dropped."""
+    """Load only the backbone (`AutoModel`) of any checkpoint; a pretraining or task head is dropped.
+
+    A headkit save whose backbone was tuned with LoRA keeps the adapter beside it (`adapter/`);
+    with `merge_adapter` it is merged in, so the result is a plain backbone to build on.
+    """
     source = resolve_model(name)
     _check_remote_code(source, trust_remote_code)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
@@ -284,9 +292,15 @@ def load_backbone(
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     try:
-        return AutoModel.from_pretrained(source.path, **kwargs)
+        backbone = AutoModel.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
+    adapter = source.path.parent / "adapter"
+    if merge_adapter and source.path.name == "backbone" and (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, adapter).merge_and_unload()
+    return backbone
 
 
 def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect as pyinspect
+import json
 import os
 import sys
 import typing
@@ -23,6 +24,7 @@ from rich.table import Table
 from headkit.config import TrainConfig
 from headkit.data import TaskSpec
 from headkit.errors import HeadkitError
+from headkit.pretrain import PretrainConfig
 
 
 def _count(n: int | None) -> str:
@@ -170,7 +172,84 @@ def _brief(value) -> str:
     return str(value)
 
 
-COMMANDS: list[Callable] = [inspect, train, evaluate, predict]
+def fill_mask(model: str, text: list[str], top_k: int = 5, json: bool = False, trust_remote_code: bool = False) -> None:
+    """Fill every mask in one or more texts with the model's masked-LM head: top-k tokens and probabilities.
+
+    Args:
+        model: a masked-LM checkpoint directory, or a run of `headkit pretrain --objective mlm`.
+        text: texts, each with at least one mask token (e.g. [MASK] for BERT).
+        top_k: candidates shown per mask.
+        json: print JSON instead of a table.
+        trust_remote_code: allow checkpoints that need their own Python code.
+    """
+    import json as jsonlib
+
+    from headkit.generation import fill_mask as run_fill_mask
+
+    results = run_fill_mask(model, text, top_k=top_k, trust_remote_code=trust_remote_code)
+    if json:
+        print(jsonlib.dumps([{"text": t, "masks": r} for t, r in zip(text, results, strict=True)], indent=2))
+        return
+    for sample, masks in zip(text, results, strict=True):
+        Console().print(f"[bold]{sample}[/]", highlight=False)
+        for number, candidates in enumerate(masks, start=1):
+            shown = "  ".join(f"{token} {p:.3f}" for token, p in candidates)
+            Console().print(f"  mask {number}: {shown}", highlight=False)
+
+
+def generate(
+    model: str,
+    prompt: str,
+    max_new_tokens: int = 64,
+    sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    chat: bool = True,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> None:
+    """Write text with a causal-LM head, streamed to the terminal (greedy unless --sample).
+
+    Args:
+        model: a causal-LM checkpoint directory or GGUF alias (smollm2), or a `headkit pretrain --objective clm` run.
+        prompt: the text to continue (wrapped in the chat template when the tokenizer has one).
+        max_new_tokens: the most tokens to generate.
+        sample: sample with temperature / top-p instead of greedy decoding.
+        temperature: sampling temperature.
+        top_p: nucleus sampling probability mass.
+        chat: use the tokenizer's chat template when it has one.
+        seed: random seed for sampling.
+        trust_remote_code: allow checkpoints that need their own Python code.
+    """
+    from headkit.generation import generate as run_generate
+
+    run_generate(
+        model,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        chat=chat,
+        stream=True,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
+    print()
+
+
+def pretrain(config: PretrainConfig) -> None:
+    """Continue pretraining (MLM or CLM) on your own text: domain adaptation before fine-tuning.
+
+    Args:
+        config: see PretrainConfig; give a YAML file with --config, flags, or both.
+    """
+    from headkit.pretrain import pretrain as run_pretraining
+
+    run_pretraining(config)
+
+
+COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain]
 
 
 def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
@@ -206,34 +285,53 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-LIST_FLAGS = {"--head", "--text", "--lora_targets"}
+LIST_FLAGS = {"--head", "--text", "--lora_targets", "--corpus"}
 
 
-def _repeatable_lists(argv: list[str]) -> list[str]:
-    """`--head a --head b` -> `--head+ a --head+ b`: repeatable list flags, as users expect."""
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Make list options behave as users expect of a CLI.
+
+    `--head a --head b` and `--corpus x.txt y.txt` become jsonargparse's `--head+ a ...`, and
+    `fill-mask MODEL "text 1" "text 2"` packs its texts into one list argument.
+    """
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg in LIST_FLAGS and i + 1 < len(argv) and not argv[i + 1].startswith("["):
-            out += [arg + "+", argv[i + 1]]
-            i += 2
+        if arg in LIST_FLAGS:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                out += [arg + "+", argv[i]]
+                i += 1
             continue
         out.append(arg)
         i += 1
+    if out[:1] == ["fill-mask"]:
+        takes_value = {"--top_k", "--config"}
+        positionals, options, j = [], [], 1
+        while j < len(out):
+            options += [out[j]] if out[j].startswith("--") else []
+            if out[j] in takes_value and j + 1 < len(out):
+                options.append(out[j + 1])
+                j += 1
+            elif not out[j].startswith("--"):
+                positionals.append(out[j])
+            j += 1
+        packed = [positionals[0], json.dumps(positionals[1:])] if len(positionals) > 1 else positionals
+        out = ["fill-mask", *packed, *options]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(_repeatable_lists(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
     name = args.command
     fn = next(f for f in COMMANDS if f.__name__.replace("_", "-") == name)
     kwargs = {k: v for k, v in args[name].as_dict().items() if k != "config" and not k.startswith("__")}
     try:
-        if fn is train:
+        if fn in (train, pretrain):
             kwargs["tasks"] = [TaskSpec(**t) for t in kwargs.get("tasks") or []]
-            fn(TrainConfig(**kwargs))
+            fn((TrainConfig if fn is train else PretrainConfig)(**kwargs))
         else:
             fn(**kwargs)
     except HeadkitError as e:

@@ -202,7 +202,7 @@ def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> Multi
             f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
             "load it with headkit.load_heads(dir, backbone)"
         )
-    backbone = load_backbone(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    backbone = load_backbone(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code, merge_adapter=False)
     if (directory / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 

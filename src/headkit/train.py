@@ -364,6 +364,7 @@ def fit(
                     unwrapped,
                     data.val,
                     pad_id,
+                    batch_size=config.batch_size,
                     cache=caches.get("val") if phase.cached else None,
                     make_batch=make_eval_batch,
                 )
@@ -395,7 +396,9 @@ def fit(
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(wrapped)
     best = _restore_best(run, model, config, progress["backbone_modified"])
-    evaluation = evaluate(model, data.val, pad_id, make_batch=make_eval_batch) if len(data.val) else None
+    evaluation = (
+        evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch) if len(data.val) else None
+    )
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best.get("epoch"),
