@@ -2,10 +2,13 @@
 
 For each dataset: one fixed, seeded 80/20 train/test split (written to CSV so every method sees
 the same rows). Baseline: scikit-learn LogisticRegression on frozen MiniLM mean-pooled
-features of the training rows. headkit: the same frozen features with a trained classification
-head (10% of the training rows held out for early stopping, so it fits on less data than the
-baseline). On Rotten Tomatoes, LoRA and full fine-tuning are reported beside them. Every
-number is test accuracy on the same held-out rows.
+features of the training rows. headkit: the same frozen features and the same training rows
+with a trained classification head, a fixed 30 epochs and no validation selection (so both see
+exactly the same data). On Rotten Tomatoes, LoRA and full fine-tuning are reported beside them
+(10% of their training rows held out to pick the best epoch). Every number is test accuracy
+on the same held-out rows. (A first protocol that held out 10% of headkit's training rows for
+early stopping gave 78.5% on RT and 94.8% on BBC; it was replaced by this same-rows one after
+that run, so treat the small BBC gap as measured after one protocol change.)
 
     python benchmarks/accuracy.py [--rt-limit 3000] [--skip-finetune]
 """
@@ -93,7 +96,7 @@ def main() -> None:
     parser.add_argument("--rt-limit", type=int, default=3000)
     parser.add_argument("--skip-finetune", action="store_true", help="skip LoRA and full fine-tuning (slow on CPU)")
     args = parser.parse_args()
-    frozen = {"epochs": 40, "lr": 3e-3, "patience": 8}
+    frozen = {"epochs": 30, "lr": 3e-3, "patience": 0, "val_fraction": 0.0}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

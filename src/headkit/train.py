@@ -236,6 +236,8 @@ def fit(
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
     main = accelerator.is_main_process
+    if main and accelerator.num_processes > 1:
+        print(f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
     run = Path(config.output_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if make_batch is None:
@@ -252,7 +254,7 @@ def fit(
         "epoch": 0,
         "batches_done": 0,
         "global_step": 0,
-        "best": -math.inf,
+        "best": [-math.inf, -math.inf],  # (objective, -validation loss), compared in that order
         "bad_epochs": 0,
         "steps": [],
         "epochs": [],
@@ -369,9 +371,12 @@ def fit(
                     make_batch=make_eval_batch,
                 )
                 record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(unwrapped))
-            improved = record.get("objective", 0.0) > progress["best"] or not len(data.val)
+            # Better metric, or the same metric at a lower loss: accuracy on a small validation set
+            # moves in coarse steps and plateaus while the loss still falls, so loss breaks ties.
+            score = [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
+            improved = not len(data.val) or score > progress["best"]
             if improved:
-                progress["best"], progress["bad_epochs"] = record.get("objective", 0.0), 0
+                progress["best"], progress["bad_epochs"] = score, 0
                 if main:
                     _save_best(run, unwrapped, progress["backbone_modified"], record)
             else:
