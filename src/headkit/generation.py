@@ -34,10 +34,18 @@ def dequantised(source: ModelSource) -> Path:
     if (target / "config.json").is_file():
         return target
     print(f"dequantising {gguf.name} once (cached in {target})")
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        raise HeadkitError(
+            f"could not read the GGUF file {gguf} ({e}); it may be damaged, or need: pip install gguf"
+        ) from e
+    # Loading a GGUF file already dequantised the weights to fp32; drop the quantisation markers
+    # so that transformers saves them as the plain model they now are.
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the weights are plain fp32 now
+        del model.config.quantization_config
+    model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}.tmp-"))
     try:
