@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,12 +124,16 @@ def load_config(name: str | os.PathLike, trust_remote_code: bool = False) -> Pre
     return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
 
 
-def _gguf_config(source: ModelSource) -> PretrainedConfig:
-    """Parsing a GGUF header takes seconds, so the resulting config.json is cached."""
+def gguf_cache_key(source: ModelSource) -> str:
+    """Names cache entries derived from a GGUF file; a replaced or edited file gets a new key."""
     gguf_path = source.path / source.gguf_file
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "gguf-configs" / key
+    return hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _gguf_config(source: ModelSource) -> PretrainedConfig:
+    """Parsing a GGUF header takes seconds, so the resulting config.json is cached."""
+    cached = cache_dir() / "gguf-configs" / gguf_cache_key(source)
     if (cached / "config.json").is_file():
         return AutoConfig.from_pretrained(cached)
     config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
@@ -136,6 +142,42 @@ def _gguf_config(source: ModelSource) -> PretrainedConfig:
     cached.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(cached)
     return config
+
+
+def dequantised(source: ModelSource) -> Path:
+    """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from headkit.io import replace_dir  # io imports this module; import here to avoid a cycle
+
+    gguf = source.path / source.gguf_file
+    key = gguf_cache_key(source)
+    target = cache_dir() / "dequantised" / key
+    if (target / "config.json").is_file():
+        return target
+    print(f"dequantising {gguf.name} once (cached in {target})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        raise HeadkitError(
+            f"could not read the GGUF file {gguf} ({e}); it may be damaged, or need: pip install gguf"
+        ) from e
+    # Loading a GGUF file already dequantised the weights to fp32; drop the quantisation markers
+    # so that transformers saves them as the plain model they now are.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}.tmp-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def _model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
@@ -289,10 +331,9 @@ def load_backbone(
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
+    path = dequantised(source) if source.gguf_file else source.path
     try:
-        backbone = AutoModel.from_pretrained(source.path, **kwargs)
+        backbone = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
     adapter = source.path.parent / "adapter"
@@ -308,13 +349,11 @@ def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoImageProcessor, AutoTokenizer
 
     source = resolve_model(name)
-    kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
+    path = dequantised(source) if source.gguf_file else source.path
     errors = []
     for auto in (AutoTokenizer, AutoImageProcessor):
         try:
-            return auto.from_pretrained(source.path, **kwargs)
+            return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
             errors.append(f"{auto.__name__}: {e}")
     raise ModelNotFoundError(f"{source.path} has no tokenizer or image processor: " + "; ".join(errors))

@@ -8,54 +8,14 @@ safetensors, so later loads take a second instead of twenty.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from headkit.backbone import ModelSource, cache_dir, inspect_model, resolve_model
+from headkit.backbone import dequantised, inspect_model, resolve_model
 from headkit.errors import DataError, HeadkitError
-
-
-def dequantised(source: ModelSource) -> Path:
-    """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from headkit.io import replace_dir
-
-    gguf = source.path / source.gguf_file
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "dequantised" / key
-    if (target / "config.json").is_file():
-        return target
-    print(f"dequantising {gguf.name} once (cached in {target})")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        raise HeadkitError(
-            f"could not read the GGUF file {gguf} ({e}); it may be damaged, or need: pip install gguf"
-        ) from e
-    # Loading a GGUF file already dequantised the weights to fp32; drop the quantisation markers
-    # so that transformers saves them as the plain model they now are.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}.tmp-"))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
 
 
 def _local_path(name: str) -> Path:

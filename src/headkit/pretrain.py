@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headkit.backbone import inspect_model, load_config, resolve_model
+from headkit.backbone import dequantised, inspect_model, load_config, resolve_model
 from headkit.builtin_data import BUILTIN_DATASETS
 from headkit.config import TrainConfig
 from headkit.data import EncodedData, collate, read_rows, split_indices
@@ -165,8 +165,8 @@ def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code:
     if report.head_kind != head.config.type:
         return False
     source = resolve_model(model_name)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    full = getattr(transformers, report.architecture).from_pretrained(source.path, **kwargs)
+    path = dequantised(source) if source.gguf_file else source.path
+    full = getattr(transformers, report.architecture).from_pretrained(path)
     layers = (nn.Linear, nn.LayerNorm)
     theirs = [m for h in split_backbone(full)[1].values() for m in h.modules() if isinstance(m, layers)]
     ours = [m for m in head.modules() if isinstance(m, layers)]
