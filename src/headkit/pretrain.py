@@ -192,8 +192,9 @@ def pretrain(config: PretrainConfig):
     from headkit.io import atomic_write_json
     from headkit.model import MultiHeadModel
     from headkit.tasks import PreparedData
-    from headkit.train import fit, prepare_run_dir
+    from headkit.train import fit, prepare_run_dir, quiet_if_asked
 
+    quiet_if_asked(config)
     if config.strategy not in ("full", "lora"):
         raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
     tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)

@@ -197,11 +197,20 @@ def _checkpoint(accelerator, directory: Path, wrapped, optimizer, scheduler, pro
         save_train_state(directory, accelerator.unwrap_model(wrapped), optimizer, scheduler, progress)
 
 
+def quiet_if_asked(config: TrainConfig) -> None:
+    """--no_progress also silences transformers' own loading and saving bars (CI logs, scripts)."""
+    if not config.progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
+
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
     """Run a whole training recipe and return the best model with its validation metrics."""
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
+    quiet_if_asked(config)
     if PartialState().is_main_process:
         prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
     tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
