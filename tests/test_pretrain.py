@@ -170,9 +170,9 @@ def test_objective_must_fit_the_model(tiny_mlm, tiny_gpt2, tmp_path):
         check_objective(str(tiny_gpt2), "mlm", bert_tok)
     no_mask = save_tiny(tmp_path / "nomask", "BertForMaskedLM", "bert", mask_token=None)
     tokenizer = transformers.AutoTokenizer.from_pretrained(no_mask)
-    if tokenizer.mask_token is None:
-        with pytest.raises(HeadkitError, match=r"no mask token"):
-            check_objective(str(no_mask), "mlm", tokenizer)
+    assert tokenizer.mask_token is None
+    with pytest.raises(HeadkitError, match=r"no mask token"):
+        check_objective(str(no_mask), "mlm", tokenizer)
 
 
 def test_bad_corpus_files(tmp_path):
@@ -196,3 +196,31 @@ def test_bad_corpus_files(tmp_path):
 def test_shipped_smollm2_generates_coherent_english():
     answer = generate("smollm2", "What is the capital of France? Answer in one short sentence.", max_new_tokens=20)
     assert "Paris" in answer
+
+
+def test_lora_pretraining_hands_a_merged_backbone_to_train(tiny_text_model, corpus, tmp_path):
+    run = tmp_path / "lora"
+    result = pretrain(
+        PretrainConfig(
+            model=str(tiny_text_model),
+            objective="mlm",
+            corpus=[corpus],
+            output_dir=str(run),
+            strategy="lora",
+            lora_r=4,
+            epochs=1,
+            lora_lr=1e-2,
+            max_length=16,
+            progress=False,
+        )
+    )
+    assert (run / "model" / "adapter" / "adapter_config.json").is_file()
+    assert result.metrics["trainable_params"] < result.metrics["total_params"] / 2
+    merged = headkit.load_backbone(run)
+    base = headkit.load_backbone(tiny_text_model)
+    assert type(merged).__name__ == "BertModel"  # a plain backbone: the adapter is merged in
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(merged.state_dict()[query], base.state_dict()[query])
+    assert torch.equal(
+        merged.state_dict()["embeddings.word_embeddings.weight"], base.state_dict()["embeddings.word_embeddings.weight"]
+    )

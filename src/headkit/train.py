@@ -80,7 +80,12 @@ def plan_phases(strategy: Strategy, config: TrainConfig) -> list[Phase]:
 
 
 def set_trainable(model: MultiHeadModel, strategy: Strategy, phase: Phase) -> None:
-    """Which backbone weights train in this phase (heads always train)."""
+    """Which weights train in this phase: the heads, then the backbone's rule.
+
+    The backbone's rule is applied last on purpose: a head tied to the input embeddings (an LM
+    decoder) shares that tensor with the backbone, and must stay frozen whenever the backbone
+    is (frozen, partial, LoRA).
+    """
     for p in [*model.heads.parameters(), *model.weighting.parameters()]:
         p.requires_grad_(True)
     if phase.frozen:
@@ -90,7 +95,9 @@ def set_trainable(model: MultiHeadModel, strategy: Strategy, phase: Phase) -> No
     elif strategy.name == "partial":
         set_backbone_trainable(model.backbone, True)
         freeze_bottom(model.backbone, strategy.frozen_layers)
-    # lora: peft already froze the base weights and left the adapters trainable
+    elif strategy.name == "lora":  # only the adapters train inside the backbone
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_("lora_" in name)
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
