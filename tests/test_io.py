@@ -161,3 +161,19 @@ def test_no_pickle_is_ever_loaded():
         assert "import pickle" not in text, path
         for call in re.findall(r"(?<![\w.])torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
+
+
+def test_inspect_lists_the_heads_of_a_headkit_save(tmp_path, capsys):
+    from headkit.cli import main
+    from headkit.io import describe_heads
+
+    model = make_model()
+    headkit.save(model, tmp_path / "run")
+    heads = describe_heads(tmp_path / "run")
+    assert heads["ner"]["labels"] == ["O", "B-PER", "I-PER"] and heads["ner"]["type"] == "token-classification"
+    assert heads["sentiment"]["params"] == 32 * 2 + 2
+    assert heads["mlm"]["tied_to_embeddings"] and heads["mlm"]["params"] == 32 * 32 + 32 + 2 * 32 + 100
+    assert describe_heads(tmp_path) is None
+    assert main(["inspect", str(tmp_path / "run")]) == 0
+    shown = capsys.readouterr().out
+    assert "headkit heads" in shown and "B-PER" in shown and "(+ tied decoder)" in shown

@@ -47,10 +47,12 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
     import json as jsonlib
 
     from headkit.backbone import inspect_model
+    from headkit.io import describe_heads
 
     report = inspect_model(model, trust_remote_code=trust_remote_code)
+    heads = describe_heads(model)  # a headkit save or run also carries its own task heads
     if json:
-        print(jsonlib.dumps(report.to_dict(), indent=2))
+        print(jsonlib.dumps({**report.to_dict(), "headkit_heads": heads}, indent=2))
         return
     table = Table(title=f"{report.architecture}  ({report.model_type})", show_header=False)
     table.add_column(style="bold", no_wrap=True)
@@ -75,6 +77,15 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+    if heads:
+        head_table = Table(title=f"headkit heads on this backbone ({model})")
+        for column in ("head", "type", "pooling", "labels", "params"):
+            head_table.add_column(column, overflow="fold")
+        for name, h in heads.items():
+            labels = ", ".join(h["labels"][:6]) + (f" … ({len(h['labels'])})" if len(h["labels"]) > 6 else "")
+            params = _count(h["params"]) + ("  (+ tied decoder)" if h["tied_to_embeddings"] else "")
+            head_table.add_row(name, h["type"], str(h["pooling"]), labels or "-", params)
+        Console().print(head_table)
 
 
 def train(config: TrainConfig) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 from torch import nn
 
@@ -208,3 +209,34 @@ def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> Multi
 
         backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
     return load_heads(directory, backbone)
+
+
+def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
+    """The heads of a headkit save or run (type, pooling, labels, parameters), or None if it is not one.
+
+    Parameter counts come from the safetensors header, so no weights are loaded.
+    """
+    from safetensors import safe_open
+
+    path = Path(directory)
+    directory = next((d for d in (path, path / "model") if (d / MANIFEST).is_file()), None)
+    if directory is None:
+        return None
+    manifest = read_manifest(directory)
+    sizes: dict[str, int] = {}
+    with safe_open(directory / WEIGHTS, "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            if key.startswith("heads."):
+                head = key.split(".")[1]
+                sizes[head] = sizes.get(head, 0) + int(torch.tensor(f.get_slice(key).get_shape()).prod())
+    return {
+        name: {
+            "type": config["type"],
+            "pooling": config.get("pooling"),
+            "labels": config.get("labels", []),
+            "params": sizes.get(name, 0),
+            "tied_to_embeddings": bool(config.get("tie_embeddings", False)),
+            "loss_weight": config.get("loss_weight", 1.0),
+        }
+        for name, config in manifest["heads"].items()
+    }
