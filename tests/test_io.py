@@ -163,8 +163,10 @@ def test_no_pickle_is_ever_loaded():
             assert "weights_only=True" in call, (path, call)
 
 
-def test_inspect_lists_the_heads_of_a_headkit_save(tmp_path, capsys):
+def test_inspect_lists_the_heads_of_a_headkit_save(tmp_path, capsys, monkeypatch):
     from headkit.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: rich does not fold the table
     from headkit.io import describe_heads
 
     model = make_model()
