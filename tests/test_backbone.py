@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from conftest import ARCHITECTURES, has_package
 from headkit import HeadkitError, ModelNotFoundError, RemoteCodeError, inspect_model, load_backbone
 from headkit.cli import main
+
+from conftest import ARCHITECTURES, has_package
 
 # architecture -> (head kind, output layer, in, out, tied)
 EXPECTED = {

@@ -5,10 +5,11 @@ import pytest
 import torch
 import transformers
 
-from conftest import sentiment_rows, write_csv
 from headkit import DataError
 from headkit.data import IGNORE_INDEX, LengthGroupedBatches, TaskSpec, collate, read_rows, split_indices
 from headkit.tasks import prepare
+
+from conftest import sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")

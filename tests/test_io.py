@@ -7,9 +7,10 @@ import torch
 import transformers
 
 import headkit
-from conftest import text_batch, tiny_config
 from headkit import CheckpointError, FingerprintMismatchError, MultiHeadModel, head_config
 from headkit.io import atomic_write_bytes
+
+from conftest import text_batch, tiny_config
 
 
 def make_model(weighting="static") -> MultiHeadModel:

@@ -2,9 +2,10 @@ import pytest
 import torch
 import transformers
 
-from conftest import VOCAB, text_batch, tiny_config
 from headkit import HeadConfigError, HeadMismatchError, MultiHeadModel, head_config
 from headkit.heads import IGNORE_INDEX
+
+from conftest import VOCAB, text_batch, tiny_config
 
 NAN = float("nan")
 

@@ -3,12 +3,13 @@ import torch
 import transformers
 
 import headkit
-from conftest import WORDS, has_package, tiny_config
 from headkit import DataError, HeadkitError
 from headkit.cli import main
 from headkit.data import EncodedData
 from headkit.generation import fill_mask, generate
 from headkit.pretrain import PretrainConfig, check_objective, encode_corpus, lm_batch, pretrain, read_corpus
+
+from conftest import WORDS, has_package, tiny_config
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
 SENTENCES = ["alice visited paris", "bob met alice", "the film was very good", "the plot was boring"]

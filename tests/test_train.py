@@ -4,13 +4,14 @@ import pytest
 import torch
 
 import headkit
-from conftest import sentiment_rows, write_csv
 from headkit import CheckpointError, HeadkitError
 from headkit.cli import main
 from headkit.data import TaskSpec
 from headkit.model import MultiHeadModel
 from headkit.predict import load_for_inference, predict_texts
 from headkit.train import TrainConfig, train
+
+from conftest import sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,15 @@ def replace_dir(staging: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_dir(directory: Path) -> None:
+    """Undo a `replace_dir` that was killed between its two renames (the old copy set aside)."""
+    if directory.exists():
+        return
+    set_aside = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if set_aside:
+        os.replace(set_aside[-1], directory)
+
+
 def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> MultiHeadModel:
     """Load a full save written by `save` (backbone + heads)."""
     directory = Path(directory)

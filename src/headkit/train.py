@@ -38,7 +38,7 @@ from headkit.data import LengthGroupedBatches, collate
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
 from headkit.features import FeatureCache, cached_features
-from headkit.io import atomic_write_bytes, atomic_write_json, save
+from headkit.io import atomic_write_bytes, atomic_write_json, recover_dir, save
 from headkit.model import MultiHeadModel
 from headkit.report import print_summary, write_report
 from headkit.strategies import (
@@ -277,6 +277,9 @@ def fit(
         "backbone_modified": False,
     }
     resume_dir = run / "checkpoint"
+    if config.resume and main:
+        recover_dir(resume_dir)  # a kill mid-swap leaves the previous checkpoint set aside
+    accelerator.wait_for_everyone()
     resuming = config.resume and (resume_dir / "state.json").is_file()
 
     phases = plan_phases(strategy, config)
