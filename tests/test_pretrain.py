@@ -225,3 +225,29 @@ def test_lora_pretraining_hands_a_merged_backbone_to_train(tiny_text_model, corp
     assert torch.equal(
         merged.state_dict()["embeddings.word_embeddings.weight"], base.state_dict()["embeddings.word_embeddings.weight"]
     )
+
+
+def test_generate_uses_a_lora_pretrained_adapter(tiny_gpt2, corpus, tmp_path):
+    from headkit.generation import load_causal_lm
+
+    run = tmp_path / "lora-clm"
+    pretrain(
+        PretrainConfig(
+            model=str(tiny_gpt2),
+            objective="clm",
+            corpus=[corpus],
+            output_dir=str(run),
+            strategy="lora",
+            lora_r=4,
+            epochs=2,
+            lora_lr=2e-2,
+            max_length=16,
+            progress=False,
+        )
+    )
+    model, _ = load_causal_lm(str(run))
+    adapted, base = headkit.load_backbone(run), headkit.load_backbone(tiny_gpt2)
+    key = "h.0.attn.c_attn.weight"
+    assert torch.equal(model.transformer.state_dict()[key], adapted.state_dict()[key])
+    assert not torch.equal(adapted.state_dict()[key], base.state_dict()[key])
+    assert model.lm_head.weight is model.transformer.wte.weight

@@ -107,6 +107,13 @@ def load_causal_lm(name: str, trust_remote_code: bool = False):
         )
     path = saved / "backbone" if saved else _local_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    if saved is not None and (saved / "adapter").is_dir():
+        # A LoRA-pretrained run: its adapter was trained on the backbone, whose module names differ
+        # from the causal-LM class, so merge it there and copy the result in (a tied lm_head follows).
+        from headkit.backbone import load_backbone
+
+        merged = load_backbone(saved, trust_remote_code=trust_remote_code)
+        getattr(model, model.base_model_prefix).load_state_dict(merged.state_dict())
     return model, AutoTokenizer.from_pretrained(path)
 
 
