@@ -210,3 +210,17 @@ def test_cli_train_predict_and_bad_flags(tiny_text_model, data_file, tmp_path, c
         == 2
     )
     assert "unknown strategy 'half'" in capsys.readouterr().err
+
+
+def test_predict_marks_texts_longer_than_the_model_reads(tiny_text_model, data_file, tmp_path, capsys):
+    train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
+    model, tokenizer = load_for_inference(tmp_path / "run")
+    long_text = " ".join(["the film was very good"] * 40)  # 200 words; the tiny model reads 64 positions
+    short, long = predict_texts(model, tokenizer, ["a good film", long_text])
+    assert "truncated" not in short and long["truncated"] is True
+    assert long["sentiment"]["label"] in ("neg", "pos")
+    (tmp_path / "in.csv").write_text(f"text\na good film\n{long_text}\n")
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv")]) == 0
+    assert "1 texts were longer than the model reads" in capsys.readouterr().out
+    rows = (tmp_path / "in.predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and '"truncated": true' in rows[1]

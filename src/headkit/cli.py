@@ -162,11 +162,19 @@ def predict(
     model, tokenizer = load_for_inference(run)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
-        count = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
+        count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
         print(f"wrote predictions for {count} texts to {output}")
+        if truncated:
+            print(
+                f"note: {truncated} texts were longer than the model reads and were predicted on their "
+                'first tokens (marked "truncated": true)'
+            )
     for sample, prediction in zip(text or [], predict_texts(model, tokenizer, text or [], batch_size), strict=True):
         Console().print(f"[bold]{sample}[/]", highlight=False)
         for head, value in prediction.items():
+            if head == "truncated":
+                Console().print("  (text truncated to the model's limit)", highlight=False)
+                continue
             Console().print(f"  {head}: {_brief(value)}", highlight=False)
 
 

@@ -56,11 +56,19 @@ def predict_texts(
     max_length: int = 512,
     heads: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each text's predictions from every head (or the named ones), in input order."""
+    """Each text's predictions from every head (or the named ones), in input order.
+
+    Texts longer than the model reads are predicted on their first tokens and marked
+    `"truncated": true`, so a caller can see which predictions saw only part of the text.
+    """
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
-    limit = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+    limit = min(
+        max_length,
+        getattr(tokenizer, "model_max_length", max_length) or max_length,  # often "unlimited" (1e30)
+        getattr(model.backbone.config, "max_position_embeddings", max_length) or max_length,
+    )
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
     results: list[dict[str, Any]] = [{} for _ in texts]
     device = model.device
@@ -78,13 +86,19 @@ def predict_texts(
                 if head.config.type == "token-classification":
                     value = _words(value, enc[row], texts[i])
                 results[i][name] = value
+        encodings = getattr(enc, "encodings", None) or []
+        for row, i in enumerate(idx):
+            if row < len(encodings) and encodings[row].overflowing:
+                results[i]["truncated"] = True  # longer than the model reads: predicted on the start
     return results
 
 
 def predict_file(
     model: MultiHeadModel, tokenizer, input_path: str, text_column: str, output_path: str, batch_size: int = 64
-) -> int:
-    """Read texts from a file, write one JSON object (or CSV row) per input with each head's output."""
+) -> tuple[int, int]:
+    """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
+
+    Returns (texts predicted, texts truncated to the model's limit)."""
     rows = read_rows(input_path)
     if text_column not in rows[0]:
         raise DataError(f"column '{text_column}' not found in {input_path}; available columns: {sorted(rows[0])}")
@@ -93,13 +107,14 @@ def predict_file(
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
     predictions = predict_texts(model, tokenizer, texts, batch_size=batch_size)
+    truncated = sum(1 for p in predictions if p.get("truncated"))
     out = Path(output_path)
     if out.suffix.lower() == ".csv":
         atomic_write_bytes(out, _csv_bytes(texts, predictions))
     else:
         lines = [json.dumps({"text": t, **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
-    return len(texts)
+    return len(texts), truncated
 
 
 def _csv_bytes(texts: list[str], predictions: list[dict[str, Any]]) -> bytes:
