@@ -224,3 +224,13 @@ def test_predict_marks_texts_longer_than_the_model_reads(tiny_text_model, data_f
     assert "1 texts were longer than the model reads" in capsys.readouterr().out
     rows = (tmp_path / "in.predictions.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"truncated": true' in rows[1]
+
+
+def test_max_length_beyond_the_model_is_capped_not_a_crash(tiny_text_model, tmp_path, capsys):
+    rows = sentiment_rows(24)
+    rows[0]["text"] = " ".join(["the film was very good"] * 40)  # 200 words > 64 positions
+    data = str(write_csv(tmp_path / "long.csv", rows))
+    result = train(config(tiny_text_model, data, tmp_path / "run", epochs=1, max_length=200, strategy="full"))
+    printed = capsys.readouterr().out
+    assert "max_length 200 is more than" in printed and "using 64" in printed
+    assert result.metrics["train_examples"] + result.metrics["val_examples"] == 24

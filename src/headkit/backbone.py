@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -313,6 +314,20 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
         num_layers=getattr(config, "num_hidden_layers", None),
         vocab_size=getattr(config, "vocab_size", None),
     )
+
+
+def input_limit(name: str | os.PathLike, tokenizer: Any, requested: int, trust_remote_code: bool = False) -> int:
+    """The longest input (in tokens) to use: the request, capped by what the model can read.
+
+    Asking for more positions than the model has would fail deep inside torch, so the cap is
+    applied up front and said out loud.
+    """
+    config = load_config(name, trust_remote_code=trust_remote_code)
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    cap = min([n for n in limits if isinstance(n, int) and 0 < n < 1_000_000] or [requested])
+    if requested > cap:
+        print(f"max_length {requested} is more than {name} can read; using {cap}")
+    return min(requested, cap)
 
 
 def load_backbone(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headkit.backbone import dequantised, inspect_model, load_config, resolve_model
+from headkit.backbone import dequantised, input_limit, inspect_model, load_config, resolve_model
 from headkit.builtin_data import BUILTIN_DATASETS
 from headkit.config import TrainConfig
 from headkit.data import EncodedData, collate, read_rows, split_indices
@@ -202,7 +202,8 @@ def pretrain(config: PretrainConfig):
     documents = read_corpus(config.corpus, config.text)
     if PartialState().is_main_process:
         prepare_run_dir(config)
-    blocks = encode_corpus(documents, tokenizer, config.objective, config.max_length)
+    max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
+    blocks = encode_corpus(documents, tokenizer, config.objective, max_length)
     data = EncodedData(blocks, {})
     train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     head = head_config(OBJECTIVES[config.objective])

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from headkit.backbone import load_backbone, load_processor
+from headkit.backbone import input_limit, load_backbone, load_processor
 from headkit.checkpoint import load_train_state, restore_rng_state, save_train_state
 from headkit.config import TrainConfig
 from headkit.data import LengthGroupedBatches, collate
@@ -221,7 +221,8 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
     if PartialState().is_main_process:
         prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
     tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
-    data = prepare(config.all_tasks(), tokenizer, config.max_length, config.val_fraction, config.seed, sources=sources)
+    max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
+    data = prepare(config.all_tasks(), tokenizer, max_length, config.val_fraction, config.seed, sources=sources)
     set_seed(config.seed)
     model = MultiHeadModel.from_pretrained(
         config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
