@@ -108,10 +108,16 @@ def cached_features(
     pad_id: int = 0,
     root: Path | None = None,
     progress: bool = True,
+    backbone_digest: str | None = None,
 ) -> tuple[FeatureCache, bool]:
-    """Load the features from the cache, or compute and store them. Returns (features, was_cached)."""
+    """Load the features from the cache, or compute and store them. Returns (features, was_cached).
+
+    `backbone_digest` (from `weights_digest`) saves re-hashing the weights when a caller asks for
+    several datasets' features from the same backbone.
+    """
     kinds = ",".join(sorted(poolings)) + (",tokens" if need_tokens else "")
-    key = hashlib.sha256(f"{weights_digest(model.backbone)}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
+    digest = backbone_digest or weights_digest(model.backbone)
+    key = hashlib.sha256(f"{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
     path = (root or cache_dir() / "features") / f"{key[:32]}.safetensors"
     if path.is_file():
         try:

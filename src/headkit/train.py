@@ -37,7 +37,7 @@ from headkit.config import TrainConfig
 from headkit.data import LengthGroupedBatches, collate
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
-from headkit.features import FeatureCache, cached_features
+from headkit.features import FeatureCache, cached_features, weights_digest
 from headkit.io import atomic_write_bytes, atomic_write_json, recover_dir, save
 from headkit.model import MultiHeadModel
 from headkit.report import print_summary, write_report
@@ -147,7 +147,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     return run
 
 
-def _features(model, data, pad_id, config, accelerator) -> FeatureCache:
+def _features(model, data, pad_id, config, accelerator, digest: str) -> FeatureCache:
     poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
     need_tokens = any(h.per_token for h in model.heads.values())
     with accelerator.main_process_first():
@@ -159,6 +159,7 @@ def _features(model, data, pad_id, config, accelerator) -> FeatureCache:
             batch_size=64,
             pad_id=pad_id,
             progress=config.progress and accelerator.is_main_process,
+            backbone_digest=digest,
         )
     if accelerator.is_main_process:
         print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else 'computed and cached'}")
@@ -296,9 +297,10 @@ def fit(
                 f"({100 * trainable / total:.2f}%)"
             )
         if phase.cached and "train" not in caches:
-            caches["train"] = _features(model, data.train, pad_id, config, accelerator)
+            digest = weights_digest(model.backbone)  # hashed once for both datasets
+            caches["train"] = _features(model, data.train, pad_id, config, accelerator, digest)
             if len(data.val):
-                caches["val"] = _features(model, data.val, pad_id, config, accelerator)
+                caches["val"] = _features(model, data.val, pad_id, config, accelerator, digest)
         sampler = LengthGroupedBatches(data.train.lengths(), config.batch_size, seed=config.seed)
         loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=make_batch)
         optimizer = make_optimizer(model, config, strategy)
