@@ -316,18 +316,20 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
     )
 
 
-def input_limit(name: str | os.PathLike, tokenizer: Any, requested: int, trust_remote_code: bool = False) -> int:
-    """The longest input (in tokens) to use: the request, capped by what the model can read.
-
-    Asking for more positions than the model has would fail deep inside torch, so the cap is
-    applied up front and said out loud.
-    """
-    config = load_config(name, trust_remote_code=trust_remote_code)
+def max_input_tokens(config: PretrainedConfig, tokenizer: Any, requested: int) -> int:
+    """The longest input to use: the request, capped by the model's positions and the tokenizer's
+    limit (which is often an "unlimited" 1e30). More positions than the model has would fail deep
+    inside torch."""
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    cap = min([n for n in limits if isinstance(n, int) and 0 < n < 1_000_000] or [requested])
+    return min([n for n in limits if isinstance(n, int) and 0 < n < 1_000_000] + [requested])
+
+
+def input_limit(name: str | os.PathLike, tokenizer: Any, requested: int, trust_remote_code: bool = False) -> int:
+    """`max_input_tokens` for a checkpoint by name, saying so when the request is cut."""
+    cap = max_input_tokens(load_config(name, trust_remote_code=trust_remote_code), tokenizer, requested)
     if requested > cap:
         print(f"max_length {requested} is more than {name} can read; using {cap}")
-    return min(requested, cap)
+    return cap
 
 
 def load_backbone(

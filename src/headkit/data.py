@@ -112,9 +112,7 @@ def read_rows(source: Any) -> list[dict[str, Any]]:
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
-    with open(path, encoding="utf-8") as f:  # fail early and clearly on a non-UTF-8 file
-        f.read()
-    try:
+    try:  # a non-UTF-8 file raises UnicodeDecodeError, which read_rows reports
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path} has no header and no rows") from e
@@ -188,7 +186,8 @@ def _is_missing(value: Any) -> bool:
 # ----------------------------------------------------------------------------- label encoding
 
 
-def _column(rows: list[dict[str, Any]], column: str, source: str) -> list[Any]:
+def column_values(rows: list[dict[str, Any]], column: str, source: str) -> list[Any]:
+    """One column of a table, or a DataError that lists the columns there are."""
     if column not in rows[0]:
         raise DataError(f"column '{column}' not found in {source}; available columns: {sorted(rows[0])}")
     return [row.get(column) for row in rows]
@@ -237,7 +236,7 @@ def encode_labels(rows: list[dict[str, Any]], task: TaskSpec, labels: list[str],
     """Raw column values -> the head's label array (class ids, multi-hot, targets, tag lists)."""
     if task.type == "regression":
         columns = [c.strip() for c in task.label.split(",")]
-        values = [_column(rows, c, source) for c in columns]
+        values = [column_values(rows, c, source) for c in columns]
         return np.array(
             [
                 [_regression_value(v[i], c, i + 1) for v, c in zip(values, columns, strict=True)]
@@ -246,7 +245,7 @@ def encode_labels(rows: list[dict[str, Any]], task: TaskSpec, labels: list[str],
             dtype=np.float32,
         ).reshape(len(rows), len(columns))
     column = "tags" if task.type in TOKEN_TYPES and task.label == "label" else task.label
-    values = _column(rows, column, source)
+    values = column_values(rows, column, source)
     index = {name: i for i, name in enumerate(labels)}
 
     def lookup(name: str, row: int) -> int:
@@ -272,7 +271,7 @@ def encode_labels(rows: list[dict[str, Any]], task: TaskSpec, labels: list[str],
                     out[i, lookup(name, i + 1)] = 1.0
         return out
     if task.type in TOKEN_TYPES:
-        token_lists = _column(rows, "tokens", source)
+        token_lists = column_values(rows, "tokens", source)
         encoded = []
         for i, (tokens, tags) in enumerate(zip(token_lists, values, strict=True)):
             if _is_missing(tags):
@@ -368,10 +367,10 @@ def tokenize(
 ) -> tuple[list[list[int]], list[list[int | None]] | None]:
     """Token ids (truncated to max_length) and, for pre-split tokens, the word index of each position."""
     if is_tokens:
-        words = _column(rows, "tokens", source)
+        words = column_values(rows, "tokens", source)
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         return enc["input_ids"], [enc.word_ids(i) for i in range(len(words))]
-    texts = _column(rows, text_column, source)
+    texts = column_values(rows, text_column, source)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
     if bad is not None:
         raise DataError(f"row {bad + 1} of {source}: text column '{text_column}' is empty or not text: {texts[bad]!r}")

@@ -99,6 +99,7 @@ def evaluate_dataset(
     `columns` maps head -> label column (default: a column named like the head, else 'label').
     Returns the evaluation and the number of examples. Unseen labels raise a `DataError`.
     """
+    from headkit.backbone import max_input_tokens
     from headkit.data import TaskSpec, read_rows
     from headkit.errors import HeadkitError
     from headkit.tasks import prepare
@@ -112,7 +113,7 @@ def evaluate_dataset(
         columns = {n: n if n in first else "label" for n in model.heads}
     tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
     label_maps = {n: model.heads[n].config.labels for n in columns}
-    positions = getattr(model.backbone.config, "max_position_embeddings", None) or max_length
-    prepared = prepare(tasks, tokenizer, min(max_length, positions), val_fraction=0.0, label_maps=label_maps)
+    limit = max_input_tokens(model.backbone.config, tokenizer, max_length)
+    prepared = prepare(tasks, tokenizer, limit, val_fraction=0.0, label_maps=label_maps)
     pad_id = tokenizer.pad_token_id or 0
     return evaluate(model, prepared.train, pad_id, batch_size=batch_size), len(prepared.train)

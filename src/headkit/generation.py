@@ -16,6 +16,7 @@ import torch
 
 from headkit.backbone import dequantised, inspect_model, resolve_model
 from headkit.errors import DataError, HeadkitError
+from headkit.io import find_save
 
 
 def _local_path(name: str) -> Path:
@@ -23,19 +24,11 @@ def _local_path(name: str) -> Path:
     return dequantised(source) if source.gguf_file else source.path
 
 
-def _headkit_save(name: str) -> Path | None:
-    path = Path(name)
-    for candidate in (path, path / "model"):
-        if (candidate / "heads.json").is_file() and (candidate / "backbone").is_dir():
-            return candidate
-    return None
-
-
 def masked_lm(name: str, trust_remote_code: bool = False) -> tuple[Callable[..., torch.Tensor], Any]:
     """A function (input_ids, attention_mask) -> vocabulary logits, and the tokenizer."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    saved = _headkit_save(name)
+    saved = find_save(name)
     if saved is not None:
         from headkit.predict import load_for_inference
 
@@ -98,7 +91,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False):
     """A causal-LM model (eval mode) and its tokenizer; GGUF files are dequantised once and cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    saved = _headkit_save(name)
+    saved = find_save(name)
     report = None if saved else inspect_model(name, trust_remote_code=trust_remote_code)
     if report is not None and report.head_kind != "causal-lm":
         raise HeadkitError(

@@ -220,6 +220,14 @@ def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> Multi
     return load_heads(directory, backbone)
 
 
+def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | None:
+    """The headkit save at `path` or, for a training run, at `path/model`; None if there is none."""
+    for candidate in (Path(path), Path(path) / "model"):
+        if (candidate / MANIFEST).is_file() and (not with_backbone or (candidate / BACKBONE_DIR).is_dir()):
+            return candidate
+    return None
+
+
 def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
     """The heads of a headkit save or run (type, pooling, labels, parameters), or None if it is not one.
 
@@ -227,8 +235,7 @@ def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | 
     """
     from safetensors import safe_open
 
-    path = Path(directory)
-    directory = next((d for d in (path, path / "model") if (d / MANIFEST).is_file()), None)
+    directory = find_save(directory, with_backbone=False)
     if directory is None:
         return None
     manifest = read_manifest(directory)

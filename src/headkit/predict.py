@@ -10,19 +10,19 @@ from typing import Any
 
 import torch
 
-from headkit.data import read_rows
+from headkit.backbone import max_input_tokens
+from headkit.data import column_values, read_rows
 from headkit.errors import DataError, HeadkitError
-from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_bytes, load
+from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_bytes, find_save, load
 from headkit.model import MultiHeadModel
 
 
 def resolve_model_dir(run: str | os.PathLike) -> Path:
     """A run directory (holding model/) or a saved model directory (holding heads.json)."""
-    path = Path(run)
-    for candidate in (path, path / "model"):
-        if (candidate / MANIFEST).is_file() and (candidate / BACKBONE_DIR).is_dir():
-            return candidate
-    raise HeadkitError(f"{path} is neither a training run (with model/) nor a saved model (with {MANIFEST})")
+    found = find_save(run)
+    if found is None:
+        raise HeadkitError(f"{run} is neither a training run (with model/) nor a saved model (with {MANIFEST})")
+    return found
 
 
 def load_for_inference(run: str | os.PathLike, trust_remote_code: bool = False):
@@ -64,11 +64,7 @@ def predict_texts(
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
-    limit = min(
-        max_length,
-        getattr(tokenizer, "model_max_length", max_length) or max_length,  # often "unlimited" (1e30)
-        getattr(model.backbone.config, "max_position_embeddings", max_length) or max_length,
-    )
+    limit = max_input_tokens(model.backbone.config, tokenizer, max_length)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
     results: list[dict[str, Any]] = [{} for _ in texts]
     device = model.device
@@ -99,10 +95,7 @@ def predict_file(
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
 
     Returns (texts predicted, texts truncated to the model's limit)."""
-    rows = read_rows(input_path)
-    if text_column not in rows[0]:
-        raise DataError(f"column '{text_column}' not found in {input_path}; available columns: {sorted(rows[0])}")
-    texts = [r.get(text_column) for r in rows]
+    texts = column_values(read_rows(input_path), text_column, input_path)
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")

@@ -24,7 +24,7 @@ from torch import nn
 from headkit.backbone import dequantised, input_limit, inspect_model, load_config, resolve_model
 from headkit.builtin_data import BUILTIN_DATASETS
 from headkit.config import TrainConfig
-from headkit.data import EncodedData, collate, read_rows, split_indices
+from headkit.data import EncodedData, collate, column_values, read_rows, split_indices
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import head_config
 
@@ -63,10 +63,8 @@ def read_corpus(sources: list[str], text_column: str = "text") -> list[str]:
     for source in sources:
         path = Path(source)
         if source in BUILTIN_DATASETS or path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet"):
-            rows = read_rows(source)
-            if text_column not in rows[0]:
-                raise DataError(f"column '{text_column}' not found in {source}; available columns: {sorted(rows[0])}")
-            found = [r[text_column] for r in rows if isinstance(r.get(text_column), str) and r[text_column].strip()]
+            values = column_values(read_rows(source), text_column, source)
+            found = [v for v in values if isinstance(v, str) and v.strip()]
         else:
             if not path.is_file():
                 raise DataError(f"corpus file {source} not found")

@@ -19,6 +19,7 @@ from headkit.data import (
     TaskSpec,
     align_tags,
     check_label_dtype,
+    column_values,
     concat,
     encode_labels,
     infer_labels,
@@ -102,9 +103,7 @@ def prepare(
                 if task.type == "regression":
                     labels = [c.strip() for c in task.label.split(",")]
                 else:
-                    values = [r.get(column) for r in rows]
-                    if column not in rows[0]:
-                        raise DataError(f"column '{column}' not found in {data}; available columns: {sorted(rows[0])}")
+                    values = column_values(rows, column, data)
                     check_label_dtype(values, task, data)
                     labels = infer_labels(values, task.type)
             y = encode_labels(rows, task, labels, data)

@@ -18,6 +18,7 @@ import functools
 import itertools
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,8 +140,6 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     for stale in ("checkpoint", "best.safetensors", "best.json"):
         path = run / stale
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
