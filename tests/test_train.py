@@ -146,26 +146,26 @@ def test_uncertainty_weighting_trains_log_variances(tiny_text_model, data_file, 
     assert len(values) == 2 and any(abs(v) > 1e-4 for v in values)
 
 
+def cli_train(model_dir, data_file, out, *flags: str) -> int:
+    """`headkit train --model M --data D --output_dir O --no_progress FLAGS...` through the CLI."""
+    return main(
+        ["train", "--model", str(model_dir), "--data", data_file, "--output_dir", str(out), "--no_progress", *flags]
+    )
+
+
 def test_cli_train_predict_and_bad_flags(tiny_text_model, data_file, tmp_path, capsys):
     run = str(tmp_path / "cli")
     assert (
-        main(
-            [
-                "train",
-                "--model",
-                str(tiny_text_model),
-                "--data",
-                data_file,
-                "--head",
-                "sentiment:label",
-                "--head",
-                "score:score:regression",
-                "--epochs",
-                "1",
-                "--output_dir",
-                run,
-                "--no_progress",
-            ]
+        cli_train(
+            tiny_text_model,
+            data_file,
+            run,
+            "--head",
+            "sentiment:label",
+            "--head",
+            "score:score:regression",
+            "--epochs",
+            "1",
         )
         == 0
     )
@@ -173,42 +173,9 @@ def test_cli_train_predict_and_bad_flags(tiny_text_model, data_file, tmp_path, c
     assert main(["predict", run, "--text", "a very good film", "--text", "boring"]) == 0
     printed = capsys.readouterr().out
     assert "sentiment:" in printed and "score:" in printed
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                str(tiny_text_model),
-                "--data",
-                data_file,
-                "--head",
-                "sentiment",
-                "--output_dir",
-                str(tmp_path / "bad"),
-                "--no_progress",
-            ]
-        )
-        == 2
-    )
+    assert cli_train(tiny_text_model, data_file, tmp_path / "bad", "--head", "sentiment") == 2
     assert "should look like NAME:COLUMN" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                str(tiny_text_model),
-                "--data",
-                data_file,
-                "--head",
-                "s:label",
-                "--strategy",
-                "half",
-                "--output_dir",
-                str(tmp_path / "bad2"),
-            ]
-        )
-        == 2
-    )
+    assert cli_train(tiny_text_model, data_file, tmp_path / "bad2", "--head", "s:label", "--strategy", "half") == 2
     assert "unknown strategy 'half'" in capsys.readouterr().err
 
 
