@@ -201,3 +201,17 @@ def test_max_length_beyond_the_model_is_capped_not_a_crash(tiny_text_model, tmp_
     printed = capsys.readouterr().out
     assert "max_length 200 is more than" in printed and "using 64" in printed
     assert result.metrics["train_examples"] + result.metrics["val_examples"] == 24
+
+
+def test_cli_bad_invocations_are_one_line_errors(tmp_path, capsys):
+    cases = [
+        (["evaluate", str(tmp_path)], "evaluate needs labelled data"),
+        (["evaluate", str(tmp_path), "--data", "x.csv", "--head", "sentiment"], "should look like NAME:COLUMN"),
+        (["predict", str(tmp_path)], "nothing to predict"),
+        (["predict", str(tmp_path), "--text", "hi"], "neither a training run"),
+        (["pretrain", "--corpus", "x.txt", "--strategy", "frozen"], "supports --strategy full or lora"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
