@@ -141,3 +141,28 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+SERVED_HEADS = {
+    "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"},
+    "stars": {"type": "regression", "labels": ["stars"], "pooling": "pooler"},
+    "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": "pooler"},
+    "tags": {"type": "token-classification", "labels": ["O", "B-LOC", "I-LOC", "B-PER"]},
+    "answer": {"type": "span"},
+    "mlm": {"type": "masked-lm", "vocab_size": 0},
+    "topic": {"type": "classification", "labels": ["a", "b", "c"], "pooling": "mean"},
+}
+
+
+@pytest.fixture(scope="session")
+def saved_multihead(tiny_text_model, tmp_path_factory) -> Path:
+    """A full headkit save: the tiny BERT with one head of every text type (random weights)."""
+    import headkit
+
+    torch.manual_seed(0)
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=SERVED_HEADS)
+    for p in model.heads.parameters():  # larger weights than the init, so differences would show
+        torch.nn.init.normal_(p, std=0.5) if p.dim() > 1 else None
+    path = tmp_path_factory.mktemp("saved") / "model"
+    headkit.save(model, path, processor=headkit.load_processor(tiny_text_model))
+    return path

@@ -144,22 +144,24 @@ def predict(
     text: list[str] | None = None,
     text_column: str = "text",
     batch_size: int = 64,
+    engine: str = "torch",
 ) -> None:
     """Predict every head for texts from a file (written to another file) or from --text.
 
     Args:
-        run: a training run directory (or its model/ directory).
+        run: a training run directory (or its model/ directory), or an ONNX export with --engine onnx.
         input: a CSV / JSONL / Parquet file with a text column.
         output: where to write predictions (.jsonl or .csv); default INPUT.predictions.jsonl.
         text: texts to predict directly (repeat --text for several).
         text_column: the text column of --input.
         batch_size: texts per forward pass.
+        engine: torch (the saved model), onnx or onnx-int8 (a directory written by export --to onnx).
     """
     from headkit.predict import load_for_inference, predict_file, predict_texts
 
     if not input and not text:
         raise HeadkitError("nothing to predict: give --input FILE or --text 'some text'")
-    model, tokenizer = load_for_inference(run)
+    model, tokenizer = load_for_inference(run, engine=engine)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
         count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
@@ -268,7 +270,80 @@ def pretrain(config: PretrainConfig) -> None:
     run_pretraining(config)
 
 
-COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain]
+def export(
+    run: str,
+    to: str | None = None,
+    output: str | None = None,
+    head: str | None = None,
+    quantize: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Export a trained model: to a plain transformers checkpoint, or every head to one ONNX graph.
+
+    Args:
+        run: a training run directory (or a saved model directory).
+        to: transformers or onnx.
+        output: the directory to write; default RUN/export-transformers or RUN/export-onnx.
+        head: with --to transformers, export this one head of a multi-head model as a plain model.
+        quantize: with --to onnx, also write an int8 (dynamically quantised) graph.
+        overwrite: replace a non-empty output directory.
+    """
+    from headkit.export import export_onnx, export_transformers
+
+    if to not in ("transformers", "onnx"):
+        raise HeadkitError(f"--to {to!r}: choose transformers or onnx" if to else "give --to transformers or --to onnx")
+    if quantize and to != "onnx":
+        raise HeadkitError("--quantize applies to --to onnx only")
+    if head and to != "transformers":
+        raise HeadkitError("--head applies to --to transformers (ONNX holds every head in one graph)")
+    output = output or str(Path(run) / f"export-{to}")
+    if to == "transformers":
+        result = export_transformers(run, output, head=head, overwrite=overwrite)
+    else:
+        result = export_onnx(run, output, quantize=quantize, overwrite=overwrite)
+    print(f"wrote {result.path} ({result.target})")
+    print(result.message)
+
+
+def serve(
+    run: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    engine: str = "torch",
+    max_texts: int = 64,
+    max_chars: int = 20_000,
+    timeout: float = 30.0,
+    max_batch_texts: int = 128,
+    batch_wait_ms: float = 2.0,
+) -> None:
+    """Serve every head over HTTP: POST /predict, GET /health, GET /metadata, GET /docs.
+
+    Args:
+        run: a training run, a saved model, or an ONNX export (with --engine onnx / onnx-int8).
+        host: interface to bind; the default answers this machine only.
+        port: TCP port.
+        engine: torch, onnx or onnx-int8.
+        max_texts: texts one request may send (more: HTTP 413).
+        max_chars: characters per text (more: HTTP 413).
+        timeout: seconds a request may wait for its predictions (then HTTP 504).
+        max_batch_texts: texts per forward pass, gathered across concurrent requests.
+        batch_wait_ms: how long to wait for more requests to fill a forward pass.
+    """
+    import uvicorn
+
+    from headkit.serve import ServeLimits, load_app
+
+    limits = ServeLimits(
+        max_texts=max_texts,
+        max_chars=max_chars,
+        timeout_s=timeout,
+        max_batch_texts=max_batch_texts,
+        batch_wait_ms=batch_wait_ms,
+    )
+    uvicorn.run(load_app(run, engine=engine, limits=limits), host=host, port=port, log_level="info")
+
+
+COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain, export, serve]
 
 
 def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
@@ -314,9 +389,10 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     `fill-mask MODEL "text 1" "text 2"` packs its texts into one list argument.
     """
     out, i = [], 0
+    list_flags = LIST_FLAGS - {"--head"} if argv[:1] == ["export"] else LIST_FLAGS  # export --head is one name
     while i < len(argv):
         arg = argv[i]
-        if arg in LIST_FLAGS:
+        if arg in list_flags:
             i += 1
             while i < len(argv) and not argv[i].startswith("--"):
                 out += [arg + "+", argv[i]]

@@ -43,7 +43,7 @@ class TaskSpec:
         label: the column holding this head's labels (regression: comma-separated columns).
         text: the column holding the input text (token files: ignored).
         type: head type: classification, multilabel, regression, token-classification.
-        pooling: cls, mean, max or last (pooled heads).
+        pooling: cls, mean, max, last or pooler (the backbone's own pooling layer; pooled heads).
         loss_weight: this head's weight in the total loss.
         limit: use at most this many rows of the source (a seeded random sample).
     """

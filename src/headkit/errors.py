@@ -42,3 +42,7 @@ class FingerprintMismatchError(CheckpointError):
 
 class DataError(HeadkitError):
     """Input data that cannot be used as given (columns, labels, encodings, sizes)."""
+
+
+class ExportError(HeadkitError):
+    """A model that cannot be exported to the requested target (no exact mapping, no exporter)."""

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from headkit.backbone import cache_dir
 from headkit.data import EncodedData, LengthGroupedBatches, collate
-from headkit.heads import pool
 from headkit.io import atomic_write_bytes
 from headkit.model import MultiHeadModel
 
@@ -91,7 +90,7 @@ def compute_features(
         hidden, mask = model.forward_features(**inputs)
         hidden = hidden.float()
         for method in poolings:
-            pooled[method][indices] = pool(hidden, mask, method).cpu()
+            pooled[method][indices] = model.pool(hidden, mask, method).cpu()
         if tokens is not None:
             for row, i in enumerate(indices):
                 tokens[offsets[i] : offsets[i + 1]] = hidden[row, : int(lengths[i])].cpu()

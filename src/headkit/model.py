@@ -21,8 +21,9 @@ from transformers import PreTrainedModel
 
 from headkit.backbone import load_backbone
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads import HeadConfig, build_head, head_config
+from headkit.heads import HeadConfig, build_head, config_from_dict
 from headkit.heads.base import zero_loss
+from headkit.heads.pooling import pool
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -64,12 +65,16 @@ class MultiHeadModel(nn.Module):
     ) -> MultiHeadModel:
         """Load the backbone of any checkpoint (its own head is dropped) and attach `heads`."""
         backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
-        configs = {name: c if isinstance(c, HeadConfig) else head_config(**c) for name, c in (heads or {}).items()}
+        configs = {name: c if isinstance(c, HeadConfig) else config_from_dict(c) for name, c in (heads or {}).items()}
         return cls(backbone, configs, weighting=weighting)
 
     @property
     def hidden_size(self) -> int:
         return int(self.backbone.config.hidden_size)
+
+    @property
+    def backbone_config(self):
+        return self.backbone.config
 
     @property
     def head_configs(self) -> dict[str, HeadConfig]:
@@ -89,6 +94,11 @@ class MultiHeadModel(nn.Module):
                 f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
                 f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
             )
+        if getattr(config, "pooling", None) == "pooler" and self.backbone_pooler is None:
+            raise HeadMismatchError(
+                f"head '{name}' uses 'pooler' pooling, but the {self.backbone.config.model_type} backbone has no "
+                "pooling layer; use cls, mean, max or last"
+            )
         if getattr(config, "vocab_size", None) == 0:
             config.vocab_size = int(self.backbone.config.vocab_size)
         head = build_head(config)
@@ -106,6 +116,18 @@ class MultiHeadModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
+
+    @property
+    def backbone_pooler(self) -> nn.Module | None:
+        """The backbone's own pooling layer (BERT's tanh pooler), seen through a PEFT wrapper."""
+        base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        return getattr(base, "pooler", None)
+
+    def pool(self, hidden: Tensor, mask: Tensor, method: str) -> Tensor:
+        """(B, T, H) -> (B, H) with a pooling method, the backbone's own `pooler` included."""
+        if method == "pooler":
+            return self.backbone_pooler(hidden)
+        return pool(hidden, mask, method)
 
     def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         """A (B, T) mask over hidden positions, whatever the modality.
@@ -147,12 +169,16 @@ class MultiHeadModel(nn.Module):
         if unknown:
             raise HeadConfigError(f"unknown head(s) {unknown}; this model has {list(self.heads)}")
         outputs = {}
+        pooled = dict(pooled or {})  # each pooling method is computed once, however many heads use it
         for name in names:
             head = self.heads[name]
-            if pooled is not None and not head.per_token:
-                outputs[name] = head.forward_pooled(pooled[head.config.pooling])
-            else:
+            if head.per_token:
                 outputs[name] = head(hidden, mask)
+                continue
+            method = head.config.pooling
+            if method not in pooled:
+                pooled[method] = self.pool(hidden, mask, method)
+            outputs[name] = head.forward_pooled(pooled[method])
         result = MultiHeadOutput(outputs=outputs, mask=mask)
         if labels is None:
             return result

@@ -15,6 +15,7 @@ from headkit.data import column_values, read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_bytes, find_save, load
 from headkit.model import MultiHeadModel
+from headkit.onnx_model import OnnxModel
 
 
 def resolve_model_dir(run: str | os.PathLike) -> Path:
@@ -25,10 +26,19 @@ def resolve_model_dir(run: str | os.PathLike) -> Path:
     return found
 
 
-def load_for_inference(run: str | os.PathLike, trust_remote_code: bool = False):
-    """The saved model (eval mode) and its tokenizer."""
+ENGINES = ("torch", "onnx", "onnx-int8")
+
+
+def load_for_inference(run: str | os.PathLike, trust_remote_code: bool = False, engine: str = "torch"):
+    """The saved model (eval mode) and its tokenizer; `engine` onnx/onnx-int8 reads an ONNX export."""
     from headkit.backbone import load_processor
 
+    if engine not in ENGINES:
+        raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
+    if engine != "torch":
+        from headkit.onnx_model import OnnxModel
+
+        return OnnxModel(run, int8=engine == "onnx-int8"), load_processor(run)
     directory = resolve_model_dir(run)
     model = load(directory, trust_remote_code=trust_remote_code).eval()
     return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
@@ -47,9 +57,9 @@ def _words(head_output: list[str], encoding, text: str) -> list[dict[str, str]]:
     return words
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_texts(
-    model: MultiHeadModel,
+    model: MultiHeadModel | OnnxModel,
     tokenizer,
     texts: list[str],
     batch_size: int = 64,
@@ -64,7 +74,7 @@ def predict_texts(
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
-    limit = max_input_tokens(model.backbone.config, tokenizer, max_length)
+    limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
     results: list[dict[str, Any]] = [{} for _ in texts]
     device = model.device

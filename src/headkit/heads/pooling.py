@@ -2,6 +2,9 @@
 
 Every method respects the attention mask, so padding never leaks into the pooled vector, and
 `last` finds the last real token for both right- and left-padded batches (decoder models).
+`pooler` is the backbone's own pooling layer (BERT: tanh(dense(h_[CLS]))), which is what
+`BertForSequenceClassification` classifies; it lives in the backbone, so `MultiHeadModel.pool`
+computes it, and heads that use it export exactly to a plain transformers model.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from torch import Tensor
 
 from headkit.errors import HeadConfigError
 
-POOLING_METHODS = ("cls", "mean", "max", "last")
+POOLING_METHODS = ("cls", "mean", "max", "last", "pooler")
 
 
 def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
@@ -28,6 +31,8 @@ def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)  # (B,)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if method == "pooler":
+        raise HeadConfigError("'pooler' pooling runs the backbone's pooling layer: use MultiHeadModel.pool")
     raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")
 
 

@@ -1,0 +1,192 @@
+"""HTTP server over a saved model: every head from one backbone pass, concurrent requests batched.
+
+    POST /predict   {"texts": [...], "heads": [...]?} -> {"predictions": [{head: output, ...}, ...]}
+    GET  /health    liveness
+    GET  /metadata  heads, labels, backbone fingerprint, engine and limits
+    GET  /docs, /openapi.json   FastAPI's schema
+
+Requests go to a queue; one worker takes everything waiting (up to `max_batch_texts`, waiting at
+most `batch_wait_ms` for more) and predicts it in one pass, so concurrent clients share forward
+passes instead of contending for the CPU/GPU. Bad requests get a 4xx with an `error` that says
+what to change; a request that waits longer than `timeout_s` gets a 504. The model is loaded once,
+in eval mode with gradients off, and nothing in a request is ever read as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from headkit.predict import predict_texts
+
+
+@dataclass
+class ServeLimits:
+    """What one request may ask for, and how the server batches."""
+
+    max_texts: int = 64  # texts per request (more: 413)
+    max_chars: int = 20_000  # characters per text (more: 413); longer token sequences are truncated
+    max_body_bytes: int = 2_000_000  # request body size (more: 413)
+    timeout_s: float = 30.0  # a request waiting longer gets a 504
+    max_batch_texts: int = 128  # texts per forward pass, across requests
+    batch_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] = Field(min_length=1, description="texts to predict, each a string")
+    heads: list[StrictStr] | None = Field(default=None, description="heads to answer (default: all)")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[dict[str, Any]]
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra})
+
+
+class Batcher:
+    """One worker that turns queued requests into shared forward passes."""
+
+    def __init__(self, run_batch, max_texts: int, wait_s: float):
+        self.run_batch, self.max_texts, self.wait_s = run_batch, max_texts, wait_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def submit(self, texts: list[str], heads: list[str] | None) -> list[dict[str, Any]]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, heads, future))
+        return await future
+
+    async def work(self) -> None:
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0][0])
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while size < self.max_texts:
+                timeout = deadline - asyncio.get_running_loop().time()
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout) if timeout > 0 else self.queue.get_nowait()
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            jobs = [j for j in jobs if not j[2].done()]  # timed-out requests are not computed
+            if jobs:
+                await self._run(jobs)
+
+    async def _run(self, jobs: list) -> None:
+        texts = [t for job in jobs for t in job[0]]
+        wanted = None if any(job[1] is None for job in jobs) else sorted({h for job in jobs for h in job[1]})
+        try:
+            results = await asyncio.to_thread(self.run_batch, texts, wanted)
+        except Exception as e:  # reported to every waiting request; the worker lives on
+            for *_, future in jobs:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        start = 0
+        for job_texts, heads, future in jobs:
+            part = results[start : start + len(job_texts)]
+            start += len(job_texts)
+            if heads is not None:
+                part = [{k: v for k, v in r.items() if k in heads or k == "truncated"} for r in part]
+            if not future.done():
+                future.set_result(part)
+
+
+def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:
+    """The FastAPI app for a loaded model (a `MultiHeadModel` or an `OnnxModel`) and its tokenizer."""
+    limits = limits or ServeLimits()
+    if isinstance(model, torch.nn.Module):
+        model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
+    head_names = list(model.heads)
+
+    def run_batch(texts: list[str], heads: list[str] | None) -> list[dict[str, Any]]:
+        return predict_texts(model, tokenizer, texts, batch_size=limits.max_batch_texts, heads=heads)
+
+    batcher = Batcher(run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = asyncio.create_task(batcher.work())
+        yield
+        worker.cancel()
+
+    app = FastAPI(title="headkit", description="Every head of one model, from one backbone pass.", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            return _error(413, f"request body is {int(size):,} bytes; the limit is {limits.max_body_bytes:,}")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            if err.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+            else:
+                problems.append(f"{where or 'body'}: {err.get('msg')}")
+        message = "; ".join(problems) + '. Expected {"texts": ["a text", ...], "heads": ["name", ...] (optional)}'
+        return _error(422, message)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    async def describe() -> dict[str, Any]:
+        return {**metadata, "limits": asdict(limits)}
+
+    @app.post("/predict", response_model=PredictResponse, responses={413: {}, 422: {}, 504: {}})
+    async def predict(request: PredictRequest):
+        if len(request.texts) > limits.max_texts:
+            return _error(413, f"{len(request.texts)} texts in one request; the limit is {limits.max_texts}")
+        too_long = next((i for i, t in enumerate(request.texts) if len(t) > limits.max_chars), None)
+        if too_long is not None:
+            chars = len(request.texts[too_long])
+            return _error(413, f"texts[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
+        unknown = sorted(set(request.heads or []) - set(head_names))
+        if unknown:
+            return _error(422, f"unknown head(s) {unknown}; this model answers {head_names}")
+        try:
+            predictions = await asyncio.wait_for(batcher.submit(request.texts, request.heads), limits.timeout_s)
+        except TimeoutError:
+            return _error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
+        return {"predictions": predictions}
+
+    return app
+
+
+def load_app(run: str | os.PathLike, engine: str = "torch", limits: ServeLimits | None = None) -> FastAPI:
+    """Load a run, a saved model or an ONNX export and build its app."""
+    from pathlib import Path
+
+    from headkit.io import read_manifest
+    from headkit.onnx_model import read_onnx_manifest
+    from headkit.predict import load_for_inference, resolve_model_dir
+
+    model, tokenizer = load_for_inference(run, engine=engine)
+    manifest = read_onnx_manifest(Path(run)) if engine != "torch" else read_manifest(resolve_model_dir(run))
+    metadata = {
+        "engine": engine,
+        "heads": {
+            name: {"type": c["type"], "labels": c.get("labels", []), "pooling": c.get("pooling")}
+            for name, c in manifest["heads"].items()
+        },
+        "backbone": manifest["backbone"],
+    }
+    return create_app(model, tokenizer, metadata, limits)
