@@ -179,3 +179,22 @@ def test_cli_export_and_onnx_predict(saved_multihead, tmp_path, capsys):
     assert main(["export", str(saved_multihead), "--to", "transformers", "--quantize"]) == 2
     assert main(["predict", str(saved_multihead), "--engine", "tensorrt", "--text", "good"]) == 2
     assert "unknown engine" in capsys.readouterr().err
+
+
+def test_trained_pooler_head_round_trips_train_export_pipeline(tiny_text_model, tmp_path, capsys):
+    """The user path: train with --pooling pooler (frozen, cached features), export, predict without headkit."""
+    from headkit.cli import main
+
+    from conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "reviews.csv", sentiment_rows(48))
+    run = tmp_path / "run"
+    flags = ["--head", "sentiment:label", "--pooling", "pooler", "--epochs", "2", "--no_progress"]
+    assert main(["train", "--model", str(tiny_text_model), "--data", str(data), "--output_dir", str(run), *flags]) == 0
+    assert main(["export", str(run), "--to", "transformers"]) == 0
+    assert "BertForSequenceClassification" in capsys.readouterr().out
+    exported = transformers.pipeline("text-classification", model=str(run / "export-transformers"), top_k=None)
+    model, tokenizer = load_for_inference(run)
+    ours = predict_texts(model, tokenizer, ["a very good film"])[0]["sentiment"]["probs"]
+    theirs = {d["label"]: d["score"] for d in exported(["a very good film"])[0]}
+    assert theirs == pytest.approx(ours, abs=1e-5)

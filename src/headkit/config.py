@@ -19,6 +19,9 @@ class TrainConfig:
         data: shorthand: one data file or built-in dataset shared by every --head.
         text: shorthand: the text column of --data.
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
+        pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
+            backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
+            a classification head as a plain transformers model).
         output_dir: the run directory.
         strategy: frozen, partial:K, full, lora or lp-ft.
         weighting: static (each head's loss_weight) or uncertainty (learned).
@@ -54,6 +57,7 @@ class TrainConfig:
     data: str | None = None
     text: str = "text"
     head: list[str] = field(default_factory=list)
+    pooling: str = "mean"
     output_dir: str = "runs/latest"
     strategy: str = "frozen"
     weighting: str = "static"
@@ -84,12 +88,12 @@ class TrainConfig:
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [parse_task(spec, self.data, self.text) for spec in self.head]
+        return tasks + [parse_task(spec, self.data, self.text, self.pooling) for spec in self.head]
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a run: a resumed run must match them exactly."""
         data = dataclasses.asdict(self)
         data["tasks"] = [dataclasses.asdict(t) for t in self.all_tasks()]
-        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text"):
+        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text", "pooling"):
             data.pop(key)
         return data

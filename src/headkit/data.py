@@ -58,7 +58,7 @@ class TaskSpec:
     limit: int | None = None
 
 
-def parse_task(spec: str, data: str | None, text: str = "text") -> TaskSpec:
+def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean") -> TaskSpec:
     """`name:column[:type]` (with shared --data/--text) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -66,7 +66,7 @@ def parse_task(spec: str, data: str | None, text: str = "text") -> TaskSpec:
     if not data:
         raise DataError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
     kind = parts[2] if len(parts) > 2 else "classification"
-    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind)
+    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind, pooling=pooling)
 
 
 # ----------------------------------------------------------------------------- reading sources

@@ -278,9 +278,7 @@ def export_onnx(
     try:
         _export_graph(AllHeads(model, names).eval(), inputs, names, list(model.heads), dynamic, staging / ONNX_FILE)
         if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(staging / ONNX_FILE, staging / ONNX_INT8_FILE, weight_type=QuantType.QInt8)
+            _quantize(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
         if processor is not None:
             processor.save_pretrained(staging)
         model.backbone.config.save_pretrained(staging)
@@ -313,9 +311,32 @@ def export_onnx(
     )
 
 
+def _quantize(source: Path, target: Path) -> None:
+    """int8 weights, activations quantised on the fly (onnxruntime's dynamic quantisation), after
+    onnxruntime's recommended pre-processing (shape inference and graph optimisation)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_suffix(".prep.onnx")
+    try:
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # dynamic axes defeat it
+        except Exception:  # pre-processing only helps; quantise the graph as exported instead
+            prepared = source
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+    except Exception as e:
+        raise ExportError(f"onnxruntime could not quantise the graph: {type(e).__name__}: {str(e)[:300]}") from e
+    finally:
+        if prepared != source:
+            prepared.unlink(missing_ok=True)
+
+
 def _export_graph(module, inputs, input_names, output_names, dynamic, path: Path) -> None:
+    import logging
     import warnings
 
+    # The exporter logs a warning per torchvision op it cannot register; none is used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:

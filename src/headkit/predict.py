@@ -57,6 +57,27 @@ def _words(head_output: list[str], encoding, text: str) -> list[dict[str, str]]:
     return words
 
 
+def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors for examples `idx` of a whole-list encoding, padded on the tokenizer's side."""
+    lengths = [len(enc["input_ids"][i]) for i in idx]
+    length = max(lengths)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    mask = torch.zeros(len(idx), length, dtype=torch.long)
+    batch = {}
+    for key in ("input_ids", "token_type_ids"):
+        if key not in enc:
+            continue
+        pad = (tokenizer.pad_token_id or 0) if key == "input_ids" else 0
+        tensor = torch.full((len(idx), length), pad, dtype=torch.long)
+        for row, (i, n) in enumerate(zip(idx, lengths, strict=True)):
+            span = slice(length - n, length) if left else slice(0, n)
+            tensor[row, span] = torch.tensor(enc[key][i])
+            mask[row, span] = 1
+        batch[key] = tensor.to(device)
+    batch["attention_mask"] = mask.to(device)
+    return batch
+
+
 @torch.inference_mode()
 def predict_texts(
     model: MultiHeadModel | OnnxModel,
@@ -75,14 +96,16 @@ def predict_texts(
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    # Tokenise everything once, then batch texts of similar *token* length (less padding than
+    # grouping by characters) and pad each batch only to its own longest text.
+    enc = tokenizer(texts, truncation=True, max_length=limit)
+    ids = enc["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    encodings = getattr(enc, "encodings", None) or []
     results: list[dict[str, Any]] = [{} for _ in texts]
-    device = model.device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch_texts = [texts[i] for i in idx]
-        enc = tokenizer(batch_texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = _padded(enc, idx, tokenizer, model.device)
         out = model(heads=heads, **inputs)
         for name, output in out.outputs.items():
             head = model.heads[name]
@@ -90,11 +113,10 @@ def predict_texts(
             for row, i in enumerate(idx):
                 value = decoded[row]
                 if head.config.type == "token-classification":
-                    value = _words(value, enc[row], texts[i])
+                    value = _words(value, encodings[i], texts[i])
                 results[i][name] = value
-        encodings = getattr(enc, "encodings", None) or []
-        for row, i in enumerate(idx):
-            if row < len(encodings) and encodings[row].overflowing:
+        for i in idx:
+            if i < len(encodings) and encodings[i].overflowing:
                 results[i]["truncated"] = True  # longer than the model reads: predicted on the start
     return results
 
