@@ -326,7 +326,8 @@ def serve(
         max_texts: texts one request may send (more: HTTP 413).
         max_chars: characters per text (more: HTTP 413).
         timeout: seconds a request may wait for its predictions (then HTTP 504).
-        max_batch_texts: texts per forward pass, gathered across concurrent requests.
+        max_batch_texts: texts gathered from concurrent requests into one prediction call (run in
+            length-grouped forward passes of 16).
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
     """
     import uvicorn

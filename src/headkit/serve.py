@@ -37,8 +37,9 @@ class ServeLimits:
     max_chars: int = 20_000  # characters per text (more: 413); longer token sequences are truncated
     max_body_bytes: int = 2_000_000  # request body size (more: 413)
     timeout_s: float = 30.0  # a request waiting longer gets a 504
-    max_batch_texts: int = 128  # texts per forward pass, across requests
+    max_batch_texts: int = 128  # texts gathered from queued requests into one prediction call
     batch_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
+    forward_batch: int = 16  # texts per forward pass within a gathered batch, grouped by length (less padding)
 
 
 class PredictRequest(BaseModel):
@@ -112,7 +113,7 @@ def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits |
     head_names = list(model.heads)
 
     def run_batch(texts: list[str], heads: list[str] | None) -> list[dict[str, Any]]:
-        return predict_texts(model, tokenizer, texts, batch_size=limits.max_batch_texts, heads=heads)
+        return predict_texts(model, tokenizer, texts, batch_size=limits.forward_batch, heads=heads)
 
     batcher = Batcher(run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000)
 
