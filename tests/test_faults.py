@@ -1,4 +1,4 @@
-"""A training process killed with SIGKILL at a random moment resumes to the same result."""
+"""A training process killed with SIGKILL mid-epoch or mid-save resumes to the same result."""
 
 import json
 import os
@@ -90,3 +90,61 @@ def test_checkpoint_set_aside_by_a_killed_swap_is_recovered(tmp_path):
     (old / "state.json").write_text("{}")
     recover_dir(tmp_path / "checkpoint")
     assert (tmp_path / "checkpoint" / "state.json").is_file() and not old.exists()
+
+
+# Runs `headkit train` with the checkpoint writer patched to SIGKILL the process in the middle of
+# its N-th save: after the tensors file is written but before state.json ("files"), or after the
+# old checkpoint was set aside but before the new one was renamed into place ("rename").
+KILL_IN_SAVE = """
+import os, signal, sys
+import headkit.checkpoint as ck
+
+at, mode, calls = int(os.environ["KILL_AT_SAVE"]), os.environ["KILL_MODE"], {"n": 0}
+write_json, replace_dir = ck.atomic_write_json, ck.replace_dir
+
+def dying_write_json(path, obj):
+    calls["n"] += 1
+    if mode == "files" and calls["n"] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_json(path, obj)
+
+def dying_replace_dir(staging, directory):
+    if mode == "rename" and calls["n"] == at and directory.exists():
+        os.replace(directory, directory.with_name(f".{directory.name}.old-{os.getpid()}"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace_dir(staging, directory)
+
+ck.atomic_write_json, ck.replace_dir = dying_write_json, dying_replace_dir
+from headkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["files", "rename"])
+def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically(tiny_text_model, tmp_path, mode):
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(40))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(train_command(tiny_text_model, data, reference), env=env, check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    args = train_command(tiny_text_model, data, run)[3:]  # drop "python -m headkit"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SAVE, *args],
+        env={**env, "KILL_AT_SAVE": "6", "KILL_MODE": mode},
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run / "model").exists()
+
+    resumed = subprocess.run(
+        train_command(tiny_text_model, data, run, "--resume"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout  # from the last good checkpoint, not from scratch
+    for name in ("heads.safetensors", "backbone/model.safetensors"):
+        assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
+    assert (
+        json.loads((run / "metrics.json").read_text())["heads"]
+        == json.loads((reference / "metrics.json").read_text())["heads"]
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
@@ -351,7 +352,7 @@ def load_backbone(
     path = dequantised(source) if source.gguf_file else source.path
     try:
         backbone = AutoModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
     adapter = source.path.parent / "adapter"
     if merge_adapter and source.path.name == "backbone" and (adapter / "adapter_config.json").is_file():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from headkit.errors import CheckpointError
-from headkit.io import atomic_write_bytes, atomic_write_json, replace_dir
+from headkit.io import atomic_write_bytes, atomic_write_json, replace_dir, write_failed
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -55,12 +55,18 @@ def save_train_state(
         "param_groups": _jsonable(opt_state["param_groups"]),
         "scheduler": _jsonable(scheduler.state_dict()),
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    except OSError as e:
+        raise write_failed(directory, e) from e
     try:
         atomic_write_bytes(staging / STATE_TENSORS, safetensors.torch.save(tensors))
         atomic_write_json(staging / STATE_JSON, meta)
         replace_dir(staging, directory)
+    except OSError as e:  # the previous checkpoint is untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_failed(directory, e) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

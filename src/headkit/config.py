@@ -7,6 +7,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headkit.data import TaskSpec, parse_task
+from headkit.errors import HeadkitError
+
+# option -> (valid?, what is expected); checked before any model or data is loaded
+RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "grad_accum": (lambda v: v >= 1, "at least 1"),
+    "max_length": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v > 0, "above 0"),
+    "backbone_lr": (lambda v: v > 0, "above 0"),
+    "lora_lr": (lambda v: v > 0, "above 0"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mlm_probability": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "patience": (lambda v: v >= 0, "0 or more"),
+    "save_every": (lambda v: v >= 0, "0 or more"),
+    "lora_r": (lambda v: v >= 1, "at least 1"),
+    "lp_epochs": (lambda v: v >= 0, "0 or more"),
+}
+
+
+def check_ranges(config: Any) -> None:
+    """Refuse numeric options no run can use (a zero batch size, a negative learning rate) up front,
+    instead of failing minutes later deep inside the loop."""
+    for name, (valid, expected) in RANGES.items():
+        value = getattr(config, name, None)
+        if value is not None and not valid(value):
+            raise HeadkitError(f"--{name} must be {expected}, got {value}")
 
 
 @dataclass

@@ -46,3 +46,9 @@ class DataError(HeadkitError):
 
 class ExportError(HeadkitError):
     """A model that cannot be exported to the requested target (no exact mapping, no exporter)."""
+
+
+class OutputError(HeadkitError, OSError):
+    """A file that could not be written: disk full, read-only file system, no permission.
+
+    Also an `OSError`, so code that already handles write failures keeps working."""

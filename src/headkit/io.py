@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from headkit.backbone import fingerprint, load_backbone
-from headkit.errors import CheckpointError, FingerprintMismatchError
+from headkit.errors import CheckpointError, FingerprintMismatchError, OutputError
 from headkit.heads import config_from_dict
 from headkit.model import MultiHeadModel
 
@@ -39,18 +39,32 @@ BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
 
 
+def write_failed(path: Path, error: OSError) -> OutputError:
+    """A disk-full, read-only or permission failure, said plainly (the old file, if any, is intact)."""
+    return OutputError(
+        f"could not write {path}: {error.strerror or error}; free some disk space or choose a writable "
+        "directory (nothing already there was changed)"
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, e) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -98,6 +112,8 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f'{path} is not a headkit manifest (expected "format": "{FORMAT}")')
+    if not isinstance(manifest.get("heads"), dict) or not isinstance(manifest.get("backbone"), dict):
+        raise CheckpointError(f'{path} lacks its "heads" or "backbone" section; the checkpoint is damaged')
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format_version {manifest['format_version']}, newer than this headkit "
@@ -157,14 +173,20 @@ def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadMo
 def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = None) -> Path:
     """Full save: `backbone/` (save_pretrained + processor) and the heads, swapped in atomically."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    except OSError as e:
+        raise write_failed(directory, e) from e
     try:
         _save_backbone(model.backbone, staging)
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
         save_heads(model, staging)
         replace_dir(staging, directory)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_failed(directory, e) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -95,6 +95,8 @@ def predict_texts(
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
+    if not texts:
+        return []
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.

@@ -186,6 +186,7 @@ def pretrain(config: PretrainConfig):
     from accelerate.utils import set_seed
 
     from headkit.backbone import load_processor
+    from headkit.config import check_ranges
     from headkit.evaluate import evaluate
     from headkit.io import atomic_write_json
     from headkit.model import MultiHeadModel
@@ -193,6 +194,7 @@ def pretrain(config: PretrainConfig):
     from headkit.train import fit, prepare_run_dir, quiet_if_asked
 
     quiet_if_asked(config)
+    check_ranges(config)
     if config.strategy not in ("full", "lora"):
         raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
     tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)

@@ -34,12 +34,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from headkit.backbone import input_limit, load_backbone, load_processor
 from headkit.checkpoint import load_train_state, restore_rng_state, save_train_state
-from headkit.config import TrainConfig
+from headkit.config import TrainConfig, check_ranges
 from headkit.data import LengthGroupedBatches, collate
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
 from headkit.features import FeatureCache, cached_features, weights_digest
-from headkit.io import atomic_write_bytes, atomic_write_json, recover_dir, save
+from headkit.io import atomic_write_bytes, atomic_write_json, recover_dir, save, write_failed
 from headkit.model import MultiHeadModel
 from headkit.report import print_summary, write_report
 from headkit.strategies import (
@@ -119,6 +119,10 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     """Create or re-open the run directory; never silently mix two different runs."""
     run = Path(config.output_dir)
     saved = run / "config.yaml"
+    if run.exists() and not run.is_dir():
+        raise HeadkitError(f"--output_dir {run} is a file, not a directory; choose another --output_dir")
+    if config.resume and not saved.is_file():
+        raise CheckpointError(f"--resume: {run} holds no run to continue; drop --resume to start one there")
     if saved.is_file() and config.resume:
         previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
         current = config.identity()
@@ -135,7 +139,10 @@ def prepare_run_dir(config: TrainConfig) -> Path:
             f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --output_dir"
         )
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(run, e) from e
     atomic_write_bytes(saved, yaml.safe_dump(config.identity(), sort_keys=True).encode("utf-8"))
     for stale in ("checkpoint", "best.safetensors", "best.json"):
         path = run / stale
@@ -218,6 +225,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
     from accelerate.utils import set_seed
 
     quiet_if_asked(config)
+    check_ranges(config)
     if PartialState().is_main_process:
         prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
     tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
