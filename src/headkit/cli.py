@@ -142,6 +142,7 @@ def predict(
     input: str | None = None,
     output: str | None = None,
     text: list[str] | None = None,
+    image: list[str] | None = None,
     text_column: str = "text",
     batch_size: int = 64,
     engine: str = "torch",
@@ -153,15 +154,18 @@ def predict(
         input: a CSV / JSONL / Parquet file with a text column.
         output: where to write predictions (.jsonl or .csv); default INPUT.predictions.jsonl.
         text: texts to predict directly (repeat --text for several).
-        text_column: the text column of --input.
+        image: image files to predict directly, for an image model (repeat --image for several).
+        text_column: the text column of --input (for an image model: the column of image paths).
         batch_size: texts per forward pass.
         engine: torch (the saved model), onnx or onnx-int8 (a directory written by export --to onnx).
     """
     from headkit.predict import load_for_inference, predict_file, predict_texts
 
-    if not input and not text:
-        raise HeadkitError("nothing to predict: give --input FILE or --text 'some text'")
+    if not input and not text and not image:
+        raise HeadkitError("nothing to predict: give --input FILE, --text 'some text' or --image FILE")
     model, tokenizer = load_for_inference(run, engine=engine)
+    if image:
+        _print_images(model, tokenizer, image, batch_size)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
         count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
@@ -177,6 +181,19 @@ def predict(
             if head == "truncated":
                 Console().print("  (text truncated to the model's limit)", highlight=False)
                 continue
+            Console().print(f"  {head}: {_brief(value)}", highlight=False)
+
+
+def _print_images(model, processor, paths: list[str], batch_size: int) -> None:
+    from headkit.images import is_image_processor, open_image
+    from headkit.predict import predict_images
+
+    if not is_image_processor(processor):
+        raise HeadkitError("--image needs a model trained on images; this one reads text (use --text)")
+    images = [open_image(p, "--image")[0] for p in paths]
+    for path, prediction in zip(paths, predict_images(model, processor, images, batch_size), strict=True):
+        Console().print(f"[bold]{path}[/]", highlight=False)
+        for head, value in prediction.items():
             Console().print(f"  {head}: {_brief(value)}", highlight=False)
 
 
@@ -380,7 +397,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-LIST_FLAGS = {"--head", "--text", "--lora_targets", "--corpus"}
+LIST_FLAGS = {"--head", "--text", "--image", "--lora_targets", "--corpus"}
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

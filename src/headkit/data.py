@@ -29,7 +29,7 @@ from headkit.heads import IGNORE_INDEX
 
 NAN = float("nan")
 TOKEN_TYPES = ("token-classification",)
-FLOAT_TYPES = ("multilabel", "regression")
+FLOAT_TYPES = ("multilabel", "regression", "box")
 
 
 @dataclass
@@ -317,25 +317,33 @@ def check_label_dtype(values: list[Any], task: TaskSpec, source: str) -> None:
 
 @dataclass
 class EncodedData(Dataset):
-    """Token ids plus each head's labels, one entry per example. Heads absent here are missing."""
+    """Token ids (text) or pixel tensors (images) plus each head's labels, one entry per example.
+
+    Heads absent from `labels` are missing for every example here."""
 
     input_ids: list[list[int]]
     labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
     texts: list[Any] = field(default_factory=list)
+    pixels: torch.Tensor | None = None  # (N, C, H, W) for image data; input_ids are then empty lists
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"index": i, "input_ids": self.input_ids[i], "labels": {h: y[i] for h, y in self.labels.items()}}
+        example = {"index": i, "input_ids": self.input_ids[i], "labels": {h: y[i] for h, y in self.labels.items()}}
+        if self.pixels is not None:
+            example["pixel_values"] = self.pixels[i]
+        return example
 
     def subset(self, indices: list[int] | np.ndarray) -> EncodedData:
         idx = [int(i) for i in indices]
         labels = {h: (y[idx] if isinstance(y, np.ndarray) else [y[i] for i in idx]) for h, y in self.labels.items()}
-        return EncodedData([self.input_ids[i] for i in idx], labels, [self.texts[i] for i in idx] if self.texts else [])
+        texts = [self.texts[i] for i in idx] if self.texts else []
+        pixels = self.pixels[idx] if self.pixels is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels)
 
     def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
+        return [len(x) or 1 for x in self.input_ids]  # images: all one length
 
 
 def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
@@ -344,6 +352,10 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     for part in parts:
         input_ids += part.input_ids
         texts += part.texts or [None] * len(part)
+    images = [p.pixels is not None for p in parts]
+    if any(images) and not all(images):
+        raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
+    pixels = torch.cat([p.pixels for p in parts]) if all(images) and parts else None
     labels: dict[str, Any] = {}
     for head, head_type in heads.items():
         if head_type in TOKEN_TYPES:
@@ -355,7 +367,7 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
         labels[head] = np.concatenate(
             [p.labels[head] if head in p.labels else np.full((len(p), *shape), fill, dtype) for p in parts]
         )
-    return EncodedData(input_ids, labels, texts)
+    return EncodedData(input_ids, labels, texts, pixels)
 
 
 def fill_missing_float(values: list[Any], width: int) -> np.ndarray:
@@ -441,13 +453,18 @@ class LengthGroupedBatches(Sampler[list[int]]):
 def collate(
     examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
 ) -> dict[str, Any]:
-    """Pad a list of examples to the longest one in the batch (dynamic padding)."""
-    length = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for i, e in enumerate(examples):
-        input_ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        attention_mask[i, : len(e["input_ids"])] = 1
+    """Pad a list of examples to the longest one in the batch (dynamic padding); stack images."""
+    if "pixel_values" in examples[0]:
+        length = 0
+        batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    else:
+        length = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for i, e in enumerate(examples):
+            input_ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            attention_mask[i, : len(e["input_ids"])] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     labels: dict[str, torch.Tensor] = {}
     for head, head_type in head_types.items():
         values = [e["labels"].get(head) for e in examples]
@@ -461,5 +478,12 @@ def collate(
         else:
             y = torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
         labels[head] = y
-    index = torch.tensor([e["index"] for e in examples])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": index}
+    return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a batch that the backbone reads (whatever the modality), on `device`."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUTS}

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from headkit.data import EncodedData, LengthGroupedBatches, collate
+from headkit.data import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.features import FeatureCache
 from headkit.model import MultiHeadModel
 
@@ -65,11 +65,7 @@ def evaluate(
                 hidden, mask.to(device), labels, pooled={k: v.to(device) for k, v in pooled.items()}
             )
         else:
-            out = model(
-                labels=labels,
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            )
+            out = model(labels=labels, **model_inputs(batch, device))
         for name, head in model.heads.items():
             preds[name] += head.decode(out.outputs[name], out.mask)
             refs[name] += head.references(labels[name], out.mask)
@@ -115,5 +111,5 @@ def evaluate_dataset(
     label_maps = {n: model.heads[n].config.labels for n in columns}
     limit = max_input_tokens(model.backbone.config, tokenizer, max_length)
     prepared = prepare(tasks, tokenizer, limit, val_fraction=0.0, label_maps=label_maps)
-    pad_id = tokenizer.pad_token_id or 0
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0  # image processors have none
     return evaluate(model, prepared.train, pad_id, batch_size=batch_size), len(prepared.train)

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headkit.backbone import cache_dir
-from headkit.data import EncodedData, LengthGroupedBatches, collate
+from headkit.data import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.io import atomic_write_bytes
 from headkit.model import MultiHeadModel
 
@@ -35,6 +35,8 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def tokens_digest(data: EncodedData) -> str:
+    if data.pixels is not None:  # image data: the pixels are the input
+        return hashlib.sha256(data.pixels.float().contiguous().numpy().tobytes()).hexdigest()
     lengths = np.array(data.lengths(), dtype=np.int64)
     flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in data.input_ids]) if len(data) else lengths
     return hashlib.sha256(lengths.tobytes() + flat.tobytes()).hexdigest()
@@ -86,8 +88,7 @@ def compute_features(
     batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()
     for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
         batch = collate([data[i] for i in indices], pad_id, {}, {})
-        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-        hidden, mask = model.forward_features(**inputs)
+        hidden, mask = model.forward_features(**model_inputs(batch, device))
         hidden = hidden.float()
         for method in poolings:
             pooled[method][indices] = model.pool(hidden, mask, method).cpu()

@@ -13,6 +13,7 @@ import torch
 from headkit.backbone import max_input_tokens
 from headkit.data import column_values, read_rows
 from headkit.errors import DataError, HeadkitError
+from headkit.images import is_image_processor
 from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_bytes, find_save, load
 from headkit.model import MultiHeadModel
 from headkit.onnx_model import OnnxModel
@@ -123,13 +124,49 @@ def predict_texts(
     return results
 
 
+@torch.inference_mode()
+def predict_images(model: MultiHeadModel, processor, images: list, batch_size: int = 64) -> list[dict[str, Any]]:
+    """Each image's predictions from every head; `images` are PIL images (the caller opens files).
+
+    Box heads return [x1, y1, x2, y2] in pixels of the image as given, not of the resized input.
+    """
+    from headkit.images import preprocess
+
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        crop = not any(h.config.type == "box" for h in model.heads.values())
+        out = model(pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
+        decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
+        for row, image in enumerate(chunk):
+            prediction = {}
+            for name, values in decoded.items():
+                value = values[row]
+                if model.heads[name].config.type == "box":
+                    w, h = image.size
+                    value = [round(v * s, 2) for v, s in zip(value, (w, h, w, h), strict=True)]
+                prediction[name] = value
+            results.append(prediction)
+    return results
+
+
 def predict_file(
     model: MultiHeadModel, tokenizer, input_path: str, text_column: str, output_path: str, batch_size: int = 64
 ) -> tuple[int, int]:
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
 
     Returns (texts predicted, texts truncated to the model's limit)."""
-    texts = column_values(read_rows(input_path), text_column, input_path)
+    rows = read_rows(input_path)
+    if is_image_processor(tokenizer):  # the column names image files, relative to the input file
+        from headkit.images import load_images
+
+        images, _ = load_images(rows, text_column, input_path)
+        predictions = predict_images(model, tokenizer, images, batch_size=batch_size)
+        names = column_values(rows, text_column, input_path)
+        lines = [json.dumps({"image": n, **p}) for n, p in zip(names, predictions, strict=True)]
+        atomic_write_bytes(Path(output_path), ("\n".join(lines) + "\n").encode("utf-8"))
+        return len(images), 0
+    texts = column_values(rows, text_column, input_path)
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")

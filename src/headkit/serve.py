@@ -1,6 +1,7 @@
 """HTTP server over a saved model: every head from one backbone pass, concurrent requests batched.
 
     POST /predict   {"texts": [...], "heads": [...]?} -> {"predictions": [{head: output, ...}, ...]}
+                    (an image model takes {"images": ["<base64 PNG/JPEG bytes>", ...]} instead)
     GET  /health    liveness
     GET  /metadata  heads, labels, backbone fingerprint, engine and limits
     GET  /docs, /openapi.json   FastAPI's schema
@@ -24,9 +25,10 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from headkit.predict import predict_texts
+from headkit.images import is_image_processor
+from headkit.predict import predict_images, predict_texts
 
 
 @dataclass
@@ -44,8 +46,38 @@ class ServeLimits:
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description="texts to predict, each a string")
+    texts: list[StrictStr] | None = Field(default=None, min_length=1, description="texts, for a text model")
+    images: list[StrictStr] | None = Field(
+        default=None, min_length=1, description="base64-encoded image files, for an image model (never paths)"
+    )
     heads: list[StrictStr] | None = Field(default=None, description="heads to answer (default: all)")
+
+    @model_validator(mode="after")
+    def one_kind_of_input(self) -> PredictRequest:
+        if (self.texts is None) == (self.images is None):
+            raise ValueError('give exactly one of "texts" or "images"')
+        return self
+
+
+def decode_images(items: list[str]) -> tuple[list, str | None]:
+    """PIL images from base64 strings, or an error naming the first bad item. Nothing is read
+    from disk: a path (or any text that is not base64 image bytes) is refused."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for i, item in enumerate(items):
+        try:
+            data = base64.b64decode(item, validate=True)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                images.append(image.convert("RGB"))
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+            return [], f"images[{i}] is not a base64-encoded image file (paths and URLs are never read)"
+    return images, None
 
 
 class PredictResponse(BaseModel):
@@ -112,8 +144,12 @@ def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits |
         model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
     head_names = list(model.heads)
 
-    def run_batch(texts: list[str], heads: list[str] | None) -> list[dict[str, Any]]:
-        return predict_texts(model, tokenizer, texts, batch_size=limits.forward_batch, heads=heads)
+    reads_images = is_image_processor(tokenizer)
+
+    def run_batch(items: list, heads: list[str] | None) -> list[dict[str, Any]]:
+        if reads_images:
+            return predict_images(model, tokenizer, items, batch_size=limits.forward_batch)
+        return predict_texts(model, tokenizer, items, batch_size=limits.forward_batch, heads=heads)
 
     batcher = Batcher(run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000)
 
@@ -154,9 +190,16 @@ def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits |
 
     @app.post("/predict", response_model=PredictResponse, responses={413: {}, 422: {}, 504: {}})
     async def predict(request: PredictRequest):
-        if len(request.texts) > limits.max_texts:
-            return _error(413, f"{len(request.texts)} texts in one request; the limit is {limits.max_texts}")
-        too_long = next((i for i, t in enumerate(request.texts) if len(t) > limits.max_chars), None)
+        wanted, given = ("images", request.images) if reads_images else ("texts", request.texts)
+        if given is None:
+            return _error(422, f'this model reads {wanted}: send {{"{wanted}": [...]}}')
+        if len(given) > limits.max_texts:
+            return _error(413, f"{len(given)} {wanted} in one request; the limit is {limits.max_texts}")
+        if reads_images:
+            images, problem = decode_images(given)
+            if problem:
+                return _error(422, problem)
+        too_long = None if reads_images else next((i for i, t in enumerate(given) if len(t) > limits.max_chars), None)
         if too_long is not None:
             chars = len(request.texts[too_long])
             return _error(413, f"texts[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
@@ -164,7 +207,8 @@ def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits |
         if unknown:
             return _error(422, f"unknown head(s) {unknown}; this model answers {head_names}")
         try:
-            predictions = await asyncio.wait_for(batcher.submit(request.texts, request.heads), limits.timeout_s)
+            items = images if reads_images else request.texts
+            predictions = await asyncio.wait_for(batcher.submit(items, request.heads), limits.timeout_s)
         except TimeoutError:
             return _error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
         return {"predictions": predictions}

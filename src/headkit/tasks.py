@@ -29,9 +29,10 @@ from headkit.data import (
 )
 from headkit.errors import DataError
 from headkit.heads import HeadConfig, head_config
+from headkit.images import BOX_COLUMNS, box_labels, is_image_processor, load_images, preprocess
 from headkit.model import HEAD_NAME
 
-TRAINABLE_TYPES = ("classification", "multilabel", "regression", "token-classification")
+TRAINABLE_TYPES = ("classification", "multilabel", "regression", "token-classification", "box")
 
 
 @dataclass
@@ -94,19 +95,31 @@ def prepare(
         source = (sources or {}).get(data, data)
         rows = _sample(read_rows(source), min((t.limit for t in group if t.limit), default=None), seed)
         is_tokens = any(t.type in TOKEN_TYPES for t in group)
-        input_ids, word_ids = tokenize(tokenizer, rows, text_column, max_length, data, is_tokens)
-        encoded = EncodedData(input_ids, {}, [r.get("tokens") if is_tokens else r.get(text_column) for r in rows])
+        images = is_image_processor(tokenizer)
+        if images:  # the text column names image files
+            pictures, sizes = load_images(rows, text_column, data)
+            pixels = preprocess(tokenizer, pictures, crop=not any(t.type == "box" for t in group))
+            encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
+        else:
+            input_ids, word_ids = tokenize(tokenizer, rows, text_column, max_length, data, is_tokens)
+            encoded = EncodedData(input_ids, {}, [r.get("tokens") if is_tokens else r.get(text_column) for r in rows])
         for task in group:
+            if task.type == "box" and not images:
+                raise DataError(f"task '{task.name}': a box head needs an image backbone and image files")
+            if images and task.type in TOKEN_TYPES:
+                raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
             labels = (label_maps or {}).get(task.name)
             if labels is None:
                 column = "tags" if task.type in TOKEN_TYPES and task.label == "label" else task.label
-                if task.type == "regression":
+                if task.type == "box":
+                    labels = [c.strip() for c in task.label.split(",")] if "," in task.label else list(BOX_COLUMNS)
+                elif task.type == "regression":
                     labels = [c.strip() for c in task.label.split(",")]
                 else:
                     values = column_values(rows, column, data)
                     check_label_dtype(values, task, data)
                     labels = infer_labels(values, task.type)
-            y = encode_labels(rows, task, labels, data)
+            y = box_labels(rows, task, sizes, data) if task.type == "box" else encode_labels(rows, task, labels, data)
             if task.type in TOKEN_TYPES:
                 y = [align_tags(tags, words) for tags, words in zip(y, word_ids, strict=True)]
             encoded.labels[task.name] = y

@@ -35,7 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 from headkit.backbone import input_limit, load_backbone, load_processor
 from headkit.checkpoint import load_train_state, restore_rng_state, save_train_state
 from headkit.config import TrainConfig, check_ranges
-from headkit.data import LengthGroupedBatches, collate
+from headkit.data import LengthGroupedBatches, collate, model_inputs
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
 from headkit.features import FeatureCache, cached_features, weights_digest
@@ -264,7 +264,7 @@ def fit(
     if main and accelerator.num_processes > 1:
         print(f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
     run = Path(config.output_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0  # image processors have none
     if make_batch is None:
         make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
     if strategy.name == "lora":
@@ -366,9 +366,7 @@ def fit(
                             features=_to_device(caches["train"].batch(batch["index"].cpu()), accelerator.device),
                         )
                     else:
-                        out = wrapped(
-                            labels=batch["labels"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                        )
+                        out = wrapped(labels=batch["labels"], **model_inputs(batch))
                     accelerator.backward(out.loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
