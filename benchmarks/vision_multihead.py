@@ -8,7 +8,7 @@ same number of epochs with the same optimiser settings; joint training uses stat
 training time, and a PNG grid of test images with predicted (red) and true (green) boxes and
 labels, written into the joint run's directory.
 
-    python benchmarks/vision_multihead.py [--epochs 30] [--out runs/vision]
+    python benchmarks/vision_multihead.py [--epochs 25] [--out runs/vision]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
     from headkit.shapes import save_small_vit, write_shapes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--out", default="runs/vision")
     args = parser.parse_args()
     out = Path(args.out)

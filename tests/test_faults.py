@@ -53,12 +53,31 @@ def step_of(run: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("kill_after_step", [4, 9])
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_text_model, tmp_path, kill_after_step):
+def uninterrupted_run(model_dir: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """The data, the reference run trained without interruption, and the environment."""
     data = write_csv(tmp_path / "d.csv", sentiment_rows(40))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     reference = tmp_path / "reference"
-    subprocess.run(train_command(tiny_text_model, data, reference), env=env, check=True, capture_output=True)
+    subprocess.run(train_command(model_dir, data, reference), env=env, check=True, capture_output=True)
+    return data, reference, env
+
+
+def resume_and_compare(model_dir: Path, data: Path, run: Path, reference: Path, env: dict):
+    """Resume the killed run; it must end byte-identical to the reference, with equal metrics."""
+    resumed = subprocess.run(train_command(model_dir, data, run, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("heads.safetensors", "backbone/model.safetensors"):
+        assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
+    assert (
+        json.loads((run / "metrics.json").read_text())["heads"]
+        == json.loads((reference / "metrics.json").read_text())["heads"]
+    )
+    return resumed
+
+
+@pytest.mark.parametrize("kill_after_step", [4, 9])
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_text_model, tmp_path, kill_after_step):
+    data, reference, env = uninterrupted_run(tiny_text_model, tmp_path)
 
     run = tmp_path / "killed"
     process = subprocess.Popen(
@@ -72,16 +91,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_text_model,
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "model").exists()
 
-    resumed = subprocess.run(
-        train_command(tiny_text_model, data, run, "--resume"), env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for name in ("heads.safetensors", "backbone/model.safetensors"):
-        assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
-    assert (
-        json.loads((run / "metrics.json").read_text())["heads"]
-        == json.loads((reference / "metrics.json").read_text())["heads"]
-    )
+    resume_and_compare(tiny_text_model, data, run, reference, env)
 
 
 def test_checkpoint_set_aside_by_a_killed_swap_is_recovered(tmp_path):
@@ -122,10 +132,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.parametrize("mode", ["files", "rename"])
 def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically(tiny_text_model, tmp_path, mode):
-    data = write_csv(tmp_path / "d.csv", sentiment_rows(40))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    reference = tmp_path / "reference"
-    subprocess.run(train_command(tiny_text_model, data, reference), env=env, check=True, capture_output=True)
+    data, reference, env = uninterrupted_run(tiny_text_model, tmp_path)
 
     run = tmp_path / "killed"
     args = train_command(tiny_text_model, data, run)[3:]  # drop "python -m headkit"
@@ -137,14 +144,5 @@ def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically
     assert killed.returncode == -signal.SIGKILL
     assert not (run / "model").exists()
 
-    resumed = subprocess.run(
-        train_command(tiny_text_model, data, run, "--resume"), env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = resume_and_compare(tiny_text_model, data, run, reference, env)
     assert "resumed from" in resumed.stdout  # from the last good checkpoint, not from scratch
-    for name in ("heads.safetensors", "backbone/model.safetensors"):
-        assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
-    assert (
-        json.loads((run / "metrics.json").read_text())["heads"]
-        == json.loads((reference / "metrics.json").read_text())["heads"]
-    )

@@ -1,6 +1,5 @@
 """Vision multi-head: image data, the shapes generator, the box head and joint training on a tiny ViT."""
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from headkit.heads.box import iou_and_giou
 from headkit.images import box_labels
 from headkit.shapes import SHAPES, draw_shape, save_small_vit, write_shapes
 from headkit.train import TrainConfig, train
+
+from conftest import write_csv
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,6 @@ def test_boxes_are_normalised_by_each_images_own_size():
     assert boxes.tolist() == [[0.125, 0.125, 0.375, 0.625], [0.25, 0.125, 0.75, 0.625]]
 
 
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def config(tiny_vit, data, out, epochs=1, **extra) -> TrainConfig:
     tasks = [
         TaskSpec("shape", str(data), text="image", pooling="cls"),
@@ -126,13 +119,13 @@ def test_bad_images_and_boxes_are_clear_errors(tiny_vit, shapes, tmp_path, capsy
     }
     (base / "notes.png").write_text("this is not a PNG")
     for name, (change, message) in cases.items():
-        data = write_rows(base / f"bad-{name.replace(' ', '_')}.csv", [{**good, **change}, other, good, other])
+        data = write_csv(base / f"bad-{name.replace(' ', '_')}.csv", [{**good, **change}, other, good, other])
         with pytest.raises(DataError, match=message):
             train(config(tiny_vit, data, tmp_path / "bad", overwrite=True))
 
     gray = Image.open(base / "images/train-00002.png").convert("L")
     gray.save(base / "gray.png")
-    data = write_rows(base / "gray.csv", [{**good, "image": "gray.png"}, other, good, other])
+    data = write_csv(base / "gray.csv", [{**good, "image": "gray.png"}, other, good, other])
     train(config(tiny_vit, data, tmp_path / "gray", val_fraction=0.25))
     assert (
         "1 of 4 images" in capsys.readouterr().out
@@ -141,7 +134,7 @@ def test_bad_images_and_boxes_are_clear_errors(tiny_vit, shapes, tmp_path, capsy
 
 
 def test_a_box_head_on_text_is_refused(tiny_text_model, tmp_path):
-    from conftest import sentiment_rows, write_csv
+    from conftest import sentiment_rows
 
     data = write_csv(tmp_path / "t.csv", sentiment_rows(8))
     with pytest.raises(DataError, match="box head needs an image backbone"):

@@ -98,6 +98,17 @@ def save_heads(model: MultiHeadModel, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def read_json_manifest(path: Path, expected_format: str) -> dict:
+    """A JSON manifest whose "format" must be `expected_format`; damage is a CheckpointError."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        raise CheckpointError(f'{path} is not a headkit manifest (expected "format": "{expected_format}")')
+    return manifest
+
+
 def read_manifest(directory: str | os.PathLike) -> dict:
     """Read and validate `heads.json`."""
     path = Path(directory) / MANIFEST
@@ -106,12 +117,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
             f"{Path(directory)} has no {MANIFEST}, so it is not a headkit head checkpoint "
             "(write one with headkit.save_heads(model, dir) or headkit.save(model, dir))"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f'{path} is not a headkit manifest (expected "format": "{FORMAT}")')
+    manifest = read_json_manifest(path, FORMAT)
     if not isinstance(manifest.get("heads"), dict) or not isinstance(manifest.get("backbone"), dict):
         raise CheckpointError(f'{path} lacks its "heads" or "backbone" section; the checkpoint is damaged')
     if manifest.get("format_version", 0) > FORMAT_VERSION:

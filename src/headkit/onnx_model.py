@@ -8,7 +8,6 @@ batch prediction, the CLI and the server run either engine through the same code
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from headkit.errors import CheckpointError
 from headkit.heads import build_head, config_from_dict
+from headkit.io import read_json_manifest
 from headkit.model import MultiHeadOutput
 
 ONNX_FORMAT = "headkit.onnx"
@@ -29,13 +29,7 @@ def read_onnx_manifest(directory: Path) -> dict:
     path = directory / ONNX_MANIFEST
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {ONNX_MANIFEST}: export one with headkit export RUN --to onnx")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the export is damaged") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != ONNX_FORMAT:
-        raise CheckpointError(f'{path} is not a headkit ONNX manifest (expected "format": "{ONNX_FORMAT}")')
-    return manifest
+    return read_json_manifest(path, ONNX_FORMAT)
 
 
 class OnnxModel:
