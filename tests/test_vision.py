@@ -173,3 +173,18 @@ def test_server_answers_images_and_never_reads_paths(tiny_vit, shapes, tmp_path)
         ):
             response = client.post("/predict", json=bad)
             assert response.status_code == 422 and message in response.json()["error"], response.text
+
+
+def test_onnx_export_of_an_image_model_matches_pytorch(tiny_vit, shapes, tmp_path):
+    from headkit.export import export_onnx
+    from headkit.images import open_image
+    from headkit.predict import load_for_inference, predict_images
+
+    train(config(tiny_vit, shapes["train"], tmp_path / "run"))
+    export_onnx(tmp_path / "run", tmp_path / "onnx")
+    images = [open_image(p, "test")[0] for p in sorted((shapes["test"].parent / "images").glob("test-*.png"))[:5]]
+    expected = predict_images(*load_for_inference(tmp_path / "run"), images)
+    got = predict_images(*load_for_inference(tmp_path / "onnx", engine="onnx"), images)
+    for g, e in zip(got, expected, strict=True):
+        assert g["shape"]["label"] == e["shape"]["label"]
+        assert g["box"] == pytest.approx(e["box"], abs=0.05)  # pixels, rounded to 2 decimals

@@ -32,6 +32,12 @@ def read_onnx_manifest(directory: Path) -> dict:
     return read_json_manifest(path, ONNX_FORMAT)
 
 
+def as_feed(tensor: Tensor) -> np.ndarray:
+    """Token ids and masks as int64, pixel/audio values as float32: the dtypes the graph was traced with."""
+    array = tensor.detach().cpu().numpy()
+    return array.astype(np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64, copy=False)
+
+
 class OnnxModel:
     """All heads from one onnxruntime session; `int8` picks the quantised graph."""
 
@@ -66,7 +72,7 @@ class OnnxModel:
 
     def __call__(self, heads: list[str] | None = None, **inputs: Tensor) -> MultiHeadOutput:
         names = heads if heads is not None else list(self.heads)
-        feed = {n: inputs[n].cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
+        feed = {n: as_feed(inputs[n]) for n in self.input_names}
         values = self.session.run(names, feed)
         outputs = {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
         mask = inputs.get("attention_mask")
