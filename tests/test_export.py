@@ -10,6 +10,7 @@ import torch
 import transformers
 
 import headkit
+import headkit.train
 from headkit.errors import CheckpointError, ExportError
 from headkit.export import export_onnx, export_transformers
 from headkit.onnx_model import OnnxModel
@@ -160,6 +161,9 @@ def test_corrupt_onnx_file_and_missing_export_are_refused(onnx_export, saved_mul
     (broken / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum"):
         OnnxModel(broken)
+    (broken / "model.int8.onnx").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.int8\.onnx is missing \(export with --quantize"):
+        OnnxModel(broken, int8=True)
     with pytest.raises(CheckpointError, match="export one with headkit export"):
         load_for_inference(saved_multihead, engine="onnx")
 
@@ -198,3 +202,23 @@ def test_trained_pooler_head_round_trips_train_export_pipeline(tiny_text_model, 
     ours = predict_texts(model, tokenizer, ["a very good film"])[0]["sentiment"]["probs"]
     theirs = {d["label"]: d["score"] for d in exported(["a very good film"])[0]}
     assert theirs == pytest.approx(ours, abs=1e-5)
+
+
+def test_lora_run_exports_with_the_adapter_merged(tiny_text_model, tmp_path):
+    from conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "reviews.csv", sentiment_rows(32))
+    run = tmp_path / "lora"
+    config = headkit.train.TrainConfig(
+        model=str(tiny_text_model), data=str(data), head=["sentiment:label"], pooling="pooler", strategy="lora",
+        lora_r=4, lora_lr=5e-2, epochs=2, output_dir=str(run), progress=False,
+    )  # fmt: skip
+    headkit.train.train(config)
+    export_transformers(run, tmp_path / "plain")  # refuses unless outputs match, so the adapter is in
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
+    base = transformers.AutoModel.from_pretrained(tiny_text_model)
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(exported.bert.state_dict()[query], base.state_dict()[query])  # LoRA moved it
+    enc, ours, _ = _ours(run, "sentiment")
+    with torch.no_grad():
+        assert torch.allclose(exported(**enc).logits, ours, atol=1e-5)

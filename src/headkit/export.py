@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from headkit.errors import ExportError, ModelNotFoundError
-from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_json, load, replace_dir, save
+from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_json, load_heads, read_manifest, replace_dir, save
 from headkit.model import MultiHeadModel
 from headkit.onnx_model import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
 from headkit.predict import resolve_model_dir
@@ -55,12 +55,12 @@ class ExportResult:
 
 def load_merged(run: str | os.PathLike) -> tuple[MultiHeadModel, object, Path]:
     """The saved model with any LoRA adapter merged into the backbone (eval mode), its processor, its dir."""
-    from headkit.backbone import load_processor
+    from headkit.backbone import load_backbone, load_processor
 
     directory = resolve_model_dir(run)
-    model = load(directory).eval()
-    if hasattr(model.backbone, "merge_and_unload"):
-        model.backbone = model.backbone.merge_and_unload()
+    read_manifest(directory)  # a damaged save fails before a backbone is loaded
+    # load_backbone merges a LoRA adapter saved beside backbone/; the heads' fingerprint ignores it
+    model = load_heads(directory, load_backbone(directory / BACKBONE_DIR)).eval()
     try:
         processor = load_processor(directory / BACKBONE_DIR)
     except ModelNotFoundError:

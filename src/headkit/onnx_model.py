@@ -67,9 +67,6 @@ class OnnxModel:
         self.backbone_config = AutoConfig.from_pretrained(directory)
         self.device = torch.device("cpu")
 
-    def eval(self) -> OnnxModel:
-        return self
-
     def __call__(self, heads: list[str] | None = None, **inputs: Tensor) -> MultiHeadOutput:
         names = heads if heads is not None else list(self.heads)
         feed = {n: as_feed(inputs[n]) for n in self.input_names}

@@ -63,17 +63,18 @@ def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, t
     lengths = [len(enc["input_ids"][i]) for i in idx]
     length = max(lengths)
     left = getattr(tokenizer, "padding_side", "right") == "left"
+    spans = [slice(length - n, length) if left else slice(0, n) for n in lengths]
     mask = torch.zeros(len(idx), length, dtype=torch.long)
+    for row, span in enumerate(spans):
+        mask[row, span] = 1
     batch = {}
     for key in ("input_ids", "token_type_ids"):
         if key not in enc:
             continue
         pad = (tokenizer.pad_token_id or 0) if key == "input_ids" else 0
         tensor = torch.full((len(idx), length), pad, dtype=torch.long)
-        for row, (i, n) in enumerate(zip(idx, lengths, strict=True)):
-            span = slice(length - n, length) if left else slice(0, n)
+        for row, (i, span) in enumerate(zip(idx, spans, strict=True)):
             tensor[row, span] = torch.tensor(enc[key][i])
-            mask[row, span] = 1
         batch[key] = tensor.to(device)
     batch["attention_mask"] = mask.to(device)
     return batch
@@ -132,10 +133,10 @@ def predict_images(model: MultiHeadModel, processor, images: list, batch_size: i
     """
     from headkit.images import preprocess
 
+    crop = not any(h.config.type == "box" for h in model.heads.values())  # a crop would move the boxes
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        crop = not any(h.config.type == "box" for h in model.heads.values())
         out = model(pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
         decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
         for row, image in enumerate(chunk):
