@@ -361,7 +361,82 @@ def serve(
     uvicorn.run(load_app(run, engine=engine, limits=limits), host=host, port=port, log_level="info")
 
 
-COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain, export, serve]
+def advise(
+    data: str | None = None,
+    text: str = "text",
+    label: str = "label",
+    budget: float = 30.0,
+    device: str = "auto",
+    model: str = "minilm",
+    max_length: int = 128,
+    unlabelled: list[str] | None = None,
+    output_dir: str = "runs/advised",
+    run: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Recommend an adaptation strategy for your data and hardware, with its steps; --run does them.
+
+    Args:
+        data: the labelled file (CSV/JSONL/Parquet) or a built-in dataset; rows with an empty
+            label count as unlabelled text.
+        text: the text column.
+        label: the label column (classes, or numbers for regression).
+        budget: minutes of training you can spend on this machine.
+        device: auto (a CUDA GPU if there is one), cpu or cuda.
+        model: the backbone checkpoint directory or alias.
+        max_length: token limit the plan trains with.
+        unlabelled: more unlabelled text (files or built-in datasets, same text column), for
+            continued pretraining when the data's vocabulary is far from the backbone's.
+        output_dir: where the plan's run goes.
+        run: carry the plan out now (pretraining if planned, then training).
+        overwrite: with --run, replace an existing run in output_dir.
+    """
+    from headkit.advise import RULES, run_plan
+    from headkit.advise import advise as make_plan
+
+    facts, hardware, plan = make_plan(data, text, label, budget, device, model, max_length, unlabelled, output_dir)
+    console = Console()
+    table = Table(title=f"what headkit sees in {data}", show_header=False)
+    balance = ", ".join(f"{k} {v}" for k, v in list(facts.class_counts.items())[:8])
+    rows = [
+        ("task", f"{facts.task_type}" + (f", {facts.n_classes} classes ({balance})" if facts.class_counts else "")),
+        ("labelled examples", f"{facts.labelled:,}"),
+        ("unlabelled texts", f"{facts.unlabelled:,}"),
+        ("tokens per text", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),
+        ("words split into 3+ pieces", f"{facts.fragmented_share:.1%} (domain-shift signal; 10%+ is a clear shift)"),
+        ("hardware", f"{hardware.name}" + (f", {hardware.memory_gb:.0f} GiB" if hardware.memory_gb else "")),
+        ("budget", f"{budget:g} min"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    costs = Table(title="estimated training time here (from a measured step on your texts)")
+    costs.add_column("strategy")
+    costs.add_column("time", justify="right")
+    costs.add_column("fits budget")
+    for name, seconds in sorted(plan.costs.items(), key=lambda kv: kv[1]):
+        costs.add_row(
+            name,
+            f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s",
+            "yes" if seconds <= plan.budget_s else "no",
+        )
+    console.print(costs)
+    steps = ("continued pretraining, then " if plan.pretrain else "") + plan.strategy
+    console.print(f"[bold]recommended:[/] {steps}   (rule {plan.rule}: {RULES[plan.rule]})")
+    for reason in plan.reasons:
+        console.print(f"  - {reason}")
+    console.print("[bold]steps:[/]")
+    for i, command in enumerate(plan.commands, start=1):
+        console.print(f"  {i}. {command}", highlight=False, soft_wrap=True)
+    if run:
+        from headkit.backbone import load_config
+
+        n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
+        run_plan(plan, facts, model, output_dir, n_layers, list(unlabelled or []), overwrite=overwrite)
+        console.print(f"done: the model is in {output_dir}; evaluate it with step {len(plan.commands) - 1} above")
+
+
+COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain, export, serve, advise]
 
 
 def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
@@ -397,7 +472,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-LIST_FLAGS = {"--head", "--text", "--image", "--lora_targets", "--corpus"}
+LIST_FLAGS = {"--head", "--text", "--image", "--lora_targets", "--corpus", "--unlabelled"}
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

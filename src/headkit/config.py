@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "save_every": (lambda v: v >= 0, "0 or more"),
     "lora_r": (lambda v: v >= 1, "at least 1"),
     "lp_epochs": (lambda v: v >= 0, "0 or more"),
+    "fewshot_iterations": (lambda v: v >= 0, "0 or more"),
 }
 
 
@@ -52,12 +53,12 @@ class TrainConfig:
             backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
             a classification head as a plain transformers model).
         output_dir: the run directory.
-        strategy: frozen, partial:K, full, lora or lp-ft.
+        strategy: frozen, partial:K, full, lora, lp-ft or fewshot.
         weighting: static (each head's loss_weight) or uncertainty (learned).
-        epochs: training epochs (lp-ft: of the fine-tuning phase).
-        batch_size: examples per optimizer micro-step.
+        epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
+        batch_size: examples per optimizer micro-step (fewshot: pairs per contrastive step).
         lr: learning rate of the heads.
-        backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft).
+        backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
         lora_lr: learning rate of LoRA adapter weights.
         weight_decay: AdamW weight decay (matrices only).
         warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
@@ -72,6 +73,8 @@ class TrainConfig:
         lora_dropout: dropout on the LoRA path.
         lora_targets: module names to adapt (default: peft's choice for the model type).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
+        fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations);
+            0 skips the contrastive phase (heads solved on the pretrained features).
         feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
             (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
         mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
@@ -108,6 +111,7 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     lp_epochs: int = 10
+    fewshot_iterations: int = 20
     feature_cache: bool = True
     mixed_precision: str = "auto"
     resume: bool = False

@@ -192,6 +192,8 @@ def check_parity(model: MultiHeadModel, head_name: str, target: nn.Module, input
             if pooling in ("cls", "mean", "max") and TARGETS[model.heads[head_name].config.type][1]
             else ""
         )
+        if getattr(model.heads[head_name].config, "normalize", False):
+            hint = " The head L2-normalises its input (a fewshot head), which transformers task classes never do."
         raise ExportError(
             f"{type(target).__name__} computes something other than head '{head_name}' (pooling '{pooling}'): "
             f"outputs differ by up to {diff:.3g}, so there is no exact export.{hint} "

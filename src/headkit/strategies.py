@@ -6,6 +6,8 @@ full       everything trains
 lora       low-rank adapters (peft) on the backbone's linear layers; base weights frozen
 lp-ft      linear probing then fine-tuning (Kumar et al. 2022): heads on frozen cached
            features first, then everything, which distorts pretrained features less
+fewshot    SetFit-style: contrastive tuning of the backbone on pairs of the few labelled
+           examples, then heads solved on its frozen features (fewshot.py)
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from torch import nn
 
 from headkit.errors import HeadConfigError
 
-STRATEGY_NAMES = ("frozen", "partial:K", "full", "lora", "lp-ft")
+STRATEGY_NAMES = ("frozen", "partial:K", "full", "lora", "lp-ft", "fewshot")
 
 
 @dataclass(frozen=True)
 class Strategy:
-    name: str  # frozen | partial | full | lora | lp-ft
+    name: str  # frozen | partial | full | lora | lp-ft | fewshot
     frozen_layers: int = 0  # partial:K
 
     @property
@@ -34,7 +36,7 @@ def parse_strategy(text: str) -> Strategy:
     match = re.fullmatch(r"partial:(\d+)", text)
     if match:
         return Strategy("partial", int(match.group(1)))
-    if text in ("frozen", "full", "lora", "lp-ft"):
+    if text in ("frozen", "full", "lora", "lp-ft", "fewshot"):
         return Strategy(text)
     raise HeadConfigError(f"unknown strategy '{text}'; choose one of {list(STRATEGY_NAMES)} (e.g. partial:4)")
 

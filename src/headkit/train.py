@@ -144,7 +144,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     except OSError as e:
         raise write_failed(run, e) from e
     atomic_write_bytes(saved, yaml.safe_dump(config.identity(), sort_keys=True).encode("utf-8"))
-    for stale in ("checkpoint", "best.safetensors", "best.json"):
+    for stale in ("checkpoint", "best.safetensors", "best.json", "contrastive.safetensors"):
         path = run / stale
         if path.is_dir():
             shutil.rmtree(path)
@@ -235,6 +235,8 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
     model = MultiHeadModel.from_pretrained(
         config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
     )
+    if parse_strategy(config.strategy).name == "fewshot":
+        return fit_fewshot(config, model, tokenizer, data)
     return fit(config, model, tokenizer, data)
 
 
@@ -428,12 +430,29 @@ def fit(
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(wrapped)
     best = _restore_best(run, model, config, progress["backbone_modified"])
+    return finish_run(config, model, tokenizer, data, progress, started, best.get("epoch"), main, make_eval_batch)
+
+
+def finish_run(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    tokenizer: Any,
+    data: PreparedData,
+    progress: dict[str, Any],
+    started: float,
+    best_epoch: int | None,
+    main: bool = True,
+    make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> TrainResult:
+    """Score the final model on the validation split, save it, and write the report."""
+    run = Path(config.output_dir)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     evaluation = (
         evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch) if len(data.val) else None
     )
     metrics = {
         "strategy": config.strategy,
-        "best_epoch": best.get("epoch"),
+        "best_epoch": best_epoch,
         "heads": evaluation.scores if evaluation else {},
         "val_losses": evaluation.losses if evaluation else {},
         "trainable_params": count_parameters(model)[0],
@@ -442,9 +461,39 @@ def fit(
         "val_examples": len(data.val),
         "seconds": round(time.perf_counter() - started, 1),
         "epochs": progress["epochs"],
+        **progress.get("extra", {}),
     }
     if main:
         save(model, run / "model", processor=tokenizer)
         write_report(run, model, evaluation, progress, metrics)
         print_summary(model, evaluation, metrics)
     return TrainResult(run, model, evaluation, metrics)
+
+
+def fit_fewshot(config: TrainConfig, model: MultiHeadModel, tokenizer: Any, data: PreparedData) -> TrainResult:
+    """strategy fewshot: contrastive pairs, then heads solved on frozen features (see fewshot.py).
+
+    Runs in one process: a few hundred examples do not need several GPUs.
+    """
+    from headkit.fewshot import run_fewshot
+
+    started = time.perf_counter()
+    if torch.cuda.is_available():
+        model.to("cuda")
+    result = run_fewshot(
+        model,
+        data.train,
+        data.head_types,
+        Path(config.output_dir),
+        iterations=config.fewshot_iterations,
+        batch_size=config.batch_size,
+        lr=config.backbone_lr,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        pad_id=getattr(tokenizer, "pad_token_id", None) or 0,
+        resume=config.resume,
+        progress=config.progress,
+    )
+    steps = result.pop("steps")
+    progress = {"steps": steps, "epochs": [], "extra": {"fewshot": result}}
+    return finish_run(config, model, tokenizer, data, progress, started, None)

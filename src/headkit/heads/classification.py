@@ -27,6 +27,7 @@ class ClassificationConfig(HeadConfig):
 
     type: str = "classification"
     threshold: float = 0.5  # multi-label: a class is predicted when its probability exceeds this
+    normalize: bool = False  # L2-normalise the pooled vector first (fewshot: contrastive tuning shapes directions)
 
 
 class PooledHead(nn.Module):
@@ -46,6 +47,8 @@ class PooledHead(nn.Module):
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         """(B, H) -> (B, C): used directly with cached pooled features."""
+        if self.config.normalize:
+            pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
         return self.classifier(pooled)
 
 

@@ -27,6 +27,7 @@ class TokenClassificationConfig(HeadConfig):
 
     type: str = "token-classification"
     pooling: str = "none"
+    normalize: bool = False  # L2-normalise each token vector first (fewshot: contrastive tuning shapes directions)
 
 
 def is_bio(tags: list[str]) -> bool:
@@ -44,6 +45,8 @@ class TokenClassificationHead(nn.Module):
         self.classifier = dropout_linear(config.input_size, len(config.labels), config.dropout)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        if self.config.normalize:
+            hidden = F.normalize(hidden.float(), dim=-1).to(hidden.dtype)
         return self.classifier(hidden)  # (B, T, C)
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:

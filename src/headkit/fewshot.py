@@ -1,0 +1,385 @@
+"""Few-shot training (strategy `fewshot`): the SetFit recipe, extended beyond classification.
+
+SetFit (Tunstall et al. 2022) trains well from 8 examples per class in two steps, and so does this:
+
+1. **Contrastive phase.** Pairs are drawn from the labelled examples, and the backbone learns to
+   make the cosine similarity of two embeddings equal the similarity of their labels (mean squared
+   error, SetFit's CosineSimilarityLoss). Per iteration, each example is the anchor of two pairs:
+
+   ================  =======================================  ================================
+   head type         pair partners                            target similarity
+   ================  =======================================  ================================
+   classification    one of the same class, one of another    1 / 0
+   multilabel        two at random                            Jaccard overlap of the label sets
+   regression        two at random                            1 - |y_i - y_j| / range of y
+   token tags        *tokens* (a word's first sub-word): one  1 / 0
+                     of the same tag, one of another; anchor
+                     tags drawn uniformly, so rare entity
+                     tags get as many pairs as ``O``
+   ================  =======================================  ================================
+
+   SetFit itself covers only the first row; the others apply the same idea (make embedding
+   geometry mirror label geometry) to what those heads read: the pooled vector, or the token's.
+2. **Head phase.** The backbone is frozen, its features are computed once, and every head is
+   solved to convergence by scikit-learn, as SetFit does: logistic regression with SetFit's C=1
+   (classification, token tags, one per label for multilabel) or ridge regression with its
+   strength chosen by leave-one-out. The heads read L2-normalised vectors (`normalize: true` in
+   their config, as SetFit's sentence-transformers body ends in a Normalize module): the cosine
+   loss trained directions, not lengths. The solved weights go into the head's own linear layer,
+   so the saved model predicts, exports to ONNX and serves like any other. (Exporting it as a
+   plain transformers *ForSequenceClassification is refused: those classes cannot normalise.)
+
+There is no epoch loop and no validation-based selection: with 8 examples per class there is
+nothing to select on. A validation split, if asked for, is only scored. The contrastive phase
+is short; a run killed during it starts that phase again on --resume, and one killed after it
+reuses the saved backbone (`contrastive.safetensors`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from headkit.data import TOKEN_TYPES, EncodedData, collate, model_inputs
+from headkit.errors import DataError, HeadConfigError
+from headkit.features import FeatureCache, compute_features
+from headkit.heads.base import IGNORE_INDEX
+from headkit.io import atomic_write_bytes
+from headkit.model import MultiHeadModel
+from headkit.strategies import set_backbone_trainable
+
+FEWSHOT_TYPES = ("classification", "multilabel", "regression", "token-classification")
+CONTRASTIVE_FILE = "contrastive.safetensors"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two items and how similar their embeddings should be. Position -1: the pooled vector."""
+
+    head: str
+    left: int
+    right: int
+    target: float
+    left_pos: int = -1
+    right_pos: int = -1
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def check_fewshot_heads(head_types: dict[str, str]) -> None:
+    unsupported = {n: t for n, t in head_types.items() if t not in FEWSHOT_TYPES}
+    if unsupported:
+        raise HeadConfigError(
+            f"strategy fewshot trains {list(FEWSHOT_TYPES)} heads; {unsupported} cannot: use frozen, lora or full"
+        )
+
+
+def _class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Generator) -> list[Pair]:
+    present = np.flatnonzero(y != IGNORE_INDEX)
+    counts = Counter(int(c) for c in y[present])
+    scarce = sorted(c for c, n in counts.items() if n < 2)
+    if scarce:
+        raise DataError(
+            f"head '{name}': few-shot needs at least 2 training examples of every class (a positive pair), "
+            f"but {len(scarce)} class(es) have fewer after the validation split; label more, or lower --val_fraction"
+        )
+    if len(counts) < 2:
+        raise DataError(f"head '{name}': the training data holds a single class; a classifier needs at least 2")
+    pairs = []
+    for _ in range(iterations):
+        for i in present:
+            same = present[(y[present] == y[i]) & (present != i)]
+            other = present[y[present] != y[i]]
+            pairs.append(Pair(name, int(i), int(rng.choice(same)), 1.0))
+            pairs.append(Pair(name, int(i), int(rng.choice(other)), 0.0))
+    return pairs
+
+
+def _random_partner_pairs(name: str, y: np.ndarray, head_type: str, iterations: int, rng) -> list[Pair]:
+    """Multilabel (Jaccard) and regression (1 - scaled distance): partners drawn at random."""
+    present = np.flatnonzero(~np.isnan(y).all(axis=1))
+    if len(present) < 2:
+        raise DataError(f"head '{name}': few-shot needs at least 2 labelled training examples")
+    span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
+    span[span == 0] = 1.0
+
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        if head_type == "multilabel":
+            union = np.sum((a > 0.5) | (b > 0.5))
+            return float(np.sum((a > 0.5) & (b > 0.5)) / union) if union else 1.0
+        gap = np.abs(a - b) / span
+        return float(1.0 - np.nanmean(gap)) if np.isfinite(gap).any() else 0.5
+
+    pairs = []
+    for _ in range(iterations):
+        for i in present:
+            for j in rng.choice(present[present != i], size=2):
+                pairs.append(Pair(name, int(i), int(j), similarity(y[i], y[j])))
+    return pairs
+
+
+def _token_pairs(name: str, tags: list[list[int] | None], iterations: int, rng) -> list[Pair]:
+    tokens = [(i, pos, t) for i, row in enumerate(tags) if row for pos, t in enumerate(row) if t != IGNORE_INDEX]
+    by_tag: dict[int, list[tuple[int, int]]] = {}
+    for i, pos, t in tokens:
+        by_tag.setdefault(t, []).append((i, pos))
+    anchors = sorted(t for t, items in by_tag.items() if len(items) >= 2)
+    if len(by_tag) < 2 or not anchors:
+        raise DataError(
+            f"head '{name}': few-shot token tagging needs at least 2 tags and 2 tagged words of some tag; "
+            f"the training data has {len(by_tag)} tag(s)"
+        )
+    sentences = sum(1 for row in tags if row and any(t != IGNORE_INDEX for t in row))
+    pairs = []
+    for _ in range(iterations * sentences):
+        tag = anchors[rng.integers(len(anchors))]
+        same = by_tag[tag]
+        a, b = rng.choice(len(same), size=2, replace=False)
+        others = [t for t in by_tag if t != tag]
+        other = by_tag[others[rng.integers(len(others))]]
+        c = other[rng.integers(len(other))]
+        (i, pi), (j, pj) = same[a], same[b]
+        pairs.append(Pair(name, i, j, 1.0, pi, pj))
+        pairs.append(Pair(name, i, c[0], 0.0, pi, c[1]))
+    return pairs
+
+
+def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, seed: int) -> list[Pair]:
+    """Every head's contrastive pairs (2 per labelled example per iteration), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    pairs: list[Pair] = []
+    for name, head_type in head_types.items():
+        y = data.labels.get(name)
+        if y is None:
+            continue
+        if head_type == "classification":
+            pairs += _class_pairs(name, np.asarray(y), iterations, rng)
+        elif head_type in TOKEN_TYPES:
+            pairs += _token_pairs(name, y, iterations, rng)
+        else:
+            pairs += _random_partner_pairs(name, np.asarray(y, dtype=np.float64), head_type, iterations, rng)
+    return [pairs[k] for k in rng.permutation(len(pairs))]
+
+
+# ----------------------------------------------------------------------------- contrastive phase
+
+
+def _pair_similarities(
+    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int
+) -> tuple[torch.Tensor, list[str]]:
+    """Cosine similarity of every pair, from one backbone pass over the distinct examples in them."""
+    ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
+    row = {i: r for r, i in enumerate(ids)}
+    batch = collate([data[i] for i in ids], pad_id, {}, {})
+    hidden, mask = model.forward_features(**model_inputs(batch, model.device))
+    pooled: dict[str, torch.Tensor] = {}
+
+    def embed(head: str, i: int, pos: int) -> torch.Tensor:
+        if pos >= 0:
+            return hidden[row[i], pos]
+        method = model.heads[head].config.pooling
+        if method not in pooled:
+            pooled[method] = model.pool(hidden, mask, method)
+        return pooled[method][row[i]]
+
+    left = torch.stack([embed(p.head, p.left, p.left_pos) for p in pairs])
+    right = torch.stack([embed(p.head, p.right, p.right_pos) for p in pairs])
+    return F.cosine_similarity(left.float(), right.float(), dim=-1), [p.head for p in pairs]
+
+
+def contrastive_tune(
+    model: MultiHeadModel,
+    data: EncodedData,
+    pairs: list[Pair],
+    pad_id: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.1,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One pass over `pairs`: AdamW on the backbone, MSE between cosine similarity and target.
+
+    Returns the per-step loss of each head (for the loss-curve plot and metrics.json).
+    """
+    set_backbone_trainable(model.backbone, True)
+    model.backbone.train()
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=torch.cuda.is_available())
+    batches = [pairs[k : k + batch_size] for k in range(0, len(pairs), batch_size)]
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
+    use_bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    steps = []
+    bar = tqdm(batches, desc="contrastive pairs", unit="batch", disable=not progress, leave=False)
+    for step, chunk in enumerate(bar, start=1):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            similarity, heads = _pair_similarities(model, data, chunk, pad_id)
+        target = torch.tensor([p.target for p in chunk], device=similarity.device)
+        loss = F.mse_loss(similarity, target)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        errors = (similarity.detach() - target) ** 2
+        per_head = {h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)}
+        steps.append({"step": step, "losses": per_head})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    set_backbone_trainable(model.backbone, False)
+    model.backbone.eval()
+    return steps
+
+
+def save_contrastive(run: Path, model: MultiHeadModel, steps: list[dict[str, Any]]) -> None:
+    """The tuned backbone, so a resumed run skips the contrastive phase."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.backbone.state_dict().items()}
+    metadata = {"steps": str(len(steps))}
+    atomic_write_bytes(run / CONTRASTIVE_FILE, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def load_contrastive(run: Path, model: MultiHeadModel) -> bool:
+    path = run / CONTRASTIVE_FILE
+    if not path.is_file():
+        return False
+    model.backbone.load_state_dict(safetensors.torch.load_file(path, device=str(model.device)))
+    return True
+
+
+# ----------------------------------------------------------------------------- head phase
+
+
+def _fit(estimator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    estimator.fit(x, y)
+    return np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression (SetFit's head and its C) as a (C, H) linear layer over all `n_classes`."""
+    from sklearn.linear_model import LogisticRegression
+
+    estimator = LogisticRegression(C=1.0, max_iter=2000)
+    coef, intercept = _fit(estimator, x, y)
+    classes = estimator.classes_.astype(int)
+    weight = np.zeros((n_classes, x.shape[1]))
+    bias = np.full(n_classes, -30.0)  # a class absent from training is never predicted
+    if len(classes) == 2:  # sklearn gives one vector for two classes: split it symmetrically
+        weight[classes] = np.stack([-coef[0] / 2, coef[0] / 2])
+        bias[classes] = [-intercept[0] / 2, intercept[0] / 2]
+    else:
+        weight[classes], bias[classes] = coef, intercept
+    return weight, bias
+
+
+def _solve(head_type: str, x: np.ndarray, y: Any, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    if head_type == "classification":
+        keep = y != IGNORE_INDEX
+        return _logistic(x[keep], y[keep], n_out)
+    if head_type == "regression":
+        from sklearn.linear_model import RidgeCV
+
+        weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
+        for k in range(n_out):  # ridge strength by efficient leave-one-out, per target
+            keep = ~np.isnan(y[:, k])
+            coef, intercept = _fit(RidgeCV(alphas=(0.01, 0.1, 1.0, 10.0)), x[keep], y[keep, k])
+            weight[k], bias[k] = coef[0], intercept[0]
+        return weight, bias
+    # multilabel: one binary logistic regression per label; a label always on (off) is a constant
+    weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
+    for k in range(n_out):
+        keep = ~np.isnan(y[:, k])
+        column = (y[keep, k] > 0.5).astype(int)
+        if column.min() == column.max():
+            bias[k] = 30.0 if column[0] else -30.0
+            continue
+        w, b = _logistic(x[keep], column, 2)
+        weight[k], bias[k] = w[1] - w[0], b[1] - b[0]
+    return weight, bias
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _token_rows(cache: FeatureCache, tags: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+    rows, labels = [], []
+    for i, row in enumerate(tags):
+        for pos, tag in enumerate(row or []):
+            if tag != IGNORE_INDEX:
+                rows.append(int(cache.offsets[i]) + pos)
+                labels.append(tag)
+    return cache.tokens[rows].numpy(), np.asarray(labels)
+
+
+@torch.no_grad()
+def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress: bool = True) -> None:
+    """Fit every head in closed form on the frozen backbone's features (one backbone pass)."""
+    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
+    need_tokens = any(h.per_token for h in model.heads.values())
+    cache = compute_features(model, data, poolings, need_tokens, pad_id=pad_id, progress=progress)
+    for name, head in model.heads.items():
+        y = data.labels.get(name)
+        if y is None:
+            continue
+        head.config.normalize = True  # the head reads directions, which is what the pairs trained
+        n_out = len(head.config.labels)
+        if head.per_token:
+            x, tags = _token_rows(cache, y)
+            weight, bias = _logistic(_unit(x), tags, n_out)
+        else:
+            x = _unit(cache.pooled[head.config.pooling].numpy())
+            weight, bias = _solve(head.config.type, x, np.asarray(y), n_out)
+        linear = head.classifier[-1]
+        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def run_fewshot(
+    model: MultiHeadModel,
+    data: EncodedData,
+    head_types: dict[str, str],
+    run: Path,
+    *,
+    iterations: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    pad_id: int,
+    resume: bool,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Contrastive phase (or its saved result), then the heads. Returns steps and timings."""
+    check_fewshot_heads(head_types)
+    started = time.perf_counter()
+    steps: list[dict[str, Any]] = []
+    pairs = make_pairs(data, head_types, iterations, seed) if iterations else []
+    if resume and load_contrastive(run, model):
+        print(f"resumed from {run / CONTRASTIVE_FILE}: contrastive phase already done")
+    elif pairs:
+        print(f"contrastive phase: {len(pairs)} pairs from {len(data)} examples, {iterations} iterations")
+        torch.manual_seed(seed)
+        steps = contrastive_tune(model, data, pairs, pad_id, batch_size, lr, weight_decay, progress=progress)
+        save_contrastive(run, model, steps)
+    contrastive_seconds = time.perf_counter() - started
+    set_backbone_trainable(model.backbone, False)
+    solve_heads(model, data, pad_id, progress=progress)
+    return {
+        "steps": steps,
+        "pairs": len(pairs),
+        "contrastive_seconds": round(contrastive_seconds, 2),
+        "head_seconds": round(time.perf_counter() - started - contrastive_seconds, 2),
+        "backbone_modified": bool(pairs),
+    }
