@@ -171,6 +171,17 @@ def test_one_example_in_a_class_or_a_single_class_is_a_clear_error(tiny_text_mod
         read_facts(str(write_csv(tmp_path / "b.csv", one_class)), "text", "label", tokenizer)
 
 
+def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(monkeypatch):
+    from headkit.advise import detect_hardware
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(HeadkitError, match="--device cuda, but torch sees no CUDA GPU"):
+        detect_hardware("cuda")
+    with pytest.raises(HeadkitError, match="--device must be auto, cpu or cuda"):
+        detect_hardware("tpu")
+    assert detect_hardware("auto").device == "cpu"
+
+
 def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_path, capsys):
     data = write_csv(tmp_path / "few.csv", sentiment_rows(16))
     run = tmp_path / "advised"

@@ -145,3 +145,12 @@ def test_fewshot_refuses_heads_it_cannot_train(tiny_text_model, tmp_path):
 
     with pytest.raises(HeadConfigError, match="fewshot trains"):
         check_fewshot_heads({"a": "classification", "b": "box"})
+
+
+def test_too_few_tags_or_labelled_rows_for_pairs_are_refused():
+    one_tag = [[IGNORE_INDEX, 0, 0, IGNORE_INDEX]]
+    with pytest.raises(DataError, match=r"at least 2 tags and 2 tagged words.*has 1 tag"):
+        make_pairs(EncodedData([[1] * 4], {"t": one_tag}), {"t": "token-classification"}, 1, 0)
+    lonely = np.array([[1.0], [np.nan]])
+    with pytest.raises(DataError, match="at least 2 labelled training examples"):
+        make_pairs(EncodedData([[1]] * 2, {"r": lonely}), {"r": "regression"}, 1, 0)

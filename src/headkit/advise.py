@@ -166,9 +166,13 @@ def read_facts(
     tokenizer,
     max_length: int = 128,
     unlabelled: list[str] | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> DataFacts:
-    """Everything the rules look at, from the user's file (and optional unlabelled text)."""
-    rows = read_rows(data)
+    """Everything the rules look at, from the user's file (and optional unlabelled text).
+
+    `rows`: the file's rows when the caller has read them already.
+    """
+    rows = read_rows(data) if rows is None else rows
     if not rows:
         raise DataError(f"{data} holds no rows; advise needs labelled examples")
     values = column_values(rows, label, data)
@@ -389,9 +393,9 @@ def _head_spec(facts: DataFacts) -> str:
     return f"label:{facts.label}" if facts.task_type == "classification" else f"score:{facts.label}:regression"
 
 
-def train_options(plan: Plan, n_layers: int) -> dict[str, Any]:
+def train_options(plan: Plan) -> dict[str, Any]:
     """The TrainConfig fields of the plan's training step (the printed command has the same)."""
-    strategy = plan.strategy.replace("K", str(max(1, n_layers // 2)))
+    strategy = plan.strategy
     if plan.strategy == "fewshot":
         return {
             "strategy": strategy,
@@ -404,9 +408,7 @@ def train_options(plan: Plan, n_layers: int) -> dict[str, Any]:
     return {"strategy": strategy, "epochs": EPOCHS[strategy.split(":")[0]]}
 
 
-def plan_commands(
-    plan: Plan, facts: DataFacts, model: str, output_dir: str, n_layers: int, unlabelled: list[str]
-) -> list[str]:
+def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unlabelled: list[str]) -> list[str]:
     """The plan as the exact `headkit` commands, in order."""
     commands, backbone = [], model
     if plan.pretrain:
@@ -415,7 +417,7 @@ def plan_commands(
             f"--epochs {EPOCHS['pretrain']} --output_dir {output_dir}-pretrain"
         )
         backbone = f"{output_dir}-pretrain"
-    options = " ".join(f"--{k} {v}" for k, v in train_options(plan, n_layers).items())
+    options = " ".join(f"--{k} {v}" for k, v in train_options(plan).items())
     head = _head_spec(facts)
     name = head.split(":")[0]
     return [
@@ -432,7 +434,6 @@ def run_plan(
     facts: DataFacts,
     model: str,
     output_dir: str,
-    n_layers: int,
     unlabelled: list[str],
     overwrite: bool = False,
     progress: bool = True,
@@ -463,7 +464,7 @@ def run_plan(
         output_dir=output_dir,
         overwrite=overwrite,
         progress=progress,
-        **train_options(plan, n_layers),
+        **train_options(plan),
     )
     return train(config)
 
@@ -485,12 +486,15 @@ def advise(
     if budget <= 0:
         raise HeadkitError(f"--budget must be above 0 minutes, got {budget:g}")
     tokenizer = load_processor(model)
-    facts = read_facts(data, text, label, tokenizer, max_length, unlabelled)
+    rows = read_rows(data)
+    facts = read_facts(data, text, label, tokenizer, max_length, unlabelled, rows=rows)
     hardware = detect_hardware(device)
-    texts = [t for t in column_values(read_rows(data), text, data) if isinstance(t, str) and t.strip()]
+    texts = [t for t in column_values(rows, text, data) if isinstance(t, str) and t.strip()]
     rates = measure_rates(model, texts, tokenizer, hardware, max_length)
     costs = estimate_costs(facts, rates)
     plan = choose(facts, hardware, costs, budget)
-    n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
-    plan.commands = plan_commands(plan, facts, model, output_dir, n_layers, list(unlabelled or []))
+    if plan.strategy == "partial:K":  # freeze the bottom half of this backbone's layers
+        n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
+        plan.strategy = f"partial:{max(1, n_layers // 2)}"
+    plan.commands = plan_commands(plan, facts, model, output_dir, list(unlabelled or []))
     return facts, hardware, plan

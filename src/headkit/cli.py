@@ -429,10 +429,7 @@ def advise(
     for i, command in enumerate(plan.commands, start=1):
         console.print(f"  {i}. {command}", highlight=False, soft_wrap=True)
     if run:
-        from headkit.backbone import load_config
-
-        n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
-        run_plan(plan, facts, model, output_dir, n_layers, list(unlabelled or []), overwrite=overwrite)
+        run_plan(plan, facts, model, output_dir, list(unlabelled or []), overwrite=overwrite)
         console.print(f"done: the model is in {output_dir}; evaluate it with step {len(plan.commands) - 1} above")
 
 

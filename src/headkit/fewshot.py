@@ -96,11 +96,13 @@ def _class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Gener
         )
     if len(counts) < 2:
         raise DataError(f"head '{name}': the training data holds a single class; a classifier needs at least 2")
+    members = {c: present[y[present] == c] for c in counts}  # per class, once: not per example and iteration
+    others = {c: present[y[present] != c] for c in counts}
     pairs = []
     for _ in range(iterations):
         for i in present:
-            same = present[(y[present] == y[i]) & (present != i)]
-            other = present[y[present] != y[i]]
+            same = members[int(y[i])][members[int(y[i])] != i]
+            other = others[int(y[i])]
             pairs.append(Pair(name, int(i), int(rng.choice(same)), 1.0))
             pairs.append(Pair(name, int(i), int(rng.choice(other)), 0.0))
     return pairs

@@ -39,6 +39,7 @@ from headkit.data import LengthGroupedBatches, collate, model_inputs
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.evaluate import Evaluation, evaluate
 from headkit.features import FeatureCache, cached_features, weights_digest
+from headkit.fewshot import CONTRASTIVE_FILE
 from headkit.io import atomic_write_bytes, atomic_write_json, recover_dir, save, write_failed
 from headkit.model import MultiHeadModel
 from headkit.report import print_summary, write_report
@@ -144,7 +145,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     except OSError as e:
         raise write_failed(run, e) from e
     atomic_write_bytes(saved, yaml.safe_dump(config.identity(), sort_keys=True).encode("utf-8"))
-    for stale in ("checkpoint", "best.safetensors", "best.json", "contrastive.safetensors"):
+    for stale in ("checkpoint", "best.safetensors", "best.json", CONTRASTIVE_FILE):
         path = run / stale
         if path.is_dir():
             shutil.rmtree(path)
