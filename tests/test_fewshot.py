@@ -29,6 +29,19 @@ def test_class_pairs_are_one_positive_and_one_negative_per_example_per_iteration
     assert sum(p.target for p in pairs) == len(pairs) / 2
 
 
+def test_an_anchors_two_pairs_stay_side_by_side_so_they_share_a_batch():
+    """The shuffle moves anchors, not pairs: every batch embeds fewer distinct texts."""
+    y = np.arange(40) % 4
+    data = EncodedData([[1]] * 40, {"c": y})
+    pairs = make_pairs(data, {"c": "classification"}, iterations=2, seed=1)
+    for first, second in zip(pairs[::2], pairs[1::2], strict=True):
+        assert (first.left, first.left_pos) == (second.left, second.left_pos)
+        assert {first.target, second.target} == {0.0, 1.0}
+    assert [p.left for p in pairs[::2]] != sorted(p.left for p in pairs[::2])  # anchors are still shuffled
+    texts_per_batch = [len({i for p in pairs[k : k + 16] for i in (p.left, p.right)}) for k in range(0, 160, 16)]
+    assert max(texts_per_batch) <= 24
+
+
 def test_regression_and_multilabel_targets_mirror_label_similarity():
     scores = np.array([[0.0], [10.0], [5.0], [np.nan]])
     pairs = make_pairs(EncodedData([[1]] * 4, {"r": scores}), {"r": "regression"}, iterations=2, seed=0)

@@ -261,7 +261,7 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     A few seconds on a CPU; the costs of every strategy are scaled from these per-token times.
     """
     from headkit.backbone import load_backbone
-    from headkit.strategies import apply_lora
+    from headkit.strategies import adamw, apply_lora
 
     rng = np.random.default_rng(0)
     sample = [texts[i] for i in rng.choice(len(texts), size=min(MEASURE_TEXTS, len(texts)), replace=False)]
@@ -282,9 +282,9 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
         backbone.eval()
         forward = _time(lambda: backbone(**batch))
     backbone.train()
-    full = _time(step(backbone, torch.optim.AdamW(backbone.parameters(), lr=1e-6)))
+    full = _time(step(backbone, adamw(backbone.parameters(), lr=1e-6)))
     lora_model = apply_lora(backbone)
-    lora = _time(step(lora_model, torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=1e-6)))
+    lora = _time(step(lora_model, adamw([p for p in lora_model.parameters() if p.requires_grad], lr=1e-6)))
     return Rates(forward / tokens, full / tokens, lora / tokens)
 
 

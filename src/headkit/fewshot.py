@@ -56,7 +56,7 @@ from headkit.features import FeatureCache, compute_features
 from headkit.heads.base import IGNORE_INDEX
 from headkit.io import atomic_write_bytes
 from headkit.model import MultiHeadModel
-from headkit.strategies import set_backbone_trainable
+from headkit.strategies import adamw, set_backbone_trainable
 
 FEWSHOT_TYPES = ("classification", "multilabel", "regression", "token-classification")
 CONTRASTIVE_FILE = "contrastive.safetensors"
@@ -158,7 +158,12 @@ def _token_pairs(name: str, tags: list[list[int] | None], iterations: int, rng) 
 
 
 def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, seed: int) -> list[Pair]:
-    """Every head's contrastive pairs (2 per labelled example per iteration), in a seeded random order."""
+    """Every head's contrastive pairs (2 per labelled example per iteration), in a seeded random order.
+
+    Each generator emits an anchor's two pairs side by side, and the shuffle moves whole anchors,
+    not single pairs: both pairs of an anchor land in one batch, so a batch of 16 pairs embeds at
+    most 24 distinct texts instead of 32 (the same pairs as a pair-level shuffle, in other batches).
+    """
     rng = np.random.default_rng(seed)
     pairs: list[Pair] = []
     for name, head_type in head_types.items():
@@ -171,7 +176,8 @@ def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, s
             pairs += _token_pairs(name, y, iterations, rng)
         else:
             pairs += _random_partner_pairs(name, np.asarray(y, dtype=np.float64), head_type, iterations, rng)
-    return [pairs[k] for k in rng.permutation(len(pairs))]
+    anchors = [pairs[k : k + 2] for k in range(0, len(pairs), 2)]
+    return [pair for k in rng.permutation(len(anchors)) for pair in anchors[k]]
 
 
 # ----------------------------------------------------------------------------- contrastive phase
@@ -218,7 +224,7 @@ def contrastive_tune(
     set_backbone_trainable(model.backbone, True)
     model.backbone.train()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=torch.cuda.is_available())
+    optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
     batches = [pairs[k : k + batch_size] for k in range(0, len(pairs), batch_size)]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
     use_bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()

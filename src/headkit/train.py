@@ -45,6 +45,7 @@ from headkit.model import MultiHeadModel
 from headkit.report import print_summary, write_report
 from headkit.strategies import (
     Strategy,
+    adamw,
     apply_lora,
     count_parameters,
     freeze_bottom,
@@ -113,7 +114,7 @@ def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strateg
         decay = config.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in sorted(groups.items())]
-    return torch.optim.AdamW(params, fused=torch.cuda.is_available())
+    return adamw(params)
 
 
 def prepare_run_dir(config: TrainConfig) -> Path:
