@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import pytest
 
 from headkit.advise import (
@@ -14,7 +17,7 @@ from headkit.advise import (
     measure_rates,
     read_facts,
 )
-from headkit.cli import main
+from headkit.cli import _normalise_argv, build_parser, main
 from headkit.errors import DataError, HeadkitError
 
 from conftest import has_package, sentiment_rows, write_csv
@@ -191,6 +194,11 @@ def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_
     assert "recommended: fewshot" in out and "rule 1" in out
     assert f"headkit train --model {tiny_text_model} --data {data}" in out and "--strategy fewshot" in out
     assert not run.exists()  # advice only, until --run
+    for command in re.findall(r"^\s+\d\. headkit (.+)$", out, flags=re.M):  # each step parses as the user pastes it
+        parsed = build_parser().parse_args(_normalise_argv(shlex.split(command)))
+        assert parsed.command in ("train", "evaluate", "predict", "pretrain")
+        if parsed.command in ("train", "evaluate"):
+            assert parsed[parsed.command].text == "text"
     assert main([*argv, "--run"]) == 0
     assert (run / "model" / "heads.json").is_file() and (run / "metrics.json").is_file()
     capsys.readouterr()

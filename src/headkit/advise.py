@@ -298,7 +298,8 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
     per_example = n_tokens / max(1, facts.labelled)
     pairs = 2 * FEWSHOT_ITERATIONS * facts.labelled
-    texts_per_step = min(2 * FEWSHOT_PAIR_BATCH, facts.labelled)  # distinct texts in a batch of pairs
+    # distinct texts in a batch of pairs: an anchor's two pairs share a batch, so 1 anchor + 2 partners per 2 pairs
+    texts_per_step = min(3 * FEWSHOT_PAIR_BATCH // 2, facts.labelled)
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
         "fewshot": pairs / FEWSHOT_PAIR_BATCH * texts_per_step * per_example * rates.full + n_tokens * rates.forward,

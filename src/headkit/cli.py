@@ -469,7 +469,19 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-LIST_FLAGS = {"--head", "--text", "--image", "--lora_targets", "--corpus", "--unlabelled"}
+def _list_flags(command: str) -> set[str]:
+    """The flags of `command` that take several values: its list[str] parameters (or config fields).
+
+    Derived from the signature, not listed by hand: `--text` is a list of texts for `predict`
+    but one column name for `train`, `evaluate` and `advise`.
+    """
+    fn = next((f for f in COMMANDS if f.__name__.replace("_", "-") == command), None)
+    if fn is None:
+        return set()
+    hints = typing.get_type_hints(fn)
+    config = next((h for h in hints.values() if dataclasses.is_dataclass(h)), None)
+    hints = typing.get_type_hints(config) if config is not None else hints
+    return {f"--{name}" for name, hint in hints.items() if list[str] in (hint, *typing.get_args(hint))}
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -478,8 +490,8 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     `--head a --head b` and `--corpus x.txt y.txt` become jsonargparse's `--head+ a ...`, and
     `fill-mask MODEL "text 1" "text 2"` packs its texts into one list argument.
     """
+    list_flags = _list_flags(next((a for a in argv if not a.startswith("-")), ""))
     out, i = [], 0
-    list_flags = LIST_FLAGS - {"--head"} if argv[:1] == ["export"] else LIST_FLAGS  # export --head is one name
     while i < len(argv):
         arg = argv[i]
         if arg in list_flags:
