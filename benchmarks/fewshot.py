@@ -12,7 +12,7 @@ backbone (all-MiniLM-L6-v2, shipped in a PyPI package):
 
 Shared settings, identical for setfit and headkit: pairs = 2 x iterations x examples, batch 16
 pairs, one pass, token limit --max_length. The iterations per size (--iterations, default 8:5
-and 64:1) are far below SetFit's usual 20 so that 5 seeds fit in about 40 minutes on 2 CPU cores;
+and 64:1) are far below SetFit's usual 20 so that 5 seeds fit in about 45 minutes on 2 CPU cores;
 give `--iterations 8:20,64:20` on a GPU. Learning rates are each tool's default (setfit 2e-5,
 headkit 3e-5). Training time is wall clock from loading the model to a trained classifier;
 setfit and headkit run in alternating order so machine noise hits both.
