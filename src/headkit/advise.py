@@ -10,7 +10,8 @@ user's own texts (`measure_rates`), turns that into a cost per candidate strateg
 rule  when                                                       plan (first that fits the budget)
 ====  =========================================================  ==================================
 1     very few labels: fewer than 16 examples in some class       fewshot, frozen
-      (regression: fewer than 100 labelled rows)
+      (multilabel: with some label; regression: fewer than 100
+      labelled rows)
 2     plenty of labels (500 or more) and a GPU                    full, partial:K (bottom half
                                                                   frozen), lora
 3     500 or more labels, no GPU (little compute)                 lora, frozen
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headkit.data import column_values, read_rows
+from headkit.data import as_label_list, column_values, read_rows
 from headkit.errors import DataError, HeadkitError
 
 FEW_PER_CLASS = 16  # rule 1 for classification
@@ -60,7 +61,7 @@ FEWSHOT_ITERATIONS = 20
 FEWSHOT_PAIR_BATCH = 16
 
 RULES = {
-    "1": "very few labels (fewer than 16 in some class; regression: fewer than 100): few-shot, else frozen",
+    "1": "very few labels (fewer than 16 in some class or label; regression: fewer than 100): few-shot, else frozen",
     "2": "500+ labels and a GPU: full, else partial, else LoRA",
     "3": "500+ labels, no GPU (little compute): LoRA, else frozen",
     "4": "under 500 labels: frozen (too few optimizer steps for LoRA or fine-tuning to beat it)",
@@ -73,9 +74,9 @@ class DataFacts:
     source: str
     text: str
     label: str
-    task_type: str  # classification | regression
+    task_type: str  # classification | multilabel | regression
     labelled: int
-    class_counts: dict[str, int]  # classification only
+    class_counts: dict[str, int]  # examples per class (multilabel: per label); empty for regression
     tokens_median: float
     tokens_p95: float
     truncated_share: float  # labelled texts longer than max_length
@@ -140,7 +141,10 @@ def _is_missing(value: Any) -> bool:
 
 
 def _task_type(values: list[Any]) -> str:
-    """Numbers with many distinct values are a regression target; anything else is classes."""
+    """Lists (or '|'-joined CSV cells) are label sets; numbers with many distinct values are a
+    regression target; anything else is classes."""
+    if any(isinstance(v, list | tuple) or (isinstance(v, str) and "|" in v) for v in values):
+        return "multilabel"
     try:
         numbers = [float(v) for v in values]
     except (TypeError, ValueError):
@@ -180,15 +184,24 @@ def read_facts(
     labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
     if not labelled:
         raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
+    if any(isinstance(t, list) for t, _ in labelled):
+        raise DataError(
+            f"column '{text}' of {data} holds lists of words (token-tagging data): advise profiles one label or "
+            "label set per text, not tags per word; train the tagger directly, e.g. headkit train --head "
+            f"tags:{label}:token-classification --strategy fewshot (few examples) or frozen"
+        )
     bad = next((t for t, _ in labelled if not isinstance(t, str) or not t.strip()), None)
     if bad is not None:
         raise DataError(f"text column '{text}' of {data} has an empty or non-text value: {bad!r}")
     label_values = [v for _, v in labelled]
     task_type = _task_type(label_values)
     counts: dict[str, int] = {}
-    if task_type == "classification":
+    if task_type == "multilabel":  # examples that carry each label
+        counts = dict(Counter(name for v in label_values for name in set(as_label_list(v))).most_common())
+    elif task_type == "classification":
         counts = dict(Counter(str(v) for v in label_values).most_common())
-        if len(counts) < 2:
+    if counts:
+        if len(counts) < 2 and task_type == "classification":
             raise DataError(
                 f"column '{label}' of {data} has a single class {list(counts)}; a classifier needs at least 2"
             )
@@ -329,23 +342,23 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
         what = (
             f"{facts.labelled} labelled rows"
             if facts.task_type == "regression"
-            else f"{facts.min_per_class} in the smallest class"
+            else f"{facts.min_per_class} in the rarest {'label' if facts.task_type == 'multilabel' else 'class'}"
         )
         reasons = [f"very few labels ({what}): contrastive pairs multiply the signal in each example"]
         candidates = ["fewshot", "frozen"]
     elif facts.labelled >= PLENTY and hardware.device == "cuda":
         rule = "2"
-        reasons = [f"{facts.labelled} labels and a GPU ({hardware.name}): enough signal to move every weight"]
+        reasons = [f"{facts.labelled} labelled examples and a GPU ({hardware.name}): enough to move every weight"]
         candidates = ["full", "partial", "lora"]
     elif facts.labelled >= PLENTY:
         rule = "3"
-        reasons = [f"{facts.labelled} labels but no GPU: little compute, so train few parameters"]
+        reasons = [f"{facts.labelled} labelled examples but no GPU: little compute, so train few parameters"]
         candidates = ["lora", "frozen"]
     else:
         rule = "4"
         reasons = [
-            f"{facts.labelled} labels (under {PLENTY}): too few optimizer steps for LoRA or fine-tuning to beat "
-            "a head on the frozen backbone's cached features, which also costs the least"
+            f"{facts.labelled} labelled examples (under {PLENTY}): too few optimizer steps for LoRA or fine-tuning to "
+            "beat a head on the frozen backbone's cached features, which also costs the least"
         ]
         candidates = ["frozen"]
     pretrain = facts.fragmented_share >= SHIFT_SHARE and facts.unlabelled >= SHIFT_UNLABELLED and "pretrain" in costs
@@ -374,7 +387,7 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
         reasons.append(f"{candidates[0]} (~{_minutes(costs[candidates[0]])}) does not fit the budget; {strategy} does")
     else:
         reasons.append(f"{strategy} takes ~{_minutes(costs[strategy])} here, within the {budget_minutes:g} min budget")
-    if facts.task_type == "classification" and facts.imbalance >= 5:
+    if facts.class_counts and facts.imbalance >= 5:
         reasons.append(f"classes are imbalanced ({facts.imbalance:.0f}:1): watch f1_macro, not only accuracy")
     if facts.truncated_share > 0.2:
         reasons.append(f"{facts.truncated_share:.0%} of texts are longer than the token limit and will be cut")
@@ -391,7 +404,9 @@ def _minutes(seconds: float) -> str:
 
 
 def _head_spec(facts: DataFacts) -> str:
-    return f"label:{facts.label}" if facts.task_type == "classification" else f"score:{facts.label}:regression"
+    if facts.task_type == "classification":
+        return f"label:{facts.label}"
+    return f"labels:{facts.label}:multilabel" if facts.task_type == "multilabel" else f"score:{facts.label}:regression"
 
 
 def train_options(plan: Plan) -> dict[str, Any]:

@@ -398,8 +398,11 @@ def advise(
     console = Console()
     table = Table(title=f"what headkit sees in {data}", show_header=False)
     balance = ", ".join(f"{k} {v}" for k, v in list(facts.class_counts.items())[:8])
+    kind = "classes"
+    if facts.task_type == "multilabel":  # an example counts once for each label it carries
+        kind, balance = "labels", f"examples with each: {balance}"
     rows = [
-        ("task", f"{facts.task_type}" + (f", {facts.n_classes} classes ({balance})" if facts.class_counts else "")),
+        ("task", f"{facts.task_type}" + (f", {facts.n_classes} {kind} ({balance})" if facts.class_counts else "")),
         ("labelled examples", f"{facts.labelled:,}"),
         ("unlabelled texts", f"{facts.unlabelled:,}"),
         ("tokens per text", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),

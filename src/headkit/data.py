@@ -193,7 +193,8 @@ def column_values(rows: list[dict[str, Any]], column: str, source: str) -> list[
     return [row.get(column) for row in rows]
 
 
-def _as_label_list(value: Any) -> list[str]:
+def as_label_list(value: Any) -> list[str]:
+    """A multi-label value as its label names: a list as is, a string split at '|' (CSV cells)."""
     if isinstance(value, list | tuple | np.ndarray):
         return [str(v) for v in value]
     return [part for part in str(value).split("|") if part]
@@ -203,7 +204,7 @@ def infer_labels(values: list[Any], head_type: str) -> list[str]:
     """The label map of a head, inferred from its training labels (sorted for determinism)."""
     present = [v for v in values if not _is_missing(v)]
     if head_type == "multilabel":
-        return sorted({name for v in present for name in _as_label_list(v)})
+        return sorted({name for v in present for name in as_label_list(v)})
     if head_type in TOKEN_TYPES:
         tags = sorted({str(t) for v in present for t in v})
         return (["O"] if "O" in tags else []) + [t for t in tags if t != "O"]
@@ -267,7 +268,7 @@ def encode_labels(rows: list[dict[str, Any]], task: TaskSpec, labels: list[str],
         for i, v in enumerate(values):
             if not _is_missing(v):
                 out[i] = 0.0
-                for name in _as_label_list(v):
+                for name in as_label_list(v):
                     out[i, lookup(name, i + 1)] = 1.0
         return out
     if task.type in TOKEN_TYPES:

@@ -39,6 +39,8 @@ def write_report(
 def print_summary(
     model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any], title: str | None = None
 ) -> None:
+    if title is None and not metrics.get("val_examples"):  # e.g. few-shot: every example trained
+        title = "no validation split: score the model with `headkit evaluate` on held-out data"
     title = title or f"validation ({metrics['val_examples']} examples) — best epoch {metrics.get('best_epoch')}"
     table = Table(title=title)
     table.add_column("head", style="bold")
