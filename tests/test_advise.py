@@ -132,12 +132,20 @@ def test_read_facts_counts_classes_lengths_and_unlabelled_rows(tiny_text_model, 
     assert got.tokens_median == 7 and got.truncated_share == 1.0  # 5 words + [CLS] [SEP] > 4
 
 
-def test_read_facts_infers_regression_from_many_distinct_numbers(tiny_text_model, tmp_path):
+def test_read_facts_infers_regression_from_fractions_or_many_whole_numbers(tiny_text_model, tmp_path):
     from headkit import load_processor
 
-    rows = [{"text": "a film", "label": str(i * 0.37)} for i in range(60)]
-    got = read_facts(str(write_csv(tmp_path / "r.csv", rows)), "text", "label", load_processor(tiny_text_model))
-    assert got.task_type == "regression" and got.class_counts == {}
+    tokenizer = load_processor(tiny_text_model)
+
+    def task_of(values: list[str], name: str) -> str:
+        rows = [{"text": "a film", "label": v} for v in values]
+        return read_facts(str(write_csv(tmp_path / name, rows)), "text", "label", tokenizer).task_type
+
+    many = [str(i * 0.37) for i in range(60)]
+    mean_ratings = [f"{1 + (i % 8) / 4:.2f}" for i in range(600)]  # 8 distinct means among 600 rows
+    assert task_of(many, "a.csv") == task_of(mean_ratings, "b.csv") == "regression"
+    assert task_of([str(1 + i % 5) for i in range(600)], "c.csv") == "classification"  # 1-5 stars: classes
+    assert task_of([str(i) for i in range(60)], "d.csv") == "regression"  # 60 distinct whole numbers
 
 
 def test_read_facts_infers_label_sets_from_jsonl_lists_and_csv_bars_and_counts_examples_per_label(

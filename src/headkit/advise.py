@@ -25,8 +25,9 @@ Why these thresholds: 16 per class is where SetFit-style training stops beating 
 backbone by much in the SetFit paper and in `benchmarks/fewshot.py`; at 500+ labels full
 fine-tuning has enough signal to move all weights without overfitting, if a GPU makes it cheap.
 Under 500 labels the frozen backbone wins outright: on 400 Rotten Tomatoes reviews LoRA (3
-epochs, 36 optimizer steps) reached 0.565 test accuracy, the advised frozen head (30 epochs at
-lr 0.01 on cached features, 18 s) 0.728 (README walkthrough).
+epochs, 36 optimizer steps) reached 0.564 held-out accuracy, the advised frozen head (30 epochs
+at lr 0.01 on cached features, 3 s) 0.687; on 2,000 LoRA wins, 0.761 to 0.724; on 24, fewshot
+0.586 against 0.49 for either (`benchmarks/advise_plans.py`, table in the README).
 The 10% fragmentation line comes from the shipped data: 3-7% of the words in movie reviews,
 BBC news and tweets are split into 3+ MiniLM word pieces, against 35% in clinical text.
 
@@ -141,14 +142,17 @@ def _is_missing(value: Any) -> bool:
 
 
 def _task_type(values: list[Any]) -> str:
-    """Lists (or '|'-joined CSV cells) are label sets; numbers with many distinct values are a
-    regression target; anything else is classes."""
+    """Lists (or '|'-joined CSV cells) are label sets; numbers with a fraction (mean ratings:
+    2.875) or many distinct whole values are a regression target; anything else is classes
+    (whole numbers with few values, such as 1-5 stars or class ids)."""
     if any(isinstance(v, list | tuple) or (isinstance(v, str) and "|" in v) for v in values):
         return "multilabel"
     try:
         numbers = [float(v) for v in values]
     except (TypeError, ValueError):
         return "classification"
+    if any(not n.is_integer() for n in numbers if np.isfinite(n)):
+        return "regression"
     return "regression" if len(set(numbers)) > max(20, len(numbers) // 4) else "classification"
 
 
@@ -215,8 +219,12 @@ def read_facts(
     free = [t for t, v in zip(texts, values, strict=True) if _is_missing(v) and isinstance(t, str) and t.strip()]
     for source in unlabelled or []:
         free += _texts(read_rows(source), text, source)
-    lengths = np.array([len(ids) for ids in tokenizer(labelled_texts, truncation=False)["input_ids"]])
-    free_tokens = sum(len(ids) for ids in tokenizer(free[:20_000], truncation=False)["input_ids"]) if free else 0
+
+    def token_counts(texts: list[str]) -> list[int]:  # full lengths; verbose=False: no too-long warning
+        return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
+    lengths = np.array(token_counts(labelled_texts))
+    free_tokens = sum(token_counts(free[:20_000])) if free else 0
     if len(free) > 20_000:  # estimate the rest from the first 20,000
         free_tokens = round(free_tokens * len(free) / 20_000)
     return DataFacts(
@@ -280,7 +288,9 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     sample = [texts[i] for i in rng.choice(len(texts), size=min(MEASURE_TEXTS, len(texts)), replace=False)]
     batch = tokenizer(sample, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     batch = {k: v.to(hardware.device) for k, v in batch.items()}
-    tokens = int(batch["attention_mask"].sum())
+    # per position computed, padding included: the timed batch pads 16 random texts to the longest,
+    # training batches are length-grouped and pad little, so per real token would overestimate ~1.7x
+    tokens = int(batch["input_ids"].numel())
     backbone = load_backbone(model).to(hardware.device)
 
     def step(module, optimizer):
@@ -403,7 +413,7 @@ def _minutes(seconds: float) -> str:
 # ----------------------------------------------------------------------------- commands and --run
 
 
-def _head_spec(facts: DataFacts) -> str:
+def head_spec(facts: DataFacts) -> str:
     if facts.task_type == "classification":
         return f"label:{facts.label}"
     return f"labels:{facts.label}:multilabel" if facts.task_type == "multilabel" else f"score:{facts.label}:regression"
@@ -434,7 +444,7 @@ def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unl
         )
         backbone = f"{output_dir}-pretrain"
     options = " ".join(f"--{k} {v}" for k, v in train_options(plan).items())
-    head = _head_spec(facts)
+    head = head_spec(facts)
     name = head.split(":")[0]
     return [
         *commands,
@@ -476,7 +486,7 @@ def run_plan(
         model=backbone,
         data=facts.source,
         text=facts.text,
-        head=[_head_spec(facts)],
+        head=[head_spec(facts)],
         output_dir=output_dir,
         overwrite=overwrite,
         progress=progress,

@@ -13,6 +13,7 @@ fewshot    SetFit-style: contrastive tuning of the backbone on pairs of the few 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,9 @@ def apply_lora(
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
     try:
-        return get_peft_model(backbone, config)
+        with warnings.catch_warnings():  # peft 0.21 calls an API transformers 5 deprecated: not the user's to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(backbone, config)
     except ValueError as e:
         raise HeadConfigError(f"LoRA could not be applied: {e}. Set lora_targets to this model's linear layers") from e
 
