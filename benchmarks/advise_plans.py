@@ -19,7 +19,6 @@ Scenarios (seeded draws from a shuffle of each dataset; `fewshot.split` and `few
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from dataclasses import replace
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
-from fewshot import sample, split
+from fewshot import sample, split, write_csv
 
 TEST_ROWS = 1000
 
@@ -66,14 +65,6 @@ def scenarios() -> dict[str, tuple[str, list[dict]]]:
     return out | {f"{d}-test": (d, pools[d][0]) for d in pools}
 
 
-def write_rows(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows({"text": r["text"], "label": r["label"]} for r in rows)
-    return path
-
-
 def held_out_score(run_dir: Path, test_file: Path) -> str:
     from headkit.evaluate import evaluate_dataset
     from headkit.predict import load_for_inference
@@ -101,7 +92,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = scenarios()
-    files = {name: write_rows(rows, out / f"{name}.csv") for name, (_, rows) in data.items()}
+    files = {name: write_csv(rows, out / f"{name}.csv") for name, (_, rows) in data.items()}
     print(f"data files in {out}/ (test files: {TEST_ROWS} held-out rows per dataset)")
     wanted = [s for s in (args.only.split(",") if args.only else files) if not s.endswith("-test")]
     header = f"{'scenario':10} {'rows':>5}  {'smallest class':>14}  {'plan':9} rule  {'est.':>8}  all estimates"
