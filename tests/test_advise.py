@@ -18,6 +18,7 @@ from headkit.advise import (
     measure_rates,
     plan_commands,
     read_facts,
+    train_options,
 )
 from headkit.cli import _normalise_argv, build_parser, main
 from headkit.errors import DataError, HeadkitError
@@ -58,6 +59,9 @@ def test_rule_1_very_few_labels_gives_fewshot_or_frozen_when_fewshot_does_not_fi
     assert "very few labels" in plan.reasons[0]
     tight = choose(facts({"pos": 8, "neg": 8}), CPU, CHEAP, budget_minutes=0.5)  # 30 s: fewshot needs 60
     assert (tight.rule, tight.strategy) == ("1", "frozen")
+    # a handful of labels: the head is solved on frozen features, not trained by gradient steps
+    assert train_options(tight) == {"strategy": "fewshot", "fewshot_iterations": 0, "val_fraction": 0.0}
+    assert train_options(choose(facts(), CPU, CHEAP, 30))["strategy"] == "frozen"  # rule 4: the gradient head
     # even with a GPU and a big budget, 12 examples in one class is few-shot territory
     assert choose(facts({"a": 900, "b": 12}), GPU, CHEAP, 60).strategy == "fewshot"
     # regression: fewer than 100 labelled rows
