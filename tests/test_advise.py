@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 
+import pandas as pd
 import pytest
 
 from headkit.advise import (
@@ -166,6 +167,10 @@ def test_read_facts_infers_label_sets_from_jsonl_lists_and_csv_bars_and_counts_e
     assert from_jsonl.task_type == "multilabel" and from_jsonl.labelled == 20
     assert from_jsonl.class_counts == {"pos": 8, "long": 8, "neg": 8}
     assert read_facts(str(csv), "text", "label", tokenizer).class_counts == {"pos": 8, "long": 8, "neg": 8, "none": 4}
+    parquet = tmp_path / "m.parquet"  # Parquet list cells come back as numpy arrays
+    pd.DataFrame({"text": ["a good film"] * len(sets), "label": sets}).to_parquet(parquet)
+    from_parquet = read_facts(str(parquet), "text", "label", tokenizer)
+    assert from_parquet.task_type == "multilabel" and from_parquet.class_counts == from_jsonl.class_counts
     plan = choose(from_jsonl, CPU, CHEAP, budget_minutes=30)
     assert plan.rule == "1" and "8 in the rarest label" in plan.reasons[0]
     assert "--head labels:label:multilabel" in plan_commands(plan, from_jsonl, "m", "runs/x", [])[0]

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headkit.data import as_label_list, column_values, read_rows
+from headkit.data import SEQUENCE_TYPES, as_label_list, column_values, read_rows
 from headkit.errors import DataError, HeadkitError
 
 FEW_PER_CLASS = 16  # rule 1 for classification
@@ -146,7 +146,7 @@ def _task_type(values: list[Any]) -> str:
     """Lists (or '|'-joined CSV cells) are label sets; numbers with a fraction (mean ratings:
     2.875) or many distinct whole values are a regression target; anything else is classes
     (whole numbers with few values, such as 1-5 stars or class ids)."""
-    if any(isinstance(v, list | tuple) or (isinstance(v, str) and "|" in v) for v in values):
+    if any(isinstance(v, SEQUENCE_TYPES) or (isinstance(v, str) and "|" in v) for v in values):
         return "multilabel"
     try:
         numbers = [float(v) for v in values]
@@ -189,7 +189,7 @@ def read_facts(
     labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
     if not labelled:
         raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
-    if any(isinstance(t, list) for t, _ in labelled):
+    if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):
         raise DataError(
             f"column '{text}' of {data} holds lists of words (token-tagging data): advise profiles one label or "
             "label set per text, not tags per word; train the tagger directly, e.g. headkit train --head "
@@ -205,17 +205,16 @@ def read_facts(
         counts = dict(Counter(name for v in label_values for name in set(as_label_list(v))).most_common())
     elif task_type == "classification":
         counts = dict(Counter(str(v) for v in label_values).most_common())
-    if counts:
-        if len(counts) < 2 and task_type == "classification":
+        if len(counts) < 2:
             raise DataError(
                 f"column '{label}' of {data} has a single class {list(counts)}; a classifier needs at least 2"
             )
-        scarce = {c: n for c, n in counts.items() if n < 2}
-        if scarce:
-            raise DataError(
-                f"class(es) {sorted(scarce)} of column '{label}' have a single example; every class needs at least 2 "
-                "(few-shot training pairs each example with another of its class): label more, or drop the class"
-            )
+    scarce = {c: n for c, n in counts.items() if n < 2}
+    if scarce:
+        raise DataError(
+            f"class(es) {sorted(scarce)} of column '{label}' have a single example; every class needs at least 2 "
+            "(few-shot training pairs each example with another of its class): label more, or drop the class"
+        )
     labelled_texts = [t for t, _ in labelled]
     free = [t for t, v in zip(texts, values, strict=True) if _is_missing(v) and isinstance(t, str) and t.strip()]
     for source in unlabelled or []:

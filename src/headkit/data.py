@@ -193,9 +193,12 @@ def column_values(rows: list[dict[str, Any]], column: str, source: str) -> list[
     return [row.get(column) for row in rows]
 
 
+SEQUENCE_TYPES = (list, tuple, np.ndarray)  # a cell holding several values (Parquet gives ndarrays)
+
+
 def as_label_list(value: Any) -> list[str]:
     """A multi-label value as its label names: a list as is, a string split at '|' (CSV cells)."""
-    if isinstance(value, list | tuple | np.ndarray):
+    if isinstance(value, SEQUENCE_TYPES):
         return [str(v) for v in value]
     return [part for part in str(value).split("|") if part]
 
