@@ -27,8 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
-from fewshot import sample, split, write_csv
+from fewshot import sample, split, split_rows, write_csv
 
 TEST_ROWS = 1000
 
@@ -37,10 +36,7 @@ def word_split(n_test: int) -> tuple[list[dict], list[dict]]:
     """Whissell's words with their pleasantness score as the label: a regression target."""
     from headkit.builtin_data import word_scores
 
-    rows = [{"text": r["text"], "label": r["pleasantness"]} for r in word_scores()]
-    order = np.random.default_rng(1234).permutation(len(rows))
-    rows = [rows[i] for i in order]
-    return rows[:n_test], rows[n_test:]
+    return split_rows([{"text": r["text"], "label": r["pleasantness"]} for r in word_scores()], n_test)
 
 
 def scenarios() -> dict[str, tuple[str, list[dict]]]:

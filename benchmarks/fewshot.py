@@ -44,7 +44,11 @@ import numpy as np
 def split(name: str, n_test: int) -> tuple[list[dict], list[dict]]:
     from headkit.builtin_data import BUILTIN_DATASETS
 
-    rows = BUILTIN_DATASETS[name]()
+    return split_rows(BUILTIN_DATASETS[name](), n_test)
+
+
+def split_rows(rows: list[dict], n_test: int) -> tuple[list[dict], list[dict]]:
+    """(test, pool): the first n_test rows of a fixed shuffle, and the rest."""
     order = np.random.default_rng(1234).permutation(len(rows))
     rows = [rows[i] for i in order]
     return rows[:n_test], rows[n_test:]
