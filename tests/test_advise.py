@@ -144,7 +144,9 @@ def test_read_facts_infers_regression_from_fractions_or_many_whole_numbers(tiny_
 
     def task_of(values: list[str], name: str) -> str:
         rows = [{"text": "a film", "label": v} for v in values]
-        return read_facts(str(write_csv(tmp_path / name, rows)), "text", "label", tokenizer).task_type
+        got = read_facts(str(write_csv(tmp_path / name, rows)), "text", "label", tokenizer)
+        assert (got.class_counts == {}) == (got.task_type == "regression")  # a score has no classes to count
+        return got.task_type
 
     many = [str(i * 0.37) for i in range(60)]
     mean_ratings = [f"{1 + (i % 8) / 4:.2f}" for i in range(600)]  # 8 distinct means among 600 rows
