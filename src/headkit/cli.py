@@ -19,6 +19,7 @@ from pathlib import Path
 from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from headkit.config import TrainConfig
@@ -347,9 +348,7 @@ def serve(
             length-grouped forward passes of 16).
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
     """
-    import uvicorn
-
-    from headkit.serve import ServeLimits, load_app
+    from headkit.serve import ServeLimits, load_app, run_server
 
     limits = ServeLimits(
         max_texts=max_texts,
@@ -358,7 +357,7 @@ def serve(
         max_batch_texts=max_batch_texts,
         batch_wait_ms=batch_wait_ms,
     )
-    uvicorn.run(load_app(run, engine=engine, limits=limits), host=host, port=port, log_level="info")
+    run_server(load_app(run, engine=engine, limits=limits), host=host, port=port)
 
 
 def advise(
@@ -535,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fn(**kwargs)
     except HeadkitError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)

@@ -52,3 +52,9 @@ class OutputError(HeadkitError, OSError):
     """A file that could not be written: disk full, read-only file system, no permission.
 
     Also an `OSError`, so code that already handles write failures keeps working."""
+
+
+class MissingExtraError(HeadkitError, ImportError):
+    """An optional feature used without the extra that installs it (`pip install 'headkit[EXTRA]'`).
+
+    Also an `ImportError`, so code that probes for optional features with `except ImportError` works."""

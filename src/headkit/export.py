@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from headkit.errors import ExportError, ModelNotFoundError
+from headkit.extras import require
 from headkit.io import BACKBONE_DIR, MANIFEST, atomic_write_json, load_heads, read_manifest, replace_dir, save
 from headkit.model import MultiHeadModel
 from headkit.onnx_model import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
@@ -269,6 +270,7 @@ def export_onnx(
     run: str | os.PathLike, output_dir: str | os.PathLike, quantize: bool = False, overwrite: bool = False
 ) -> ExportResult:
     """Every head in one ONNX graph with dynamic batch/sequence axes; `quantize` adds an int8 copy."""
+    require("onnx", "ONNX export")
     model, processor, source = load_merged(run)
     output_dir = Path(output_dir)
     _check_output(output_dir, source, overwrite)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from headkit.backbone import dequantised, inspect_model, resolve_model
+from headkit.backbone import dequantised, inspect_model, quietly_from_pretrained, resolve_model
 from headkit.errors import DataError, HeadkitError
 from headkit.io import find_save
 
@@ -49,7 +49,7 @@ def masked_lm(name: str, trust_remote_code: bool = False) -> tuple[Callable[...,
             "(then run fill-mask on the run directory)"
         )
     path = _local_path(name)
-    model = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    model = quietly_from_pretrained(AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code).eval()
     return (lambda **enc: model(**enc).logits), AutoTokenizer.from_pretrained(path)
 
 
@@ -99,7 +99,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False):
             "use a decoder checkpoint (e.g. smollm2), or fill-mask for masked-LM models"
         )
     path = saved / "backbone" if saved else _local_path(name)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    model = quietly_from_pretrained(AutoModelForCausalLM, path, trust_remote_code=trust_remote_code).eval()
     if saved is not None and (saved / "adapter").is_dir():
         # A LoRA-pretrained run: its adapter was trained on the backbone, whose module names differ
         # from the causal-LM class, so merge it there and copy the result in (a tied lm_head follows).

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from headkit.errors import CheckpointError
+from headkit.extras import require
 from headkit.heads import build_head, config_from_dict
 from headkit.io import read_json_manifest
 from headkit.model import MultiHeadOutput
@@ -42,6 +43,7 @@ class OnnxModel:
     """All heads from one onnxruntime session; `int8` picks the quantised graph."""
 
     def __init__(self, directory: str | os.PathLike, int8: bool = False, threads: int | None = None):
+        require("onnx", "The onnx engines")
         import onnxruntime as ort
         from transformers import AutoConfig
 

@@ -157,14 +157,14 @@ def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code:
     """Copy the checkpoint's own pretraining head into `head` when their layers line up."""
     import transformers
 
-    from headkit.backbone import split_backbone
+    from headkit.backbone import quietly_from_pretrained, split_backbone
 
     report = inspect_model(model_name, trust_remote_code=trust_remote_code)
     if report.head_kind != head.config.type:
         return False
     source = resolve_model(model_name)
     path = dequantised(source) if source.gguf_file else source.path
-    full = getattr(transformers, report.architecture).from_pretrained(path)
+    full = quietly_from_pretrained(getattr(transformers, report.architecture), path)
     layers = (nn.Linear, nn.LayerNorm)
     theirs = [m for h in split_backbone(full)[1].values() for m in h.modules() if isinstance(m, layers)]
     ours = [m for m in head.modules() if isinstance(m, layers)]

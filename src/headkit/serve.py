@@ -22,10 +22,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+
+from headkit.extras import require
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+except ImportError:
+    require("serve", "headkit serve")  # names the pip command when the extra is missing
+    raise
 
 from headkit.images import is_image_processor
 from headkit.predict import predict_images, predict_texts
@@ -109,7 +117,7 @@ class Batcher:
                 timeout = deadline - asyncio.get_running_loop().time()
                 try:
                     job = await asyncio.wait_for(self.queue.get(), timeout) if timeout > 0 else self.queue.get_nowait()
-                except (TimeoutError, asyncio.QueueEmpty):
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):  # not the builtin on 3.10
                     break
                 jobs.append(job)
                 size += len(job[0])
@@ -209,7 +217,7 @@ def create_app(model, tokenizer, metadata: dict[str, Any], limits: ServeLimits |
         try:
             items = images if reads_images else request.texts
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads), limits.timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             return _error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
         return {"predictions": predictions}
 
@@ -235,3 +243,8 @@ def load_app(run: str | os.PathLike, engine: str = "torch", limits: ServeLimits 
         "backbone": manifest["backbone"],
     }
     return create_app(model, tokenizer, metadata, limits)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until interrupted."""
+    uvicorn.run(app, host=host, port=port, log_level="info")
