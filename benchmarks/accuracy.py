@@ -29,9 +29,9 @@ MAX_LENGTH = 64
 
 
 def write_split(name: str, limit: int | None, out: Path, seed: int = 0) -> tuple[Path, Path]:
-    from headkit.builtin_data import BUILTIN_DATASETS
-    from headkit.data import split_indices
-    from headkit.tasks import _sample
+    from headkit.data.batching import split_indices
+    from headkit.data.builtin import BUILTIN_DATASETS
+    from headkit.data.tasks import _sample
 
     rows = _sample(BUILTIN_DATASETS[name](), limit, seed)
     train_idx, test_idx = split_indices(len(rows), 0.2, seed)
@@ -51,9 +51,8 @@ def logistic_regression(train_csv: Path, test_csv: Path) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
 
     from headkit import MultiHeadModel, load_processor
-    from headkit.data import TaskSpec
-    from headkit.features import cached_features
-    from headkit.tasks import prepare
+    from headkit.data.tasks import TaskSpec, prepare
+    from headkit.training.features import cached_features
 
     started = time.perf_counter()
     tokenizer = load_processor("minilm")
@@ -69,10 +68,10 @@ def logistic_regression(train_csv: Path, test_csv: Path) -> tuple[float, float]:
 
 
 def headkit_strategy(strategy: str, train_csv: Path, test_csv: Path, out: Path, **overrides) -> tuple[float, float]:
-    from headkit.data import TaskSpec
-    from headkit.evaluate import evaluate_dataset
-    from headkit.predict import load_for_inference
-    from headkit.train import TrainConfig, train
+    from headkit.data.tasks import TaskSpec
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import evaluate_dataset
+    from headkit.training.recipe import TrainConfig, train
 
     fields = dict(
         model="minilm",

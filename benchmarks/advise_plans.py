@@ -34,7 +34,7 @@ TEST_ROWS = 1000
 
 def word_split(n_test: int) -> tuple[list[dict], list[dict]]:
     """Whissell's words with their pleasantness score as the label: a regression target."""
-    from headkit.builtin_data import word_scores
+    from headkit.data.builtin import word_scores
 
     return split_rows([{"text": r["text"], "label": r["pleasantness"]} for r in word_scores()], n_test)
 
@@ -62,8 +62,8 @@ def scenarios() -> dict[str, tuple[str, list[dict]]]:
 
 
 def held_out_score(run_dir: Path, test_file: Path) -> str:
-    from headkit.evaluate import evaluate_dataset
-    from headkit.predict import load_for_inference
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import evaluate_dataset
 
     model, tokenizer = load_for_inference(str(run_dir))
     head = next(iter(model.heads))
@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--also", default="", help="comma-separated strategies to train on the --run rows too")
     args = parser.parse_args()
 
-    from headkit.advise import advise, head_spec, run_plan, train_options
-    from headkit.train import TrainConfig, train
+    from headkit.advise.plan import advise, head_spec, run_plan, train_options
+    from headkit.training.recipe import TrainConfig, train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run(cached: bool, args: argparse.Namespace, out: str) -> dict:
-    from headkit.data import TaskSpec
-    from headkit.train import TrainConfig, train
+    from headkit.data.tasks import TaskSpec
+    from headkit.training.recipe import TrainConfig, train
 
     config = TrainConfig(
         model=args.model,

@@ -34,10 +34,10 @@ def write(path: Path, rows: list[dict], fields: list[str]) -> Path:
 
 
 def head_accuracy(model: str, labelled: Path, test: Path, out: Path, seed: int) -> float:
-    from headkit.data import TaskSpec
-    from headkit.evaluate import evaluate_dataset
-    from headkit.predict import load_for_inference
-    from headkit.train import TrainConfig, train
+    from headkit.data.tasks import TaskSpec
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import evaluate_dataset
+    from headkit.training.recipe import TrainConfig, train
 
     train(
         TrainConfig(
@@ -62,8 +62,8 @@ def head_accuracy(model: str, labelled: Path, test: Path, out: Path, seed: int) 
 def main() -> None:
     import numpy as np
 
-    from headkit.builtin_data import rotten_tomatoes, rotten_tomatoes_plots
-    from headkit.pretrain import PretrainConfig, pretrain
+    from headkit.data.builtin import rotten_tomatoes, rotten_tomatoes_plots
+    from headkit.training.pretrain import PretrainConfig, pretrain
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=200)

@@ -42,7 +42,7 @@ import numpy as np
 
 
 def split(name: str, n_test: int) -> tuple[list[dict], list[dict]]:
-    from headkit.builtin_data import BUILTIN_DATASETS
+    from headkit.data.builtin import BUILTIN_DATASETS
 
     return split_rows(BUILTIN_DATASETS[name](), n_test)
 
@@ -115,10 +115,10 @@ def run_setfit(train: list[dict], test: list[dict], iterations: int, max_length:
 def run_headkit(
     train: list[dict], test_csv: Path, iterations: int, max_length: int, seed: int, work: Path
 ) -> tuple[float, float]:
-    from headkit.data import TaskSpec
-    from headkit.evaluate import evaluate_dataset
-    from headkit.train import TrainConfig
-    from headkit.train import train as headkit_train
+    from headkit.data.tasks import TaskSpec
+    from headkit.training.evaluate import evaluate_dataset
+    from headkit.training.recipe import TrainConfig
+    from headkit.training.recipe import train as headkit_train
 
     train_csv = write_csv(train, work / "train.csv")
     config = TrainConfig(

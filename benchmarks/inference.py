@@ -67,7 +67,7 @@ def hf_predict(model, tokenizer, texts: list[str], batch_size: int, per_token: b
 
 
 def warm_up(model, tokenizer, separate, texts: list[str], batch_size: int) -> None:
-    from headkit.predict import predict_texts
+    from headkit.ship.predict import predict_texts
 
     predict_texts(model, tokenizer, texts[:batch_size], batch_size=batch_size)
     for m, per_token in separate:
@@ -79,7 +79,7 @@ def multihead_vs_separate(texts: list[str], batch_size: int, rounds: int) -> tup
 
     from headkit import MultiHeadModel, load_processor
     from headkit.backbone import resolve_model
-    from headkit.predict import predict_texts
+    from headkit.ship.predict import predict_texts
 
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
     heads = {
@@ -122,7 +122,7 @@ def headkit_vs_sentence_transformers(texts: list[str], batch_size: int, rounds: 
 
     from headkit import MultiHeadModel, load_processor
     from headkit.backbone import resolve_model
-    from headkit.predict import predict_texts
+    from headkit.ship.predict import predict_texts
 
     tokenizer = load_processor("minilm")
     heads = {"sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "mean"}}
@@ -147,10 +147,10 @@ def onnx_engines(texts: list[str], batch_size: int, out: Path, rounds: int) -> l
 
     from accuracy import write_split
 
-    from headkit.data import TaskSpec
-    from headkit.export import export_onnx
-    from headkit.predict import load_for_inference, predict_texts
-    from headkit.train import TrainConfig, train
+    from headkit.data.tasks import TaskSpec
+    from headkit.ship.export import export_onnx
+    from headkit.ship.predict import load_for_inference, predict_texts
+    from headkit.training.recipe import TrainConfig, train
 
     train_csv, test_csv = write_split("rotten_tomatoes", 2000, out)
     train(
@@ -188,7 +188,7 @@ def onnx_engines(texts: list[str], batch_size: int, out: Path, rounds: int) -> l
 def main() -> None:
     import torch
 
-    from headkit.builtin_data import rotten_tomatoes
+    from headkit.data.builtin import rotten_tomatoes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=600, help="texts per timing")

@@ -114,7 +114,7 @@ def check_invalid(url: str) -> list[tuple[str, int, int]]:
 def main() -> int:
     import httpx
 
-    from headkit.builtin_data import rotten_tomatoes
+    from headkit.data.builtin import rotten_tomatoes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16)

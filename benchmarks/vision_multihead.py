@@ -1,6 +1,6 @@
 """One ViT, a class head and a box head: class-only, box-only and joint training at the same budget.
 
-Data: the seeded shapes task (`headkit.shapes`: one circle/square/triangle/cross per noisy
+Data: the seeded shapes task (`headkit.data.shapes`: one circle/square/triangle/cross per noisy
 48x48 image, 3,000 train / 300 validation / 600 test). Backbone: a small ViT (patch 8, hidden 96,
 3 layers) trained from scratch, the same initial weights for every run. Each run trains for the
 same number of epochs with the same optimiser settings; joint training uses static loss weights
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def run(name: str, tasks, vit: Path, out: Path, args) -> tuple[float, Path]:
-    from headkit.train import TrainConfig, train
+    from headkit.training.recipe import TrainConfig, train
 
     started = time.perf_counter()
     train(
@@ -45,8 +45,8 @@ def run(name: str, tasks, vit: Path, out: Path, args) -> tuple[float, Path]:
 
 
 def test_scores(run_dir: Path, test_csv: Path) -> dict[str, float]:
-    from headkit.evaluate import evaluate_dataset
-    from headkit.predict import load_for_inference
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import evaluate_dataset
 
     model, processor = load_for_inference(run_dir)
     columns = {n: ("label" if h.config.type == "classification" else "x1,y1,x2,y2") for n, h in model.heads.items()}
@@ -68,8 +68,8 @@ def draw_grid(run_dir: Path, test_csv: Path, count: int = 16) -> Path:
     import matplotlib.patches as patches
     import matplotlib.pyplot as plt
 
-    from headkit.images import open_image
-    from headkit.predict import load_for_inference, predict_images
+    from headkit.data.images import open_image
+    from headkit.ship.predict import load_for_inference, predict_images
 
     with open(test_csv, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:count]
@@ -94,8 +94,8 @@ def draw_grid(run_dir: Path, test_csv: Path, count: int = 16) -> Path:
 
 
 def main() -> None:
-    from headkit.data import TaskSpec
-    from headkit.shapes import save_small_vit, write_shapes
+    from headkit.data.shapes import save_small_vit, write_shapes
+    from headkit.data.tasks import TaskSpec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=25)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from headkit import HeadkitError, ModelNotFoundError, RemoteCodeError, inspect_model, load_backbone
-from headkit.cli import main
+from headkit.cli.main import main
 
 from conftest import ARCHITECTURES, has_package
 

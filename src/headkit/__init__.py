@@ -13,8 +13,8 @@ from headkit.errors import (
     UnknownHeadTypeError,
 )
 from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
-from headkit.io import load, load_heads, save, save_heads
 from headkit.model import MultiHeadModel, MultiHeadOutput
+from headkit.ship.save import load, load_heads, save, save_heads
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 import sys
 
-from headkit.cli import main
+from headkit.cli.main import main
 
 sys.exit(main())

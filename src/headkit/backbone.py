@@ -12,8 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from headkit._fs import staged_dir
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
 
@@ -161,8 +160,6 @@ def dequantised(source: ModelSource) -> Path:
     """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from headkit.io import replace_dir  # io imports this module; import here to avoid a cycle
-
     gguf = source.path / source.gguf_file
     key = gguf_cache_key(source)
     target = cache_dir() / "dequantised" / key
@@ -182,15 +179,9 @@ def dequantised(source: ModelSource) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}.tmp-"))
-    try:
+    with staged_dir(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -234,16 +225,18 @@ def _output_layer(model: PreTrainedModel, heads: dict[str, nn.Module]) -> tuple[
 
 
 def _head_kind(architecture: str, has_head: bool) -> str:
+    """What a transformers class's head is: a headkit head type where one matches, else the
+    transformers family name (e.g. sequence-classification)."""
     if not has_head:
         return "none"
-    suffixes = {
-        "ForMaskedLM": "masked-lm",
-        "ForCausalLM": "causal-lm",
-        "LMHeadModel": "causal-lm",
+    from headkit.heads import REGISTRY
+
+    for head_type, (_, head_cls) in REGISTRY.items():  # heads that say which transformers classes carry them
+        if head_cls.architectures and architecture.endswith(head_cls.architectures):
+            return head_type
+    suffixes = {  # transformers heads with no single headkit counterpart
         "ForSequenceClassification": "sequence-classification",
-        "ForTokenClassification": "token-classification",
         "ForQuestionAnswering": "question-answering",
-        "ForCTC": "ctc",
         "ForImageClassification": "image-classification",
         "ForPreTraining": "pretraining",
         "ForMultipleChoice": "multiple-choice",

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from headkit.backbone import load_backbone
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads import HeadConfig, build_head, config_from_dict
+from headkit.heads import Head, HeadConfig, build_head, config_from_dict
 from headkit.heads.base import zero_loss
 from headkit.heads.pooling import pool
 from headkit.weighting import LossWeighting
@@ -80,7 +80,7 @@ class MultiHeadModel(nn.Module):
     def head_configs(self) -> dict[str, HeadConfig]:
         return {name: head.config for name, head in self.heads.items()}
 
-    def add_head(self, name: str, config: HeadConfig) -> nn.Module:
+    def add_head(self, name: str, config: HeadConfig) -> Head:
         """Attach a new head, checking that it fits this backbone (sizes, vocabulary)."""
         if not HEAD_NAME.match(name):
             raise HeadConfigError(f"head name '{name}' must be a Python identifier (letters, digits, _)")
@@ -94,16 +94,14 @@ class MultiHeadModel(nn.Module):
                 f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
                 f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
             )
-        if getattr(config, "pooling", None) == "pooler" and self.backbone_pooler is None:
+        if config.pooling == "pooler" and self.backbone_pooler is None:
             raise HeadMismatchError(
                 f"head '{name}' uses 'pooler' pooling, but the {self.backbone.config.model_type} backbone has no "
                 "pooling layer; use cls, mean, max or last"
             )
-        if getattr(config, "vocab_size", None) == 0:
-            config.vocab_size = int(self.backbone.config.vocab_size)
+        config.fit_backbone(self.backbone.config)
         head = build_head(config)
-        if getattr(config, "tie_embeddings", False):
-            head.tie_to(self.backbone.get_input_embeddings())
+        head.attach(self.backbone)
         head.to(device=self.device)
         self.heads[name] = head
         self.weighting.add_head(name)

@@ -1,41 +1,59 @@
 """The head registry: type name -> (config dataclass, module class).
 
-Adding a head type is one new file in this package plus one entry in `REGISTRY`.
+Adding a head type is one new file in this package plus one entry in `REGISTRY` (or, from
+outside the package, one `register_head` call): the rest of headkit asks the head, never its name.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from headkit.errors import HeadConfigError, UnknownHeadTypeError
-from headkit.heads.base import IGNORE_INDEX, Head, HeadConfig
+from headkit.heads.base import IGNORE_INDEX, Head, HeadBase, HeadConfig, LabelSource, Pair
 from headkit.heads.box import BoxConfig, BoxHead
 from headkit.heads.classification import ClassificationConfig, ClassificationHead, MultiLabelHead, RegressionHead
 from headkit.heads.ctc import CTCConfig, CTCHead
-from headkit.heads.lm import LMConfig, LMHead
+from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
 from headkit.heads.pooling import POOLING_METHODS, pool
 from headkit.heads.span import SpanConfig, SpanHead
 from headkit.heads.token_classification import TokenClassificationConfig, TokenClassificationHead
 
-REGISTRY: dict[str, tuple[type[HeadConfig], type[nn.Module]]] = {
+REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
     "classification": (ClassificationConfig, ClassificationHead),
     "multilabel": (ClassificationConfig, MultiLabelHead),
     "regression": (ClassificationConfig, RegressionHead),
     "token-classification": (TokenClassificationConfig, TokenClassificationHead),
     "span": (SpanConfig, SpanHead),
-    "masked-lm": (LMConfig, LMHead),
-    "causal-lm": (LMConfig, LMHead),
+    MASKED_LM: (LMConfig, MaskedLMHead),
+    CAUSAL_LM: (LMConfig, CausalLMHead),
     "ctc": (CTCConfig, CTCHead),
     "box": (BoxConfig, BoxHead),
 }
 
 
-def _entry(head_type: str) -> tuple[type[HeadConfig], type[nn.Module]]:
+def register_head(head_type: str, config_class: type[HeadConfig], head_class: type[Head]) -> None:
+    """Add a head type defined outside headkit (a plugin, a test): it trains, saves, loads,
+    predicts, evaluates and exports like the built-in ones."""
+    if head_type in REGISTRY and REGISTRY[head_type] != (config_class, head_class):
+        raise HeadConfigError(f"head type '{head_type}' is already registered")
+    REGISTRY[head_type] = (config_class, head_class)
+
+
+def _entry(head_type: str) -> tuple[type[HeadConfig], type[Head]]:
     if head_type not in REGISTRY:
         raise UnknownHeadTypeError(f"unknown head type '{head_type}'; known types: {sorted(REGISTRY)}")
     return REGISTRY[head_type]
+
+
+def head_class(head_type: str) -> type[Head]:
+    """The module class of a head type: its type-level facts (inputs, label layout, export target)
+    and label parsing, available before a head is built."""
+    return _entry(head_type)[1]
+
+
+def head_types_for_tables() -> list[str]:
+    """The head types that train from table files (CSV, JSONL, Parquet, CoNLL)."""
+    return [name for name, (_, cls) in REGISTRY.items() if cls.label_layout is not None]
 
 
 def head_config(head_type: str, **fields: Any) -> HeadConfig:
@@ -51,12 +69,12 @@ def config_from_dict(data: dict[str, Any]) -> HeadConfig:
     return head_config(data["type"], **{k: v for k, v in data.items() if k != "type"})
 
 
-def build_head(config: HeadConfig) -> nn.Module:
+def build_head(config: HeadConfig) -> Head:
     """Instantiate the module for a complete config (input_size must be known)."""
     _, module_cls = _entry(config.type)
     if not config.input_size:
         raise HeadConfigError(f"'{config.type}' head needs input_size (the backbone's hidden size)")
-    return module_cls(config)
+    return module_cls(config)  # type: ignore[call-arg]
 
 
 __all__ = [
@@ -64,9 +82,15 @@ __all__ = [
     "POOLING_METHODS",
     "REGISTRY",
     "Head",
+    "HeadBase",
     "HeadConfig",
+    "LabelSource",
+    "Pair",
     "build_head",
     "config_from_dict",
+    "head_class",
     "head_config",
+    "head_types_for_tables",
     "pool",
+    "register_head",
 ]

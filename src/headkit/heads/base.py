@@ -17,13 +17,17 @@ with no labels for a head returns a zero loss that still has a graph, never NaN.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from headkit.errors import HeadConfigError
+from headkit.data.files import column_values, is_missing
+from headkit.errors import DataError, HeadConfigError
 
 IGNORE_INDEX = -100
 
@@ -52,6 +56,9 @@ class HeadConfig:
             )
         return cls(**data)
 
+    def fit_backbone(self, backbone_config: Any) -> None:
+        """Fill fields that come from the backbone's config (language-model heads: vocab_size)."""
+
     def require_labels(self, minimum: int) -> None:
         if len(self.labels) < minimum:
             raise HeadConfigError(
@@ -61,17 +68,181 @@ class HeadConfig:
             raise HeadConfigError(f"duplicate label names in {self.labels}")
 
 
-class Head(Protocol):
-    """What `MultiHeadModel` and the trainer rely on. Heads are nn.Modules with these methods."""
+LabelLayout = Literal["index", "vector", "per_token"]
+"""How a head's labels are stored and batched (the only label shapes the data code knows):
+    index      one class id per example: (B,) long, IGNORE_INDEX when missing
+    vector     a row of floats per example: (B, K) float, NaN when missing
+    per_token  one id per token: (B, T) long, IGNORE_INDEX where a token has no label
+"""
 
+Inputs = Literal["text", "words", "images"]
+"""What a head's training rows hold: text, pre-split words (one label per word), or image files."""
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a head's labels are read from, for label parsing and its error messages."""
+
+    head: str  # the head's name
+    column: str  # the label column(s) as the user gave them (several: comma-separated)
+    source: str  # the data they come from (a path or a built-in name)
+
+    def columns(self) -> list[str]:
+        return [c.strip() for c in self.column.split(",")]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A contrastive pair for few-shot tuning: two examples and how similar their embeddings
+    should be. Position -1 compares pooled vectors; a position >= 0 compares that token's vector."""
+
+    head: str
+    left: int
+    right: int
+    target: float
+    left_pos: int = -1
+    right_pos: int = -1
+
+
+class Head(Protocol):
+    """Everything code outside heads/ asks of a head; code outside heads/ never reads a head's
+    type name to decide what to do. `HeadBase` gives the optional members their defaults.
+
+    Type level (class attributes and classmethods, used before a head is built):
+    """
+
+    per_token: ClassVar[bool]  # works on every position (no pooling); False: on one pooled vector
+    inputs: ClassVar[Inputs]
+    label_layout: ClassVar[LabelLayout | None]  # None: this head is not trained from table files
+    primary_metric: ClassVar[str]  # what early stopping and the summary rank by
+    greater_is_better: ClassVar[bool]
+    crop_ok: ClassVar[bool]  # False: outputs are image positions, so images are never centre-cropped
+    export_target: ClassVar[str | None]  # the transformers Auto class that holds exactly this head
+    architectures: ClassVar[tuple[str, ...]]  # transformers class-name endings that carry this head
+    fewshot: ClassVar[bool]  # few-shot training can make pairs for it and solve it in closed form
+    class_noun: ClassVar[str]  # what one of its labels is called in advice ("class", "label")
+    suggested_name: ClassVar[str]  # the head name advise writes in the commands it prints
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]: ...
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> Any: ...
+    @classmethod
+    def label_counts(cls, values: list[Any]) -> dict[str, int]: ...
+    @classmethod
+    def describe_counts(cls, counts: dict[str, int]) -> str: ...
+    @classmethod
+    def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]: ...
+
+    # instance level
     config: HeadConfig
-    per_token: bool  # True: works on every position (no pooling); False: on one pooled vector
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor: ...
+    def forward_pooled(self, pooled: Tensor) -> Tensor: ...
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, int]: ...
     def decode(self, output: Tensor, mask: Tensor) -> list[Any]: ...
     def references(self, labels: Tensor, mask: Tensor) -> list[Any]: ...
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]: ...
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]: ...
+    def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None: ...
+    def for_image(self, prediction: Any, width: int, height: int) -> Any: ...
+    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any: ...
+    def brief(self, prediction: Any) -> str: ...
+    def table_cells(self, prediction: Any) -> dict[str, Any]: ...
+    def attach(self, backbone: nn.Module) -> None: ...
+    def export_config(self, config: Any) -> None: ...
+    def export_output(self, out: Any) -> Tensor: ...
+    def fewshot_fit(self, features: np.ndarray, y: Any) -> None: ...
+
+
+class HeadBase(nn.Module):
+    """Defaults for the optional members of `Head`: a head type overrides what applies to it."""
+
+    per_token: ClassVar[bool] = False
+    inputs: ClassVar[Inputs] = "text"
+    label_layout: ClassVar[LabelLayout | None] = None
+    greater_is_better: ClassVar[bool] = True
+    crop_ok: ClassVar[bool] = True
+    export_target: ClassVar[str | None] = None
+    architectures: ClassVar[tuple[str, ...]] = ()
+    fewshot: ClassVar[bool] = False
+    class_noun: ClassVar[str] = "class"
+    suggested_name: ClassVar[str] = "label"
+    config: HeadConfig
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        """The label map, inferred from the training rows (sorted, so it is deterministic)."""
+        raise DataError(f"head '{where.head}': a {cls.__name__} cannot be trained from table files yet")
+
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> Any:
+        """Raw column values -> this head's label array, in its `label_layout`."""
+        raise DataError(f"head '{where.head}': a {cls.__name__} cannot be trained from table files yet")
+
+    @classmethod
+    def label_counts(cls, values: list[Any]) -> dict[str, int]:
+        """How many examples carry each label (advise's class balance); {} for heads without classes."""
+        return {}
+
+    @classmethod
+    def describe_counts(cls, counts: dict[str, int]) -> str:
+        """`label_counts` in a few words, e.g. "2 classes (fresh 235, rotten 165)"."""
+        shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8])
+        return f"{len(counts)} {cls.class_noun}{'es' if cls.class_noun.endswith('s') else 's'} ({shown})"
+
+    @classmethod
+    def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
+        raise HeadConfigError(f"strategy fewshot cannot train a {cls.__name__} ('{head}'): use frozen, lora or full")
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_pooled(self, pooled: Tensor) -> Tensor:
+        raise HeadConfigError(f"a {type(self).__name__} reads every position, not a pooled vector")
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean loss alone (language models: perplexity)."""
+        return {}
+
+    def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
+        """(true, predicted) class per labelled example, for a confusion matrix; None if not classes."""
+        return None
+
+    def for_image(self, prediction: Any, width: int, height: int) -> Any:
+        """A prediction in the coordinates of the image as given (boxes: pixels)."""
+        return prediction
+
+    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
+        """A prediction in terms of the text as given (`encoding`: the fast tokenizer's, or None)."""
+        return prediction
+
+    def brief(self, prediction: Any) -> str:
+        """One readable line for the CLI."""
+        if isinstance(prediction, dict):
+            return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in prediction.items())
+        return str(prediction)
+
+    def table_cells(self, prediction: Any) -> dict[str, Any]:
+        """Flat columns for a CSV of predictions, by suffix of the head's name ("": its own column)."""
+        return {"": json.dumps(prediction, ensure_ascii=False)}
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Called once the head sits on its backbone (language-model heads tie their decoder here)."""
+
+    def export_config(self, config: Any) -> None:
+        """Set what `export_target` needs in a copy of the backbone's config (labels, problem type)."""
+
+    def export_output(self, out: Any) -> Tensor:
+        """The exported model's output, in the layout of this head's own output."""
+        return out.logits
+
+    def fewshot_fit(self, features: np.ndarray, y: Any) -> None:
+        raise HeadConfigError(f"a {type(self).__name__} has no closed-form few-shot solution")
 
 
 def zero_loss(output: Tensor) -> Tensor:
@@ -97,3 +268,37 @@ def rows_with_labels(labels: Tensor) -> Tensor:
 def dropout_linear(in_features: int, out_features: int, dropout: float) -> nn.Sequential:
     """The standard classifier: dropout then one linear layer (as in BERT's task heads)."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
+
+
+def set_label_maps(config: Any, labels: list[str], problem_type: str | None) -> None:
+    """id2label / label2id / num_labels / problem_type on a transformers config (for exports)."""
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.problem_type = problem_type
+
+
+# ----------------------------------------------------------------------------- label parsing helpers
+
+
+def label_values(rows: list[dict[str, Any]], where: LabelSource, column: str | None = None) -> list[Any]:
+    """A head's label column, or a DataError when it holds no label at all."""
+    values = column_values(rows, column or where.column, where.source)
+    if all(is_missing(v) for v in values):
+        raise DataError(f"column '{where.column}' of {where.source} has no labels at all for head '{where.head}'")
+    return values
+
+
+def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:
+    """name -> id in the label map; a name never seen in training is an error naming the row."""
+    index = {name: i for i, name in enumerate(labels)}
+
+    def lookup(name: str, row: int) -> int:
+        if name not in index:
+            raise DataError(
+                f"label {name!r} of head '{where.head}' (row {row}) was never seen in training; "
+                f"known labels: {labels[:20]}"
+            )
+        return index[name]
+
+    return lookup

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headkit.heads.base import HeadConfig, rows_with_labels, zero_loss
+from headkit.data.files import column_values
+from headkit.errors import DataError
+from headkit.heads.base import HeadBase, HeadConfig, LabelSource, rows_with_labels, zero_loss
 from headkit.heads.pooling import check_pooling, pool
 
 
@@ -42,9 +45,62 @@ def iou_and_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return iou, giou
 
 
-class BoxHead(nn.Module):
-    per_token = False
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+NAN = float("nan")
+
+
+def _box_columns(where: LabelSource) -> list[str]:
+    columns = where.columns() if "," in where.column else list(BOX_COLUMNS)
+    if len(columns) != 4:
+        raise DataError(f"head '{where.head}': a box needs four columns x1,y1,x2,y2, got {columns}")
+    return columns
+
+
+class BoxHead(HeadBase):
+    """Rows name image files; the label spec names four pixel-coordinate columns (default
+    x1,y1,x2,y2). Images are never centre-cropped (a crop would move the boxes), and predictions
+    come back in pixels of the image as given."""
+
+    inputs = "images"
+    label_layout = "vector"
+    crop_ok = False
     primary_metric, greater_is_better = "mean_iou", True
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        return _box_columns(where)
+
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> np.ndarray:
+        """(N, 4) boxes normalised by each image's size; NaN rows where the box is missing.
+
+        A box must satisfy 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height of its own image.
+        """
+        if image_sizes is None:
+            raise DataError(f"head '{where.head}': a box head needs an image backbone and image files")
+        values = [column_values(rows, c, where.source) for c in _box_columns(where)]
+        out = np.full((len(rows), 4), NAN, dtype=np.float32)
+        for i, (width, height) in enumerate(image_sizes):
+            cells = [v[i] for v in values]
+            if all(c is None or c == "" for c in cells):
+                continue
+            at = f"{where.source}, row {i + 1}"
+            try:
+                x1, y1, x2, y2 = (float(c) for c in cells)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{at}: box {cells} is not four numbers (leave all four empty for no box)") from e
+            if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+                raise DataError(
+                    f"{at}: box (x1={x1:g}, y1={y1:g}, x2={x2:g}, y2={y2:g}) is not inside the {width}x{height} "
+                    "image with x1 < x2 and y1 < y2 (pixel coordinates)"
+                )
+            out[i] = (x1 / width, y1 / height, x2 / width, y2 / height)
+        return out
+
+    def for_image(self, prediction: Any, width: int, height: int) -> Any:
+        return [round(v * s, 2) for v, s in zip(prediction, (width, height, width, height), strict=True)]
 
     def __init__(self, config: BoxConfig):
         super().__init__()

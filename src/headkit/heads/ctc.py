@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein
-from torch import Tensor, nn
+from torch import Tensor
 
-from headkit.heads.base import IGNORE_INDEX, HeadConfig, dropout_linear, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, dropout_linear, zero_loss
 
 
 @dataclass
@@ -24,9 +24,15 @@ class CTCConfig(HeadConfig):
     blank_id: int = 0
 
 
-class CTCHead(nn.Module):
+class CTCHead(HeadBase):
     per_token = True
     primary_metric, greater_is_better = "cer", False
+    export_target = "AutoModelForCTC"
+    architectures = ("ForCTC",)
+
+    def export_config(self, config: Any) -> None:
+        config.vocab_size = len(self.config.labels)
+        config.pad_token_id = self.config.blank_id
 
     def __init__(self, config: CTCConfig):
         super().__init__()

@@ -9,6 +9,7 @@ them itself, so labels = input_ids (padding set to -100) is correct.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads.base import IGNORE_INDEX, HeadConfig, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, zero_loss
+
+MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__init__.py registers them)
 
 
 @dataclass
@@ -29,17 +32,23 @@ class LMConfig(HeadConfig):
     tie_embeddings: bool = True
     layer_norm_eps: float = 1e-12
 
+    def fit_backbone(self, backbone_config: Any) -> None:
+        if self.vocab_size == 0:  # 0: the backbone's own vocabulary
+            self.vocab_size = int(backbone_config.vocab_size)
 
-class LMHead(nn.Module):
+
+class LMHead(HeadBase):
+    """Shared by the two language-modelling heads below, which differ in `causal`."""
+
     per_token = True
     primary_metric, greater_is_better = "accuracy", True
+    causal: bool
 
     def __init__(self, config: LMConfig):
         super().__init__()
         if config.vocab_size <= 0:
             raise HeadConfigError(f"a '{config.type}' head needs vocab_size > 0 (the tokenizer's size)")
         self.config = config
-        self.causal = config.type == "causal-lm"
         h = config.input_size
         # BERT's MLM head transforms before decoding; causal heads decode directly.
         self.transform = (
@@ -60,6 +69,16 @@ class LMHead(nn.Module):
                 "tokenizer's size, or tie_embeddings=False"
             )
         self.decoder.weight = weight
+
+    def attach(self, backbone: nn.Module) -> None:
+        if self.config.tie_embeddings:
+            self.tie_to(backbone.get_input_embeddings())
+
+    def export_config(self, config: Any) -> None:
+        config.tie_word_embeddings = bool(self.config.tie_embeddings)
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        return {"perplexity": math.exp(min(mean_loss, 50))}
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.transform(hidden))  # (B, T, V)
@@ -100,3 +119,19 @@ class LMHead(nn.Module):
         if not pairs:
             return {}
         return {"accuracy": float(accuracy_score([r for _, r in pairs], [p for p, _ in pairs]))}
+
+
+class MaskedLMHead(LMHead):
+    """BERT-style: predicts the token at each masked position (transform, then a tied decoder)."""
+
+    causal = False
+    export_target = "AutoModelForMaskedLM"
+    architectures = ("ForMaskedLM",)
+
+
+class CausalLMHead(LMHead):
+    """GPT/Llama-style: position t predicts token t + 1 (a tied decoder, no transform)."""
+
+    causal = True
+    export_target = "AutoModelForCausalLM"
+    architectures = ("ForCausalLM", "LMHeadModel")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
-from headkit.heads.base import IGNORE_INDEX, HeadConfig, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, zero_loss
 
 
 @dataclass
@@ -34,9 +34,13 @@ def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class SpanHead(nn.Module):
+class SpanHead(HeadBase):
     per_token = True
     primary_metric, greater_is_better = "exact_match", True
+    export_target = "AutoModelForQuestionAnswering"
+
+    def export_output(self, out: Any) -> Tensor:
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)  # (B, T, 2), as forward gives
 
     def __init__(self, config: SpanConfig):
         super().__init__()

@@ -11,14 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from seqeval.metrics import accuracy_score as seq_accuracy
 from seqeval.metrics import f1_score as seq_f1
 from seqeval.metrics import precision_score, recall_score
 from sklearn.metrics import accuracy_score, f1_score
-from torch import Tensor, nn
+from torch import Tensor
 
-from headkit.heads.base import IGNORE_INDEX, HeadConfig, dropout_linear, zero_loss
+from headkit.data.files import column_values, is_missing
+from headkit.errors import DataError
+from headkit.heads import fewshot
+from headkit.heads.base import (
+    IGNORE_INDEX,
+    HeadBase,
+    HeadConfig,
+    LabelSource,
+    Pair,
+    dropout_linear,
+    label_index,
+    label_values,
+    set_label_maps,
+    zero_loss,
+)
 
 
 @dataclass
@@ -34,9 +49,103 @@ def is_bio(tags: list[str]) -> bool:
     return all(t == "O" or t[:2] in ("B-", "I-", "E-", "S-") for t in tags)
 
 
-class TokenClassificationHead(nn.Module):
+def _tags_column(where: LabelSource) -> str:
+    return "tags" if where.column == "label" else where.column  # CoNLL files name it `tags`
+
+
+class TokenClassificationHead(HeadBase):
+    """Rows hold pre-split words (`tokens`) and one tag per word (`tags`); the data code gives
+    each word's tag to its first sub-word token (the rest: -100)."""
+
     per_token = True
+    inputs = "words"
+    label_layout = "per_token"
     primary_metric, greater_is_better = "f1", True
+    export_target = "AutoModelForTokenClassification"
+    architectures = ("ForTokenClassification",)
+    fewshot = True
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        """Sorted tags with `O` first (the usual id 0)."""
+        values = label_values(rows, where, _tags_column(where))
+        tags = sorted({str(t) for v in values if not is_missing(v) for t in v})
+        return (["O"] if "O" in tags else []) + [t for t in tags if t != "O"]
+
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> list[list[int] | None]:
+        """One tag id per word (None: the example has no tags), checked against the words."""
+        lookup = label_index(labels, where)
+        words = column_values(rows, "tokens", where.source)
+        tag_lists = column_values(rows, _tags_column(where), where.source)
+        encoded: list[list[int] | None] = []
+        for i, (tokens, tags) in enumerate(zip(words, tag_lists, strict=True)):
+            if is_missing(tags):
+                encoded.append(None)
+                continue
+            if len(tokens) != len(tags):
+                raise DataError(
+                    f"head '{where.head}', example {i + 1}: {len(tokens)} tokens but {len(tags)} tags; "
+                    "every token needs exactly one tag"
+                )
+            encoded.append([lookup(str(t), i + 1) for t in tags])
+        return encoded
+
+    @classmethod
+    def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
+        """Pairs of tagged tokens: two of one tag (1.0), one of it and one of another tag (0.0)."""
+        tags: list[list[int] | None] = y
+        tokens = [(i, pos, t) for i, row in enumerate(tags) if row for pos, t in enumerate(row) if t != IGNORE_INDEX]
+        by_tag: dict[int, list[tuple[int, int]]] = {}
+        for i, pos, t in tokens:
+            by_tag.setdefault(t, []).append((i, pos))
+        anchors = sorted(t for t, items in by_tag.items() if len(items) >= 2)
+        if len(by_tag) < 2 or not anchors:
+            raise DataError(
+                f"head '{head}': few-shot token tagging needs at least 2 tags and 2 tagged words of some tag; "
+                f"the training data has {len(by_tag)} tag(s)"
+            )
+        sentences = sum(1 for row in tags if row and any(t != IGNORE_INDEX for t in row))
+        pairs = []
+        for _ in range(iterations * sentences):
+            tag = anchors[rng.integers(len(anchors))]
+            same = by_tag[tag]
+            a, b = rng.choice(len(same), size=2, replace=False)
+            others = [t for t in by_tag if t != tag]
+            other = by_tag[others[rng.integers(len(others))]]
+            c = other[rng.integers(len(other))]
+            (i, pi), (j, pj) = same[a], same[b]
+            pairs.append(Pair(head, i, j, 1.0, pi, pj))
+            pairs.append(Pair(head, i, c[0], 0.0, pi, c[1]))
+        return pairs
+
+    def fewshot_fit(self, features: np.ndarray, y: Any) -> None:
+        """`features`: one row per tagged token; `y`: their tag ids."""
+        fewshot.load_linear(self.classifier[-1], *fewshot.logistic(features, np.asarray(y), len(self.config.labels)))
+
+    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
+        """Tags per sub-word token -> one tag per word (its first sub-word), with the word's text."""
+        if encoding is None:  # a slow tokenizer has no offsets: tags stay per token
+            return prediction
+        words, previous = [], None
+        for position, word in enumerate(encoding.word_ids):
+            if word is None or word == previous or position >= len(prediction):
+                previous = word if word is not None else previous
+                continue
+            start, end = encoding.offsets[position]
+            words.append({"word": text[start:end], "tag": prediction[position]})
+            previous = word
+        return words
+
+    def brief(self, prediction: Any) -> str:
+        if prediction and isinstance(prediction[0], dict):
+            return " ".join(f"{w['word']}/{w['tag']}" for w in prediction if w["tag"] != "O") or "(no entities)"
+        return " ".join(prediction)
+
+    def export_config(self, config: Any) -> None:
+        set_label_maps(config, list(self.config.labels), None)
 
     def __init__(self, config: TokenClassificationConfig):
         super().__init__()

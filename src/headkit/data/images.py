@@ -1,0 +1,65 @@
+"""Image inputs: read the image files a data file names and preprocess them with the backbone's
+image processor. Each image's (width, height) goes to the heads that read image positions (box
+heads normalise pixel boxes by it); heads whose `crop_ok` is False switch the centre crop off.
+Grayscale, palette and RGBA images are converted to RGB, with a note saying how many.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headkit.data.files import column_values
+from headkit.errors import DataError
+
+
+def is_image_processor(processor: Any) -> bool:
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    return isinstance(processor, ImageProcessingMixin)
+
+
+def open_image(path: str | Path, where: str):
+    """An RGB PIL image, or a DataError naming the row and the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{where}: image {path} not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB"), image.mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{where}: {path} is not a readable image ({e})") from e
+
+
+def load_images(rows: list[dict[str, Any]], column: str, source: str) -> tuple[list, list[tuple[int, int]]]:
+    """The images a data file names (paths relative to the file), and their (width, height)."""
+    base = Path(source).parent if Path(source).is_file() else Path(".")
+    images, converted = [], 0
+    for number, value in enumerate(column_values(rows, column, source), start=1):
+        if not isinstance(value, str) or not value:
+            raise DataError(f"{source}, row {number}: column '{column}' should name an image file, got {value!r}")
+        path = Path(value) if Path(value).is_absolute() else base / value
+        image, mode = open_image(path, f"{source}, row {number}")
+        converted += mode != "RGB"
+        images.append(image)
+    if converted:
+        print(
+            f"note: {converted} of {len(images)} images in {source} were not RGB (grayscale, palette or alpha); "
+            "converted to RGB"
+        )
+    return images, [image.size for image in images]
+
+
+def preprocess(processor: Any, images: list, crop: bool = True, batch_size: int = 256) -> torch.Tensor:
+    """(N, C, H, W) pixel values from the backbone's image processor."""
+    kwargs = {} if crop or not getattr(processor, "do_center_crop", False) else {"do_center_crop": False}
+    parts = [
+        processor(images[i : i + batch_size], return_tensors="pt", **kwargs)["pixel_values"]
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts)

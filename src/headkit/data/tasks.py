@@ -1,0 +1,152 @@
+"""TaskSpecs -> encoded train/validation data and the head configs that fit it.
+
+Label maps are inferred from the data at training time and saved in the head configs; at
+evaluation and prediction time the saved maps are passed back in, so a label never seen in
+training is reported instead of silently becoming a new class.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from headkit.data.batching import EncodedData, align_tags, concat, split_indices, tokenize
+from headkit.data.images import is_image_processor, load_images, preprocess
+from headkit.data.readers import read_rows
+from headkit.errors import DataError
+from headkit.heads import HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
+from headkit.model import HEAD_NAME
+
+DEFAULT_HEAD_TYPE = "classification"
+
+
+@dataclass
+class TaskSpec:
+    """One head and where its labels come from.
+
+    Attributes:
+        name: the head's name (a Python identifier).
+        data: a file (.csv, .jsonl, .json, .parquet, .conll/.txt/.tsv token files) or a built-in
+            dataset: rotten_tomatoes, bbc_news, tweet_ner, word_scores.
+        label: the column holding this head's labels (regression: comma-separated columns).
+        text: the column holding the input text (token files: ignored).
+        type: head type: classification, multilabel, regression, token-classification.
+        pooling: cls, mean, max, last or pooler (the backbone's own pooling layer; pooled heads).
+        loss_weight: this head's weight in the total loss.
+        limit: use at most this many rows of the source (a seeded random sample).
+    """
+
+    name: str
+    data: str
+    label: str = "label"
+    text: str = "text"
+    type: str = DEFAULT_HEAD_TYPE
+    pooling: str = "mean"
+    loss_weight: float = 1.0
+    limit: int | None = None
+
+
+def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean") -> TaskSpec:
+    """`name:column[:type]` (with shared --data/--text) -> TaskSpec."""
+    parts = spec.split(":")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise DataError(f"--head '{spec}' should look like NAME:COLUMN or NAME:COLUMN:TYPE (e.g. sentiment:label)")
+    if not data:
+        raise DataError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
+    kind = parts[2] if len(parts) > 2 else DEFAULT_HEAD_TYPE
+    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind, pooling=pooling)
+
+
+@dataclass
+class PreparedData:
+    train: EncodedData
+    val: EncodedData
+    heads: dict[str, HeadConfig]
+
+    @property
+    def head_types(self) -> dict[str, str]:
+        return {name: c.type for name, c in self.heads.items()}
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: len(c.labels) for name, c in self.heads.items()}
+
+
+def _check_tasks(tasks: list[TaskSpec]) -> None:
+    if not tasks:
+        raise DataError("no tasks: give at least one head and its data (--data FILE --head NAME:COLUMN)")
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"head name(s) {duplicates} used by more than one task; each head needs its own name")
+    for t in tasks:
+        if not HEAD_NAME.match(t.name):
+            raise DataError(f"head name '{t.name}' must be a Python identifier (letters, digits, _)")
+        trainable = head_types_for_tables()
+        if t.type not in trainable:
+            raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
+
+
+def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    if limit is None or limit >= len(rows):
+        return rows
+    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
+    return [rows[i] for i in keep]
+
+
+def prepare(
+    tasks: list[TaskSpec],
+    processor,
+    max_length: int = 128,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    label_maps: dict[str, list[str]] | None = None,
+    sources: dict[str, Any] | None = None,
+) -> PreparedData:
+    """Read, encode and split every task's data; build each head's config with its label map.
+
+    `sources` maps a task's `data` string to an in-memory `datasets.Dataset` (library use).
+    """
+    _check_tasks(tasks)
+    groups: dict[tuple[str, str], list[TaskSpec]] = defaultdict(list)
+    for task in tasks:
+        groups[(task.data, task.text)].append(task)
+    train_parts, val_parts, heads = [], [], {}
+    for (data, text_column), group in groups.items():
+        source = (sources or {}).get(data, data)
+        rows = _sample(read_rows(source), min((t.limit for t in group if t.limit), default=None), seed)
+        kinds = {t.name: head_class(t.type) for t in group}
+        words = any(k.inputs == "words" for k in kinds.values())
+        images = is_image_processor(processor)
+        sizes = None
+        if images:  # the text column names image files
+            pictures, sizes = load_images(rows, text_column, data)
+            pixels = preprocess(processor, pictures, crop=all(k.crop_ok for k in kinds.values()))
+            encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
+        else:
+            input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)
+            encoded = EncodedData(input_ids, {}, [r.get("tokens") if words else r.get(text_column) for r in rows])
+        for task in group:
+            kind = kinds[task.name]
+            if kind.inputs == "images" and not images:
+                raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
+            if images and kind.inputs == "words":
+                raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
+            where = LabelSource(task.name, task.label, data)
+            labels = (label_maps or {}).get(task.name)
+            if labels is None:
+                labels = kind.label_names(rows, where)
+            y = kind.encode_labels(rows, where, labels, sizes)
+            if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
+                y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
+            encoded.labels[task.name] = y
+            pooling = {} if kind.per_token else {"pooling": task.pooling}
+            heads[task.name] = head_config(task.type, labels=list(labels), loss_weight=task.loss_weight, **pooling)
+        train_idx, val_idx = split_indices(len(encoded), val_fraction, seed)
+        train_parts.append(encoded.subset(train_idx))
+        val_parts.append(encoded.subset(val_idx))
+    head_types = {name: c.type for name, c in heads.items()}
+    return PreparedData(concat(train_parts, head_types), concat(val_parts, head_types), heads)

@@ -1,0 +1,121 @@
+"""Few-shot building blocks that head types pick from: pair sampling and closed-form solvers.
+
+Few-shot training (the SetFit recipe) tunes the backbone on contrastive pairs, then solves each
+head on the frozen, L2-normalised features with scikit-learn and copies the solution into the
+head's Linear layer. Which pairs and which solver fit a head is the head's own knowledge
+(`fewshot_pairs`, `fewshot_fit`); the shared machinery lives here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from headkit.errors import DataError
+from headkit.heads.base import IGNORE_INDEX, Pair
+
+
+def class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Generator) -> list[Pair]:
+    """Per labelled example and iteration: one partner of its class (1.0), one of another (0.0)."""
+    present = np.flatnonzero(y != IGNORE_INDEX)
+    counts = Counter(int(c) for c in y[present])
+    scarce = sorted(c for c, n in counts.items() if n < 2)
+    if scarce:
+        raise DataError(
+            f"head '{name}': few-shot needs at least 2 training examples of every class (a positive pair), "
+            f"but {len(scarce)} class(es) have fewer after the validation split; label more, or lower --val_fraction"
+        )
+    if len(counts) < 2:
+        raise DataError(f"head '{name}': the training data holds a single class; a classifier needs at least 2")
+    members = {c: present[y[present] == c] for c in counts}  # per class, once: not per example and iteration
+    others = {c: present[y[present] != c] for c in counts}
+    pairs = []
+    for _ in range(iterations):
+        for i in present:
+            same = members[int(y[i])][members[int(y[i])] != i]
+            other = others[int(y[i])]
+            pairs.append(Pair(name, int(i), int(rng.choice(same)), 1.0))
+            pairs.append(Pair(name, int(i), int(rng.choice(other)), 0.0))
+    return pairs
+
+
+Similarity = Callable[[np.ndarray, np.ndarray, np.ndarray], float]  # (a, b, per-column span) -> [0, 1]
+
+
+def random_partner_pairs(
+    name: str, y: np.ndarray, similarity: Similarity, iterations: int, rng: np.random.Generator
+) -> list[Pair]:
+    """Vector labels (NaN = missing): two random partners per labelled example and iteration,
+    each pair's target the head's own similarity of the two label rows."""
+    present = np.flatnonzero(~np.isnan(y).all(axis=1))
+    if len(present) < 2:
+        raise DataError(f"head '{name}': few-shot needs at least 2 labelled training examples")
+    span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
+    span[span == 0] = 1.0
+    pairs = []
+    for _ in range(iterations):
+        for i in present:
+            for j in rng.choice(present[present != i], size=2):
+                pairs.append(Pair(name, int(i), int(j), similarity(y[i], y[j], span)))
+    return pairs
+
+
+def _fit(estimator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    estimator.fit(x, y)
+    return np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+
+
+def logistic(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression (SetFit's head and its C) as a (C, H) linear layer over all `n_classes`."""
+    from sklearn.linear_model import LogisticRegression
+
+    estimator = LogisticRegression(C=1.0, max_iter=2000)
+    coef, intercept = _fit(estimator, x, y)
+    classes = estimator.classes_.astype(int)
+    weight = np.zeros((n_classes, x.shape[1]))
+    bias = np.full(n_classes, -30.0)  # a class absent from training is never predicted
+    if len(classes) == 2:  # sklearn gives one vector for two classes: split it symmetrically
+        weight[classes] = np.stack([-coef[0] / 2, coef[0] / 2])
+        bias[classes] = [-intercept[0] / 2, intercept[0] / 2]
+    else:
+        weight[classes], bias[classes] = coef, intercept
+    return weight, bias
+
+
+def ridge_per_target(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One ridge regression per target column (NaN = missing), strength by efficient leave-one-out."""
+    from sklearn.linear_model import RidgeCV
+
+    n_out = y.shape[1]
+    weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
+    for k in range(n_out):
+        keep = ~np.isnan(y[:, k])
+        coef, intercept = _fit(RidgeCV(alphas=(0.01, 0.1, 1.0, 10.0)), x[keep], y[keep, k])
+        weight[k], bias[k] = coef[0], intercept[0]
+    return weight, bias
+
+
+def binary_logistic_per_label(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One binary logistic regression per label (NaN = missing); a label always on (off) is a constant."""
+    n_out = y.shape[1]
+    weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
+    for k in range(n_out):
+        keep = ~np.isnan(y[:, k])
+        column = (y[keep, k] > 0.5).astype(int)
+        if column.min() == column.max():
+            bias[k] = 30.0 if column[0] else -30.0
+            continue
+        w, b = logistic(x[keep], column, 2)
+        weight[k], bias[k] = w[1] - w[0], b[1] - b[0]
+    return weight, bias
+
+
+@torch.no_grad()
+def load_linear(linear: nn.Linear, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy a solved (weight, bias) into a torch Linear, in its dtype."""
+    linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+    linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))

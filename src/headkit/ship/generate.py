@@ -1,0 +1,153 @@
+"""Using pretraining heads before they are thrown away: fill-mask (masked-LM) and generation (causal-LM).
+
+Fill-mask works on any Hugging Face masked-LM checkpoint and on headkit saves that carry a
+masked-LM head (the output of `headkit pretrain --objective mlm`). Generation works on any
+causal-LM checkpoint; GGUF files (the shipped SmolLM2) are dequantised once and cached as
+safetensors, so later loads take a second instead of twenty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headkit.backbone import dequantised, inspect_model, quietly_from_pretrained, resolve_model
+from headkit.errors import DataError, HeadkitError
+from headkit.heads.lm import CAUSAL_LM, MASKED_LM, MaskedLMHead
+from headkit.ship.save import find_save
+
+
+def _local_path(name: str) -> Path:
+    source = resolve_model(name)
+    return dequantised(source) if source.gguf_file else source.path
+
+
+def masked_lm(name: str, trust_remote_code: bool = False) -> tuple[Callable[..., torch.Tensor], Any]:
+    """A function (input_ids, attention_mask) -> vocabulary logits, and the tokenizer."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    saved = find_save(name)
+    if saved is not None:
+        from headkit.ship.predict import load_for_inference
+
+        model, tokenizer = load_for_inference(saved, trust_remote_code=trust_remote_code)
+        head = next((n for n, h in model.heads.items() if isinstance(h, MaskedLMHead)), None)
+        if head is None:
+            raise HeadkitError(
+                f"{name} has no masked-LM head (its heads: {list(model.heads)}); "
+                f"give its backbone one with: headkit pretrain --objective mlm --model {name} --corpus FILE"
+            )
+        return (lambda **enc: model(heads=[head], **enc).outputs[head]), tokenizer
+    report = inspect_model(name, trust_remote_code=trust_remote_code)
+    if report.head_kind != MASKED_LM:
+        what = "no head at all" if report.head_kind == "none" else f"a {report.head_kind} head"
+        raise HeadkitError(
+            f"{name} ({report.architecture}) has {what}, not a masked-LM head, so it cannot fill masks. "
+            f"Give it one with: headkit pretrain --objective mlm --model {name} --corpus FILE "
+            "(then run fill-mask on the run directory)"
+        )
+    path = _local_path(name)
+    model = quietly_from_pretrained(AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code).eval()
+    return (lambda **enc: model(**enc).logits), AutoTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def fill_mask(
+    name: str, texts: list[str], top_k: int = 5, trust_remote_code: bool = False
+) -> list[list[list[tuple[str, float]]]]:
+    """For each text, for each mask in it: the top-k tokens with their probabilities."""
+    logits_fn, tokenizer = masked_lm(name, trust_remote_code)
+    mask = tokenizer.mask_token
+    if mask is None:
+        raise HeadkitError(f"the tokenizer of {name} has no mask token, so it cannot fill masks")
+    if not texts:
+        raise DataError("no text given to fill")
+    for i, text in enumerate(texts):
+        if mask not in text:
+            raise DataError(f"text {i + 1} has no {mask} to fill: {text!r}; mark each blank with {mask}")
+    limit = getattr(tokenizer, "model_max_length", 512)
+    limit = limit if limit and limit < 100_000 else 512
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    if enc["input_ids"].shape[1] > limit:
+        raise DataError(f"a text is {enc['input_ids'].shape[1]} tokens long; this model reads at most {limit}")
+    inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    probs = logits_fn(**inputs).float().softmax(-1)
+    results = []
+    for row in range(len(texts)):
+        positions = (enc["input_ids"][row] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+        per_mask = []
+        for pos in positions:
+            top = probs[row, pos].topk(top_k)
+            per_mask.append(
+                [(tokenizer.decode([i]).strip(), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+            )
+        results.append(per_mask)
+    return results
+
+
+def load_causal_lm(name: str, trust_remote_code: bool = False):
+    """A causal-LM model (eval mode) and its tokenizer; GGUF files are dequantised once and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    saved = find_save(name)
+    report = None if saved else inspect_model(name, trust_remote_code=trust_remote_code)
+    if report is not None and report.head_kind != CAUSAL_LM:
+        raise HeadkitError(
+            f"{name} ({report.architecture}) has no causal-LM head, so it cannot generate text; "
+            "use a decoder checkpoint (e.g. smollm2), or fill-mask for masked-LM models"
+        )
+    path = saved / "backbone" if saved else _local_path(name)
+    model = quietly_from_pretrained(AutoModelForCausalLM, path, trust_remote_code=trust_remote_code).eval()
+    if saved is not None and (saved / "adapter").is_dir():
+        # A LoRA-pretrained run: its adapter was trained on the backbone, whose module names differ
+        # from the causal-LM class, so merge it there and copy the result in (a tied lm_head follows).
+        from headkit.backbone import load_backbone
+
+        merged = load_backbone(saved, trust_remote_code=trust_remote_code)
+        getattr(model, model.base_model_prefix).load_state_dict(merged.state_dict())
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def generate(
+    name: str,
+    prompt: str,
+    max_new_tokens: int = 64,
+    sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    chat: bool = True,
+    stream: bool = False,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> str:
+    """Continue `prompt` with the causal-LM head: greedy by default, or sampling; returns the new text."""
+    from transformers import TextStreamer
+
+    model, tokenizer = load_causal_lm(name, trust_remote_code)
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
+    context = getattr(model.config, "max_position_embeddings", None)
+    n = enc["input_ids"].shape[1]
+    if context and n + max_new_tokens > context:
+        raise DataError(
+            f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} exceeds this "
+            f"model's context of {context} tokens; shorten the prompt or ask for fewer new tokens"
+        )
+    torch.manual_seed(seed)
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
+    if sample:
+        options.update(temperature=temperature, top_p=top_p)
+    if tokenizer.pad_token_id is None:
+        options["pad_token_id"] = tokenizer.eos_token_id
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    output = model.generate(**enc, streamer=streamer, **options)
+    return tokenizer.decode(output[0, n:], skip_special_tokens=True)

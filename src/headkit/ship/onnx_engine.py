@@ -1,0 +1,81 @@
+"""Run an ONNX export (see `export.py`) with onnxruntime behind the same surface as `MultiHeadModel`.
+
+`predict_texts` needs only `heads` (to decode), `backbone_config` (to know the input limit),
+`device` and a call that returns a `MultiHeadOutput`; this class provides exactly that, so
+batch prediction, the CLI and the server run either engine through the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from headkit.errors import CheckpointError
+from headkit.extras import require
+from headkit.heads import build_head, config_from_dict
+from headkit.model import MultiHeadOutput
+from headkit.ship.save import read_json_manifest
+
+ONNX_FORMAT = "headkit.onnx"
+ONNX_MANIFEST = "onnx.json"
+ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
+
+
+def read_onnx_manifest(directory: Path) -> dict:
+    path = directory / ONNX_MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no {ONNX_MANIFEST}: export one with headkit export RUN --to onnx")
+    return read_json_manifest(path, ONNX_FORMAT)
+
+
+def as_feed(tensor: Tensor) -> np.ndarray:
+    """Token ids and masks as int64, pixel/audio values as float32: the dtypes the graph was traced with."""
+    array = tensor.detach().cpu().numpy()
+    return array.astype(np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64, copy=False)
+
+
+class OnnxModel:
+    """All heads from one onnxruntime session; `int8` picks the quantised graph."""
+
+    def __init__(self, directory: str | os.PathLike, int8: bool = False, threads: int | None = None):
+        require("onnx", "The onnx engines")
+        import onnxruntime as ort
+        from transformers import AutoConfig
+
+        directory = Path(directory)
+        manifest = read_onnx_manifest(directory)
+        file = ONNX_INT8_FILE if int8 else ONNX_FILE
+        path = directory / file
+        if file not in manifest.get("files", {}) or not path.is_file():
+            hint = " (export with --quantize for the int8 graph)" if int8 else ""
+            raise CheckpointError(f"{path} is missing{hint}")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest["files"][file]:
+            raise CheckpointError(f"{path} does not match the checksum in {ONNX_MANIFEST}: the file is corrupt")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise CheckpointError(f"onnxruntime could not load {path}: {e}") from e
+        self.input_names: list[str] = manifest["inputs"]
+        self.heads = {name: build_head(config_from_dict(c)).eval() for name, c in manifest["heads"].items()}
+        self.backbone_config = AutoConfig.from_pretrained(directory)
+        self.device = torch.device("cpu")
+
+    def __call__(self, heads: list[str] | None = None, **inputs: Tensor) -> MultiHeadOutput:
+        names = heads if heads is not None else list(self.heads)
+        feed = {n: as_feed(inputs[n]) for n in self.input_names}
+        values = self.session.run(names, feed)
+        outputs = {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            first = next(iter(inputs.values()))
+            mask = torch.ones(first.shape[:2], dtype=torch.long)
+        return MultiHeadOutput(outputs=outputs, mask=mask)

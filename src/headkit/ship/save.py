@@ -1,0 +1,230 @@
+"""Head-only checkpoints and full saves, written atomically, read without pickle.
+
+A head checkpoint is two files, like a sentence-transformers module:
+    heads.json          format version, head configs (with label maps), loss weighting,
+                        the backbone fingerprint, and the sha256 of the weights file
+    heads.safetensors   head (and learned weighting) parameters, tied weights left out
+A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
+tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files).
+Each file is written to a temporary name and renamed into
+place; a full save is built in a temporary directory and swapped in, so a crash never leaves a
+half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
+from headkit.backbone import fingerprint, load_backbone
+from headkit.errors import CheckpointError, FingerprintMismatchError
+from headkit.heads import config_from_dict
+from headkit.model import MultiHeadModel
+
+FORMAT = "headkit.heads"
+FORMAT_VERSION = 1
+MANIFEST = "heads.json"
+WEIGHTS = "heads.safetensors"
+BACKBONE_DIR = "backbone"
+ADAPTER_DIR = "adapter"
+
+
+
+
+
+
+
+
+def _head_state(model: MultiHeadModel) -> dict:
+    tied = model.tied_parameter_names()
+    state = {f"heads.{k}": v for k, v in model.heads.state_dict().items() if k not in tied}
+    state.update({f"weighting.{k}": v for k, v in model.weighting.state_dict().items()})
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_heads(model: MultiHeadModel, directory: str | os.PathLike) -> Path:
+    """Write `heads.json` + `heads.safetensors` for the model's heads into `directory`."""
+    directory = Path(directory)
+    weights = safetensors.torch.save(_head_state(model))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": {**fingerprint(model.backbone), "name_or_path": model.backbone.config.name_or_path},
+        "weighting": model.weighting.method,
+        "heads": {name: config.to_dict() for name, config in model.head_configs.items()},
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    # Weights first, then the manifest that vouches for them: a crash in between leaves a
+    # manifest whose checksum no longer matches, which `load_heads` reports.
+    atomic_write_bytes(directory / WEIGHTS, weights)
+    atomic_write_json(directory / MANIFEST, manifest)
+    return directory
+
+
+def read_json_manifest(path: Path, expected_format: str) -> dict:
+    """A JSON manifest whose "format" must be `expected_format`; damage is a CheckpointError."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        raise CheckpointError(f'{path} is not a headkit manifest (expected "format": "{expected_format}")')
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """Read and validate `heads.json`."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(
+            f"{Path(directory)} has no {MANIFEST}, so it is not a headkit head checkpoint "
+            "(write one with headkit.save_heads(model, dir) or headkit.save(model, dir))"
+        )
+    manifest = read_json_manifest(path, FORMAT)
+    if not isinstance(manifest.get("heads"), dict) or not isinstance(manifest.get("backbone"), dict):
+        raise CheckpointError(f'{path} lacks its "heads" or "backbone" section; the checkpoint is damaged')
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {manifest['format_version']}, newer than this headkit "
+            f"understands ({FORMAT_VERSION}); upgrade headkit"
+        )
+    return manifest
+
+
+def check_fingerprint(saved: dict, backbone: nn.Module) -> None:
+    """Refuse a backbone whose structure differs from the one the heads were trained on."""
+    current = fingerprint(backbone)
+    keys = ("model_type", "hidden_size", "vocab_size", "structure_sha256")
+    if any(saved.get(k) != current[k] for k in keys):
+        rows = "\n".join(f"  {k:17} saved={saved.get(k)!s:40} this backbone={current[k]}" for k in keys)
+        raise FingerprintMismatchError(
+            f"these heads were trained on a different backbone ({saved.get('name_or_path')}):\n{rows}\n"
+            "load them onto the backbone they were trained on, or train new heads for this one"
+        )
+
+
+def _read_weights(path: Path, expected_sha256: str | None) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the head checkpoint is incomplete")
+    data = path.read_bytes()
+    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise CheckpointError(
+            f"{path} does not match the checksum in {MANIFEST}: the file is corrupt, truncated, or "
+            "from another save; restore both files from the same save"
+        )
+    try:
+        return safetensors.torch.load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from e
+
+
+def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadModel:
+    """Attach the heads saved in `directory` to `backbone`, after checking they fit it."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_fingerprint(manifest["backbone"], backbone)
+    state = _read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
+    configs = {name: config_from_dict(c) for name, c in manifest["heads"].items()}
+    model = MultiHeadModel(backbone, configs, weighting=manifest.get("weighting", "static"))
+    expected = set(_head_state(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise CheckpointError(
+            f"{directory / WEIGHTS} does not fit {MANIFEST}: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
+    weighting_state = {k[len("weighting.") :]: v for k, v in state.items() if k.startswith("weighting.")}
+    model.heads.load_state_dict(heads_state, strict=False)  # tied weights come from the backbone
+    model.weighting.load_state_dict(weighting_state)
+    return model
+
+
+def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = None) -> Path:
+    """Full save: `backbone/` (save_pretrained + processor) and the heads, swapped in atomically."""
+    directory = Path(directory)
+    with staged_dir(directory) as staging:
+        _save_backbone(model.backbone, staging)
+        if processor is not None:
+            processor.save_pretrained(staging / BACKBONE_DIR)
+        save_heads(model, staging)
+    return directory
+
+
+def _save_backbone(backbone: nn.Module, staging: Path) -> None:
+    """Plain backbones save as they are; a LoRA backbone saves its clean base weights to
+    backbone/ and its adapter to adapter/ (peft's own format), so loading is exact."""
+    if not hasattr(backbone, "peft_config"):
+        backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
+        return
+    base = backbone.get_base_model()
+    clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+    base.save_pretrained(staging / BACKBONE_DIR, state_dict=clean, safe_serialization=True)
+    backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
+
+
+
+
+
+
+def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> MultiHeadModel:
+    """Load a full save written by `save` (backbone + heads)."""
+    directory = Path(directory)
+    read_manifest(directory)  # fail on a non-checkpoint before loading a large backbone
+    if not (directory / BACKBONE_DIR / "config.json").is_file():
+        raise CheckpointError(
+            f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
+            "load it with headkit.load_heads(dir, backbone)"
+        )
+    backbone = load_backbone(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code, merge_adapter=False)
+    if (directory / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
+    return load_heads(directory, backbone)
+
+
+def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | None:
+    """The headkit save at `path` or, for a training run, at `path/model`; None if there is none."""
+    for candidate in (Path(path), Path(path) / "model"):
+        if (candidate / MANIFEST).is_file() and (not with_backbone or (candidate / BACKBONE_DIR).is_dir()):
+            return candidate
+    return None
+
+
+def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
+    """The heads of a headkit save or run (type, pooling, labels, parameters), or None if it is not one.
+
+    Parameter counts come from the safetensors header, so no weights are loaded.
+    """
+    from safetensors import safe_open
+
+    directory = find_save(directory, with_backbone=False)
+    if directory is None:
+        return None
+    manifest = read_manifest(directory)
+    sizes: dict[str, int] = {}
+    with safe_open(directory / WEIGHTS, "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            if key.startswith("heads."):
+                head = key.split(".")[1]
+                sizes[head] = sizes.get(head, 0) + int(torch.tensor(f.get_slice(key).get_shape()).prod())
+    return {
+        name: {
+            "type": config["type"],
+            "pooling": config.get("pooling"),
+            "labels": config.get("labels", []),
+            "params": sizes.get(name, 0),
+            "tied_to_embeddings": bool(config.get("tie_embeddings", False)),
+            "loss_weight": config.get("loss_weight", 1.0),
+        }
+        for name, config in manifest["heads"].items()
+    }

@@ -1,0 +1,132 @@
+"""Run configurations: every field is a CLI flag and a YAML key (the CLI is generated from them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from headkit.data.tasks import TaskSpec, parse_task
+from headkit.errors import HeadkitError
+
+# option -> (valid?, what is expected); checked before any model or data is loaded
+RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "grad_accum": (lambda v: v >= 1, "at least 1"),
+    "max_length": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v > 0, "above 0"),
+    "backbone_lr": (lambda v: v > 0, "above 0"),
+    "lora_lr": (lambda v: v > 0, "above 0"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mlm_probability": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "patience": (lambda v: v >= 0, "0 or more"),
+    "save_every": (lambda v: v >= 0, "0 or more"),
+    "lora_r": (lambda v: v >= 1, "at least 1"),
+    "lp_epochs": (lambda v: v >= 0, "0 or more"),
+    "fewshot_iterations": (lambda v: v >= 0, "0 or more"),
+}
+
+
+def check_ranges(config: Any) -> None:
+    """Refuse numeric options no run can use (a zero batch size, a negative learning rate) up front,
+    instead of failing minutes later deep inside the loop."""
+    for name, (valid, expected) in RANGES.items():
+        value = getattr(config, name, None)
+        if value is not None and not valid(value):
+            raise HeadkitError(f"--{name} must be {expected}, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the CLI flags and the YAML config are generated from it.
+
+    Attributes:
+        model: backbone checkpoint directory or alias (minilm, smollm2).
+        tasks: heads and their data (YAML); or use data/text/head below for one file.
+        data: shorthand: one data file or built-in dataset shared by every --head.
+        text: shorthand: the text column of --data.
+        head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
+        pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
+            backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
+            a classification head as a plain transformers model).
+        output_dir: the run directory.
+        strategy: frozen, partial:K, full, lora, lp-ft or fewshot.
+        weighting: static (each head's loss_weight) or uncertainty (learned).
+        epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
+        batch_size: examples per optimizer micro-step (fewshot: pairs per contrastive step).
+        lr: learning rate of the heads.
+        backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
+        lora_lr: learning rate of LoRA adapter weights.
+        weight_decay: AdamW weight decay (matrices only).
+        warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
+        grad_accum: micro-steps per optimizer step.
+        max_length: token limit; longer inputs are truncated.
+        val_fraction: share of each dataset held out for validation (seeded split).
+        seed: seed for initialisation, split, batch order and dropout.
+        patience: stop after this many epochs without validation improvement (0: never).
+        save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling alpha.
+        lora_dropout: dropout on the LoRA path.
+        lora_targets: module names to adapt (default: peft's choice for the model type).
+        lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
+        fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations);
+            0 skips the contrastive phase (heads solved on the pretrained features).
+        feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
+            (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
+        mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
+        resume: continue the run in output_dir from its last checkpoint.
+        overwrite: replace an existing run in output_dir.
+        trust_remote_code: allow checkpoints that need their own Python code.
+        progress: show progress bars.
+    """
+
+    model: str = "minilm"
+    tasks: list[TaskSpec] = field(default_factory=list)
+    data: str | None = None
+    text: str = "text"
+    head: list[str] = field(default_factory=list)
+    pooling: str = "mean"
+    output_dir: str = "runs/latest"
+    strategy: str = "frozen"
+    weighting: str = "static"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float = 3e-5
+    lora_lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_length: int = 128
+    val_fraction: float = 0.1
+    seed: int = 0
+    patience: int = 3
+    save_every: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None
+    lp_epochs: int = 10
+    fewshot_iterations: int = 20
+    feature_cache: bool = True
+    mixed_precision: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def all_tasks(self) -> list[TaskSpec]:
+        tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
+        return tasks + [parse_task(spec, self.data, self.text, self.pooling) for spec in self.head]
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define a run: a resumed run must match them exactly."""
+        data = dataclasses.asdict(self)
+        data["tasks"] = [dataclasses.asdict(t) for t in self.all_tasks()]
+        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text", "pooling"):
+            data.pop(key)
+        return data

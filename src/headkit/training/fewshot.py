@@ -1,0 +1,252 @@
+"""Few-shot training (strategy `fewshot`): the SetFit recipe, extended beyond classification.
+
+SetFit (Tunstall et al. 2022) trains well from 8 examples per class in two steps, and so does this:
+
+1. **Contrastive phase.** Pairs are drawn from the labelled examples, and the backbone learns to
+   make the cosine similarity of two embeddings equal the similarity of their labels (mean squared
+   error, SetFit's CosineSimilarityLoss). Per iteration, each example is the anchor of two pairs:
+
+   ================  =======================================  ================================
+   head type         pair partners                            target similarity
+   ================  =======================================  ================================
+   classification    one of the same class, one of another    1 / 0
+   multilabel        two at random                            Jaccard overlap of the label sets
+   regression        two at random                            1 - |y_i - y_j| / range of y
+   token tags        *tokens* (a word's first sub-word): one  1 / 0
+                     of the same tag, one of another; anchor
+                     tags drawn uniformly, so rare entity
+                     tags get as many pairs as ``O``
+   ================  =======================================  ================================
+
+   SetFit itself covers only the first row; the others apply the same idea (make embedding
+   geometry mirror label geometry) to what those heads read: the pooled vector, or the token's.
+   Each head type draws its own pairs (`fewshot_pairs`) and solves itself (`fewshot_fit`), in
+   its file under heads/; this module runs the two phases.
+2. **Head phase.** The backbone is frozen, its features are computed once, and every head is
+   solved to convergence by scikit-learn, as SetFit does: logistic regression with SetFit's C=1
+   (classification, token tags, one per label for multilabel) or ridge regression with its
+   strength chosen by leave-one-out. The heads read L2-normalised vectors (`normalize: true` in
+   their config, as SetFit's sentence-transformers body ends in a Normalize module): the cosine
+   loss trained directions, not lengths. The solved weights go into the head's own linear layer,
+   so the saved model predicts, exports to ONNX and serves like any other. (Exporting it as a
+   plain transformers *ForSequenceClassification is refused: those classes cannot normalise.)
+
+There is no epoch loop and no validation-based selection: with 8 examples per class there is
+nothing to select on. A validation split, if asked for, is only scored. The contrastive phase
+is short; a run killed during it starts that phase again on --resume, and one killed after it
+reuses the saved backbone (`contrastive.safetensors`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from headkit._fs import atomic_write_bytes
+from headkit.data.batching import EncodedData, collate, model_inputs
+from headkit.errors import HeadConfigError
+from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
+from headkit.model import MultiHeadModel
+from headkit.training.features import FeatureCache, compute_features
+from headkit.training.strategies import adamw, set_backbone_trainable
+
+CONTRASTIVE_FILE = "contrastive.safetensors"
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def check_fewshot_heads(head_types: dict[str, str]) -> None:
+    supported = [t for t in REGISTRY if head_class(t).fewshot]
+    unsupported = {n: t for n, t in head_types.items() if not head_class(t).fewshot}
+    if unsupported:
+        raise HeadConfigError(
+            f"strategy fewshot trains {supported} heads; {unsupported} cannot: use frozen, lora or full"
+        )
+
+
+def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, seed: int) -> list[Pair]:
+    """Every head's contrastive pairs (2 per labelled example per iteration), in a seeded random order.
+
+    Each generator emits an anchor's two pairs side by side, and the shuffle moves whole anchors,
+    not single pairs: both pairs of an anchor land in one batch, so a batch of 16 pairs embeds at
+    most 24 distinct texts instead of 32 (the same pairs as a pair-level shuffle, in other batches).
+    """
+    rng = np.random.default_rng(seed)
+    pairs: list[Pair] = []
+    for name, head_type in head_types.items():
+        y = data.labels.get(name)
+        if y is None:
+            continue
+        pairs += head_class(head_type).fewshot_pairs(name, y, iterations, rng)
+    anchors = [pairs[k : k + 2] for k in range(0, len(pairs), 2)]
+    return [pair for k in rng.permutation(len(anchors)) for pair in anchors[k]]
+
+
+# ----------------------------------------------------------------------------- contrastive phase
+
+
+def _pair_similarities(
+    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int
+) -> tuple[torch.Tensor, list[str]]:
+    """Cosine similarity of every pair, from one backbone pass over the distinct examples in them."""
+    ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
+    row = {i: r for r, i in enumerate(ids)}
+    batch = collate([data[i] for i in ids], pad_id, {}, {})
+    hidden, mask = model.forward_features(**model_inputs(batch, model.device))
+    pooled: dict[str, torch.Tensor] = {}
+
+    def embed(head: str, i: int, pos: int) -> torch.Tensor:
+        if pos >= 0:
+            return hidden[row[i], pos]
+        method = model.heads[head].config.pooling
+        if method not in pooled:
+            pooled[method] = model.pool(hidden, mask, method)
+        return pooled[method][row[i]]
+
+    left = torch.stack([embed(p.head, p.left, p.left_pos) for p in pairs])
+    right = torch.stack([embed(p.head, p.right, p.right_pos) for p in pairs])
+    return F.cosine_similarity(left.float(), right.float(), dim=-1), [p.head for p in pairs]
+
+
+def contrastive_tune(
+    model: MultiHeadModel,
+    data: EncodedData,
+    pairs: list[Pair],
+    pad_id: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.1,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One pass over `pairs`: AdamW on the backbone, MSE between cosine similarity and target.
+
+    Returns the per-step loss of each head (for the loss-curve plot and metrics.json).
+    """
+    set_backbone_trainable(model.backbone, True)
+    model.backbone.train()
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
+    batches = [pairs[k : k + batch_size] for k in range(0, len(pairs), batch_size)]
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
+    use_bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    steps = []
+    bar = tqdm(batches, desc="contrastive pairs", unit="batch", disable=not progress, leave=False)
+    for step, chunk in enumerate(bar, start=1):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            similarity, heads = _pair_similarities(model, data, chunk, pad_id)
+        target = torch.tensor([p.target for p in chunk], device=similarity.device)
+        loss = F.mse_loss(similarity, target)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        errors = (similarity.detach() - target) ** 2
+        per_head = {h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)}
+        steps.append({"step": step, "losses": per_head})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    set_backbone_trainable(model.backbone, False)
+    model.backbone.eval()
+    return steps
+
+
+def save_contrastive(run: Path, model: MultiHeadModel, steps: list[dict[str, Any]]) -> None:
+    """The tuned backbone, so a resumed run skips the contrastive phase."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.backbone.state_dict().items()}
+    metadata = {"steps": str(len(steps))}
+    atomic_write_bytes(run / CONTRASTIVE_FILE, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def load_contrastive(run: Path, model: MultiHeadModel) -> bool:
+    path = run / CONTRASTIVE_FILE
+    if not path.is_file():
+        return False
+    model.backbone.load_state_dict(safetensors.torch.load_file(path, device=str(model.device)))
+    return True
+
+
+# ----------------------------------------------------------------------------- head phase
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: heads are solved on directions, which is what the pairs trained."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _token_rows(cache: FeatureCache, tags: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+    rows, labels = [], []
+    for i, row in enumerate(tags):
+        for pos, tag in enumerate(row or []):
+            if tag != IGNORE_INDEX:
+                rows.append(int(cache.offsets[i]) + pos)
+                labels.append(tag)
+    return cache.tokens[rows].numpy(), np.asarray(labels)
+
+
+@torch.no_grad()
+def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress: bool = True) -> None:
+    """Fit every head in closed form on the frozen backbone's features (one backbone pass)."""
+    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
+    need_tokens = any(h.per_token for h in model.heads.values())
+    cache = compute_features(model, data, poolings, need_tokens, pad_id=pad_id, progress=progress)
+    for name, head in model.heads.items():
+        y = data.labels.get(name)
+        if y is None:
+            continue
+        head.config.normalize = True  # the head reads directions, which is what the pairs trained
+        if head.per_token:
+            x, tags = _token_rows(cache, y)
+            head.fewshot_fit(_unit(x), tags)
+        else:
+            head.fewshot_fit(_unit(cache.pooled[head.config.pooling].numpy()), y)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def run_fewshot(
+    model: MultiHeadModel,
+    data: EncodedData,
+    head_types: dict[str, str],
+    run: Path,
+    *,
+    iterations: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    pad_id: int,
+    resume: bool,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Contrastive phase (or its saved result), then the heads. Returns steps and timings."""
+    check_fewshot_heads(head_types)
+    started = time.perf_counter()
+    steps: list[dict[str, Any]] = []
+    pairs = make_pairs(data, head_types, iterations, seed) if iterations else []
+    if resume and load_contrastive(run, model):
+        print(f"resumed from {run / CONTRASTIVE_FILE}: contrastive phase already done")
+    elif pairs:
+        print(f"contrastive phase: {len(pairs)} pairs from {len(data)} examples, {iterations} iterations")
+        torch.manual_seed(seed)
+        steps = contrastive_tune(model, data, pairs, pad_id, batch_size, lr, weight_decay, progress=progress)
+        save_contrastive(run, model, steps)
+    contrastive_seconds = time.perf_counter() - started
+    set_backbone_trainable(model.backbone, False)
+    solve_heads(model, data, pad_id, progress=progress)
+    return {
+        "steps": steps,
+        "pairs": len(pairs),
+        "contrastive_seconds": round(contrastive_seconds, 2),
+        "head_seconds": round(time.perf_counter() - started - contrastive_seconds, 2),
+        "backbone_modified": bool(pairs),
+    }

@@ -1,0 +1,467 @@
+"""The training loop: phases of epochs over prepared data, with checkpoints, resume and the best epoch.
+
+Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
+
+    fit(config, model, processor, data)
+      setup            accelerator, LoRA, device, the TrainState (fresh, or where a checkpoint left it)
+      for each phase   (strategy data: frozen -> heads; lp-ft -> probe, finetune; else -> train)
+        start_phase    which weights train, cached features, optimizer, loader, scheduler; resume
+        train_epoch    the steps: forward, backward, optimizer, scheduler, periodic checkpoints
+        end_epoch      validate, keep the best epoch, count bad epochs, checkpoint
+      the best epoch's weights restored -> finish_run (final evaluation, save, report)
+
+Runs unchanged under `accelerate launch` on several processes: the model, optimizer and loader
+go through `Accelerator.prepare`, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from headkit._fs import atomic_write_bytes, atomic_write_json, recover_dir
+from headkit.backbone import load_backbone
+from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
+from headkit.data.tasks import PreparedData
+from headkit.model import MultiHeadModel
+from headkit.ship.save import save
+from headkit.training.checkpoint import load_train_state, restore_rng_state, save_train_state
+from headkit.training.config import TrainConfig
+from headkit.training.evaluate import Evaluation, evaluate
+from headkit.training.features import FeatureCache, cached_features, weights_digest
+from headkit.training.report import print_summary, write_report
+from headkit.training.strategies import Phase, Strategy, adamw, apply_lora, count_parameters, parse_strategy
+
+Batcher = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: MultiHeadModel
+    evaluation: Evaluation | None
+    metrics: dict[str, Any]
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved with every checkpoint and restored by --resume."""
+
+    phase: int = 0  # index into the strategy's phases
+    epoch: int = 0  # epochs finished in this phase
+    batches_done: int = 0  # batches finished in this epoch
+    global_step: int = 0  # optimizer steps over the whole run
+    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (objective, -val loss)
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per-step losses per head
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch validation records
+    backbone_modified: bool = False  # some phase trained the backbone
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific results (few-shot timings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Run:
+    """What `fit` builds once and every step of the loop reads."""
+
+    config: TrainConfig
+    strategy: Strategy
+    accelerator: Any  # accelerate.Accelerator
+    model: MultiHeadModel
+    data: PreparedData
+    directory: Path
+    pad_id: int
+    make_batch: Batcher
+    make_eval_batch: Batcher | None
+    caches: dict[str, FeatureCache] = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.directory / "checkpoint"
+
+
+@dataclass
+class PhaseRun:
+    """The objects one phase trains with (rebuilt per phase: what trains changes between phases)."""
+
+    phase: Phase
+    wrapped: Any  # the model as accelerate prepared it
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    scheduler: Any
+    rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
+
+
+def fit(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    processor: Any,
+    data: PreparedData,
+    make_batch: Batcher | None = None,
+    make_eval_batch: Batcher | None = None,
+) -> TrainResult:
+    """Phases of epochs over `data`, checkpoints, resume, and the best model (a `TrainResult`).
+
+    `make_batch` turns a list of examples into a batch (default: dynamic padding with the
+    examples' labels); continued pretraining passes one that masks tokens on the fly, and a
+    deterministic `make_eval_batch` for validation.
+    """
+    started = time.perf_counter()
+    run = setup(config, model, processor, data, make_batch, make_eval_batch)
+    state, resuming = initial_state(run)
+    for index, phase in enumerate(run.strategy.phases(config)):
+        if resuming and index < _saved_phase(run):
+            continue
+        current, state = start_phase(run, phase, index, state, resuming)
+        resuming = False
+        while state.epoch < phase.epochs:
+            seconds = train_epoch(run, current, state)
+            end_epoch(run, current, state, seconds)
+        state.phase, state.epoch, state.batches_done = index + 1, 0, 0
+    run.accelerator.wait_for_everyone()
+    model = run.accelerator.unwrap_model(current.wrapped)
+    best = restore_best(run.directory, model, config, state.backbone_modified)
+    return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def setup(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    processor: Any,
+    data: PreparedData,
+    make_batch: Batcher | None,
+    make_eval_batch: Batcher | None,
+) -> Run:
+    """The accelerator (precision, gradient accumulation), LoRA adapters, the device, the batcher."""
+    from accelerate import Accelerator
+
+    strategy = parse_strategy(config.strategy)
+    mixed = config.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
+    if accelerator.is_main_process and accelerator.num_processes > 1:
+        print(f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
+    pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
+    if make_batch is None:
+        make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
+    if strategy.adapters:
+        model.backbone = apply_lora(
+            model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
+        )
+    model.to(accelerator.device)
+    return Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+
+
+def initial_state(run: Run) -> tuple[TrainState, bool]:
+    """A fresh state, and whether a checkpoint to resume from exists (its state loads per phase)."""
+    if run.config.resume and run.main:
+        recover_dir(run.checkpoint_dir)  # a kill mid-swap leaves the previous checkpoint set aside
+    run.accelerator.wait_for_everyone()
+    return TrainState(), bool(run.config.resume and (run.checkpoint_dir / "state.json").is_file())
+
+
+def _saved_phase(run: Run) -> int:
+    return json.loads((run.checkpoint_dir / "state.json").read_text())["progress"]["phase"]
+
+
+def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming: bool) -> tuple[PhaseRun, TrainState]:
+    """Set what trains, build the optimizer, loader and scheduler, and resume or reset progress."""
+    config, accelerator, model = run.config, run.accelerator, run.model
+    run.strategy.set_trainable(model, phase)
+    trainable, total = count_parameters(model)
+    if run.main:
+        print(
+            f"phase '{phase.name}' ({run.strategy.name}): {trainable:,} trainable of {total:,} parameters "
+            f"({100 * trainable / total:.2f}%)"
+        )
+    if phase.cached and "train" not in run.caches:
+        digest = weights_digest(model.backbone)  # hashed once for both datasets
+        run.caches["train"] = _features(run, run.data.train, digest)
+        if len(run.data.val):
+            run.caches["val"] = _features(run, run.data.val, digest)
+    sampler = LengthGroupedBatches(run.data.train.lengths(), config.batch_size, seed=config.seed)
+    loader = DataLoader(run.data.train, batch_sampler=sampler, collate_fn=run.make_batch)
+    optimizer = make_optimizer(model, config, run.strategy)
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * phase.epochs)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    if resuming:
+        saved = load_train_state(run.checkpoint_dir, accelerator.unwrap_model(wrapped), optimizer, scheduler)
+        state = TrainState.from_dict(saved)
+        if run.main:
+            print(
+                f"resumed from {run.checkpoint_dir}: phase {state.phase + 1}, epoch {state.epoch + 1}, "
+                f"{state.batches_done} batches into it"
+            )
+    else:
+        state.phase, state.epoch, state.batches_done, state.bad_epochs = index, 0, 0, 0
+    if not phase.frozen:
+        state.backbone_modified = True
+    return PhaseRun(phase, wrapped, optimizer, loader, scheduler, rng_pending=resuming), state
+
+
+def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
+    """AdamW with one group per (learning rate, weight decay): heads at `lr`, the backbone at its own."""
+    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]}
+    backbone_lr = config.lora_lr if strategy.adapters else config.backbone_lr
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in {id(p): p for p in model.parameters()}.values():
+        if not p.requires_grad:
+            continue
+        lr = config.lr if id(p) in head_ids else backbone_lr
+        decay = config.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in sorted(groups.items())]
+    return adamw(params)
+
+
+def _features(run: Run, data, digest: str) -> FeatureCache:
+    model = run.model
+    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
+    need_tokens = any(h.per_token for h in model.heads.values())
+    with run.accelerator.main_process_first():
+        cache, hit = cached_features(
+            model,
+            data,
+            poolings,
+            need_tokens,
+            batch_size=64,
+            pad_id=run.pad_id,
+            progress=run.config.progress and run.main,
+            backbone_digest=digest,
+        )
+    if run.main:
+        print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else 'computed and cached'}")
+    return cache
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
+    """The steps of one epoch, from where the state says it stands (a resumed run skips batches).
+    Returns the seconds it took."""
+    accelerator, phase, wrapped = run.accelerator, current.phase, current.wrapped
+    epoch_started = time.perf_counter()
+    iterator, skip = _batches(run, current, state)
+    wrapped.train()
+    if phase.frozen:  # a frozen feature extractor: no dropout, same features every epoch
+        accelerator.unwrap_model(wrapped).backbone.eval()
+    bar = tqdm(
+        total=len(current.loader),
+        initial=skip,
+        desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}",
+        disable=not (run.config.progress and run.main),
+        leave=False,
+    )
+    for batch in iterator:
+        out = _step(run, current, batch)
+        state.batches_done += 1
+        bar.update(1)
+        if accelerator.sync_gradients:
+            current.scheduler.step()
+            state.global_step += 1
+            losses = {k: round(v.detach().item(), 5) for k, v in out.losses.items()}
+            state.steps.append({"step": state.global_step, "losses": losses})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            if run.config.save_every and state.global_step % run.config.save_every == 0:
+                checkpoint(run, current, state)
+    bar.close()
+    return round(time.perf_counter() - epoch_started, 3)
+
+
+def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, int]:
+    """This epoch's batches in their seeded order, past the ones a resumed run already did.
+
+    accelerate's loaders call set_epoch(their own pass count) on every iteration, so the epoch
+    is set on the loader itself: a resumed run then sees the same batch order. A resumed run
+    restores the RNG state before the iterator's first draw at an epoch boundary, and after it
+    mid-epoch (the saved state already includes the loader's draw, made at the first batch).
+    """
+    loader, skip = current.loader, state.batches_done
+    loader.set_epoch(state.epoch)
+    batches = run.accelerator.skip_first_batches(loader, skip) if skip else loader
+    if skip:
+        batches.set_epoch(state.epoch)
+    if current.rng_pending and not skip:
+        restore_rng_state(run.checkpoint_dir)
+        current.rng_pending = False
+    iterator = iter(batches)
+    if current.rng_pending:
+        first = next(iterator, None)
+        iterator = itertools.chain([] if first is None else [first], iterator)
+        restore_rng_state(run.checkpoint_dir)
+        current.rng_pending = False
+    return iterator, skip
+
+
+def _step(run: Run, current: PhaseRun, batch: dict[str, Any]):
+    """Forward (on cached features when the phase has them), backward, optimizer step."""
+    accelerator, wrapped = run.accelerator, current.wrapped
+    with accelerator.accumulate(wrapped):
+        if current.phase.cached:
+            features = run.caches["train"].batch(batch["index"].cpu())
+            out = wrapped(labels=batch["labels"], features=_to_device(features, accelerator.device))
+        else:
+            out = wrapped(labels=batch["labels"], **model_inputs(batch))
+        accelerator.backward(out.loss)
+        current.optimizer.step()
+        current.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def _to_device(cache_batch, device):
+    hidden, mask, pooled = cache_batch
+    return (
+        hidden.to(device) if hidden is not None else None,
+        mask.to(device),
+        {k: v.to(device) for k, v in pooled.items()},
+    )
+
+
+# ----------------------------------------------------------------------------- end of epoch
+
+
+def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: float) -> None:
+    """Validate, keep the best epoch's weights, count epochs without improvement, checkpoint."""
+    phase, data = current.phase, run.data
+    model = run.accelerator.unwrap_model(current.wrapped)
+    record: dict[str, Any] = {
+        "phase": phase.name,
+        "epoch": len(state.epochs) + 1,
+        "train_seconds": train_seconds,
+    }
+    if len(data.val):
+        cache = run.caches.get("val") if phase.cached else None
+        ev = evaluate(model, data.val, run.pad_id, run.config.batch_size, cache=cache, make_batch=run.make_eval_batch)
+        record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model))
+    # Better metric, or the same metric at a lower loss: accuracy on a small validation set moves
+    # in coarse steps and plateaus while the loss still falls, so loss breaks ties.
+    score = [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
+    improved = not len(data.val) or score > state.best
+    if improved:
+        state.best, state.bad_epochs = score, 0
+        if run.main:
+            save_best(run.directory, model, state.backbone_modified, record)
+    else:
+        state.bad_epochs += 1
+    state.epochs.append(record)
+    if run.main and "scores" in record:
+        shown = ", ".join(
+            f"{h}: {model.heads[h].primary_metric} {s.get(model.heads[h].primary_metric, 0):.4f}"
+            for h, s in record["scores"].items()
+        )
+        print(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
+    state.epoch, state.batches_done = state.epoch + 1, 0
+    stop = run.config.patience and state.bad_epochs >= run.config.patience
+    if stop:
+        state.epoch = phase.epochs
+    checkpoint(run, current, state)
+    if stop and run.main:
+        print(f"early stopping: no improvement for {run.config.patience} epochs")
+
+
+# ----------------------------------------------------------------------------- the end of a run
+
+
+def finish_run(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    processor: Any,
+    data: PreparedData,
+    state: TrainState,
+    started: float,
+    best_epoch: int | None,
+    main: bool = True,
+    make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> TrainResult:
+    """Score the final model on the validation split, save it, and write the report."""
+    run = Path(config.output_dir)
+    pad_id = getattr(processor, "pad_token_id", None) or 0
+    evaluation = (
+        evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch) if len(data.val) else None
+    )
+    metrics = {
+        "strategy": config.strategy,
+        "best_epoch": best_epoch,
+        "heads": evaluation.scores if evaluation else {},
+        "val_losses": evaluation.losses if evaluation else {},
+        "trainable_params": count_parameters(model)[0],
+        "total_params": count_parameters(model)[1],
+        "train_examples": len(data.train),
+        "val_examples": len(data.val),
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": state.epochs,
+        **state.extra,
+    }
+    if main:
+        save(model, run / "model", processor=processor)
+        write_report(run, model, evaluation, state.steps, state.epochs, metrics)
+        print_summary(model, evaluation, metrics)
+    return TrainResult(run, model, evaluation, metrics)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def checkpoint(run: Run, current: PhaseRun, state: TrainState) -> None:
+    """The resumable state (main process only; every process waits for it)."""
+    run.accelerator.wait_for_everyone()
+    if run.main:
+        model = run.accelerator.unwrap_model(current.wrapped)
+        save_train_state(run.checkpoint_dir, model, current.optimizer, current.scheduler, state.as_dict())
+
+
+def save_best(directory: Path, model: MultiHeadModel, backbone_modified: bool, epoch_record: dict) -> None:
+    """The trainable weights of the best epoch so far (the backbone's too once it has trained)."""
+    keep = {n: p for n, p in model.named_parameters() if n.startswith(("heads.", "weighting."))}
+    if backbone_modified:
+        keep.update({n: p for n, p in model.named_parameters() if n.startswith("backbone.")})
+    tied = {f"heads.{n}" for n in model.tied_parameter_names()}
+    tensors = {n: p.detach().cpu().contiguous() for n, p in keep.items() if n not in tied}
+    atomic_write_bytes(directory / "best.safetensors", safetensors.torch.save(tensors))
+    atomic_write_json(directory / "best.json", {"backbone_modified": backbone_modified, **epoch_record})
+
+
+def restore_best(directory: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:
+    """Put the best epoch's weights back into `model`; returns that epoch's record."""
+    info = json.loads((directory / "best.json").read_text(encoding="utf-8"))
+    if backbone_modified and not info["backbone_modified"]:
+        # the best epoch came before the backbone was touched (lp-ft probe): use pristine weights
+        pristine = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
+        model.backbone.load_state_dict(pristine.state_dict(), strict=False)
+    state = safetensors.torch.load_file(directory / "best.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return info

@@ -1,0 +1,56 @@
+"""What a person sees at the end of a run: a summary table, metrics.json and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from headkit._fs import atomic_write_json
+from headkit.model import MultiHeadModel
+from headkit.training.evaluate import Evaluation
+
+
+def write_report(
+    run: Path, model: MultiHeadModel, evaluation: Evaluation | None, steps: list, epochs: list, metrics: dict
+) -> None:
+    """metrics.json, the per-head loss curves and a confusion matrix per head that decides classes."""
+    from headkit.training import plots
+
+    atomic_write_json(run / "metrics.json", metrics)
+    plots.loss_curves(steps, epochs, list(model.heads), run / "loss_curves.png")
+    if evaluation is None:
+        return
+    for name, head in model.heads.items():
+        decisions = head.class_decisions(evaluation.predictions[name], evaluation.references[name])
+        if decisions and decisions[0]:
+            refs, preds = decisions
+            plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
+
+
+def print_summary(
+    model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any], title: str | None = None
+) -> None:
+    if title is None and not metrics.get("val_examples"):  # e.g. few-shot: every example trained
+        title = "no validation split: score the model with `headkit evaluate` on held-out data"
+    title = title or f"validation ({metrics['val_examples']} examples) — best epoch {metrics.get('best_epoch')}"
+    table = Table(title=title)
+    table.add_column("head", style="bold")
+    table.add_column("type")
+    table.add_column("metrics")
+    table.add_column("loss", justify="right")
+    for name, head in model.heads.items():
+        scores = evaluation.scores.get(name, {}) if evaluation else {}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        loss = evaluation.losses.get(name) if evaluation else None
+        table.add_row(name, head.config.type, shown or "-", f"{loss:.4f}" if loss is not None else "-")
+    console = Console()
+    console.print(table)
+    if title.startswith("evaluation"):
+        return
+    console.print(
+        f"strategy {metrics['strategy']}: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} "
+        f"parameters; {metrics['train_examples']} training examples; {metrics['seconds']} s"
+    )

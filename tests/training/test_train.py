@@ -1,0 +1,217 @@
+import json
+
+import pytest
+import torch
+
+import headkit
+from headkit import CheckpointError, HeadkitError
+from headkit.cli.main import main
+from headkit.data.tasks import TaskSpec
+from headkit.model import MultiHeadModel
+from headkit.ship.predict import load_for_inference, predict_texts
+from headkit.training.recipe import TrainConfig, train
+
+from conftest import sentiment_rows, write_csv
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return str(write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", sentiment_rows(48)))
+
+
+def config(model_dir, data_file, out, **overrides) -> TrainConfig:
+    fields = dict(
+        model=str(model_dir),
+        tasks=[TaskSpec("sentiment", data_file), TaskSpec("score", data_file, label="score", type="regression")],
+        output_dir=str(out),
+        epochs=2,
+        batch_size=8,
+        lr=1e-2,
+        backbone_lr=1e-3,
+        lora_lr=1e-2,
+        val_fraction=0.25,
+        patience=0,
+        progress=False,
+        lp_epochs=1,
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def backbone_state(model_dir) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in headkit.load_backbone(model_dir).state_dict().items()}
+
+
+def changed(before: dict, after: dict, prefix: str = "") -> set[str]:
+    return {k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])}
+
+
+def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_path, capsys):
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen"))
+    assert not changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())
+    out = capsys.readouterr().out
+    assert "trainable of" in out and "backbone features for 36 examples: computed and cached" in out
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["heads"]) == {"sentiment", "score"} and "accuracy" in metrics["heads"]["sentiment"]
+    for name in ("loss_curves.png", "confusion_sentiment.png", "model/heads.json", "checkpoint/state.json"):
+        assert (run / name).is_file(), name
+    # a second run on the same backbone and data (other head settings) reuses the cached features
+    train(config(tiny_text_model, data_file, tmp_path / "run2", strategy="frozen", lr=0.05))
+    assert "reused from cache" in capsys.readouterr().out
+
+
+def test_partial_freezes_embeddings_and_bottom_layers(tiny_text_model, data_file, tmp_path):
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="partial:1"))
+    diff = changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())
+    assert not any(k.startswith(("embeddings.", "encoder.layer.0.")) for k in diff)
+    assert any(k.startswith("encoder.layer.1.") for k in diff)
+
+
+def test_full_and_lp_ft_train_the_backbone(tiny_text_model, data_file, tmp_path):
+    before = backbone_state(tiny_text_model)
+    for strategy in ("full", "lp-ft"):
+        result = train(config(tiny_text_model, data_file, tmp_path / strategy, strategy=strategy))
+        assert changed(before, result.model.backbone.state_dict(), "encoder.layer.0."), strategy
+        phases = {e["phase"] for e in result.metrics["epochs"]}
+        assert phases == ({"probe", "finetune"} if strategy == "lp-ft" else {"train"})
+
+
+def test_lora_keeps_base_weights_and_reloads_identically(tiny_text_model, data_file, tmp_path):
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="lora", lora_r=4))
+    base = result.model.backbone.get_base_model().state_dict()
+    before = backbone_state(tiny_text_model)
+    for name, tensor in before.items():
+        assert torch.equal(
+            tensor,
+            base.get(
+                name, base.get(name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias"))
+            ),
+        ), name
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in base.items())
+    assert (tmp_path / "run" / "model" / "adapter" / "adapter_config.json").is_file()
+    model, tokenizer = load_for_inference(tmp_path / "run")
+    texts = ["the film was very good", "a dull and boring plot"]
+    result.model.eval()
+    with torch.no_grad():
+        expected = predict_texts(result.model, tokenizer, texts)
+    assert predict_texts(model, tokenizer, texts) == expected
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "full"])
+def test_interrupted_run_resumes_to_identical_weights(tiny_text_model, data_file, tmp_path, monkeypatch, strategy):
+    uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", strategy=strategy, save_every=2, epochs=3))
+    calls = {"n": 0}
+    original = MultiHeadModel.forward_heads
+
+    def crash_after_seven(self, *args, **kwargs):
+        calls["n"] += self.training  # count training steps only, not evaluation passes
+        if calls["n"] == 7 and self.training:  # mid-epoch 2, one step after the checkpoint at step 6
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", crash_after_seven)
+    cfg = config(tiny_text_model, data_file, tmp_path / "b", strategy=strategy, save_every=2, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["progress"]["global_step"] == 6  # the last checkpoint survived the interruption
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", original)
+    cfg.resume = True
+    resumed = train(cfg)
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert resumed.metrics["heads"] == uninterrupted.metrics["heads"]
+
+
+def test_resume_with_a_different_config_is_refused(tiny_text_model, data_file, tmp_path):
+    train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
+    with pytest.raises(CheckpointError, match=r"different configuration \(lr: was 0.01, now 0.5"):
+        train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1, lr=0.5, resume=True))
+    with pytest.raises(HeadkitError, match=r"already holds a run; pass --resume"):
+        train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
+
+
+def test_multihead_from_one_dataset_trains_both_heads(tiny_text_model, data_file, tmp_path):
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", epochs=4))
+    epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert len(epochs) == 4 and all({"sentiment", "score"} <= set(e["val_losses"]) for e in epochs)
+    assert result.evaluation.scores["score"]["mse"] >= 0
+
+
+def test_uncertainty_weighting_trains_log_variances(tiny_text_model, data_file, tmp_path):
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", weighting="uncertainty", epochs=3))
+    values = [p.detach().item() for p in result.model.weighting.log_vars.values()]
+    assert len(values) == 2 and any(abs(v) > 1e-4 for v in values)
+
+
+def cli_train(model_dir, data_file, out, *flags: str) -> int:
+    """`headkit train --model M --data D --output_dir O --no_progress FLAGS...` through the CLI."""
+    return main(
+        ["train", "--model", str(model_dir), "--data", data_file, "--output_dir", str(out), "--no_progress", *flags]
+    )
+
+
+def test_cli_train_predict_and_bad_flags(tiny_text_model, data_file, tmp_path, capsys):
+    run = str(tmp_path / "cli")
+    assert (
+        cli_train(
+            tiny_text_model,
+            data_file,
+            run,
+            "--head",
+            "sentiment:label",
+            "--head",
+            "score:score:regression",
+            "--epochs",
+            "1",
+        )
+        == 0
+    )
+    assert "validation" in capsys.readouterr().out
+    assert main(["predict", run, "--text", "a very good film", "--text", "boring"]) == 0
+    printed = capsys.readouterr().out
+    assert "sentiment:" in printed and "score:" in printed
+    assert cli_train(tiny_text_model, data_file, tmp_path / "bad", "--head", "sentiment") == 2
+    assert "should look like NAME:COLUMN" in capsys.readouterr().err
+    assert cli_train(tiny_text_model, data_file, tmp_path / "bad2", "--head", "s:label", "--strategy", "half") == 2
+    assert "unknown strategy 'half'" in capsys.readouterr().err
+
+
+def test_predict_marks_texts_longer_than_the_model_reads(tiny_text_model, data_file, tmp_path, capsys):
+    train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
+    model, tokenizer = load_for_inference(tmp_path / "run")
+    long_text = " ".join(["the film was very good"] * 40)  # 200 words; the tiny model reads 64 positions
+    short, long = predict_texts(model, tokenizer, ["a good film", long_text])
+    assert "truncated" not in short and long["truncated"] is True
+    assert long["sentiment"]["label"] in ("neg", "pos")
+    (tmp_path / "in.csv").write_text(f"text\na good film\n{long_text}\n")
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv")]) == 0
+    assert "1 texts were longer than the model reads" in capsys.readouterr().out
+    rows = (tmp_path / "in.predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and '"truncated": true' in rows[1]
+
+
+def test_max_length_beyond_the_model_is_capped_not_a_crash(tiny_text_model, tmp_path, capsys):
+    rows = sentiment_rows(24)
+    rows[0]["text"] = " ".join(["the film was very good"] * 40)  # 200 words > 64 positions
+    data = str(write_csv(tmp_path / "long.csv", rows))
+    result = train(config(tiny_text_model, data, tmp_path / "run", epochs=1, max_length=200, strategy="full"))
+    printed = capsys.readouterr().out
+    assert "max_length 200 is more than" in printed and "using 64" in printed
+    assert result.metrics["train_examples"] + result.metrics["val_examples"] == 24
+
+
+def test_cli_bad_invocations_are_one_line_errors(tmp_path, capsys):
+    cases = [
+        (["evaluate", str(tmp_path)], "evaluate needs labelled data"),
+        (["evaluate", str(tmp_path), "--data", "x.csv", "--head", "sentiment"], "should look like NAME:COLUMN"),
+        (["predict", str(tmp_path)], "nothing to predict"),
+        (["predict", str(tmp_path), "--text", "hi"], "neither a training run"),
+        (["pretrain", "--corpus", "x.txt", "--strategy", "frozen"], "supports --strategy full or lora"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
