@@ -10,6 +10,11 @@ own loss and metric, so `MultiHeadModel` and the training loop treat every head 
     refs = head.references(labels, mask)   # labels in the same per-example form (None = missing)
     scores = head.score(preds, refs)       # {"accuracy": ...} via scikit-learn / seqeval
 
+and it knows everything else that is specific to its type, so no code outside heads/ branches on
+a type name (the `Head` protocol below lists every member the rest of headkit calls): how its
+labels are read from a table and batched, how its predictions read for a person, which
+transformers class it exports to, how few-shot training pairs and solves it, what advise counts.
+
 Missing labels (None in data, -100 / NaN in tensors) never contribute to a loss, and a batch
 with no labels for a head returns a zero loss that still has a graph, never NaN.
 """
@@ -106,10 +111,12 @@ class Pair:
 
 class Head(Protocol):
     """Everything code outside heads/ asks of a head; code outside heads/ never reads a head's
-    type name to decide what to do. `HeadBase` gives the optional members their defaults.
-
-    Type level (class attributes and classmethods, used before a head is built):
+    type name to decide what to do. `HeadBase` gives the optional members their defaults. The
+    class attributes and classmethods are read before a head is built (data preparation,
+    advice); the methods after.
     """
+
+    # type level
 
     per_token: ClassVar[bool]  # works on every position (no pooling); False: on one pooled vector
     inputs: ClassVar[Inputs]
