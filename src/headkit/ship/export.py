@@ -275,29 +275,33 @@ def export_onnx(
 
 def _quantize(source: Path, target: Path) -> None:
     """int8 weights, activations quantised on the fly (onnxruntime's dynamic quantisation), after
-    onnxruntime's recommended pre-processing (shape inference and graph optimisation).
-
-    The exporter's shape annotations (value_info) are dropped first: onnxruntime re-infers them,
-    and its 1.23 quantiser (the newest for Python 3.10) refuses the exporter's own as conflicting."""
+    onnxruntime's recommended pre-processing (shape inference and graph optimisation)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    plain, prepared = target.with_suffix(".plain.onnx"), target.with_suffix(".prep.onnx")
-    try:
-        graph = onnx.load(str(source))
-        del graph.graph.value_info[:]
-        onnx.save(graph, str(plain))
+    prepared, plain = target.with_suffix(".prep.onnx"), target.with_suffix(".plain.onnx")
+
+    def quantize(graph: Path) -> None:
         try:
-            quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)  # dynamic axes defeat it
+            quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)  # dynamic axes defeat it
             quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
-        except Exception:  # pre-processing only helps; quantise the graph as exported instead
-            quantize_dynamic(plain, target, weight_type=QuantType.QInt8)
+        except Exception:  # pre-processing only helps; quantise the graph as it is instead
+            quantize_dynamic(graph, target, weight_type=QuantType.QInt8)
+
+    try:
+        try:
+            quantize(source)
+        except Exception:  # onnxruntime 1.23 (the newest for Python 3.10) rejects the exporter's
+            graph = onnx.load(str(source))  # shape annotations as conflicting: let it infer its own
+            del graph.graph.value_info[:]
+            onnx.save(graph, str(plain))
+            quantize(plain)
     except Exception as e:
         raise ExportError(f"onnxruntime could not quantise the graph: {type(e).__name__}: {str(e)[:300]}") from e
     finally:
-        plain.unlink(missing_ok=True)
         prepared.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
 
 
 def _export_graph(module, inputs, input_names, output_names, dynamic, path: Path) -> None:
