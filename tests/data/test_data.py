@@ -200,3 +200,11 @@ def test_task_specs_are_checked(tokenizer):
         prepare([TaskSpec("s", "x.csv"), TaskSpec("s", "y.csv")], tokenizer)
     with pytest.raises(DataError, match=r"cannot be trained from files"):
         prepare([TaskSpec("s", "x.csv", type="span")], tokenizer)
+    with pytest.raises(DataError, match=r"dropout 1.5 is outside \[0, 1\)"):
+        prepare([TaskSpec("s", "x.csv", dropout=1.5)], tokenizer)
+
+
+def test_a_task_sets_its_heads_dropout_or_keeps_the_types_default(tmp_path, tokenizer):
+    data = str(write_csv(tmp_path / "d.csv", sentiment_rows(12)))
+    prepared = prepare([TaskSpec("a", data, dropout=0.0), TaskSpec("b", data)], tokenizer, val_fraction=0.0)
+    assert prepared.heads["a"].dropout == 0.0 and prepared.heads["b"].dropout == 0.1

@@ -36,6 +36,7 @@ class TaskSpec:
         type: head type: classification, multilabel, regression, token-classification.
         pooling: cls, mean, max, last or pooler (the backbone's own pooling layer; pooled heads).
         loss_weight: this head's weight in the total loss.
+        dropout: dropout before the head's layers (default: the head type's own, e.g. 0.1).
         limit: use at most this many rows of the source (a seeded random sample).
     """
 
@@ -46,6 +47,7 @@ class TaskSpec:
     type: str = DEFAULT_HEAD_TYPE
     pooling: str = "mean"
     loss_weight: float = 1.0
+    dropout: float | None = None
     limit: int | None = None
 
 
@@ -85,6 +87,8 @@ def _check_tasks(tasks: list[TaskSpec]) -> None:
     for t in tasks:
         if not HEAD_NAME.match(t.name):
             raise DataError(f"head name '{t.name}' must be a Python identifier (letters, digits, _)")
+        if t.dropout is not None and not 0.0 <= t.dropout < 1.0:
+            raise DataError(f"task '{t.name}': dropout {t.dropout} is outside [0, 1); use e.g. 0.1, or 0 for none")
         trainable = head_types_for_tables()
         if t.type not in trainable:
             raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
@@ -143,8 +147,10 @@ def prepare(
             if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
                 y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
             encoded.labels[task.name] = y
-            pooling = {} if kind.per_token else {"pooling": task.pooling}
-            heads[task.name] = head_config(task.type, labels=list(labels), loss_weight=task.loss_weight, **pooling)
+            options = {} if kind.per_token else {"pooling": task.pooling}
+            if task.dropout is not None:
+                options["dropout"] = task.dropout
+            heads[task.name] = head_config(task.type, labels=list(labels), loss_weight=task.loss_weight, **options)
         train_idx, val_idx = split_indices(len(encoded), val_fraction, seed)
         train_parts.append(encoded.subset(train_idx))
         val_parts.append(encoded.subset(val_idx))

@@ -37,10 +37,12 @@ from headkit._fs import atomic_write_bytes, atomic_write_json, recover_dir
 from headkit.backbone import load_backbone
 from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
 from headkit.data.tasks import PreparedData
+from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.checkpoint import load_train_state, restore_rng_state, save_train_state
 from headkit.training.config import TrainConfig
+from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import Evaluation, evaluate
 from headkit.training.features import FeatureCache, cached_features, weights_digest
 from headkit.training.report import print_summary, write_report
@@ -112,6 +114,7 @@ class PhaseRun:
     phase: Phase
     wrapped: Any  # the model as accelerate prepared it
     optimizer: torch.optim.Optimizer
+    sampler: LengthGroupedBatches  # the batch order; accelerate shards its batches across processes
     loader: Any
     scheduler: Any
     rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
@@ -162,14 +165,27 @@ def setup(
 ) -> Run:
     """The accelerator (precision, gradient accumulation), LoRA adapters, the device, the batcher."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     strategy = parse_strategy(config.strategy)
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # several CPU processes form a gloo group only when told so
+        mixed_precision=mixed,
+        gradient_accumulation_steps=config.grad_accum,
+        # a head without labels in a batch (or its learned loss weight) takes no part in that
+        # step's loss: DDP must not wait for gradients that never come
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    check_distributed(accelerator)
     if accelerator.is_main_process and accelerator.num_processes > 1:
-        print(f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
+        print(
+            f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value}); "
+            f"{config.batch_size} examples per process per step, {config.batch_size * accelerator.num_processes} "
+            "in all; rank 0 writes the run directory"
+        )
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
     if make_batch is None:
         make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
@@ -226,7 +242,7 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         state.phase, state.epoch, state.batches_done, state.bad_epochs = index, 0, 0, 0
     if not phase.frozen:
         state.backbone_modified = True
-    return PhaseRun(phase, wrapped, optimizer, loader, scheduler, rng_pending=resuming), state
+    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, rng_pending=resuming), state
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
@@ -302,12 +318,15 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
 def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, int]:
     """This epoch's batches in their seeded order, past the ones a resumed run already did.
 
-    accelerate's loaders call set_epoch(their own pass count) on every iteration, so the epoch
-    is set on the loader itself: a resumed run then sees the same batch order. A resumed run
+    The epoch is set on the batch sampler itself (under several processes accelerate wraps it in
+    a shard that does not pass set_epoch on) and on the loader (accelerate's loaders call
+    set_epoch with their own pass count on every iteration): a resumed run then sees the same
+    batch order. A resumed run
     restores the RNG state before the iterator's first draw at an epoch boundary, and after it
     mid-epoch (the saved state already includes the loader's draw, made at the first batch).
     """
     loader, skip = current.loader, state.batches_done
+    current.sampler.set_epoch(state.epoch)
     loader.set_epoch(state.epoch)
     batches = run.accelerator.skip_first_batches(loader, skip) if skip else loader
     if skip:
@@ -333,7 +352,12 @@ def _step(run: Run, current: PhaseRun, batch: dict[str, Any]):
             out = wrapped(labels=batch["labels"], features=_to_device(features, accelerator.device))
         else:
             out = wrapped(labels=batch["labels"], **model_inputs(batch))
-        accelerator.backward(out.loss)
+        loss = out.loss
+        if accelerator.num_processes > 1:
+            # DDP waits for a gradient of every head whose output the forward returned; a head with
+            # no labels in this process's batch gets a zero one (another process may have labels)
+            loss = loss + sum((zero_loss(o) for h, o in out.outputs.items() if h not in out.losses), start=0.0)
+        accelerator.backward(loss)
         current.optimizer.step()
         current.optimizer.zero_grad(set_to_none=True)
     return out

@@ -185,7 +185,6 @@ def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code:
 
 def pretrain(config: PretrainConfig):
     """Continue pretraining a backbone on raw text; returns the `TrainResult` with perplexities."""
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from headkit._fs import atomic_write_json
@@ -193,43 +192,46 @@ def pretrain(config: PretrainConfig):
     from headkit.data.tasks import PreparedData
     from headkit.model import MultiHeadModel
     from headkit.training.config import check_ranges
+    from headkit.training.distributed import main_process_prints, process_state
     from headkit.training.evaluate import evaluate
     from headkit.training.loop import fit
     from headkit.training.recipe import prepare_run_dir, quiet_if_asked
 
     quiet_if_asked(config)
     check_ranges(config)
-    if config.strategy not in ("full", "lora"):
-        raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
-    tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
-    check_objective(config.model, config.objective, tokenizer, config.trust_remote_code)
-    documents = read_corpus(config.corpus, config.text)
-    if PartialState().is_main_process:
-        prepare_run_dir(config)
-    max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
-    blocks = encode_corpus(documents, tokenizer, config.objective, max_length)
-    data = EncodedData(blocks, {})
-    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
-    head = head_config(OBJECTIVES[config.objective])
-    prepared = PreparedData(data.subset(train_idx), data.subset(val_idx), {"lm": head})
-    set_seed(config.seed)
-    model = MultiHeadModel.from_pretrained(config.model, {"lm": head}, trust_remote_code=config.trust_remote_code)
-    imported = import_pretraining_head(config.model, model.heads["lm"], config.trust_remote_code)
-    print(
-        f"{len(documents)} documents -> {len(train_idx)} training and {len(val_idx)} held-out blocks; LM head "
-        + ("from the checkpoint's own pretraining head" if imported else "new, tied to the input embeddings")
-    )
-    make_batch = functools.partial(
-        lm_batch, tokenizer=tokenizer, objective=config.objective, probability=config.mlm_probability
-    )
-    make_eval_batch = functools.partial(make_batch, seed=config.seed + 1)
-    pad_id = tokenizer.pad_token_id or 0
-    before = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores["lm"]
-    before = before.get("perplexity", float("nan"))
-    result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_eval_batch)
-    after = result.evaluation.scores["lm"].get("perplexity", float("nan")) if result.evaluation else float("nan")
-    result.metrics.update(perplexity_before=before, perplexity_after=after, head_imported=imported)
-    if PartialState().is_main_process:
-        atomic_write_json(Path(config.output_dir) / "metrics.json", result.metrics)
-        print(f"held-out perplexity: {before:.2f} before -> {after:.2f} after ({len(val_idx)} blocks)")
-    return result
+    state = process_state()
+    with main_process_prints(state):
+        if config.strategy not in ("full", "lora"):
+            raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
+        tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+        check_objective(config.model, config.objective, tokenizer, config.trust_remote_code)
+        documents = read_corpus(config.corpus, config.text)
+        if state.is_main_process:
+            prepare_run_dir(config)
+        max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
+        blocks = encode_corpus(documents, tokenizer, config.objective, max_length)
+        data = EncodedData(blocks, {})
+        train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+        head = head_config(OBJECTIVES[config.objective])
+        prepared = PreparedData(data.subset(train_idx), data.subset(val_idx), {"lm": head})
+        set_seed(config.seed)
+        model = MultiHeadModel.from_pretrained(config.model, {"lm": head}, trust_remote_code=config.trust_remote_code)
+        imported = import_pretraining_head(config.model, model.heads["lm"], config.trust_remote_code)
+        print(
+            f"{len(documents)} documents -> {len(train_idx)} training and {len(val_idx)} held-out blocks; LM head "
+            + ("from the checkpoint's own pretraining head" if imported else "new, tied to the input embeddings")
+        )
+        make_batch = functools.partial(
+            lm_batch, tokenizer=tokenizer, objective=config.objective, probability=config.mlm_probability
+        )
+        make_eval_batch = functools.partial(make_batch, seed=config.seed + 1)
+        pad_id = tokenizer.pad_token_id or 0
+        before = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores["lm"]
+        before = before.get("perplexity", float("nan"))
+        result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_eval_batch)
+        after = result.evaluation.scores["lm"].get("perplexity", float("nan")) if result.evaluation else float("nan")
+        result.metrics.update(perplexity_before=before, perplexity_after=after, head_imported=imported)
+        if state.is_main_process:
+            atomic_write_json(Path(config.output_dir) / "metrics.json", result.metrics)
+            print(f"held-out perplexity: {before:.2f} before -> {after:.2f} after ({len(val_idx)} blocks)")
+        return result

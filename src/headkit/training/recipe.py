@@ -28,6 +28,7 @@ from headkit.data.tasks import PreparedData, prepare
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.model import MultiHeadModel
 from headkit.training.config import TrainConfig, check_ranges
+from headkit.training.distributed import main_process_prints, process_state
 from headkit.training.fewshot import CONTRASTIVE_FILE
 from headkit.training.loop import TrainResult, TrainState, finish_run, fit
 from headkit.training.strategies import (
@@ -83,23 +84,30 @@ def quiet_if_asked(config: TrainConfig) -> None:
 
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
     """Run a whole training recipe and return the best model with its validation metrics."""
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     quiet_if_asked(config)
     check_ranges(config)
-    if PartialState().is_main_process:
-        prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
-    processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
-    max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
-    data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
-    set_seed(config.seed)
-    model = MultiHeadModel.from_pretrained(
-        config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
-    )
-    if parse_strategy(config.strategy).closed_form:
-        return fit_fewshot(config, model, processor, data)
-    return fit(config, model, processor, data)
+    state = process_state()
+    strategy = parse_strategy(config.strategy)
+    if strategy.closed_form and state.num_processes > 1:
+        raise HeadkitError(
+            f"strategy {strategy.name} trains in one process (a few hundred examples need no more): "
+            "run it without accelerate launch / torchrun"
+        )
+    with main_process_prints(state):
+        if state.is_main_process:
+            prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
+        processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+        max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
+        data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
+        set_seed(config.seed)
+        model = MultiHeadModel.from_pretrained(
+            config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
+        )
+        if strategy.closed_form:
+            return fit_fewshot(config, model, processor, data)
+        return fit(config, model, processor, data)
 
 
 def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data: PreparedData) -> TrainResult:

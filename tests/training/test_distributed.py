@@ -1,0 +1,173 @@
+"""Data-parallel training: 2 CPU processes (torchrun, gloo), as on a machine with 2 GPUs (NCCL).
+
+The runs use a backbone and heads without dropout, so that the only randomness is the seeded
+batch order and a 2-process run can be compared with a 1-process run over the same global batch
+(2 processes x 4 examples against 1 process x 4 examples x 2 accumulation steps).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+import yaml
+
+from conftest import WORDS, sentiment_rows, tiny_config, write_csv
+
+WEIGHTS = ("heads.safetensors", "backbone/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    """A dropout-free tiny BERT and data for two heads from two files (each row lacks one label)."""
+    root = tmp_path_factory.mktemp("ddp")
+    model = root / "model"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(model)
+    config = tiny_config("bert")
+    config.vocab_size, config.hidden_dropout_prob, config.attention_probs_dropout_prob = len(vocab), 0.0, 0.0
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(model)
+    sentiment = write_csv(root / "sentiment.csv", sentiment_rows(20, seed=1))
+    scores = write_csv(root / "scores.csv", sentiment_rows(20, seed=2))
+    tasks = [
+        {"name": "sentiment", "data": str(sentiment), "dropout": 0.0},
+        {"name": "score", "data": str(scores), "label": "score", "type": "regression", "dropout": 0.0},
+    ]
+    settings = {
+        "model": str(model),
+        "tasks": tasks,
+        "strategy": "full",
+        "weighting": "uncertainty",  # learned loss weights: a head absent from a batch leaves its own unused
+        "epochs": 3,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "backbone_lr": 1e-3,
+        "val_fraction": 0.2,  # 16 + 16 training rows: 8 batches, 4 per process
+        "patience": 0,
+        "save_every": 1,
+        "progress": False,
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(settings))
+    return root, root / "config.yaml"
+
+
+def headkit_train(config: Path, out: Path, processes: int, *flags: str) -> list[str]:
+    launcher = [sys.executable, "-m", "headkit"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        launcher += ["-m", "headkit"]
+    return [*launcher, "train", "--config", str(config), "--output_dir", str(out), *flags]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group, so that a hang kills its workers too."""
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the saved model: heads, backbone, and LoRA adapters where there are some."""
+    files = sorted((run_dir / "model").rglob("*.safetensors"))
+    assert {str(f.relative_to(run_dir / "model")) for f in files} >= set(WEIGHTS)
+    return {f"{f.name}:{k}": v for f in files for k, v in safetensors.torch.load_file(f).items()}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(setup) -> tuple[Path, subprocess.CompletedProcess]:
+    root, config = setup
+    return root / "ddp", run(headkit_train(config, root / "ddp", 2))
+
+
+STRATEGIES = {  # the LoRA path without dropout, like the rest
+    "full": (),
+    "frozen": ("--strategy", "frozen"),  # heads on the feature cache: rank 0 fills it, both read it
+    "lora": ("--strategy", "lora", "--lora_dropout", "0"),
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_two_processes_train_like_one_with_the_same_global_batch(setup, two_process_run, strategy):
+    root, config = setup
+    flags = STRATEGIES[strategy]
+    ddp, done = two_process_run if strategy == "full" else (root / f"ddp-{strategy}", None)
+    if done is None:
+        done = run(headkit_train(config, ddp, 2, *flags))
+    assert done.stdout.count("distributed: 2 processes (MULTI_CPU)") == 1  # one gloo group, rank 0 speaks
+    assert done.stdout.count("phase '") == 1 and done.stdout.count("validation (8 examples)") == 1
+    run(headkit_train(config, root / f"single-{strategy}", 1, "--grad_accum", "2", *flags))
+
+    single, parallel = weights(root / f"single-{strategy}"), weights(ddp)
+    assert single.keys() == parallel.keys()
+    for name, tensor in single.items():  # the data were sharded, not duplicated: the same updates
+        torch.testing.assert_close(parallel[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    assert any("log_vars" in name for name in single)  # the learned loss weights trained under DDP too
+    assert strategy != "lora" or any("lora_" in name for name in single)  # and the adapters
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _step(run_dir: Path) -> int:
+    try:
+        return yaml.safe_load((run_dir / "checkpoint" / "state.json").read_text())["progress"]["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def test_one_process_killed_mid_epoch_resumes_with_two_to_the_same_weights(setup, two_process_run):
+    root, config = setup
+    reference, _ = two_process_run
+    killed = root / "killed"
+    launcher = subprocess.Popen(
+        headkit_train(config, killed, 2), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 180
+    while _step(killed) < 6 and launcher.poll() is None and time.time() < deadline:  # 6 of 12: mid-epoch 2
+        time.sleep(0.01)
+    workers = _children(launcher.pid)
+    assert len(workers) == 2, "the run finished (or never started) before a process could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0  # the launcher stops the other process too
+    assert not (killed / "model").exists()
+
+    resumed = run(headkit_train(config, killed, 2, "--resume"))
+    assert resumed.stdout.count("resumed from") == 1
+    for name, tensor in weights(reference).items():
+        torch.testing.assert_close(weights(killed)[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_few_shot_under_several_processes_is_refused_with_a_reason(setup):
+    root, config = setup
+    command = headkit_train(config, root / "fewshot", 2, "--strategy", "fewshot")
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "trains in one process" in done.stderr
