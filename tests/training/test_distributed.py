@@ -171,3 +171,17 @@ def test_few_shot_under_several_processes_is_refused_with_a_reason(setup):
     command = headkit_train(config, root / "fewshot", 2, "--strategy", "fewshot")
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "trains in one process" in done.stderr
+
+
+@pytest.mark.parametrize("mode", ["FSDP", "DEEPSPEED"])
+def test_accelerate_modes_headkit_does_not_train_with_are_refused_by_name(mode):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from headkit.errors import HeadkitError
+    from headkit.training.distributed import check_distributed
+
+    with pytest.raises(HeadkitError, match="FSDP and DeepSpeed are not supported"):
+        check_distributed(SimpleNamespace(distributed_type=DistributedType[mode]))
+    check_distributed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP on GPUs: fine
