@@ -72,9 +72,11 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    """Run a launcher in its own process group, so that a hang kills its workers too."""
+    """Run a launcher in its own process group, so that a hang kills its workers too. Each run
+    has its own feature cache (next to its output), so every run computes its own features."""
+    env = {**ENV, "HEADKIT_CACHE": command[command.index("--output_dir") + 1] + "-cache"}
     process = subprocess.Popen(
-        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         stdout, stderr = process.communicate(timeout=300)
@@ -114,6 +116,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(setup, two_proc
         done = run(headkit_train(config, ddp, 2, *flags))
     assert done.stdout.count("distributed: 2 processes (MULTI_CPU)") == 1  # one gloo group, rank 0 speaks
     assert done.stdout.count("phase '") == 1 and done.stdout.count("validation (8 examples)") == 1
+    if strategy == "frozen":  # each process computed half of the features; the sum is the whole
+        assert done.stdout.count("computed by 2 processes, a share each, and cached") == 2  # train and val
     run(headkit_train(config, root / f"single-{strategy}", 1, "--grad_accum", "2", *flags))
 
     single, parallel = weights(root / f"single-{strategy}"), weights(ddp)

@@ -10,6 +10,7 @@ A later run on the same backbone and data (another seed, other head settings) re
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def compute_features(
     batch_size: int = 64,
     pad_id: int = 0,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> FeatureCache:
-    """Run the backbone over `data` once (eval mode, no grad) and keep what the heads need."""
+    """Run the backbone over `data` once (eval mode, no grad) and keep what the heads need.
+
+    `shard` = (index, count): compute only every count-th batch from the index-th on, leaving
+    zeros elsewhere, so that several processes each compute a share and a sum joins them."""
     was_training = model.training
     model.eval()
     n, device = len(data), model.device
@@ -85,7 +90,8 @@ def compute_features(
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = lengths.cumsum(0)
     tokens = torch.zeros(int(offsets[-1]), hidden_size) if need_tokens else None
-    batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()
+    index, count = shard
+    batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()[index::count]
     for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
         batch = collate([data[i] for i in indices], pad_id, {}, {})
         hidden, mask = model.forward_features(**model_inputs(batch, device))
@@ -109,11 +115,16 @@ def cached_features(
     root: Path | None = None,
     progress: bool = True,
     backbone_digest: str | None = None,
+    shard: tuple[int, int] = (0, 1),
+    total: Callable[[Tensor], Tensor] | None = None,
+    write: bool = True,
 ) -> tuple[FeatureCache, bool]:
     """Load the features from the cache, or compute and store them. Returns (features, was_cached).
 
     `backbone_digest` (from `weights_digest`) saves re-hashing the weights when a caller asks for
-    several datasets' features from the same backbone.
+    several datasets' features from the same backbone. Under several processes each computes its
+    `shard`, `total` sums the shares across processes (every process then holds all features),
+    and only the process with `write` stores the file.
     """
     kinds = ",".join(sorted(poolings)) + (",tokens" if need_tokens else "")
     digest = backbone_digest or weights_digest(model.backbone)
@@ -126,9 +137,14 @@ def cached_features(
             return FeatureCache(pooled, stored.get("tokens"), stored["offsets"]), True
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
-    features = compute_features(model, data, poolings, need_tokens, batch_size, pad_id, progress)
-    tensors = {f"pooled.{m}": v for m, v in features.pooled.items()} | {"offsets": features.offsets}
-    if features.tokens is not None:
-        tensors["tokens"] = features.tokens
-    atomic_write_bytes(path, safetensors.torch.save(tensors))
+    features = compute_features(model, data, poolings, need_tokens, batch_size, pad_id, progress, shard)
+    if total is not None:  # each share holds zeros outside its own batches
+        pooled = {m: total(v) for m, v in features.pooled.items()}
+        tokens = total(features.tokens) if features.tokens is not None else None
+        features = FeatureCache(pooled, tokens, features.offsets)
+    if write:
+        tensors = {f"pooled.{m}": v for m, v in features.pooled.items()} | {"offsets": features.offsets}
+        if features.tokens is not None:
+            tensors["tokens"] = features.tokens
+        atomic_write_bytes(path, safetensors.torch.save(tensors))
     return features, False

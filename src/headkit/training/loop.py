@@ -261,22 +261,29 @@ def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strateg
 
 
 def _features(run: Run, data, digest: str) -> FeatureCache:
-    model = run.model
+    """The backbone's features for `data`, from the cache or computed: under several processes
+    each computes a share of the batches, a sum joins them, and rank 0 writes the file."""
+    model, accelerator = run.model, run.accelerator
     poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
     need_tokens = any(h.per_token for h in model.heads.values())
-    with run.accelerator.main_process_first():
-        cache, hit = cached_features(
-            model,
-            data,
-            poolings,
-            need_tokens,
-            batch_size=64,
-            pad_id=run.pad_id,
-            progress=run.config.progress and run.main,
-            backbone_digest=digest,
-        )
+    shares = accelerator.num_processes
+    cache, hit = cached_features(
+        model,
+        data,
+        poolings,
+        need_tokens,
+        batch_size=64,
+        pad_id=run.pad_id,
+        progress=run.config.progress and run.main,
+        backbone_digest=digest,
+        shard=(accelerator.process_index, shares),
+        total=(lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu()) if shares > 1 else None,
+        write=run.main,
+    )
+    accelerator.wait_for_everyone()  # the file is whole before anyone goes on
     if run.main:
-        print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else 'computed and cached'}")
+        how = f"computed by {shares} processes, a share each," if shares > 1 else "computed"
+        print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else how + ' and cached'}")
     return cache
 
 
