@@ -117,6 +117,19 @@ def _pair_similarities(
     return F.cosine_similarity(left.float(), right.float(), dim=-1), [p.head for p in pairs]
 
 
+def _sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum every gradient across processes in one all-reduce (a process without pairs adds zeros)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g)
+        offset += g.numel()
+
+
 def contrastive_tune(
     model: MultiHeadModel,
     data: EncodedData,
@@ -127,33 +140,46 @@ def contrastive_tune(
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.1,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
     """One pass over `pairs`: AdamW on the backbone, MSE between cosine similarity and target.
 
-    Returns the per-step loss of each head (for the loss-curve plot and metrics.json).
+    `shard` = (index, count) under several processes: a step takes `batch_size` pairs per
+    process, each process embeds its own slice, and the gradients are summed across processes
+    (each loss is scaled by the step's whole size), so the step equals one process's step over
+    all of them. Returns the per-step loss of each head (for the loss-curve plot and metrics.json).
     """
     set_backbone_trainable(model.backbone, True)
     model.backbone.train()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
-    batches = [pairs[k : k + batch_size] for k in range(0, len(pairs), batch_size)]
+    index, count = shard
+    size = batch_size * count
+    batches = [pairs[k : k + size] for k in range(0, len(pairs), size)]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
     use_bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
     steps = []
     bar = tqdm(batches, desc="contrastive pairs", unit="batch", disable=not progress, leave=False)
-    for step, chunk in enumerate(bar, start=1):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            similarity, heads = _pair_similarities(model, data, chunk, pad_id)
-        target = torch.tensor([p.target for p in chunk], device=similarity.device)
-        loss = F.mse_loss(similarity, target)
-        loss.backward()
+    for step, whole in enumerate(bar, start=1):
+        chunk = whole[index * batch_size : (index + 1) * batch_size]
+        if chunk:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                similarity, heads = _pair_similarities(model, data, chunk, pad_id)
+            target = torch.tensor([p.target for p in chunk], device=similarity.device)
+            loss = ((similarity - target) ** 2).sum() / len(whole)  # this slice's part of the step's mean
+            loss.backward()
+        if count > 1:
+            _sum_gradients(params)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        errors = (similarity.detach() - target) ** 2
-        per_head = {h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)}
-        steps.append({"step": step, "losses": per_head})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if chunk:  # a last, short step can leave a process nothing to embed
+            errors = (similarity.detach() - target) ** 2
+            per_head = {
+                h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)
+            }
+            steps.append({"step": step, "losses": per_head})  # this process's pairs
+            bar.set_postfix(loss=f"{float(errors.mean()):.4f}")
     set_backbone_trainable(model.backbone, False)
     model.backbone.eval()
     return steps
@@ -227,8 +253,12 @@ def run_fewshot(
     pad_id: int,
     resume: bool,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Contrastive phase (or its saved result), then the heads. Returns steps and timings."""
+    """Contrastive phase (or its saved result), then the heads. Returns steps and timings.
+
+    Under several processes (`shard`) the contrastive phase runs data-parallel; every process
+    then solves the heads on the same features, and the first one writes."""
     check_fewshot_heads(head_types)
     started = time.perf_counter()
     steps: list[dict[str, Any]] = []
@@ -238,8 +268,11 @@ def run_fewshot(
     elif pairs:
         print(f"contrastive phase: {len(pairs)} pairs from {len(data)} examples, {iterations} iterations")
         torch.manual_seed(seed)
-        steps = contrastive_tune(model, data, pairs, pad_id, batch_size, lr, weight_decay, progress=progress)
-        save_contrastive(run, model, steps)
+        steps = contrastive_tune(
+            model, data, pairs, pad_id, batch_size, lr, weight_decay, progress=progress, shard=shard
+        )
+        if shard[0] == 0:
+            save_contrastive(run, model, steps)
     contrastive_seconds = time.perf_counter() - started
     set_backbone_trainable(model.backbone, False)
     solve_heads(model, data, pad_id, progress=progress)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from headkit._fs import atomic_write_bytes, write_failed
@@ -90,11 +89,6 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
     check_ranges(config)
     state = process_state()
     strategy = parse_strategy(config.strategy)
-    if strategy.closed_form and state.num_processes > 1:
-        raise HeadkitError(
-            f"strategy {strategy.name} trains in one process (a few hundred examples need no more): "
-            "run it without accelerate launch / torchrun"
-        )
     with main_process_prints(state):
         if state.is_main_process:
             prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
@@ -112,14 +106,12 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
 
 def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data: PreparedData) -> TrainResult:
     """strategy fewshot: contrastive pairs, then heads solved on frozen features (see fewshot.py).
-
-    Runs in one process: a few hundred examples do not need several GPUs.
-    """
+    Under several processes the pairs are shared out (`--batch_size` pairs per process per step)."""
     from headkit.training.fewshot import run_fewshot
 
     started = time.perf_counter()
-    if torch.cuda.is_available():
-        model.to("cuda")
+    state = process_state()
+    model.to(state.device)
     result = run_fewshot(
         model,
         data.train,
@@ -132,7 +124,8 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
         seed=config.seed,
         pad_id=getattr(processor, "pad_token_id", None) or 0,
         resume=config.resume,
-        progress=config.progress,
+        progress=config.progress and state.is_main_process,
+        shard=(state.process_index, state.num_processes),
     )
-    state = TrainState(steps=result.pop("steps"), extra={"fewshot": result})
-    return finish_run(config, model, processor, data, state, started, None)
+    record = TrainState(steps=result.pop("steps"), extra={"fewshot": result})
+    return finish_run(config, model, processor, data, record, started, None, main=state.is_main_process)
