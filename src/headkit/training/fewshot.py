@@ -166,7 +166,8 @@ def contrastive_tune(
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
                 similarity, heads = _pair_similarities(model, data, chunk, pad_id)
             target = torch.tensor([p.target for p in chunk], device=similarity.device)
-            loss = ((similarity - target) ** 2).sum() / len(whole)  # this slice's part of the step's mean
+            # this slice's part of the step's mean (one process: the mean itself, times exactly 1)
+            loss = F.mse_loss(similarity, target) * (len(chunk) / len(whole))
             loss.backward()
         if count > 1:
             _sum_gradients(params)
