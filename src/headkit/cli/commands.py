@@ -409,5 +409,3 @@ def advise(
 
 
 COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain, export, serve, advise]
-
-

@@ -95,5 +95,3 @@ def normalise_argv(argv: list[str]) -> list[str]:
         packed = [positionals[0], json.dumps(positionals[1:])] if len(positionals) > 1 else positionals
         out = ["fill-mask", *packed, *options]
     return out
-
-

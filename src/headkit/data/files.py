@@ -38,8 +38,6 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-
-
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 

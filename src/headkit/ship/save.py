@@ -38,12 +38,6 @@ BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
 
 
-
-
-
-
-
-
 def _head_state(model: MultiHeadModel) -> dict:
     tied = model.tied_parameter_names()
     state = {f"heads.{k}": v for k, v in model.heads.state_dict().items() if k not in tied}
@@ -169,10 +163,6 @@ def _save_backbone(backbone: nn.Module, staging: Path) -> None:
     clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
     base.save_pretrained(staging / BACKBONE_DIR, state_dict=clean, safe_serialization=True)
     backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
-
-
-
-
 
 
 def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> MultiHeadModel:
