@@ -158,3 +158,10 @@ def test_speech_backbone_ctc_head_maps_sample_mask_to_frames():
     frames = out.outputs["asr"].shape[1]
     assert out.mask.shape == (2, frames) and out.mask[1].sum() < out.mask[0].sum()
     assert torch.isfinite(out.loss)
+
+
+def test_a_backbone_without_hidden_states_of_one_width_is_refused_by_name(tmp_path):
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)
+    transformers.ResNetModel(config).save_pretrained(tmp_path)
+    with pytest.raises(HeadMismatchError, match=r"cannot drive a 'resnet' backbone yet.*hidden_sizes.*\[8, 16\]"):
+        MultiHeadModel.from_pretrained(tmp_path, {"c": head_config("classification", labels=["a", "b"])})

@@ -29,6 +29,24 @@ from headkit.weighting import LossWeighting
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def backbone_hidden_size(config: Any) -> int:
+    """The width of the hidden states heads read, or a HeadMismatchError naming what was found.
+
+    (A property of nn.Module that raised AttributeError would surface as a misleading
+    "'MultiHeadModel' object has no attribute 'hidden_size'".)"""
+    size = getattr(config, "hidden_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    found = {
+        k: getattr(config, k) for k in ("hidden_sizes", "embed_dim", "d_model", "num_features") if hasattr(config, k)
+    }
+    raise HeadMismatchError(
+        f"headkit cannot drive a '{config.model_type}' backbone yet: heads read hidden states of `hidden_size` "
+        f"features per position, and its config has no hidden_size (found {found or 'no width at all'}); "
+        "transformer backbones (BERT, RoBERTa, ViT, Llama, GPT-2, wav2vec2, ...) work"
+    )
+
+
 @dataclass
 class MultiHeadOutput:
     outputs: dict[str, Tensor]
@@ -48,6 +66,7 @@ class MultiHeadModel(nn.Module):
         weighting: str = "static",
     ):
         super().__init__()
+        backbone_hidden_size(backbone.config)  # refuse a backbone the heads cannot read, before anything else
         self.backbone = backbone
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
@@ -70,7 +89,7 @@ class MultiHeadModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        return backbone_hidden_size(self.backbone.config)
 
     @property
     def backbone_config(self):
