@@ -66,6 +66,12 @@ class FeatureCache:
         return hidden, mask, pooled
 
 
+def features_needed(model: MultiHeadModel) -> tuple[set[str], bool]:
+    """What the heads read: the pooling methods of pooled heads, and whether any reads every token."""
+    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
+    return poolings, any(h.per_token for h in model.heads.values())
+
+
 @torch.no_grad()
 def compute_features(
     model: MultiHeadModel,

@@ -55,7 +55,7 @@ from headkit.data.batching import EncodedData, collate, model_inputs
 from headkit.errors import HeadConfigError
 from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
 from headkit.model import MultiHeadModel
-from headkit.training.features import FeatureCache, compute_features
+from headkit.training.features import FeatureCache, compute_features, features_needed
 from headkit.training.strategies import adamw, set_backbone_trainable
 
 CONTRASTIVE_FILE = "contrastive.safetensors"
@@ -222,8 +222,7 @@ def _token_rows(cache: FeatureCache, tags: list[list[int] | None]) -> tuple[np.n
 @torch.no_grad()
 def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress: bool = True) -> None:
     """Fit every head in closed form on the frozen backbone's features (one backbone pass)."""
-    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
-    need_tokens = any(h.per_token for h in model.heads.values())
+    poolings, need_tokens = features_needed(model)
     cache = compute_features(model, data, poolings, need_tokens, pad_id=pad_id, progress=progress)
     for name, head in model.heads.items():
         y = data.labels.get(name)

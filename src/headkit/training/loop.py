@@ -44,7 +44,7 @@ from headkit.training.checkpoint import load_train_state, restore_rng_state, sav
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import Evaluation, evaluate
-from headkit.training.features import FeatureCache, cached_features, weights_digest
+from headkit.training.features import FeatureCache, cached_features, features_needed, weights_digest
 from headkit.training.report import print_summary, write_report
 from headkit.training.strategies import Phase, Strategy, adamw, apply_lora, count_parameters, parse_strategy
 
@@ -264,8 +264,7 @@ def _features(run: Run, data, digest: str) -> FeatureCache:
     """The backbone's features for `data`, from the cache or computed: under several processes
     each computes a share of the batches, a sum joins them, and rank 0 writes the file."""
     model, accelerator = run.model, run.accelerator
-    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
-    need_tokens = any(h.per_token for h in model.heads.values())
+    poolings, need_tokens = features_needed(model)
     shares = accelerator.num_processes
     cache, hit = cached_features(
         model,
