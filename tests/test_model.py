@@ -160,8 +160,8 @@ def test_speech_backbone_ctc_head_maps_sample_mask_to_frames():
     assert torch.isfinite(out.loss)
 
 
-def test_a_backbone_without_hidden_states_of_one_width_is_refused_by_name(tmp_path):
-    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_channels=3)
-    transformers.ResNetModel(config).save_pretrained(tmp_path)
-    with pytest.raises(HeadMismatchError, match=r"cannot drive a 'resnet' backbone yet.*hidden_sizes.*\[8, 16\]"):
+def test_a_backbone_whose_width_headkit_cannot_tell_is_refused_by_name(tmp_path):
+    config = transformers.MobileNetV2Config(image_size=32, depth_multiplier=0.2)  # no hidden_size(s) in its config
+    transformers.MobileNetV2Model(config).save_pretrained(tmp_path)
+    with pytest.raises(HeadMismatchError, match=r"cannot drive a 'mobilenet_v2' backbone.*no width at all"):
         MultiHeadModel.from_pretrained(tmp_path, {"c": head_config("classification", labels=["a", "b"])})

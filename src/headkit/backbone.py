@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit._fs import staged_dir
+from headkit.backbone_outputs import hidden_size as features_width
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
 
@@ -254,6 +255,16 @@ def _tied(model: PreTrainedModel) -> bool:
     return out_emb is not None and weight_in is not None and out_emb.weight is weight_in
 
 
+def _width_or_none(backbone: nn.Module) -> int | None:
+    """The features' width for reports; None where the backbone gives none (inspect still reports the rest)."""
+    if not hasattr(backbone, "config"):
+        return None
+    try:
+        return features_width(backbone)
+    except HeadkitError:
+        return None
+
+
 def _unique_numel(params) -> int:
     seen: dict[int, int] = {}
     for p in params:
@@ -316,7 +327,7 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
         params_total=_unique_numel(model.parameters()),
         params_backbone=_unique_numel(backbone.parameters()),
         params_head=_unique_numel(head_params),
-        hidden_size=getattr(config, "hidden_size", None),
+        hidden_size=_width_or_none(backbone),
         num_layers=getattr(config, "num_hidden_layers", None),
         vocab_size=getattr(config, "vocab_size", None),
     )
@@ -404,7 +415,7 @@ def fingerprint(backbone: nn.Module) -> dict:
     digest = hashlib.sha256("\n".join(_backbone_names_and_shapes(backbone)).encode()).hexdigest()
     return {
         "model_type": config.model_type,
-        "hidden_size": getattr(config, "hidden_size", None),
+        "hidden_size": _width_or_none(backbone),
         "vocab_size": getattr(config, "vocab_size", None),
         "structure_sha256": digest,
     }

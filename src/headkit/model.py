@@ -1,6 +1,7 @@
 """MultiHeadModel: one shared backbone, named heads, one backbone forward for all of them.
 
     inputs -> backbone -> hidden (B, T, H), mask (B, T) -> each head -> outputs, losses
+    (a CNN's (B, C, H, W) feature map enters as H*W positions: see headkit.backbone_outputs)
     total loss = LossWeighting({head: loss}) over the heads that have labels in the batch
 
 `forward_features` and `forward_heads` are split (timm style) so frozen training can run the
@@ -20,31 +21,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from headkit.backbone import load_backbone
+from headkit.backbone_outputs import as_sequence, check_map_pooling, hidden_size, is_feature_map
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads import Head, HeadConfig, build_head, config_from_dict
+from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
 from headkit.heads.pooling import pool
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def backbone_hidden_size(config: Any) -> int:
-    """The width of the hidden states heads read, or a HeadMismatchError naming what was found.
-
-    (A property of nn.Module that raised AttributeError would surface as a misleading
-    "'MultiHeadModel' object has no attribute 'hidden_size'".)"""
-    size = getattr(config, "hidden_size", None)
-    if isinstance(size, int) and size > 0:
-        return size
-    found = {
-        k: getattr(config, k) for k in ("hidden_sizes", "embed_dim", "d_model", "num_features") if hasattr(config, k)
-    }
-    raise HeadMismatchError(
-        f"headkit cannot drive a '{config.model_type}' backbone yet: heads read hidden states of `hidden_size` "
-        f"features per position, and its config has no hidden_size (found {found or 'no width at all'}); "
-        "transformer backbones (BERT, RoBERTa, ViT, Llama, GPT-2, wav2vec2, ...) work"
-    )
 
 
 @dataclass
@@ -66,7 +50,7 @@ class MultiHeadModel(nn.Module):
         weighting: str = "static",
     ):
         super().__init__()
-        backbone_hidden_size(backbone.config)  # refuse a backbone the heads cannot read, before anything else
+        hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
         self.backbone = backbone
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
@@ -89,7 +73,7 @@ class MultiHeadModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return backbone_hidden_size(self.backbone.config)
+        return hidden_size(self.backbone)
 
     @property
     def backbone_config(self):
@@ -113,6 +97,8 @@ class MultiHeadModel(nn.Module):
                 f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
                 f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
             )
+        if not head_class(config.type).per_token:
+            check_map_pooling(self.backbone, name, config.pooling)
         if config.pooling == "pooler" and self.backbone_pooler is None:
             raise HeadMismatchError(
                 f"head '{name}' uses 'pooler' pooling, but the {self.backbone.config.model_type} backbone has no "
@@ -137,6 +123,8 @@ class MultiHeadModel(nn.Module):
     @property
     def backbone_pooler(self) -> nn.Module | None:
         """The backbone's own pooling layer (BERT's tanh pooler), seen through a PEFT wrapper."""
+        if is_feature_map(self.backbone):
+            return None  # a CNN's pooler pools the (B, C, H, W) map, which heads never see
         base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
         return getattr(base, "pooler", None)
 
@@ -165,7 +153,7 @@ class MultiHeadModel(nn.Module):
     def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Run the backbone once: returns hidden states (B, T, H) and their mask (B, T)."""
         out = self.backbone(**inputs)
-        hidden = out.last_hidden_state
+        hidden = as_sequence(out.last_hidden_state)  # a CNN's feature map becomes H*W positions
         return hidden, self.hidden_mask(hidden, inputs.get("attention_mask"))
 
     def forward_heads(

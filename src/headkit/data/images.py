@@ -57,7 +57,11 @@ def load_images(rows: list[dict[str, Any]], column: str, source: str) -> tuple[l
 
 def preprocess(processor: Any, images: list, crop: bool = True, batch_size: int = 256) -> torch.Tensor:
     """(N, C, H, W) pixel values from the backbone's image processor."""
-    kwargs = {} if crop or not getattr(processor, "do_center_crop", False) else {"do_center_crop": False}
+    kwargs = {}
+    if not crop and getattr(processor, "do_center_crop", False):
+        kwargs["do_center_crop"] = False
+    if not crop and getattr(processor, "crop_pct", None) not in (None, 1.0):
+        kwargs["crop_pct"] = 1.0  # ConvNeXt/ResNet processors: resize by 1/crop_pct, then crop the centre
     parts = [
         processor(images[i : i + batch_size], return_tensors="pt", **kwargs)["pixel_values"]
         for i in range(0, len(images), batch_size)

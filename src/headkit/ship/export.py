@@ -63,9 +63,7 @@ def probe_inputs(model: MultiHeadModel, processor) -> dict[str, Tensor]:
     config = model.backbone.config
     main = model.backbone.main_input_name
     if main == "pixel_values":
-        size = getattr(config, "image_size", 224)
-        size = size if isinstance(size, int) else size[0]
-        return {"pixel_values": torch.randn(2, getattr(config, "num_channels", 3), size, size)}
+        return {"pixel_values": torch.randn(2, *_pixels_shape(config, processor))}
     if main == "input_values":
         mask = torch.ones(2, 16000, dtype=torch.long)
         mask[1, 12000:] = 0
@@ -75,6 +73,20 @@ def probe_inputs(model: MultiHeadModel, processor) -> dict[str, Tensor]:
     texts = ["A short probe.", "A longer probe sentence, so that the first one is padded in the batch."]
     enc = processor(texts, padding=True, return_tensors="pt")
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _pixels_shape(config, processor) -> tuple[int, int, int]:
+    """(C, H, W) of what the image processor makes (a CNN reads any size, so only the processor
+    knows what predict will feed); the config's image_size when there is no processor."""
+    from headkit.data.images import is_image_processor
+
+    if processor is not None and is_image_processor(processor):
+        from PIL import Image
+
+        return tuple(processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"].shape[1:])
+    size = getattr(config, "image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    return getattr(config, "num_channels", 3), size, size
 
 
 def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
