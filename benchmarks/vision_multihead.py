@@ -44,7 +44,7 @@ def run(name: str, tasks, vit: Path, out: Path, args) -> tuple[float, Path]:
     return time.perf_counter() - started, out / name
 
 
-def test_scores(run_dir: Path, test_csv: Path) -> dict[str, float]:
+def test_scores(run_dir: Path, test_csv: Path, class_head: str = "shape") -> dict[str, float]:
     from headkit.ship.predict import load_for_inference
     from headkit.training.evaluate import evaluate_dataset
 
@@ -52,14 +52,14 @@ def test_scores(run_dir: Path, test_csv: Path) -> dict[str, float]:
     columns = {n: ("label" if h.config.type == "classification" else "x1,y1,x2,y2") for n, h in model.heads.items()}
     result, _ = evaluate_dataset(model, processor, str(test_csv), columns, text="image")
     scores = {}
-    if "shape" in result.scores:
-        scores["accuracy"] = result.scores["shape"]["accuracy"]
+    if class_head in result.scores:
+        scores["accuracy"] = result.scores[class_head]["accuracy"]
     if "box" in result.scores:
         scores["mean_iou"] = result.scores["box"]["mean_iou"]
     return scores
 
 
-def draw_grid(run_dir: Path, test_csv: Path, count: int = 16) -> Path:
+def draw_grid(run_dir: Path, test_csv: Path, count: int = 16, class_head: str = "shape") -> Path:
     import csv
 
     import matplotlib
@@ -83,7 +83,7 @@ def draw_grid(run_dir: Path, test_csv: Path, count: int = 16) -> Path:
         true = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
         for box, colour in ((true, "lime"), (pred["box"], "red")):
             ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=colour))
-        ax.set_title(f"{pred['shape']['label']} / true {row['label']}", fontsize=8)
+        ax.set_title(f"{pred[class_head]['label']} / true {row['label']}", fontsize=8)
         ax.axis("off")
     fig.suptitle("test: predicted (red) vs true (green) boxes; predicted / true label", fontsize=9)
     fig.tight_layout()

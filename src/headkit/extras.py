@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "pydantic"),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "gguf": ("gguf",),
+    "timm": ("timm",),  # brings torchvision
 }
 
 

@@ -44,7 +44,7 @@ class TrainConfig:
     """Everything a training run depends on; the CLI flags and the YAML config are generated from it.
 
     Attributes:
-        model: backbone checkpoint directory or alias (minilm, smollm2).
+        model: backbone checkpoint directory, alias (minilm, smollm2, efficientnet-lite0) or timm:NAME[:WEIGHTS].
         tasks: heads and their data (YAML); or use data/text/head below for one file.
         data: shorthand: one data file or built-in dataset shared by every --head.
         text: shorthand: the text column of --data.
