@@ -3,6 +3,7 @@
 Files go to a temporary name beside the target and are renamed into place; directories are
 built in a staging directory beside the target and swapped in (`staged_dir`). Disk-full,
 read-only and permission failures become one `OutputError` that says the old files are intact.
+`cache_dir` says where headkit keeps what it derives (features, converted checkpoints).
 Imports nothing from headkit but its errors, so any module can use it.
 """
 
@@ -94,3 +95,8 @@ def staged_dir(directory: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def cache_dir() -> Path:
+    """headkit's own cache (converted configs, dequantised weights, feature caches)."""
+    return Path(os.environ.get("HEADKIT_CACHE", Path.home() / ".cache" / "headkit"))

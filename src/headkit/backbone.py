@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from headkit._fs import staged_dir
+from headkit._fs import cache_dir, staged_dir
 from headkit.backbone_outputs import hidden_size as features_width
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
@@ -83,11 +83,6 @@ def quietly_from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) ->
     finally:
         if shown:
             bars.enable_progress_bar()
-
-
-def cache_dir() -> Path:
-    """headkit's own cache (converted configs, dequantised weights, feature caches)."""
-    return Path(os.environ.get("HEADKIT_CACHE", Path.home() / ".cache" / "headkit"))
 
 
 def resolve_model(name: str | os.PathLike) -> ModelSource:
@@ -216,7 +211,8 @@ def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Modu
     """Return (backbone, {name: head module}) of a transformers model.
 
     The backbone is the `base_model_prefix` submodule; everything else with parameters at the
-    top level is the head. A bare backbone (`BertModel`) returns an empty head dict.
+    top level is the head. A bare backbone (`BertModel`) returns an empty head dict. A timm network
+    (`TimmWrapper*`) keeps its classifier inside itself, under the name timm's config gives it.
     """
     base = getattr(model, model.base_model_prefix, None)
     if not isinstance(base, nn.Module):
@@ -226,6 +222,9 @@ def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Modu
         for name, module in model.named_children()
         if name != model.base_model_prefix and any(True for _ in module.parameters())
     }
+    if not heads and getattr(base, "num_classes", 0) and hasattr(base, "get_classifier"):
+        classifier = getattr(base, "pretrained_cfg", {}).get("classifier", "classifier")
+        heads = {f"{model.base_model_prefix}.{classifier}": base.get_classifier()}
     return base, heads
 
 
@@ -276,7 +275,7 @@ def _tied(model: PreTrainedModel) -> bool:
 def _width_or_none(backbone: nn.Module) -> int | None:
     """The features' width for reports; None where the backbone gives none (inspect still reports the rest)."""
     if not hasattr(backbone, "config"):
-        return None
+        return getattr(backbone, "num_features", None)  # a bare timm network
     try:
         return features_width(backbone)
     except HeadkitError:
@@ -327,7 +326,8 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
     backbone, heads = split_backbone(model)
     has_head = bool(heads)
     output = _output_layer(model, heads) if has_head else None
-    backbone_ids = {id(p) for p in backbone.parameters()}
+    inside = {id(p) for n, h in heads.items() if n.startswith(f"{model.base_model_prefix}.") for p in h.parameters()}
+    backbone_ids = {id(p) for p in backbone.parameters()} - inside  # a timm classifier sits inside the network
     head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
     return ModelReport(
         model=str(name),
@@ -343,7 +343,7 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
         output_out=output[1].out_features if output else None,
         tied_embeddings=has_head and _tied(model),
         params_total=_unique_numel(model.parameters()),
-        params_backbone=_unique_numel(backbone.parameters()),
+        params_backbone=_unique_numel(p for p in backbone.parameters() if id(p) in backbone_ids),
         params_head=_unique_numel(head_params),
         hidden_size=_width_or_none(backbone),
         num_layers=getattr(config, "num_hidden_layers", None),

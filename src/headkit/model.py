@@ -153,7 +153,13 @@ class MultiHeadModel(nn.Module):
     def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Run the backbone once: returns hidden states (B, T, H) and their mask (B, T)."""
         out = self.backbone(**inputs)
-        hidden = as_sequence(out.last_hidden_state)  # a CNN's feature map becomes H*W positions
+        last = getattr(out, "last_hidden_state", None)
+        if last is None:
+            raise HeadMismatchError(
+                f"the {type(self.backbone).__name__} backbone returned no last_hidden_state (it returned "
+                f"{list(out.keys()) if hasattr(out, 'keys') else type(out).__name__}); heads need one"
+            )
+        hidden = as_sequence(last)  # a CNN's feature map becomes H*W positions
         return hidden, self.hidden_mask(hidden, inputs.get("attention_mask"))
 
     def forward_heads(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from headkit._fs import staged_dir
+from headkit._fs import cache_dir, staged_dir
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.extras import require
 
@@ -103,8 +103,6 @@ def timm_checkpoint(
 ) -> Path:
     """A transformers checkpoint directory of timm's `architecture` with `weights` (random without),
     written once (cached under headkit's cache unless `directory` is given) and reused."""
-    from headkit.backbone import cache_dir
-
     weights = Path(weights).expanduser() if weights else None
     target = (
         Path(directory) if directory else cache_dir() / "timm" / f"{architecture}-{_cache_key(architecture, weights)}"

@@ -170,3 +170,12 @@ def test_onnx_export_and_server_answer_a_cnn(cnn, shapes, tmp_path):
         response = client.post("/predict", json={"images": [base64.b64encode(paths[0].read_bytes()).decode()]})
         assert response.status_code == 200, response.text
         assert response.json()["predictions"][0]["box"] == pytest.approx(expected[0]["box"], abs=0.05)
+
+
+def test_a_backbone_that_returns_no_hidden_state_is_a_clear_error(tmp_path):
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
+
+    model = MultiHeadModel.from_pretrained(save_cnn(tmp_path, "resnet"))
+    model.backbone.forward = lambda **_: BaseModelOutputWithPoolingAndNoAttention(pooler_output=torch.zeros(1, 16))
+    with pytest.raises(HeadMismatchError, match=r"returned no last_hidden_state \(it returned \['pooler_output'\]\)"):
+        model.forward_features(pixel_values=torch.zeros(1, 3, 32, 32))

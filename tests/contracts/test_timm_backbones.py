@@ -141,3 +141,15 @@ def test_the_shipped_efficientnet_lite0_is_the_imagenet_network():
         top = int(model(pixel_values=pixels).logits.argmax())
     assert top == 698 and model.config.id2label[top] == "palace"
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(4.65e6, rel=0.01)
+
+
+def test_inspect_finds_the_classifier_inside_the_timm_network(weights, tmp_path):
+    from headkit.backbone import inspect_model
+    from headkit.timm_checkpoint import timm_checkpoint
+
+    report = inspect_model(timm_checkpoint(TINY, weights, tmp_path / "ckpt"))
+    network = timm.create_model(TINY, pretrained=False)
+    assert report.backbone_module == "timm_model" and report.head_modules == {"timm_model.classifier": "Linear"}
+    assert report.head_kind == "image-classification" and report.hidden_size == network.num_features
+    assert report.params_head == sum(p.numel() for p in network.get_classifier().parameters())
+    assert report.params_backbone + report.params_head == report.params_total

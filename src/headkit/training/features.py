@@ -20,8 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headkit._fs import atomic_write_bytes
-from headkit.backbone import cache_dir
+from headkit._fs import atomic_write_bytes, cache_dir
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.model import MultiHeadModel
 
