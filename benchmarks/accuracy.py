@@ -60,7 +60,7 @@ def logistic_regression(train_csv: Path, test_csv: Path) -> tuple[float, float]:
     feats, labels = [], []
     for path in (train_csv, test_csv):
         data = prepare([TaskSpec("y", str(path))], tokenizer, MAX_LENGTH, val_fraction=0.0).train
-        cache, _ = cached_features(model, data, {"mean"}, need_tokens=False, progress=False)
+        cache, _ = cached_features(model, data, {"mean"}, token_layers=set(), progress=False)
         feats.append(cache.pooled["mean"].numpy())
         labels.append(data.labels["y"])
     clf = LogisticRegression(max_iter=3000).fit(feats[0], labels[0])

@@ -405,10 +405,25 @@ def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
     errors = []
     for auto in (AutoTokenizer, AutoImageProcessor):
         try:
-            return auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+            processor = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
             errors.append(f"{auto.__name__}: {e}")
+            continue
+        return with_pad_token(processor) if auto is AutoTokenizer else processor
     raise ModelNotFoundError(f"{source.path} has no tokenizer or image processor: " + "; ".join(errors))
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """A tokenizer that can pad: decoder LLMs' tokenizers often have no pad token ("Cannot handle
+    batch sizes > 1 if no padding token is defined"). An existing token is reused — eos, else unk,
+    else id 0 — so the vocabulary and the embeddings never change; headkit's attention masks come
+    from the texts' lengths, so padding is never read as text, even where pad == eos."""
+    if getattr(tokenizer, "pad_token", "") is not None or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        return tokenizer
+    token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
+    tokenizer.pad_token = token
+    print(f"note: the tokenizer has no pad token; padding with {token!r} (masked out everywhere, no new embedding)")
+    return tokenizer
 
 
 def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:

@@ -11,6 +11,9 @@ and `last` pooling (which read one chosen position) are refused there.
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 from torch import Tensor, nn
 
 from headkit.errors import HeadMismatchError
@@ -80,3 +83,22 @@ def check_map_pooling(backbone: nn.Module, head: str, pooling: str) -> None:
         f"convolutional feature map, which has no summary position; use one of {list(MAP_POOLINGS)} "
         "(global average or global max pooling)"
     )
+
+
+def numbers_positions_from_the_left(backbone: nn.Module) -> bool:
+    """True for decoder LLMs (GPT-2, Llama, ...), which number positions from the tensor's first
+    column: a left-padded text would start at position k instead of 0 unless given position ids.
+    (Encoders such as RoBERTa derive their own from the padding and must not be given any.)"""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = backbone.config.model_type
+    decoder = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return decoder and "position_ids" in inspect.signature(_unwrapped(backbone).forward).parameters
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that start at each row's first real token (left padding) and count real tokens."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(torch.long)

@@ -6,6 +6,11 @@
 
 `forward_features` and `forward_heads` are split (timm style) so frozen training can run the
 heads on cached backbone features without touching the backbone at all.
+
+A head reads the last hidden state unless its config names another `layer` (probing, or a head
+on an intermediate layer): then the backbone is asked for its hidden states once, and every head
+takes the layer it reads. Layers are keyed -1 (the last hidden state) or by their index into the
+backbone's `hidden_states` (0 = the embeddings); pooled features are keyed `feature_key(method, layer)`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from headkit.backbone import load_backbone
-from headkit.backbone_outputs import as_sequence, check_map_pooling, hidden_size, is_feature_map
+from headkit.backbone_outputs import (
+    as_sequence,
+    check_map_pooling,
+    hidden_size,
+    is_feature_map,
+    numbers_positions_from_the_left,
+    positions_from_mask,
+)
 from headkit.errors import HeadConfigError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
@@ -29,6 +41,27 @@ from headkit.heads.pooling import pool
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LAST_LAYER = -1
+Hidden = Tensor | Mapping[int, Tensor]  # the last hidden state, or hidden states by layer key
+
+
+def feature_key(method: str, layer: int = LAST_LAYER) -> str:
+    """The name of one pooled feature: 'mean' on the last hidden state, 'mean@3' on hidden state 3."""
+    return method if layer == LAST_LAYER else f"{method}@{layer}"
+
+
+def split_feature_key(key: str) -> tuple[str, int]:
+    method, _, layer = key.partition("@")
+    return method, int(layer) if layer else LAST_LAYER
+
+
+def at_layer(hidden: Hidden | None, layer: int) -> Tensor | None:
+    """The hidden states of one layer key from what a forward (or the feature cache) produced."""
+    if hidden is None or not isinstance(hidden, Mapping):
+        if layer != LAST_LAYER and hidden is not None:
+            raise HeadConfigError(f"hidden state {layer} was not computed; run the heads through forward_layers")
+        return hidden
+    return hidden[layer]
 
 
 @dataclass
@@ -52,6 +85,7 @@ class MultiHeadModel(nn.Module):
         super().__init__()
         hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
         self.backbone = backbone
+        self.needs_position_ids = numbers_positions_from_the_left(backbone)  # decoders: left padding
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
         for name, config in (heads or {}).items():
@@ -97,6 +131,7 @@ class MultiHeadModel(nn.Module):
                 f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
                 f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
             )
+        self.layer_key(config.layer, name)  # a layer out of range fails here, naming the valid ones
         if not head_class(config.type).per_token:
             check_map_pooling(self.backbone, name, config.pooling)
         if config.pooling == "pooler" and self.backbone_pooler is None:
@@ -150,21 +185,66 @@ class MultiHeadModel(nn.Module):
             return to_frames(t, attention_mask).long()
         return torch.ones(b, t, dtype=torch.long, device=hidden.device)
 
-    def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the backbone once: returns hidden states (B, T, H) and their mask (B, T)."""
-        out = self.backbone(**inputs)
+    @property
+    def num_layers(self) -> int | None:
+        """Transformer layers of the backbone (its hidden_states hold this many + 1, the embeddings first)."""
+        n = getattr(self.backbone.config, "num_hidden_layers", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    def layer_key(self, layer: int, head: str = "") -> int:
+        """-1 for the last hidden state, else the index into the backbone's hidden_states (0 = embeddings).
+
+        `layer` counts like a Python index over the hidden states: 0 is the embeddings, n the
+        last of n layers, -1 the last, -2 the one below it."""
+        if layer == LAST_LAYER:
+            return LAST_LAYER
+        n = self.num_layers
+        who = f"head '{head}'" if head else "a head"
+        if n is None:
+            raise HeadMismatchError(
+                f"{who} reads layer {layer}, but the {self.backbone.config.model_type} backbone does not say how many "
+                "layers it has (no num_hidden_layers); use layer -1, the last hidden state"
+            )
+        if not -(n + 1) <= layer <= n:
+            raise HeadConfigError(
+                f"{who} reads layer {layer}, but the {self.backbone.config.model_type} backbone has {n} layers: "
+                f"use 0..{n} (0 = the embeddings, {n} = the last) or -{n + 1}..-1"
+            )
+        index = layer % (n + 1)
+        return LAST_LAYER if index == n else index
+
+    def layers_read(self, heads: list[str] | None = None) -> set[int]:
+        """The layer keys the chosen heads (all by default) read."""
+        names = heads if heads is not None else list(self.heads)
+        known = [n for n in names if n in self.heads]  # forward_heads names any unknown one
+        return {self.layer_key(self.heads[n].config.layer) for n in known} or {LAST_LAYER}
+
+    def forward_layers(self, layers: set[int], **inputs: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+        """Run the backbone once: hidden states (B, T, H) of each layer key asked for, and their mask (B, T).
+
+        Layers below the last are taken from `output_hidden_states`, asked for only when needed."""
+        below = sorted(layer for layer in layers if layer != LAST_LAYER)
+        if self.needs_position_ids and "attention_mask" in inputs and "position_ids" not in inputs:
+            inputs = {**inputs, "position_ids": positions_from_mask(inputs["attention_mask"])}  # left padding
+        out = self.backbone(**inputs, output_hidden_states=True) if below else self.backbone(**inputs)
         last = getattr(out, "last_hidden_state", None)
         if last is None:
             raise HeadMismatchError(
                 f"the {type(self.backbone).__name__} backbone returned no last_hidden_state (it returned "
                 f"{list(out.keys()) if hasattr(out, 'keys') else type(out).__name__}); heads need one"
             )
-        hidden = as_sequence(last)  # a CNN's feature map becomes H*W positions
-        return hidden, self.hidden_mask(hidden, inputs.get("attention_mask"))
+        hidden = {LAST_LAYER: as_sequence(last)}  # a CNN's feature map becomes H*W positions
+        hidden.update({layer: as_sequence(out.hidden_states[layer]) for layer in below})
+        return hidden, self.hidden_mask(hidden[LAST_LAYER], inputs.get("attention_mask"))
+
+    def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the backbone once: the last hidden state (B, T, H) and its mask (B, T)."""
+        hidden, mask = self.forward_layers({LAST_LAYER}, **inputs)
+        return hidden[LAST_LAYER], mask
 
     def forward_heads(
         self,
-        hidden: Tensor | None,
+        hidden: Hidden | None,
         mask: Tensor,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
@@ -172,7 +252,8 @@ class MultiHeadModel(nn.Module):
     ) -> MultiHeadOutput:
         """Run the chosen heads (all by default) on backbone features and combine their losses.
 
-        `pooled` maps a pooling method to precomputed (B, H) vectors (the feature cache); pooled
+        `hidden` is the last hidden state, or hidden states by layer key (`forward_layers`).
+        `pooled` maps a `feature_key` to precomputed (B, H) vectors (the feature cache); pooled
         heads then skip pooling, and `hidden` may be None when no per-token head runs.
         """
         names = heads if heads is not None else list(self.heads)
@@ -180,16 +261,17 @@ class MultiHeadModel(nn.Module):
         if unknown:
             raise HeadConfigError(f"unknown head(s) {unknown}; this model has {list(self.heads)}")
         outputs = {}
-        pooled = dict(pooled or {})  # each pooling method is computed once, however many heads use it
+        pooled = dict(pooled or {})  # each (pooling, layer) is computed once, however many heads use it
         for name in names:
             head = self.heads[name]
+            layer = self.layer_key(head.config.layer)
             if head.per_token:
-                outputs[name] = head(hidden, mask)
+                outputs[name] = head(at_layer(hidden, layer), mask)
                 continue
-            method = head.config.pooling
-            if method not in pooled:
-                pooled[method] = self.pool(hidden, mask, method)
-            outputs[name] = head.forward_pooled(pooled[method])
+            key = feature_key(head.config.pooling, layer)
+            if key not in pooled:
+                pooled[key] = self.pool(at_layer(hidden, layer), mask, head.config.pooling)
+            outputs[name] = head.forward_pooled(pooled[key])
         result = MultiHeadOutput(outputs=outputs, mask=mask)
         if labels is None:
             return result
@@ -211,7 +293,7 @@ class MultiHeadModel(nn.Module):
         self,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
-        features: tuple[Tensor | None, Tensor, Mapping[str, Tensor]] | None = None,
+        features: tuple[Hidden | None, Tensor, Mapping[str, Tensor]] | None = None,
         **inputs: Tensor,
     ) -> MultiHeadOutput:
         """Backbone + heads; with `features` = (hidden, mask, pooled) from the feature cache the
@@ -219,7 +301,7 @@ class MultiHeadModel(nn.Module):
         if features is not None:
             hidden, mask, pooled = features
             return self.forward_heads(hidden, mask, labels=labels, heads=heads, pooled=pooled)
-        hidden, mask = self.forward_features(**inputs)
+        hidden, mask = self.forward_layers(self.layers_read(heads), **inputs)
         return self.forward_heads(hidden, mask, labels=labels, heads=heads)
 
     def tied_parameter_names(self) -> set[str]:

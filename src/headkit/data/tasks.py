@@ -38,6 +38,8 @@ class TaskSpec:
         loss_weight: this head's weight in the total loss.
         dropout: dropout before the head's layers (default: the head type's own, e.g. 0.1).
         limit: use at most this many rows of the source (a seeded random sample).
+        layer: the hidden state the head reads: -1 the last, 0 the embeddings, k the k-th layer
+            (negative: counted from the top). Heads on different layers share one backbone pass.
     """
 
     name: str
@@ -49,9 +51,10 @@ class TaskSpec:
     loss_weight: float = 1.0
     dropout: float | None = None
     limit: int | None = None
+    layer: int = -1
 
 
-def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean") -> TaskSpec:
+def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean", layer: int = -1) -> TaskSpec:
     """`name:column[:type]` (with shared --data/--text) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -59,7 +62,7 @@ def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "
     if not data:
         raise DataError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
     kind = parts[2] if len(parts) > 2 else DEFAULT_HEAD_TYPE
-    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind, pooling=pooling)
+    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind, pooling=pooling, layer=layer)
 
 
 @dataclass
@@ -150,7 +153,9 @@ def prepare(
             options = {} if kind.per_token else {"pooling": task.pooling}
             if task.dropout is not None:
                 options["dropout"] = task.dropout
-            heads[task.name] = head_config(task.type, labels=list(labels), loss_weight=task.loss_weight, **options)
+            heads[task.name] = head_config(
+                task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
+            )
         train_idx, val_idx = split_indices(len(encoded), val_fraction, seed)
         train_parts.append(encoded.subset(train_idx))
         val_parts.append(encoded.subset(val_idx))

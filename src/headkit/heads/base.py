@@ -47,6 +47,7 @@ class HeadConfig:
     pooling: str = "cls"
     dropout: float = 0.1
     loss_weight: float = 1.0
+    layer: int = -1  # the hidden state read: -1 the last; 0 the embeddings, k the k-th layer (negative: from the top)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,6 +52,8 @@ class TrainConfig:
         pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
             backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
             a classification head as a plain transformers model).
+        layer: shorthand: the hidden state the --head heads read (-1: the last; 0: the embeddings;
+            k: layer k; negative: counted from the top).
         output_dir: the run directory.
         strategy: frozen, partial:K, full, lora, lp-ft or fewshot.
         weighting: static (each head's loss_weight) or uncertainty (learned).
@@ -90,6 +92,7 @@ class TrainConfig:
     text: str = "text"
     head: list[str] = field(default_factory=list)
     pooling: str = "mean"
+    layer: int = -1
     output_dir: str = "runs/latest"
     strategy: str = "frozen"
     weighting: str = "static"
@@ -121,12 +124,15 @@ class TrainConfig:
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [parse_task(spec, self.data, self.text, self.pooling) for spec in self.head]
+        return tasks + [parse_task(spec, self.data, self.text, self.pooling, self.layer) for spec in self.head]
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a run: a resumed run must match them exactly."""
         data = dataclasses.asdict(self)
         data["tasks"] = [dataclasses.asdict(t) for t in self.all_tasks()]
-        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text", "pooling"):
+        for task in data["tasks"]:
+            if task["layer"] == -1:
+                del task["layer"]  # the default: runs saved before heads had layers still resume
+        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text", "pooling", "layer"):
             data.pop(key)
         return data

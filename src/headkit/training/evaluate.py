@@ -60,7 +60,7 @@ def evaluate(
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
         if cache is not None:
             hidden, mask, pooled = cache.batch(batch["index"])
-            hidden = hidden.to(device) if hidden is not None else None
+            hidden = {layer: h.to(device) for layer, h in hidden.items()} if hidden is not None else None
             out = model.forward_heads(
                 hidden, mask.to(device), labels, pooled={k: v.to(device) for k, v in pooled.items()}
             )

@@ -3,7 +3,8 @@
 A frozen backbone in eval mode maps the same tokens to the same hidden states every epoch, so
 they are computed once and stored as safetensors under the headkit cache, keyed by a hash of
 the backbone's weights, the token ids and the feature kinds. Pooled heads need one vector per
-example per pooling method; per-token heads need every position, stored flat with offsets.
+example per pooling method and layer (`feature_key`); per-token heads need every position of
+the layers they read, stored flat with offsets. Only the layers some head reads are stored.
 A later run on the same backbone and data (another seed, other head settings) reuses the file.
 """
 
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from headkit._fs import atomic_write_bytes, cache_dir
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
-from headkit.model import MultiHeadModel
+from headkit.model import LAST_LAYER, MultiHeadModel, feature_key, split_feature_key
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -46,29 +47,40 @@ def tokens_digest(data: EncodedData) -> str:
 class FeatureCache:
     """Backbone outputs for every example of one dataset."""
 
-    pooled: dict[str, Tensor]  # pooling method -> (N, H)
-    tokens: Tensor | None  # (sum of lengths, H), or None when no per-token head needs it
+    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H)
+    tokens: dict[int, Tensor]  # layer key -> (sum of lengths, H), for the layers per-token heads read
     offsets: Tensor  # (N + 1,) start of each example in `tokens`
 
-    def batch(self, indices: Tensor) -> tuple[Tensor | None, Tensor, dict[str, Tensor]]:
-        """Hidden states (padded), their mask, and pooled vectors for the given examples."""
+    def batch(self, indices: Tensor) -> tuple[dict[int, Tensor] | None, Tensor, dict[str, Tensor]]:
+        """Hidden states by layer (padded), their mask, and pooled vectors for the given examples."""
         pooled = {m: v[indices] for m, v in self.pooled.items()}
         lengths = (self.offsets[indices + 1] - self.offsets[indices]).tolist()
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1
-        if self.tokens is None:
+        if not self.tokens:
             return None, mask, pooled
-        hidden = self.tokens.new_zeros(len(lengths), max(lengths), self.tokens.shape[1])
-        for i, (start, n) in enumerate(zip(self.offsets[indices].tolist(), lengths, strict=True)):
-            hidden[i, :n] = self.tokens[start : start + n]
+        hidden = {}
+        for layer, tokens in self.tokens.items():
+            padded = tokens.new_zeros(len(lengths), max(lengths), tokens.shape[1])
+            for i, (start, n) in enumerate(zip(self.offsets[indices].tolist(), lengths, strict=True)):
+                padded[i, :n] = tokens[start : start + n]
+            hidden[layer] = padded
         return hidden, mask, pooled
 
 
-def features_needed(model: MultiHeadModel) -> tuple[set[str], bool]:
-    """What the heads read: the pooling methods of pooled heads, and whether any reads every token."""
-    poolings = {h.config.pooling for h in model.heads.values() if not h.per_token}
-    return poolings, any(h.per_token for h in model.heads.values())
+def features_needed(model: MultiHeadModel) -> tuple[set[str], set[int]]:
+    """What the heads read: the pooled features (`feature_key`s) of pooled heads, and the layers
+    whose every position some per-token head reads."""
+    pooled = {
+        feature_key(h.config.pooling, model.layer_key(h.config.layer)) for h in model.heads.values() if not h.per_token
+    }
+    token_layers = {model.layer_key(h.config.layer) for h in model.heads.values() if h.per_token}
+    return pooled, token_layers
+
+
+def _stored_name(layer: int) -> str:
+    return "tokens" if layer == LAST_LAYER else f"tokens@{layer}"
 
 
 @torch.no_grad()
@@ -76,13 +88,14 @@ def compute_features(
     model: MultiHeadModel,
     data: EncodedData,
     poolings: set[str],
-    need_tokens: bool,
+    token_layers: set[int],
     batch_size: int = 64,
     pad_id: int = 0,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> FeatureCache:
-    """Run the backbone over `data` once (eval mode, no grad) and keep what the heads need.
+    """Run the backbone over `data` once (eval mode, no grad) and keep what the heads need:
+    `poolings` (feature keys) and every position of `token_layers`.
 
     `shard` = (index, count): compute only every count-th batch from the index-th on, leaving
     zeros elsewhere, so that several processes each compute a share and a sum joins them."""
@@ -90,22 +103,24 @@ def compute_features(
     model.eval()
     n, device = len(data), model.device
     hidden_size = model.hidden_size
-    pooled = {m: torch.zeros(n, hidden_size) for m in poolings}
+    pooled = {key: torch.zeros(n, hidden_size) for key in poolings}
     lengths = torch.tensor(data.lengths())
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = lengths.cumsum(0)
-    tokens = torch.zeros(int(offsets[-1]), hidden_size) if need_tokens else None
+    tokens = {layer: torch.zeros(int(offsets[-1]), hidden_size) for layer in token_layers}
+    layers = {split_feature_key(key)[1] for key in poolings} | set(token_layers)
     index, count = shard
     batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()[index::count]
     for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
         batch = collate([data[i] for i in indices], pad_id, {}, {})
-        hidden, mask = model.forward_features(**model_inputs(batch, device))
-        hidden = hidden.float()
-        for method in poolings:
-            pooled[method][indices] = model.pool(hidden, mask, method).cpu()
-        if tokens is not None:
+        hidden, mask = model.forward_layers(layers or {LAST_LAYER}, **model_inputs(batch, device))
+        for key in poolings:
+            method, layer = split_feature_key(key)
+            pooled[key][indices] = model.pool(hidden[layer].float(), mask, method).cpu()
+        for layer, store in tokens.items():
+            states = hidden[layer].float()
             for row, i in enumerate(indices):
-                tokens[offsets[i] : offsets[i + 1]] = hidden[row, : int(lengths[i])].cpu()
+                store[offsets[i] : offsets[i + 1]] = states[row, : int(lengths[i])].cpu()
     model.train(was_training)
     return FeatureCache(pooled, tokens, offsets)
 
@@ -114,7 +129,7 @@ def cached_features(
     model: MultiHeadModel,
     data: EncodedData,
     poolings: set[str],
-    need_tokens: bool,
+    token_layers: set[int],
     batch_size: int = 64,
     pad_id: int = 0,
     root: Path | None = None,
@@ -131,7 +146,7 @@ def cached_features(
     `shard`, `total` sums the shares across processes (every process then holds all features),
     and only the process with `write` stores the file.
     """
-    kinds = ",".join(sorted(poolings)) + (",tokens" if need_tokens else "")
+    kinds = ",".join(sorted(poolings) + sorted(_stored_name(layer) for layer in token_layers))
     digest = backbone_digest or weights_digest(model.backbone)
     key = hashlib.sha256(f"{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
     path = (root or cache_dir() / "features") / f"{key[:32]}.safetensors"
@@ -139,17 +154,17 @@ def cached_features(
         try:
             stored = safetensors.torch.load_file(path)
             pooled = {k[len("pooled.") :]: v for k, v in stored.items() if k.startswith("pooled.")}
-            return FeatureCache(pooled, stored.get("tokens"), stored["offsets"]), True
+            tokens = {layer: stored[_stored_name(layer)] for layer in token_layers}
+            return FeatureCache(pooled, tokens, stored["offsets"]), True
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
-    features = compute_features(model, data, poolings, need_tokens, batch_size, pad_id, progress, shard)
+    features = compute_features(model, data, poolings, token_layers, batch_size, pad_id, progress, shard)
     if total is not None:  # each share holds zeros outside its own batches
         pooled = {m: total(v) for m, v in features.pooled.items()}
-        tokens = total(features.tokens) if features.tokens is not None else None
+        tokens = {layer: total(v) for layer, v in features.tokens.items()}
         features = FeatureCache(pooled, tokens, features.offsets)
     if write:
         tensors = {f"pooled.{m}": v for m, v in features.pooled.items()} | {"offsets": features.offsets}
-        if features.tokens is not None:
-            tensors["tokens"] = features.tokens
+        tensors |= {_stored_name(layer): v for layer, v in features.tokens.items()}
         atomic_write_bytes(path, safetensors.torch.save(tensors))
     return features, False

@@ -54,7 +54,7 @@ from headkit._fs import atomic_write_bytes
 from headkit.data.batching import EncodedData, collate, model_inputs
 from headkit.errors import HeadConfigError
 from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
-from headkit.model import MultiHeadModel
+from headkit.model import MultiHeadModel, feature_key
 from headkit.training.features import FeatureCache, compute_features, features_needed
 from headkit.training.strategies import adamw, set_backbone_trainable
 
@@ -101,16 +101,19 @@ def _pair_similarities(
     ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
     row = {i: r for r, i in enumerate(ids)}
     batch = collate([data[i] for i in ids], pad_id, {}, {})
-    hidden, mask = model.forward_features(**model_inputs(batch, model.device))
+    heads = sorted({p.head for p in pairs})
+    hidden, mask = model.forward_layers(model.layers_read(heads), **model_inputs(batch, model.device))
     pooled: dict[str, torch.Tensor] = {}
 
     def embed(head: str, i: int, pos: int) -> torch.Tensor:
+        layer = model.layer_key(model.heads[head].config.layer)
         if pos >= 0:
-            return hidden[row[i], pos]
+            return hidden[layer][row[i], pos]
         method = model.heads[head].config.pooling
-        if method not in pooled:
-            pooled[method] = model.pool(hidden, mask, method)
-        return pooled[method][row[i]]
+        key = feature_key(method, layer)
+        if key not in pooled:
+            pooled[key] = model.pool(hidden[layer], mask, method)
+        return pooled[key][row[i]]
 
     left = torch.stack([embed(p.head, p.left, p.left_pos) for p in pairs])
     right = torch.stack([embed(p.head, p.right, p.right_pos) for p in pairs])
@@ -209,31 +212,32 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _token_rows(cache: FeatureCache, tags: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+def _token_rows(cache: FeatureCache, layer: int, tags: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
     rows, labels = [], []
     for i, row in enumerate(tags):
         for pos, tag in enumerate(row or []):
             if tag != IGNORE_INDEX:
                 rows.append(int(cache.offsets[i]) + pos)
                 labels.append(tag)
-    return cache.tokens[rows].numpy(), np.asarray(labels)
+    return cache.tokens[layer][rows].numpy(), np.asarray(labels)
 
 
 @torch.no_grad()
 def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress: bool = True) -> None:
     """Fit every head in closed form on the frozen backbone's features (one backbone pass)."""
-    poolings, need_tokens = features_needed(model)
-    cache = compute_features(model, data, poolings, need_tokens, pad_id=pad_id, progress=progress)
+    poolings, token_layers = features_needed(model)
+    cache = compute_features(model, data, poolings, token_layers, pad_id=pad_id, progress=progress)
     for name, head in model.heads.items():
         y = data.labels.get(name)
         if y is None:
             continue
         head.config.normalize = True  # the head reads directions, which is what the pairs trained
+        layer = model.layer_key(head.config.layer)
         if head.per_token:
-            x, tags = _token_rows(cache, y)
+            x, tags = _token_rows(cache, layer, y)
             head.fewshot_fit(_unit(x), tags)
         else:
-            head.fewshot_fit(_unit(cache.pooled[head.config.pooling].numpy()), y)
+            head.fewshot_fit(_unit(cache.pooled[feature_key(head.config.pooling, layer)].numpy()), y)
 
 
 # ----------------------------------------------------------------------------- the recipe

@@ -264,13 +264,13 @@ def _features(run: Run, data, digest: str) -> FeatureCache:
     """The backbone's features for `data`, from the cache or computed: under several processes
     each computes a share of the batches, a sum joins them, and rank 0 writes the file."""
     model, accelerator = run.model, run.accelerator
-    poolings, need_tokens = features_needed(model)
+    poolings, token_layers = features_needed(model)
     shares = accelerator.num_processes
     cache, hit = cached_features(
         model,
         data,
         poolings,
-        need_tokens,
+        token_layers,
         batch_size=64,
         pad_id=run.pad_id,
         progress=run.config.progress and run.main,
@@ -372,7 +372,7 @@ def _step(run: Run, current: PhaseRun, batch: dict[str, Any]):
 def _to_device(cache_batch, device):
     hidden, mask, pooled = cache_batch
     return (
-        hidden.to(device) if hidden is not None else None,
+        {layer: h.to(device) for layer, h in hidden.items()} if hidden is not None else None,
         mask.to(device),
         {k: v.to(device) for k, v in pooled.items()},
     )
