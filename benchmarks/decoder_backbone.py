@@ -33,12 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=3000)
     args = parser.parse_args()
-    dequantised(resolve_model("smollm2"))  # a one-off conversion, not part of any method's time
     frozen = {"epochs": 30, "lr": 3e-3, "patience": 0, "val_fraction": 0.0}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         os.environ["HEADKIT_CACHE"] = str(out / "cache")  # every method computes its own features
+        dequantised(resolve_model("smollm2"))  # a one-off conversion, not part of any method's time
         train_csv, test_csv = write_split("rotten_tomatoes", args.limit, out)
         for label, model, pooling in (
             ("MiniLM (22.7M), mean pooling", "minilm", "mean"),

@@ -13,7 +13,9 @@ table and as a PNG plot.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -56,6 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    os.environ["HEADKIT_CACHE"] = str(out / "cache")  # the run's seconds include computing the features
     train_csv, test_csv = write_split("rotten_tomatoes", args.limit, out)
     layers = range(7)  # MiniLM: the embeddings + 6 layers
     tasks = [TaskSpec(f"layer{k}", str(train_csv), layer=k, dropout=0.0) for k in layers]
@@ -81,8 +85,9 @@ def main() -> None:
         model, tokenizer, str(test_csv), {f"layer{k}": "label" for k in layers}, max_length=MAX_LENGTH
     )
     accuracies = {k: result.scores[f"layer{k}"]["accuracy"] for k in layers}
-    labels = test_csv.read_text(encoding="utf-8").splitlines()[1:]
-    fresh = sum(line.rsplit(",", 1)[-1] == "fresh" for line in labels) / len(labels)
+    with open(test_csv, newline="", encoding="utf-8") as f:
+        labels = [row["label"] for row in csv.DictReader(f)]  # snippets may hold newlines: read it as CSV
+    fresh = labels.count("fresh") / len(labels)
     path = plot(accuracies, max(fresh, 1 - fresh), out / "probing.png")
     print(f"\nRotten Tomatoes, {len(labels)} test snippets; 7 probes trained in one frozen run: {seconds:.1f} s")
     print(f"{'hidden state':14}{'test accuracy':>14}")

@@ -166,3 +166,19 @@ def saved_multihead(tiny_text_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("saved") / "model"
     headkit.save(model, path, processor=headkit.load_processor(tiny_text_model))
     return path
+
+
+def save_decoder(directory: Path, kind: str) -> Path:
+    """A tiny random decoder with a word-level tokenizer that, like GPT-2's, has an eos but no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {word: i for i, word in enumerate(["<unk>", "<eos>", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+    tokenizer.save_pretrained(directory)
+    config = tiny_config(kind)
+    config.vocab_size = len(vocab)
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(directory)
+    return directory

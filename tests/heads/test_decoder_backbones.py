@@ -10,23 +10,7 @@ import transformers
 from headkit import MultiHeadModel, head_config
 from headkit.backbone import load_processor
 
-from conftest import WORDS, sentiment_rows, tiny_config, write_csv
-
-
-def save_decoder(directory: Path, kind: str) -> Path:
-    """A tiny random decoder with a word-level tokenizer that, like GPT-2's, has an eos but no pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {word: i for i, word in enumerate(["<unk>", "<eos>", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
-    tokenizer.save_pretrained(directory)
-    config = tiny_config(kind)
-    config.vocab_size = len(vocab)
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(directory)
-    return directory
+from conftest import save_decoder, sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -29,12 +29,14 @@ NAN = float("nan")
 class EncodedData(Dataset):
     """Token ids (text) or pixel tensors (images) plus each head's labels, one entry per example.
 
-    Heads absent from `labels` are missing for every example here."""
+    Heads absent from `labels` are missing for every example here. Preference pairs (reward
+    heads) hold the chosen text's ids in `input_ids` and the rejected one's in `pair_ids`."""
 
     input_ids: list[list[int]]
     labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
     texts: list[Any] = field(default_factory=list)
     pixels: torch.Tensor | None = None  # (N, C, H, W) for image data; input_ids are then empty lists
+    pair_ids: list[list[int]] | None = None  # the second text of each preference pair
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -43,6 +45,8 @@ class EncodedData(Dataset):
         example = {"index": i, "input_ids": self.input_ids[i], "labels": {h: y[i] for h, y in self.labels.items()}}
         if self.pixels is not None:
             example["pixel_values"] = self.pixels[i]
+        if self.pair_ids is not None:
+            example["pair_ids"] = self.pair_ids[i]
         return example
 
     def subset(self, indices: list[int] | np.ndarray) -> EncodedData:
@@ -50,9 +54,12 @@ class EncodedData(Dataset):
         labels = {h: (y[idx] if isinstance(y, np.ndarray) else [y[i] for i in idx]) for h, y in self.labels.items()}
         texts = [self.texts[i] for i in idx] if self.texts else []
         pixels = self.pixels[idx] if self.pixels is not None else None
-        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels)
+        pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids)
 
     def lengths(self) -> list[int]:
+        if self.pair_ids is not None:
+            return [max(len(a), len(b)) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
         return [len(x) or 1 for x in self.input_ids]  # images: all one length
 
 
@@ -68,6 +75,12 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     if any(images) and not all(images):
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
     pixels = torch.cat([p.pixels for p in parts]) if all(images) and parts else None
+    pairs = [p.pair_ids is not None for p in parts]
+    if any(pairs) and not all(pairs):
+        raise DataError(
+            "a run trains on preference pairs or on single texts, not both: give reward heads a run of their own"
+        )
+    pair_ids = [ids for p in parts for ids in p.pair_ids] if all(pairs) and parts else None
     labels: dict[str, Any] = {}
     for head, head_type in heads.items():
         layout = head_class(head_type).label_layout
@@ -80,7 +93,7 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
         labels[head] = np.concatenate(
             [p.labels[head] if head in p.labels else np.full((len(p), *shape), fill, dtype) for p in parts]
         )
-    return EncodedData(input_ids, labels, texts, pixels)
+    return EncodedData(input_ids, labels, texts, pixels, pair_ids)
 
 
 def fill_missing_float(values: list[Any], width: int) -> np.ndarray:
@@ -166,17 +179,21 @@ class LengthGroupedBatches(Sampler[list[int]]):
 def collate(
     examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
 ) -> dict[str, Any]:
-    """Pad a list of examples to the longest one in the batch (dynamic padding); stack images."""
+    """Pad a list of examples to the longest one in the batch (dynamic padding); stack images.
+
+    A batch of B preference pairs has 2B rows of inputs (chosen, then rejected) and B of labels."""
     if "pixel_values" in examples[0]:
         length = 0
         batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
     else:
-        length = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for i, e in enumerate(examples):
-            input_ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            attention_mask[i, : len(e["input_ids"])] = 1
+        # preference pairs: the B chosen texts, then the B rejected ones (reward heads split the halves)
+        sequences = [e["input_ids"] for e in examples] + [e["pair_ids"] for e in examples if "pair_ids" in e]
+        length = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for i, ids in enumerate(sequences):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     labels: dict[str, torch.Tensor] = {}
     for head, head_type in head_types.items():

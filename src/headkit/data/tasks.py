@@ -15,6 +15,7 @@ import numpy as np
 
 from headkit.data.batching import EncodedData, align_tags, concat, split_indices, tokenize
 from headkit.data.images import is_image_processor, load_images, preprocess
+from headkit.data.pairs import tokenize_pairs
 from headkit.data.readers import read_rows
 from headkit.errors import DataError
 from headkit.heads import HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
@@ -127,9 +128,18 @@ def prepare(
         rows = _sample(read_rows(source), min((t.limit for t in group if t.limit), default=None), seed)
         kinds = {t.name: head_class(t.type) for t in group}
         words = any(k.inputs == "words" for k in kinds.values())
+        pairs = [t for t in group if kinds[t.name].inputs == "pairs"]
         images = is_image_processor(processor)
         sizes = None
-        if images:  # the text column names image files
+        if pairs:  # preference pairs: every head on this data reads them
+            if len(pairs) != len(group) or images:
+                raise DataError(
+                    f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
+                    "images cannot share; give them a run of their own"
+                )
+            chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
+            encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
+        elif images:  # the text column names image files
             pictures, sizes = load_images(rows, text_column, data)
             pixels = preprocess(processor, pictures, crop=all(k.crop_ok for k in kinds.values()))
             encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)

@@ -15,6 +15,7 @@ from headkit.heads.classification import ClassificationConfig, ClassificationHea
 from headkit.heads.ctc import CTCConfig, CTCHead
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
 from headkit.heads.pooling import POOLING_METHODS, pool
+from headkit.heads.reward import RewardConfig, RewardHead
 from headkit.heads.span import SpanConfig, SpanHead
 from headkit.heads.token_classification import TokenClassificationConfig, TokenClassificationHead
 
@@ -28,6 +29,7 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
     CAUSAL_LM: (LMConfig, CausalLMHead),
     "ctc": (CTCConfig, CTCHead),
     "box": (BoxConfig, BoxHead),
+    "reward": (RewardConfig, RewardHead),
 }
 
 

@@ -81,8 +81,9 @@ LabelLayout = Literal["index", "vector", "per_token"]
     per_token  one id per token: (B, T) long, IGNORE_INDEX where a token has no label
 """
 
-Inputs = Literal["text", "words", "images"]
-"""What a head's training rows hold: text, pre-split words (one label per word), or image files."""
+Inputs = Literal["text", "words", "images", "pairs"]
+"""What a head's training rows hold: text, pre-split words (one label per word), image files, or
+preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs)."""
 
 
 @dataclass(frozen=True)

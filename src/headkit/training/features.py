@@ -38,8 +38,9 @@ def weights_digest(module: torch.nn.Module) -> str:
 def tokens_digest(data: EncodedData) -> str:
     if data.pixels is not None:  # image data: the pixels are the input
         return hashlib.sha256(data.pixels.float().contiguous().numpy().tobytes()).hexdigest()
-    lengths = np.array(data.lengths(), dtype=np.int64)
-    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in data.input_ids]) if len(data) else lengths
+    sequences = data.input_ids + (data.pair_ids or [])
+    lengths = np.array([len(x) for x in sequences], dtype=np.int64)
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in sequences]) if len(data) else lengths
     return hashlib.sha256(lengths.tobytes() + flat.tobytes()).hexdigest()
 
 
@@ -47,12 +48,22 @@ def tokens_digest(data: EncodedData) -> str:
 class FeatureCache:
     """Backbone outputs for every example of one dataset."""
 
-    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H)
+    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H); preference pairs: (2N, H)
     tokens: dict[int, Tensor]  # layer key -> (sum of lengths, H), for the layers per-token heads read
     offsets: Tensor  # (N + 1,) start of each example in `tokens`
 
+    @property
+    def pairs(self) -> bool:
+        """Preference pairs: rows N..2N-1 of `pooled` are the rejected texts of examples 0..N-1."""
+        n = len(self.offsets) - 1
+        return any(v.shape[0] == 2 * n for v in self.pooled.values()) and n > 0
+
     def batch(self, indices: Tensor) -> tuple[dict[int, Tensor] | None, Tensor, dict[str, Tensor]]:
-        """Hidden states by layer (padded), their mask, and pooled vectors for the given examples."""
+        """Hidden states by layer (padded), their mask, and pooled vectors for the given examples
+        (for B preference pairs: 2B rows, the chosen ones first, as collate lays them out)."""
+        if self.pairs:
+            rows = torch.cat([indices, indices + len(self.offsets) - 1])
+            return None, torch.ones(len(rows), 1, dtype=torch.long), {m: v[rows] for m, v in self.pooled.items()}
         pooled = {m: v[indices] for m, v in self.pooled.items()}
         lengths = (self.offsets[indices + 1] - self.offsets[indices]).tolist()
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
@@ -103,7 +114,8 @@ def compute_features(
     model.eval()
     n, device = len(data), model.device
     hidden_size = model.hidden_size
-    pooled = {key: torch.zeros(n, hidden_size) for key in poolings}
+    pairs = data.pair_ids is not None  # 2 rows per example: the chosen text, then (at n + i) the rejected
+    pooled = {key: torch.zeros(2 * n if pairs else n, hidden_size) for key in poolings}
     lengths = torch.tensor(data.lengths())
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = lengths.cumsum(0)
@@ -114,9 +126,10 @@ def compute_features(
     for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
         batch = collate([data[i] for i in indices], pad_id, {}, {})
         hidden, mask = model.forward_layers(layers or {LAST_LAYER}, **model_inputs(batch, device))
+        rows = indices + [n + i for i in indices] if pairs else indices
         for key in poolings:
             method, layer = split_feature_key(key)
-            pooled[key][indices] = model.pool(hidden[layer].float(), mask, method).cpu()
+            pooled[key][rows] = model.pool(hidden[layer].float(), mask, method).cpu()
         for layer, store in tokens.items():
             states = hidden[layer].float()
             for row, i in enumerate(indices):

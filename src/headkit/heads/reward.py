@@ -1,0 +1,105 @@
+"""Reward heads: one scalar score per sequence, trained on preference pairs.
+
+The Bradley–Terry model (as in InstructGPT's reward model and TRL's RewardTrainer) says the
+chosen response beats the rejected one with probability sigmoid(r_chosen - r_rejected), so the
+loss is -log sigmoid(r_chosen - r_rejected) per pair. A batch of B pairs arrives as 2B scored
+rows, the chosen ones first (headkit.data.pairs, collate). The metric is the share of pairs the
+head ranks right. At prediction time a reward head scores each text given (a prompt and a
+response joined as the user likes), like any other pooled head, so it exports to ONNX and serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headkit.errors import HeadConfigError
+from headkit.heads.base import HeadBase, HeadConfig, LabelSource, rows_with_labels, zero_loss
+from headkit.heads.pooling import check_pooling, pool
+
+
+@dataclass
+class RewardConfig(HeadConfig):
+    type: str = "reward"
+    pooling: str = "last"  # a decoder's summary of the whole sequence is its last real token
+    dropout: float = 0.0
+
+
+class RewardHead(HeadBase):
+    """pool -> dropout -> linear to one score; Bradley–Terry loss on (chosen, rejected) pairs."""
+
+    inputs = "pairs"
+    label_layout = "vector"
+    primary_metric, greater_is_better = "pair_accuracy", True
+    suggested_name = "reward"
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        return ["score"]
+
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> np.ndarray:
+        """Every row is a pair to rank (the texts themselves are checked where they are encoded)."""
+        return np.ones((len(rows), 1), dtype=np.float32)
+
+    def __init__(self, config: RewardConfig):
+        super().__init__()
+        check_pooling(config.pooling)
+        self.config = config
+        self.scorer = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.input_size, 1))
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_pooled(pool(hidden, mask, self.config.pooling))
+
+    def forward_pooled(self, pooled: Tensor) -> Tensor:
+        return self.scorer(pooled).squeeze(-1).float()  # (B,)
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        pairs = labels.shape[0]
+        if output.shape[0] != 2 * pairs:
+            raise HeadConfigError(
+                f"a reward head trains on preference pairs (2 x {pairs} scored rows), got {output.shape[0]} rows"
+            )
+        present = rows_with_labels(labels)
+        n = int(present.sum())
+        if n == 0:
+            return zero_loss(output), 0
+        margin = output[:pairs][present] - output[pairs:][present]
+        return -F.logsigmoid(margin).mean(), n
+
+    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
+        return output.float().tolist()
+
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
+        """One entry per scored row (chosen rows, then rejected rows, as `decode` scores them), each
+        saying how many pairs its batch holds, so that `score` can pair them up again."""
+        present = rows_with_labels(labels).tolist()
+        pairs = len(present)
+        return [{"pairs": pairs, "present": ok} for ok in present + present]
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        margins, i = [], 0
+        while i < len(references):  # one batch: its chosen rows, then its rejected rows
+            pairs = references[i]["pairs"]
+            chosen, rejected = predictions[i : i + pairs], predictions[i + pairs : i + 2 * pairs]
+            present = [r["present"] for r in references[i : i + pairs]]
+            margins += [c - r for c, r, ok in zip(chosen, rejected, present, strict=True) if ok]
+            i += 2 * pairs
+        if not margins:
+            return {}
+        return {
+            "pair_accuracy": float(np.mean([m > 0 for m in margins])),
+            "mean_margin": float(np.mean(margins)),
+        }
+
+    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
+        return {"score": prediction}
+
+    def brief(self, prediction: Any) -> str:
+        return f"score {prediction['score']:.4f}"
