@@ -38,7 +38,14 @@ def labels_for(head_type: str) -> torch.Tensor:
         return torch.tensor([[1, 2, IGNORE_INDEX], [IGNORE_INDEX] * 3, [2, 2, 1], [1, IGNORE_INDEX, IGNORE_INDEX]])
     if head_type == "box":
         return torch.tensor([[0.1, 0.1, 0.5, 0.5], [NAN] * 4, [0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]])
+    if head_type == "reward":  # B preference pairs
+        return torch.tensor([[1.0], [NAN], [1.0], [1.0]])
     raise ValueError(head_type)
+
+
+def rows(head) -> int:
+    """Scored rows for B labelled examples: a pairs head scores the chosen and the rejected text."""
+    return 2 * B if head.inputs == "pairs" else B
 
 
 def make(head_type: str):
@@ -56,8 +63,8 @@ def make(head_type: str):
 def test_forward_loss_backward_decode_score(head_type):
     torch.manual_seed(0)
     head = make(head_type)
-    hidden = torch.randn(B, T, H, requires_grad=True)
-    out = head(hidden, mask())
+    hidden = torch.randn(rows(head), T, H, requires_grad=True)
+    out = head(hidden, mask().repeat(rows(head) // B, 1))
     y = labels_for(head_type)
     loss, n = head.loss(out, y, mask())
     assert n == 3  # example 1 is missing
@@ -66,7 +73,7 @@ def test_forward_loss_backward_decode_score(head_type):
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
     preds, refs = head.decode(out.detach(), mask()), head.references(y, mask())
-    assert len(preds) == len(refs) == B and refs[1] is None
+    assert len(preds) == len(refs) == rows(head) and refs[1] is None
     scores = head.score(preds, refs)
     assert head.primary_metric in scores and all(math.isfinite(v) for v in scores.values())
 
@@ -74,8 +81,8 @@ def test_forward_loss_backward_decode_score(head_type):
 @pytest.mark.parametrize("head_type", sorted(REGISTRY))
 def test_all_labels_missing_gives_zero_loss_not_nan(head_type):
     head = make(head_type)
-    hidden = torch.randn(B, T, H, requires_grad=True)
-    out = head(hidden, mask())
+    hidden = torch.randn(rows(head), T, H, requires_grad=True)
+    out = head(hidden, mask().repeat(rows(head) // B, 1))
     y = labels_for(head_type)
     y = torch.full_like(y, NAN) if y.is_floating_point() else torch.full_like(y, IGNORE_INDEX)
     loss, n = head.loss(out, y, mask())

@@ -76,21 +76,21 @@ class RewardHead(HeadBase):
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
         return output.float().tolist()
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
-        """One entry per scored row (chosen rows, then rejected rows, as `decode` scores them), each
-        saying how many pairs its batch holds, so that `score` can pair them up again."""
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[str, int] | None]:
+        """One entry per scored row, in the order `decode` scores them (chosen rows, then rejected
+        rows): its role and how far away its partner row is; None where the pair has no label."""
         present = rows_with_labels(labels).tolist()
         pairs = len(present)
-        return [{"pairs": pairs, "present": ok} for ok in present + present]
+        return [("chosen", pairs) if ok else None for ok in present] + [
+            ("rejected", -pairs) if ok else None for ok in present
+        ]
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        margins, i = [], 0
-        while i < len(references):  # one batch: its chosen rows, then its rejected rows
-            pairs = references[i]["pairs"]
-            chosen, rejected = predictions[i : i + pairs], predictions[i + pairs : i + 2 * pairs]
-            present = [r["present"] for r in references[i : i + pairs]]
-            margins += [c - r for c, r, ok in zip(chosen, rejected, present, strict=True) if ok]
-            i += 2 * pairs
+        margins = [
+            predictions[i] - predictions[i + ref[1]]
+            for i, ref in enumerate(references)
+            if ref is not None and ref[0] == "chosen"
+        ]
         if not margins:
             return {}
         return {
