@@ -11,14 +11,13 @@ permutation, so every method compared on it sees the same rows.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-COLUMNS = ("image", "label", "x1", "y1", "x2", "y2")
+from headkit.data.shapes import COLUMNS, write_split
 
 
 def paste_digit(digit: np.ndarray, rng: np.random.Generator, size: int = 64) -> tuple[Image.Image, tuple[int, ...]]:
@@ -57,9 +56,5 @@ def write_digits(
             name = f"images/{i:04d}.png"
             image.save(directory / name)
             rows.append(dict(zip(COLUMNS, (name, str(digits.target[i]), *box), strict=True)))
-        paths[split] = directory / f"{split}.csv"
-        with open(paths[split], "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        paths[split] = write_split(directory / f"{split}.csv", rows)
     return paths

@@ -67,12 +67,17 @@ def write_shapes(
             name = f"images/{split}-{i:05d}.png"
             image.save(directory / name)
             rows.append(dict(zip(COLUMNS, (name, shape, *box), strict=True)))
-        paths[split] = directory / f"{split}.csv"
-        with open(paths[split], "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        paths[split] = write_split(directory / f"{split}.csv", rows)
     return paths
+
+
+def write_split(path: Path, rows: list[dict]) -> Path:
+    """One split's CSV (image,label,x1,y1,x2,y2), as the vision tasks write them."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def save_small_vit(
