@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from headkit import HeadkitError, ModelNotFoundError, RemoteCodeError, inspect_model, load_backbone
 from headkit.cli.main import main
@@ -105,3 +106,22 @@ def test_inspect_shipped_smollm2_has_tied_causal_head():
     assert report.head_kind == "causal-lm" and report.output_layer == "lm_head"
     assert (report.output_in, report.output_out) == (576, 49152)
     assert report.tied_embeddings and report.num_layers == 30
+
+
+def test_timm_specs_and_weight_files_are_checked_before_timm_is_needed(tmp_path):
+    from headkit import CheckpointError, HeadkitError
+    from headkit.timm_checkpoint import parse_spec, read_weights
+
+    assert parse_spec("timm:resnet18:w.pth") == ("resnet18", "w.pth") and parse_spec("timm:resnet18") == (
+        "resnet18",
+        None,
+    )
+    with pytest.raises(HeadkitError, match="name a timm architecture"):
+        parse_spec("timm:")
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="does not hold a state dict"):
+        read_weights(tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_weights(tmp_path / "absent.pth")
+    torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "nested.pth")
+    assert list(read_weights(tmp_path / "nested.pth")) == ["w"]  # a training checkpoint is unwrapped
