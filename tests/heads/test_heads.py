@@ -76,6 +76,7 @@ def test_forward_loss_backward_decode_score(head_type):
     assert len(preds) == len(refs) == rows(head) and refs[1] is None
     scores = head.score(preds, refs)
     assert head.primary_metric in scores and all(math.isfinite(v) for v in scores.values())
+    assert set(scores) <= set(head.metrics)  # every metric it reports has a known direction
 
 
 @pytest.mark.parametrize("head_type", sorted(REGISTRY))

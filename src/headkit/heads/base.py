@@ -123,8 +123,8 @@ class Head(Protocol):
     per_token: ClassVar[bool]  # works on every position (no pooling); False: on one pooled vector
     inputs: ClassVar[Inputs]
     label_layout: ClassVar[LabelLayout | None]  # None: this head is not trained from table files
-    primary_metric: ClassVar[str]  # what early stopping and the summary rank by
-    greater_is_better: ClassVar[bool]
+    primary_metric: ClassVar[str]  # what early stopping and the summary rank by (unless told otherwise)
+    metrics: ClassVar[dict[str, bool]]  # every metric `score` reports -> whether higher is better
     crop_ok: ClassVar[bool]  # False: outputs are image positions, so images are never centre-cropped
     export_target: ClassVar[str | None]  # the transformers Auto class that holds exactly this head
     architectures: ClassVar[tuple[str, ...]]  # transformers class-name endings that carry this head
@@ -144,6 +144,8 @@ class Head(Protocol):
     def describe_counts(cls, counts: dict[str, int]) -> str: ...
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]: ...
+    @classmethod
+    def auto_class_weights(cls, y: Any, width: int) -> list[float] | None: ...
 
     # instance level
     config: HeadConfig
@@ -164,6 +166,8 @@ class Head(Protocol):
     def export_config(self, config: Any) -> None: ...
     def export_output(self, out: Any) -> Tensor: ...
     def fewshot_fit(self, features: np.ndarray, y: Any) -> None: ...
+    def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None: ...
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None: ...
 
 
 class HeadBase(nn.Module):
@@ -172,7 +176,7 @@ class HeadBase(nn.Module):
     per_token: ClassVar[bool] = False
     inputs: ClassVar[Inputs] = "text"
     label_layout: ClassVar[LabelLayout | None] = None
-    greater_is_better: ClassVar[bool] = True
+    metrics: ClassVar[dict[str, bool]] = {}  # a metric not listed counts as higher-is-better
     crop_ok: ClassVar[bool] = True
     export_target: ClassVar[str | None] = None
     architectures: ClassVar[tuple[str, ...]] = ()
@@ -207,6 +211,12 @@ class HeadBase(nn.Module):
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
         raise HeadConfigError(f"strategy fewshot cannot train a {cls.__name__} ('{head}'): use frozen, lora or full")
+
+    @classmethod
+    def auto_class_weights(cls, y: Any, width: int) -> list[float] | None:
+        """`class_weights: auto` from the encoded training labels `y` (`width` classes): one loss
+        weight per label, inverse to its frequency. None: this head has no classes to weigh."""
+        return None
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError
@@ -252,6 +262,34 @@ class HeadBase(nn.Module):
 
     def fewshot_fit(self, features: np.ndarray, y: Any) -> None:
         raise HeadConfigError(f"a {type(self).__name__} has no closed-form few-shot solution")
+
+    def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Tune decision settings on validation predictions (multi-label: a threshold per label),
+        kept in the config so they are saved with the head; returns what was set, or None."""
+        return None
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        """Per-class precision / recall / F1 / support (classification_report's dict), or None."""
+        return None
+
+
+def balanced_weights(counts: np.ndarray) -> list[float]:
+    """scikit-learn's "balanced" class weights, n / (k * count); a class never seen weighs 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    seen = counts > 0
+    weights = np.ones_like(counts)
+    weights[seen] = counts[seen].sum() / (seen.sum() * counts[seen])
+    return [round(float(w), 6) for w in weights]
+
+
+def report_dict(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A classification_report (scikit-learn or seqeval, output_dict=True) as plain floats, per
+    class and average; the lone `accuracy` entry is dropped (it is in the head's scores)."""
+    return {
+        name: {key.replace("f1-score", "f1"): float(v) for key, v in row.items()}
+        for name, row in report.items()
+        if isinstance(row, dict)
+    }
 
 
 def zero_loss(output: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ L1 + generalised IoU (Rezatofighi et al. 2019); labels are (B, 4) floats, NaN fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -64,7 +64,8 @@ class BoxHead(HeadBase):
     inputs = "images"
     label_layout = "vector"
     crop_ok = False
-    primary_metric, greater_is_better = "mean_iou", True
+    primary_metric = "mean_iou"
+    metrics: ClassVar[dict[str, bool]] = {"mean_iou": True, "iou@0.5": True}
 
     @classmethod
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:

@@ -10,12 +10,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+)
 from sklearn.preprocessing import MultiLabelBinarizer
 from torch import Tensor
 
@@ -28,10 +35,12 @@ from headkit.heads.base import (
     HeadConfig,
     LabelSource,
     Pair,
+    balanced_weights,
     dropout_linear,
     label_index,
     label_values,
     labelled,
+    report_dict,
     set_label_maps,
     zero_loss,
 )
@@ -47,6 +56,8 @@ class ClassificationConfig(HeadConfig):
 
     type: str = "classification"
     threshold: float = 0.5  # multi-label: a class is predicted when its probability exceeds this
+    thresholds: list[float] | None = None  # multi-label: one threshold per label, tuned on validation
+    class_weights: list[float] | None = None  # loss weight per label (multi-label: BCE's pos_weight)
     normalize: bool = False  # L2-normalise the pooled vector first (fewshot: contrastive tuning shapes directions)
 
 
@@ -87,7 +98,8 @@ class PooledHead(HeadBase):
 class ClassificationHead(PooledHead):
     """Single-label classification: softmax over `labels`, cross-entropy loss."""
 
-    primary_metric, greater_is_better = "accuracy", True
+    primary_metric = "accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True}
     label_layout = "index"
     min_labels = 2
     problem_type = "single_label_classification"
@@ -135,6 +147,11 @@ class ClassificationHead(PooledHead):
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
         return fewshot.class_pairs(head, np.asarray(y), iterations, rng)
 
+    @classmethod
+    def auto_class_weights(cls, y: Any, width: int) -> list[float]:
+        y = np.asarray(y)
+        return balanced_weights(np.bincount(y[y != IGNORE_INDEX], minlength=width))
+
     def _fewshot_solution(self, features: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = y != IGNORE_INDEX
         return fewshot.logistic(features[keep], y[keep], len(self.config.labels))
@@ -153,7 +170,8 @@ class ClassificationHead(PooledHead):
         n = int((labels != IGNORE_INDEX).sum())
         if n == 0:
             return zero_loss(output), 0
-        return F.cross_entropy(output.float(), labels.long(), ignore_index=IGNORE_INDEX), n
+        weight = _weights(self.config, output)
+        return F.cross_entropy(output.float(), labels.long(), weight=weight, ignore_index=IGNORE_INDEX), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
         probs = output.float().softmax(-1).tolist()
@@ -172,6 +190,19 @@ class ClassificationHead(PooledHead):
             "f1_macro": float(f1_score(refs, preds, labels=self.config.labels, average="macro", zero_division=0)),
         }
 
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        preds, refs = labelled([p["label"] for p in predictions], references)
+        if not refs:
+            return None
+        labels = self.config.labels
+        return report_dict(classification_report(refs, preds, labels=labels, output_dict=True, zero_division=0))
+
+
+def _weights(config: ClassificationConfig, output: Tensor) -> Tensor | None:
+    if not config.class_weights:
+        return None
+    return torch.tensor(config.class_weights, dtype=torch.float32, device=output.device)
+
 
 def as_label_list(value: Any) -> list[str]:
     """A multi-label value as its label names: a list as is, a string split at '|' (CSV cells)."""
@@ -185,7 +216,8 @@ class MultiLabelHead(PooledHead):
 
     A label cell is a list (JSONL, Parquet) or names joined by '|' (CSV: `drama|comedy`)."""
 
-    primary_metric, greater_is_better = "f1_micro", True
+    primary_metric = "f1_micro"
+    metrics: ClassVar[dict[str, bool]] = {"f1_micro": True, "f1_macro": True, "subset_accuracy": True}
     label_layout = "vector"
     problem_type = "multi_label_classification"
     class_noun, suggested_name = "label", "labels"
@@ -226,6 +258,17 @@ class MultiLabelHead(PooledHead):
 
         return fewshot.random_partner_pairs(head, np.asarray(y, dtype=np.float64), jaccard, iterations, rng)
 
+    @classmethod
+    def auto_class_weights(cls, y: Any, width: int) -> list[float]:
+        """BCE's pos_weight per label: negatives / positives (PyTorch's advice), 1 for a label
+        that is never or always present."""
+        y = np.asarray(y, dtype=np.float64)
+        y = y[~np.isnan(y).any(axis=1)]
+        positives = y.sum(axis=0)
+        negatives = len(y) - positives
+        ratio = np.divide(negatives, positives, out=np.ones(width), where=(positives > 0) & (negatives > 0))
+        return [round(float(w), 6) for w in ratio]
+
     def _fewshot_solution(self, features: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return fewshot.binary_logistic_per_label(features, y)
 
@@ -237,18 +280,43 @@ class MultiLabelHead(PooledHead):
         n = int(present.any(dim=1).sum())
         if n == 0:
             return zero_loss(output), 0
-        loss = F.binary_cross_entropy_with_logits(output.float()[present], labels.float()[present], reduction="mean")
-        return loss, n
+        losses = F.binary_cross_entropy_with_logits(
+            output.float(), torch.nan_to_num(labels.float()), pos_weight=_weights(self.config, output), reduction="none"
+        )
+        return losses[present].mean(), n
+
+    def label_thresholds(self) -> list[float]:
+        return self.config.thresholds or [self.config.threshold] * len(self.config.labels)
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
-        names, threshold = self.config.labels, self.config.threshold
+        names, thresholds = self.config.labels, self.label_thresholds()
         return [
             {
-                "labels": [n for n, q in zip(names, p, strict=True) if q > threshold],
+                "labels": [n for n, q, t in zip(names, p, thresholds, strict=True) if q > t],
                 "probs": dict(zip(names, p, strict=True)),
             }
             for p in output.float().sigmoid().tolist()
         ]
+
+    def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Per label, the threshold in 0.05..0.95 with the best validation F1 (ties: nearest the
+        default); a label with no positive validation example keeps the default."""
+        preds, refs = labelled(predictions, references)
+        if not refs:
+            return None
+        default = self.config.threshold
+        candidates = sorted(np.round(np.arange(0.05, 0.96, 0.05), 2), key=lambda t: abs(t - default))
+        tuned = []
+        for name in self.config.labels:
+            probs = np.array([p["probs"][name] for p in preds])
+            truth = np.array([name in r for r in refs])
+            if not truth.any():
+                tuned.append(default)
+                continue
+            f1s = [f1_score(truth, probs > t, zero_division=0) for t in candidates]
+            tuned.append(float(candidates[int(np.argmax(f1s))]))
+        self.config.thresholds = tuned
+        return dict(zip(self.config.labels, tuned, strict=True))
 
     def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[str] | None]:
         names = self.config.labels
@@ -268,6 +336,20 @@ class MultiLabelHead(PooledHead):
             "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         }
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        preds, refs = labelled([p["labels"] for p in predictions], references)
+        if not refs:
+            return None
+        binarizer = MultiLabelBinarizer(classes=self.config.labels).fit([self.config.labels])
+        report = classification_report(
+            binarizer.transform(refs),
+            binarizer.transform(preds),
+            target_names=self.config.labels,
+            output_dict=True,
+            zero_division=0,
+        )
+        return report_dict(report)
 
 
 def _target(value: Any, column: str, row: int) -> float:
@@ -297,7 +379,8 @@ class RegressionHead(PooledHead):
 
     The label spec names the target columns, comma-separated (`valence,arousal`)."""
 
-    primary_metric, greater_is_better = "r2", True
+    primary_metric = "r2"
+    metrics: ClassVar[dict[str, bool]] = {"r2": True, "mse": False, "mae": False}
     label_layout = "vector"
     problem_type = "regression"
     suggested_name = "score"

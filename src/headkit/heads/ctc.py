@@ -7,7 +7,7 @@ symbol ids padded with -100; a row that is all -100 is missing for this head.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ class CTCConfig(HeadConfig):
 
 class CTCHead(HeadBase):
     per_token = True
-    primary_metric, greater_is_better = "cer", False
+    primary_metric = "cer"
+    metrics: ClassVar[dict[str, bool]] = {"cer": False}
     export_target = "AutoModelForCTC"
     architectures = ("ForCTC",)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score
@@ -41,7 +41,8 @@ class LMHead(HeadBase):
     """Shared by the two language-modelling heads below, which differ in `causal`."""
 
     per_token = True
-    primary_metric, greater_is_better = "accuracy", True
+    primary_metric = "accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "perplexity": False}
     causal: bool
 
     def __init__(self, config: LMConfig):

@@ -11,7 +11,7 @@ response joined as the user likes), like any other pooled head, so it exports to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ class RewardHead(HeadBase):
 
     inputs = "pairs"
     label_layout = "vector"
-    primary_metric, greater_is_better = "pair_accuracy", True
+    primary_metric = "pair_accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"pair_accuracy": True, "mean_margin": True}
     suggested_name = "reward"
 
     @classmethod

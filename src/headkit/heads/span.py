@@ -7,7 +7,7 @@ Padding positions are masked out of both softmaxes, so an answer can never start
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,8 @@ def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
 
 class SpanHead(HeadBase):
     per_token = True
-    primary_metric, greater_is_better = "exact_match", True
+    primary_metric = "exact_match"
+    metrics: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
     export_target = "AutoModelForQuestionAnswering"
 
     def export_output(self, out: Any) -> Tensor:

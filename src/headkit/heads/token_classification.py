@@ -9,14 +9,16 @@ where the reference has no label, so `score` can align them exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from seqeval.metrics import accuracy_score as seq_accuracy
+from seqeval.metrics import classification_report as seq_report
 from seqeval.metrics import f1_score as seq_f1
 from seqeval.metrics import precision_score, recall_score
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, classification_report, f1_score
 from torch import Tensor
 
 from headkit.data.files import column_values, is_missing
@@ -28,9 +30,11 @@ from headkit.heads.base import (
     HeadConfig,
     LabelSource,
     Pair,
+    balanced_weights,
     dropout_linear,
     label_index,
     label_values,
+    report_dict,
     set_label_maps,
     zero_loss,
 )
@@ -43,6 +47,7 @@ class TokenClassificationConfig(HeadConfig):
     type: str = "token-classification"
     pooling: str = "none"
     normalize: bool = False  # L2-normalise each token vector first (fewshot: contrastive tuning shapes directions)
+    class_weights: list[float] | None = None  # loss weight per tag
 
 
 def is_bio(tags: list[str]) -> bool:
@@ -60,7 +65,8 @@ class TokenClassificationHead(HeadBase):
     per_token = True
     inputs = "words"
     label_layout = "per_token"
-    primary_metric, greater_is_better = "f1", True
+    primary_metric = "f1"
+    metrics: ClassVar[dict[str, bool]] = {"f1": True, "precision": True, "recall": True, "accuracy": True}
     export_target = "AutoModelForTokenClassification"
     architectures = ("ForTokenClassification",)
     fewshot = True
@@ -121,6 +127,12 @@ class TokenClassificationHead(HeadBase):
             pairs.append(Pair(head, i, c[0], 0.0, pi, c[1]))
         return pairs
 
+    @classmethod
+    def auto_class_weights(cls, y: Any, width: int) -> list[float]:
+        """Inverse tag frequency over labelled tokens (`O` usually weighs far below 1)."""
+        tags = [t for row in y if row for t in row if t != IGNORE_INDEX]
+        return balanced_weights(np.bincount(np.asarray(tags, dtype=np.int64), minlength=width))
+
     def fewshot_fit(self, features: np.ndarray, y: Any) -> None:
         """`features`: one row per tagged token; `y`: their tag ids."""
         fewshot.load_linear(self.classifier[-1], *fewshot.logistic(features, np.asarray(y), len(self.config.labels)))
@@ -162,7 +174,13 @@ class TokenClassificationHead(HeadBase):
         n = int((labels != IGNORE_INDEX).any(dim=1).sum())
         if n == 0:
             return zero_loss(output), 0
-        loss = F.cross_entropy(output.float().flatten(0, 1), labels.long().flatten(), ignore_index=IGNORE_INDEX)
+        weight = self.config.class_weights
+        loss = F.cross_entropy(
+            output.float().flatten(0, 1),
+            labels.long().flatten(),
+            weight=torch.tensor(weight, dtype=torch.float32, device=output.device) if weight else None,
+            ignore_index=IGNORE_INDEX,
+        )
         return loss, n
 
     def decode(self, output: Tensor, mask: Tensor) -> list[list[str]]:
@@ -179,7 +197,9 @@ class TokenClassificationHead(HeadBase):
             refs.append(None if all(t is None for t in tags) else tags)
         return refs
 
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+    @staticmethod
+    def _aligned(predictions: list[Any], references: list[Any]) -> tuple[list[list[str]], list[list[str]]]:
+        """Predicted and true tags at the labelled positions of the labelled examples."""
         y_pred, y_true = [], []
         for pred, ref in zip(predictions, references, strict=True):
             if ref is None:
@@ -187,6 +207,23 @@ class TokenClassificationHead(HeadBase):
             kept = [(p, r) for p, r in zip(pred, ref, strict=False) if r is not None]
             y_pred.append([p for p, _ in kept])
             y_true.append([r for _, r in kept])
+        return y_pred, y_true
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""
+        y_pred, y_true = self._aligned(predictions, references)
+        if not y_true:
+            return None
+        if is_bio(self.config.labels):
+            return report_dict(seq_report(y_true, y_pred, output_dict=True, zero_division=0))
+        flat_true = [t for seq in y_true for t in seq]
+        flat_pred = [t for seq in y_pred for t in seq]
+        labels = self.config.labels
+        report = classification_report(flat_true, flat_pred, labels=labels, output_dict=True, zero_division=0)
+        return report_dict(report)
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        y_pred, y_true = self._aligned(predictions, references)
         if not y_true:
             return {}
         if is_bio(self.config.labels):

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
+from headkit.errors import HeadkitError
 from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache
 
@@ -20,15 +22,49 @@ class Evaluation:
     losses: dict[str, float]  # head -> mean loss over labelled examples
     predictions: dict[str, list[Any]] = field(default_factory=dict)
     references: dict[str, list[Any]] = field(default_factory=dict)
+    reports: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # head -> per-class report
 
-    def objective(self, model: MultiHeadModel) -> float:
-        """One number to select checkpoints by: the mean primary metric, sign-adjusted (higher is better)."""
-        values = []
-        for name, head in model.heads.items():
-            value = self.scores.get(name, {}).get(head.primary_metric)
-            if value is not None:
-                values.append(value if head.greater_is_better else -value)
-        return sum(values) / len(values) if values else -math.inf
+    def objective(self, model: MultiHeadModel, metric: str | None = None) -> float:
+        """One number to select checkpoints by, sign-adjusted so that higher is better.
+
+        `metric` (TrainConfig.metric_for_best_model): None, the mean primary metric of the heads;
+        `HEAD/METRIC`, that head's metric; `METRIC`, its mean over the heads that report it;
+        `loss` / `HEAD/loss`, the validation loss (summed over heads).
+        """
+        if metric is None:
+            values = [
+                self._signed(model, name, head.primary_metric)
+                for name, head in model.heads.items()
+                if head.primary_metric in self.scores.get(name, {})
+            ]
+            return sum(values) / len(values) if values else -math.inf
+        head, _, name = metric.rpartition("/")
+        if name == "loss":
+            losses = [v for h, v in self.losses.items() if h == head or not head]
+            return -sum(losses) if losses else -math.inf
+        heads = [head] if head else [h for h in model.heads if name in self.scores.get(h, {})]
+        values = [self._signed(model, h, name) for h in heads if name in self.scores.get(h, {})]
+        if not values:
+            reported = sorted(f"{h}/{m}" for h, s in self.scores.items() for m in s)
+            raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; reported here: {reported}")
+        return sum(values) / len(values)
+
+    def _signed(self, model: MultiHeadModel, head: str, metric: str) -> float:
+        value = self.scores[head][metric]
+        return value if model.heads[head].metrics.get(metric, True) else -value
+
+
+def check_metric(model: MultiHeadModel, metric: str | None) -> None:
+    """Refuse a `metric_for_best_model` no head can report, before any training, naming those that can.
+    (A head type that does not list its `metrics` is checked when it is first scored.)"""
+    if metric is None:
+        return
+    head, _, name = metric.rpartition("/")
+    heads = [model.heads[head]] if head in model.heads else [] if head else list(model.heads.values())
+    if heads and (name == "loss" or any(name in h.metrics or not h.metrics for h in heads)):
+        return
+    available = ["loss"] + [f"{n}/{m}" for n, h in model.heads.items() for m in [*h.metrics, "loss"]]
+    raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; choose one of {available}")
 
 
 @torch.no_grad()
@@ -39,8 +75,10 @@ def evaluate(
     batch_size: int = 64,
     cache: FeatureCache | None = None,
     make_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    progress: bool = False,
 ) -> Evaluation:
-    """Decode every head on `data` and score it against the labels (missing labels skipped).
+    """Decode every head on `data` and score it against the labels (missing labels skipped);
+    `progress` shows a bar over the batches.
 
     `make_batch` builds a batch from examples (default: padding + labels); it must be
     deterministic so that two evaluations are comparable (pretraining masks with a fixed seed).
@@ -54,7 +92,8 @@ def evaluate(
     loss_sums: dict[str, float] = {n: 0.0 for n in model.heads}
     counts: dict[str, int] = {n: 0 for n in model.heads}
     device = model.device
-    for indices in LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches():
+    batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()
+    for indices in tqdm(batches, desc="evaluate", unit="batch", disable=not progress or len(batches) < 2, leave=False):
         examples = [data[i] for i in indices]
         batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths)
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
@@ -78,7 +117,8 @@ def evaluate(
     for name, head in model.heads.items():
         if name in losses:
             scores[name].update(head.scores_from_loss(losses[name]))
-    return Evaluation(scores, losses, preds, refs)
+    reports = {n: r for n, h in model.heads.items() if (r := h.report(preds[n], refs[n]))}
+    return Evaluation(scores, losses, preds, refs, reports)
 
 
 def evaluate_dataset(
@@ -89,6 +129,7 @@ def evaluate_dataset(
     text: str = "text",
     max_length: int = 128,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[Evaluation, int]:
     """Score a trained model on labelled data with the label maps saved at training time.
 
@@ -98,7 +139,6 @@ def evaluate_dataset(
     from headkit.backbone import max_input_tokens
     from headkit.data.readers import read_rows
     from headkit.data.tasks import TaskSpec, prepare
-    from headkit.errors import HeadkitError
 
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(model.heads))
@@ -112,4 +152,4 @@ def evaluate_dataset(
     limit = max_input_tokens(model.backbone.config, processor, max_length)
     prepared = prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps)
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
-    return evaluate(model, prepared.train, pad_id, batch_size=batch_size), len(prepared.train)
+    return evaluate(model, prepared.train, pad_id, batch_size=batch_size, progress=progress), len(prepared.train)

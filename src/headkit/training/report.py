@@ -48,9 +48,27 @@ def print_summary(
         table.add_row(name, head.config.type, shown or "-", f"{loss:.4f}" if loss is not None else "-")
     console = Console()
     console.print(table)
+    for name, report in (evaluation.reports if evaluation else {}).items():
+        console.print(per_class_table(name, report))
     if title.startswith("evaluation"):
         return
     console.print(
         f"strategy {metrics['strategy']}: {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} "
         f"parameters; {metrics['train_examples']} training examples; {metrics['seconds']} s"
     )
+
+
+def per_class_table(head: str, report: dict[str, dict[str, float]], most: int = 30) -> Table:
+    """One row per class (entity type for BIO taggers), then the averages; the `most` most frequent
+    classes are shown (metrics.json has them all)."""
+    averages = {k: v for k, v in report.items() if k.endswith(" avg")}
+    classes = sorted(((k, v) for k, v in report.items() if k not in averages), key=lambda kv: -kv[1].get("support", 0))
+    hidden = len(classes) - most
+    table = Table(title=f"{head}: per class" + (f" ({most} most frequent of {len(classes)})" if hidden > 0 else ""))
+    table.add_column("class", style="bold")
+    for column in ("precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right")
+    for i, (label, row) in enumerate([*classes[:most], *averages.items()]):
+        cells = [f"{row.get(c, 0):.4f}" for c in ("precision", "recall", "f1")] + [f"{row.get('support', 0):.0f}"]
+        table.add_row(label, *cells, end_section=i == min(most, len(classes)) - 1)
+    return table
