@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "gguf": ("gguf",),
     "timm": ("timm",),  # brings torchvision
+    "tensorboard": ("tensorboard",),  # --report_to tensorboard (accelerate's tracker)
 }
 
 

@@ -9,12 +9,15 @@ solution sigma -> infinity. Heads absent from a batch (no labels) take no part i
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError
 
-WEIGHTING_METHODS = ("static", "uncertainty")
+Weighting = Literal["static", "uncertainty"]
+WEIGHTING_METHODS: tuple[str, ...] = get_args(Weighting)
 
 
 class LossWeighting(nn.Module):

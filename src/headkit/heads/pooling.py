@@ -9,12 +9,15 @@ computes it, and heads that use it export exactly to a plain transformers model.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 from headkit.errors import HeadConfigError
 
-POOLING_METHODS = ("cls", "mean", "max", "last", "pooler")
+Pooling = Literal["mean", "cls", "max", "last", "pooler"]
+POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
 
 
 def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:

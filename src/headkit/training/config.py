@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from jsonargparse.typing import restricted_string_type
 
 from headkit.data.tasks import TaskSpec, parse_task
 from headkit.errors import HeadkitError
+from headkit.heads.pooling import Pooling
+from headkit.training.strategies import FixedStrategy
+from headkit.weighting import Weighting
+
+# `partial:K` is the one strategy with a number in it: a pattern, so --help lists it with the rest
+PartialStrategy = restricted_string_type("partial:K", r"^partial:[0-9]+$")
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+# accelerate's trackers (accelerate.utils.LoggerType): each needs its own package installed
+Tracker = Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all"]
+ClassWeights = Literal["none", "auto"] | dict[str, float]
 
 # option -> (valid?, what is expected); checked before any model or data is loaded
 RANGES: dict[str, tuple[Any, str]] = {
@@ -27,6 +39,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "lora_r": (lambda v: v >= 1, "at least 1"),
     "lp_epochs": (lambda v: v >= 0, "0 or more"),
     "fewshot_iterations": (lambda v: v >= 0, "0 or more"),
+    "max_grad_norm": (lambda v: v >= 0, "0 (no clipping) or more"),
 }
 
 
@@ -47,7 +60,7 @@ class TrainConfig:
         model: backbone checkpoint directory, alias (minilm, smollm2, efficientnet-lite0) or timm:NAME[:WEIGHTS].
         tasks: heads and their data (YAML); or use data/text/head below for one file.
         data: shorthand: one data file or built-in dataset shared by every --head.
-        text: shorthand: the text column of --data.
+        text_column: shorthand: the text column of --data (old spelling: --text).
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
         pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
             backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
@@ -63,12 +76,21 @@ class TrainConfig:
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
         lora_lr: learning rate of LoRA adapter weights.
         weight_decay: AdamW weight decay (matrices only).
+        max_grad_norm: clip the gradients' global norm to this before each optimizer step (0: no clipping).
         warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
         grad_accum: micro-steps per optimizer step.
         max_length: token limit; longer inputs are truncated.
         val_fraction: share of each dataset held out for validation (seeded split).
         seed: seed for initialisation, split, batch order and dropout.
         patience: stop after this many epochs without validation improvement (0: never).
+        metric_for_best_model: what picks the best epoch and early stopping: HEAD/METRIC (e.g.
+            topic/f1_macro), METRIC (its mean over the heads that report it), or loss / HEAD/loss;
+            default: the mean of each head's primary metric.
+        class_weights: loss weights for imbalanced labels: none, auto (inverse label frequency in
+            the training split; multi-label: negatives/positives per label), or {label: weight}
+            (unlisted labels weigh 1), for every classification, multi-label and tagging head.
+        tune_thresholds: multi-label heads: tune one decision threshold per label on the validation
+            split (best F1), saved with the head; off: 0.5 for every label.
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling alpha.
@@ -80,6 +102,10 @@ class TrainConfig:
         feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
             (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
         mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
+        gradient_checkpointing: recompute the backbone's activations in the backward pass: less
+            memory for a trained backbone (full, partial, lora, lp-ft), about a third more time.
+        report_to: also log losses, learning rate, gradient norm and validation metrics to an
+            experiment tracker through accelerate (tensorboard: RUN/logs/; needs the tracker's package).
         resume: continue the run in output_dir from its last checkpoint.
         overwrite: replace an existing run in output_dir.
         trust_remote_code: allow checkpoints that need their own Python code.
@@ -89,25 +115,29 @@ class TrainConfig:
     model: str = "minilm"
     tasks: list[TaskSpec] = field(default_factory=list)
     data: str | None = None
-    text: str = "text"
+    text_column: str = "text"
     head: list[str] = field(default_factory=list)
-    pooling: str = "mean"
+    pooling: Pooling = "mean"
     layer: int = -1
     output_dir: str = "runs/latest"
-    strategy: str = "frozen"
-    weighting: str = "static"
+    strategy: FixedStrategy | PartialStrategy = "frozen"
+    weighting: Weighting = "static"
     epochs: int = 3
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr: float = 3e-5
     lora_lr: float = 5e-4
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
     warmup_ratio: float = 0.06
     grad_accum: int = 1
     max_length: int = 128
     val_fraction: float = 0.1
     seed: int = 0
     patience: int = 3
+    metric_for_best_model: str | None = None
+    class_weights: ClassWeights = "none"
+    tune_thresholds: bool = True
     save_every: int = 0
     lora_r: int = 8
     lora_alpha: int = 16
@@ -116,15 +146,20 @@ class TrainConfig:
     lp_epochs: int = 10
     fewshot_iterations: int = 20
     feature_cache: bool = True
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = "auto"
+    gradient_checkpointing: bool = False
+    report_to: Tracker = "none"
     resume: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.strategy = str(self.strategy)  # the CLI's pattern type is a str subclass YAML cannot write
+
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [parse_task(spec, self.data, self.text, self.pooling, self.layer) for spec in self.head]
+        return tasks + [parse_task(spec, self.data, self.text_column, self.pooling, self.layer) for spec in self.head]
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a run: a resumed run must match them exactly."""
@@ -133,6 +168,19 @@ class TrainConfig:
         for task in data["tasks"]:
             if task["layer"] == -1:
                 del task["layer"]  # the default: runs saved before heads had layers still resume
-        for key in ("resume", "overwrite", "progress", "output_dir", "head", "data", "text", "pooling", "layer"):
+        ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
+        for key in (*ignored, "head", "data", "text_column", "pooling", "layer"):
             data.pop(key)
+        for key, default in NEW_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]  # runs saved before the option existed still resume
         return data
+
+
+# Options added after runs were first saved: at their default they are left out of a run's
+# identity, so that --resume of an older run still matches.
+NEW_DEFAULTS: dict[str, Any] = {
+    "metric_for_best_model": None,
+    "class_weights": "none",
+    "tune_thresholds": True,
+}

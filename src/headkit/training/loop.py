@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -43,10 +44,12 @@ from headkit.ship.save import save
 from headkit.training.checkpoint import load_train_state, restore_rng_state, save_train_state
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
-from headkit.training.evaluate import Evaluation, evaluate
+from headkit.training.evaluate import Evaluation, check_metric, evaluate
 from headkit.training.features import FeatureCache, cached_features, features_needed, weights_digest
 from headkit.training.report import print_summary, write_report
 from headkit.training.strategies import Phase, Strategy, adamw, apply_lora, count_parameters, parse_strategy
+
+logger = logging.getLogger(__name__)
 
 Batcher = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
@@ -118,6 +121,7 @@ class PhaseRun:
     loader: Any
     scheduler: Any
     rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
 
 
 def fit(
@@ -147,6 +151,8 @@ def fit(
             end_epoch(run, current, state, seconds)
         state.phase, state.epoch, state.batches_done = index + 1, 0, 0
     run.accelerator.wait_for_everyone()
+    for tracker in run.accelerator.trackers:  # not end_training(): it also ends the process group
+        tracker.finish()
     model = run.accelerator.unwrap_model(current.wrapped)
     best = restore_best(run.directory, model, config, state.backbone_modified)
     return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
@@ -165,12 +171,14 @@ def setup(
 ) -> Run:
     """The accelerator (precision, gradient accumulation), LoRA adapters, the device, the batcher."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     strategy = parse_strategy(config.strategy)
+    check_metric(model, config.metric_for_best_model)
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    tracking = config.report_to != "none"
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes form a gloo group only when told so
         mixed_precision=mixed,
@@ -178,10 +186,14 @@ def setup(
         # a head without labels in a batch (or its learned loss weight) takes no part in that
         # step's loss: DDP must not wait for gradients that never come
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=config.report_to if tracking else None,
+        project_config=ProjectConfiguration(config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
     )
     check_distributed(accelerator)
+    if tracking:
+        start_tracking(accelerator, config)
     if accelerator.is_main_process and accelerator.num_processes > 1:
-        print(
+        logger.info(
             f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value}); "
             f"{config.batch_size} examples per process per step, {config.batch_size * accelerator.num_processes} "
             "in all; rank 0 writes the run directory"
@@ -189,12 +201,58 @@ def setup(
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
     if make_batch is None:
         make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model, strategy)
     if strategy.adapters:
         model.backbone = apply_lora(
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
         )
     model.to(accelerator.device)
     return Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+
+
+def start_tracking(accelerator: Any, config: TrainConfig) -> None:
+    """Open the experiment trackers (report_to) with the run's settings as hyperparameters."""
+    from headkit.errors import HeadkitError
+    from headkit.extras import EXTRAS, require
+
+    if config.report_to in EXTRAS:
+        require(config.report_to, f"--report_to {config.report_to}")
+    hyperparameters = {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in config.identity().items()
+        if k != "tasks" and v is not None
+    }
+    try:
+        accelerator.init_trackers(Path(config.output_dir).name or "headkit", config=hyperparameters)
+    except (ImportError, ModuleNotFoundError, RuntimeError, ValueError) as e:
+        raise HeadkitError(f"--report_to {config.report_to}: the tracker could not start ({e})") from e
+    if accelerator.is_main_process and not accelerator.trackers:
+        raise HeadkitError(
+            f"--report_to {config.report_to}: accelerate found no tracker of that kind installed "
+            "(tensorboard: pip install tensorboard)"
+        )
+
+
+def enable_gradient_checkpointing(model: MultiHeadModel, strategy: Strategy) -> None:
+    """Trade compute for memory in a backbone that trains: its layers' activations are recomputed
+    in the backward pass (non-reentrant, so frozen inputs and LoRA need no special care)."""
+    from headkit.errors import HeadkitError
+
+    backbone = model.backbone
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise HeadkitError(
+            f"--gradient_checkpointing: {type(backbone).__name__} does not support gradient checkpointing"
+        )
+    if strategy.backbone == "none":
+        logger.info(
+            f"note: --gradient_checkpointing has no effect with strategy {strategy.name} (nothing to recompute)"
+        )
+        return
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def initial_state(run: Run) -> tuple[TrainState, bool]:
@@ -215,7 +273,7 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     run.strategy.set_trainable(model, phase)
     trainable, total = count_parameters(model)
     if run.main:
-        print(
+        logger.info(
             f"phase '{phase.name}' ({run.strategy.name}): {trainable:,} trainable of {total:,} parameters "
             f"({100 * trainable / total:.2f}%)"
         )
@@ -234,7 +292,7 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         saved = load_train_state(run.checkpoint_dir, accelerator.unwrap_model(wrapped), optimizer, scheduler)
         state = TrainState.from_dict(saved)
         if run.main:
-            print(
+            logger.info(
                 f"resumed from {run.checkpoint_dir}: phase {state.phase + 1}, epoch {state.epoch + 1}, "
                 f"{state.batches_done} batches into it"
             )
@@ -242,7 +300,8 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         state.phase, state.epoch, state.batches_done, state.bad_epochs = index, 0, 0, 0
     if not phase.frozen:
         state.backbone_modified = True
-    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, rng_pending=resuming), state
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable), state
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
@@ -282,7 +341,8 @@ def _features(run: Run, data, digest: str) -> FeatureCache:
     accelerator.wait_for_everyone()  # the file is whole before anyone goes on
     if run.main:
         how = f"computed by {shares} processes, a share each," if shares > 1 else "computed"
-        print(f"backbone features for {len(data)} examples: {'reused from cache' if hit else how + ' and cached'}")
+        done = "reused from cache" if hit else how + " and cached"
+        logger.info(f"backbone features for {len(data)} examples: {done}")
     return cache
 
 
@@ -306,14 +366,23 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
         leave=False,
     )
     for batch in iterator:
-        out = _step(run, current, batch)
+        out, grad_norm = _step(run, current, batch)
         state.batches_done += 1
         bar.update(1)
         if accelerator.sync_gradients:
             current.scheduler.step()
             state.global_step += 1
             losses = {k: round(v.detach().item(), 5) for k, v in out.losses.items()}
-            state.steps.append({"step": state.global_step, "losses": losses})
+            record = {"step": state.global_step, "losses": losses}
+            if grad_norm is not None:
+                record["grad_norm"] = round(grad_norm, 5)
+            state.steps.append(record)
+            if run.config.report_to != "none":
+                lr = current.scheduler.get_last_lr()[-1]
+                scalars = {f"train/loss/{k}": v for k, v in losses.items()} | {"train/lr": lr}
+                accelerator.log(
+                    scalars | ({"train/grad_norm": grad_norm} if grad_norm is not None else {}), step=state.global_step
+                )
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if run.config.save_every and state.global_step % run.config.save_every == 0:
                 checkpoint(run, current, state)
@@ -349,8 +418,10 @@ def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, 
     return iterator, skip
 
 
-def _step(run: Run, current: PhaseRun, batch: dict[str, Any]):
-    """Forward (on cached features when the phase has them), backward, optimizer step."""
+def _step(run: Run, current: PhaseRun, batch: dict[str, Any]) -> tuple[Any, float | None]:
+    """Forward (on cached features when the phase has them), backward, gradient clipping at the
+    end of an accumulation, optimizer step. Returns the output and the gradient norm before
+    clipping (None: not clipped this micro-step)."""
     accelerator, wrapped = run.accelerator, current.wrapped
     with accelerator.accumulate(wrapped):
         if current.phase.cached:
@@ -364,9 +435,12 @@ def _step(run: Run, current: PhaseRun, batch: dict[str, Any]):
             # no labels in this process's batch gets a zero one (another process may have labels)
             loss = loss + sum((zero_loss(o) for h, o in out.outputs.items() if h not in out.losses), start=0.0)
         accelerator.backward(loss)
+        grad_norm = None
+        if accelerator.sync_gradients and run.config.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(current.trainable, run.config.max_grad_norm))
         current.optimizer.step()
         current.optimizer.zero_grad(set_to_none=True)
-    return out
+    return out, grad_norm
 
 
 def _to_device(cache_batch, device):
@@ -393,7 +467,12 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     if len(data.val):
         cache = run.caches.get("val") if phase.cached else None
         ev = evaluate(model, data.val, run.pad_id, run.config.batch_size, cache=cache, make_batch=run.make_eval_batch)
-        record.update(val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model))
+        record.update(
+            val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model, run.config.metric_for_best_model)
+        )
+        if run.config.report_to != "none":
+            scalars = {f"val/{h}/{m}": v for h, s in ev.scores.items() for m, v in s.items()}
+            run.accelerator.log(scalars | {f"val/{h}/loss": v for h, v in ev.losses.items()}, step=state.global_step)
     # Better metric, or the same metric at a lower loss: accuracy on a small validation set moves
     # in coarse steps and plateaus while the loss still falls, so loss breaks ties.
     score = [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
@@ -410,14 +489,14 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
             f"{h}: {model.heads[h].primary_metric} {s.get(model.heads[h].primary_metric, 0):.4f}"
             for h, s in record["scores"].items()
         )
-        print(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
+        logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
     state.epoch, state.batches_done = state.epoch + 1, 0
     stop = run.config.patience and state.bad_epochs >= run.config.patience
     if stop:
         state.epoch = phase.epochs
     checkpoint(run, current, state)
     if stop and run.main:
-        print(f"early stopping: no improvement for {run.config.patience} epochs")
+        logger.info(f"early stopping: no improvement for {run.config.patience} epochs")
 
 
 # ----------------------------------------------------------------------------- the end of a run
@@ -437,13 +516,20 @@ def finish_run(
     """Score the final model on the validation split, save it, and write the report."""
     run = Path(config.output_dir)
     pad_id = getattr(processor, "pad_token_id", None) or 0
-    evaluation = (
-        evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch) if len(data.val) else None
-    )
+    evaluation, thresholds = None, {}
+    if len(data.val):
+        evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
+        if config.tune_thresholds:
+            thresholds = calibrate(model, evaluation)
+        if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
+            evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best_epoch,
+        "metric_for_best_model": config.metric_for_best_model,
         "heads": evaluation.scores if evaluation else {},
+        "per_class": evaluation.reports if evaluation else {},
+        "thresholds": thresholds,
         "val_losses": evaluation.losses if evaluation else {},
         "trainable_params": count_parameters(model)[0],
         "total_params": count_parameters(model)[1],
@@ -458,6 +544,18 @@ def finish_run(
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
         print_summary(model, evaluation, metrics)
     return TrainResult(run, model, evaluation, metrics)
+
+
+def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
+    """Let each head tune its decision settings on the validation predictions (multi-label heads:
+    a threshold per label); they live in the head's config, so the saved model keeps them."""
+    tuned = {}
+    for name, head in model.heads.items():
+        settings = head.calibrate(evaluation.predictions[name], evaluation.references[name])
+        if settings:
+            tuned[name] = settings
+            logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
+    return tuned
 
 
 # ----------------------------------------------------------------------------- files

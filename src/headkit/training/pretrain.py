@@ -14,9 +14,10 @@ masked with a fixed seed so the perplexity before and after training is measured
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,7 +30,10 @@ from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import head_config
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM
-from headkit.training.config import TrainConfig
+from headkit.training.config import PartialStrategy, TrainConfig
+from headkit.training.strategies import FixedStrategy
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = {"mlm": MASKED_LM, "clm": CAUSAL_LM}  # objective -> the pretraining head it trains
 
@@ -40,15 +44,15 @@ class PretrainConfig(TrainConfig):
 
     Attributes:
         objective: mlm (masked-LM, encoders like BERT) or clm (causal-LM, decoders like GPT/Llama).
-        corpus: text files (one document per line), CSV/JSONL files (with --text column) or
+        corpus: text files (one document per line), CSV/JSONL files (with --text_column) or
             built-in datasets (e.g. rotten_tomatoes_plots).
         mlm_probability: share of tokens selected for masking.
     """
 
-    objective: str = "mlm"
+    objective: Literal["mlm", "clm"] = "mlm"
     corpus: list[str] = field(default_factory=list)
     mlm_probability: float = 0.15
-    strategy: str = "full"
+    strategy: FixedStrategy | PartialStrategy = "full"
     output_dir: str = "runs/pretrain"
     epochs: int = 1
     batch_size: int = 16
@@ -205,7 +209,7 @@ def pretrain(config: PretrainConfig):
             raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
         tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         check_objective(config.model, config.objective, tokenizer, config.trust_remote_code)
-        documents = read_corpus(config.corpus, config.text)
+        documents = read_corpus(config.corpus, config.text_column)
         if state.is_main_process:
             prepare_run_dir(config)
         max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
@@ -217,7 +221,7 @@ def pretrain(config: PretrainConfig):
         set_seed(config.seed)
         model = MultiHeadModel.from_pretrained(config.model, {"lm": head}, trust_remote_code=config.trust_remote_code)
         imported = import_pretraining_head(config.model, model.heads["lm"], config.trust_remote_code)
-        print(
+        logger.info(
             f"{len(documents)} documents -> {len(train_idx)} training and {len(val_idx)} held-out blocks; LM head "
             + ("from the checkpoint's own pretraining head" if imported else "new, tied to the input embeddings")
         )
@@ -233,5 +237,5 @@ def pretrain(config: PretrainConfig):
         result.metrics.update(perplexity_before=before, perplexity_after=after, head_imported=imported)
         if state.is_main_process:
             atomic_write_json(Path(config.output_dir) / "metrics.json", result.metrics)
-            print(f"held-out perplexity: {before:.2f} before -> {after:.2f} after ({len(val_idx)} blocks)")
+            logger.info(f"held-out perplexity: {before:.2f} before -> {after:.2f} after ({len(val_idx)} blocks)")
         return result

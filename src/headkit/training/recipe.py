@@ -14,6 +14,7 @@ unchanged under `accelerate launch` on several processes; only the main process 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -26,13 +27,14 @@ from headkit.backbone import input_limit, load_processor
 from headkit.data.tasks import PreparedData, prepare
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.model import MultiHeadModel
+from headkit.training.class_weights import apply_class_weights
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.distributed import main_process_prints, process_state
 from headkit.training.fewshot import CONTRASTIVE_FILE
 from headkit.training.loop import TrainResult, TrainState, finish_run, fit
-from headkit.training.strategies import (
-    parse_strategy,
-)
+from headkit.training.strategies import parse_strategy
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_run_dir(config: TrainConfig) -> Path:
@@ -95,6 +97,7 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
         data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
+        apply_class_weights(config.class_weights, data)
         set_seed(config.seed)
         model = MultiHeadModel.from_pretrained(
             config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
@@ -111,6 +114,9 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
 
     started = time.perf_counter()
     state = process_state()
+    ignored = [f"--{k}" for k in ("class_weights", "report_to") if getattr(config, k) != "none"]
+    if ignored:
+        logger.warning(f"note: strategy fewshot does not use {', '.join(ignored)} (heads are solved in closed form)")
     model.to(state.device)
     result = run_fewshot(
         model,

@@ -25,6 +25,7 @@ from headkit.errors import HeadConfigError
 if TYPE_CHECKING:
     from headkit.model import MultiHeadModel
 
+FixedStrategy = Literal["frozen", "full", "lora", "lp-ft", "fewshot"]  # and partial:K
 STRATEGY_NAMES = ("frozen", "partial:K", "full", "lora", "lp-ft", "fewshot")
 
 
