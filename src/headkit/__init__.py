@@ -1,5 +1,6 @@
 """headkit: inspect, swap, train and ship the heads of pretrained transformer models."""
 
+from headkit._logging import disable_default_handler, install_default_handler, set_verbosity
 from headkit.backbone import fingerprint, inspect_model, load_backbone, load_processor, split_backbone
 from headkit.errors import (
     CheckpointError,
@@ -18,6 +19,8 @@ from headkit.ship.save import load, load_heads, save, save_heads
 
 __version__ = "0.1.0"
 
+install_default_handler()
+
 __all__ = [
     "REGISTRY",
     "CheckpointError",
@@ -33,6 +36,7 @@ __all__ = [
     "RemoteCodeError",
     "UnknownHeadTypeError",
     "build_head",
+    "disable_default_handler",
     "fingerprint",
     "head_config",
     "inspect_model",
@@ -42,5 +46,6 @@ __all__ = [
     "load_processor",
     "save",
     "save_heads",
+    "set_verbosity",
     "split_backbone",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from headkit._fs import cache_dir, staged_dir
 from headkit.backbone_outputs import hidden_size as features_width
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
+
+logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -180,7 +183,7 @@ def dequantised(source: ModelSource) -> Path:
     if (target / "config.json").is_file():
         return target
     require("gguf", "Reading a GGUF checkpoint")
-    print(f"dequantising {gguf.name} once (cached in {target})")
+    logger.info(f"dequantising {gguf.name} once (cached in {target})")
     try:
         model = quietly_from_pretrained(
             AutoModelForCausalLM, source.path, gguf_file=source.gguf_file, dtype=torch.float32
@@ -363,7 +366,7 @@ def input_limit(name: str | os.PathLike, tokenizer: Any, requested: int, trust_r
     """`max_input_tokens` for a checkpoint by name, saying so when the request is cut."""
     cap = max_input_tokens(load_config(name, trust_remote_code=trust_remote_code), tokenizer, requested)
     if requested > cap:
-        print(f"max_length {requested} is more than {name} can read; using {cap}")
+        logger.warning(f"max_length {requested} is more than {name} can read; using {cap}")
     return cap
 
 
@@ -422,7 +425,9 @@ def with_pad_token(tokenizer: Any) -> Any:
         return tokenizer
     token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
     tokenizer.pad_token = token
-    print(f"note: the tokenizer has no pad token; padding with {token!r} (masked out everywhere, no new embedding)")
+    logger.warning(
+        f"note: the tokenizer has no pad token; padding with {token!r} (masked out everywhere, no new embedding)"
+    )
     return tokenizer
 
 

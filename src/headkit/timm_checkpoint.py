@@ -18,6 +18,7 @@ the tensors are matched by position, and the log says so. Anything else is a cle
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import torch
 from headkit._fs import cache_dir, staged_dir
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.extras import require
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "timm:"
 
@@ -117,9 +120,9 @@ def timm_checkpoint(
     if weights is not None:
         state, how = match_weights(read_weights(weights), network.state_dict(), str(weights))
         network.load_state_dict(state)
-        print(f"loaded {weights.name} into timm's {architecture} {how}")
+        logger.info(f"loaded {weights.name} into timm's {architecture} {how}")
     else:
-        print(f"note: timm's {architecture} has random weights (no weights file given)")
+        logger.warning(f"note: timm's {architecture} has random weights (no weights file given)")
     with staged_dir(target) as staging:
         _save_wrapped(network, architecture, staging)
     return target

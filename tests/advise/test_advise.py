@@ -241,7 +241,7 @@ def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_
         parsed = build_parser().parse_args(normalise_argv(shlex.split(command)))
         assert parsed.command in ("train", "evaluate", "predict", "pretrain")
         if parsed.command in ("train", "evaluate"):
-            assert parsed[parsed.command].text == "text"
+            assert parsed[parsed.command].text_column == "text"
     assert main([*argv, "--run"]) == 0
     assert (run / "model" / "heads.json").is_file() and (run / "metrics.json").is_file()
     assert "no validation split" in capsys.readouterr().out  # fewshot trains on every example

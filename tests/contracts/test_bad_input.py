@@ -360,7 +360,10 @@ CLI = {
         ["evaluate", "{saved}", "--data", "/nonexistent.csv", "--head", "sentiment:label"],
         "not found",
     ),
-    "export to an unknown target": (["export", "{saved}", "--to", "pdf"], "choose transformers or onnx"),
+    "export to an unknown target": (
+        ["export", "{saved}", "--to", "pdf"],
+        "--to 'pdf': choose one of transformers, onnx",
+    ),
     "bad --head spec": (["train", "--data", "{csv}", "--head", "sentiment"], "NAME:COLUMN"),
     "inspect a file": (["inspect", "{csv}"], "is a file"),
 }

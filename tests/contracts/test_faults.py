@@ -146,4 +146,4 @@ def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically
     assert not (run / "model").exists()
 
     resumed = resume_and_compare(tiny_text_model, data, run, reference, env)
-    assert "resumed from" in resumed.stdout  # from the last good checkpoint, not from scratch
+    assert "resumed from" in resumed.stderr  # from the last good checkpoint, not from scratch

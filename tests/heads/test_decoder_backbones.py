@@ -23,7 +23,7 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_keeps_its_vocabulary(de
     assert raw.pad_token is None
     tokenizer = load_processor(decoder)
     assert tokenizer.pad_token == "<eos>" and len(tokenizer) == len(raw)
-    assert "no pad token; padding with '<eos>'" in capsys.readouterr().out
+    assert "no pad token; padding with '<eos>'" in capsys.readouterr().err
     batch = tokenizer(["good film", "a very dull plot"], padding=True)  # "Cannot handle batch sizes > 1" before
     assert [sum(m) for m in batch["attention_mask"]] == [2, 4]
 

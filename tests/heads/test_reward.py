@@ -146,8 +146,8 @@ def test_the_cli_trains_and_evaluates_a_reward_head(llama, pairs_csv, tmp_path, 
     from headkit.cli.main import main
 
     run = str(tmp_path / "run")
-    train_args = ["train", "--model", str(llama), "--data", str(pairs_csv), "--text", "prompt"]
+    train_args = ["train", "--model", str(llama), "--data", str(pairs_csv), "--text_column", "prompt"]
     assert main([*train_args, "--head", "reward:chosen,rejected:reward", "--epochs", "1", "--output_dir", run]) == 0
     capsys.readouterr()
-    assert main(["evaluate", run, "--data", str(pairs_csv), "--text", "prompt"]) == 0
+    assert main(["evaluate", run, "--data", str(pairs_csv), "--text_column", "prompt"]) == 0
     assert "pair_accuracy" in capsys.readouterr().out

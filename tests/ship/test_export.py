@@ -94,7 +94,7 @@ def test_box_head_has_no_transformers_class(tiny_checkpoint, tmp_path):
 def test_multihead_export_writes_backbone_and_heads_and_says_why(saved_multihead, tmp_path):
     result = export_transformers(saved_multihead, tmp_path / "all")
     assert result.target == "backbone + heads"
-    assert "--head" in result.message and "7 heads" in result.message
+    assert "--only_head" in result.message and "7 heads" in result.message
     transformers.AutoModel.from_pretrained(tmp_path / "all" / "backbone")  # plain, no headkit needed
     reloaded = headkit.load(tmp_path / "all")
     assert list(reloaded.heads) == list(SERVED_HEADS)
@@ -173,16 +173,25 @@ def test_cli_export_and_onnx_predict(saved_multihead, tmp_path, capsys):
 
     assert (
         main(
-            ["export", str(saved_multihead), "--to", "transformers", "--head", "tags", "--output", str(tmp_path / "t")]
+            [
+                "export",
+                str(saved_multihead),
+                "--to",
+                "transformers",
+                "--only_head",
+                "tags",
+                "--output",
+                str(tmp_path / "t"),
+            ]
         )
         == 0
     )
     assert "BertForTokenClassification" in capsys.readouterr().out
     assert main(["export", str(saved_multihead), "--to", "pdf"]) == 2
-    assert "choose transformers or onnx" in capsys.readouterr().err
+    assert "--to 'pdf': choose one of transformers, onnx" in capsys.readouterr().err
     assert main(["export", str(saved_multihead), "--to", "transformers", "--quantize"]) == 2
     assert main(["predict", str(saved_multihead), "--engine", "tensorrt", "--text", "good"]) == 2
-    assert "unknown engine" in capsys.readouterr().err
+    assert "--engine 'tensorrt': choose one of torch, onnx, onnx-int8" in capsys.readouterr().err
 
 
 def test_trained_pooler_head_round_trips_train_export_pipeline(tiny_text_model, tmp_path, capsys):

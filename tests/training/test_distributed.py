@@ -114,10 +114,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(setup, two_proc
     ddp, done = two_process_run if strategy == "full" else (root / f"ddp-{strategy}", None)
     if done is None:
         done = run(headkit_train(config, ddp, 2, *flags))
-    assert done.stdout.count("distributed: 2 processes (MULTI_CPU)") == 1  # one gloo group, rank 0 speaks
-    assert done.stdout.count("phase '") == 1 and done.stdout.count("validation (8 examples)") == 1
+    assert done.stderr.count("distributed: 2 processes (MULTI_CPU)") == 1  # one gloo group, rank 0 speaks
+    assert done.stderr.count("phase '") == 1 and done.stdout.count("validation (8 examples)") == 1
     if strategy == "frozen":  # each process computed half of the features; the sum is the whole
-        assert done.stdout.count("computed by 2 processes, a share each, and cached") == 2  # train and val
+        assert done.stderr.count("computed by 2 processes, a share each, and cached") == 2  # train and val
     run(headkit_train(config, root / f"single-{strategy}", 1, "--grad_accum", "2", *flags))
 
     single, parallel = weights(root / f"single-{strategy}"), weights(ddp)
@@ -165,7 +165,7 @@ def test_one_process_killed_mid_epoch_resumes_with_two_to_the_same_weights(setup
     assert not (killed / "model").exists()
 
     resumed = run(headkit_train(config, killed, 2, "--resume"))
-    assert resumed.stdout.count("resumed from") == 1
+    assert resumed.stderr.count("resumed from") == 1
     for name, tensor in weights(reference).items():
         torch.testing.assert_close(weights(killed)[name], tensor, atol=0, rtol=0, msg=name)
 
@@ -176,7 +176,7 @@ def test_few_shot_pairs_are_shared_out_and_give_the_one_process_result(setup):
     root, config = setup
     fewshot = ("--strategy", "fewshot", "--fewshot_iterations", "2", "--val_fraction", "0.2")
     done = run(headkit_train(config, root / "fewshot-ddp", 2, *fewshot, "--batch_size", "8"))
-    assert done.stdout.count("contrastive phase:") == 1
+    assert done.stderr.count("contrastive phase:") == 1
     run(headkit_train(config, root / "fewshot-single", 1, *fewshot, "--batch_size", "16"))
 
     single, parallel = weights(root / "fewshot-single"), weights(root / "fewshot-ddp")

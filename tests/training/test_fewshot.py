@@ -142,7 +142,7 @@ def test_fewshot_run_learns_a_toy_task_from_8_per_class_and_resumes_after_the_co
     assert tuned >= 0.85 and tuned >= _accuracy(untouched.model, tiny_text_model) + 0.1
     capsys.readouterr()
     resumed = train(dataclasses.replace(config, resume=True))
-    assert "contrastive phase already done" in capsys.readouterr().out
+    assert "contrastive phase already done" in capsys.readouterr().err
     for a, b in zip(result.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

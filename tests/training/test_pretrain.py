@@ -128,7 +128,7 @@ def test_fill_mask_end_to_end_on_a_pretrained_run(tiny_text_model, corpus, tmp_p
         )
         == 0
     )
-    assert "held-out perplexity" in capsys.readouterr().out
+    assert "held-out perplexity" in capsys.readouterr().err
     results = fill_mask(str(run), ["alice [MASK] paris", "bob [MASK] alice", "the [MASK] was [MASK] good"], top_k=3)
     assert results[0][0][0][0] == "visited"  # learned from the corpus
     assert "met" in [token for token, _ in results[1][0]]

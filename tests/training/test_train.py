@@ -49,8 +49,8 @@ def changed(before: dict, after: dict, prefix: str = "") -> set[str]:
 def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_path, capsys):
     result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen"))
     assert not changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())
-    out = capsys.readouterr().out
-    assert "trainable of" in out and "backbone features for 36 examples: computed and cached" in out
+    notes = capsys.readouterr().err  # the library logs its notes (logger "headkit", stderr by default)
+    assert "trainable of" in notes and "backbone features for 36 examples: computed and cached" in notes
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["heads"]) == {"sentiment", "score"} and "accuracy" in metrics["heads"]["sentiment"]
@@ -58,7 +58,7 @@ def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_pa
         assert (run / name).is_file(), name
     # a second run on the same backbone and data (other head settings) reuses the cached features
     train(config(tiny_text_model, data_file, tmp_path / "run2", strategy="frozen", lr=0.05))
-    assert "reused from cache" in capsys.readouterr().out
+    assert "reused from cache" in capsys.readouterr().err
 
 
 def test_partial_freezes_embeddings_and_bottom_layers(tiny_text_model, data_file, tmp_path):
@@ -176,7 +176,7 @@ def test_cli_train_predict_and_bad_flags(tiny_text_model, data_file, tmp_path, c
     assert cli_train(tiny_text_model, data_file, tmp_path / "bad", "--head", "sentiment") == 2
     assert "should look like NAME:COLUMN" in capsys.readouterr().err
     assert cli_train(tiny_text_model, data_file, tmp_path / "bad2", "--head", "s:label", "--strategy", "half") == 2
-    assert "unknown strategy 'half'" in capsys.readouterr().err
+    assert "--strategy 'half': choose one of frozen, full, lora, lp-ft, fewshot, partial:K" in capsys.readouterr().err
 
 
 def test_predict_marks_texts_longer_than_the_model_reads(tiny_text_model, data_file, tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_max_length_beyond_the_model_is_capped_not_a_crash(tiny_text_model, tmp_
     rows[0]["text"] = " ".join(["the film was very good"] * 40)  # 200 words > 64 positions
     data = str(write_csv(tmp_path / "long.csv", rows))
     result = train(config(tiny_text_model, data, tmp_path / "run", epochs=1, max_length=200, strategy="full"))
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "max_length 200 is more than" in printed and "using 64" in printed
     assert result.metrics["train_examples"] + result.metrics["val_examples"] == 24
 

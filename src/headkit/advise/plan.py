@@ -45,7 +45,8 @@ def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unl
     commands, backbone = [], model
     if plan.pretrain:
         commands.append(
-            f"headkit pretrain --model {model} --corpus {' '.join([facts.source, *unlabelled])} --text {facts.text} "
+            f"headkit pretrain --model {model} --corpus {' '.join([facts.source, *unlabelled])} "
+            f"--text_column {facts.text} "
             f"--epochs {EPOCHS['pretrain']} --output_dir {output_dir}-pretrain"
         )
         backbone = f"{output_dir}-pretrain"
@@ -54,9 +55,9 @@ def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unl
     name = head.split(":")[0]
     return [
         *commands,
-        f"headkit train --model {backbone} --data {facts.source} --text {facts.text} --head {head} {options} "
+        f"headkit train --model {backbone} --data {facts.source} --text_column {facts.text} --head {head} {options} "
         f"--output_dir {output_dir}",
-        f"headkit evaluate {output_dir} --data YOUR_TEST_FILE --text {facts.text} --head {name}:{facts.label}",
+        f"headkit evaluate {output_dir} --data YOUR_TEST_FILE --text_column {facts.text} --head {name}:{facts.label}",
         f'headkit predict {output_dir} --text "a new example"',
     ]
 
@@ -80,7 +81,7 @@ def run_plan(
             PretrainConfig(
                 model=model,
                 corpus=[facts.source, *unlabelled],
-                text=facts.text,
+                text_column=facts.text,
                 epochs=EPOCHS["pretrain"],
                 output_dir=f"{output_dir}-pretrain",
                 overwrite=overwrite,
@@ -91,7 +92,7 @@ def run_plan(
     config = TrainConfig(
         model=backbone,
         data=facts.source,
-        text=facts.text,
+        text_column=facts.text,
         head=[head_spec(facts)],
         output_dir=output_dir,
         overwrite=overwrite,

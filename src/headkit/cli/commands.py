@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +14,8 @@ from rich.table import Table
 from headkit.errors import HeadkitError
 from headkit.training.config import TrainConfig
 from headkit.training.pretrain import PretrainConfig
+
+Engine = Literal["torch", "onnx", "onnx-int8"]
 
 
 def _count(n: int | None) -> str:
@@ -77,7 +80,7 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
 
 
 def train(config: TrainConfig) -> None:
-    """Train heads on a backbone with one adaptation strategy (frozen, partial:K, full, lora, lp-ft).
+    """Train heads on a backbone with one adaptation strategy (frozen, partial:K, full, lora, lp-ft, fewshot).
 
     Args:
         config: see TrainConfig; give a YAML file with --config, flags, or both (flags win).
@@ -91,10 +94,11 @@ def evaluate(
     run: str,
     data: str | None = None,
     head: list[str] | None = None,
-    text: str = "text",
+    text_column: str = "text",
     max_length: int = 128,
     batch_size: int = 64,
     output: str | None = None,
+    progress: bool = True,
 ) -> None:
     """Score a trained model on labelled data, with the label maps saved at training time.
 
@@ -102,10 +106,11 @@ def evaluate(
         run: a training run directory (or its model/ directory).
         data: a labelled file or built-in dataset.
         head: NAME:COLUMN for each head to score (default: a column named like the head, else 'label').
-        text: the text column.
+        text_column: the text column (old spelling: --text).
         max_length: token limit; longer inputs are truncated.
         batch_size: examples per forward pass.
-        output: also write the scores to this JSON file.
+        output: also write the scores (and the per-class report) to this JSON file.
+        progress: show a progress bar.
     """
     from headkit._fs import atomic_write_json
     from headkit.ship.predict import load_for_inference
@@ -119,10 +124,12 @@ def evaluate(
         raise HeadkitError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
     model, tokenizer = load_for_inference(run)
     columns = dict(spec.split(":", 1) for spec in head or [])
-    result, count = evaluate_dataset(model, tokenizer, data, columns, text, max_length, batch_size)
+    result, count = evaluate_dataset(
+        model, tokenizer, data, columns, text_column, max_length, batch_size, progress=progress
+    )
     print_summary(model, result, {}, title=f"evaluation on {data} ({count} examples)")
     if output:
-        atomic_write_json(Path(output), {"scores": result.scores, "losses": result.losses})
+        atomic_write_json(Path(output), {"scores": result.scores, "losses": result.losses, "per_class": result.reports})
 
 
 def predict(
@@ -133,7 +140,8 @@ def predict(
     image: list[str] | None = None,
     text_column: str = "text",
     batch_size: int = 64,
-    engine: str = "torch",
+    engine: Engine = "torch",
+    progress: bool = True,
 ) -> None:
     """Predict every head for texts from a file (written to another file) or from --text.
 
@@ -146,6 +154,7 @@ def predict(
         text_column: the text column of --input (for an image model: the column of image paths).
         batch_size: texts per forward pass.
         engine: torch (the saved model), onnx or onnx-int8 (a directory written by export --to onnx).
+        progress: show a progress bar for --input files.
     """
     from headkit.ship.predict import load_for_inference, predict_file, predict_texts
 
@@ -156,7 +165,9 @@ def predict(
         _print_images(model, tokenizer, image, batch_size)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
-        count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size=batch_size)
+        count, truncated = predict_file(
+            model, tokenizer, input, text_column, output, batch_size=batch_size, progress=progress
+        )
         print(f"wrote predictions for {count} texts to {output}")
         if truncated:
             print(
@@ -264,11 +275,12 @@ def pretrain(config: PretrainConfig) -> None:
 
 def export(
     run: str,
-    to: str | None = None,
+    to: Literal["transformers", "onnx"] | None = None,
     output: str | None = None,
-    head: str | None = None,
+    only_head: str | None = None,
     quantize: bool = False,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> None:
     """Export a trained model: to a plain transformers checkpoint, or every head to one ONNX graph.
 
@@ -276,23 +288,25 @@ def export(
         run: a training run directory (or a saved model directory).
         to: transformers or onnx.
         output: the directory to write; default RUN/export-transformers or RUN/export-onnx.
-        head: with --to transformers, export this one head of a multi-head model as a plain model.
+        only_head: with --to transformers, export this one head of a multi-head model as a plain
+            model (old spelling: --head).
         quantize: with --to onnx, also write an int8 (dynamically quantised) graph.
         overwrite: replace a non-empty output directory.
+        progress: show the export's steps as they run.
     """
     from headkit.ship.export import export_onnx, export_transformers
 
     if to not in ("transformers", "onnx"):
-        raise HeadkitError(f"--to {to!r}: choose transformers or onnx" if to else "give --to transformers or --to onnx")
+        raise HeadkitError("give --to transformers or --to onnx")
     if quantize and to != "onnx":
         raise HeadkitError("--quantize applies to --to onnx only")
-    if head and to != "transformers":
-        raise HeadkitError("--head applies to --to transformers (ONNX holds every head in one graph)")
+    if only_head and to != "transformers":
+        raise HeadkitError("--only_head applies to --to transformers (ONNX holds every head in one graph)")
     output = output or str(Path(run) / f"export-{to}")
     if to == "transformers":
-        result = export_transformers(run, output, head=head, overwrite=overwrite)
+        result = export_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)
     else:
-        result = export_onnx(run, output, quantize=quantize, overwrite=overwrite)
+        result = export_onnx(run, output, quantize=quantize, overwrite=overwrite, progress=progress)
     print(f"wrote {result.path} ({result.target})")
     print(result.message)
 
@@ -301,7 +315,7 @@ def serve(
     run: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    engine: str = "torch",
+    engine: Engine = "torch",
     max_texts: int = 64,
     max_chars: int = 20_000,
     timeout: float = 30.0,
@@ -336,10 +350,10 @@ def serve(
 
 def advise(
     data: str | None = None,
-    text: str = "text",
+    text_column: str = "text",
     label: str = "label",
     budget: float = 30.0,
-    device: str = "auto",
+    device: Literal["auto", "cpu", "cuda"] = "auto",
     model: str = "minilm",
     max_length: int = 128,
     unlabelled: list[str] | None = None,
@@ -352,7 +366,7 @@ def advise(
     Args:
         data: the labelled file (CSV/JSONL/Parquet) or a built-in dataset; rows with an empty
             label count as unlabelled text.
-        text: the text column.
+        text_column: the text column (old spelling: --text).
         label: the label column (classes, or numbers for regression).
         budget: minutes of training you can spend on this machine.
         device: auto (a CUDA GPU if there is one), cpu or cuda.
@@ -369,7 +383,9 @@ def advise(
     from headkit.advise.rules import RULES
     from headkit.heads import head_class
 
-    facts, hardware, plan = make_plan(data, text, label, budget, device, model, max_length, unlabelled, output_dir)
+    facts, hardware, plan = make_plan(
+        data, text_column, label, budget, device, model, max_length, unlabelled, output_dir
+    )
     console = Console()
     table = Table(title=f"what headkit sees in {data}", show_header=False)
     counts = head_class(facts.task_type).describe_counts(facts.class_counts) if facts.class_counts else ""

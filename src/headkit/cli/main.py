@@ -1,26 +1,98 @@
-"""The `headkit` command: parse, run one command, and print a `HeadkitError` as one line with exit
-code 2 (no traceback); Ctrl-C exits 130."""
+"""The `headkit` command: parse, run one command, and print a `HeadkitError` (or a bad flag) as one
+line with exit code 2 (no traceback); Ctrl-C exits 130 with what it means for that command.
+
+The library reports through `logging` (logger `headkit`); here it gets a rich handler on stderr,
+at INFO, or WARNING with --quiet, DEBUG with --verbose.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from argparse import ArgumentError
+from collections.abc import Iterator
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 
+from headkit._logging import CurrentStderrHandler
 from headkit.cli.commands import COMMANDS, pretrain, train
-from headkit.cli.parser import build_parser, normalise_argv
+from headkit.cli.parser import build_parser, explain, normalise_argv
 from headkit.data.tasks import TaskSpec
 from headkit.errors import HeadkitError
 from headkit.training.config import TrainConfig
 from headkit.training.pretrain import PretrainConfig
 
+INTERRUPTED = {
+    "train": "interrupted: the last checkpoint is intact; continue with the same command and --resume",
+    "pretrain": "interrupted: the last checkpoint is intact; continue with the same command and --resume",
+    "predict": "interrupted: no output file was written (it is written whole or not at all)",
+    "evaluate": "interrupted: nothing was scored or written",
+    "export": "interrupted: the output directory was not changed (exports are written whole or not at all)",
+    "serve": "server stopped",
+    "advise": "interrupted: with --run, continue the run with the train command it printed and --resume",
+}
+
+
+@contextlib.contextmanager
+def cli_logging(argv: list[str]) -> Iterator[None]:
+    """headkit's log records on stderr (through rich on a terminal): INFO by default, -q: WARNING,
+    -v: DEBUG; the library's own handler and level are put back afterwards (main may run in a
+    process that goes on: tests, notebooks)."""
+    level = logging.WARNING if {"-q", "--quiet"} & set(argv) else logging.INFO
+    level = logging.DEBUG if {"-v", "--verbose"} & set(argv) else level
+    logger = logging.getLogger("headkit")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True),
+            show_time=False,
+            show_path=level == logging.DEBUG,
+            show_level=level == logging.DEBUG,
+            markup=False,
+        )
+    else:  # a pipe or a CI log: whole lines, never wrapped at 80 columns, greppable
+        handler = CurrentStderrHandler()
+        debug = level == logging.DEBUG
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    for old in saved[0]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        for old in saved[0]:
+            logger.addHandler(old)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def _error(message: str) -> int:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return 2
+
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with cli_logging(argv):
+        return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        args = parser.parse_args(normalise_argv(argv))
+    except ArgumentError as e:
+        command = next((a for a in argv if not a.startswith("-")), "")
+        hint = f" (headkit {command} --help lists the options)" if command else " (headkit --help)"
+        return _error(explain(e) + hint)
     name = args.command
     fn = next(f for f in COMMANDS if f.__name__.replace("_", "-") == name)
     kwargs = {k: v for k, v in args[name].as_dict().items() if k != "config" and not k.startswith("__")}
@@ -31,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fn(**kwargs)
     except HeadkitError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 2
+        return _error(str(e))
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+        print(INTERRUPTED.get(name, "interrupted"), file=sys.stderr)
         return 130
     return 0
 

@@ -1,18 +1,37 @@
 """The argument parser, generated from the command functions' signatures (jsonargparse, as litgpt
-does). Bool parameters become `--flag` / `--no_flag`; list parameters take several values."""
+does). Bool parameters become `--flag` / `--no_flag`; list parameters take several values;
+`Literal` parameters list their choices in --help; every `--snake_case` flag is also accepted as
+`--kebab-case` (as HfArgumentParser does), and renamed flags keep their old spelling for a while."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect as pyinspect
 import json
+import logging
+import re
 import typing
+from argparse import ArgumentError
 from collections.abc import Callable
 
 from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionYesNo, ArgumentParser
 
+from headkit import __version__
 from headkit.cli.commands import COMMANDS
+
+logger = logging.getLogger(__name__)
+
+# command -> old flag -> new flag: one meaning per flag name across commands (`--text` is always
+# literal texts, the column is `--text_column`; `--head` is always NAME:COLUMN)
+RENAMED = {
+    "train": {"--text": "--text_column"},
+    "pretrain": {"--text": "--text_column"},
+    "evaluate": {"--text": "--text_column"},
+    "advise": {"--text": "--text_column"},
+    "export": {"--head": "--only_head"},
+}
+GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v")
 
 
 def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
@@ -38,11 +57,18 @@ def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="headkit", description="Inspect, swap, train and ship transformer heads.")
+    parser = ArgumentParser(
+        prog="headkit",
+        description="Inspect, swap, train and ship transformer heads. Flags are spelled --snake_case or --kebab-case.",
+        version=__version__,
+        exit_on_error=False,
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (no progress notes)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also debug messages")
     subcommands = parser.add_subcommands(dest="command")
     for fn in COMMANDS:
         doc = parse_docstring(pyinspect.getdoc(fn) or "")
-        sub = ArgumentParser(description=doc.short_description)
+        sub = ArgumentParser(description=doc.short_description, exit_on_error=False)
         _add_arguments(sub, fn)
         subcommands.add_subcommand(fn.__name__.replace("_", "-"), sub, help=doc.short_description)
     return parser
@@ -63,13 +89,30 @@ def multi_value_flags(command: str) -> set[str]:
     return {f"--{name}" for name, hint in hints.items() if list[str] in (hint, *typing.get_args(hint))}
 
 
-def normalise_argv(argv: list[str]) -> list[str]:
-    """Make list options behave as users expect of a CLI.
+def _spelled(arg: str, command: str) -> str:
+    """`--output-dir` -> `--output_dir` (the value after `=` untouched); an old flag name -> its new one."""
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    name, eq, value = arg.partition("=")
+    name = "--" + name[2:].replace("-", "_")
+    new = RENAMED.get(command, {}).get(name)
+    if new:
+        logger.warning("%s %s is deprecated: use %s (same meaning)", command, name, new)
+        name = new
+    return name + eq + value
 
-    `--head a --head b` and `--corpus x.txt y.txt` become jsonargparse's `--head+ a ...`, and
-    `fill-mask MODEL "text 1" "text 2"` packs its texts into one list argument.
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Make options behave as users expect of a CLI.
+
+    Global flags (`--quiet`, `--verbose`) go first wherever they were typed; dashed flags become
+    underscored and renamed flags their new name; `--head a --head b` and `--corpus x.txt y.txt`
+    become jsonargparse's `--head+ a ...`, and `fill-mask MODEL "text 1" "text 2"` packs its
+    texts into one list argument.
     """
-    list_flags = multi_value_flags(next((a for a in argv if not a.startswith("-")), ""))
+    command = next((a for a in argv if not a.startswith("-")), "")
+    argv = [a for a in argv if a in GLOBAL_FLAGS] + [_spelled(a, command) for a in argv if a not in GLOBAL_FLAGS]
+    list_flags = multi_value_flags(command)
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -95,3 +138,17 @@ def normalise_argv(argv: list[str]) -> list[str]:
         packed = [positionals[0], json.dumps(positionals[1:])] if len(positionals) > 1 else positionals
         out = ["fill-mask", *packed, *options]
     return out
+
+
+def explain(error: ArgumentError | str) -> str:
+    """jsonargparse's message for a bad value, in one line that names the flag and its choices."""
+    message = str(error)
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"(?:Got value|Given value): (.*)", message)
+    choices = [c for group in re.findall(r"Literal\[([^\]]*)\]", message) for c in re.findall(r"'([^']*)'", group)]
+    if key and choices:
+        pattern = re.search(r"Not of type ([\w:]+)", message)
+        listed = ", ".join(dict.fromkeys(choices + ([pattern.group(1).rstrip(":")] if pattern else [])))
+        value = f" {given.group(1).strip()!r}" if given else ""
+        return f"--{key.group(1)}{value}: choose one of {listed}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

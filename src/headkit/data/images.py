@@ -6,6 +6,7 @@ Grayscale, palette and RGBA images are converted to RGB, with a note saying how 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 
 from headkit.data.files import column_values
 from headkit.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def is_image_processor(processor: Any) -> bool:
@@ -48,7 +51,7 @@ def load_images(rows: list[dict[str, Any]], column: str, source: str) -> tuple[l
         converted += mode != "RGB"
         images.append(image)
     if converted:
-        print(
+        logger.warning(
             f"note: {converted} of {len(images)} images in {source} were not RGB (grayscale, palette or alpha); "
             "converted to RGB"
         )

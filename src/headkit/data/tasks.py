@@ -56,7 +56,7 @@ class TaskSpec:
 
 
 def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean", layer: int = -1) -> TaskSpec:
-    """`name:column[:type]` (with shared --data/--text) -> TaskSpec."""
+    """`name:column[:type]` (with shared --data/--text_column) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise DataError(f"--head '{spec}' should look like NAME:COLUMN or NAME:COLUMN:TYPE (e.g. sentiment:label)")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from headkit._fs import atomic_write_json, staged_dir
 from headkit.errors import ExportError, ModelNotFoundError
@@ -195,11 +196,31 @@ def _check_output(output_dir: Path, source: Path, overwrite: bool) -> None:
         raise ExportError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it")
 
 
+def steps_bar(description: str, names: list[str], progress: bool) -> tqdm:
+    """A bar over an export's named steps (loading, tracing, quantising, writing): the slow ones
+    take tens of seconds, and a user should see which one is running."""
+    bar = tqdm(total=len(names), desc=description, unit="step", disable=not progress, leave=False)
+    bar.step_names = iter(names)  # type: ignore[attr-defined]
+    bar.set_postfix_str(next(bar.step_names))  # type: ignore[attr-defined]
+    return bar
+
+
+def next_step(bar: tqdm) -> None:
+    bar.update(1)
+    bar.set_postfix_str(next(bar.step_names, "done"))  # type: ignore[attr-defined]
+
+
 def export_transformers(
-    run: str | os.PathLike, output_dir: str | os.PathLike, head: str | None = None, overwrite: bool = False
+    run: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    head: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> ExportResult:
     """A single head (or the named one) as a plain transformers checkpoint; several heads as backbone + heads."""
+    bar = steps_bar("export transformers", ["loading", "converting and checking parity", "writing"], progress)
     model, processor, source = load_merged(run)
+    next_step(bar)
     output_dir = Path(output_dir)
     _check_output(output_dir, source, overwrite)
     names = list(model.heads)
@@ -207,20 +228,23 @@ def export_transformers(
         raise ExportError(f"no head named '{head}'; this model has {names}")
     if head is None and len(names) > 1:
         save(model, output_dir, processor=processor)
+        bar.close()
         return ExportResult(
             output_dir,
             "backbone + heads",
             f"this model has {len(names)} heads ({', '.join(names)}) and a transformers model class has exactly "
             f"one, so it was written as {BACKBONE_DIR}/ (a plain AutoModel checkpoint with its tokenizer, loadable "
             f"without headkit) plus {MANIFEST} + heads.safetensors (load both with headkit.load). For a plain "
-            "model of one head, pass --head NAME; for every head in one graph, export --to onnx.",
+            "model of one head, pass --only_head NAME; for every head in one graph, export --to onnx.",
         )
     name = head or names[0]
     target = to_transformers_model(model, name, processor)
+    next_step(bar)
     with staged_dir(output_dir) as staging:
         target.save_pretrained(staging, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(staging)
+    bar.close()
     return ExportResult(
         output_dir,
         type(target).__name__,
@@ -242,11 +266,18 @@ class AllHeads(nn.Module):
 
 
 def export_onnx(
-    run: str | os.PathLike, output_dir: str | os.PathLike, quantize: bool = False, overwrite: bool = False
+    run: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    quantize: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> ExportResult:
     """Every head in one ONNX graph with dynamic batch/sequence axes; `quantize` adds an int8 copy."""
     require("onnx", "ONNX export")
+    steps = ["loading", "tracing the graph", *(["quantising to int8"] if quantize else []), "writing"]
+    bar = steps_bar("export onnx", steps, progress)
     model, processor, source = load_merged(run)
+    next_step(bar)
     output_dir = Path(output_dir)
     _check_output(output_dir, source, overwrite)
     inputs = probe_inputs(model, processor)
@@ -255,8 +286,10 @@ def export_onnx(
     dynamic = {n: ({0: batch, 1: seq} if inputs[n].dim() == 2 else {0: batch}) for n in names}
     with staged_dir(output_dir) as staging:
         _export_graph(AllHeads(model, names).eval(), inputs, names, list(model.heads), dynamic, staging / ONNX_FILE)
+        next_step(bar)
         if quantize:
             _quantize(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
+            next_step(bar)
         if processor is not None:
             processor.save_pretrained(staging)
         model.backbone.config.save_pretrained(staging)
@@ -276,6 +309,7 @@ def export_onnx(
                 },
             },
         )
+    bar.close()
     files = ONNX_FILE + (f" and {ONNX_INT8_FILE} (int8 weights)" if quantize else "")
     return ExportResult(
         output_dir,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from headkit._fs import atomic_write_bytes
 from headkit.backbone import max_input_tokens
@@ -77,8 +78,10 @@ def predict_texts(
     batch_size: int = 64,
     max_length: int = 512,
     heads: list[str] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Each text's predictions from every head (or the named ones), in input order.
+    """Each text's predictions from every head (or the named ones), in input order; `progress`
+    shows a bar over the batches.
 
     Texts longer than the model reads are predicted on their first tokens and marked
     `"truncated": true`, so a caller can see which predictions saw only part of the text.
@@ -96,7 +99,8 @@ def predict_texts(
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     encodings = getattr(enc, "encodings", None) or []
     results: list[dict[str, Any]] = [{} for _ in texts]
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
         idx = order[start : start + batch_size]
         inputs = _padded(enc, idx, tokenizer, model.device)
         out = model(heads=heads, **inputs)
@@ -113,7 +117,9 @@ def predict_texts(
 
 
 @torch.inference_mode()
-def predict_images(model: MultiHeadModel, processor, images: list, batch_size: int = 64) -> list[dict[str, Any]]:
+def predict_images(
+    model: MultiHeadModel, processor, images: list, batch_size: int = 64, progress: bool = False
+) -> list[dict[str, Any]]:
     """Each image's predictions from every head; `images` are PIL images (the caller opens files).
 
     Box heads return [x1, y1, x2, y2] in pixels of the image as given, not of the resized input.
@@ -122,7 +128,8 @@ def predict_images(model: MultiHeadModel, processor, images: list, batch_size: i
 
     crop = all(h.crop_ok for h in model.heads.values())  # a crop would move predicted positions
     results: list[dict[str, Any]] = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
         chunk = images[start : start + batch_size]
         out = model(pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
         decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
@@ -132,7 +139,13 @@ def predict_images(model: MultiHeadModel, processor, images: list, batch_size: i
 
 
 def predict_file(
-    model: MultiHeadModel, tokenizer, input_path: str, text_column: str, output_path: str, batch_size: int = 64
+    model: MultiHeadModel,
+    tokenizer,
+    input_path: str,
+    text_column: str,
+    output_path: str,
+    batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[int, int]:
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
 
@@ -142,7 +155,7 @@ def predict_file(
         from headkit.data.images import load_images
 
         images, _ = load_images(rows, text_column, input_path)
-        predictions = predict_images(model, tokenizer, images, batch_size=batch_size)
+        predictions = predict_images(model, tokenizer, images, batch_size=batch_size, progress=progress)
         names = column_values(rows, text_column, input_path)
         lines = [json.dumps({"image": n, **p}) for n, p in zip(names, predictions, strict=True)]
         atomic_write_bytes(Path(output_path), ("\n".join(lines) + "\n").encode("utf-8"))
@@ -151,7 +164,7 @@ def predict_file(
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
-    predictions = predict_texts(model, tokenizer, texts, batch_size=batch_size)
+    predictions = predict_texts(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     truncated = sum(1 for p in predictions if p.get("truncated"))
     out = Path(output_path)
     if out.suffix.lower() == ".csv":

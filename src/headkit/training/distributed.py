@@ -7,6 +7,7 @@ batches (DDP); rank 0 alone prints and writes the run directory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -26,13 +27,19 @@ def process_state():
 
 @contextlib.contextmanager
 def main_process_prints(state: Any) -> Iterator[None]:
-    """Only rank 0 prints (notes, epochs, the summary); the other processes' stdout is discarded.
-    Errors still reach stderr from every process."""
+    """Only rank 0 prints (notes, epochs, the summary); the other processes' stdout and headkit's
+    log records below WARNING are discarded. Errors still reach stderr from every process."""
     if state.is_main_process:
         yield
         return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        yield
+    logger = logging.getLogger("headkit")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_distributed(accelerator: Any) -> None:

@@ -39,6 +39,7 @@ reuses the saved backbone (`contrastive.safetensors`).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
 from headkit.model import MultiHeadModel, feature_key
 from headkit.training.features import FeatureCache, compute_features, features_needed
 from headkit.training.strategies import adamw, set_backbone_trainable
+
+logger = logging.getLogger(__name__)
 
 CONTRASTIVE_FILE = "contrastive.safetensors"
 
@@ -268,9 +271,9 @@ def run_fewshot(
     steps: list[dict[str, Any]] = []
     pairs = make_pairs(data, head_types, iterations, seed) if iterations else []
     if resume and load_contrastive(run, model):
-        print(f"resumed from {run / CONTRASTIVE_FILE}: contrastive phase already done")
+        logger.info(f"resumed from {run / CONTRASTIVE_FILE}: contrastive phase already done")
     elif pairs:
-        print(f"contrastive phase: {len(pairs)} pairs from {len(data)} examples, {iterations} iterations")
+        logger.info(f"contrastive phase: {len(pairs)} pairs from {len(data)} examples, {iterations} iterations")
         torch.manual_seed(seed)
         steps = contrastive_tune(
             model, data, pairs, pad_id, batch_size, lr, weight_decay, progress=progress, shard=shard
