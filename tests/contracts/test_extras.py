@@ -32,7 +32,7 @@ USES = {
     "gguf": "from headkit.backbone import load_config; load_config(GGUF)",
     "timm": "from headkit.backbone import resolve_model; resolve_model('timm:resnet18')",
     "tensorboard": (
-        "from headkit.training.config import TrainConfig; from headkit.training.loop import start_tracking; "
+        "from headkit.training.config import TrainConfig; from headkit.training.tracking import start_tracking; "
         "start_tracking(None, TrainConfig(report_to='tensorboard'))"
     ),
 }

@@ -5,21 +5,27 @@
                                    hyper-parameters
 
 The directory is staged under a temporary name and swapped in, so a kill at any moment (even
-mid-save) leaves the previous checkpoint loadable.
+mid-save) leaves the previous checkpoint loadable. Beside it, RUN/best.safetensors + best.json
+hold the trainable weights of the best epoch so far (save_best / restore_best).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
+from headkit.backbone import load_backbone
 from headkit.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from headkit.model import MultiHeadModel
+    from headkit.training.config import TrainConfig
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -101,3 +107,29 @@ def restore_rng_state(directory: Path) -> None:
         cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_best(directory: Path, model: MultiHeadModel, backbone_modified: bool, epoch_record: dict) -> None:
+    """The trainable weights of the best epoch so far (the backbone's too once it has trained)."""
+    keep = {n: p for n, p in model.named_parameters() if n.startswith(("heads.", "weighting."))}
+    if backbone_modified:
+        keep.update({n: p for n, p in model.named_parameters() if n.startswith("backbone.")})
+    tied = {f"heads.{n}" for n in model.tied_parameter_names()}
+    tensors = {n: p.detach().cpu().contiguous() for n, p in keep.items() if n not in tied}
+    atomic_write_bytes(directory / "best.safetensors", safetensors.torch.save(tensors))
+    atomic_write_json(directory / "best.json", {"backbone_modified": backbone_modified, **epoch_record})
+
+
+def restore_best(directory: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:
+    """Put the best epoch's weights back into `model`; returns that epoch's record."""
+    info = json.loads((directory / "best.json").read_text(encoding="utf-8"))
+    if backbone_modified and not info["backbone_modified"]:
+        # the best epoch came before the backbone was touched (lp-ft probe): use pristine weights
+        pristine = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
+        model.backbone.load_state_dict(pristine.state_dict(), strict=False)
+    state = safetensors.torch.load_file(directory / "best.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return info

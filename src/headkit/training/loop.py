@@ -3,12 +3,13 @@
 Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
 
     fit(config, model, processor, data)
-      setup            accelerator, LoRA, device, the TrainState (fresh, or where a checkpoint left it)
+      setup            accelerator (trackers: tracking.py), gradient checkpointing, LoRA, device, the
+                       TrainState (state.py: fresh, or where a checkpoint left it)
       for each phase   (strategy data: frozen -> heads; lp-ft -> probe, finetune; else -> train)
         start_phase    which weights train, cached features, optimizer, loader, scheduler; resume
-        train_epoch    the steps: forward, backward, optimizer, scheduler, periodic checkpoints
+        train_epoch    the steps: forward, backward, clipping, optimizer, scheduler, periodic checkpoints
         end_epoch      validate, keep the best epoch, count bad epochs, checkpoint
-      the best epoch's weights restored -> finish_run (final evaluation, save, report)
+      the best epoch's weights restored -> finish_run (finish.py: final evaluation, save, report)
 
 Runs unchanged under `accelerate launch` on several processes: the model, optimizer and loader
 go through `Accelerator.prepare`, and only the main process writes files.
@@ -16,7 +17,6 @@ go through `Accelerator.prepare`, and only the main process writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -28,62 +28,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from headkit._fs import atomic_write_bytes, atomic_write_json, recover_dir
-from headkit.backbone import load_backbone
+from headkit._fs import recover_dir
 from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
 from headkit.data.tasks import PreparedData
 from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
-from headkit.ship.save import save
-from headkit.training.checkpoint import load_train_state, restore_rng_state, save_train_state
+from headkit.training import tracking
+from headkit.training.checkpoint import (
+    load_train_state,
+    restore_best,
+    restore_rng_state,
+    save_best,
+    save_train_state,
+)
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
-from headkit.training.evaluate import Evaluation, check_metric, evaluate
+from headkit.training.evaluate import check_metric, evaluate
 from headkit.training.features import FeatureCache, cached_features, features_needed, weights_digest
-from headkit.training.report import print_summary, write_report
-from headkit.training.strategies import Phase, Strategy, adamw, apply_lora, count_parameters, parse_strategy
+from headkit.training.finish import finish_run
+from headkit.training.state import TrainResult, TrainState
+from headkit.training.strategies import (
+    Phase,
+    Strategy,
+    adamw,
+    apply_lora,
+    count_parameters,
+    enable_gradient_checkpointing,
+    parse_strategy,
+)
 
 logger = logging.getLogger(__name__)
 
 Batcher = Callable[[list[dict[str, Any]]], dict[str, Any]]
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    model: MultiHeadModel
-    evaluation: Evaluation | None
-    metrics: dict[str, Any]
-
-
-@dataclass
-class TrainState:
-    """Where a run stands; saved with every checkpoint and restored by --resume."""
-
-    phase: int = 0  # index into the strategy's phases
-    epoch: int = 0  # epochs finished in this phase
-    batches_done: int = 0  # batches finished in this epoch
-    global_step: int = 0  # optimizer steps over the whole run
-    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (objective, -val loss)
-    bad_epochs: int = 0  # epochs since the best one (early stopping)
-    steps: list[dict[str, Any]] = field(default_factory=list)  # per-step losses per head
-    epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch validation records
-    backbone_modified: bool = False  # some phase trained the backbone
-    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific results (few-shot timings)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -151,8 +132,7 @@ def fit(
             end_epoch(run, current, state, seconds)
         state.phase, state.epoch, state.batches_done = index + 1, 0, 0
     run.accelerator.wait_for_everyone()
-    for tracker in run.accelerator.trackers:  # not end_training(): it also ends the process group
-        tracker.finish()
+    tracking.finish_tracking(run.accelerator)
     model = run.accelerator.unwrap_model(current.wrapped)
     best = restore_best(run.directory, model, config, state.backbone_modified)
     return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
@@ -178,7 +158,7 @@ def setup(
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    tracking = config.report_to != "none"
+    tracked = config.report_to != "none"
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes form a gloo group only when told so
         mixed_precision=mixed,
@@ -186,12 +166,12 @@ def setup(
         # a head without labels in a batch (or its learned loss weight) takes no part in that
         # step's loss: DDP must not wait for gradients that never come
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        log_with=config.report_to if tracking else None,
+        log_with=config.report_to if tracked else None,
         project_config=ProjectConfiguration(config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
     )
     check_distributed(accelerator)
-    if tracking:
-        start_tracking(accelerator, config)
+    if tracked:
+        tracking.start_tracking(accelerator, config)
     if accelerator.is_main_process and accelerator.num_processes > 1:
         logger.info(
             f"distributed: {accelerator.num_processes} processes ({accelerator.distributed_type.value}); "
@@ -202,57 +182,13 @@ def setup(
     if make_batch is None:
         make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
     if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model, strategy)
+        enable_gradient_checkpointing(model.backbone, strategy)
     if strategy.adapters:
         model.backbone = apply_lora(
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
         )
     model.to(accelerator.device)
     return Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
-
-
-def start_tracking(accelerator: Any, config: TrainConfig) -> None:
-    """Open the experiment trackers (report_to) with the run's settings as hyperparameters."""
-    from headkit.errors import HeadkitError
-    from headkit.extras import EXTRAS, require
-
-    if config.report_to in EXTRAS:
-        require(config.report_to, f"--report_to {config.report_to}")
-    hyperparameters = {
-        k: v if isinstance(v, int | float | str | bool) else str(v)
-        for k, v in config.identity().items()
-        if k != "tasks" and v is not None
-    }
-    try:
-        accelerator.init_trackers(Path(config.output_dir).name or "headkit", config=hyperparameters)
-    except (ImportError, ModuleNotFoundError, RuntimeError, ValueError) as e:
-        raise HeadkitError(f"--report_to {config.report_to}: the tracker could not start ({e})") from e
-    if accelerator.is_main_process and not accelerator.trackers:
-        raise HeadkitError(
-            f"--report_to {config.report_to}: accelerate found no tracker of that kind installed "
-            "(tensorboard: pip install tensorboard)"
-        )
-
-
-def enable_gradient_checkpointing(model: MultiHeadModel, strategy: Strategy) -> None:
-    """Trade compute for memory in a backbone that trains: its layers' activations are recomputed
-    in the backward pass (non-reentrant, so frozen inputs and LoRA need no special care)."""
-    from headkit.errors import HeadkitError
-
-    backbone = model.backbone
-    if not getattr(backbone, "supports_gradient_checkpointing", False):
-        raise HeadkitError(
-            f"--gradient_checkpointing: {type(backbone).__name__} does not support gradient checkpointing"
-        )
-    if strategy.backbone == "none":
-        logger.info(
-            f"note: --gradient_checkpointing has no effect with strategy {strategy.name} (nothing to recompute)"
-        )
-        return
-    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
-        backbone.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def initial_state(run: Run) -> tuple[TrainState, bool]:
@@ -379,10 +315,7 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
             state.steps.append(record)
             if run.config.report_to != "none":
                 lr = current.scheduler.get_last_lr()[-1]
-                scalars = {f"train/loss/{k}": v for k, v in losses.items()} | {"train/lr": lr}
-                accelerator.log(
-                    scalars | ({"train/grad_norm": grad_norm} if grad_norm is not None else {}), step=state.global_step
-                )
+                tracking.log_step(accelerator, losses, lr, grad_norm, state.global_step)
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if run.config.save_every and state.global_step % run.config.save_every == 0:
                 checkpoint(run, current, state)
@@ -471,8 +404,7 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
             val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model, run.config.metric_for_best_model)
         )
         if run.config.report_to != "none":
-            scalars = {f"val/{h}/{m}": v for h, s in ev.scores.items() for m, v in s.items()}
-            run.accelerator.log(scalars | {f"val/{h}/loss": v for h, v in ev.losses.items()}, step=state.global_step)
+            tracking.log_validation(run.accelerator, ev.scores, ev.losses, state.global_step)
     # Better metric, or the same metric at a lower loss: accuracy on a small validation set moves
     # in coarse steps and plateaus while the loss still falls, so loss breaks ties.
     score = [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
@@ -499,65 +431,6 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
         logger.info(f"early stopping: no improvement for {run.config.patience} epochs")
 
 
-# ----------------------------------------------------------------------------- the end of a run
-
-
-def finish_run(
-    config: TrainConfig,
-    model: MultiHeadModel,
-    processor: Any,
-    data: PreparedData,
-    state: TrainState,
-    started: float,
-    best_epoch: int | None,
-    main: bool = True,
-    make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-) -> TrainResult:
-    """Score the final model on the validation split, save it, and write the report."""
-    run = Path(config.output_dir)
-    pad_id = getattr(processor, "pad_token_id", None) or 0
-    evaluation, thresholds = None, {}
-    if len(data.val):
-        evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
-        if config.tune_thresholds:
-            thresholds = calibrate(model, evaluation)
-        if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
-            evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
-    metrics = {
-        "strategy": config.strategy,
-        "best_epoch": best_epoch,
-        "metric_for_best_model": config.metric_for_best_model,
-        "heads": evaluation.scores if evaluation else {},
-        "per_class": evaluation.reports if evaluation else {},
-        "thresholds": thresholds,
-        "val_losses": evaluation.losses if evaluation else {},
-        "trainable_params": count_parameters(model)[0],
-        "total_params": count_parameters(model)[1],
-        "train_examples": len(data.train),
-        "val_examples": len(data.val),
-        "seconds": round(time.perf_counter() - started, 1),
-        "epochs": state.epochs,
-        **state.extra,
-    }
-    if main:
-        save(model, run / "model", processor=processor)
-        write_report(run, model, evaluation, state.steps, state.epochs, metrics)
-        print_summary(model, evaluation, metrics)
-    return TrainResult(run, model, evaluation, metrics)
-
-
-def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
-    """Let each head tune its decision settings on the validation predictions (multi-label heads:
-    a threshold per label); they live in the head's config, so the saved model keeps them."""
-    tuned = {}
-    for name, head in model.heads.items():
-        settings = head.calibrate(evaluation.predictions[name], evaluation.references[name])
-        if settings:
-            tuned[name] = settings
-            logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
-    return tuned
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -567,29 +440,3 @@ def checkpoint(run: Run, current: PhaseRun, state: TrainState) -> None:
     if run.main:
         model = run.accelerator.unwrap_model(current.wrapped)
         save_train_state(run.checkpoint_dir, model, current.optimizer, current.scheduler, state.as_dict())
-
-
-def save_best(directory: Path, model: MultiHeadModel, backbone_modified: bool, epoch_record: dict) -> None:
-    """The trainable weights of the best epoch so far (the backbone's too once it has trained)."""
-    keep = {n: p for n, p in model.named_parameters() if n.startswith(("heads.", "weighting."))}
-    if backbone_modified:
-        keep.update({n: p for n, p in model.named_parameters() if n.startswith("backbone.")})
-    tied = {f"heads.{n}" for n in model.tied_parameter_names()}
-    tensors = {n: p.detach().cpu().contiguous() for n, p in keep.items() if n not in tied}
-    atomic_write_bytes(directory / "best.safetensors", safetensors.torch.save(tensors))
-    atomic_write_json(directory / "best.json", {"backbone_modified": backbone_modified, **epoch_record})
-
-
-def restore_best(directory: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:
-    """Put the best epoch's weights back into `model`; returns that epoch's record."""
-    info = json.loads((directory / "best.json").read_text(encoding="utf-8"))
-    if backbone_modified and not info["backbone_modified"]:
-        # the best epoch came before the backbone was touched (lp-ft probe): use pristine weights
-        pristine = load_backbone(config.model, trust_remote_code=config.trust_remote_code)
-        model.backbone.load_state_dict(pristine.state_dict(), strict=False)
-    state = safetensors.torch.load_file(directory / "best.safetensors")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor)
-    return info

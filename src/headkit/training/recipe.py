@@ -31,7 +31,9 @@ from headkit.training.class_weights import apply_class_weights
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.distributed import main_process_prints, process_state
 from headkit.training.fewshot import CONTRASTIVE_FILE
-from headkit.training.loop import TrainResult, TrainState, finish_run, fit
+from headkit.training.finish import finish_run
+from headkit.training.loop import fit
+from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import parse_strategy
 
 logger = logging.getLogger(__name__)

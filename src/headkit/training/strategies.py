@@ -12,6 +12,7 @@ fewshot    SetFit-style: contrastive tuning of the backbone on pairs of the few 
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from headkit.errors import HeadConfigError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from headkit.model import MultiHeadModel
@@ -169,3 +172,21 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
     fused kernel too. torch ships it for cpu, cuda, mps and xpu.
     """
     return torch.optim.AdamW(params, fused=True, **kwargs)
+
+
+def enable_gradient_checkpointing(backbone: nn.Module, strategy: Strategy) -> None:
+    """Trade compute for memory in a backbone that trains: its layers' activations are recomputed
+    in the backward pass (non-reentrant, so frozen inputs and LoRA need no special care)."""
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise HeadConfigError(
+            f"--gradient_checkpointing: {type(backbone).__name__} does not support gradient checkpointing"
+        )
+    if strategy.backbone == "none":
+        logger.info(
+            f"note: --gradient_checkpointing has no effect with strategy {strategy.name} (nothing to recompute)"
+        )
+        return
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,77 @@
+"""The end of a run: the final validation scores (multi-label thresholds tuned first), the saved
+model, metrics.json, plots and the summary. Shared by the loop and few-shot training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from headkit.data.tasks import PreparedData
+from headkit.model import MultiHeadModel
+from headkit.ship.save import save
+from headkit.training.config import TrainConfig
+from headkit.training.evaluate import Evaluation, evaluate
+from headkit.training.report import print_summary, write_report
+from headkit.training.state import TrainResult, TrainState
+from headkit.training.strategies import count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def finish_run(
+    config: TrainConfig,
+    model: MultiHeadModel,
+    processor: Any,
+    data: PreparedData,
+    state: TrainState,
+    started: float,
+    best_epoch: int | None,
+    main: bool = True,
+    make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> TrainResult:
+    """Score the final model on the validation split, save it, and write the report."""
+    run = Path(config.output_dir)
+    pad_id = getattr(processor, "pad_token_id", None) or 0
+    evaluation, thresholds = None, {}
+    if len(data.val):
+        evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
+        if config.tune_thresholds:
+            thresholds = calibrate(model, evaluation)
+        if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
+            evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
+    metrics = {
+        "strategy": config.strategy,
+        "best_epoch": best_epoch,
+        "metric_for_best_model": config.metric_for_best_model,
+        "heads": evaluation.scores if evaluation else {},
+        "per_class": evaluation.reports if evaluation else {},
+        "thresholds": thresholds,
+        "val_losses": evaluation.losses if evaluation else {},
+        "trainable_params": count_parameters(model)[0],
+        "total_params": count_parameters(model)[1],
+        "train_examples": len(data.train),
+        "val_examples": len(data.val),
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": state.epochs,
+        **state.extra,
+    }
+    if main:
+        save(model, run / "model", processor=processor)
+        write_report(run, model, evaluation, state.steps, state.epochs, metrics)
+        print_summary(model, evaluation, metrics)
+    return TrainResult(run, model, evaluation, metrics)
+
+
+def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
+    """Let each head tune its decision settings on the validation predictions (multi-label heads:
+    a threshold per label); they live in the head's config, so the saved model keeps them."""
+    tuned = {}
+    for name, head in model.heads.items():
+        settings = head.calibrate(evaluation.predictions[name], evaluation.references[name])
+        if settings:
+            tuned[name] = settings
+            logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
+    return tuned
