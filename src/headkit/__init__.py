@@ -14,8 +14,9 @@ from headkit.errors import (
     UnknownHeadTypeError,
 )
 from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
-from headkit.model import MultiHeadModel, MultiHeadOutput
-from headkit.ship.save import load, load_heads, save, save_heads
+from headkit.model import MultiHeadModel, MultiHeadOutput, load, load_heads
+from headkit.ship.pipeline import pipeline
+from headkit.ship.save import save, save_heads
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "load_backbone",
     "load_heads",
     "load_processor",
+    "pipeline",
     "save",
     "save_heads",
     "set_verbosity",

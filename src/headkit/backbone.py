@@ -27,6 +27,7 @@ from headkit._fs import cache_dir, staged_dir
 from headkit.backbone_outputs import hidden_size as features_width
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
+from headkit.hub import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,11 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path=path.parent, gguf_file=path.name)
+    path = local_path(text)
     if not path.exists():
         raise ModelNotFoundError(
-            f"model '{text}' not found: expected a local checkpoint directory (with config.json) "
-            f"or one of the aliases {sorted(ALIASES)}, or timm:NAME[:WEIGHTS]. Nothing is downloaded from a hub."
+            f"model '{text}' not found: expected a local checkpoint directory (with config.json), a Hugging "
+            f"Face hub id (org/name[@revision]), one of the aliases {sorted(ALIASES)}, or timm:NAME[:WEIGHTS]"
         )
     if not path.is_dir():
         raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")

@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
 
 from headkit.backbone import load_backbone
 from headkit.backbone_outputs import (
@@ -34,15 +36,33 @@ from headkit.backbone_outputs import (
     numbers_positions_from_the_left,
     positions_from_mask,
 )
-from headkit.errors import HeadConfigError, HeadMismatchError
+from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
 from headkit.heads.pooling import pool
+from headkit.hub import local_path
+from headkit.ship.save import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    MANIFEST,
+    WEIGHTS,
+    check_fingerprint,
+    find_save,
+    head_state,
+    read_manifest,
+    read_weights,
+    save,
+)
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LAST_LAYER = -1
 Hidden = Tensor | Mapping[int, Tensor]  # the last hidden state, or hidden states by layer key
+
+
+def _configs(heads: Mapping[str, HeadConfig | dict[str, Any]] | None) -> dict[str, HeadConfig]:
+    """Head configs given as dataclasses or as their heads.json dicts."""
+    return {h: c if isinstance(c, HeadConfig) else config_from_dict(c) for h, c in (heads or {}).items()}
 
 
 def feature_key(method: str, layer: int = LAST_LAYER) -> str:
@@ -65,16 +85,27 @@ def at_layer(hidden: Hidden | None, layer: int) -> Tensor | None:
 
 
 @dataclass
-class MultiHeadOutput:
-    outputs: dict[str, Tensor]
-    losses: dict[str, Tensor] = field(default_factory=dict)  # mean loss of each head with labels
-    counts: dict[str, int] = field(default_factory=dict)  # labelled examples behind each loss
+class MultiHeadOutput(ModelOutput):
+    """What a forward pass returns, as a transformers `ModelOutput` (so `out["loss"]`, `out.loss`
+    and `transformers.Trainer` work): `loss` first, as Trainer reads it."""
+
     loss: Tensor | None = None  # weighted total, None when no labels were given
+    outputs: dict[str, Tensor] | None = None  # each head's raw output
+    losses: dict[str, Tensor] | None = None  # mean loss of each head with labels
+    counts: dict[str, int] | None = None  # labelled examples behind each loss
     mask: Tensor | None = None  # (B, T) mask over the hidden states
+
+    def __post_init__(self) -> None:
+        for name in ("outputs", "losses", "counts"):
+            if getattr(self, name) is None:
+                setattr(self, name, {})
+        super().__post_init__()
 
 
 class MultiHeadModel(nn.Module):
     """A backbone plus a `ModuleDict` of heads; see the module docstring."""
+
+    accepts_loss_kwargs = False  # transformers.Trainer: forward's **inputs are the backbone's, not loss options
 
     def __init__(
         self,
@@ -88,6 +119,7 @@ class MultiHeadModel(nn.Module):
         self.needs_position_ids = numbers_positions_from_the_left(backbone)  # decoders: left padding
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
+        self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
         for name, config in (heads or {}).items():
             self.add_head(name, config)
 
@@ -99,11 +131,73 @@ class MultiHeadModel(nn.Module):
         weighting: str = "static",
         trust_remote_code: bool = False,
         dtype: torch.dtype | None = None,
+        revision: str | None = None,
     ) -> MultiHeadModel:
-        """Load the backbone of any checkpoint (its own head is dropped) and attach `heads`."""
+        """A model from a local directory or a Hugging Face hub id (`revision`: a branch, tag or commit).
+
+        A headkit save or run (local or on the hub) loads with its heads (and `heads`, if given, are
+        added to them); any other checkpoint gives its backbone (its own head is dropped) with `heads`.
+        """
+        name = f"{model}@{revision}" if revision else str(model)
+        saved = find_save(local_path(name))
+        if saved is not None:
+            loaded = load(saved, trust_remote_code=trust_remote_code, dtype=dtype)
+            for head, config in _configs(heads).items():
+                loaded.add_head(head, config)
+            return loaded
+        return cls.on_backbone(name, heads, weighting, trust_remote_code, dtype)
+
+    @classmethod
+    def on_backbone(
+        cls,
+        model: str | os.PathLike,
+        heads: Mapping[str, HeadConfig | dict[str, Any]] | None = None,
+        weighting: str = "static",
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> MultiHeadModel:
+        """The backbone of any checkpoint with new `heads`: a checkpoint's own head, and a headkit
+        save's heads, are left behind (training starts here, e.g. after continued pretraining)."""
         backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
-        configs = {name: c if isinstance(c, HeadConfig) else config_from_dict(c) for name, c in (heads or {}).items()}
-        return cls(backbone, configs, weighting=weighting)
+        return cls(backbone, _configs(heads), weighting=weighting)
+
+    def save_pretrained(self, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
+        """The full save `from_pretrained` reads back with its heads (`headkit.save`): backbone/ with
+        the processor (by default the one the backbone was loaded with), the heads, a model card."""
+        return save(self, directory, processor=processor if processor is not None else self._processor(), card=card)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        processor: Any = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload headkit model",
+        card: dict | None = None,
+    ) -> str:
+        """Save to a temporary folder and upload it as the hub repository `repo_id` (created if
+        needed); `MultiHeadModel.from_pretrained(repo_id)` loads it back. Returns the commit URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            card = {**(card or {}), "repo_id": repo_id}
+            folder = self.save_pretrained(Path(tmp) / "model", processor=processor, card=card)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(getattr(commit, "commit_url", commit))
+
+    def _processor(self) -> Any:
+        """The tokenizer or image processor saved beside the backbone this model was loaded from, if any."""
+        from headkit.backbone import load_processor
+
+        source = getattr(self.backbone.config, "name_or_path", "")
+        try:
+            return load_processor(source) if source else None
+        except (HeadkitError, OSError, ValueError):
+            return None
 
     @property
     def hidden_size(self) -> int:
@@ -291,13 +385,29 @@ class MultiHeadModel(nn.Module):
 
     def forward(
         self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
         features: tuple[Hidden | None, Tensor, Mapping[str, Tensor]] | None = None,
+        token_type_ids: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        input_values: Tensor | None = None,
         **inputs: Tensor,
     ) -> MultiHeadOutput:
         """Backbone + heads; with `features` = (hidden, mask, pooled) from the feature cache the
-        backbone is skipped. Going through `forward` either way keeps DDP's gradient sync intact."""
+        backbone is skipped. Going through `forward` either way keeps DDP's gradient sync intact.
+        The backbone's inputs are named (as in transformers models, so Trainer keeps them); a
+        batch from headkit's collate may be passed whole (`model(**batch)`)."""
+        inputs.pop("index", None)  # collate's example positions (for the feature cache), not a model input
+        named = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "pixel_values": pixel_values,
+            "input_values": input_values,
+        }
+        inputs.update({k: v for k, v in named.items() if v is not None})
         if features is not None:
             hidden, mask, pooled = features
             return self.forward_heads(hidden, mask, labels=labels, heads=heads, pooled=pooled)
@@ -308,3 +418,49 @@ class MultiHeadModel(nn.Module):
         """Head parameters that are the backbone's own tensors (not saved with the heads)."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         return {n for n, p in self.heads.named_parameters(remove_duplicate=False) if id(p) in backbone_ids}
+
+
+# ----------------------------------------------------------------------------- loading saves (ship/save.py writes them)
+
+
+def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadModel:
+    """Attach the heads saved in `directory` to `backbone`, after checking they fit it."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_fingerprint(manifest["backbone"], backbone)
+    state = read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
+    configs = {name: config_from_dict(c) for name, c in manifest["heads"].items()}
+    model = MultiHeadModel(backbone, configs, weighting=manifest.get("weighting", "static"))
+    expected = set(head_state(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise CheckpointError(
+            f"{directory / WEIGHTS} does not fit {MANIFEST}: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
+    weighting_state = {k[len("weighting.") :]: v for k, v in state.items() if k.startswith("weighting.")}
+    model.heads.load_state_dict(heads_state, strict=False)  # tied weights come from the backbone
+    model.weighting.load_state_dict(weighting_state)
+    model.max_length = manifest.get("max_length")
+    return model
+
+
+def load(
+    directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> MultiHeadModel:
+    """Load a full save written by `save` (backbone + heads)."""
+    directory = Path(directory)
+    read_manifest(directory)  # fail on a non-checkpoint before loading a large backbone
+    if not (directory / BACKBONE_DIR / "config.json").is_file():
+        raise CheckpointError(
+            f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
+            "load it with headkit.load_heads(dir, backbone)"
+        )
+    backbone = load_backbone(
+        directory / BACKBONE_DIR, trust_remote_code=trust_remote_code, merge_adapter=False, dtype=dtype
+    )
+    if (directory / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
+    return load_heads(directory, backbone)

@@ -116,7 +116,8 @@ def test_a_cnn_trains_both_heads_and_predicts_images(cnn, shapes, strategy, tmp_
 def test_missing_labels_are_masked_and_heads_save_alone(cnn, shapes, tmp_path):
     import csv
 
-    from headkit.ship.save import load_heads, save_heads
+    from headkit.model import load_heads
+    from headkit.ship.save import save_heads
 
     with open(shapes["train"], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -24,16 +24,23 @@ def test_remote_code_is_off_by_default_everywhere():
 
     import headkit.backbone
     import headkit.cli.commands
+    import headkit.model
+    import headkit.ship.generate
+    import headkit.ship.pipeline
     import headkit.ship.predict
-    import headkit.ship.save
     import headkit.training.config
 
     functions = [
         headkit.backbone.load_backbone,
         headkit.backbone.load_processor,
         headkit.backbone.inspect_model,
-        headkit.ship.save.load,
+        headkit.model.load,
+        headkit.model.MultiHeadModel.from_pretrained,
+        headkit.model.MultiHeadModel.on_backbone,
         headkit.ship.predict.load_for_inference,
+        headkit.ship.pipeline.pipeline,
+        headkit.ship.generate.load_causal_lm,
+        headkit.ship.generate.fill_mask,
         headkit.cli.commands.inspect,
         headkit.cli.commands.fill_mask,
     ]

@@ -39,7 +39,7 @@ def test_weights_with_other_names_load_by_position_into_the_backbone(weights, tm
     from headkit.timm_checkpoint import timm_checkpoint
 
     directory = timm_checkpoint(TINY, weights, tmp_path / "ckpt")
-    assert "by position" in capsys.readouterr().out
+    assert "by position" in capsys.readouterr().err  # a log note (stderr)
     network = timm.create_model(TINY, pretrained=False)
     network.load_state_dict(dict(zip(network.state_dict(), torch.load(weights).values(), strict=True)))
     model = MultiHeadModel.from_pretrained(
@@ -111,7 +111,8 @@ def test_a_timm_backbone_trains_predicts_exports_and_serves(weights, shapes, tmp
 
 
 def test_saved_heads_refuse_another_timm_network(weights, tmp_path):
-    from headkit.ship.save import load_heads, save_heads
+    from headkit.model import load_heads
+    from headkit.ship.save import save_heads
     from headkit.timm_checkpoint import timm_checkpoint
 
     heads = {"c": head_config("classification", labels=["a", "b"], pooling="mean")}

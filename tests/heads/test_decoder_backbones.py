@@ -83,8 +83,8 @@ def test_a_decoder_trains_a_head_and_predicts_in_batches(decoder, tmp_path, caps
 
 def test_lora_with_a_classifier_and_the_lm_head_survives_save_reload_and_merge(tmp_path):
     """The peft #876 class of bug: heads beside a LoRA backbone lost on save or on merge."""
+    from headkit.model import load as load_saved
     from headkit.ship.export import load_merged
-    from headkit.ship.save import load as load_saved
     from headkit.ship.save import save
     from headkit.training.strategies import apply_lora
 

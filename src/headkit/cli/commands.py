@@ -11,6 +11,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
+from headkit.devices import Device, DType
 from headkit.errors import HeadkitError
 from headkit.training.config import TrainConfig
 from headkit.training.pretrain import PretrainConfig
@@ -95,10 +96,12 @@ def evaluate(
     data: str | None = None,
     head: list[str] | None = None,
     text_column: str = "text",
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 64,
     output: str | None = None,
     progress: bool = True,
+    device: Device = "auto",
+    dtype: DType = "auto",
 ) -> None:
     """Score a trained model on labelled data, with the label maps saved at training time.
 
@@ -107,10 +110,12 @@ def evaluate(
         data: a labelled file or built-in dataset.
         head: NAME:COLUMN for each head to score (default: a column named like the head, else 'label').
         text_column: the text column (old spelling: --text).
-        max_length: token limit; longer inputs are truncated.
+        max_length: token limit; longer inputs are truncated (default: the limit the model was trained with).
         batch_size: examples per forward pass.
         output: also write the scores (and the per-class report) to this JSON file.
         progress: show a progress bar.
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit._fs import atomic_write_json
     from headkit.ship.predict import load_for_inference
@@ -122,7 +127,7 @@ def evaluate(
     bad = [spec for spec in head or [] if ":" not in spec]
     if bad:
         raise HeadkitError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
-    model, tokenizer = load_for_inference(run)
+    model, tokenizer = load_for_inference(run, device=device, dtype=dtype)
     columns = dict(spec.split(":", 1) for spec in head or [])
     result, count = evaluate_dataset(
         model, tokenizer, data, columns, text_column, max_length, batch_size, progress=progress
@@ -142,6 +147,9 @@ def predict(
     batch_size: int = 64,
     engine: Engine = "torch",
     progress: bool = True,
+    max_length: int | None = None,
+    device: Device = "auto",
+    dtype: DType = "auto",
 ) -> None:
     """Predict every head for texts from a file (written to another file) or from --text.
 
@@ -155,26 +163,30 @@ def predict(
         batch_size: texts per forward pass.
         engine: torch (the saved model), onnx or onnx-int8 (a directory written by export --to onnx).
         progress: show a progress bar for --input files.
+        max_length: token limit; longer texts are predicted on their first tokens and marked
+            truncated (default: the limit the model was trained with).
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit.ship.predict import load_for_inference, predict_file, predict_texts
 
     if not input and not text and not image:
         raise HeadkitError("nothing to predict: give --input FILE, --text 'some text' or --image FILE")
-    model, tokenizer = load_for_inference(run, engine=engine)
+    model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     if image:
         _print_images(model, tokenizer, image, batch_size)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
-        count, truncated = predict_file(
-            model, tokenizer, input, text_column, output, batch_size=batch_size, progress=progress
-        )
+        count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size, progress, max_length)
         print(f"wrote predictions for {count} texts to {output}")
         if truncated:
             print(
                 f"note: {truncated} texts were longer than the model reads and were predicted on their "
                 'first tokens (marked "truncated": true)'
             )
-    for sample, prediction in zip(text or [], predict_texts(model, tokenizer, text or [], batch_size), strict=True):
+    for sample, prediction in zip(
+        text or [], predict_texts(model, tokenizer, text or [], batch_size, max_length), strict=True
+    ):
         Console().print(f"[bold]{sample}[/]", highlight=False)
         for head, value in prediction.items():
             if head == "truncated":
@@ -196,7 +208,15 @@ def _print_images(model, processor, paths: list[str], batch_size: int) -> None:
             Console().print(f"  {head}: {model.heads[head].brief(value)}", highlight=False)
 
 
-def fill_mask(model: str, text: list[str], top_k: int = 5, json: bool = False, trust_remote_code: bool = False) -> None:
+def fill_mask(
+    model: str,
+    text: list[str],
+    top_k: int = 5,
+    json: bool = False,
+    trust_remote_code: bool = False,
+    device: Device = "auto",
+    dtype: DType = "auto",
+) -> None:
     """Fill every mask in one or more texts with the model's masked-LM head: top-k tokens and probabilities.
 
     Args:
@@ -205,12 +225,14 @@ def fill_mask(model: str, text: list[str], top_k: int = 5, json: bool = False, t
         top_k: candidates shown per mask.
         json: print JSON instead of a table.
         trust_remote_code: allow checkpoints that need their own Python code.
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     import json as jsonlib
 
     from headkit.ship.generate import fill_mask as run_fill_mask
 
-    results = run_fill_mask(model, text, top_k=top_k, trust_remote_code=trust_remote_code)
+    results = run_fill_mask(model, text, top_k, trust_remote_code, device, dtype)
     if json:
         print(jsonlib.dumps([{"text": t, "masks": r} for t, r in zip(text, results, strict=True)], indent=2))
         return
@@ -231,6 +253,8 @@ def generate(
     chat: bool = True,
     seed: int = 0,
     trust_remote_code: bool = False,
+    device: Device = "auto",
+    dtype: DType = "auto",
 ) -> None:
     """Write text with a causal-LM head, streamed to the terminal (greedy unless --sample).
 
@@ -244,6 +268,8 @@ def generate(
         chat: use the tokenizer's chat template when it has one.
         seed: random seed for sampling.
         trust_remote_code: allow checkpoints that need their own Python code.
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit.ship.generate import generate as run_generate
 
@@ -258,6 +284,8 @@ def generate(
         stream=True,
         seed=seed,
         trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
     )
     print()
 
@@ -321,6 +349,8 @@ def serve(
     timeout: float = 30.0,
     max_batch_texts: int = 128,
     batch_wait_ms: float = 2.0,
+    device: Device = "auto",
+    dtype: DType = "auto",
 ) -> None:
     """Serve every head over HTTP: POST /predict, GET /health, GET /metadata, GET /docs.
 
@@ -335,6 +365,8 @@ def serve(
         max_batch_texts: texts gathered from concurrent requests into one prediction call (run in
             length-grouped forward passes of 16).
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit.ship.serve import ServeLimits, load_app, run_server
 
@@ -345,7 +377,7 @@ def serve(
         max_batch_texts=max_batch_texts,
         batch_wait_ms=batch_wait_ms,
     )
-    run_server(load_app(run, engine=engine, limits=limits), host=host, port=port)
+    run_server(load_app(run, engine=engine, limits=limits, device=device, dtype=dtype), host=host, port=port)
 
 
 def advise(

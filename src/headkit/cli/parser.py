@@ -125,7 +125,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
         out.append(arg)
         i += 1
     if out[:1] == ["fill-mask"]:
-        takes_value = {"--top_k", "--config"}
+        takes_value = {"--top_k", "--config", "--device", "--dtype"}
         positionals, options, j = [], [], 1
         while j < len(out):
             options += [out[j]] if out[j].startswith("--") else []

@@ -128,13 +128,29 @@ def align_tags(tag_ids: list[int] | None, word_ids: list[int | None]) -> list[in
     return out
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic shuffled train/validation split."""
-    order = np.random.default_rng(seed).permutation(n)
+def split_indices(
+    n: int, val_fraction: float, seed: int, strata: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic shuffled train/validation split; with `strata` (a label per example,
+    missing labels a stratum of their own) each stratum gives its share, so the classes keep
+    their proportions (a class with one example stays in training)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0  # a requested split is never empty
     if val_fraction > 0 and n - n_val < 1:
         raise DataError(f"only {n} examples: too few to hold out {val_fraction:.0%} for validation")
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    if strata is None or n_val == 0:
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    strata = np.asarray(strata)[order]
+    val = []
+    for value in np.unique(strata):
+        members = order[strata == value]  # already shuffled
+        val.extend(members[: round(len(members) * val_fraction)] if len(members) > 1 else [])
+    val = val or list(order[:n_val])  # every stratum too small: a plain split
+    train = np.setdiff1d(order, val)
+    if len(train) == 0:
+        raise DataError(f"only {n} examples: too few to hold out {val_fraction:.0%} for validation")
+    return np.sort(train), np.sort(np.asarray(val, dtype=order.dtype))
 
 
 # ----------------------------------------------------------------------------- batching
@@ -209,6 +225,8 @@ def collate(
         else:
             y = torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
         labels[head] = y
+    if "index" not in examples[0]:  # transformers.Trainer drops what forward does not name
+        return {**batch, "labels": labels}
     return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from headkit.data.batching import EncodedData, align_tags, concat, split_indices, tokenize
 from headkit.data.images import is_image_processor, load_images, preprocess
 from headkit.data.pairs import tokenize_pairs
-from headkit.data.readers import read_rows
+from headkit.data.readers import Rows, read_rows
 from headkit.errors import DataError
 from headkit.heads import HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
 from headkit.model import HEAD_NAME
@@ -39,6 +39,7 @@ class TaskSpec:
         loss_weight: this head's weight in the total loss.
         dropout: dropout before the head's layers (default: the head type's own, e.g. 0.1).
         limit: use at most this many rows of the source (a seeded random sample).
+        eval_data: validate on this file or dataset instead of holding out part of `data`.
         layer: the hidden state the head reads: -1 the last, 0 the embeddings, k the k-th layer
             (negative: counted from the top). Heads on different layers share one backbone pass.
     """
@@ -53,17 +54,25 @@ class TaskSpec:
     dropout: float | None = None
     limit: int | None = None
     layer: int = -1
+    eval_data: str | None = None
 
 
-def parse_task(spec: str, data: str | None, text: str = "text", pooling: str = "mean", layer: int = -1) -> TaskSpec:
-    """`name:column[:type]` (with shared --data/--text_column) -> TaskSpec."""
+def parse_task(
+    spec: str,
+    data: str | None,
+    text: str = "text",
+    pooling: str = "mean",
+    layer: int = -1,
+    eval_data: str | None = None,
+) -> TaskSpec:
+    """`name:column[:type]` (with shared --data/--text_column/--eval_data) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise DataError(f"--head '{spec}' should look like NAME:COLUMN or NAME:COLUMN:TYPE (e.g. sentiment:label)")
     if not data:
         raise DataError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
     kind = parts[2] if len(parts) > 2 else DEFAULT_HEAD_TYPE
-    return TaskSpec(name=parts[0], data=data, label=parts[1], text=text, type=kind, pooling=pooling, layer=layer)
+    return TaskSpec(parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data)
 
 
 @dataclass
@@ -98,11 +107,11 @@ def _check_tasks(tasks: list[TaskSpec]) -> None:
             raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
 
 
-def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+def _sample(rows: Rows, limit: int | None, seed: int) -> Rows:
     if limit is None or limit >= len(rows):
         return rows
     keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
-    return [rows[i] for i in keep]
+    return Rows([rows[i] for i in keep], rows.label_names)
 
 
 def prepare(
@@ -116,58 +125,88 @@ def prepare(
 ) -> PreparedData:
     """Read, encode and split every task's data; build each head's config with its label map.
 
-    `sources` maps a task's `data` string to an in-memory `datasets.Dataset` (library use).
+    `sources` maps a task's `data` (or `eval_data`) string to an in-memory `datasets.Dataset`
+    (library use). A task with `eval_data` validates on it; the others hold out `val_fraction`
+    of their data, stratified by the first single-label classification head's labels.
     """
     _check_tasks(tasks)
-    groups: dict[tuple[str, str], list[TaskSpec]] = defaultdict(list)
+    groups: dict[tuple[str, str, str | None], list[TaskSpec]] = defaultdict(list)
     for task in tasks:
-        groups[(task.data, task.text)].append(task)
+        groups[(task.data, task.text, task.eval_data)].append(task)
     train_parts, val_parts, heads = [], [], {}
-    for (data, text_column), group in groups.items():
-        source = (sources or {}).get(data, data)
-        rows = _sample(read_rows(source), min((t.limit for t in group if t.limit), default=None), seed)
-        kinds = {t.name: head_class(t.type) for t in group}
-        words = any(k.inputs == "words" for k in kinds.values())
-        pairs = [t for t in group if kinds[t.name].inputs == "pairs"]
-        images = is_image_processor(processor)
-        sizes = None
-        if pairs:  # preference pairs: every head on this data reads them
-            if len(pairs) != len(group) or images:
-                raise DataError(
-                    f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
-                    "images cannot share; give them a run of their own"
-                )
-            chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
-            encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
-        elif images:  # the text column names image files
-            pictures, sizes = load_images(rows, text_column, data)
-            pixels = preprocess(processor, pictures, crop=all(k.crop_ok for k in kinds.values()))
-            encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
-        else:
-            input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)
-            encoded = EncodedData(input_ids, {}, [r.get("tokens") if words else r.get(text_column) for r in rows])
-        for task in group:
-            kind = kinds[task.name]
-            if kind.inputs == "images" and not images:
-                raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
-            if images and kind.inputs == "words":
-                raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
-            where = LabelSource(task.name, task.label, data)
-            labels = (label_maps or {}).get(task.name)
-            if labels is None:
-                labels = kind.label_names(rows, where)
-            y = kind.encode_labels(rows, where, labels, sizes)
-            if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
-                y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
-            encoded.labels[task.name] = y
-            options = {} if kind.per_token else {"pooling": task.pooling}
-            if task.dropout is not None:
-                options["dropout"] = task.dropout
-            heads[task.name] = head_config(
-                task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
-            )
-        train_idx, val_idx = split_indices(len(encoded), val_fraction, seed)
+    for (data, text_column, eval_data), group in groups.items():
+        limit = min((t.limit for t in group if t.limit), default=None)
+        rows = _sample(read_rows((sources or {}).get(data, data)), limit, seed)
+        encoded, configs = _encode(rows, group, data, text_column, processor, max_length, label_maps)
+        heads.update(configs)
+        if eval_data:
+            maps = {**(label_maps or {}), **{n: c.labels for n, c in configs.items()}}
+            eval_rows = read_rows((sources or {}).get(eval_data, eval_data))
+            train_parts.append(encoded)
+            val_parts.append(_encode(eval_rows, group, eval_data, text_column, processor, max_length, maps)[0])
+            continue
+        train_idx, val_idx = split_indices(len(encoded), val_fraction, seed, strata=_strata(encoded, group))
         train_parts.append(encoded.subset(train_idx))
         val_parts.append(encoded.subset(val_idx))
     head_types = {name: c.type for name, c in heads.items()}
     return PreparedData(concat(train_parts, head_types), concat(val_parts, head_types), heads)
+
+
+def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:
+    """The labels a validation split keeps the proportions of: the first single-label head's."""
+    first = next((t for t in group if head_class(t.type).label_layout == "index"), None)
+    return np.asarray(encoded.labels[first.name]) if first is not None else None
+
+
+def _encode(
+    rows: list[dict[str, Any]],
+    group: list[TaskSpec],
+    data: str,
+    text_column: str,
+    processor: Any,
+    max_length: int,
+    label_maps: dict[str, list[str]] | None,
+) -> tuple[EncodedData, dict[str, HeadConfig]]:
+    """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs."""
+    kinds = {t.name: head_class(t.type) for t in group}
+    words = any(k.inputs == "words" for k in kinds.values())
+    pairs = [t for t in group if kinds[t.name].inputs == "pairs"]
+    images = is_image_processor(processor)
+    sizes = None
+    if pairs:  # preference pairs: every head on this data reads them
+        if len(pairs) != len(group) or images:
+            raise DataError(
+                f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
+                "images cannot share; give them a run of their own"
+            )
+        chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
+        encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
+    elif images:  # the text column names image files
+        pictures, sizes = load_images(rows, text_column, data)
+        pixels = preprocess(processor, pictures, crop=all(k.crop_ok for k in kinds.values()))
+        encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
+    else:
+        input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)
+        encoded = EncodedData(input_ids, {}, [r.get("tokens") if words else r.get(text_column) for r in rows])
+    configs = {}
+    for task in group:
+        kind = kinds[task.name]
+        if kind.inputs == "images" and not images:
+            raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
+        if images and kind.inputs == "words":
+            raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
+        where = LabelSource(task.name, task.label, data, declared=getattr(rows, "label_names", {}))
+        labels = (label_maps or {}).get(task.name)
+        if labels is None:
+            labels = kind.label_names(rows, where)
+        y = kind.encode_labels(rows, where, labels, sizes)
+        if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
+            y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
+        encoded.labels[task.name] = y
+        options = {} if kind.per_token else {"pooling": task.pooling}
+        if task.dropout is not None:
+            options["dropout"] = task.dropout
+        configs[task.name] = head_config(
+            task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
+        )
+    return encoded, configs

@@ -93,6 +93,22 @@ class LabelSource:
     head: str  # the head's name
     column: str  # the label column(s) as the user gave them (several: comma-separated)
     source: str  # the data they come from (a path or a built-in name)
+    # label names a source declares per column, in their order (a datasets ClassLabel)
+    declared: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+
+    def declared_names(self, column: str | None = None, present: set[str] | None = None) -> list[str] | None:
+        """The declared label names of `column` (default: the label column), checked to hold every
+        value `present`; None when the source declares none."""
+        names = self.declared.get(column or self.column)
+        if names is None:
+            return None
+        unknown = sorted((present or set()) - set(names))
+        if unknown:
+            raise DataError(
+                f"column '{column or self.column}' of {self.source} holds {unknown}, "
+                f"not among its declared labels {names}"
+            )
+        return list(names)
 
     def columns(self) -> list[str]:
         return [c.strip() for c in self.column.split(",")]
@@ -127,6 +143,7 @@ class Head(Protocol):
     metrics: ClassVar[dict[str, bool]]  # every metric `score` reports -> whether higher is better
     crop_ok: ClassVar[bool]  # False: outputs are image positions, so images are never centre-cropped
     export_target: ClassVar[str | None]  # the transformers Auto class that holds exactly this head
+    pipeline_tag: ClassVar[str | None]  # the Hub's task name for it (model cards), None: no such task
     architectures: ClassVar[tuple[str, ...]]  # transformers class-name endings that carry this head
     fewshot: ClassVar[bool]  # few-shot training can make pairs for it and solve it in closed form
     class_noun: ClassVar[str]  # what one of its labels is called in advice ("class", "label")
@@ -161,6 +178,7 @@ class Head(Protocol):
     def for_image(self, prediction: Any, width: int, height: int) -> Any: ...
     def for_text(self, prediction: Any, encoding: Any, text: str) -> Any: ...
     def brief(self, prediction: Any) -> str: ...
+    def pipeline_output(self, prediction: Any) -> Any: ...
     def table_cells(self, prediction: Any) -> dict[str, Any]: ...
     def attach(self, backbone: nn.Module) -> None: ...
     def export_config(self, config: Any) -> None: ...
@@ -179,6 +197,7 @@ class HeadBase(nn.Module):
     metrics: ClassVar[dict[str, bool]] = {}  # a metric not listed counts as higher-is-better
     crop_ok: ClassVar[bool] = True
     export_target: ClassVar[str | None] = None
+    pipeline_tag: ClassVar[str | None] = None
     architectures: ClassVar[tuple[str, ...]] = ()
     fewshot: ClassVar[bool] = False
     class_noun: ClassVar[str] = "class"
@@ -245,6 +264,10 @@ class HeadBase(nn.Module):
         if isinstance(prediction, dict):
             return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in prediction.items())
         return str(prediction)
+
+    def pipeline_output(self, prediction: Any) -> Any:
+        """A prediction (after `for_text`) in the form transformers pipelines give for this task."""
+        return prediction
 
     def table_cells(self, prediction: Any) -> dict[str, Any]:
         """Flat columns for a CSV of predictions, by suffix of the head's name ("": its own column)."""

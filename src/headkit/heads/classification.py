@@ -67,6 +67,7 @@ class PooledHead(HeadBase):
     min_labels = 1
     fewshot = True
     export_target = SEQUENCE_CLASSIFICATION
+    pipeline_tag = "text-classification"
     problem_type: str  # transformers' name for this kind of sequence classification
 
     def __init__(self, config: ClassificationConfig):
@@ -121,6 +122,9 @@ class ClassificationHead(PooledHead):
                 f"column '{where.column}' of {where.source} has {len(distinct)} distinct values in {len(present)} "
                 "rows: it looks continuous or free text, not class labels. Use type regression, or another column."
             )
+        declared = where.declared_names(present=distinct)
+        if declared is not None:
+            return declared  # the dataset's own order (ClassLabel names)
         if len(distinct) < 2:
             raise DataError(
                 f"column '{where.column}' of {where.source} has a single class {sorted(distinct)}; "
@@ -158,6 +162,10 @@ class ClassificationHead(PooledHead):
 
     def brief(self, prediction: Any) -> str:
         return f"{prediction['label']} ({prediction['probs'][prediction['label']]:.2f})"
+
+    def pipeline_output(self, prediction: Any) -> dict[str, Any]:
+        """text-classification's {"label", "score"}."""
+        return {"label": prediction["label"], "score": prediction["probs"][prediction["label"]]}
 
     def table_cells(self, prediction: Any) -> dict[str, Any]:
         return {"": prediction["label"], **{f".p.{k}": round(v, 6) for k, v in prediction["probs"].items()}}
@@ -230,7 +238,8 @@ class MultiLabelHead(PooledHead):
     @classmethod
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         values = label_values(rows, where)
-        return sorted({name for v in values if not is_missing(v) for name in as_label_list(v)})
+        present = {name for v in values if not is_missing(v) for name in as_label_list(v)}
+        return where.declared_names(present=present) or sorted(present)
 
     @classmethod
     def encode_labels(
@@ -274,6 +283,11 @@ class MultiLabelHead(PooledHead):
 
     def brief(self, prediction: Any) -> str:
         return ", ".join(prediction["labels"]) or "(none)"
+
+    def pipeline_output(self, prediction: Any) -> list[dict[str, Any]]:
+        """The labels above their thresholds as {"label", "score"}, most probable first."""
+        chosen = [{"label": n, "score": prediction["probs"][n]} for n in prediction["labels"]]
+        return sorted(chosen, key=lambda c: -c["score"])
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         present = ~torch.isnan(labels)

@@ -29,6 +29,7 @@ class CTCHead(HeadBase):
     primary_metric = "cer"
     metrics: ClassVar[dict[str, bool]] = {"cer": False}
     export_target = "AutoModelForCTC"
+    pipeline_tag = "automatic-speech-recognition"
     architectures = ("ForCTC",)
 
     def export_config(self, config: Any) -> None:

@@ -127,6 +127,7 @@ class MaskedLMHead(LMHead):
 
     causal = False
     export_target = "AutoModelForMaskedLM"
+    pipeline_tag = "fill-mask"
     architectures = ("ForMaskedLM",)
 
 
@@ -135,4 +136,5 @@ class CausalLMHead(LMHead):
 
     causal = True
     export_target = "AutoModelForCausalLM"
+    pipeline_tag = "text-generation"
     architectures = ("ForCausalLM", "LMHeadModel")

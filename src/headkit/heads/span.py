@@ -39,6 +39,7 @@ class SpanHead(HeadBase):
     primary_metric = "exact_match"
     metrics: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
     export_target = "AutoModelForQuestionAnswering"
+    pipeline_tag = "question-answering"
 
     def export_output(self, out: Any) -> Tensor:
         return torch.stack([out.start_logits, out.end_logits], dim=-1)  # (B, T, 2), as forward gives

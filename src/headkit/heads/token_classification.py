@@ -68,6 +68,7 @@ class TokenClassificationHead(HeadBase):
     primary_metric = "f1"
     metrics: ClassVar[dict[str, bool]] = {"f1": True, "precision": True, "recall": True, "accuracy": True}
     export_target = "AutoModelForTokenClassification"
+    pipeline_tag = "token-classification"
     architectures = ("ForTokenClassification",)
     fewshot = True
 
@@ -75,8 +76,9 @@ class TokenClassificationHead(HeadBase):
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         """Sorted tags with `O` first (the usual id 0)."""
         values = label_values(rows, where, _tags_column(where))
-        tags = sorted({str(t) for v in values if not is_missing(v) for t in v})
-        return (["O"] if "O" in tags else []) + [t for t in tags if t != "O"]
+        tags = sorted({str(t) for v in values if not is_missing(v) for t in v if t is not None})
+        declared = where.declared_names(_tags_column(where), present=set(tags))
+        return declared or (["O"] if "O" in tags else []) + [t for t in tags if t != "O"]
 
     @classmethod
     def encode_labels(
@@ -147,9 +149,29 @@ class TokenClassificationHead(HeadBase):
                 previous = word if word is not None else previous
                 continue
             start, end = encoding.offsets[position]
-            words.append({"word": text[start:end], "tag": prediction[position]})
+            words.append({"word": text[start:end], "tag": prediction[position], "start": start, "end": end})
             previous = word
         return words
+
+    def pipeline_output(self, prediction: Any) -> list[dict[str, Any]]:
+        """Entity spans, as token-classification pipelines give with aggregation_strategy="simple":
+        B- starts an entity, I- of the same type continues it; {"entity_group", "word", "start", "end"}
+        with character offsets into the text (the word's first sub-word decides its tag)."""
+        if not prediction or not isinstance(prediction[0], dict) or "start" not in prediction[0]:
+            return prediction  # a slow tokenizer gives no offsets: tags per token
+        entities: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        for word in prediction:
+            prefix, _, kind = word["tag"].partition("-")
+            if current is not None and prefix == "I" and kind == current["entity_group"]:
+                gap = " " * max(0, word["start"] - current["end"])  # the text between words (spaces)
+                current.update(word=current["word"] + gap + word["word"], end=word["end"])
+                continue
+            current = None  # O, or a new entity, ends the one before
+            if word["tag"] != "O" and kind:
+                current = {"entity_group": kind, "word": word["word"], "start": word["start"], "end": word["end"]}
+                entities.append(current)
+        return entities
 
     def brief(self, prediction: Any) -> str:
         if prediction and isinstance(prediction[0], dict):

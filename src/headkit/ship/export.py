@@ -29,10 +29,10 @@ from headkit._fs import atomic_write_json, staged_dir
 from headkit.errors import ExportError, ModelNotFoundError
 from headkit.extras import require
 from headkit.heads import Head
-from headkit.model import MultiHeadModel
+from headkit.model import MultiHeadModel, load_heads
 from headkit.ship.onnx_engine import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
 from headkit.ship.predict import resolve_model_dir
-from headkit.ship.save import BACKBONE_DIR, MANIFEST, load_heads, read_manifest, save
+from headkit.ship.save import BACKBONE_DIR, MANIFEST, read_manifest, save
 
 MAPPED_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.Conv2d)
 
@@ -302,6 +302,7 @@ def export_onnx(
                 "outputs": list(model.heads),
                 "heads": manifest["heads"],
                 "backbone": manifest["backbone"],
+                "max_length": manifest.get("max_length"),
                 "files": {
                     f: hashlib.sha256((staging / f).read_bytes()).hexdigest()
                     for f in (ONNX_FILE, ONNX_INT8_FILE)

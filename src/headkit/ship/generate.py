@@ -25,22 +25,25 @@ def _local_path(name: str) -> Path:
     return dequantised(source) if source.gguf_file else source.path
 
 
-def masked_lm(name: str, trust_remote_code: bool = False) -> tuple[Callable[..., torch.Tensor], Any]:
-    """A function (input_ids, attention_mask) -> vocabulary logits, and the tokenizer."""
+def masked_lm(
+    name: str, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "auto"
+) -> tuple[Callable[..., torch.Tensor], Any]:
+    """A function (input_ids, attention_mask) -> vocabulary logits (inputs moved to the model's
+    device), and the tokenizer."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     saved = find_save(name)
     if saved is not None:
         from headkit.ship.predict import load_for_inference
 
-        model, tokenizer = load_for_inference(saved, trust_remote_code=trust_remote_code)
+        model, tokenizer = load_for_inference(saved, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
         head = next((n for n, h in model.heads.items() if isinstance(h, MaskedLMHead)), None)
         if head is None:
             raise HeadkitError(
                 f"{name} has no masked-LM head (its heads: {list(model.heads)}); "
                 f"give its backbone one with: headkit pretrain --objective mlm --model {name} --corpus FILE"
             )
-        return (lambda **enc: model(heads=[head], **enc).outputs[head]), tokenizer
+        return (lambda **enc: model(heads=[head], **_on(enc, model.device)).outputs[head]), tokenizer
     report = inspect_model(name, trust_remote_code=trust_remote_code)
     if report.head_kind != MASKED_LM:
         what = "no head at all" if report.head_kind == "none" else f"a {report.head_kind} head"
@@ -50,16 +53,35 @@ def masked_lm(name: str, trust_remote_code: bool = False) -> tuple[Callable[...,
             "(then run fill-mask on the run directory)"
         )
     path = _local_path(name)
-    model = quietly_from_pretrained(AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code).eval()
-    return (lambda **enc: model(**enc).logits), AutoTokenizer.from_pretrained(path)
+    model = _placed(
+        quietly_from_pretrained(AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code), device, dtype
+    )
+    return (lambda **enc: model(**_on(enc, model.device)).logits), AutoTokenizer.from_pretrained(path)
+
+
+def _placed(model: Any, device: str, dtype: str) -> Any:
+    """`model` on the chosen device and dtype (headkit.devices), in eval mode."""
+    from headkit.devices import pick_device, pick_dtype
+
+    where = pick_device(device)
+    return model.to(device=where, dtype=pick_dtype(dtype, where)).eval()
+
+
+def _on(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 @torch.no_grad()
 def fill_mask(
-    name: str, texts: list[str], top_k: int = 5, trust_remote_code: bool = False
+    name: str,
+    texts: list[str],
+    top_k: int = 5,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    dtype: str = "auto",
 ) -> list[list[list[tuple[str, float]]]]:
     """For each text, for each mask in it: the top-k tokens with their probabilities."""
-    logits_fn, tokenizer = masked_lm(name, trust_remote_code)
+    logits_fn, tokenizer = masked_lm(name, trust_remote_code, device, dtype)
     mask = tokenizer.mask_token
     if mask is None:
         raise HeadkitError(f"the tokenizer of {name} has no mask token, so it cannot fill masks")
@@ -74,7 +96,7 @@ def fill_mask(
     if enc["input_ids"].shape[1] > limit:
         raise DataError(f"a text is {enc['input_ids'].shape[1]} tokens long; this model reads at most {limit}")
     inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    probs = logits_fn(**inputs).float().softmax(-1)
+    probs = logits_fn(**inputs).float().softmax(-1).cpu()
     results = []
     for row in range(len(texts)):
         positions = (enc["input_ids"][row] == tokenizer.mask_token_id).nonzero().flatten().tolist()
@@ -88,8 +110,8 @@ def fill_mask(
     return results
 
 
-def load_causal_lm(name: str, trust_remote_code: bool = False):
-    """A causal-LM model (eval mode) and its tokenizer; GGUF files are dequantised once and cached."""
+def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "auto"):
+    """A causal-LM model (eval mode, on `device`) and its tokenizer; GGUF files are dequantised once and cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     saved = find_save(name)
@@ -108,7 +130,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False):
 
         merged = load_backbone(saved, trust_remote_code=trust_remote_code)
         getattr(model, model.base_model_prefix).load_state_dict(merged.state_dict())
-    return model, AutoTokenizer.from_pretrained(path)
+    return _placed(model, device, dtype), AutoTokenizer.from_pretrained(path)
 
 
 @torch.no_grad()
@@ -123,11 +145,13 @@ def generate(
     stream: bool = False,
     seed: int = 0,
     trust_remote_code: bool = False,
+    device: str = "cpu",
+    dtype: str = "auto",
 ) -> str:
     """Continue `prompt` with the causal-LM head: greedy by default, or sampling; returns the new text."""
     from transformers import TextStreamer
 
-    model, tokenizer = load_causal_lm(name, trust_remote_code)
+    model, tokenizer = load_causal_lm(name, trust_remote_code, device, dtype)
     if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
@@ -149,5 +173,5 @@ def generate(
     if tokenizer.pad_token_id is None:
         options["pad_token_id"] = tokenizer.eos_token_id
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    output = model.generate(**enc, streamer=streamer, **options)
+    output = model.generate(**_on(enc, model.device), streamer=streamer, **options)
     return tokenizer.decode(output[0, n:], skip_special_tokens=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from headkit.devices import onnx_providers
 from headkit.errors import CheckpointError
 from headkit.extras import require
 from headkit.heads import build_head, config_from_dict
@@ -42,7 +43,9 @@ def as_feed(tensor: Tensor) -> np.ndarray:
 class OnnxModel:
     """All heads from one onnxruntime session; `int8` picks the quantised graph."""
 
-    def __init__(self, directory: str | os.PathLike, int8: bool = False, threads: int | None = None):
+    def __init__(
+        self, directory: str | os.PathLike, int8: bool = False, threads: int | None = None, device: str = "cpu"
+    ):
         require("onnx", "The onnx engines")
         import onnxruntime as ort
         from transformers import AutoConfig
@@ -61,13 +64,15 @@ class OnnxModel:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            providers = onnx_providers(torch.device(device))
+            self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise CheckpointError(f"onnxruntime could not load {path}: {e}") from e
         self.input_names: list[str] = manifest["inputs"]
         self.heads = {name: build_head(config_from_dict(c)).eval() for name, c in manifest["heads"].items()}
         self.backbone_config = AutoConfig.from_pretrained(directory)
-        self.device = torch.device("cpu")
+        self.max_length: int | None = manifest.get("max_length")  # the limit the model was trained with
+        self.device = torch.device("cpu")  # where inputs are built; onnxruntime copies them to its provider
 
     def __call__(self, heads: list[str] | None = None, **inputs: Tensor) -> MultiHeadOutput:
         names = heads if heads is not None else list(self.heads)

@@ -17,9 +17,9 @@ from headkit.data.files import column_values
 from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
-from headkit.model import MultiHeadModel
+from headkit.model import MultiHeadModel, load
 from headkit.ship.onnx_engine import OnnxModel
-from headkit.ship.save import BACKBONE_DIR, MANIFEST, find_save, load
+from headkit.ship.save import BACKBONE_DIR, MANIFEST, find_save
 
 
 def resolve_model_dir(run: str | os.PathLike) -> Path:
@@ -33,19 +33,28 @@ def resolve_model_dir(run: str | os.PathLike) -> Path:
 ENGINES = ("torch", "onnx", "onnx-int8")
 
 
-def load_for_inference(run: str | os.PathLike, trust_remote_code: bool = False, engine: str = "torch"):
-    """The saved model (eval mode) and its tokenizer; `engine` onnx/onnx-int8 reads an ONNX export."""
+def load_for_inference(
+    run: str | os.PathLike,
+    trust_remote_code: bool = False,
+    engine: str = "torch",
+    device: str = "cpu",
+    dtype: str = "auto",
+):
+    """The saved model (eval mode, on `device` in `dtype`: see headkit.devices) and its tokenizer;
+    `engine` onnx/onnx-int8 reads an ONNX export (on CUDA through onnxruntime's CUDA provider)."""
     from headkit.backbone import load_processor
+    from headkit.devices import pick_device, pick_dtype
 
     if engine not in ENGINES:
         raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
+    where = pick_device(device)
     if engine != "torch":
         from headkit.ship.onnx_engine import OnnxModel
 
-        return OnnxModel(run, int8=engine == "onnx-int8"), load_processor(run)
+        return OnnxModel(run, int8=engine == "onnx-int8", device=where.type), load_processor(run)
     directory = resolve_model_dir(run)
-    model = load(directory, trust_remote_code=trust_remote_code).eval()
-    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    model = load(directory, trust_remote_code=trust_remote_code).to(device=where, dtype=pick_dtype(dtype, where))
+    return model.eval(), load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
 
 
 def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
@@ -76,7 +85,7 @@ def predict_texts(
     tokenizer,
     texts: list[str],
     batch_size: int = 64,
-    max_length: int = 512,
+    max_length: int | None = None,
     heads: list[str] | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -91,6 +100,7 @@ def predict_texts(
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
     if not texts:
         return []
+    max_length = max_length or getattr(model, "max_length", None) or 512  # default: what it was trained with
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.
@@ -146,6 +156,7 @@ def predict_file(
     output_path: str,
     batch_size: int = 64,
     progress: bool = False,
+    max_length: int | None = None,
 ) -> tuple[int, int]:
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
 
@@ -164,7 +175,9 @@ def predict_file(
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
-    predictions = predict_texts(model, tokenizer, texts, batch_size=batch_size, progress=progress)
+    predictions = predict_texts(
+        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress
+    )
     truncated = sum(1 for p in predictions if p.get("truncated"))
     out = Path(output_path)
     if out.suffix.lower() == ".csv":

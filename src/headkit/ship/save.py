@@ -4,6 +4,7 @@ A head checkpoint is two files, like a sentence-transformers module:
     heads.json          format version, head configs (with label maps), loss weighting,
                         the backbone fingerprint, and the sha256 of the weights file
     heads.safetensors   head (and learned weighting) parameters, tied weights left out
+Loading them (`load_heads`, `load`) builds a MultiHeadModel, so it lives in headkit.model.
 A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
 tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files).
 Each file is written to a temporary name and renamed into
@@ -25,10 +26,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
-from headkit.backbone import fingerprint, load_backbone
+from headkit.backbone import fingerprint
 from headkit.errors import CheckpointError, FingerprintMismatchError
-from headkit.heads import config_from_dict
-from headkit.model import MultiHeadModel
 
 FORMAT = "headkit.heads"
 FORMAT_VERSION = 1
@@ -38,23 +37,25 @@ BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
 
 
-def _head_state(model: MultiHeadModel) -> dict:
+def head_state(model: Any) -> dict:
+    """The tensors a head checkpoint holds: heads and learned loss weights, tied weights left out."""
     tied = model.tied_parameter_names()
     state = {f"heads.{k}": v for k, v in model.heads.state_dict().items() if k not in tied}
     state.update({f"weighting.{k}": v for k, v in model.weighting.state_dict().items()})
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_heads(model: MultiHeadModel, directory: str | os.PathLike) -> Path:
+def save_heads(model: Any, directory: str | os.PathLike) -> Path:
     """Write `heads.json` + `heads.safetensors` for the model's heads into `directory`."""
     directory = Path(directory)
-    weights = safetensors.torch.save(_head_state(model))
+    weights = safetensors.torch.save(head_state(model))
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "backbone": {**fingerprint(model.backbone), "name_or_path": model.backbone.config.name_or_path},
         "weighting": model.weighting.method,
         "heads": {name: config.to_dict() for name, config in model.head_configs.items()},
+        "max_length": model.max_length,  # the token limit it was trained with: predict/evaluate/serve's default
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     # Weights first, then the manifest that vouches for them: a crash in between leaves a
@@ -106,7 +107,7 @@ def check_fingerprint(saved: dict, backbone: nn.Module) -> None:
         )
 
 
-def _read_weights(path: Path, expected_sha256: str | None) -> dict:
+def read_weights(path: Path, expected_sha256: str | None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the head checkpoint is incomplete")
     data = path.read_bytes()
@@ -121,35 +122,20 @@ def _read_weights(path: Path, expected_sha256: str | None) -> dict:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from e
 
 
-def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadModel:
-    """Attach the heads saved in `directory` to `backbone`, after checking they fit it."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    check_fingerprint(manifest["backbone"], backbone)
-    state = _read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
-    configs = {name: config_from_dict(c) for name, c in manifest["heads"].items()}
-    model = MultiHeadModel(backbone, configs, weighting=manifest.get("weighting", "static"))
-    expected = set(_head_state(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise CheckpointError(
-            f"{directory / WEIGHTS} does not fit {MANIFEST}: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
-    heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
-    weighting_state = {k[len("weighting.") :]: v for k, v in state.items() if k.startswith("weighting.")}
-    model.heads.load_state_dict(heads_state, strict=False)  # tied weights come from the backbone
-    model.weighting.load_state_dict(weighting_state)
-    return model
+def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
+    """Full save: `backbone/` (save_pretrained + processor), the heads and a model card
+    (README.md; `card`: what a training run knows, see ship/card.py), swapped in atomically."""
+    from headkit.ship.card import model_card
 
-
-def save(model: MultiHeadModel, directory: str | os.PathLike, processor: Any = None) -> Path:
-    """Full save: `backbone/` (save_pretrained + processor) and the heads, swapped in atomically."""
     directory = Path(directory)
     with staged_dir(directory) as staging:
         _save_backbone(model.backbone, staging)
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
         save_heads(model, staging)
+        card = dict(card or {})
+        text = model_card(model, card, repo_id=card.pop("repo_id", None))
+        atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
     return directory
 
 
@@ -163,23 +149,6 @@ def _save_backbone(backbone: nn.Module, staging: Path) -> None:
     clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
     base.save_pretrained(staging / BACKBONE_DIR, state_dict=clean, safe_serialization=True)
     backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
-
-
-def load(directory: str | os.PathLike, trust_remote_code: bool = False) -> MultiHeadModel:
-    """Load a full save written by `save` (backbone + heads)."""
-    directory = Path(directory)
-    read_manifest(directory)  # fail on a non-checkpoint before loading a large backbone
-    if not (directory / BACKBONE_DIR / "config.json").is_file():
-        raise CheckpointError(
-            f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
-            "load it with headkit.load_heads(dir, backbone)"
-        )
-    backbone = load_backbone(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code, merge_adapter=False)
-    if (directory / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
-    return load_heads(directory, backbone)
 
 
 def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | None:

@@ -224,7 +224,13 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
     return app
 
 
-def load_app(run: str | os.PathLike, engine: str = "torch", limits: ServeLimits | None = None) -> FastAPI:
+def load_app(
+    run: str | os.PathLike,
+    engine: str = "torch",
+    limits: ServeLimits | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> FastAPI:
     """Load a run, a saved model or an ONNX export and build its app."""
     from pathlib import Path
 
@@ -232,7 +238,7 @@ def load_app(run: str | os.PathLike, engine: str = "torch", limits: ServeLimits 
     from headkit.ship.predict import load_for_inference, resolve_model_dir
     from headkit.ship.save import read_manifest
 
-    model, processor = load_for_inference(run, engine=engine)
+    model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     manifest = read_onnx_manifest(Path(run)) if engine != "torch" else read_manifest(resolve_model_dir(run))
     metadata = {
         "engine": engine,

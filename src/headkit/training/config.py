@@ -61,6 +61,8 @@ class TrainConfig:
         tasks: heads and their data (YAML); or use data/text/head below for one file.
         data: shorthand: one data file or built-in dataset shared by every --head.
         text_column: shorthand: the text column of --data (old spelling: --text).
+        eval_data: shorthand: validate the --head heads on this file or dataset instead of holding
+            out --val_fraction of --data (data sources as for --data).
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
         pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
             backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
@@ -115,6 +117,7 @@ class TrainConfig:
     model: str = "minilm"
     tasks: list[TaskSpec] = field(default_factory=list)
     data: str | None = None
+    eval_data: str | None = None
     text_column: str = "text"
     head: list[str] = field(default_factory=list)
     pooling: Pooling = "mean"
@@ -159,7 +162,10 @@ class TrainConfig:
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [parse_task(spec, self.data, self.text_column, self.pooling, self.layer) for spec in self.head]
+        return tasks + [
+            parse_task(spec, self.data, self.text_column, self.pooling, self.layer, self.eval_data)
+            for spec in self.head
+        ]
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a run: a resumed run must match them exactly."""
@@ -168,8 +174,10 @@ class TrainConfig:
         for task in data["tasks"]:
             if task["layer"] == -1:
                 del task["layer"]  # the default: runs saved before heads had layers still resume
+            if task["eval_data"] is None:
+                del task["eval_data"]
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
-        for key in (*ignored, "head", "data", "text_column", "pooling", "layer"):
+        for key in (*ignored, "head", "data", "eval_data", "text_column", "pooling", "layer"):
             data.pop(key)
         for key, default in NEW_DEFAULTS.items():
             if data[key] == default:

@@ -127,7 +127,7 @@ def evaluate_dataset(
     data: str,
     columns: dict[str, str] | None = None,
     text: str = "text",
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[Evaluation, int]:
@@ -149,6 +149,7 @@ def evaluate_dataset(
         columns = {n: n if n in first else "label" for n in model.heads}
     tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
     label_maps = {n: model.heads[n].config.labels for n in columns}
+    max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
     limit = max_input_tokens(model.backbone.config, processor, max_length)
     prepared = prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps)
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none

@@ -59,7 +59,8 @@ def finish_run(
         **state.extra,
     }
     if main:
-        save(model, run / "model", processor=processor)
+        card = {**metrics, "base_model": config.model, "data": sorted({t.data for t in _tasks(config)})}
+        save(model, run / "model", processor=processor, card=card)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
         print_summary(model, evaluation, metrics)
     return TrainResult(run, model, evaluation, metrics)
@@ -75,3 +76,11 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
             tuned[name] = settings
             logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
     return tuned
+
+
+def _tasks(config: TrainConfig) -> list[Any]:
+    """The run's data sources as tasks (continued pretraining has a corpus instead)."""
+    from headkit.data.tasks import TaskSpec
+
+    corpus = getattr(config, "corpus", None)
+    return [TaskSpec("lm", c) for c in corpus] if corpus else config.all_tasks()

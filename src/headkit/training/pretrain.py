@@ -219,7 +219,8 @@ def pretrain(config: PretrainConfig):
         head = head_config(OBJECTIVES[config.objective])
         prepared = PreparedData(data.subset(train_idx), data.subset(val_idx), {"lm": head})
         set_seed(config.seed)
-        model = MultiHeadModel.from_pretrained(config.model, {"lm": head}, trust_remote_code=config.trust_remote_code)
+        model = MultiHeadModel.on_backbone(config.model, {"lm": head}, trust_remote_code=config.trust_remote_code)
+        model.max_length = max_length
         imported = import_pretraining_head(config.model, model.heads["lm"], config.trust_remote_code)
         logger.info(
             f"{len(documents)} documents -> {len(train_idx)} training and {len(val_idx)} held-out blocks; LM head "

@@ -101,9 +101,10 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
         apply_class_weights(config.class_weights, data)
         set_seed(config.seed)
-        model = MultiHeadModel.from_pretrained(
+        model = MultiHeadModel.on_backbone(
             config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
         )
+        model.max_length = max_length
         if strategy.closed_form:
             return fit_fewshot(config, model, processor, data)
         return fit(config, model, processor, data)

@@ -1,0 +1,249 @@
+"""headkit in the Hugging Face ecosystem: models by hub id (from a local hub cache, offline),
+save_pretrained / from_pretrained with heads, push_to_hub (the API mocked), model cards,
+transformers.Trainer, pipelines, devices and dtypes, and the saved max_length."""
+
+import functools
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+import yaml
+
+import headkit
+from headkit import ModelNotFoundError
+from headkit.cli.main import main
+from headkit.data.batching import collate
+from headkit.data.tasks import TaskSpec, prepare
+from headkit.devices import onnx_providers, pick_device, pick_dtype
+from headkit.errors import HeadkitError
+from headkit.model import MultiHeadModel, MultiHeadOutput
+from headkit.ship.predict import load_for_inference, predict_texts
+from headkit.training.recipe import TrainConfig, train
+
+from conftest import SERVED_HEADS, sentiment_rows, write_csv
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache, offline: `publish` lays a folder out in it as a hub repository."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def publish(folder, repo_id: str, commit: str = "0" * 40, ref: str = "main"):
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        return repo / "snapshots" / commit
+
+    return publish
+
+
+@pytest.fixture(scope="module")
+def run(tiny_text_model, tmp_path_factory):
+    """A run trained by the CLI: sentiment + a regression head, max_length 32."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    data = write_csv(out.parent / "reviews.csv", sentiment_rows(48))
+    args = ["train", "--model", str(tiny_text_model), "--data", str(data), "--head", "sentiment:label",
+            "--head", "score:score:regression", "--epochs", "2", "--lr", "0.05", "--max_length", "32",
+            "--output_dir", str(out), "--no_progress"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- hub ids
+
+
+def test_a_model_loads_by_hub_id_from_the_cache_offline(tiny_text_model, hub_cache):
+    hub_cache(tiny_text_model, "tiny-org/tiny-bert")
+    model = MultiHeadModel.from_pretrained(
+        "tiny-org/tiny-bert", {"s": {"type": "classification", "labels": ["a", "b"]}}
+    )
+    assert type(model.backbone).__name__ == "BertModel" and list(model.heads) == ["s"]
+    reference = headkit.load_backbone(tiny_text_model)
+    pairs = zip(model.backbone.state_dict().values(), reference.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert headkit.inspect_model("tiny-org/tiny-bert").model_type == "bert"
+    hub_cache(tiny_text_model, "tiny-org/tiny-bert", commit="1" * 40, ref="v2")
+    assert MultiHeadModel.from_pretrained("tiny-org/tiny-bert", revision="v2").heads.keys() == set()
+
+
+def test_a_hub_id_not_in_the_cache_while_offline_says_so(hub_cache, capsys):
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set and it is not in the local cache"):
+        MultiHeadModel.from_pretrained("nobody/nothing")
+    assert main(["inspect", "nobody/nothing"]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_a_headkit_model_on_the_hub_loads_with_its_heads(run, hub_cache):
+    hub_cache(run / "model", "me/sentiment")
+    model = MultiHeadModel.from_pretrained("me/sentiment")
+    assert set(model.heads) == {"sentiment", "score"} and model.max_length == 32
+
+
+# ----------------------------------------------------------------------------- save, share, load
+
+
+def test_a_cli_run_loads_with_from_pretrained_and_predicts_what_headkit_predict_does(run, tmp_path):
+    texts = [row["text"] for row in sentiment_rows(100, seed=3)]
+    model = MultiHeadModel.from_pretrained(run).eval()  # the run directory, as the CLI wrote it
+    assert set(model.heads) == {"sentiment", "score"}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run / "model" / "backbone")
+    ours = [p["sentiment"]["label"] for p in predict_texts(model, tokenizer, texts)]
+    write_csv(tmp_path / "in.csv", [{"text": t} for t in texts])
+    assert main(["predict", str(run), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "p.jsonl")]) == 0
+    cli = [json.loads(line)["sentiment"]["label"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert ours == cli and len(cli) == 100
+
+
+def test_save_pretrained_round_trips_heads_processor_and_card(run, tmp_path):
+    model = MultiHeadModel.from_pretrained(run)
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "backbone" / "tokenizer_config.json").is_file()  # the processor came along
+    again = MultiHeadModel.from_pretrained(tmp_path / "saved")
+    assert set(again.heads) == {"sentiment", "score"} and again.max_length == 32
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_every_save_writes_a_model_card_with_metadata(run):
+    card = (run / "model" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "headkit" and "text-classification" in front["tags"]
+    assert "| sentiment | classification | -1 | neg, pos |" in card
+    assert "strategy: frozen" in card and "max_length" in card and "| sentiment | accuracy |" in card
+    assert "MultiHeadModel.from_pretrained" in card
+    assert "transformers.AutoModelForSequenceClassification" in card  # the export a single head has
+
+
+def test_push_to_hub_uploads_what_from_pretrained_reads(run, tmp_path, monkeypatch, hub_cache):
+    import huggingface_hub
+
+    uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        uploaded["created"] = repo_id
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        uploaded["repo"] = repo_id
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="m", commit_description="",
+            oid="abc", pr_url=None,
+        )  # fmt: skip
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = MultiHeadModel.from_pretrained(run).push_to_hub("me/reviews")
+    assert uploaded == {"created": "me/reviews", "repo": "me/reviews"} and url.endswith("/commit/abc")
+    assert "# reviews" in (tmp_path / "uploaded" / "README.md").read_text()
+    hub_cache(tmp_path / "uploaded", "me/reviews")  # what a user downloads is what was uploaded
+    assert set(MultiHeadModel.from_pretrained("me/reviews").heads) == {"sentiment", "score"}
+
+
+def test_training_starts_from_the_backbone_of_a_headkit_save(run, tmp_path):
+    """A run as --model gives its backbone: its heads are not trained again (continued pretraining)."""
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(24))
+    config = TrainConfig(model=str(run), data=str(data), head=["mood:label"], epochs=1, output_dir=str(tmp_path / "r"),
+                         progress=False)  # fmt: skip
+    assert set(train(config).model.heads) == {"mood"}
+
+
+# ----------------------------------------------------------------------------- the saved max_length
+
+
+def test_the_trained_max_length_is_predicts_default(run, capsys):
+    model, tokenizer = load_for_inference(run)
+    assert model.max_length == 32
+    long_text = " ".join(["the film was very good"] * 10)  # 50 words > 32 tokens, < the model's 64
+    assert predict_texts(model, tokenizer, [long_text])[0].get("truncated") is True
+    assert "truncated" not in predict_texts(model, tokenizer, [long_text], max_length=64)[0]
+
+
+# ----------------------------------------------------------------------------- Trainer and pipelines
+
+
+def test_multihead_output_is_a_model_output():
+    out = MultiHeadOutput(loss=torch.tensor(1.0), outputs={"a": torch.zeros(1)})
+    assert isinstance(out, transformers.utils.ModelOutput) and out["loss"] == 1.0 and out.losses == {}
+
+
+def test_transformers_trainer_trains_a_multihead_model(tiny_text_model, tmp_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_text_model)
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(48))
+    prepared = prepare([TaskSpec("sentiment", str(data)), TaskSpec("score", str(data), "score", type="regression")],
+                       tokenizer, 64, 0.25)  # fmt: skip
+    torch.manual_seed(0)
+    model = MultiHeadModel.on_backbone(tiny_text_model, prepared.heads)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "t"), num_train_epochs=6, per_device_train_batch_size=8, learning_rate=2e-3,
+        save_strategy="no", report_to=[], logging_steps=1, use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    collator = functools.partial(collate, pad_id=0, head_types=prepared.head_types, widths=prepared.widths)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=prepared.train, data_collator=collator)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # it learned
+    model.save_pretrained(tmp_path / "saved", processor=tokenizer)
+    again = MultiHeadModel.from_pretrained(tmp_path / "saved")
+    assert torch.equal(again.heads["sentiment"].classifier[-1].weight, model.heads["sentiment"].classifier[-1].weight)
+
+
+def test_pipeline_answers_like_transformers_pipelines(run, saved_multihead):
+    classify = headkit.pipeline(run, device="cpu")
+    one = classify("a very good film")
+    assert set(one) == {"sentiment", "score"} and set(one["sentiment"]) == {"label", "score"}
+    assert one["sentiment"]["label"] in ("neg", "pos") and 0.5 <= one["sentiment"]["score"] <= 1.0
+    assert len(classify(["a", "b c"])) == 2
+    model, _ = load_for_inference(saved_multihead)
+    tags = model.heads["tags"]
+    words = [{"word": "Alice", "tag": "B-PER", "start": 0, "end": 5},
+             {"word": "visited", "tag": "O", "start": 6, "end": 13},
+             {"word": "New", "tag": "B-LOC", "start": 14, "end": 17},
+             {"word": "York", "tag": "I-LOC", "start": 18, "end": 22}]  # fmt: skip
+    assert tags.pipeline_output(words) == [
+        {"entity_group": "PER", "word": "Alice", "start": 0, "end": 5},
+        {"entity_group": "LOC", "word": "New York", "start": 14, "end": 22},
+    ]
+    multi = headkit.pipeline(saved_multihead, device="cpu")("alice visited paris")
+    assert set(multi) == set(SERVED_HEADS) and isinstance(multi["genres"], list)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_device_and_dtype_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type in ("cpu", "mps") and pick_device("cpu").type == "cpu"
+    with pytest.raises(HeadkitError, match="no CUDA device"):
+        pick_device("cuda")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(HeadkitError, match="float16 runs on GPUs"):
+        pick_dtype("float16", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert pick_device("auto").type == "cuda" and pick_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_onnx_uses_the_cuda_provider_when_there_is_one(monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers(torch.device("cuda"))[0] == "CUDAExecutionProvider"
+    assert onnx_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_providers(torch.device("cuda")) == ["CPUExecutionProvider"]
+
+
+def test_cli_device_and_dtype_flags(run, capsys):
+    assert main(["predict", str(run), "--text", "good film", "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    assert "sentiment:" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert main(["predict", str(run), "--text", "good", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(run.parent / "reviews.csv"), "--device", "cpu"]) == 0
