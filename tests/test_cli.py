@@ -185,3 +185,15 @@ def test_ctrl_c_says_what_it_means_for_the_command(argv, target, message, monkey
     assert message in err
     if argv[0] != "train":
         assert "--resume" not in err
+
+
+def test_print_config_shows_the_recipe_the_strategy_brings(capsys):
+    import yaml
+
+    assert main(["train", "--strategy", "fewshot", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["strategy"], config["val_fraction"], config["batch_size"], config["fewshot_iterations"]) == (
+        "fewshot", 0.0, 16, 20)  # fmt: skip
+    assert main(["train", "--strategy", "frozen", "--epochs", "5", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["epochs"], config["lr"], config["patience"]) == (5, 0.01, 0)  # a flag wins over the recipe

@@ -16,6 +16,7 @@ from headkit.advise.rules import choose
 from headkit.cli.main import main
 from headkit.cli.parser import build_parser, normalise_argv
 from headkit.errors import DataError, HeadkitError
+from headkit.training.config import TrainConfig
 
 from conftest import has_package, sentiment_rows, write_csv
 
@@ -54,7 +55,9 @@ def test_rule_1_very_few_labels_gives_fewshot_or_frozen_when_fewshot_does_not_fi
     tight = choose(facts({"pos": 8, "neg": 8}), CPU, CHEAP, budget_minutes=0.5)  # 30 s: fewshot needs 60
     assert (tight.rule, tight.strategy) == ("1", "frozen")
     # a handful of labels: the head is solved on frozen features, not trained by gradient steps
-    assert train_options(tight) == {"strategy": "fewshot", "fewshot_iterations": 0, "val_fraction": 0.0}
+    assert train_options(tight) == {"strategy": "fewshot", "fewshot_iterations": 0}
+    recipe = TrainConfig(**train_options(tight))  # the strategy brings the rest: every example trains
+    assert (recipe.fewshot_iterations, recipe.val_fraction) == (0, 0.0)
     assert train_options(choose(facts(), CPU, CHEAP, 30))["strategy"] == "frozen"  # rule 4: the gradient head
     # even with a GPU and a big budget, 12 examples in one class is few-shot territory
     assert choose(facts({"a": 900, "b": 12}), GPU, CHEAP, 60).strategy == "fewshot"
@@ -247,3 +250,18 @@ def test_cli_advise_prints_the_plan_and_run_carries_it_out(tiny_text_model, tmp_
     assert "no validation split" in capsys.readouterr().out  # fewshot trains on every example
     assert main(["advise", "--data", str(data), "--model", str(tiny_text_model), "--budget", "0"]) == 2
     assert "--budget must be above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["fewshot", "frozen", "lora", "partial:3", "full"])
+def test_the_strategy_alone_gives_the_recipe_advise_runs(strategy):
+    """`headkit train --strategy X` with no other option runs what advise's plan for X runs."""
+    from headkit.advise.rules import Plan
+
+    plan = Plan(rule="3", strategy=strategy, pretrain=False, reasons=[], costs={}, budget_s=60.0)
+    assert TrainConfig(**train_options(plan)) == TrainConfig(strategy=strategy)
+    assert train_options(plan) == {"strategy": strategy}
+    fewshot = TrainConfig(strategy="fewshot")
+    assert (fewshot.val_fraction, fewshot.batch_size, fewshot.fewshot_iterations) == (0.0, 16, 20)
+    frozen = TrainConfig(strategy="frozen")
+    assert (frozen.epochs, frozen.lr, frozen.patience, frozen.val_fraction) == (30, 0.01, 0, 0.1)
+    assert TrainConfig(strategy="fewshot", val_fraction=0.2).val_fraction == 0.2  # what a user sets wins

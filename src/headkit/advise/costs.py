@@ -10,15 +10,14 @@ import numpy as np
 import torch
 
 from headkit.advise.facts import DataFacts, Hardware
+from headkit.training.strategies import strategy_defaults
 
 MEASURE_TEXTS = 16  # texts timed per kind of step
 
-# settings the plan's commands use, and the cost estimates assume
-EPOCHS = {"frozen": 30, "lora": 3, "partial": 3, "full": 3, "pretrain": 1}
-FEWSHOT_ITERATIONS = 20
-
-
-FEWSHOT_PAIR_BATCH = 16
+# the recipes the plan's commands run (each strategy's own defaults), which the estimates assume
+EPOCHS = {s: strategy_defaults(s)["epochs"] for s in ("frozen", "lora", "partial", "full")} | {"pretrain": 1}
+FEWSHOT_ITERATIONS = strategy_defaults("fewshot")["fewshot_iterations"]
+FEWSHOT_PAIR_BATCH = strategy_defaults("fewshot")["batch_size"]
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headkit.advise.costs import EPOCHS, FEWSHOT_ITERATIONS, FEWSHOT_PAIR_BATCH, estimate_costs, measure_rates
+from headkit.advise.costs import EPOCHS, estimate_costs, measure_rates
 from headkit.advise.facts import DataFacts, Hardware, detect_hardware, read_facts
 from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
@@ -22,22 +22,13 @@ def head_spec(facts: DataFacts) -> str:
 
 
 def train_options(plan: Plan) -> dict[str, Any]:
-    """The TrainConfig fields of the plan's training step (the printed command has the same)."""
-    strategy = plan.strategy
-    if plan.strategy == "fewshot":
-        return {
-            "strategy": strategy,
-            "fewshot_iterations": FEWSHOT_ITERATIONS,
-            "batch_size": FEWSHOT_PAIR_BATCH,
-            "val_fraction": 0.0,  # with a handful per class, every example trains
-        }
+    """The TrainConfig fields of the plan's training step (the printed command has the same).
+    Each strategy brings its own recipe (training/strategies.py), so the strategy alone says it."""
     if plan.strategy == "frozen" and plan.rule == "1":  # a handful of labels: solve the head instead (logistic /
         # ridge regression on L2-normalised frozen features = fewshot without pairs): on 24 reviews 0.575 held out,
         # a gradient-trained head 0.476, below the majority class (benchmarks/advise_plans.py)
-        return {"strategy": "fewshot", "fewshot_iterations": 0, "val_fraction": 0.0}
-    if plan.strategy == "frozen":  # a linear probe on cached features: many cheap steps, no early stop on a
-        return {"strategy": strategy, "epochs": EPOCHS["frozen"], "lr": 0.01, "patience": 0}  # tiny val split
-    return {"strategy": strategy, "epochs": EPOCHS[strategy.split(":")[0]]}
+        return {"strategy": "fewshot", "fewshot_iterations": 0}
+    return {"strategy": plan.strategy}
 
 
 def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unlabelled: list[str]) -> list[str]:

@@ -8,12 +8,14 @@ at INFO, or WARNING with --quiet, DEBUG with --verbose.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 from argparse import ArgumentError
 from collections.abc import Iterator
 
+import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(argv: list[str]) -> int:
     parser = build_parser()
+    # train/pretrain --print_config prints the config as it will run: the strategy's defaults filled
+    # in (jsonargparse's own would print them unset)
+    print_config = any(a.split("=")[0] in ("--print_config", "--print-config") for a in argv)
+    if print_config and {"train", "pretrain"} & set(argv):
+        argv = [a for a in argv if a.split("=")[0] not in ("--print_config", "--print-config")]
+    else:
+        print_config = False
     try:
         args = parser.parse_args(normalise_argv(argv))
     except ArgumentError as e:
@@ -99,7 +108,11 @@ def run_command(argv: list[str]) -> int:
     try:
         if fn in (train, pretrain):
             kwargs["tasks"] = [TaskSpec(**t) for t in kwargs.get("tasks") or []]
-            fn((TrainConfig if fn is train else PretrainConfig)(**kwargs))
+            config = (TrainConfig if fn is train else PretrainConfig)(**kwargs)
+            if print_config:
+                print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
+                return 0
+            fn(config)
         else:
             fn(**kwargs)
     except HeadkitError as e:

@@ -11,7 +11,7 @@ from jsonargparse.typing import restricted_string_type
 from headkit.data.tasks import TaskSpec, parse_task
 from headkit.errors import HeadkitError
 from headkit.heads.pooling import Pooling
-from headkit.training.strategies import FixedStrategy
+from headkit.training.strategies import FixedStrategy, strategy_defaults
 from headkit.weighting import Weighting
 
 # `partial:K` is the one strategy with a number in it: a pattern, so --help lists it with the rest
@@ -73,8 +73,10 @@ class TrainConfig:
         strategy: frozen, partial:K, full, lora, lp-ft or fewshot.
         weighting: static (each head's loss_weight) or uncertainty (learned).
         epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
+            Default by strategy: frozen 30, else 3.
         batch_size: examples per optimizer micro-step (fewshot: pairs per contrastive step).
-        lr: learning rate of the heads.
+            Default by strategy: fewshot 16, else 32.
+        lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
         lora_lr: learning rate of LoRA adapter weights.
         weight_decay: AdamW weight decay (matrices only).
@@ -82,9 +84,11 @@ class TrainConfig:
         warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
         grad_accum: micro-steps per optimizer step.
         max_length: token limit; longer inputs are truncated.
-        val_fraction: share of each dataset held out for validation (seeded split).
+        val_fraction: share of each dataset held out for validation (seeded split). Default by
+            strategy: fewshot 0 (every labelled example trains), else 0.1.
         seed: seed for initialisation, split, batch order and dropout.
-        patience: stop after this many epochs without validation improvement (0: never).
+        patience: stop after this many epochs without validation improvement (0: never). Default
+            by strategy: frozen 0, else 3.
         metric_for_best_model: what picks the best epoch and early stopping: HEAD/METRIC (e.g.
             topic/f1_macro), METRIC (its mean over the heads that report it), or loss / HEAD/loss;
             default: the mean of each head's primary metric.
@@ -99,7 +103,7 @@ class TrainConfig:
         lora_dropout: dropout on the LoRA path.
         lora_targets: module names to adapt (default: peft's choice for the model type).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
-        fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations);
+        fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations; default 20);
             0 skips the contrastive phase (heads solved on the pretrained features).
         feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
             (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
@@ -125,9 +129,9 @@ class TrainConfig:
     output_dir: str = "runs/latest"
     strategy: FixedStrategy | PartialStrategy = "frozen"
     weighting: Weighting = "static"
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     backbone_lr: float = 3e-5
     lora_lr: float = 5e-4
     weight_decay: float = 0.01
@@ -135,9 +139,9 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     grad_accum: int = 1
     max_length: int = 128
-    val_fraction: float = 0.1
+    val_fraction: float | None = None
     seed: int = 0
-    patience: int = 3
+    patience: int | None = None
     metric_for_best_model: str | None = None
     class_weights: ClassWeights = "none"
     tune_thresholds: bool = True
@@ -147,7 +151,7 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     lp_epochs: int = 10
-    fewshot_iterations: int = 20
+    fewshot_iterations: int | None = None
     feature_cache: bool = True
     mixed_precision: MixedPrecision = "auto"
     gradient_checkpointing: bool = False
@@ -159,6 +163,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.strategy = str(self.strategy)  # the CLI's pattern type is a str subclass YAML cannot write
+        for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]

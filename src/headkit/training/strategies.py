@@ -98,6 +98,30 @@ STRATEGIES = {
 }
 
 
+# The options a good recipe sets differently per strategy. A TrainConfig field left unset (None)
+# takes its strategy's value here, else the general one; `headkit advise` runs exactly these.
+GENERAL_DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "val_fraction": 0.1,
+    "patience": 3,
+    "fewshot_iterations": 20,
+}
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # a linear probe on cached features: many cheap epochs at a higher rate, kept to the end
+    # (early stopping on a small validation split stops it too soon)
+    "frozen": {"epochs": 30, "lr": 1e-2, "patience": 0},
+    # SetFit's recipe: 16 pairs a step, 20 iterations; with a handful of labels every one trains
+    "fewshot": {"batch_size": 16, "fewshot_iterations": 20, "val_fraction": 0.0},
+}
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    """The defaults `--strategy NAME` brings (partial:K shares partial's)."""
+    return {**GENERAL_DEFAULTS, **STRATEGY_DEFAULTS.get(name.split(":")[0], {})}
+
+
 def parse_strategy(text: str) -> Strategy:
     match = re.fullmatch(r"partial:(\d+)", text)
     if match:
