@@ -199,6 +199,9 @@ def main() -> None:
     texts = [r["text"] for r in rotten_tomatoes()[: args.n]]
     n = len(texts)
     threads = torch.get_num_threads()
+    from machine import machine_line
+
+    print(machine_line())
     print(f"{n} Rotten Tomatoes texts, batch {args.batch_size}, max_length {MAX_LENGTH}, torch threads {threads}")
 
     ours, theirs = multihead_vs_separate(texts, args.batch_size, args.rounds)

@@ -101,7 +101,8 @@ class TrainConfig:
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling alpha.
         lora_dropout: dropout on the LoRA path.
-        lora_targets: module names to adapt (default: peft's choice for the model type).
+        lora_targets: module names to adapt (default: peft's choice for the model type; all-linear:
+            every linear layer of the backbone).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
         fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations; default 20);
             0 skips the contrastive phase (heads solved on the pretrained features).

@@ -168,11 +168,12 @@ def apply_lora(
     """Wrap the backbone with peft LoRA adapters; only adapter weights train in the backbone.
 
     With `target_modules=None` peft picks the modules its authors chose for this model type
-    (query/value for BERT, q_proj/v_proj for Llama).
+    (query/value for BERT, q_proj/v_proj for Llama); ["all-linear"] adapts every linear layer.
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    targets = "all-linear" if target_modules == ["all-linear"] else target_modules  # peft's keyword for every Linear
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     try:
         with warnings.catch_warnings():  # peft 0.21 calls an API transformers 5 deprecated: not the user's to fix
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
