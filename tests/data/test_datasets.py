@@ -120,3 +120,12 @@ def test_validation_split_of_a_classification_task_is_stratified():
     rare = np.array([0] * 9 + [1])  # a class with one example stays in training
     train_idx, val_idx = split_indices(10, 0.2, seed=0, strata=rare)
     assert 9 in train_idx and len(val_idx) == 2
+
+
+def test_sampling_keeps_declared_label_names_and_takes_plain_lists():
+    from headkit.data.tasks import _sample
+
+    rows = read_rows(labelled_dataset(20))
+    sampled = _sample(rows, 5, seed=0)
+    assert len(sampled) == 5 and sampled.label_names == {"label": ["pos", "neg"]}
+    assert len(_sample([{"text": str(i)} for i in range(10)], 3, seed=0)) == 3  # benchmarks pass lists

@@ -138,6 +138,23 @@ def test_onnx_graph_matches_pytorch_for_every_head(saved_multihead, onnx_export)
     assert torch.allclose(onnx(**one).outputs["sentiment"], model(**one).outputs["sentiment"], atol=1e-4)
 
 
+def test_the_onnx_graph_carries_onnxruntimes_fusions_and_says_which(saved_multihead, onnx_export, tmp_path):
+    """The parity test above runs on this fused graph; --no_optimize keeps torch.onnx's graph."""
+    import json
+
+    import onnx
+
+    fused = json.loads((onnx_export / "onnx.json").read_text())["graph_optimization"]
+    assert "SkipLayerNormalization" in fused
+    ops = {node.op_type for node in onnx.load(str(onnx_export / "model.onnx")).graph.node}
+    assert "SkipLayerNormalization" in ops
+    plain = export_onnx(saved_multihead, tmp_path / "plain", optimize=False)
+    assert "not asked for" in plain.message
+    assert "SkipLayerNormalization" not in {
+        n.op_type for n in onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node
+    }
+
+
 def test_predict_with_onnx_engines_gives_the_pytorch_labels(saved_multihead, onnx_export):
     model, tokenizer = load_for_inference(saved_multihead)
     expected = predict_texts(model, tokenizer, TEXTS)

@@ -309,6 +309,7 @@ def export(
     quantize: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    optimize: bool = True,
 ) -> None:
     """Export a trained model: to a plain transformers checkpoint, or every head to one ONNX graph.
 
@@ -321,6 +322,8 @@ def export(
         quantize: with --to onnx, also write an int8 (dynamically quantised) graph.
         overwrite: replace a non-empty output directory.
         progress: show the export's steps as they run.
+        optimize: with --to onnx, apply onnxruntime's transformer fusions for the backbone's type
+            (--no_optimize: the graph as torch.onnx wrote it).
     """
     from headkit.ship.export import export_onnx, export_transformers
 
@@ -334,7 +337,7 @@ def export(
     if to == "transformers":
         result = export_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)
     else:
-        result = export_onnx(run, output, quantize=quantize, overwrite=overwrite, progress=progress)
+        result = export_onnx(run, output, quantize=quantize, overwrite=overwrite, progress=progress, optimize=optimize)
     print(f"wrote {result.path} ({result.target})")
     print(result.message)
 

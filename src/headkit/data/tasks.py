@@ -107,11 +107,11 @@ def _check_tasks(tasks: list[TaskSpec]) -> None:
             raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
 
 
-def _sample(rows: Rows, limit: int | None, seed: int) -> Rows:
+def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
     if limit is None or limit >= len(rows):
         return rows
     keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
-    return Rows([rows[i] for i in keep], rows.label_names)
+    return Rows([rows[i] for i in keep], getattr(rows, "label_names", {}))
 
 
 def prepare(

@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -271,10 +272,13 @@ def export_onnx(
     quantize: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    optimize: bool = True,
 ) -> ExportResult:
-    """Every head in one ONNX graph with dynamic batch/sequence axes; `quantize` adds an int8 copy."""
+    """Every head in one ONNX graph with dynamic batch/sequence axes, with onnxruntime's transformer
+    fusions for the backbone's type (`optimize`); `quantize` adds an int8 copy of that graph."""
     require("onnx", "ONNX export")
-    steps = ["loading", "tracing the graph", *(["quantising to int8"] if quantize else []), "writing"]
+    steps = ["loading", "tracing the graph", *(["fusing"] if optimize else []), *(["quantising"] if quantize else [])]
+    steps.append("writing")
     bar = steps_bar("export onnx", steps, progress)
     model, processor, source = load_merged(run)
     next_step(bar)
@@ -287,6 +291,10 @@ def export_onnx(
     with staged_dir(output_dir) as staging:
         _export_graph(AllHeads(model, names).eval(), inputs, names, list(model.heads), dynamic, staging / ONNX_FILE)
         next_step(bar)
+        fused = "not asked for"
+        if optimize:
+            fused = _optimize(staging / ONNX_FILE, model.backbone.config)
+            next_step(bar)
         if quantize:
             _quantize(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
             next_step(bar)
@@ -303,6 +311,7 @@ def export_onnx(
                 "heads": manifest["heads"],
                 "backbone": manifest["backbone"],
                 "max_length": manifest.get("max_length"),
+                "graph_optimization": fused,
                 "files": {
                     f: hashlib.sha256((staging / f).read_bytes()).hexdigest()
                     for f in (ONNX_FILE, ONNX_INT8_FILE)
@@ -315,9 +324,41 @@ def export_onnx(
     return ExportResult(
         output_dir,
         "onnx",
-        f"{len(model.heads)} head(s) ({', '.join(model.heads)}) in one graph: {files}; "
-        f"run it with headkit predict {output_dir} --engine onnx",
+        f"{len(model.heads)} head(s) ({', '.join(model.heads)}) in one graph: {files}; graph optimisation: "
+        f"{fused}; run it with headkit predict {output_dir} --engine onnx",
     )
+
+
+# transformers model types whose graphs onnxruntime's transformer optimizer knows (as its own types)
+ORT_MODEL_TYPES = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"), "bert"),
+    "gpt2": "gpt2",
+    "vit": "vit",
+    "swin": "swin",
+}
+
+
+def _optimize(path: Path, config: Any) -> str:
+    """onnxruntime's transformer fusions (SkipLayerNormalization, BiasGelu, Attention where it finds
+    the pattern) for the backbone's model type, in place; returns what was fused. A type the
+    optimizer does not know, or a graph it cannot read, is kept as exported (said so)."""
+    kind = ORT_MODEL_TYPES.get(getattr(config, "model_type", ""))
+    if kind is None:
+        return f"none (onnxruntime has no transformer fusions for {getattr(config, 'model_type', '?')})"
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        optimized = optimize_model(
+            str(path),
+            model_type=kind,
+            num_heads=getattr(config, "num_attention_heads", 0) or 0,
+            hidden_size=getattr(config, "hidden_size", 0) or 0,
+        )
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized.save_model_to_file(str(path))
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        return f"none (onnxruntime's optimizer failed: {type(e).__name__}; the graph is kept as exported)"
+    return ", ".join(f"{n} {op}" for op, n in fused.items()) or "nothing to fuse"
 
 
 def _quantize(source: Path, target: Path) -> None:
