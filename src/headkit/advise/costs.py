@@ -71,7 +71,7 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
         forward = _time(lambda: backbone(**batch))
     backbone.train()
     full = _time(step(backbone, adamw(backbone.parameters(), lr=1e-6)))
-    lora_model = apply_lora(backbone)
+    lora_model = apply_lora(backbone, target_modules=strategy_defaults("lora")["lora_targets"])  # the recipe's
     lora = _time(step(lora_model, adamw([p for p in lora_model.parameters() if p.requires_grad], lr=1e-6)))
     return Rates(forward / tokens, full / tokens, lora / tokens)
 

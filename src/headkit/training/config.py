@@ -78,7 +78,7 @@ class TrainConfig:
             Default by strategy: fewshot 16, else 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
-        lora_lr: learning rate of LoRA adapter weights.
+        lora_lr: learning rate of LoRA adapter weights (default: 0.001 for lora, 0.0005 otherwise).
         weight_decay: AdamW weight decay (matrices only).
         max_grad_norm: clip the gradients' global norm to this before each optimizer step (0: no clipping).
         warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
@@ -101,8 +101,8 @@ class TrainConfig:
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling alpha.
         lora_dropout: dropout on the LoRA path.
-        lora_targets: module names to adapt (default: peft's choice for the model type; all-linear:
-            every linear layer of the backbone).
+        lora_targets: module names to adapt, or all-linear: every linear layer of the backbone
+            (strategy lora's default; unset elsewhere: peft's choice for the model type).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
         fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations; default 20);
             0 skips the contrastive phase (heads solved on the pretrained features).
@@ -134,7 +134,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     backbone_lr: float = 3e-5
-    lora_lr: float = 5e-4
+    lora_lr: float | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.06

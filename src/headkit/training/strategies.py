@@ -107,6 +107,8 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "patience": 3,
     "fewshot_iterations": 20,
+    "lora_lr": 5e-4,
+    "lora_targets": None,  # peft's choice for the model type
 }
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # a linear probe on cached features: many cheap epochs at a higher rate, kept to the end
@@ -114,6 +116,9 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "frozen": {"epochs": 30, "lr": 1e-2, "patience": 0},
     # SetFit's recipe: 16 pairs a step, 20 iterations; with a handful of labels every one trains
     "fewshot": {"batch_size": 16, "fewshot_iterations": 20, "val_fraction": 0.0},
+    # adapters on every linear layer at 1e-3: 0.3 points below full fine-tuning on Rotten Tomatoes
+    # with 1.5% of the weights training, where query/value at 5e-4 was 3.8 below (lora_vs_full.py)
+    "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"]},
 }
 
 
