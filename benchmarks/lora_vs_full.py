@@ -91,6 +91,9 @@ def main() -> None:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"done: {rows[-1]}", file=sys.stderr)
     base = next((r for r in rows if r["name"] == "full"), rows[0])
+    from machine import machine_line
+
+    print(machine_line())
     print(f"\nRotten Tomatoes, {args.rt_limit} snippets (80/20, seed 0), MiniLM, 3 epochs, batch 32, 64 tokens")
     print(f"{'setting':32}{'accuracy':>9}{'vs full':>9}{'trainable':>11}{'peak MB':>9}{'vs full':>9}{'seconds':>9}")
     for r in rows:
