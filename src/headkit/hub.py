@@ -18,7 +18,7 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.md"
 def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     """A hub repository's files in the local Hugging Face cache (downloaded when online; with
     HF_HUB_OFFLINE=1 only what the cache already holds)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
         HFValidationError,
@@ -31,14 +31,18 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
     except RepositoryNotFoundError as e:
         raise ModelNotFoundError(
-            f"'{repo_id}' is not a model on the Hugging Face hub (or it is private or gated: log in)"
+            f"'{repo_id}' is neither a local directory nor a model on the Hugging Face hub (or the model is "
+            "private or gated: log in with `hf auth login`)"
         ) from e
     except LocalEntryNotFoundError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the hub could not be reached"
+        why = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache"
+            if constants.HF_HUB_OFFLINE
+            else "the hub could not be reached"
+        )
         raise ModelNotFoundError(
-            f"model '{repo_id}'{f' at revision {revision}' if revision else ''} could not be loaded: {why} "
-            f"({Path(os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub'))})"
+            f"model '{repo_id}'{f' at revision {revision}' if revision else ''} is not a local directory and could "
+            f"not be loaded from the Hugging Face hub: {why} ({constants.HF_HUB_CACHE})"
         ) from e
     except RevisionNotFoundError as e:
         raise ModelNotFoundError(f"model '{repo_id}' has no revision '{revision}'") from e
