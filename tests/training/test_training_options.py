@@ -250,6 +250,7 @@ def test_calibrate_finds_a_threshold_per_label():
     assert 0.22 <= tuned["drama"] < 0.35 and 0.62 <= tuned["comedy"] < 0.75
     logits = torch.logit(torch.tensor(probs, dtype=torch.float32))
     assert [p["labels"] for p in head.decode(logits)] == refs  # decoding uses the tuned thresholds
+    assert [p["labels"] for p in preds] == refs  # and the validation predictions were re-decided at them
 
 
 def test_trained_multilabel_heads_keep_their_tuned_thresholds(tiny_text_model, genres_file, tmp_path):

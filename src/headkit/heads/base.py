@@ -288,7 +288,8 @@ class HeadBase(nn.Module):
 
     def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
         """Tune decision settings on validation predictions (multi-label: a threshold per label),
-        kept in the config so they are saved with the head; returns what was set, or None."""
+        kept in the config so they are saved with the head, and re-decide `predictions` (in place)
+        at them, as `decode` now would; returns what was set, or None."""
         return None
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
@@ -303,6 +304,11 @@ def balanced_weights(counts: np.ndarray) -> list[float]:
     weights = np.ones_like(counts)
     weights[seen] = counts[seen].sum() / (seen.sum() * counts[seen])
     return [round(float(w), 6) for w in weights]
+
+
+def weight_tensor(weights: list[float] | None, output: Tensor) -> Tensor | None:
+    """A config's `class_weights` as the loss's `weight` / `pos_weight` tensor (None: unweighted)."""
+    return torch.tensor(weights, dtype=torch.float32, device=output.device) if weights else None
 
 
 def report_dict(report: dict[str, Any]) -> dict[str, dict[str, float]]:

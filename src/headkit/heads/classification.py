@@ -42,6 +42,7 @@ from headkit.heads.base import (
     labelled,
     report_dict,
     set_label_maps,
+    weight_tensor,
     zero_loss,
 )
 from headkit.heads.pooling import check_pooling, pool
@@ -178,7 +179,7 @@ class ClassificationHead(PooledHead):
         n = int((labels != IGNORE_INDEX).sum())
         if n == 0:
             return zero_loss(output), 0
-        weight = _weights(self.config, output)
+        weight = weight_tensor(self.config.class_weights, output)
         return F.cross_entropy(output.float(), labels.long(), weight=weight, ignore_index=IGNORE_INDEX), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
@@ -204,12 +205,6 @@ class ClassificationHead(PooledHead):
             return None
         labels = self.config.labels
         return report_dict(classification_report(refs, preds, labels=labels, output_dict=True, zero_division=0))
-
-
-def _weights(config: ClassificationConfig, output: Tensor) -> Tensor | None:
-    if not config.class_weights:
-        return None
-    return torch.tensor(config.class_weights, dtype=torch.float32, device=output.device)
 
 
 def as_label_list(value: Any) -> list[str]:
@@ -295,7 +290,10 @@ class MultiLabelHead(PooledHead):
         if n == 0:
             return zero_loss(output), 0
         losses = F.binary_cross_entropy_with_logits(
-            output.float(), torch.nan_to_num(labels.float()), pos_weight=_weights(self.config, output), reduction="none"
+            output.float(),
+            torch.nan_to_num(labels.float()),
+            pos_weight=weight_tensor(self.config.class_weights, output),
+            reduction="none",
         )
         return losses[present].mean(), n
 
@@ -303,18 +301,18 @@ class MultiLabelHead(PooledHead):
         return self.config.thresholds or [self.config.threshold] * len(self.config.labels)
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
+        names = self.config.labels
+        return [self._decided(dict(zip(names, p, strict=True))) for p in output.float().sigmoid().tolist()]
+
+    def _decided(self, probs: dict[str, float]) -> dict[str, Any]:
+        """A prediction from its label probabilities: the labels above their thresholds."""
         names, thresholds = self.config.labels, self.label_thresholds()
-        return [
-            {
-                "labels": [n for n, q, t in zip(names, p, thresholds, strict=True) if q > t],
-                "probs": dict(zip(names, p, strict=True)),
-            }
-            for p in output.float().sigmoid().tolist()
-        ]
+        return {"labels": [n for n, t in zip(names, thresholds, strict=True) if probs[n] > t], "probs": probs}
 
     def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
         """Per label, the threshold in 0.05..0.95 with the best validation F1 (ties: nearest the
-        default); a label with no positive validation example keeps the default."""
+        default); a label with no positive validation example keeps the default. The given
+        predictions are re-decided at the tuned thresholds."""
         preds, refs = labelled(predictions, references)
         if not refs:
             return None
@@ -330,6 +328,8 @@ class MultiLabelHead(PooledHead):
             f1s = [f1_score(truth, probs > t, zero_division=0) for t in candidates]
             tuned.append(float(candidates[int(np.argmax(f1s))]))
         self.config.thresholds = tuned
+        for prediction in predictions:
+            prediction.update(self._decided(prediction["probs"]))
         return dict(zip(self.config.labels, tuned, strict=True))
 
     def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[str] | None]:

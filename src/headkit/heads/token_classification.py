@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from seqeval.metrics import accuracy_score as seq_accuracy
 from seqeval.metrics import classification_report as seq_report
@@ -36,6 +35,7 @@ from headkit.heads.base import (
     label_values,
     report_dict,
     set_label_maps,
+    weight_tensor,
     zero_loss,
 )
 
@@ -196,11 +196,10 @@ class TokenClassificationHead(HeadBase):
         n = int((labels != IGNORE_INDEX).any(dim=1).sum())
         if n == 0:
             return zero_loss(output), 0
-        weight = self.config.class_weights
         loss = F.cross_entropy(
             output.float().flatten(0, 1),
             labels.long().flatten(),
-            weight=torch.tensor(weight, dtype=torch.float32, device=output.device) if weight else None,
+            weight=weight_tensor(self.config.class_weights, output),
             ignore_index=IGNORE_INDEX,
         )
         return loss, n

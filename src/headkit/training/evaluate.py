@@ -112,13 +112,20 @@ def evaluate(
                 loss_sums[name] += float(out.losses[name]) * out.counts[name]
                 counts[name] += out.counts[name]
     model.train(was_training)
-    scores = {n: h.score(preds[n], refs[n]) for n, h in model.heads.items()}
     losses = {n: loss_sums[n] / counts[n] for n in model.heads if counts[n]}
+    return score_heads(model, Evaluation({}, losses, preds, refs))
+
+
+def score_heads(model: MultiHeadModel, evaluation: Evaluation) -> Evaluation:
+    """Each head's scores and per-class report from the evaluation's predictions and losses (also
+    after a head re-decided its predictions, e.g. at tuned thresholds: no second pass needed)."""
+    preds, refs, losses = evaluation.predictions, evaluation.references, evaluation.losses
+    evaluation.scores = {n: h.score(preds[n], refs[n]) for n, h in model.heads.items()}
     for name, head in model.heads.items():
         if name in losses:
-            scores[name].update(head.scores_from_loss(losses[name]))
-    reports = {n: r for n, h in model.heads.items() if (r := h.report(preds[n], refs[n]))}
-    return Evaluation(scores, losses, preds, refs, reports)
+            evaluation.scores[name].update(head.scores_from_loss(losses[name]))
+    evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.report(preds[n], refs[n]))}
+    return evaluation
 
 
 def evaluate_dataset(

@@ -13,7 +13,7 @@ from headkit.data.tasks import PreparedData
 from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.config import TrainConfig
-from headkit.training.evaluate import Evaluation, evaluate
+from headkit.training.evaluate import Evaluation, evaluate, score_heads
 from headkit.training.report import print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters
@@ -41,7 +41,7 @@ def finish_run(
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
         if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
-            evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
+            evaluation = score_heads(model, evaluation)
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best_epoch,
@@ -68,7 +68,8 @@ def finish_run(
 
 def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """Let each head tune its decision settings on the validation predictions (multi-label heads:
-    a threshold per label); they live in the head's config, so the saved model keeps them."""
+    a threshold per label) and re-decide those predictions at them; the settings live in the
+    head's config, so the saved model keeps them."""
     tuned = {}
     for name, head in model.heads.items():
         settings = head.calibrate(evaluation.predictions[name], evaluation.references[name])
