@@ -46,6 +46,12 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def place(model: torch.nn.Module, device: str = "auto", dtype: str = "auto") -> torch.nn.Module:
+    """`model` on the chosen device in the chosen dtype, in eval mode (inference's one placement)."""
+    where = pick_device(device)
+    return model.to(device=where, dtype=pick_dtype(dtype, where)).eval()
+
+
 def onnx_providers(device: torch.device) -> list[str]:
     """onnxruntime's execution providers for `device`: CUDA first where this onnxruntime build has it."""
     import onnxruntime as ort

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from headkit.backbone import dequantised, inspect_model, quietly_from_pretrained, resolve_model
+from headkit.devices import place
 from headkit.errors import DataError, HeadkitError
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, MaskedLMHead
 from headkit.ship.save import find_save
@@ -53,18 +54,10 @@ def masked_lm(
             "(then run fill-mask on the run directory)"
         )
     path = _local_path(name)
-    model = _placed(
+    model = place(
         quietly_from_pretrained(AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code), device, dtype
     )
     return (lambda **enc: model(**_on(enc, model.device)).logits), AutoTokenizer.from_pretrained(path)
-
-
-def _placed(model: Any, device: str, dtype: str) -> Any:
-    """`model` on the chosen device and dtype (headkit.devices), in eval mode."""
-    from headkit.devices import pick_device, pick_dtype
-
-    where = pick_device(device)
-    return model.to(device=where, dtype=pick_dtype(dtype, where)).eval()
 
 
 def _on(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -130,7 +123,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cp
 
         merged = load_backbone(saved, trust_remote_code=trust_remote_code)
         getattr(model, model.base_model_prefix).load_state_dict(merged.state_dict())
-    return _placed(model, device, dtype), AutoTokenizer.from_pretrained(path)
+    return place(model, device, dtype), AutoTokenizer.from_pretrained(path)
 
 
 @torch.no_grad()

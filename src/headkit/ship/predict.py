@@ -43,7 +43,7 @@ def load_for_inference(
     """The saved model (eval mode, on `device` in `dtype`: see headkit.devices) and its tokenizer;
     `engine` onnx/onnx-int8 reads an ONNX export (on CUDA through onnxruntime's CUDA provider)."""
     from headkit.backbone import load_processor
-    from headkit.devices import pick_device, pick_dtype
+    from headkit.devices import pick_device, place
 
     if engine not in ENGINES:
         raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
@@ -53,8 +53,8 @@ def load_for_inference(
 
         return OnnxModel(run, int8=engine == "onnx-int8", device=where.type), load_processor(run)
     directory = resolve_model_dir(run)
-    model = load(directory, trust_remote_code=trust_remote_code).to(device=where, dtype=pick_dtype(dtype, where))
-    return model.eval(), load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
+    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
 
 
 def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
