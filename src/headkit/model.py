@@ -429,8 +429,7 @@ def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadMo
     manifest = read_manifest(directory)
     check_fingerprint(manifest["backbone"], backbone)
     state = read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
-    configs = {name: config_from_dict(c) for name, c in manifest["heads"].items()}
-    model = MultiHeadModel(backbone, configs, weighting=manifest.get("weighting", "static"))
+    model = MultiHeadModel(backbone, _configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
     expected = set(head_state(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
