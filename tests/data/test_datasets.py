@@ -129,3 +129,11 @@ def test_sampling_keeps_declared_label_names_and_takes_plain_lists():
     sampled = _sample(rows, 5, seed=0)
     assert len(sampled) == 5 and sampled.label_names == {"label": ["pos", "neg"]}
     assert len(_sample([{"text": str(i)} for i in range(10)], 3, seed=0)) == 3  # benchmarks pass lists
+
+
+def test_values_outside_the_declared_classlabel_names_are_refused(tokenizer):
+    from headkit.heads import LabelSource, head_class
+
+    where = LabelSource("s", "label", "reviews", declared={"label": ["pos", "neg"]})
+    with pytest.raises(DataError, match=r"holds \['meh'\], not among its declared labels \['pos', 'neg'\]"):
+        head_class("classification").label_names([{"label": "pos"}, {"label": "meh"}], where)

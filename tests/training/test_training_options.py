@@ -301,3 +301,17 @@ def test_evaluate_cli_prints_and_writes_the_per_class_report(tiny_text_model, da
     assert main(["evaluate", str(run), "--data", data_file, "--head", "sentiment:label", "--output", str(output)]) == 0
     assert "sentiment: per class" in capsys.readouterr().out
     assert json.loads(output.read_text())["per_class"]["sentiment"]["pos"]["support"] == 24
+
+
+def test_non_positive_class_weights_and_a_backbone_without_checkpointing_are_refused(
+    tiny_text_model, data_file, tmp_path
+):
+    from torch import nn
+
+    from headkit.errors import HeadConfigError
+    from headkit.training.strategies import enable_gradient_checkpointing, parse_strategy
+
+    with pytest.raises(HeadkitError, match=r"--class_weights \{'neg': 0.0\}: weights must be above 0"):
+        train(config(tiny_text_model, data_file, tmp_path / "w", class_weights={"neg": 0.0, "pos": 2.0}))
+    with pytest.raises(HeadConfigError, match="Linear does not support gradient checkpointing"):
+        enable_gradient_checkpointing(nn.Linear(2, 2), parse_strategy("full"))
