@@ -112,6 +112,7 @@ class MultiHeadModel(nn.Module):
         backbone: PreTrainedModel,
         heads: Mapping[str, HeadConfig] | None = None,
         weighting: str = "static",
+        processor: Any = None,
     ):
         super().__init__()
         hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
@@ -120,6 +121,7 @@ class MultiHeadModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
         self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
+        self._given_processor = processor
         for name, config in (heads or {}).items():
             self.add_head(name, config)
 
@@ -155,11 +157,13 @@ class MultiHeadModel(nn.Module):
         weighting: str = "static",
         trust_remote_code: bool = False,
         dtype: torch.dtype | None = None,
+        processor: Any = None,
     ) -> MultiHeadModel:
         """The backbone of any checkpoint with new `heads`: a checkpoint's own head, and a headkit
-        save's heads, are left behind (training starts here, e.g. after continued pretraining)."""
+        save's heads, are left behind (training starts here, e.g. after continued pretraining).
+        `processor`: the tokenizer, when the caller has it (default: the one saved with the backbone)."""
         backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
-        return cls(backbone, _configs(heads), weighting=weighting)
+        return cls(backbone, _configs(heads), weighting=weighting, processor=processor)
 
     def save_pretrained(self, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
         """The full save `from_pretrained` reads back with its heads (`headkit.save`): backbone/ with
@@ -190,14 +194,25 @@ class MultiHeadModel(nn.Module):
         return str(getattr(commit, "commit_url", commit))
 
     def _processor(self) -> Any:
-        """The tokenizer or image processor saved beside the backbone this model was loaded from, if any."""
+        """The tokenizer or image processor given (`set_processor`), else the one saved beside the
+        backbone this model was loaded from, if any (read once)."""
         from headkit.backbone import load_processor
 
-        source = getattr(self.backbone.config, "name_or_path", "")
-        try:
-            return load_processor(source) if source else None
-        except (HeadkitError, OSError, ValueError):
-            return None
+        if self._given_processor is None:
+            source = getattr(self.backbone.config, "name_or_path", "")
+            try:
+                self._given_processor = load_processor(source) if source else None
+            except (HeadkitError, OSError, ValueError):
+                return None
+        return self._given_processor
+
+    def set_processor(self, processor: Any) -> None:
+        """The tokenizer this model reads text with, handed to the heads that need one (a seq2seq
+        head writes text with it). By default it is the one saved beside the backbone."""
+        self._given_processor = processor
+        for head in self.heads.values():
+            if head.needs_processor:
+                head.use_processor(processor)
 
     @property
     def hidden_size(self) -> int:
@@ -236,6 +251,14 @@ class MultiHeadModel(nn.Module):
         config.fit_backbone(self.backbone.config)
         head = build_head(config)
         head.attach(self.backbone)
+        if head.needs_processor:
+            processor = self._processor()
+            if processor is None:
+                raise HeadConfigError(
+                    f"head '{name}' ({config.type}) needs the backbone's tokenizer, and none is saved beside it: "
+                    "pass processor= to the model"
+                )
+            head.use_processor(processor)
         head.to(device=self.device)
         self.heads[name] = head
         self.weighting.add_head(name)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from headkit import HeadConfigError, UnknownHeadTypeError, build_head, head_config
 from headkit.heads import IGNORE_INDEX, REGISTRY, config_from_dict
@@ -40,6 +41,10 @@ def labels_for(head_type: str) -> torch.Tensor:
         return torch.tensor([[0.1, 0.1, 0.5, 0.5], [NAN] * 4, [0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]])
     if head_type == "reward":  # B preference pairs
         return torch.tensor([[1.0], [NAN], [1.0], [1.0]])
+    if head_type == "seq2seq":  # [start, tokens .., end], padded to the longest target
+        return torch.tensor(
+            [[1, 5, 6, 2], [IGNORE_INDEX] * 4, [1, 7, 2, IGNORE_INDEX], [1, 2, IGNORE_INDEX, IGNORE_INDEX]]
+        )
     raise ValueError(head_type)
 
 
@@ -56,6 +61,12 @@ def make(head_type: str):
         fields["labels"] = ["x", "y"]
     if head_type in ("masked-lm", "causal-lm"):
         fields.update(vocab_size=10, tie_embeddings=False)
+    if head_type == "seq2seq":
+        decoder = transformers.BertConfig(
+            vocab_size=10, hidden_size=H, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        fields.update(start_token_id=1, end_token_id=2, pad_token_id=0, max_new_tokens=4)
+        fields["decoder"] = {**decoder.to_dict(), "is_decoder": True, "add_cross_attention": True}
     return build_head(head_config(head_type, **fields))
 
 

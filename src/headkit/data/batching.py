@@ -84,7 +84,7 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     labels: dict[str, Any] = {}
     for head, head_type in heads.items():
         layout = head_class(head_type).label_layout
-        if layout == "per_token":
+        if layout in ("per_token", "sequence"):
             labels[head] = [y for p in parts for y in (p.labels[head] if head in p.labels else [None] * len(p))]
             continue
         have = [p.labels[head] for p in parts if head in p.labels]
@@ -220,6 +220,12 @@ def collate(
             for i, v in enumerate(values):
                 if v is not None:
                     y[i, : len(v)] = torch.tensor(v[:length])
+        elif layout == "sequence":  # targets of their own lengths: padded to the longest in the batch
+            width = max((len(v) for v in values if v is not None), default=1)
+            y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+            for i, v in enumerate(values):
+                if v is not None:
+                    y[i, : len(v)] = torch.tensor(v)
         elif layout == "vector":
             y = torch.from_numpy(fill_missing_float(values, widths[head]))
         else:

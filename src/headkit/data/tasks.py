@@ -199,7 +199,7 @@ def _encode(
         labels = (label_maps or {}).get(task.name)
         if labels is None:
             labels = kind.label_names(rows, where)
-        y = kind.encode_labels(rows, where, labels, sizes)
+        y = kind.tokenize_labels(kind.encode_labels(rows, where, labels, sizes), processor, where)
         if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y

@@ -16,6 +16,7 @@ from headkit.heads.ctc import CTCConfig, CTCHead
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
 from headkit.heads.pooling import POOLING_METHODS, pool
 from headkit.heads.reward import RewardConfig, RewardHead
+from headkit.heads.seq2seq import SEQ2SEQ, Seq2SeqConfig, Seq2SeqHead
 from headkit.heads.span import SpanConfig, SpanHead
 from headkit.heads.token_classification import TokenClassificationConfig, TokenClassificationHead
 
@@ -30,6 +31,7 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
     "ctc": (CTCConfig, CTCHead),
     "box": (BoxConfig, BoxHead),
     "reward": (RewardConfig, RewardHead),
+    SEQ2SEQ: (Seq2SeqConfig, Seq2SeqHead),
 }
 
 

@@ -74,11 +74,13 @@ class HeadConfig:
             raise HeadConfigError(f"duplicate label names in {self.labels}")
 
 
-LabelLayout = Literal["index", "vector", "per_token"]
+LabelLayout = Literal["index", "vector", "per_token", "sequence"]
 """How a head's labels are stored and batched (the only label shapes the data code knows):
     index      one class id per example: (B,) long, IGNORE_INDEX when missing
     vector     a row of floats per example: (B, K) float, NaN when missing
     per_token  one id per token: (B, T) long, IGNORE_INDEX where a token has no label
+    sequence   a target token sequence per example, of its own length: (B, L) long, padded with
+               IGNORE_INDEX to the batch's longest target (a missing target is all IGNORE_INDEX)
 """
 
 Inputs = Literal["text", "words", "images", "pairs"]
@@ -148,6 +150,7 @@ class Head(Protocol):
     fewshot: ClassVar[bool]  # few-shot training can make pairs for it and solve it in closed form
     class_noun: ClassVar[str]  # what one of its labels is called in advice ("class", "label")
     suggested_name: ClassVar[str]  # the head name advise writes in the commands it prints
+    needs_processor: ClassVar[bool]  # it reads or writes text, so the model hands it the tokenizer
 
     @classmethod
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]: ...
@@ -155,6 +158,8 @@ class Head(Protocol):
     def encode_labels(
         cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
     ) -> Any: ...
+    @classmethod
+    def tokenize_labels(cls, y: Any, processor: Any, where: LabelSource) -> Any: ...
     @classmethod
     def label_counts(cls, values: list[Any]) -> dict[str, int]: ...
     @classmethod
@@ -181,6 +186,7 @@ class Head(Protocol):
     def pipeline_output(self, prediction: Any) -> Any: ...
     def table_cells(self, prediction: Any) -> dict[str, Any]: ...
     def attach(self, backbone: nn.Module) -> None: ...
+    def use_processor(self, processor: Any) -> None: ...
     def export_config(self, config: Any) -> None: ...
     def export_output(self, out: Any) -> Tensor: ...
     def fewshot_fit(self, features: np.ndarray, y: Any) -> None: ...
@@ -202,6 +208,7 @@ class HeadBase(nn.Module):
     fewshot: ClassVar[bool] = False
     class_noun: ClassVar[str] = "class"
     suggested_name: ClassVar[str] = "label"
+    needs_processor: ClassVar[bool] = False
     config: HeadConfig
 
     @classmethod
@@ -215,6 +222,11 @@ class HeadBase(nn.Module):
     ) -> Any:
         """Raw column values -> this head's label array, in its `label_layout`."""
         raise DataError(f"head '{where.head}': a {cls.__name__} cannot be trained from table files yet")
+
+    @classmethod
+    def tokenize_labels(cls, y: Any, processor: Any, where: LabelSource) -> Any:
+        """Labels that are text (seq2seq targets) -> token ids with the run's tokenizer; others as they are."""
+        return y
 
     @classmethod
     def label_counts(cls, values: list[Any]) -> dict[str, int]:
@@ -275,6 +287,9 @@ class HeadBase(nn.Module):
 
     def attach(self, backbone: nn.Module) -> None:
         """Called once the head sits on its backbone (language-model heads tie their decoder here)."""
+
+    def use_processor(self, processor: Any) -> None:
+        """Receive the model's tokenizer (only heads with `needs_processor` are given it)."""
 
     def export_config(self, config: Any) -> None:
         """Set what `export_target` needs in a copy of the backbone's config (labels, problem type)."""

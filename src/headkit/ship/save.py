@@ -40,7 +40,12 @@ ADAPTER_DIR = "adapter"
 def head_state(model: Any) -> dict:
     """The tensors a head checkpoint holds: heads and learned loss weights, tied weights left out."""
     tied = model.tied_parameter_names()
-    state = {f"heads.{k}": v for k, v in model.heads.state_dict().items() if k not in tied}
+    state, seen = {}, set()
+    for k, v in model.heads.state_dict().items():
+        if k in tied or (v.numel() and (v.data_ptr(), v.shape) in seen):
+            continue  # the backbone's tensors, and a second name for one tensor (a decoder's tied output)
+        seen.add((v.data_ptr(), v.shape))
+        state[f"heads.{k}"] = v
     state.update({f"weighting.{k}": v for k, v in model.weighting.state_dict().items()})
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 

@@ -102,7 +102,11 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         apply_class_weights(config.class_weights, data)
         set_seed(config.seed)
         model = MultiHeadModel.on_backbone(
-            config.model, data.heads, weighting=config.weighting, trust_remote_code=config.trust_remote_code
+            config.model,
+            data.heads,
+            weighting=config.weighting,
+            trust_remote_code=config.trust_remote_code,
+            processor=processor,
         )
         model.max_length = max_length
         if strategy.closed_form:

@@ -1,0 +1,260 @@
+"""The sequence-to-sequence head: a decoder that writes a text conditioned on the backbone's states.
+
+    hidden (B, T, H), mask (B, T) = the encoder's memory  ->  decoder with cross-attention
+        training:   teacher forcing: decoder reads [start, y1 .. yn] and predicts [y1 .. yn, end]
+        decoding:   greedy or beam search from the start token until the end token
+
+On an encoder backbone (BERT, RoBERTa, MiniLM ...) the decoder is the backbone's own
+architecture as a causal LM with cross-attention added (`is_decoder`, `add_cross_attention`),
+warm-started from the backbone's weights: the BERT2BERT recipe of Rothe et al. (2020), the one
+transformers' `EncoderDecoderModel.from_encoder_decoder_pretrained` follows. Only the
+cross-attention layers start from random weights; the LM output is tied to the decoder's word
+embeddings.
+
+The head's output is its memory (the hidden states it attends to, unchanged): the loss runs the
+decoder with teacher forcing on the labels, `decode` generates. So one backbone pass serves this
+head and every other head of a MultiHeadModel. The head needs the tokenizer (start/end tokens,
+text out): MultiHeadModel hands it over (`needs_processor`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headkit.errors import DataError, HeadConfigError, HeadMismatchError
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, LabelSource, label_values, zero_loss
+
+logger = logging.getLogger(__name__)
+
+SEQ2SEQ = "seq2seq"
+# keys of a backbone's config that describe the checkpoint, not the decoder built from it
+NOT_ARCHITECTURE = ("architectures", "_name_or_path", "quantization_config", "torch_dtype", "dtype", "auto_map")
+
+
+@dataclass
+class Seq2SeqConfig(HeadConfig):
+    """A decoder head. `decoder` is the transformers config of the decoder (filled from the
+    backbone's own when empty); the token ids come from the tokenizer when left None."""
+
+    type: str = SEQ2SEQ
+    pooling: str = "none"
+    decoder: dict[str, Any] = field(default_factory=dict)
+    decoder_layers: int | None = None  # None: as many layers as the backbone
+    warm_start: bool = True  # start the decoder from the backbone's weights (BERT2BERT)
+    start_token_id: int | None = None
+    end_token_id: int | None = None
+    pad_token_id: int | None = None
+    max_target_length: int = 64  # target tokens kept in training (longer targets are cut, with a note)
+    max_new_tokens: int = 64  # generation length limit
+    num_beams: int = 1  # 1: greedy search
+
+    def fit_backbone(self, backbone_config: Any) -> None:
+        if self.decoder:
+            return
+        decoder = {k: v for k, v in backbone_config.to_dict().items() if k not in NOT_ARCHITECTURE}
+        decoder.update(is_decoder=True, add_cross_attention=True, tie_word_embeddings=True)
+        if self.decoder_layers is not None:
+            decoder["num_hidden_layers"] = self.decoder_layers
+        self.decoder = decoder
+
+
+def special_tokens(tokenizer: Any) -> dict[str, int]:
+    """The start / end / padding ids a decoder uses with this tokenizer: BOS (or BERT's [CLS],
+    or T5's padding) starts, EOS (or [SEP]) ends."""
+    start = next(
+        (t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id) if t is not None), None
+    )
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if start is None or end is None:
+        raise HeadConfigError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no start (bos/cls/pad) or end (eos/sep) token, "
+            "so a seq2seq head cannot tell where a text begins and ends; set start_token_id and end_token_id"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    return {"start_token_id": start, "end_token_id": end, "pad_token_id": pad}
+
+
+class Seq2SeqHead(HeadBase):
+    """A text-generating head on any encoder backbone; see the module docstring."""
+
+    per_token = True  # reads every position (the memory), no pooling
+    label_layout = "sequence"
+    primary_metric = "rougeL"
+    metrics: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True, "perplexity": False}
+    pipeline_tag = "text2text-generation"
+    needs_processor = True
+    class_noun = "target"
+    suggested_name = "summary"
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if not config.decoder:
+            raise HeadConfigError("a seq2seq head needs its decoder config; attach it to a backbone (fit_backbone)")
+        self.config = config
+        settings = dict(config.decoder)
+        model_type = settings.pop("model_type", None)
+        try:
+            decoder_config = AutoConfig.for_model(model_type, **settings)
+            self.decoder = AutoModelForCausalLM.from_config(decoder_config)
+        except (ValueError, KeyError) as e:
+            raise HeadMismatchError(
+                f"a seq2seq head cannot be built on a '{model_type}' backbone: transformers has no causal-LM "
+                f"decoder with cross-attention for it ({e}); use a BERT-, RoBERTa- or GPT-2-style backbone"
+            ) from e
+        if not getattr(self.decoder.config, "add_cross_attention", False):
+            raise HeadMismatchError(f"the '{model_type}' decoder does not support cross-attention to an encoder")
+        self.tokenizer: Any = None
+
+    # ------------------------------------------------------------------ contract: type level
+
+    @classmethod
+    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        return []  # targets are free text, not classes
+
+    @classmethod
+    def encode_labels(
+        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> list[Any]:
+        values = label_values(rows, where)
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, str):
+                raise DataError(
+                    f"row {i + 1} of {where.source}: target column '{where.column}' holds {value!r}, not text"
+                )
+        return [v if isinstance(v, str) and v.strip() else None for v in values]
+
+    @classmethod
+    def tokenize_labels(cls, values: list[str | None], processor: Any, where: LabelSource) -> list[list[int] | None]:
+        """Target texts -> [start, tokens .., end], cut to max_target_length (counted in a note)."""
+        ids = special_tokens(processor)
+        limit = Seq2SeqConfig.max_target_length - 2
+        texts = [v for v in values if v is not None]
+        tokens = iter(processor(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        out: list[list[int] | None] = []
+        cut = 0
+        for value in values:
+            if value is None:
+                out.append(None)
+                continue
+            body = next(tokens)
+            cut += len(body) > limit
+            out.append([ids["start_token_id"], *body[:limit], ids["end_token_id"]])
+        if cut:
+            logger.info(
+                f"note: {cut} of {len(texts)} targets in column '{where.column}' of {where.source} are longer than "
+                f"{limit} tokens and were cut to that length"
+            )
+        return out
+
+    # ------------------------------------------------------------------ contract: instance level
+
+    def use_processor(self, processor: Any) -> None:
+        self.tokenizer = processor
+        for key, value in special_tokens(processor).items():
+            if getattr(self.config, key) is None:
+                setattr(self.config, key, value)
+
+    def attach(self, backbone: nn.Module) -> None:
+        if not self.config.warm_start:
+            return
+        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        result = self.decoder.base_model.load_state_dict(base.state_dict(), strict=False)
+        if not set(base.state_dict()) - set(result.unexpected_keys):
+            logger.info("note: the seq2seq decoder shares no weights with this backbone; it starts from random weights")
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return hidden  # (B, T, H): the memory the decoder attends to
+
+    def _token(self, name: str) -> int:
+        value = getattr(self.config, name)
+        if value is None:
+            raise HeadConfigError(f"the seq2seq head has no {name}: give the model its tokenizer (set_processor)")
+        return value
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, int]:
+        present = (labels != IGNORE_INDEX).any(dim=1)  # (B,)
+        n = int(present.sum())
+        if n == 0:
+            return zero_loss(output), 0
+        labels = labels[present]
+        inputs = labels[:, :-1]  # teacher forcing: [start, y1 .. yn] -> [y1 .. yn, end]
+        targets = labels[:, 1:]
+        logits = self.decoder(
+            input_ids=inputs.masked_fill(inputs == IGNORE_INDEX, self._token("pad_token_id")),
+            attention_mask=(inputs != IGNORE_INDEX).long(),
+            encoder_hidden_states=output[present],
+            encoder_attention_mask=mask[present],
+            use_cache=False,
+        ).logits  # (n, L - 1, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return loss, n
+
+    @torch.no_grad()
+    def generate(
+        self, memory: Tensor, mask: Tensor, max_new_tokens: int | None = None, num_beams: int | None = None
+    ) -> Tensor:
+        """Token ids (B, <= max_new_tokens + 1) generated from the memory, the start token first."""
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        start = torch.full((memory.shape[0], 1), self._token("start_token_id"), device=memory.device)
+        return self.decoder.generate(
+            input_ids=start,
+            attention_mask=torch.ones_like(start),
+            encoder_hidden_states=memory,
+            encoder_attention_mask=mask,
+            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            num_beams=num_beams or self.config.num_beams,
+            do_sample=False,
+            eos_token_id=self._token("end_token_id"),
+            pad_token_id=self._token("pad_token_id"),
+        )
+
+    def _text(self, ids: list[int]) -> str | list[int]:
+        ids = [i for i in ids if i not in (self.config.start_token_id, self.config.pad_token_id)]
+        if self.config.end_token_id in ids:
+            ids = ids[: ids.index(self.config.end_token_id)]
+        if self.tokenizer is None:
+            return ids
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def decode(self, output: Tensor, mask: Tensor) -> list[Any]:
+        return [self._text(row) for row in self.generate(output, mask).tolist()]
+
+    def references(self, labels: Tensor, mask: Tensor) -> list[Any]:
+        return [
+            self._text([i for i in row if i != IGNORE_INDEX]) if any(i != IGNORE_INDEX for i in row) else None
+            for row in labels.tolist()
+        ]
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from rouge_score import rouge_scorer
+
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        kinds = ["rouge1", "rouge2", "rougeL"]
+        scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
+        as_text = [(_as_text(p), _as_text(r)) for p, r in pairs]
+        scores = [scorer.score(r, p) for p, r in as_text]
+        return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        return {"perplexity": float(np.exp(min(mean_loss, 50)))}
+
+    def pipeline_output(self, prediction: Any) -> Any:
+        return {"generated_text": prediction}
+
+
+def _as_text(value: Any) -> str:
+    """ROUGE reads words: a prediction without a tokenizer (token ids) is scored id by id."""
+    return value if isinstance(value, str) else " ".join(str(i) for i in value)
