@@ -15,6 +15,7 @@ from headkit.devices import Device, DType
 from headkit.errors import HeadkitError
 from headkit.training.config import TrainConfig
 from headkit.training.pretrain import PretrainConfig
+from headkit.training.sft import SFTConfig
 
 Engine = Literal["torch", "onnx", "onnx-int8"]
 
@@ -301,6 +302,17 @@ def pretrain(config: PretrainConfig) -> None:
     run_pretraining(config)
 
 
+def sft(config: SFTConfig) -> None:
+    """Instruction-tune a causal LM on prompt -> response data (chat template, loss on responses only).
+
+    Args:
+        config: see SFTConfig; give a YAML file with --config, flags, or both.
+    """
+    from headkit.training.sft import sft as run_sft
+
+    run_sft(config)
+
+
 def export(
     run: str,
     to: Literal["transformers", "onnx"] | None = None,
@@ -459,4 +471,16 @@ def advise(
         console.print(f"done: the model is in {output_dir}; evaluate it with step {len(plan.commands) - 1} above")
 
 
-COMMANDS: list[Callable] = [inspect, train, evaluate, predict, fill_mask, generate, pretrain, export, serve, advise]
+COMMANDS: list[Callable] = [
+    inspect,
+    train,
+    evaluate,
+    predict,
+    fill_mask,
+    generate,
+    pretrain,
+    sft,
+    export,
+    serve,
+    advise,
+]

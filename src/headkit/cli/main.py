@@ -21,22 +21,27 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from headkit._logging import CurrentStderrHandler
-from headkit.cli.commands import COMMANDS, pretrain, train
+from headkit.cli.commands import COMMANDS
 from headkit.cli.parser import build_parser, explain, normalise_argv
 from headkit.data.tasks import TaskSpec
 from headkit.errors import HeadkitError
 from headkit.training.config import TrainConfig
 from headkit.training.pretrain import PretrainConfig
+from headkit.training.sft import SFTConfig
 
 INTERRUPTED = {
     "train": "interrupted: the last checkpoint is intact; continue with the same command and --resume",
     "pretrain": "interrupted: the last checkpoint is intact; continue with the same command and --resume",
+    "sft": "interrupted: the last checkpoint is intact; continue with the same command and --resume",
     "predict": "interrupted: no output file was written (it is written whole or not at all)",
     "evaluate": "interrupted: nothing was scored or written",
     "export": "interrupted: the output directory was not changed (exports are written whole or not at all)",
     "serve": "server stopped",
     "advise": "interrupted: with --run, continue the run with the train command it printed and --resume",
 }
+
+# commands that take one run config (flags and YAML from its fields; --print_config resolves it)
+RUN_CONFIGS: dict[str, type[TrainConfig]] = {"train": TrainConfig, "pretrain": PretrainConfig, "sft": SFTConfig}
 
 
 @contextlib.contextmanager
@@ -92,7 +97,7 @@ def run_command(argv: list[str]) -> int:
     # train/pretrain --print_config prints the config as it will run: the strategy's defaults filled
     # in (jsonargparse's own would print them unset)
     print_config = any(a.split("=")[0] in ("--print_config", "--print-config") for a in argv)
-    if print_config and {"train", "pretrain"} & set(argv):
+    if print_config and set(RUN_CONFIGS) & set(argv):
         argv = [a for a in argv if a.split("=")[0] not in ("--print_config", "--print-config")]
     else:
         print_config = False
@@ -106,9 +111,9 @@ def run_command(argv: list[str]) -> int:
     fn = next(f for f in COMMANDS if f.__name__.replace("_", "-") == name)
     kwargs = {k: v for k, v in args[name].as_dict().items() if k != "config" and not k.startswith("__")}
     try:
-        if fn in (train, pretrain):
+        if name in RUN_CONFIGS:
             kwargs["tasks"] = [TaskSpec(**t) for t in kwargs.get("tasks") or []]
-            config = (TrainConfig if fn is train else PretrainConfig)(**kwargs)
+            config = RUN_CONFIGS[name](**kwargs)
             if print_config:
                 print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
                 return 0

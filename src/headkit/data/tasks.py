@@ -31,7 +31,7 @@ class TaskSpec:
     Attributes:
         name: the head's name (a Python identifier).
         data: a file (.csv, .jsonl, .json, .parquet, .conll/.txt/.tsv token files) or a built-in
-            dataset: rotten_tomatoes, bbc_news, tweet_ner, word_scores.
+            dataset: rotten_tomatoes, bbc_news, bbc_headlines, tweet_ner, word_scores.
         label: the column holding this head's labels (regression: comma-separated columns).
         text: the column holding the input text (token files: ignored).
         type: head type: classification, multilabel, regression, token-classification.
