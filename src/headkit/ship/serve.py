@@ -1,7 +1,8 @@
 """HTTP server over a saved model: every head from one backbone pass, concurrent requests batched.
 
     POST /predict   {"texts": [...], "heads": [...]?} -> {"predictions": [{head: output, ...}, ...]}
-                    (an image model takes {"images": ["<base64 PNG/JPEG bytes>", ...]} instead)
+                    (an image model takes {"images": ["<base64 PNG/JPEG bytes>", ...]} instead;
+                    heads that write text, and sft / clm runs, take "max_new_tokens": n <= the limit)
     GET  /health    liveness
     GET  /metadata  heads, labels, backbone fingerprint, engine and limits
     GET  /docs, /openapi.json   FastAPI's schema
@@ -50,6 +51,7 @@ class ServeLimits:
     max_batch_texts: int = 128  # texts gathered from queued requests into one prediction call
     batch_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
     forward_batch: int = 16  # texts per forward pass within a gathered batch, grouped by length (less padding)
+    max_new_tokens: int = 64  # the most tokens a generated text may have (a request may ask for fewer)
 
 
 class PredictRequest(BaseModel):
@@ -59,6 +61,9 @@ class PredictRequest(BaseModel):
         default=None, min_length=1, description="base64-encoded image files, for an image model (never paths)"
     )
     heads: list[StrictStr] | None = Field(default=None, description="heads to answer (default: all)")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="generated texts: at most this many tokens (default: the server's limit)"
+    )
 
     @model_validator(mode="after")
     def one_kind_of_input(self) -> PredictRequest:
@@ -103,9 +108,10 @@ class Batcher:
         self.run_batch, self.max_texts, self.wait_s = run_batch, max_texts, wait_s
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    async def submit(self, texts: list[str], heads: list[str] | None) -> list[dict[str, Any]]:
+    async def submit(self, texts: list[str], heads: list[str] | None, options: int = 0) -> list[dict[str, Any]]:
+        """Queue texts; `options` (the generation length) must be equal for requests to share a pass."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, heads, future))
+        await self.queue.put((texts, heads, options, future))
         return await future
 
     async def work(self) -> None:
@@ -121,22 +127,22 @@ class Batcher:
                     break
                 jobs.append(job)
                 size += len(job[0])
-            jobs = [j for j in jobs if not j[2].done()]  # timed-out requests are not computed
-            if jobs:
-                await self._run(jobs)
+            jobs = [j for j in jobs if not j[3].done()]  # timed-out requests are not computed
+            for options in sorted({j[2] for j in jobs}):  # one pass per generation length
+                await self._run([j for j in jobs if j[2] == options], options)
 
-    async def _run(self, jobs: list) -> None:
+    async def _run(self, jobs: list, options: int) -> None:
         texts = [t for job in jobs for t in job[0]]
         wanted = None if any(job[1] is None for job in jobs) else sorted({h for job in jobs for h in job[1]})
         try:
-            results = await asyncio.to_thread(self.run_batch, texts, wanted)
+            results = await asyncio.to_thread(self.run_batch, texts, wanted, options)
         except Exception as e:  # reported to every waiting request; the worker lives on
             for *_, future in jobs:
                 if not future.done():
                     future.set_exception(e)
             return
         start = 0
-        for job_texts, heads, future in jobs:
+        for job_texts, heads, _, future in jobs:
             part = results[start : start + len(job_texts)]
             start += len(job_texts)
             if heads is not None:
@@ -146,18 +152,30 @@ class Batcher:
 
 
 def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:
-    """The FastAPI app for a loaded model (a `MultiHeadModel` or an `OnnxModel`) and its processor."""
+    """The FastAPI app for a loaded model (a `MultiHeadModel`, an `OnnxModel`, or a transformers
+    causal LM for sft / clm runs, whose one head answers by generating) and its processor."""
     limits = limits or ServeLimits()
     if isinstance(model, torch.nn.Module):
         model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
-    head_names = list(model.heads)
-
+    head_names = list(metadata["heads"])
     reads_images = is_image_processor(processor)
+    heads = getattr(model, "heads", None)
+    writes = heads is None or any(h.writes_text for h in heads.values())
 
-    def run_batch(items: list, heads: list[str] | None) -> list[dict[str, Any]]:
+    def run_batch(items: list, wanted: list[str] | None, max_new_tokens: int) -> list[dict[str, Any]]:
         if reads_images:
             return predict_images(model, processor, items, batch_size=limits.forward_batch)
-        return predict_texts(model, processor, items, batch_size=limits.forward_batch, heads=heads)
+        if heads is None:  # a causal LM: its one head's answer is a generated reply
+            from headkit.ship.generate import generate_replies
+
+            replies = []
+            for start in range(0, len(items), limits.forward_batch):
+                chunk = items[start : start + limits.forward_batch]
+                replies += generate_replies(model, processor, chunk, max_new_tokens)
+            return [{head_names[0]: reply} for reply in replies]
+        for head in heads.values():
+            head.set_generation(max_new_tokens=max_new_tokens)  # text-writing heads; the rest ignore it
+        return predict_texts(model, processor, items, batch_size=limits.forward_batch, heads=wanted)
 
     batcher = Batcher(run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000)
 
@@ -214,9 +232,13 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
         unknown = sorted(set(request.heads or []) - set(head_names))
         if unknown:
             return _error(422, f"unknown head(s) {unknown}; this model answers {head_names}")
+        new_tokens = request.max_new_tokens or limits.max_new_tokens
+        if new_tokens > limits.max_new_tokens:
+            return _error(413, f"max_new_tokens {new_tokens} is above this server's limit of {limits.max_new_tokens}")
         try:
             items = images if reads_images else request.texts
-            predictions = await asyncio.wait_for(batcher.submit(items, request.heads), limits.timeout_s)
+            options = new_tokens if writes else 0  # only generation lengths keep requests apart
+            predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             return _error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
         return {"predictions": predictions}
@@ -234,11 +256,15 @@ def load_app(
     """Load a run, a saved model or an ONNX export and build its app."""
     from pathlib import Path
 
+    from headkit.ship.generate import is_causal_lm_save, load_causal_lm
     from headkit.ship.onnx_engine import read_onnx_manifest
     from headkit.ship.predict import load_for_inference, resolve_model_dir
     from headkit.ship.save import read_manifest
 
-    model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype)
+    if engine == "torch" and is_causal_lm_save(run):  # sft / clm runs answer by generating replies
+        model, processor = load_causal_lm(str(run), device=device, dtype=dtype)
+    else:
+        model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     manifest = read_onnx_manifest(Path(run)) if engine != "torch" else read_manifest(resolve_model_dir(run))
     metadata = {
         "engine": engine,
