@@ -221,6 +221,9 @@ def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Modu
     """
     base = getattr(model, model.base_model_prefix, None)
     if not isinstance(base, nn.Module):
+        output = model.get_output_embeddings() if getattr(model.config, "is_encoder_decoder", False) else None
+        if output is not None:  # T5: encoder, decoder and shared embeddings sit inline; the LM output is the head
+            return model, {n: m for n, m in model.named_children() if m is output}
         return model, {}
     heads = {
         name: module
@@ -331,7 +334,12 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
     backbone, heads = split_backbone(model)
     has_head = bool(heads)
     output = _output_layer(model, heads) if has_head else None
-    inside = {id(p) for n, h in heads.items() if n.startswith(f"{model.base_model_prefix}.") for p in h.parameters()}
+    inline = backbone is model  # the head sits inside the model the backbone is (T5's lm_head)
+    inside = {
+        id(p) for n, h in heads.items() if inline or n.startswith(f"{model.base_model_prefix}.") for p in h.parameters()
+    }
+    if inline:  # a head tied to the input embeddings still leaves them to the backbone
+        inside -= {id(p) for n, m in model.named_children() if n not in heads for p in m.parameters()}
     backbone_ids = {id(p) for p in backbone.parameters()} - inside  # a timm classifier sits inside the network
     head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
     return ModelReport(
@@ -340,7 +348,7 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
         architecture=cls.__name__,
         model_type=config.model_type,
         backbone_class=type(backbone).__name__,
-        backbone_module=model.base_model_prefix if has_head else "(whole model)",
+        backbone_module=("(encoder + decoder)" if inline else model.base_model_prefix) if has_head else "(whole model)",
         head_kind=_head_kind(cls.__name__, has_head),
         head_modules={n: type(m).__name__ for n, m in heads.items()},
         output_layer=output[0] if output else None,

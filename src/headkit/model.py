@@ -303,6 +303,10 @@ class MultiHeadModel(nn.Module):
         return torch.ones(b, t, dtype=torch.long, device=hidden.device)
 
     @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.backbone.config, "is_encoder_decoder", False))
+
+    @property
     def num_layers(self) -> int | None:
         """Transformer layers of the backbone (its hidden_states hold this many + 1, the embeddings first)."""
         n = getattr(self.backbone.config, "num_hidden_layers", None)
@@ -343,7 +347,9 @@ class MultiHeadModel(nn.Module):
         below = sorted(layer for layer in layers if layer != LAST_LAYER)
         if self.needs_position_ids and "attention_mask" in inputs and "position_ids" not in inputs:
             inputs = {**inputs, "position_ids": positions_from_mask(inputs["attention_mask"])}  # left padding
-        out = self.backbone(**inputs, output_hidden_states=True) if below else self.backbone(**inputs)
+        # an encoder-decoder checkpoint (T5, BART): heads read its encoder; a seq2seq head drives its decoder
+        network = self.backbone.get_encoder() if self.is_encoder_decoder else self.backbone
+        out = network(**inputs, output_hidden_states=True) if below else network(**inputs)
         last = getattr(out, "last_hidden_state", None)
         if last is None:
             raise HeadMismatchError(

@@ -9,13 +9,13 @@ import torch
 import transformers
 
 import headkit
-from headkit import DataError, HeadConfigError, HeadMismatchError, MultiHeadModel, head_config
+from headkit import DataError, HeadConfigError, HeadkitError, HeadMismatchError, MultiHeadModel, head_config
 from headkit.data.tasks import TaskSpec
 from headkit.heads import IGNORE_INDEX
 from headkit.ship.predict import load_for_inference, predict_texts
 from headkit.training.recipe import TrainConfig, train
 
-from conftest import FILLER, NEGATIVE, POSITIVE, sentiment_rows, tiny_config, write_csv
+from conftest import FILLER, NEGATIVE, POSITIVE, WORDS, sentiment_rows, tiny_config, write_csv
 
 
 def titled_rows(n: int = 60) -> list[dict]:
@@ -165,3 +165,99 @@ def test_a_backbone_with_no_decoder_form_or_a_tokenizer_without_end_token_is_ref
     )  # no start, end or padding token
     with pytest.raises(HeadConfigError, match=r"no start .* or end .* token"):
         MultiHeadModel(headkit.load_backbone(tiny_text_model), {"t": head_config("seq2seq")}, processor=words)
+
+
+# ----------------------------------------------------------------------------- encoder-decoder checkpoints
+
+
+def save_seq2seq_checkpoint(path, kind: str, tie: bool = True):
+    """A tiny random T5 or BART ForConditionalGeneration with a word-level tokenizer (T5: no bos)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    special = ["<pad>", "</s>", "<unk>"] if kind == "t5" else ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {w: i for i, w in enumerate([*special, *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    names = {
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        **({"bos_token": "<s>"} if kind == "bart" else {}),
+    }
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, **names)
+    small = {"vocab_size": len(vocab), "d_model": 32, "tie_word_embeddings": tie}
+    if kind == "t5":
+        config = transformers.T5Config(d_kv=16, d_ff=64, num_layers=2, num_heads=2, decoder_start_token_id=0, **small)
+        model_class = transformers.T5ForConditionalGeneration
+    else:
+        config = transformers.BartConfig(
+            encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, forced_eos_token_id=None, **small,
+        )  # fmt: skip
+        model_class = transformers.BartForConditionalGeneration
+    config.tie_word_embeddings = tie  # T5's config sets True in __init__ whatever it is given
+    torch.manual_seed(0)
+    model = model_class(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module", params=["t5", "bart"])
+def encoder_decoder(request, tmp_path_factory):
+    return save_seq2seq_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def test_inspect_shows_the_decoder_lm_head_tied_to_the_shared_embeddings(encoder_decoder):
+    from headkit.backbone import inspect_model
+
+    report = inspect_model(encoder_decoder[0])
+    assert report.head_kind == "seq2seq" and report.head_modules == {"lm_head": "Linear"}
+    assert report.tied_embeddings and report.params_head == 0  # the output is the shared embedding matrix
+
+
+def test_the_head_on_an_encoder_decoder_is_the_checkpoint_itself(encoder_decoder):
+    path, reference, tokenizer = encoder_decoder
+    model = MultiHeadModel.from_pretrained(path, {"s": head_config("seq2seq", max_new_tokens=6)}).eval()
+    head = model.heads["s"]
+    batch = tokenizer(["the film was good", "a dull plot"], return_tensors="pt", padding=True)
+    start, end, pad = head.config.start_token_id, head.config.end_token_id, head.config.pad_token_id
+    with torch.no_grad():
+        ours = head.generate(*model.forward_features(**batch))
+        theirs = reference.generate(**batch, max_new_tokens=6, decoder_start_token_id=start, eos_token_id=end,
+                                    pad_token_id=pad, do_sample=False, num_beams=1)  # fmt: skip
+    assert ours.tolist() == theirs.tolist()
+    labels = torch.tensor([[start, 5, 6, end], [start, 7, end, IGNORE_INDEX]])
+    with torch.no_grad():
+        loss = model(**batch, labels={"s": labels}).losses["s"]
+        expected = reference(**batch, decoder_input_ids=labels[:, :-1].clamp(min=0), labels=labels[:, 1:].contiguous())
+    assert torch.allclose(loss, expected.loss, atol=1e-5)
+    # the decoder, encoder and embeddings are the backbone's: the head saves nothing of them
+    assert head.decoder.get_decoder() is model.backbone.get_decoder()
+    every = {f"s.{n}" for n, _ in head.named_parameters(remove_duplicate=False)}
+    assert every == model.tied_parameter_names()  # the lm_head too: tied to the shared embeddings
+
+
+def test_encoder_decoder_fine_tuning_full_and_lora_and_frozen_refused(encoder_decoder, titled, tmp_path):
+    path = encoder_decoder[0]
+    common = dict(model=str(path), tasks=[TaskSpec("title", titled, label="title", type="seq2seq")], epochs=3,
+                  batch_size=8, lr=1e-2, backbone_lr=1e-2, lora_lr=1e-2, val_fraction=0.2, patience=0,
+                  progress=False)  # fmt: skip
+    for strategy in ("full", "lora"):
+        result = train(TrainConfig(output_dir=str(tmp_path / strategy), strategy=strategy, **common))
+        losses = [e["val_losses"]["title"] for e in result.metrics["epochs"]]
+        assert losses[-1] < losses[0], strategy
+    model, tokenizer = load_for_inference(tmp_path / "lora")
+    assert isinstance(predict_texts(model, tokenizer, ["the film was good"])[0]["title"], str)
+    with pytest.raises(HeadkitError, match="nothing trains"):
+        train(TrainConfig(output_dir=str(tmp_path / "frozen"), strategy="frozen", **common))
+
+
+def test_an_untied_lm_head_is_imported_from_the_checkpoint(tmp_path):
+    path, reference, _ = save_seq2seq_checkpoint(tmp_path / "bart", "bart", tie=False)
+    model = MultiHeadModel.from_pretrained(path, {"s": head_config("seq2seq")})
+    lm_head = model.heads["s"].decoder.lm_head.weight
+    assert (
+        torch.equal(lm_head, reference.lm_head.weight)
+        and "s.decoder.lm_head.weight" not in model.tied_parameter_names()
+    )

@@ -11,6 +11,13 @@ transformers' `EncoderDecoderModel.from_encoder_decoder_pretrained` follows. Onl
 cross-attention layers start from random weights; the LM output is tied to the decoder's word
 embeddings.
 
+On an encoder-decoder checkpoint (T5, BART, Marian, Whisper: `AutoModelForSeq2SeqLM`) the
+backbone is the checkpoint's base model, heads read its encoder, and this head *is* the
+checkpoint's own decoder: its `...ForConditionalGeneration` shares the backbone's encoder, decoder
+and embeddings (so frozen / partial / full / LoRA apply to the decoder as to the rest of the
+backbone) and owns only the LM output (`lm_head`, tied to the shared embeddings where the
+checkpoint ties it, else imported from the checkpoint's weights) — the pretrained model, whole.
+
 The head's output is its memory (the hidden states it attends to, unchanged): the loss runs the
 decoder with teacher forcing on the labels, `decode` generates. So one backbone pass serves this
 head and every other head of a MultiHeadModel. The head needs the tokenizer (start/end tokens,
@@ -27,6 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
+)
 
 from headkit.errors import DataError, HeadConfigError, HeadMismatchError
 from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, LabelSource, label_values, zero_loss
@@ -59,10 +70,16 @@ class Seq2SeqConfig(HeadConfig):
         if self.decoder:
             return
         decoder = {k: v for k, v in backbone_config.to_dict().items() if k not in NOT_ARCHITECTURE}
-        decoder.update(is_decoder=True, add_cross_attention=True, tie_word_embeddings=True)
-        if self.decoder_layers is not None:
-            decoder["num_hidden_layers"] = self.decoder_layers
+        if not decoder.get("is_encoder_decoder"):  # an encoder: its architecture as a decoder (BERT2BERT)
+            decoder.update(is_decoder=True, add_cross_attention=True, tie_word_embeddings=True)
+            if self.decoder_layers is not None:
+                decoder["num_hidden_layers"] = self.decoder_layers
         self.decoder = decoder
+
+    @property
+    def on_encoder_decoder(self) -> bool:
+        """The backbone is an encoder-decoder checkpoint whose own decoder this head drives."""
+        return bool(self.decoder.get("is_encoder_decoder"))
 
 
 def special_tokens(tokenizer: Any) -> dict[str, int]:
@@ -89,6 +106,9 @@ class Seq2SeqHead(HeadBase):
     primary_metric = "rougeL"
     metrics: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True, "perplexity": False}
     pipeline_tag = "text2text-generation"
+    architectures = tuple(
+        [*MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), *MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values()]
+    )  # T5ForConditionalGeneration, BartForConditionalGeneration, MarianMTModel, WhisperForConditionalGeneration ...
     needs_processor = True
     writes_text = True
     class_noun = "target"
@@ -96,22 +116,26 @@ class Seq2SeqHead(HeadBase):
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         if not config.decoder:
             raise HeadConfigError("a seq2seq head needs its decoder config; attach it to a backbone (fit_backbone)")
         self.config = config
         settings = dict(config.decoder)
         model_type = settings.pop("model_type", None)
+        auto = AutoModelForSeq2SeqLM if config.on_encoder_decoder else AutoModelForCausalLM
         try:
             decoder_config = AutoConfig.for_model(model_type, **settings)
-            self.decoder = AutoModelForCausalLM.from_config(decoder_config)
+            if "tie_word_embeddings" in settings:  # T5's config forces True in __init__; the saved value decides
+                decoder_config.tie_word_embeddings = settings["tie_word_embeddings"]
+            self.decoder = auto.from_config(decoder_config)
         except (ValueError, KeyError) as e:
             raise HeadMismatchError(
                 f"a seq2seq head cannot be built on a '{model_type}' backbone: transformers has no causal-LM "
-                f"decoder with cross-attention for it ({e}); use a BERT-, RoBERTa- or GPT-2-style backbone"
+                f"decoder with cross-attention for it ({e}); use an encoder-decoder checkpoint (T5, BART) or a "
+                "BERT-, RoBERTa- or GPT-2-style backbone"
             ) from e
-        if not getattr(self.decoder.config, "add_cross_attention", False):
+        if not config.on_encoder_decoder and not getattr(self.decoder.config, "add_cross_attention", False):
             raise HeadMismatchError(f"the '{model_type}' decoder does not support cross-attention to an encoder")
         self.tokenizer: Any = None
 
@@ -172,12 +196,46 @@ class Seq2SeqHead(HeadBase):
                 setattr(self.config, name, value)
 
     def attach(self, backbone: nn.Module) -> None:
+        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        if self.config.on_encoder_decoder:
+            self._share(base)
+            return
         if not self.config.warm_start:
             return
-        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
         result = self.decoder.base_model.load_state_dict(base.state_dict(), strict=False)
         if not set(base.state_dict()) - set(result.unexpected_keys):
             logger.info("note: the seq2seq decoder shares no weights with this backbone; it starts from random weights")
+
+    def _share(self, base: nn.Module) -> None:
+        """Make the ...ForConditionalGeneration hold the backbone's own modules (T5: shared, encoder,
+        decoder; BART: the whole base model) and tie or import its LM output."""
+        theirs = dict(base.named_children())
+        for name, child in list(self.decoder.named_children()):
+            if type(child) is type(base):
+                setattr(self.decoder, name, base)
+            elif name in theirs and type(theirs[name]) is type(child):
+                setattr(self.decoder, name, theirs[name])
+        output = self.decoder.get_output_embeddings()
+        if getattr(self.decoder.config, "tie_word_embeddings", False):
+            output.weight = base.get_input_embeddings().weight
+        if self.config.warm_start:
+            self._import_output(getattr(base.config, "name_or_path", ""))
+
+    def _import_output(self, checkpoint: str) -> None:
+        """The checkpoint's own LM output (an untied lm_head, BART's final_logits_bias), when its files have it."""
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        shared = {id(p) for n, p in self.decoder.named_parameters() if not n.startswith("lm_head")}
+        own = dict(self.decoder.named_parameters()) | dict(self.decoder.named_buffers())
+        names = {
+            n for n, t in own.items() if (n.startswith("lm_head") or n == "final_logits_bias") and id(t) not in shared
+        }
+        for file in sorted(Path(checkpoint).glob("*.safetensors")) if checkpoint else []:
+            with safe_open(str(file), framework="pt") as weights, torch.no_grad():
+                for name in names & set(weights.keys()):
+                    own[name].copy_(weights.get_tensor(name))
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return hidden  # (B, T, H): the memory the decoder attends to
@@ -196,15 +254,33 @@ class Seq2SeqHead(HeadBase):
         labels = labels[present]
         inputs = labels[:, :-1]  # teacher forcing: [start, y1 .. yn] -> [y1 .. yn, end]
         targets = labels[:, 1:]
-        logits = self.decoder(
-            input_ids=inputs.masked_fill(inputs == IGNORE_INDEX, self._token("pad_token_id")),
-            attention_mask=(inputs != IGNORE_INDEX).long(),
-            encoder_hidden_states=output[present],
-            encoder_attention_mask=mask[present],
-            use_cache=False,
-        ).logits  # (n, L - 1, V)
+        logits = self._logits(
+            inputs.masked_fill(inputs == IGNORE_INDEX, self._token("pad_token_id")),
+            (inputs != IGNORE_INDEX).long(),
+            output[present],
+            mask[present],
+        )  # (n, L - 1, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return loss, n
+
+    def _logits(self, ids: Tensor, ids_mask: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        if self.config.on_encoder_decoder:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return self.decoder(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                attention_mask=mask,
+                decoder_input_ids=ids,
+                decoder_attention_mask=ids_mask,
+                use_cache=False,
+            ).logits
+        return self.decoder(
+            input_ids=ids,
+            attention_mask=ids_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=mask,
+            use_cache=False,
+        ).logits
 
     @torch.no_grad()
     def generate(
@@ -214,17 +290,29 @@ class Seq2SeqHead(HeadBase):
         from transformers import DynamicCache, EncoderDecoderCache
 
         start = torch.full((memory.shape[0], 1), self._token("start_token_id"), device=memory.device)
+        options = {
+            "max_new_tokens": max_new_tokens or self.config.max_new_tokens,
+            "num_beams": num_beams or self.config.num_beams,
+            "do_sample": False,
+            "eos_token_id": self._token("end_token_id"),
+            "pad_token_id": self._token("pad_token_id"),
+        }
+        if self.config.on_encoder_decoder:  # the checkpoint's own generate, on the memory
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return self.decoder.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                attention_mask=mask,
+                decoder_start_token_id=self._token("start_token_id"),
+                **options,
+            )
         return self.decoder.generate(
             input_ids=start,
             attention_mask=torch.ones_like(start),
             encoder_hidden_states=memory,
             encoder_attention_mask=mask,
             past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
-            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-            num_beams=num_beams or self.config.num_beams,
-            do_sample=False,
-            eos_token_id=self._token("end_token_id"),
-            pad_token_id=self._token("pad_token_id"),
+            **options,
         )
 
     def _text(self, ids: list[int]) -> str | list[int]:

@@ -36,6 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 from headkit._fs import recover_dir
 from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
 from headkit.data.tasks import PreparedData
+from headkit.errors import HeadkitError
 from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
 from headkit.training import tracking
@@ -208,6 +209,11 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     config, accelerator, model = run.config, run.accelerator, run.model
     run.strategy.set_trainable(model, phase)
     trainable, total = count_parameters(model)
+    if trainable == 0:  # e.g. a seq2seq head that is an encoder-decoder's own (tied) decoder, backbone frozen
+        raise HeadkitError(
+            f"nothing trains in phase '{phase.name}' of strategy {run.strategy.name}: every weight of the heads "
+            "is a frozen backbone weight; use --strategy full, partial:K or lora"
+        )
     if run.main:
         logger.info(
             f"phase '{phase.name}' ({run.strategy.name}): {trainable:,} trainable of {total:,} parameters "
@@ -241,8 +247,10 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
-    """AdamW with one group per (learning rate, weight decay): heads at `lr`, the backbone at its own."""
-    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]}
+    """AdamW with one group per (learning rate, weight decay): heads at `lr`, the backbone at its own
+    (also a backbone weight a head shares: tied embeddings, the decoder of an encoder-decoder)."""
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]} - backbone_ids
     backbone_lr = config.lora_lr if strategy.adapters else config.backbone_lr
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for p in {id(p): p for p in model.parameters()}.values():
