@@ -238,12 +238,12 @@ def test_the_head_on_an_encoder_decoder_is_the_checkpoint_itself(encoder_decoder
     assert every == model.tied_parameter_names()  # the lm_head too: tied to the shared embeddings
 
 
-def test_encoder_decoder_fine_tuning_full_and_lora_and_frozen_refused(encoder_decoder, titled, tmp_path):
+def test_encoder_decoder_fine_tuning_full_lora_partial_and_frozen_refused(encoder_decoder, titled, tmp_path):
     path = encoder_decoder[0]
     common = dict(model=str(path), tasks=[TaskSpec("title", titled, label="title", type="seq2seq")], epochs=3,
                   batch_size=8, lr=1e-2, backbone_lr=1e-2, lora_lr=1e-2, val_fraction=0.2, patience=0,
                   progress=False)  # fmt: skip
-    for strategy in ("full", "lora"):
+    for strategy in ("full", "lora", "partial:1"):  # partial: the bottom encoder layer and embeddings frozen
         result = train(TrainConfig(output_dir=str(tmp_path / strategy), strategy=strategy, **common))
         losses = [e["val_losses"]["title"] for e in result.metrics["epochs"]]
         assert losses[-1] < losses[0], strategy

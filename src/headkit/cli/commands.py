@@ -376,6 +376,7 @@ def serve(
     timeout: float = 30.0,
     max_batch_texts: int = 128,
     batch_wait_ms: float = 2.0,
+    max_new_tokens: int = 64,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
@@ -392,6 +393,8 @@ def serve(
         max_batch_texts: texts gathered from concurrent requests into one prediction call (run in
             length-grouped forward passes of 16).
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
+        max_new_tokens: generated texts (seq2seq heads, sft runs): the most tokens a request may
+            ask for (its `max_new_tokens`, default this; more: HTTP 413).
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
@@ -403,6 +406,7 @@ def serve(
         timeout_s=timeout,
         max_batch_texts=max_batch_texts,
         batch_wait_ms=batch_wait_ms,
+        max_new_tokens=max_new_tokens,
     )
     run_server(load_app(run, engine=engine, limits=limits, device=device, dtype=dtype), host=host, port=port)
 
