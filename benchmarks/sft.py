@@ -1,6 +1,6 @@
 """Instruction tuning SmolLM2-135M-Instruct on chatterbot-corpus: `headkit sft` beside TRL's SFTTrainer.
 
-The English prompt -> reply pairs of chatterbot-corpus (built-in `chatterbot_english`, 2,393
+The English prompt -> reply pairs of chatterbot-corpus (built-in `chatterbot_english`, 2,306
 pairs); a seeded 10% is held out. Both trainers get the same training rows (a seeded sample of
 steps x batch of the rest), the same chat template (SmolLM2's own), loss on the reply tokens only,
 the same LoRA (r 8, alpha 16, dropout 0.1, every linear layer), learning rate, schedule (6% warm-up,

@@ -69,3 +69,13 @@ def test_an_sft_run_is_served_and_generates_replies(sft_run):
         assert response.status_code == 200
         replies = [p["lm"] for p in response.json()["predictions"]]
         assert len(replies) == 2 and all(isinstance(r, str) and len(r.split()) <= 3 for r in replies)
+
+
+def test_export_of_a_text_writing_head_is_refused_with_the_reason(headline_save, tmp_path):
+    from headkit.errors import ExportError
+    from headkit.ship.export import export_onnx, export_transformers
+
+    with pytest.raises(ExportError, match=r"write text with a decoding loop"):
+        export_onnx(headline_save, tmp_path / "onnx")
+    with pytest.raises(ExportError):
+        export_transformers(headline_save, tmp_path / "hf", head="title")

@@ -280,11 +280,9 @@ def generate(
     from headkit.ship.generate import generate as run_generate
     from headkit.ship.generate import generate_heads, writing_heads
 
-    if writing_heads(model):
+    if writing_heads(model):  # seq2seq heads: each writes its text for the prompt
         answers = generate_heads(model, [prompt], max_new_tokens, num_beams, device=device, dtype=dtype)[0]
-        for head, text in answers.items():
-            if head != "truncated":
-                Console().print(f"{head}: {text}", highlight=False, markup=False)
+        print("\n".join(f"{h}: {t}" for h, t in answers.items() if h != "truncated"))
         return
     run_generate(
         model,

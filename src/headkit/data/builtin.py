@@ -73,14 +73,17 @@ def bbc_headlines() -> list[dict[str, Any]]:
 
 
 def chatterbot_english() -> list[dict[str, Any]]:
-    """English prompt -> reply pairs from chatterbot-corpus: 2,393 rows of prompt, response and
-    label (the YAML file's topic). In a conversation each line answers the one before it."""
+    """English prompt -> reply pairs from chatterbot-corpus: rows of prompt, response and
+    label (the YAML file's topic). In a conversation each line answers the one before it (2,306 rows;
+    the few entries that are a lone string, not a conversation, are skipped)."""
     import yaml
 
     rows = []
     for path in sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml")):
         for lines in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
-            lines = [" ".join(str(line).split()) for line in lines]
+            if not isinstance(lines, list):  # a few entries are a lone string, not a conversation
+                continue
+            lines = [text for text in (" ".join(str(line).split()) for line in lines) if text]
             rows += [{"prompt": a, "response": b, "label": path.stem} for a, b in itertools.pairwise(lines)]
     return rows
 

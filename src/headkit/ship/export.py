@@ -282,6 +282,12 @@ def export_onnx(
     bar = steps_bar("export onnx", steps, progress)
     model, processor, source = load_merged(run)
     next_step(bar)
+    writers = [name for name, head in model.heads.items() if head.writes_text]
+    if writers:
+        raise ExportError(
+            f"head(s) {writers} write text with a decoding loop (generate), which one ONNX graph of the forward "
+            "pass does not hold; serve or predict this model with the torch engine"
+        )
     output_dir = Path(output_dir)
     _check_output(output_dir, source, overwrite)
     inputs = probe_inputs(model, processor)

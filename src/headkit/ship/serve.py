@@ -151,19 +151,12 @@ class Batcher:
                 future.set_result(part)
 
 
-def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:
-    """The FastAPI app for a loaded model (a `MultiHeadModel`, an `OnnxModel`, or a transformers
-    causal LM for sft / clm runs, whose one head answers by generating) and its processor."""
-    limits = limits or ServeLimits()
-    if isinstance(model, torch.nn.Module):
-        model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
-    head_names = list(metadata["heads"])
-    reads_images = is_image_processor(processor)
+def answerer(model, processor, head_names: list[str], limits: ServeLimits):
+    """The function the batcher calls: (items, wanted heads, max_new_tokens) -> one dict per item."""
     heads = getattr(model, "heads", None)
-    writes = heads is None or any(h.writes_text for h in heads.values())
 
     def run_batch(items: list, wanted: list[str] | None, max_new_tokens: int) -> list[dict[str, Any]]:
-        if reads_images:
+        if is_image_processor(processor):
             return predict_images(model, processor, items, batch_size=limits.forward_batch)
         if heads is None:  # a causal LM: its one head's answer is a generated reply
             from headkit.ship.generate import generate_replies
@@ -177,7 +170,22 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
             head.set_generation(max_new_tokens=max_new_tokens)  # text-writing heads; the rest ignore it
         return predict_texts(model, processor, items, batch_size=limits.forward_batch, heads=wanted)
 
-    batcher = Batcher(run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000)
+    return run_batch
+
+
+def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:
+    """The FastAPI app for a loaded model (a `MultiHeadModel`, an `OnnxModel`, or a transformers
+    causal LM for sft / clm runs, whose one head answers by generating) and its processor."""
+    limits = limits or ServeLimits()
+    if isinstance(model, torch.nn.Module):
+        model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
+    head_names = list(metadata["heads"])
+    reads_images = is_image_processor(processor)
+    heads = getattr(model, "heads", None)
+    writes = heads is None or any(h.writes_text for h in heads.values())
+    batcher = Batcher(
+        answerer(model, processor, head_names, limits), limits.max_batch_texts, limits.batch_wait_ms / 1000
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
