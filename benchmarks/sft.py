@@ -58,7 +58,8 @@ def run_headkit(train_file: str, out: str, args: argparse.Namespace) -> dict:
                        batch_size=args.batch, lora_lr=args.lr, lr=args.lr, lora_r=LORA["r"],
                        lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"], lora_targets=["all-linear"],
                        max_length=MAX_LENGTH, val_fraction=0.0, warmup_ratio=0.06, weight_decay=0.01,
-                       max_grad_norm=1.0, progress=False, overwrite=True)  # fmt: skip
+                       max_grad_norm=1.0, group_by_length=args.group_by_length, progress=False,
+                       overwrite=True)  # fmt: skip
     from headkit.backbone import dequantised, resolve_model
 
     dequantised(resolve_model("smollm2"))  # made once, before timing (TRL loads the same copy)
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (headkit's lora default)")
     parser.add_argument("--eval", type=int, default=120, help="held-out pairs scored")
+    parser.add_argument(
+        "--group-by-length", action="store_true", help="headkit: length-grouped batches (faster, less padding)"
+    )
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: WHICH TRAIN_FILE OUT
     args = parser.parse_args()
     if args.one:
@@ -164,6 +168,7 @@ def main() -> None:
         for which in ("headkit", "trl"):
             command = [sys.executable, __file__, "--one", which, train_file, f"{tmp}/{which}",
                        "--batch", str(args.batch), "--lr", str(args.lr)]  # fmt: skip
+            command += ["--group-by-length"] if args.group_by_length else []
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{which} failed:\n{done.stderr[-3000:]}")

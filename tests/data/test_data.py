@@ -150,6 +150,9 @@ def test_length_grouped_batches_cover_everything_and_depend_on_epoch():
     assert sampler.batches() != epoch0
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch0])
     assert spread < 10  # grouped by length: little padding
+    mixed = LengthGroupedBatches(lengths, batch_size=16, seed=1, group=False).batches()  # group_by_length off
+    assert sorted(i for b in mixed for i in b) == list(range(500))
+    assert np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in mixed]) > 30
 
 
 def test_collate_pads_dynamically_and_marks_missing_labels():

@@ -105,7 +105,7 @@ def test_sft_lowers_the_response_loss_and_the_run_generates(tiny_chat_model, rep
         data=replies,
         output_dir=str(tmp_path / "run"),
         strategy=strategy,
-        epochs=4,
+        epochs=6,
         batch_size=8,
         lr=1e-2,
         backbone_lr=1e-2,

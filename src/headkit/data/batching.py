@@ -164,8 +164,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
     is what lets an interrupted run resume mid-epoch on exactly the same batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True, group: bool = True):
         self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
+        self.group = group  # False: plain shuffled batches (more padding, batches of mixed lengths)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -178,6 +179,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
             return [order[i : i + size] for i in range(0, n, size)]
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n).tolist()
+        if not self.group:
+            return [order[i : i + size] for i in range(0, n, size)]
         mega = size * 50
         batches = []
         for start in range(0, n, mega):

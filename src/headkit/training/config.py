@@ -84,6 +84,8 @@ class TrainConfig:
         warmup_ratio: share of steps with linear warm-up, then linear decay to 0.
         grad_accum: micro-steps per optimizer step.
         max_length: token limit; longer inputs are truncated.
+        group_by_length: batch training examples of similar length (less padding, faster); off:
+            plainly shuffled batches of mixed lengths.
         val_fraction: share of each dataset held out for validation (seeded split). Default by
             strategy: fewshot 0 (every labelled example trains), else 0.1.
         seed: seed for initialisation, split, batch order and dropout.
@@ -140,6 +142,7 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     grad_accum: int = 1
     max_length: int = 128
+    group_by_length: bool = True
     val_fraction: float | None = None
     seed: int = 0
     patience: int | None = None
@@ -199,4 +202,5 @@ NEW_DEFAULTS: dict[str, Any] = {
     "metric_for_best_model": None,
     "class_weights": "none",
     "tune_thresholds": True,
+    "group_by_length": True,
 }

@@ -224,7 +224,9 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         run.caches["train"] = _features(run, run.data.train, digest)
         if len(run.data.val):
             run.caches["val"] = _features(run, run.data.val, digest)
-    sampler = LengthGroupedBatches(run.data.train.lengths(), config.batch_size, seed=config.seed)
+    sampler = LengthGroupedBatches(
+        run.data.train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
+    )
     loader = DataLoader(run.data.train, batch_sampler=sampler, collate_fn=run.make_batch)
     optimizer = make_optimizer(model, config, run.strategy)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)

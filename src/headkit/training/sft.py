@@ -75,6 +75,9 @@ class SFTConfig(TrainConfig):
     lr: float = 1e-4
     backbone_lr: float = 2e-5
     max_length: int = 512
+    # Plainly shuffled batches: on chatterbot-corpus (benchmarks/sft.py, 100 LoRA steps) length
+    # grouping was 1.5x faster but ended 0.044 higher in held-out reply loss.
+    group_by_length: bool = False
     val_fraction: float = 0.1
     patience: int = 0
 
