@@ -195,6 +195,15 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
+def pad_ids(values: list[list[int] | None], width: int) -> torch.Tensor:
+    """(B, width) long: each id list cut or padded to `width` with IGNORE_INDEX (None: all IGNORE_INDEX)."""
+    y = torch.full((len(values), width), IGNORE_INDEX, dtype=torch.long)
+    for i, v in enumerate(values):
+        if v is not None:
+            y[i, : min(len(v), width)] = torch.tensor(v[:width])
+    return y
+
+
 def collate(
     examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
 ) -> dict[str, Any]:
@@ -219,16 +228,9 @@ def collate(
         values = [e["labels"].get(head) for e in examples]
         layout = head_class(head_type).label_layout
         if layout == "per_token":
-            y = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-            for i, v in enumerate(values):
-                if v is not None:
-                    y[i, : len(v)] = torch.tensor(v[:length])
+            y = pad_ids(values, length)
         elif layout == "sequence":  # targets of their own lengths: padded to the longest in the batch
-            width = max((len(v) for v in values if v is not None), default=1)
-            y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-            for i, v in enumerate(values):
-                if v is not None:
-                    y[i, : len(v)] = torch.tensor(v)
+            y = pad_ids(values, max((len(v) for v in values if v is not None), default=1))
         elif layout == "vector":
             y = torch.from_numpy(fill_missing_float(values, widths[head]))
         else:

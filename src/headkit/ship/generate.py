@@ -129,6 +129,28 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cp
     return place(model, device, dtype), AutoTokenizer.from_pretrained(path)
 
 
+def chat_prompts(tokenizer: Any, prompts: list[str], chat: bool = True) -> list[str]:
+    """Each prompt as a user turn of the tokenizer's chat template, ready for the reply (as they
+    were in instruction tuning); as given when `chat` is off or the tokenizer has no template."""
+    if not (chat and getattr(tokenizer, "chat_template", None)):
+        return list(prompts)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def check_context(model: Any, prompt_tokens: int, max_new_tokens: int) -> None:
+    """A prompt plus the new tokens must fit the model's positions, else a DataError (not torch's)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and prompt_tokens + max_new_tokens > context:
+        raise DataError(
+            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: "
+            f"{prompt_tokens + max_new_tokens} exceeds this model's context of {context} tokens; shorten the "
+            "prompt or ask for fewer new tokens"
+        )
+
+
 @torch.no_grad()
 def generate(
     name: str,
@@ -148,20 +170,9 @@ def generate(
     from transformers import TextStreamer
 
     model, tokenizer = load_causal_lm(name, trust_remote_code, device, dtype)
-    if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = prompt
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
-    context = getattr(model.config, "max_position_embeddings", None)
+    enc = tokenizer(chat_prompts(tokenizer, [prompt], chat), return_tensors="pt", add_special_tokens=not chat)
     n = enc["input_ids"].shape[1]
-    if context and n + max_new_tokens > context:
-        raise DataError(
-            f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} exceeds this "
-            f"model's context of {context} tokens; shorten the prompt or ask for fewer new tokens"
-        )
+    check_context(model, n, max_new_tokens)
     torch.manual_seed(seed)
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
     if sample:
@@ -216,25 +227,15 @@ def generate_heads(
 def generate_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
     """Greedy replies of a causal LM to several prompts at once (chat template when it has one,
     left padding so every prompt ends where its reply starts)."""
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        if chat
-        else p
-        for p in prompts
-    ]
+    templated = bool(getattr(tokenizer, "chat_template", None))  # the template brings its own special tokens
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        texts = chat_prompts(tokenizer, prompts)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated)
     finally:
         tokenizer.padding_side = side
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context and enc["input_ids"].shape[1] + max_new_tokens > context:
-        raise DataError(
-            f"a prompt of {enc['input_ids'].shape[1]} tokens and {max_new_tokens} new tokens exceed this model's "
-            f"context of {context} tokens; shorten the prompt or ask for fewer new tokens"
-        )
+    n = enc["input_ids"].shape[1]
+    check_context(model, n, max_new_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     output = model.generate(**_on(enc, model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    n = enc["input_ids"].shape[1]
     return [tokenizer.decode(row[n:], skip_special_tokens=True).strip() for row in output]

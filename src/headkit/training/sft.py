@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from headkit.data.batching import EncodedData, collate, split_indices
+from headkit.data.batching import EncodedData, collate, pad_ids, split_indices
 from headkit.data.files import is_missing
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import IGNORE_INDEX, head_config
+from headkit.heads.base import perplexity
 from headkit.heads.lm import CAUSAL_LM
 from headkit.training.config import TrainConfig
 
@@ -224,11 +223,7 @@ def encode(
 def sft_batch(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Pad ids (right) and response labels (with -100) to the batch's longest sequence."""
     batch = collate(examples, pad_id, {}, {})
-    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-    for row, example in enumerate(examples):
-        y = example["labels"]["lm"]
-        labels[row, : len(y)] = torch.tensor(y)
-    batch["labels"] = {"lm": labels}
+    batch["labels"] = {"lm": pad_ids([e["labels"]["lm"] for e in examples], batch["input_ids"].shape[1])}
     return batch
 
 
@@ -295,15 +290,9 @@ def sft(config: SFTConfig):
             if before is not None and after is not None:
                 logger.info(
                     f"held-out response loss: {before:.3f} before -> {after:.3f} after "
-                    f"(perplexity {_exp(before):.2f} -> {_exp(after):.2f}, {len(val)} conversations)"
+                    f"(perplexity {perplexity(before):.2f} -> {perplexity(after):.2f}, {len(val)} conversations)"
                 )
         return result
-
-
-def _exp(loss: float) -> float:
-    import math
-
-    return math.exp(min(loss, 50))
 
 
 __all__ = ["PLAIN_TEMPLATE", "SFTConfig", "conversations", "encode", "render", "sft"]
