@@ -40,12 +40,23 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from headkit.errors import DataError, HeadConfigError, HeadMismatchError
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, LabelSource, label_values, zero_loss
+from headkit.heads.base import (
+    IGNORE_INDEX,
+    HeadBase,
+    HeadConfig,
+    LabelSource,
+    label_values,
+    perplexity,
+    zero_loss,
+)
 
 logger = logging.getLogger(__name__)
 
 SEQ2SEQ = "seq2seq"
 # keys of a backbone's config that describe the checkpoint, not the decoder built from it
+# target tokens kept in training, start and end included (longer targets are cut, with a note):
+# targets are tokenised while the data is read, before any head config exists
+MAX_TARGET_TOKENS = 64
 NOT_ARCHITECTURE = ("architectures", "_name_or_path", "quantization_config", "torch_dtype", "dtype", "auto_map")
 
 
@@ -62,7 +73,6 @@ class Seq2SeqConfig(HeadConfig):
     start_token_id: int | None = None
     end_token_id: int | None = None
     pad_token_id: int | None = None
-    max_target_length: int = 64  # target tokens kept in training (longer targets are cut, with a note)
     max_new_tokens: int = 64  # generation length limit
     num_beams: int = 1  # 1: greedy search
 
@@ -159,9 +169,9 @@ class Seq2SeqHead(HeadBase):
 
     @classmethod
     def tokenize_labels(cls, values: list[str | None], processor: Any, where: LabelSource) -> list[list[int] | None]:
-        """Target texts -> [start, tokens .., end], cut to max_target_length (counted in a note)."""
+        """Target texts -> [start, tokens .., end], cut to MAX_TARGET_TOKENS (counted in a note)."""
         ids = special_tokens(processor)
-        limit = Seq2SeqConfig.max_target_length - 2
+        limit = MAX_TARGET_TOKENS - 2
         texts = [v for v in values if v is not None]
         tokens = iter(processor(texts, add_special_tokens=False)["input_ids"] if texts else [])
         out: list[list[int] | None] = []
@@ -202,8 +212,9 @@ class Seq2SeqHead(HeadBase):
             return
         if not self.config.warm_start:
             return
-        result = self.decoder.base_model.load_state_dict(base.state_dict(), strict=False)
-        if not set(base.state_dict()) - set(result.unexpected_keys):
+        state = base.state_dict()
+        result = self.decoder.base_model.load_state_dict(state, strict=False)
+        if not set(state) - set(result.unexpected_keys):
             logger.info("note: the seq2seq decoder shares no weights with this backbone; it starts from random weights")
 
     def _share(self, base: nn.Module) -> None:
@@ -289,7 +300,6 @@ class Seq2SeqHead(HeadBase):
         """Token ids (B, <= max_new_tokens + 1) generated from the memory, the start token first."""
         from transformers import DynamicCache, EncoderDecoderCache
 
-        start = torch.full((memory.shape[0], 1), self._token("start_token_id"), device=memory.device)
         options = {
             "max_new_tokens": max_new_tokens or self.config.max_new_tokens,
             "num_beams": num_beams or self.config.num_beams,
@@ -306,6 +316,7 @@ class Seq2SeqHead(HeadBase):
                 decoder_start_token_id=self._token("start_token_id"),
                 **options,
             )
+        start = torch.full((memory.shape[0], 1), self._token("start_token_id"), device=memory.device)
         return self.decoder.generate(
             input_ids=start,
             attention_mask=torch.ones_like(start),
@@ -345,7 +356,7 @@ class Seq2SeqHead(HeadBase):
         return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
 
     def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
-        return {"perplexity": float(np.exp(min(mean_loss, 50)))}
+        return {"perplexity": perplexity(mean_loss)}
 
     def pipeline_output(self, prediction: Any) -> Any:
         return {"generated_text": prediction}
