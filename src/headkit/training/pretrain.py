@@ -169,8 +169,7 @@ def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code:
     report = inspect_model(model_name, trust_remote_code=trust_remote_code)
     if report.head_kind != head.config.type:
         return False
-    tied = getattr(load_config(model_name, trust_remote_code=trust_remote_code), "tie_word_embeddings", False)
-    if tied and head.config.tie_embeddings and len(list(head.parameters())) == 1:
+    if report.tied_embeddings and head.config.tie_embeddings and len(list(head.parameters())) == 1:
         return True  # both heads are nothing but the input embeddings, which this one already shares
     source = resolve_model(model_name)
     path = dequantised(source) if source.gguf_file else source.path
