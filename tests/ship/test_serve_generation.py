@@ -69,6 +69,8 @@ def test_an_sft_run_is_served_and_generates_replies(sft_run):
         assert response.status_code == 200
         replies = [p["lm"] for p in response.json()["predictions"]]
         assert len(replies) == 2 and all(isinstance(r, str) and len(r.split()) <= 3 for r in replies)
+        long = client.post("/predict", json={"texts": [" ".join(["a"] * 99)], "max_new_tokens": 6})  # 199 chars
+        assert long.status_code == 422 and "exceeds this model's context of 64 tokens" in long.json()["error"]
 
 
 def test_export_of_a_text_writing_head_is_refused_with_the_reason(headline_save, tmp_path):

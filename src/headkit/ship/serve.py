@@ -37,6 +37,7 @@ except ImportError:
     raise
 
 from headkit.data.images import is_image_processor
+from headkit.errors import DataError
 from headkit.ship.predict import predict_images, predict_texts
 
 
@@ -249,6 +250,8 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             return _error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
+        except DataError as e:  # e.g. a prompt plus max_new_tokens beyond a causal LM's context
+            return _error(422, str(e))
         return {"predictions": predictions}
 
     return app
