@@ -174,6 +174,12 @@ def answerer(model, processor, head_names: list[str], limits: ServeLimits):
     return run_batch
 
 
+def generates(model) -> bool:
+    """Whether the model's answers include generated text (requests then keep apart by length)."""
+    heads = getattr(model, "heads", None)
+    return heads is None or any(h.writes_text for h in heads.values())
+
+
 def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:
     """The FastAPI app for a loaded model (a `MultiHeadModel`, an `OnnxModel`, or a transformers
     causal LM for sft / clm runs, whose one head answers by generating) and its processor."""
@@ -182,8 +188,7 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
         model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
     head_names = list(metadata["heads"])
     reads_images = is_image_processor(processor)
-    heads = getattr(model, "heads", None)
-    writes = heads is None or any(h.writes_text for h in heads.values())
+    writes = generates(model)
     batcher = Batcher(
         answerer(model, processor, head_names, limits), limits.max_batch_texts, limits.batch_wait_ms / 1000
     )
