@@ -8,7 +8,8 @@ backbone (all-MiniLM-L6-v2, shipped in a PyPI package):
   frozen+LR  sentence-transformers embeddings of the frozen backbone + scikit-learn
              LogisticRegression (SetFit's head without SetFit's body training)
   setfit     setfit.Trainer at its defaults, except the shared settings below
-  headkit    `headkit train --strategy fewshot` (contrastive pairs, heads solved by sklearn)
+  headkit    `headkit train --strategy fewshot --fewshot_recipe setfit` (SetFit's pairs, heads
+             solved by sklearn); benchmarks/fewshot_defaults.py compares the default recipe
 
 Shared settings, identical for setfit and headkit: pairs = 2 x iterations x examples, batch 16
 pairs, one pass, token limit --max_length. The iterations per size (--iterations, default 8:5
@@ -113,8 +114,9 @@ def run_setfit(train: list[dict], test: list[dict], iterations: int, max_length:
 
 
 def run_headkit(
-    train: list[dict], test_csv: Path, iterations: int, max_length: int, seed: int, work: Path
+    train: list[dict], test_csv: Path, max_length: int, seed: int, work: Path, **options
 ) -> tuple[float, float]:
+    """`headkit train --strategy fewshot` on `train` with TrainConfig `options` (none: its defaults)."""
     from headkit.data.tasks import TaskSpec
     from headkit.training.evaluate import evaluate_dataset
     from headkit.training.recipe import TrainConfig
@@ -126,13 +128,11 @@ def run_headkit(
         tasks=[TaskSpec("label", str(train_csv))],
         output_dir=str(work / "run"),
         strategy="fewshot",
-        fewshot_iterations=iterations,
-        batch_size=16,
         max_length=max_length,
-        val_fraction=0.0,
         seed=seed,
         overwrite=True,
         progress=False,
+        **options,
     )
     started = time.perf_counter()
     result = headkit_train(config)
@@ -201,8 +201,9 @@ def main() -> None:
                             row["setfit_acc"], row["setfit_s"] = run_setfit(train, test, it, args.max_length, seed)
                         else:
                             row["headkit_acc"], row["headkit_s"] = run_headkit(
-                                train, test_csv, it, args.max_length, seed, work
-                            )
+                                train, test_csv, args.max_length, seed, work,
+                                fewshot_recipe="setfit", fewshot_iterations=it, batch_size=16,
+                            )  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
                     with open(out, "a", encoding="utf-8") as f:

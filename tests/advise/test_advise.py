@@ -55,9 +55,9 @@ def test_rule_1_very_few_labels_gives_fewshot_or_frozen_when_fewshot_does_not_fi
     tight = choose(facts({"pos": 8, "neg": 8}), CPU, CHEAP, budget_minutes=0.5)  # 30 s: fewshot needs 60
     assert (tight.rule, tight.strategy) == ("1", "frozen")
     # a handful of labels: the head is solved on frozen features, not trained by gradient steps
-    assert train_options(tight) == {"strategy": "fewshot", "fewshot_iterations": 0}
+    assert train_options(tight) == {"strategy": "fewshot", "fewshot_steps": 0}
     recipe = TrainConfig(**train_options(tight))  # the strategy brings the rest: every example trains
-    assert (recipe.fewshot_iterations, recipe.val_fraction) == (0, 0.0)
+    assert (recipe.fewshot_steps, recipe.val_fraction) == (0, 0.0)
     assert train_options(choose(facts(), CPU, CHEAP, 30))["strategy"] == "frozen"  # rule 4: the gradient head
     # even with a GPU and a big budget, 12 examples in one class is few-shot territory
     assert choose(facts({"a": 900, "b": 12}), GPU, CHEAP, 60).strategy == "fewshot"
@@ -261,7 +261,8 @@ def test_the_strategy_alone_gives_the_recipe_advise_runs(strategy):
     assert TrainConfig(**train_options(plan)) == TrainConfig(strategy=strategy)
     assert train_options(plan) == {"strategy": strategy}
     fewshot = TrainConfig(strategy="fewshot")
-    assert (fewshot.val_fraction, fewshot.batch_size, fewshot.fewshot_iterations) == (0.0, 16, 20)
+    assert (fewshot.val_fraction, fewshot.batch_size, fewshot.fewshot_steps) == (0.0, 64, 10)
+    assert (fewshot.fewshot_recipe, fewshot.backbone_lr, TrainConfig().backbone_lr) == ("all-pairs", 2e-4, 3e-5)
     frozen = TrainConfig(strategy="frozen")
     assert (frozen.epochs, frozen.lr, frozen.patience, frozen.val_fraction) == (30, 0.01, 0, 0.1)
     assert TrainConfig(strategy="fewshot", val_fraction=0.2).val_fraction == 0.2  # what a user sets wins

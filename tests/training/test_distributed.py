@@ -170,16 +170,27 @@ def test_one_process_killed_mid_epoch_resumes_with_two_to_the_same_weights(setup
         torch.testing.assert_close(weights(killed)[name], tensor, atol=0, rtol=0, msg=name)
 
 
-def test_few_shot_pairs_are_shared_out_and_give_the_one_process_result(setup):
-    """2 processes x 8 pairs per step against 1 process x 16: the same contrastive steps, then
-    every process solves the heads on the same features and rank 0 writes."""
-    root, config = setup
-    fewshot = ("--strategy", "fewshot", "--fewshot_iterations", "2", "--val_fraction", "0.2")
-    done = run(headkit_train(config, root / "fewshot-ddp", 2, *fewshot, "--batch_size", "8"))
-    assert done.stderr.count("contrastive phase:") == 1
-    run(headkit_train(config, root / "fewshot-single", 1, *fewshot, "--batch_size", "16"))
+# (recipe, per-process options under 2 processes, options of the equal 1-process run)
+FEWSHOT_RECIPES = [
+    # setfit: --batch_size is pairs per process, so 2 x 8 pairs a step equal 1 x 16
+    (("--fewshot_recipe", "setfit", "--fewshot_iterations", "2"), ("--batch_size", "8"), ("--batch_size", "16")),
+    # all-pairs: --batch_size is the step's examples; each process takes half of the step's pairs
+    (("--fewshot_steps", "3"), ("--batch_size", "16"), ("--batch_size", "16")),
+]
 
-    single, parallel = weights(root / "fewshot-single"), weights(root / "fewshot-ddp")
+
+@pytest.mark.parametrize(("recipe", "parallel_batch", "single_batch"), FEWSHOT_RECIPES)
+def test_few_shot_pairs_are_shared_out_and_give_the_one_process_result(setup, recipe, parallel_batch, single_batch):
+    """Shared-out contrastive steps equal one process's steps; then every process solves the
+    heads on the same features and rank 0 writes."""
+    root, config = setup
+    fewshot = ("--strategy", "fewshot", *recipe, "--val_fraction", "0.2")
+    name = "setfit" if "setfit" in recipe else "all-pairs"
+    done = run(headkit_train(config, root / f"fewshot-ddp-{name}", 2, *fewshot, *parallel_batch))
+    assert done.stderr.count("contrastive phase (") == 1
+    run(headkit_train(config, root / f"fewshot-single-{name}", 1, *fewshot, *single_batch))
+
+    single, parallel = weights(root / f"fewshot-single-{name}"), weights(root / f"fewshot-ddp-{name}")
     for name, tensor in single.items():  # the tuned backbone and the heads solved on it
         torch.testing.assert_close(parallel[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 

@@ -116,8 +116,17 @@ def _accuracy(model, tiny_text_model) -> float:
     return float(np.mean([p["sentiment"]["label"] == r["label"] for p, r in zip(predictions, rows, strict=True)]))
 
 
+# (recipe, its count option and value, pairs it makes from 16 examples at batch_size 8); the tiny
+# backbone is random, so all-pairs tunes all of it here (its default, the top half, is for pretrained ones)
+RECIPES = [
+    ("setfit", "fewshot_iterations", 10, 2 * 10 * 16),
+    ("all-pairs", "fewshot_steps", 20, 20 * (8 * 7 // 2)),
+]
+
+
+@pytest.mark.parametrize(("recipe", "count", "value", "pairs"), RECIPES)
 def test_fewshot_run_learns_a_toy_task_from_8_per_class_and_resumes_after_the_contrastive_phase(
-    tiny_text_model, tmp_path, capsys
+    tiny_text_model, tmp_path, capsys, recipe, count, value, pairs
 ):
     data = write_csv(tmp_path / "few.csv", sentiment_rows(16))  # 8 per class
     config = TrainConfig(
@@ -125,20 +134,22 @@ def test_fewshot_run_learns_a_toy_task_from_8_per_class_and_resumes_after_the_co
         data=str(data),
         head=["sentiment:label"],
         strategy="fewshot",
-        fewshot_iterations=10,
+        fewshot_recipe=recipe,
         batch_size=8,
         backbone_lr=3e-3,
         val_fraction=0.0,
         output_dir=str(tmp_path / "run"),
         progress=False,
+        fewshot_tuned_layers=2 if recipe == "all-pairs" else None,
+        **{count: value},
     )
     result = train(config)
     assert (tmp_path / "run" / CONTRASTIVE_FILE).is_file()
-    assert result.metrics["fewshot"]["pairs"] == 2 * 10 * 16
+    assert result.metrics["fewshot"]["pairs"] == pairs
     assert (tmp_path / "run" / "model" / "heads.json").is_file()
     tuned = _accuracy(result.model, tiny_text_model)
     # the same head solved on the untouched random backbone: the pairs are what teach the task
-    untouched = train(dataclasses.replace(config, fewshot_iterations=0, output_dir=str(tmp_path / "plain")))
+    untouched = train(dataclasses.replace(config, output_dir=str(tmp_path / "plain"), **{count: 0}))
     assert tuned >= 0.85 and tuned >= _accuracy(untouched.model, tiny_text_model) + 0.1
     capsys.readouterr()
     resumed = train(dataclasses.replace(config, resume=True))
@@ -167,3 +178,22 @@ def test_too_few_tags_or_labelled_rows_for_pairs_are_refused():
     lonely = np.array([[1.0], [np.nan]])
     with pytest.raises(DataError, match="at least 2 labelled training examples"):
         make_pairs(EncodedData([[1]] * 2, {"r": lonely}), {"r": "regression"}, 1, 0)
+
+
+def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top_half(tiny_text_model, tmp_path):
+    from headkit.training.fewshot import all_pair_steps
+
+    y = np.array([0, 0, 1, 1, IGNORE_INDEX, 1])
+    steps = all_pair_steps(EncodedData([[1]] * 6, {"c": y}), {"c": "classification"}, 3, 4, 20, seed=0)
+    assert len(steps) == 3
+    for pairs in steps:
+        ids = {p.left for p in pairs} | {p.right for p in pairs}
+        assert 4 not in ids and len(pairs) == len(ids) * (len(ids) - 1) // 2  # all pairs, unlabelled left out
+        assert all(p.target == float(y[p.left] == y[p.right]) for p in pairs)
+    data = write_csv(tmp_path / "few.csv", sentiment_rows(16))
+    config = TrainConfig(model=str(tiny_text_model), data=str(data), head=["sentiment:label"], strategy="fewshot",
+                         batch_size=8, backbone_lr=3e-3, output_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    before = {k: v.clone() for k, v in train(dataclasses.replace(config, fewshot_steps=0)).model.state_dict().items()}
+    after = train(dataclasses.replace(config, overwrite=True)).model.state_dict()
+    changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
+    assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: only the top one tunes

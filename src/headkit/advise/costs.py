@@ -16,8 +16,8 @@ MEASURE_TEXTS = 16  # texts timed per kind of step
 
 # the recipes the plan's commands run (each strategy's own defaults), which the estimates assume
 EPOCHS = {s: strategy_defaults(s)["epochs"] for s in ("frozen", "lora", "partial", "full")} | {"pretrain": 1}
-FEWSHOT_ITERATIONS = strategy_defaults("fewshot")["fewshot_iterations"]
-FEWSHOT_PAIR_BATCH = strategy_defaults("fewshot")["batch_size"]
+FEWSHOT_STEPS = strategy_defaults("fewshot")["fewshot_steps"]
+FEWSHOT_BATCH = strategy_defaults("fewshot")["batch_size"]
 
 
 @dataclass
@@ -85,12 +85,11 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     n_tokens = facts.labelled_tokens
     train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
     per_example = n_tokens / max(1, facts.labelled)
-    pairs = 2 * FEWSHOT_ITERATIONS * facts.labelled
-    # distinct texts in a batch of pairs: an anchor's two pairs share a batch, so 1 anchor + 2 partners per 2 pairs
-    texts_per_step = min(3 * FEWSHOT_PAIR_BATCH // 2, facts.labelled)
+    # all-pairs steps embed min(batch, labelled) texts each; costed as full (the frozen lower half skips its backward)
+    fewshot_texts = FEWSHOT_STEPS * min(FEWSHOT_BATCH, facts.labelled)
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
-        "fewshot": pairs / FEWSHOT_PAIR_BATCH * texts_per_step * per_example * rates.full + n_tokens * rates.forward,
+        "fewshot": fewshot_texts * per_example * rates.full + n_tokens * rates.forward,
         "lora": EPOCHS["lora"] * (train_tokens * rates.lora + val_tokens * rates.forward),
         "partial": EPOCHS["partial"] * (train_tokens * rates.full + val_tokens * rates.forward),
         "full": EPOCHS["full"] * (train_tokens * rates.full + val_tokens * rates.forward),

@@ -27,7 +27,7 @@ def train_options(plan: Plan) -> dict[str, Any]:
     if plan.strategy == "frozen" and plan.rule == "1":  # a handful of labels: solve the head instead (logistic /
         # ridge regression on L2-normalised frozen features = fewshot without pairs): on 24 reviews 0.575 held out,
         # a gradient-trained head 0.476, below the majority class (benchmarks/advise_plans.py)
-        return {"strategy": "fewshot", "fewshot_iterations": 0}
+        return {"strategy": "fewshot", "fewshot_steps": 0}
     return {"strategy": plan.strategy}
 
 

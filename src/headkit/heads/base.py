@@ -169,6 +169,8 @@ class Head(Protocol):
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]: ...
     @classmethod
+    def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float | None: ...
+    @classmethod
     def auto_class_weights(cls, y: Any, width: int) -> list[float] | None: ...
 
     # instance level
@@ -246,6 +248,13 @@ class HeadBase(nn.Module):
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
         raise HeadConfigError(f"strategy fewshot cannot train a {cls.__name__} ('{head}'): use frozen, lora or full")
+
+    @classmethod
+    def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float | None:
+        """How alike two examples' labels are, in [0, 1] (`span`: each label column's range), for
+        few-shot's all-pairs steps; None: this head's pairs are not whole examples (token tags
+        pair tokens), so it keeps the pairs of `fewshot_pairs`."""
+        return None
 
     @classmethod
     def auto_class_weights(cls, y: Any, width: int) -> list[float] | None:

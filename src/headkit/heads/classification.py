@@ -153,6 +153,10 @@ class ClassificationHead(PooledHead):
         return fewshot.class_pairs(head, np.asarray(y), iterations, rng)
 
     @classmethod
+    def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float:
+        return float(a == b)
+
+    @classmethod
     def auto_class_weights(cls, y: Any, width: int) -> list[float]:
         y = np.asarray(y)
         return balanced_weights(np.bincount(y[y != IGNORE_INDEX], minlength=width))
@@ -256,11 +260,14 @@ class MultiLabelHead(PooledHead):
 
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
-        def jaccard(a: np.ndarray, b: np.ndarray, span: np.ndarray) -> float:
-            union = np.sum((a > 0.5) | (b > 0.5))
-            return float(np.sum((a > 0.5) & (b > 0.5)) / union) if union else 1.0
+        y = np.asarray(y, dtype=np.float64)
+        return fewshot.random_partner_pairs(head, y, cls.fewshot_similarity, iterations, rng)
 
-        return fewshot.random_partner_pairs(head, np.asarray(y, dtype=np.float64), jaccard, iterations, rng)
+    @classmethod
+    def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float:
+        """The Jaccard overlap of the two label sets."""
+        union = np.sum((a > 0.5) | (b > 0.5))
+        return float(np.sum((a > 0.5) & (b > 0.5)) / union) if union else 1.0
 
     @classmethod
     def auto_class_weights(cls, y: Any, width: int) -> list[float]:
@@ -416,11 +423,14 @@ class RegressionHead(PooledHead):
 
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
-        def closeness(a: np.ndarray, b: np.ndarray, span: np.ndarray) -> float:
-            gap = np.abs(a - b) / span
-            return float(1.0 - np.nanmean(gap)) if np.isfinite(gap).any() else 0.5
+        y = np.asarray(y, dtype=np.float64)
+        return fewshot.random_partner_pairs(head, y, cls.fewshot_similarity, iterations, rng)
 
-        return fewshot.random_partner_pairs(head, np.asarray(y, dtype=np.float64), closeness, iterations, rng)
+    @classmethod
+    def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float:
+        """1 - the mean gap between the two targets as a share of each target's range."""
+        gap = np.abs(a - b) / span
+        return float(1.0 - np.nanmean(gap)) if np.isfinite(gap).any() else 0.5
 
     def _fewshot_solution(self, features: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return fewshot.ridge_per_target(features, y)

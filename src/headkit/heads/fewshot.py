@@ -64,6 +64,24 @@ def random_partner_pairs(
     return pairs
 
 
+def labelled_rows(y: np.ndarray) -> np.ndarray:
+    """Indices of the examples that carry a label (class ids: not IGNORE_INDEX; vectors: not all NaN)."""
+    return np.flatnonzero(y != IGNORE_INDEX) if y.ndim == 1 else np.flatnonzero(~np.isnan(y).all(axis=1))
+
+
+def block_pairs(name: str, y: np.ndarray, members: np.ndarray, similarity: Similarity) -> list[Pair]:
+    """Every pair of labelled examples among `members`, each pair's target the head's similarity of
+    their labels: one step's pairs when a step embeds a batch of examples once (all-pairs recipe)."""
+    present = labelled_rows(y)
+    span = np.ones(1)
+    if y.ndim == 2 and len(present):
+        span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
+        span[span == 0] = 1.0
+    labelled = set(present.tolist())
+    inside = [int(i) for i in members if int(i) in labelled]
+    return [Pair(name, i, j, similarity(y[i], y[j], span)) for k, i in enumerate(inside) for j in inside[k + 1 :]]
+
+
 def _fit(estimator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     estimator.fit(x, y)
     return np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)

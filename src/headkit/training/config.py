@@ -16,6 +16,7 @@ from headkit.weighting import Weighting
 
 # `partial:K` is the one strategy with a number in it: a pattern, so --help lists it with the rest
 PartialStrategy = restricted_string_type("partial:K", r"^partial:[0-9]+$")
+FewshotRecipe = Literal["all-pairs", "setfit"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 # accelerate's trackers (accelerate.utils.LoggerType): each needs its own package installed
 Tracker = Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all"]
@@ -39,6 +40,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "lora_r": (lambda v: v >= 1, "at least 1"),
     "lp_epochs": (lambda v: v >= 0, "0 or more"),
     "fewshot_iterations": (lambda v: v >= 0, "0 or more"),
+    "fewshot_steps": (lambda v: v >= 0, "0 or more"),
+    "fewshot_tuned_layers": (lambda v: v >= 1, "1 or more"),
     "max_grad_norm": (lambda v: v >= 0, "0 (no clipping) or more"),
 }
 
@@ -74,10 +77,11 @@ class TrainConfig:
         weighting: static (each head's loss_weight) or uncertainty (learned).
         epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
             Default by strategy: frozen 30, else 3.
-        batch_size: examples per optimizer micro-step (fewshot: pairs per contrastive step).
-            Default by strategy: fewshot 16, else 32.
+        batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
+            its setfit recipe: pairs). Default by strategy: fewshot 64, else 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
+            Default by strategy: fewshot 2e-4, else 3e-5.
         lora_lr: learning rate of LoRA adapter weights (default: 0.001 for lora, 0.0005 otherwise).
         weight_decay: AdamW weight decay (matrices only).
         max_grad_norm: clip the gradients' global norm to this before each optimizer step (0: no clipping).
@@ -106,8 +110,16 @@ class TrainConfig:
         lora_targets: module names to adapt, or all-linear: every linear layer of the backbone
             (strategy lora's default; unset elsewhere: peft's choice for the model type).
         lp_epochs: lp-ft: epochs of head-only training on cached features before fine-tuning.
-        fewshot_iterations: fewshot: pairs per labelled example = 2 x this (SetFit's num_iterations; default 20);
-            0 skips the contrastive phase (heads solved on the pretrained features).
+        fewshot_recipe: fewshot's contrastive phase. all-pairs (default): each step embeds a batch of
+            `batch_size` labelled examples once and trains on every pair among them (token tags:
+            the setfit pairs); setfit: SetFit's own, `fewshot_iterations` x 2 pairs per example,
+            `batch_size` pairs a step.
+        fewshot_steps: fewshot all-pairs: contrastive steps (default 10); 0 skips the contrastive
+            phase (heads solved on the pretrained features).
+        fewshot_iterations: fewshot setfit recipe (and token tags): pairs per labelled example = 2 x this
+            (SetFit's num_iterations; default 20); 0 skips those pairs.
+        fewshot_tuned_layers: fewshot all-pairs: the top layers the pairs tune (default: the top half;
+            the layers below stay as pretrained, so the backward pass stops there).
         feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
             (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
         mixed_precision: auto (bf16 on GPUs that have it), no, bf16 or fp16.
@@ -135,7 +147,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    backbone_lr: float = 3e-5
+    backbone_lr: float | None = None
     lora_lr: float | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -155,7 +167,10 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     lp_epochs: int = 10
+    fewshot_recipe: FewshotRecipe | None = None
+    fewshot_steps: int | None = None
     fewshot_iterations: int | None = None
+    fewshot_tuned_layers: int | None = None
     feature_cache: bool = True
     mixed_precision: MixedPrecision = "auto"
     gradient_checkpointing: bool = False
@@ -203,4 +218,7 @@ NEW_DEFAULTS: dict[str, Any] = {
     "class_weights": "none",
     "tune_thresholds": True,
     "group_by_length": True,
+    "fewshot_recipe": "all-pairs",
+    "fewshot_steps": 10,
+    "fewshot_tuned_layers": None,
 }

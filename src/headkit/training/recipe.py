@@ -116,7 +116,8 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
 
 def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data: PreparedData) -> TrainResult:
     """strategy fewshot: contrastive pairs, then heads solved on frozen features (see fewshot.py).
-    Under several processes the pairs are shared out (`--batch_size` pairs per process per step)."""
+    Under several processes each step's pairs are shared out (setfit recipe: `--batch_size` pairs
+    per process per step)."""
     from headkit.training.fewshot import run_fewshot
 
     started = time.perf_counter()
@@ -130,7 +131,10 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
         data.train,
         data.head_types,
         Path(config.output_dir),
+        recipe=config.fewshot_recipe,
+        steps=config.fewshot_steps,
         iterations=config.fewshot_iterations,
+        tuned_layers=config.fewshot_tuned_layers,
         batch_size=config.batch_size,
         lr=config.backbone_lr,
         weight_decay=config.weight_decay,
