@@ -252,8 +252,8 @@ class HeadBase(nn.Module):
     @classmethod
     def fewshot_similarity(cls, a: Any, b: Any, span: np.ndarray) -> float | None:
         """How alike two examples' labels are, in [0, 1] (`span`: each label column's range), for
-        few-shot's all-pairs steps; None: this head's pairs are not whole examples (token tags
-        pair tokens), so it keeps the pairs of `fewshot_pairs`."""
+        few-shot's all-pairs steps; None for heads without one (per-token heads pair tokens, not
+        examples, and keep the pairs of `fewshot_pairs`)."""
         return None
 
     @classmethod

@@ -21,7 +21,7 @@ from headkit.heads.base import IGNORE_INDEX, Pair
 
 def class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Generator) -> list[Pair]:
     """Per labelled example and iteration: one partner of its class (1.0), one of another (0.0)."""
-    present = np.flatnonzero(y != IGNORE_INDEX)
+    present = labelled_rows(y)
     counts = Counter(int(c) for c in y[present])
     scarce = sorted(c for c, n in counts.items() if n < 2)
     if scarce:
@@ -51,11 +51,10 @@ def random_partner_pairs(
 ) -> list[Pair]:
     """Vector labels (NaN = missing): two random partners per labelled example and iteration,
     each pair's target the head's own similarity of the two label rows."""
-    present = np.flatnonzero(~np.isnan(y).all(axis=1))
+    present = labelled_rows(y)
     if len(present) < 2:
         raise DataError(f"head '{name}': few-shot needs at least 2 labelled training examples")
-    span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
-    span[span == 0] = 1.0
+    span = label_span(y, present)
     pairs = []
     for _ in range(iterations):
         for i in present:
@@ -69,17 +68,28 @@ def labelled_rows(y: np.ndarray) -> np.ndarray:
     return np.flatnonzero(y != IGNORE_INDEX) if y.ndim == 1 else np.flatnonzero(~np.isnan(y).all(axis=1))
 
 
-def block_pairs(name: str, y: np.ndarray, members: np.ndarray, similarity: Similarity) -> list[Pair]:
-    """Every pair of labelled examples among `members`, each pair's target the head's similarity of
-    their labels: one step's pairs when a step embeds a batch of examples once (all-pairs recipe)."""
+def label_span(y: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Each label column's range over the labelled rows (1 where constant or for class ids): the
+    scale a similarity of vector labels divides gaps by."""
+    if y.ndim == 1 or not len(present):
+        return np.ones(1)
+    span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
+    span[span == 0] = 1.0
+    return span
+
+
+def block_pairs(name: str, y: np.ndarray, blocks: list[np.ndarray], similarity: Similarity) -> list[list[Pair]]:
+    """Per block of examples (one step of the all-pairs recipe, which embeds its block once): every
+    pair of labelled examples in it, each pair's target the head's similarity of their labels."""
     present = labelled_rows(y)
-    span = np.ones(1)
-    if y.ndim == 2 and len(present):
-        span = np.nanmax(y[present], axis=0) - np.nanmin(y[present], axis=0)
-        span[span == 0] = 1.0
-    labelled = set(present.tolist())
-    inside = [int(i) for i in members if int(i) in labelled]
-    return [Pair(name, i, j, similarity(y[i], y[j], span)) for k, i in enumerate(inside) for j in inside[k + 1 :]]
+    span, labelled = label_span(y, present), set(present.tolist())
+    steps = []
+    for block in blocks:
+        inside = [int(i) for i in block if int(i) in labelled]
+        steps.append(
+            [Pair(name, i, j, similarity(y[i], y[j], span)) for k, i in enumerate(inside) for j in inside[k + 1 :]]
+        )
+    return steps
 
 
 def _fit(estimator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

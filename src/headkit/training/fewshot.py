@@ -129,8 +129,10 @@ def all_pair_steps(
             token_pairs += kind.fewshot_pairs(name, y, iterations, rng)
             continue
         kind.fewshot_pairs(name, y, 0, rng)  # no pairs, only the head's checks of its labels (2 per class, ...)
-        for batch, block in zip(batches, blocks, strict=True):
-            batch += block_pairs(name, np.asarray(y), block, kind.fewshot_similarity)
+        for batch, pairs in zip(
+            batches, block_pairs(name, np.asarray(y), blocks, kind.fewshot_similarity), strict=True
+        ):
+            batch += pairs
     batches += [token_pairs[k : k + TOKEN_PAIR_BATCH] for k in range(0, len(token_pairs), TOKEN_PAIR_BATCH)]
     return [batches[k] for k in rng.permutation(len(batches)) if batches[k]]
 
