@@ -197,3 +197,13 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
     after = train(dataclasses.replace(config, overwrite=True)).model.state_dict()
     changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
     assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: only the top one tunes
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"), [("fewshot_steps", -1, "0 or more"), ("fewshot_tuned_layers", 0, "1 or more")]
+)
+def test_fewshot_counts_out_of_range_are_refused_by_name(option, value, message):
+    from headkit.errors import HeadkitError
+
+    with pytest.raises(HeadkitError, match=f"--{option} must be {message}, got {value}"):
+        train(TrainConfig(strategy="fewshot", data="unused.csv", head=["a:label"], **{option: value}))
