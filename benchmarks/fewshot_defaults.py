@@ -5,10 +5,14 @@ on the pretrained features).
 
 The same rows for every method (benchmarks/fewshot.py's fixed 500-row test set and k examples
 per class per seed), MiniLM, 64 tokens. Reported per dataset: mean accuracy, the mean paired
-difference against setfit with the seeds where headkit is at least setfit's, and mean training
-seconds (load to trained classifier; headkit's includes writing the run) and their ratio.
+difference against setfit ± its standard error over seeds, the seeds where headkit is at least
+setfit's, and mean training seconds (load to trained classifier; headkit's includes writing the
+run) and their ratio.
 
     python benchmarks/fewshot_defaults.py [--seeds 5] [--k 8] [--steps 10,5,20,0]
+    python benchmarks/fewshot_defaults.py --table runs/bench/fewshot_defaults.jsonl
+
+Every seed's row is appended to --out (JSON lines) as it finishes, so an interrupted run keeps them.
 """
 
 from __future__ import annotations
@@ -23,8 +27,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def main() -> None:
+def run(datasets: list[str], k: int, seeds: int, steps: list[int], out: Path) -> list[dict]:
     import fewshot as fb
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in datasets:
+        test, pool = fb.split(name, 500)
+        with tempfile.TemporaryDirectory() as tmp:
+            test_csv = fb.write_csv(test, Path(tmp) / "test.csv")
+            for seed in range(seeds):
+                train = fb.sample(pool, k, seed)
+                row = {"data": name, "k": k, "seed": seed, "setfit": fb.run_setfit(train, test, 20, 64, seed)}
+                for n in steps:
+                    work = Path(tmp) / f"h{n}"
+                    work.mkdir(exist_ok=True)
+                    options = {} if n == 10 else {"fewshot_steps": n}  # 10: nothing but the strategy
+                    row[f"headkit {n}"] = fb.run_headkit(train, test_csv, 64, seed, work, **options)
+                rows.append(row)
+                with open(out, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'dataset':16}{'k':>4}  {'method':26}{'accuracy':>9}{'vs setfit ± s.e.':>19}{'>= setfit':>10}", end="")
+    print(f"{'seconds':>9}{'time':>8}")
+    for name, k in sorted({(r["data"], r.get("k", 8)) for r in rows}):
+        mine = [r for r in rows if r["data"] == name and r.get("k", 8) == k]
+        base_time = statistics.mean(r["setfit"][1] for r in mine)
+        methods = [m for m in mine[0] if m == "setfit" or m.startswith("headkit")]
+        for method in methods:
+            accuracy = statistics.mean(r[method][0] for r in mine)
+            differences = [r[method][0] - r["setfit"][0] for r in mine]
+            error = statistics.stdev(differences) / len(mine) ** 0.5 if len(mine) > 1 else 0.0
+            at_least = sum(d >= 0 for d in differences)
+            seconds = statistics.mean(r[method][1] for r in mine)
+            label = method if method == "setfit" else f"{method} steps"
+            label += " (default)" if method == "headkit 10" else ""
+            print(
+                f"{name:16}{k:>4}  {label:26}{accuracy:9.4f}{statistics.mean(differences):+11.4f} ± {error:.4f}"
+                f"{at_least:>6}/{len(mine)}{seconds:9.1f}{seconds / base_time:7.2f}x"
+            )
+
+
+def main() -> None:
     from machine import machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -32,40 +80,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="examples per class")
     parser.add_argument("--steps", default="10,5,20,0", help="headkit's fewshot_steps to run (10: its default)")
     parser.add_argument("--datasets", default="rotten_tomatoes,bbc_news")
+    parser.add_argument("--out", default="runs/bench/fewshot_defaults.jsonl")
+    parser.add_argument("--table", help="only print the table of the rows in this JSON-lines file")
     args = parser.parse_args()
-    steps = [int(i) for i in args.steps.split(",")]
-    rows = []
-    for name in args.datasets.split(","):
-        test, pool = fb.split(name, 500)
-        with tempfile.TemporaryDirectory() as tmp:
-            test_csv = fb.write_csv(test, Path(tmp) / "test.csv")
-            for seed in range(args.seeds):
-                train = fb.sample(pool, args.k, seed)
-                row = {"data": name, "seed": seed, "setfit": fb.run_setfit(train, test, 20, 64, seed)}
-                for n in steps:
-                    work = Path(tmp) / f"h{n}"
-                    work.mkdir(exist_ok=True)
-                    options = {} if n == 10 else {"fewshot_steps": n}  # 10: nothing but the strategy
-                    row[f"headkit {n}"] = fb.run_headkit(train, test_csv, 64, seed, work, **options)
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-    print(machine_line())
-    print(f"\n{args.k} per class, {args.seeds} seeds, 500 test rows; setfit at its defaults (20 iterations)")
-    print(f"{'dataset':16}{'method':26}{'accuracy':>10}{'vs setfit':>11}{'>= setfit':>10}{'seconds':>9}{'time':>8}")
-    for name in args.datasets.split(","):
-        mine = [r for r in rows if r["data"] == name]
-        base_time = statistics.mean(r["setfit"][1] for r in mine)
-        for method in ["setfit", *(f"headkit {n}" for n in steps)]:
-            accuracy = statistics.mean(r[method][0] for r in mine)
-            paired = statistics.mean(r[method][0] - r["setfit"][0] for r in mine)
-            at_least = sum(r[method][0] >= r["setfit"][0] for r in mine)
-            seconds = statistics.mean(r[method][1] for r in mine)
-            label = method if method == "setfit" else f"{method} steps"
-            label += " (default)" if method == "headkit 10" else ""
-            print(
-                f"{name:16}{label:26}{accuracy:10.4f}{paired:+10.4f} {at_least:>5}/{len(mine)}"
-                f"{seconds:9.1f}{seconds / base_time:7.2f}x"
-            )
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+    else:
+        steps = [int(i) for i in args.steps.split(",")]
+        rows = run(args.datasets.split(","), args.k, args.seeds, steps, Path(args.out))
+        print(machine_line())
+        print(f"\n{args.k} per class, {args.seeds} seeds, 500 test rows; setfit at its defaults (20 iterations)")
+    print_table(rows)
 
 
 if __name__ == "__main__":

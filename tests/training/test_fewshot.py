@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from headkit import MultiHeadModel
@@ -197,6 +198,12 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
     after = train(dataclasses.replace(config, overwrite=True)).model.state_dict()
     changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
     assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: only the top one tunes
+    # the resume file holds just the tuned tensors, and a resumed run rebuilds the same model from it
+    saved = safetensors.torch.load_file(tmp_path / "run" / CONTRASTIVE_FILE)
+    assert all(".layer.1." in k or "pooler" in k for k in saved)
+    assert {k.removeprefix("backbone.") for k in changed} <= saved.keys()
+    resumed = train(dataclasses.replace(config, resume=True)).model.state_dict()
+    assert all(torch.equal(after[k], resumed[k]) for k in after)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +214,13 @@ def test_fewshot_counts_out_of_range_are_refused_by_name(option, value, message)
 
     with pytest.raises(HeadkitError, match=f"--{option} must be {message}, got {value}"):
         train(TrainConfig(strategy="fewshot", data="unused.csv", head=["a:label"], **{option: value}))
+
+
+def test_a_contrastive_file_of_another_backbone_is_refused_by_name(tmp_path, bert_backbone):
+    from headkit.errors import CheckpointError
+    from headkit.training.fewshot import load_contrastive
+
+    model = MultiHeadModel(bert_backbone)
+    safetensors.torch.save_file({"decoder.block.0.weight": torch.zeros(2)}, tmp_path / CONTRASTIVE_FILE)
+    with pytest.raises(CheckpointError, match="not this run's backbone"):
+        load_contrastive(tmp_path, model)

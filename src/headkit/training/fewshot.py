@@ -63,11 +63,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from headkit._fs import atomic_write_bytes
 from headkit.data.batching import EncodedData, collate, model_inputs
-from headkit.errors import HeadConfigError
+from headkit.errors import CheckpointError, HeadConfigError
 from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
 from headkit.heads.fewshot import block_pairs
 from headkit.model import MultiHeadModel, feature_key
 from headkit.training.features import FeatureCache, compute_features, features_needed
+from headkit.training.replay import BottomReplay, replay_bottom
 from headkit.training.strategies import adamw, freeze_bottom, layer_stack, set_backbone_trainable
 
 logger = logging.getLogger(__name__)
@@ -153,12 +154,14 @@ def tuned_from(backbone: torch.nn.Module, tuned_layers: int | None) -> int:
 
 
 def _pair_similarities(
-    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int
+    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int, replay: BottomReplay | None = None
 ) -> tuple[torch.Tensor, list[str]]:
     """Cosine similarity of every pair, from one backbone pass over the distinct examples in them."""
     ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
     row = {i: r for r, i in enumerate(ids)}
     batch = collate([data[i] for i in ids], pad_id, {}, {})
+    if replay is not None:
+        replay.select(ids, batch["attention_mask"].to(model.device))
     heads = sorted({p.head for p in pairs})
     hidden, mask = model.forward_layers(model.layers_read(heads), **model_inputs(batch, model.device))
     pooled: dict[str, torch.Tensor] = {}
@@ -208,50 +211,59 @@ def contrastive_tune(
 
     `shard` = (index, count) under several processes: each process takes its share of a step's
     pairs and embeds them, and the gradients are summed across processes (each loss is scaled by
-    the step's whole size), so the step equals one process's step over all of them. Returns the
-    per-step loss of each head (for the loss-curve plot and metrics.json).
+    the step's whole size), so the step equals one process's step over all of them. Frozen layers
+    below `tuned_from` run once per example and are replayed (training/replay.py). Returns the
+    per-step loss of each head (for the loss-curve plot and metrics.json); the tuned parameters
+    are left trainable, which tells save_contrastive what to write.
     """
     set_backbone_trainable(model.backbone, True)
     if tuned_from:
         freeze_bottom(model.backbone, tuned_from)
     model.backbone.train()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
+    embedded = [sorted({i for p in batch for i in (p.left, p.right)}) for batch in batches]
+    ids = sorted({i for batch in embedded for i in batch})
+    replay = replay_bottom(model, data, ids, sum(map(len, embedded)), tuned_from, pad_id)
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
     index, count = shard
     scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
     use_bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
     steps = []
     bar = tqdm(batches, desc="contrastive pairs", unit="batch", disable=not progress, leave=False)
-    for step, whole in enumerate(bar, start=1):
-        share = -(-len(whole) // count)
-        chunk = whole[index * share : (index + 1) * share]
-        if chunk:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                similarity, heads = _pair_similarities(model, data, chunk, pad_id)
-            target = torch.tensor([p.target for p in chunk], device=similarity.device)
-            # this slice's part of the step's mean (one process: the mean itself, times exactly 1)
-            loss = F.mse_loss(similarity, target) * (len(chunk) / len(whole))
-            loss.backward()
-        if count > 1:
-            _sum_gradients(params)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if chunk:  # a last, short step can leave a process nothing to embed
-            errors = (similarity.detach() - target) ** 2
-            per_head = {
-                h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)
-            }
-            steps.append({"step": step, "losses": per_head})  # this process's pairs
-            bar.set_postfix(loss=f"{float(errors.mean()):.4f}")
-    set_backbone_trainable(model.backbone, False)
-    model.backbone.eval()
+    try:
+        for step, whole in enumerate(bar, start=1):
+            share = -(-len(whole) // count)
+            chunk = whole[index * share : (index + 1) * share]
+            if chunk:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    similarity, heads = _pair_similarities(model, data, chunk, pad_id, replay)
+                target = torch.tensor([p.target for p in chunk], device=similarity.device)
+                # this slice's part of the step's mean (one process: the mean itself, times exactly 1)
+                loss = F.mse_loss(similarity, target) * (len(chunk) / len(whole))
+                loss.backward()
+            if count > 1:
+                _sum_gradients(params)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if chunk:  # a last, short step can leave a process nothing to embed
+                errors = (similarity.detach() - target) ** 2
+                per_head = {
+                    h: round(float(errors[[k for k, x in enumerate(heads) if x == h]].mean()), 5) for h in set(heads)
+                }
+                steps.append({"step": step, "losses": per_head})  # this process's pairs
+                bar.set_postfix(loss=f"{float(errors.mean()):.4f}")
+    finally:  # the real layers back, whatever happened
+        if replay is not None:
+            replay.remove()
+        model.backbone.eval()
     return steps
 
 
 def save_contrastive(run: Path, model: MultiHeadModel, steps: list[dict[str, Any]]) -> None:
-    """The tuned backbone, so a resumed run skips the contrastive phase."""
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.backbone.state_dict().items()}
+    """The tuned parameters (those still trainable after contrastive_tune), so a resumed run skips
+    the contrastive phase; the frozen rest is the pretrained checkpoint's, loaded anyway."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.backbone.named_parameters() if p.requires_grad}
     metadata = {"steps": str(len(steps))}
     atomic_write_bytes(run / CONTRASTIVE_FILE, safetensors.torch.save(tensors, metadata=metadata))
 
@@ -260,7 +272,10 @@ def load_contrastive(run: Path, model: MultiHeadModel) -> bool:
     path = run / CONTRASTIVE_FILE
     if not path.is_file():
         return False
-    model.backbone.load_state_dict(safetensors.torch.load_file(path, device=str(model.device)))
+    tensors = safetensors.torch.load_file(path, device=str(model.device))
+    unexpected = model.backbone.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise CheckpointError(f"{path} holds tensors this backbone lacks ({unexpected[:3]}): not this run's backbone")
     return True
 
 
