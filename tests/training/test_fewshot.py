@@ -11,7 +11,7 @@ import torch
 
 from headkit import MultiHeadModel
 from headkit.data.batching import EncodedData
-from headkit.errors import DataError, HeadConfigError
+from headkit.errors import DataError, HeadConfigError, HeadkitError
 from headkit.heads.base import IGNORE_INDEX
 from headkit.heads.fewshot import logistic
 from headkit.training.fewshot import CONTRASTIVE_FILE, make_pairs, solve_heads
@@ -195,7 +195,9 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
     config = TrainConfig(model=str(tiny_text_model), data=str(data), head=["sentiment:label"], strategy="fewshot",
                          batch_size=8, backbone_lr=3e-3, output_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
     before = {k: v.clone() for k, v in train(dataclasses.replace(config, fewshot_steps=0)).model.state_dict().items()}
-    after = train(dataclasses.replace(config, overwrite=True)).model.state_dict()
+    tuned = train(dataclasses.replace(config, overwrite=True))
+    assert tuned.metrics["fewshot"]["contrastive_steps"] == 10  # auto: 16 examples get the floor, 10 steps
+    after = tuned.model.state_dict()
     changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
     assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: only the top one tunes
     # the resume file holds just the tuned tensors, and a resumed run rebuilds the same model from it
@@ -207,11 +209,10 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"), [("fewshot_steps", -1, "0 or more"), ("fewshot_tuned_layers", 0, "1 or more")]
+    ("option", "value", "message"),
+    [("fewshot_steps", -1, "0 or more, or auto"), ("fewshot_tuned_layers", 0, "1 or more")],
 )
 def test_fewshot_counts_out_of_range_are_refused_by_name(option, value, message):
-    from headkit.errors import HeadkitError
-
     with pytest.raises(HeadkitError, match=f"--{option} must be {message}, got {value}"):
         train(TrainConfig(strategy="fewshot", data="unused.csv", head=["a:label"], **{option: value}))
 
@@ -224,3 +225,11 @@ def test_a_contrastive_file_of_another_backbone_is_refused_by_name(tmp_path, ber
     safetensors.torch.save_file({"decoder.block.0.weight": torch.zeros(2)}, tmp_path / CONTRASTIVE_FILE)
     with pytest.raises(CheckpointError, match="not this run's backbone"):
         load_contrastive(tmp_path, model)
+
+
+def test_auto_steps_grow_with_the_labelled_examples_between_10_and_40():
+    from headkit.training.strategies import fewshot_auto_steps
+
+    assert [fewshot_auto_steps(n) for n in (2, 40, 41, 128, 160, 161, 5000)] == [10, 10, 11, 32, 40, 40, 40]
+    with pytest.raises(HeadkitError, match="--fewshot_steps must be 0 or more, or auto, got many"):
+        train(TrainConfig(strategy="fewshot", data="unused.csv", head=["a:label"], fewshot_steps="many"))

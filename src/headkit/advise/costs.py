@@ -10,13 +10,12 @@ import numpy as np
 import torch
 
 from headkit.advise.facts import DataFacts, Hardware
-from headkit.training.strategies import strategy_defaults
+from headkit.training.strategies import fewshot_auto_steps, strategy_defaults
 
 MEASURE_TEXTS = 16  # texts timed per kind of step
 
 # the recipes the plan's commands run (each strategy's own defaults), which the estimates assume
 EPOCHS = {s: strategy_defaults(s)["epochs"] for s in ("frozen", "lora", "partial", "full")} | {"pretrain": 1}
-FEWSHOT_STEPS = strategy_defaults("fewshot")["fewshot_steps"]
 FEWSHOT_BATCH = strategy_defaults("fewshot")["batch_size"]
 
 
@@ -86,7 +85,7 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
     per_example = n_tokens / max(1, facts.labelled)
     # all-pairs steps embed min(batch, labelled) texts each; costed as full (the frozen lower half skips its backward)
-    fewshot_texts = FEWSHOT_STEPS * min(FEWSHOT_BATCH, facts.labelled)
+    fewshot_texts = fewshot_auto_steps(facts.labelled) * min(FEWSHOT_BATCH, facts.labelled)
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
         "fewshot": fewshot_texts * per_example * rates.full + n_tokens * rates.forward,

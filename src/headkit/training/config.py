@@ -40,7 +40,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "lora_r": (lambda v: v >= 1, "at least 1"),
     "lp_epochs": (lambda v: v >= 0, "0 or more"),
     "fewshot_iterations": (lambda v: v >= 0, "0 or more"),
-    "fewshot_steps": (lambda v: v >= 0, "0 or more"),
+    "fewshot_steps": (lambda v: v == "auto" or (isinstance(v, int) and v >= 0), "0 or more, or auto"),
     "fewshot_tuned_layers": (lambda v: v >= 1, "1 or more"),
     "max_grad_norm": (lambda v: v >= 0, "0 (no clipping) or more"),
 }
@@ -115,8 +115,8 @@ class TrainConfig:
             `batch_size` labelled examples once and trains on every pair among them (token tags:
             the setfit pairs); setfit: SetFit's own, `fewshot_iterations` x 2 pairs per example,
             `batch_size` pairs a step.
-        fewshot_steps: fewshot all-pairs: contrastive steps (default 10); 0 skips the contrastive
-            phase (heads solved on the pretrained features).
+        fewshot_steps: fewshot all-pairs: contrastive steps; auto (default): one per 4 labelled
+            examples, 10 to 40; 0 skips the contrastive phase (heads solved on the pretrained features).
         fewshot_iterations: fewshot setfit recipe (and token tags): pairs per labelled example = 2 x this
             (SetFit's num_iterations; default 20); 0 skips those pairs.
         fewshot_tuned_layers: fewshot all-pairs: the top layers the pairs tune (default: the top half;
@@ -169,7 +169,7 @@ class TrainConfig:
     lora_targets: list[str] | None = None
     lp_epochs: int = 10
     fewshot_recipe: FewshotRecipe | None = None
-    fewshot_steps: int | None = None
+    fewshot_steps: int | Literal["auto"] | None = None
     fewshot_iterations: int | None = None
     fewshot_tuned_layers: int | None = None
     feature_cache: bool = True
@@ -220,6 +220,6 @@ NEW_DEFAULTS: dict[str, Any] = {
     "tune_thresholds": True,
     "group_by_length": True,
     "fewshot_recipe": "all-pairs",
-    "fewshot_steps": 10,
+    "fewshot_steps": "auto",
     "fewshot_tuned_layers": None,
 }

@@ -8,10 +8,11 @@ SetFit (Tunstall et al. 2022) trains well from 8 examples per class in two steps
 
    * **all-pairs** (default): each step embeds a batch of examples once and trains on every pair
      among them, the target each head type's `fewshot_similarity` of the two labels; only the
-     top half of the layers tune, so the backward pass stops halfway. A SetFit step spends 32
-     text passes on 16 pairs; a step here spends 16 on 120. 10 such steps score within 0.3
-     points of SetFit's accuracy (paired, 5 seeds; +0.9 on one dataset) in 0.09-0.12 of its
-     time (benchmarks/fewshot_defaults.py).
+     top half of the layers tune, so the backward pass stops halfway, and the frozen bottom half
+     runs once per example, not once per step (training/replay.py). A SetFit step spends 32
+     text passes on 16 pairs; a step here spends 16 on 120. At 8 per class, 10 such steps score
+     within 0.25 points of SetFit's accuracy (paired, 5 seeds, two datasets) in 0.06-0.09 of its
+     time (benchmarks/fewshot_defaults.py); more labels get more steps (fewshot_auto_steps).
    * **setfit**: SetFit's own sampling, every layer tuned. Per iteration, each example is the
      anchor of two pairs (token tags use these pairs in both recipes):
 
@@ -69,7 +70,13 @@ from headkit.heads.fewshot import block_pairs
 from headkit.model import MultiHeadModel, feature_key
 from headkit.training.features import FeatureCache, compute_features, features_needed
 from headkit.training.replay import BottomReplay, replay_bottom
-from headkit.training.strategies import adamw, freeze_bottom, layer_stack, set_backbone_trainable
+from headkit.training.strategies import (
+    adamw,
+    fewshot_auto_steps,
+    freeze_bottom,
+    layer_stack,
+    set_backbone_trainable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +332,7 @@ def run_fewshot(
     run: Path,
     *,
     recipe: str,
-    steps: int,
+    steps: int | str,
     iterations: int,
     batch_size: int,
     lr: float,
@@ -339,8 +346,8 @@ def run_fewshot(
 ) -> dict[str, Any]:
     """Contrastive phase (or its saved result), then the heads. Returns steps and timings.
 
-    recipe "all-pairs": `steps` steps of `batch_size` examples and every pair among them, the
-    top `tuned_layers` tuned; "setfit": SetFit's pairs (2 x `iterations` per example),
+    recipe "all-pairs": `steps` steps ("auto": fewshot_auto_steps) of `batch_size` examples and
+    every pair among them, the top `tuned_layers` tuned; "setfit": SetFit's pairs (2 x `iterations` per example),
     `batch_size` pairs a step, every layer tuned. Under several processes (`shard`) the
     contrastive phase runs data-parallel; every process then solves the heads on the same
     features, and the first one writes."""
@@ -353,6 +360,7 @@ def run_fewshot(
         size = batch_size * shard[1]
         batches = [pairs[k : k + size] for k in range(0, len(pairs), size)]
     else:
+        steps = fewshot_auto_steps(len(data)) if steps == "auto" else int(steps)
         batches = all_pair_steps(data, head_types, steps, batch_size, iterations, seed) if steps else []
         first_tuned = tuned_from(model.backbone, tuned_layers)
     n_pairs = sum(len(b) for b in batches)
