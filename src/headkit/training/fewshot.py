@@ -166,11 +166,11 @@ def _pair_similarities(
     """Cosine similarity of every pair, from one backbone pass over the distinct examples in them."""
     ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
     row = {i: r for r, i in enumerate(ids)}
-    batch = collate([data[i] for i in ids], pad_id, {}, {})
+    inputs = model_inputs(collate([data[i] for i in ids], pad_id, {}, {}), model.device)
     if replay is not None:
-        replay.select(ids, batch["attention_mask"].to(model.device))
+        replay.select(ids, inputs["attention_mask"])
     heads = sorted({p.head for p in pairs})
-    hidden, mask = model.forward_layers(model.layers_read(heads), **model_inputs(batch, model.device))
+    hidden, mask = model.forward_layers(model.layers_read(heads), **inputs)
     pooled: dict[str, torch.Tensor] = {}
 
     def embed(head: str, i: int, pos: int) -> torch.Tensor:
