@@ -56,6 +56,16 @@ CONFIGS = {
         "lora_targets": ["all-linear"],
         "lora_dropout": 0.0,
     },
+    "full checkpointed": {"strategy": "full", "backbone_lr": 3e-5, "gradient_checkpointing": True},
+    "lora r8 all-linear lr 1e-3 dropout 0 checkpointed": {
+        "strategy": "lora",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_lr": 1e-3,
+        "lora_targets": ["all-linear"],
+        "lora_dropout": 0.0,
+        "gradient_checkpointing": True,
+    },
     "lora r8 all-linear lr 2e-3": {
         "strategy": "lora",
         "lora_r": 8,
