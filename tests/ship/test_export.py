@@ -248,3 +248,24 @@ def test_lora_run_exports_with_the_adapter_merged(tiny_text_model, tmp_path):
     enc, ours, _ = _ours(run, "sentiment")
     with torch.no_grad():
         assert torch.allclose(exported(**enc).logits, ours, atol=1e-5)
+
+
+def test_the_server_keeps_onnxruntimes_idle_threads_off_the_cores(onnx_export, monkeypatch):
+    """A lone caller lets onnxruntime spin (faster runs); the server, whose cores also parse and
+    tokenise requests, turns spinning off (benchmarks/serve_load.py measures the difference)."""
+    from headkit.ship import predict
+    from headkit.ship.serve import load_app
+
+    def spinning(model: OnnxModel) -> str:
+        try:
+            return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # onnxruntime raises for an entry never set: its default, spin, applies
+            return "default"
+
+    alone, _ = load_for_inference(onnx_export, engine="onnx-int8")
+    assert spinning(alone) == "default"
+    loaded = []
+    real = predict.load_for_inference
+    monkeypatch.setattr(predict, "load_for_inference", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    load_app(onnx_export, engine="onnx-int8")
+    assert spinning(loaded[0][0]) == "0"

@@ -39,9 +39,11 @@ def load_for_inference(
     engine: str = "torch",
     device: str = "cpu",
     dtype: str = "auto",
+    spin: bool = True,
 ):
     """The saved model (eval mode, on `device` in `dtype`: see headkit.devices) and its tokenizer;
-    `engine` onnx/onnx-int8 reads an ONNX export (on CUDA through onnxruntime's CUDA provider)."""
+    `engine` onnx/onnx-int8 reads an ONNX export (on CUDA through onnxruntime's CUDA provider);
+    `spin=False` keeps onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
     from headkit.backbone import load_processor
     from headkit.devices import pick_device, place
 
@@ -51,7 +53,7 @@ def load_for_inference(
     if engine != "torch":
         from headkit.ship.onnx_engine import OnnxModel
 
-        return OnnxModel(run, int8=engine == "onnx-int8", device=where.type), load_processor(run)
+        return OnnxModel(run, int8=engine == "onnx-int8", device=where.type, spin=spin), load_processor(run)
     directory = resolve_model_dir(run)
     model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
     return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)

@@ -280,7 +280,8 @@ def load_app(
     if engine == "torch" and is_causal_lm_save(run):  # sft / clm runs answer by generating replies
         model, processor = load_causal_lm(str(run), device=device, dtype=dtype)
     else:
-        model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype)
+        # spin=False: onnxruntime's idle threads would hold the cores the request handling needs
+        model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype, spin=False)
     manifest = read_onnx_manifest(Path(run)) if engine != "torch" else read_manifest(resolve_model_dir(run))
     metadata = {
         "engine": engine,
