@@ -193,7 +193,7 @@ def test_print_config_shows_the_recipe_the_strategy_brings(capsys):
     assert main(["train", "--strategy", "fewshot", "--print_config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     shown = ("strategy", "val_fraction", "batch_size", "fewshot_recipe", "fewshot_steps", "backbone_lr")
-    assert tuple(config[k] for k in shown) == ("fewshot", 0.0, 64, "all-pairs", "auto", 2e-4)
+    assert tuple(config[k] for k in shown) == ("fewshot", 0.0, 32, "all-pairs", "auto", 2e-4)
     assert main(["train", "--strategy", "frozen", "--epochs", "5", "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert (config["epochs"], config["lr"], config["patience"]) == (5, 0.01, 0)  # a flag wins over the recipe

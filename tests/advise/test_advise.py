@@ -261,7 +261,7 @@ def test_the_strategy_alone_gives_the_recipe_advise_runs(strategy):
     assert TrainConfig(**train_options(plan)) == TrainConfig(strategy=strategy)
     assert train_options(plan) == {"strategy": strategy}
     fewshot = TrainConfig(strategy="fewshot")
-    assert (fewshot.val_fraction, fewshot.batch_size, fewshot.fewshot_steps) == (0.0, 64, "auto")
+    assert (fewshot.val_fraction, fewshot.batch_size, fewshot.fewshot_steps) == (0.0, 32, "auto")
     assert (fewshot.fewshot_recipe, fewshot.backbone_lr, TrainConfig().backbone_lr) == ("all-pairs", 2e-4, 3e-5)
     frozen = TrainConfig(strategy="frozen")
     assert (frozen.epochs, frozen.lr, frozen.patience, frozen.val_fraction) == (30, 0.01, 0, 0.1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import transformers
 
 from headkit import MultiHeadModel
 from headkit.data.batching import EncodedData
@@ -118,7 +119,7 @@ def _accuracy(model, tiny_text_model) -> float:
 
 
 # (recipe, its count option and value, pairs it makes from 16 examples at batch_size 8); the tiny
-# backbone is random, so all-pairs tunes all of it here (its default, the top half, is for pretrained ones)
+# backbone is random, so all-pairs tunes all of it here (its default, the top two thirds, is for pretrained ones)
 RECIPES = [
     ("setfit", "fewshot_iterations", 10, 2 * 10 * 16),
     ("all-pairs", "fewshot_steps", 20, 20 * (8 * 7 // 2)),
@@ -199,7 +200,7 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
     assert tuned.metrics["fewshot"]["contrastive_steps"] == 10  # auto: 16 examples get the floor, 10 steps
     after = tuned.model.state_dict()
     changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
-    assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: only the top one tunes
+    assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: the bottom one frozen
     # the resume file holds just the tuned tensors, and a resumed run rebuilds the same model from it
     saved = safetensors.torch.load_file(tmp_path / "run" / CONTRASTIVE_FILE)
     assert all(".layer.1." in k or "pooler" in k for k in saved)
@@ -233,3 +234,15 @@ def test_auto_steps_grow_with_the_labelled_examples_between_10_and_40():
     assert [fewshot_auto_steps(n) for n in (2, 40, 41, 128, 160, 161, 5000)] == [10, 10, 11, 32, 40, 40, 40]
     with pytest.raises(HeadkitError, match="--fewshot_steps must be 0 or more, or auto, got many"):
         train(TrainConfig(strategy="fewshot", data="unused.csv", head=["a:label"], fewshot_steps="many"))
+
+
+@pytest.mark.parametrize(("layers", "first_tuned"), [(2, 1), (3, 1), (6, 2), (12, 4), (24, 8)])
+def test_all_pairs_tunes_the_top_two_thirds_by_default(layers, first_tuned):
+    """The bottom third (rounded) stays frozen: chosen on a development split (fewshot_dev.py)."""
+    from headkit.training.fewshot import tuned_from
+
+    config = transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
+                                     intermediate_size=16)  # fmt: skip
+    backbone = transformers.BertModel(config)
+    assert tuned_from(backbone, None) == first_tuned
+    assert tuned_from(backbone, 1) == layers - 1  # an explicit count wins

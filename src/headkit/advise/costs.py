@@ -84,7 +84,7 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     n_tokens = facts.labelled_tokens
     train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
     per_example = n_tokens / max(1, facts.labelled)
-    # all-pairs steps embed min(batch, labelled) texts each; costed as full (the frozen lower half skips its backward)
+    # all-pairs steps embed min(batch, labelled) texts each; costed as full (the frozen bottom third skips its backward)
     fewshot_texts = fewshot_auto_steps(facts.labelled) * min(FEWSHOT_BATCH, facts.labelled)
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds

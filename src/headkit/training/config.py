@@ -78,7 +78,7 @@ class TrainConfig:
         epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
             Default by strategy: frozen 30, else 3.
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
-            its setfit recipe: pairs). Default by strategy: fewshot 64, else 32.
+            its setfit recipe: pairs). Default 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
             Default by strategy: fewshot 2e-4, else 3e-5.
@@ -119,7 +119,7 @@ class TrainConfig:
             examples, 10 to 40; 0 skips the contrastive phase (heads solved on the pretrained features).
         fewshot_iterations: fewshot setfit recipe (and token tags): pairs per labelled example = 2 x this
             (SetFit's num_iterations; default 20); 0 skips those pairs.
-        fewshot_tuned_layers: fewshot all-pairs: the top layers the pairs tune (default: the top half;
+        fewshot_tuned_layers: fewshot all-pairs: the top layers the pairs tune (default: the top two thirds;
             the layers below stay as pretrained, so the backward pass stops there).
         feature_cache: frozen / lp-ft: compute backbone features once and train heads on the cache
             (off: the frozen backbone runs every epoch, as a baseline for benchmarks).
