@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 MAX_REPLAY_BYTES = 512 * 2**20  # kept states above this are not worth the memory: run unreplayed
 CAPTURE_BATCH = 64
+# the first captured batch, for the self-check: its examples, its model inputs, their last hidden state
+FirstBatch = tuple[list[int], dict[str, Tensor], Tensor]
 
 
 class _PassThrough(nn.Module):
@@ -58,9 +60,9 @@ class BottomReplay:
 
     # ----------------------------------------------------------------------- capture
     @torch.no_grad()
-    def capture(self, data: EncodedData, ids: Sequence[int], pad_id: int) -> tuple[list[int], Tensor, Tensor]:
+    def capture(self, data: EncodedData, ids: Sequence[int], pad_id: int) -> FirstBatch:
         """Run every example once through the whole (eval-mode) network, keeping layer `start`'s
-        input. Returns the first batch's examples, mask and last hidden state for `verify`."""
+        input. Returns the first batch's examples, inputs and last hidden state for `verify`."""
         seen: dict[str, Any] = {}
 
         def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -73,7 +75,7 @@ class BottomReplay:
             self.layers[self.start].register_forward_pre_hook(keep, with_kwargs=True),
             self.layers[self.start - 1].register_forward_hook(shape_of),
         ]
-        first: tuple[list[int], Tensor, Tensor] | None = None
+        first: FirstBatch | None = None
         try:
             for k in range(0, len(ids), CAPTURE_BATCH):
                 chunk = list(ids[k : k + CAPTURE_BATCH])
@@ -83,7 +85,7 @@ class BottomReplay:
                 rows = seen["hidden"][mask].split(mask.sum(dim=1).tolist())
                 self.kept.update(zip(chunk, rows, strict=True))
                 if first is None:
-                    first = (chunk, mask, hidden[LAST_LAYER][mask])
+                    first = (chunk, batch, hidden[LAST_LAYER][mask])
         finally:
             for hook in hooks:
                 hook.remove()
@@ -124,10 +126,10 @@ class BottomReplay:
         self.frozen, self.handle, self.batch = [], None, None
 
     @torch.no_grad()
-    def verify(self, data: EncodedData, first: tuple[list[int], Tensor, Tensor], pad_id: int) -> bool:
+    def verify(self, first: FirstBatch) -> bool:
         """Does the installed replay give the whole network's last hidden state on the first batch?"""
-        ids, mask, expected = first
-        batch = model_inputs(collate([data[i] for i in ids], pad_id, {}, {}), self.model.device)
+        ids, batch, expected = first
+        mask = batch["attention_mask"].bool()
         self.select(ids, mask)
         hidden, _ = self.model.forward_layers({LAST_LAYER}, **batch)
         return torch.allclose(hidden[LAST_LAYER][mask], expected, atol=1e-4, rtol=1e-3)
@@ -151,7 +153,7 @@ def replay_bottom(
     try:
         first = replay.capture(data, ids, pad_id)
         replay.install()
-        works = replay.verify(data, first, pad_id)
+        works = replay.verify(first)
     except (HeadConfigError, KeyError, IndexError, TypeError, RuntimeError) as error:
         logger.debug("frozen layers not replayed: %s", error)
         works = False
