@@ -134,7 +134,7 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # steps of 32 examples and every pair among them, the top two thirds of the backbone tuned
     # (fewshot.tuned_from) at 2e-4: chosen on a development split (benchmarks/fewshot_dev.py; steps
     # of 64 with the top half tuned were 1.5-1.8 points lower on Rotten Tomatoes, 0.4 on BBC, and
-    # twice as slow at 64 per class) and compared with SetFit on the test rows (fewshot_defaults.py:
+    # 1.6x the time at 64 per class) and compared with SetFit on the test rows (fewshot_defaults.py:
     # accuracy within noise of the old recipe, 0.07x setfit's time at 64 per class where it took
     # 0.12x); with a handful of labels every one trains
     "fewshot": {"batch_size": 32, "backbone_lr": 2e-4, "val_fraction": 0.0},
