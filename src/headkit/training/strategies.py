@@ -133,7 +133,7 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "frozen": {"epochs": 30, "lr": 1e-2, "patience": 0},
     # steps of 32 examples and every pair among them, the top two thirds of the backbone tuned
     # (fewshot.tuned_from) at 2e-4: chosen on a development split (benchmarks/fewshot_dev.py; steps
-    # of 64 with the top half tuned were 1.5-1.8 points lower on Rotten Tomatoes, 0.4 on BBC, and
+    # of 64 with the top half tuned were 1.2-1.8 points lower on Rotten Tomatoes, 0.4 on BBC, and
     # 1.6x the time at 64 per class) and compared with SetFit on the test rows (fewshot_defaults.py:
     # accuracy within noise of the old recipe, 0.07x setfit's time at 64 per class where it took
     # 0.12x); with a handful of labels every one trains
