@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,6 +150,24 @@ def load_tokenizer():
     return load_processor("minilm")
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines results file (what --out appends)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def append_row(out: Path, row: dict) -> None:
+    """Append one finished row to `out` (an interrupted run keeps it) and echo it on stderr."""
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), file=sys.stderr, flush=True)
+
+
+def paired(differences: list[float]) -> tuple[float, float]:
+    """Mean of per-seed paired differences and its standard error over seeds (0 for one seed)."""
+    error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+    return statistics.mean(differences), error
+
+
 def summarise(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
@@ -167,8 +186,7 @@ def main() -> None:
     parser.add_argument("--table", help="only print the table of the rows in this JSON-lines file")
     args = parser.parse_args()
     if args.table:
-        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
-        print_table(rows)
+        print_table(read_rows(args.table))
         return
 
     import transformers

@@ -1,7 +1,7 @@
 """Few-shot as a user meets it: the setfit package at its defaults (20 iterations, batch 16) against
-`headkit train --strategy fewshot` at its defaults (all-pairs: steps of 64 examples, one step per
-4 labelled examples, 10 to 40, the top half of the backbone tuned) and at fixed step counts (the
-time/accuracy curve; 0 = heads solved on the pretrained features).
+`headkit train --strategy fewshot` at its defaults (the all-pairs recipe of STRATEGY_DEFAULTS and
+fewshot_auto_steps in headkit.training.strategies: one step per 4 labelled examples, 10 to 40)
+and at fixed step counts (the time/accuracy curve; 0 = heads solved on the pretrained features).
 
 The same rows for every method (benchmarks/fewshot.py's fixed 500-row test set and k examples
 per class per seed), MiniLM, 64 tokens. Reported per dataset: mean accuracy, the mean paired
@@ -22,7 +22,6 @@ Every seed's row is appended to --out (JSON lines) as it finishes, so an interru
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def run(datasets: list[str], k: int, seeds: int, steps: list[str], out: Path, setfit_from: str | None) -> list[dict]:
     import fewshot as fb
 
-    earlier = {(r["data"], r["k"], r["seed"]): r["setfit"] for r in read_rows(setfit_from)} if setfit_from else {}
+    earlier = {(r["data"], r["k"], r["seed"]): r["setfit"] for r in fb.read_rows(setfit_from)} if setfit_from else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in datasets:
@@ -43,31 +42,22 @@ def run(datasets: list[str], k: int, seeds: int, steps: list[str], out: Path, se
             test_csv = fb.write_csv(test, Path(tmp) / "test.csv")
             for seed in range(seeds):
                 train = fb.sample(pool, k, seed)
-                setfit = earlier.get((name, k, seed)) or fb.run_setfit(train, test, 20, 64, seed)
-                row = {
-                    "data": name,
-                    "k": k,
-                    "seed": seed,
-                    "setfit": setfit,
-                    "setfit_reused": (name, k, seed) in earlier,
-                }
+                reused = (name, k, seed) in earlier
+                setfit = earlier[name, k, seed] if reused else fb.run_setfit(train, test, 20, 64, seed)
+                row = {"data": name, "k": k, "seed": seed, "setfit": setfit, "setfit_reused": reused}
                 for n in steps:
                     work = Path(tmp) / f"h{n}"
                     work.mkdir(exist_ok=True)
                     options = {} if n == "default" else {"fewshot_steps": int(n)}  # default: nothing but the strategy
                     row[f"headkit {n}"] = fb.run_headkit(train, test_csv, 64, seed, work, **options)
                 rows.append(row)
-                with open(out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                fb.append_row(out, row)
     return rows
 
 
-def read_rows(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def print_table(rows: list[dict]) -> None:
+    from fewshot import paired
+
     print(f"{'dataset':16}{'k':>4}  {'method':26}{'accuracy':>9}{'vs setfit ± s.e.':>19}{'>= setfit':>10}", end="")
     print(f"{'seconds':>9}{'time':>8}")
     for name, k in sorted({(r["data"], r.get("k", 8)) for r in rows}):
@@ -77,12 +67,12 @@ def print_table(rows: list[dict]) -> None:
         for method in methods:
             accuracy = statistics.mean(r[method][0] for r in mine)
             differences = [r[method][0] - r["setfit"][0] for r in mine]
-            error = statistics.stdev(differences) / len(mine) ** 0.5 if len(mine) > 1 else 0.0
+            difference, error = paired(differences)
             at_least = sum(d >= 0 for d in differences)
             seconds = statistics.mean(r[method][1] for r in mine)
             label = method if method in ("setfit", "headkit default") else f"{method} steps"
             print(
-                f"{name:16}{k:>4}  {label:26}{accuracy:9.4f}{statistics.mean(differences):+11.4f} ± {error:.4f}"
+                f"{name:16}{k:>4}  {label:26}{accuracy:9.4f}{difference:+11.4f} ± {error:.4f}"
                 f"{at_least:>6}/{len(mine)}{seconds:9.1f}{seconds / base_time:7.2f}x"
             )
     reused = sorted({(r["data"], r["k"]) for r in rows if r.get("setfit_reused")})
@@ -105,6 +95,8 @@ def main() -> None:
     parser.add_argument("--table", help="only print the table of the rows in this JSON-lines file")
     args = parser.parse_args()
     if args.table:
+        from fewshot import read_rows
+
         rows = read_rows(args.table)
     else:
         steps = args.steps.split(",")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import statistics
 import sys
 import tempfile
@@ -56,31 +55,30 @@ def run(datasets: list[str], k: int, seeds: int, configs: dict[str, dict], out: 
         dev, pool = rest[:N_DEV], rest[N_DEV:]
         with tempfile.TemporaryDirectory() as tmp:
             dev_csv = fb.write_csv(dev, Path(tmp) / "dev.csv")
+            work = Path(tmp) / "run"
+            work.mkdir()
             for seed in range(FIRST_SEED, FIRST_SEED + seeds):
                 train = fb.sample(pool, k, seed)
                 row = {"data": name, "k": k, "seed": seed}
                 for label, options in configs.items():
-                    work = Path(tmp) / "run"
-                    work.mkdir(exist_ok=True)
                     row[label] = fb.run_headkit(train, dev_csv, 64, seed, work, **options)
                 rows.append(row)
-                with open(out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                fb.append_row(out, row)
     return rows
 
 
 def print_table(rows: list[dict], labels: list[str]) -> None:
+    from fewshot import paired
+
     base = labels[0]
     print(f"{'dataset':16}{'k':>4}  {'config':44}{'dev acc':>9}{'vs ' + base[:12] + ' ± s.e.':>26}{'seconds':>9}")
     for name, k in sorted({(r["data"], r["k"]) for r in rows}):
         mine = [r for r in rows if r["data"] == name and r["k"] == k]
         for label in labels:
-            differences = [r[label][0] - r[base][0] for r in mine]
-            error = statistics.stdev(differences) / len(mine) ** 0.5 if len(mine) > 1 else 0.0
+            difference, error = paired([r[label][0] - r[base][0] for r in mine])
             print(
                 f"{name:16}{k:>4}  {label[:44]:44}{statistics.mean(r[label][0] for r in mine):9.4f}"
-                f"{statistics.mean(differences):+17.4f} ± {error:.4f}"
+                f"{difference:+17.4f} ± {error:.4f}"
                 f"{statistics.mean(r[label][1] for r in mine):9.1f}"
             )
 
