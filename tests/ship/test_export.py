@@ -266,6 +266,11 @@ def test_the_server_keeps_onnxruntimes_idle_threads_off_the_cores(onnx_export, m
     assert spinning(alone) == "default"
     loaded = []
     real = predict.load_for_inference
-    monkeypatch.setattr(predict, "load_for_inference", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+
+    def keep_what_the_server_loads(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(predict, "load_for_inference", keep_what_the_server_loads)
     load_app(onnx_export, engine="onnx-int8")
     assert spinning(loaded[0][0]) == "0"
