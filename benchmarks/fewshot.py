@@ -28,6 +28,7 @@ Needs `pip install -e .[bench]` (setfit).
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import os
@@ -166,6 +167,21 @@ def paired(differences: list[float]) -> tuple[float, float]:
     """Mean of per-seed paired differences and its standard error over seeds (0 for one seed)."""
     error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
     return statistics.mean(differences), error
+
+
+def parse_configs(text: str) -> dict[str, dict]:
+    """'default; backbone_lr=1e-4,fewshot_steps=20' -> {label: TrainConfig options}."""
+    configs = {}
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        options = {}
+        if item != "default":
+            for pair in item.split(","):
+                key, value = pair.split("=", 1)
+                options[key.strip()] = ast.literal_eval(value.strip())
+        configs[item] = options
+    return configs
 
 
 def summarise(values: list[float]) -> str:

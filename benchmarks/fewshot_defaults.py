@@ -10,6 +10,7 @@ setfit's, and mean training seconds (load to trained classifier; headkit's inclu
 run) and their ratio.
 
     python benchmarks/fewshot_defaults.py [--seeds 5] [--k 8] [--steps default,5,20,40,0]
+        [--configs 'batch_size=8,fewshot_steps=128']   # other recipes (TrainConfig options), as fewshot_dev.py
     python benchmarks/fewshot_defaults.py --table runs/bench/fewshot_defaults.jsonl
 
 `--setfit_from FILE` takes setfit's accuracy and seconds from that file's rows of the same dataset,
@@ -30,7 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def run(datasets: list[str], k: int, seeds: int, steps: list[str], out: Path, setfit_from: str | None) -> list[dict]:
+def run(
+    datasets: list[str], k: int, seeds: int, configs: dict[str, dict], out: Path, setfit_from: str | None
+) -> list[dict]:
     import fewshot as fb
 
     earlier = {(r["data"], r["k"], r["seed"]): r["setfit"] for r in fb.read_rows(setfit_from)} if setfit_from else {}
@@ -45,11 +48,10 @@ def run(datasets: list[str], k: int, seeds: int, steps: list[str], out: Path, se
                 reused = (name, k, seed) in earlier
                 setfit = earlier[name, k, seed] if reused else fb.run_setfit(train, test, 20, 64, seed)
                 row = {"data": name, "k": k, "seed": seed, "setfit": setfit, "setfit_reused": reused}
-                for n in steps:
-                    work = Path(tmp) / f"h{n}"
+                for number, (label, options) in enumerate(configs.items()):
+                    work = Path(tmp) / f"h{number}"
                     work.mkdir(exist_ok=True)
-                    options = {} if n == "default" else {"fewshot_steps": int(n)}  # default: nothing but the strategy
-                    row[f"headkit {n}"] = fb.run_headkit(train, test_csv, 64, seed, work, **options)
+                    row[f"headkit {label}"] = fb.run_headkit(train, test_csv, 64, seed, work, **options)
                 rows.append(row)
                 fb.append_row(out, row)
     return rows
@@ -58,7 +60,8 @@ def run(datasets: list[str], k: int, seeds: int, steps: list[str], out: Path, se
 def print_table(rows: list[dict]) -> None:
     from fewshot import paired
 
-    print(f"{'dataset':16}{'k':>4}  {'method':26}{'accuracy':>9}{'vs setfit ± s.e.':>19}{'>= setfit':>10}", end="")
+    width = max([26, *(len(m) + 7 for r in rows for m in r if m.startswith("headkit"))])  # + " steps"
+    print(f"{'dataset':16}{'k':>4}  {'method':{width}}{'accuracy':>9}{'vs setfit ± s.e.':>19}{'>= setfit':>10}", end="")
     print(f"{'seconds':>9}{'time':>8}")
     for name, k in sorted({(r["data"], r.get("k", 8)) for r in rows}):
         mine = [r for r in rows if r["data"] == name and r.get("k", 8) == k]
@@ -70,9 +73,9 @@ def print_table(rows: list[dict]) -> None:
             difference, error = paired(differences)
             at_least = sum(d >= 0 for d in differences)
             seconds = statistics.mean(r[method][1] for r in mine)
-            label = method if method in ("setfit", "headkit default") else f"{method} steps"
+            label = method if method in ("setfit", "headkit default") or "=" in method else f"{method} steps"
             print(
-                f"{name:16}{k:>4}  {label:26}{accuracy:9.4f}{difference:+11.4f} ± {error:.4f}"
+                f"{name:16}{k:>4}  {label:{width}}{accuracy:9.4f}{difference:+11.4f} ± {error:.4f}"
                 f"{at_least:>6}/{len(mine)}{seconds:9.1f}{seconds / base_time:7.2f}x"
             )
     reused = sorted({(r["data"], r["k"]) for r in rows if r.get("setfit_reused")})
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument(
         "--steps", default="default,5,20,40,0", help="headkit's fewshot_steps to run (default: none given)"
     )
+    parser.add_argument("--configs", default="", help="more headkit recipes: ';'-separated TrainConfig options")
     parser.add_argument("--setfit_from", help="reuse setfit's results from this JSON-lines file's matching rows")
     parser.add_argument("--datasets", default="rotten_tomatoes,bbc_news")
     parser.add_argument("--out", default="runs/bench/fewshot_defaults.jsonl")
@@ -99,8 +103,12 @@ def main() -> None:
 
         rows = read_rows(args.table)
     else:
-        steps = args.steps.split(",")
-        rows = run(args.datasets.split(","), args.k, args.seeds, steps, Path(args.out), args.setfit_from)
+        from fewshot import parse_configs
+
+        # default: nothing but the strategy; a number: that many steps
+        configs = {n: {} if n == "default" else {"fewshot_steps": int(n)} for n in args.steps.split(",") if n}
+        configs.update(parse_configs(args.configs))
+        rows = run(args.datasets.split(","), args.k, args.seeds, configs, Path(args.out), args.setfit_from)
         print(machine_line())
         print(f"\n{args.k} per class, {args.seeds} seeds, 500 test rows; setfit at its defaults (20 iterations)")
     print_table(rows)

@@ -18,7 +18,6 @@ standard error over seeds, and mean seconds. Rows are appended to --out as they 
 from __future__ import annotations
 
 import argparse
-import ast
 import statistics
 import sys
 import tempfile
@@ -28,21 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 N_TEST = N_DEV = 500
 FIRST_SEED = 100  # the report (fewshot_defaults.py) uses seeds 0 on
-
-
-def parse_configs(text: str) -> dict[str, dict]:
-    """'default; backbone_lr=1e-4,fewshot_steps=20' -> {label: TrainConfig options}."""
-    configs = {}
-    for item in (part.strip() for part in text.split(";")):
-        if not item:
-            continue
-        options = {}
-        if item != "default":
-            for pair in item.split(","):
-                key, value = pair.split("=", 1)
-                options[key.strip()] = ast.literal_eval(value.strip())
-        configs[item] = options
-    return configs
 
 
 def run(datasets: list[str], k: int, seeds: int, configs: dict[str, dict], out: Path) -> list[dict]:
@@ -95,6 +79,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench/fewshot_dev.jsonl")
     args = parser.parse_args()
+    from fewshot import parse_configs
+
     configs = parse_configs(args.configs)
     rows = run(args.datasets.split(","), args.k, args.seeds, configs, Path(args.out))
     print(machine_line())
