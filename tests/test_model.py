@@ -165,3 +165,38 @@ def test_a_backbone_whose_width_headkit_cannot_tell_is_refused_by_name(tmp_path)
     transformers.MobileNetV2Model(config).save_pretrained(tmp_path)
     with pytest.raises(HeadMismatchError, match=r"cannot drive a 'mobilenet_v2' backbone.*no width at all"):
         MultiHeadModel.from_pretrained(tmp_path, {"c": head_config("classification", labels=["a", "b"])})
+
+
+# ----------------------------------------------------------------------------- loading as transformers does
+
+
+def test_output_tuple_starts_with_the_loss(bert_backbone):
+    """transformers.Trainer and users read `out[0]` / `out.to_tuple()[0]` as the loss."""
+    model = MultiHeadModel(bert_backbone, three_heads()).eval()
+    out = model(labels=three_labels(), **text_batch())
+    assert out.to_tuple()[0] is out.loss and out[0] is out.loss and out["loss"] is out.loss
+    assert next(iter(out.keys())) == "loss"
+
+
+def test_a_loaded_model_is_in_eval_mode_and_casts_its_heads_to_dtype(tiny_text_model, tmp_path):
+    """As transformers' from_pretrained: eval mode (no live dropout), and dtype= covers the heads too."""
+    import headkit
+
+    heads = {
+        "s": {"type": "classification", "labels": ["a", "b"]},
+        "t": {"type": "token-classification", "labels": ["O", "X"]},
+    }
+    fresh = MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    assert not any(m.training for m in fresh.modules())
+    headkit.save(fresh, tmp_path / "saved")
+    for model in (headkit.load(tmp_path / "saved"), MultiHeadModel.from_pretrained(tmp_path / "saved")):
+        assert not any(m.training for m in model.modules())
+    tokenizer = headkit.load_processor(tiny_text_model)
+    batch = tokenizer(["the film was good", "bad"], padding=True, return_tensors="pt")
+    for loaded in (
+        MultiHeadModel.from_pretrained(tiny_text_model, heads=heads, dtype=torch.bfloat16),
+        headkit.load(tmp_path / "saved", dtype=torch.bfloat16),
+    ):
+        assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+        out = loaded(**batch)
+        assert out.outputs["s"].dtype == torch.bfloat16 and out.outputs["t"].shape[:2] == batch["input_ids"].shape

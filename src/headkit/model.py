@@ -146,7 +146,7 @@ class MultiHeadModel(nn.Module):
             loaded = load(saved, trust_remote_code=trust_remote_code, dtype=dtype)
             for head, config in _configs(heads).items():
                 loaded.add_head(head, config)
-            return loaded
+            return loaded.eval()
         return cls.on_backbone(name, heads, weighting, trust_remote_code, dtype)
 
     @classmethod
@@ -163,7 +163,7 @@ class MultiHeadModel(nn.Module):
         save's heads, are left behind (training starts here, e.g. after continued pretraining).
         `processor`: the tokenizer, when the caller has it (default: the one saved with the backbone)."""
         backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
-        return cls(backbone, _configs(heads), weighting=weighting, processor=processor)
+        return cls(backbone, _configs(heads), weighting=weighting, processor=processor).eval()  # as transformers loads
 
     def save_pretrained(self, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
         """The full save `from_pretrained` reads back with its heads (`headkit.save`): backbone/ with
@@ -259,7 +259,7 @@ class MultiHeadModel(nn.Module):
                     "pass processor= to the model"
                 )
             head.use_processor(processor)
-        head.to(device=self.device)
+        head.to(device=self.device, dtype=self.dtype)  # a backbone loaded in bf16 gets bf16 heads
         self.heads[name] = head
         self.weighting.add_head(name)
         return head
@@ -271,6 +271,11 @@ class MultiHeadModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's floating-point dtype (what its first floating parameter holds)."""
+        return next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.float32)
 
     @property
     def backbone_pooler(self) -> nn.Module | None:
@@ -395,22 +400,22 @@ class MultiHeadModel(nn.Module):
             if key not in pooled:
                 pooled[key] = self.pool(at_layer(hidden, layer), mask, head.config.pooling)
             outputs[name] = head.forward_pooled(pooled[key])
-        result = MultiHeadOutput(outputs=outputs, mask=mask)
         if labels is None:
-            return result
+            return MultiHeadOutput(outputs=outputs, mask=mask)
+        losses, counts = {}, {}
         for name in names:
             y = labels.get(name)
             if y is None:
                 continue
             loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), mask)
             if n > 0:
-                result.losses[name], result.counts[name] = loss, n
-        weights = {n: self.heads[n].config.loss_weight for n in result.losses}
-        if result.losses:
-            result.loss = self.weighting(result.losses, weights)
+                losses[name], counts[name] = loss, n
+        if losses:
+            total = self.weighting(losses, {n: self.heads[n].config.loss_weight for n in losses})
         else:
-            result.loss = sum((zero_loss(o) for o in outputs.values()), start=zero_loss(mask.float()))
-        return result
+            total = sum((zero_loss(o) for o in outputs.values()), start=zero_loss(mask.float()))
+        # built in one go: ModelOutput orders its tuple by the fields set at construction, loss first
+        return MultiHeadOutput(loss=total, outputs=outputs, losses=losses, counts=counts, mask=mask)
 
     def forward(
         self,
@@ -470,7 +475,7 @@ def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadMo
     model.heads.load_state_dict(heads_state, strict=False)  # tied weights come from the backbone
     model.weighting.load_state_dict(weighting_state)
     model.max_length = manifest.get("max_length")
-    return model
+    return model.eval()  # as transformers' from_pretrained: no live dropout
 
 
 def load(
