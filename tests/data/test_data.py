@@ -211,3 +211,20 @@ def test_a_task_sets_its_heads_dropout_or_keeps_the_types_default(tmp_path, toke
     data = str(write_csv(tmp_path / "d.csv", sentiment_rows(12)))
     prepared = prepare([TaskSpec("a", data, dropout=0.0), TaskSpec("b", data)], tokenizer, val_fraction=0.0)
     assert prepared.heads["a"].dropout == 0.0 and prepared.heads["b"].dropout == 0.1
+
+
+def test_numeric_labels_sort_as_numbers(tmp_path, tokenizer):
+    """Star ratings 1, 2, 10 keep their numeric order (not the strings' 1, 10, 2), for classes,
+    multi-label names and tags alike; text labels still sort as text."""
+    rows = [{"text": "good film", "label": str(v), "many": f"{v}|{v + 1}"} for v in (10, 2, 1, 2, 10, 1)]
+    path = str(write_csv(tmp_path / "d.csv", rows))
+    tasks = [TaskSpec("s", path), TaskSpec("m", path, label="many", type="multilabel")]
+    data = prepare(tasks, tokenizer, val_fraction=0)
+    assert data.heads["s"].labels == ["1", "2", "10"]
+    assert data.heads["m"].labels == ["1", "2", "3", "10", "11"]
+    conll = tmp_path / "t.conll"
+    conll.write_text("good\t10\nfilm\t2\n\t\nbad\tO\nplot\t1\n", encoding="utf-8")
+    tags = prepare([TaskSpec("t", str(conll), type="token-classification")], tokenizer, val_fraction=0)
+    assert tags.heads["t"].labels == ["O", "1", "2", "10"]
+    words = prepare([TaskSpec("s", str(write_csv(tmp_path / "w.csv", sentiment_rows(6))))], tokenizer)
+    assert words.heads["s"].labels == ["neg", "pos"]

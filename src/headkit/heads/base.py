@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -399,6 +399,16 @@ def label_values(rows: list[dict[str, Any]], where: LabelSource, column: str | N
     if all(is_missing(v) for v in values):
         raise DataError(f"column '{where.column}' of {where.source} has no labels at all for head '{where.head}'")
     return values
+
+
+def label_order(names: Iterable[str]) -> list[str]:
+    """Distinct label names in a stable order: numerically when every name is a number (star
+    ratings 1, 2, 10, not the strings' 1, 10, 2), else alphabetically."""
+    distinct = set(names)
+    try:
+        return sorted(distinct, key=lambda name: (float(name), name))
+    except ValueError:
+        return sorted(distinct)
 
 
 def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:

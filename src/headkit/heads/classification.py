@@ -38,6 +38,7 @@ from headkit.heads.base import (
     balanced_weights,
     dropout_linear,
     label_index,
+    label_order,
     label_values,
     labelled,
     report_dict,
@@ -131,7 +132,7 @@ class ClassificationHead(PooledHead):
                 f"column '{where.column}' of {where.source} has a single class {sorted(distinct)}; "
                 "a classifier needs at least 2"
             )
-        return sorted(distinct)
+        return label_order(distinct)
 
     @classmethod
     def encode_labels(
@@ -238,7 +239,7 @@ class MultiLabelHead(PooledHead):
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         values = label_values(rows, where)
         present = {name for v in values if not is_missing(v) for name in as_label_list(v)}
-        return where.declared_names(present=present) or sorted(present)
+        return where.declared_names(present=present) or label_order(present)
 
     @classmethod
     def encode_labels(

@@ -32,6 +32,7 @@ from headkit.heads.base import (
     balanced_weights,
     dropout_linear,
     label_index,
+    label_order,
     label_values,
     report_dict,
     set_label_maps,
@@ -76,9 +77,9 @@ class TokenClassificationHead(HeadBase):
     def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         """Sorted tags with `O` first (the usual id 0)."""
         values = label_values(rows, where, _tags_column(where))
-        tags = sorted({str(t) for v in values if not is_missing(v) for t in v if t is not None})
-        declared = where.declared_names(_tags_column(where), present=set(tags))
-        return declared or (["O"] if "O" in tags else []) + [t for t in tags if t != "O"]
+        tags = {str(t) for v in values if not is_missing(v) for t in v if t is not None}
+        declared = where.declared_names(_tags_column(where), present=tags)
+        return declared or (["O"] if "O" in tags else []) + label_order(tags - {"O"})
 
     @classmethod
     def encode_labels(
