@@ -315,3 +315,22 @@ def test_non_positive_class_weights_and_a_backbone_without_checkpointing_are_ref
         train(config(tiny_text_model, data_file, tmp_path / "w", class_weights={"neg": 0.0, "pos": 2.0}))
     with pytest.raises(HeadConfigError, match="Linear does not support gradient checkpointing"):
         enable_gradient_checkpointing(nn.Linear(2, 2), parse_strategy("full"))
+
+
+def test_evaluate_never_scores_two_heads_against_one_label_column(tiny_text_model, tmp_path):
+    """Heads are matched to columns named like them; 'label' may stand in for one head only."""
+    from headkit.training.evaluate import evaluate_dataset
+
+    heads = {n: head_config("classification", labels=["neg", "pos"]) for n in ("sentiment", "mood")}
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    tokenizer = headkit.load_processor(tiny_text_model)
+    rows = sentiment_rows(8)
+    plain = str(write_csv(tmp_path / "plain.csv", [{"text": r["text"], "label": r["label"]} for r in rows]))
+    with pytest.raises(HeadkitError, match=r"heads \['sentiment', 'mood'\] have no column of their own.*--head"):
+        evaluate_dataset(model, tokenizer, plain)
+    own = str(write_csv(tmp_path / "own.csv", [{"text": r["text"], "label": r["label"], "mood": "neg"} for r in rows]))
+    result, count = evaluate_dataset(model, tokenizer, own)
+    assert count == 8 and sorted(result.references["mood"]) == ["neg"] * 8
+    assert sorted(result.references["sentiment"]) == sorted(r["label"] for r in rows)
+    scored, _ = evaluate_dataset(model, tokenizer, plain, {"sentiment": "label"})
+    assert set(scored.scores) == {"sentiment"}

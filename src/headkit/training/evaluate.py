@@ -120,12 +120,28 @@ def score_heads(model: MultiHeadModel, evaluation: Evaluation) -> Evaluation:
     """Each head's scores and per-class report from the evaluation's predictions and losses (also
     after a head re-decided its predictions, e.g. at tuned thresholds: no second pass needed)."""
     preds, refs, losses = evaluation.predictions, evaluation.references, evaluation.losses
-    evaluation.scores = {n: h.score(preds[n], refs[n]) for n, h in model.heads.items()}
-    for name, head in model.heads.items():
+    labelled = {n: h for n, h in model.heads.items() if any(r is not None for r in refs[n])}  # others: not scored
+    evaluation.scores = {n: h.score(preds[n], refs[n]) for n, h in labelled.items()}
+    for name, head in labelled.items():
         if name in losses:
             evaluation.scores[name].update(head.scores_from_loss(losses[name]))
     evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.report(preds[n], refs[n]))}
     return evaluation
+
+
+def label_columns(heads: list[str], available: set[str], data: str) -> dict[str, str]:
+    """Each head's label column when none are given: the column named like the head; `label`
+    stands in for the one head without such a column, never for several (they would all be
+    scored against the same labels)."""
+    columns = {head: head for head in heads if head in available}
+    rest = [head for head in heads if head not in columns]
+    if len(rest) > 1:
+        raise HeadkitError(
+            f"heads {rest} have no column of their own in {data} (columns: {sorted(available)}), and one "
+            "'label' column cannot score them all: name each head's column with --head NAME:COLUMN"
+        )
+    columns.update(dict.fromkeys(rest, "label"))
+    return columns
 
 
 def evaluate_dataset(
@@ -152,8 +168,7 @@ def evaluate_dataset(
     if unknown:
         raise HeadkitError(f"heads {unknown} are not heads of this model: {list(model.heads)}")
     if not columns:
-        first = read_rows(data)[0]
-        columns = {n: n if n in first else "label" for n in model.heads}
+        columns = label_columns(list(model.heads), set(read_rows(data)[0]), data)
     tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
     label_maps = {n: model.heads[n].config.labels for n in columns}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
