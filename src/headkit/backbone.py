@@ -100,14 +100,14 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
         from headkit.timm_checkpoint import parse_spec, timm_checkpoint
 
         return ModelSource(path=timm_checkpoint(*parse_spec(text)), alias=text)
-    path = Path(text).expanduser()
+    path = local_path(text)  # a hub id's snapshot folder, or for org/name[@revision]:FILE.gguf that file
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path=path.parent, gguf_file=path.name)
-    path = local_path(text)
     if not path.exists():
         raise ModelNotFoundError(
-            f"model '{text}' not found: expected a local checkpoint directory (with config.json), a Hugging "
-            f"Face hub id (org/name[@revision]), one of the aliases {sorted(ALIASES)}, or timm:NAME[:WEIGHTS]"
+            f"model '{text}' not found: expected a local checkpoint directory (with config.json) or .gguf file, a "
+            "Hugging Face hub id (org/name[@revision], or org/name[@revision]:FILE.gguf for one GGUF file in it), "
+            f"one of the aliases {sorted(ALIASES)}, or timm:NAME[:WEIGHTS]"
         )
     if not path.is_dir():
         raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")

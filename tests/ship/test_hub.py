@@ -5,6 +5,8 @@ transformers.Trainer, pipelines, devices and dtypes, and the saved max_length.""
 import functools
 import json
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import yaml
 
 import headkit
 from headkit import ModelNotFoundError
+from headkit.backbone import resolve_model
 from headkit.cli.main import main
 from headkit.data.batching import collate
 from headkit.data.tasks import TaskSpec, prepare
@@ -42,6 +45,59 @@ def hub_cache(tmp_path, monkeypatch):
         return repo / "snapshots" / commit
 
     return publish
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """An online Hugging Face hub stood in for by local folders: `repos[repo_id] = folder` publishes a
+    repository; `fetched` is every file downloaded into the (empty, temporary) cache, as the repository
+    names it. `snapshot_download` keeps the real one's pattern matching, refs and snapshot layout."""
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = SimpleNamespace(repos={}, fetched=[], commit="f" * 40)
+
+    def list_repo_files(repo_id, *, revision=None, **kwargs):
+        root = hub.repos[repo_id]
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+    def snapshot_download(repo_id, *, revision=None, cache_dir=None, allow_patterns=None, local_files_only=False,
+                          **kwargs):  # fmt: skip
+        storage = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+        snapshot = storage / "snapshots" / hub.commit
+        if local_files_only:
+            if not snapshot.is_dir():
+                raise LocalEntryNotFoundError("not in the cache")
+            return str(snapshot)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for name in filter_repo_objects(list_repo_files(repo_id), allow_patterns=allow_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hub.repos[repo_id] / name, snapshot / name)
+            hub.fetched.append(name)
+        if revision != hub.commit:
+            (storage / "refs").mkdir(exist_ok=True)
+            (storage / "refs" / (revision or "main")).write_text(hub.commit)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    return hub
+
+
+def strays(folder, *names: str) -> None:
+    """Files a hub repository often holds beside the weights transformers loads, none of them needed."""
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"not needed")
+
+
+def same_weights(model, reference) -> bool:
+    pairs = zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+    return all(torch.equal(a, b) for a, b in pairs)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +136,101 @@ def test_a_hub_id_not_in_the_cache_while_offline_says_so(hub_cache, capsys):
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
 
 
+def test_an_older_download_missing_a_small_file_still_loads_offline(tiny_text_model, hub_cache):
+    """huggingface_hub (2.x) keeps each commit's file listing and, offline, refuses a snapshot that lacks a
+    file the patterns asked for: a download made before *.jinja was asked for is still what there is."""
+    snapshot = hub_cache(tiny_text_model, "tiny-org/chat")
+    listing = {path.relative_to(snapshot).as_posix(): {"size": 1, "blob_id": "0" * 40} for path in snapshot.iterdir()}
+    listing["chat_template.jinja"] = {"size": 1, "blob_id": "1" * 40}  # on the hub, never downloaded
+    trees = snapshot.parent.parent / "trees"
+    trees.mkdir()
+    (trees / f"{snapshot.name}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
+    assert same_weights(headkit.load_backbone("tiny-org/chat"), headkit.load_backbone(tiny_text_model))
+
+
 def test_a_headkit_model_on_the_hub_loads_with_its_heads(run, hub_cache):
     hub_cache(run / "model", "me/sentiment")
     model = MultiHeadModel.from_pretrained("me/sentiment")
     assert set(model.heads) == {"sentiment", "score"} and model.max_length == 32
+
+
+def test_a_hub_download_fetches_the_shards_the_index_names_and_no_other_weights(tiny_text_model, tmp_path, fake_hub):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_text_model, repo)
+    (repo / "model.safetensors").unlink()
+    reference = headkit.load_backbone(tiny_text_model)
+    reference.save_pretrained(repo, max_shard_size="60KB")
+    shards = sorted(set(json.loads((repo / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) >= 2
+    small = sorted(p.name for p in repo.iterdir() if not p.name.endswith(".safetensors"))
+    strays(repo, "model.fp16.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "onnx/model.onnx",
+           "model.Q4_0.gguf", "runs/events.out.tfevents")  # fmt: skip
+    fake_hub.repos["tiny-org/sharded"] = repo
+    model = MultiHeadModel.from_pretrained("tiny-org/sharded", {"s": {"type": "classification", "labels": ["a", "b"]}})
+    assert same_weights(model.backbone, reference)
+    assert sorted(fake_hub.fetched) == sorted([*small, *shards])  # small files once, then the named shards
+
+
+def test_a_repository_with_pytorch_bin_weights_only_loads(tiny_text_model, tmp_path, fake_hub):
+    """transformers reads a .bin with torch.load(weights_only=True): tensors, no pickled code."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_text_model, repo)
+    (repo / "model.safetensors").unlink()
+    reference = headkit.load_backbone(tiny_text_model)
+    torch.save(reference.state_dict(), repo / "pytorch_model.bin")  # transformers 5 writes only safetensors
+    strays(repo, "tf_model.h5", "rust_model.ot")
+    fake_hub.repos["old-org/bin-bert"] = repo
+    assert same_weights(headkit.load_backbone("old-org/bin-bert"), reference)
+    assert "pytorch_model.bin" in fake_hub.fetched and "tf_model.h5" not in fake_hub.fetched
+
+
+def test_a_headkit_save_on_the_hub_fetches_its_heads_and_backbone_weights_only(saved_multihead, tmp_path, fake_hub):
+    for repo_id, inside in (("me/save", ""), ("me/run", "model/")):  # a save, and a training run's folder
+        repo = tmp_path / repo_id
+        shutil.copytree(saved_multihead, repo / inside)
+        strays(repo, "checkpoints/step-10/model.safetensors", f"{inside}backbone/model.fp16.safetensors")
+        fake_hub.repos[repo_id] = repo
+        fake_hub.fetched.clear()
+        assert set(MultiHeadModel.from_pretrained(repo_id).heads) == set(SERVED_HEADS)
+        weights = sorted(name for name in fake_hub.fetched if name.endswith(".safetensors"))
+        assert weights == [f"{inside}backbone/model.safetensors", f"{inside}heads.safetensors"]
+
+
+def test_a_gguf_repository_fetches_the_one_file_named_after_a_colon(tmp_path, fake_hub, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    repo = tmp_path / "repo"
+    strays(repo, "README.md", "tiny.Q4_0.gguf", "tiny.Q8_0.gguf")
+    fake_hub.repos["org/tiny-GGUF"] = repo
+    source = resolve_model("org/tiny-GGUF:tiny.Q8_0.gguf")
+    assert source.gguf_file == "tiny.Q8_0.gguf" and (source.path / "tiny.Q8_0.gguf").read_bytes() == b"not needed"
+    assert sorted(fake_hub.fetched) == ["README.md", "tiny.Q8_0.gguf"]
+    assert resolve_model("org/tiny-GGUF@v1:tiny.Q8_0.gguf").path == source.path  # a revision goes before the colon
+    with pytest.raises(ModelNotFoundError, match=r"org/tiny-GGUF:tiny.Q4_0.gguf, org/tiny-GGUF:tiny.Q8_0.gguf"):
+        resolve_model("org/tiny-GGUF")  # which of them? the error names each as it is spelled
+    with pytest.raises(ModelNotFoundError, match=r"no file 'tiny.Q2_K.gguf'.*org/tiny-GGUF:tiny.Q4_0.gguf"):
+        resolve_model("org/tiny-GGUF:tiny.Q2_K.gguf")
+    assert "tiny.Q4_0.gguf" not in fake_hub.fetched
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: the cache holds the one fetched
+    assert resolve_model("org/tiny-GGUF:tiny.Q8_0.gguf") == source
+    with pytest.raises(ModelNotFoundError, match=r"org/tiny-GGUF:tiny.Q8_0.gguf$"):
+        resolve_model("org/tiny-GGUF")
+
+
+def test_an_unreachable_hub_falls_back_to_the_cached_download(tiny_text_model, fake_hub, monkeypatch):
+    import huggingface_hub
+
+    fake_hub.repos["tiny-org/tiny-bert"] = tiny_text_model
+    headkit.load_backbone("tiny-org/tiny-bert")
+    fetched = len(fake_hub.fetched)
+    headkit.hub._snapshot.cache_clear()
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
+    assert same_weights(headkit.load_backbone("tiny-org/tiny-bert"), headkit.load_backbone(tiny_text_model))
+    assert len(fake_hub.fetched) == fetched  # nothing asked of the hub again
 
 
 # ----------------------------------------------------------------------------- save, share, load
