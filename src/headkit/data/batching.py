@@ -241,7 +241,7 @@ def collate(
     return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values", "input_values")
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device | None = None) -> dict[str, torch.Tensor]:

@@ -11,17 +11,29 @@ Each turn is tokenised on its own, prompt part then response part, exactly as `g
 tokenises a prompt (template with the generation prompt), so training and inference see the same
 tokens. An example longer than max_length loses tokens from its start (the oldest prompt text),
 never from a response; one whose responses alone do not fit is left out. Both are counted in the log.
-Packing concatenates whole examples (attention crosses example borders inside a block, as in
-classic packing; positions continue) and only saves padding.
+
+Packing lays whole examples end to end in max_length blocks and only saves padding: a packed batch
+trains to the token-weighted mean loss of the same examples unpacked. Each block carries position ids that restart
+at 0 where an example starts (the padding tail is a segment of its own, labels -100) and no attention
+mask; without a mask or KV cache transformers reads restarting positions as example borders
+(block-diagonal causal attention, or varlen flash attention). The first token of each example is no
+target (unpacked nothing predicts it). `packed_attention` probes the backbone first and refuses one
+that would still let an example see the one before it (OPT builds its mask without the position
+ids; BLOOM has none; Mamba carries state along the row).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
+import torch
 
 from headkit.data.batching import EncodedData, collate, pad_ids, split_indices
 from headkit.data.files import is_missing
@@ -182,23 +194,53 @@ def fit_length(ids: list[int], labels: list[int], max_length: int) -> tuple[list
     return ids[over:], labels[over:]
 
 
-def pack(examples: list[tuple[list[int], list[int]]], max_length: int) -> list[tuple[list[int], list[int]]]:
+@dataclass
+class Block:
+    """Whole examples laid end to end: ids, labels, and positions that restart at 0 for each example."""
+
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def add(self, ids: list[int], labels: list[int]) -> None:
+        """Append one example; its first token is no target, as unpacked (nothing before it is its own)."""
+        self.ids += ids
+        self.labels += [IGNORE_INDEX, *labels[1:]]
+        self.positions += range(len(ids))
+
+
+def pack(examples: list[tuple[list[int], list[int]]], max_length: int) -> list[Block]:
     """Whole examples into blocks of at most max_length tokens (first fit, longest first)."""
-    blocks: list[tuple[list[int], list[int]]] = []
+    blocks: list[Block] = []
     for ids, labels in sorted(examples, key=lambda e: -len(e[0])):
-        block = next((b for b in blocks if len(b[0]) + len(ids) <= max_length), None)
+        block = next((b for b in blocks if len(b.ids) + len(ids) <= max_length), None)
         if block is None:
-            blocks.append((list(ids), list(labels)))
-        else:
-            block[0].extend(ids)
-            block[1].extend(labels)
+            block = Block()
+            blocks.append(block)
+        block.add(ids, labels)
     return blocks
+
+
+@dataclass
+class PackedData(EncodedData):
+    """Packed blocks: EncodedData plus each block's `positions` (where its examples start), which
+    `sft_batch` turns into position ids so that attention stays inside each example."""
+
+    positions: list[list[int]] = field(default_factory=list)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**super().__getitem__(i), "position_ids": self.positions[i]}
+
+    def subset(self, indices: list[int] | np.ndarray) -> PackedData:
+        part = super().subset(indices)
+        return PackedData(part.input_ids, part.labels, positions=[self.positions[int(i)] for i in indices])
 
 
 def encode(
     chats: list[list[dict[str, str]]], tokenizer: Any, max_length: int, source: str, packing: bool = False
 ) -> EncodedData:
-    """Conversations -> EncodedData with the causal-LM head's labels (response tokens only)."""
+    """Conversations -> EncodedData with the causal-LM head's labels (response tokens only); with
+    `packing`, PackedData whose rows are blocks of whole examples."""
     examples, cut, dropped = [], 0, 0
     for messages in chats:
         ids, labels = render(tokenizer, messages)
@@ -216,15 +258,84 @@ def encode(
     if not examples:
         raise DataError(f"{source}: no example fits in {max_length} tokens; raise --max_length")
     if packing:
-        examples = pack(examples, max_length)
+        blocks = pack(examples, max_length)
+        return PackedData(
+            [b.ids for b in blocks], {"lm": [b.labels for b in blocks]}, positions=[b.positions for b in blocks]
+        )
     return EncodedData([e[0] for e in examples], {"lm": [e[1] for e in examples]})
 
 
+def padded_positions(positions: list[list[int]], width: int) -> torch.Tensor:
+    """(B, width) position ids: each block's, then 0, 1, ... over its padding tail, which so becomes
+    a segment of its own (the real tokens never see it, and its labels are -100)."""
+    return torch.tensor([[*p, *range(width - len(p))] for p in positions], dtype=torch.long)
+
+
 def sft_batch(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Pad ids (right) and response labels (with -100) to the batch's longest sequence."""
+    """Pad ids (right) and response labels (with -100) to the batch's longest sequence. Packed
+    blocks get position ids instead of an attention mask: transformers only reads restarting
+    positions as example borders when no 2D mask is given."""
     batch = collate(examples, pad_id, {}, {})
-    batch["labels"] = {"lm": pad_ids([e["labels"]["lm"] for e in examples], batch["input_ids"].shape[1])}
+    width = batch["input_ids"].shape[1]
+    batch["labels"] = {"lm": pad_ids([e["labels"]["lm"] for e in examples], width)}
+    if "position_ids" in examples[0]:
+        del batch["attention_mask"]
+        batch["position_ids"] = padded_positions([e["position_ids"] for e in examples], width)
     return batch
+
+
+def _without_cache(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+    """A forward pre-hook: a packed call (position ids, no attention mask) gets use_cache=False,
+    since transformers detects packed sequences only without a KV cache, and decoders make one by
+    default (config.use_cache), in training too."""
+    if kwargs.get("position_ids") is not None and kwargs.get("attention_mask") is None:
+        return args, {"use_cache": False, **kwargs}
+    return None
+
+
+def sees_across_examples(model: Any, length: int = 4) -> bool:
+    """Whether an example's outputs change when only the tokens of the example packed before it
+    change: the backbone then attends (or carries state) across the border. Probed on two packed
+    rows that share their second example; kept-apart examples give the same outputs up to rounding."""
+    vocab = model.backbone.get_input_embeddings().num_embeddings
+    ids = torch.arange(3 * length).remainder(vocab - 1) + 1  # any tokens but id 0
+    first, other, second = ids[:length], ids[length : 2 * length], ids[2 * length :]
+    input_ids = torch.stack([torch.cat([first, second]), torch.cat([other, second])]).to(model.device)
+    positions = torch.arange(length).repeat(2).expand(2, -1).to(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(input_ids=input_ids, position_ids=positions).outputs.values()
+    except TypeError:  # a backbone without position ids (or a KV-cache switch) cannot be told the borders
+        return True
+    finally:
+        model.train(was_training)
+    for out in outputs:
+        if tuple(out.shape[:2]) != tuple(input_ids.shape):  # a pooled head's (B, H): no per-token outputs
+            continue
+        a, b = out[0, length:].float(), out[1, length:].float()
+        if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max().clamp(min=1e-6))):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def packed_attention(model: Any) -> Iterator[None]:
+    """While inside, packed batches (`sft_batch` of PackedData) keep each example's attention to
+    itself; refuses, with one line, a backbone that would let packed examples see each other."""
+    handle = model.register_forward_pre_hook(_without_cache, with_kwargs=True)
+    try:
+        if sees_across_examples(model):
+            kind = model.backbone.config.model_type
+            raise HeadkitError(
+                f"--packing: in the {kind} backbone a packed example would see the examples before it "
+                "(transformers does not read restarting position ids as example borders for it); train without "
+                "--packing"
+            )
+        yield
+    finally:
+        handle.remove()
 
 
 def sft(config: SFTConfig):
@@ -279,10 +390,11 @@ def sft(config: SFTConfig):
             f"sequences{' (packed)' if config.packing else ''}; loss on response tokens only"
         )
         make_batch = functools.partial(sft_batch, pad_id=tokenizer.pad_token_id or 0)
-        before = (
-            evaluate(model, val, 0, config.batch_size, make_batch=make_batch).losses.get("lm") if len(val) else None
-        )
-        result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_batch)
+        with packed_attention(model) if config.packing else contextlib.nullcontext():
+            before = (
+                evaluate(model, val, 0, config.batch_size, make_batch=make_batch).losses.get("lm") if len(val) else None
+            )
+            result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_batch)
         after = result.evaluation.losses.get("lm") if result.evaluation else None
         result.metrics.update(response_loss_before=before, response_loss_after=after)
         if state.is_main_process:
@@ -295,4 +407,14 @@ def sft(config: SFTConfig):
         return result
 
 
-__all__ = ["PLAIN_TEMPLATE", "SFTConfig", "conversations", "encode", "render", "sft"]
+__all__ = [
+    "PLAIN_TEMPLATE",
+    "PackedData",
+    "SFTConfig",
+    "conversations",
+    "encode",
+    "packed_attention",
+    "render",
+    "sft",
+    "sft_batch",
+]
