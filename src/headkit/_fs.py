@@ -29,15 +29,19 @@ def write_failed(path: Path, error: OSError) -> OutputError:
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a mix."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write (by name: a library that streams to
+    disk, such as safetensors' `save_file`); when the block ends without error it is fsynced and
+    renamed over `path`, so readers see the old file or the new one, never a mix, and no
+    whole-file bytes object has to exist in memory. On error the temporary file is removed."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "r+b") as f:  # a writable handle: fsync needs one on Windows
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -48,6 +52,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a mix."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -36,6 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 from headkit._fs import recover_dir
 from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
 from headkit.data.tasks import PreparedData
+from headkit.devices import _mps_available
 from headkit.errors import HeadkitError
 from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
@@ -161,7 +162,7 @@ def setup(
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     tracked = config.report_to != "none"
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # several CPU processes form a gloo group only when told so
+        cpu=force_cpu(),
         mixed_precision=mixed,
         gradient_accumulation_steps=config.grad_accum,
         # a head without labels in a batch (or its learned loss weight) takes no part in that
@@ -190,6 +191,16 @@ def setup(
         )
     model.to(accelerator.device)
     return Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+
+
+def force_cpu() -> bool:
+    """Whether to tell accelerate `cpu=True`: only when there is neither CUDA nor Apple's MPS.
+
+    Without the flag accelerate picks CUDA, else MPS, else the CPU by itself, but several CPU
+    processes form a gloo group only when told so; saying it whenever CUDA was absent also kept
+    Apple silicon training on the CPU while inference ran on MPS.
+    """
+    return not (torch.cuda.is_available() or _mps_available())
 
 
 def initial_state(run: Run) -> tuple[TrainState, bool]:
