@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 import headkit
@@ -187,3 +189,31 @@ def test_onnx_export_of_an_image_model_matches_pytorch(tiny_vit, shapes, tmp_pat
     for g, e in zip(got, expected, strict=True):
         assert g["shape"]["label"] == e["shape"]["label"]
         assert g["box"] == pytest.approx(e["box"], abs=0.05)  # pixels, rounded to 2 decimals
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875),  # ResNet, ConvNeXt, RegNet
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}),
+        transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    ],
+    ids=["convnext", "vit", "clip"],
+)
+def test_images_for_box_heads_keep_every_pixel_column_and_row(processor):
+    """Box targets are normalised by the image's own width and height, so a box head's pixels must
+    show the whole image, squeezed, never a centre crop (ConvNeXt-style processors crop a square
+    out of a non-square image even at crop_pct 1.0)."""
+    from PIL import Image
+
+    from headkit.data.images import preprocess
+
+    wide = np.zeros((32, 96, 3), dtype=np.uint8)
+    wide[:, :12] = (0, 255, 0)  # a green strip along the left edge, a blue one along the right
+    wide[:, -12:] = (0, 0, 255)
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))  # the strips along the top and bottom
+    pixels = preprocess(processor, [Image.fromarray(wide), Image.fromarray(tall)], crop=False)
+    assert pixels.shape[-2:] == (32, 32)
+    green, blue = pixels[:, 1] > pixels[:, 0] + 0.5, pixels[:, 2] > pixels[:, 0] + 0.5  # (N, H, W)
+    assert green[0, :, :2].all() and blue[0, :, -2:].all(), "the wide image lost its left or right edge"
+    assert green[1, :2, :].all() and blue[1, -2:, :].all(), "the tall image lost its top or bottom edge"

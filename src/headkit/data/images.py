@@ -59,8 +59,16 @@ def load_images(rows: list[dict[str, Any]], column: str, source: str) -> tuple[l
 
 
 def preprocess(processor: Any, images: list, crop: bool = True, batch_size: int = 256) -> torch.Tensor:
-    """(N, C, H, W) pixel values from the backbone's image processor."""
+    """(N, C, H, W) pixel values from the backbone's image processor.
+
+    `crop=False` (heads that read image positions, such as box heads, whose targets are
+    normalised by each image's own width and height): every image shows whole, squeezed to the
+    processor's output size, never a centre crop. Each image is first resized to that size, then
+    the processor runs with its crop off, so its own resizing has nothing left to change
+    (ConvNeXt-style processors crop a square out of a non-square image even at crop_pct 1.0)."""
     kwargs = {}
+    if not crop:
+        images = squeezed(processor, images)
     if not crop and getattr(processor, "do_center_crop", False):
         kwargs["do_center_crop"] = False
     if not crop and getattr(processor, "crop_pct", None) not in (None, 1.0):
@@ -70,3 +78,14 @@ def preprocess(processor: Any, images: list, crop: bool = True, batch_size: int 
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(parts)
+
+
+def squeezed(processor: Any, images: list) -> list:
+    """Each image resized (aspect ratio not kept) to the (H, W) the processor makes of an image,
+    with the processor's own resampling filter."""
+    from PIL import Image
+
+    blank = Image.new("RGB", images[0].size if images else (8, 8))
+    height, width = processor(blank, return_tensors="pt")["pixel_values"].shape[-2:]
+    resample = int(getattr(processor, "resample", Image.Resampling.BILINEAR))
+    return [image if image.size == (width, height) else image.resize((width, height), resample) for image in images]
