@@ -60,12 +60,12 @@ def test_every_fixed_set_of_values_is_a_literal_listed_by_help(capsys):
     shown = "".join(capsys.readouterr().out.split())  # help wraps lines anywhere
     for strategy in ("'frozen'", "'full'", "'lora'", "'lp-ft'", "'fewshot'", "partial:K"):
         assert strategy in shown
-    assert "{mean,cls,max,last,pooler}" in shown and "{static,uncertainty}" in shown
+    assert "{auto,mean,cls,max,last,pooler}" in shown and "{static,uncertainty}" in shown
 
 
 def test_a_wrong_choice_lists_the_valid_ones(capsys):
     assert main(["train", "--pooling", "avg", "--data", "x", "--head", "a:b"]) == 2
-    assert "--pooling 'avg': choose one of mean, cls, max, last, pooler" in capsys.readouterr().err
+    assert "--pooling 'avg': choose one of auto, mean, cls, max, last, pooler" in capsys.readouterr().err
     assert main(["pretrain", "--objective", "seq2seq"]) == 2
     assert "--objective 'seq2seq': choose one of mlm, clm" in capsys.readouterr().err
     assert parse("train", "--strategy", "partial:3").strategy == "partial:3"

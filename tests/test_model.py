@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import transformers
@@ -101,7 +103,10 @@ def test_head_that_does_not_fit_the_backbone_is_refused(bert_backbone):
     with pytest.raises(HeadMismatchError, match=r"expects input size 768.*hidden size 32"):
         model.add_head("x", head_config("classification", labels=["a", "b"], input_size=768))
     with pytest.raises(HeadMismatchError, match=r"cannot tie"):
-        model.add_head("lm", head_config("masked-lm", vocab_size=VOCAB + 5))
+        model.add_head("lm", head_config("masked-lm", vocab_size=VOCAB + 5, tie_embeddings=True))
+    untied = model.add_head("lm", head_config("masked-lm", vocab_size=VOCAB + 5))  # default: tied only if it fits
+    assert untied.config.tie_embeddings is False and not model.tied_parameter_names()
+    model.remove_head("lm")
     with pytest.raises(HeadConfigError, match=r"Python identifier"):
         model.add_head("my head", head_config("classification", labels=["a", "b"]))
     model.add_head("x", head_config("classification", labels=["a", "b"]))
@@ -200,3 +205,53 @@ def test_a_loaded_model_is_in_eval_mode_and_casts_its_heads_to_dtype(tiny_text_m
         assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
         out = loaded(**batch)
         assert out.outputs["s"].dtype == torch.bfloat16 and out.outputs["t"].shape[:2] == batch["input_ids"].shape
+
+
+# ----------------------------------------------------------------------------- pooling: one default, auto
+
+
+def test_auto_pooling_follows_the_checkpoint_then_the_family(tiny_text_model, tmp_path):
+    """One default everywhere (library, CLI, task files): a sentence-transformers checkpoint's own
+    pooling, else the family's: [CLS] on BERT-style encoders, the last token on decoders, global
+    average on CNN maps, the mean on speech; heads.json records what it resolved to."""
+    import shutil
+
+    import headkit
+    from headkit.data.tasks import TaskSpec
+    from headkit.training.config import TrainConfig
+
+    from conftest import save_decoder
+
+    assert TaskSpec("a", "d").pooling == TrainConfig().pooling == head_config("classification").pooling == "auto"
+    heads = {"c": head_config("classification", labels=["a", "b"]), "r": head_config("reward")}
+    cases = {
+        tiny_text_model: "cls",
+        save_decoder(tmp_path / "llama", "llama"): "last",
+    }
+    st = tmp_path / "sentence-transformer"
+    shutil.copytree(tiny_text_model, st)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (st / "modules.json").write_text(json.dumps(modules))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}')
+    cases[st] = "mean"
+    for path, expected in cases.items():
+        model = MultiHeadModel.from_pretrained(path, heads)
+        assert {n: h.config.pooling for n, h in model.heads.items()} == {"c": expected, "r": expected}, path
+        headkit.save_heads(model, tmp_path / "heads")
+        saved = headkit.load_heads(tmp_path / "heads", model.backbone)
+        assert saved.heads["c"].config.pooling == expected
+    assert heads["c"].pooling == "auto"  # the caller's config is not changed by add_head
+    resnet = transformers.ResNetModel(
+        transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    )
+    assert MultiHeadModel(resnet, {"c": heads["c"]}).heads["c"].config.pooling == "mean"
+    speech = MultiHeadModel(transformers.Wav2Vec2Model(tiny_config("wav2vec2")), {"c": heads["c"]})
+    assert speech.heads["c"].config.pooling == "mean"
+    with pytest.raises(HeadConfigError, match="pooling 'auto' is resolved when the head joins a backbone"):
+        headkit.build_head(head_config("classification", labels=["a", "b"], input_size=4))(
+            torch.zeros(1, 2, 4), torch.ones(1, 2)
+        )

@@ -122,6 +122,37 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
     return ModelSource(path=path)
 
 
+# sentence-transformers' Pooling config flags -> headkit's pooling methods (the modes with no exact
+# counterpart, mean_sqrt_len and weightedmean, leave the choice to the family's convention)
+SENTENCE_TRANSFORMERS_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+def declared_pooling(directory: str | os.PathLike) -> str | None:
+    """The pooling a checkpoint says its sentence embeddings use: a sentence-transformers model's
+    (modules.json -> its Pooling module's config.json), or, for the backbone/ of a headkit save,
+    the one that save recorded; None when it declares none (or several at once)."""
+    directory = Path(directory)
+    if (directory.parent / "heads.json").is_file() and directory.name == "backbone":
+        try:
+            saved = json.loads((directory.parent / "heads.json").read_text(encoding="utf-8"))
+            return saved["backbone"].get("pooling")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+        module = next(m for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        flags = json.loads((directory / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        return None
+    on = [key for key, value in flags.items() if key.startswith("pooling_mode") and value]
+    return SENTENCE_TRANSFORMERS_POOLING.get(on[0]) if len(on) == 1 else None
+
+
 def _check_remote_code(source: ModelSource, trust_remote_code: bool) -> None:
     config_file = source.path / "config.json"
     if trust_remote_code or source.gguf_file or not config_file.is_file():
@@ -398,7 +429,12 @@ def load_backbone(
         kwargs["dtype"] = dtype
     path = dequantised(source) if source.gguf_file else source.path
     try:
-        backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
+        # Weights the checkpoint lacks (BERT's pooler under a masked-LM checkpoint) are initialised
+        # from a fixed seed, so every load of a checkpoint is the same backbone: head-only saves
+        # fit it again (their fingerprint covers the weights), and 'pooler' pooling reads one pooler.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
     adapter = source.path.parent / "adapter"
@@ -410,20 +446,38 @@ def load_backbone(
 
 
 def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
-    """The tokenizer (text) or image processor (vision) that belongs to a checkpoint."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    """The tokenizer (text), image processor (vision) or feature extractor (speech) that belongs
+    to a checkpoint: the one for the input its model reads (a speech CTC checkpoint also ships a
+    tokenizer for its labels, but its backbone reads audio)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
     source = resolve_model(name)
     path = dequantised(source) if source.gguf_file else source.path
+    autos = [AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor]
+    if _main_input(source, trust_remote_code) == "input_values":
+        autos = [AutoFeatureExtractor, AutoTokenizer]
     errors = []
-    for auto in (AutoTokenizer, AutoImageProcessor):
+    for auto in autos:
         try:
             processor = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            errors.append(f"{auto.__name__}: {e}")
+            errors.append(f"{auto.__name__}: {str(e)[:160]}")
             continue
         return with_pad_token(processor) if auto is AutoTokenizer else processor
-    raise ModelNotFoundError(f"{source.path} has no tokenizer or image processor: " + "; ".join(errors))
+    raise ModelNotFoundError(
+        f"{source.path} has no tokenizer, image processor or feature extractor: " + "; ".join(errors)
+    )
+
+
+def _main_input(source: ModelSource, trust_remote_code: bool) -> str | None:
+    """The input the checkpoint's model reads (input_ids, pixel_values, input_values), from its
+    config alone; None when the config cannot tell."""
+    if source.gguf_file or not (source.path / "config.json").is_file():
+        return None
+    try:
+        return _model_class(load_config(source.path, trust_remote_code=trust_remote_code)).main_input_name
+    except (HeadkitError, OSError, ValueError, KeyError):
+        return None
 
 
 def with_pad_token(tokenizer: Any) -> Any:
@@ -453,11 +507,33 @@ def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
     return sorted(lines)
 
 
-def fingerprint(backbone: nn.Module) -> dict:
-    """Identify the backbone a set of heads was trained on: type, sizes and a structure hash.
+SAMPLES_PER_TENSOR = 64
 
-    The hash covers parameter names and shapes (not values), so a fine-tuned copy of the same
-    architecture matches, while a different model family or size does not.
+
+def weights_sample_digest(backbone: nn.Module) -> str:
+    """A digest of the backbone's weights themselves, cheap enough for a 7B model: 64 evenly
+    strided values of every floating tensor of its state (buffers such as BatchNorm statistics
+    and LoRA adapters included), rounded to bf16 so that the same weights loaded in fp32 or bf16
+    give the same digest. Training moves almost every weight by far more than bf16's rounding,
+    so a fine-tuned, partially tuned, LoRA-adapted or few-shot-tuned backbone gets another digest."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR]
+        h.update(name.encode())
+        h.update(sample.to(device="cpu", dtype=torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(backbone: nn.Module) -> dict:
+    """Identify the backbone a set of heads was trained on: type, sizes, a structure hash and a
+    digest of sampled weights.
+
+    The structure hash covers parameter names and shapes, so a different model family or size
+    is told apart from a changed copy of the same architecture; the weights digest tells a
+    changed copy (full, partial, LoRA, few-shot training) from the checkpoint it started from.
     """
     config = backbone.config
     digest = hashlib.sha256("\n".join(_backbone_names_and_shapes(backbone)).encode()).hexdigest()
@@ -466,4 +542,5 @@ def fingerprint(backbone: nn.Module) -> dict:
         "hidden_size": _width_or_none(backbone),
         "vocab_size": getattr(config, "vocab_size", None),
         "structure_sha256": digest,
+        "weights_sample_sha256": weights_sample_digest(backbone),
     }

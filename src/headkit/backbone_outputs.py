@@ -11,8 +11,6 @@ and `last` pooling (which read one chosen position) are refused there.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor, nn
 
@@ -85,20 +83,51 @@ def check_map_pooling(backbone: nn.Module, head: str, pooling: str) -> None:
     )
 
 
-def numbers_positions_from_the_left(backbone: nn.Module) -> bool:
-    """True for decoder LLMs (GPT-2, Llama, ...), which number positions from the tensor's first
-    column: a left-padded text would start at position k instead of 0 unless given position ids.
-    (Encoders such as RoBERTa derive their own from the padding and must not be given any.)"""
+def left_padding(attention_mask: Tensor) -> Tensor:
+    """(B,) how many pad positions open each row: 0 for a right-padded row, k for a left-padded one."""
+    return (attention_mask.long().cumsum(-1) == 0).sum(dim=-1)
+
+
+def roll_rows(values: Tensor, shift: Tensor) -> Tensor:
+    """Each row of a (B, T, ...) tensor rotated left by its own `shift` (negative: right), so a
+    left-padded row's tokens come first and its pads last; `shift` 0 leaves a row as it is.
+    Branch-free (one gather), so a traced or exported graph handles both padding sides."""
+    t = values.shape[1]
+    index = torch.arange(t, device=values.device) + shift.to(values.device).unsqueeze(1)  # (B, T), in (-T, 2T)
+    # wrapped into [0, T) without `%`, which the ONNX exporter cannot take on a symbolic length
+    index = torch.where(index >= t, index - t, torch.where(index < 0, index + t, index))
+    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
+    return values.gather(1, index)
+
+
+def is_decoder(backbone: nn.Module) -> bool:
+    """A causal (left-to-right) language model: GPT-2, Llama, Mistral, Gemma, Qwen, ... (BERT-style
+    encoders also have a causal-LM class, and encoder-decoders read with a bidirectional encoder)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    model_type = backbone.config.model_type
-    decoder = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    return decoder and "position_ids" in inspect.signature(_unwrapped(backbone).forward).parameters
+    config = backbone.config
+    model_type = config.model_type
+    causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return causal and not getattr(config, "is_encoder_decoder", False)
 
 
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids that start at each row's first real token (left padding) and count real tokens."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(torch.long)
+def family_pooling(backbone: nn.Module) -> str:
+    """The pooling a pooled head uses on this backbone unless told otherwise (`auto`), by the
+    family's own convention: a decoder's last real token (the only one that has read the whole
+    text), global average pooling of a CNN's feature map, the mean over a speech encoder's frames
+    (as Wav2Vec2ForSequenceClassification), the mean over an encoder-decoder's encoder states (as
+    sentence-T5), and elsewhere the first token ([CLS] / <s>), which BERT-style and ViT
+    classifiers read. A sentence-transformers checkpoint's own pooling wins over all of these
+    (`backbone.declared_pooling`)."""
+    if is_feature_map(backbone):
+        return "mean"
+    if is_decoder(backbone):
+        return "last"
+    if getattr(_unwrapped(backbone), "main_input_name", "") == "input_values":
+        return "mean"
+    if getattr(backbone.config, "is_encoder_decoder", False):
+        return "mean"
+    return "cls"

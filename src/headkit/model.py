@@ -15,6 +15,7 @@ backbone's `hidden_states` (0 = the embeddings); pooled features are keyed `feat
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -27,14 +28,15 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from headkit.backbone import load_backbone
+from headkit.backbone import declared_pooling, load_backbone
 from headkit.backbone_outputs import (
     as_sequence,
     check_map_pooling,
+    family_pooling,
     hidden_size,
     is_feature_map,
-    numbers_positions_from_the_left,
-    positions_from_mask,
+    left_padding,
+    roll_rows,
 )
 from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
@@ -117,7 +119,9 @@ class MultiHeadModel(nn.Module):
         super().__init__()
         hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
         self.backbone = backbone
-        self.needs_position_ids = numbers_positions_from_the_left(backbone)  # decoders: left padding
+        # what `auto` pooling means here: the checkpoint's own sentence pooling, else its family's
+        source = getattr(backbone.config, "name_or_path", "") or ""
+        self.default_pooling = (declared_pooling(source) if source else None) or family_pooling(backbone)
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
         self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
@@ -227,11 +231,16 @@ class MultiHeadModel(nn.Module):
         return {name: head.config for name, head in self.heads.items()}
 
     def add_head(self, name: str, config: HeadConfig) -> Head:
-        """Attach a new head, checking that it fits this backbone (sizes, vocabulary)."""
+        """Attach a new head, checking that it fits this backbone (sizes, vocabulary). The head
+        keeps a copy of `config` with what the backbone decides filled in (input size, `auto`
+        pooling, vocabulary): the caller's object is left as it was."""
         if not HEAD_NAME.match(name):
             raise HeadConfigError(f"head name '{name}' must be a Python identifier (letters, digits, _)")
         if name in self.heads:
             raise HeadConfigError(f"a head named '{name}' already exists; remove_head('{name}') first")
+        config = copy.deepcopy(config)
+        if config.pooling == "auto":
+            config.pooling = self.default_pooling
         if config.input_size is None:
             config.input_size = self.hidden_size
         elif config.input_size != self.hidden_size:
@@ -350,8 +359,16 @@ class MultiHeadModel(nn.Module):
 
         Layers below the last are taken from `output_hidden_states`, asked for only when needed."""
         below = sorted(layer for layer in layers if layer != LAST_LAYER)
-        if self.needs_position_ids and "attention_mask" in inputs and "position_ids" not in inputs:
-            inputs = {**inputs, "position_ids": positions_from_mask(inputs["attention_mask"])}  # left padding
+        for key in ("pixel_values", "input_values"):  # pixels and audio in the backbone's dtype (bf16 ...)
+            if key in inputs and inputs[key].is_floating_point():
+                inputs = {**inputs, key: inputs[key].to(self.dtype)}
+        # The backbone always reads right-padded rows: a left-padded text (Llama, Gemma and Qwen
+        # tokenizers pad left) would otherwise start at position k, not 0, wherever positions are
+        # absolute (GPT-2, Llama, BERT, BART ...). Its states are rolled back to the caller's layout.
+        given_mask, shift = inputs.get("attention_mask"), self._left_padding(inputs)
+        if shift is not None:
+            t = inputs["attention_mask"].shape[1]
+            inputs = {k: roll_rows(v, shift) if _is_per_token(v, t) else v for k, v in inputs.items()}
         # an encoder-decoder checkpoint (T5, BART): heads read its encoder; a seq2seq head drives its decoder
         network = self.backbone.get_encoder() if self.is_encoder_decoder else self.backbone
         out = network(**inputs, output_hidden_states=True) if below else network(**inputs)
@@ -363,7 +380,20 @@ class MultiHeadModel(nn.Module):
             )
         hidden = {LAST_LAYER: as_sequence(last)}  # a CNN's feature map becomes H*W positions
         hidden.update({layer: as_sequence(out.hidden_states[layer]) for layer in below})
-        return hidden, self.hidden_mask(hidden[LAST_LAYER], inputs.get("attention_mask"))
+        if shift is not None:
+            hidden = {layer: roll_rows(h, -shift) for layer, h in hidden.items()}
+        return hidden, self.hidden_mask(hidden[LAST_LAYER], given_mask)
+
+    @staticmethod
+    def _left_padding(inputs: Mapping[str, Tensor]) -> Tensor | None:
+        """Per row, the pads that open it, for token inputs with a 2-D attention mask (None otherwise:
+        images, audio, packed sequences without a mask). Computed for every batch, not only
+        left-padded ones, so that an exported graph serves both padding sides."""
+        mask = inputs.get("attention_mask")
+        tokens = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        if mask is None or tokens is None or mask.dim() != 2 or tokens.shape[1] != mask.shape[1]:
+            return None
+        return left_padding(mask)
 
     def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Run the backbone once: the last hidden state (B, T, H) and its mask (B, T)."""
@@ -454,14 +484,21 @@ class MultiHeadModel(nn.Module):
         return {n for n, p in self.heads.named_parameters(remove_duplicate=False) if id(p) in backbone_ids}
 
 
+def _is_per_token(value: Any, length: int) -> bool:
+    """A (B, T, ...) tensor over the token positions (ids, mask, token types, position ids, embeddings)."""
+    return isinstance(value, Tensor) and value.dim() >= 2 and value.shape[1] == length
+
+
 # ----------------------------------------------------------------------------- loading saves (ship/save.py writes them)
 
 
-def load_heads(directory: str | os.PathLike, backbone: nn.Module) -> MultiHeadModel:
-    """Attach the heads saved in `directory` to `backbone`, after checking they fit it."""
+def load_heads(directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> MultiHeadModel:
+    """Attach the heads saved in `directory` to `backbone`, after checking they fit it: the same
+    architecture, and the same weights as the backbone they were trained with (`allow_other_weights`:
+    load them onto other weights anyway, with a warning)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    check_fingerprint(manifest["backbone"], backbone)
+    check_fingerprint(manifest["backbone"], backbone, allow_other_weights)
     state = read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
     model = MultiHeadModel(backbone, _configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
     expected = set(head_state(model))

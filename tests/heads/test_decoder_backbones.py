@@ -114,3 +114,34 @@ def test_lora_with_a_classifier_and_the_lm_head_survives_save_reload_and_merge(t
             got = reloaded(**batch).outputs
         for name in heads:
             assert torch.allclose(got[name], expected[name], atol=1e-4), name
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_every_head_predicts_a_text_in_a_padded_batch_as_it_does_alone(decoder, tiny_text_model, side):
+    """Llama, Gemma and Qwen tokenizers pad on the left: per-token heads (tags, spans, LM) must
+    decode each text's own tokens, and every backbone (BERT's absolute positions too) must read a
+    left-padded text as the same text."""
+    from headkit.ship.predict import predict_texts
+
+    heads = {
+        "tags": head_config("token-classification", labels=["O", "B-X", "I-X"]),
+        "span": head_config("span"),
+        "first": head_config("classification", labels=["a", "b"], pooling="cls"),
+        "mean": head_config("regression", labels=["y"], pooling="mean"),
+    }
+    texts = ["good film", "the plot was very dull and the acting boring", "superb", "alice met bob in paris"]
+    for path, lm in ((decoder, "causal-lm"), (tiny_text_model, "masked-lm")):
+        model = MultiHeadModel.from_pretrained(path, {**heads, "lm": head_config(lm)})
+        torch.manual_seed(0)
+        for p in model.heads.parameters():  # decisive weights, so that any difference shows
+            torch.nn.init.normal_(p, std=0.5)
+        tokenizer = load_processor(path)
+        tokenizer.padding_side = side
+        batched = predict_texts(model, tokenizer, texts)
+        for text, together in zip(texts, batched, strict=True):
+            alone = predict_texts(model, tokenizer, [text])[0]
+            assert together["tags"] == alone["tags"] and together["lm"] == alone["lm"], text
+            span = together["span"]["start"], together["span"]["end"]
+            assert span == (alone["span"]["start"], alone["span"]["end"]), text
+            assert together["first"]["probs"]["a"] == pytest.approx(alone["first"]["probs"]["a"], abs=1e-5), text
+            assert together["mean"]["y"] == pytest.approx(alone["mean"]["y"], abs=1e-4), text

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from headkit import HeadConfigError, UnknownHeadTypeError, build_head, head_config
-from headkit.heads import IGNORE_INDEX, REGISTRY, config_from_dict
+from headkit.heads import IGNORE_INDEX, REGISTRY, config_from_dict, head_class
 from headkit.heads.box import iou_and_giou
 from headkit.heads.pooling import pool
 from headkit.heads.span import overlap_f1
@@ -55,6 +55,8 @@ def rows(head) -> int:
 
 def make(head_type: str):
     fields = {"input_size": H}
+    if not head_class(head_type).per_token:  # a head on its own names its pooling (auto needs a backbone)
+        fields["pooling"] = "cls"
     if head_type in ("classification", "multilabel", "token-classification", "ctc"):
         fields["labels"] = ["O", "B-X", "I-X"] if head_type == "token-classification" else ["a", "b", "c"]
     if head_type == "regression":

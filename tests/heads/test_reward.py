@@ -76,7 +76,8 @@ def test_a_reward_head_learns_the_preference_and_reloads_to_identical_scores(lla
 
     result = train(reward_run(llama, pairs_csv, tmp_path / "run"))
     assert result.evaluation.scores["reward"]["pair_accuracy"] == 1.0
-    texts = ["the film was very good", "the film was very boring"]
+    # a decoder's reward head reads the last token (auto pooling): score texts shaped like the training pairs
+    texts = ["the film was very good and a good story", "the film was very boring and a boring story"]
     first = predict_texts(result.model.eval(), load_for_inference(tmp_path / "run")[1], texts)
     model, tokenizer = load_for_inference(tmp_path / "run")
     again = predict_texts(model, tokenizer, texts)
@@ -151,3 +152,32 @@ def test_the_cli_trains_and_evaluates_a_reward_head(llama, pairs_csv, tmp_path, 
     capsys.readouterr()
     assert main(["evaluate", run, "--data", str(pairs_csv), "--text_column", "prompt"]) == 0
     assert "pair_accuracy" in capsys.readouterr().out
+
+
+def test_a_reward_head_scores_in_serving_exactly_what_it_scored_in_training(tiny_text_model, pairs_csv, tmp_path):
+    """Training and prediction encode one text, prompt and response joined (as TRL's RewardTrainer
+    joins them): a BERT tokenizer's pair template ([SEP], token types) in training only would make
+    the served scores differ. A long prompt loses its start, never the words next to the response."""
+    from headkit.data.batching import collate, model_inputs
+    from headkit.data.pairs import join_pair
+    from headkit.data.tasks import prepare
+    from headkit.ship.predict import load_for_inference, predict_texts
+
+    result = train(reward_run(tiny_text_model, pairs_csv, tmp_path / "run", epochs=1, max_length=24))
+    model, tokenizer = load_for_inference(tmp_path / "run")
+    rows = preference_rows(32)
+    texts = [join_pair(r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
+    assert texts[0] == "the film was " + rows[0]["chosen"]
+    served = [p["reward"]["score"] for p in predict_texts(model, tokenizer, texts)]
+    pairs = [p["reward"]["score"] for p in predict_texts(model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows])]
+    assert pairs == pytest.approx(served[::2], abs=1e-6)  # (prompt, response) tuples are joined the same way
+    data = prepare(reward_run(tiny_text_model, pairs_csv, tmp_path / "x").tasks, tokenizer, 24, val_fraction=0.0)
+    batch = collate([data.train[i] for i in range(len(rows))], tokenizer.pad_token_id, data.head_types, data.widths)
+    with torch.no_grad():  # what training scores: the chosen rows, then the rejected ones
+        scored = result.model.eval()(**model_inputs(batch)).outputs["reward"].tolist()
+    chosen, rejected = scored[: len(rows)], scored[len(rows) :]
+    assert chosen == pytest.approx(served[::2], abs=1e-5) and rejected == pytest.approx(served[1::2], abs=1e-5)
+    long_prompt = " ".join(["the film was"] * 20)
+    ids = predict_texts(model, tokenizer, [(long_prompt, "very good")])
+    cut = tokenizer(join_pair(long_prompt, "very good"), truncation=True, max_length=24)["input_ids"]
+    assert tokenizer.decode(cut, skip_special_tokens=True).endswith("the film was very good") and ids[0]["truncated"]

@@ -140,6 +140,41 @@ def test_fingerprint_mismatch_shows_both_backbones(tmp_path):
     assert "structure_sha256" in message
 
 
+def test_heads_of_a_changed_backbone_are_refused_on_the_pretrained_one(tmp_path, caplog):
+    """Heads trained with full, partial, LoRA or few-shot sit on a changed backbone: loaded onto
+    the pretrained checkpoint (same names and shapes) they would predict garbage without a word."""
+    model = make_model()
+    pretrained = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with torch.no_grad():  # what training does to a backbone: every weight moves a little
+        for p in model.backbone.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    headkit.save_heads(model, tmp_path)
+    original = transformers.BertModel(tiny_config("bert"))
+    original.load_state_dict(pretrained)
+    with pytest.raises(FingerprintMismatchError, match="trained on a backbone with other weights"):
+        headkit.load_heads(tmp_path, original)
+    with caplog.at_level("WARNING", logger="headkit"):
+        forced = headkit.load_heads(tmp_path, original, allow_other_weights=True)
+    assert forced.heads.keys() == model.heads.keys() and "loading them anyway" in caplog.text
+    assert headkit.load_heads(tmp_path, model.backbone.to(torch.bfloat16)).heads.keys() == model.heads.keys()
+
+
+def test_weights_a_checkpoint_lacks_are_the_same_at_every_load(tmp_path):
+    """BERT's pooler is not in a masked-LM checkpoint: it is initialised at load, from a fixed seed,
+    so heads saved on one load (pooling: pooler) fit and predict the same on the next."""
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(tiny_config("bert")).save_pretrained(tmp_path / "mlm")
+    torch.manual_seed(123)
+    first = headkit.MultiHeadModel.from_pretrained(
+        tmp_path / "mlm", {"s": head_config("classification", labels=["a", "b"], pooling="pooler")}
+    )
+    headkit.save_heads(first, tmp_path / "heads")
+    torch.manual_seed(456)
+    again = headkit.load_heads(tmp_path / "heads", headkit.load_backbone(tmp_path / "mlm"))
+    for name, tensor in outputs(first).items():
+        assert torch.equal(tensor, outputs(again)[name]), name
+
+
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")

@@ -251,3 +251,26 @@ def test_generate_uses_a_lora_pretrained_adapter(tiny_gpt2, corpus, tmp_path):
     assert torch.equal(model.transformer.state_dict()[key], adapted.state_dict()[key])
     assert not torch.equal(adapted.state_dict()[key], base.state_dict()[key])
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_continued_pretraining_keeps_the_checkpoints_own_untied_lm_head(tied, corpus, tmp_path):
+    """Llama-3, Mistral, Qwen2-7B and Pythia keep a separate lm_head: at a learning rate of ~0 a
+    pretraining run must end with the checkpoint's own logits (its lm_head was once copied over the
+    input embeddings, and the reloaded run generated through a random lm_head)."""
+    path = tmp_path / "llama"
+    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
+    config = tiny_config("llama")
+    config.vocab_size, config.tie_word_embeddings = len(VOCAB), tied
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(config).eval()
+    reference.save_pretrained(path)
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(model=str(path), objective="clm", corpus=[corpus], output_dir=str(run), epochs=1,
+                            batch_size=8, lr=1e-12, backbone_lr=1e-12, max_length=16, progress=False))  # fmt: skip
+    loaded = headkit.load(run / "model")
+    assert (loaded.heads["lm"].decoder.weight is loaded.backbone.get_input_embeddings().weight) == tied
+    ids = torch.tensor([[5, 9, 12, 7, 20, 6]])
+    with torch.no_grad():
+        ours, theirs = loaded(input_ids=ids).outputs["lm"], reference(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), float((ours - theirs).abs().max())

@@ -1,7 +1,13 @@
 """Preference pairs: a prompt and two responses to it, the one people chose and the one they
-rejected (TRL's `prompt`, `chosen`, `rejected` columns). Each response is encoded after its
-prompt as one sequence; when the two together exceed `max_length`, the prompt is cut (the
-responses are what is compared). Heads whose `inputs` is "pairs" (reward heads) train on them.
+rejected (TRL's `prompt`, `chosen`, `rejected` columns). Heads whose `inputs` is "pairs"
+(reward heads) train on them.
+
+A reward head scores one text: the prompt and a response joined (`join_pair`, as TRL's
+RewardTrainer joins them, with a space where neither side has one), encoded exactly as
+`headkit predict` and the server encode the text a user sends, so a served score is the score
+training saw. A text longer than `max_length` loses tokens from its start (the tokenizer of a
+reward run truncates on the left, and is saved so), so the end of the prompt, next to the
+response, is what stays.
 """
 
 from __future__ import annotations
@@ -40,14 +46,25 @@ def tokenize_pairs(
         if good.strip() == bad.strip():
             raise DataError(f"{where}: '{chosen_column}' and '{rejected_column}' are the same text; a pair must differ")
 
-    def encode(responses: list[str]) -> list[list[int]]:
-        enc = tokenizer(prompts, responses, truncation="only_first", max_length=max_length)
-        return enc["input_ids"]
+    tokenizer.truncation_side = "left"  # keep the response; saved with the run's tokenizer for predict
 
-    try:
-        return encode(chosen), encode(rejected)
-    except Exception as e:  # a response alone longer than max_length cannot be cut from the prompt
-        raise DataError(
-            f"{source}: a response does not fit in max_length {max_length} even without its prompt ({e}); "
-            "raise --max_length"
-        ) from e
+    def encode(responses: list[str]) -> list[list[int]]:
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        lengths = [len(ids) + specials for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+        too_long = next((i for i, n in enumerate(lengths) if n > max_length), None)
+        if too_long is not None:
+            raise DataError(
+                f"{source}, row {too_long + 1}: a response of {lengths[too_long]} tokens does not fit in max_length "
+                f"{max_length} even without its prompt; raise --max_length"
+            )
+        joined = [join_pair(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return tokenizer(joined, truncation=True, max_length=max_length)["input_ids"]
+
+    return encode(chosen), encode(rejected)
+
+
+def join_pair(prompt: str, response: str) -> str:
+    """The one text a reward head scores: the prompt, then the response (a space between them
+    unless one of them already has whitespace at the join)."""
+    seam = "" if not prompt or not response or prompt[-1].isspace() or response[0].isspace() else " "
+    return prompt + seam + response

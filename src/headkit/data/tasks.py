@@ -35,7 +35,10 @@ class TaskSpec:
         label: the column holding this head's labels (regression: comma-separated columns).
         text: the column holding the input text (token files: ignored).
         type: head type: classification, multilabel, regression, token-classification.
-        pooling: cls, mean, max, last or pooler (the backbone's own pooling layer; pooled heads).
+        pooling: auto (the checkpoint's own sentence pooling, else its family's convention: [CLS]
+            for BERT-style encoders and ViT, the last token for decoders, the mean for CNNs,
+            speech and encoder-decoders), cls, mean, max, last or pooler (the backbone's own
+            pooling layer); pooled heads only.
         loss_weight: this head's weight in the total loss.
         dropout: dropout before the head's layers (default: the head type's own, e.g. 0.1).
         limit: use at most this many rows of the source (a seeded random sample).
@@ -49,7 +52,7 @@ class TaskSpec:
     label: str = "label"
     text: str = "text"
     type: str = DEFAULT_HEAD_TYPE
-    pooling: str = "mean"
+    pooling: str = "auto"
     loss_weight: float = 1.0
     dropout: float | None = None
     limit: int | None = None
@@ -61,7 +64,7 @@ def parse_task(
     spec: str,
     data: str | None,
     text: str = "text",
-    pooling: str = "mean",
+    pooling: str = "auto",
     layer: int = -1,
     eval_data: str | None = None,
 ) -> TaskSpec:

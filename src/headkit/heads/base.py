@@ -45,7 +45,7 @@ class HeadConfig:
     type: str
     input_size: int | None = None  # filled from the backbone's hidden size when None
     labels: list[str] = field(default_factory=list)
-    pooling: str = "cls"
+    pooling: str = "auto"  # resolved from the backbone when the head joins it (heads/pooling.py)
     dropout: float = 0.1
     loss_weight: float = 1.0
     layer: int = -1  # the hidden state read: -1 the last; 0 the embeddings, k the k-th layer (negative: from the top)
@@ -355,6 +355,13 @@ def report_dict(report: dict[str, Any]) -> dict[str, dict[str, float]]:
         for name, row in report.items()
         if isinstance(row, dict)
     }
+
+
+def real_positions(values: Tensor, mask: Tensor) -> list[list[Any]]:
+    """Each row's values at its real (mask 1) positions, in order, whichever side the batch was
+    padded on: per-token predictions and labels line up with the text's own tokens."""
+    keep = mask.bool().cpu()
+    return [row[m].tolist() for row, m in zip(values.cpu(), keep, strict=True)]
 
 
 def zero_loss(output: Tensor) -> Tensor:

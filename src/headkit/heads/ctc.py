@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein
 from torch import Tensor
 
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, dropout_linear, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, dropout_linear, real_positions, zero_loss
 
 
 @dataclass
@@ -72,8 +72,8 @@ class CTCHead(HeadBase):
     def decode(self, output: Tensor, mask: Tensor) -> list[str]:
         """Greedy CTC decoding: best symbol per frame, repeats merged, blanks dropped."""
         texts = []
-        for row, n in zip(output.argmax(-1).tolist(), mask.sum(dim=1).tolist(), strict=True):
-            merged = [s for i, s in enumerate(row[: int(n)]) if i == 0 or s != row[i - 1]]
+        for row in real_positions(output.argmax(-1), mask):
+            merged = [s for i, s in enumerate(row) if i == 0 or s != row[i - 1]]
             texts.append(self._text([s for s in merged if s != self.config.blank_id]))
         return texts
 

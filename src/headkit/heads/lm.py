@@ -1,8 +1,12 @@
 """Language-modelling heads: masked-LM (BERT-style) and causal-LM (GPT/Llama-style).
 
 Both map every hidden vector to vocabulary logits. With `tie_embeddings` the decoder shares its
-weight with the backbone's input embeddings (as in BERT, GPT-2 and SmolLM2), which saves
-vocab_size x hidden parameters; `MultiHeadModel` does the tying because only it sees both.
+weight with the backbone's input embeddings (as in BERT, GPT-2, Gemma and SmolLM2), which saves
+vocab_size x hidden parameters; left unset it follows the checkpoint's own `tie_word_embeddings`,
+so an untied checkpoint (Llama-3, Mistral, Qwen2-7B, Pythia: a separate `lm_head`) keeps a
+decoder of its own, and a head whose decoder is not the embeddings' shape (ELECTRA's generator
+projects to a narrower embedding) is untied. `MultiHeadModel` does the tying because only it
+sees both.
 Labels are (B, T) token ids with -100 where no prediction is wanted; the causal head shifts
 them itself, so labels = input_ids (padding set to -100) is correct.
 """
@@ -17,7 +21,7 @@ from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, perplexity, zero_loss
+from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, perplexity, real_positions, zero_loss
 
 MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__init__.py registers them)
 
@@ -28,12 +32,14 @@ class LMConfig(HeadConfig):
     pooling: str = "none"
     dropout: float = 0.0
     vocab_size: int = 0
-    tie_embeddings: bool = True
-    layer_norm_eps: float = 1e-12
+    tie_embeddings: bool | None = None  # None: as the checkpoint ties (resolved when the head is attached)
+    layer_norm_eps: float | None = None  # None: the backbone's (BERT 1e-12, RoBERTa 1e-5, DeBERTa 1e-7)
 
     def fit_backbone(self, backbone_config: Any) -> None:
         if self.vocab_size == 0:  # 0: the backbone's own vocabulary
             self.vocab_size = int(backbone_config.vocab_size)
+        if self.layer_norm_eps is None:
+            self.layer_norm_eps = float(getattr(backbone_config, "layer_norm_eps", None) or 1e-12)
 
 
 class LMHead(HeadBase):
@@ -54,7 +60,7 @@ class LMHead(HeadBase):
         self.transform = (
             nn.Identity()
             if self.causal
-            else nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
+            else nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps or 1e-12))
         )
         self.decoder = nn.Linear(h, config.vocab_size, bias=not self.causal)
 
@@ -71,8 +77,13 @@ class LMHead(HeadBase):
         self.decoder.weight = weight
 
     def attach(self, backbone: nn.Module) -> None:
+        embeddings = backbone.get_input_embeddings()
+        if self.config.tie_embeddings is None:  # as the checkpoint does, where the shapes allow it
+            weight = getattr(embeddings, "weight", None)
+            fits = weight is not None and tuple(weight.shape) == tuple(self.decoder.weight.shape)
+            self.config.tie_embeddings = bool(getattr(backbone.config, "tie_word_embeddings", True)) and fits
         if self.config.tie_embeddings:
-            self.tie_to(backbone.get_input_embeddings())
+            self.tie_to(embeddings)
 
     def export_config(self, config: Any) -> None:
         config.tie_word_embeddings = bool(self.config.tie_embeddings)
@@ -97,14 +108,14 @@ class LMHead(HeadBase):
         return loss, n
 
     def decode(self, output: Tensor, mask: Tensor) -> list[list[int]]:
-        ids = output.argmax(-1)
-        return [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(dim=1).tolist(), strict=True)]
+        return real_positions(output.argmax(-1), mask)
 
     def references(self, labels: Tensor, mask: Tensor) -> list[list[int | None] | None]:
+        if self.causal:  # position t is scored against token t + 1
+            labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         refs: list[list[int | None] | None] = []
-        for row, n in zip(labels.tolist(), mask.sum(dim=1).tolist(), strict=True):
-            shifted = [*row[1:], IGNORE_INDEX] if self.causal else row
-            ids = [None if y == IGNORE_INDEX else y for y in shifted[: int(n)]]
+        for row in real_positions(labels, mask):
+            ids = [None if y == IGNORE_INDEX else y for y in row]
             refs.append(None if all(y is None for y in ids) else ids)
         return refs
 

@@ -2,9 +2,13 @@
 
 Every method respects the attention mask, so padding never leaks into the pooled vector, and
 `last` finds the last real token for both right- and left-padded batches (decoder models).
+`cls` reads each text's first real token (its [CLS] / <s>), also when the batch is left-padded.
 `pooler` is the backbone's own pooling layer (BERT: tanh(dense(h_[CLS]))), which is what
 `BertForSequenceClassification` classifies; it lives in the backbone, so `MultiHeadModel.pool`
 computes it, and heads that use it export exactly to a plain transformers model.
+`auto` (every pooled head's default) is resolved when a head joins a backbone
+(`MultiHeadModel.add_head`, from `backbone_outputs.family_pooling` or the checkpoint's own
+sentence-transformers pooling) and the resolved method is what heads.json records.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from torch import Tensor
 
 from headkit.errors import HeadConfigError
 
-Pooling = Literal["mean", "cls", "max", "last", "pooler"]
+Pooling = Literal["auto", "mean", "cls", "max", "last", "pooler"]
 POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
 
 
 def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
     """Pool hidden states over the sequence dimension with the named method."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
     if method == "cls":
-        return hidden[:, 0]
+        return hidden[rows, first_real_position(mask)]
     m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     if method == "mean":
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
@@ -33,12 +38,23 @@ def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
     if method == "last":
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)  # (B,)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[rows, last]
     if method == "pooler":
         raise HeadConfigError("'pooler' pooling runs the backbone's pooling layer: use MultiHeadModel.pool")
+    if method == "auto":
+        raise HeadConfigError(
+            "pooling 'auto' is resolved when the head joins a backbone (MultiHeadModel.add_head); "
+            f"to use a head on its own, name a method: {[m for m in POOLING_METHODS if m != 'auto']}"
+        )
     raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")
 
 
 def check_pooling(method: str) -> None:
     if method not in POOLING_METHODS:
         raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")
+
+
+def first_real_position(mask: Tensor) -> Tensor:
+    """(B,) index of each row's first real (mask 1) position: 0 when right-padded, k when a
+    left-padded row starts with k pads (and 0 for a row with no real position)."""
+    return mask.long().argmax(dim=1)

@@ -25,7 +25,8 @@ from headkit.heads.pooling import check_pooling, pool
 @dataclass
 class RewardConfig(HeadConfig):
     type: str = "reward"
-    pooling: str = "last"  # a decoder's summary of the whole sequence is its last real token
+    # auto: on a decoder the last real token, the one that has read the whole sequence (heads/pooling.py)
+    pooling: str = "auto"
     dropout: float = 0.0
 
 

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, zero_loss
+from headkit.heads.pooling import first_real_position
 
 
 @dataclass
@@ -73,11 +74,13 @@ class SpanHead(HeadBase):
         allowed = (idx[None, :] >= idx[:, None]) & (idx[None, :] - idx[:, None] < self.config.max_answer_tokens)
         scores = scores.masked_fill(~allowed, float("-inf"))
         best = scores.flatten(1).argmax(dim=1)
-        starts, ends = (best // t).tolist(), (best % t).tolist()
+        offset = first_real_position(mask)  # token positions count from each text's first token
+        starts, ends = (best // t - offset).tolist(), (best % t - offset).tolist()
         top = scores.flatten(1).max(dim=1).values.exp().tolist()
         return [{"start": s, "end": e, "score": p} for s, e, p in zip(starts, ends, top, strict=True)]
 
     def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
+        """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
         return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:

@@ -34,6 +34,7 @@ from headkit.heads.base import (
     label_index,
     label_order,
     label_values,
+    real_positions,
     report_dict,
     set_label_maps,
     weight_tensor,
@@ -207,15 +208,13 @@ class TokenClassificationHead(HeadBase):
 
     def decode(self, output: Tensor, mask: Tensor) -> list[list[str]]:
         names = self.config.labels
-        ids = output.argmax(-1).tolist()
-        lengths = mask.sum(dim=1).tolist()
-        return [[names[i] for i in row[: int(n)]] for row, n in zip(ids, lengths, strict=True)]
+        return [[names[i] for i in row] for row in real_positions(output.argmax(-1), mask)]
 
     def references(self, labels: Tensor, mask: Tensor) -> list[list[str | None] | None]:
         names = self.config.labels
         refs: list[list[str | None] | None] = []
-        for row, n in zip(labels.tolist(), mask.sum(dim=1).tolist(), strict=True):
-            tags = [None if y == IGNORE_INDEX else names[y] for y in row[: int(n)]]
+        for row in real_positions(labels, mask):
+            tags = [None if y == IGNORE_INDEX else names[y] for y in row]
             refs.append(None if all(t is None for t in tags) else tags)
         return refs
 

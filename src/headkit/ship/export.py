@@ -30,10 +30,10 @@ from headkit._fs import atomic_write_json, staged_dir
 from headkit.errors import ExportError, ModelNotFoundError
 from headkit.extras import require
 from headkit.heads import Head
-from headkit.model import MultiHeadModel, load_heads
+from headkit.model import MultiHeadModel, load
 from headkit.ship.onnx_engine import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
 from headkit.ship.predict import resolve_model_dir
-from headkit.ship.save import BACKBONE_DIR, MANIFEST, read_manifest, save
+from headkit.ship.save import BACKBONE_DIR, MANIFEST, save
 
 MAPPED_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.Conv2d)
 
@@ -47,12 +47,12 @@ class ExportResult:
 
 def load_merged(run: str | os.PathLike) -> tuple[MultiHeadModel, object, Path]:
     """The saved model with any LoRA adapter merged into the backbone (eval mode), its processor, its dir."""
-    from headkit.backbone import load_backbone, load_processor
+    from headkit.backbone import load_processor
 
     directory = resolve_model_dir(run)
-    read_manifest(directory)  # a damaged save fails before a backbone is loaded
-    # load_backbone merges a LoRA adapter saved beside backbone/; the heads' fingerprint ignores it
-    model = load_heads(directory, load_backbone(directory / BACKBONE_DIR)).eval()
+    model = load(directory)  # the heads are checked against the backbone (and adapter) they were saved with
+    if hasattr(model.backbone, "merge_and_unload"):  # a LoRA adapter becomes plain weights
+        model.backbone = model.backbone.merge_and_unload()
     try:
         processor = load_processor(directory / BACKBONE_DIR)
     except ModelNotFoundError:
@@ -143,8 +143,11 @@ def to_transformers_model(model: MultiHeadModel, head_name: str, processor) -> n
     config = _target_config(model, head)
     try:
         target = getattr(transformers, auto_name).from_config(config)
-    except ValueError as e:
-        raise ExportError(f"transformers has no {auto_name} for a '{config.model_type}' backbone ({e})") from e
+    except ValueError as e:  # its message lists every model type the class knows: too long to be read
+        raise ExportError(
+            f"transformers has no {auto_name} for a '{config.model_type}' backbone, so head '{head_name}' has no "
+            "plain transformers equivalent; export --to onnx, or keep the headkit save"
+        ) from e
     target.eval()
     prefix = target.base_model_prefix
     missing, unexpected = target.base_model.load_state_dict(model.backbone.state_dict(), strict=False)
@@ -292,7 +295,11 @@ def export_onnx(
     _check_output(output_dir, source, overwrite)
     inputs = probe_inputs(model, processor)
     names = list(inputs)
-    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if "input_values" in inputs:  # audio: samples (262 s at 16 kHz), not tokens
+        seq = torch.export.Dim("samples", min=1, max=2**22)
+    else:
+        seq = torch.export.Dim("sequence", min=1, max=8192)
     dynamic = {n: ({0: batch, 1: seq} if inputs[n].dim() == 2 else {0: batch}) for n in names}
     with staged_dir(output_dir) as staging:
         _export_graph(AllHeads(model, names).eval(), inputs, names, list(model.heads), dynamic, staging / ONNX_FILE)

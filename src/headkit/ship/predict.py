@@ -15,6 +15,7 @@ from headkit._fs import atomic_write_bytes
 from headkit.backbone import max_input_tokens
 from headkit.data.files import column_values
 from headkit.data.images import is_image_processor
+from headkit.data.pairs import join_pair
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.model import MultiHeadModel, load
@@ -85,7 +86,7 @@ def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, t
 def predict_texts(
     model: MultiHeadModel | OnnxModel,
     tokenizer,
-    texts: list[str],
+    texts: list[str] | list[tuple[str, str]],
     batch_size: int = 64,
     max_length: int | None = None,
     heads: list[str] | None = None,
@@ -94,9 +95,12 @@ def predict_texts(
     """Each text's predictions from every head (or the named ones), in input order; `progress`
     shows a bar over the batches.
 
-    Texts longer than the model reads are predicted on their first tokens and marked
-    `"truncated": true`, so a caller can see which predictions saw only part of the text.
+    Texts longer than the model reads are predicted on their first tokens (the last ones where
+    the tokenizer truncates on the left, as a reward model's does) and marked `"truncated": true`,
+    so a caller can see which predictions saw only part of the text. A (prompt, response) pair
+    is read as the one text a reward head scores (`join_pair`).
     """
+    texts = [join_pair(*t) if _is_pair(t) else t for t in texts]
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
@@ -126,6 +130,10 @@ def predict_texts(
             if i < len(encodings) and encodings[i].overflowing:
                 results[i]["truncated"] = True  # longer than the model reads: predicted on the start
     return results
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, tuple | list) and len(item) == 2 and all(isinstance(t, str) for t in item)
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from torch import nn
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
 from headkit.backbone import fingerprint
 from headkit.errors import CheckpointError, FingerprintMismatchError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "headkit.heads"
 FORMAT_VERSION = 1
@@ -57,7 +60,11 @@ def save_heads(model: Any, directory: str | os.PathLike) -> Path:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "backbone": {**fingerprint(model.backbone), "name_or_path": model.backbone.config.name_or_path},
+        "backbone": {
+            **fingerprint(model.backbone),
+            "name_or_path": model.backbone.config.name_or_path,
+            "pooling": model.default_pooling,  # what `auto` pooling resolves to for new heads on this backbone
+        },
         "weighting": model.weighting.method,
         "heads": {name: config.to_dict() for name, config in model.head_configs.items()},
         "max_length": model.max_length,  # the token limit it was trained with: predict/evaluate/serve's default
@@ -100,8 +107,12 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return manifest
 
 
-def check_fingerprint(saved: dict, backbone: nn.Module) -> None:
-    """Refuse a backbone whose structure differs from the one the heads were trained on."""
+def check_fingerprint(saved: dict, backbone: nn.Module, allow_other_weights: bool = False) -> None:
+    """Refuse a backbone whose structure differs from the one the heads were trained on, and one
+    of the same structure with other weights (the pretrained checkpoint under heads trained with
+    a tuned backbone, or another fine-tune of it): the heads would predict garbage without a word.
+    `allow_other_weights` loads them onto other weights anyway, with a warning (saves made before
+    the weights were fingerprinted are checked by structure only)."""
     current = fingerprint(backbone)
     keys = ("model_type", "hidden_size", "vocab_size", "structure_sha256")
     if any(saved.get(k) != current[k] for k in keys):
@@ -110,6 +121,19 @@ def check_fingerprint(saved: dict, backbone: nn.Module) -> None:
             f"these heads were trained on a different backbone ({saved.get('name_or_path')}):\n{rows}\n"
             "load them onto the backbone they were trained on, or train new heads for this one"
         )
+    recorded = saved.get("weights_sample_sha256")
+    if recorded is None or recorded == current["weights_sample_sha256"]:
+        return
+    why = (
+        f"these heads were trained on a backbone with other weights than this one (same architecture as "
+        f"{saved.get('name_or_path')}, but its weights were changed by training, or are another checkpoint's)"
+    )
+    if not allow_other_weights:
+        raise FingerprintMismatchError(
+            f"{why}: load the full save (headkit.load), which carries its backbone, or pass "
+            "allow_other_weights=True to use them on this backbone anyway"
+        )
+    logger.warning(f"warning: {why}; loading them anyway (allow_other_weights), so predictions may be wrong")
 
 
 def read_weights(path: Path, expected_sha256: str | None) -> dict:

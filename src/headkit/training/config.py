@@ -67,7 +67,9 @@ class TrainConfig:
         eval_data: shorthand: validate the --head heads on this file or dataset instead of holding
             out --val_fraction of --data (data sources as for --data).
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
-        pooling: shorthand: pooling of the --head heads: mean, cls, max, last, or pooler (the
+        pooling: shorthand: pooling of the --head heads: auto (the checkpoint's own sentence
+            pooling, else its family's: cls for BERT-style encoders and ViT, last for decoders,
+            mean for CNNs, speech and encoder-decoders), mean, cls, max, last, or pooler (the
             backbone's own pooler, which BERT's *ForSequenceClassification uses: needed to export
             a classification head as a plain transformers model).
         layer: shorthand: the hidden state the --head heads read (-1: the last; 0: the embeddings;
@@ -140,7 +142,7 @@ class TrainConfig:
     eval_data: str | None = None
     text_column: str = "text"
     head: list[str] = field(default_factory=list)
-    pooling: Pooling = "mean"
+    pooling: Pooling = "auto"
     layer: int = -1
     output_dir: str = "runs/latest"
     strategy: FixedStrategy | PartialStrategy = "frozen"

@@ -169,6 +169,8 @@ def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code:
     report = inspect_model(model_name, trust_remote_code=trust_remote_code)
     if report.head_kind != head.config.type:
         return False
+    if head.config.tie_embeddings and not report.tied_embeddings:
+        return False  # its own output layer would be copied over the input embeddings this head shares
     if report.tied_embeddings and head.config.tie_embeddings and len(list(head.parameters())) == 1:
         return True  # both heads are nothing but the input embeddings, which this one already shares
     source = resolve_model(model_name)
@@ -226,7 +228,8 @@ def pretrain(config: PretrainConfig):
         imported = import_pretraining_head(config.model, model.heads["lm"], config.trust_remote_code)
         logger.info(
             f"{len(documents)} documents -> {len(train_idx)} training and {len(val_idx)} held-out blocks; LM head "
-            + ("from the checkpoint's own pretraining head" if imported else "new, tied to the input embeddings")
+            + ("from the checkpoint's own pretraining head" if imported else "new")
+            + (", tied to the input embeddings" if model.heads["lm"].config.tie_embeddings else "")
         )
         make_batch = functools.partial(
             lm_batch, tokenizer=tokenizer, objective=config.objective, probability=config.mlm_probability
