@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit._fs import cache_dir, staged_dir
-from headkit.backbone_outputs import hidden_size as features_width
+from headkit.backbone_outputs import width_or_none
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
 from headkit.hub import local_path
@@ -311,16 +311,6 @@ def _tied(model: PreTrainedModel) -> bool:
     return out_emb is not None and weight_in is not None and out_emb.weight is weight_in
 
 
-def _width_or_none(backbone: nn.Module) -> int | None:
-    """The features' width for reports; None where the backbone gives none (inspect still reports the rest)."""
-    if not hasattr(backbone, "config"):
-        return getattr(backbone, "num_features", None)  # a bare timm network
-    try:
-        return features_width(backbone)
-    except HeadkitError:
-        return None
-
-
 def _unique_numel(params) -> int:
     seen: dict[int, int] = {}
     for p in params:
@@ -389,7 +379,7 @@ def inspect_model(name: str | os.PathLike, trust_remote_code: bool = False) -> M
         params_total=_unique_numel(model.parameters()),
         params_backbone=_unique_numel(p for p in backbone.parameters() if id(p) in backbone_ids),
         params_head=_unique_numel(head_params),
-        hidden_size=_width_or_none(backbone),
+        hidden_size=width_or_none(backbone),
         num_layers=getattr(config, "num_hidden_layers", None),
         vocab_size=getattr(config, "vocab_size", None),
     )
@@ -493,54 +483,3 @@ def with_pad_token(tokenizer: Any) -> Any:
         f"note: the tokenizer has no pad token; padding with {token!r} (masked out everywhere, no new embedding)"
     )
     return tokenizer
-
-
-def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
-    """Parameter names and shapes of the backbone, seen through any PEFT wrapper."""
-    if hasattr(backbone, "get_base_model"):
-        backbone = backbone.get_base_model()
-    lines = []
-    for name, p in backbone.named_parameters(remove_duplicate=False):
-        if "lora_" in name or "modules_to_save" in name:
-            continue
-        lines.append(f"{name.replace('.base_layer', '')}:{tuple(p.shape)}")
-    return sorted(lines)
-
-
-SAMPLES_PER_TENSOR = 64
-
-
-def weights_sample_digest(backbone: nn.Module) -> str:
-    """A digest of the backbone's weights themselves, cheap enough for a 7B model: 64 evenly
-    strided values of every floating tensor of its state (buffers such as BatchNorm statistics
-    and LoRA adapters included), rounded to bf16 so that the same weights loaded in fp32 or bf16
-    give the same digest. Training moves almost every weight by far more than bf16's rounding,
-    so a fine-tuned, partially tuned, LoRA-adapted or few-shot-tuned backbone gets another digest."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(backbone.state_dict().items()):
-        if not tensor.is_floating_point() or tensor.numel() == 0:
-            continue
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR]
-        h.update(name.encode())
-        h.update(sample.to(device="cpu", dtype=torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
-
-
-def fingerprint(backbone: nn.Module) -> dict:
-    """Identify the backbone a set of heads was trained on: type, sizes, a structure hash and a
-    digest of sampled weights.
-
-    The structure hash covers parameter names and shapes, so a different model family or size
-    is told apart from a changed copy of the same architecture; the weights digest tells a
-    changed copy (full, partial, LoRA, few-shot training) from the checkpoint it started from.
-    """
-    config = backbone.config
-    digest = hashlib.sha256("\n".join(_backbone_names_and_shapes(backbone)).encode()).hexdigest()
-    return {
-        "model_type": config.model_type,
-        "hidden_size": _width_or_none(backbone),
-        "vocab_size": getattr(config, "vocab_size", None),
-        "structure_sha256": digest,
-        "weights_sample_sha256": weights_sample_digest(backbone),
-    }

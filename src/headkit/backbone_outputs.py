@@ -58,6 +58,16 @@ def hidden_size(backbone: nn.Module) -> int:
     )
 
 
+def width_or_none(backbone: nn.Module) -> int | None:
+    """The features' width for reports; None where the backbone gives none (inspect still reports the rest)."""
+    if not hasattr(backbone, "config"):
+        return getattr(backbone, "num_features", None)  # a bare timm network
+    try:
+        return hidden_size(backbone)
+    except HeadMismatchError:
+        return None
+
+
 def is_feature_map(backbone: nn.Module) -> bool:
     """True when the backbone's last hidden state is a (B, C, H, W) map rather than a sequence."""
     config = backbone.config
@@ -81,6 +91,33 @@ def check_map_pooling(backbone: nn.Module, head: str, pooling: str) -> None:
         f"convolutional feature map, which has no summary position; use one of {list(MAP_POOLINGS)} "
         "(global average or global max pooling)"
     )
+
+
+def right_aligned(inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Token inputs with every row's tokens first, and each row's shift (None when the inputs are
+    not tokens with a 2-D attention mask: images, audio, packed sequences without a mask). Every
+    batch is rolled, not only left-padded ones (a shift of 0 leaves a row as it is), so that an
+    exported graph serves both padding sides; `roll_rows(states, -shift)` undoes it."""
+    mask = inputs.get("attention_mask")
+    tokens = inputs.get("input_ids", inputs.get("inputs_embeds"))
+    if mask is None or tokens is None or mask.dim() != 2 or tokens.shape[1] != mask.shape[1]:
+        return inputs, None
+    shift, t = left_padding(mask), mask.shape[1]
+    per_token = {k for k, v in inputs.items() if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[1] == t}
+    return {k: roll_rows(v, shift) if k in per_token else v for k, v in inputs.items()}, shift
+
+
+def features_mask(backbone: nn.Module, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """A (B, T) mask over the positions of `hidden`, whatever the modality. Text: the attention
+    mask. Vision: all ones. Speech: the mask over audio samples, mapped to frames by the
+    backbone's own helper."""
+    b, t = hidden.shape[:2]
+    if attention_mask is not None and attention_mask.shape[1] == t:
+        return attention_mask
+    to_frames = getattr(backbone, "_get_feature_vector_attention_mask", None)
+    if attention_mask is not None and to_frames is not None:
+        return to_frames(t, attention_mask).long()
+    return torch.ones(b, t, dtype=torch.long, device=hidden.device)
 
 
 def left_padding(attention_mask: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -239,3 +239,20 @@ def local_path(name: str | os.PathLike) -> Path:
 def is_hub_id(name: str) -> bool:
     """`org/name[@revision]` as the Hub spells repositories (a local path has more slashes or starts with one)."""
     return bool(HUB_REPO.match(name)) and ".." not in name
+
+
+def push_folder(
+    write: Callable[[Path], Path], repo_id: str, private: bool | None, token: str | None, message: str
+) -> str:
+    """Write a folder with `write(path)` into a temporary directory and upload it as the hub
+    repository `repo_id` (created if needed); returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write(Path(tmp) / "model")
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+    return str(getattr(commit, "commit_url", commit))

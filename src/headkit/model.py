@@ -33,16 +33,17 @@ from headkit.backbone_outputs import (
     as_sequence,
     check_map_pooling,
     family_pooling,
+    features_mask,
     hidden_size,
     is_feature_map,
-    left_padding,
+    right_aligned,
     roll_rows,
 )
 from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
 from headkit.heads.pooling import pool
-from headkit.hub import local_path
+from headkit.hub import local_path, push_folder
 from headkit.ship.save import (
     ADAPTER_DIR,
     BACKBONE_DIR,
@@ -185,17 +186,8 @@ class MultiHeadModel(nn.Module):
     ) -> str:
         """Save to a temporary folder and upload it as the hub repository `repo_id` (created if
         needed); `MultiHeadModel.from_pretrained(repo_id)` loads it back. Returns the commit URL."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        with tempfile.TemporaryDirectory() as tmp:
-            card = {**(card or {}), "repo_id": repo_id}
-            folder = self.save_pretrained(Path(tmp) / "model", processor=processor, card=card)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
-        return str(getattr(commit, "commit_url", commit))
+        card = {**(card or {}), "repo_id": repo_id}
+        return push_folder(lambda d: self.save_pretrained(d, processor, card), repo_id, private, token, commit_message)
 
     def _processor(self) -> Any:
         """The tokenizer or image processor given (`set_processor`), else the one saved beside the
@@ -301,20 +293,8 @@ class MultiHeadModel(nn.Module):
         return pool(hidden, mask, method)
 
     def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """A (B, T) mask over hidden positions, whatever the modality.
-
-        Text: the attention mask. Vision: all ones. Speech: the mask over audio samples is
-        mapped to frames by the backbone's own helper.
-        """
-        b, t = hidden.shape[:2]
-        if attention_mask is None:
-            return torch.ones(b, t, dtype=torch.long, device=hidden.device)
-        if attention_mask.shape[1] == t:
-            return attention_mask
-        to_frames = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
-        if to_frames is not None:
-            return to_frames(t, attention_mask).long()
-        return torch.ones(b, t, dtype=torch.long, device=hidden.device)
+        """A (B, T) mask over hidden positions, whatever the modality (`backbone_outputs.features_mask`)."""
+        return features_mask(self.backbone, hidden, attention_mask)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -365,10 +345,8 @@ class MultiHeadModel(nn.Module):
         # The backbone always reads right-padded rows: a left-padded text (Llama, Gemma and Qwen
         # tokenizers pad left) would otherwise start at position k, not 0, wherever positions are
         # absolute (GPT-2, Llama, BERT, BART ...). Its states are rolled back to the caller's layout.
-        given_mask, shift = inputs.get("attention_mask"), self._left_padding(inputs)
-        if shift is not None:
-            t = inputs["attention_mask"].shape[1]
-            inputs = {k: roll_rows(v, shift) if _is_per_token(v, t) else v for k, v in inputs.items()}
+        given_mask = inputs.get("attention_mask")
+        inputs, shift = right_aligned(inputs)
         # an encoder-decoder checkpoint (T5, BART): heads read its encoder; a seq2seq head drives its decoder
         network = self.backbone.get_encoder() if self.is_encoder_decoder else self.backbone
         out = network(**inputs, output_hidden_states=True) if below else network(**inputs)
@@ -383,17 +361,6 @@ class MultiHeadModel(nn.Module):
         if shift is not None:
             hidden = {layer: roll_rows(h, -shift) for layer, h in hidden.items()}
         return hidden, self.hidden_mask(hidden[LAST_LAYER], given_mask)
-
-    @staticmethod
-    def _left_padding(inputs: Mapping[str, Tensor]) -> Tensor | None:
-        """Per row, the pads that open it, for token inputs with a 2-D attention mask (None otherwise:
-        images, audio, packed sequences without a mask). Computed for every batch, not only
-        left-padded ones, so that an exported graph serves both padding sides."""
-        mask = inputs.get("attention_mask")
-        tokens = inputs.get("input_ids", inputs.get("inputs_embeds"))
-        if mask is None or tokens is None or mask.dim() != 2 or tokens.shape[1] != mask.shape[1]:
-            return None
-        return left_padding(mask)
 
     def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Run the backbone once: the last hidden state (B, T, H) and its mask (B, T)."""
@@ -482,11 +449,6 @@ class MultiHeadModel(nn.Module):
         """Head parameters that are the backbone's own tensors (not saved with the heads)."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         return {n for n, p in self.heads.named_parameters(remove_duplicate=False) if id(p) in backbone_ids}
-
-
-def _is_per_token(value: Any, length: int) -> bool:
-    """A (B, T, ...) tensor over the token positions (ids, mask, token types, position ids, embeddings)."""
-    return isinstance(value, Tensor) and value.dim() >= 2 and value.shape[1] == length
 
 
 # ----------------------------------------------------------------------------- loading saves (ship/save.py writes them)

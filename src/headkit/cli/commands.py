@@ -109,8 +109,7 @@ def evaluate(
     Args:
         run: a training run directory (or its model/ directory).
         data: a labelled file or built-in dataset.
-        head: NAME:COLUMN for each head to score (default: a column named like the head; 'label' for
-            the one head without such a column, never for several).
+        head: NAME:COLUMN for each head to score (default: the column named like the head, or 'label' for one).
         text_column: the text column (old spelling: --text).
         max_length: token limit; longer inputs are truncated (default: the limit the model was trained with).
         batch_size: examples per forward pass.
