@@ -126,21 +126,16 @@ def test_a_tokenizer_without_template_gets_the_plain_one_or_a_clear_error(tmp_pa
         use_chat_template(chat_tokenizer(template=None, eos=False), "tiny")
 
 
+def training(model, replies, tmp_path, strategy: str, **options) -> SFTConfig:
+    """A short, high learning-rate run that a tiny model learns from in a few epochs."""
+    fields = dict(model=str(model), data=replies, output_dir=str(tmp_path / "run"), strategy=strategy, epochs=6,
+                  lr=1e-2, backbone_lr=1e-2, lora_lr=2e-2, progress=False)  # fmt: skip
+    return SFTConfig(**{**fields, **options})
+
+
 @pytest.mark.parametrize("strategy", ["lora", "full"])
 def test_sft_lowers_the_response_loss_and_the_run_generates(tiny_chat_model, replies, tmp_path, strategy):
-    config = SFTConfig(
-        model=str(tiny_chat_model),
-        data=replies,
-        output_dir=str(tmp_path / "run"),
-        strategy=strategy,
-        epochs=6,
-        batch_size=8,
-        lr=1e-2,
-        backbone_lr=1e-2,
-        lora_lr=2e-2,
-        max_length=32,
-        progress=False,
-    )
+    config = training(tiny_chat_model, replies, tmp_path, strategy, batch_size=8, max_length=32)
     result = sft(config)
     metrics = result.metrics
     assert metrics["response_loss_after"] < metrics["response_loss_before"] - 0.5
@@ -261,20 +256,7 @@ def test_sft_with_packing_trains_on_examples_that_do_not_see_each_other(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(transformers.LlamaModel, "forward", spy)
-    config = SFTConfig(
-        model=str(tiny_chat_model),
-        data=replies,
-        output_dir=str(tmp_path / "run"),
-        strategy=strategy,
-        packing=True,
-        epochs=6,
-        batch_size=4,
-        lr=1e-2,
-        backbone_lr=1e-2,
-        lora_lr=2e-2,
-        max_length=64,
-        progress=False,
-    )
+    config = training(tiny_chat_model, replies, tmp_path, strategy, packing=True, batch_size=4, max_length=64)
     metrics = sft(config).metrics
     assert metrics["train_examples"] < 43  # packed
     assert metrics["response_loss_after"] < metrics["response_loss_before"] - 0.5
