@@ -251,7 +251,35 @@ def test_auto_pooling_follows_the_checkpoint_then_the_family(tiny_text_model, tm
     assert MultiHeadModel(resnet, {"c": heads["c"]}).heads["c"].config.pooling == "mean"
     speech = MultiHeadModel(transformers.Wav2Vec2Model(tiny_config("wav2vec2")), {"c": heads["c"]})
     assert speech.heads["c"].config.pooling == "mean"
+    vit = MultiHeadModel(transformers.ViTModel(tiny_config("vit")), {"c": heads["c"]})
+    assert vit.heads["c"].config.pooling == "cls"  # ViT classifies with its class token
+    swin_config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1])
+    swin = MultiHeadModel(transformers.SwinModel(swin_config), {"c": heads["c"]})
+    assert swin.heads["c"].config.pooling == "mean"  # no class token: Swin averages its patches
     with pytest.raises(HeadConfigError, match="pooling 'auto' is resolved when the head joins a backbone"):
         headkit.build_head(head_config("classification", labels=["a", "b"], input_size=4))(
             torch.zeros(1, 2, 4), torch.ones(1, 2)
         )
+
+
+def test_only_token_inputs_are_aligned_and_loading_seeds_no_other_device(tiny_text_model, monkeypatch):
+    """Left-padded rows are rolled token-wise; pixels or an encoder's states of the same length never
+    are. Loading a backbone seeds its missing weights from the CPU generator alone: a GPU's
+    dropout stream stays the one --seed set."""
+    import headkit
+    from headkit.backbone_outputs import right_aligned
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    pixels = torch.arange(2 * 3 * 2 * 2).reshape(2, 3, 2, 2).float()  # dim 1 (channels) == T by chance
+    aligned, shift = right_aligned({"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": mask,
+                                    "pixel_values": pixels})  # fmt: skip
+    assert aligned["input_ids"].tolist() == [[5, 6, 0], [7, 8, 9]] and aligned["attention_mask"].tolist() == [
+        [1, 1, 0],
+        [1, 1, 1],
+    ]
+    assert torch.equal(aligned["pixel_values"], pixels) and shift.tolist() == [1, 0]
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    state = torch.get_rng_state()
+    headkit.load_backbone(tiny_text_model)
+    assert seeded == [] and torch.equal(state, torch.get_rng_state())

@@ -27,7 +27,7 @@ from headkit._fs import cache_dir, staged_dir
 from headkit.backbone_outputs import width_or_none
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
-from headkit.hub import local_path
+from headkit.hub import is_hub_id, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def declared_pooling(directory: str | os.PathLike) -> str | None:
     """The pooling a checkpoint says its sentence embeddings use: a sentence-transformers model's
     (modules.json -> its Pooling module's config.json), or, for the backbone/ of a headkit save,
     the one that save recorded; None when it declares none (or several at once)."""
+    if not Path(directory).is_dir() and is_hub_id(str(directory)):  # a model loaded by hub id: its cached files
+        directory = _cached_snapshot(str(directory), "modules.json") or directory
     directory = Path(directory)
     if (directory.parent / "heads.json").is_file() and directory.name == "backbone":
         try:
@@ -151,6 +153,15 @@ def declared_pooling(directory: str | os.PathLike) -> str | None:
         return None
     on = [key for key, value in flags.items() if key.startswith("pooling_mode") and value]
     return SENTENCE_TRANSFORMERS_POOLING.get(on[0]) if len(on) == 1 else None
+
+
+def _cached_snapshot(repo: str, filename: str) -> Path | None:
+    """The folder of the locally cached hub snapshot that holds `filename`, without a network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = repo.partition("@")
+    found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _check_remote_code(source: ModelSource, trust_remote_code: bool) -> None:
@@ -422,8 +433,8 @@ def load_backbone(
         # Weights the checkpoint lacks (BERT's pooler under a masked-LM checkpoint) are initialised
         # from a fixed seed, so every load of a checkpoint is the same backbone: head-only saves
         # fit it again (their fingerprint covers the weights), and 'pooler' pooling reads one pooler.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: other devices' streams are untouched
+            torch.default_generator.manual_seed(0)
             backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
@@ -444,7 +455,7 @@ def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
     source = resolve_model(name)
     path = dequantised(source) if source.gguf_file else source.path
     autos = [AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor]
-    if _main_input(source, trust_remote_code) == "input_values":
+    if _main_input(source, trust_remote_code) in ("input_values", "input_features"):  # audio models
         autos = [AutoFeatureExtractor, AutoTokenizer]
     errors = []
     for auto in autos:

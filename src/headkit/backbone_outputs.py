@@ -93,6 +93,10 @@ def check_map_pooling(backbone: nn.Module, head: str, pooling: str) -> None:
     )
 
 
+# the inputs laid out over token positions (never pixels, audio or an encoder's states of another length)
+TOKEN_INPUTS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids")
+
+
 def right_aligned(inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
     """Token inputs with every row's tokens first, and each row's shift (None when the inputs are
     not tokens with a 2-D attention mask: images, audio, packed sequences without a mask). Every
@@ -102,9 +106,8 @@ def right_aligned(inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor 
     tokens = inputs.get("input_ids", inputs.get("inputs_embeds"))
     if mask is None or tokens is None or mask.dim() != 2 or tokens.shape[1] != mask.shape[1]:
         return inputs, None
-    shift, t = left_padding(mask), mask.shape[1]
-    per_token = {k for k, v in inputs.items() if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[1] == t}
-    return {k: roll_rows(v, shift) if k in per_token else v for k, v in inputs.items()}, shift
+    shift = left_padding(mask)
+    return {k: roll_rows(v, shift) if k in TOKEN_INPUTS else v for k, v in inputs.items()}, shift
 
 
 def features_mask(backbone: nn.Module, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -156,15 +159,27 @@ def family_pooling(backbone: nn.Module) -> str:
     family's own convention: a decoder's last real token (the only one that has read the whole
     text), global average pooling of a CNN's feature map, the mean over a speech encoder's frames
     (as Wav2Vec2ForSequenceClassification), the mean over an encoder-decoder's encoder states (as
-    sentence-T5), and elsewhere the first token ([CLS] / <s>), which BERT-style and ViT
+    sentence-T5), the class token of a vision transformer that has one and classifies with it (ViT,
+    DeiT, DINOv2; Swin, BEiT with mean pooling and timm ViTs without a class token average their
+    patches instead), and the first token ([CLS] / <s>) of a text encoder, which BERT-style
     classifiers read. A sentence-transformers checkpoint's own pooling wins over all of these
     (`backbone.declared_pooling`)."""
-    if is_feature_map(backbone):
+    model = _unwrapped(backbone)
+    main_input = getattr(model, "main_input_name", "")
+    encoder_decoder = getattr(backbone.config, "is_encoder_decoder", False)
+    if is_feature_map(backbone) or main_input == "input_values" or encoder_decoder:
         return "mean"
     if is_decoder(backbone):
         return "last"
-    if getattr(_unwrapped(backbone), "main_input_name", "") == "input_values":
-        return "mean"
-    if getattr(backbone.config, "is_encoder_decoder", False):
+    if main_input == "pixel_values" and not classifies_with_a_class_token(model):
         return "mean"
     return "cls"
+
+
+def classifies_with_a_class_token(model: nn.Module) -> bool:
+    """A vision transformer whose first position is a class token its own classifier reads."""
+    network = getattr(model, "timm_model", None)
+    if network is not None:  # timm: prefix tokens, read when global_pool is "token"
+        return getattr(network, "num_prefix_tokens", 0) > 0 and getattr(network, "global_pool", "") == "token"
+    token = getattr(getattr(model, "embeddings", None), "cls_token", None)
+    return isinstance(token, Tensor) and not getattr(model.config, "use_mean_pooling", False)

@@ -8,6 +8,7 @@ architecture: full, partial, LoRA or few-shot training moves almost every weight
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 from torch import nn
@@ -30,21 +31,26 @@ def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
 SAMPLES_PER_TENSOR = 64
 
 
-def weights_sample_digest(backbone: nn.Module) -> str:
-    """A digest of the backbone's weights themselves, cheap enough for a 7B model: 64 evenly
-    strided values of every floating tensor of its state (buffers such as BatchNorm statistics
-    and LoRA adapters included), rounded to bf16 so that the same weights loaded in fp32 or bf16
-    give the same digest. Training moves almost every weight by far more than bf16's rounding,
-    so a fine-tuned, partially tuned, LoRA-adapted or few-shot-tuned backbone gets another digest."""
-    h = hashlib.sha256()
+def weights_samples(backbone: nn.Module) -> dict[str, str]:
+    """Per tensor of the backbone's state, a short digest of the weights themselves, cheap enough
+    for a 7B model: 64 evenly strided values (buffers such as BatchNorm statistics and LoRA
+    adapters included), rounded to bf16 so that the same weights loaded in fp32 or bf16 give the
+    same digest. Training moves almost every weight by far more than bf16's rounding, so a
+    fine-tuned, partially tuned, LoRA-adapted or few-shot-tuned backbone gets other digests; kept
+    per tensor so that a mismatch can say which weights differ."""
+    samples = {}
     for name, tensor in sorted(backbone.state_dict().items()):
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR]
-        h.update(name.encode())
-        h.update(sample.to(device="cpu", dtype=torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
+        data = sample.to(device="cpu", dtype=torch.bfloat16).view(torch.int16).numpy().tobytes()
+        samples[name] = hashlib.sha256(data).hexdigest()[:12]
+    return samples
+
+
+def digest_of(samples: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(samples, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint(backbone: nn.Module) -> dict:
@@ -56,11 +62,21 @@ def fingerprint(backbone: nn.Module) -> dict:
     changed copy (full, partial, LoRA, few-shot training) from the checkpoint it started from.
     """
     config = backbone.config
+    samples = weights_samples(backbone)
     digest = hashlib.sha256("\n".join(_backbone_names_and_shapes(backbone)).encode()).hexdigest()
     return {
         "model_type": config.model_type,
         "hidden_size": width_or_none(backbone),
         "vocab_size": getattr(config, "vocab_size", None),
         "structure_sha256": digest,
-        "weights_sample_sha256": weights_sample_digest(backbone),
+        "weights_sample_sha256": digest_of(samples),
+        "weights_samples": samples,
+        "dtype": str(next((p.dtype for p in backbone.parameters() if p.is_floating_point()), "")).replace("torch.", ""),
     }
+
+
+def differing_weights(saved: dict, current: dict) -> list[str]:
+    """The tensors whose sampled weights differ between two fingerprints (all, when the saved one
+    predates per-tensor samples)."""
+    before, now = saved.get("weights_samples") or {}, current["weights_samples"]
+    return sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n)) if before else sorted(now)

@@ -42,7 +42,7 @@ from headkit.backbone_outputs import (
 from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
-from headkit.heads.pooling import pool
+from headkit.heads.pooling import first_real_position, pool
 from headkit.hub import local_path, push_folder
 from headkit.ship.save import (
     ADAPTER_DIR,
@@ -288,8 +288,9 @@ class MultiHeadModel(nn.Module):
 
     def pool(self, hidden: Tensor, mask: Tensor, method: str) -> Tensor:
         """(B, T, H) -> (B, H) with a pooling method, the backbone's own `pooler` included."""
-        if method == "pooler":
-            return self.backbone_pooler(hidden)
+        if method == "pooler":  # it reads position 0: give it each text's first real token (left padding)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return self.backbone_pooler(hidden[rows, first_real_position(mask)].unsqueeze(1))
         return pool(hidden, mask, method)
 
     def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:

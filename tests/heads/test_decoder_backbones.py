@@ -130,8 +130,12 @@ def test_every_head_predicts_a_text_in_a_padded_batch_as_it_does_alone(decoder, 
         "mean": head_config("regression", labels=["y"], pooling="mean"),
     }
     texts = ["good film", "the plot was very dull and the acting boring", "superb", "alice met bob in paris"]
-    for path, lm in ((decoder, "causal-lm"), (tiny_text_model, "masked-lm")):
-        model = MultiHeadModel.from_pretrained(path, {**heads, "lm": head_config(lm)})
+    pooler = {"pooler": head_config("classification", labels=["a", "b"], pooling="pooler")}  # BERT's reads position 0
+    for path, extra in (
+        (decoder, {"lm": head_config("causal-lm")}),
+        (tiny_text_model, {"lm": head_config("masked-lm"), **pooler}),
+    ):
+        model = MultiHeadModel.from_pretrained(path, {**heads, **extra})
         torch.manual_seed(0)
         for p in model.heads.parameters():  # decisive weights, so that any difference shows
             torch.nn.init.normal_(p, std=0.5)
@@ -145,3 +149,5 @@ def test_every_head_predicts_a_text_in_a_padded_batch_as_it_does_alone(decoder, 
             assert span == (alone["span"]["start"], alone["span"]["end"]), text
             assert together["first"]["probs"]["a"] == pytest.approx(alone["first"]["probs"]["a"], abs=1e-5), text
             assert together["mean"]["y"] == pytest.approx(alone["mean"]["y"], abs=1e-4), text
+            if "pooler" in together:
+                assert together["pooler"]["probs"]["a"] == pytest.approx(alone["pooler"]["probs"]["a"], abs=1e-5), text

@@ -165,6 +165,7 @@ def test_a_reward_head_scores_in_serving_exactly_what_it_scored_in_training(tiny
 
     result = train(reward_run(tiny_text_model, pairs_csv, tmp_path / "run", epochs=1, max_length=24))
     model, tokenizer = load_for_inference(tmp_path / "run")
+    assert tokenizer.truncation_side == "left"  # saved with the run: long texts keep their end
     rows = preference_rows(32)
     texts = [join_pair(r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
     assert texts[0] == "the film was " + rows[0]["chosen"]

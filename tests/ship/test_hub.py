@@ -394,3 +394,20 @@ def test_cli_device_and_dtype_flags(run, capsys):
         assert main(["predict", str(run), "--text", "good", "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(run.parent / "reviews.csv"), "--device", "cpu"]) == 0
+
+
+def test_a_sentence_transformers_model_loaded_by_hub_id_keeps_its_pooling(tiny_text_model, hub_cache, tmp_path):
+    """`auto` pooling reads modules.json from the hub cache when the backbone names a hub id."""
+    import shutil
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_text_model, folder)
+    (folder / "modules.json").write_text(
+        json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    hub_cache(folder, "acme/st-bert")
+    backbone = transformers.AutoModel.from_pretrained("acme/st-bert")  # name_or_path is the hub id
+    assert MultiHeadModel(backbone).default_pooling == "mean"
+    assert MultiHeadModel.on_backbone("acme/st-bert").default_pooling == "mean"

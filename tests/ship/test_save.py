@@ -157,6 +157,16 @@ def test_heads_of_a_changed_backbone_are_refused_on_the_pretrained_one(tmp_path,
         forced = headkit.load_heads(tmp_path, original, allow_other_weights=True)
     assert forced.heads.keys() == model.heads.keys() and "loading them anyway" in caplog.text
     assert headkit.load_heads(tmp_path, model.backbone.to(torch.bfloat16)).heads.keys() == model.heads.keys()
+    with pytest.raises(FingerprintMismatchError, match=r"saved in float32, loaded in float16: load it in float32"):
+        headkit.load_heads(tmp_path, transformers.BertModel(tiny_config("bert")).half())
+    pooler_only = transformers.BertModel(tiny_config("bert"))
+    pooler_only.load_state_dict(model.backbone.float().state_dict())
+    torch.nn.init.normal_(pooler_only.pooler.dense.weight)  # as a checkpoint without a pooler gets at load
+    with pytest.raises(
+        FingerprintMismatchError, match=r"2 of .* tensors differ: pooler.dense.bias, pooler.*only its pooler"
+    ):
+        torch.nn.init.normal_(pooler_only.pooler.dense.bias)
+        headkit.load_heads(tmp_path, pooler_only)
 
 
 def test_weights_a_checkpoint_lacks_are_the_same_at_every_load(tmp_path):

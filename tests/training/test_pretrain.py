@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import transformers
@@ -6,7 +8,7 @@ import headkit
 from headkit import DataError, HeadkitError
 from headkit.cli.main import main
 from headkit.data.batching import EncodedData
-from headkit.ship.generate import fill_mask, generate
+from headkit.ship.generate import fill_mask, generate, load_causal_lm
 from headkit.training.pretrain import PretrainConfig, check_objective, encode_corpus, lm_batch, pretrain, read_corpus
 
 from conftest import WORDS, has_package, tiny_config
@@ -271,6 +273,16 @@ def test_continued_pretraining_keeps_the_checkpoints_own_untied_lm_head(tied, co
     loaded = headkit.load(run / "model")
     assert (loaded.heads["lm"].decoder.weight is loaded.backbone.get_input_embeddings().weight) == tied
     ids = torch.tensor([[5, 9, 12, 7, 20, 6]])
+    generator, _ = load_causal_lm(str(run))  # what `headkit generate RUN` and the server generate with
     with torch.no_grad():
         ours, theirs = loaded(input_ids=ids).outputs["lm"], reference(input_ids=ids).logits
+        generating = generator(input_ids=ids).logits
     assert torch.allclose(ours, theirs, atol=1e-4), float((ours - theirs).abs().max())
+    assert torch.allclose(generating, theirs, atol=1e-4), float((generating - theirs).abs().max())
+
+
+def test_pretraining_without_held_out_text_reports_no_perplexity(tiny_gpt2, corpus, tmp_path):
+    config = PretrainConfig(model=str(tiny_gpt2), objective="clm", corpus=[corpus], output_dir=str(tmp_path), epochs=1,
+                            batch_size=8, max_length=16, val_fraction=0.0, progress=False)  # fmt: skip
+    result = pretrain(config)
+    assert math.isnan(result.metrics["perplexity_before"]) and math.isnan(result.metrics["perplexity_after"])

@@ -46,7 +46,9 @@ def tokenize_pairs(
         if good.strip() == bad.strip():
             raise DataError(f"{where}: '{chosen_column}' and '{rejected_column}' are the same text; a pair must differ")
 
-    tokenizer.truncation_side = "left"  # keep the response; saved with the run's tokenizer for predict
+    # keep the response: the run's tokenizer truncates on the left, and is saved so (init_kwargs is what
+    # save_pretrained writes), so that predict and the server cut a long text as training did
+    tokenizer.truncation_side = tokenizer.init_kwargs["truncation_side"] = "left"
 
     def encode(responses: list[str]) -> list[list[int]]:
         specials = tokenizer.num_special_tokens_to_add(pair=False)

@@ -126,7 +126,31 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cp
 
         merged = load_backbone(saved, trust_remote_code=trust_remote_code)
         getattr(model, model.base_model_prefix).load_state_dict(merged.state_dict())
+    if saved is not None:
+        use_saved_lm_head(model, saved)
     return place(model, device, dtype), AutoTokenizer.from_pretrained(path)
+
+
+def use_saved_lm_head(model: Any, saved: Path) -> None:
+    """Put a headkit save's causal-LM head into the transformers model that generates with it.
+
+    backbone/ holds the base model only: a tied head is its input embeddings (already in place),
+    but an untied one (Llama-3, Mistral, Qwen2-7B, Pythia) lives in heads.safetensors, and the
+    causal-LM class would otherwise generate through a freshly initialised lm_head."""
+    from headkit.ship.save import WEIGHTS, read_weights
+
+    manifest = read_manifest(saved)
+    name = next((n for n, c in manifest["heads"].items() if c.get("type") == CAUSAL_LM), None)
+    decoder = f"heads.{name}.decoder.weight"
+    state = read_weights(saved / WEIGHTS, manifest.get("weights_sha256")) if name else {}
+    if decoder not in state:
+        return  # tied to the input embeddings, which backbone/ holds
+    output = model.get_output_embeddings()
+    if output.weight is model.get_input_embeddings().weight:  # the class tied them: untie first
+        model.config.tie_word_embeddings = False
+        output.weight = torch.nn.Parameter(output.weight.detach().clone())
+    with torch.no_grad():
+        output.weight.copy_(state[decoder])
 
 
 def chat_prompts(tokenizer: Any, prompts: list[str], chat: bool = True) -> list[str]:

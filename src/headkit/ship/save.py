@@ -28,7 +28,7 @@ from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
 from headkit.errors import CheckpointError, FingerprintMismatchError
-from headkit.fingerprint import fingerprint
+from headkit.fingerprint import differing_weights, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +124,32 @@ def check_fingerprint(saved: dict, backbone: nn.Module, allow_other_weights: boo
     recorded = saved.get("weights_sample_sha256")
     if recorded is None or recorded == current["weights_sample_sha256"]:
         return
-    why = (
-        f"these heads were trained on a backbone with other weights than this one (same architecture as "
-        f"{saved.get('name_or_path')}, but its weights were changed by training, or are another checkpoint's)"
-    )
+    why = other_weights(saved, current)
     if not allow_other_weights:
         raise FingerprintMismatchError(
-            f"{why}: load the full save (headkit.load), which carries its backbone, or pass "
+            f"{why}. Load the full save (headkit.load), which carries its backbone, or pass "
             "allow_other_weights=True to use them on this backbone anyway"
         )
     logger.warning(f"warning: {why}; loading them anyway (allow_other_weights), so predictions may be wrong")
+
+
+def other_weights(saved: dict, current: dict) -> str:
+    """Why a backbone of the right structure is refused, naming the weights that differ and the
+    likely cause: training, weights the checkpoint lacks (initialised at load), or a dtype change."""
+    names = differing_weights(saved, current)
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    why = (
+        f"these heads were trained on a backbone with other weights than this one (same architecture as "
+        f"{saved.get('name_or_path')}; {len(names)} of {len(current['weights_samples'])} tensors differ: {shown})"
+    )
+    if names and all(".pooler." in f".{n}" for n in names):
+        why += (
+            "; only its pooler differs, which a checkpoint without one gets initialised at every load: "
+            "load the backbone with headkit.load_backbone, which initialises it the same way each time"
+        )
+    elif "float16" in {saved.get("dtype"), current["dtype"]} and saved.get("dtype") != current["dtype"]:
+        why += f"; saved in {saved.get('dtype')}, loaded in {current['dtype']}: load it in {saved.get('dtype')}"
+    return why
 
 
 def read_weights(path: Path, expected_sha256: str | None) -> dict:

@@ -236,10 +236,11 @@ def pretrain(config: PretrainConfig):
         )
         make_eval_batch = functools.partial(make_batch, seed=config.seed + 1)
         pad_id = tokenizer.pad_token_id or 0
-        before = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores["lm"]
-        before = before.get("perplexity", float("nan"))
+        before = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores
+        before = before.get("lm", {}).get("perplexity", float("nan"))  # no held-out blocks: no perplexity
         result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_eval_batch)
-        after = result.evaluation.scores["lm"].get("perplexity", float("nan")) if result.evaluation else float("nan")
+        after = result.evaluation.scores if result.evaluation else {}
+        after = after.get("lm", {}).get("perplexity", float("nan"))
         result.metrics.update(perplexity_before=before, perplexity_after=after, head_imported=imported)
         if state.is_main_process:
             atomic_write_json(Path(config.output_dir) / "metrics.json", result.metrics)
