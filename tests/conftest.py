@@ -224,3 +224,18 @@ def save_chat_model(path: Path) -> Path:
 def reply_rows(n: int = 48) -> list[dict]:
     """Review -> one word that says its sentiment (learnable by a tiny model in a few epochs)."""
     return [{"prompt": r["text"], "response": "superb" if r["label"] == "pos" else "awful"} for r in sentiment_rows(n)]
+
+
+def mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory map holds `tensor`'s data (read from /proc/self/maps, Linux), or None
+    for anonymous memory (RAM): tells a disk-backed store from one held in memory."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 and fields[5].startswith("/") else None
+    return None
+
+
+needs_proc_maps = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")

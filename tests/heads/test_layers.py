@@ -74,8 +74,9 @@ def test_the_cache_stores_only_the_layers_heads_read_and_feeds_the_same_outputs(
     with torch.no_grad():
         live = model(**batch)
         cached = model(features=cache.batch(torch.arange(len(data))))
-    for name in model.heads:
-        assert torch.allclose(live.outputs[name], cached.outputs[name], atol=1e-5), name
+    for name in model.heads:  # per-token features are stored in bfloat16 (8 significant bits), pooled ones in fp32
+        atol = 1e-2 if model.heads[name].per_token else 1e-5
+        assert torch.allclose(live.outputs[name], cached.outputs[name], atol=atol), name
 
 
 def test_a_head_on_a_layer_survives_save_load_and_onnx(tiny_text_model, tmp_path):

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from headkit.data.files import column_values
+from headkit.data.pixels import Pixels
 from headkit.errors import DataError
 from headkit.heads import IGNORE_INDEX, head_class
 
@@ -35,8 +36,12 @@ class EncodedData(Dataset):
     input_ids: list[list[int]]
     labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
     texts: list[Any] = field(default_factory=list)
-    pixels: torch.Tensor | None = None  # (N, C, H, W) for image data; input_ids are then empty lists
+    pixels: Pixels | None = None  # image data (N examples of (C, H, W), on disk); input_ids are then empty lists
     pair_ids: list[list[int]] | None = None  # the second text of each preference pair
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
+            self.pixels = Pixels.of(self.pixels)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -53,7 +58,7 @@ class EncodedData(Dataset):
         idx = [int(i) for i in indices]
         labels = {h: (y[idx] if isinstance(y, np.ndarray) else [y[i] for i in idx]) for h, y in self.labels.items()}
         texts = [self.texts[i] for i in idx] if self.texts else []
-        pixels = self.pixels[idx] if self.pixels is not None else None
+        pixels = self.pixels.subset(idx) if self.pixels is not None else None  # indices, not pixels
         pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
         return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids)
 
@@ -74,7 +79,7 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     images = [p.pixels is not None for p in parts]
     if any(images) and not all(images):
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
-    pixels = torch.cat([p.pixels for p in parts]) if all(images) and parts else None
+    pixels = Pixels.join([p.pixels for p in parts]) if all(images) and parts else None
     pairs = [p.pair_ids is not None for p in parts]
     if any(pairs) and not all(pairs):
         raise DataError(

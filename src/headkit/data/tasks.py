@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from headkit.data.batching import EncodedData, align_tags, concat, split_indices, tokenize
-from headkit.data.images import is_image_processor, load_images, preprocess
+from headkit.data.images import is_image_processor, load_images
 from headkit.data.pairs import tokenize_pairs
+from headkit.data.pixels import pixel_store
 from headkit.data.readers import Rows, read_rows
 from headkit.errors import DataError
 from headkit.heads import HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
@@ -185,8 +186,8 @@ def _encode(
         chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
         encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
     elif images:  # the text column names image files
-        pictures, sizes = load_images(rows, text_column, data)
-        pixels = preprocess(processor, pictures, crop=all(k.crop_ok for k in kinds.values()))
+        files, sizes = load_images(rows, text_column, data)  # sizes from the files' headers
+        pixels = pixel_store(processor, files, crop=all(k.crop_ok for k in kinds.values()))
         encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
     else:
         input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)

@@ -2,10 +2,15 @@
 
 A frozen backbone in eval mode maps the same tokens to the same hidden states every epoch, so
 they are computed once and stored as safetensors under the headkit cache, keyed by a hash of
-the backbone's weights, the token ids and the feature kinds. Pooled heads need one vector per
-example per pooling method and layer (`feature_key`); per-token heads need every position of
-the layers they read, stored flat with offsets. Only the layers some head reads are stored.
-A later run on the same backbone and data (another seed, other head settings) reuses the file.
+the backbone's weights, the token ids, the feature kinds and the file format. Pooled heads need
+one vector per example per pooling method and layer (`feature_key`): small, kept fp32 in RAM.
+Per-token heads need every position of the layers they read, stored flat with offsets: that can
+outgrow RAM, so the file is laid out before the backbone pass (the offsets give its size), each
+batch's rows go straight into it through a memory map, and later reads touch only the rows a
+batch asks for. They are stored in bfloat16: half the bytes of fp32 and fp32's range (an LLM's
+hidden states can pass fp16's 65504), at 8 significant bits, which heads trained on them do not
+notice (benchmarks/token_feature_store.py). Only the layers some head reads are stored. A later
+run on the same backbone and data (another seed, other head settings) reuses the file.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headkit._fs import atomic_write_bytes, cache_dir
+from headkit._fs import atomic_path, cache_dir
+from headkit._tensorfile import DamagedFile, Spec, mapped, writing
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
+from headkit.errors import OutputError
 from headkit.model import LAST_LAYER, MultiHeadModel, feature_key, split_feature_key
+
+FORMAT = "headkit-features/2"  # in the cache key and the file: a file of another layout is never read
+TOKEN_DTYPE = torch.bfloat16  # per-token features; pooled ones stay fp32
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -37,7 +46,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def tokens_digest(data: EncodedData) -> str:
     if data.pixels is not None:  # image data: the pixels are the input
-        return hashlib.sha256(data.pixels.float().contiguous().numpy().tobytes()).hexdigest()
+        return data.pixels.digest()
     sequences = data.input_ids + (data.pair_ids or [])
     lengths = np.array([len(x) for x in sequences], dtype=np.int64)
     flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in sequences]) if len(data) else lengths
@@ -48,8 +57,8 @@ def tokens_digest(data: EncodedData) -> str:
 class FeatureCache:
     """Backbone outputs for every example of one dataset."""
 
-    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H); preference pairs: (2N, H)
-    tokens: dict[int, Tensor]  # layer key -> (sum of lengths, H), for the layers per-token heads read
+    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H) fp32; preference pairs: (2N, H)
+    tokens: dict[int, Tensor]  # layer key -> (sum of lengths, H) TOKEN_DTYPE, mapped from the cache file
     offsets: Tensor  # (N + 1,) start of each example in `tokens`
 
     @property
@@ -59,8 +68,9 @@ class FeatureCache:
         return any(v.shape[0] == 2 * n for v in self.pooled.values()) and n > 0
 
     def batch(self, indices: Tensor) -> tuple[dict[int, Tensor] | None, Tensor, dict[str, Tensor]]:
-        """Hidden states by layer (padded), their mask, and pooled vectors for the given examples
-        (for B preference pairs: 2B rows, the chosen ones first, as collate lays them out)."""
+        """Hidden states by layer (padded, fp32), their mask, and pooled vectors for the given
+        examples (for B preference pairs: 2B rows, the chosen ones first, as collate lays them out).
+        Only the rows of these examples are read from the per-token store."""
         if self.pairs:
             rows = torch.cat([indices, indices + len(self.offsets) - 1])
             return None, torch.ones(len(rows), 1, dtype=torch.long), {m: v[rows] for m, v in self.pooled.items()}
@@ -73,7 +83,7 @@ class FeatureCache:
             return None, mask, pooled
         hidden = {}
         for layer, tokens in self.tokens.items():
-            padded = tokens.new_zeros(len(lengths), max(lengths), tokens.shape[1])
+            padded = torch.zeros(len(lengths), max(lengths), tokens.shape[1])
             for i, (start, n) in enumerate(zip(self.offsets[indices].tolist(), lengths, strict=True)):
                 padded[i, :n] = tokens[start : start + n]
             hidden[layer] = padded
@@ -94,7 +104,64 @@ def _stored_name(layer: int) -> str:
     return "tokens" if layer == LAST_LAYER else f"tokens@{layer}"
 
 
+def _offsets(data: EncodedData) -> Tensor:
+    """(N + 1,): where each example's positions start in the flat per-token store, and the total."""
+    offsets = torch.zeros(len(data) + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(data.lengths(), dtype=torch.long).cumsum(0)
+    return offsets
+
+
+def _spec(data: EncodedData, poolings: set[str], token_layers: set[int], hidden_size: int) -> Spec:
+    """What a cache file of this data holds: its tensors' dtypes and shapes."""
+    rows = 2 * len(data) if data.pair_ids is not None else len(data)
+    spec: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {"offsets": (torch.int64, (len(data) + 1,))}
+    spec |= {f"pooled.{key}": (torch.float32, (rows, hidden_size)) for key in poolings}
+    total = sum(data.lengths())
+    return spec | {_stored_name(layer): (TOKEN_DTYPE, (total, hidden_size)) for layer in token_layers}
+
+
 @torch.no_grad()
+def _backbone_pass(
+    model: MultiHeadModel,
+    data: EncodedData,
+    poolings: set[str],
+    tokens: dict[int, Tensor],
+    batch_size: int,
+    pad_id: int,
+    progress: bool,
+    shard: tuple[int, int],
+) -> dict[str, Tensor]:
+    """Run the backbone over `data` once (eval mode, no grad): every position of each layer in
+    `tokens` is written into that (sum of lengths, H) store, in RAM or mapped from a file, a batch
+    at a time; returns the pooled vectors of `poolings` (fp32, in RAM).
+
+    `shard` = (index, count): compute only every count-th batch from the index-th on, leaving
+    zeros elsewhere, so that several processes each compute a share and a sum joins them."""
+    was_training = model.training
+    model.eval()
+    n, device = len(data), model.device
+    pairs = data.pair_ids is not None  # 2 rows per example: the chosen text, then (at n + i) the rejected
+    pooled = {key: torch.zeros(2 * n if pairs else n, model.hidden_size) for key in poolings}
+    lengths = data.lengths()
+    starts = _offsets(data).tolist()
+    layers = {split_feature_key(key)[1] for key in poolings} | set(tokens)
+    index, count = shard
+    batches = LengthGroupedBatches(lengths, batch_size, seed=0, shuffle=False).batches()[index::count]
+    for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
+        batch = collate([data[i] for i in indices], pad_id, {}, {})
+        hidden, mask = model.forward_layers(layers or {LAST_LAYER}, **model_inputs(batch, device))
+        rows = indices + [n + i for i in indices] if pairs else indices
+        for key in poolings:
+            method, layer = split_feature_key(key)
+            pooled[key][rows] = model.pool(hidden[layer].float(), mask, method).cpu()
+        for layer, store in tokens.items():
+            states = hidden[layer].to(store.dtype).cpu()
+            for row, i in enumerate(indices):
+                store[starts[i] : starts[i] + lengths[i]] = states[row, : lengths[i]]
+    model.train(was_training)
+    return pooled
+
+
 def compute_features(
     model: MultiHeadModel,
     data: EncodedData,
@@ -105,37 +172,54 @@ def compute_features(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> FeatureCache:
-    """Run the backbone over `data` once (eval mode, no grad) and keep what the heads need:
-    `poolings` (feature keys) and every position of `token_layers`.
-
-    `shard` = (index, count): compute only every count-th batch from the index-th on, leaving
-    zeros elsewhere, so that several processes each compute a share and a sum joins them."""
-    was_training = model.training
-    model.eval()
-    n, device = len(data), model.device
-    hidden_size = model.hidden_size
-    pairs = data.pair_ids is not None  # 2 rows per example: the chosen text, then (at n + i) the rejected
-    pooled = {key: torch.zeros(2 * n if pairs else n, hidden_size) for key in poolings}
-    lengths = torch.tensor(data.lengths())
-    offsets = torch.zeros(n + 1, dtype=torch.long)
-    offsets[1:] = lengths.cumsum(0)
-    tokens = {layer: torch.zeros(int(offsets[-1]), hidden_size) for layer in token_layers}
-    layers = {split_feature_key(key)[1] for key in poolings} | set(token_layers)
-    index, count = shard
-    batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()[index::count]
-    for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
-        batch = collate([data[i] for i in indices], pad_id, {}, {})
-        hidden, mask = model.forward_layers(layers or {LAST_LAYER}, **model_inputs(batch, device))
-        rows = indices + [n + i for i in indices] if pairs else indices
-        for key in poolings:
-            method, layer = split_feature_key(key)
-            pooled[key][rows] = model.pool(hidden[layer].float(), mask, method).cpu()
-        for layer, store in tokens.items():
-            states = hidden[layer].float()
-            for row, i in enumerate(indices):
-                store[offsets[i] : offsets[i + 1]] = states[row, : int(lengths[i])].cpu()
-    model.train(was_training)
+    """The features the heads need, held in RAM: `poolings` (feature keys, fp32) and every position
+    of `token_layers` (TOKEN_DTYPE), for data that fits in memory (few-shot sets, the shares that
+    several processes sum). `cached_features` writes large data's per-token rows to disk instead.
+    `shard`: see `_backbone_pass`."""
+    offsets = _offsets(data)
+    tokens = {layer: torch.zeros(int(offsets[-1]), model.hidden_size, dtype=TOKEN_DTYPE) for layer in token_layers}
+    pooled = _backbone_pass(model, data, poolings, tokens, batch_size, pad_id, progress, shard)
     return FeatureCache(pooled, tokens, offsets)
+
+
+def _fill(path: Path, model: MultiHeadModel, data: EncodedData, needs: tuple[set[str], set[int]], **run) -> None:
+    """Compute the features straight into a new cache file at `path`: the file is laid out first,
+    the per-token rows go into it as each batch is done, the pooled vectors at the end."""
+    poolings, token_layers = needs
+    with writing(path, _spec(data, poolings, token_layers, model.hidden_size), {"format": FORMAT}) as stored:
+        tokens = {layer: stored[_stored_name(layer)] for layer in token_layers}
+        pooled = _backbone_pass(model, data, poolings, tokens, **run)
+        for key, vectors in pooled.items():
+            stored[f"pooled.{key}"].copy_(vectors)
+        stored["offsets"].copy_(_offsets(data))
+
+
+def _save(path: Path, features: FeatureCache, data: EncodedData, hidden_size: int) -> None:
+    """Write features held in RAM to a new cache file at `path`."""
+    with writing(path, _spec(data, set(features.pooled), set(features.tokens), hidden_size), {"format": FORMAT}) as f:
+        f["offsets"].copy_(features.offsets)
+        for key, vectors in features.pooled.items():
+            f[f"pooled.{key}"].copy_(vectors)
+        for layer, tokens in features.tokens.items():
+            f[_stored_name(layer)].copy_(tokens)
+
+
+def _load(path: Path, data: EncodedData, needs: tuple[set[str], set[int]], hidden_size: int) -> FeatureCache | None:
+    """The cache file's features (pooled ones copied to RAM, per-token ones mapped), or None when
+    it is damaged or does not hold exactly what this data needs in this format."""
+    poolings, token_layers = needs
+    try:
+        tensors, metadata = mapped(path)
+    except (OSError, DamagedFile):
+        return None
+    spec = _spec(data, poolings, token_layers, hidden_size)
+    fits = metadata.get("format") == FORMAT and tensors.keys() == spec.keys()
+    if not fits or any((t.dtype, tuple(t.shape)) != spec[name] for name, t in tensors.items()):
+        return None
+    if not torch.equal(tensors["offsets"], _offsets(data)):
+        return None
+    pooled = {key: tensors[f"pooled.{key}"].clone() for key in poolings}
+    return FeatureCache(pooled, {layer: tensors[_stored_name(layer)] for layer in token_layers}, _offsets(data))
 
 
 def cached_features(
@@ -161,23 +245,28 @@ def cached_features(
     """
     kinds = ",".join(sorted(poolings) + sorted(_stored_name(layer) for layer in token_layers))
     digest = backbone_digest or weights_digest(model.backbone)
-    key = hashlib.sha256(f"{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
+    key = hashlib.sha256(f"{FORMAT}|{TOKEN_DTYPE}|{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
     path = (root or cache_dir() / "features") / f"{key[:32]}.safetensors"
+    needs, run = (poolings, token_layers), {"batch_size": batch_size, "pad_id": pad_id, "progress": progress}
     if path.is_file():
-        try:
-            stored = safetensors.torch.load_file(path)
-            pooled = {k[len("pooled.") :]: v for k, v in stored.items() if k.startswith("pooled.")}
-            tokens = {layer: stored[_stored_name(layer)] for layer in token_layers}
-            return FeatureCache(pooled, tokens, stored["offsets"]), True
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    features = compute_features(model, data, poolings, token_layers, batch_size, pad_id, progress, shard)
-    if total is not None:  # each share holds zeros outside its own batches
+        if (features := _load(path, data, needs, model.hidden_size)) is not None:
+            return features, True
+        path.unlink(missing_ok=True)  # a damaged or foreign cache file is recomputed, never trusted
+    if total is None and write:  # one process: the backbone's output goes straight to the file
+        with atomic_path(path) as tmp:
+            _fill(tmp, model, data, needs, shard=shard, **run)
+        if (features := _load(path, data, needs, model.hidden_size)) is None:
+            raise OutputError(f"the feature cache {path} does not read back as written; is the disk failing?")
+        return features, False
+    # Several processes sum their shares (zeros outside their own batches), which needs every row in
+    # each one's RAM (a file they all write would need a file system they all see); rank 0 then saves
+    # the file, which later runs map.
+    features = compute_features(model, data, poolings, token_layers, shard=shard, **run)
+    if total is not None:
         pooled = {m: total(v) for m, v in features.pooled.items()}
-        tokens = {layer: total(v) for layer, v in features.tokens.items()}
+        tokens = {layer: total(v.float()).to(v.dtype) for layer, v in features.tokens.items()}  # x + 0: exact
         features = FeatureCache(pooled, tokens, features.offsets)
     if write:
-        tensors = {f"pooled.{m}": v for m, v in features.pooled.items()} | {"offsets": features.offsets}
-        tensors |= {_stored_name(layer): v for layer, v in features.tokens.items()}
-        atomic_write_bytes(path, safetensors.torch.save(tensors))
+        with atomic_path(path) as tmp:
+            _save(tmp, features, data, model.hidden_size)
     return features, False

@@ -305,7 +305,7 @@ def _token_rows(cache: FeatureCache, layer: int, tags: list[list[int] | None]) -
             if tag != IGNORE_INDEX:
                 rows.append(int(cache.offsets[i]) + pos)
                 labels.append(tag)
-    return cache.tokens[layer][rows].numpy(), np.asarray(labels)
+    return cache.tokens[layer][rows].float().numpy(), np.asarray(labels)
 
 
 @torch.no_grad()
