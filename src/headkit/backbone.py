@@ -25,9 +25,10 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 
 from headkit._fs import cache_dir, staged_dir
 from headkit.backbone_outputs import width_or_none
-from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
+from headkit.errors import CheckpointError, HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
 from headkit.hub import is_hub_id, local_path
+from headkit.ship.save import BACKBONE_DIR, MANIFEST, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +140,10 @@ def declared_pooling(directory: str | os.PathLike) -> str | None:
     if not Path(directory).is_dir() and is_hub_id(str(directory)):  # a model loaded by hub id: its cached files
         directory = _cached_snapshot(str(directory), "modules.json") or directory
     directory = Path(directory)
-    if (directory.parent / "heads.json").is_file() and directory.name == "backbone":
+    if directory.name == BACKBONE_DIR and (directory.parent / MANIFEST).is_file():
         try:
-            saved = json.loads((directory.parent / "heads.json").read_text(encoding="utf-8"))
-            return saved["backbone"].get("pooling")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return read_manifest(directory.parent)["backbone"].get("pooling")
+        except CheckpointError:
             return None
     try:
         modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))

@@ -68,6 +68,11 @@ def width_or_none(backbone: nn.Module) -> int | None:
         return None
 
 
+def floating_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a module computes in: that of its first floating-point parameter (fp32 if none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
 def is_feature_map(backbone: nn.Module) -> bool:
     """True when the backbone's last hidden state is a (B, C, H, W) map rather than a sequence."""
     config = backbone.config

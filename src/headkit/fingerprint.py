@@ -13,7 +13,7 @@ import json
 import torch
 from torch import nn
 
-from headkit.backbone_outputs import width_or_none
+from headkit.backbone_outputs import floating_dtype, width_or_none
 
 
 def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
@@ -71,7 +71,7 @@ def fingerprint(backbone: nn.Module) -> dict:
         "structure_sha256": digest,
         "weights_sample_sha256": digest_of(samples),
         "weights_samples": samples,
-        "dtype": str(next((p.dtype for p in backbone.parameters() if p.is_floating_point()), "")).replace("torch.", ""),
+        "dtype": str(floating_dtype(backbone)).replace("torch.", ""),
     }
 
 
@@ -79,4 +79,4 @@ def differing_weights(saved: dict, current: dict) -> list[str]:
     """The tensors whose sampled weights differ between two fingerprints (all, when the saved one
     predates per-tensor samples)."""
     before, now = saved.get("weights_samples") or {}, current["weights_samples"]
-    return sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n)) if before else sorted(now)
+    return sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n))

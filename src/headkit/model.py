@@ -34,6 +34,7 @@ from headkit.backbone_outputs import (
     check_map_pooling,
     family_pooling,
     features_mask,
+    floating_dtype,
     hidden_size,
     is_feature_map,
     right_aligned,
@@ -42,7 +43,7 @@ from headkit.backbone_outputs import (
 from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
-from headkit.heads.pooling import first_real_position, pool
+from headkit.heads.pooling import pool
 from headkit.hub import local_path, push_folder
 from headkit.ship.save import (
     ADAPTER_DIR,
@@ -276,7 +277,7 @@ class MultiHeadModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The backbone's floating-point dtype (what its first floating parameter holds)."""
-        return next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.float32)
+        return floating_dtype(self.backbone)
 
     @property
     def backbone_pooler(self) -> nn.Module | None:
@@ -289,8 +290,7 @@ class MultiHeadModel(nn.Module):
     def pool(self, hidden: Tensor, mask: Tensor, method: str) -> Tensor:
         """(B, T, H) -> (B, H) with a pooling method, the backbone's own `pooler` included."""
         if method == "pooler":  # it reads position 0: give it each text's first real token (left padding)
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return self.backbone_pooler(hidden[rows, first_real_position(mask)].unsqueeze(1))
+            return self.backbone_pooler(pool(hidden, mask, "cls").unsqueeze(1))
         return pool(hidden, mask, method)
 
     def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:

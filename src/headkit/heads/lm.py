@@ -24,6 +24,7 @@ from headkit.errors import HeadConfigError, HeadMismatchError
 from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, perplexity, real_positions, zero_loss
 
 MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__init__.py registers them)
+LAYER_NORM_EPS = 1e-12  # BERT's, for a backbone whose config names none
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LMConfig(HeadConfig):
         if self.vocab_size == 0:  # 0: the backbone's own vocabulary
             self.vocab_size = int(backbone_config.vocab_size)
         if self.layer_norm_eps is None:
-            self.layer_norm_eps = float(getattr(backbone_config, "layer_norm_eps", None) or 1e-12)
+            self.layer_norm_eps = float(getattr(backbone_config, "layer_norm_eps", None) or LAYER_NORM_EPS)
 
 
 class LMHead(HeadBase):
@@ -60,7 +61,7 @@ class LMHead(HeadBase):
         self.transform = (
             nn.Identity()
             if self.causal
-            else nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps or 1e-12))
+            else nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps or LAYER_NORM_EPS))
         )
         self.decoder = nn.Linear(h, config.vocab_size, bias=not self.causal)
 
