@@ -38,12 +38,37 @@ def write_split(out: Path, seed: int = 0) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def main() -> None:
+def train_and_score(run: Path, train_file: Path, test_file: Path, **options):
+    """A token-classification head on MiniLM trained on the tweet NER split (`options`: TrainConfig
+    fields), then scored on the held-out file with seqeval. Returns (train result, evaluation,
+    examples scored, seconds of training)."""
     from headkit.data.tasks import TaskSpec
     from headkit.ship.predict import load_for_inference
     from headkit.training.evaluate import evaluate_dataset
     from headkit.training.recipe import TrainConfig, train
 
+    started = time.perf_counter()
+    result = train(
+        TrainConfig(
+            model="minilm",
+            tasks=[TaskSpec("ner", str(train_file), label="tags", type="token-classification")],
+            batch_size=32,
+            max_length=MAX_LENGTH,
+            val_fraction=0.1,
+            patience=0,
+            output_dir=str(run),
+            overwrite=True,
+            progress=False,
+            **options,
+        )
+    )
+    seconds = time.perf_counter() - started
+    model, tokenizer = load_for_inference(run)
+    evaluation, count = evaluate_dataset(model, tokenizer, str(test_file), {"ner": "tags"}, max_length=MAX_LENGTH)
+    return result, evaluation, count, seconds
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--strategy", default="full")
     parser.add_argument("--epochs", type=int, default=5)
@@ -55,31 +80,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train_file, test_file = write_split(out)
     results = {}
+    options = {"epochs": args.epochs, "lr": args.lr, "backbone_lr": args.backbone_lr, "seed": 0}
     for setting in ("none", "auto"):
-        run = out / f"run-{setting}"
-        started = time.perf_counter()
-        train(
-            TrainConfig(
-                model="minilm",
-                tasks=[TaskSpec("ner", str(train_file), label="tags", type="token-classification")],
-                strategy=args.strategy,
-                epochs=args.epochs,
-                lr=args.lr,
-                backbone_lr=args.backbone_lr,
-                batch_size=32,
-                max_length=MAX_LENGTH,
-                val_fraction=0.1,
-                patience=0,
-                seed=0,
-                class_weights=setting,
-                output_dir=str(run),
-                overwrite=True,
-                progress=False,
-            )
+        _, evaluation, count, seconds = train_and_score(
+            out / f"run-{setting}", train_file, test_file, strategy=args.strategy, class_weights=setting, **options
         )
-        seconds = time.perf_counter() - started
-        model, tokenizer = load_for_inference(run)
-        evaluation, count = evaluate_dataset(model, tokenizer, str(test_file), {"ner": "tags"}, max_length=MAX_LENGTH)
         report = evaluation.reports["ner"]
         results[setting] = (evaluation.scores["ner"], report, seconds, count)
     entities = sorted(k for k in results["none"][1] if not k.endswith(" avg"))

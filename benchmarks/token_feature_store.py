@@ -17,48 +17,24 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MAX_LENGTH = 64
-
 
 def run(store: str, seed: int, args: argparse.Namespace, train_file: Path, test_file: Path) -> dict:
     """Train on a cache stored as `store`, then score on the held-out file with the live backbone."""
     import torch
+    from class_weights import train_and_score  # the same head, split and scoring as that benchmark
 
-    from headkit.data.tasks import TaskSpec
-    from headkit.ship.predict import load_for_inference
     from headkit.training import features
-    from headkit.training.evaluate import evaluate_dataset
-    from headkit.training.recipe import TrainConfig, train
 
     features.TOKEN_DTYPE = {"bfloat16": torch.bfloat16, "float32": torch.float32}[store]
     out = Path(args.out) / f"{store}-seed{seed}"
-    started = time.perf_counter()
-    result = train(
-        TrainConfig(
-            model="minilm",
-            tasks=[TaskSpec("ner", str(train_file), label="tags", type="token-classification")],
-            strategy="frozen",
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=32,
-            max_length=MAX_LENGTH,
-            val_fraction=0.1,
-            patience=0,
-            seed=seed,
-            output_dir=str(out),
-            overwrite=True,
-            progress=False,
-        )
+    result, evaluation, _, seconds = train_and_score(
+        out, train_file, test_file, strategy="frozen", epochs=args.epochs, lr=args.lr, seed=seed
     )
-    seconds = time.perf_counter() - started
-    model, tokenizer = load_for_inference(out)
-    evaluation, _ = evaluate_dataset(model, tokenizer, str(test_file), {"ner": "tags"}, max_length=MAX_LENGTH)
     fill = result.metrics["seconds"] - sum(e["train_seconds"] for e in result.metrics["epochs"])
     return {"f1": evaluation.scores["ner"]["f1"], "seconds": seconds, "fill": fill}
 
