@@ -182,3 +182,14 @@ def test_a_reward_head_scores_in_serving_exactly_what_it_scored_in_training(tiny
     ids = predict_texts(model, tokenizer, [(long_prompt, "very good")])
     cut = tokenizer(join_pair(long_prompt, "very good"), truncation=True, max_length=24)["input_ids"]
     assert tokenizer.decode(cut, skip_special_tokens=True).endswith("the film was very good") and ids[0]["truncated"]
+
+
+def test_a_response_longer_than_max_length_is_refused_naming_its_row(tiny_text_model):
+    """The prompt is cut from its start to fit; a response that cannot fit even alone is an error."""
+    from headkit.backbone import load_processor
+    from headkit.data.pairs import tokenize_pairs
+
+    rows = preference_rows(3)
+    rows[2]["rejected"] = " ".join(["very good"] * 20)
+    with pytest.raises(DataError, match=r"prefs.csv, row 3: a response of 42 tokens does not fit in max_length 16"):
+        tokenize_pairs(load_processor(tiny_text_model), rows, "prompt", "chosen,rejected", 16, "prefs.csv")
