@@ -2,6 +2,7 @@
 
 from headkit._logging import disable_default_handler, install_default_handler, set_verbosity
 from headkit.backbone import inspect_model, load_backbone, load_processor, split_backbone
+from headkit.backbone.fingerprint import fingerprint
 from headkit.errors import (
     CheckpointError,
     DataError,
@@ -13,7 +14,6 @@ from headkit.errors import (
     RemoteCodeError,
     UnknownHeadTypeError,
 )
-from headkit.fingerprint import fingerprint
 from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
 from headkit.model import MultiHeadModel, MultiHeadOutput, load, load_heads
 from headkit.ship.pipeline import pipeline

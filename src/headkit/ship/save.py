@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
+from headkit.backbone.fingerprint import differing_weights, fingerprint
 from headkit.errors import CheckpointError, FingerprintMismatchError
-from headkit.fingerprint import differing_weights, fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,169 @@
+"""Load a resolved checkpoint into torch objects: its backbone, its processor, its input limit.
+
+Only the backbone (`AutoModel`) is loaded, the task head dropped; weights the checkpoint lacks are
+drawn from a fixed seed so every load is the same backbone. A GGUF model is dequantised once into
+a cached safetensors copy, and a tokenizer with no pad token reuses one of its own tokens, so
+batches can be padded without a new embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors import SafetensorError
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+
+from headkit._fs import cache_dir, staged_dir
+from headkit.backbone.inspect import model_class
+from headkit.backbone.resolve import ModelSource, check_remote_code, gguf_cache_key, load_config, resolve_model
+from headkit.errors import HeadkitError, ModelNotFoundError
+from headkit.extras import require
+
+logger = logging.getLogger(__name__)
+
+
+def quietly_from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(path)` without transformers' per-tensor "Loading weights" bar: a local
+    checkpoint loads in a second or two, and the bar would break into headkit's own output."""
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    finally:
+        if shown:
+            bars.enable_progress_bar()
+
+
+def dequantised(source: ModelSource) -> Path:
+    """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = source.path / source.gguf_file
+    key = gguf_cache_key(source)
+    target = cache_dir() / "dequantised" / key
+    if (target / "config.json").is_file():
+        return target
+    require("gguf", "Reading a GGUF checkpoint")
+    logger.info(f"dequantising {gguf.name} once (cached in {target})")
+    try:
+        model = quietly_from_pretrained(
+            AutoModelForCausalLM, source.path, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        raise HeadkitError(f"could not read the GGUF file {gguf} ({e}); it may be damaged") from e
+    # Loading a GGUF file already dequantised the weights to fp32; drop the quantisation markers
+    # so that transformers saves them as the plain model they now are.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    with staged_dir(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+def max_input_tokens(config: PretrainedConfig, tokenizer: Any, requested: int) -> int:
+    """The longest input to use: the request, capped by the model's positions and the tokenizer's
+    limit (which is often an "unlimited" 1e30). More positions than the model has would fail deep
+    inside torch."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    return min([n for n in limits if isinstance(n, int) and 0 < n < 1_000_000] + [requested])
+
+
+def input_limit(name: str | os.PathLike, tokenizer: Any, requested: int, trust_remote_code: bool = False) -> int:
+    """`max_input_tokens` for a checkpoint by name, saying so when the request is cut."""
+    cap = max_input_tokens(load_config(name, trust_remote_code=trust_remote_code), tokenizer, requested)
+    if requested > cap:
+        logger.warning(f"max_length {requested} is more than {name} can read; using {cap}")
+    return cap
+
+
+def load_backbone(
+    name: str | os.PathLike,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    merge_adapter: bool = True,
+) -> PreTrainedModel:
+    """Load only the backbone (`AutoModel`) of any checkpoint; a pretraining or task head is dropped.
+
+    A headkit save whose backbone was tuned with LoRA keeps the adapter beside it (`adapter/`);
+    with `merge_adapter` it is merged in, so the result is a plain backbone to build on.
+    """
+    source = resolve_model(name)
+    check_remote_code(source, trust_remote_code)
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    path = dequantised(source) if source.gguf_file else source.path
+    try:
+        # Weights the checkpoint lacks (BERT's pooler under a masked-LM checkpoint) are initialised
+        # from a fixed seed, so every load of a checkpoint is the same backbone: head-only saves
+        # fit it again (their fingerprint covers the weights), and 'pooler' pooling reads one pooler.
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: other devices' streams are untouched
+            torch.default_generator.manual_seed(0)
+            backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
+    adapter = source.path.parent / "adapter"
+    if merge_adapter and source.path.name == "backbone" and (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, adapter).merge_and_unload()
+    return backbone
+
+
+def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer (text), image processor (vision) or feature extractor (speech) that belongs
+    to a checkpoint: the one for the input its model reads (a speech CTC checkpoint also ships a
+    tokenizer for its labels, but its backbone reads audio)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    source = resolve_model(name)
+    path = dequantised(source) if source.gguf_file else source.path
+    autos = [AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor]
+    if _main_input(source, trust_remote_code) in ("input_values", "input_features"):  # audio models
+        autos = [AutoFeatureExtractor, AutoTokenizer]
+    errors = []
+    for auto in autos:
+        try:
+            processor = auto.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            errors.append(f"{auto.__name__}: {str(e)[:160]}")
+            continue
+        return with_pad_token(processor) if auto is AutoTokenizer else processor
+    raise ModelNotFoundError(
+        f"{source.path} has no tokenizer, image processor or feature extractor: " + "; ".join(errors)
+    )
+
+
+def _main_input(source: ModelSource, trust_remote_code: bool) -> str | None:
+    """The input the checkpoint's model reads (input_ids, pixel_values, input_values), from its
+    config alone; None when the config cannot tell."""
+    if source.gguf_file or not (source.path / "config.json").is_file():
+        return None
+    try:
+        return model_class(load_config(source.path, trust_remote_code=trust_remote_code)).main_input_name
+    except (HeadkitError, OSError, ValueError, KeyError):
+        return None
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """A tokenizer that can pad: decoder LLMs' tokenizers often have no pad token ("Cannot handle
+    batch sizes > 1 if no padding token is defined"). An existing token is reused — eos, else unk,
+    else id 0 — so the vocabulary and the embeddings never change; headkit's attention masks come
+    from the texts' lengths, so padding is never read as text, even where pad == eos."""
+    if getattr(tokenizer, "pad_token", "") is not None or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        return tokenizer
+    token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
+    tokenizer.pad_token = token
+    logger.warning(
+        f"note: the tokenizer has no pad token; padding with {token!r} (masked out everywhere, no new embedding)"
+    )
+    return tokenizer
