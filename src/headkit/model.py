@@ -1,16 +1,16 @@
-"""MultiHeadModel: one shared backbone, named heads, one backbone forward for all of them.
+"""MultiHeadModel: a backbone adapter, named heads and their loss weighting; one backbone pass for all heads.
 
-    inputs -> backbone -> hidden (B, T, H), mask (B, T) -> each head -> outputs, losses
-    (a CNN's (B, C, H, W) feature map enters as H*W positions: see headkit.backbone_outputs)
+    inputs -> BackboneAdapter -> Features (hidden (B, T, H) by layer, mask (B, T), pooled (B, H))
+           -> each head -> outputs, losses
     total loss = LossWeighting({head: loss}) over the heads that have labels in the batch
 
-`forward_features` and `forward_heads` are split (timm style) so frozen training can run the
-heads on cached backbone features without touching the backbone at all.
+`forward_features` and `forward_heads` are split (timm style): frozen training computes the
+features once (training/features.py caches them) and runs only the heads on them, through
+`trainable_top()` when the training loop wraps what trains for several processes.
 
 A head reads the last hidden state unless its config names another `layer` (probing, or a head
-on an intermediate layer): then the backbone is asked for its hidden states once, and every head
-takes the layer it reads. Layers are keyed -1 (the last hidden state) or by their index into the
-backbone's `hidden_states` (0 = the embeddings); pooled features are keyed `feature_key(method, layer)`.
+on an intermediate layer): the backbone is then asked for its hidden states once, and every head
+takes the layer it reads (headkit.adapter keys them).
 """
 
 from __future__ import annotations
@@ -28,22 +28,11 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from headkit.backbone import declared_pooling, load_backbone
-from headkit.backbone_outputs import (
-    as_sequence,
-    check_map_pooling,
-    family_pooling,
-    features_mask,
-    floating_dtype,
-    hidden_size,
-    is_feature_map,
-    right_aligned,
-    roll_rows,
-)
+from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
+from headkit.backbone import load_backbone
 from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
-from headkit.heads.pooling import pool
 from headkit.hub import local_path, push_folder
 from headkit.ship.save import (
     ADAPTER_DIR,
@@ -60,32 +49,12 @@ from headkit.ship.save import (
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LAST_LAYER = -1
-Hidden = Tensor | Mapping[int, Tensor]  # the last hidden state, or hidden states by layer key
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
 
 
 def _configs(heads: Mapping[str, HeadConfig | dict[str, Any]] | None) -> dict[str, HeadConfig]:
     """Head configs given as dataclasses or as their heads.json dicts."""
     return {h: c if isinstance(c, HeadConfig) else config_from_dict(c) for h, c in (heads or {}).items()}
-
-
-def feature_key(method: str, layer: int = LAST_LAYER) -> str:
-    """The name of one pooled feature: 'mean' on the last hidden state, 'mean@3' on hidden state 3."""
-    return method if layer == LAST_LAYER else f"{method}@{layer}"
-
-
-def split_feature_key(key: str) -> tuple[str, int]:
-    method, _, layer = key.partition("@")
-    return method, int(layer) if layer else LAST_LAYER
-
-
-def at_layer(hidden: Hidden | None, layer: int) -> Tensor | None:
-    """The hidden states of one layer key from what a forward (or the feature cache) produced."""
-    if hidden is None or not isinstance(hidden, Mapping):
-        if layer != LAST_LAYER and hidden is not None:
-            raise HeadConfigError(f"hidden state {layer} was not computed; run the heads through forward_layers")
-        return hidden
-    return hidden[layer]
 
 
 @dataclass
@@ -107,7 +76,7 @@ class MultiHeadOutput(ModelOutput):
 
 
 class MultiHeadModel(nn.Module):
-    """A backbone plus a `ModuleDict` of heads; see the module docstring."""
+    """A `BackboneAdapter`, a `ModuleDict` of heads and a `LossWeighting`; see the module docstring."""
 
     accepts_loss_kwargs = False  # transformers.Trainer: forward's **inputs are the backbone's, not loss options
 
@@ -119,17 +88,25 @@ class MultiHeadModel(nn.Module):
         processor: Any = None,
     ):
         super().__init__()
-        hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
-        self.backbone = backbone
-        # what `auto` pooling means here: the checkpoint's own sentence pooling, else its family's
-        source = getattr(backbone.config, "name_or_path", "") or ""
-        self.default_pooling = (declared_pooling(source) if source else None) or family_pooling(backbone)
+        self.adapter = BackboneAdapter(backbone)
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
         self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
         self._given_processor = processor
         for name, config in (heads or {}).items():
             self.add_head(name, config)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `model.backbone = get_peft_model(model.backbone)` (LoRA) or `... .merge_and_unload()`
+        # replaces the adapter's backbone, as PEFT users write it; nn.Module would register a stray copy
+        if name == "backbone" and "adapter" in self.__dict__.get("_modules", {}):
+            self.adapter.backbone = value
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.adapter.backbone
 
     @classmethod
     def from_pretrained(
@@ -213,45 +190,35 @@ class MultiHeadModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return hidden_size(self.backbone)
+        return self.adapter.width
 
     @property
     def backbone_config(self):
         return self.backbone.config
 
     @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.dtype
+
+    @property
     def head_configs(self) -> dict[str, HeadConfig]:
         return {name: head.config for name, head in self.heads.items()}
 
+    # ------------------------------------------------------------------------- heads
+
     def add_head(self, name: str, config: HeadConfig) -> Head:
         """Attach a new head, checking that it fits this backbone (sizes, vocabulary). The head
-        keeps a copy of `config` with what the backbone decides filled in (input size, `auto`
+        gets a copy of `config` with what the backbone decides filled in (input size, `auto`
         pooling, vocabulary): the caller's object is left as it was."""
         if not HEAD_NAME.match(name):
             raise HeadConfigError(f"head name '{name}' must be a Python identifier (letters, digits, _)")
         if name in self.heads:
-            raise HeadConfigError(f"a head named '{name}' already exists; remove_head('{name}') first")
-        config = copy.deepcopy(config)
-        if config.pooling == "auto":
-            config.pooling = self.default_pooling
-        if config.input_size is None:
-            config.input_size = self.hidden_size
-        elif config.input_size != self.hidden_size:
-            raise HeadMismatchError(
-                f"head '{name}' expects input size {config.input_size}, but the backbone "
-                f"({self.backbone.config.model_type}) has hidden size {self.hidden_size}; "
-                f"rebuild the head with input_size={self.hidden_size} or use the backbone it was made for"
-            )
-        self.layer_key(config.layer, name)  # a layer out of range fails here, naming the valid ones
-        if not head_class(config.type).per_token:
-            check_map_pooling(self.backbone, name, config.pooling)
-        if config.pooling == "pooler" and self.backbone_pooler is None:
-            raise HeadMismatchError(
-                f"head '{name}' uses 'pooler' pooling, but the {self.backbone.config.model_type} backbone has no "
-                "pooling layer; use cls, mean, max or last"
-            )
-        config.fit_backbone(self.backbone.config)
-        head = build_head(config)
+            raise HeadConfigError(f"a head named '{name}' already exists; reset_head('{name}', config) replaces it")
+        head = build_head(self._resolved(name, config))
         head.attach(self.backbone)
         if head.needs_processor:
             processor = self._processor()
@@ -266,154 +233,88 @@ class MultiHeadModel(nn.Module):
         self.weighting.add_head(name)
         return head
 
+    def _resolved(self, name: str, config: HeadConfig) -> HeadConfig:
+        """A copy of `config` completed and checked against this backbone."""
+        adapter, config = self.adapter, copy.deepcopy(config)
+        if config.pooling == "auto":
+            config.pooling = adapter.default_pooling
+        if config.input_size is None:
+            config.input_size = adapter.width
+        elif config.input_size != adapter.width:
+            raise HeadMismatchError(
+                f"head '{name}' expects input size {config.input_size}, but the backbone ({adapter.model_type}) "
+                f"has hidden size {adapter.width}; rebuild the head with input_size={adapter.width} "
+                "or use the backbone it was made for"
+            )
+        adapter.layer_key(config.layer, name)  # a layer out of range fails here, naming the valid ones
+        adapter.check_pooling(name, config.pooling, head_class(config.type).per_token)
+        config.fit_backbone(self.backbone.config)
+        return config
+
+    def reset_head(self, name: str, config: HeadConfig | None = None) -> Head | None:
+        """Replace head `name` with a new one built from `config` (as timm's `reset_classifier`);
+        `config=None` only removes it. Returns the new head."""
+        if name in self.heads:
+            self.remove_head(name)
+        return None if config is None else self.add_head(name, config)
+
     def remove_head(self, name: str) -> None:
+        if name not in self.heads:
+            raise HeadConfigError(f"no head named '{name}'; this model has {list(self.heads)}")
         del self.heads[name]
         self.weighting.remove_head(name)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The backbone's floating-point dtype (what its first floating parameter holds)."""
-        return floating_dtype(self.backbone)
-
-    @property
-    def backbone_pooler(self) -> nn.Module | None:
-        """The backbone's own pooling layer (BERT's tanh pooler), seen through a PEFT wrapper."""
-        if is_feature_map(self.backbone):
-            return None  # a CNN's pooler pools the (B, C, H, W) map, which heads never see
-        base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
-        return getattr(base, "pooler", None)
-
-    def pool(self, hidden: Tensor, mask: Tensor, method: str) -> Tensor:
-        """(B, T, H) -> (B, H) with a pooling method, the backbone's own `pooler` included."""
-        if method == "pooler":  # it reads position 0: give it each text's first real token (left padding)
-            return self.backbone_pooler(pool(hidden, mask, "cls").unsqueeze(1))
-        return pool(hidden, mask, method)
-
-    def hidden_mask(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """A (B, T) mask over hidden positions, whatever the modality (`backbone_outputs.features_mask`)."""
-        return features_mask(self.backbone, hidden, attention_mask)
-
-    @property
-    def is_encoder_decoder(self) -> bool:
-        return bool(getattr(self.backbone.config, "is_encoder_decoder", False))
-
-    @property
-    def num_layers(self) -> int | None:
-        """Transformer layers of the backbone (its hidden_states hold this many + 1, the embeddings first)."""
-        n = getattr(self.backbone.config, "num_hidden_layers", None)
-        return n if isinstance(n, int) and n > 0 else None
-
-    def layer_key(self, layer: int, head: str = "") -> int:
-        """-1 for the last hidden state, else the index into the backbone's hidden_states (0 = embeddings).
-
-        `layer` counts like a Python index over the hidden states: 0 is the embeddings, n the
-        last of n layers, -1 the last, -2 the one below it."""
-        if layer == LAST_LAYER:
-            return LAST_LAYER
-        n = self.num_layers
-        who = f"head '{head}'" if head else "a head"
-        if n is None:
-            raise HeadMismatchError(
-                f"{who} reads layer {layer}, but the {self.backbone.config.model_type} backbone does not say how many "
-                "layers it has (no num_hidden_layers); use layer -1, the last hidden state"
-            )
-        if not -(n + 1) <= layer <= n:
-            raise HeadConfigError(
-                f"{who} reads layer {layer}, but the {self.backbone.config.model_type} backbone has {n} layers: "
-                f"use 0..{n} (0 = the embeddings, {n} = the last) or -{n + 1}..-1"
-            )
-        index = layer % (n + 1)
-        return LAST_LAYER if index == n else index
-
-    def layers_read(self, heads: list[str] | None = None) -> set[int]:
-        """The layer keys the chosen heads (all by default) read."""
-        names = heads if heads is not None else list(self.heads)
-        known = [n for n in names if n in self.heads]  # forward_heads names any unknown one
-        return {self.layer_key(self.heads[n].config.layer) for n in known} or {LAST_LAYER}
-
-    def forward_layers(self, layers: set[int], **inputs: Tensor) -> tuple[dict[int, Tensor], Tensor]:
-        """Run the backbone once: hidden states (B, T, H) of each layer key asked for, and their mask (B, T).
-
-        Layers below the last are taken from `output_hidden_states`, asked for only when needed."""
-        below = sorted(layer for layer in layers if layer != LAST_LAYER)
-        for key in ("pixel_values", "input_values"):  # pixels and audio in the backbone's dtype (bf16 ...)
-            if key in inputs and inputs[key].is_floating_point():
-                inputs = {**inputs, key: inputs[key].to(self.dtype)}
-        # The backbone always reads right-padded rows: a left-padded text (Llama, Gemma and Qwen
-        # tokenizers pad left) would otherwise start at position k, not 0, wherever positions are
-        # absolute (GPT-2, Llama, BERT, BART ...). Its states are rolled back to the caller's layout.
-        given_mask = inputs.get("attention_mask")
-        inputs, shift = right_aligned(inputs)
-        # an encoder-decoder checkpoint (T5, BART): heads read its encoder; a seq2seq head drives its decoder
-        network = self.backbone.get_encoder() if self.is_encoder_decoder else self.backbone
-        out = network(**inputs, output_hidden_states=True) if below else network(**inputs)
-        last = getattr(out, "last_hidden_state", None)
-        if last is None:
-            raise HeadMismatchError(
-                f"the {type(self.backbone).__name__} backbone returned no last_hidden_state (it returned "
-                f"{list(out.keys()) if hasattr(out, 'keys') else type(out).__name__}); heads need one"
-            )
-        hidden = {LAST_LAYER: as_sequence(last)}  # a CNN's feature map becomes H*W positions
-        hidden.update({layer: as_sequence(out.hidden_states[layer]) for layer in below})
-        if shift is not None:
-            hidden = {layer: roll_rows(h, -shift) for layer, h in hidden.items()}
-        return hidden, self.hidden_mask(hidden[LAST_LAYER], given_mask)
-
-    def forward_features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the backbone once: the last hidden state (B, T, H) and its mask (B, T)."""
-        hidden, mask = self.forward_layers({LAST_LAYER}, **inputs)
-        return hidden[LAST_LAYER], mask
-
-    def forward_heads(
-        self,
-        hidden: Hidden | None,
-        mask: Tensor,
-        labels: Mapping[str, Tensor | None] | None = None,
-        heads: list[str] | None = None,
-        pooled: Mapping[str, Tensor] | None = None,
-    ) -> MultiHeadOutput:
-        """Run the chosen heads (all by default) on backbone features and combine their losses.
-
-        `hidden` is the last hidden state, or hidden states by layer key (`forward_layers`).
-        `pooled` maps a `feature_key` to precomputed (B, H) vectors (the feature cache); pooled
-        heads then skip pooling, and `hidden` may be None when no per-token head runs.
-        """
+    def _names(self, heads: list[str] | None) -> list[str]:
         names = heads if heads is not None else list(self.heads)
         unknown = [n for n in names if n not in self.heads]
         if unknown:
             raise HeadConfigError(f"unknown head(s) {unknown}; this model has {list(self.heads)}")
-        outputs = {}
-        pooled = dict(pooled or {})  # each (pooling, layer) is computed once, however many heads use it
+        return names
+
+    def reads(self, name: str) -> tuple[int, str | None]:
+        """What head `name` reads: its layer key, and its pooled feature's key (None: every position)."""
+        head = self.heads[name]
+        layer = self.adapter.layer_key(head.config.layer)
+        return layer, None if head.per_token else feature_key(head.config.pooling, layer)
+
+    def layers_read(self, heads: list[str] | None = None) -> set[int]:
+        """The layer keys the chosen heads (all by default) read."""
+        return {self.reads(n)[0] for n in self._names(heads)} or {LAST_LAYER}
+
+    # ------------------------------------------------------------------------- forward
+
+    def forward_features(self, inputs: Mapping[str, Tensor], heads: list[str] | None = None) -> Features:
+        """One backbone pass: the features every chosen head (all by default) reads."""
+        return self.adapter(dict(inputs), self.layers_read(heads))
+
+    def forward_heads(
+        self, features: Features, labels: Mapping[str, Tensor | None] | None = None, heads: list[str] | None = None
+    ) -> MultiHeadOutput:
+        """Run the chosen heads (all by default) on `features` (from `forward_features`, or the
+        feature cache) and combine the losses of those with labels in the batch."""
+        names, outputs = self._names(heads), {}
         for name in names:
-            head = self.heads[name]
-            layer = self.layer_key(head.config.layer)
-            if head.per_token:
-                outputs[name] = head(at_layer(hidden, layer), mask)
-                continue
-            key = feature_key(head.config.pooling, layer)
-            if key not in pooled:
-                pooled[key] = self.pool(at_layer(hidden, layer), mask, head.config.pooling)
-            outputs[name] = head.forward_pooled(pooled[key])
+            head, (layer, pooled) = self.heads[name], self.reads(name)
+            if pooled is None:
+                outputs[name] = head(features.at(layer), features.mask)
+            else:
+                outputs[name] = head.forward_pooled(self.adapter.pooled(features, head.config.pooling, layer))
         if labels is None:
-            return MultiHeadOutput(outputs=outputs, mask=mask)
+            return MultiHeadOutput(outputs=outputs, mask=features.mask)
         losses, counts = {}, {}
         for name in names:
             y = labels.get(name)
             if y is None:
                 continue
-            loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), mask)
+            loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), features.mask)
             if n > 0:
                 losses[name], counts[name] = loss, n
         if losses:
             total = self.weighting(losses, {n: self.heads[n].config.loss_weight for n in losses})
         else:
-            total = sum((zero_loss(o) for o in outputs.values()), start=zero_loss(mask.float()))
+            total = sum((zero_loss(o) for o in outputs.values()), start=zero_loss(features.mask.float()))
         # built in one go: ModelOutput orders its tuple by the fields set at construction, loss first
-        return MultiHeadOutput(loss=total, outputs=outputs, losses=losses, counts=counts, mask=mask)
+        return MultiHeadOutput(loss=total, outputs=outputs, losses=losses, counts=counts, mask=features.mask)
 
     def forward(
         self,
@@ -421,35 +322,42 @@ class MultiHeadModel(nn.Module):
         attention_mask: Tensor | None = None,
         labels: Mapping[str, Tensor | None] | None = None,
         heads: list[str] | None = None,
-        features: tuple[Hidden | None, Tensor, Mapping[str, Tensor]] | None = None,
         token_type_ids: Tensor | None = None,
         pixel_values: Tensor | None = None,
         input_values: Tensor | None = None,
         **inputs: Tensor,
     ) -> MultiHeadOutput:
-        """Backbone + heads; with `features` = (hidden, mask, pooled) from the feature cache the
-        backbone is skipped. Going through `forward` either way keeps DDP's gradient sync intact.
-        The backbone's inputs are named (as in transformers models, so Trainer keeps them); a
-        batch from headkit's collate may be passed whole (`model(**batch)`)."""
+        """Backbone + heads. The backbone's inputs are named (as in transformers models, so Trainer
+        keeps them); a batch from headkit's collate may be passed whole (`model(**batch)`)."""
         inputs.pop("index", None)  # collate's example positions (for the feature cache), not a model input
-        named = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids,
-            "pixel_values": pixel_values,
-            "input_values": input_values,
-        }
-        inputs.update({k: v for k, v in named.items() if v is not None})
-        if features is not None:
-            hidden, mask, pooled = features
-            return self.forward_heads(hidden, mask, labels=labels, heads=heads, pooled=pooled)
-        hidden, mask = self.forward_layers(self.layers_read(heads), **inputs)
-        return self.forward_heads(hidden, mask, labels=labels, heads=heads)
+        given = (input_ids, attention_mask, token_type_ids, pixel_values, input_values)
+        inputs.update({k: v for k, v in zip(BACKBONE_INPUTS, given, strict=True) if v is not None})
+        return self.forward_heads(self.forward_features(inputs, heads), labels=labels, heads=heads)
+
+    def trainable_top(self) -> HeadStack:
+        """The heads and the loss weighting as one module that runs on `Features`: what the
+        training loop hands DDP when the backbone is frozen and its features come from the cache."""
+        return HeadStack(self)
 
     def tied_parameter_names(self) -> set[str]:
         """Head parameters that are the backbone's own tensors (not saved with the heads)."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         return {n for n, p in self.heads.named_parameters(remove_duplicate=False) if id(p) in backbone_ids}
+
+
+class HeadStack(nn.Module):
+    """A model's heads and loss weighting, without its backbone: `forward(features, labels)`.
+    It shares the model's modules (no copy), so what trains here is what the model saves."""
+
+    def __init__(self, model: MultiHeadModel) -> None:
+        super().__init__()
+        self.heads, self.weighting = model.heads, model.weighting
+        self._forward_heads = model.forward_heads  # a bound method: not a submodule, no backbone in DDP's view
+
+    def forward(
+        self, features: Features, labels: Mapping[str, Tensor | None] | None = None, heads: list[str] | None = None
+    ) -> MultiHeadOutput:
+        return self._forward_heads(features, labels=labels, heads=heads)
 
 
 # ----------------------------------------------------------------------------- loading saves (ship/save.py writes them)

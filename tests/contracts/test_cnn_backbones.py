@@ -52,11 +52,12 @@ def test_the_feature_map_becomes_positions_of_the_last_stage_width(kind, tmp_pat
     model = MultiHeadModel.from_pretrained(save_cnn(tmp_path, kind), heads).eval()
     assert model.hidden_size == WIDTHS[kind]
     pixels = torch.randn(2, 3, 32, 32)
-    hidden, mask = model.forward_features(pixel_values=pixels)
+    features = model.forward_features({"pixel_values": pixels})
+    hidden, mask = features.at(-1), features.mask
     feature_map = model.backbone(pixel_values=pixels).last_hidden_state  # (B, C, H, W)
     assert hidden.shape == (2, feature_map.shape[2] * feature_map.shape[3], WIDTHS[kind]) and bool(mask.all())
     # mean pooling over positions is global average pooling of the map
-    assert torch.allclose(model.pool(hidden, mask, "mean"), feature_map.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(model.adapter.pooled(features, "mean"), feature_map.mean(dim=(2, 3)), atol=1e-6)
     labels = {"shape": torch.tensor([0, -100]), "box": torch.tensor([[float("nan")] * 4, [0.1, 0.2, 0.5, 0.6]])}
     out = model(pixel_values=pixels, labels=labels)
     assert out.counts == {"shape": 1, "box": 1} and out.outputs["box"].shape == (2, 4)
@@ -179,4 +180,4 @@ def test_a_backbone_that_returns_no_hidden_state_is_a_clear_error(tmp_path):
     model = MultiHeadModel.from_pretrained(save_cnn(tmp_path, "resnet"))
     model.backbone.forward = lambda **_: BaseModelOutputWithPoolingAndNoAttention(pooler_output=torch.zeros(1, 16))
     with pytest.raises(HeadMismatchError, match=r"returned no last_hidden_state \(it returned \['pooler_output'\]\)"):
-        model.forward_features(pixel_values=torch.zeros(1, 3, 32, 32))
+        model.forward_features({"pixel_values": torch.zeros(1, 3, 32, 32)})

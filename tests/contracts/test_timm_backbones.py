@@ -48,7 +48,7 @@ def test_weights_with_other_names_load_by_position_into_the_backbone(weights, tm
     assert model.hidden_size == network.num_features
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        hidden, _ = model.eval().forward_features(pixel_values=pixels)
+        hidden = model.eval().forward_features({"pixel_values": pixels}).at(-1)
         expected = network.eval().forward_features(pixels)  # (B, C, H, W)
     assert torch.allclose(hidden, expected.flatten(2).transpose(1, 2), atol=1e-5)
 

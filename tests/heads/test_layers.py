@@ -36,7 +36,7 @@ def test_heads_on_different_layers_share_one_backbone_pass(bert_backbone):
 
 def test_layer_indices_count_like_python_over_the_hidden_states(bert_backbone):
     model = MultiHeadModel(bert_backbone)  # 2 layers: hidden states 0 (embeddings), 1, 2
-    assert [model.layer_key(k) for k in (0, 1, 2, -1, -2, -3)] == [0, 1, -1, -1, 1, 0]
+    assert [model.adapter.layer_key(k) for k in (0, 1, 2, -1, -2, -3)] == [0, 1, -1, -1, 1, 0]
     for bad in (3, -4):
         with pytest.raises(
             HeadConfigError,
@@ -73,7 +73,7 @@ def test_the_cache_stores_only_the_layers_heads_read_and_feeds_the_same_outputs(
     }
     with torch.no_grad():
         live = model(**batch)
-        cached = model(features=cache.batch(torch.arange(len(data))))
+        cached = model.forward_heads(cache.batch(torch.arange(len(data))))
     for name in model.heads:  # per-token features are stored in bfloat16 (8 significant bits), pooled ones in fp32
         atol = 1e-2 if model.heads[name].per_token else 1e-5
         assert torch.allclose(live.outputs[name], cached.outputs[name], atol=atol), name

@@ -76,7 +76,8 @@ def test_greedy_generation_equals_step_by_step_decoding_and_beams_search(tiny_te
         ["good film", "a very dull plot"], padding=True, return_tensors="pt"
     )
     with torch.no_grad():
-        memory, mask = model.forward_features(**batch)
+        features = model.forward_features(batch)
+        memory, mask = features.at(-1), features.mask
         fast = head.generate(memory, mask)
         ids = torch.full((2, 1), head.config.start_token_id)
         for _ in range(6):  # no cache: the whole prefix every step
@@ -223,7 +224,8 @@ def test_the_head_on_an_encoder_decoder_is_the_checkpoint_itself(encoder_decoder
     batch = tokenizer(["the film was good", "a dull plot"], return_tensors="pt", padding=True)
     start, end, pad = head.config.start_token_id, head.config.end_token_id, head.config.pad_token_id
     with torch.no_grad():
-        ours = head.generate(*model.forward_features(**batch))
+        features = model.forward_features(batch)
+        ours = head.generate(features.at(-1), features.mask)
         theirs = reference.generate(**batch, max_new_tokens=6, decoder_start_token_id=start, eos_token_id=end,
                                     pad_token_id=pad, do_sample=False, num_beams=1)  # fmt: skip
     assert ours.tolist() == theirs.tolist()

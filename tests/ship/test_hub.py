@@ -409,5 +409,5 @@ def test_a_sentence_transformers_model_loaded_by_hub_id_keeps_its_pooling(tiny_t
     (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
     hub_cache(folder, "acme/st-bert")
     backbone = transformers.AutoModel.from_pretrained("acme/st-bert")  # name_or_path is the hub id
-    assert MultiHeadModel(backbone).default_pooling == "mean"
-    assert MultiHeadModel.on_backbone("acme/st-bert").default_pooling == "mean"
+    assert MultiHeadModel(backbone).adapter.default_pooling == "mean"
+    assert MultiHeadModel.on_backbone("acme/st-bert").adapter.default_pooling == "mean"

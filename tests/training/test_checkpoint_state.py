@@ -145,7 +145,9 @@ def test_best_weights_under_lora_leave_out_the_frozen_base_weights(tiny_text_mod
         names = set(f.keys())
     trainable = {n for n, p in result.model.named_parameters() if p.requires_grad}
     assert trainable <= names and any("lora_" in n for n in names)
-    assert not [n for n in names if n.startswith("backbone.") and "lora_" not in n and n not in buffers(result.model)]
+    assert not [
+        n for n in names if n.startswith("adapter.backbone.") and "lora_" not in n and n not in buffers(result.model)
+    ]
     model_bytes = sum(t.numel() * t.element_size() for t in result.model.state_dict().values())
     assert best.stat().st_size < model_bytes / 4, (best.stat().st_size, model_bytes)
     assert not list((tmp_path / "run").glob(".best.safetensors.*"))  # no temporary file left behind

@@ -3,14 +3,16 @@ pass, filled batch by batch through a memory map, in bfloat16 (fp32's range, hal
 read back a batch's rows at a time. Pooled vectors stay fp32 in RAM. A damaged file, or one that
 does not fit the data (another format, other shapes), is recomputed, never trusted."""
 
+import dataclasses
+
 import pytest
 import safetensors
 import safetensors.torch
 import torch
 
 from headkit import MultiHeadModel, head_config
+from headkit.adapter import LAST_LAYER
 from headkit.data.batching import EncodedData
-from headkit.model import LAST_LAYER
 from headkit.training.features import cached_features, features_needed
 
 from conftest import mapped_file, needs_proc_maps
@@ -32,8 +34,8 @@ def setup(backbone) -> tuple[MultiHeadModel, EncodedData]:
 def live_states(model: MultiHeadModel, data: EncodedData, i: int) -> torch.Tensor:
     """Example i's last hidden states, fp32, from the backbone itself."""
     with torch.no_grad():
-        hidden, _ = model.forward_layers({LAST_LAYER}, input_ids=torch.tensor([data.input_ids[i]]))
-    return hidden[LAST_LAYER][0].float()
+        features = model.forward_features({"input_ids": torch.tensor([data.input_ids[i]])})
+    return features.at(LAST_LAYER)[0].float()
 
 
 @needs_proc_maps
@@ -59,8 +61,9 @@ def test_a_later_run_maps_the_file_and_a_batch_reads_its_rows_as_padded_fp32(ber
     (stored,) = tmp_path.glob("*.safetensors")
     assert hit and mapped_file(again.tokens[LAST_LAYER]) == str(stored.resolve())
     rows = torch.tensor([4, 1])
-    hidden, mask, pooled = again.batch(rows)
-    expected_hidden, expected_mask, expected_pooled = first.batch(rows)
+    got, expected = again.batch(rows), first.batch(rows)
+    hidden, mask, pooled = got.hidden, got.mask, got.pooled
+    expected_hidden, expected_mask, expected_pooled = expected.hidden, expected.mask, expected.pooled
     assert hidden[LAST_LAYER].dtype == torch.float32 and hidden[LAST_LAYER].shape == (2, 6, 32)
     assert torch.equal(hidden[LAST_LAYER], expected_hidden[LAST_LAYER]) and torch.equal(mask, expected_mask)
     assert mask.tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]] and not hidden[LAST_LAYER][1, 3:].any()
@@ -75,20 +78,23 @@ def test_the_16_bit_store_keeps_values_and_head_outputs_close_to_fp32_and_fp32s_
     exponent range: hidden states beyond fp16's 65504 (some LLMs have them) survive."""
     model, data = setup(bert_backbone)
     cache, _ = cached_features(model, data, *features_needed(model), root=tmp_path, progress=False)
-    hidden, mask, pooled = cache.batch(torch.arange(len(data)))
+    features = cache.batch(torch.arange(len(data)))
+    hidden = features.hidden
     with torch.no_grad():
-        cached = model(features=(hidden, mask, pooled)).outputs["tags"]
+        cached = model.forward_heads(features).outputs["tags"]
     for i, n in enumerate(LENGTHS):
         live = live_states(model, data, i)
         assert ((hidden[LAST_LAYER][i, :n] - live).abs() <= live.abs() * 2**-8 + 1e-6).all()
         with torch.no_grad():
             direct = model(input_ids=torch.tensor([data.input_ids[i]])).outputs["tags"][0]
         assert torch.allclose(cached[i, :n], direct, atol=1e-2, rtol=1e-2)
-    original = model.forward_layers
-    model.forward_layers = lambda *a, **k: (
-        {layer: h * 1e6 for layer, h in original(*a, **k)[0].items()},
-        original(*a, **k)[1],
-    )
+    original = model.adapter.forward_features
+
+    def huge(*args, **kwargs):
+        features = original(*args, **kwargs)
+        return dataclasses.replace(features, hidden={layer: h * 1e6 for layer, h in features.hidden.items()})
+
+    model.adapter.forward_features = huge
     big, _ = cached_features(model, data, *features_needed(model), root=tmp_path / "big", progress=False)
     values = big.tokens[LAST_LAYER].float()
     assert values.isfinite().all() and values.abs().max() > 65504
@@ -112,8 +118,8 @@ def test_a_damaged_or_foreign_file_is_recomputed_never_trusted(bert_backbone, tm
         cache, hit = cached_features(model, data, *need, root=tmp_path, progress=False)
         assert not hit, name
         got = cache.batch(torch.arange(len(data)))
-        assert torch.equal(got[0][LAST_LAYER], expected[0][LAST_LAYER]), name
-        assert torch.equal(got[2]["mean"], expected[2]["mean"]), name
+        assert torch.equal(got.at(LAST_LAYER), expected.at(LAST_LAYER)), name
+        assert torch.equal(got.pooled["mean"], expected.pooled["mean"]), name
         assert cached_features(model, data, *need, root=tmp_path, progress=False)[1], f"{name}: rewritten whole"
 
 
@@ -129,8 +135,8 @@ def test_shares_summed_in_ram_are_stored_like_a_single_pass(bert_backbone, tmp_p
     assert not hit and hit_again
     for cache in (shared, reread):
         assert cache.tokens[LAST_LAYER].dtype == torch.bfloat16
-        assert torch.equal(cache.batch(rows)[0][LAST_LAYER], single.batch(rows)[0][LAST_LAYER])
-        assert torch.equal(cache.batch(rows)[2]["mean"], single.batch(rows)[2]["mean"])
+        assert torch.equal(cache.batch(rows).at(LAST_LAYER), single.batch(rows).at(LAST_LAYER))
+        assert torch.equal(cache.batch(rows).pooled["mean"], single.batch(rows).pooled["mean"])
 
 
 @pytest.mark.parametrize("layers", [set(), {LAST_LAYER}])

@@ -98,8 +98,8 @@ def test_solved_heads_read_normalised_features_and_fit_the_training_data(tiny_te
     model = MultiHeadModel.from_pretrained(tiny_text_model, data.heads).eval()
     solve_heads(model, data.train, pad_id=0, progress=False)
     assert model.heads["s"].config.normalize
-    hidden, mask = model.forward_features(input_ids=torch.tensor([data.train.input_ids[0]]))
-    pooled = model.pool(hidden, mask, "mean")
+    features = model.forward_features({"input_ids": torch.tensor([data.train.input_ids[0]])})
+    pooled = model.adapter.pooled(features, "mean")
     by_hand = model.heads["s"].classifier[-1](torch.nn.functional.normalize(pooled, dim=-1))
     assert torch.allclose(model.heads["s"].forward_pooled(pooled), by_hand)
 
@@ -200,12 +200,12 @@ def test_all_pairs_steps_pair_every_labelled_example_of_a_batch_and_tune_the_top
     tuned = train(dataclasses.replace(config, overwrite=True))
     assert tuned.metrics["fewshot"]["contrastive_steps"] == 10  # auto: 16 examples get the floor, 10 steps
     after = tuned.model.state_dict()
-    changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
+    changed = {k for k in before if k.startswith("adapter.backbone.") and not torch.equal(before[k], after[k])}
     assert changed and all(".layer.1." in k or "pooler" in k for k in changed)  # 2 layers: the bottom one frozen
     # the resume file holds just the tuned tensors, and a resumed run rebuilds the same model from it
     saved = safetensors.torch.load_file(tmp_path / "run" / CONTRASTIVE_FILE)
     assert all(".layer.1." in k or "pooler" in k for k in saved)
-    assert {k.removeprefix("backbone.") for k in changed} <= saved.keys()
+    assert {k.removeprefix("adapter.backbone.") for k in changed} <= saved.keys()
     resumed = train(dataclasses.replace(config, resume=True)).model.state_dict()
     assert all(torch.equal(after[k], resumed[k]) for k in after)
 

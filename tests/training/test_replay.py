@@ -38,7 +38,8 @@ def _last_hidden_and_grads(model: MultiHeadModel, data: EncodedData, rows: list[
     batch = collate([data[i] for i in rows], 0, {}, {})
     if replay is not None:
         replay.select(rows, batch["attention_mask"])
-    hidden, mask = model.forward_layers({LAST_LAYER}, **model_inputs(batch, model.device))
+    features = model.adapter(model_inputs(batch, model.device))
+    hidden, mask = features.hidden, features.mask
     model.zero_grad()
     (hidden[LAST_LAYER][mask.bool()] ** 2).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.backbone.named_parameters() if p.grad is not None}

@@ -63,7 +63,7 @@ def save_heads(model: Any, directory: str | os.PathLike) -> Path:
         "backbone": {
             **fingerprint(model.backbone),
             "name_or_path": model.backbone.config.name_or_path,
-            "pooling": model.default_pooling,  # what `auto` pooling resolves to for new heads on this backbone
+            "pooling": model.adapter.default_pooling,  # what `auto` pooling resolves to for new heads on this backbone
         },
         "weighting": model.weighting.method,
         "heads": {name: config.to_dict() for name, config in model.head_configs.items()},

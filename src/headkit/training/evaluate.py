@@ -98,11 +98,7 @@ def evaluate(
         batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths)
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
         if cache is not None:
-            hidden, mask, pooled = cache.batch(batch["index"])
-            hidden = {layer: h.to(device) for layer, h in hidden.items()} if hidden is not None else None
-            out = model.forward_heads(
-                hidden, mask.to(device), labels, pooled={k: v.to(device) for k, v in pooled.items()}
-            )
+            out = model.forward_heads(cache.batch(batch["index"]).to(device), labels)
         else:
             out = model(labels=labels, **model_inputs(batch, device))
         for name, head in model.heads.items():

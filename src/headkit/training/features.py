@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from headkit._fs import atomic_path, cache_dir
 from headkit._tensorfile import DamagedFile, Spec, mapped, writing
+from headkit.adapter import LAST_LAYER, Features, split_feature_key
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.errors import OutputError
-from headkit.model import LAST_LAYER, MultiHeadModel, feature_key, split_feature_key
+from headkit.model import MultiHeadModel
 
 FORMAT = "headkit-features/2"  # in the cache key and the file: a file of another layout is never read
 TOKEN_DTYPE = torch.bfloat16  # per-token features; pooled ones stay fp32
@@ -67,37 +68,36 @@ class FeatureCache:
         n = len(self.offsets) - 1
         return any(v.shape[0] == 2 * n for v in self.pooled.values()) and n > 0
 
-    def batch(self, indices: Tensor) -> tuple[dict[int, Tensor] | None, Tensor, dict[str, Tensor]]:
-        """Hidden states by layer (padded, fp32), their mask, and pooled vectors for the given
-        examples (for B preference pairs: 2B rows, the chosen ones first, as collate lays them out).
-        Only the rows of these examples are read from the per-token store."""
+    def batch(self, indices: Tensor) -> Features:
+        """The heads' `Features` for the given examples: hidden states by layer (padded, fp32),
+        their mask, and pooled vectors (for B preference pairs: 2B rows, the chosen ones first, as
+        collate lays them out). Only the rows of these examples are read from the per-token store."""
         if self.pairs:
             rows = torch.cat([indices, indices + len(self.offsets) - 1])
-            return None, torch.ones(len(rows), 1, dtype=torch.long), {m: v[rows] for m, v in self.pooled.items()}
+            return Features(
+                torch.ones(len(rows), 1, dtype=torch.long), pooled={m: v[rows] for m, v in self.pooled.items()}
+            )
         pooled = {m: v[indices] for m, v in self.pooled.items()}
         lengths = (self.offsets[indices + 1] - self.offsets[indices]).tolist()
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1
         if not self.tokens:
-            return None, mask, pooled
+            return Features(mask, pooled=pooled)
         hidden = {}
         for layer, tokens in self.tokens.items():
             padded = torch.zeros(len(lengths), max(lengths), tokens.shape[1])
             for i, (start, n) in enumerate(zip(self.offsets[indices].tolist(), lengths, strict=True)):
                 padded[i, :n] = tokens[start : start + n]
             hidden[layer] = padded
-        return hidden, mask, pooled
+        return Features(mask, hidden, pooled)
 
 
 def features_needed(model: MultiHeadModel) -> tuple[set[str], set[int]]:
     """What the heads read: the pooled features (`feature_key`s) of pooled heads, and the layers
     whose every position some per-token head reads."""
-    pooled = {
-        feature_key(h.config.pooling, model.layer_key(h.config.layer)) for h in model.heads.values() if not h.per_token
-    }
-    token_layers = {model.layer_key(h.config.layer) for h in model.heads.values() if h.per_token}
-    return pooled, token_layers
+    reads = [model.reads(name) for name in model.heads]
+    return {key for _, key in reads if key is not None}, {layer for layer, key in reads if key is None}
 
 
 def _stored_name(layer: int) -> str:
@@ -149,13 +149,13 @@ def _backbone_pass(
     batches = LengthGroupedBatches(lengths, batch_size, seed=0, shuffle=False).batches()[index::count]
     for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
         batch = collate([data[i] for i in indices], pad_id, {}, {})
-        hidden, mask = model.forward_layers(layers or {LAST_LAYER}, **model_inputs(batch, device))
+        features = model.adapter(model_inputs(batch, device), layers or {LAST_LAYER})
         rows = indices + [n + i for i in indices] if pairs else indices
         for key in poolings:
             method, layer = split_feature_key(key)
-            pooled[key][rows] = model.pool(hidden[layer].float(), mask, method).cpu()
+            pooled[key][rows] = model.adapter.pool(features.at(layer).float(), features.mask, method).cpu()
         for layer, store in tokens.items():
-            states = hidden[layer].to(store.dtype).cpu()
+            states = features.at(layer).to(store.dtype).cpu()
             for row, i in enumerate(indices):
                 store[starts[i] : starts[i] + lengths[i]] = states[row, : lengths[i]]
     model.train(was_training)

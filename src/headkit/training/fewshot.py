@@ -68,7 +68,7 @@ from headkit.data.batching import EncodedData, collate, model_inputs
 from headkit.errors import CheckpointError, HeadConfigError
 from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
 from headkit.heads.fewshot import block_pairs
-from headkit.model import MultiHeadModel, feature_key
+from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache, compute_features, features_needed
 from headkit.training.replay import BottomReplay, replay_bottom
 from headkit.training.strategies import (
@@ -174,18 +174,13 @@ def _pair_similarities(
     if replay is not None:
         replay.select(ids, inputs["attention_mask"])
     heads = sorted({p.head for p in pairs})
-    hidden, mask = model.forward_layers(model.layers_read(heads), **inputs)
-    pooled: dict[str, torch.Tensor] = {}
+    features = model.forward_features(inputs, heads)
 
     def embed(head: str, i: int, pos: int) -> torch.Tensor:
-        layer = model.layer_key(model.heads[head].config.layer)
+        layer, _ = model.reads(head)
         if pos >= 0:
-            return hidden[layer][row[i], pos]
-        method = model.heads[head].config.pooling
-        key = feature_key(method, layer)
-        if key not in pooled:
-            pooled[key] = model.pool(hidden[layer], mask, method)
-        return pooled[key][row[i]]
+            return features.at(layer)[row[i], pos]
+        return model.adapter.pooled(features, model.heads[head].config.pooling, layer)[row[i]]
 
     left = torch.stack([embed(p.head, p.left, p.left_pos) for p in pairs])
     right = torch.stack([embed(p.head, p.right, p.right_pos) for p in pairs])
@@ -318,12 +313,12 @@ def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress:
         if y is None:
             continue
         head.config.normalize = True  # the head reads directions, which is what the pairs trained
-        layer = model.layer_key(head.config.layer)
-        if head.per_token:
+        layer, key = model.reads(name)
+        if key is None:
             x, tags = _token_rows(cache, layer, y)
             head.fewshot_fit(_unit(x), tags)
         else:
-            head.fewshot_fit(_unit(cache.pooled[feature_key(head.config.pooling, layer)].numpy()), y)
+            head.fewshot_fit(_unit(cache.pooled[key].numpy()), y)
 
 
 # ----------------------------------------------------------------------------- the recipe

@@ -98,7 +98,7 @@ class PhaseRun:
     """The objects one phase trains with (rebuilt per phase: what trains changes between phases)."""
 
     phase: Phase
-    wrapped: Any  # the model as accelerate prepared it
+    wrapped: Any  # what trains (the model, or its heads on cached features) as accelerate prepared it
     optimizer: torch.optim.Optimizer
     sampler: LengthGroupedBatches  # the batch order; accelerate shards its batches across processes
     loader: Any
@@ -135,7 +135,7 @@ def fit(
         state.phase, state.epoch, state.batches_done = index + 1, 0, 0
     run.accelerator.wait_for_everyone()
     tracking.finish_tracking(run.accelerator)
-    model = run.accelerator.unwrap_model(current.wrapped)
+    model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
     return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
 
@@ -240,11 +240,13 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     )
     loader = DataLoader(run.data.train, batch_sampler=sampler, collate_fn=run.make_batch)
     optimizer = make_optimizer(model, config, run.strategy)
-    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # a cached phase never runs the backbone: DDP wraps only the heads and loss weighting that train
+    trains = model.trainable_top() if phase.cached else model
+    wrapped, optimizer, loader = accelerator.prepare(trains, optimizer, loader)
     total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * phase.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
     if resuming:
-        saved = load_train_state(run.checkpoint_dir, accelerator.unwrap_model(wrapped), optimizer, scheduler)
+        saved = load_train_state(run.checkpoint_dir, model, optimizer, scheduler)
         state = TrainState.from_dict(saved)
         if run.main:
             logger.info(
@@ -313,8 +315,9 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
     epoch_started = time.perf_counter()
     iterator, skip = _batches(run, current, state)
     wrapped.train()
+    run.model.train()  # a cached phase trains a wrapper of the heads alone: the model's own flag follows
     if phase.frozen:  # a frozen feature extractor: no dropout, same features every epoch
-        accelerator.unwrap_model(wrapped).backbone.eval()
+        run.model.backbone.eval()
     bar = tqdm(
         total=len(current.loader),
         initial=skip,
@@ -379,8 +382,8 @@ def _step(run: Run, current: PhaseRun, batch: dict[str, Any]) -> tuple[Any, floa
     accelerator, wrapped = run.accelerator, current.wrapped
     with accelerator.accumulate(wrapped):
         if current.phase.cached:
-            features = run.caches["train"].batch(batch["index"].cpu())
-            out = wrapped(labels=batch["labels"], features=_to_device(features, accelerator.device))
+            features = run.caches["train"].batch(batch["index"].cpu()).to(accelerator.device)
+            out = wrapped(features, labels=batch["labels"])
         else:
             out = wrapped(labels=batch["labels"], **model_inputs(batch))
         loss = out.loss
@@ -397,22 +400,13 @@ def _step(run: Run, current: PhaseRun, batch: dict[str, Any]) -> tuple[Any, floa
     return out, grad_norm
 
 
-def _to_device(cache_batch, device):
-    hidden, mask, pooled = cache_batch
-    return (
-        {layer: h.to(device) for layer, h in hidden.items()} if hidden is not None else None,
-        mask.to(device),
-        {k: v.to(device) for k, v in pooled.items()},
-    )
-
-
 # ----------------------------------------------------------------------------- end of epoch
 
 
 def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: float) -> None:
     """Validate, keep the best epoch's weights, count epochs without improvement, checkpoint."""
     phase, data = current.phase, run.data
-    model = run.accelerator.unwrap_model(current.wrapped)
+    model = run.model
     record: dict[str, Any] = {
         "phase": phase.name,
         "epoch": len(state.epochs) + 1,
@@ -459,5 +453,5 @@ def checkpoint(run: Run, current: PhaseRun, state: TrainState) -> None:
     """The resumable state (main process only; every process waits for it)."""
     run.accelerator.wait_for_everyone()
     if run.main:
-        model = run.accelerator.unwrap_model(current.wrapped)
+        model = run.model
         save_train_state(run.checkpoint_dir, model, current.optimizer, current.scheduler, state.as_dict())

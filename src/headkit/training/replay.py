@@ -80,7 +80,7 @@ class BottomReplay:
             for k in range(0, len(ids), CAPTURE_BATCH):
                 chunk = list(ids[k : k + CAPTURE_BATCH])
                 batch = model_inputs(collate([data[i] for i in chunk], pad_id, {}, {}), self.model.device)
-                hidden, _ = self.model.forward_layers({LAST_LAYER}, **batch)
+                hidden = self.model.adapter(batch).hidden
                 mask = batch["attention_mask"].bool()
                 rows = seen["hidden"][mask].split(mask.sum(dim=1).tolist())
                 self.kept.update(zip(chunk, rows, strict=True))
@@ -131,7 +131,7 @@ class BottomReplay:
         ids, batch, expected = first
         mask = batch["attention_mask"].bool()
         self.select(ids, mask)
-        hidden, _ = self.model.forward_layers({LAST_LAYER}, **batch)
+        hidden = self.model.adapter(batch).hidden
         return torch.allclose(hidden[LAST_LAYER][mask], expected, atol=1e-4, rtol=1e-3)
 
 
