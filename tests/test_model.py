@@ -134,6 +134,50 @@ def test_remove_head(bert_backbone):
     assert list(model.heads) == ["sentiment", "score"] and "topics" not in model.weighting.log_vars
 
 
+def test_reset_head_replaces_one_head_and_leaves_the_callers_config_alone(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads(), weighting="uncertainty")
+    new = head_config("classification", labels=["x", "y", "z"])  # pooling auto, input size unknown
+    head = model.reset_head("sentiment", new)
+    assert model.heads["sentiment"] is head and head.config.labels == ["x", "y", "z"]
+    assert head.config.pooling == "cls" and head.config.input_size == 32  # resolved in the head's copy
+    assert new.pooling == "auto" and new.input_size is None  # the caller's object as it was
+    assert set(model.heads) == {"sentiment", "topics", "score"} and "sentiment" in model.weighting.log_vars
+    batch = text_batch()
+    assert model(**batch).outputs["sentiment"].shape == (batch["input_ids"].shape[0], 3)
+    assert model.reset_head("score") is None and "score" not in model.heads  # None: only removed
+    with pytest.raises(HeadConfigError, match="no head named 'nope'"):
+        model.remove_head("nope")
+
+
+def test_forward_is_forward_features_then_forward_heads_and_the_top_holds_no_backbone(bert_backbone):
+    model = MultiHeadModel(bert_backbone, three_heads()).eval()
+    batch = text_batch()
+    with torch.no_grad():
+        whole = model(**batch, labels=three_labels())
+        features = model.forward_features(batch)
+        parts = model.forward_heads(features, labels=three_labels())
+        on_top = model.trainable_top()(features, labels=three_labels())
+    assert set(features.pooled) == {"cls", "mean", "max"}  # each head's pooling, computed once
+    for out in (parts, on_top):
+        assert torch.equal(out.loss, whole.loss)
+        assert all(torch.equal(out.outputs[h], whole.outputs[h]) for h in whole.outputs)
+    top = {id(p) for p in model.trainable_top().parameters()}
+    assert top == {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]}
+    assert not top & {id(p) for p in model.backbone.parameters()}
+
+
+def test_assigning_the_backbone_replaces_the_adapters_own(bert_backbone):
+    """`model.backbone = get_peft_model(model.backbone)` is how PEFT users wrap a backbone: the
+    adapter must read through the new module, and no second copy may join the state dict."""
+    model = MultiHeadModel(bert_backbone, three_heads())
+    wrapper = torch.nn.Module()
+    wrapper.config, wrapper.inner = bert_backbone.config, bert_backbone
+    model.backbone = wrapper
+    assert model.backbone is wrapper and model.adapter.backbone is wrapper
+    assert "backbone" not in model._modules
+    assert all(k.startswith(("adapter.backbone.inner.", "heads.", "weighting.")) for k in model.state_dict())
+
+
 def test_vision_backbone_with_class_and_box_heads():
     backbone = transformers.AutoModel.from_config(tiny_config("vit"))
     model = MultiHeadModel(
