@@ -12,7 +12,7 @@ import transformers
 import headkit
 import headkit.training.recipe
 from headkit.errors import CheckpointError, ExportError
-from headkit.ship.export import export_onnx, export_transformers
+from headkit.ship.export import ExportResult, export_onnx, export_transformers, load_merged, probe_inputs
 from headkit.ship.onnx_engine import OnnxModel
 from headkit.ship.predict import load_for_inference, predict_texts
 
@@ -113,10 +113,13 @@ def test_export_refuses_unknown_head_existing_output_and_its_own_source(saved_mu
 
 
 @pytest.fixture(scope="module")
-def onnx_export(saved_multihead, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "export"
-    export_onnx(saved_multihead, path, quantize=True)
-    return path
+def onnx_export_result(saved_multihead, tmp_path_factory) -> ExportResult:
+    return export_onnx(saved_multihead, tmp_path_factory.mktemp("onnx") / "export", quantize=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(onnx_export_result) -> Path:
+    return onnx_export_result.path
 
 
 def test_onnx_graph_matches_pytorch_for_every_head(saved_multihead, onnx_export):
@@ -166,6 +169,47 @@ def test_predict_with_onnx_engines_gives_the_pytorch_labels(saved_multihead, onn
             assert set(g) == set(e)
             tolerance = 1e-4 if engine == "onnx" else 0.05  # int8 weights move probabilities a little
             assert g["sentiment"]["probs"]["pos"] == pytest.approx(e["sentiment"]["probs"]["pos"], abs=tolerance)
+
+
+def test_the_int8_graph_comes_with_its_measured_error(saved_multihead, onnx_export_result):
+    """One quantisation call, then int8 against fp32 on the export's own probe inputs: the figures
+    are in the result, its message and onnx.json, and an independent run of both graphs agrees."""
+    error = onnx_export_result.int8_error
+    assert list(error) == list(SERVED_HEADS)
+    assert json.loads((onnx_export_result.path / "onnx.json").read_text())["int8_error"] == error
+    assert "|int8 - fp32|" in onnx_export_result.message and f"sentiment {error['sentiment']:.3g}" in (
+        onnx_export_result.message
+    )
+    model, processor, _ = load_merged(saved_multihead)
+    inputs = probe_inputs(model, processor)
+    fp32, int8 = OnnxModel(onnx_export_result.path)(**inputs), OnnxModel(onnx_export_result.path, int8=True)(**inputs)
+    for name, reported in error.items():
+        assert reported == pytest.approx(float((fp32.outputs[name] - int8.outputs[name]).abs().max()), abs=1e-6)
+    assert 0 < max(error.values()) < 1.0  # int8 moved the outputs, a little (random heads, std 0.5 weights)
+
+
+REFUSAL = "[ShapeInferenceError] Inferred shape and existing shape differ in dimension 0: (384) vs (2)"
+
+
+def test_a_graph_onnxruntime_cannot_quantise_is_one_clear_error_and_nothing_is_written(
+    saved_multihead, tmp_path, monkeypatch
+):
+    """onnxruntime before 1.32 (1.23 on Python 3.10) refuses torch.onnx's graphs with this error;
+    the export says what to do instead of trying other ways to quantise."""
+    import onnxruntime.quantization
+
+    calls = []
+
+    def refuses(*args, **kwargs):  # onnxruntime 1.23's words on the MiniLM export (benchmarks/inference.py)
+        calls.append(args)
+        raise RuntimeError(REFUSAL)
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", refuses)
+    expected = r"could not quantise.*ShapeInferenceError.*without --quantize.*1\.32 or newer"
+    with pytest.raises(ExportError, match=expected):
+        export_onnx(saved_multihead, tmp_path / "int8", quantize=True, optimize=False)
+    assert len(calls) == 1
+    assert not (tmp_path / "int8").exists() and not list(tmp_path.glob(".int8*"))
 
 
 def test_corrupt_onnx_file_and_missing_export_are_refused(onnx_export, saved_multihead, tmp_path):
