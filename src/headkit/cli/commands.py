@@ -1,6 +1,7 @@
 """The `headkit` subcommands: plain functions whose parameters and docstrings become flags and
 help (parser.py), so the CLI and the library never drift. Each one is a thin wrapper over the
-library: it parses nothing itself and prints results for a person."""
+library: it parses nothing itself, calls the library and hands the result to render.py. The
+commands that fit a model live in training_commands.py; COMMANDS lists them all, in help order."""
 
 from __future__ import annotations
 
@@ -8,25 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from rich.console import Console
-from rich.table import Table
-
+from headkit.cli import render
+from headkit.cli.training_commands import advise, pretrain, sft, train
 from headkit.devices import Device, DType
 from headkit.errors import HeadkitError
-from headkit.training.config import TrainConfig
-from headkit.training.pretrain import PretrainConfig
-from headkit.training.sft import SFTConfig
 
 Engine = Literal["torch", "onnx", "onnx-int8"]
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit} ({n:,})"
-    return f"{n:,}"
 
 
 def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> None:
@@ -37,59 +25,17 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
         json: print machine-readable JSON instead of a table.
         trust_remote_code: allow checkpoints that need their own Python code.
     """
-    import json as jsonlib
-
     from headkit.backbone import inspect_model
     from headkit.ship.save import describe_heads
 
     report = inspect_model(model, trust_remote_code=trust_remote_code)
     heads = describe_heads(model)  # a headkit save or run also carries its own task heads
     if json:
-        print(jsonlib.dumps({**report.to_dict(), "headkit_heads": heads}, indent=2))
+        render.as_json({**report.to_dict(), "headkit_heads": heads})
         return
-    table = Table(title=f"{report.architecture}  ({report.model_type})", show_header=False)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    if report.output_layer:
-        head = f"{report.head_kind}: {report.output_layer}  {report.output_in}→{report.output_out}"
-    else:
-        head = "none: a bare backbone (attach task heads with headkit.MultiHeadModel)"
-    rows = [
-        ("path", report.path),
-        ("backbone", f"{report.backbone_class}  (module: {report.backbone_module})"),
-        ("head", head),
-        ("head modules", ", ".join(f"{n} ({c})" for n, c in report.head_modules.items()) or "-"),
-        ("tied embeddings", "yes (head decoder = input embeddings)" if report.tied_embeddings else "no"),
-        ("hidden size", str(report.hidden_size)),
-        ("layers", str(report.num_layers)),
-        ("vocab size", str(report.vocab_size)),
-        ("params total", _count(report.params_total)),
-        ("params backbone", _count(report.params_backbone)),
-        ("params head", _count(report.params_head) + ("  (+ tied decoder)" if report.tied_embeddings else "")),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    Console().print(table)
+    render.checkpoint(report)
     if heads:
-        head_table = Table(title=f"headkit heads on this backbone ({model})")
-        for column in ("head", "type", "pooling", "labels", "params"):
-            head_table.add_column(column, overflow="fold")
-        for name, h in heads.items():
-            labels = ", ".join(h["labels"][:6]) + (f" … ({len(h['labels'])})" if len(h["labels"]) > 6 else "")
-            params = _count(h["params"]) + ("  (+ tied decoder)" if h["tied_to_embeddings"] else "")
-            head_table.add_row(name, h["type"], str(h["pooling"]), labels or "-", params)
-        Console().print(head_table)
-
-
-def train(config: TrainConfig) -> None:
-    """Train heads on a backbone with one adaptation strategy (frozen, partial:K, full, lora, lp-ft, fewshot).
-
-    Args:
-        config: see TrainConfig; give a YAML file with --config, flags, or both (flags win).
-    """
-    from headkit.training.recipe import train as run_training
-
-    run_training(config)
+        render.saved_heads(heads, model)
 
 
 def evaluate(
@@ -175,38 +121,23 @@ def predict(
         raise HeadkitError("nothing to predict: give --input FILE, --text 'some text' or --image FILE")
     model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     if image:
-        _print_images(model, tokenizer, image, batch_size)
+        _predict_images(model, tokenizer, image, batch_size)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
         count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size, progress, max_length)
-        print(f"wrote predictions for {count} texts to {output}")
-        if truncated:
-            print(
-                f"note: {truncated} texts were longer than the model reads and were predicted on their "
-                'first tokens (marked "truncated": true)'
-            )
-    for sample, prediction in zip(
-        text or [], predict_texts(model, tokenizer, text or [], batch_size, max_length), strict=True
-    ):
-        Console().print(f"[bold]{sample}[/]", highlight=False)
-        for head, value in prediction.items():
-            if head == "truncated":
-                Console().print("  (text truncated to the model's limit)", highlight=False)
-                continue
-            Console().print(f"  {head}: {model.heads[head].brief(value)}", highlight=False)
+        render.file_predictions(count, truncated, output)
+    if text:
+        render.predictions(text, predict_texts(model, tokenizer, text, batch_size, max_length), model)
 
 
-def _print_images(model, processor, paths: list[str], batch_size: int) -> None:
+def _predict_images(model, processor, paths: list[str], batch_size: int) -> None:
     from headkit.data.images import is_image_processor, open_image
     from headkit.ship.predict import predict_images
 
     if not is_image_processor(processor):
         raise HeadkitError("--image needs a model trained on images; this one reads text (use --text)")
     images = [open_image(p, "--image")[0] for p in paths]
-    for path, prediction in zip(paths, predict_images(model, processor, images, batch_size), strict=True):
-        Console().print(f"[bold]{path}[/]", highlight=False)
-        for head, value in prediction.items():
-            Console().print(f"  {head}: {model.heads[head].brief(value)}", highlight=False)
+    render.predictions(paths, predict_images(model, processor, images, batch_size), model)
 
 
 def fill_mask(
@@ -229,19 +160,13 @@ def fill_mask(
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
-    import json as jsonlib
-
     from headkit.ship.generate import fill_mask as run_fill_mask
 
     results = run_fill_mask(model, text, top_k, trust_remote_code, device, dtype)
     if json:
-        print(jsonlib.dumps([{"text": t, "masks": r} for t, r in zip(text, results, strict=True)], indent=2))
+        render.as_json([{"text": t, "masks": r} for t, r in zip(text, results, strict=True)])
         return
-    for sample, masks in zip(text, results, strict=True):
-        Console().print(f"[bold]{sample}[/]", highlight=False)
-        for number, candidates in enumerate(masks, start=1):
-            shown = "  ".join(f"{token} {p:.3f}" for token, p in candidates)
-            Console().print(f"  mask {number}: {shown}", highlight=False)
+    render.masks(text, results)
 
 
 def generate(
@@ -282,7 +207,7 @@ def generate(
 
     if writing_heads(model):  # seq2seq heads: each writes its text for the prompt
         answers = generate_heads(model, [prompt], max_new_tokens, num_beams, device=device, dtype=dtype)[0]
-        print("\n".join(f"{h}: {t}" for h, t in answers.items() if h != "truncated"))
+        render.head_texts(answers)
         return
     run_generate(
         model,
@@ -299,28 +224,6 @@ def generate(
         dtype=dtype,
     )
     print()
-
-
-def pretrain(config: PretrainConfig) -> None:
-    """Continue pretraining (MLM or CLM) on your own text: domain adaptation before fine-tuning.
-
-    Args:
-        config: see PretrainConfig; give a YAML file with --config, flags, or both.
-    """
-    from headkit.training.pretrain import pretrain as run_pretraining
-
-    run_pretraining(config)
-
-
-def sft(config: SFTConfig) -> None:
-    """Instruction-tune a causal LM on prompt -> response data (chat template, loss on responses only).
-
-    Args:
-        config: see SFTConfig; give a YAML file with --config, flags, or both.
-    """
-    from headkit.training.sft import sft as run_sft
-
-    run_sft(config)
 
 
 def export(
@@ -360,8 +263,7 @@ def export(
         result = export_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)
     else:
         result = export_onnx(run, output, quantize=quantize, overwrite=overwrite, progress=progress, optimize=optimize)
-    print(f"wrote {result.path} ({result.target})")
-    print(result.message)
+    render.export_result(result)
 
 
 def serve(
@@ -407,82 +309,6 @@ def serve(
         max_new_tokens=max_new_tokens,
     )
     run_server(load_app(run, engine=engine, limits=limits, device=device, dtype=dtype), host=host, port=port)
-
-
-def advise(
-    data: str | None = None,
-    text_column: str = "text",
-    label: str = "label",
-    budget: float = 30.0,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    model: str = "minilm",
-    max_length: int = 128,
-    unlabelled: list[str] | None = None,
-    output_dir: str = "runs/advised",
-    run: bool = False,
-    overwrite: bool = False,
-) -> None:
-    """Recommend an adaptation strategy for your data and hardware, with its steps; --run does them.
-
-    Args:
-        data: the labelled file (CSV/JSONL/Parquet) or a built-in dataset; rows with an empty
-            label count as unlabelled text.
-        text_column: the text column (old spelling: --text).
-        label: the label column (classes, or numbers for regression).
-        budget: minutes of training you can spend on this machine.
-        device: auto (a CUDA GPU if there is one), cpu or cuda.
-        model: the backbone checkpoint directory or alias.
-        max_length: token limit the plan trains with.
-        unlabelled: more unlabelled text (files or built-in datasets, same text column), for
-            continued pretraining when the data's vocabulary is far from the backbone's.
-        output_dir: where the plan's run goes.
-        run: carry the plan out now (pretraining if planned, then training).
-        overwrite: with --run, replace an existing run in output_dir.
-    """
-    from headkit.advise.plan import advise as make_plan
-    from headkit.advise.plan import run_plan
-    from headkit.advise.rules import RULES
-    from headkit.heads import head_class
-
-    facts, hardware, plan = make_plan(
-        data, text_column, label, budget, device, model, max_length, unlabelled, output_dir
-    )
-    console = Console()
-    table = Table(title=f"what headkit sees in {data}", show_header=False)
-    counts = head_class(facts.task_type).describe_counts(facts.class_counts) if facts.class_counts else ""
-    rows = [
-        ("task", f"{facts.task_type}" + (f", {counts}" if counts else "")),
-        ("labelled examples", f"{facts.labelled:,}"),
-        ("unlabelled texts", f"{facts.unlabelled:,}"),
-        ("tokens per text", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),
-        ("words split into 3+ pieces", f"{facts.fragmented_share:.1%} (domain-shift signal; 10%+ is a clear shift)"),
-        ("hardware", f"{hardware.name}" + (f", {hardware.memory_gb:.0f} GiB" if hardware.memory_gb else "")),
-        ("budget", f"{budget:g} min"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
-    costs = Table(title="estimated training time here (from a measured step on your texts)")
-    costs.add_column("strategy")
-    costs.add_column("time", justify="right")
-    costs.add_column("fits budget")
-    for name, seconds in sorted(plan.costs.items(), key=lambda kv: kv[1]):
-        costs.add_row(
-            name,
-            f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s",
-            "yes" if seconds <= plan.budget_s else "no",
-        )
-    console.print(costs)
-    steps = ("continued pretraining, then " if plan.pretrain else "") + plan.strategy
-    console.print(f"[bold]recommended:[/] {steps}   (rule {plan.rule}: {RULES[plan.rule]})")
-    for reason in plan.reasons:
-        console.print(f"  - {reason}")
-    console.print("[bold]steps:[/]")
-    for i, command in enumerate(plan.commands, start=1):
-        console.print(f"  {i}. {command}", highlight=False, soft_wrap=True)
-    if run:
-        run_plan(plan, facts, model, output_dir, list(unlabelled or []), overwrite=overwrite)
-        console.print(f"done: the model is in {output_dir}; evaluate it with step {len(plan.commands) - 1} above")
 
 
 COMMANDS: list[Callable] = [
