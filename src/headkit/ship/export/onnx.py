@@ -7,7 +7,6 @@ config and `onnx.json` (the head configs), which is all `headkit predict --engin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from headkit.ship.export.common import (
 )
 from headkit.ship.export.quantize import describe_error, quantize_graph
 from headkit.ship.onnx_engine import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
-from headkit.ship.save import MANIFEST
+from headkit.ship.save import read_manifest
 
 
 class AllHeads(nn.Module):
@@ -111,7 +110,7 @@ def _write_manifest(
 ) -> None:
     """onnx.json: what the ONNX engine reads (inputs, outputs, head configs, fingerprint, limit)
     and the sha256 of each graph, checked on load."""
-    manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_manifest(source)  # head configs, whichever save format holds them
     graphs = [f for f in (ONNX_FILE, ONNX_INT8_FILE) if (staging / f).is_file()]
     atomic_write_json(
         staging / ONNX_MANIFEST,
