@@ -18,7 +18,7 @@ from headkit.heads.fewshot import logistic
 from headkit.training.fewshot import CONTRASTIVE_FILE, make_pairs, solve_heads
 from headkit.training.recipe import TrainConfig, train
 
-from conftest import sentiment_rows, write_csv
+from conftest import VOCAB, sentiment_rows, write_csv
 
 
 def test_class_pairs_are_one_positive_and_one_negative_per_example_per_iteration():
@@ -247,3 +247,26 @@ def test_all_pairs_tunes_the_top_two_thirds_by_default(layers, first_tuned):
     backbone = transformers.BertModel(config)
     assert tuned_from(backbone, None) == first_tuned
     assert tuned_from(backbone, 1) == layers - 1  # an explicit count wins
+
+
+def test_the_frozen_bottom_runs_in_train_mode_like_the_rest_and_only_its_gradients_stop(bert_backbone):
+    """Few-shot freezes as partial:K does: a frozen layer keeps its dropout (no eval-mode stand-in
+    whose use would change the results), and the model is handed back in eval mode."""
+    from headkit import head_config
+    from headkit.training.fewshot import all_pair_steps, contrastive_tune
+    from headkit.training.strategies import layer_stack
+
+    model = MultiHeadModel(bert_backbone, {"c": head_config("classification", labels=["a", "b"])})
+    rng = np.random.default_rng(0)
+    data = EncodedData([rng.integers(5, VOCAB, size=4).tolist() for _ in range(6)], {"c": np.arange(6) % 2})
+    _, layers = layer_stack(model.backbone)
+    frozen = {n: p.clone() for n, p in layers[0].named_parameters()}
+    modes: list[bool] = []
+    hooks = [layer.register_forward_pre_hook(lambda module, args: modes.append(module.training)) for layer in layers]
+    steps = all_pair_steps(data, {"c": "classification"}, 2, 6, 1, seed=0)
+    contrastive_tune(model, data, steps, pad_id=0, lr=1e-2, progress=False, tuned_from=1)
+    for hook in hooks:
+        hook.remove()
+    assert len(modes) == 2 * len(layers) and all(modes)  # every layer ran at every step, in train mode
+    assert all(torch.equal(p, frozen[n]) for n, p in layers[0].named_parameters())  # yet the bottom did not move
+    assert not model.backbone.training

@@ -8,8 +8,8 @@ SetFit (Tunstall et al. 2022) trains well from 8 examples per class in two steps
 
    * **all-pairs** (default): each step embeds a batch of examples once and trains on every pair
      among them, the target each head type's `fewshot_similarity` of the two labels; only the
-     top two thirds of the layers tune, so the backward pass stops short of the bottom third,
-     and that frozen bottom runs once per example, not once per step (training/replay.py). A
+     top two thirds of the layers tune, so the backward pass stops short of the bottom third
+     (which still runs in train mode, its dropout live, as partial:K's frozen layers do). A
      SetFit step spends 32 text passes on 16 pairs; a step here spends 16 on 120. The recipe
      (steps of 32 examples, the top two thirds tuned) was chosen on a development split
      (benchmarks/fewshot_dev.py) and compared with SetFit on the test rows
@@ -70,7 +70,6 @@ from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
 from headkit.heads.fewshot import block_pairs
 from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache, compute_features, features_needed
-from headkit.training.replay import BottomReplay, replay_bottom
 from headkit.training.strategies import (
     adamw,
     fewshot_auto_steps,
@@ -165,14 +164,12 @@ def tuned_from(backbone: torch.nn.Module, tuned_layers: int | None) -> int:
 
 
 def _pair_similarities(
-    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int, replay: BottomReplay | None = None
+    model: MultiHeadModel, data: EncodedData, pairs: list[Pair], pad_id: int
 ) -> tuple[torch.Tensor, list[str]]:
     """Cosine similarity of every pair, from one backbone pass over the distinct examples in them."""
     ids = sorted({p.left for p in pairs} | {p.right for p in pairs})
     row = {i: r for r, i in enumerate(ids)}
     inputs = model_inputs(collate([data[i] for i in ids], pad_id, {}, {}), model.device)
-    if replay is not None:
-        replay.select(ids, inputs["attention_mask"])
     heads = sorted({p.head for p in pairs})
     features = model.forward_features(inputs, heads)
 
@@ -217,19 +214,17 @@ def contrastive_tune(
 
     `shard` = (index, count) under several processes: each process takes its share of a step's
     pairs and embeds them, and the gradients are summed across processes (each loss is scaled by
-    the step's whole size), so the step equals one process's step over all of them. Frozen layers
-    below `tuned_from` run once per example and are replayed (training/replay.py). Returns the
-    per-step loss of each head (for the loss-curve plot and metrics.json); the tuned parameters
-    are left trainable, which tells save_contrastive what to write.
+    the step's whole size), so the step equals one process's step over all of them. The frozen
+    layers below `tuned_from` run in train mode with the rest (dropout live, as under partial:K;
+    replaying them once per example saved 4-10% of this phase's CPU time, see git history).
+    Returns the per-step loss of each head (for the loss-curve plot and metrics.json); the tuned
+    parameters are left trainable, which tells save_contrastive what to write.
     """
     set_backbone_trainable(model.backbone, True)
     if tuned_from:
         freeze_bottom(model.backbone, tuned_from)
     model.backbone.train()
     params = [p for p in model.backbone.parameters() if p.requires_grad]
-    embedded = [sorted({i for p in batch for i in (p.left, p.right)}) for batch in batches]
-    ids = sorted({i for batch in embedded for i in batch})
-    replay = replay_bottom(model, data, ids, sum(map(len, embedded)), tuned_from, pad_id)
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
     index, count = shard
     scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * len(batches)), len(batches))
@@ -242,7 +237,7 @@ def contrastive_tune(
             chunk = whole[index * share : (index + 1) * share]
             if chunk:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    similarity, heads = _pair_similarities(model, data, chunk, pad_id, replay)
+                    similarity, heads = _pair_similarities(model, data, chunk, pad_id)
                 target = torch.tensor([p.target for p in chunk], device=similarity.device)
                 # this slice's part of the step's mean (one process: the mean itself, times exactly 1)
                 loss = F.mse_loss(similarity, target) * (len(chunk) / len(whole))
@@ -259,9 +254,7 @@ def contrastive_tune(
                 }
                 steps.append({"step": step, "losses": per_head})  # this process's pairs
                 bar.set_postfix(loss=f"{float(errors.mean()):.4f}")
-    finally:  # the real layers back, whatever happened
-        if replay is not None:
-            replay.remove()
+    finally:  # back to inference mode, whatever happened
         model.backbone.eval()
     return steps
 
