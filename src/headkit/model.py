@@ -30,22 +30,12 @@ from transformers.utils import ModelOutput
 
 from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
 from headkit.backbone import load_backbone
-from headkit.errors import CheckpointError, HeadConfigError, HeadkitError, HeadMismatchError
+from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
 from headkit.heads.base import zero_loss
 from headkit.hub import local_path, push_folder
-from headkit.ship.save import (
-    ADAPTER_DIR,
-    BACKBONE_DIR,
-    MANIFEST,
-    WEIGHTS,
-    check_fingerprint,
-    find_save,
-    head_state,
-    read_manifest,
-    read_weights,
-    save,
-)
+from headkit.ship.load import read_save, restore, saved_backbone
+from headkit.ship.save import find_save, save
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -366,42 +356,14 @@ class HeadStack(nn.Module):
 def load_heads(directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> MultiHeadModel:
     """Attach the heads saved in `directory` to `backbone`, after checking they fit it: the same
     architecture, and the same weights as the backbone they were trained with (`allow_other_weights`:
-    load them onto other weights anyway, with a warning)."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    check_fingerprint(manifest["backbone"], backbone, allow_other_weights)
-    state = read_weights(directory / WEIGHTS, manifest.get("weights_sha256"))
+    load them onto other weights anyway, with a warning). ship/load.py reads the save."""
+    manifest = read_save(directory, backbone, allow_other_weights)
     model = MultiHeadModel(backbone, _configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
-    expected = set(head_state(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise CheckpointError(
-            f"{directory / WEIGHTS} does not fit {MANIFEST}: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
-    heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
-    weighting_state = {k[len("weighting.") :]: v for k, v in state.items() if k.startswith("weighting.")}
-    model.heads.load_state_dict(heads_state, strict=False)  # tied weights come from the backbone
-    model.weighting.load_state_dict(weighting_state)
-    model.max_length = manifest.get("max_length")
-    return model.eval()  # as transformers' from_pretrained: no live dropout
+    return restore(model, directory, manifest)
 
 
 def load(
     directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> MultiHeadModel:
     """Load a full save written by `save` (backbone + heads)."""
-    directory = Path(directory)
-    read_manifest(directory)  # fail on a non-checkpoint before loading a large backbone
-    if not (directory / BACKBONE_DIR / "config.json").is_file():
-        raise CheckpointError(
-            f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
-            "load it with headkit.load_heads(dir, backbone)"
-        )
-    backbone = load_backbone(
-        directory / BACKBONE_DIR, trust_remote_code=trust_remote_code, merge_adapter=False, dtype=dtype
-    )
-    if (directory / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
-    return load_heads(directory, backbone)
+    return load_heads(directory, saved_backbone(directory, trust_remote_code, dtype))

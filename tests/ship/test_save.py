@@ -35,7 +35,9 @@ def test_head_only_round_trip_is_bit_identical(tmp_path):
     with torch.no_grad():
         model.weighting.log_vars["ner"].fill_(0.7)
     headkit.save_heads(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.json", "heads.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads", "heads.json", "weighting.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "heads").iterdir()) == ["mlm", "ner", "qa", "sentiment"]
+    assert sorted(p.name for p in (tmp_path / "heads" / "ner").iterdir()) == ["config.json", "model.safetensors"]
     loaded = headkit.load_heads(tmp_path, model.backbone).eval()
     for name, tensor in outputs(model).items():
         assert torch.equal(tensor, outputs(loaded)[name]), name
@@ -48,16 +50,21 @@ def test_manifest_records_labels_weighting_and_fingerprint(tmp_path):
     model = make_model()
     headkit.save_heads(model, tmp_path)
     manifest = json.loads((tmp_path / "heads.json").read_text())
-    assert manifest["heads"]["ner"]["labels"] == ["O", "B-PER", "I-PER"]
-    assert manifest["weighting"] == "static"
+    assert manifest["format_version"] == 2 and manifest["heads"]["ner"]["path"] == "heads/ner"
+    assert json.loads((tmp_path / "heads" / "ner" / "config.json").read_text())["labels"] == ["O", "B-PER", "I-PER"]
+    assert manifest["weighting"] == "static" and "weighting_state" not in manifest  # nothing learned to keep
+    assert not (tmp_path / "weighting.safetensors").exists()
     assert manifest["backbone"]["model_type"] == "bert" and manifest["backbone"]["hidden_size"] == 32
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["backbone"]["structure_sha256"])
-    # the tied decoder weight belongs to the backbone and is not duplicated in the head file
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["heads"]["ner"]["sha256"]["model.safetensors"])
+    # the tied decoder weight belongs to the backbone: named in the manifest, not duplicated in the head file
+    assert manifest["heads"]["mlm"]["tied"] == {"decoder.weight": "embeddings.word_embeddings.weight"}
+    assert manifest["heads"]["sentiment"]["tied"] == {}
     from safetensors import safe_open
 
-    with safe_open(tmp_path / "heads.safetensors", "pt") as f:
+    with safe_open(tmp_path / "heads" / "mlm" / "model.safetensors", "pt") as f:
         keys = set(f.keys())
-    assert "heads.mlm.decoder.weight" not in keys and "heads.mlm.decoder.bias" in keys
+    assert "decoder.weight" not in keys and "decoder.bias" in keys
 
 
 def test_full_save_round_trip_is_bit_identical(tmp_path):
@@ -86,7 +93,7 @@ def test_head_only_checkpoint_passed_to_full_load_says_so(tmp_path):
 def test_truncated_weights_are_refused(tmp_path):
     model = make_model()
     headkit.save_heads(model, tmp_path)
-    weights = tmp_path / "heads.safetensors"
+    weights = tmp_path / "heads" / "ner" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"corrupt, truncated"):
         headkit.load_heads(tmp_path, model.backbone)
@@ -96,9 +103,9 @@ def test_corrupt_weights_without_checksum_are_refused(tmp_path):
     model = make_model()
     headkit.save_heads(model, tmp_path)
     manifest = json.loads((tmp_path / "heads.json").read_text())
-    del manifest["weights_sha256"]
+    del manifest["heads"]["qa"]["sha256"]
     (tmp_path / "heads.json").write_text(json.dumps(manifest))
-    (tmp_path / "heads.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    (tmp_path / "heads" / "qa" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
     with pytest.raises(CheckpointError, match=r"not a readable safetensors file"):
         headkit.load_heads(tmp_path, model.backbone)
 
@@ -106,11 +113,20 @@ def test_corrupt_weights_without_checksum_are_refused(tmp_path):
 def test_bit_flip_is_caught_by_checksum(tmp_path):
     model = make_model()
     headkit.save_heads(model, tmp_path)
-    weights = tmp_path / "heads.safetensors"
+    weights = tmp_path / "heads" / "sentiment" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"checksum"):
+    with pytest.raises(CheckpointError, match=r"sentiment.model\.safetensors does not match the checksum"):
+        headkit.load_heads(tmp_path, model.backbone)
+
+
+def test_a_head_config_edited_after_the_save_is_caught_by_checksum(tmp_path):
+    model = make_model()
+    headkit.save_heads(model, tmp_path)
+    path = tmp_path / "heads" / "sentiment" / "config.json"
+    path.write_text(path.read_text().replace('"neg"', '"negative"'))
+    with pytest.raises(CheckpointError, match=r"sentiment.config\.json does not match the checksum"):
         headkit.load_heads(tmp_path, model.backbone)
 
 

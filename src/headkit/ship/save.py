@@ -1,80 +1,94 @@
 """Head-only checkpoints and full saves, written atomically, read without pickle.
 
-A head checkpoint is two files, like a sentence-transformers module:
-    heads.json          format version, head configs (with label maps), loss weighting,
-                        the backbone fingerprint, and the sha256 of the weights file
-    heads.safetensors   head (and learned weighting) parameters, tied weights left out
-Loading them (`load_heads`, `load`) builds a MultiHeadModel, so it lives in headkit.model.
+A head checkpoint is laid out as a sentence-transformers model is, one folder per module:
+    heads.json                  the manifest: format version, the backbone fingerprint, the loss
+                                weighting (and its state file), and per head its folder, the
+                                tensors it shares with the backbone or within itself (by name),
+                                and the sha256 of each of its files
+    heads/NAME/config.json      the head's config (with its label maps)
+    heads/NAME/model.safetensors  its own tensors, tied ones left out (headkit.heads.storage)
+    weighting.safetensors       the learned loss weights, when the weighting has any
+Format 1 (until issue 35) held every head's tensors in one heads.safetensors and the configs in
+heads.json; `read_manifest` reads both, and ship/load.py restores both.
 A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
 tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files).
-Each file is written to a temporary name and renamed into
-place; a full save is built in a temporary directory and swapped in, so a crash never leaves a
-half-written checkpoint under the final name.
+Each file is written to a temporary name and renamed into place, the manifest last, so it only
+vouches for files already in place; a full save is built in a temporary directory and swapped
+in, so a crash never leaves a half-written checkpoint under the final name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
-from headkit.backbone.fingerprint import differing_weights, fingerprint
-from headkit.errors import CheckpointError, FingerprintMismatchError
-
-logger = logging.getLogger(__name__)
+from headkit.backbone.fingerprint import fingerprint
+from headkit.errors import CheckpointError
+from headkit.heads import storage
+from headkit.heads.storage import read_weights
 
 FORMAT = "headkit.heads"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "heads.json"
-WEIGHTS = "heads.safetensors"
+HEADS_DIR = "heads"
+WEIGHTING = "weighting.safetensors"
+WEIGHTS = "heads.safetensors"  # format 1: every head's tensors in one file
 BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
 
-
-def head_state(model: Any) -> dict:
-    """The tensors a head checkpoint holds: heads and learned loss weights, tied weights left out."""
-    tied = model.tied_parameter_names()
-    state, seen = {}, set()
-    for k, v in model.heads.state_dict().items():
-        if k in tied or (v.numel() and (v.data_ptr(), v.shape) in seen):
-            continue  # the backbone's tensors, and a second name for one tensor (a decoder's tied output)
-        seen.add((v.data_ptr(), v.shape))
-        state[f"heads.{k}"] = v
-    state.update({f"weighting.{k}": v for k, v in model.weighting.state_dict().items()})
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+__all__ = ["read_weights"]  # re-exported: ship/generate.py reads a format-1 save's weights through it
 
 
 def save_heads(model: Any, directory: str | os.PathLike) -> Path:
-    """Write `heads.json` + `heads.safetensors` for the model's heads into `directory`."""
+    """Write each head's folder, the learned loss weights and the manifest into `directory`."""
     directory = Path(directory)
-    weights = safetensors.torch.save(head_state(model))
+    listing = {}
+    for name, head in model.heads.items():
+        path = f"{HEADS_DIR}/{name}"
+        config = model.head_configs[name].to_dict()
+        listing[name] = {"path": path, **storage.save_head(head, config, directory / path, model.backbone)}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "backbone": {
             **fingerprint(model.backbone),
             "name_or_path": model.backbone.config.name_or_path,
-            "pooling": model.adapter.default_pooling,  # what `auto` pooling resolves to for new heads on this backbone
+            "pooling": model.adapter.default_pooling,  # what `auto` pooling resolves to for new heads here
         },
         "weighting": model.weighting.method,
-        "heads": {name: config.to_dict() for name, config in model.head_configs.items()},
+        "heads": listing,
         "max_length": model.max_length,  # the token limit it was trained with: predict/evaluate/serve's default
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
-    # Weights first, then the manifest that vouches for them: a crash in between leaves a
-    # manifest whose checksum no longer matches, which `load_heads` reports.
-    atomic_write_bytes(directory / WEIGHTS, weights)
+    weighting = {k: v.detach().contiguous().cpu() for k, v in model.weighting.state_dict().items()}
+    if weighting:
+        data = safetensors.torch.save(weighting)
+        atomic_write_bytes(directory / WEIGHTING, data)
+        manifest["weighting_state"] = {"path": WEIGHTING, "sha256": storage.sha256(data)}
+    # the files first, then the manifest that vouches for them: a crash in between leaves a
+    # manifest whose checksums no longer match, which loading reports
     atomic_write_json(directory / MANIFEST, manifest)
+    _remove_stale(directory, listing, bool(weighting))
     return directory
+
+
+def _remove_stale(directory: Path, listing: dict, weighted: bool) -> None:
+    """What an earlier save in the same directory left that this one's manifest does not list:
+    format 1's weights file, the weighting file, the folders of heads no longer there."""
+    (directory / WEIGHTS).unlink(missing_ok=True)
+    if not weighted:
+        (directory / WEIGHTING).unlink(missing_ok=True)
+    ours = {storage.CONFIG, storage.WEIGHTS}
+    for folder in (directory / HEADS_DIR).iterdir() if (directory / HEADS_DIR).is_dir() else ():
+        if folder.name not in listing and folder.is_dir() and {p.name for p in folder.iterdir()} <= ours:
+            shutil.rmtree(folder)
 
 
 def read_json_manifest(path: Path, expected_format: str) -> dict:
@@ -89,7 +103,8 @@ def read_json_manifest(path: Path, expected_format: str) -> dict:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
-    """Read and validate `heads.json`."""
+    """Read and validate `heads.json`, of either format. "heads" maps each head to its config dict
+    (read from its folder in format 2, whose listing is kept as "head_files")."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise CheckpointError(
@@ -97,74 +112,32 @@ def read_manifest(directory: str | os.PathLike) -> dict:
             "(write one with headkit.save_heads(model, dir) or headkit.save(model, dir))"
         )
     manifest = read_json_manifest(path, FORMAT)
-    if not isinstance(manifest.get("heads"), dict) or not isinstance(manifest.get("backbone"), dict):
+    heads = manifest.get("heads")
+    if not isinstance(heads, dict) or not isinstance(manifest.get("backbone"), dict):
         raise CheckpointError(f'{path} lacks its "heads" or "backbone" section; the checkpoint is damaged')
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format_version {manifest['format_version']}, newer than this headkit "
-            f"understands ({FORMAT_VERSION}); upgrade headkit"
+            f"{path} has format_version {version}, newer than this headkit understands ({FORMAT_VERSION}); "
+            "upgrade headkit"
         )
+    if version >= 2:
+        manifest["head_files"] = {name: _listed(path, name, entry) for name, entry in heads.items()}
+        manifest["heads"] = {
+            name: storage.read_head_config(Path(directory) / entry["path"], entry["sha256"].get(storage.CONFIG))
+            for name, entry in manifest["head_files"].items()
+        }
+    elif not all(isinstance(c, dict) for c in heads.values()):
+        raise CheckpointError(f"{path} has a head whose config is not an object; the checkpoint is damaged")
     return manifest
 
 
-def check_fingerprint(saved: dict, backbone: nn.Module, allow_other_weights: bool = False) -> None:
-    """Refuse a backbone whose structure differs from the one the heads were trained on, and one
-    of the same structure with other weights (the pretrained checkpoint under heads trained with
-    a tuned backbone, or another fine-tune of it): the heads would predict garbage without a word.
-    `allow_other_weights` loads them onto other weights anyway, with a warning (saves made before
-    the weights were fingerprinted are checked by structure only)."""
-    current = fingerprint(backbone)
-    keys = ("model_type", "hidden_size", "vocab_size", "structure_sha256")
-    if any(saved.get(k) != current[k] for k in keys):
-        rows = "\n".join(f"  {k:17} saved={saved.get(k)!s:40} this backbone={current[k]}" for k in keys)
-        raise FingerprintMismatchError(
-            f"these heads were trained on a different backbone ({saved.get('name_or_path')}):\n{rows}\n"
-            "load them onto the backbone they were trained on, or train new heads for this one"
-        )
-    recorded = saved.get("weights_sample_sha256")
-    if recorded is None or recorded == current["weights_sample_sha256"]:
-        return
-    why = other_weights(saved, current)
-    if not allow_other_weights:
-        raise FingerprintMismatchError(
-            f"{why}. Load the full save (headkit.load), which carries its backbone, or pass "
-            "allow_other_weights=True to use them on this backbone anyway"
-        )
-    logger.warning(f"warning: {why}; loading them anyway (allow_other_weights), so predictions may be wrong")
-
-
-def other_weights(saved: dict, current: dict) -> str:
-    """Why a backbone of the right structure is refused, naming the weights that differ and the
-    likely cause: training, weights the checkpoint lacks (initialised at load), or a dtype change."""
-    names = differing_weights(saved, current)
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    why = (
-        f"these heads were trained on a backbone with other weights than this one (same architecture as "
-        f"{saved.get('name_or_path')}; {len(names)} of {len(current['weights_samples'])} tensors differ: {shown})"
-    )
-    if names and all(".pooler." in f".{n}" for n in names):
-        why += (
-            "; only its pooler differs, which a checkpoint without one gets initialised at every load: "
-            "load the backbone with headkit.load_backbone, which initialises it the same way each time"
-        )
-    elif "float16" in {saved.get("dtype"), current["dtype"]} and saved.get("dtype") != current["dtype"]:
-        why += f"; saved in {saved.get('dtype')}, loaded in {current['dtype']}: load it in {saved.get('dtype')}"
-    return why
-
-
-def read_weights(path: Path, expected_sha256: str | None) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; the head checkpoint is incomplete")
-    data = path.read_bytes()
-    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise CheckpointError(
-            f"{path} does not match the checksum in {MANIFEST}: the file is corrupt, truncated, or "
-            "from another save; restore both files from the same save"
-        )
-    try:
-        return safetensors.torch.load(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from e
+def _listed(path: Path, name: str, entry: Any) -> dict:
+    """A head's listing in a format-2 manifest, checked to name a folder inside the save."""
+    folder = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(folder, str) or Path(folder).is_absolute() or ".." in Path(folder).parts:
+        raise CheckpointError(f"{path} lists head {name!r} without a folder inside the save; the checkpoint is damaged")
+    return {"tied": {}, "shared": {}, **entry, "sha256": entry.get("sha256") or {}}
 
 
 def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
@@ -207,28 +180,36 @@ def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | Non
 def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
     """The heads of a headkit save or run (type, pooling, labels, parameters), or None if it is not one.
 
-    Parameter counts come from the safetensors header, so no weights are loaded.
+    Parameter counts come from the safetensors headers, so no weights are loaded.
     """
-    from safetensors import safe_open
-
     directory = find_save(directory, with_backbone=False)
     if directory is None:
         return None
     manifest = read_manifest(directory)
-    sizes: dict[str, int] = {}
-    with safe_open(directory / WEIGHTS, "pt") as f:
-        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            if key.startswith("heads."):
-                head = key.split(".")[1]
-                sizes[head] = sizes.get(head, 0) + int(torch.tensor(f.get_slice(key).get_shape()).prod())
     return {
         name: {
             "type": config["type"],
             "pooling": config.get("pooling"),
             "labels": config.get("labels", []),
-            "params": sizes.get(name, 0),
+            "params": size,
             "tied_to_embeddings": bool(config.get("tie_embeddings", False)),
             "loss_weight": config.get("loss_weight", 1.0),
         }
-        for name, config in manifest["heads"].items()
+        for (name, config), size in zip(manifest["heads"].items(), _sizes(directory, manifest), strict=True)
     }
+
+
+def _sizes(directory: Path, manifest: dict) -> list[int]:
+    """Each head's stored parameter count, read from the safetensors headers (either format)."""
+    from safetensors import safe_open
+
+    def count(path: Path, prefix: str = "") -> dict[str, int]:
+        with safe_open(path, "pt") as f:
+            keys = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (a safetensors handle)
+            return {k[len(prefix) :]: int(torch.tensor(f.get_slice(k).get_shape()).prod()) for k in keys}
+
+    if "head_files" in manifest:
+        files = manifest["head_files"]
+        return [sum(count(directory / files[name]["path"] / storage.WEIGHTS).values()) for name in manifest["heads"]]
+    flat = count(directory / WEIGHTS, "heads.")
+    return [sum(n for k, n in flat.items() if k.split(".")[0] == name) for name in manifest["heads"]]
