@@ -238,8 +238,7 @@ class MultiHeadModel(nn.Module):
             )
         adapter.layer_key(config.layer, name)  # a layer out of range fails here, naming the valid ones
         adapter.check_pooling(name, config.pooling, head_class(config.type).per_token)
-        config.fit_backbone(self.backbone.config)
-        return config
+        return config.fitted_to(self.backbone)
 
     def reset_head(self, name: str, config: HeadConfig | None = None) -> Head | None:
         """Replace head `name` with a new one built from `config` (as timm's `reset_classifier`);

@@ -421,10 +421,11 @@ def test_label_encoding_round_trips_and_marks_missing(values):
     present = [v for v in values if v is not None]
     if len(set(present)) < 2:
         return
-    kind, where, rows = head_class("classification"), LabelSource("y", "label", "x"), [{"label": v} for v in values]
-    labels = kind.label_names(rows, where)
+    codec, where = head_class("classification").codec, LabelSource("y", "label", "x")
+    rows = [{"label": v} for v in values]
+    labels = codec.label_names(rows, where)
     assert sorted(labels) == sorted(set(present))
-    ids = kind.encode_labels(rows, where, labels, None)
+    ids = codec.encode_labels(rows, where, labels, None)
     decoded = [None if i == -100 else labels[i] for i in list(ids)]
     assert decoded == values
 

@@ -55,7 +55,7 @@ def cells(*, side: bool = False, lm: bool = False, export: bool = False) -> list
         for head in family.heads:
             if lm and head not in ("masked-lm", "causal-lm"):
                 continue
-            if export and headkit.heads.head_class(head).export_target is None:
+            if export and headkit.heads.head_class(head).export.target is None:
                 continue
             sides = ["left", "right"] if side and family.text else ["-"]
             found += [pytest.param(family.name, head, s, id=f"{family.name}-{head}-{s}") for s in sides]
@@ -275,12 +275,12 @@ def test_a_transformers_export_computes_what_the_head_computes_or_is_refused(fam
         assert "\n" not in str(e) and len(str(e)) < 600  # refused in one clear line
         return
     assert head in f.exports, f"{family} {head} now exports exactly: add it to its exports in model_zoo"
-    auto = getattr(transformers, model.heads[name].export_target)
+    auto = getattr(transformers, model.heads[name].export.target)
     exported = auto.from_pretrained(result.path).eval()
     inputs = _model_inputs(f, processor)
     with torch.no_grad():
         ours = single(**inputs)
-        theirs = single.heads[name].export_output(exported(**inputs)).float()
+        theirs = single.heads[name].export.output(exported(**inputs)).float()
     mine = ours.outputs[name].float()
     if single.heads[name].per_token:
         real = ours.mask.bool()
@@ -305,7 +305,7 @@ def test_an_onnx_export_answers_every_head_as_torch_does(family, tmp_path):
     from headkit.ship.onnx_engine import OnnxModel
 
     model, processor, saved = zoo_model(family)
-    writers = [name for name, head in model.heads.items() if head.writes_text]
+    writers = [name for name, head in model.heads.items() if head.view.writes_text]
     if writers:  # a decoding loop is not one forward graph: refused in one line, the other heads export
         with pytest.raises(ExportError, match="decoding loop") as refused:
             export_onnx(saved, tmp_path / "refused", optimize=False)

@@ -2,7 +2,9 @@
 trains, saves, loads, predicts, evaluates and exports with no change to src/.
 
 The head is a cosine classifier (normalised pooled vector against learned class prototypes,
-times a scale), a real head type some papers prefer for few-shot classification.
+times a scale), a real head type some papers prefer for few-shot classification. It defines its
+module (forward_pooled, loss, decode) and picks ready-made parts for the rest: the label codec
+of one class per example and that layout's metrics.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ import headkit
 from headkit.cli.main import main
 from headkit.data.tasks import TaskSpec
 from headkit.errors import ExportError
-from headkit.heads import REGISTRY, HeadBase, HeadConfig, LabelSource, pool, register_head
-from headkit.heads.base import IGNORE_INDEX, label_index, label_values, zero_loss
+from headkit.heads import REGISTRY, HeadBase, HeadConfig, register_head
+from headkit.heads.base import class_loss
+from headkit.heads.codecs import IndexCodec
+from headkit.heads.scoring import ClassScores
 from headkit.ship.export import export_onnx, export_transformers
 from headkit.ship.predict import load_for_inference, predict_texts
 from headkit.training.evaluate import evaluate_dataset
@@ -38,47 +41,24 @@ class CosineConfig(HeadConfig):
 
 
 class CosineHead(HeadBase):
-    label_layout = "index"
-    primary_metric = "accuracy"
+    codec = IndexCodec()  # one class per example: the label map, its encoding, the references
+    scoring = ClassScores()  # accuracy and macro F1 of the decoded `label`
 
     def __init__(self, config: CosineConfig):
         super().__init__()
         self.config = config
         self.prototypes = nn.Parameter(torch.randn(len(config.labels), config.input_size) * 0.02)
 
-    @classmethod
-    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
-        return sorted({str(v) for v in label_values(rows, where) if v is not None})
-
-    @classmethod
-    def encode_labels(cls, rows, where: LabelSource, labels: list[str], image_sizes) -> np.ndarray:
-        lookup = label_index(labels, where)
-        cells = [row.get(where.column) for row in rows]
-        return np.array([IGNORE_INDEX if c is None else lookup(str(c), i + 1) for i, c in enumerate(cells)])
-
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.forward_pooled(pool(hidden, mask, self.config.pooling))
-
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         return self.config.scale * F.normalize(pooled, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
-        n = int((labels != IGNORE_INDEX).sum())
-        if n == 0:
-            return zero_loss(output), 0
-        return F.cross_entropy(output.float(), labels.long(), ignore_index=IGNORE_INDEX), n
+        return class_loss(output, labels)
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
         cosines = output.float() / self.config.scale
         best = cosines.argmax(-1).tolist()
         return [{"label": self.config.labels[i], "cosine": float(c[i])} for i, c in zip(best, cosines, strict=True)]
-
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
-        return [None if int(y) == IGNORE_INDEX else self.config.labels[int(y)] for y in labels]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        pairs = [(p["label"], r) for p, r in zip(predictions, references, strict=True) if r is not None]
-        return {"accuracy": sum(p == r for p, r in pairs) / len(pairs)} if pairs else {}
 
 
 @pytest.fixture
@@ -104,7 +84,7 @@ def test_a_head_type_from_outside_src_goes_through_the_whole_life_cycle(cosine_t
         progress=False,
     )
     result = train(config)  # train (and validate, plot, save)
-    assert set(result.metrics["heads"]["mood"]) == {"accuracy"}  # its own metric, in metrics.json
+    assert set(result.metrics["heads"]["mood"]) == {"accuracy", "f1_macro"}  # the metrics it picked, in metrics.json
 
     model, tokenizer = load_for_inference(run)  # load
     assert isinstance(model.heads["mood"], CosineHead)

@@ -73,7 +73,7 @@ def test_joint_loss_is_the_weighted_sum_of_the_two(tiny_vit):
 def test_boxes_are_normalised_by_each_images_own_size():
     rows = [{"x1": "8", "y1": "8", "x2": "24", "y2": "40"}, {"x1": "8", "y1": "8", "x2": "24", "y2": "40"}]
     where = LabelSource("box", "x1,y1,x2,y2", "d.csv")
-    boxes = head_class("box").encode_labels(rows, where, ["x1", "y1", "x2", "y2"], [(64, 64), (32, 64)])
+    boxes = head_class("box").codec.encode_labels(rows, where, ["x1", "y1", "x2", "y2"], [(64, 64), (32, 64)])
     assert boxes.tolist() == [[0.125, 0.125, 0.375, 0.625], [0.25, 0.125, 0.75, 0.625]]
 
 

@@ -136,4 +136,4 @@ def test_values_outside_the_declared_classlabel_names_are_refused(tokenizer):
 
     where = LabelSource("s", "label", "reviews", declared={"label": ["pos", "neg"]})
     with pytest.raises(DataError, match=r"holds \['meh'\], not among its declared labels \['pos', 'neg'\]"):
-        head_class("classification").label_names([{"label": "pos"}, {"label": "meh"}], where)
+        head_class("classification").codec.label_names([{"label": "pos"}, {"label": "meh"}], where)

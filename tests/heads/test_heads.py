@@ -50,7 +50,7 @@ def labels_for(head_type: str) -> torch.Tensor:
 
 def rows(head) -> int:
     """Scored rows for B labelled examples: a pairs head scores the chosen and the rejected text."""
-    return 2 * B if head.inputs == "pairs" else B
+    return 2 * B if head.codec.inputs == "pairs" else B
 
 
 def make(head_type: str):
@@ -85,11 +85,11 @@ def test_forward_loss_backward_decode_score(head_type):
     loss.backward()
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
-    preds, refs = head.decode(out.detach(), mask()), head.references(y, mask())
+    preds, refs = head.decode(out.detach(), mask()), head.codec.references(y, mask())
     assert len(preds) == len(refs) == rows(head) and refs[1] is None
-    scores = head.score(preds, refs)
-    assert head.primary_metric in scores and all(math.isfinite(v) for v in scores.values())
-    assert set(scores) <= set(head.metrics)  # every metric it reports has a known direction
+    scores = head.scoring.score(preds, refs)
+    assert head.scoring.primary in scores and all(math.isfinite(v) for v in scores.values())
+    assert set(scores) <= set(head.scoring.metrics)  # every metric it reports has a known direction
 
 
 @pytest.mark.parametrize("head_type", sorted(REGISTRY))
@@ -102,7 +102,7 @@ def test_all_labels_missing_gives_zero_loss_not_nan(head_type):
     loss, n = head.loss(out, y, mask())
     assert n == 0 and loss.item() == 0.0
     loss.backward()  # still differentiable
-    assert head.score(head.decode(out.detach(), mask()), head.references(y, mask())) == {}
+    assert head.scoring.score(head.decode(out.detach(), mask()), head.codec.references(y, mask())) == {}
 
 
 def test_missing_example_does_not_change_the_loss():
@@ -176,12 +176,12 @@ def test_ctc_greedy_decoding_merges_repeats_and_drops_blanks():
     ids = torch.tensor([[1, 1, 0, 1, 2, 2, 0]])
     logits = torch.nn.functional.one_hot(ids, 3).float()
     assert head.decode(logits, torch.ones(1, 7)) == ["bbc"]
-    assert head.score(["bbc"], ["bc"]) == {"cer": 0.5}
+    assert head.scoring.score(["bbc"], ["bc"]) == {"cer": 0.5}
 
 
 def test_token_classification_uses_seqeval_for_bio_tags():
     head = make("token-classification")
-    scores = head.score([["B-X", "I-X", "O"]], [["B-X", "O", "O"]])
+    scores = head.scoring.score([["B-X", "I-X", "O"]], [["B-X", "O", "O"]])
     assert scores["f1"] == 0.0 and scores["accuracy"] == pytest.approx(2 / 3)
 
 

@@ -63,9 +63,9 @@ def test_the_loss_is_bradley_terry_and_pairs_are_scored_by_batch():
     labels = torch.tensor([[1.0], [1.0], [float("nan")]])  # the third pair has no label
     loss, n = head.loss(scores, labels)
     assert n == 2 and float(loss) == pytest.approx(float(-F.logsigmoid(torch.tensor([1.0, -0.5])).mean()))
-    first = head.references(labels), head.decode(scores)
-    second = head.references(torch.ones(1, 1)), head.decode(torch.tensor([0.0, 1.0]))  # a batch of one pair
-    metrics = head.score(first[1] + second[1], first[0] + second[0])
+    first = head.codec.references(labels), head.decode(scores)
+    second = head.codec.references(torch.ones(1, 1)), head.decode(torch.tensor([0.0, 1.0]))  # a batch of one pair
+    metrics = head.scoring.score(first[1] + second[1], first[0] + second[0])
     assert metrics["pair_accuracy"] == pytest.approx(1 / 3)  # right, wrong, wrong
     with pytest.raises(Exception, match="preference pairs"):
         head.loss(scores[:3], labels)

@@ -51,8 +51,8 @@ def test_the_decoder_is_warm_started_from_the_backbone_with_new_cross_attention(
     )
     # the tokenizer's [CLS] starts and [SEP] ends a target
     tokenizer = headkit.load_processor(tiny_text_model)
-    config = model.heads["title"].config
-    assert (config.start_token_id, config.end_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    ids = model.heads["title"].token_ids
+    assert (ids["start_token_id"], ids["end_token_id"]) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
 
 
 def test_teacher_forcing_skips_missing_targets_and_an_empty_batch_keeps_a_graph(tiny_text_model):
@@ -79,18 +79,18 @@ def test_greedy_generation_equals_step_by_step_decoding_and_beams_search(tiny_te
         features = model.forward_features(batch)
         memory, mask = features.at(-1), features.mask
         fast = head.generate(memory, mask)
-        ids = torch.full((2, 1), head.config.start_token_id)
+        ids = torch.full((2, 1), head.token_ids["start_token_id"])
         for _ in range(6):  # no cache: the whole prefix every step
             logits = head.decoder(
                 input_ids=ids, encoder_hidden_states=memory, encoder_attention_mask=mask, use_cache=False
             ).logits
             ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    end = head.config.end_token_id
+    end = head.token_ids["end_token_id"]
     for row_fast, row_slow in zip(fast.tolist(), ids.tolist(), strict=True):
         n = row_slow.index(end) + 1 if end in row_slow else len(row_slow)
         assert row_fast[:n] == row_slow[:n]
     beams = head.generate(memory, mask, num_beams=3)
-    assert beams.shape[0] == 2 and (beams[:, 0] == head.config.start_token_id).all()
+    assert beams.shape[0] == 2 and (beams[:, 0] == head.token_ids["start_token_id"]).all()
     texts = head.decode(memory, mask)
     assert all(isinstance(t, str) for t in texts)
 
@@ -124,11 +124,12 @@ def test_a_headline_head_trains_beside_a_classifier_and_reloads_generating_the_s
 
 
 def test_saved_weights_hold_a_tied_decoder_output_once_and_reload_tied(tiny_text_model, tmp_path):
-    from safetensors.torch import load_file
+    from headkit.ship.load import head_tensors
+    from headkit.ship.save import read_manifest
 
     model = seq2seq_model(tiny_text_model)
     headkit.save(model, tmp_path / "save")
-    names = set(load_file(tmp_path / "save" / "heads.safetensors"))
+    names = set(head_tensors(tmp_path / "save", read_manifest(tmp_path / "save"), "title"))
     assert not any("cls.predictions.decoder.weight" in n for n in names)
     loaded = headkit.load(tmp_path / "save").heads["title"].decoder
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
@@ -222,7 +223,7 @@ def test_the_head_on_an_encoder_decoder_is_the_checkpoint_itself(encoder_decoder
     model = MultiHeadModel.from_pretrained(path, {"s": head_config("seq2seq", max_new_tokens=6)}).eval()
     head = model.heads["s"]
     batch = tokenizer(["the film was good", "a dull plot"], return_tensors="pt", padding=True)
-    start, end, pad = head.config.start_token_id, head.config.end_token_id, head.config.pad_token_id
+    start, end, pad = (head.token_ids[f"{t}_token_id"] for t in ("start", "end", "pad"))
     with torch.no_grad():
         features = model.forward_features(batch)
         ours = head.generate(features.at(-1), features.mask)

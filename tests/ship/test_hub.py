@@ -353,7 +353,7 @@ def test_pipeline_answers_like_transformers_pipelines(run, saved_multihead):
              {"word": "visited", "tag": "O", "start": 6, "end": 13},
              {"word": "New", "tag": "B-LOC", "start": 14, "end": 17},
              {"word": "York", "tag": "I-LOC", "start": 18, "end": 22}]  # fmt: skip
-    assert tags.pipeline_output(words) == [
+    assert tags.view.pipeline_output(words) == [
         {"entity_group": "PER", "word": "Alice", "start": 0, "end": 5},
         {"entity_group": "LOC", "word": "New York", "start": 14, "end": 22},
     ]

@@ -2,6 +2,7 @@
 the metric that picks the best epoch, class weights, tuned multi-label thresholds and the
 per-class report."""
 
+import dataclasses
 import json
 import logging
 
@@ -16,6 +17,7 @@ from headkit.cli.main import main
 from headkit.data.tasks import TaskSpec
 from headkit.heads import head_class, head_config
 from headkit.heads.base import IGNORE_INDEX
+from headkit.ship.save import read_manifest
 from headkit.training import loop
 from headkit.training.recipe import TrainConfig, train
 
@@ -191,24 +193,22 @@ def test_unknown_metric_for_best_model_names_the_reported_ones_before_training(
 
 
 def test_auto_class_weights_are_inverse_frequency_per_head_type():
-    balanced = head_class("classification").auto_class_weights(np.array([0, 0, 0, 1, IGNORE_INDEX]), 3)
+    balanced = head_class("classification").codec.auto_class_weights(np.array([0, 0, 0, 1, IGNORE_INDEX]), 3)
     assert balanced == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 1.0])  # a class never seen weighs 1
-    tags = head_class("token-classification").auto_class_weights([[0, 0, 0, 1], None, [0, IGNORE_INDEX, 2]], 3)
+    tags = head_class("token-classification").codec.auto_class_weights([[0, 0, 0, 1], None, [0, IGNORE_INDEX, 2]], 3)
     assert tags == pytest.approx([6 / (3 * 4), 6 / (3 * 1), 6 / (3 * 1)])
     nan = float("nan")
-    pos_weight = head_class("multilabel").auto_class_weights(np.array([[1, 0], [0, 0], [0, 1], [1, nan]]), 2)
+    pos_weight = head_class("multilabel").codec.auto_class_weights(np.array([[1, 0], [0, 0], [0, 1], [1, nan]]), 2)
     assert pos_weight == pytest.approx([2 / 1, 2 / 1])  # the row with a missing value is left out
-    assert head_class("regression").auto_class_weights(np.zeros((3, 1)), 1) is None
+    assert head_class("regression").codec.auto_class_weights(np.zeros((3, 1)), 1) is None
 
 
 def test_class_weights_weigh_the_loss():
     config = head_config("classification", labels=["a", "b"], input_size=4, pooling="mean")
-    head = headkit.build_head(config)
     logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
     labels = torch.tensor([0, 0, 0, 1])  # the one "b" is badly wrong
-    plain, _ = head.loss(logits, labels)
-    config.class_weights = [1.0, 5.0]
-    weighted, _ = head.loss(logits, labels)
+    plain, _ = headkit.build_head(config).loss(logits, labels)
+    weighted, _ = headkit.build_head(dataclasses.replace(config, class_weights=[1.0, 5.0])).loss(logits, labels)
     assert weighted > plain
     assert weighted == pytest.approx(F.cross_entropy(logits, labels, weight=torch.tensor([1.0, 5.0])).item())
 
@@ -218,7 +218,7 @@ def test_class_weights_auto_and_by_label_are_saved_with_the_heads(tiny_text_mode
     result = train(config(tiny_text_model, imbalanced_file, run, class_weights="auto", epochs=1))
     weights = result.model.heads["sentiment"].config.class_weights
     assert weights[1] > 1 > weights[0]  # pos is the rare class
-    saved = json.loads((run / "model" / "heads.json").read_text())["heads"]["sentiment"]
+    saved = read_manifest(run / "model")["heads"]["sentiment"]
     assert saved["class_weights"] == pytest.approx(weights)
     assert headkit.load(run / "model").heads["score"].config.class_weights is None  # regression: none
     by_label = train(config(tiny_text_model, imbalanced_file, tmp_path / "named", class_weights={"pos": 4.0}, epochs=1))
@@ -246,7 +246,7 @@ def test_calibrate_finds_a_threshold_per_label():
     preds = [{"labels": [], "probs": {"drama": d, "comedy": c}} for d, c in probs]
     refs = [[n for n, p, t in (("drama", d, 0.3), ("comedy", c, 0.7)) if p > t] for d, c in probs]
     unlabelled = {"labels": [], "probs": {"drama": 0.9, "comedy": 0.9}}  # no reference: not counted
-    tuned = head.calibrate([*preds, unlabelled], [*refs, None])
+    tuned = head.scoring.calibrate([*preds, unlabelled], [*refs, None])
     assert 0.22 <= tuned["drama"] < 0.35 and 0.62 <= tuned["comedy"] < 0.75
     logits = torch.logit(torch.tensor(probs, dtype=torch.float32))
     assert [p["labels"] for p in head.decode(logits)] == refs  # decoding uses the tuned thresholds
@@ -288,7 +288,7 @@ def test_token_heads_report_entities_with_seqeval():
     )
     refs = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-LOC", None]]
     preds = [["B-PER", "I-PER", "O", "O"], ["O", "B-LOC", "O"]]
-    report = head.report(preds, refs)
+    report = head.scoring.report(preds, refs)
     assert {"PER", "LOC"} <= set(report) and "B-PER" not in report  # entity level, not tag level
     assert report["PER"]["f1"] == 1.0 and report["LOC"]["recall"] == 0.5 and report["LOC"]["support"] == 2
 

@@ -128,9 +128,9 @@ def read_facts(
         raise DataError(f"text column '{text}' of {data} has an empty or non-text value: {bad!r}")
     label_values = [v for _, v in labelled]
     task_type = _task_type(label_values)
-    kind = head_class(task_type)
-    kind.label_names([{label: v} for v in label_values], LabelSource(label, label, data))  # training's own checks
-    counts = kind.label_counts(label_values)
+    codec = head_class(task_type).codec
+    codec.label_names([{label: v} for v in label_values], LabelSource(label, label, data))  # training's own checks
+    counts = codec.label_counts(label_values)
     scarce = {c: n for c, n in counts.items() if n < 2}
     if scarce:
         raise DataError(

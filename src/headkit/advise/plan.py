@@ -17,7 +17,7 @@ from headkit.heads import head_class
 
 def head_spec(facts: DataFacts) -> str:
     """NAME:COLUMN[:TYPE] for the printed commands (the type only where it is not the default)."""
-    name = head_class(facts.task_type).suggested_name
+    name = head_class(facts.task_type).codec.suggested_name
     return f"{name}:{facts.label}" + ("" if facts.task_type == DEFAULT_HEAD_TYPE else f":{facts.task_type}")
 
 

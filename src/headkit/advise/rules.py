@@ -94,7 +94,7 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
         what = (
             f"{facts.labelled} labelled rows"
             if not facts.class_counts
-            else f"{facts.min_per_class} in the rarest {head_class(facts.task_type).class_noun}"
+            else f"{facts.min_per_class} in the rarest {head_class(facts.task_type).codec.class_noun}"
         )
         reasons = [f"very few labels ({what}): contrastive pairs multiply the signal in each example"]
         candidates = ["fewshot", "frozen"]

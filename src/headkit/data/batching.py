@@ -23,8 +23,6 @@ from headkit.data.pixels import Pixels
 from headkit.errors import DataError
 from headkit.heads import IGNORE_INDEX, head_class
 
-NAN = float("nan")
-
 
 @dataclass
 class EncodedData(Dataset):
@@ -71,7 +69,7 @@ class EncodedData(Dataset):
 def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     """Join datasets; each example gets a 'missing' label for heads its dataset lacks.
 
-    `heads` maps head names to types; labels are joined by each type's `label_layout`."""
+    `heads` maps head names to types; labels are joined by each type's codec."""
     input_ids, texts = [], []
     for part in parts:
         input_ids += part.input_ids
@@ -86,23 +84,11 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
             "a run trains on preference pairs or on single texts, not both: give reward heads a run of their own"
         )
     pair_ids = [ids for p in parts for ids in p.pair_ids] if all(pairs) and parts else None
-    labels: dict[str, Any] = {}
-    for head, head_type in heads.items():
-        layout = head_class(head_type).label_layout
-        if layout in ("per_token", "sequence"):
-            labels[head] = [y for p in parts for y in (p.labels[head] if head in p.labels else [None] * len(p))]
-            continue
-        have = [p.labels[head] for p in parts if head in p.labels]
-        shape, dtype = have[0].shape[1:], have[0].dtype
-        fill = IGNORE_INDEX if layout == "index" else NAN
-        labels[head] = np.concatenate(
-            [p.labels[head] if head in p.labels else np.full((len(p), *shape), fill, dtype) for p in parts]
-        )
+    labels = {
+        head: head_class(head_type).codec.concat([p.labels.get(head) for p in parts], [len(p) for p in parts])
+        for head, head_type in heads.items()
+    }
     return EncodedData(input_ids, labels, texts, pixels, pair_ids)
-
-
-def fill_missing_float(values: list[Any], width: int) -> np.ndarray:
-    return np.stack([np.full(width, NAN, np.float32) if v is None else np.asarray(v, np.float32) for v in values])
 
 
 def tokenize(
@@ -200,15 +186,6 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def pad_ids(values: list[list[int] | None], width: int) -> torch.Tensor:
-    """(B, width) long: each id list cut or padded to `width` with IGNORE_INDEX (None: all IGNORE_INDEX)."""
-    y = torch.full((len(values), width), IGNORE_INDEX, dtype=torch.long)
-    for i, v in enumerate(values):
-        if v is not None:
-            y[i, : min(len(v), width)] = torch.tensor(v[:width])
-    return y
-
-
 def collate(
     examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
 ) -> dict[str, Any]:
@@ -228,19 +205,10 @@ def collate(
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention_mask[i, : len(ids)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    labels: dict[str, torch.Tensor] = {}
-    for head, head_type in head_types.items():
-        values = [e["labels"].get(head) for e in examples]
-        layout = head_class(head_type).label_layout
-        if layout == "per_token":
-            y = pad_ids(values, length)
-        elif layout == "sequence":  # targets of their own lengths: padded to the longest in the batch
-            y = pad_ids(values, max((len(v) for v in values if v is not None), default=1))
-        elif layout == "vector":
-            y = torch.from_numpy(fill_missing_float(values, widths[head]))
-        else:
-            y = torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
-        labels[head] = y
+    labels = {
+        head: head_class(kind).codec.collate([e["labels"].get(head) for e in examples], length, widths.get(head, 0))
+        for head, kind in head_types.items()
+    }
     if "index" not in examples[0]:  # transformers.Trainer drops what forward does not name
         return {**batch, "labels": labels}
     return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}

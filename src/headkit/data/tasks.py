@@ -158,7 +158,7 @@ def prepare(
 
 def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:
     """The labels a validation split keeps the proportions of: the first single-label head's."""
-    first = next((t for t in group if head_class(t.type).label_layout == "index"), None)
+    first = next((t for t in group if head_class(t.type).codec.layout == "index"), None)
     return np.asarray(encoded.labels[first.name]) if first is not None else None
 
 
@@ -173,8 +173,9 @@ def _encode(
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
     """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs."""
     kinds = {t.name: head_class(t.type) for t in group}
-    words = any(k.inputs == "words" for k in kinds.values())
-    pairs = [t for t in group if kinds[t.name].inputs == "pairs"]
+    codecs = {t.name: kinds[t.name].codec for t in group}
+    words = any(c.inputs == "words" for c in codecs.values())
+    pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
     images = is_image_processor(processor)
     sizes = None
     if pairs:  # preference pairs: every head on this data reads them
@@ -187,24 +188,24 @@ def _encode(
         encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
     elif images:  # the text column names image files
         files, sizes = load_images(rows, text_column, data)  # sizes from the files' headers
-        pixels = pixel_store(processor, files, crop=all(k.crop_ok for k in kinds.values()))
+        pixels = pixel_store(processor, files, crop=all(c.crop_ok for c in codecs.values()))
         encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
     else:
         input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)
         encoded = EncodedData(input_ids, {}, [r.get("tokens") if words else r.get(text_column) for r in rows])
     configs = {}
     for task in group:
-        kind = kinds[task.name]
-        if kind.inputs == "images" and not images:
+        kind, codec = kinds[task.name], codecs[task.name]
+        if codec.inputs == "images" and not images:
             raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
-        if images and kind.inputs == "words":
+        if images and codec.inputs == "words":
             raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
         where = LabelSource(task.name, task.label, data, declared=getattr(rows, "label_names", {}))
         labels = (label_maps or {}).get(task.name)
         if labels is None:
-            labels = kind.label_names(rows, where)
-        y = kind.tokenize_labels(kind.encode_labels(rows, where, labels, sizes), processor, where)
-        if kind.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
+            labels = codec.label_names(rows, where)
+        y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
+        if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y
         options = {} if kind.per_token else {"pooling": task.pooling}

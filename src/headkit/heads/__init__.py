@@ -1,7 +1,8 @@
 """The head registry: type name -> (config dataclass, module class).
 
 Adding a head type is one new file in this package plus one entry in `REGISTRY` (or, from
-outside the package, one `register_head` call): the rest of headkit asks the head, never its name.
+outside the package, one `register_head` call): the module and the parts it picks (base.py),
+and the rest of headkit asks the head and its parts, never its name.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from headkit.errors import HeadConfigError, UnknownHeadTypeError
-from headkit.heads.base import IGNORE_INDEX, Head, HeadBase, HeadConfig, LabelSource, Pair
+from headkit.heads.base import Head, HeadBase, HeadConfig
 from headkit.heads.box import BoxConfig, BoxHead
-from headkit.heads.classification import ClassificationConfig, ClassificationHead, MultiLabelHead, RegressionHead
+from headkit.heads.classification import ClassificationConfig, ClassificationHead
 from headkit.heads.ctc import CTCConfig, CTCHead
+from headkit.heads.fewshot import Pair
+from headkit.heads.labels import IGNORE_INDEX, LabelSource
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
+from headkit.heads.multilabel import MultiLabelHead
 from headkit.heads.pooling import POOLING_METHODS, pool
+from headkit.heads.regression import RegressionHead
 from headkit.heads.reward import RewardConfig, RewardHead
 from headkit.heads.seq2seq import SEQ2SEQ, Seq2SeqConfig, Seq2SeqHead
 from headkit.heads.span import SpanConfig, SpanHead
@@ -50,14 +55,14 @@ def _entry(head_type: str) -> tuple[type[HeadConfig], type[Head]]:
 
 
 def head_class(head_type: str) -> type[Head]:
-    """The module class of a head type: its type-level facts (inputs, label layout, export target)
-    and label parsing, available before a head is built."""
+    """The module class of a head type, whose parts answer what is known before a head is built
+    (`head_class(t).codec.label_names(...)`, `.export.target`)."""
     return _entry(head_type)[1]
 
 
 def head_types_for_tables() -> list[str]:
     """The head types that train from table files (CSV, JSONL, Parquet, CoNLL)."""
-    return [name for name, (_, cls) in REGISTRY.items() if cls.label_layout is not None]
+    return [name for name, (_, cls) in REGISTRY.items() if cls.codec.layout is not None]
 
 
 def head_config(head_type: str, **fields: Any) -> HeadConfig:

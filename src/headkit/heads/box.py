@@ -17,8 +17,12 @@ from torch import Tensor, nn
 
 from headkit.data.files import column_values
 from headkit.errors import DataError
-from headkit.heads.base import HeadBase, HeadConfig, LabelSource, rows_with_labels, zero_loss
-from headkit.heads.pooling import check_pooling, pool
+from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.codecs import Codec
+from headkit.heads.labels import NAN, LabelSource, rows_with_labels
+from headkit.heads.pooling import check_pooling
+from headkit.heads.presentation import View
+from headkit.heads.scoring import Scoring
 
 
 @dataclass
@@ -46,7 +50,6 @@ def iou_and_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
-NAN = float("nan")
 
 
 def _box_columns(where: LabelSource) -> list[str]:
@@ -56,24 +59,20 @@ def _box_columns(where: LabelSource) -> list[str]:
     return columns
 
 
-class BoxHead(HeadBase):
+class BoxCodec(Codec):
     """Rows name image files; the label spec names four pixel-coordinate columns (default
-    x1,y1,x2,y2). Images are never centre-cropped (a crop would move the boxes), and predictions
-    come back in pixels of the image as given."""
+    x1,y1,x2,y2), normalised by each image's size. Images are never centre-cropped: a crop
+    would move the boxes."""
 
+    layout = "vector"
     inputs = "images"
-    label_layout = "vector"
     crop_ok = False
-    primary_metric = "mean_iou"
-    metrics: ClassVar[dict[str, bool]] = {"mean_iou": True, "iou@0.5": True}
 
-    @classmethod
-    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+    def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         return _box_columns(where)
 
-    @classmethod
     def encode_labels(
-        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+        self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
     ) -> np.ndarray:
         """(N, 4) boxes normalised by each image's size; NaN rows where the box is missing.
 
@@ -100,8 +99,35 @@ class BoxHead(HeadBase):
             out[i] = (x1 / width, y1 / height, x2 / width, y2 / height)
         return out
 
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[float] | None]:
+        present = rows_with_labels(labels).tolist()
+        return [row if ok else None for row, ok in zip(labels.float().tolist(), present, strict=True)]
+
+
+class BoxScores(Scoring):
+    primary = "mean_iou"
+    metrics: ClassVar[dict[str, bool]] = {"mean_iou": True, "iou@0.5": True}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        iou, _ = iou_and_giou(torch.tensor([p for p, _ in pairs]), torch.tensor([r for _, r in pairs]))
+        return {"mean_iou": float(iou.mean()), "iou@0.5": float((iou >= 0.5).float().mean())}
+
+
+class BoxView(View):
     def for_image(self, prediction: Any, width: int, height: int) -> Any:
+        """The box in pixels of the image as given."""
         return [round(v * s, 2) for v, s in zip(prediction, (width, height, width, height), strict=True)]
+
+
+class BoxHead(HeadBase):
+    """pool -> MLP -> (centre, size) through a sigmoid -> one xyxy box inside the image."""
+
+    codec = BoxCodec()
+    scoring = BoxScores()
+    view = BoxView()
 
     def __init__(self, config: BoxConfig):
         super().__init__()
@@ -109,9 +135,6 @@ class BoxHead(HeadBase):
         self.config = config
         h = config.input_size
         self.mlp = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 4))
-
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.forward_pooled(pool(hidden, mask, self.config.pooling))
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         cx, cy, w, h = self.mlp(pooled).float().sigmoid().unbind(-1)
@@ -130,14 +153,3 @@ class BoxHead(HeadBase):
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[list[float]]:
         return output.float().tolist()
-
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[float] | None]:
-        present = rows_with_labels(labels).tolist()
-        return [row if ok else None for row, ok in zip(labels.float().tolist(), present, strict=True)]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
-        if not pairs:
-            return {}
-        iou, _ = iou_and_giou(torch.tensor([p for p, _ in pairs]), torch.tensor([r for _, r in pairs]))
-        return {"mean_iou": float(iou.mean()), "iou@0.5": float((iou >= 0.5).float().mean())}

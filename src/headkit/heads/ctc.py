@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein
 from torch import Tensor
 
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, dropout_linear, real_positions, zero_loss
+from headkit.heads.base import HeadBase, HeadConfig, dropout_linear, zero_loss
+from headkit.heads.codecs import Codec
+from headkit.heads.export import ExportSpec
+from headkit.heads.labels import IGNORE_INDEX, real_positions
+from headkit.heads.scoring import Scoring
 
 
 @dataclass
@@ -24,17 +28,42 @@ class CTCConfig(HeadConfig):
     blank_id: int = 0
 
 
+def symbols(vocabulary: list[str], ids: list[int]) -> str:
+    """Symbol ids -> the text they spell."""
+    return "".join(vocabulary[i] for i in ids)
+
+
+class SymbolCodec(Codec):
+    """Labels are (B, L) symbol ids padded with -100; references are the texts they spell."""
+
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
+        rows = [[y for y in row if y != IGNORE_INDEX] for row in labels.tolist()]
+        return [symbols(self.names, r) if r else None for r in rows]
+
+
+class CharacterErrors(Scoring):
+    primary = "cer"
+    metrics: ClassVar[dict[str, bool]] = {"cer": False}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        edits = sum(Levenshtein.distance(p, r) for p, r in pairs)
+        return {"cer": edits / max(1, sum(len(r) for _, r in pairs))}
+
+
+def ctc_vocabulary(head: Any, config: Any) -> None:
+    """AutoModelForCTC's output size is the vocabulary, its padding id the CTC blank."""
+    config.vocab_size = len(head.config.labels)
+    config.pad_token_id = head.config.blank_id
+
+
 class CTCHead(HeadBase):
     per_token = True
-    primary_metric = "cer"
-    metrics: ClassVar[dict[str, bool]] = {"cer": False}
-    export_target = "AutoModelForCTC"
-    pipeline_tag = "automatic-speech-recognition"
-    architectures = ("ForCTC",)
-
-    def export_config(self, config: Any) -> None:
-        config.vocab_size = len(self.config.labels)
-        config.pad_token_id = self.config.blank_id
+    codec = SymbolCodec()
+    scoring = CharacterErrors()
+    export = ExportSpec("AutoModelForCTC", "automatic-speech-recognition", ("ForCTC",), fill=ctc_vocabulary)
 
     def __init__(self, config: CTCConfig):
         super().__init__()
@@ -66,24 +95,10 @@ class CTCHead(HeadBase):
         )
         return loss, n
 
-    def _text(self, ids: list[int]) -> str:
-        return "".join(self.config.labels[i] for i in ids)
-
     def decode(self, output: Tensor, mask: Tensor) -> list[str]:
         """Greedy CTC decoding: best symbol per frame, repeats merged, blanks dropped."""
         texts = []
         for row in real_positions(output.argmax(-1), mask):
             merged = [s for i, s in enumerate(row) if i == 0 or s != row[i - 1]]
-            texts.append(self._text([s for s in merged if s != self.config.blank_id]))
+            texts.append(symbols(self.config.labels, [s for s in merged if s != self.config.blank_id]))
         return texts
-
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
-        rows = [[y for y in row if y != IGNORE_INDEX] for row in labels.tolist()]
-        return [self._text(r) if r else None for r in rows]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
-        if not pairs:
-            return {}
-        edits = sum(Levenshtein.distance(p, r) for p, r in pairs)
-        return {"cer": edits / max(1, sum(len(r) for _, r in pairs))}

@@ -2,21 +2,64 @@
 
 Few-shot training (the SetFit recipe) tunes the backbone on contrastive pairs, then solves each
 head on the frozen, L2-normalised features with scikit-learn and copies the solution into the
-head's Linear layer. Which pairs and which solver fit a head is the head's own knowledge
-(`fewshot_pairs`, `fewshot_fit`); the shared machinery lives here.
+head's Linear layer. Which pairs fit a head follows from its labels (its codec's `fewshot_pairs`);
+which solver, from its output: a head type that few-shot can train picks `fewshot = FewShot(solver)`.
+The shared machinery lives here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from headkit.errors import DataError
-from headkit.heads.base import IGNORE_INDEX, Pair
+from headkit.heads.labels import IGNORE_INDEX
+from headkit.heads.part import Part
+
+Solver = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (x, y, width) -> (weight, bias)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A contrastive pair for few-shot tuning: two examples and how similar their embeddings
+    should be. Position -1 compares pooled vectors; a position >= 0 compares that token's vector."""
+
+    head: str
+    left: int
+    right: int
+    target: float
+    left_pos: int = -1
+    right_pos: int = -1
+
+
+@dataclass(frozen=True)
+class FewShot(Part):
+    """A head type's closed-form few-shot solution: `solve(features, y, width)` on L2-normalised
+    features gives the (weight, bias) of the head's linear layer `layer`.
+
+    Few-shot heads read unit vectors, as SetFit's sentence-transformers body ends in a Normalize
+    module (the contrastive loss trained directions, not lengths): `configure` says so in a head's
+    config (its `normalize` field) before the head is built."""
+
+    solve: Solver
+    layer: str = "classifier.1"  # the Linear of the usual dropout -> linear classifier
+
+    def fit(self, features: np.ndarray, y: Any) -> None:
+        """Solve the bound head on `features` (one row per labelled example, or tagged token)."""
+        linear = self.head.get_submodule(self.layer)
+        load_linear(linear, *self.solve(features, np.asarray(y), linear.out_features))
+
+    @staticmethod
+    def configure(config: Any) -> Any:
+        """`config` for a head that few-shot training solves: it reads unit vectors."""
+        return dataclasses.replace(config, normalize=True)
 
 
 def class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Generator) -> list[Pair]:
@@ -97,6 +140,12 @@ def _fit(estimator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
 
 
+def class_solution(x: np.ndarray, y: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression over the examples that have a class (single-label classes, token tags)."""
+    keep = y != IGNORE_INDEX
+    return logistic(x[keep], y[keep], width)
+
+
 def logistic(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Logistic regression (SetFit's head and its C) as a (C, H) linear layer over all `n_classes`."""
     from sklearn.linear_model import LogisticRegression
@@ -114,24 +163,22 @@ def logistic(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, 
     return weight, bias
 
 
-def ridge_per_target(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ridge_per_target(x: np.ndarray, y: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One ridge regression per target column (NaN = missing), strength by efficient leave-one-out."""
     from sklearn.linear_model import RidgeCV
 
-    n_out = y.shape[1]
-    weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
-    for k in range(n_out):
+    weight, bias = np.zeros((width, x.shape[1])), np.zeros(width)
+    for k in range(width):
         keep = ~np.isnan(y[:, k])
         coef, intercept = _fit(RidgeCV(alphas=(0.01, 0.1, 1.0, 10.0)), x[keep], y[keep, k])
         weight[k], bias[k] = coef[0], intercept[0]
     return weight, bias
 
 
-def binary_logistic_per_label(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def binary_logistic_per_label(x: np.ndarray, y: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One binary logistic regression per label (NaN = missing); a label always on (off) is a constant."""
-    n_out = y.shape[1]
-    weight, bias = np.zeros((n_out, x.shape[1])), np.zeros(n_out)
-    for k in range(n_out):
+    weight, bias = np.zeros((width, x.shape[1])), np.zeros(width)
+    for k in range(width):
         keep = ~np.isnan(y[:, k])
         column = (y[keep, k] > 0.5).astype(int)
         if column.min() == column.max():

@@ -13,6 +13,7 @@ them itself, so labels = input_ids (padding set to -100) is correct.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +22,11 @@ from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError, HeadMismatchError
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, perplexity, real_positions, zero_loss
+from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.codecs import Codec
+from headkit.heads.export import ExportSpec
+from headkit.heads.labels import IGNORE_INDEX, real_positions
+from headkit.heads.scoring import Scoring, perplexity
 
 MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__init__.py registers them)
 LAYER_NORM_EPS = 1e-12  # BERT's, for a backbone whose config names none
@@ -36,19 +41,71 @@ class LMConfig(HeadConfig):
     tie_embeddings: bool | None = None  # None: as the checkpoint ties (resolved when the head is attached)
     layer_norm_eps: float | None = None  # None: the backbone's (BERT 1e-12, RoBERTa 1e-5, DeBERTa 1e-7)
 
-    def fit_backbone(self, backbone_config: Any) -> None:
-        if self.vocab_size == 0:  # 0: the backbone's own vocabulary
-            self.vocab_size = int(backbone_config.vocab_size)
-        if self.layer_norm_eps is None:
-            self.layer_norm_eps = float(getattr(backbone_config, "layer_norm_eps", None) or LAYER_NORM_EPS)
+    def fitted_to(self, backbone: nn.Module) -> LMConfig:
+        """The vocabulary (0: the backbone's own), the layer-norm eps, and whether the decoder is
+        the input embeddings: as the checkpoint ties (`tie_word_embeddings`), where the shapes allow."""
+        config = backbone.config
+        vocab_size = self.vocab_size or int(config.vocab_size)
+        eps = self.layer_norm_eps
+        if eps is None:
+            eps = float(getattr(config, "layer_norm_eps", None) or LAYER_NORM_EPS)
+        tie = self.tie_embeddings
+        if tie is None:
+            weight = getattr(backbone.get_input_embeddings(), "weight", None)
+            fits = weight is not None and tuple(weight.shape) == (vocab_size, self.input_size)
+            tie = bool(getattr(config, "tie_word_embeddings", True)) and fits
+        return dataclasses.replace(self, vocab_size=vocab_size, layer_norm_eps=eps, tie_embeddings=tie)
+
+
+class TokenIdCodec(Codec):
+    """Labels are token ids (B, T), -100 where no prediction is wanted; references are the ids at
+    an example's real positions (the causal head's shifted: position t is scored against t + 1)."""
+
+    def __init__(self, causal: bool):
+        self.causal = causal
+
+    def references(self, labels: Tensor, mask: Tensor) -> list[list[int | None] | None]:
+        if self.causal:  # position t is scored against token t + 1
+            labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        refs: list[list[int | None] | None] = []
+        for row in real_positions(labels, mask):
+            ids = [None if y == IGNORE_INDEX else y for y in row]
+            refs.append(None if all(y is None for y in ids) else ids)
+        return refs
+
+
+class TokenScores(Scoring):
+    """Accuracy of the predicted token at the scored positions; perplexity from the mean loss."""
+
+    primary = "accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "perplexity": False}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [
+            (p, r)
+            for pred, ref in zip(predictions, references, strict=True)
+            if ref is not None
+            for p, r in zip(pred, ref, strict=False)
+            if r is not None
+        ]
+        if not pairs:
+            return {}
+        return {"accuracy": float(accuracy_score([r for _, r in pairs], [p for p, _ in pairs]))}
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        return {"perplexity": perplexity(mean_loss)}
+
+
+def tie_word_embeddings(head: Any, config: Any) -> None:
+    """The exported model ties its output to the input embeddings exactly when the head does."""
+    config.tie_word_embeddings = bool(head.config.tie_embeddings)
 
 
 class LMHead(HeadBase):
     """Shared by the two language-modelling heads below, which differ in `causal`."""
 
     per_token = True
-    primary_metric = "accuracy"
-    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "perplexity": False}
+    scoring = TokenScores()
     causal: bool
 
     def __init__(self, config: LMConfig):
@@ -78,19 +135,8 @@ class LMHead(HeadBase):
         self.decoder.weight = weight
 
     def attach(self, backbone: nn.Module) -> None:
-        embeddings = backbone.get_input_embeddings()
-        if self.config.tie_embeddings is None:  # as the checkpoint does, where the shapes allow it
-            weight = getattr(embeddings, "weight", None)
-            fits = weight is not None and tuple(weight.shape) == tuple(self.decoder.weight.shape)
-            self.config.tie_embeddings = bool(getattr(backbone.config, "tie_word_embeddings", True)) and fits
-        if self.config.tie_embeddings:
-            self.tie_to(embeddings)
-
-    def export_config(self, config: Any) -> None:
-        config.tie_word_embeddings = bool(self.config.tie_embeddings)
-
-    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
-        return {"perplexity": perplexity(mean_loss)}
+        if self.config.tie_embeddings:  # resolved from the checkpoint before the head was built (fitted_to)
+            self.tie_to(backbone.get_input_embeddings())
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.transform(hidden))  # (B, T, V)
@@ -111,41 +157,20 @@ class LMHead(HeadBase):
     def decode(self, output: Tensor, mask: Tensor) -> list[list[int]]:
         return real_positions(output.argmax(-1), mask)
 
-    def references(self, labels: Tensor, mask: Tensor) -> list[list[int | None] | None]:
-        if self.causal:  # position t is scored against token t + 1
-            labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        refs: list[list[int | None] | None] = []
-        for row in real_positions(labels, mask):
-            ids = [None if y == IGNORE_INDEX else y for y in row]
-            refs.append(None if all(y is None for y in ids) else ids)
-        return refs
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        pairs = [
-            (p, r)
-            for pred, ref in zip(predictions, references, strict=True)
-            if ref is not None
-            for p, r in zip(pred, ref, strict=False)
-            if r is not None
-        ]
-        if not pairs:
-            return {}
-        return {"accuracy": float(accuracy_score([r for _, r in pairs], [p for p, _ in pairs]))}
-
 
 class MaskedLMHead(LMHead):
     """BERT-style: predicts the token at each masked position (transform, then a tied decoder)."""
 
     causal = False
-    export_target = "AutoModelForMaskedLM"
-    pipeline_tag = "fill-mask"
-    architectures = ("ForMaskedLM",)
+    codec = TokenIdCodec(causal=False)
+    export = ExportSpec("AutoModelForMaskedLM", "fill-mask", ("ForMaskedLM",), fill=tie_word_embeddings)
 
 
 class CausalLMHead(LMHead):
     """GPT/Llama-style: position t predicts token t + 1 (a tied decoder, no transform)."""
 
     causal = True
-    export_target = "AutoModelForCausalLM"
-    pipeline_tag = "text-generation"
-    architectures = ("ForCausalLM", "LMHeadModel")
+    codec = TokenIdCodec(causal=True)
+    export = ExportSpec(
+        "AutoModelForCausalLM", "text-generation", ("ForCausalLM", "LMHeadModel"), fill=tie_word_embeddings
+    )

@@ -18,8 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError
-from headkit.heads.base import HeadBase, HeadConfig, LabelSource, rows_with_labels, zero_loss
-from headkit.heads.pooling import check_pooling, pool
+from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.codecs import PairCodec
+from headkit.heads.labels import rows_with_labels
+from headkit.heads.pooling import check_pooling
+from headkit.heads.presentation import View
+from headkit.heads.scoring import Scoring
 
 
 @dataclass
@@ -30,34 +34,46 @@ class RewardConfig(HeadConfig):
     dropout: float = 0.0
 
 
+class PairScores(Scoring):
+    """Predictions are one score per scored row; references pair each chosen row with its rejected one."""
+
+    primary = "pair_accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"pair_accuracy": True, "mean_margin": True}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        margins = [
+            predictions[i] - predictions[i + ref[1]]
+            for i, ref in enumerate(references)
+            if ref is not None and ref[0] == "chosen"
+        ]
+        if not margins:
+            return {}
+        return {
+            "pair_accuracy": float(np.mean([m > 0 for m in margins])),
+            "mean_margin": float(np.mean(margins)),
+        }
+
+
+class ScoreView(View):
+    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
+        return {"score": prediction}
+
+    def brief(self, prediction: Any) -> str:
+        return f"score {prediction['score']:.4f}"
+
+
 class RewardHead(HeadBase):
     """pool -> dropout -> linear to one score; Bradley–Terry loss on (chosen, rejected) pairs."""
 
-    inputs = "pairs"
-    label_layout = "vector"
-    primary_metric = "pair_accuracy"
-    metrics: ClassVar[dict[str, bool]] = {"pair_accuracy": True, "mean_margin": True}
-    suggested_name = "reward"
-
-    @classmethod
-    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
-        return ["score"]
-
-    @classmethod
-    def encode_labels(
-        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
-    ) -> np.ndarray:
-        """Every row is a pair to rank (the texts themselves are checked where they are encoded)."""
-        return np.ones((len(rows), 1), dtype=np.float32)
+    codec = PairCodec()
+    scoring = PairScores()
+    view = ScoreView()
 
     def __init__(self, config: RewardConfig):
         super().__init__()
         check_pooling(config.pooling)
         self.config = config
         self.scorer = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.input_size, 1))
-
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.forward_pooled(pool(hidden, mask, self.config.pooling))
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         return self.scorer(pooled).squeeze(-1).float()  # (B,)
@@ -77,31 +93,3 @@ class RewardHead(HeadBase):
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
         return output.float().tolist()
-
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[str, int] | None]:
-        """One entry per scored row, in the order `decode` scores them (chosen rows, then rejected
-        rows): its role and how far away its partner row is; None where the pair has no label."""
-        present = rows_with_labels(labels).tolist()
-        pairs = len(present)
-        return [("chosen", pairs) if ok else None for ok in present] + [
-            ("rejected", -pairs) if ok else None for ok in present
-        ]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        margins = [
-            predictions[i] - predictions[i + ref[1]]
-            for i, ref in enumerate(references)
-            if ref is not None and ref[0] == "chosen"
-        ]
-        if not margins:
-            return {}
-        return {
-            "pair_accuracy": float(np.mean([m > 0 for m in margins])),
-            "mean_margin": float(np.mean(margins)),
-        }
-
-    def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
-        return {"score": prediction}
-
-    def brief(self, prediction: Any) -> str:
-        return f"score {prediction['score']:.4f}"

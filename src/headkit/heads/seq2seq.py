@@ -26,6 +26,7 @@ text out): MultiHeadModel hands it over (`needs_processor`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -39,24 +40,20 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
 )
 
-from headkit.errors import DataError, HeadConfigError, HeadMismatchError
-from headkit.heads.base import (
-    IGNORE_INDEX,
-    HeadBase,
-    HeadConfig,
-    LabelSource,
-    label_values,
-    perplexity,
-    zero_loss,
-)
+from headkit.errors import HeadConfigError, HeadMismatchError
+from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.codecs import TextCodec
+from headkit.heads.codecs.sequence import special_tokens
+from headkit.heads.export import ExportSpec
+from headkit.heads.labels import IGNORE_INDEX
+from headkit.heads.presentation import View
+from headkit.heads.scoring import Scoring, perplexity
 
 logger = logging.getLogger(__name__)
 
 SEQ2SEQ = "seq2seq"
+TOKENS = ("start_token_id", "end_token_id", "pad_token_id")
 # keys of a backbone's config that describe the checkpoint, not the decoder built from it
-# target tokens kept in training, start and end included (longer targets are cut, with a note):
-# targets are tokenised while the data is read, before any head config exists
-MAX_TARGET_TOKENS = 64
 NOT_ARCHITECTURE = ("architectures", "_name_or_path", "quantization_config", "torch_dtype", "dtype", "auto_map")
 
 
@@ -70,21 +67,22 @@ class Seq2SeqConfig(HeadConfig):
     decoder: dict[str, Any] = field(default_factory=dict)
     decoder_layers: int | None = None  # None: as many layers as the backbone
     warm_start: bool = True  # start the decoder from the backbone's weights (BERT2BERT)
-    start_token_id: int | None = None
+    start_token_id: int | None = None  # None: the tokenizer's (the head is handed it: use_processor)
     end_token_id: int | None = None
     pad_token_id: int | None = None
-    max_new_tokens: int = 64  # generation length limit
+    max_new_tokens: int = 64  # generation length limit (a server or the CLI may ask for others: set_generation)
     num_beams: int = 1  # 1: greedy search
 
-    def fit_backbone(self, backbone_config: Any) -> None:
+    def fitted_to(self, backbone: nn.Module) -> Seq2SeqConfig:
+        """The decoder's config, from the backbone's own when empty."""
         if self.decoder:
-            return
-        decoder = {k: v for k, v in backbone_config.to_dict().items() if k not in NOT_ARCHITECTURE}
+            return self
+        decoder = {k: v for k, v in backbone.config.to_dict().items() if k not in NOT_ARCHITECTURE}
         if not decoder.get("is_encoder_decoder"):  # an encoder: its architecture as a decoder (BERT2BERT)
             decoder.update(is_decoder=True, add_cross_attention=True, tie_word_embeddings=True)
             if self.decoder_layers is not None:
                 decoder["num_hidden_layers"] = self.decoder_layers
-        self.decoder = decoder
+        return dataclasses.replace(self, decoder=decoder)
 
     @property
     def on_encoder_decoder(self) -> bool:
@@ -92,44 +90,58 @@ class Seq2SeqConfig(HeadConfig):
         return bool(self.decoder.get("is_encoder_decoder"))
 
 
-def special_tokens(tokenizer: Any) -> dict[str, int]:
-    """The start / end / padding ids a decoder uses with this tokenizer: BOS (or BERT's [CLS],
-    or T5's padding) starts, EOS (or [SEP]) ends."""
-    start = next(
-        (t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id) if t is not None), None
-    )
-    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if start is None or end is None:
-        raise HeadConfigError(
-            f"the tokenizer ({type(tokenizer).__name__}) has no start (bos/cls/pad) or end (eos/sep) token, "
-            "so a seq2seq head cannot tell where a text begins and ends; set start_token_id and end_token_id"
-        )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
-    return {"start_token_id": start, "end_token_id": end, "pad_token_id": pad}
+class TextScores(Scoring):
+    """ROUGE of the generated texts against the targets; perplexity from the mean loss."""
+
+    primary = "rougeL"
+    metrics: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True, "perplexity": False}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from rouge_score import rouge_scorer
+
+        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        kinds = ["rouge1", "rouge2", "rougeL"]
+        scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
+        as_text = [(_as_text(p), _as_text(r)) for p, r in pairs]
+        scores = [scorer.score(r, p) for p, r in as_text]
+        return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        return {"perplexity": perplexity(mean_loss)}
+
+
+class TextView(View):
+    writes_text = True
+
+    def pipeline_output(self, prediction: Any) -> Any:
+        return {"generated_text": prediction}
 
 
 class Seq2SeqHead(HeadBase):
     """A text-generating head on any encoder backbone; see the module docstring."""
 
     per_token = True  # reads every position (the memory), no pooling
-    label_layout = "sequence"
-    primary_metric = "rougeL"
-    metrics: ClassVar[dict[str, bool]] = {"rouge1": True, "rouge2": True, "rougeL": True, "perplexity": False}
-    pipeline_tag = "text2text-generation"
-    architectures = tuple(
-        [*MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), *MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values()]
-    )  # T5ForConditionalGeneration, BartForConditionalGeneration, MarianMTModel, WhisperForConditionalGeneration ...
     needs_processor = True
-    writes_text = True
-    class_noun = "target"
-    suggested_name = "summary"
+    codec = TextCodec()
+    scoring = TextScores()
+    view = TextView()
+    export = ExportSpec(
+        pipeline_tag="text2text-generation",
+        # T5ForConditionalGeneration, BartForConditionalGeneration, MarianMTModel, WhisperForConditionalGeneration ...
+        architectures=(
+            *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(),
+            *MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.values(),
+        ),
+    )
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         if not config.decoder:
-            raise HeadConfigError("a seq2seq head needs its decoder config; attach it to a backbone (fit_backbone)")
+            raise HeadConfigError("a seq2seq head needs its decoder config; attach it to a backbone (fitted_to)")
         self.config = config
         settings = dict(config.decoder)
         model_type = settings.pop("model_type", None)
@@ -148,62 +160,21 @@ class Seq2SeqHead(HeadBase):
         if not config.on_encoder_decoder and not getattr(self.decoder.config, "add_cross_attention", False):
             raise HeadMismatchError(f"the '{model_type}' decoder does not support cross-attention to an encoder")
         self.tokenizer: Any = None
-
-    # ------------------------------------------------------------------ contract: type level
-
-    @classmethod
-    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
-        return []  # targets are free text, not classes
-
-    @classmethod
-    def encode_labels(
-        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
-    ) -> list[Any]:
-        values = label_values(rows, where)
-        for i, value in enumerate(values):
-            if value is not None and not isinstance(value, str):
-                raise DataError(
-                    f"row {i + 1} of {where.source}: target column '{where.column}' holds {value!r}, not text"
-                )
-        return [v if isinstance(v, str) and v.strip() else None for v in values]
-
-    @classmethod
-    def tokenize_labels(cls, values: list[str | None], processor: Any, where: LabelSource) -> list[list[int] | None]:
-        """Target texts -> [start, tokens .., end], cut to MAX_TARGET_TOKENS (counted in a note)."""
-        ids = special_tokens(processor)
-        limit = MAX_TARGET_TOKENS - 2
-        texts = [v for v in values if v is not None]
-        tokens = iter(processor(texts, add_special_tokens=False)["input_ids"] if texts else [])
-        out: list[list[int] | None] = []
-        cut = 0
-        for value in values:
-            if value is None:
-                out.append(None)
-                continue
-            body = next(tokens)
-            cut += len(body) > limit
-            out.append([ids["start_token_id"], *body[:limit], ids["end_token_id"]])
-        if cut:
-            logger.info(
-                f"note: {cut} of {len(texts)} targets in column '{where.column}' of {where.source} are longer than "
-                f"{limit} tokens and were cut to that length"
-            )
-        return out
-
-    # ------------------------------------------------------------------ contract: instance level
+        self.token_ids = {name: getattr(config, name) for name in TOKENS}  # None: the tokenizer's (use_processor)
+        self.generation = {"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams}
 
     def use_processor(self, processor: Any) -> None:
+        """Write text with `processor`; its start / end / padding ids where the config names none."""
         self.tokenizer = processor
-        for key, value in special_tokens(processor).items():
-            if getattr(self.config, key) is None:
-                setattr(self.config, key, value)
+        given, found = {name: getattr(self.config, name) for name in TOKENS}, special_tokens(processor)
+        self.token_ids = {name: found[name] if given[name] is None else given[name] for name in TOKENS}
 
     def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
         for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
             if value is not None:
                 if value < 1:
                     raise HeadConfigError(f"{name} must be at least 1, got {value}")
-                setattr(self.config, name, value)
+                self.generation[name] = value
 
     def attach(self, backbone: nn.Module) -> None:
         base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
@@ -252,7 +223,7 @@ class Seq2SeqHead(HeadBase):
         return hidden  # (B, T, H): the memory the decoder attends to
 
     def _token(self, name: str) -> int:
-        value = getattr(self.config, name)
+        value = self.token_ids[name]
         if value is None:
             raise HeadConfigError(f"the seq2seq head has no {name}: give the model its tokenizer (set_processor)")
         return value
@@ -301,8 +272,8 @@ class Seq2SeqHead(HeadBase):
         from transformers import DynamicCache, EncoderDecoderCache
 
         options = {
-            "max_new_tokens": max_new_tokens or self.config.max_new_tokens,
-            "num_beams": num_beams or self.config.num_beams,
+            "max_new_tokens": max_new_tokens or self.generation["max_new_tokens"],
+            "num_beams": num_beams or self.generation["num_beams"],
             "do_sample": False,
             "eos_token_id": self._token("end_token_id"),
             "pad_token_id": self._token("pad_token_id"),
@@ -326,40 +297,18 @@ class Seq2SeqHead(HeadBase):
             **options,
         )
 
-    def _text(self, ids: list[int]) -> str | list[int]:
-        ids = [i for i in ids if i not in (self.config.start_token_id, self.config.pad_token_id)]
-        if self.config.end_token_id in ids:
-            ids = ids[: ids.index(self.config.end_token_id)]
+    def text(self, ids: list[int]) -> str | list[int]:
+        """Token ids -> the text they spell, up to the end token (ids where no tokenizer was given)."""
+        start, end, pad = (self.token_ids[name] for name in TOKENS)
+        ids = [i for i in ids if i not in (start, pad)]
+        if end in ids:
+            ids = ids[: ids.index(end)]
         if self.tokenizer is None:
             return ids
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def decode(self, output: Tensor, mask: Tensor) -> list[Any]:
-        return [self._text(row) for row in self.generate(output, mask).tolist()]
-
-    def references(self, labels: Tensor, mask: Tensor) -> list[Any]:
-        return [
-            self._text([i for i in row if i != IGNORE_INDEX]) if any(i != IGNORE_INDEX for i in row) else None
-            for row in labels.tolist()
-        ]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        from rouge_score import rouge_scorer
-
-        pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
-        if not pairs:
-            return {}
-        kinds = ["rouge1", "rouge2", "rougeL"]
-        scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
-        as_text = [(_as_text(p), _as_text(r)) for p, r in pairs]
-        scores = [scorer.score(r, p) for p, r in as_text]
-        return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
-
-    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
-        return {"perplexity": perplexity(mean_loss)}
-
-    def pipeline_output(self, prediction: Any) -> Any:
-        return {"generated_text": prediction}
+        return [self.text(row) for row in self.generate(output, mask).tolist()]
 
 
 def _as_text(value: Any) -> str:

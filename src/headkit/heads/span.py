@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
-from headkit.heads.base import IGNORE_INDEX, HeadBase, HeadConfig, zero_loss
+from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.codecs import Codec
+from headkit.heads.export import ExportSpec
+from headkit.heads.labels import IGNORE_INDEX
 from headkit.heads.pooling import first_real_position
+from headkit.heads.scoring import Scoring
 
 
 @dataclass
@@ -35,15 +39,36 @@ def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+class SpanCodec(Codec):
+    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
+        """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
+        return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
+
+
+class SpanScores(Scoring):
+    primary = "exact_match"
+    metrics: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        pairs = [((p["start"], p["end"]), r) for p, r in zip(predictions, references, strict=True) if r is not None]
+        if not pairs:
+            return {}
+        return {
+            "exact_match": float(accuracy_score([str(r) for _, r in pairs], [str(p) for p, _ in pairs])),
+            "f1": float(sum(overlap_f1(p, r) for p, r in pairs) / len(pairs)),
+        }
+
+
+def start_end(out: Any) -> Tensor:
+    """AutoModelForQuestionAnswering's start and end logits as (B, T, 2), as the head gives them."""
+    return torch.stack([out.start_logits, out.end_logits], dim=-1)
+
+
 class SpanHead(HeadBase):
     per_token = True
-    primary_metric = "exact_match"
-    metrics: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
-    export_target = "AutoModelForQuestionAnswering"
-    pipeline_tag = "question-answering"
-
-    def export_output(self, out: Any) -> Tensor:
-        return torch.stack([out.start_logits, out.end_logits], dim=-1)  # (B, T, 2), as forward gives
+    codec = SpanCodec()
+    scoring = SpanScores()
+    export = ExportSpec("AutoModelForQuestionAnswering", "question-answering", read=start_end)
 
     def __init__(self, config: SpanConfig):
         super().__init__()
@@ -78,16 +103,3 @@ class SpanHead(HeadBase):
         starts, ends = (best // t - offset).tolist(), (best % t - offset).tolist()
         top = scores.flatten(1).max(dim=1).values.exp().tolist()
         return [{"start": s, "end": e, "score": p} for s, e, p in zip(starts, ends, top, strict=True)]
-
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
-        """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
-        return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        pairs = [((p["start"], p["end"]), r) for p, r in zip(predictions, references, strict=True) if r is not None]
-        if not pairs:
-            return {}
-        return {
-            "exact_match": float(accuracy_score([str(r) for _, r in pairs], [str(p) for p, _ in pairs])),
-            "f1": float(sum(overlap_f1(p, r) for p, r in pairs) / len(pairs)),
-        }

@@ -3,7 +3,7 @@
 Labels are (B, T) long with -100 at positions that carry no label (padding, special tokens,
 continuation sub-words); an example whose positions are all -100 is missing for this head.
 Predictions and references are per-example tag lists over real (mask == 1) positions, with None
-where the reference has no label, so `score` can align them exactly.
+where the reference has no label, so the scoring can align them exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch.nn.functional as F
 from seqeval.metrics import accuracy_score as seq_accuracy
 from seqeval.metrics import classification_report as seq_report
@@ -20,26 +19,13 @@ from seqeval.metrics import precision_score, recall_score
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from torch import Tensor
 
-from headkit.data.files import column_values, is_missing
-from headkit.errors import DataError
-from headkit.heads import fewshot
-from headkit.heads.base import (
-    IGNORE_INDEX,
-    HeadBase,
-    HeadConfig,
-    LabelSource,
-    Pair,
-    balanced_weights,
-    dropout_linear,
-    label_index,
-    label_order,
-    label_values,
-    real_positions,
-    report_dict,
-    set_label_maps,
-    weight_tensor,
-    zero_loss,
-)
+from headkit.heads.base import HeadBase, HeadConfig, dropout_linear, weight_tensor, zero_loss
+from headkit.heads.codecs import TagCodec
+from headkit.heads.export import ExportSpec, label_maps
+from headkit.heads.fewshot import FewShot, class_solution
+from headkit.heads.labels import IGNORE_INDEX, real_positions
+from headkit.heads.presentation import View
+from headkit.heads.scoring import Scoring, report_dict
 
 
 @dataclass
@@ -56,91 +42,56 @@ def is_bio(tags: list[str]) -> bool:
     return all(t == "O" or t[:2] in ("B-", "I-", "E-", "S-") for t in tags)
 
 
-def _tags_column(where: LabelSource) -> str:
-    return "tags" if where.column == "label" else where.column  # CoNLL files name it `tags`
+def aligned(predictions: list[Any], references: list[Any]) -> tuple[list[list[str]], list[list[str]]]:
+    """Predicted and true tags at the labelled positions of the labelled examples."""
+    y_pred, y_true = [], []
+    for pred, ref in zip(predictions, references, strict=True):
+        if ref is None:
+            continue
+        kept = [(p, r) for p, r in zip(pred, ref, strict=False) if r is not None]
+        y_pred.append([p for p, _ in kept])
+        y_true.append([r for _, r in kept])
+    return y_pred, y_true
 
 
-class TokenClassificationHead(HeadBase):
-    """Rows hold pre-split words (`tokens`) and one tag per word (`tags`); the data code gives
-    each word's tag to its first sub-word token (the rest: -100)."""
+class TagScores(Scoring):
+    """BIO tags: seqeval's entity-level scores; other tag sets: per tag (macro F1, accuracy)."""
 
-    per_token = True
-    inputs = "words"
-    label_layout = "per_token"
-    primary_metric = "f1"
+    primary = "f1"
     metrics: ClassVar[dict[str, bool]] = {"f1": True, "precision": True, "recall": True, "accuracy": True}
-    export_target = "AutoModelForTokenClassification"
-    pipeline_tag = "token-classification"
-    architectures = ("ForTokenClassification",)
-    fewshot = True
 
-    @classmethod
-    def label_names(cls, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
-        """Sorted tags with `O` first (the usual id 0)."""
-        values = label_values(rows, where, _tags_column(where))
-        tags = {str(t) for v in values if not is_missing(v) for t in v if t is not None}
-        declared = where.declared_names(_tags_column(where), present=tags)
-        return declared or (["O"] if "O" in tags else []) + label_order(tags - {"O"})
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        y_pred, y_true = aligned(predictions, references)
+        if not y_true:
+            return {}
+        if is_bio(self.names):
+            return {
+                "f1": float(seq_f1(y_true, y_pred, zero_division=0)),
+                "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+                "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+                "accuracy": float(seq_accuracy(y_true, y_pred)),
+            }
+        flat_true = [t for seq in y_true for t in seq]
+        flat_pred = [t for seq in y_pred for t in seq]
+        return {
+            "f1": float(f1_score(flat_true, flat_pred, average="macro", zero_division=0)),
+            "accuracy": float(accuracy_score(flat_true, flat_pred)),
+        }
 
-    @classmethod
-    def encode_labels(
-        cls, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
-    ) -> list[list[int] | None]:
-        """One tag id per word (None: the example has no tags), checked against the words."""
-        lookup = label_index(labels, where)
-        words = column_values(rows, "tokens", where.source)
-        tag_lists = column_values(rows, _tags_column(where), where.source)
-        encoded: list[list[int] | None] = []
-        for i, (tokens, tags) in enumerate(zip(words, tag_lists, strict=True)):
-            if is_missing(tags):
-                encoded.append(None)
-                continue
-            if len(tokens) != len(tags):
-                raise DataError(
-                    f"head '{where.head}', example {i + 1}: {len(tokens)} tokens but {len(tags)} tags; "
-                    "every token needs exactly one tag"
-                )
-            encoded.append([lookup(str(t), i + 1) for t in tags])
-        return encoded
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""
+        y_pred, y_true = aligned(predictions, references)
+        if not y_true:
+            return None
+        if is_bio(self.names):
+            return report_dict(seq_report(y_true, y_pred, output_dict=True, zero_division=0))
+        flat_true = [t for seq in y_true for t in seq]
+        flat_pred = [t for seq in y_pred for t in seq]
+        report = classification_report(flat_true, flat_pred, labels=self.names, output_dict=True, zero_division=0)
+        return report_dict(report)
 
-    @classmethod
-    def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: np.random.Generator) -> list[Pair]:
-        """Pairs of tagged tokens: two of one tag (1.0), one of it and one of another tag (0.0)."""
-        tags: list[list[int] | None] = y
-        tokens = [(i, pos, t) for i, row in enumerate(tags) if row for pos, t in enumerate(row) if t != IGNORE_INDEX]
-        by_tag: dict[int, list[tuple[int, int]]] = {}
-        for i, pos, t in tokens:
-            by_tag.setdefault(t, []).append((i, pos))
-        anchors = sorted(t for t, items in by_tag.items() if len(items) >= 2)
-        if len(by_tag) < 2 or not anchors:
-            raise DataError(
-                f"head '{head}': few-shot token tagging needs at least 2 tags and 2 tagged words of some tag; "
-                f"the training data has {len(by_tag)} tag(s)"
-            )
-        sentences = sum(1 for row in tags if row and any(t != IGNORE_INDEX for t in row))
-        pairs = []
-        for _ in range(iterations * sentences):
-            tag = anchors[rng.integers(len(anchors))]
-            same = by_tag[tag]
-            a, b = rng.choice(len(same), size=2, replace=False)
-            others = [t for t in by_tag if t != tag]
-            other = by_tag[others[rng.integers(len(others))]]
-            c = other[rng.integers(len(other))]
-            (i, pi), (j, pj) = same[a], same[b]
-            pairs.append(Pair(head, i, j, 1.0, pi, pj))
-            pairs.append(Pair(head, i, c[0], 0.0, pi, c[1]))
-        return pairs
 
-    @classmethod
-    def auto_class_weights(cls, y: Any, width: int) -> list[float]:
-        """Inverse tag frequency over labelled tokens (`O` usually weighs far below 1)."""
-        tags = [t for row in y if row for t in row if t != IGNORE_INDEX]
-        return balanced_weights(np.bincount(np.asarray(tags, dtype=np.int64), minlength=width))
-
-    def fewshot_fit(self, features: np.ndarray, y: Any) -> None:
-        """`features`: one row per tagged token; `y`: their tag ids."""
-        fewshot.load_linear(self.classifier[-1], *fewshot.logistic(features, np.asarray(y), len(self.config.labels)))
-
+class TagView(View):
     def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
         """Tags per sub-word token -> one tag per word (its first sub-word), with the word's text."""
         if encoding is None:  # a slow tokenizer has no offsets: tags stay per token
@@ -180,8 +131,22 @@ class TokenClassificationHead(HeadBase):
             return " ".join(f"{w['word']}/{w['tag']}" for w in prediction if w["tag"] != "O") or "(no entities)"
         return " ".join(prediction)
 
-    def export_config(self, config: Any) -> None:
-        set_label_maps(config, list(self.config.labels), None)
+
+class TokenClassificationHead(HeadBase):
+    """Rows hold pre-split words (`tokens`) and one tag per word (`tags`); the data code gives
+    each word's tag to its first sub-word token (the rest: -100)."""
+
+    per_token = True
+    codec = TagCodec()
+    scoring = TagScores()
+    view = TagView()
+    export = ExportSpec(
+        "AutoModelForTokenClassification",
+        "token-classification",
+        architectures=("ForTokenClassification",),
+        fill=label_maps(None),
+    )
+    fewshot = FewShot(class_solution)  # features: one row per tagged token; y: their tag ids
 
     def __init__(self, config: TokenClassificationConfig):
         super().__init__()
@@ -209,54 +174,3 @@ class TokenClassificationHead(HeadBase):
     def decode(self, output: Tensor, mask: Tensor) -> list[list[str]]:
         names = self.config.labels
         return [[names[i] for i in row] for row in real_positions(output.argmax(-1), mask)]
-
-    def references(self, labels: Tensor, mask: Tensor) -> list[list[str | None] | None]:
-        names = self.config.labels
-        refs: list[list[str | None] | None] = []
-        for row in real_positions(labels, mask):
-            tags = [None if y == IGNORE_INDEX else names[y] for y in row]
-            refs.append(None if all(t is None for t in tags) else tags)
-        return refs
-
-    @staticmethod
-    def _aligned(predictions: list[Any], references: list[Any]) -> tuple[list[list[str]], list[list[str]]]:
-        """Predicted and true tags at the labelled positions of the labelled examples."""
-        y_pred, y_true = [], []
-        for pred, ref in zip(predictions, references, strict=True):
-            if ref is None:
-                continue
-            kept = [(p, r) for p, r in zip(pred, ref, strict=False) if r is not None]
-            y_pred.append([p for p, _ in kept])
-            y_true.append([r for _, r in kept])
-        return y_pred, y_true
-
-    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
-        """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""
-        y_pred, y_true = self._aligned(predictions, references)
-        if not y_true:
-            return None
-        if is_bio(self.config.labels):
-            return report_dict(seq_report(y_true, y_pred, output_dict=True, zero_division=0))
-        flat_true = [t for seq in y_true for t in seq]
-        flat_pred = [t for seq in y_pred for t in seq]
-        labels = self.config.labels
-        report = classification_report(flat_true, flat_pred, labels=labels, output_dict=True, zero_division=0)
-        return report_dict(report)
-
-    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        y_pred, y_true = self._aligned(predictions, references)
-        if not y_true:
-            return {}
-        if is_bio(self.config.labels):
-            return {
-                "f1": float(seq_f1(y_true, y_pred, zero_division=0)),
-                "precision": float(precision_score(y_true, y_pred, zero_division=0)),
-                "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-                "accuracy": float(seq_accuracy(y_true, y_pred)),
-            }
-        flat_true = [t for seq in y_true for t in seq]
-        flat_pred = [t for seq in y_pred for t in seq]
-        return {
-            "f1": float(f1_score(flat_true, flat_pred, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(flat_true, flat_pred)),
-        }

@@ -17,7 +17,7 @@ def model_card(model: Any, info: dict[str, Any] | None = None, repo_id: str | No
     data sources, max_length, base_model (the name it was trained from)."""
     info = info or {}
     base = str(info.get("base_model") or model.backbone.config.name_or_path or "")
-    tasks = [h.pipeline_tag for h in model.heads.values() if h.pipeline_tag]
+    tasks = [h.export.pipeline_tag for h in model.heads.values() if h.export.pipeline_tag]
     tags = ["headkit", "multi-head" if len(model.heads) > 1 else "single-head", *sorted(set(tasks))]
     data = [d for d in info.get("data", []) if d]
     metadata = ModelCardData(
@@ -75,10 +75,10 @@ def model_card(model: Any, info: dict[str, Any] | None = None, repo_id: str | No
         "",
         f'or `headkit predict {where} --text "some text"`.',
     ]
-    exportable = [n for n, h in model.heads.items() if h.export_target]
+    exportable = [n for n, h in model.heads.items() if h.export.target]
     if exportable:
         name = exportable[0]
-        auto = model.heads[name].export_target
+        auto = model.heads[name].export.target
         lines += [
             "",
             f"As a plain transformers model (`{auto}`, no headkit needed), after "

@@ -213,7 +213,7 @@ def writing_heads(name: str) -> list[str]:
     saved = find_save(name)
     if saved is None:
         return []
-    return [h for h, c in read_manifest(saved)["heads"].items() if head_class(c["type"]).writes_text]
+    return [h for h, c in read_manifest(saved)["heads"].items() if head_class(c["type"]).view.writes_text]
 
 
 def is_causal_lm_save(name: str) -> bool:
@@ -223,7 +223,7 @@ def is_causal_lm_save(name: str) -> bool:
     if saved is None:
         return False
     heads = read_manifest(saved)["heads"].values()
-    return bool(heads) and all(head_class(c["type"]).export_target == "AutoModelForCausalLM" for c in heads)
+    return bool(heads) and all(head_class(c["type"]).export.target == "AutoModelForCausalLM" for c in heads)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ class HeadsPipeline:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         predictions = predict_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length, heads)
         answers = [
-            {h: self.model.heads[h].pipeline_output(v) for h, v in p.items() if h in self.model.heads}
+            {h: self.model.heads[h].view.pipeline_output(v) for h, v in p.items() if h in self.model.heads}
             for p in predictions
         ]
         return answers[0] if isinstance(inputs, str) else answers

@@ -122,10 +122,10 @@ def predict_texts(
         out = model(heads=heads, **inputs)
         for name, output in out.outputs.items():
             head = model.heads[name]
-            decoded = head.decode(output, out.mask)
+            decoded, view = head.decode(output, out.mask), head.view
             for row, i in enumerate(idx):
                 encoding = encodings[i] if i < len(encodings) else None
-                results[i][name] = head.for_text(decoded[row], encoding, texts[i])
+                results[i][name] = view.for_text(decoded[row], encoding, texts[i])
         for i in idx:
             if i < len(encodings) and encodings[i].overflowing:
                 results[i]["truncated"] = True  # longer than the model reads: predicted on the start
@@ -146,7 +146,7 @@ def predict_images(
     """
     from headkit.data.images import preprocess
 
-    crop = all(h.crop_ok for h in model.heads.values())  # a crop would move predicted positions
+    crop = all(h.codec.crop_ok for h in model.heads.values())  # a crop would move predicted positions
     results: list[dict[str, Any]] = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
@@ -154,7 +154,7 @@ def predict_images(
         out = model(pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
         decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
         for row, image in enumerate(chunk):
-            results.append({name: model.heads[name].for_image(v[row], *image.size) for name, v in decoded.items()})
+            results.append({name: model.heads[name].view.for_image(v[row], *image.size) for name, v in decoded.items()})
     return results
 
 
@@ -208,7 +208,8 @@ def _csv_bytes(texts: list[str], predictions: list[dict[str, Any]], model) -> by
         row: dict[str, Any] = {"text": text}
         for head, value in pred.items():
             if head in model.heads:
-                row.update({f"{head}{suffix}": cell for suffix, cell in model.heads[head].table_cells(value).items()})
+                cells = model.heads[head].view.table_cells(value)
+                row.update({f"{head}{suffix}": cell for suffix, cell in cells.items()})
             else:  # e.g. "truncated"
                 row[head] = json.dumps(value, ensure_ascii=False)
         flat_rows.append(row)

@@ -177,7 +177,7 @@ def answerer(model, processor, head_names: list[str], limits: ServeLimits):
 def generates(model) -> bool:
     """Whether the model's answers include generated text (requests then keep apart by length)."""
     heads = getattr(model, "heads", None)
-    return heads is None or any(h.writes_text for h in heads.values())
+    return heads is None or any(h.view.writes_text for h in heads.values())
 
 
 def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None) -> FastAPI:

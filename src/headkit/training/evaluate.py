@@ -33,9 +33,9 @@ class Evaluation:
         """
         if metric is None:
             values = [
-                self._signed(model, name, head.primary_metric)
+                self._signed(model, name, head.scoring.primary)
                 for name, head in model.heads.items()
-                if head.primary_metric in self.scores.get(name, {})
+                if head.scoring.primary in self.scores.get(name, {})
             ]
             return sum(values) / len(values) if values else -math.inf
         head, _, name = metric.rpartition("/")
@@ -51,19 +51,20 @@ class Evaluation:
 
     def _signed(self, model: MultiHeadModel, head: str, metric: str) -> float:
         value = self.scores[head][metric]
-        return value if model.heads[head].metrics.get(metric, True) else -value
+        return value if model.heads[head].scoring.metrics.get(metric, True) else -value
 
 
 def check_metric(model: MultiHeadModel, metric: str | None) -> None:
     """Refuse a `metric_for_best_model` no head can report, before any training, naming those that can.
-    (A head type that does not list its `metrics` is checked when it is first scored.)"""
+    (A head type whose scoring does not list its `metrics` is checked when it is first scored.)"""
     if metric is None:
         return
     head, _, name = metric.rpartition("/")
     heads = [model.heads[head]] if head in model.heads else [] if head else list(model.heads.values())
-    if heads and (name == "loss" or any(name in h.metrics or not h.metrics for h in heads)):
+    metrics = [h.scoring.metrics for h in heads]
+    if heads and (name == "loss" or any(name in m or not m for m in metrics)):
         return
-    available = ["loss"] + [f"{n}/{m}" for n, h in model.heads.items() for m in [*h.metrics, "loss"]]
+    available = ["loss"] + [f"{n}/{m}" for n, h in model.heads.items() for m in [*h.scoring.metrics, "loss"]]
     raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; choose one of {available}")
 
 
@@ -103,7 +104,7 @@ def evaluate(
             out = model(labels=labels, **model_inputs(batch, device))
         for name, head in model.heads.items():
             preds[name] += head.decode(out.outputs[name], out.mask)
-            refs[name] += head.references(labels[name], out.mask)
+            refs[name] += head.codec.references(labels[name], out.mask)
             if name in out.losses:
                 loss_sums[name] += float(out.losses[name]) * out.counts[name]
                 counts[name] += out.counts[name]
@@ -117,11 +118,11 @@ def score_heads(model: MultiHeadModel, evaluation: Evaluation) -> Evaluation:
     after a head re-decided its predictions, e.g. at tuned thresholds: no second pass needed)."""
     preds, refs, losses = evaluation.predictions, evaluation.references, evaluation.losses
     labelled = {n: h for n, h in model.heads.items() if any(r is not None for r in refs[n])}  # others: not scored
-    evaluation.scores = {n: h.score(preds[n], refs[n]) for n, h in labelled.items()}
+    evaluation.scores = {n: h.scoring.score(preds[n], refs[n]) for n, h in labelled.items()}
     for name, head in labelled.items():
         if name in losses:
-            evaluation.scores[name].update(head.scores_from_loss(losses[name]))
-    evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.report(preds[n], refs[n]))}
+            evaluation.scores[name].update(head.scoring.scores_from_loss(losses[name]))
+    evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.scoring.report(preds[n], refs[n]))}
     return evaluation
 
 

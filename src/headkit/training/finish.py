@@ -69,10 +69,10 @@ def finish_run(
 def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """Let each head tune its decision settings on the validation predictions (multi-label heads:
     a threshold per label) and re-decide those predictions at them; the settings live in the
-    head's config, so the saved model keeps them."""
+    head's buffers, so the saved model keeps them."""
     tuned = {}
     for name, head in model.heads.items():
-        settings = head.calibrate(evaluation.predictions[name], evaluation.references[name])
+        settings = head.scoring.calibrate(evaluation.predictions[name], evaluation.references[name])
         if settings:
             tuned[name] = settings
             logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")

@@ -433,7 +433,7 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     state.epochs.append(record)
     if run.main and "scores" in record:
         shown = ", ".join(
-            f"{h}: {model.heads[h].primary_metric} {s.get(model.heads[h].primary_metric, 0):.4f}"
+            f"{h}: {model.heads[h].scoring.primary} {s.get(model.heads[h].scoring.primary, 0):.4f}"
             for h, s in record["scores"].items()
         )
         logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")

@@ -27,7 +27,7 @@ from headkit.backbone import input_limit, load_processor
 from headkit.data.tasks import PreparedData, prepare
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.model import MultiHeadModel
-from headkit.training.class_weights import apply_class_weights
+from headkit.training.class_weights import with_class_weights
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.distributed import main_process_prints, process_state
 from headkit.training.fewshot import CONTRASTIVE_FILE
@@ -99,11 +99,11 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
         data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
-        apply_class_weights(config.class_weights, data)
+        heads = with_class_weights(config.class_weights, data)
         set_seed(config.seed)
         model = MultiHeadModel.on_backbone(
             config.model,
-            data.heads,
+            heads,
             weighting=config.weighting,
             trust_remote_code=config.trust_remote_code,
             processor=processor,

@@ -24,7 +24,7 @@ def write_report(
     if evaluation is None:
         return
     for name, head in model.heads.items():
-        decisions = head.class_decisions(evaluation.predictions[name], evaluation.references[name])
+        decisions = head.scoring.class_decisions(evaluation.predictions[name], evaluation.references[name])
         if decisions and decisions[0]:
             refs, preds = decisions
             plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")

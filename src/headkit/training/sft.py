@@ -35,13 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from headkit.data.batching import EncodedData, collate, pad_ids, split_indices
+from headkit.data.batching import EncodedData, collate, split_indices
 from headkit.data.files import is_missing
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import IGNORE_INDEX, head_config
-from headkit.heads.base import perplexity
+from headkit.heads.codecs.base import pad_ids
 from headkit.heads.lm import CAUSAL_LM
+from headkit.heads.scoring import perplexity
 from headkit.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)

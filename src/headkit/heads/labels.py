@@ -1,0 +1,105 @@
+"""Labels as the data code knows them: the layouts they are stored and batched in, where they are
+read from, and the small helpers every codec uses to read them (heads/codecs/ per layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from headkit.data.files import column_values, is_missing
+from headkit.errors import DataError
+
+IGNORE_INDEX = -100
+NAN = float("nan")
+
+LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair"]
+"""How a head's labels are stored and batched (the only label shapes the data code knows):
+    index      one class id per example: (B,) long, IGNORE_INDEX when missing
+    vector     a row of floats per example: (B, K) float, NaN when missing
+    per_token  one id per token: (B, T) long, IGNORE_INDEX where a token has no label
+    sequence   a target token sequence per example, of its own length: (B, L) long, padded with
+               IGNORE_INDEX to the batch's longest target (a missing target is all IGNORE_INDEX)
+    pair       one preference pair per example (its texts are the inputs): (B, 1) float, 1 when
+               the pair is to be ranked, NaN when missing
+"""
+
+Inputs = Literal["text", "words", "images", "pairs"]
+"""What a head's training rows hold: text, pre-split words (one label per word), image files, or
+preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs)."""
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a head's labels are read from, for label parsing and its error messages."""
+
+    head: str  # the head's name
+    column: str  # the label column(s) as the user gave them (several: comma-separated)
+    source: str  # the data they come from (a path or a built-in name)
+    # label names a source declares per column, in their order (a datasets ClassLabel)
+    declared: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+
+    def declared_names(self, column: str | None = None, present: set[str] | None = None) -> list[str] | None:
+        """The declared label names of `column` (default: the label column), checked to hold every
+        value `present`; None when the source declares none."""
+        names = self.declared.get(column or self.column)
+        if names is None:
+            return None
+        unknown = sorted((present or set()) - set(names))
+        if unknown:
+            raise DataError(
+                f"column '{column or self.column}' of {self.source} holds {unknown}, "
+                f"not among its declared labels {names}"
+            )
+        return list(names)
+
+    def columns(self) -> list[str]:
+        return [c.strip() for c in self.column.split(",")]
+
+
+def label_values(rows: list[dict[str, Any]], where: LabelSource, column: str | None = None) -> list[Any]:
+    """A head's label column, or a DataError when it holds no label at all."""
+    values = column_values(rows, column or where.column, where.source)
+    if all(is_missing(v) for v in values):
+        raise DataError(f"column '{where.column}' of {where.source} has no labels at all for head '{where.head}'")
+    return values
+
+
+def label_order(names: Iterable[str]) -> list[str]:
+    """Distinct label names in a stable order: numerically when every name is a number (star
+    ratings 1, 2, 10, not the strings' 1, 10, 2), else alphabetically."""
+    distinct = set(names)
+    try:
+        return sorted(distinct, key=lambda name: (float(name), name))
+    except ValueError:
+        return sorted(distinct)
+
+
+def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:
+    """name -> id in the label map; a name never seen in training is an error naming the row."""
+    index = {name: i for i, name in enumerate(labels)}
+
+    def lookup(name: str, row: int) -> int:
+        if name not in index:
+            raise DataError(
+                f"label {name!r} of head '{where.head}' (row {row}) was never seen in training; "
+                f"known labels: {labels[:20]}"
+            )
+        return index[name]
+
+    return lookup
+
+
+def real_positions(values: Tensor, mask: Tensor) -> list[list[Any]]:
+    """Each row's values at its real (mask 1) positions, in order, whichever side the batch was
+    padded on: per-token predictions and labels line up with the text's own tokens."""
+    keep = mask.bool().cpu()
+    return [row[m].tolist() for row, m in zip(values.cpu(), keep, strict=True)]
+
+
+def rows_with_labels(labels: Tensor) -> Tensor:
+    """Boolean (B,) mask of rows whose float labels are all present (no NaN)."""
+    return ~torch.isnan(labels.float()).reshape(labels.shape[0], -1).any(dim=1)

@@ -1,0 +1,119 @@
+"""Multi-label classification: one sigmoid per label, binary cross-entropy, NaN = missing.
+
+A label is predicted when its probability exceeds its threshold: the config's `threshold`, or one
+per label in `thresholds`, which calibration tunes on the validation split after training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+from sklearn.preprocessing import MultiLabelBinarizer
+from torch import Tensor
+
+from headkit.heads.base import weight_tensor, zero_loss
+from headkit.heads.classification import PooledHead, sequence_classification
+from headkit.heads.codecs import LabelSetCodec
+from headkit.heads.fewshot import FewShot, binary_logistic_per_label
+from headkit.heads.presentation import View
+from headkit.heads.scoring import Scoring, labelled, report_dict
+
+
+class LabelSetScores(Scoring):
+    """Predictions carry the chosen `labels` (and every label's `probs`); references are label lists."""
+
+    primary = "f1_micro"
+    metrics: ClassVar[dict[str, bool]] = {"f1_micro": True, "f1_macro": True, "subset_accuracy": True}
+
+    def _binarized(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        preds, refs = labelled([p["labels"] for p in predictions], references)
+        if not refs:
+            return None
+        binarizer = MultiLabelBinarizer(classes=self.names).fit([self.names])
+        return binarizer.transform(refs), binarizer.transform(preds)
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        binarized = self._binarized(predictions, references)
+        if binarized is None:
+            return {}
+        y_true, y_pred = binarized
+        return {
+            "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        }
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        binarized = self._binarized(predictions, references)
+        if binarized is None:
+            return None
+        report = classification_report(*binarized, target_names=self.names, output_dict=True, zero_division=0)
+        return report_dict(report)
+
+    def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Per label, the threshold in 0.05..0.95 with the best validation F1 (ties: nearest the
+        default); a label with no positive validation example keeps the default. The given
+        predictions are re-decided at the tuned thresholds."""
+        preds, refs = labelled(predictions, references)
+        if not refs:
+            return None
+        default = self.head.config.threshold
+        candidates = sorted(np.round(np.arange(0.05, 0.96, 0.05), 2), key=lambda t: abs(t - default))
+        tuned = []
+        for name in self.names:
+            probs = np.array([p["probs"][name] for p in preds])
+            truth = np.array([name in r for r in refs])
+            if not truth.any():
+                tuned.append(default)
+                continue
+            f1s = [f1_score(truth, probs > t, zero_division=0) for t in candidates]
+            tuned.append(float(candidates[int(np.argmax(f1s))]))
+        self.head.config.thresholds = tuned
+        for prediction in predictions:
+            prediction.update(self.head.decided(prediction["probs"]))
+        return dict(zip(self.names, tuned, strict=True))
+
+
+class LabelSetView(View):
+    def brief(self, prediction: Any) -> str:
+        return ", ".join(prediction["labels"]) or "(none)"
+
+    def pipeline_output(self, prediction: Any) -> list[dict[str, Any]]:
+        """The labels above their thresholds as {"label", "score"}, most probable first."""
+        chosen = [{"label": n, "score": prediction["probs"][n]} for n in prediction["labels"]]
+        return sorted(chosen, key=lambda c: -c["score"])
+
+
+class MultiLabelHead(PooledHead):
+    codec = LabelSetCodec()
+    scoring = LabelSetScores()
+    view = LabelSetView()
+    export = sequence_classification("multi_label_classification")
+    fewshot = FewShot(binary_logistic_per_label)
+
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+        present = ~torch.isnan(labels)
+        n = int(present.any(dim=1).sum())
+        if n == 0:
+            return zero_loss(output), 0
+        losses = F.binary_cross_entropy_with_logits(
+            output.float(),
+            torch.nan_to_num(labels.float()),
+            pos_weight=weight_tensor(self.config.class_weights, output),
+            reduction="none",
+        )
+        return losses[present].mean(), n
+
+    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
+        names = self.config.labels
+        return [self.decided(dict(zip(names, p, strict=True))) for p in output.float().sigmoid().tolist()]
+
+    def decided(self, probs: dict[str, float]) -> dict[str, Any]:
+        """A prediction from its label probabilities: the labels above their thresholds."""
+        thresholds = self.config.thresholds or [self.config.threshold] * len(self.config.labels)
+        chosen = [n for n, t in zip(self.config.labels, thresholds, strict=True) if probs[n] > t]
+        return {"labels": chosen, "probs": probs}

@@ -1,0 +1,95 @@
+"""Metrics: how a head type is scored, reported and calibrated (one part, `scoring`, per head type).
+
+    scores = head.scoring.score(predictions, references)   # {"accuracy": ...}, {} when nothing is labelled
+    head.scoring.primary, head.scoring.metrics              # what ranks runs; metric -> higher is better
+
+Predictions are what the head's `decode` gives and references what its codec's `references`
+give, example by example (None: no label, not scored). `ClassScores` serves every head that
+decides one class per example; head types with metrics of their own define their scoring in
+their file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from headkit.heads.part import Part
+
+
+class Scoring(Part):
+    """What every scoring answers; a head type's scoring sets `primary` and `metrics` and
+    defines `score`, and whatever else applies to it."""
+
+    primary: str = ""  # what early stopping and the summary rank by (unless told otherwise)
+    metrics: ClassVar[dict[str, bool]] = {}  # every metric `score` reports -> whether higher is better
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} does not score; give the head type a scoring")
+
+    def scores_from_loss(self, mean_loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean loss alone (language models: perplexity)."""
+        return {}
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        """Per-class precision / recall / F1 / support (classification_report's dict), or None."""
+        return None
+
+    def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
+        """(true, predicted) class per labelled example, for a confusion matrix; None if not classes."""
+        return None
+
+    def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Tune decision settings on validation predictions (multi-label: a threshold per label)
+        into the head's state, so they are saved with it, and re-decide `predictions` (in place)
+        at them, as `decode` now would; returns what was set, or None."""
+        return None
+
+
+class ClassScores(Scoring):
+    """One class per example: predictions carry it as `label`, references are class names."""
+
+    primary = "accuracy"
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True}
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        preds, refs = labelled([p["label"] for p in predictions], references)
+        if not refs:
+            return {}
+        return {
+            "accuracy": float(accuracy_score(refs, preds)),
+            "f1_macro": float(f1_score(refs, preds, labels=self.names, average="macro", zero_division=0)),
+        }
+
+    def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        preds, refs = labelled([p["label"] for p in predictions], references)
+        if not refs:
+            return None
+        return report_dict(classification_report(refs, preds, labels=self.names, output_dict=True, zero_division=0))
+
+    def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
+        preds, refs = labelled([p["label"] for p in predictions], references)
+        return refs, preds
+
+
+def labelled(predictions: list[Any], references: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Keep only the examples that have a reference label."""
+    pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def report_dict(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A classification_report (scikit-learn or seqeval, output_dict=True) as plain floats, per
+    class and average; the lone `accuracy` entry is dropped (it is in the head's scores)."""
+    return {
+        name: {key.replace("f1-score", "f1"): float(v) for key, v in row.items()}
+        for name, row in report.items()
+        if isinstance(row, dict)
+    }
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp of a mean token cross-entropy, capped so that a diverged loss reads as huge, not inf."""
+    return math.exp(min(mean_loss, 50))
