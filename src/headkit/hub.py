@@ -44,7 +44,7 @@ CHECKPOINT_WEIGHTS = (
     "pytorch_model.bin.index.json",
 )
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft's, for a LoRA save's adapter/
-# where a headkit save (heads.json, heads.safetensors, backbone/, adapter/) sits: the root, or a run's model/
+# where a headkit save (heads.json, heads/NAME/, backbone/, adapter/) sits: the root, or a run's model/
 SAVES = ("", "model/")
 
 
@@ -92,7 +92,9 @@ def weight_files(files: set[str], folder: Path) -> list[str]:
     wanted = _checkpoint_weights(files, folder, "")
     for save in SAVES:
         if f"{save}heads.json" in files:
-            wanted += _first(files, save, ("heads.safetensors",))
+            wanted += _first(files, save, ("heads.safetensors",))  # format 1: every head in one file
+            wanted += _first(files, save, ("weighting.safetensors",))
+            wanted += sorted(f for f in files if re.fullmatch(rf"{re.escape(save)}heads/[^/]+/model\.safetensors", f))
             wanted += _checkpoint_weights(files, folder, f"{save}backbone/")
             wanted += _first(files, f"{save}adapter/", ADAPTER_WEIGHTS)
     return wanted

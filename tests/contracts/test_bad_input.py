@@ -9,6 +9,7 @@ Property-based tests (hypothesis) cover the readers and label encoding.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -240,11 +241,11 @@ def _(c):
     )
 
 
-@case("truncated heads.safetensors", "checksum")
+@case("a truncated head weights file", "checksum")
 def _(c):
     saved = c.copy_saved()
-    data = (saved / "heads.safetensors").read_bytes()
-    (saved / "heads.safetensors").write_bytes(data[: len(data) // 2])
+    weights = saved / "heads" / "sentiment" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     headkit.load(saved)
 
 
@@ -264,11 +265,13 @@ def _(c):
     headkit.load(saved)
 
 
-@case("heads.json with an unknown head type", "unknown head type")
+@case("a head config with an unknown head type", "unknown head type")
 def _(c):
     saved = c.copy_saved()
-    manifest = json.loads((saved / "heads.json").read_text())
-    manifest["heads"]["sentiment"]["type"] = "telepathy"
+    path = saved / "heads" / "sentiment" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "type": "telepathy"}))
+    manifest = json.loads((saved / "heads.json").read_text())  # vouch for the edit: the type is what is wrong
+    manifest["heads"]["sentiment"]["sha256"]["config.json"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (saved / "heads.json").write_text(json.dumps(manifest))
     headkit.load(saved)
 

@@ -66,7 +66,7 @@ def resume_and_compare(model_dir: Path, data: Path, run: Path, reference: Path, 
     """Resume the killed run; it must end byte-identical to the reference, with equal metrics."""
     resumed = subprocess.run(train_command(model_dir, data, run, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for name in ("heads.safetensors", "backbone/model.safetensors"):
+    for name in ("heads/sentiment/model.safetensors", "backbone/model.safetensors"):
         assert (run / "model" / name).read_bytes() == (reference / "model" / name).read_bytes(), name
     assert (
         json.loads((run / "metrics.json").read_text())["heads"]

@@ -193,7 +193,8 @@ def test_a_headkit_save_on_the_hub_fetches_its_heads_and_backbone_weights_only(s
         fake_hub.fetched.clear()
         assert set(MultiHeadModel.from_pretrained(repo_id).heads) == set(SERVED_HEADS)
         weights = sorted(name for name in fake_hub.fetched if name.endswith(".safetensors"))
-        assert weights == [f"{inside}backbone/model.safetensors", f"{inside}heads.safetensors"]
+        heads = [f"{inside}heads/{name}/model.safetensors" for name in SERVED_HEADS]
+        assert weights == sorted([f"{inside}backbone/model.safetensors", *heads])
 
 
 def test_a_gguf_repository_fetches_the_one_file_named_after_a_colon(tmp_path, fake_hub, monkeypatch):

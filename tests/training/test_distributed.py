@@ -22,7 +22,7 @@ import yaml
 
 from conftest import WORDS, sentiment_rows, tiny_config, write_csv
 
-WEIGHTS = ("heads.safetensors", "backbone/model.safetensors")
+WEIGHTS = ("heads.json", "backbone/model.safetensors")  # and a heads/NAME/model.safetensors per head
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,10 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the saved model: heads, backbone, and LoRA adapters where there are some."""
-    files = sorted((run_dir / "model").rglob("*.safetensors"))
-    assert {str(f.relative_to(run_dir / "model")) for f in files} >= set(WEIGHTS)
-    return {f"{f.name}:{k}": v for f in files for k, v in safetensors.torch.load_file(f).items()}
+    model = run_dir / "model"
+    files = sorted(model.rglob("*.safetensors"))
+    assert all((model / name).is_file() for name in WEIGHTS) and any(f.parent.parent.name == "heads" for f in files)
+    return {f"{f.relative_to(model)}:{k}": v for f in files for k, v in safetensors.torch.load_file(f).items()}
 
 
 @pytest.fixture(scope="module")

@@ -135,14 +135,14 @@ def use_saved_lm_head(model: Any, saved: Path) -> None:
     """Put a headkit save's causal-LM head into the transformers model that generates with it.
 
     backbone/ holds the base model only: a tied head is its input embeddings (already in place),
-    but an untied one (Llama-3, Mistral, Qwen2-7B, Pythia) lives in heads.safetensors, and the
-    causal-LM class would otherwise generate through a freshly initialised lm_head."""
-    from headkit.ship.save import WEIGHTS, read_weights
+    but an untied one (Llama-3, Mistral, Qwen2-7B, Pythia) lives in the head's own weights, and
+    the causal-LM class would otherwise generate through a freshly initialised lm_head."""
+    from headkit.ship.load import head_tensors
 
     manifest = read_manifest(saved)
     name = next((n for n, c in manifest["heads"].items() if c.get("type") == CAUSAL_LM), None)
-    decoder = f"heads.{name}.decoder.weight"
-    state = read_weights(saved / WEIGHTS, manifest.get("weights_sha256")) if name else {}
+    decoder = "decoder.weight"
+    state = head_tensors(saved, manifest, name) if name else {}
     if decoder not in state:
         return  # tied to the input embeddings, which backbone/ holds
     output = model.get_output_embeddings()

@@ -7,7 +7,7 @@ unchanged under `accelerate launch` on several processes; only the main process 
     RUN/config.yaml        the resolved config; --resume refuses a different one
     RUN/checkpoint/        last training state (every `save_every` steps and each epoch)
     RUN/best.safetensors   trainable weights of the best epoch so far
-    RUN/model/             the final model (best epoch): backbone/ + heads.json + heads.safetensors
+    RUN/model/             the final model (best epoch): backbone/ + heads.json + heads/NAME/
     RUN/metrics.json       per-head metrics, losses, parameter counts, timings
     RUN/*.png              loss curves per head, confusion matrix per classification head
 """

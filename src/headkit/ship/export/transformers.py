@@ -158,7 +158,7 @@ def export_transformers(
             "backbone + heads",
             f"this model has {len(names)} heads ({', '.join(names)}) and a transformers model class has exactly "
             f"one, so it was written as {BACKBONE_DIR}/ (a plain AutoModel checkpoint with its tokenizer, loadable "
-            f"without headkit) plus {MANIFEST} + heads.safetensors (load both with headkit.load). For a plain "
+            f"without headkit) plus {MANIFEST} + heads/ (load both with headkit.load). For a plain "
             "model of one head, pass --only_head NAME; for every head in one graph, export --to onnx.",
         )
     name = head or names[0]
