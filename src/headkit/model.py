@@ -20,7 +20,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,22 +28,14 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
-from headkit.backbone import load_backbone
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
-from headkit.heads import Head, HeadConfig, build_head, config_from_dict, head_class
+from headkit.heads import Head, HeadConfig, build_head, head_class
 from headkit.heads.base import zero_loss
-from headkit.hub import local_path, push_folder
-from headkit.ship.load import read_save, restore, saved_backbone
-from headkit.ship.save import find_save, save
+from headkit.ship.pretrained import PretrainedMixin
 from headkit.weighting import LossWeighting
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
-
-
-def _configs(heads: Mapping[str, HeadConfig | dict[str, Any]] | None) -> dict[str, HeadConfig]:
-    """Head configs given as dataclasses or as their heads.json dicts."""
-    return {h: c if isinstance(c, HeadConfig) else config_from_dict(c) for h, c in (heads or {}).items()}
 
 
 @dataclass
@@ -65,7 +56,7 @@ class MultiHeadOutput(ModelOutput):
         super().__post_init__()
 
 
-class MultiHeadModel(nn.Module):
+class MultiHeadModel(PretrainedMixin, nn.Module):
     """A `BackboneAdapter`, a `ModuleDict` of heads and a `LossWeighting`; see the module docstring."""
 
     accepts_loss_kwargs = False  # transformers.Trainer: forward's **inputs are the backbone's, not loss options
@@ -97,65 +88,6 @@ class MultiHeadModel(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return self.adapter.backbone
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str | os.PathLike,
-        heads: Mapping[str, HeadConfig | dict[str, Any]] | None = None,
-        weighting: str = "static",
-        trust_remote_code: bool = False,
-        dtype: torch.dtype | None = None,
-        revision: str | None = None,
-    ) -> MultiHeadModel:
-        """A model from a local directory or a Hugging Face hub id (`revision`: a branch, tag or commit).
-
-        A headkit save or run (local or on the hub) loads with its heads (and `heads`, if given, are
-        added to them); any other checkpoint gives its backbone (its own head is dropped) with `heads`.
-        """
-        name = f"{model}@{revision}" if revision else str(model)
-        saved = find_save(local_path(name))
-        if saved is not None:
-            loaded = load(saved, trust_remote_code=trust_remote_code, dtype=dtype)
-            for head, config in _configs(heads).items():
-                loaded.add_head(head, config)
-            return loaded.eval()
-        return cls.on_backbone(name, heads, weighting, trust_remote_code, dtype)
-
-    @classmethod
-    def on_backbone(
-        cls,
-        model: str | os.PathLike,
-        heads: Mapping[str, HeadConfig | dict[str, Any]] | None = None,
-        weighting: str = "static",
-        trust_remote_code: bool = False,
-        dtype: torch.dtype | None = None,
-        processor: Any = None,
-    ) -> MultiHeadModel:
-        """The backbone of any checkpoint with new `heads`: a checkpoint's own head, and a headkit
-        save's heads, are left behind (training starts here, e.g. after continued pretraining).
-        `processor`: the tokenizer, when the caller has it (default: the one saved with the backbone)."""
-        backbone = load_backbone(model, trust_remote_code=trust_remote_code, dtype=dtype)
-        return cls(backbone, _configs(heads), weighting=weighting, processor=processor).eval()  # as transformers loads
-
-    def save_pretrained(self, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
-        """The full save `from_pretrained` reads back with its heads (`headkit.save`): backbone/ with
-        the processor (by default the one the backbone was loaded with), the heads, a model card."""
-        return save(self, directory, processor=processor if processor is not None else self._processor(), card=card)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        processor: Any = None,
-        private: bool | None = None,
-        token: str | None = None,
-        commit_message: str = "Upload headkit model",
-        card: dict | None = None,
-    ) -> str:
-        """Save to a temporary folder and upload it as the hub repository `repo_id` (created if
-        needed); `MultiHeadModel.from_pretrained(repo_id)` loads it back. Returns the commit URL."""
-        card = {**(card or {}), "repo_id": repo_id}
-        return push_folder(lambda d: self.save_pretrained(d, processor, card), repo_id, private, token, commit_message)
 
     def _processor(self) -> Any:
         """The tokenizer or image processor given (`set_processor`), else the one saved beside the
@@ -349,20 +281,16 @@ class HeadStack(nn.Module):
         return self._forward_heads(features, labels=labels, heads=heads)
 
 
-# ----------------------------------------------------------------------------- loading saves (ship/save.py writes them)
+# ----------------------------------------------------------------------------- loading saves (ship/load.py reads them)
 
 
 def load_heads(directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> MultiHeadModel:
-    """Attach the heads saved in `directory` to `backbone`, after checking they fit it: the same
-    architecture, and the same weights as the backbone they were trained with (`allow_other_weights`:
-    load them onto other weights anyway, with a warning). ship/load.py reads the save."""
-    manifest = read_save(directory, backbone, allow_other_weights)
-    model = MultiHeadModel(backbone, _configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
-    return restore(model, directory, manifest)
+    """The heads saved in `directory` on `backbone`, checked to fit it (`MultiHeadModel.from_heads`)."""
+    return MultiHeadModel.from_heads(directory, backbone, allow_other_weights)
 
 
 def load(
     directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> MultiHeadModel:
-    """Load a full save written by `save` (backbone + heads)."""
-    return load_heads(directory, saved_backbone(directory, trust_remote_code, dtype))
+    """A full save written by `save` (backbone + heads): `MultiHeadModel.from_save`."""
+    return MultiHeadModel.from_save(directory, trust_remote_code=trust_remote_code, dtype=dtype)
