@@ -102,7 +102,7 @@ def main() -> None:
         bodies, headlines = [r["text"] for r in test], [r["headline"] for r in test]
         runs = {}
         for beams in (1, args.beams):
-            model.heads["headline"].config.num_beams = beams
+            model.heads["headline"].set_generation(num_beams=beams)
             started = time.perf_counter()
             predictions = predict_texts(model, tokenizer, bodies, batch_size=32)
             runs[beams] = (predictions, time.perf_counter() - started)

@@ -17,6 +17,8 @@ from headkit.cli.main import main
 from headkit.data.tasks import TaskSpec
 from headkit.heads import head_class, head_config
 from headkit.heads.base import IGNORE_INDEX
+from headkit.ship.export import export_onnx
+from headkit.ship.predict import load_for_inference
 from headkit.ship.save import read_manifest
 from headkit.training import loop
 from headkit.training.recipe import TrainConfig, train
@@ -251,6 +253,8 @@ def test_calibrate_finds_a_threshold_per_label():
     logits = torch.logit(torch.tensor(probs, dtype=torch.float32))
     assert [p["labels"] for p in head.decode(logits)] == refs  # decoding uses the tuned thresholds
     assert [p["labels"] for p in preds] == refs  # and the validation predictions were re-decided at them
+    assert head.thresholds.tolist() == pytest.approx([tuned["drama"], tuned["comedy"]])  # the head's state,
+    assert head.config.thresholds is None  # not its config
 
 
 def test_trained_multilabel_heads_keep_their_tuned_thresholds(tiny_text_model, genres_file, tmp_path):
@@ -259,12 +263,15 @@ def test_trained_multilabel_heads_keep_their_tuned_thresholds(tiny_text_model, g
     result = train(config(tiny_text_model, genres_file, run, tasks=tasks, epochs=3, lr=0.05))
     thresholds = result.metrics["thresholds"]["genres"]
     assert set(thresholds) == {"comedy", "drama", "news"} and all(0.05 <= t <= 0.95 for t in thresholds.values())
-    reloaded = headkit.load(run / "model").heads["genres"]
-    assert reloaded.config.thresholds == [thresholds[n] for n in ("comedy", "drama", "news")]  # labels sorted
+    reloaded = headkit.load(run / "model").heads["genres"]  # the tuned thresholds are the head's state
+    assert reloaded.thresholds.tolist() == pytest.approx([thresholds[n] for n in ("comedy", "drama", "news")])
+    export_onnx(run, tmp_path / "onnx")  # and they travel with an ONNX export, whose heads decide with them
+    onnx = load_for_inference(tmp_path / "onnx", engine="onnx")[0].heads["genres"]
+    assert onnx.thresholds.tolist() == reloaded.thresholds.tolist()
     untuned = train(
         config(tiny_text_model, genres_file, tmp_path / "fixed", tasks=tasks, epochs=1, tune_thresholds=False)
     )
-    assert untuned.metrics["thresholds"] == {} and untuned.model.heads["genres"].config.thresholds is None
+    assert untuned.metrics["thresholds"] == {} and untuned.model.heads["genres"].thresholds.tolist() == [0.5] * 3
 
 
 # ----------------------------------------------------------------------------- per-class report

@@ -121,7 +121,8 @@ def _head_kind(architecture: str, has_head: bool) -> str:
     from headkit.heads import REGISTRY
 
     for head_type, (_, head_cls) in REGISTRY.items():  # heads that say which transformers classes carry them
-        if head_cls.architectures and architecture.endswith(head_cls.architectures):
+        carriers = head_cls.export.architectures
+        if carriers and architecture.endswith(carriers):
             return head_type
     suffixes = {  # transformers heads with no single headkit counterpart
         "ForSequenceClassification": "sequence-classification",

@@ -75,7 +75,7 @@ def predictions(samples: list[str], predictions: list[dict[str, Any]], model: An
             if head == "truncated":
                 console.print("  (text truncated to the model's limit)", highlight=False)
                 continue
-            console.print(f"  {head}: {model.heads[head].brief(value)}", highlight=False)
+            console.print(f"  {head}: {model.heads[head].view.brief(value)}", highlight=False)
 
 
 def file_predictions(count: int, truncated: int, output: str) -> None:
@@ -117,7 +117,7 @@ def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any
 
     console = Console()
     table = Table(title=f"what headkit sees in {data}", show_header=False)
-    counts = head_class(facts.task_type).describe_counts(facts.class_counts) if facts.class_counts else ""
+    counts = head_class(facts.task_type).codec.describe_counts(facts.class_counts) if facts.class_counts else ""
     rows = [
         ("task", f"{facts.task_type}" + (f", {counts}" if counts else "")),
         ("labelled examples", f"{facts.labelled:,}"),

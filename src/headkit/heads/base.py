@@ -141,17 +141,8 @@ class HeadBase(nn.Module):
     def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
         """How text-writing heads generate from now on (None: unchanged); other heads ignore it."""
 
-    # ---- BRIDGE (temporary, issue #35): the old member names for call sites in files other helpers are
-    # restructuring right now (ship/export, cli, backbone/inspect, training/fewshot); removed once they are done.
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.export_target, cls.architectures = cls.export.target, cls.export.architectures
-        cls.writes_text = cls.view.writes_text
-
-    @classmethod
-    def describe_counts(cls, counts: dict[str, int]) -> str:
-        return cls.codec.describe_counts(counts)
-
+    # ---- BRIDGE (temporary, issue #35): the old member names for training/fewshot.py, which another
+    # helper is restructuring right now; removed once it is done.
     @classmethod
     def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: Any) -> Any:
         return cls.codec.fewshot_pairs(head, y, iterations, rng)
@@ -162,15 +153,6 @@ class HeadBase(nn.Module):
 
     def fewshot_fit(self, features: Any, y: Any) -> None:
         self.fewshot.fit(features, y)
-
-    def brief(self, prediction: Any) -> str:
-        return self.view.brief(prediction)
-
-    def export_config(self, config: Any) -> None:
-        self.export.configure(config)
-
-    def export_output(self, out: Any) -> Tensor:
-        return self.export.output(out)
 
 
 def zero_loss(output: Tensor) -> Tensor:

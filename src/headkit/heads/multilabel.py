@@ -1,7 +1,9 @@
 """Multi-label classification: one sigmoid per label, binary cross-entropy, NaN = missing.
 
-A label is predicted when its probability exceeds its threshold: the config's `threshold`, or one
-per label in `thresholds`, which calibration tunes on the validation split after training.
+A label is predicted when its probability exceeds its threshold. The thresholds start from the
+config (`threshold`, or one per label in `thresholds`) and live in the head's `thresholds`
+buffer, saved with its weights: calibration tunes them on the validation split after training,
+when the config is long fixed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 from torch import Tensor
 
 from headkit.heads.base import weight_tensor, zero_loss
-from headkit.heads.classification import PooledHead, sequence_classification
+from headkit.heads.classification import ClassificationConfig, PooledHead, sequence_classification
 from headkit.heads.codecs import LabelSetCodec
 from headkit.heads.fewshot import FewShot, binary_logistic_per_label
 from headkit.heads.presentation import View
@@ -56,8 +58,8 @@ class LabelSetScores(Scoring):
 
     def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
         """Per label, the threshold in 0.05..0.95 with the best validation F1 (ties: nearest the
-        default); a label with no positive validation example keeps the default. The given
-        predictions are re-decided at the tuned thresholds."""
+        default); a label with no positive validation example keeps the default. The tuned
+        thresholds go into the head's buffer and the given predictions are re-decided at them."""
         preds, refs = labelled(predictions, references)
         if not refs:
             return None
@@ -72,9 +74,10 @@ class LabelSetScores(Scoring):
                 continue
             f1s = [f1_score(truth, probs > t, zero_division=0) for t in candidates]
             tuned.append(float(candidates[int(np.argmax(f1s))]))
-        self.head.config.thresholds = tuned
+        with torch.no_grad():
+            self.head.thresholds.copy_(torch.tensor(tuned))
         for prediction in predictions:
-            prediction.update(self.head.decided(prediction["probs"]))
+            prediction.update(self.head.decided(prediction["probs"], tuned))
         return dict(zip(self.names, tuned, strict=True))
 
 
@@ -95,6 +98,11 @@ class MultiLabelHead(PooledHead):
     export = sequence_classification("multi_label_classification")
     fewshot = FewShot(binary_logistic_per_label)
 
+    def __init__(self, config: ClassificationConfig):
+        super().__init__(config)
+        thresholds = config.thresholds or [config.threshold] * len(config.labels)
+        self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))  # (C,)
+
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         present = ~torch.isnan(labels)
         n = int(present.any(dim=1).sum())
@@ -109,11 +117,11 @@ class MultiLabelHead(PooledHead):
         return losses[present].mean(), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[dict[str, Any]]:
-        names = self.config.labels
-        return [self.decided(dict(zip(names, p, strict=True))) for p in output.float().sigmoid().tolist()]
+        names, thresholds = self.config.labels, self.thresholds.tolist()
+        return [self.decided(dict(zip(names, p, strict=True)), thresholds) for p in output.float().sigmoid().tolist()]
 
-    def decided(self, probs: dict[str, float]) -> dict[str, Any]:
+    def decided(self, probs: dict[str, float], thresholds: list[float] | None = None) -> dict[str, Any]:
         """A prediction from its label probabilities: the labels above their thresholds."""
-        thresholds = self.config.thresholds or [self.config.threshold] * len(self.config.labels)
+        thresholds = self.thresholds.tolist() if thresholds is None else thresholds
         chosen = [n for n, t in zip(self.config.labels, thresholds, strict=True) if probs[n] > t]
         return {"labels": chosen, "probs": probs}

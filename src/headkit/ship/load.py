@@ -76,7 +76,12 @@ def _restore_format_1(model: Any, directory: Path, manifest: dict) -> None:
         known = {f"heads.{n}.{k}" for n, s in heads.items() for k in s} | {f"weighting.{k}" for k in weighting}
         raise CheckpointError(f"{path} does not fit {MANIFEST}: unexpected {sorted(set(state) - known)[:5]}")
     for name, head_state in heads.items():
-        storage.load_head(model.heads[name], head_state, model.backbone, source=f"{path} (head {name})")
+        head = model.heads[name]
+        # format 1 kept fitted values (multi-label thresholds) in the head config, and the head built
+        # from that config holds them in buffers format 1 did not store: those keep their built values
+        buffers, (expected, _, _) = dict(head.named_buffers()), storage.split_state(head, model.backbone)
+        head_state = {**{k: buffers[k] for k in expected if k in buffers and k not in head_state}, **head_state}
+        storage.load_head(head, head_state, model.backbone, source=f"{path} (head {name})")
     _load_weighting(model, weighting, path)
 
 

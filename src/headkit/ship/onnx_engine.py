@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from headkit.devices import onnx_providers
 from headkit.errors import CheckpointError
@@ -25,6 +26,7 @@ from headkit.ship.save import read_json_manifest
 ONNX_FORMAT = "headkit.onnx"
 ONNX_MANIFEST = "onnx.json"
 ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
+HEAD_STATE = "head_state.safetensors"  # the heads' fitted buffers (multi-label thresholds), which decoding reads
 
 
 def read_onnx_manifest(directory: Path) -> dict:
@@ -84,6 +86,7 @@ class OnnxModel:
             raise CheckpointError(f"onnxruntime could not load {path}: {e}") from e
         self.input_names: list[str] = manifest["inputs"]
         self.heads = {name: build_head(config_from_dict(c)).eval() for name, c in manifest["heads"].items()}
+        load_head_state(self.heads, directory, manifest)
         self.backbone_config = AutoConfig.from_pretrained(directory)
         self.max_length: int | None = manifest.get("max_length")  # the limit the model was trained with
         self.device = torch.device("cpu")  # where inputs are built; onnxruntime copies them to its provider
@@ -98,3 +101,18 @@ class OnnxModel:
             first = next(iter(inputs.values()))
             mask = torch.ones(first.shape[:2], dtype=torch.long)
         return MultiHeadOutput(outputs=outputs, mask=mask)
+
+
+def load_head_state(heads: dict[str, nn.Module], directory: Path, manifest: dict) -> None:
+    """Give the heads built from their configs the buffers training fitted (multi-label thresholds):
+    the graph computes their outputs, the heads decide on them."""
+    digest = manifest.get("files", {}).get(HEAD_STATE)
+    if digest is None:  # heads that keep no fitted state
+        return
+    data = (directory / HEAD_STATE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"{directory / HEAD_STATE} does not match the checksum in {ONNX_MANIFEST}: it is corrupt")
+    state = safetensors.torch.load(data)
+    for name, head in heads.items():
+        own = {key[len(name) + 1 :]: value for key, value in state.items() if key.startswith(f"{name}.")}
+        head.load_state_dict(own, strict=False)

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from headkit._fs import atomic_write_json, staged_dir
+from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
 from headkit.errors import ExportError
 from headkit.extras import require
 from headkit.model import MultiHeadModel
@@ -27,7 +28,7 @@ from headkit.ship.export.common import (
     steps_bar,
 )
 from headkit.ship.export.quantize import describe_error, quantize_graph
-from headkit.ship.onnx_engine import ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
+from headkit.ship.onnx_engine import HEAD_STATE, ONNX_FILE, ONNX_FORMAT, ONNX_INT8_FILE, ONNX_MANIFEST
 from headkit.ship.save import read_manifest
 
 
@@ -59,7 +60,7 @@ def export_onnx(
     bar = steps_bar("export onnx", [*steps, "writing"], progress)
     model, processor, source = load_merged(run)
     next_step(bar)
-    writers = [name for name, head in model.heads.items() if head.writes_text]
+    writers = [name for name, head in model.heads.items() if head.view.writes_text]
     if writers:
         raise ExportError(
             f"head(s) {writers} write text with a decoding loop (generate), which one ONNX graph of the forward "
@@ -83,6 +84,7 @@ def export_onnx(
         if processor is not None:
             processor.save_pretrained(staging)
         model.backbone.config.save_pretrained(staging)
+        _write_head_state(model, staging)
         _write_manifest(staging, source, names, list(model.heads), fused, int8_error)
     bar.close()
     files = ONNX_FILE + (f" and {ONNX_INT8_FILE} (int8 weights; {describe_error(int8_error)})" if quantize else "")
@@ -105,13 +107,25 @@ def _dynamic_axes(inputs: dict[str, Tensor]) -> dict[str, dict[int, Any]]:
     return {n: ({0: batch, 1: seq} if t.dim() == 2 else {0: batch}) for n, t in inputs.items()}
 
 
+def _write_head_state(model: MultiHeadModel, staging: Path) -> None:
+    """The heads' fitted buffers (multi-label thresholds), which the ONNX engine's heads decide with."""
+    state = {
+        f"{name}.{key}": buffer.detach().cpu().contiguous()
+        for name, head in model.heads.items()
+        for key, buffer in head.named_buffers()
+        if key in head.state_dict()
+    }
+    if state:
+        atomic_write_bytes(staging / HEAD_STATE, safetensors.torch.save(state))
+
+
 def _write_manifest(
     staging: Path, source: Path, inputs: list[str], heads: list[str], fused: str, int8_error: dict[str, float]
 ) -> None:
     """onnx.json: what the ONNX engine reads (inputs, outputs, head configs, fingerprint, limit)
     and the sha256 of each graph, checked on load."""
     manifest = read_manifest(source)  # head configs, whichever save format holds them
-    graphs = [f for f in (ONNX_FILE, ONNX_INT8_FILE) if (staging / f).is_file()]
+    graphs = [f for f in (ONNX_FILE, ONNX_INT8_FILE, HEAD_STATE) if (staging / f).is_file()]
     atomic_write_json(
         staging / ONNX_MANIFEST,
         {

@@ -66,7 +66,7 @@ def _target_config(model: MultiHeadModel, head: Head):
     """The backbone's config with what the head's transformers class needs (labels, tying)."""
     config = copy.deepcopy(model.backbone.config)
     config.architectures = None
-    head.export_config(config)
+    head.export.configure(config)
     return config
 
 
@@ -75,7 +75,7 @@ def to_transformers_model(model: MultiHeadModel, head_name: str, processor) -> n
     import transformers
 
     head = model.heads[head_name]
-    auto_name = head.export_target
+    auto_name = head.export.target
     if auto_name is None:
         raise ExportError(
             f"head '{head_name}' is a '{head.config.type}' head and transformers has no AutoModelFor* class for it; "
@@ -109,7 +109,7 @@ def check_parity(model: MultiHeadModel, head_name: str, target: nn.Module, input
     """Max abs difference between our head's output and the exported model's, over real positions."""
     out = model(heads=[head_name], **inputs)
     ours, mask = out.outputs[head_name].float(), out.mask
-    theirs = model.heads[head_name].export_output(target(**inputs)).float()
+    theirs = model.heads[head_name].export.output(target(**inputs)).float()
     if ours.shape != theirs.shape:
         raise ExportError(f"{type(target).__name__} returns shape {tuple(theirs.shape)}, this head {tuple(ours.shape)}")
     if model.heads[head_name].per_token:  # padding positions carry no prediction (our span head masks them)
@@ -173,5 +173,5 @@ def export_transformers(
         output_dir,
         type(target).__name__,
         f"head '{name}' written as {type(target).__name__}; load it with transformers alone, e.g. "
-        f"{model.heads[name].export_target}.from_pretrained('{output_dir}') or transformers.pipeline",
+        f"{model.heads[name].export.target}.from_pretrained('{output_dir}') or transformers.pipeline",
     )
