@@ -70,3 +70,16 @@ def test_a_first_format_save_saved_again_loads_the_same(tmp_path):
     """Loading an old save and saving it writes the current format, which reads back the same."""
     headkit.save(full_load(), tmp_path / "again", processor=headkit.load_processor(FIXTURE / "full" / "backbone"))
     check(headkit.load(tmp_path / "again"))
+
+
+def test_tuned_thresholds_stay_exact_when_the_model_is_loaded_or_cast_to_bf16(tmp_path):
+    """A bf16 threshold of 0.45 is 0.4492: a probability between the two would change its label."""
+    saved = [0.95, 0.001, 0.45]  # the fixture's tuned multi-label thresholds, in its heads.json
+    model = headkit.load(FIXTURE / "full", dtype=torch.bfloat16)
+    head = model.heads["genres"]
+    assert head.classifier[-1].weight.dtype == torch.bfloat16  # the weights follow the dtype ...
+    assert head.thresholds.dtype == torch.float32 and head.thresholds.tolist() == pytest.approx(saved, abs=1e-7)
+    model.float().half()  # ... and casts back and forth leave the thresholds alone
+    assert head.thresholds.dtype == torch.float32 and head.thresholds.tolist() == pytest.approx(saved, abs=1e-7)
+    headkit.save(model, tmp_path / "again")
+    assert headkit.load(tmp_path / "again").heads["genres"].thresholds.tolist() == pytest.approx(saved, abs=1e-7)

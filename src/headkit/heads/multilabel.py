@@ -103,6 +103,14 @@ class MultiLabelHead(PooledHead):
         thresholds = config.thresholds or [config.threshold] * len(config.labels)
         self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))  # (C,)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> MultiLabelHead:
+        """`.to(dtype)`, `.half()`, `.bfloat16()` move the thresholds but keep them fp32: a tuned
+        0.35 would be 0.3496 in bf16, and a probability between the two would change its label."""
+        exact = self.thresholds
+        super()._apply(fn, recurse)
+        self.thresholds = exact.to(self.thresholds.device)
+        return self
+
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         present = ~torch.isnan(labels)
         n = int(present.any(dim=1).sum())
