@@ -195,12 +195,15 @@ def test_a_checkpoint_restores_buffers_in_their_dtype_and_one_without_them_still
 
 
 def test_a_best_file_of_an_earlier_version_still_restores(tiny_resnet, shapes, tmp_path):
-    """Earlier files held every backbone parameter once it had trained, and no buffers."""
+    """Earlier files held every backbone parameter once it had trained, and no buffers; they named
+    the backbone's tensors backbone.* (now adapter.backbone.*)."""
     heads = {"shape": head_config("classification", labels=list(SHAPES), pooling="mean")}
     model = MultiHeadModel.from_pretrained(tiny_resnet, heads)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     before = buffers(model)
-    safetensors.torch.save_file(params, tmp_path / "best.safetensors")
+    earlier_names = {n.removeprefix("adapter."): p for n, p in params.items()}
+    assert any(n.startswith("backbone.") for n in earlier_names)
+    safetensors.torch.save_file(earlier_names, tmp_path / "best.safetensors")
     (tmp_path / "best.json").write_text(json.dumps({"backbone_modified": True, "epoch": 1}))
     with torch.no_grad():
         for p in model.parameters():

@@ -78,7 +78,10 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def _copy_into(targets: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], source: Path, what: str) -> None:
     """Copy saved tensors into the model's live ones in place; `copy_` keeps each target's dtype
-    and device (num_batches_tracked stays int64, a bf16 model stays bf16)."""
+    and device (num_batches_tracked stays int64, a bf16 model stays bf16). Checkpoints written
+    before the backbone moved into the model's adapter name its tensors `backbone.*`: they are
+    read as `adapter.backbone.*`, so a run started on the earlier version resumes."""
+    saved = {k if k in targets or f"adapter.{k}" not in targets else f"adapter.{k}": v for k, v in saved.items()}
     unknown = sorted(set(saved) - set(targets))
     if unknown:
         raise CheckpointError(f"{source} holds {what} this model lacks: {unknown[:5]}")
