@@ -137,7 +137,10 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
-    return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
+    # the final scores in the run's mixed precision: when only a cached phase ran, accelerate
+    # wrapped just the heads, and the backbone's final validation pass would run in fp32
+    with run.accelerator.autocast():
+        return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
 
 
 # ----------------------------------------------------------------------------- setup
