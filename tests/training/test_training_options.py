@@ -15,6 +15,7 @@ import headkit
 from headkit import HeadkitError
 from headkit.cli.main import main
 from headkit.data.tasks import TaskSpec
+from headkit.errors import CheckpointError
 from headkit.heads import head_class, head_config
 from headkit.heads.base import IGNORE_INDEX
 from headkit.ship.export import export_onnx
@@ -268,6 +269,9 @@ def test_trained_multilabel_heads_keep_their_tuned_thresholds(tiny_text_model, g
     export_onnx(run, tmp_path / "onnx")  # and they travel with an ONNX export, whose heads decide with them
     onnx = load_for_inference(tmp_path / "onnx", engine="onnx")[0].heads["genres"]
     assert onnx.thresholds.tolist() == reloaded.thresholds.tolist()
+    (tmp_path / "onnx" / "head_state.safetensors").unlink()  # an export copied without it: said, not a traceback
+    with pytest.raises(CheckpointError, match=r"has no head_state\.safetensors, which onnx\.json lists"):
+        load_for_inference(tmp_path / "onnx", engine="onnx")
     untuned = train(
         config(tiny_text_model, genres_file, tmp_path / "fixed", tasks=tasks, epochs=1, tune_thresholds=False)
     )

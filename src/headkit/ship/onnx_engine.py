@@ -109,6 +109,11 @@ def load_head_state(heads: dict[str, nn.Module], directory: Path, manifest: dict
     digest = manifest.get("files", {}).get(HEAD_STATE)
     if digest is None:  # heads that keep no fitted state
         return
+    if not (directory / HEAD_STATE).is_file():
+        raise CheckpointError(
+            f"{directory} has no {HEAD_STATE}, which {ONNX_MANIFEST} lists (the heads' fitted state, such as "
+            "multi-label thresholds): copy the whole export directory"
+        )
     data = (directory / HEAD_STATE).read_bytes()
     if hashlib.sha256(data).hexdigest() != digest:
         raise CheckpointError(f"{directory / HEAD_STATE} does not match the checksum in {ONNX_MANIFEST}: it is corrupt")
