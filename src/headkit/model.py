@@ -15,7 +15,7 @@ takes the layer it reads (headkit.adapter keys them).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -157,17 +157,15 @@ class MultiHeadModel(PretrainedMixin, nn.Module):
 
     def _resolved(self, name: str, config: HeadConfig) -> HeadConfig:
         """A copy of `config` completed and checked against this backbone."""
-        adapter, config = self.adapter, copy.deepcopy(config)
-        if config.pooling == "auto":
-            config.pooling = adapter.default_pooling
-        if config.input_size is None:
-            config.input_size = adapter.width
-        elif config.input_size != adapter.width:
+        adapter = self.adapter
+        if config.input_size not in (None, adapter.width):
             raise HeadMismatchError(
                 f"head '{name}' expects input size {config.input_size}, but the backbone ({adapter.model_type}) "
                 f"has hidden size {adapter.width}; rebuild the head with input_size={adapter.width} "
                 "or use the backbone it was made for"
             )
+        pooling = adapter.default_pooling if config.pooling == "auto" else config.pooling
+        config = dataclasses.replace(config, pooling=pooling, input_size=adapter.width)
         adapter.layer_key(config.layer, name)  # a layer out of range fails here, naming the valid ones
         adapter.check_pooling(name, config.pooling, head_class(config.type).per_token)
         return config.fitted_to(self.backbone)

@@ -33,7 +33,7 @@ from headkit.training.recipe import TrainConfig, train
 from conftest import sentiment_rows, write_csv
 
 
-@dataclass
+@dataclass(frozen=True)
 class CosineConfig(HeadConfig):
     type: str = "cosine"
     pooling: str = "mean"

@@ -15,7 +15,7 @@ from headkit.data.batching import EncodedData
 from headkit.errors import DataError, HeadConfigError, HeadkitError
 from headkit.heads.base import IGNORE_INDEX
 from headkit.heads.fewshot import logistic
-from headkit.training.fewshot import CONTRASTIVE_FILE, make_pairs, solve_heads
+from headkit.training.fewshot import CONTRASTIVE_FILE, fewshot_heads, make_pairs, solve_heads
 from headkit.training.recipe import TrainConfig, train
 
 from conftest import VOCAB, sentiment_rows, write_csv
@@ -95,9 +95,11 @@ def test_solved_heads_read_normalised_features_and_fit_the_training_data(tiny_te
     rows = sentiment_rows(24)
     tokenizer = load_processor(tiny_text_model)
     data = prepare([TaskSpec("s", "rows")], tokenizer, 32, 0.0, sources={"rows": rows_dataset(rows)})
-    model = MultiHeadModel.from_pretrained(tiny_text_model, data.heads).eval()
+    with pytest.raises(HeadConfigError, match=r"heads \['s'\] do not read unit vectors"):
+        solve_heads(MultiHeadModel.from_pretrained(tiny_text_model, data.heads), data.train, pad_id=0, progress=False)
+    model = MultiHeadModel.from_pretrained(tiny_text_model, fewshot_heads(data.heads)).eval()
     solve_heads(model, data.train, pad_id=0, progress=False)
-    assert model.heads["s"].config.normalize
+    assert model.heads["s"].config.normalize and not data.heads["s"].normalize  # a new config, built so
     features = model.forward_features({"input_ids": torch.tensor([data.train.input_ids[0]])})
     pooled = model.adapter.pooled(features, "mean")
     by_hand = model.heads["s"].classifier[-1](torch.nn.functional.normalize(pooled, dim=-1))

@@ -46,9 +46,11 @@ from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
-    """Fields every head has. Head families add their own fields in a subclass."""
+    """Fields every head has. Head families add their own fields in a subclass, also a frozen
+    dataclass: a config is a value (PEFT keeps config, layer and model apart), so nothing changes
+    it under a head built from it; `dataclasses.replace` makes the new config a change needs."""
 
     type: str
     input_size: int | None = None  # filled from the backbone's hidden size when None
@@ -140,19 +142,6 @@ class HeadBase(nn.Module):
 
     def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
         """How text-writing heads generate from now on (None: unchanged); other heads ignore it."""
-
-    # ---- BRIDGE (temporary, issue #35): the old member names for training/fewshot.py, which another
-    # helper is restructuring right now; removed once it is done.
-    @classmethod
-    def fewshot_pairs(cls, head: str, y: Any, iterations: int, rng: Any) -> Any:
-        return cls.codec.fewshot_pairs(head, y, iterations, rng)
-
-    @classmethod
-    def fewshot_similarity(cls, a: Any, b: Any, span: Any) -> float | None:
-        return cls.codec.fewshot_similarity(a, b, span)
-
-    def fewshot_fit(self, features: Any, y: Any) -> None:
-        self.fewshot.fit(features, y)
 
 
 def zero_loss(output: Tensor) -> Tensor:

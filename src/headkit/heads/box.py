@@ -25,7 +25,7 @@ from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoxConfig(HeadConfig):
     type: str = "box"
     dropout: float = 0.0

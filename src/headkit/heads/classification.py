@@ -25,7 +25,7 @@ from headkit.heads.scoring import ClassScores
 SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"  # holds all three, told apart by problem_type
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassificationConfig(HeadConfig):
     """`labels` are class names (classification, multilabel) or target names (regression)."""
 

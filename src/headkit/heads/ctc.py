@@ -21,7 +21,7 @@ from headkit.heads.labels import IGNORE_INDEX, real_positions
 from headkit.heads.scoring import Scoring
 
 
-@dataclass
+@dataclass(frozen=True)
 class CTCConfig(HeadConfig):
     type: str = "ctc"
     pooling: str = "none"

@@ -32,7 +32,7 @@ MASKED_LM, CAUSAL_LM = "masked-lm", "causal-lm"  # the two type names (heads/__i
 LAYER_NORM_EPS = 1e-12  # BERT's, for a backbone whose config names none
 
 
-@dataclass
+@dataclass(frozen=True)
 class LMConfig(HeadConfig):
     type: str = "masked-lm"  # or "causal-lm"
     pooling: str = "none"

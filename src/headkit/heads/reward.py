@@ -26,7 +26,7 @@ from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig(HeadConfig):
     type: str = "reward"
     # auto: on a decoder the last real token, the one that has read the whole sequence (heads/pooling.py)

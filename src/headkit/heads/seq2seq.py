@@ -57,7 +57,7 @@ TOKENS = ("start_token_id", "end_token_id", "pad_token_id")
 NOT_ARCHITECTURE = ("architectures", "_name_or_path", "quantization_config", "torch_dtype", "dtype", "auto_map")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Seq2SeqConfig(HeadConfig):
     """A decoder head. `decoder` is the transformers config of the decoder (filled from the
     backbone's own when empty); the token ids come from the tokenizer when left None."""

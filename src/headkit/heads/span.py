@@ -22,7 +22,7 @@ from headkit.heads.pooling import first_real_position
 from headkit.heads.scoring import Scoring
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpanConfig(HeadConfig):
     type: str = "span"
     pooling: str = "none"

@@ -28,7 +28,7 @@ from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring, report_dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenClassificationConfig(HeadConfig):
     """`labels` are tag names; BIO tags (`B-PER`, `I-PER`, `O`) are scored entity-level by seqeval."""
 

@@ -31,17 +31,18 @@ SetFit (Tunstall et al. 2022) trains well from 8 examples per class in two steps
 
    SetFit itself covers only the first row; the others apply the same idea (make embedding
    geometry mirror label geometry) to what those heads read: the pooled vector, or the token's.
-   Each head type draws its own pairs (`fewshot_pairs`), says how alike two labels are
-   (`fewshot_similarity`) and solves itself (`fewshot_fit`), in its file under heads/; this
-   module runs the two phases.
+   A head's label codec draws its pairs (`codec.fewshot_pairs`) and says how alike two labels are
+   (`codec.fewshot_similarity`), and the head type's `fewshot` part solves it (heads/fewshot.py);
+   this module runs the two phases.
 2. **Head phase.** The backbone is frozen, its features are computed once, and every head is
    solved to convergence by scikit-learn, as SetFit does: logistic regression with SetFit's C=1
    (classification, token tags, one per label for multilabel) or ridge regression with its
    strength chosen by leave-one-out. The heads read L2-normalised vectors (`normalize: true` in
-   their config, as SetFit's sentence-transformers body ends in a Normalize module): the cosine
-   loss trained directions, not lengths. The solved weights go into the head's own linear layer,
-   so the saved model predicts, exports to ONNX and serves like any other. (Exporting it as a
-   plain transformers *ForSequenceClassification is refused: those classes cannot normalise.)
+   their config, set before they are built by `fewshot_heads`, as SetFit's sentence-transformers
+   body ends in a Normalize module): the cosine loss trained directions, not lengths. The solved
+   weights go into the head's own linear layer, so the saved model predicts, exports to ONNX and
+   serves like any other. (Exporting it as a plain transformers *ForSequenceClassification is
+   refused: those classes cannot normalise.)
 
 There is no epoch loop and no validation-based selection: with 8 examples per class there is
 nothing to select on. A validation split, if asked for, is only scored. The contrastive phase
@@ -66,7 +67,7 @@ from transformers import get_linear_schedule_with_warmup
 from headkit._fs import atomic_write_bytes
 from headkit.data.batching import EncodedData, collate, model_inputs
 from headkit.errors import CheckpointError, HeadConfigError
-from headkit.heads import IGNORE_INDEX, REGISTRY, Pair, head_class
+from headkit.heads import IGNORE_INDEX, REGISTRY, HeadConfig, Pair, head_class
 from headkit.heads.fewshot import block_pairs
 from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache, compute_features, features_needed
@@ -88,12 +89,19 @@ TOKEN_PAIR_BATCH = 16  # all-pairs recipe: token-tag pairs (which pair tokens, n
 
 
 def check_fewshot_heads(head_types: dict[str, str]) -> None:
-    supported = [t for t in REGISTRY if head_class(t).fewshot]
-    unsupported = {n: t for n, t in head_types.items() if not head_class(t).fewshot}
+    supported = [t for t in REGISTRY if head_class(t).fewshot is not None]
+    unsupported = {n: t for n, t in head_types.items() if head_class(t).fewshot is None}
     if unsupported:
         raise HeadConfigError(
             f"strategy fewshot trains {supported} heads; {unsupported} cannot: use frozen, lora or full"
         )
+
+
+def fewshot_heads(configs: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
+    """The run's head configs as few-shot training builds them (new objects): heads that read
+    unit vectors, which is what the contrastive pairs train."""
+    check_fewshot_heads({name: c.type for name, c in configs.items()})
+    return {name: head_class(c.type).fewshot.configure(c) for name, c in configs.items()}
 
 
 def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, seed: int) -> list[Pair]:
@@ -109,7 +117,7 @@ def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, s
         y = data.labels.get(name)
         if y is None:
             continue
-        pairs += head_class(head_type).fewshot_pairs(name, y, iterations, rng)
+        pairs += head_class(head_type).codec.fewshot_pairs(name, y, iterations, rng)
     anchors = [pairs[k : k + 2] for k in range(0, len(pairs), 2)]
     return [pair for k in rng.permutation(len(anchors)) for pair in anchors[k]]
 
@@ -134,11 +142,11 @@ def all_pair_steps(
             continue
         kind = head_class(head_type)
         if kind.per_token:
-            token_pairs += kind.fewshot_pairs(name, y, iterations, rng)
+            token_pairs += kind.codec.fewshot_pairs(name, y, iterations, rng)
             continue
-        kind.fewshot_pairs(name, y, 0, rng)  # no pairs, only the head's checks of its labels (2 per class, ...)
+        kind.codec.fewshot_pairs(name, y, 0, rng)  # no pairs, only the head's checks of its labels (2 per class, ...)
         for batch, pairs in zip(
-            batches, block_pairs(name, np.asarray(y), blocks, kind.fewshot_similarity), strict=True
+            batches, block_pairs(name, np.asarray(y), blocks, kind.codec.fewshot_similarity), strict=True
         ):
             batch += pairs
     batches += [token_pairs[k : k + TOKEN_PAIR_BATCH] for k in range(0, len(token_pairs), TOKEN_PAIR_BATCH)]
@@ -298,20 +306,26 @@ def _token_rows(cache: FeatureCache, layer: int, tags: list[list[int] | None]) -
 
 @torch.no_grad()
 def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress: bool = True) -> None:
-    """Fit every head in closed form on the frozen backbone's features (one backbone pass)."""
+    """Fit every head in closed form on the frozen backbone's features (one backbone pass). The
+    heads read unit vectors, so they are built from `fewshot_heads` configs."""
+    built = [n for n, h in model.heads.items() if n in data.labels and not getattr(h.config, "normalize", False)]
+    if built:
+        raise HeadConfigError(
+            f"heads {built} do not read unit vectors, which few-shot solutions are fitted on: "
+            "build them from fewshot_heads(configs)"
+        )
     poolings, token_layers = features_needed(model)
     cache = compute_features(model, data, poolings, token_layers, pad_id=pad_id, progress=progress)
     for name, head in model.heads.items():
         y = data.labels.get(name)
         if y is None:
             continue
-        head.config.normalize = True  # the head reads directions, which is what the pairs trained
         layer, key = model.reads(name)
         if key is None:
             x, tags = _token_rows(cache, layer, y)
-            head.fewshot_fit(_unit(x), tags)
+            head.fewshot.fit(_unit(x), tags)
         else:
-            head.fewshot_fit(_unit(cache.pooled[key].numpy()), y)
+            head.fewshot.fit(_unit(cache.pooled[key].numpy()), y)
 
 
 # ----------------------------------------------------------------------------- the recipe

@@ -30,7 +30,7 @@ from headkit.model import MultiHeadModel
 from headkit.training.class_weights import with_class_weights
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.distributed import main_process_prints, process_state
-from headkit.training.fewshot import CONTRASTIVE_FILE
+from headkit.training.fewshot import CONTRASTIVE_FILE, fewshot_heads
 from headkit.training.finish import finish_run
 from headkit.training.loop import fit
 from headkit.training.state import TrainResult, TrainState
@@ -100,6 +100,8 @@ def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainRe
         max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
         data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
         heads = with_class_weights(config.class_weights, data)
+        if strategy.closed_form:  # solved heads read unit vectors: configured so before they are built
+            heads = fewshot_heads(heads)
         set_seed(config.seed)
         model = MultiHeadModel.on_backbone(
             config.model,
