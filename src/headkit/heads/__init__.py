@@ -40,11 +40,39 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
 }
 
 
+# Members of the all-in-one head contract before issue 35, and the part that answers each now: a
+# head type written for it would have them silently ignored (a primary metric, a crop_ok=False ...).
+_MOVED_TO_PARTS = {
+    "codec": ("label_layout", "inputs", "crop_ok", "class_noun", "suggested_name", "label_names", "encode_labels",
+              "tokenize_labels", "label_counts", "describe_counts", "references", "auto_class_weights",
+              "fewshot_pairs", "fewshot_similarity"),
+    "scoring": ("primary_metric", "metrics", "score", "scores_from_loss", "report", "class_decisions", "calibrate"),
+    "view": ("brief", "table_cells", "pipeline_output", "for_text", "for_image", "writes_text"),
+    "export": ("export_target", "pipeline_tag", "architectures", "export_config", "export_output"),
+    "fewshot": ("fewshot_fit",),
+}  # fmt: skip
+
+
+def _check_contract(head_type: str, config_class: type[HeadConfig], head_class: type[Head]) -> None:
+    """Refuse a head type that defines members of the old contract, naming the part that replaces each."""
+    own = {name for cls in head_class.__mro__ if cls not in HeadBase.__mro__ for name in vars(cls)}
+    moved = {name: part for part, names in _MOVED_TO_PARTS.items() for name in names if name in own}
+    if "fit_backbone" in vars(config_class):
+        moved["fit_backbone"] = "the config's fitted_to (returns a new config)"
+    if moved:
+        said = ", ".join(f"{name} -> {part}" for name, part in sorted(moved.items()))
+        raise HeadConfigError(
+            f"head type '{head_type}' defines members that headkit no longer reads from a head: {said}; "
+            "pick or define the part instead (see headkit/heads/base.py and tests/contracts/test_new_head_type.py)"
+        )
+
+
 def register_head(head_type: str, config_class: type[HeadConfig], head_class: type[Head]) -> None:
     """Add a head type defined outside headkit (a plugin, a test): it trains, saves, loads,
     predicts, evaluates and exports like the built-in ones."""
     if head_type in REGISTRY and REGISTRY[head_type] != (config_class, head_class):
         raise HeadConfigError(f"head type '{head_type}' is already registered")
+    _check_contract(head_type, config_class, head_class)
     REGISTRY[head_type] = (config_class, head_class)
 
 
