@@ -1,10 +1,15 @@
-"""`headkit.pipeline(run)`: every head of a trained model behind one call, answering as
+"""`headkit.pipeline(model)`: every head of a trained model behind one call, answering as
 transformers pipelines do (text-classification: {"label", "score"}; token-classification:
 entity spans with character offsets, as with aggregation_strategy="simple"), one backbone pass
 for all heads.
 
-    classify = headkit.pipeline("runs/demo")
+    classify = headkit.pipeline("runs/demo")            # a run or save dir, a hub id, or a model
     classify("A gripping thriller.")   # {"sentiment": {"label": "fresh", "score": 0.93}, "topic": {...}}
+    classify([("A man sleeps.", "A person rests.")])    # sentence pairs
+    headkit.pipeline("org/vision-model")(Image.open("cat.jpg"))
+
+A pipeline answers through the same code as `model.predict` (ship/inference.py: `answer`), so
+the two give the same answers for the same inputs; the ONNX engines run through it too.
 """
 
 from __future__ import annotations
@@ -12,35 +17,77 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from headkit.ship.predict import load_for_inference, predict_texts
+from headkit.ship.inference import answer
 
 
 class HeadsPipeline:
-    """Callable on one text (-> one dict: head -> answer) or a list of texts (-> a list of them)."""
+    """Callable on one input (-> one dict: head -> answer) or a list of them (-> a list of dicts);
+    inputs as `model.predict` takes them: texts, (text, text_pair) tuples or PIL images."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
 
-    def __call__(self, inputs: str | list[str], heads: list[str] | None = None) -> Any:
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        predictions = predict_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length, heads)
-        answers = [
-            {h: self.model.heads[h].view.pipeline_output(v) for h, v in p.items() if h in self.model.heads}
-            for p in predictions
-        ]
-        return answers[0] if isinstance(inputs, str) else answers
+    @property
+    def processor(self) -> Any:
+        """The tokenizer or image processor inputs go through (`tokenizer`, by transformers' name)."""
+        return self.tokenizer
+
+    def __call__(self, inputs: Any, heads: list[str] | None = None) -> Any:
+        return answer(self.model, self.tokenizer, inputs, self.batch_size, heads, self.max_length)
 
 
 def pipeline(
-    run: str | os.PathLike,
-    device: str = "auto",
+    model: Any,
+    device: str | None = None,
     dtype: str = "auto",
     engine: str = "torch",
     batch_size: int = 32,
     max_length: int | None = None,
     trust_remote_code: bool = False,
+    processor: Any = None,
 ) -> HeadsPipeline:
-    """A pipeline over a training run, a headkit save or an ONNX export (`engine` onnx / onnx-int8)."""
-    model, tokenizer = load_for_inference(run, trust_remote_code, engine, device, dtype)
-    return HeadsPipeline(model, tokenizer, batch_size, max_length)
+    """A pipeline over a `MultiHeadModel`, a training run or headkit save directory, a hub id
+    holding one (`org/name[@revision]`, read from the hub cache or downloaded as
+    `from_pretrained` reads it), or an ONNX export (`engine` onnx / onnx-int8).
+
+    `device` / `dtype` (see headkit.devices): where a loaded model runs (default: auto); a model
+    given as an object stays where it is unless `device` is named. `processor`: the tokenizer or
+    image processor (default: the one saved with the model).
+    """
+    from torch import nn
+
+    if isinstance(model, nn.Module):
+        if engine != "torch":
+            raise _engine_error(engine)
+        if device is not None:
+            from headkit.devices import place
+
+            model = place(model, device, dtype)
+        return HeadsPipeline(model, processor if processor is not None else model._processor(), batch_size, max_length)
+    if not isinstance(model, str | os.PathLike):
+        raise _type_error(model)
+    from headkit.ship.predict import load_for_inference
+
+    loaded, saved_processor = load_for_inference(model, trust_remote_code, engine, device or "auto", dtype)
+    if processor is not None and hasattr(loaded, "set_processor"):
+        loaded.set_processor(processor)
+    return HeadsPipeline(loaded, processor if processor is not None else saved_processor, batch_size, max_length)
+
+
+def _engine_error(engine: str) -> Exception:
+    from headkit.errors import HeadkitError
+
+    return HeadkitError(
+        f"engine={engine!r} runs an ONNX export directory; a model object runs on torch (export it first: "
+        "headkit export RUN --to onnx)"
+    )
+
+
+def _type_error(model: Any) -> Exception:
+    from headkit.errors import HeadkitError
+
+    return HeadkitError(
+        f"pipeline() takes a MultiHeadModel, a run or save directory, or a hub id (org/name), not "
+        f"{type(model).__name__}"
+    )

@@ -43,13 +43,17 @@ def load_for_inference(
     spin: bool = True,
 ):
     """The saved model (eval mode, on `device` in `dtype`: see headkit.devices) and its tokenizer;
-    `engine` onnx/onnx-int8 reads an ONNX export (on CUDA through onnxruntime's CUDA provider);
-    `spin=False` keeps onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
+    `run` is a run or save directory, or a hub id (`org/name[@revision]`) holding one (read from
+    the hub cache, downloaded when online, as `from_pretrained` reads it); `engine` onnx/onnx-int8
+    reads an ONNX export (on CUDA through onnxruntime's CUDA provider); `spin=False` keeps
+    onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
     from headkit.backbone import load_processor
     from headkit.devices import pick_device, place
+    from headkit.hub import local_path
 
     if engine not in ENGINES:
         raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
+    run = local_path(run)
     where = pick_device(device)
     if engine != "torch":
         from headkit.ship.onnx_engine import OnnxModel
@@ -57,7 +61,9 @@ def load_for_inference(
         return OnnxModel(run, int8=engine == "onnx-int8", device=where.type, spin=spin), load_processor(run)
     directory = resolve_model_dir(run)
     model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
-    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    processor = load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    model.set_processor(processor)  # model.predict reads with the processor the pipeline and the CLI use
+    return model, processor
 
 
 def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
@@ -97,24 +103,21 @@ def predict_texts(
 
     Texts longer than the model reads are predicted on their first tokens (the last ones where
     the tokenizer truncates on the left, as a reward model's does) and marked `"truncated": true`,
-    so a caller can see which predictions saw only part of the text. A (prompt, response) pair
-    is read as the one text a reward head scores (`join_pair`).
+    so a caller can see which predictions saw only part of the text. `(text, text_pair)` tuples
+    are encoded as training encodes a `text_pair` column (`encode_texts`).
     """
-    texts = [join_pair(*t) if _is_pair(t) else t for t in texts]
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise DataError(f"item {bad} is {type(texts[bad]).__name__}, not text")
-    if not texts:
+    firsts, seconds = split_pairs(texts, reads_preference_pairs(model))
+    if not firsts:
         return []
     max_length = max_length or getattr(model, "max_length", None) or 512  # default: what it was trained with
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.
-    enc = tokenizer(texts, truncation=True, max_length=limit)
+    enc = encode_texts(tokenizer, firsts, seconds, limit)
     ids = enc["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    order = sorted(range(len(firsts)), key=lambda i: len(ids[i]))
     encodings = getattr(enc, "encodings", None) or []
-    results: list[dict[str, Any]] = [{} for _ in texts]
+    results: list[dict[str, Any]] = [{} for _ in firsts]
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
         idx = order[start : start + batch_size]
@@ -125,22 +128,99 @@ def predict_texts(
             decoded, view = head.decode(output, out.mask), head.view
             for row, i in enumerate(idx):
                 encoding = encodings[i] if i < len(encodings) else None
-                results[i][name] = view.for_text(decoded[row], encoding, texts[i])
+                if encoding is not None and seconds is not None:
+                    encoding = FirstText(encoding)
+                results[i][name] = view.for_text(decoded[row], encoding, firsts[i])
         for i in idx:
             if i < len(encodings) and encodings[i].overflowing:
                 results[i]["truncated"] = True  # longer than the model reads: predicted on the start
     return results
 
 
-def _is_pair(item: Any) -> bool:
-    return isinstance(item, tuple | list) and len(item) == 2 and all(isinstance(t, str) for t in item)
+class FirstText:
+    """A pair's encoding as a view sees it: the view is handed the first text, so the second
+    text's tokens have no word in it (`word_ids` None there; their offsets index the other text).
+    Everything else is the encoding's own."""
+
+    def __init__(self, encoding: Any):
+        self._encoding = encoding
+        self.word_ids = [w if s == 0 else None for w, s in zip(encoding.word_ids, encoding.sequence_ids, strict=True)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoding, name)
+
+
+def reads_preference_pairs(model: Any) -> bool:
+    """Whether the model's heads score a (prompt, response) pair as one joined text (reward heads),
+    rather than reading two texts as a sentence pair."""
+    return any(getattr(head.codec, "inputs", None) == "pairs" for head in model.heads.values())
+
+
+def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> Any:
+    """The tokenizer's encoding of `texts` (with `pairs`: each as `tokenizer(text, text_pair)`,
+    which gives BERT-style models their segment ids, `token_type_ids`), cut at `max_length`
+    tokens: the encoding a `text_pair` column gets in training, so predictions see what training saw."""
+    if pairs is None:
+        return tokenizer(texts, truncation=True, max_length=max_length)
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length)
+
+
+def split_pairs(items: list[Any], join: bool) -> tuple[list[str], list[str] | None]:
+    """(first texts, second texts or None) from texts or `(text, text_pair)` tuples; a DataError
+    names the first item that is neither.
+
+    `join` (a model that scores preference pairs): each pair becomes the one text its reward
+    head scores (`join_pair`, as training joined prompt and response), and texts may mix with
+    pairs. Otherwise a batch is all texts or all pairs: the two are encoded differently, and a
+    mix is more likely a mistake than a wish."""
+    firsts: list[str] = []
+    seconds: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if seconds and not join:
+                raise DataError(f"item {i} is one text, but the items before it are (text, text_pair) pairs: {_MIX}")
+            firsts.append(item)
+            continue
+        if not isinstance(item, tuple | list):
+            raise DataError(f"item {i} is {describe(item)}, not a text or a (text, text_pair) pair")
+        if len(item) != 2 or not all(isinstance(t, str) for t in item):
+            raise DataError(f"item {i} is {describe(item)}; a text pair is a tuple of two strings (text, text_pair)")
+        if join:
+            firsts.append(join_pair(*item))
+            continue
+        if len(firsts) > len(seconds):
+            raise DataError(f"item {i} is a (text, text_pair) pair, but the items before it are single texts: {_MIX}")
+        firsts.append(item[0])
+        seconds.append(item[1])
+    return firsts, seconds if seconds else None
+
+
+_MIX = "predict texts and pairs in separate calls"
+
+
+def describe(item: Any) -> str:
+    """An input as an error message names it: its type (and length, or a short repr)."""
+    if item is None:
+        return "None"
+    kind = type(item)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    if isinstance(item, tuple | list):
+        return f"a {name} of {len(item)} items"
+    text = repr(item)
+    return f"{name} {text[:40]}{'...' if len(text) > 40 else ''}" if isinstance(item, int | float) else name
 
 
 @torch.inference_mode()
 def predict_images(
-    model: MultiHeadModel, processor, images: list, batch_size: int = 64, progress: bool = False
+    model: MultiHeadModel,
+    processor,
+    images: list,
+    batch_size: int = 64,
+    progress: bool = False,
+    heads: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each image's predictions from every head; `images` are PIL images (the caller opens files).
+    """Each image's predictions from every head (or the named ones); `images` are PIL images (the
+    caller opens files).
 
     Box heads return [x1, y1, x2, y2] in pixels of the image as given, not of the resized input.
     """
@@ -151,7 +231,7 @@ def predict_images(
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
         chunk = images[start : start + batch_size]
-        out = model(pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
+        out = model(heads=heads, pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
         decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
         for row, image in enumerate(chunk):
             results.append({name: model.heads[name].view.for_image(v[row], *image.size) for name, v in decoded.items()})

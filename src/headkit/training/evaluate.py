@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
-from headkit.errors import HeadkitError
+from headkit.errors import DataError, HeadkitError
 from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache
 
@@ -135,41 +136,99 @@ def label_columns(heads: list[str], available: set[str], data: str) -> dict[str,
     if len(rest) > 1:
         raise HeadkitError(
             f"heads {rest} have no column of their own in {data} (columns: {sorted(available)}), and one "
-            "'label' column cannot score them all: name each head's column with --head NAME:COLUMN"
+            "'label' column cannot score them all: name each head's column with --head NAME:COLUMN "
+            "(in Python: model.evaluate(data, heads={NAME: COLUMN}))"
         )
     columns.update(dict.fromkeys(rest, "label"))
     return columns
 
 
+Columns = Mapping[str, str | Mapping[str, str | None]]  # head -> label column, or {"label", "text", "text_pair"}
+
+
 def evaluate_dataset(
     model: MultiHeadModel,
     processor,
-    data: str,
-    columns: dict[str, str] | None = None,
-    text: str = "text",
+    data: Any,
+    columns: Columns | None = None,
+    text: str | None = None,
     max_length: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[Evaluation, int]:
     """Score a trained model on labelled data with the label maps saved at training time.
 
-    `columns` maps head -> label column (default: a column named like the head, else 'label').
+    `data`: whatever `read_rows` reads: a file, a built-in dataset, `hf:...`, or in memory a
+    `datasets.Dataset`, a pandas DataFrame, a dict of lists or a list of dicts.
+    `columns`: the heads to score (default: all), each mapped to its label column or to a dict
+    `{"label", "text", "text_pair"}` (keys left out take their defaults): see `head_columns`.
+    `text`: the text column of every head (default: each head's own, else 'text').
     Returns the evaluation and the number of examples. Unseen labels raise a `DataError`.
     """
     from headkit.backbone import max_input_tokens
     from headkit.data.readers import read_rows
     from headkit.data.tasks import TaskSpec, prepare
 
-    columns = dict(columns or {})
-    unknown = sorted(set(columns) - set(model.heads))
-    if unknown:
-        raise HeadkitError(f"heads {unknown} are not heads of this model: {list(model.heads)}")
-    if not columns:
-        columns = label_columns(list(model.heads), set(read_rows(data)[0]), data)
-    tasks = [TaskSpec(n, data, label=c, text=text, type=model.heads[n].config.type) for n, c in columns.items()]
-    label_maps = {n: model.heads[n].config.labels for n in columns}
+    where = str(data) if isinstance(data, str | os.PathLike) else "the evaluation data"  # the name errors give
+    rows = read_rows(data)  # read once: the columns are looked up in it, and prepare encodes it
+    chosen = head_columns(model, columns, set(rows[0]) if rows else set(), text, where)
+    tasks = []
+    for name, spec in chosen.items():
+        pair = {"text_pair": spec["text_pair"]} if spec.get("text_pair") else {}  # TaskSpec has it when pairs train
+        tasks.append(TaskSpec(name, where, label=spec["label"], text=spec["text"], type=model.heads[name].config.type,
+                              **pair))  # fmt: skip
+    label_maps = {n: model.heads[n].config.labels for n in chosen}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
     limit = max_input_tokens(model.backbone.config, processor, max_length)
-    prepared = prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps)
+    prepared = prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows})
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
     return evaluate(model, prepared.train, pad_id, batch_size=batch_size, progress=progress), len(prepared.train)
+
+
+COLUMN_KEYS = ("label", "text", "text_pair")
+
+
+def head_columns(
+    model: MultiHeadModel, columns: Columns | None, available: set[str], text: str | None, where: str
+) -> dict[str, dict[str, str | None]]:
+    """Each scored head's columns {"label", "text", "text_pair"} in the data.
+
+    Given ones first (a str is the label column). Then what the head read in training
+    (`model.columns`, saved with the model), its label column only where this data has it; then
+    the CLI's defaults: a label column named like the head ('label' for the one head without
+    one), text column `text` (or the `text` given for all), no text pair."""
+    given = dict(columns or {})
+    unknown = sorted(set(given) - set(model.heads))
+    if unknown:
+        raise HeadkitError(f"heads {unknown} are not heads of this model: {list(model.heads)}")
+    recorded = getattr(model, "columns", None) or {}
+    chosen: dict[str, dict[str, str | None]] = {}
+    for name in given or model.heads:
+        spec = given.get(name)
+        spec = {"label": spec} if isinstance(spec, str) else dict(spec or {})
+        wrong = sorted(set(spec) - set(COLUMN_KEYS))
+        if wrong:
+            raise HeadkitError(
+                f"head '{name}': unknown column key(s) {wrong}; a head's columns are {list(COLUMN_KEYS)}"
+            )
+        saved = recorded.get(name) or {}
+        if "label" not in spec and saved.get("label") and _has(saved["label"], available):
+            spec["label"] = saved["label"]
+        spec.setdefault("text", text or saved.get("text") or "text")
+        spec.setdefault("text_pair", saved.get("text_pair"))
+        chosen[name] = spec
+    rest = [n for n, spec in chosen.items() if "label" not in spec]
+    for name, column in label_columns(rest, available, where).items() if rest else ():
+        trained = (recorded.get(name) or {}).get("label")
+        if trained and not _has(column, available):
+            raise DataError(
+                f"head '{name}' was trained on the label column '{trained}', which {where} lacks (columns: "
+                f"{sorted(available)}): name the column it should be scored on, e.g. {{'{name}': 'COLUMN'}}"
+            )
+        chosen[name]["label"] = column
+    return chosen
+
+
+def _has(label: str, available: set[str]) -> bool:
+    """Whether the data holds a label column spec (comma-separated for regression targets and pairs)."""
+    return all(c.strip() in available for c in label.split(","))

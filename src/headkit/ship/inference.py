@@ -1,0 +1,239 @@
+"""The model answers for itself: `model.predict(inputs)` and `model.evaluate(dataset)`.
+
+    model.predict("A gripping thriller.")         # {"sentiment": {"label": "fresh", "score": 0.93}, ...}
+    model.predict([("A man sleeps.", "A person rests.")])   # sentence pairs, as NLI / STS heads read them
+    model.predict(Image.open("cat.jpg"))          # an image model: PIL images (or image file paths)
+    model.evaluate(data["test"])                  # {"sentiment": {"accuracy": ...}, ...}; .losses per head
+
+A mixin, as ship/pretrained.py is for saving and loading, so that model.py keeps to the model.
+It needs of the class only `heads`, `_processor()`, `max_length`, `device`, `columns` (optional)
+and a forward call, and imports nothing of headkit.model at import time (model.py imports it).
+The work is done by ship/predict.py (one backbone pass per batch for every head) and
+training/evaluate.py (the same scoring as `headkit evaluate`), so the CLI, the server,
+`headkit.pipeline` and these methods give the same answers for the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from headkit.errors import DataError, HeadkitError
+
+HeadColumns = Mapping[str, str | Mapping[str, str | None]]
+
+
+class Metrics(dict):
+    """`model.evaluate`'s answer: head -> metric -> value (as the `heads` of a run's metrics.json),
+    with what does not fit that shape as attributes:
+
+    - `losses`: head -> mean validation loss over the labelled examples (metrics.json's `val_losses`);
+    - `per_class`: head -> class -> {precision, recall, f1-score, support}, for heads that decide classes;
+    - `num_examples`: how many examples were scored.
+
+    The losses stay out of the dict so that every key is a head (a head may be named `loss`)."""
+
+    def __init__(
+        self,
+        scores: Mapping[str, Mapping[str, float]],
+        losses: Mapping[str, float] | None = None,
+        per_class: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+        num_examples: int = 0,
+    ):
+        super().__init__({head: dict(values) for head, values in scores.items()})
+        self.losses = dict(losses or {})
+        self.per_class = {head: dict(report) for head, report in (per_class or {}).items()}
+        self.num_examples = num_examples
+
+    def to_json(self) -> dict[str, Any]:
+        """What `headkit evaluate --output` writes: {"scores", "losses", "per_class"}."""
+        return {"scores": dict(self), "losses": self.losses, "per_class": self.per_class}
+
+
+class InferenceMixin:
+    """`predict` and `evaluate` for a model with heads, a processor and a forward pass."""
+
+    def predict(
+        self,
+        inputs: Any,
+        batch_size: int = 32,
+        heads: list[str] | None = None,
+        max_length: int | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Every head's answer (or the named `heads`') for each input, from one backbone pass per batch.
+
+        `inputs`: a text, a list of texts, a list of `(text, text_pair)` tuples (a single tuple of
+        two texts, or `{"text": ..., "text_pair": ...}`, is one pair), a PIL image or a list of them
+        (an image model also takes image file paths). A single input gives one dict; a list gives
+        a list with one dict per input, in order. Each head answers as transformers pipelines do
+        for its task (`head.view.pipeline_output`): text classification {"label", "score"},
+        token classification entity spans with character offsets, and so on; an input longer than
+        `max_length` tokens (default: the limit the model was trained with) is predicted on its
+        start and its dict says `"truncated": True`.
+
+        Pairs: heads trained on preference pairs (reward heads) score a (prompt, response) as the
+        one text training joined; any other model reads `tokenizer(text, text_pair)`, as training
+        with a `text_pair` column encodes it (with BERT-style segment ids).
+
+        The model runs in eval mode (dropout off) and is put back in training mode afterwards if
+        it was in it, so predicting in the middle of training is safe.
+        """
+        return answer(self, self._processor(), inputs, batch_size, heads, max_length, progress)
+
+    def evaluate(
+        self,
+        dataset: Any,
+        heads: Sequence[str] | HeadColumns | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Metrics:
+        """Every head's metrics on labelled `dataset`, as `headkit evaluate` scores the same rows.
+
+        `dataset`: a `datasets.Dataset` (or `DatasetDict`: its train split), a pandas DataFrame, a
+        dict of lists, a list of dicts, a file or a built-in dataset name. `heads`: the heads to
+        score (default: every head), as names or as a dict head -> label column (or -> {"label",
+        "text", "text_pair"}). A head reads the columns it trained on (`model.columns`) where the
+        data has them, else the CLI's defaults: a label column named like the head ('label' for a
+        lone head), text in `text`. Labels the head never saw in training raise a DataError.
+
+        Returns a `Metrics`: head -> metric -> value, with `.losses` (head -> mean loss),
+        `.per_class` and `.num_examples`.
+        """
+        from headkit.training.evaluate import evaluate_dataset
+
+        processor = _require_processor(self, self._processor())
+        if heads is None or isinstance(heads, Mapping):
+            columns = dict(heads or {})
+        elif isinstance(heads, str):
+            raise HeadkitError(f"heads={heads!r}: give a list of head names, e.g. heads=[{heads!r}]")
+        else:
+            columns = {name: {} for name in heads}
+        evaluation, count = evaluate_dataset(
+            self, processor, dataset, columns, max_length=self.max_length, batch_size=batch_size, progress=progress
+        )
+        return Metrics(evaluation.scores, evaluation.losses, evaluation.reports, count)
+
+
+def answer(
+    model: Any,
+    processor: Any,
+    inputs: Any,
+    batch_size: int = 32,
+    heads: list[str] | None = None,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """`predict`'s work for any model the predict functions run (a `MultiHeadModel` or an ONNX
+    engine): what `model.predict` and `headkit.pipeline` both answer with."""
+    from headkit.data.images import is_image_processor
+    from headkit.ship.predict import predict_images, predict_texts
+
+    processor = _require_processor(model, processor)
+    items, single = as_items(inputs)
+    if heads is not None:
+        unknown = [h for h in heads if h not in model.heads]
+        if unknown:
+            raise HeadkitError(f"unknown head(s) {unknown}; this model has {list(model.heads)}")
+    reads_images = is_image_processor(processor)
+    training = bool(getattr(model, "training", False))  # an ONNX engine has no training mode
+    if training:
+        model.eval()
+    try:
+        if reads_images:
+            images = open_images(items)
+            predictions = predict_images(model, processor, images, batch_size, progress, heads)
+        else:
+            check_texts(items)
+            predictions = predict_texts(model, processor, items, batch_size, max_length, heads, progress)
+    finally:
+        if training:
+            model.train(True)
+    answers = [pipeline_form(model, p) for p in predictions]
+    return answers[0] if single else answers
+
+
+def pipeline_form(model: Any, prediction: dict[str, Any]) -> dict[str, Any]:
+    """One input's predictions with each head's answer as transformers pipelines give it (other
+    keys, such as "truncated", as they are)."""
+    return {h: model.heads[h].view.pipeline_output(v) if h in model.heads else v for h, v in prediction.items()}
+
+
+def as_items(inputs: Any) -> tuple[list[Any], bool]:
+    """(the inputs as a list, whether one input was given rather than a list of them)."""
+    if isinstance(inputs, str) or _is_image(inputs) or isinstance(inputs, os.PathLike):
+        return [inputs], True
+    if isinstance(inputs, Mapping):
+        return [_pair_of(inputs, "inputs")], True
+    if isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(t, str) for t in inputs):
+        return [inputs], True  # one (text, text_pair); several pairs come as a list of tuples
+    if inputs is None or isinstance(inputs, bytes | int | float) or not hasattr(inputs, "__iter__"):
+        raise DataError(
+            f"predict got {type(inputs).__name__}: give a text, a list of texts, a list of (text, text_pair) "
+            "tuples, or PIL images"
+        )
+    items = list(inputs)
+    return [_pair_of(item, f"item {i}") if isinstance(item, Mapping) else item for i, item in enumerate(items)], False
+
+
+def _pair_of(item: Mapping, where: str) -> Any:
+    """{"text": ..., "text_pair": ...} (transformers' text-classification pipeline's form) -> a tuple."""
+    if set(item) == {"text", "text_pair"}:
+        return (item["text"], item["text_pair"])
+    if set(item) == {"text"}:
+        return item["text"]
+    raise DataError(f"{where} is a dict with keys {sorted(item)}; a text pair is {{'text': ..., 'text_pair': ...}}")
+
+
+def check_texts(items: list[Any]) -> None:
+    """Refuse images given to a text model (predict_texts names any other bad item)."""
+    for i, item in enumerate(items):
+        if _is_image(item):
+            raise DataError(f"item {i} is an image, but this model reads text (its processor is a tokenizer)")
+
+
+def open_images(items: list[Any]) -> list[Any]:
+    """PIL images as they are, image file paths opened (RGB); anything else a DataError naming it."""
+    from headkit.ship.predict import describe
+
+    images = []
+    for i, item in enumerate(items):
+        if _is_image(item):
+            images.append(item if item.mode == "RGB" else item.convert("RGB"))
+            continue
+        if not isinstance(item, str | os.PathLike):
+            raise DataError(f"item {i} is {describe(item)}, but this model reads images: give PIL images or paths")
+        images.append(_open(item, i))
+    return images
+
+
+def _open(path: str | os.PathLike, index: int) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        text = str(path)
+        shown = text if len(text) < 60 else text[:57] + "..."
+        raise DataError(f"item {index} is text ({shown!r}), but this model reads images, and it is no image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"item {index}: {path} is not an image PIL can read ({e})") from e
+
+
+def _is_image(item: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with the vision extras
+        return False
+    return isinstance(item, Image.Image)
+
+
+def _require_processor(model: Any, processor: Any) -> Any:
+    if processor is None:
+        raise HeadkitError(
+            "this model has no tokenizer or image processor (none was given, and none is saved beside its "
+            "backbone): call model.set_processor(headkit.load_processor(CHECKPOINT)) first"
+        )
+    return processor
