@@ -1,8 +1,9 @@
 """headkit reports what it does through `logging` (the `headkit` logger), never `print`.
 
-Like transformers, the library gives its logger a handler of its own (stderr, INFO, plain text)
-so that script and notebook users see a run's notes and epochs without configuring logging;
-`headkit.set_verbosity(logging.WARNING)` quiets it, and the CLI swaps in a rich handler with
+Like transformers, the library gives its logger a handler of its own (stderr, plain text) at
+WARNING: importing headkit in a notebook or a service adds no chatter, while problems still show
+without any logging setup. `headkit.set_verbosity(logging.INFO)` shows a run's notes and epochs
+(`headkit.set_verbosity_info()` for short); the CLI swaps in a rich handler at INFO, with
 --quiet / --verbose. Records do not propagate to the root logger (no double lines); a program
 with its own logging setup can remove the handler: `headkit.disable_default_handler()`.
 """
@@ -36,7 +37,7 @@ def install_default_handler() -> None:
     handler.headkit_default = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.WARNING)
     logger.propagate = False
 
 
@@ -49,5 +50,16 @@ def disable_default_handler() -> None:
 
 
 def set_verbosity(level: int) -> None:
-    """headkit's log level: logging.INFO (default: notes, epochs), WARNING (problems only), DEBUG."""
+    """headkit's log level: logging.WARNING (the default: problems only), INFO (a run's notes and
+    epochs), DEBUG."""
     logging.getLogger(LIBRARY_LOGGER).setLevel(level)
+
+
+def set_verbosity_info() -> None:
+    """Show a run's notes and epochs (transformers' spelling)."""
+    set_verbosity(logging.INFO)
+
+
+def set_verbosity_warning() -> None:
+    """Problems only: the default."""
+    set_verbosity(logging.WARNING)
