@@ -1,8 +1,17 @@
 """headkit: inspect, swap, train and ship the heads of pretrained transformer models."""
 
-from headkit._logging import disable_default_handler, install_default_handler, set_verbosity
+from typing import Any
+
+from headkit._logging import (
+    disable_default_handler,
+    install_default_handler,
+    set_verbosity,
+    set_verbosity_info,
+    set_verbosity_warning,
+)
 from headkit.backbone import inspect_model, load_backbone, load_processor, split_backbone
 from headkit.backbone.fingerprint import fingerprint
+from headkit.config import MultiHeadConfig
 from headkit.errors import (
     CheckpointError,
     DataError,
@@ -23,6 +32,25 @@ __version__ = "0.1.0"
 
 install_default_handler()
 
+# Training pulls in accelerate and the data pipeline: imported when first named, not by `import headkit`.
+_LAZY = {
+    "Trainer": "headkit.training.trainer",
+    "train": "headkit.training.trainer",
+    "TrainResult": "headkit.training.state",
+    "TrainConfig": "headkit.training.config",
+    "TaskSpec": "headkit.data.tasks",
+    "builtin_dataset": "headkit.data.builtin",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'headkit' has no attribute {name!r}")
+
+
 __all__ = [
     "REGISTRY",
     "CheckpointError",
@@ -33,11 +61,17 @@ __all__ = [
     "HeadMismatchError",
     "HeadkitError",
     "ModelNotFoundError",
+    "MultiHeadConfig",
     "MultiHeadModel",
     "MultiHeadOutput",
     "RemoteCodeError",
+    "TaskSpec",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
     "UnknownHeadTypeError",
     "build_head",
+    "builtin_dataset",
     "disable_default_handler",
     "fingerprint",
     "head_config",
@@ -50,5 +84,8 @@ __all__ = [
     "save",
     "save_heads",
     "set_verbosity",
+    "set_verbosity_info",
+    "set_verbosity_warning",
     "split_backbone",
+    "train",
 ]

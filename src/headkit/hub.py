@@ -19,6 +19,8 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from headkit.errors import ModelNotFoundError
@@ -48,6 +50,36 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft's, 
 SAVES = ("", "model/")
 
 
+@dataclass(frozen=True)
+class HubOptions:
+    """How the hub is asked, as `from_pretrained(token=, cache_dir=, local_files_only=, force_download=)`
+    say it: set for one load with `hub_options`, read by every download that load makes (config,
+    tokenizer, weights, a LoRA save's base), so no function in between has to pass them on."""
+
+    token: str | bool | None = None
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    force_download: bool = False
+
+
+_OPTIONS: ContextVar[HubOptions | None] = ContextVar("headkit_hub_options", default=None)
+
+
+@contextmanager
+def hub_options(
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> Iterator[None]:
+    """Use these hub settings for the downloads made inside the block."""
+    reset = _OPTIONS.set(HubOptions(token, str(cache_dir) if cache_dir else None, local_files_only, force_download))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(reset)
+
+
 def hub_snapshot(repo_id: str, revision: str | None = None, gguf_file: str | None = None) -> Path:
     """The cached snapshot folder of a hub repository, holding its small files and the weights loading
     reads: `gguf_file` if given, else the checkpoint's (see `weight_files`). Downloaded when online;
@@ -57,20 +89,34 @@ def hub_snapshot(repo_id: str, revision: str | None = None, gguf_file: str | Non
     several times (config, tokenizer, weights), and online each ask is a round trip to the hub."""
     from huggingface_hub import constants
 
-    return _snapshot(repo_id, revision, gguf_file, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+    options = _OPTIONS.get() or HubOptions()
+    offline = constants.HF_HUB_OFFLINE or options.local_files_only
+    args = (repo_id, revision, gguf_file, options.cache_dir or constants.HF_HUB_CACHE, offline, options.token)
+    if options.force_download:
+        return _snapshot.__wrapped__(*args, force=True)
+    return _snapshot(*args)
 
 
 @functools.lru_cache(maxsize=64)
-def _snapshot(repo_id: str, revision: str | None, gguf_file: str | None, cache_dir: str, offline: bool) -> Path:
+def _snapshot(
+    repo_id: str,
+    revision: str | None,
+    gguf_file: str | None,
+    cache_dir: str,
+    offline: bool,
+    token: str | bool | None = None,
+    force: bool = False,
+) -> Path:
     """Two downloads: the small files (configs, weight indexes), then the weights they and the listing name."""
     with _hub_errors(repo_id, revision, cache_dir, offline):
-        listing = None if offline else _repo_files(repo_id, revision)
-        folder = _download(repo_id, revision, cache_dir, SMALL_FILES, cached_only=listing is None)
+        listing = None if offline else _repo_files(repo_id, revision, token)
+        folder = _download(repo_id, revision, cache_dir, SMALL_FILES, cached_only=listing is None, token=token,
+                           force=force)  # fmt: skip
         files = set(listing) if listing is not None else _cached_files(folder)
         weights = _wanted(repo_id, revision, gguf_file, files, folder, cached_only=listing is None)
-        missing = [glob.escape(name) for name in weights if not (folder / name).is_file()]  # an index is, already
+        missing = [glob.escape(name) for name in weights if force or not (folder / name).is_file()]
         if listing is not None and missing:  # the commit the small files came from, not the branch's newest
-            _download(repo_id, folder.name, cache_dir, missing)
+            _download(repo_id, folder.name, cache_dir, missing, token=token, force=force)
     return folder
 
 
@@ -155,14 +201,14 @@ def _gguf_choices(repo_id: str, revision: str | None, files: set[str]) -> str:
     return f"its GGUF files: {', '.join(spelled)}" if spelled else "it holds no GGUF files"
 
 
-def _repo_files(repo_id: str, revision: str | None) -> list[str] | None:
+def _repo_files(repo_id: str, revision: str | None, token: str | bool | None = None) -> list[str] | None:
     """The repository's file names, or None when the hub cannot be reached: then the cached snapshot
     serves, as huggingface_hub's snapshot_download itself falls back to it."""
     from huggingface_hub import list_repo_files
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return list_repo_files(repo_id, revision=revision)
+        return list_repo_files(repo_id, revision=revision, token=token)
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError):
         raise  # the same answer a download would get: _hub_errors words it
     except Exception as e:  # a dropped connection is the HTTP client's own error (requests', httpx'), not one class
@@ -171,7 +217,13 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str] | None:
 
 
 def _download(
-    repo_id: str, revision: str | None, cache_dir: str, patterns: list[str], cached_only: bool = False
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str,
+    patterns: list[str],
+    cached_only: bool = False,
+    token: str | bool | None = None,
+    force: bool = False,
 ) -> Path:
     """snapshot_download of the files matching `patterns`; with `cached_only` the cached snapshot as it is."""
     from huggingface_hub import snapshot_download
@@ -179,7 +231,13 @@ def _download(
 
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=cached_only
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=patterns,
+            local_files_only=cached_only,
+            token=token,
+            force_download=force and not cached_only,
         )
     except LocalEntryNotFoundError as e:
         # huggingface_hub 2.x's IncompleteSnapshotError: a cached snapshot lacking a file the patterns match (one

@@ -73,6 +73,9 @@ class MultiHeadModel(PretrainedMixin, nn.Module):
         self.heads = nn.ModuleDict()
         self.weighting = LossWeighting(weighting)
         self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
+        self.columns: dict[
+            str, dict[str, str | None]
+        ] = {}  # head -> the data columns it trained on (evaluate's default)
         self._given_processor = processor
         for name, config in (heads or {}).items():
             self.add_head(name, config)
@@ -253,6 +256,25 @@ class MultiHeadModel(PretrainedMixin, nn.Module):
         inputs.update({k: v for k, v in zip(BACKBONE_INPUTS, given, strict=True) if v is not None})
         return self.forward_heads(self.forward_features(inputs, heads), labels=labels, heads=heads)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the backbone's activations in the backward pass (less memory, about a third more
+        time), as on a transformers model; non-reentrant by default, so a frozen or LoRA backbone
+        needs no special care. The heads are small: they keep their activations."""
+        from headkit.training.strategies import checkpoint_activations
+
+        checkpoint_activations(self.backbone, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        backbone = self.backbone
+        (getattr(backbone, "activation_checkpointing_disable", None) or backbone.gradient_checkpointing_disable)()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        backbone = self.backbone
+        if hasattr(backbone, "is_activation_checkpointing"):  # transformers' name from 5.x on
+            return bool(backbone.is_activation_checkpointing)
+        return bool(getattr(backbone, "is_gradient_checkpointing", False))
+
     def trainable_top(self) -> HeadStack:
         """The heads and the loss weighting as one module that runs on `Features`: what the
         training loop hands DDP when the backbone is frozen and its features come from the cache."""
@@ -290,5 +312,17 @@ def load_heads(directory: str | os.PathLike, backbone: nn.Module, allow_other_we
 def load(
     directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> MultiHeadModel:
-    """A full save written by `save` (backbone + heads): `MultiHeadModel.from_save`."""
-    return MultiHeadModel.from_save(directory, trust_remote_code=trust_remote_code, dtype=dtype)
+    """A full save written by `save` (backbone + heads), a run directory, or a hub id holding one
+    (`org/name[@revision]`); anything else is an error (`MultiHeadModel.from_pretrained` also takes
+    plain checkpoints, as backbones for new heads)."""
+    from headkit.errors import CheckpointError
+    from headkit.hub import local_path
+    from headkit.ship.save import MANIFEST, find_save
+
+    found = find_save(local_path(directory))
+    if found is None:
+        raise CheckpointError(
+            f"{directory} is not a headkit save (no {MANIFEST} with backbone/ there or in its model/): "
+            "headkit.MultiHeadModel.from_pretrained(id, heads=...) puts new heads on a plain checkpoint"
+        )
+    return MultiHeadModel.from_save(found, trust_remote_code=trust_remote_code, dtype=dtype)

@@ -276,6 +276,7 @@ def test_push_to_hub_uploads_what_from_pretrained_reads(run, tmp_path, monkeypat
 
     def create_repo(self, repo_id, **kwargs):
         uploaded["created"] = repo_id
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")  # what HfApi.create_repo returns
 
     def upload_folder(self, repo_id, folder_path, **kwargs):
         shutil.copytree(folder_path, tmp_path / "uploaded")
@@ -412,3 +413,108 @@ def test_a_sentence_transformers_model_loaded_by_hub_id_keeps_its_pooling(tiny_t
     backbone = transformers.AutoModel.from_pretrained("acme/st-bert")  # name_or_path is the hub id
     assert MultiHeadModel(backbone).adapter.default_pooling == "mean"
     assert MultiHeadModel.on_backbone("acme/st-bert").adapter.default_pooling == "mean"
+
+
+# ----------------------------------------------------------------------------- transformers conventions (issue 36)
+
+
+def test_model_config_describes_the_model_and_is_saved_as_config_json(run, tmp_path):
+    model = MultiHeadModel.from_pretrained(run)
+    config = model.config
+    assert isinstance(config, headkit.MultiHeadConfig)
+    assert set(config.heads) == {"sentiment", "score"} and config.heads["sentiment"]["labels"] == ["neg", "pos"]
+    assert (config.model_type, config.hidden_size, config.max_length) == ("bert", 32, 32)
+    model.columns = {"sentiment": {"label": "label", "text": "text", "text_pair": None}}
+    model.save_pretrained(tmp_path / "saved")
+    written = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert written["format"] == "headkit.model" and written["heads"] == config.heads
+    assert headkit.MultiHeadConfig.from_pretrained(tmp_path / "saved") == model.config
+    assert MultiHeadModel.from_pretrained(tmp_path / "saved").columns == model.columns  # evaluate's defaults
+    model.config.heads.clear()  # a snapshot: changing it changes no model
+    assert set(model.heads) == {"sentiment", "score"}
+
+
+def test_save_pretrained_keeps_the_tokenizer_and_pushes_with_the_hub_mixins_options(run, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["private"] = kwargs.get("private")
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        calls.update(repo=repo_id, branch=kwargs.get("revision"), files=files,
+                     card=(Path(folder_path) / "README.md").read_text())  # fmt: skip
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="m",
+                                          commit_description="", oid="1", pr_url=None)  # fmt: skip
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model = MultiHeadModel.from_pretrained(run)
+    url = model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="me/heads", private=True, branch="dev")
+    assert url.endswith("/commit/1") and calls["repo"] == "me/heads" and calls["branch"] == "dev" and calls["private"]
+    assert {"config.json", "heads.json", "backbone", "README.md"} <= set(calls["files"])
+    assert (tmp_path / "local" / "backbone" / "tokenizer_config.json").is_file()  # the tokenizer, by default
+    assert 'from_pretrained("me/heads")' in calls["card"]  # the card's loading snippet names the repository
+
+
+def test_from_pretrained_takes_transformers_loading_options(run, fake_hub, tmp_path):
+    fake_hub.repos["me/reviews"] = Path(run) / "model"
+    seen = {}
+    real = huggingface_hub_list_files = __import__("huggingface_hub").list_repo_files
+
+    def listing(repo_id, **kwargs):
+        seen["token"] = kwargs.get("token")
+        return real(repo_id, **kwargs)
+
+    import huggingface_hub
+
+    huggingface_hub.list_repo_files = listing
+    try:
+        model = MultiHeadModel.from_pretrained("me/reviews", token="hf_secret", dtype="bfloat16", device_map="cpu")
+    finally:
+        huggingface_hub.list_repo_files = huggingface_hub_list_files
+    assert seen["token"] == "hf_secret" and model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert set(model.heads) == {"sentiment", "score"} and not model.training
+    with pytest.raises(HeadkitError, match="dtype 'half'"):
+        MultiHeadModel.from_pretrained(run, dtype="half")
+
+
+def test_headkit_load_takes_hub_ids_and_refuses_plain_checkpoints(run, hub_cache, tiny_text_model):
+    hub_cache(Path(run) / "model", "me/reviews")
+    assert set(headkit.load("me/reviews").heads) == {"sentiment", "score"}
+    with pytest.raises(headkit.CheckpointError, match="not a headkit save"):
+        headkit.load(tiny_text_model)
+
+
+def test_gradient_checkpointing_enable_recomputes_the_backbone(run):
+    model = MultiHeadModel.from_pretrained(run).train()
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    tokenizer = headkit.load_processor(Path(run) / "model" / "backbone")
+    batch = tokenizer(["good film", "bad plot"], padding=True, return_tensors="pt")
+    out = model(**batch, labels={"sentiment": torch.tensor([1, 0])})
+    out.loss.backward()
+    assert model.backbone.embeddings.word_embeddings.weight.grad is not None
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+
+
+def test_importing_headkit_logs_warnings_only(capsys):
+    import logging
+
+    logger = logging.getLogger("headkit")
+    assert logger.getEffectiveLevel() == logging.WARNING  # as transformers: notes appear when asked
+    logging.getLogger("headkit.training.loop").info("phase 'heads': a note")
+    logging.getLogger("headkit.training.loop").warning("a problem")
+    err = capsys.readouterr().err
+    assert "a note" not in err and "a problem" in err
+    headkit.set_verbosity_info()
+    try:
+        logging.getLogger("headkit.training.loop").info("now shown")
+        assert "now shown" in capsys.readouterr().err
+    finally:
+        headkit.set_verbosity_warning()

@@ -103,6 +103,33 @@ def word_scores() -> list[dict[str, Any]]:
     return frame.to_dict("records")
 
 
+def reviews_and_news(per_source: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Two heads' data in one table: `per_source` Rotten Tomatoes snippets labelled in `sentiment`
+    and as many BBC News articles labelled in `topic`, shuffled; each row leaves the other head's
+    column empty (None), as multi-task data usually arrives. A seeded sample, so every run sees the
+    same rows: the Python quickstart's dataset."""
+    import random
+
+    rng = random.Random(seed)
+    reviews = rng.sample(rotten_tomatoes(), per_source)
+    news = rng.sample(bbc_news(), per_source)
+    rows = [{"text": r["text"], "sentiment": r["label"], "topic": None} for r in reviews]
+    rows += [{"text": r["text"], "sentiment": None, "topic": r["label"]} for r in news]
+    rng.shuffle(rows)
+    return rows
+
+
+def builtin_dataset(name: str, test_size: float = 0.2, seed: int = 0) -> Any:
+    """A built-in dataset as a `datasets.DatasetDict` with a seeded `train` / `test` split, for the
+    Python API: `headkit.builtin_dataset("reviews_and_news")["train"]`."""
+    import datasets
+
+    if name not in BUILTIN_DATASETS:
+        raise DataError(f"no built-in dataset '{name}'; choose one of {sorted(BUILTIN_DATASETS)}")
+    table = datasets.Dataset.from_list(BUILTIN_DATASETS[name]())
+    return table.train_test_split(test_size=test_size, seed=seed)
+
+
 BUILTIN_DATASETS = {
     "rotten_tomatoes": rotten_tomatoes,
     "rotten_tomatoes_plots": rotten_tomatoes_plots,
@@ -111,4 +138,5 @@ BUILTIN_DATASETS = {
     "chatterbot_english": chatterbot_english,
     "tweet_ner": tweet_ner,
     "word_scores": word_scores,
+    "reviews_and_news": reviews_and_news,
 }

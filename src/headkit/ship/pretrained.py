@@ -1,9 +1,18 @@
 """`from_pretrained` / `save_pretrained` / `push_to_hub` for MultiHeadModel, as transformers names them.
 
+huggingface_hub's `ModelHubMixin` is the conventional base for a model that is not a transformers
+`PreTrainedModel` (timm, sentence-transformers' relatives, many research libraries use it): it
+gives `save_pretrained(dir, push_to_hub=..., repo_id=...)` and `push_to_hub(repo_id, branch=,
+create_pr=, private=, token=, ...)` their hub signatures and behaviour, and the `headkit` library tag.
+Saving itself is headkit's (`_save_pretrained`: ship/save.py's atomic full save plus config.json);
+`from_pretrained` is headkit's own, because it also takes any transformers checkpoint as a backbone
+for new heads (`heads=`), with transformers' loading options (`revision`, `token`, `dtype`,
+`device_map`, `trust_remote_code`, ...).
+
 A mixin, so that model.py keeps to the model (adapter, heads, forward) while saving and loading
 stay where the save format lives: a headkit save is read back through ship/load.py (which builds
-nothing itself), any other checkpoint gives its backbone to new heads. Nothing here imports
-headkit.model: the class that inherits these methods is the one they build.
+nothing itself). Nothing here imports headkit.model: the class that inherits these methods is the
+one they build.
 """
 
 from __future__ import annotations
@@ -14,15 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from headkit.backbone import load_backbone
+from headkit.config import MultiHeadConfig
+from headkit.errors import HeadkitError
 from headkit.heads import HeadConfig, config_from_dict
-from headkit.hub import local_path, push_folder
+from headkit.hub import hub_options, local_path
 from headkit.ship.load import read_save, restore, saved_backbone
 from headkit.ship.save import find_save, save
 
 HeadConfigs = Mapping[str, HeadConfig | dict[str, Any]]
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def head_configs(heads: HeadConfigs | None) -> dict[str, HeadConfig]:
@@ -30,32 +43,66 @@ def head_configs(heads: HeadConfigs | None) -> dict[str, HeadConfig]:
     return {h: c if isinstance(c, HeadConfig) else config_from_dict(c) for h, c in (heads or {}).items()}
 
 
-class PretrainedMixin:
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """transformers' spellings of a dtype: a torch.dtype, "bfloat16"-style names, or None / "auto"
+    (the checkpoint's own)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPE_NAMES:
+        raise HeadkitError(f"dtype {dtype!r}: use a torch.dtype, 'auto' or one of {sorted(DTYPE_NAMES)}")
+    return DTYPE_NAMES[dtype]
+
+
+class PretrainedMixin(
+    ModelHubMixin,
+    library_name="headkit",
+    tags=["headkit"],
+    repo_url="https://pypi.org/project/headkit/",
+):
     """Loading and saving for a model built as `cls(backbone, heads, weighting=...)`."""
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]  # headkit's own loader, with ModelHubMixin's hub options
         cls,
-        model: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
         heads: HeadConfigs | None = None,
+        *,
         weighting: str = "static",
-        trust_remote_code: bool = False,
-        dtype: torch.dtype | None = None,
         revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | torch.device | None = None,
+        trust_remote_code: bool = False,
     ) -> Any:
         """A model from a local directory or a Hugging Face hub id (`revision`: a branch, tag or commit).
 
         A headkit save or run (local or on the hub) loads with its heads (and `heads`, if given, are
         added to them); any other checkpoint gives its backbone (its own head is dropped) with `heads`.
+        `dtype`: a torch.dtype or its name ("bfloat16"; "auto" or None: as saved). `device_map`: the one
+        device the whole model goes to ("auto": a GPU if there is one; "cpu", "cuda", "cuda:1", "mps"):
+        a multi-head model is not split across devices. `token`, `cache_dir`, `force_download`,
+        `local_files_only`: as in transformers, for every file this load fetches from the hub.
         """
-        name = f"{model}@{revision}" if revision else str(model)
-        saved = find_save(local_path(name))
-        if saved is None:
-            return cls.on_backbone(name, heads, weighting, trust_remote_code, dtype)
-        loaded = cls.from_save(saved, trust_remote_code=trust_remote_code, dtype=dtype)
-        for head, config in head_configs(heads).items():
-            loaded.add_head(head, config)
-        return loaded.eval()
+        name = str(pretrained_model_name_or_path)
+        name = f"{name}@{revision}" if revision else name
+        with hub_options(token, cache_dir, local_files_only, force_download):
+            saved = find_save(local_path(name))
+            if saved is None:
+                model = cls.on_backbone(name, heads, weighting, trust_remote_code, as_dtype(dtype))
+            else:
+                model = cls.from_save(saved, trust_remote_code=trust_remote_code, dtype=as_dtype(dtype))
+                for head, config in head_configs(heads).items():
+                    model.add_head(head, config)
+        if device_map is not None:
+            from headkit.devices import pick_device
+
+            model.to(pick_device(str(device_map)))
+        return model.eval()
 
     @classmethod
     def on_backbone(
@@ -78,7 +125,9 @@ class PretrainedMixin:
         cls, directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
     ) -> Any:
         """A full save written by `save` (backbone + heads)."""
-        return cls.from_heads(directory, saved_backbone(directory, trust_remote_code, dtype))
+        model = cls.from_heads(directory, saved_backbone(directory, trust_remote_code, dtype))
+        model.columns = _saved_columns(directory)
+        return model
 
     @classmethod
     def from_heads(cls, directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> Any:
@@ -89,21 +138,77 @@ class PretrainedMixin:
         model = cls(backbone, head_configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
         return restore(model, directory, manifest)
 
-    def save_pretrained(self, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
-        """The full save `from_pretrained` reads back with its heads (`headkit.save`): backbone/ with
-        the processor (by default the one the backbone was loaded with), the heads, a model card."""
-        return save(self, directory, processor=processor if processor is not None else self._processor(), card=card)
-
-    def push_to_hub(
+    def save_pretrained(  # type: ignore[override]  # ModelHubMixin's, plus the processor and card a save holds
         self,
-        repo_id: str,
+        save_directory: str | os.PathLike,
+        *,
         processor: Any = None,
-        private: bool | None = None,
-        token: str | None = None,
-        commit_message: str = "Upload headkit model",
         card: dict | None = None,
-    ) -> str:
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **hub_kwargs: Any,
+    ) -> Any:
+        """The full save `from_pretrained` reads back with its heads: backbone/ with the tokenizer or
+        image processor (by default the one the model reads with), the heads, config.json
+        (`model.config`) and a model card. `push_to_hub=True` then uploads it as `repo_id` (default:
+        the folder's name), with `push_to_hub`'s options. Returns the folder (the commit URL when pushed)."""
+        # the push saves again, into a temporary folder: that inner save keeps the outer one's processor and card
+        outer = self.__dict__.get("_save_options") or {}
+        processor = processor if processor is not None else outer.get("processor")
+        self._save_options = {"processor": processor, "card": {**outer.get("card", {}), **(card or {}),
+                                                               **_card_repo(hub_kwargs)}}  # fmt: skip
+        try:
+            pushed = super().save_pretrained(save_directory, push_to_hub=push_to_hub, repo_id=repo_id, **hub_kwargs)
+        finally:
+            self._save_options = outer
+        return pushed if push_to_hub else Path(save_directory)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        options = getattr(self, "_save_options", {})
+        processor = options.get("processor")
+        save(self, save_directory, processor=processor if processor is not None else self._processor(),
+             card=options.get("card"))  # fmt: skip
+        self.config.save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:  # type: ignore[override]
         """Save to a temporary folder and upload it as the hub repository `repo_id` (created if
-        needed); `MultiHeadModel.from_pretrained(repo_id)` loads it back. Returns the commit URL."""
-        card = {**(card or {}), "repo_id": repo_id}
-        return push_folder(lambda d: self.save_pretrained(d, processor, card), repo_id, private, token, commit_message)
+        needed; huggingface_hub's options: `private`, `token`, `branch`, `create_pr`,
+        `commit_message`, ...); `MultiHeadModel.from_pretrained(repo_id)` loads it back. The model
+        card names the repository. Returns the commit URL."""
+        kwargs.setdefault("commit_message", "Upload headkit model")
+        kwargs["model_card_kwargs"] = {"repo_id": repo_id, **(kwargs.get("model_card_kwargs") or {})}
+        return super().push_to_hub(repo_id, **kwargs)
+
+    @property
+    def config(self) -> MultiHeadConfig:
+        """What this model is (backbone, heads, weighting, columns), read off it now: see headkit/config.py."""
+        from headkit import __version__
+
+        backbone = self.backbone.config
+        return MultiHeadConfig(
+            backbone=str(getattr(backbone, "name_or_path", "") or ""),
+            revision=getattr(backbone, "_commit_hash", None),
+            model_type=getattr(backbone, "model_type", None),
+            hidden_size=self.adapter.width,
+            heads={name: config.to_dict() for name, config in self.head_configs.items()},
+            weighting=self.weighting.method,
+            max_length=self.max_length,
+            columns=dict(getattr(self, "columns", {}) or {}),
+            headkit_version=__version__,
+        )
+
+
+def _card_repo(hub_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The repository a push names, for the model card's loading snippet."""
+    repo = (hub_kwargs.get("model_card_kwargs") or {}).get("repo_id")
+    return {"repo_id": repo} if repo else {}
+
+
+def _saved_columns(directory: str | os.PathLike) -> dict[str, dict[str, str | None]]:
+    """The training columns recorded in a save's config.json ({} for saves without one)."""
+    from headkit.errors import CheckpointError
+
+    try:
+        return dict(MultiHeadConfig.from_pretrained(directory).columns)
+    except CheckpointError:
+        return {}

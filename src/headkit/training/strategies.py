@@ -239,7 +239,15 @@ def enable_gradient_checkpointing(backbone: nn.Module, strategy: Strategy) -> No
             f"note: --gradient_checkpointing has no effect with strategy {strategy.name} (nothing to recompute)"
         )
         return
+    checkpoint_activations(backbone)
+
+
+def checkpoint_activations(backbone: nn.Module, kwargs: dict | None = None) -> None:
+    """Turn on the backbone's own activation checkpointing (non-reentrant unless `kwargs` say otherwise)."""
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise HeadConfigError(f"{type(backbone).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
     if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
-        backbone.activation_checkpointing_enable({"use_reentrant": False})
+        backbone.activation_checkpointing_enable(kwargs)
     else:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
