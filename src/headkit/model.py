@@ -31,6 +31,7 @@ from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import Head, HeadConfig, build_head, head_class
 from headkit.heads.base import zero_loss
+from headkit.ship.inference import InferenceMixin
 from headkit.ship.pretrained import PretrainedMixin
 from headkit.weighting import LossWeighting
 
@@ -56,8 +57,10 @@ class MultiHeadOutput(ModelOutput):
         super().__post_init__()
 
 
-class MultiHeadModel(PretrainedMixin, nn.Module):
-    """A `BackboneAdapter`, a `ModuleDict` of heads and a `LossWeighting`; see the module docstring."""
+class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
+    """A `BackboneAdapter`, a `ModuleDict` of heads and a `LossWeighting`; see the module docstring.
+    `predict` / `evaluate` come from ship/inference.py, `from_pretrained` / `save_pretrained` /
+    `push_to_hub` / `config` from ship/pretrained.py."""
 
     accepts_loss_kwargs = False  # transformers.Trainer: forward's **inputs are the backbone's, not loss options
 
