@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,13 +29,17 @@ class EncodedData(Dataset):
     """Token ids (text) or pixel tensors (images) plus each head's labels, one entry per example.
 
     Heads absent from `labels` are missing for every example here. Preference pairs (reward
-    heads) hold the chosen text's ids in `input_ids` and the rejected one's in `pair_ids`."""
+    heads) hold the chosen text's ids in `input_ids` and the rejected one's in `pair_ids`.
+    Sentence pairs (a task with `text_pair`) are one sequence each, `tokenizer(text, text_pair)`;
+    `token_type_ids` keeps the segment ids the tokenizer gave them (BERT tells the two texts apart
+    by them: without them a pair model would read one run-on text)."""
 
     input_ids: list[list[int]]
     labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
     texts: list[Any] = field(default_factory=list)
     pixels: Pixels | None = None  # image data (N examples of (C, H, W), on disk); input_ids are then empty lists
     pair_ids: list[list[int]] | None = None  # the second text of each preference pair
+    token_type_ids: list[list[int]] | None = None  # segment ids, one per token (sentence pairs)
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
@@ -50,6 +54,8 @@ class EncodedData(Dataset):
             example["pixel_values"] = self.pixels[i]
         if self.pair_ids is not None:
             example["pair_ids"] = self.pair_ids[i]
+        if self.token_type_ids is not None:
+            example["token_type_ids"] = self.token_type_ids[i]
         return example
 
     def subset(self, indices: list[int] | np.ndarray) -> EncodedData:
@@ -58,7 +64,8 @@ class EncodedData(Dataset):
         texts = [self.texts[i] for i in idx] if self.texts else []
         pixels = self.pixels.subset(idx) if self.pixels is not None else None  # indices, not pixels
         pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
-        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids)
+        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types)
 
     def lengths(self) -> list[int]:
         if self.pair_ids is not None:
@@ -84,27 +91,65 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
             "a run trains on preference pairs or on single texts, not both: give reward heads a run of their own"
         )
     pair_ids = [ids for p in parts for ids in p.pair_ids] if all(pairs) and parts else None
+    # a sentence-pair source beside a single-text one: the single texts are all segment 0, as
+    # their tokenizer would have given them
+    types = None
+    if any(p.token_type_ids is not None for p in parts):
+        types = [t for p in parts for t in (p.token_type_ids or [[0] * len(ids) for ids in p.input_ids])]
     labels = {
         head: head_class(head_type).codec.concat([p.labels.get(head) for p in parts], [len(p) for p in parts])
         for head, head_type in heads.items()
     }
-    return EncodedData(input_ids, labels, texts, pixels, pair_ids)
+    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types)
+
+
+class Tokenized(NamedTuple):
+    """What `tokenize` gives: token ids, each position's word (pre-split tokens only) and each
+    position's segment (sentence pairs, when the tokenizer has segments: BERT yes, RoBERTa no)."""
+
+    input_ids: list[list[int]]
+    word_ids: list[list[int | None]] | None = None
+    token_type_ids: list[list[int]] | None = None
 
 
 def tokenize(
-    tokenizer, rows: list[dict[str, Any]], text_column: str, max_length: int, source: str, is_tokens: bool
-) -> tuple[list[list[int]], list[list[int | None]] | None]:
-    """Token ids (truncated to max_length) and, for pre-split tokens, the word index of each position."""
+    tokenizer,
+    rows: list[dict[str, Any]],
+    text_column: str,
+    max_length: int,
+    source: str,
+    is_tokens: bool,
+    text_pair: str | None = None,
+) -> Tokenized:
+    """Token ids (truncated to max_length) and, for pre-split tokens, the word index of each position.
+
+    With `text_pair` (a second text column: NLI, paraphrase, STS, reranking) each row is encoded
+    as `tokenizer(text, text_pair)`, the tokenizer's own pair template ([CLS] a [SEP] b [SEP] for
+    BERT), truncating the longer text first; its segment ids are kept when it gives them."""
     if is_tokens:
+        if text_pair is not None:
+            raise DataError(f"{source}: pre-split tokens (a tagging head) cannot be read as sentence pairs")
         words = column_values(rows, "tokens", source)
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-        return enc["input_ids"], [enc.word_ids(i) for i in range(len(words))]
-    texts = column_values(rows, text_column, source)
+        return Tokenized(enc["input_ids"], [enc.word_ids(i) for i in range(len(words))])
+    texts = _texts(rows, text_column, source)
+    if text_pair is None:
+        return Tokenized(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    pairs = _texts(rows, text_pair, source)
+    try:  # "longest_first" (truncation=True) cuts whichever text is longer, token by token
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    except (ValueError, TypeError) as e:  # an image processor, or a tokenizer without pairs
+        raise DataError(f"{source}: the tokenizer cannot encode text pairs ({e})") from e
+    return Tokenized(enc["input_ids"], None, enc.get("token_type_ids"))
+
+
+def _texts(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:
+    """A text column's values, refusing an empty or non-text one by its row number."""
+    texts = column_values(rows, column, source)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
     if bad is not None:
-        raise DataError(f"row {bad + 1} of {source}: text column '{text_column}' is empty or not text: {texts[bad]!r}")
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    return enc["input_ids"], None
+        raise DataError(f"row {bad + 1} of {source}: text column '{column}' is empty or not text: {texts[bad]!r}")
+    return texts
 
 
 def align_tags(tag_ids: list[int] | None, word_ids: list[int | None]) -> list[int]:
@@ -205,6 +250,11 @@ def collate(
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention_mask[i, : len(ids)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in examples[0]:  # sentence pairs: segment ids on the same positions, padding 0
+            token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
+            for i, e in enumerate(examples):
+                token_type_ids[i, : len(e["token_type_ids"])] = torch.tensor(e["token_type_ids"])
+            batch["token_type_ids"] = token_type_ids
     labels = {
         head: head_class(kind).codec.collate([e["labels"].get(head) for e in examples], length, widths.get(head, 0))
         for head, kind in head_types.items()

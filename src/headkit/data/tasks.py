@@ -32,9 +32,12 @@ class TaskSpec:
     Attributes:
         name: the head's name (a Python identifier).
         data: a file (.csv, .jsonl, .json, .parquet, .conll/.txt/.tsv token files) or a built-in
-            dataset: rotten_tomatoes, bbc_news, bbc_headlines, tweet_ner, word_scores.
+            dataset: rotten_tomatoes, bbc_news, bbc_headlines, tweet_ner, word_scores. None (in
+            Python, with `headkit.Trainer`): the trainer's `train_dataset` / `eval_dataset`.
         label: the column holding this head's labels (regression: comma-separated columns).
         text: the column holding the input text (token files: ignored).
+        text_pair: the column holding the second text of a sentence pair (NLI, paraphrase, STS,
+            reranking): each row is read as `tokenizer(text, text_pair)`; None: single texts.
         type: head type: classification, multilabel, regression, token-classification.
         pooling: auto (the checkpoint's own sentence pooling, else its family's convention: [CLS]
             for BERT-style encoders and ViT, the last token for decoders, the mean for CNNs,
@@ -49,7 +52,7 @@ class TaskSpec:
     """
 
     name: str
-    data: str
+    data: str | None = None
     label: str = "label"
     text: str = "text"
     type: str = DEFAULT_HEAD_TYPE
@@ -59,6 +62,7 @@ class TaskSpec:
     limit: int | None = None
     layer: int = -1
     eval_data: str | None = None
+    text_pair: str | None = None
 
 
 def parse_task(
@@ -102,6 +106,11 @@ def _check_tasks(tasks: list[TaskSpec]) -> None:
     if duplicates:
         raise DataError(f"head name(s) {duplicates} used by more than one task; each head needs its own name")
     for t in tasks:
+        if not t.data:
+            raise DataError(
+                f"task '{t.name}' names no data: give it a file or dataset (data: ...), or train it with "
+                "headkit.Trainer(..., train_dataset=...)"
+            )
         if not HEAD_NAME.match(t.name):
             raise DataError(f"head name '{t.name}' must be a Python identifier (letters, digits, _)")
         if t.dropout is not None and not 0.0 <= t.dropout < 1.0:
@@ -129,16 +138,24 @@ def prepare(
 ) -> PreparedData:
     """Read, encode and split every task's data; build each head's config with its label map.
 
-    `sources` maps a task's `data` (or `eval_data`) string to an in-memory `datasets.Dataset`
-    (library use). A task with `eval_data` validates on it; the others hold out `val_fraction`
-    of their data, stratified by the first single-label classification head's labels.
+    `sources` maps a task's `data` (or `eval_data`) string to an in-memory source (library use:
+    a `datasets.Dataset`, a DataFrame, rows ...; a stream goes to `prepare_stream`). A task with
+    `eval_data` validates on it; the others hold out `val_fraction` of their data, stratified by
+    the first single-label classification head's labels.
     """
+    # a datasets.IterableDataset, or hf:...?streaming: encoded as it is read (data/streaming.py)
+    from headkit.data.streaming import is_stream, prepare_stream
+
+    named = [s for t in tasks for s in (t.data, t.eval_data) if s is not None]
+    if any(is_stream(s) for s in [*(sources or {}).values(), *named]):
+        return prepare_stream(tasks, processor, max_length, seed, sources, label_maps)
     _check_tasks(tasks)
-    groups: dict[tuple[str, str, str | None], list[TaskSpec]] = defaultdict(list)
+    # tasks reading the same rows the same way share one encoding (and one backbone pass)
+    groups: dict[tuple[str, str, str | None, str | None], list[TaskSpec]] = defaultdict(list)
     for task in tasks:
-        groups[(task.data, task.text, task.eval_data)].append(task)
+        groups[(task.data, task.text, task.text_pair, task.eval_data)].append(task)
     train_parts, val_parts, heads = [], [], {}
-    for (data, text_column, eval_data), group in groups.items():
+    for (data, text_column, _, eval_data), group in groups.items():
         limit = min((t.limit for t in group if t.limit), default=None)
         rows = _sample(read_rows((sources or {}).get(data, data)), limit, seed)
         encoded, configs = _encode(rows, group, data, text_column, processor, max_length, label_maps)
@@ -179,6 +196,11 @@ def _encode(
     images = is_image_processor(processor)
     sizes = None
     if pairs:  # preference pairs: every head on this data reads them
+        if group[0].text_pair is not None:
+            raise DataError(
+                f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
+                f"their label column; drop text_pair '{group[0].text_pair}'"
+            )
         if len(pairs) != len(group) or images:
             raise DataError(
                 f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
@@ -187,12 +209,16 @@ def _encode(
         chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
         encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
     elif images:  # the text column names image files
+        if group[0].text_pair is not None:
+            raise DataError(f"{data}: text_pair '{group[0].text_pair}' needs a text backbone; this one reads images")
         files, sizes = load_images(rows, text_column, data)  # sizes from the files' headers
         pixels = pixel_store(processor, files, crop=all(c.crop_ok for c in codecs.values()))
         encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
     else:
-        input_ids, word_ids = tokenize(processor, rows, text_column, max_length, data, words)
-        encoded = EncodedData(input_ids, {}, [r.get("tokens") if words else r.get(text_column) for r in rows])
+        pair = group[0].text_pair  # prepare groups tasks by it: one value per group
+        input_ids, word_ids, token_type_ids = tokenize(processor, rows, text_column, max_length, data, words, pair)
+        texts = [r.get("tokens") if words else _text(r, text_column, pair) for r in rows]
+        encoded = EncodedData(input_ids, {}, texts, token_type_ids=token_type_ids)
     configs = {}
     for task in group:
         kind, codec = kinds[task.name], codecs[task.name]
@@ -215,3 +241,8 @@ def _encode(
             task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
         )
     return encoded, configs
+
+
+def _text(row: dict[str, Any], column: str, pair: str | None) -> Any:
+    """What an example's text is shown as in reports: the text, or (text, text_pair)."""
+    return row.get(column) if pair is None else (row.get(column), row.get(pair))

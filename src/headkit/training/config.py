@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from jsonargparse.typing import restricted_string_type
 
@@ -183,6 +183,12 @@ class TrainConfig:
     trust_remote_code: bool = False
     progress: bool = True
 
+    # Whether the end of the run writes the model, metrics.json and plots into output_dir. Not a
+    # field (no flag, not in the run's identity): `headkit.Trainer` without an output_dir trains in
+    # a scratch directory that is deleted afterwards, and sets it False on its config so that
+    # nothing is written there for nothing (a large model's copy would fill a small /tmp).
+    keep_files: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         self.strategy = str(self.strategy)  # the CLI's pattern type is a str subclass YAML cannot write
         for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
@@ -203,8 +209,9 @@ class TrainConfig:
         for task in data["tasks"]:
             if task["layer"] == -1:
                 del task["layer"]  # the default: runs saved before heads had layers still resume
-            if task["eval_data"] is None:
-                del task["eval_data"]
+            for key in ("eval_data", "text_pair"):  # unset: runs saved before the option still resume
+                if task[key] is None:
+                    del task[key]
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
         for key in (*ignored, "head", "data", "eval_data", "text_column", "pooling", "layer"):
             data.pop(key)

@@ -58,12 +58,13 @@ def finish_run(
         "epochs": state.epochs,
         **state.extra,
     }
-    if main:
-        card = {**metrics, "base_model": config.model, "data": sorted({t.data for t in _tasks(config)})}
+    if main and config.keep_files:
+        card = {**metrics, "base_model": config.model, "data": sorted({str(t.data) for t in _tasks(config)})}
         save(model, run / "model", processor=processor, card=card)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
+    if main:
         print_summary(model, evaluation, metrics)
-    return TrainResult(run, model, evaluation, metrics)
+    return TrainResult(model, metrics, evaluation, run if config.keep_files else None)
 
 
 def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:

@@ -1,8 +1,10 @@
 """The training recipe: run directory -> data -> model -> the strategy's loop -> best model + report.
 
-Reads top to bottom (torchtune style): `train` prepares everything once and hands it to the
-loop (`loop.fit`, or few-shot's two phases), then `finish_run` scores, saves and reports. Runs
-unchanged under `accelerate launch` on several processes; only the main process writes files.
+Reads top to bottom (torchtune style): `run_recipe` prepares everything once (the data, then the
+model: built on a backbone, or one given to train further) and hands it to the loop (`loop.fit`,
+or few-shot's two phases), then `finish_run` scores, saves and reports. The CLI (`train`) and
+`headkit.Trainer` both run it. Runs unchanged under `accelerate launch` on several processes;
+only the main process writes files.
 
     RUN/config.yaml        the resolved config; --resume refuses a different one
     RUN/checkpoint/        last training state (every `save_every` steps and each epoch)
@@ -14,6 +16,7 @@ unchanged under `accelerate launch` on several processes; only the main process 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -23,9 +26,10 @@ from typing import Any
 import yaml
 
 from headkit._fs import atomic_write_bytes, write_failed
-from headkit.backbone import input_limit, load_processor
-from headkit.data.tasks import PreparedData, prepare
+from headkit.backbone import input_limit, load_processor, max_input_tokens
+from headkit.data.tasks import PreparedData, TaskSpec, prepare
 from headkit.errors import CheckpointError, HeadkitError
+from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
 from headkit.training.class_weights import with_class_weights
 from headkit.training.config import TrainConfig, check_ranges
@@ -78,42 +82,113 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 
 def quiet_if_asked(config: TrainConfig) -> None:
-    """--no_progress also silences transformers' own loading and saving bars (CI logs, scripts)."""
-    if not config.progress:
-        import transformers
+    """Nothing, kept for the callers that still make the call (pretrain, sft).
 
-        transformers.utils.logging.disable_progress_bar()
+    `progress` is headkit's own bars only (the loop's, the feature cache's, few-shot's): it once
+    also switched off transformers' progress bars for the whole process, which outlived the run
+    and silenced a notebook's later downloads (issue #36)."""
+    del config
 
 
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
-    """Run a whole training recipe and return the best model with its validation metrics."""
+    """Run a whole training recipe and return the best model with its validation metrics.
+
+    `sources` maps a task's `data` (or `eval_data`) string to an in-memory dataset."""
+    return run_recipe(config, sources)
+
+
+def run_recipe(
+    config: TrainConfig,
+    sources: dict[str, Any] | None = None,
+    model: MultiHeadModel | None = None,
+    configs: dict[str, HeadConfig] | None = None,
+) -> TrainResult:
+    """The one flow every run takes (the CLI's and `headkit.Trainer`'s): the run directory, then
+    data -> model -> the strategy's loop -> finish.
+
+    `model`: train this model (its backbone and heads, each head keeping its label map) and add
+    the tasks' other heads to it; None builds one on `config.model`. A task for one of its heads
+    must have the head's type. `configs`: heads given as configs (the task of the same name says
+    where their labels are): built with every setting they hold, their labels (if any) as the
+    label map, else the data's."""
     from accelerate.utils import set_seed
 
-    quiet_if_asked(config)
     check_ranges(config)
     state = process_state()
     strategy = parse_strategy(config.strategy)
     with main_process_prints(state):
         if state.is_main_process:
             prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
-        processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
-        max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
-        data = prepare(config.all_tasks(), processor, max_length, config.val_fraction, config.seed, sources=sources)
+        tasks = config.all_tasks()
+        if model is not None:
+            check_kept_heads(model, tasks)
+            processor = model._processor()
+            if processor is None:
+                raise HeadkitError(
+                    "the model has no tokenizer or image processor to read the data with (none was given and "
+                    "none is saved beside its backbone): call model.set_processor(processor) first"
+                )
+            max_length = max_input_tokens(model.backbone.config, processor, config.max_length)
+        else:
+            processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+            max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
+        configs = configs or {}
+        maps = {n: list(c.labels) for n, c in configs.items() if c.labels}
+        maps.update({t.name: list(model.heads[t.name].config.labels) for t in tasks if model and t.name in model.heads})
+        data = prepare(tasks, processor, max_length, config.val_fraction, config.seed, label_maps=maps, sources=sources)
+        data.heads.update({n: dataclasses.replace(c, labels=data.heads[n].labels) for n, c in configs.items()})
         heads = with_class_weights(config.class_weights, data)
         if strategy.closed_form:  # solved heads read unit vectors: configured so before they are built
             heads = fewshot_heads(heads)
         set_seed(config.seed)
-        model = MultiHeadModel.on_backbone(
-            config.model,
-            heads,
-            weighting=config.weighting,
-            trust_remote_code=config.trust_remote_code,
-            processor=processor,
-        )
+        if model is None:
+            model = MultiHeadModel.on_backbone(
+                config.model,
+                heads,
+                weighting=config.weighting,
+                trust_remote_code=config.trust_remote_code,
+                processor=processor,
+            )
+        else:
+            add_heads(model, heads, data.heads)
         model.max_length = max_length
+        model.columns = {t.name: {"label": t.label, "text": t.text, "text_pair": t.text_pair} for t in tasks}
         if strategy.closed_form:
             return fit_fewshot(config, model, processor, data)
         return fit(config, model, processor, data)
+
+
+def check_kept_heads(model: MultiHeadModel, tasks: list[TaskSpec]) -> None:
+    """A task for a head the model already has must be of that head's type (its weights and label
+    map train on); a head of another type needs a name of its own."""
+    for task in tasks:
+        kind = model.heads[task.name].config.type if task.name in model.heads else task.type
+        if kind != task.type:
+            raise HeadkitError(
+                f"head '{task.name}': the model's head is a {kind} head, the task asks for a "
+                f"{task.type} head; give the new head another name, or model.remove_head('{task.name}') first"
+            )
+
+
+def add_heads(model: MultiHeadModel, heads: dict[str, HeadConfig], prepared: dict[str, HeadConfig]) -> None:
+    """Add the run's new heads to `model`; a head it has keeps its weights, with what the run sets
+    on top of the data's config (class weights, few-shot's unit vectors) set on it too."""
+    for name, config in heads.items():
+        if name not in model.heads:
+            model.add_head(name, config)
+            continue
+        base = prepared[name]
+        changed = {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(base, f.name)
+        }
+        if changed:  # configs are values: a new head with the new settings and the trained weights
+            head = model.heads[name]
+            weights, weighting = head.state_dict(), model.weighting.state_dict()
+            model.reset_head(name, dataclasses.replace(head.config, **changed))
+            model.heads[name].load_state_dict(weights)
+            model.weighting.load_state_dict(weighting)
 
 
 def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data: PreparedData) -> TrainResult:

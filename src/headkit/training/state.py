@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    """What training returns: the trained model (the best epoch's weights), its validation metrics
+    (the dict metrics.json holds), the full validation record, and the run directory (None when
+    the run kept nothing on disk: `headkit.Trainer` without an output_dir)."""
+
     model: MultiHeadModel
-    evaluation: Evaluation | None
     metrics: dict[str, Any]
+    evaluation: Evaluation | None = None
+    run_dir: Path | None = None
 
 
 @dataclass

@@ -1,0 +1,218 @@
+"""headkit.Trainer / headkit.train: training from Python on in-memory data (issue #36)."""
+
+import os
+import tempfile
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+import headkit
+from headkit.data.batching import EncodedData, collate, tokenize
+from headkit.data.tasks import TaskSpec
+from headkit.errors import DataError, HeadkitError
+from headkit.model import MultiHeadModel
+from headkit.training.config import TrainConfig
+from headkit.training.trainer import Trainer, train
+
+from conftest import NEGATIVE, POSITIVE, has_package, sentiment_rows
+
+FAST = dict(epochs=1, batch_size=8, lr=1e-2, backbone_lr=1e-3, lora_lr=1e-2, patience=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return sentiment_rows(40)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """tempfile's directory for this test: what a run leaves behind in it shows."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def columns_of(rows):
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+@pytest.mark.parametrize("kind", ["Dataset", "DatasetDict", "DataFrame", "dict of lists", "list of dicts"])
+def test_every_input_kind_trains_and_leaves_nothing_on_disk(tiny_text_model, rows, scratch, kind):
+    make = {
+        "Dataset": lambda r: datasets.Dataset.from_list(r),
+        "DatasetDict": lambda r: datasets.DatasetDict(
+            train=datasets.Dataset.from_list(r[:30]), validation=datasets.Dataset.from_list(r[30:])
+        ),
+        "DataFrame": pd.DataFrame,
+        "dict of lists": columns_of,
+        "list of dicts": list,
+    }[kind]
+    result = train(tiny_text_model, {"sentiment": "label"}, train_dataset=make(rows), val_fraction=0.25, **FAST)
+    assert result.run_dir is None and list(scratch.iterdir()) == []  # the scratch run directory is gone
+    assert isinstance(result.model, MultiHeadModel) and list(result.model.heads) == ["sentiment"]
+    assert "accuracy" in result.metrics["heads"]["sentiment"]
+    # a DatasetDict validates on its validation split; the others hold out val_fraction
+    assert result.metrics["val_examples"] == 10 and result.metrics["train_examples"] == 30
+    assert result.model.columns == {"sentiment": {"label": "label", "text": "text", "text_pair": None}}
+
+
+def test_heads_as_column_fields_taskspec_and_headconfig(tiny_text_model, rows, scratch):
+    data = [{**r, "mood": r["label"], "stars": float(r["score"])} for r in rows]
+    heads = {
+        "sentiment": "label",
+        "stars": {"label": "stars", "type": "regression"},
+        "polarity": TaskSpec("polarity", label="label", pooling="mean"),
+        "mood": headkit.head_config("classification", labels=["pos", "neg"], dropout=0.0, pooling="max"),
+    }
+    trainer = Trainer(tiny_text_model, heads, train_dataset=data, eval_dataset=data[:8], **FAST)
+    result = trainer.train()
+    model = result.model
+    assert trainer.model is model and result.metrics["val_examples"] == 8
+    assert {n: h.config.type for n, h in model.heads.items()} == {
+        "sentiment": "classification",
+        "stars": "regression",
+        "polarity": "classification",
+        "mood": "classification",
+    }
+    assert model.heads["polarity"].config.pooling == "mean"
+    mood = model.heads["mood"].config  # a HeadConfig keeps its settings and its label order
+    assert (mood.labels, mood.dropout, mood.pooling) == (["pos", "neg"], 0.0, "max")
+    assert model.heads["sentiment"].config.labels == ["neg", "pos"]  # inferred from the data
+    assert model.columns["mood"] == {"label": "mood", "text": "text", "text_pair": None}
+    assert model.columns["stars"]["label"] == "stars"
+
+
+def test_an_existing_model_trains_further_and_gains_heads(tiny_text_model, rows, scratch):
+    heads = {"sentiment": headkit.head_config("classification", labels=["pos", "neg"])}
+    model = MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    before = {k: v.clone() for k, v in model.heads["sentiment"].state_dict().items()}
+    data = [{**r, "sentiment": r["label"]} for r in rows]  # its label column: named like the head
+    result = train(model, {"stars": {"label": "score", "type": "regression"}}, train_dataset=data, **FAST)
+    assert result.model is model and list(model.heads) == ["sentiment", "stars"]
+    assert model.heads["sentiment"].config.labels == ["pos", "neg"]  # its label map is kept
+    assert any(not torch.equal(before[k], v) for k, v in model.heads["sentiment"].state_dict().items())
+    assert model.columns["sentiment"]["label"] == "sentiment" and model.columns["stars"]["label"] == "score"
+    # next time each head reads the columns it trained on (stars: score, not a column named stars)
+    again = train(model, train_dataset=data, **FAST)
+    assert again.model is model and model.columns["stars"]["label"] == "score"
+    with pytest.raises(DataError, match="column .nope. not found in train_dataset"):
+        train(model, {"sentiment": "nope"}, train_dataset=rows, **FAST)
+    with pytest.raises(HeadkitError, match="model's head is a classification head"):
+        train(model, {"sentiment": {"label": "score", "type": "regression"}}, train_dataset=data, **FAST)
+    with pytest.raises(HeadkitError, match="already has a head 'sentiment'"):
+        Trainer(model, {"sentiment": headkit.head_config("classification")}, train_dataset=data)
+
+
+def test_output_dir_keeps_the_run_and_args_take_overrides(tiny_text_model, rows, tmp_path):
+    args = TrainConfig(strategy="frozen", batch_size=8, progress=False, patience=0)
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out)
+    result = trainer.train()
+    assert result.run_dir == out and (out / "metrics.json").is_file() and (out / "model" / "heads.json").is_file()
+    assert trainer.args.epochs == 1 and args.epochs == 30  # the override; args itself is left as it was
+    # a strategy given as an override brings its own defaults for what args left at frozen's
+    assert Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=args, strategy="full").args.lr == 1e-3
+    with pytest.raises(HeadkitError, match="already holds a run"):
+        train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out)
+
+
+@pytest.mark.parametrize("strategy", ["full", "fewshot", pytest.param("lora", marks=pytest.mark.skipif(
+    not has_package("peft"), reason="needs peft"))])  # fmt: skip
+def test_strategies(tiny_text_model, rows, scratch, strategy):
+    backbone = {k: v.clone() for k, v in headkit.load_backbone(tiny_text_model).state_dict().items()}
+    extra = {"fewshot_steps": 2} if strategy == "fewshot" else {"lora_r": 2} if strategy == "lora" else {}
+    result = train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, strategy=strategy, **FAST, **extra)
+    assert result.metrics["strategy"] == strategy and result.run_dir is None and list(scratch.iterdir()) == []
+    model = result.model.backbone.get_base_model() if strategy == "lora" else result.model.backbone
+    after = model.state_dict()
+    if strategy == "lora":
+        assert any("lora_B" in k and v.abs().sum() > 0 for k, v in after.items())
+    else:
+        assert any(not torch.equal(v, after[k]) for k, v in backbone.items() if k in after)
+    with torch.no_grad():
+        out = result.model(**headkit.load_processor(tiny_text_model)(["a good film"], return_tensors="pt"))
+    assert out.outputs["sentiment"].shape == (1, 2)
+
+
+def pair_rows(n: int = 32) -> list[dict]:
+    """Two sentences: 'same' when both carry the same sentiment."""
+    rows = []
+    for i in range(n):
+        a, b = POSITIVE[i % 5], (POSITIVE if i % 2 == 0 else NEGATIVE)[(i * 3) % 5]
+        rows.append(
+            {"premise": f"the film was {a}", "hypothesis": f"a {b} story", "label": "same" if i % 2 == 0 else "other"}
+        )
+    return rows
+
+
+def test_sentence_pairs_reach_the_backbone_with_their_segments(tiny_text_model, scratch):
+    segments = []
+    model = MultiHeadModel.on_backbone(tiny_text_model)
+    hook = model.backbone.embeddings.token_type_embeddings.register_forward_hook(
+        lambda module, args, output: segments.append(args[0].clone())
+    )
+    heads = {"nli": {"label": "label", "text": "premise", "text_pair": "hypothesis"}}
+    result = train(model, heads, train_dataset=pair_rows(), **{**FAST, "strategy": "full"})
+    hook.remove()
+    assert segments and all((s == 1).any() for s in segments)  # every batch: the second text is segment 1
+    assert result.model.columns["nli"] == {"label": "label", "text": "premise", "text_pair": "hypothesis"}
+
+
+def test_pairs_are_encoded_as_the_tokenizer_pairs_them_and_padded_with_their_segments(tiny_text_model):
+    tokenizer = headkit.load_processor(tiny_text_model)
+    data = [{"a": "the film", "b": "was very good"}, {"a": "bad", "b": "plot"}]
+    ids, words, types = tokenize(tokenizer, data, "a", 64, "pairs", False, text_pair="b")
+    expected = tokenizer(["the film", "bad"], ["was very good", "plot"], truncation=True, max_length=64)
+    assert ids == expected["input_ids"] and types == expected["token_type_ids"] and words is None
+    assert types[0] == [0, 0, 0, 0, 1, 1, 1, 1]
+    short, _, cut = tokenize(tokenizer, data, "a", 5, "pairs", False, text_pair="b")
+    assert max(len(x) for x in short) == 5 and len(cut[0]) == 5  # truncated, segments alike
+    batch = collate([e for e in EncodedData(ids, {}, token_type_ids=types)], 0, {}, {})
+    assert batch["token_type_ids"].tolist() == [types[0], [0, 0, 0, 1, 1, 0, 0, 0]]  # padding: segment 0
+    assert batch["attention_mask"].tolist()[1] == [1, 1, 1, 1, 1, 0, 0, 0]
+    subset = EncodedData(ids, {}, token_type_ids=types).subset([1])
+    assert subset.token_type_ids == [types[1]]
+    single = tokenize(tokenizer, data, "a", 64, "pairs", False)
+    assert single.token_type_ids is None  # one text: BERT's all-zero segments are its default
+
+
+def test_progress_off_leaves_transformers_bars_alone(tiny_text_model, rows, scratch):
+    bars = transformers.utils.logging
+    assert bars.is_progress_bar_enabled()
+    train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, **FAST)
+    assert bars.is_progress_bar_enabled()
+
+
+def test_clear_errors(tiny_text_model, rows, tmp_path):
+    ok = {"sentiment": "label"}
+    with pytest.raises(DataError, match="no train_dataset"):
+        train(tiny_text_model, ok, **FAST)
+    with pytest.raises(HeadkitError, match=r"heads\['sentiment'\] is a int; give a label column"):
+        Trainer(tiny_text_model, {"sentiment": 3}, train_dataset=rows)
+    with pytest.raises(HeadkitError, match=r"unknown field\(s\) \['colour'\]"):
+        Trainer(tiny_text_model, {"sentiment": {"colour": "red"}}, train_dataset=rows)
+    with pytest.raises(DataError, match="nope"):
+        train(tiny_text_model, {"sentiment": "nope"}, train_dataset=rows, **FAST)
+    for empty in ([], {}, {"text": [], "label": []}, pd.DataFrame(), datasets.Dataset.from_list([])):
+        with pytest.raises(DataError, match="train_dataset is empty"):
+            train(tiny_text_model, ok, train_dataset=empty, **FAST)
+    with pytest.raises(DataError, match="eval_dataset is a int"):
+        train(tiny_text_model, ok, train_dataset=rows, eval_dataset=5, **FAST)
+    splits = datasets.DatasetDict(test=datasets.Dataset.from_list(rows))
+    with pytest.raises(DataError, match=r"splits \['test'\] and none is 'train'"):
+        train(tiny_text_model, ok, train_dataset=splits, **FAST)
+    with pytest.raises(HeadkitError, match=r"unknown training option\(s\) \['epoch'\]"):
+        Trainer(tiny_text_model, ok, train_dataset=rows, epoch=3)
+    with pytest.raises(HeadkitError, match="args must be a headkit TrainConfig"):
+        Trainer(tiny_text_model, ok, train_dataset=rows, args={"epochs": 3})
+    with pytest.raises(HeadkitError, match="resume=True continues the run in output_dir"):
+        Trainer(tiny_text_model, ok, train_dataset=rows, resume=True)
+    with pytest.raises(HeadkitError, match="no heads to train"):
+        Trainer(tiny_text_model, train_dataset=rows)
+    with pytest.raises(HeadkitError, match="model must be a model id"):
+        Trainer(42, ok, train_dataset=rows)
+    assert not os.listdir(tmp_path)
