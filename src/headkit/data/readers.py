@@ -265,18 +265,28 @@ def _dataset_rows(dataset: Any, where: str) -> Rows:
         dataset = dataset["train"]
     if len(dataset) == 0:
         raise DataError(f"{where} is empty")
+    names = label_names_of(dataset.features)
+    return Rows(named_rows(dataset.to_list(), names), names)
+
+
+def label_names_of(features: Any) -> dict[str, list[str]]:
+    """The class names each ClassLabel column (or list of ClassLabels) declares, in their order."""
     names: dict[str, list[str]] = {}
-    for column, feature in dataset.features.items():
+    for column, feature in (features or {}).items():
         inner = getattr(feature, "feature", None)  # List(ClassLabel) / Sequence(ClassLabel)
         label = feature if hasattr(feature, "names") and hasattr(feature, "int2str") else None
         label = label or (inner if hasattr(inner, "names") and hasattr(inner, "int2str") else None)
         if label is not None:
             names[column] = list(label.names)
-    rows = dataset.to_list()
+    return names
+
+
+def named_rows(rows: list[dict[str, Any]], names: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Rows with their ClassLabel ids turned into the names (in place)."""
     for column, classes in names.items():
         for row in rows:
             row[column] = _names(row[column], classes)
-    return Rows(rows, names)
+    return rows
 
 
 def _names(value: Any, classes: list[str]) -> Any:

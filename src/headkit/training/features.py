@@ -16,9 +16,12 @@ run on the same backbone and data (another seed, other head settings) reuses the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -270,3 +273,83 @@ def cached_features(
         with atomic_path(path) as tmp:
             _save(tmp, features, data, model.hidden_size)
     return features, False
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+class _Appended:
+    """A tensor grown a block of rows at a time in a file, then memory-mapped (read-only, copy on
+    write): features of a stream, whose length is known only once it has passed."""
+
+    def __init__(self, directory: Path, name: str, dtype: torch.dtype, width: int):
+        self.path, self.dtype, self.width, self.rows = directory / f"{name}.bin", dtype, width, 0
+        self.file = open(self.path, "wb")  # noqa: SIM115 (closed in `mapped`)
+
+    def append(self, block: Tensor) -> None:
+        block = block.to(self.dtype).contiguous()
+        raw = block.view(torch.int16) if self.dtype == torch.bfloat16 else block  # numpy has no bfloat16
+        self.file.write(raw.numpy().tobytes())
+        self.rows += len(block)
+
+    def mapped(self) -> Tensor:
+        self.file.close()
+        if self.rows == 0:
+            return torch.empty(0, self.width, dtype=self.dtype)
+        numpy_dtype = np.int16 if self.dtype == torch.bfloat16 else np.float32
+        array = np.memmap(self.path, numpy_dtype, "c", shape=(self.rows, self.width))
+        return torch.from_numpy(array).view(self.dtype)
+
+
+def stream_features(
+    model: MultiHeadModel,
+    chunks: Iterable[EncodedData],
+    poolings: set[str],
+    token_layers: set[int],
+    batch_size: int = 64,
+    pad_id: int = 0,
+    progress: bool = True,
+    root: Path | None = None,
+) -> tuple[FeatureCache, list[dict[str, Any]]]:
+    """The features of a stream's examples, computed in one pass as its encoded chunks arrive.
+
+    Each chunk's features are appended to files under the cache directory (pooled fp32, per-token
+    TOKEN_DTYPE, the formats of `cached_features`) and its token ids dropped, so memory holds one
+    chunk; the files are memory-mapped when the pass ends and unlinked at once (the maps keep them
+    readable; the disk space returns when the run ends). Not kept across runs: a stream cannot be
+    hashed before it is read. Returns the cache (its offsets give each example's length) and each
+    chunk's labels."""
+    directory = Path(tempfile.mkdtemp(prefix="stream-", dir=_made(root or cache_dir() / "features")))
+    pooled = {key: _Appended(directory, f"pooled.{key}", torch.float32, model.hidden_size) for key in poolings}
+    tokens = {
+        layer: _Appended(directory, _stored_name(layer), TOKEN_DTYPE, model.hidden_size) for layer in token_layers
+    }
+    labels, lengths = [], []
+    try:
+        for chunk in tqdm(chunks, desc="backbone features (stream)", unit="chunk", disable=not progress, leave=False):
+            features = compute_features(model, chunk, poolings, token_layers, batch_size, pad_id, progress=False)
+            for key, store in pooled.items():
+                store.append(features.pooled[key])
+            for layer, store in tokens.items():
+                store.append(features.tokens[layer])
+            lengths += chunk.lengths()
+            labels.append(chunk.labels)
+        if not lengths:
+            raise OutputError("the stream gave no examples to compute features for")
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+        cache = FeatureCache(
+            {key: store.mapped() for key, store in pooled.items()},
+            {layer: store.mapped() for layer, store in tokens.items()},
+            offsets,
+        )
+    finally:
+        for store in [*pooled.values(), *tokens.values()]:
+            store.file.close()
+        shutil.rmtree(directory, ignore_errors=True)  # POSIX: the maps stay readable until dropped
+    return cache, labels
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -13,10 +13,16 @@ Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
 
 Runs unchanged under `accelerate launch` on several processes: the model, optimizer and loader
 go through `Accelerator.prepare`, and only the main process writes files.
+
+Streamed training data (`data/streaming.py`: a `datasets.IterableDataset`) has no length: a phase
+that runs the backbone over it trains `max_steps` optimizer steps as one "epoch" (re-reading the
+stream as often as needed; validation at its end), and a cached phase first caches the stream's
+features in one pass (`stream_features`), then trains its epochs over the cache as usual.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -35,6 +41,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from headkit._fs import recover_dir
 from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
+from headkit.data.streaming import CachedExamples, StreamedData
 from headkit.data.tasks import PreparedData
 from headkit.devices import _mps_available
 from headkit.errors import HeadkitError
@@ -51,7 +58,13 @@ from headkit.training.checkpoint import (
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
-from headkit.training.features import FeatureCache, cached_features, features_needed, weights_digest
+from headkit.training.features import (
+    FeatureCache,
+    cached_features,
+    features_needed,
+    stream_features,
+    weights_digest,
+)
 from headkit.training.finish import finish_run
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import (
@@ -83,6 +96,12 @@ class Run:
     make_batch: Batcher
     make_eval_batch: Batcher | None
     caches: dict[str, FeatureCache] = field(default_factory=dict)
+    cached_train: CachedExamples | None = None  # a stream's examples, indexed like caches["train"]
+
+    @property
+    def streamed(self) -> bool:
+        """The training data is a stream (no length, read as it passes)."""
+        return isinstance(self.data.train, StreamedData)
 
     @property
     def main(self) -> bool:
@@ -100,11 +119,12 @@ class PhaseRun:
     phase: Phase
     wrapped: Any  # what trains (the model, or its heads on cached features) as accelerate prepared it
     optimizer: torch.optim.Optimizer
-    sampler: LengthGroupedBatches  # the batch order; accelerate shards its batches across processes
+    sampler: LengthGroupedBatches | None  # the batch order (None: a stream's own); accelerate shards its batches
     loader: Any
     scheduler: Any
     rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
     trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
+    max_steps: int | None = None  # a streamed phase: the optimizer steps its one "epoch" runs
 
 
 def fit(
@@ -127,6 +147,8 @@ def fit(
     for index, phase in enumerate(run.strategy.phases(config)):
         if resuming and index < _saved_phase(run):
             continue
+        if run.streamed and not phase.cached:  # max_steps over the stream: one "epoch"
+            phase = dataclasses.replace(phase, epochs=1)
         current, state = start_phase(run, phase, index, state, resuming)
         resuming = False
         while state.epoch < phase.epochs:
@@ -192,8 +214,29 @@ def setup(
         model.backbone = apply_lora(
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
         )
+    run = Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+    if run.streamed:
+        check_stream(run)
     model.to(accelerator.device)
-    return Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+    return run
+
+
+def check_stream(run: Run) -> None:
+    """Refuse, before any work, what a stream cannot do: count epochs without max_steps, resume,
+    run on several processes."""
+    config = run.config
+    if config.resume:
+        raise HeadkitError("resuming a run that trains on a stream is not supported yet; start it again")
+    if run.accelerator.num_processes > 1:
+        raise HeadkitError("training on a stream runs on one process for now; launch it without accelerate launch")
+    reading = [p.name for p in run.strategy.phases(config) if not p.cached]
+    if reading and not getattr(config, "max_steps", None):
+        raise HeadkitError(
+            f"the training data is a stream (datasets.IterableDataset), which has no length to count epochs by: "
+            f"give max_steps (optimizer steps, as transformers' Trainer needs for such data) for the phase(s) "
+            f"{reading} of strategy {run.strategy.name}, or bound the stream and load it as a Dataset; "
+            "strategy frozen needs none (one pass caches the stream's features, then epochs run on the cache)"
+        )
 
 
 def force_cpu() -> bool:
@@ -235,18 +278,26 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         )
     if phase.cached and "train" not in run.caches:
         digest = weights_digest(model.backbone)  # hashed once for both datasets
-        run.caches["train"] = _features(run, run.data.train, digest)
+        if run.streamed:
+            run.caches["train"], run.cached_train = _stream_features(run)
+        else:
+            run.caches["train"] = _features(run, run.data.train, digest)
         if len(run.data.val):
             run.caches["val"] = _features(run, run.data.val, digest)
-    sampler = LengthGroupedBatches(
-        run.data.train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
-    )
-    loader = DataLoader(run.data.train, batch_sampler=sampler, collate_fn=run.make_batch)
+    train = run.cached_train if phase.cached and run.streamed else run.data.train
+    max_steps = None
+    if isinstance(train, StreamedData):  # the stream's own order, read as it passes
+        sampler, loader, max_steps = None, train.loader(config.batch_size, run.make_batch), getattr(config, "max_steps", None)
+    else:
+        sampler = LengthGroupedBatches(
+            train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
+        )
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=run.make_batch)
     optimizer = make_optimizer(model, config, run.strategy)
     # a cached phase never runs the backbone: DDP wraps only the heads and loss weighting that train
     trains = model.trainable_top() if phase.cached else model
     wrapped, optimizer, loader = accelerator.prepare(trains, optimizer, loader)
-    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * phase.epochs)
+    total_steps = max_steps or max(1, math.ceil(len(loader) / config.grad_accum) * phase.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
     if resuming:
         saved = load_train_state(run.checkpoint_dir, model, optimizer, scheduler)
@@ -261,7 +312,7 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     if not phase.frozen:
         state.backbone_modified = True
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
-    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable), state
+    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps), state
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
@@ -308,6 +359,24 @@ def _features(run: Run, data, digest: str) -> FeatureCache:
     return cache
 
 
+def _stream_features(run: Run) -> tuple[FeatureCache, CachedExamples]:
+    """One pass over the training stream: its backbone features (disk-backed) and its examples."""
+    poolings, token_layers = features_needed(run.model)
+    data = run.data.train
+    cache, labels = stream_features(
+        run.model,
+        data.chunks(),
+        poolings,
+        token_layers,
+        batch_size=64,
+        pad_id=run.pad_id,
+        progress=run.config.progress and run.main,
+    )
+    if run.main:
+        logger.info(f"backbone features for the {len(data)} examples of the stream: computed in one pass")
+    return cache, CachedExamples.join(cache.offsets, labels, run.data.head_types)
+
+
 # ----------------------------------------------------------------------------- one epoch
 
 
@@ -322,7 +391,7 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
     if phase.frozen:  # a frozen feature extractor: no dropout, same features every epoch
         run.model.backbone.eval()
     bar = tqdm(
-        total=len(current.loader),
+        total=current.max_steps * run.config.grad_accum if current.max_steps else len(current.loader),
         initial=skip,
         desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}",
         disable=not (run.config.progress and run.main),
@@ -346,6 +415,8 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if run.config.save_every and state.global_step % run.config.save_every == 0:
                 checkpoint(run, current, state)
+            if current.max_steps and state.global_step >= current.max_steps:
+                break
     bar.close()
     return round(time.perf_counter() - epoch_started, 3)
 
@@ -360,6 +431,8 @@ def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, 
     restores the RNG state before the iterator's first draw at an epoch boundary, and after it
     mid-epoch (the saved state already includes the loader's draw, made at the first batch).
     """
+    if current.sampler is None:
+        return _stream_batches(current), 0
     loader, skip = current.loader, state.batches_done
     current.sampler.set_epoch(state.epoch)
     loader.set_epoch(state.epoch)
@@ -376,6 +449,19 @@ def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, 
         restore_rng_state(run.checkpoint_dir)
         current.rng_pending = False
     return iterator, skip
+
+
+def _stream_batches(current: PhaseRun) -> Iterator[dict[str, Any]]:
+    """A stream's batches, pass after pass (pass k in the stream's k-th order) until the caller
+    has its steps; a pass that gives nothing is an error, not an endless loop."""
+    for passes in itertools.count():
+        current.loader.set_epoch(passes)
+        empty = True
+        for batch in current.loader:
+            empty = False
+            yield batch
+        if empty:
+            raise HeadkitError("the training stream gave no examples")
 
 
 def _step(run: Run, current: PhaseRun, batch: dict[str, Any]) -> tuple[Any, float | None]:
