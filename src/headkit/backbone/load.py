@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from safetensors import SafetensorError
+from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit._fs import cache_dir, staged_dir
@@ -101,22 +103,100 @@ def load_backbone(
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    path = dequantised(source) if source.gguf_file else source.path
-    try:
-        # Weights the checkpoint lacks (BERT's pooler under a masked-LM checkpoint) are initialised
-        # from a fixed seed, so every load of a checkpoint is the same backbone: head-only saves
-        # fit it again (their fingerprint covers the weights), and 'pooler' pooling reads one pooler.
-        with torch.random.fork_rng(devices=[]):  # the CPU generator only: other devices' streams are untouched
-            torch.default_generator.manual_seed(0)
-            backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
+    if names_its_base(source.path):
+        # a LoRA save that holds its adapter and the name of its base model, not the base's weights
+        from headkit.ship.load import saved_base
+
+        backbone = saved_base(source.path.parent, trust_remote_code=trust_remote_code, dtype=dtype)
+    else:
+        path = dequantised(source) if source.gguf_file else source.path
+        try:
+            # Weights the checkpoint lacks (BERT's pooler under a masked-LM checkpoint) are initialised
+            # from a fixed seed, so every load of a checkpoint is the same backbone: head-only saves
+            # fit it again (their fingerprint covers the weights), and 'pooler' pooling reads one pooler.
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only: other devices' streams are untouched
+                torch.default_generator.manual_seed(0)
+                backbone = quietly_from_pretrained(AutoModel, path, **kwargs)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ModelNotFoundError(f"could not load a backbone from {source.path}: {e}") from e
+        remember_source(backbone, name, source)
     adapter = source.path.parent / "adapter"
     if merge_adapter and source.path.name == "backbone" and (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
         backbone = PeftModel.from_pretrained(backbone, adapter).merge_and_unload()
+        setattr(
+            backbone, SOURCE, {"name_or_path": None, "why": f"the LoRA adapter of {source.path.parent} is merged in"}
+        )
     return backbone
+
+
+def names_its_base(path: Path) -> bool:
+    """Whether `path` is the backbone/ of a headkit save that holds no weights (a LoRA save that
+    names its base model instead)."""
+    from headkit.ship.save import MANIFEST, holds_weights
+
+    return path.name == "backbone" and (path.parent / MANIFEST).is_file() and not holds_weights(path)
+
+
+# The attribute `load_backbone` leaves on each backbone it loads: where its weights came from, so
+# that a LoRA save can name that base model instead of copying it (ship/save.py), and a digest of
+# the weights as loaded, so that the save can tell whether they changed since (then it copies them).
+SOURCE = "headkit_source"
+SNAPSHOT = re.compile(r"(?:^|/)models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
+
+
+def reference(name: str | os.PathLike, folder: Path | None = None) -> dict | None:
+    """How to name the checkpoint `name` again later, as peft's adapter_config.json names a base
+    model: `{"name_or_path", "revision"}` for an alias, a `timm:` name, a hub id (revision: the
+    commit of `folder`, the snapshot it was read from, when given) or an existing local path (made
+    absolute; a hub cache snapshot folder becomes its hub id and commit). None for what cannot be
+    named: nothing, a path that does not exist, a headkit save or run (its backbone lives only in
+    that save, which may be overwritten or removed). Asks no hub."""
+    from headkit.backbone.resolve import ALIASES
+    from headkit.hub import HUB_ID, HUB_REPO
+    from headkit.ship.save import MANIFEST, find_save
+
+    text = str(name or "")
+    if text in ALIASES or text.startswith("timm:"):
+        return {"name_or_path": text, "revision": None}
+    path = Path(text).expanduser()
+    hub = HUB_ID.match(text)
+    if text and not path.exists() and hub and ".." not in text:
+        snapshot = SNAPSHOT.search(Path(folder).as_posix()) if folder else None
+        plain = HUB_REPO.match(text) is not None  # org/name[@revision], no GGUF file named after it
+        return {
+            "name_or_path": hub["repo"] if plain else text,
+            "revision": snapshot["commit"] if snapshot else hub["revision"],
+        }
+    if not text or not path.exists():
+        return None
+    path = path.resolve()
+    snapshot = SNAPSHOT.search(path.as_posix())
+    if snapshot:
+        return {"name_or_path": f"{snapshot['org']}/{snapshot['name']}", "revision": snapshot["commit"]}
+    in_save = path.name == "backbone" and (path.parent / MANIFEST).is_file()
+    if in_save or find_save(path, with_backbone=False) is not None:
+        return None
+    return {"name_or_path": str(path), "revision": None}
+
+
+def remember_source(backbone: nn.Module, name: str | os.PathLike, source: ModelSource) -> None:
+    """Leave `SOURCE` on a freshly loaded backbone: how to load it again (`reference`), or why it
+    cannot be, and the digest of its weights as loaded."""
+    from headkit.backbone.fingerprint import digest_of, weights_samples
+
+    named = reference(name, source.path)
+    if named is None:
+        named = {
+            "name_or_path": None,
+            "why": f"its weights were loaded from {source.path}, which cannot be named again",
+        }
+    try:
+        named["weights_sample_sha256"] = digest_of(weights_samples(backbone))
+    except (RuntimeError, NotImplementedError):  # weights on the meta device or offloaded: nothing to compare later
+        named["weights_sample_sha256"] = None
+    setattr(backbone, SOURCE, named)
 
 
 def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):

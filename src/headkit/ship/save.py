@@ -11,7 +11,13 @@ A head checkpoint is laid out as a sentence-transformers model is, one folder pe
 Format 1 (until issue 35) held every head's tensors in one heads.safetensors and the configs in
 heads.json; `read_manifest` reads both, and ship/load.py restores both.
 A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
-tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files).
+tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files). A LoRA
+save keeps no copy of the base model it adapts: backbone/ holds its config and processor only,
+and heads.json's "backbone" names the base ("base": its hub id, alias or path, the revision, and
+a digest of its weights) as peft's adapter_config.json does (base_model_name_or_path, revision),
+so loading fetches the base and checks it is the one the adapter was trained on. A base that
+cannot be named again (built in memory, changed since it was loaded) is copied into backbone/ as
+before, and so were the base weights of LoRA saves made before this: both layouts load.
 Each file is written to a temporary name and renamed into place, the manifest last, so it only
 vouches for files already in place; a full save is built in a temporary directory and swapped
 in, so a crash never leaves a half-written checkpoint under the final name.
@@ -20,9 +26,11 @@ in, so a crash never leaves a half-written checkpoint under the final name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import safetensors.torch
@@ -30,7 +38,7 @@ import torch
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
-from headkit.backbone.fingerprint import fingerprint
+from headkit.backbone.fingerprint import digest_of, fingerprint, weights_samples
 from headkit.errors import CheckpointError
 from headkit.heads import storage
 from headkit.heads.storage import read_weights
@@ -44,12 +52,18 @@ WEIGHTS = "heads.safetensors"  # format 1: every head's tensors in one file
 BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["read_weights"]  # re-exported: ship/generate.py reads a format-1 save's weights through it
 
 
 def save_heads(model: Any, directory: str | os.PathLike) -> Path:
     """Write each head's folder, the learned loss weights and the manifest into `directory`."""
-    directory = Path(directory)
+    return _save_heads(model, Path(directory))
+
+
+def _save_heads(model: Any, directory: Path, base: dict | None = None) -> Path:
+    """`save_heads`, with the base model a LoRA save names (`_save_backbone`) in the manifest."""
     listing = {}
     for name, head in model.heads.items():
         path = f"{HEADS_DIR}/{name}"
@@ -62,6 +76,7 @@ def save_heads(model: Any, directory: str | os.PathLike) -> Path:
             **fingerprint(model.backbone),
             "name_or_path": model.backbone.config.name_or_path,
             "pooling": model.adapter.default_pooling,  # what `auto` pooling resolves to for new heads here
+            **({"base": base} if base else {}),
         },
         "weighting": model.weighting.method,
         "heads": listing,
@@ -141,32 +156,123 @@ def _listed(path: Path, name: str, entry: Any) -> dict:
 
 
 def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
-    """Full save: `backbone/` (save_pretrained + processor), the heads and a model card
-    (README.md; `card`: what a training run knows, see ship/card.py), swapped in atomically."""
+    """Full save: `backbone/` (save_pretrained, or for a LoRA model the base's config with
+    `adapter/` beside it) with the processor (by default the one the model reads with, as
+    `save_pretrained` keeps it), the heads and a model card (README.md; `card`: what a training
+    run knows, see ship/card.py), swapped in atomically."""
     from headkit.ship.card import model_card
 
+    if processor is None and hasattr(model, "_processor"):
+        processor = model._processor()  # the tokenizer predict needs: a save without one cannot read text
     directory = Path(directory)
     with staged_dir(directory) as staging:
-        _save_backbone(model.backbone, staging)
+        base = _save_backbone(model.backbone, staging)
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
-        save_heads(model, staging)
+        _save_heads(model, staging, base)
         card = dict(card or {})
         text = model_card(model, card, repo_id=card.pop("repo_id", None))
         atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
     return directory
 
 
-def _save_backbone(backbone: nn.Module, staging: Path) -> None:
-    """Plain backbones save as they are; a LoRA backbone saves its clean base weights to
-    backbone/ and its adapter to adapter/ (peft's own format), so loading is exact."""
+def _save_backbone(backbone: nn.Module, staging: Path) -> dict | None:
+    """Plain backbones (a merged LoRA one too) save as they are. A LoRA backbone saves peft's
+    adapter to adapter/ and, in backbone/, only its base's config: the base is named (returned,
+    for heads.json) and fetched again at load. Where it cannot be named, its clean base weights
+    are saved to backbone/ instead, so the save still loads exactly."""
     if not hasattr(backbone, "peft_config"):
         backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
-        return
+        return None
     base = backbone.get_base_model()
-    clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
-    base.save_pretrained(staging / BACKBONE_DIR, state_dict=clean, safe_serialization=True)
+    state = base_state(base)
+    samples = weights_samples_of(state)
+    named, why = base_reference(base, digest_of(samples))
     backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
+    if named is None:
+        logger.warning(
+            f"warning: this LoRA model's base weights are saved in full beside the adapter because {why}; "
+            "a base loaded by name (headkit.load_backbone, a hub id, an alias or a folder) is named instead"
+        )
+        base.save_pretrained(staging / BACKBONE_DIR, state_dict=state, safe_serialization=True)
+        return None
+    base.config.save_pretrained(staging / BACKBONE_DIR)
+    _name_base_in_adapter(staging / ADAPTER_DIR, named)
+    return {
+        **named,
+        "model_type": base.config.model_type,
+        "dtype": str(next((t.dtype for t in state.values() if t.is_floating_point()), "")).replace("torch.", ""),
+        "weights_sample_sha256": digest_of(samples),
+        "weights_samples": samples,
+    }
+
+
+ADAPTER_PARTS = ("lora_", ".modules_to_save.", "trainable_tokens_")  # peft's trained tensors, not the base's
+WRAPPERS = (".base_layer", ".original_module", ".token_adapter")  # peft's wrappers around a base module
+
+
+def base_state(base: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's own weights under peft's wrappers, named as the unwrapped model names them:
+    LoRA's matrices, modules_to_save copies and trainable-token deltas left out."""
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if any(part in name for part in ADAPTER_PARTS):
+            continue
+        for wrapper in WRAPPERS:
+            name = name.replace(wrapper, "")
+        state[name] = tensor
+    return state
+
+
+def weights_samples_of(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """`weights_samples` (the fingerprint's per-tensor digests) of a state dict: what a plain load
+    of the base model gives, so the two compare."""
+    return weights_samples(SimpleNamespace(state_dict=lambda: state))  # type: ignore[arg-type]  # reads the state only
+
+
+def base_reference(base: nn.Module, digest: str) -> tuple[dict | None, str]:
+    """How a LoRA save names its base model (`{"name_or_path", "revision"}`), or None and why it
+    cannot: `headkit.load_backbone` recorded where it read the base from and the digest of its
+    weights then (a base changed since, or merged with another adapter, is not that checkpoint any
+    more); a backbone loaded otherwise is named by its config's name_or_path, as peft names it."""
+    from headkit.backbone.load import SOURCE, reference
+
+    recorded = getattr(base, SOURCE, None)
+    if recorded is not None:
+        if recorded.get("name_or_path") is None:
+            return None, recorded.get("why", "it was not loaded by name")
+        if recorded.get("weights_sample_sha256") not in (None, digest):
+            return None, f"its weights changed since they were loaded from {recorded['name_or_path']}"
+        return {"name_or_path": recorded["name_or_path"], "revision": recorded.get("revision")}, ""
+    name = getattr(base.config, "name_or_path", "") or ""
+    named = reference(name)
+    if named is None:
+        return None, (
+            f"its name_or_path {name!r} names no checkpoint that exists (a folder, a hub id or an alias)"
+            if name
+            else "it was built in memory (its config has no name_or_path)"
+        )
+    if named["revision"] is None:
+        named["revision"] = getattr(base.config, "_commit_hash", None)
+    return named, ""
+
+
+def _name_base_in_adapter(adapter: Path, named: dict) -> None:
+    """peft's adapter_config.json names the base as headkit does (base_model_name_or_path and
+    revision), so peft's own `PeftModel.from_pretrained` users find the same base."""
+    path = adapter / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = named["name_or_path"]
+    config["revision"] = named["revision"]
+    atomic_write_json(path, config)
+
+
+def holds_weights(directory: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds weight files transformers loads (a LoRA save's backbone/
+    holds only its base's config)."""
+    from headkit.hub import CHECKPOINT_WEIGHTS
+
+    return any((Path(directory) / name).is_file() for name in CHECKPOINT_WEIGHTS)
 
 
 def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | None:
