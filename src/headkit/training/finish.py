@@ -3,9 +3,10 @@ model, metrics.json, plots and the summary. Shared by the loop and few-shot trai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,29 @@ def finish_run(
     }
     if main and config.keep_files:
         card = {**metrics, "base_model": config.model, "data": sorted({str(t.data) for t in _tasks(config)})}
-        save(model, run / "model", processor=processor, card=card)
+        with transformers_bars(config.progress):  # its "Writing model shards" bar
+            save(model, run / "model", processor=processor, card=card)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
     if main:
         print_summary(model, evaluation, metrics)
     return TrainResult(model, metrics, evaluation, run if config.keep_files else None)
+
+
+@contextlib.contextmanager
+def transformers_bars(shown: bool) -> Iterator[None]:
+    """transformers' progress bars as the run's `progress` says, for this block only: the setting
+    is the process's, and a run must not leave it changed (a notebook's later downloads)."""
+    import transformers
+
+    bars = transformers.utils.logging
+    before = bars.is_progress_bar_enabled()
+    if not shown:
+        bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before and not shown:
+            bars.enable_progress_bar()
 
 
 def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[str, float]]:
