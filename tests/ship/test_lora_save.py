@@ -18,6 +18,7 @@ from safetensors import safe_open
 import headkit
 from headkit import CheckpointError, FingerprintMismatchError, MultiHeadModel, head_config
 from headkit.backbone.load import reference
+from headkit.ship.load import base_checkpoint
 from headkit.ship.save import ADAPTER_DIR, BACKBONE_DIR, save_heads
 from headkit.training.strategies import apply_lora
 
@@ -152,6 +153,7 @@ def test_a_lora_save_holds_the_adapter_and_names_its_base(kind, base, tmp_path):
     for loaded in (headkit.load(save), MultiHeadModel.from_pretrained(save)):
         assert type(loaded.backbone).__name__ == "PeftModel"
         assert_same(outputs(loaded), expected)
+    assert base_checkpoint(save) == base.resolve()  # where a causal-LM class reads the base's weights
     merged = headkit.load_backbone(save)  # a plain backbone to build on: the adapter merged in
     assert (
         not hasattr(merged, "peft_config") and type(merged).__name__ == type(model.backbone.get_base_model()).__name__
@@ -247,6 +249,7 @@ def test_a_lora_save_made_before_bases_were_named_still_loads(tmp_path):
     assert weight_files(old / BACKBONE_DIR) == ["model.safetensors"]
     assert "base" not in json.loads((old / "heads.json").read_text())["backbone"]
     shutil.rmtree(base)  # it carries its base: nothing is fetched
+    assert base_checkpoint(old) == old / BACKBONE_DIR
     assert_same(outputs(headkit.load(old)), expected)
     merged = headkit.load_backbone(old)
     assert not hasattr(merged, "peft_config")

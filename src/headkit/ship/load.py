@@ -156,6 +156,24 @@ def saved_base(directory: str | os.PathLike, trust_remote_code: bool = False, dt
     return backbone
 
 
+def base_checkpoint(directory: str | os.PathLike) -> Path:
+    """The folder holding the weights of a full save's base model: backbone/, or for a LoRA save
+    that names its base, that checkpoint's folder (a hub id's cached snapshot, an alias's files).
+    For loading the base with a class other than `AutoModel` (the causal-LM class that
+    generates); it is not checked here: the backbone put over it (`load_backbone`) is."""
+    from headkit.backbone.load import dequantised
+
+    directory = Path(directory)
+    folder = directory / BACKBONE_DIR
+    base = (
+        None if holds_weights(folder) else read_manifest(directory)["backbone"].get("base") or _adapter_base(directory)
+    )
+    if not isinstance(base, dict):
+        return folder
+    source = resolve_model(base_name(base))
+    return dequantised(source) if source.gguf_file else source.path
+
+
 def base_name(base: dict) -> str:
     """The name `load_backbone` reads a saved base reference by: a hub id with its revision."""
     name, revision = base["name_or_path"], base.get("revision")
