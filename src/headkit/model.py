@@ -322,7 +322,8 @@ def load(
     from headkit.hub import local_path
     from headkit.ship.save import MANIFEST, find_save
 
-    found = find_save(local_path(directory))
+    path = local_path(directory)
+    found = find_save(path) or find_save(path, with_backbone=False)  # heads alone: from_save says what they need
     if found is None:
         raise CheckpointError(
             f"{directory} is not a headkit save (no {MANIFEST} with backbone/ there or in its model/): "
