@@ -97,9 +97,9 @@ def test_an_existing_model_trains_further_and_gains_heads(tiny_text_model, rows,
     assert any(not torch.equal(before[k], v) for k, v in model.heads["sentiment"].state_dict().items())
     assert model.columns["sentiment"]["label"] == "sentiment" and model.columns["stars"]["label"] == "score"
     # next time each head reads the columns it trained on (stars: score, not a column named stars)
-    again = train(model, train_dataset=data, **FAST)
+    again = train(model, {"sentiment": {"text": "text"}}, train_dataset=data, **FAST)  # fields: the rest as before
     assert again.model is model and model.columns["stars"]["label"] == "score"
-    with pytest.raises(DataError, match="column .nope. not found in train_dataset"):
+    with pytest.raises(DataError, match="column 'nope' not found in train_dataset"):
         train(model, {"sentiment": "nope"}, train_dataset=rows, **FAST)
     with pytest.raises(HeadkitError, match="model's head is a classification head"):
         train(model, {"sentiment": {"label": "score", "type": "regression"}}, train_dataset=data, **FAST)
@@ -118,6 +118,20 @@ def test_output_dir_keeps_the_run_and_args_take_overrides(tiny_text_model, rows,
     assert Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=args, strategy="full").args.lr == 1e-3
     with pytest.raises(HeadkitError, match="already holds a run"):
         train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out)
+    resumed = train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out,
+                    resume=True)  # fmt: skip
+    assert resumed.metrics["heads"] == result.metrics["heads"]  # the finished run, continued: nothing left to do
+
+
+def test_a_task_without_data_outside_the_trainer_is_refused_and_old_runs_keep_their_identity(tiny_text_model, tmp_path):
+    from headkit.training.recipe import train as run_config_train
+
+    config = TrainConfig(model=str(tiny_text_model), tasks=[TaskSpec("s")], output_dir=str(tmp_path / "r"))
+    with pytest.raises(DataError, match="task 's' names no data"):
+        run_config_train(config)
+    old = TrainConfig(tasks=[TaskSpec("s", "a.csv")]).identity()["tasks"][0]
+    assert "text_pair" not in old  # unset: a run saved before text_pair existed still resumes
+    assert TrainConfig(tasks=[TaskSpec("s", "a.csv", text_pair="b")]).identity()["tasks"][0]["text_pair"] == "b"
 
 
 @pytest.mark.parametrize("strategy", ["full", "fewshot", pytest.param("lora", marks=pytest.mark.skipif(

@@ -68,8 +68,10 @@ class Trainer:
         args: a `TrainConfig` (strategy, epochs, learning rates ...); default: TrainConfig().
         **overrides: TrainConfig fields that replace those of `args` (`strategy="lora"`, `epochs=3`).
             A changed strategy brings its own defaults for what `args` left at the old one's.
-            `output_dir`: keep the run directory there (checkpoints, model/, metrics.json,
-            plots; `resume=True` continues it); without it nothing is left on disk.
+            `output_dir` (a keyword, or set in `args`): keep the run directory there
+            (checkpoints, model/, metrics.json, plots; `resume=True` continues it). Without it
+            (`args.output_dir` left at TrainConfig's CLI default counts as without) nothing is
+            left on disk and `run_dir` is None.
     """
 
     def __init__(
@@ -221,7 +223,7 @@ def head_tasks(
             tasks[name] = _task_for(name, spec, config, label=name)
             configs[name] = spec
         elif isinstance(spec, Mapping):
-            tasks[name] = _task_from_fields(name, dict(spec), config, existing.get(name))
+            tasks[name] = _task_from_fields(name, dict(spec), config, tasks.get(name) if name in existing else None)
         else:
             raise HeadkitError(
                 f"heads['{name}'] is a {type(spec).__name__}; give a label column (str), a dict of TaskSpec "
@@ -245,19 +247,18 @@ def _task_for(name: str, head: HeadConfig, config: TrainConfig, label: str) -> T
     )
 
 
-def _task_from_fields(name: str, fields: dict[str, Any], config: TrainConfig, kept: Any) -> TaskSpec:
-    """{TaskSpec fields} -> a TaskSpec; unset text, pooling and layer as the config's shorthands
-    say (as for the CLI's --head), and a model's existing head's type unless one is given."""
+def _task_from_fields(name: str, fields: dict[str, Any], config: TrainConfig, kept: TaskSpec | None) -> TaskSpec:
+    """{TaskSpec fields} -> a TaskSpec: what is not given as the model's head reads it (`kept`),
+    else as the config's shorthands say (text, pooling, layer: as for the CLI's --head)."""
     if fields.get("name", name) != name:
         raise HeadkitError(f"heads['{name}'] names another head ('{fields['name']}'); drop 'name' or make them equal")
     fields.pop("name", None)
     unknown = sorted(set(fields) - set(TASK_FIELDS))
     if unknown:
         raise HeadkitError(f"heads['{name}']: unknown field(s) {unknown}; a head's task has {list(TASK_FIELDS)}")
-    defaults = {"text": config.text_column, "pooling": config.pooling, "layer": config.layer}
     if kept is not None:
-        defaults.update(type=kept.config.type, pooling=kept.config.pooling, layer=kept.config.layer)
-    return TaskSpec(name, **{**defaults, **fields})
+        return dataclasses.replace(kept, **fields)
+    return TaskSpec(name, **{"text": config.text_column, "pooling": config.pooling, "layer": config.layer, **fields})
 
 
 # ----------------------------------------------------------------------------- data
