@@ -97,6 +97,10 @@ def test_label_maps_come_from_given_maps_classlabels_or_a_bounded_first_look(tok
     assert [len(c) for c in data.train.chunks()] == [48] and len(data.train) == 48
     given = prepare_stream([TaskSpec("s", "d")], tokenizer, 32, 0, {"d": source.stream()}, {"s": ["pos", "neg", "meh"]})
     assert given.heads["s"].labels == ["pos", "neg", "meh"]
+    first = prepare_stream([TaskSpec("s", "d", limit=5)], tokenizer, 32, 0, {"d": source.stream()}, None)
+    assert sum(len(c) for c in first.train.chunks()) == 5  # a stream's limit: its first rows
+    splits = datasets.IterableDatasetDict({"train": source.stream(), "validation": Counted(rows(6)).stream()})
+    assert len(prepare_stream([TaskSpec("s", "d")], tokenizer, 32, 0, {"d": splits}, None).val) == 6
 
 
 def test_a_label_after_the_first_look_says_how_to_give_the_labels(tokenizer, monkeypatch):
@@ -150,14 +154,15 @@ def test_frozen_training_caches_a_stream_in_one_pass_and_trains_epochs_on_it(mod
 
 @pytest.mark.skipif(not has_package("peft"), reason="needs peft")
 def test_lora_and_partial_train_max_steps_over_a_stream_reread_as_needed(model_dir, tokenizer, tmp_path):
-    for strategy in ("lora", "partial:1"):
+    for strategy in ("lora", "partial:1", "lp-ft"):
         source = Counted(rows(10))
         result, _ = run(model_dir, tokenizer, tmp_path / strategy.replace(":", ""), source.stream(), strategy,
-                        max_steps=4, batch_size=4)  # fmt: skip
+                        max_steps=4, batch_size=4, lp_epochs=2)  # fmt: skip
         metrics = json.loads((tmp_path / strategy.replace(":", "") / "run" / "metrics.json").read_text())
-        assert len(metrics["epochs"]) == 1 and result.metrics["train_examples"] == 10
+        probe = strategy == "lp-ft"  # lp-ft: 2 epochs on the cached features (one pass), then max_steps
+        assert len(metrics["epochs"]) == 1 + 2 * probe and result.metrics["train_examples"] == 10
         # 4 steps of 4 rows: a pass gives 3 batches (4, 4, 2), so the stream is read twice
-        assert source.drawn == 10 + 2 * 10
+        assert source.drawn == 10 + 10 * probe + 2 * 10
 
 
 def test_stream_features_equal_the_in_memory_ones_per_token_and_pooled(tiny_text_model, tokenizer, tmp_path):

@@ -125,6 +125,7 @@ class PhaseRun:
     rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
     trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
     max_steps: int | None = None  # a streamed phase: the optimizer steps its one "epoch" runs
+    stop_at: int | None = None  # ... and the run's global step at which it ends
 
 
 def fit(
@@ -287,7 +288,11 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     train = run.cached_train if phase.cached and run.streamed else run.data.train
     max_steps = None
     if isinstance(train, StreamedData):  # the stream's own order, read as it passes
-        sampler, loader, max_steps = None, train.loader(config.batch_size, run.make_batch), getattr(config, "max_steps", None)
+        sampler, loader, max_steps = (
+            None,
+            train.loader(config.batch_size, run.make_batch),
+            getattr(config, "max_steps", None),
+        )
     else:
         sampler = LengthGroupedBatches(
             train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
@@ -312,7 +317,10 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     if not phase.frozen:
         state.backbone_modified = True
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
-    return PhaseRun(phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps), state
+    stop_at = state.global_step + max_steps if max_steps else None  # lp-ft: after the probe's steps
+    return PhaseRun(
+        phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps, stop_at
+    ), state
 
 
 def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
@@ -415,7 +423,7 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if run.config.save_every and state.global_step % run.config.save_every == 0:
                 checkpoint(run, current, state)
-            if current.max_steps and state.global_step >= current.max_steps:
+            if current.stop_at and state.global_step >= current.stop_at:
                 break
     bar.close()
     return round(time.perf_counter() - epoch_started, 3)
