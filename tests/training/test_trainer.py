@@ -230,4 +230,23 @@ def test_clear_errors(tiny_text_model, rows, tmp_path):
         Trainer(tiny_text_model, train_dataset=rows)
     with pytest.raises(HeadkitError, match="model must be a model id"):
         Trainer(42, ok, train_dataset=rows)
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    with pytest.raises(HeadkitError, match="strategy fewshot solves its heads on every labelled example"):
+        train(tiny_text_model, ok, train_dataset=stream, strategy="fewshot", **FAST)
     assert not os.listdir(tmp_path)
+
+
+def test_a_stream_goes_to_the_streaming_reader_untouched(tiny_text_model, rows, monkeypatch):
+    import headkit.data.streaming as streaming
+
+    seen = {}
+
+    def prepare_stream(tasks, processor, max_length, seed, sources, label_maps):
+        seen.update(tasks=tasks, sources=sources)
+        raise KeyboardInterrupt  # far enough: what it was given is what this test checks
+
+    monkeypatch.setattr(streaming, "prepare_stream", prepare_stream)
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_text_model, {"sentiment": "label"}, train_dataset=datasets.IterableDatasetDict(train=stream))
+    assert seen["sources"] == {"train_dataset": stream} and seen["tasks"][0].data == "train_dataset"

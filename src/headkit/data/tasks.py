@@ -143,11 +143,9 @@ def prepare(
     `eval_data` validates on it; the others hold out `val_fraction` of their data, stratified by
     the first single-label classification head's labels.
     """
-    # a datasets.IterableDataset, or hf:...?streaming: encoded as it is read (data/streaming.py)
-    from headkit.data.streaming import is_stream, prepare_stream
+    if reads_stream(tasks, sources):  # encoded as it is read: data/streaming.py
+        from headkit.data.streaming import prepare_stream
 
-    named = [s for t in tasks for s in (t.data, t.eval_data) if s is not None]
-    if any(is_stream(s) for s in [*(sources or {}).values(), *named]):
         return prepare_stream(tasks, processor, max_length, seed, sources, label_maps)
     _check_tasks(tasks)
     # tasks reading the same rows the same way share one encoding (and one backbone pass)
@@ -171,6 +169,15 @@ def prepare(
         val_parts.append(encoded.subset(val_idx))
     head_types = {name: c.type for name, c in heads.items()}
     return PreparedData(concat(train_parts, head_types), concat(val_parts, head_types), heads)
+
+
+def reads_stream(tasks: list[TaskSpec], sources: dict[str, Any] | None) -> bool:
+    """Whether any task reads a stream: a `datasets.IterableDataset` among `sources`, or an
+    `hf:...?streaming` data string."""
+    from headkit.data.streaming import is_stream  # streaming.py reads this module's encoders
+
+    named = [s for t in tasks for s in (t.data, t.eval_data) if s is not None]
+    return any(is_stream(s) for s in [*(sources or {}).values(), *named])
 
 
 def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:

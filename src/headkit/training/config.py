@@ -25,6 +25,7 @@ ClassWeights = Literal["none", "auto"] | dict[str, float]
 # option -> (valid?, what is expected); checked before any model or data is loaded
 RANGES: dict[str, tuple[Any, str]] = {
     "epochs": (lambda v: v >= 1, "at least 1"),
+    "max_steps": (lambda v: v >= 1, "at least 1"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "grad_accum": (lambda v: v >= 1, "at least 1"),
     "max_length": (lambda v: v >= 1, "at least 1"),
@@ -79,6 +80,10 @@ class TrainConfig:
         weighting: static (each head's loss_weight) or uncertainty (learned).
         epochs: training epochs (lp-ft: of the fine-tuning phase; fewshot: unused, heads are solved).
             Default by strategy: frozen 30, else 3.
+        max_steps: optimizer steps to train for; overrides epochs for the phases that read the data
+            (transformers' max_steps). Needed to train on a stream (datasets.IterableDataset,
+            hf:...?streaming), which has no length to count epochs by; unused by a frozen run on cached
+            features (one pass over the stream caches it, then epochs run over the cache).
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
@@ -148,6 +153,7 @@ class TrainConfig:
     strategy: FixedStrategy | PartialStrategy = "frozen"
     weighting: Weighting = "static"
     epochs: int | None = None
+    max_steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     backbone_lr: float | None = None
@@ -231,4 +237,5 @@ NEW_DEFAULTS: dict[str, Any] = {
     "fewshot_recipe": "all-pairs",
     "fewshot_steps": "auto",
     "fewshot_tuned_layers": None,
+    "max_steps": None,
 }

@@ -27,7 +27,7 @@ import yaml
 
 from headkit._fs import atomic_write_bytes, write_failed
 from headkit.backbone import input_limit, load_processor, max_input_tokens
-from headkit.data.tasks import PreparedData, TaskSpec, prepare
+from headkit.data.tasks import PreparedData, TaskSpec, prepare, reads_stream
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
@@ -120,6 +120,11 @@ def run_recipe(
         if state.is_main_process:
             prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
         tasks = config.all_tasks()
+        if strategy.closed_form and reads_stream(tasks, sources):
+            raise HeadkitError(
+                "strategy fewshot solves its heads on every labelled example at once, which a stream "
+                "(datasets.IterableDataset, hf:...?streaming) cannot give: load the data without streaming"
+            )
         if model is not None:
             check_kept_heads(model, tasks)
             processor = model._processor()
