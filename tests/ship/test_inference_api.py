@@ -223,6 +223,9 @@ def test_pipeline_from_a_model_and_from_its_save_answers_as_model_predict(text_m
     pairs = [("a very good film", "the plot was dull")]
     assert close(from_dir(pairs), text_model.predict(pairs))
     assert close(from_dir(TEXTS, heads=["tags"]), text_model.predict(TEXTS, heads=["tags"]))
+    tokenizer = text_model._processor()
+    given = headkit.pipeline(saved_text_model, device="cpu", processor=tokenizer)
+    assert given.tokenizer is tokenizer and close(given(TEXTS), expected)
 
 
 def test_pipeline_on_an_image_save_gives_its_processor_images(vision):
@@ -361,3 +364,29 @@ def test_a_pipeline_runs_an_engine_that_is_not_a_torch_module(text_model):
 
     answers = HeadsPipeline(Engine(), text_model._processor())(TEXTS)
     assert close(answers, text_model.predict(TEXTS))
+
+
+# ----------------------------------------------------------------------------- trained in memory, end to end
+
+
+def test_a_pair_model_trained_in_memory_answers_the_same_saved_loaded_and_piped(tiny_text_model, tmp_path):
+    """The issue's acceptance: trained in memory, saved with save_pretrained, loaded with
+    from_pretrained and headkit.pipeline, it predicts as in memory; evaluate reads the columns it
+    trained on (a sentence pair) and scores the validation data as training's last validation did."""
+    rows = [
+        {"premise": r["text"], "hypothesis": h, "entail": r["label"]}
+        for r, h in zip(sentiment_rows(40), ["good", "bad"] * 20, strict=True)
+    ]
+    heads = {"nli": {"label": "entail", "text": "premise", "text_pair": "hypothesis"}}
+    result = headkit.train(str(tiny_text_model), heads, train_dataset=rows[:32], eval_dataset=rows[32:], epochs=1,
+                           progress=False)  # fmt: skip
+    model, held_out = result.model, rows[32:]
+    metrics = model.evaluate(held_out)  # no columns named: the ones it trained on
+    assert close(dict(metrics), result.evaluation.scores) and close(metrics.losses, result.evaluation.losses)
+    pairs = [(r["premise"], r["hypothesis"]) for r in held_out]
+    expected = model.predict(pairs)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = headkit.MultiHeadModel.from_pretrained(tmp_path / "saved")
+    assert close(loaded.predict(pairs), expected)
+    assert close(headkit.pipeline(tmp_path / "saved", device="cpu")(pairs), expected)
+    assert close(dict(loaded.evaluate(held_out)), dict(metrics))

@@ -22,16 +22,12 @@ from headkit.ship.inference import answer
 
 class HeadsPipeline:
     """Callable on one input (-> one dict: head -> answer) or a list of them (-> a list of dicts);
-    inputs as `model.predict` takes them: texts, (text, text_pair) tuples or PIL images."""
+    inputs as `model.predict` takes them: texts, (text, text_pair) tuples or PIL images.
+    `tokenizer` is the model's processor (an image processor for an image model)."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
-
-    @property
-    def processor(self) -> Any:
-        """The tokenizer or image processor inputs go through (`tokenizer`, by transformers' name)."""
-        return self.tokenizer
 
     def __call__(self, inputs: Any, heads: list[str] | None = None) -> Any:
         return answer(self.model, self.tokenizer, inputs, self.batch_size, heads, self.max_length)
