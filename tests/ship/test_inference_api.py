@@ -181,6 +181,9 @@ def test_unknown_heads_and_a_model_without_processor_are_headkit_errors(text_mod
     bare = headkit.MultiHeadModel(bert_backbone, {"s": headkit.head_config("classification", labels=["a", "b"])})
     with pytest.raises(HeadkitError, match="set_processor"):
         bare.predict("a")
+    bare.set_processor(transformers.Wav2Vec2FeatureExtractor())  # a speech model's processor
+    with pytest.raises(HeadkitError, match="processor is a Wav2Vec2FeatureExtractor"):
+        bare.predict("a")
 
 
 # ----------------------------------------------------------------------------- predict: images

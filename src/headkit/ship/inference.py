@@ -145,7 +145,7 @@ def answer(
             images = open_images(items)
             predictions = predict_images(model, processor, images, batch_size, progress, heads)
         else:
-            check_texts(items)
+            check_texts(items, processor)
             predictions = predict_texts(model, processor, items, batch_size, max_length, heads, progress)
     finally:
         if training:
@@ -186,8 +186,16 @@ def _pair_of(item: Mapping, where: str) -> Any:
     raise DataError(f"{where} is a dict with keys {sorted(item)}; a text pair is {{'text': ..., 'text_pair': ...}}")
 
 
-def check_texts(items: list[Any]) -> None:
-    """Refuse images given to a text model (predict_texts names any other bad item)."""
+def check_texts(items: list[Any], processor: Any) -> None:
+    """Refuse images given to a text model, and a model that reads neither text nor images (a
+    speech model's feature extractor); predict_texts names any other bad item."""
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(processor, PreTrainedTokenizerBase):
+        raise HeadkitError(
+            f"predict reads text and images; this model's processor is a {type(processor).__name__} "
+            "(audio?), which neither tokenizes text nor reads images"
+        )
     for i, item in enumerate(items):
         if _is_image(item):
             raise DataError(f"item {i} is an image, but this model reads text (its processor is a tokenizer)")
