@@ -197,3 +197,17 @@ def test_a_streamed_hf_spec_trains_as_a_stream(tokenizer, tmp_path, monkeypatch)
     data = prepare_stream([TaskSpec("s", spec, eval_data=f"hf:{folder}::validation")], tokenizer, 32, 0, None, None)
     assert isinstance(data.train, StreamedData) and data.heads["s"].labels == ["neg", "pos"]
     assert sum(len(c) for c in data.train.chunks()) == 20 and len(data.val) == 8
+
+
+def test_max_steps_overrides_epochs_for_in_memory_data_too(model_dir, tokenizer, tmp_path, monkeypatch):
+    from headkit.training import loop
+
+    seen = []
+    finish = loop.finish_run
+    monkeypatch.setattr(loop, "finish_run", lambda *a, **k: seen.append(a[4]) or finish(*a, **k))
+    data = datasets.Dataset.from_list(rows(24))
+    # 3 batches an epoch: 4 steps are a whole epoch and one batch of a second
+    result, _ = run(model_dir, tokenizer, tmp_path / "m", data, "full", max_steps=4, batch_size=8, epochs=9)
+    assert seen[-1].global_step == 4 and len(result.metrics["epochs"]) == 2
+    result, _ = run(model_dir, tokenizer, tmp_path / "s", Counted(rows(24)).stream(), "full", max_steps=4, batch_size=8)
+    assert seen[-1].global_step == 4 and len(result.metrics["epochs"]) == 1

@@ -23,7 +23,7 @@ transformers' Trainer trains one:
   the backbone's features (`training/features.stream_features`: written to disk as they are made,
   then memory-mapped, so memory stays bounded by a chunk; the cost is disk: 4 bytes x hidden size
   per example for pooled heads, 2 bytes x hidden size per token for per-token heads), after which
-  the heads train their epochs on the cache exactly as on in-memory data. An endless stream must be
+  the heads train their epochs (or max_steps) on the cache exactly as on in-memory data. An endless stream must be
   bounded for that pass (`stream.take(n)`, or a task's `limit`: the first `limit` rows).
 
 Not yet for streams: image and preference-pair (reward) heads, several processes, `resume`, and

@@ -14,10 +14,13 @@ Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
 Runs unchanged under `accelerate launch` on several processes: the model, optimizer and loader
 go through `Accelerator.prepare`, and only the main process writes files.
 
-Streamed training data (`data/streaming.py`: a `datasets.IterableDataset`) has no length: a phase
-that runs the backbone over it trains `max_steps` optimizer steps as one "epoch" (re-reading the
-stream as often as needed; validation at its end), and a cached phase first caches the stream's
-features in one pass (`stream_features`), then trains its epochs over the cache as usual.
+`max_steps` (transformers' meaning: optimizer steps, overriding epochs) sets the length of the
+strategy's main phase (the one `epochs` sets; lp-ft's probe keeps `lp_epochs`): it runs the epochs
+the steps need, the last one cut short. Streamed training data (`data/streaming.py`: a
+`datasets.IterableDataset`) has no length: a phase that runs the backbone over it needs
+`max_steps` and trains them as one "epoch" (re-reading the stream as often as needed; validation
+at its end); a cached phase first caches the stream's features in one pass (`stream_features`),
+then trains its epochs over the cache as usual.
 """
 
 from __future__ import annotations
@@ -124,8 +127,8 @@ class PhaseRun:
     scheduler: Any
     rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
     trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
-    max_steps: int | None = None  # a streamed phase: the optimizer steps its one "epoch" runs
-    stop_at: int | None = None  # ... and the run's global step at which it ends
+    max_steps: int | None = None  # this phase's optimizer steps when max_steps sets them (else its epochs)
+    last_batches: int | None = None  # max_steps: the batches of the phase's last epoch (None: all)
 
 
 def fit(
@@ -145,14 +148,14 @@ def fit(
     started = time.perf_counter()
     run = setup(config, model, processor, data, make_batch, make_eval_batch)
     state, resuming = initial_state(run)
-    for index, phase in enumerate(run.strategy.phases(config)):
+    phases = run.strategy.phases(config)
+    for index, phase in enumerate(phases):
         if resuming and index < _saved_phase(run):
             continue
-        if run.streamed and not phase.cached:  # max_steps over the stream: one "epoch"
-            phase = dataclasses.replace(phase, epochs=1)
-        current, state = start_phase(run, phase, index, state, resuming)
+        steps = getattr(config, "max_steps", None) if index == len(phases) - 1 else None  # the `epochs` phase
+        current, state = start_phase(run, phase, index, state, resuming, steps)
         resuming = False
-        while state.epoch < phase.epochs:
+        while state.epoch < current.phase.epochs:
             seconds = train_epoch(run, current, state)
             end_epoch(run, current, state, seconds)
         state.phase, state.epoch, state.batches_done = index + 1, 0, 0
@@ -236,7 +239,7 @@ def check_stream(run: Run) -> None:
             f"the training data is a stream (datasets.IterableDataset), which has no length to count epochs by: "
             f"give max_steps (optimizer steps, as transformers' Trainer needs for such data) for the phase(s) "
             f"{reading} of strategy {run.strategy.name}, or bound the stream and load it as a Dataset; "
-            "strategy frozen needs none (one pass caches the stream's features, then epochs run on the cache)"
+            "strategy frozen needs none (one pass caches the stream's features, then its epochs run on the cache)"
         )
 
 
@@ -262,8 +265,11 @@ def _saved_phase(run: Run) -> int:
     return json.loads((run.checkpoint_dir / "state.json").read_text())["progress"]["phase"]
 
 
-def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming: bool) -> tuple[PhaseRun, TrainState]:
-    """Set what trains, build the optimizer, loader and scheduler, and resume or reset progress."""
+def start_phase(
+    run: Run, phase: Phase, index: int, state: TrainState, resuming: bool, max_steps: int | None = None
+) -> tuple[PhaseRun, TrainState]:
+    """Set what trains, build the optimizer, loader and scheduler, and resume or reset progress.
+    `max_steps`: the phase's optimizer steps (the returned PhaseRun's phase has the epochs they need)."""
     config, accelerator, model = run.config, run.accelerator, run.model
     run.strategy.set_trainable(model, phase)
     trainable, total = count_parameters(model)
@@ -286,18 +292,19 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
         if len(run.data.val):
             run.caches["val"] = _features(run, run.data.val, digest)
     train = run.cached_train if phase.cached and run.streamed else run.data.train
-    max_steps = None
-    if isinstance(train, StreamedData):  # the stream's own order, read as it passes
-        sampler, loader, max_steps = (
-            None,
-            train.loader(config.batch_size, run.make_batch),
-            getattr(config, "max_steps", None),
-        )
+    last_batches = None
+    if isinstance(train, StreamedData):  # the stream's own order, read as it passes: max_steps as one "epoch"
+        sampler, loader = None, train.loader(config.batch_size, run.make_batch)
+        phase = dataclasses.replace(phase, epochs=1)
     else:
         sampler = LengthGroupedBatches(
             train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
         )
         loader = DataLoader(train, batch_sampler=sampler, collate_fn=run.make_batch)
+        if max_steps:  # the epochs the steps need, the last one cut short
+            per_epoch = math.ceil(len(loader) / config.grad_accum)
+            phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))
+            last_batches = min(len(loader), (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
     optimizer = make_optimizer(model, config, run.strategy)
     # a cached phase never runs the backbone: DDP wraps only the heads and loss weighting that train
     trains = model.trainable_top() if phase.cached else model
@@ -317,9 +324,8 @@ def start_phase(run: Run, phase: Phase, index: int, state: TrainState, resuming:
     if not phase.frozen:
         state.backbone_modified = True
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
-    stop_at = state.global_step + max_steps if max_steps else None  # lp-ft: after the probe's steps
     return PhaseRun(
-        phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps, stop_at
+        phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps, last_batches
     ), state
 
 
@@ -394,12 +400,14 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
     accelerator, phase, wrapped = run.accelerator, current.phase, current.wrapped
     epoch_started = time.perf_counter()
     iterator, skip = _batches(run, current, state)
+    steps_before = state.global_step  # a stream's steps are counted from here (its runs do not resume)
     wrapped.train()
     run.model.train()  # a cached phase trains a wrapper of the heads alone: the model's own flag follows
     if phase.frozen:  # a frozen feature extractor: no dropout, same features every epoch
         run.model.backbone.eval()
+    streamed = current.sampler is None
     bar = tqdm(
-        total=current.max_steps * run.config.grad_accum if current.max_steps else len(current.loader),
+        total=current.max_steps * run.config.grad_accum if streamed else len(current.loader),
         initial=skip,
         desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}",
         disable=not (run.config.progress and run.main),
@@ -423,10 +431,19 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             if run.config.save_every and state.global_step % run.config.save_every == 0:
                 checkpoint(run, current, state)
-            if current.stop_at and state.global_step >= current.stop_at:
+            if _done(current, state, steps_before):
                 break
     bar.close()
     return round(time.perf_counter() - epoch_started, 3)
+
+
+def _done(current: PhaseRun, state: TrainState, steps_before: int) -> bool:
+    """Whether max_steps ends the phase here: a stream after its steps, other data after the
+    batches of the last epoch that the steps need."""
+    if current.sampler is None:
+        return state.global_step - steps_before >= (current.max_steps or 0)
+    last = state.epoch == current.phase.epochs - 1
+    return current.last_batches is not None and last and state.batches_done >= current.last_batches
 
 
 def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, int]:
