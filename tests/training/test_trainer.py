@@ -222,6 +222,10 @@ def test_clear_errors(tiny_text_model, rows, tmp_path):
         train(tiny_text_model, ok, train_dataset=splits, **FAST)
     with pytest.raises(HeadkitError, match=r"unknown training option\(s\) \['epoch'\]"):
         Trainer(tiny_text_model, ok, train_dataset=rows, epoch=3)
+    with pytest.raises(HeadkitError, match="unknown strategy 'half'"):
+        Trainer(tiny_text_model, ok, train_dataset=rows, strategy="half")
+    with pytest.raises(HeadkitError, match="--epochs must be at least 1, got 0"):
+        Trainer(tiny_text_model, ok, train_dataset=rows, epochs=0)
     with pytest.raises(HeadkitError, match="args must be a headkit TrainConfig"):
         Trainer(tiny_text_model, ok, train_dataset=rows, args={"epochs": 3})
     with pytest.raises(HeadkitError, match="resume=True continues the run in output_dir"):

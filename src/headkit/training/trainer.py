@@ -33,9 +33,9 @@ from headkit.data.tasks import DEFAULT_HEAD_TYPE, TaskSpec
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
-from headkit.training.config import TrainConfig
+from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.state import TrainResult
-from headkit.training.strategies import strategy_defaults
+from headkit.training.strategies import parse_strategy, strategy_defaults
 
 TRAIN_KEY, EVAL_KEY = "train_dataset", "eval_dataset"  # the `data` names the tasks read them by
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec) if f.name != "name")
@@ -153,6 +153,8 @@ def run_config(args: TrainConfig | None, overrides: dict[str, Any]) -> tuple[Tra
         raise HeadkitError(f"training options: {e}") from e
     if overrides.get("output_dir") is None and "output_dir" in overrides:
         raise HeadkitError("output_dir=None: leave output_dir out to keep nothing on disk, or name a directory")
+    parse_strategy(config.strategy)  # a bad strategy or range fails here, before any data is read
+    check_ranges(config)
     if config.resume and not keeps_run:
         raise HeadkitError("resume=True continues the run in output_dir: name that output_dir")
     return config, keeps_run
