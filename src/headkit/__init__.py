@@ -25,6 +25,7 @@ from headkit.errors import (
 )
 from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
 from headkit.model import MultiHeadModel, MultiHeadOutput, load, load_heads
+from headkit.ship.inference import Metrics
 from headkit.ship.pipeline import pipeline
 from headkit.ship.save import save, save_heads
 
@@ -60,6 +61,7 @@ __all__ = [
     "HeadConfigError",
     "HeadMismatchError",
     "HeadkitError",
+    "Metrics",
     "ModelNotFoundError",
     "MultiHeadConfig",
     "MultiHeadModel",

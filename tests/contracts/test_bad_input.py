@@ -302,7 +302,7 @@ def _(c):
     headkit.load_heads(c.saved, transformers.BertModel(config))
 
 
-@case("predict on a non-string item", "not text")
+@case("predict on a non-string item", "not a text or a (text, text_pair) pair")
 def _(c):
     from headkit.ship.predict import load_for_inference, predict_texts
 

@@ -194,6 +194,9 @@ class TrainConfig:
     # a scratch directory that is deleted afterwards, and sets it False on its config so that
     # nothing is written there for nothing (a large model's copy would fill a small /tmp).
     keep_files: ClassVar[bool] = True
+    # Whether the end of the run prints its summary table. The CLI always does (it is the command's
+    # output); `headkit.Trainer` does when its progress bars are on, so `progress=False` is silent.
+    print_summary: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.strategy = str(self.strategy)  # the CLI's pattern type is a str subclass YAML cannot write

@@ -64,7 +64,7 @@ def finish_run(
         with transformers_bars(config.progress):  # its "Writing model shards" bar
             save(model, run / "model", processor=processor, card=card)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
-    if main:
+    if main and config.print_summary:
         print_summary(model, evaluation, metrics)
     return TrainResult(model, metrics, evaluation, run if config.keep_files else None)
 

@@ -104,6 +104,7 @@ class Trainer:
         config = dataclasses.replace(self.args, tasks=[*self.args.tasks, *tasks])
         given = self.model if isinstance(self.model, MultiHeadModel) else None
         config.model = backbone_name(given) if given is not None else str(self.model)
+        config.print_summary = config.progress  # a library run with progress=False prints nothing
         if self.keeps_run:
             result = run_recipe(config, sources, given, self.configs)
         else:
@@ -111,7 +112,7 @@ class Trainer:
                 config.output_dir = str(directory)
                 config.keep_files = False  # the scratch directory goes: write no model, report or plots there
                 result = run_recipe(config, sources, given, self.configs)
-        self.model = result.model
+        self.model = result.model.eval()  # as transformers' from_pretrained hands a model over: no live dropout
         return result
 
 
