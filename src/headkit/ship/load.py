@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,9 @@ def saved_backbone(
         from peft import PeftModel
 
         try:
-            backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
+            with warnings.catch_warnings():  # peft 0.21 calls an API transformers 5 deprecated: not the user's to fix
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                backbone = PeftModel.from_pretrained(backbone, directory / ADAPTER_DIR)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise CheckpointError(f"the LoRA adapter in {directory / ADAPTER_DIR} could not be read ({e})") from e
     return backbone
