@@ -352,3 +352,19 @@ def test_save_keeps_the_models_tokenizer_by_default(tmp_path):
     saved = headkit.load_processor(tmp_path / "save" / BACKBONE_DIR)
     assert saved(TEXTS)["input_ids"] == word_tokenizer()(TEXTS)["input_ids"]
     assert_same(outputs(headkit.load(tmp_path / "save")), outputs(model))
+
+
+def test_a_manifest_rewritten_by_save_heads_finds_the_base_through_peft_s_adapter_config(tmp_path):
+    """save_heads over a full save writes a manifest without "base": the adapter's config still
+    names it (peft's convention); a save naming no base at all is refused as incomplete."""
+    base = make_base(tmp_path / "base", "bert")
+    model = lora_model(base, "bert")
+    expected = outputs(model)
+    headkit.save(model, tmp_path / "save")
+    save_heads(model, tmp_path / "save")
+    assert "base" not in json.loads((tmp_path / "save" / "heads.json").read_text())["backbone"]
+    assert_same(outputs(headkit.load(tmp_path / "save")), expected)
+    config = tmp_path / "save" / ADAPTER_DIR / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": None}))
+    with pytest.raises(CheckpointError, match=r"names no base model for them.*the save is incomplete"):
+        headkit.load(tmp_path / "save")

@@ -185,13 +185,15 @@ def remember_source(backbone: nn.Module, name: str | os.PathLike, source: ModelS
     """Leave `SOURCE` on a freshly loaded backbone: how to load it again (`reference`), or why it
     cannot be, and the digest of its weights as loaded."""
     from headkit.backbone.fingerprint import digest_of, weights_samples
+    from headkit.ship.save import find_save
 
     named = reference(name, source.path)
     if named is None:
-        named = {
-            "name_or_path": None,
-            "why": f"its weights were loaded from {source.path}, which cannot be named again",
-        }
+        saved = source.path.parent if source.path.name == "backbone" else source.path
+        why = f"it was loaded from {source.path}, which names no checkpoint to load again"
+        if find_save(saved, with_backbone=False) is not None:
+            why = f"it was loaded from the headkit save {saved}, whose copy may be replaced or removed"
+        named = {"name_or_path": None, "why": why}
     try:
         named["weights_sample_sha256"] = digest_of(weights_samples(backbone))
     except (RuntimeError, NotImplementedError):  # weights on the meta device or offloaded: nothing to compare later

@@ -127,7 +127,9 @@ def saved_backbone(
     return backbone
 
 
-def saved_base(directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
+def saved_base(
+    directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> nn.Module:
     """The backbone under a full save's adapter: backbone/'s own weights (a plain save, a LoRA save
     made before LoRA saves named their base, or one whose base could not be named), else the base
     model the save names (heads.json, or peft's adapter_config.json), loaded by its id and checked
