@@ -343,6 +343,31 @@ def test_transformers_trainer_trains_a_multihead_model(tiny_text_model, tmp_path
     assert torch.equal(again.heads["sentiment"].classifier[-1].weight, model.heads["sentiment"].classifier[-1].weight)
 
 
+def test_transformers_trainer_with_the_models_own_dataset_and_collator(tiny_text_model, tmp_path):
+    """No internal imports: model.encode_dataset gives Trainer a dataset, model.data_collator() its batches."""
+    rows = sentiment_rows(48)
+    heads = {"sentiment": headkit.head_config("classification", labels=["neg", "pos"]),
+             "score": headkit.head_config("regression", labels=["score"])}  # fmt: skip
+    torch.manual_seed(0)
+    model = MultiHeadModel.from_pretrained(tiny_text_model, heads)
+    train_data = model.encode_dataset(rows)  # labels from the columns named like the heads
+    assert len(train_data) == 48 and train_data[0]["labels"]["sentiment"] in (0, 1)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "t"), num_train_epochs=6, per_device_train_batch_size=8, learning_rate=2e-3,
+        save_strategy="no", report_to=[], logging_steps=1, use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=train_data, data_collator=model.data_collator()
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # it learned
+    scores = model.evaluate(rows)  # the same columns, scored
+    assert set(scores) == {"sentiment", "score"} and scores.num_examples == 48
+    with pytest.raises(headkit.DataError, match="column 'label' not found"):
+        model.encode_dataset([{"text": "good", "mood": "pos"}], heads={"sentiment": "label"})
+
+
 def test_pipeline_answers_like_transformers_pipelines(run, saved_multihead):
     classify = headkit.pipeline(run, device="cpu")
     one = classify("a very good film")

@@ -115,6 +115,29 @@ class InferenceMixin:
         )
         return Metrics(evaluation.scores, evaluation.losses, evaluation.reports, count)
 
+    def encode_dataset(self, dataset: Any, heads: HeadColumns | None = None, max_length: int | None = None) -> Any:
+        """Labelled `dataset` tokenized for this model's heads, with their label maps: a torch
+        Dataset for `transformers.Trainer` (with `data_collator()`), or for a loop of your own.
+        `dataset` and `heads` (head -> label column or {"label", "text", "text_pair"}; default:
+        every head, reading the columns `evaluate` reads) as in `evaluate`."""
+        from headkit.training.evaluate import encode_dataset
+
+        processor = _require_processor(self, self._processor())
+        return encode_dataset(self, processor, dataset, dict(heads or {}), max_length=max_length or self.max_length)
+
+    def data_collator(self) -> Any:
+        """Pads a list of `encode_dataset` examples into one batch for this model (the tokenizer's pad
+        id, each head's labels stacked or padded): `transformers.Trainer(data_collator=...)`."""
+        import functools
+
+        from headkit.data.batching import collate
+
+        processor = self._processor()
+        pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
+        head_types = {name: head.config.type for name, head in self.heads.items()}
+        widths = {name: len(head.config.labels) for name, head in self.heads.items()}
+        return functools.partial(collate, pad_id=pad_id, head_types=head_types, widths=widths)
+
 
 def answer(
     model: Any,

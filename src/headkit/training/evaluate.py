@@ -158,18 +158,39 @@ def evaluate_dataset(
 ) -> tuple[Evaluation, int]:
     """Score a trained model on labelled data with the label maps saved at training time.
 
+    `data`, `columns`, `text`, `max_length`: as `encode_dataset`. Returns the evaluation and the
+    number of examples. Unseen labels raise a `DataError`.
+    """
+    encoded = encode_dataset(model, processor, data, columns, text, max_length, name="the evaluation data")
+    pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
+    return evaluate(model, encoded, pad_id, batch_size=batch_size, progress=progress), len(encoded)
+
+
+def encode_dataset(
+    model: MultiHeadModel,
+    processor,
+    data: Any,
+    columns: Columns | None = None,
+    text: str | None = None,
+    max_length: int | None = None,
+    name: str = "the given data",
+) -> EncodedData:
+    """Labelled data encoded for `model`'s heads with their saved label maps: what `evaluate` scores,
+    and a torch Dataset that `transformers.Trainer` trains on with `model.data_collator()`.
+
     `data`: whatever `read_rows` reads: a file, a built-in dataset, `hf:...`, or in memory a
     `datasets.Dataset`, a pandas DataFrame, a dict of lists or a list of dicts.
-    `columns`: the heads to score (default: all), each mapped to its label column or to a dict
-    `{"label", "text", "text_pair"}` (keys left out take their defaults): see `head_columns`.
+    `columns`: the heads to encode labels for (default: all), each mapped to its label column or to
+    a dict `{"label", "text", "text_pair"}` (keys left out take their defaults): see `head_columns`.
     `text`: the text column of every head (default: each head's own, else 'text').
-    Returns the evaluation and the number of examples. Unseen labels raise a `DataError`.
+    `max_length`: the token limit (default: the one the model was trained with, else 128).
+    `name`: what errors call in-memory data.
     """
     from headkit.backbone import max_input_tokens
     from headkit.data.readers import read_rows
     from headkit.data.tasks import TaskSpec, prepare
 
-    where = str(data) if isinstance(data, str | os.PathLike) else "the evaluation data"  # the name errors give
+    where = str(data) if isinstance(data, str | os.PathLike) else name  # the name errors give
     rows = read_rows(data)  # read once: the columns are looked up in it, and prepare encodes it
     chosen = head_columns(model, columns, set(rows[0]) if rows else set(), text, where)
     tasks = []
@@ -180,9 +201,7 @@ def evaluate_dataset(
     label_maps = {n: model.heads[n].config.labels for n in chosen}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
     limit = max_input_tokens(model.backbone.config, processor, max_length)
-    prepared = prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows})
-    pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
-    return evaluate(model, prepared.train, pad_id, batch_size=batch_size, progress=progress), len(prepared.train)
+    return prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows}).train
 
 
 COLUMN_KEYS = ("label", "text", "text_pair")
