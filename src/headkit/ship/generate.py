@@ -110,6 +110,8 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cp
     """A causal-LM model (eval mode, on `device`) and its tokenizer; GGUF files are dequantised once and cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from headkit.ship.load import base_checkpoint
+
     saved = find_save(name)
     report = None if saved else inspect_model(name, trust_remote_code=trust_remote_code)
     if report is not None and report.head_kind != CAUSAL_LM:
@@ -118,7 +120,8 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, device: str = "cp
             "use a decoder checkpoint (e.g. smollm2), or fill-mask for masked-LM models"
         )
     path = saved / "backbone" if saved else _local_path(name)
-    model = quietly_from_pretrained(AutoModelForCausalLM, path, trust_remote_code=trust_remote_code).eval()
+    weights = base_checkpoint(saved) if saved else path  # a LoRA save's backbone/ may name its base instead
+    model = quietly_from_pretrained(AutoModelForCausalLM, weights, trust_remote_code=trust_remote_code).eval()
     if saved is not None and (saved / "adapter").is_dir():
         # A LoRA-pretrained run: its adapter was trained on the backbone, whose module names differ
         # from the causal-LM class, so merge it there and copy the result in (a tied lm_head follows).
