@@ -22,7 +22,7 @@ from headkit.backbone.resolve import load_config, resolve_model
 from headkit.backbone_outputs import width_or_none
 from headkit.errors import CheckpointError
 from headkit.hub import is_hub_id
-from headkit.ship.save import BACKBONE_DIR, MANIFEST, read_manifest
+from headkit.save_layout import BACKBONE_DIR, MANIFEST, read_manifest
 
 # sentence-transformers' Pooling config flags -> headkit's pooling methods (the modes with no exact
 # counterpart, mean_sqrt_len and weightedmean, leave the choice to the family's convention)

@@ -3,7 +3,10 @@
 Only the backbone (`AutoModel`) is loaded, the task head dropped; weights the checkpoint lacks are
 drawn from a fixed seed so every load is the same backbone. A GGUF model is dequantised once into
 a cached safetensors copy, and a tokenizer with no pad token reuses one of its own tokens, so
-batches can be padded without a new embedding.
+batches can be padded without a new embedding. The backbone/ of a LoRA save that names its base
+model instead of copying it loads as that base (`saved_base`), fetched by name and checked
+against the digest the save recorded (backbone/named_base.py); a save's layout comes from
+headkit.save_layout, so nothing here imports ship/.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit._fs import cache_dir, staged_dir
 from headkit.backbone.inspect import model_class
+from headkit.backbone.named_base import base_name, check_base, named_base
 from headkit.backbone.resolve import ModelSource, check_remote_code, gguf_cache_key, load_config, resolve_model
-from headkit.errors import HeadkitError, ModelNotFoundError
+from headkit.errors import CheckpointError, HeadkitError, ModelNotFoundError
 from headkit.extras import require
+from headkit.save_layout import BACKBONE_DIR, MANIFEST, find_save, holds_weights
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +110,6 @@ def load_backbone(
         kwargs["dtype"] = dtype
     if names_its_base(source.path):
         # a LoRA save that holds its adapter and the name of its base model, not the base's weights
-        from headkit.ship.load import saved_base
-
         backbone = saved_base(source.path.parent, trust_remote_code=trust_remote_code, dtype=dtype)
     else:
         path = dequantised(source) if source.gguf_file else source.path
@@ -134,9 +137,41 @@ def load_backbone(
 def names_its_base(path: Path) -> bool:
     """Whether `path` is the backbone/ of a headkit save that holds no weights (a LoRA save that
     names its base model instead)."""
-    from headkit.ship.save import MANIFEST, holds_weights
-
     return path.name == "backbone" and (path.parent / MANIFEST).is_file() and not holds_weights(path)
+
+
+def saved_base(
+    directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """The backbone under a full save's adapter: backbone/'s own weights (a plain save, a LoRA save
+    made before LoRA saves named their base, or one whose base could not be named), else the base
+    model the save names (heads.json, or peft's adapter_config.json), loaded by its id and checked
+    to be the one the adapter was trained on."""
+    directory = Path(directory)
+    folder = directory / BACKBONE_DIR
+    if holds_weights(folder):
+        return load_backbone(folder, trust_remote_code=trust_remote_code, merge_adapter=False, dtype=dtype)
+    base = named_base(directory)
+    if not isinstance(base, dict) or not isinstance(base.get("name_or_path"), str):
+        raise CheckpointError(
+            f"{folder} holds no weights, and {directory} names no base model for them (heads.json's "
+            '"backbone" has no "base", adapter/adapter_config.json no base_model_name_or_path); the save is incomplete'
+        )
+    name = base_name(base)
+    try:
+        if names_its_base(resolve_model(name).path):
+            raise CheckpointError(f"{directory} names as its base model {name}, another save without weights")
+        backbone = load_backbone(name, trust_remote_code=trust_remote_code, dtype=dtype, merge_adapter=False)
+    except ModelNotFoundError as e:
+        raise CheckpointError(
+            f"{directory} is a LoRA save: it holds the adapter, not a copy of the base model it adapts, "
+            f"{name}, which could not be loaded ({e}). Make that model available again (the folder, the hub "
+            "id in the Hugging Face cache, or the alias's package)"
+        ) from e
+    check_base(base, backbone, directory)
+    # it reads as a load of backbone/ would: the processor saved there is the model's (model._processor)
+    backbone.config.name_or_path = str(folder)
+    return backbone
 
 
 # The attribute `load_backbone` leaves on each backbone it loads: where its weights came from, so
@@ -155,7 +190,6 @@ def reference(name: str | os.PathLike, folder: Path | None = None) -> dict | Non
     that save, which may be overwritten or removed). Asks no hub."""
     from headkit.backbone.resolve import ALIASES
     from headkit.hub import HUB_ID, HUB_REPO
-    from headkit.ship.save import MANIFEST, find_save
 
     text = str(name or "")
     if text in ALIASES or text.startswith("timm:"):
@@ -185,7 +219,6 @@ def remember_source(backbone: nn.Module, name: str | os.PathLike, source: ModelS
     """Leave `SOURCE` on a freshly loaded backbone: how to load it again (`reference`), or why it
     cannot be, and the digest of its weights as loaded."""
     from headkit.backbone.fingerprint import digest_of, weights_samples
-    from headkit.ship.save import find_save
 
     named = reference(name, source.path)
     if named is None:

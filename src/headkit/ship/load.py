@@ -5,13 +5,14 @@ Nothing here builds a MultiHeadModel, so headkit.model can call it without an im
 model's `load_heads` reads the manifest through `read_save`, builds itself from the configs in it,
 and hands itself to `restore`; `saved_backbone` loads a full save's backbone (and LoRA adapter):
 from backbone/, or for a LoRA save that names its base model, that model fetched by its id and
-checked against the digest of the weights the adapter was trained on (`saved_base`).
+checked against the digest of the weights the adapter was trained on (`saved_base`, which lives
+in backbone/load.py with the helpers of backbone/named_base.py, since `load_backbone` of a save's
+backbone/ folder goes through it too; re-exported here).
 Both formats load: format 2 (a folder per head) and format 1 (one heads.safetensors).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -22,13 +23,26 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from headkit.backbone import load_backbone, resolve_model
+from headkit.backbone import resolve_model
 from headkit.backbone.fingerprint import differing_weights, fingerprint
-from headkit.backbone.load import names_its_base
-from headkit.errors import CheckpointError, FingerprintMismatchError, ModelNotFoundError
+from headkit.backbone.load import saved_base
+from headkit.backbone.named_base import base_name, check_base, named_base
+from headkit.errors import CheckpointError, FingerprintMismatchError
 from headkit.heads import storage
-from headkit.hub import is_hub_id
-from headkit.ship.save import ADAPTER_DIR, BACKBONE_DIR, MANIFEST, WEIGHTS, holds_weights, read_manifest
+from headkit.save_layout import ADAPTER_DIR, BACKBONE_DIR, MANIFEST, WEIGHTS, holds_weights, read_manifest
+
+__all__ = [  # saved_base, base_name and check_base live in backbone/ (load_backbone reads a LoRA save with them)
+    "base_checkpoint",
+    "base_name",
+    "check_base",
+    "check_fingerprint",
+    "head_tensors",
+    "other_weights",
+    "read_save",
+    "restore",
+    "saved_backbone",
+    "saved_base",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,40 +141,6 @@ def saved_backbone(
     return backbone
 
 
-def saved_base(
-    directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
-) -> nn.Module:
-    """The backbone under a full save's adapter: backbone/'s own weights (a plain save, a LoRA save
-    made before LoRA saves named their base, or one whose base could not be named), else the base
-    model the save names (heads.json, or peft's adapter_config.json), loaded by its id and checked
-    to be the one the adapter was trained on."""
-    directory = Path(directory)
-    folder = directory / BACKBONE_DIR
-    if holds_weights(folder):
-        return load_backbone(folder, trust_remote_code=trust_remote_code, merge_adapter=False, dtype=dtype)
-    base = read_manifest(directory)["backbone"].get("base") or _adapter_base(directory)
-    if not isinstance(base, dict) or not isinstance(base.get("name_or_path"), str):
-        raise CheckpointError(
-            f"{folder} holds no weights, and {directory} names no base model for them (heads.json's "
-            '"backbone" has no "base", adapter/adapter_config.json no base_model_name_or_path); the save is incomplete'
-        )
-    name = base_name(base)
-    try:
-        if names_its_base(resolve_model(name).path):
-            raise CheckpointError(f"{directory} names as its base model {name}, another save without weights")
-        backbone = load_backbone(name, trust_remote_code=trust_remote_code, dtype=dtype, merge_adapter=False)
-    except ModelNotFoundError as e:
-        raise CheckpointError(
-            f"{directory} is a LoRA save: it holds the adapter, not a copy of the base model it adapts, "
-            f"{name}, which could not be loaded ({e}). Make that model available again (the folder, the hub "
-            "id in the Hugging Face cache, or the alias's package)"
-        ) from e
-    check_base(base, backbone, directory)
-    # it reads as a load of backbone/ would: the processor saved there is the model's (model._processor)
-    backbone.config.name_or_path = str(folder)
-    return backbone
-
-
 def base_checkpoint(directory: str | os.PathLike) -> Path:
     """The folder holding the weights of a full save's base model: backbone/, or for a LoRA save
     that names its base, that checkpoint's folder (a hub id's cached snapshot, an alias's files).
@@ -170,54 +150,11 @@ def base_checkpoint(directory: str | os.PathLike) -> Path:
 
     directory = Path(directory)
     folder = directory / BACKBONE_DIR
-    base = (
-        None if holds_weights(folder) else read_manifest(directory)["backbone"].get("base") or _adapter_base(directory)
-    )
+    base = None if holds_weights(folder) else named_base(directory)
     if not isinstance(base, dict):
         return folder
     source = resolve_model(base_name(base))
     return dequantised(source) if source.gguf_file else source.path
-
-
-def base_name(base: dict) -> str:
-    """The name `load_backbone` reads a saved base reference by: a hub id with its revision."""
-    name, revision = base["name_or_path"], base.get("revision")
-    return f"{name}@{revision}" if revision and is_hub_id(name) and "@" not in name else name
-
-
-def _adapter_base(directory: Path) -> dict | None:
-    """The base model peft's adapter_config.json names (a save whose heads.json was rewritten
-    by save_heads has only this one); no weights digest to check it against."""
-    path = directory / ADAPTER_DIR / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    name = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    return {"name_or_path": name, "revision": config.get("revision")} if name else None
-
-
-def check_base(base: dict, backbone: nn.Module, directory: Path) -> None:
-    """Refuse a base model other than the one the adapter was trained on (another fine-tune, a
-    newer revision, a folder overwritten since): the adapter would apply to other weights and the
-    heads predict garbage without a word."""
-    current = fingerprint(backbone)
-    recorded = base.get("weights_sample_sha256")
-    if recorded is None or recorded == current["weights_sample_sha256"]:
-        return
-    names = differing_weights(base, current)
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    saved = base["name_or_path"] + (f" at revision {base['revision']}" if base.get("revision") else "")
-    hint = ""
-    if base.get("dtype") != current["dtype"] and "float16" in {base.get("dtype"), current["dtype"]}:
-        was = base.get("dtype")
-        hint = f"; the base was {was} when saved and is {current['dtype']} now: load it in {was}"
-    raise FingerprintMismatchError(
-        f"{directory} is a LoRA adapter trained on {saved} ({base.get('model_type')}), but the model loaded from "
-        f"{base_name(base)} now ({current['model_type']}, from {resolve_model(base_name(base)).path}) has other "
-        f"weights: {len(names)} of {len(current['weights_samples'])} tensors differ ({shown}){hint}. Put the base "
-        "model it was trained on back at that name, or train the adapter again on this one"
-    )
 
 
 def check_fingerprint(saved: dict, backbone: nn.Module, allow_other_weights: bool = False) -> None:

@@ -9,7 +9,8 @@ A head checkpoint is laid out as a sentence-transformers model is, one folder pe
     heads/NAME/model.safetensors  its own tensors, tied ones left out (headkit.heads.storage)
     weighting.safetensors       the learned loss weights, when the weighting has any
 Format 1 (until issue 35) held every head's tensors in one heads.safetensors and the configs in
-heads.json; `read_manifest` reads both, and ship/load.py restores both.
+heads.json; `read_manifest` (headkit.save_layout, with the names above) reads both, and
+ship/load.py restores both.
 A full save is the same directory plus `backbone/` (`save_pretrained`, safetensors, and the
 tokenizer or image processor) and, for LoRA models, `adapter/` (peft's adapter files). A LoRA
 save keeps no copy of the base model it adapts: backbone/ holds its config and processor only,
@@ -39,22 +40,42 @@ from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
 from headkit.backbone.fingerprint import digest_of, fingerprint, weights_samples
-from headkit.errors import CheckpointError
 from headkit.heads import storage
 from headkit.heads.storage import read_weights
-
-FORMAT = "headkit.heads"
-FORMAT_VERSION = 2
-MANIFEST = "heads.json"
-HEADS_DIR = "heads"
-WEIGHTING = "weighting.safetensors"
-WEIGHTS = "heads.safetensors"  # format 1: every head's tensors in one file
-BACKBONE_DIR = "backbone"
-ADAPTER_DIR = "adapter"
+from headkit.save_layout import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    HEADS_DIR,
+    MANIFEST,
+    WEIGHTING,
+    WEIGHTS,
+    find_save,
+    holds_weights,
+    read_json_manifest,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_weights"]  # re-exported: ship/generate.py reads a format-1 save's weights through it
+# re-exported: ship/generate.py reads a format-1 save's weights through it, and the save's layout
+# (names, manifest reading, find_save) lives in headkit.save_layout, below backbone/ and ship/
+__all__ = [
+    "ADAPTER_DIR",
+    "BACKBONE_DIR",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HEADS_DIR",
+    "MANIFEST",
+    "WEIGHTING",
+    "WEIGHTS",
+    "find_save",
+    "holds_weights",
+    "read_json_manifest",
+    "read_manifest",
+    "read_weights",
+]
 
 
 def save_heads(model: Any, directory: str | os.PathLike) -> Path:
@@ -104,55 +125,6 @@ def _remove_stale(directory: Path, listing: dict, weighted: bool) -> None:
     for folder in (directory / HEADS_DIR).iterdir() if (directory / HEADS_DIR).is_dir() else ():
         if folder.name not in listing and folder.is_dir() and {p.name for p in folder.iterdir()} <= ours:
             shutil.rmtree(folder)
-
-
-def read_json_manifest(path: Path, expected_format: str) -> dict:
-    """A JSON manifest whose "format" must be `expected_format`; damage is a CheckpointError."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
-        raise CheckpointError(f'{path} is not a headkit manifest (expected "format": "{expected_format}")')
-    return manifest
-
-
-def read_manifest(directory: str | os.PathLike) -> dict:
-    """Read and validate `heads.json`, of either format. "heads" maps each head to its config dict
-    (read from its folder in format 2, whose listing is kept as "head_files")."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(
-            f"{Path(directory)} has no {MANIFEST}, so it is not a headkit head checkpoint "
-            "(write one with headkit.save_heads(model, dir) or headkit.save(model, dir))"
-        )
-    manifest = read_json_manifest(path, FORMAT)
-    heads = manifest.get("heads")
-    if not isinstance(heads, dict) or not isinstance(manifest.get("backbone"), dict):
-        raise CheckpointError(f'{path} lacks its "heads" or "backbone" section; the checkpoint is damaged')
-    version = manifest.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {version}, newer than this headkit understands ({FORMAT_VERSION}); "
-            "upgrade headkit"
-        )
-    if version >= 2:
-        manifest["head_files"] = {name: _listed(path, name, entry) for name, entry in heads.items()}
-        manifest["heads"] = {
-            name: storage.read_head_config(Path(directory) / entry["path"], entry["sha256"].get(storage.CONFIG))
-            for name, entry in manifest["head_files"].items()
-        }
-    elif not all(isinstance(c, dict) for c in heads.values()):
-        raise CheckpointError(f"{path} has a head whose config is not an object; the checkpoint is damaged")
-    return manifest
-
-
-def _listed(path: Path, name: str, entry: Any) -> dict:
-    """A head's listing in a format-2 manifest, checked to name a folder inside the save."""
-    folder = entry.get("path") if isinstance(entry, dict) else None
-    if not isinstance(folder, str) or Path(folder).is_absolute() or ".." in Path(folder).parts:
-        raise CheckpointError(f"{path} lists head {name!r} without a folder inside the save; the checkpoint is damaged")
-    return {"tied": {}, "shared": {}, **entry, "sha256": entry.get("sha256") or {}}
 
 
 def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
@@ -265,22 +237,6 @@ def _name_base_in_adapter(adapter: Path, named: dict) -> None:
     config["base_model_name_or_path"] = named["name_or_path"]
     config["revision"] = named["revision"]
     atomic_write_json(path, config)
-
-
-def holds_weights(directory: str | os.PathLike) -> bool:
-    """Whether a checkpoint folder holds weight files transformers loads (a LoRA save's backbone/
-    holds only its base's config)."""
-    from headkit.hub import CHECKPOINT_WEIGHTS
-
-    return any((Path(directory) / name).is_file() for name in CHECKPOINT_WEIGHTS)
-
-
-def find_save(path: str | os.PathLike, with_backbone: bool = True) -> Path | None:
-    """The headkit save at `path` or, for a training run, at `path/model`; None if there is none."""
-    for candidate in (Path(path), Path(path) / "model"):
-        if (candidate / MANIFEST).is_file() and (not with_backbone or (candidate / BACKBONE_DIR).is_dir()):
-            return candidate
-    return None
 
 
 def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
