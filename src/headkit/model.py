@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +28,12 @@ from transformers.utils import ModelOutput
 
 from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
-from headkit.heads import Head, HeadConfig, build_head, head_class
+from headkit.heads import HEAD_NAME, Head, HeadConfig, build_head, head_class
 from headkit.heads.base import zero_loss
 from headkit.ship.inference import InferenceMixin
 from headkit.ship.pretrained import PretrainedMixin
 from headkit.weighting import LossWeighting
 
-HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
 
 

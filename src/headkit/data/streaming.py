@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from headkit.data.batching import EncodedData, concat
+from headkit.data.encode import PreparedData, check_tasks, encode_rows
 from headkit.data.readers import Rows, label_names_of, load_hub_dataset, named_rows, parse_hf_spec, read_rows
 from headkit.errors import DataError, HeadkitError
 
@@ -108,15 +109,13 @@ class StreamedData:
 
     def chunks(self, epoch: int = 0) -> Iterator[EncodedData]:
         """One pass over the stream, `CHUNK_ROWS` encoded rows at a time."""
-        from headkit.data.tasks import _encode
-
         if hasattr(self.stream, "set_epoch"):
             self.stream.set_epoch(epoch)  # a shuffled stream: another order each pass
         rows, count = iter(self.stream), 0
         while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
             batch = Rows(named_rows(chunk, self.names), self.names)
             try:
-                encoded, _ = _encode(
+                encoded, _ = encode_rows(
                     batch, self.group, self.where, self.text_column, self.processor, self.max_length, self.label_maps
                 )
             except DataError as e:
@@ -205,10 +204,9 @@ def prepare_stream(
     """Streamed training data (a `StreamedData`), the in-memory validation data, and the head
     configs with their label maps (see the module docstring for where each comes from)."""
     from headkit.data.images import is_image_processor
-    from headkit.data.tasks import PreparedData, _check_tasks, _encode
     from headkit.heads import head_class
 
-    _check_tasks(tasks)
+    check_tasks(tasks)
     sources = sources or {}
     keys = {(t.data, t.text, getattr(t, "text_pair", None), t.eval_data) for t in tasks}
     if len(keys) > 1:
@@ -235,7 +233,7 @@ def prepare_stream(
     if not probe:
         raise DataError(f"{data}: the stream is empty")
     given = dict(label_maps or {})
-    sample, configs = _encode(probe, tasks, data, text_column, processor, max_length, given)
+    sample, configs = encode_rows(probe, tasks, data, text_column, processor, max_length, given)
     maps = {**given, **{n: c.labels for n, c in configs.items()}}
     declared = {t.name for t in tasks if t.label in names}
     inferred = [t.name for t in tasks if t.name not in given and t.name not in declared]
@@ -247,7 +245,7 @@ def prepare_stream(
     if eval_source is not None:
         where = str(eval_data or f"{data} (validation split)")
         eval_rows = _read_all(eval_source, where)
-        val = _encode(eval_rows, tasks, where, text_column, processor, max_length, maps)[0]
+        val = encode_rows(eval_rows, tasks, where, text_column, processor, max_length, maps)[0]
     else:
         logger.warning(
             f"{data} is a stream, which cannot be split for validation: training without validation (the last "

@@ -2,7 +2,9 @@
 
 Label maps are inferred from the data at training time and saved in the head configs; at
 evaluation and prediction time the saved maps are passed back in, so a label never seen in
-training is reported instead of silently becoming a new class.
+training is reported instead of silently becoming a new class. A source's rows are encoded by
+data/encode.py (shared with data/streaming.py, which encodes a stream as it passes), whose
+`PreparedData` is importable from here as before.
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from headkit.data.batching import EncodedData, align_tags, concat, split_indices, tokenize
-from headkit.data.images import is_image_processor, load_images
-from headkit.data.pairs import tokenize_pairs
+from headkit.data.batching import EncodedData, concat, split_indices
+from headkit.data.encode import PreparedData, check_tasks, encode_rows
 from headkit.data.pixels import pixel_store
 from headkit.data.readers import Rows, read_rows
 from headkit.errors import DataError
-from headkit.heads import HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
-from headkit.model import HEAD_NAME
+from headkit.heads import HeadConfig, head_class
 
 DEFAULT_HEAD_TYPE = "classification"
 
@@ -83,43 +83,6 @@ def parse_task(
     return TaskSpec(parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data)
 
 
-@dataclass
-class PreparedData:
-    train: EncodedData
-    val: EncodedData
-    heads: dict[str, HeadConfig]
-
-    @property
-    def head_types(self) -> dict[str, str]:
-        return {name: c.type for name, c in self.heads.items()}
-
-    @property
-    def widths(self) -> dict[str, int]:
-        return {name: len(c.labels) for name, c in self.heads.items()}
-
-
-def _check_tasks(tasks: list[TaskSpec]) -> None:
-    if not tasks:
-        raise DataError("no tasks: give at least one head and its data (--data FILE --head NAME:COLUMN)")
-    names = [t.name for t in tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DataError(f"head name(s) {duplicates} used by more than one task; each head needs its own name")
-    for t in tasks:
-        if not t.data:
-            raise DataError(
-                f"task '{t.name}' names no data: give it a file or dataset (data: ...), or train it with "
-                "headkit.Trainer(..., train_dataset=...)"
-            )
-        if not HEAD_NAME.match(t.name):
-            raise DataError(f"head name '{t.name}' must be a Python identifier (letters, digits, _)")
-        if t.dropout is not None and not 0.0 <= t.dropout < 1.0:
-            raise DataError(f"task '{t.name}': dropout {t.dropout} is outside [0, 1); use e.g. 0.1, or 0 for none")
-        trainable = head_types_for_tables()
-        if t.type not in trainable:
-            raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
-
-
 def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
     if limit is None or limit >= len(rows):
         return rows
@@ -147,7 +110,7 @@ def prepare(
         from headkit.data.streaming import prepare_stream
 
         return prepare_stream(tasks, processor, max_length, seed, sources, label_maps)
-    _check_tasks(tasks)
+    check_tasks(tasks)
     # tasks reading the same rows the same way share one encoding (and one backbone pass)
     groups: dict[tuple[str, str, str | None, str | None], list[TaskSpec]] = defaultdict(list)
     for task in tasks:
@@ -174,16 +137,10 @@ def prepare(
 def reads_stream(tasks: list[TaskSpec], sources: dict[str, Any] | None) -> bool:
     """Whether any task reads a stream: a `datasets.IterableDataset` among `sources`, or an
     `hf:...?streaming` data string."""
-    from headkit.data.streaming import is_stream  # streaming.py reads this module's encoders
+    from headkit.data.streaming import is_stream
 
     named = [s for t in tasks for s in (t.data, t.eval_data) if s is not None]
     return any(is_stream(s) for s in [*(sources or {}).values(), *named])
-
-
-def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:
-    """The labels a validation split keeps the proportions of: the first single-label head's."""
-    first = next((t for t in group if head_class(t.type).codec.layout == "index"), None)
-    return np.asarray(encoded.labels[first.name]) if first is not None else None
 
 
 def _encode(
@@ -195,61 +152,11 @@ def _encode(
     max_length: int,
     label_maps: dict[str, list[str]] | None,
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
-    """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs."""
-    kinds = {t.name: head_class(t.type) for t in group}
-    codecs = {t.name: kinds[t.name].codec for t in group}
-    words = any(c.inputs == "words" for c in codecs.values())
-    pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
-    images = is_image_processor(processor)
-    sizes = None
-    if pairs:  # preference pairs: every head on this data reads them
-        if group[0].text_pair is not None:
-            raise DataError(
-                f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
-                f"their label column; drop text_pair '{group[0].text_pair}'"
-            )
-        if len(pairs) != len(group) or images:
-            raise DataError(
-                f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
-                "images cannot share; give them a run of their own"
-            )
-        chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
-        encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
-    elif images:  # the text column names image files
-        if group[0].text_pair is not None:
-            raise DataError(f"{data}: text_pair '{group[0].text_pair}' needs a text backbone; this one reads images")
-        files, sizes = load_images(rows, text_column, data)  # sizes from the files' headers
-        pixels = pixel_store(processor, files, crop=all(c.crop_ok for c in codecs.values()))
-        encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
-    else:
-        pair = group[0].text_pair  # prepare groups tasks by it: one value per group
-        input_ids, word_ids, token_type_ids = tokenize(processor, rows, text_column, max_length, data, words, pair)
-        texts = [r.get("tokens") if words else _text(r, text_column, pair) for r in rows]
-        encoded = EncodedData(input_ids, {}, texts, token_type_ids=token_type_ids)
-    configs = {}
-    for task in group:
-        kind, codec = kinds[task.name], codecs[task.name]
-        if codec.inputs == "images" and not images:
-            raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
-        if images and codec.inputs == "words":
-            raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
-        where = LabelSource(task.name, task.label, data, declared=getattr(rows, "label_names", {}))
-        labels = (label_maps or {}).get(task.name)
-        if labels is None:
-            labels = codec.label_names(rows, where)
-        y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
-        if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
-            y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
-        encoded.labels[task.name] = y
-        options = {} if kind.per_token else {"pooling": task.pooling}
-        if task.dropout is not None:
-            options["dropout"] = task.dropout
-        configs[task.name] = head_config(
-            task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
-        )
-    return encoded, configs
+    """`encode_rows` (data/encode.py), image files held by this module's `pixel_store`."""
+    return encode_rows(rows, group, data, text_column, processor, max_length, label_maps, store_pixels=pixel_store)
 
 
-def _text(row: dict[str, Any], column: str, pair: str | None) -> Any:
-    """What an example's text is shown as in reports: the text, or (text, text_pair)."""
-    return row.get(column) if pair is None else (row.get(column), row.get(pair))
+def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:
+    """The labels a validation split keeps the proportions of: the first single-label head's."""
+    first = next((t for t in group if head_class(t.type).codec.layout == "index"), None)
+    return np.asarray(encoded.labels[first.name]) if first is not None else None

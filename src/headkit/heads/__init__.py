@@ -7,6 +7,7 @@ and the rest of headkit asks the head and its parts, never its name.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from headkit.errors import HeadConfigError, UnknownHeadTypeError
@@ -24,6 +25,8 @@ from headkit.heads.reward import RewardConfig, RewardHead
 from headkit.heads.seq2seq import SEQ2SEQ, Seq2SeqConfig, Seq2SeqHead
 from headkit.heads.span import SpanConfig, SpanHead
 from headkit.heads.token_classification import TokenClassificationConfig, TokenClassificationHead
+
+HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what a head may be named: a Python identifier
 
 REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
     "classification": (ClassificationConfig, ClassificationHead),
@@ -115,6 +118,7 @@ def build_head(config: HeadConfig) -> Head:
 
 
 __all__ = [
+    "HEAD_NAME",
     "IGNORE_INDEX",
     "POOLING_METHODS",
     "REGISTRY",

@@ -1,0 +1,129 @@
+"""One source's rows -> encoded inputs with every task's labels and the head configs that fit them,
+and the `PreparedData` a run trains on: what data/tasks.py (rows read into memory) and
+data/streaming.py (rows encoded as a stream passes) both use, so neither imports the other's
+encoders. The tasks are `TaskSpec`s (data/tasks.py); only their fields are read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from headkit.data.batching import EncodedData, align_tags, tokenize
+from headkit.data.images import is_image_processor, load_images
+from headkit.data.pairs import tokenize_pairs
+from headkit.data.pixels import pixel_store
+from headkit.errors import DataError
+from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
+
+
+@dataclass
+class PreparedData:
+    train: EncodedData
+    val: EncodedData
+    heads: dict[str, HeadConfig]
+
+    @property
+    def head_types(self) -> dict[str, str]:
+        return {name: c.type for name, c in self.heads.items()}
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: len(c.labels) for name, c in self.heads.items()}
+
+
+def check_tasks(tasks: list[Any]) -> None:
+    """Refuse a task list that cannot train: none, a head name used twice or not an identifier,
+    a task with no data, a dropout outside [0, 1), a head type that does not train from tables."""
+    if not tasks:
+        raise DataError("no tasks: give at least one head and its data (--data FILE --head NAME:COLUMN)")
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"head name(s) {duplicates} used by more than one task; each head needs its own name")
+    for t in tasks:
+        if not t.data:
+            raise DataError(
+                f"task '{t.name}' names no data: give it a file or dataset (data: ...), or train it with "
+                "headkit.Trainer(..., train_dataset=...)"
+            )
+        if not HEAD_NAME.match(t.name):
+            raise DataError(f"head name '{t.name}' must be a Python identifier (letters, digits, _)")
+        if t.dropout is not None and not 0.0 <= t.dropout < 1.0:
+            raise DataError(f"task '{t.name}': dropout {t.dropout} is outside [0, 1); use e.g. 0.1, or 0 for none")
+        trainable = head_types_for_tables()
+        if t.type not in trainable:
+            raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
+
+
+def encode_rows(
+    rows: list[dict[str, Any]],
+    group: list[Any],
+    data: str,
+    text_column: str,
+    processor: Any,
+    max_length: int,
+    label_maps: dict[str, list[str]] | None,
+    store_pixels: Callable[..., Any] = pixel_store,
+) -> tuple[EncodedData, dict[str, HeadConfig]]:
+    """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs.
+    `store_pixels(processor, files, crop=...)` holds an image source's preprocessed pixels
+    (data/pixels.py's disk store; data/tasks.py hands in the one it names)."""
+    kinds = {t.name: head_class(t.type) for t in group}
+    codecs = {t.name: kinds[t.name].codec for t in group}
+    words = any(c.inputs == "words" for c in codecs.values())
+    pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
+    images = is_image_processor(processor)
+    sizes = None
+    if pairs:  # preference pairs: every head on this data reads them
+        if group[0].text_pair is not None:
+            raise DataError(
+                f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
+                f"their label column; drop text_pair '{group[0].text_pair}'"
+            )
+        if len(pairs) != len(group) or images:
+            raise DataError(
+                f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
+                "images cannot share; give them a run of their own"
+            )
+        chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
+        encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
+    elif images:  # the text column names image files
+        if group[0].text_pair is not None:
+            raise DataError(f"{data}: text_pair '{group[0].text_pair}' needs a text backbone; this one reads images")
+        files, sizes = load_images(rows, text_column, data)  # sizes from the files' headers
+        pixels = store_pixels(processor, files, crop=all(c.crop_ok for c in codecs.values()))
+        encoded = EncodedData([[] for _ in rows], {}, [r.get(text_column) for r in rows], pixels)
+    else:
+        pair = group[0].text_pair  # prepare groups tasks by it: one value per group
+        input_ids, word_ids, token_type_ids = tokenize(processor, rows, text_column, max_length, data, words, pair)
+        texts = [r.get("tokens") if words else _text(r, text_column, pair) for r in rows]
+        encoded = EncodedData(input_ids, {}, texts, token_type_ids=token_type_ids)
+    configs = {}
+    for task in group:
+        kind, codec = kinds[task.name], codecs[task.name]
+        if codec.inputs == "images" and not images:
+            raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
+        if images and codec.inputs == "words":
+            raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
+        where = LabelSource(task.name, task.label, data, declared=getattr(rows, "label_names", {}))
+        labels = (label_maps or {}).get(task.name)
+        if labels is None:
+            labels = codec.label_names(rows, where)
+        y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
+        if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
+            y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
+        encoded.labels[task.name] = y
+        options = {} if kind.per_token else {"pooling": task.pooling}
+        if task.dropout is not None:
+            options["dropout"] = task.dropout
+        configs[task.name] = head_config(
+            task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
+        )
+    return encoded, configs
+
+
+def _text(row: dict[str, Any], column: str, pair: str | None) -> Any:
+    """What an example's text is shown as in reports: the text, or (text, text_pair)."""
+    return row.get(column) if pair is None else (row.get(column), row.get(pair))
