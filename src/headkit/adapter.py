@@ -186,3 +186,16 @@ class BackboneAdapter(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor], layers: Iterable[int] = (LAST_LAYER,)) -> Features:
         return self.forward_features(inputs, layers)
+
+
+def checkpoint_activations(backbone: nn.Module, kwargs: dict | None = None) -> None:
+    """Turn on the backbone's own activation checkpointing (non-reentrant unless `kwargs` say otherwise):
+    `MultiHeadModel.gradient_checkpointing_enable` and training's `--gradient_checkpointing`
+    (training/strategies.py) both come here."""
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise HeadConfigError(f"{type(backbone).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
+        backbone.activation_checkpointing_enable(kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, feature_key
+from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, checkpoint_activations, feature_key
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import HEAD_NAME, Head, HeadConfig, build_head, head_class
 from headkit.heads.base import zero_loss
@@ -261,8 +261,6 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
         """Recompute the backbone's activations in the backward pass (less memory, about a third more
         time), as on a transformers model; non-reentrant by default, so a frozen or LoRA backbone
         needs no special care. The heads are small: they keep their activations."""
-        from headkit.training.strategies import checkpoint_activations
-
         checkpoint_activations(self.backbone, gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self) -> None:

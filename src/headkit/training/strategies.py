@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from headkit.adapter import checkpoint_activations
 from headkit.errors import HeadConfigError
 
 logger = logging.getLogger(__name__)
@@ -240,14 +241,3 @@ def enable_gradient_checkpointing(backbone: nn.Module, strategy: Strategy) -> No
         )
         return
     checkpoint_activations(backbone)
-
-
-def checkpoint_activations(backbone: nn.Module, kwargs: dict | None = None) -> None:
-    """Turn on the backbone's own activation checkpointing (non-reentrant unless `kwargs` say otherwise)."""
-    if not getattr(backbone, "supports_gradient_checkpointing", False):
-        raise HeadConfigError(f"{type(backbone).__name__} does not support gradient checkpointing")
-    kwargs = {"use_reentrant": False, **(kwargs or {})}
-    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers' name from 5.x on
-        backbone.activation_checkpointing_enable(kwargs)
-    else:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
