@@ -254,3 +254,18 @@ def test_a_stream_goes_to_the_streaming_reader_untouched(tiny_text_model, rows, 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_text_model, {"sentiment": "label"}, train_dataset=datasets.IterableDatasetDict(train=stream))
     assert seen["sources"] == {"train_dataset": stream} and seen["tasks"][0].data == "train_dataset"
+
+
+def test_a_data_file_path_reads_its_images_relative_to_the_file(tmp_path, monkeypatch):
+    """A CSV named by path is read as the CLI reads --data: image paths relative to the file, whatever the cwd."""
+    from headkit.data.shapes import save_small_vit, write_shapes
+    from headkit.training.trainer import train
+
+    splits = write_shapes(tmp_path / "shapes", train=16, validation=8, test=4, size=32)
+    vit = save_small_vit(tmp_path / "vit", image_size=32, hidden_size=32, layers=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = train(str(vit), {"shape": "label"}, train_dataset=str(splits["train"]),
+                   eval_dataset=str(splits["validation"]), text_column="image", epochs=1, progress=False)  # fmt: skip
+    assert result.metrics["train_examples"] == 16 and result.metrics["val_examples"] == 8

@@ -278,13 +278,19 @@ def data_sources(tasks: list[TaskSpec], train_dataset: Any, eval_dataset: Any) -
     train, validation = _splits(train_dataset, TRAIN_KEY)
     if eval_dataset is not None:
         validation, _ = _splits(eval_dataset, EVAL_KEY)
-    sources = {TRAIN_KEY: train}
-    if validation is not None:
-        sources[EVAL_KEY] = validation
+    # a file or dataset name is the tasks' own `data` (read as the CLI reads it: image paths relative to
+    # the file); an in-memory dataset goes into `sources` under the role's name
+    sources, names = {}, {}
+    for key, value in ((TRAIN_KEY, train), (EVAL_KEY, validation)):
+        if isinstance(value, str):
+            names[key] = value
+        elif value is not None:
+            sources[key] = value
+            names[key] = key
     pointed = [
-        dataclasses.replace(t, data=TRAIN_KEY, eval_data=t.eval_data or (EVAL_KEY if validation is not None else None))
-        if t.data is None
-        else t
+        t
+        if t.data is not None
+        else dataclasses.replace(t, data=names[TRAIN_KEY], eval_data=t.eval_data or names.get(EVAL_KEY))
         for t in tasks
     ]
     return sources, pointed
