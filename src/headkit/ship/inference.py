@@ -8,7 +8,7 @@
 A mixin, as ship/pretrained.py is for saving and loading, so that model.py keeps to the model.
 It needs of the class only `heads`, `_processor()`, `max_length`, `device`, `columns` (optional)
 and a forward call, and imports nothing of headkit.model at import time (model.py imports it).
-The work is done by ship/predict.py (one backbone pass per batch for every head) and
+The work is done by ship/predict_batches.py (one backbone pass per batch for every head) and
 training/evaluate.py (the same scoring as `headkit evaluate`), so the CLI, the server,
 `headkit.pipeline` and these methods give the same answers for the same inputs.
 """
@@ -151,7 +151,7 @@ def answer(
     """`predict`'s work for any model the predict functions run (a `MultiHeadModel` or an ONNX
     engine): what `model.predict` and `headkit.pipeline` both answer with."""
     from headkit.data.images import is_image_processor
-    from headkit.ship.predict import predict_images, predict_texts
+    from headkit.ship.predict_batches import predict_images, predict_texts
 
     processor = _require_processor(model, processor)
     items, single = as_items(inputs)
@@ -226,7 +226,7 @@ def check_texts(items: list[Any], processor: Any) -> None:
 
 def open_images(items: list[Any]) -> list[Any]:
     """PIL images as they are, image file paths opened (RGB); anything else a DataError naming it."""
-    from headkit.ship.predict import describe
+    from headkit.ship.predict_batches import describe
 
     images = []
     for i, item in enumerate(items):

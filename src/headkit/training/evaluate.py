@@ -13,8 +13,11 @@ from tqdm.auto import tqdm
 
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.errors import DataError, HeadkitError
-from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache
+
+# A headkit.model.MultiHeadModel, not imported: model.py reaches this module (model.evaluate),
+# and nothing model.py imports imports headkit.model back.
+Model = Any
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Evaluation:
     references: dict[str, list[Any]] = field(default_factory=dict)
     reports: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # head -> per-class report
 
-    def objective(self, model: MultiHeadModel, metric: str | None = None) -> float:
+    def objective(self, model: Model, metric: str | None = None) -> float:
         """One number to select checkpoints by, sign-adjusted so that higher is better.
 
         `metric` (TrainConfig.metric_for_best_model): None, the mean primary metric of the heads;
@@ -50,12 +53,12 @@ class Evaluation:
             raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; reported here: {reported}")
         return sum(values) / len(values)
 
-    def _signed(self, model: MultiHeadModel, head: str, metric: str) -> float:
+    def _signed(self, model: Model, head: str, metric: str) -> float:
         value = self.scores[head][metric]
         return value if model.heads[head].scoring.metrics.get(metric, True) else -value
 
 
-def check_metric(model: MultiHeadModel, metric: str | None) -> None:
+def check_metric(model: Model, metric: str | None) -> None:
     """Refuse a `metric_for_best_model` no head can report, before any training, naming those that can.
     (A head type whose scoring does not list its `metrics` is checked when it is first scored.)"""
     if metric is None:
@@ -71,7 +74,7 @@ def check_metric(model: MultiHeadModel, metric: str | None) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: MultiHeadModel,
+    model: Model,
     data: EncodedData,
     pad_id: int,
     batch_size: int = 64,
@@ -114,7 +117,7 @@ def evaluate(
     return score_heads(model, Evaluation({}, losses, preds, refs))
 
 
-def score_heads(model: MultiHeadModel, evaluation: Evaluation) -> Evaluation:
+def score_heads(model: Model, evaluation: Evaluation) -> Evaluation:
     """Each head's scores and per-class report from the evaluation's predictions and losses (also
     after a head re-decided its predictions, e.g. at tuned thresholds: no second pass needed)."""
     preds, refs, losses = evaluation.predictions, evaluation.references, evaluation.losses
@@ -147,7 +150,7 @@ Columns = Mapping[str, str | Mapping[str, str | None]]  # head -> label column, 
 
 
 def evaluate_dataset(
-    model: MultiHeadModel,
+    model: Model,
     processor,
     data: Any,
     columns: Columns | None = None,
@@ -167,7 +170,7 @@ def evaluate_dataset(
 
 
 def encode_dataset(
-    model: MultiHeadModel,
+    model: Model,
     processor,
     data: Any,
     columns: Columns | None = None,
@@ -208,7 +211,7 @@ COLUMN_KEYS = ("label", "text", "text_pair")
 
 
 def head_columns(
-    model: MultiHeadModel, columns: Columns | None, available: set[str], text: str | None, where: str
+    model: Model, columns: Columns | None, available: set[str], text: str | None, where: str
 ) -> dict[str, dict[str, str | None]]:
     """Each scored head's columns {"label", "text", "text_pair"} in the data.
 

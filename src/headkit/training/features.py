@@ -33,7 +33,10 @@ from headkit._tensorfile import DamagedFile, Spec, mapped, writing
 from headkit.adapter import LAST_LAYER, Features, split_feature_key
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
 from headkit.errors import OutputError
-from headkit.model import MultiHeadModel
+
+# A headkit.model.MultiHeadModel, not imported: model.py reaches this module (model.evaluate,
+# through training/evaluate.py), and nothing model.py imports imports headkit.model back.
+Model = Any
 
 FORMAT = "headkit-features/2"  # in the cache key and the file: a file of another layout is never read
 TOKEN_DTYPE = torch.bfloat16  # per-token features; pooled ones stay fp32
@@ -96,7 +99,7 @@ class FeatureCache:
         return Features(mask, hidden, pooled)
 
 
-def features_needed(model: MultiHeadModel) -> tuple[set[str], set[int]]:
+def features_needed(model: Model) -> tuple[set[str], set[int]]:
     """What the heads read: the pooled features (`feature_key`s) of pooled heads, and the layers
     whose every position some per-token head reads."""
     reads = [model.reads(name) for name in model.heads]
@@ -125,7 +128,7 @@ def _spec(data: EncodedData, poolings: set[str], token_layers: set[int], hidden_
 
 @torch.no_grad()
 def _backbone_pass(
-    model: MultiHeadModel,
+    model: Model,
     data: EncodedData,
     poolings: set[str],
     tokens: dict[int, Tensor],
@@ -166,7 +169,7 @@ def _backbone_pass(
 
 
 def compute_features(
-    model: MultiHeadModel,
+    model: Model,
     data: EncodedData,
     poolings: set[str],
     token_layers: set[int],
@@ -185,7 +188,7 @@ def compute_features(
     return FeatureCache(pooled, tokens, offsets)
 
 
-def _fill(path: Path, model: MultiHeadModel, data: EncodedData, needs: tuple[set[str], set[int]], **run) -> None:
+def _fill(path: Path, model: Model, data: EncodedData, needs: tuple[set[str], set[int]], **run) -> None:
     """Compute the features straight into a new cache file at `path`: the file is laid out first,
     the per-token rows go into it as each batch is done, the pooled vectors at the end."""
     poolings, token_layers = needs
@@ -226,7 +229,7 @@ def _load(path: Path, data: EncodedData, needs: tuple[set[str], set[int]], hidde
 
 
 def cached_features(
-    model: MultiHeadModel,
+    model: Model,
     data: EncodedData,
     poolings: set[str],
     token_layers: set[int],
@@ -302,7 +305,7 @@ class _Appended:
 
 
 def stream_features(
-    model: MultiHeadModel,
+    model: Model,
     chunks: Iterable[EncodedData],
     poolings: set[str],
     token_layers: set[int],

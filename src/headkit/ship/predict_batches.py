@@ -1,0 +1,193 @@
+"""Predictions for a list of texts or images, batch by batch: every head's answer from one backbone
+pass per batch, in input order.
+
+`model` is anything that runs heads as a `MultiHeadModel` does: `heads` (each with `decode`,
+`view` and `codec`), `device`, `backbone_config`, `max_length` (optional) and a call
+`model(heads=..., **inputs)` returning a `MultiHeadOutput` (`outputs`, `mask`); the ONNX engine
+(ship/onnx_engine.py) is the other one. Nothing here imports headkit.model, so the model's own
+`predict` (ship/inference.py) runs through these functions; ship/predict.py re-exports them with
+the loading and file-writing around them (`load_for_inference`, `predict_file`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from headkit.backbone import max_input_tokens
+from headkit.data.pairs import join_pair
+from headkit.errors import DataError
+
+
+def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors for examples `idx` of a whole-list encoding, padded on the tokenizer's side."""
+    lengths = [len(enc["input_ids"][i]) for i in idx]
+    length = max(lengths)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    spans = [slice(length - n, length) if left else slice(0, n) for n in lengths]
+    mask = torch.zeros(len(idx), length, dtype=torch.long)
+    for row, span in enumerate(spans):
+        mask[row, span] = 1
+    batch = {}
+    for key in ("input_ids", "token_type_ids"):
+        if key not in enc:
+            continue
+        pad = (tokenizer.pad_token_id or 0) if key == "input_ids" else 0
+        tensor = torch.full((len(idx), length), pad, dtype=torch.long)
+        for row, (i, span) in enumerate(zip(idx, spans, strict=True)):
+            tensor[row, span] = torch.tensor(enc[key][i])
+        batch[key] = tensor.to(device)
+    batch["attention_mask"] = mask.to(device)
+    return batch
+
+
+@torch.inference_mode()
+def predict_texts(
+    model: Any,
+    tokenizer,
+    texts: list[str] | list[tuple[str, str]],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    heads: list[str] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Each text's predictions from every head (or the named ones), in input order; `progress`
+    shows a bar over the batches.
+
+    Texts longer than the model reads are predicted on their first tokens (the last ones where
+    the tokenizer truncates on the left, as a reward model's does) and marked `"truncated": true`,
+    so a caller can see which predictions saw only part of the text. `(text, text_pair)` tuples
+    are encoded as training encodes a `text_pair` column (`encode_texts`).
+    """
+    firsts, seconds = split_pairs(texts, reads_preference_pairs(model))
+    if not firsts:
+        return []
+    max_length = max_length or getattr(model, "max_length", None) or 512  # default: what it was trained with
+    limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
+    # Tokenise everything once, then batch texts of similar *token* length (less padding than
+    # grouping by characters) and pad each batch only to its own longest text.
+    enc = encode_texts(tokenizer, firsts, seconds, limit)
+    ids = enc["input_ids"]
+    order = sorted(range(len(firsts)), key=lambda i: len(ids[i]))
+    encodings = getattr(enc, "encodings", None) or []
+    results: list[dict[str, Any]] = [{} for _ in firsts]
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
+        idx = order[start : start + batch_size]
+        inputs = _padded(enc, idx, tokenizer, model.device)
+        out = model(heads=heads, **inputs)
+        for name, output in out.outputs.items():
+            head = model.heads[name]
+            decoded, view = head.decode(output, out.mask), head.view
+            for row, i in enumerate(idx):
+                encoding = encodings[i] if i < len(encodings) else None
+                if encoding is not None and seconds is not None:
+                    encoding = FirstText(encoding)
+                results[i][name] = view.for_text(decoded[row], encoding, firsts[i])
+        for i in idx:
+            if i < len(encodings) and encodings[i].overflowing:
+                results[i]["truncated"] = True  # longer than the model reads: predicted on the start
+    return results
+
+
+class FirstText:
+    """A pair's encoding as a view sees it: the view is handed the first text, so the second
+    text's tokens have no word in it (`word_ids` None there; their offsets index the other text).
+    Everything else is the encoding's own."""
+
+    def __init__(self, encoding: Any):
+        self._encoding = encoding
+        self.word_ids = [w if s == 0 else None for w, s in zip(encoding.word_ids, encoding.sequence_ids, strict=True)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoding, name)
+
+
+def reads_preference_pairs(model: Any) -> bool:
+    """Whether the model's heads score a (prompt, response) pair as one joined text (reward heads),
+    rather than reading two texts as a sentence pair."""
+    return any(getattr(head.codec, "inputs", None) == "pairs" for head in model.heads.values())
+
+
+def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> Any:
+    """The tokenizer's encoding of `texts` (with `pairs`: each as `tokenizer(text, text_pair)`,
+    which gives BERT-style models their segment ids, `token_type_ids`), cut at `max_length`
+    tokens: the encoding a `text_pair` column gets in training, so predictions see what training saw."""
+    if pairs is None:
+        return tokenizer(texts, truncation=True, max_length=max_length)
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length)
+
+
+def split_pairs(items: list[Any], join: bool) -> tuple[list[str], list[str] | None]:
+    """(first texts, second texts or None) from texts or `(text, text_pair)` tuples; a DataError
+    names the first item that is neither.
+
+    `join` (a model that scores preference pairs): each pair becomes the one text its reward
+    head scores (`join_pair`, as training joined prompt and response), and texts may mix with
+    pairs. Otherwise a batch is all texts or all pairs: the two are encoded differently, and a
+    mix is more likely a mistake than a wish."""
+    firsts: list[str] = []
+    seconds: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if seconds and not join:
+                raise DataError(f"item {i} is one text, but the items before it are (text, text_pair) pairs: {_MIX}")
+            firsts.append(item)
+            continue
+        if not isinstance(item, tuple | list):
+            raise DataError(f"item {i} is {describe(item)}, not a text or a (text, text_pair) pair")
+        if len(item) != 2 or not all(isinstance(t, str) for t in item):
+            raise DataError(f"item {i} is {describe(item)}; a text pair is a tuple of two strings (text, text_pair)")
+        if join:
+            firsts.append(join_pair(*item))
+            continue
+        if len(firsts) > len(seconds):
+            raise DataError(f"item {i} is a (text, text_pair) pair, but the items before it are single texts: {_MIX}")
+        firsts.append(item[0])
+        seconds.append(item[1])
+    return firsts, seconds if seconds else None
+
+
+_MIX = "predict texts and pairs in separate calls"
+
+
+def describe(item: Any) -> str:
+    """An input as an error message names it: its type (and length, or a short repr)."""
+    if item is None:
+        return "None"
+    kind = type(item)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    if isinstance(item, tuple | list):
+        return f"a {name} of {len(item)} items"
+    text = repr(item)
+    return f"{name} {text[:40]}{'...' if len(text) > 40 else ''}" if isinstance(item, int | float) else name
+
+
+@torch.inference_mode()
+def predict_images(
+    model: Any,
+    processor,
+    images: list,
+    batch_size: int = 64,
+    progress: bool = False,
+    heads: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Each image's predictions from every head (or the named ones); `images` are PIL images (the
+    caller opens files).
+
+    Box heads return [x1, y1, x2, y2] in pixels of the image as given, not of the resized input.
+    """
+    from headkit.data.images import preprocess
+
+    crop = all(h.codec.crop_ok for h in model.heads.values())  # a crop would move predicted positions
+    results: list[dict[str, Any]] = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
+        chunk = images[start : start + batch_size]
+        out = model(heads=heads, pixel_values=preprocess(processor, chunk, crop=crop).to(model.device))
+        decoded = {name: model.heads[name].decode(o, out.mask) for name, o in out.outputs.items()}
+        for row, image in enumerate(chunk):
+            results.append({name: model.heads[name].view.for_image(v[row], *image.size) for name, v in decoded.items()})
+    return results
