@@ -4,12 +4,12 @@
 noisy image; its class and its pixel box) and saves a small randomly initialised ViT with its
 image processor. Both heads train with the backbone (`strategy="full"`: a random ViT has nothing
 to keep frozen): cross-entropy for the class, L1 + GIoU for the box. The data is a CSV whose
-`image` column names PNG files beside it (read here into a DataFrame); `model.predict` takes image
+`image` column names PNG files beside it; `model.predict` takes image
 paths or PIL images and returns each box in pixels of the image given.
 
 Run: python examples/vision_class_and_box.py   (about 40 s on 2 CPU cores)
 
-Everything is written under a temporary directory. For CI it trains 10 epochs on 600 images of 48
+Everything is written under a temporary directory. For CI it trains 5 epochs on 600 images of 48
 pixels, which leaves both heads only a little above chance (accuracy about 0.35 of 4 classes,
 boxes near the average box). A real run trains longer on more images: the README's benchmark
 (`python benchmarks/vision_multihead.py`: 3,000 images, 25 epochs, 267 s) reaches 0.64 accuracy and
@@ -30,22 +30,14 @@ with tempfile.TemporaryDirectory() as directory:
     splits = write_shapes(root / "shapes", train=600, validation=100, test=100, size=48)  # split -> CSV path
     save_small_vit(root / "vit", image_size=48, hidden_size=96, layers=3)
 
-    def table(split: str) -> pd.DataFrame:
-        """A split's CSV (image,label,x1,y1,x2,y2) with each image path made absolute (it is relative to the CSV)."""
-        frame = pd.read_csv(splits[split])
-        frame["image"] = [str(Path(splits[split]).parent / name) for name in frame["image"]]
-        return frame
-
-    train, validation, test = table("train"), table("validation"), table("test")
-
     result = headkit.train(
         str(root / "vit"),
         {"shape": "label", "box": {"label": "x1,y1,x2,y2", "type": "box"}},  # a box: four pixel columns
-        train_dataset=train,  # a pandas DataFrame
-        eval_dataset=validation,
+        train_dataset=splits["train"],  # a CSV file: its image paths are read relative to it
+        eval_dataset=splits["validation"],
         text_column="image",  # the column naming each example's image file
         strategy="full",
-        epochs=10,
+        epochs=5,
         lr=1e-3,
         backbone_lr=5e-4,
         batch_size=32,
@@ -55,10 +47,10 @@ with tempfile.TemporaryDirectory() as directory:
     print("box:", {k: round(v, 3) for k, v in result.metrics["heads"]["box"].items()})
 
     model = result.model
-    print("held-out:", {head: {k: round(v, 3) for k, v in m.items()} for head, m in model.evaluate(test).items()})
-    rows = test.head(3)
-    for row, prediction in zip(
-        rows.itertuples(), model.predict(list(rows["image"])), strict=True
-    ):  # image paths (or PIL images)
+    held_out = model.evaluate(splits["test"])  # a file works wherever a dataset does
+    print("held-out:", {head: {k: round(v, 3) for k, v in m.items()} for head, m in held_out.items()})
+    rows = pd.read_csv(splits["test"]).head(3)  # image,label,x1,y1,x2,y2
+    images = [str(Path(splits["test"]).parent / name) for name in rows["image"]]  # paths (or PIL images)
+    for row, prediction in zip(rows.itertuples(), model.predict(images), strict=True):
         box = [row.x1, row.y1, row.x2, row.y2]
         print(f"true {row.label:8} {box}  predicted {prediction['shape']['label']:8} {prediction['box']}")
