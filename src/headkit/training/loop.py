@@ -7,12 +7,15 @@ Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
                        TrainState (state.py: fresh, or where a checkpoint left it)
       for each phase   (strategy data: frozen -> heads; lp-ft -> probe, finetune; else -> train)
         start_phase    which weights train, cached features, optimizer, loader, scheduler; resume
+                       (the features and the loader: phase_data.py)
         train_epoch    the steps: forward, backward, clipping, optimizer, scheduler, periodic checkpoints
+                       (each epoch's batches: phase_data.py)
         end_epoch      validate, keep the best epoch, count bad epochs, checkpoint
       the best epoch's weights restored -> finish_run (finish.py: final evaluation, save, report)
 
 Runs unchanged under `accelerate launch` on several processes: the model, optimizer and loader
-go through `Accelerator.prepare`, and only the main process writes files.
+go through `Accelerator.prepare`, and only the main process writes files. What `fit` builds once
+(`Run`) and per phase (`PhaseRun`) is defined in state.py.
 
 `max_steps` (transformers' meaning: optimizer steps, overriding epochs) sets the length of the
 strategy's main phase (the one `epochs` sets; lp-ft's probe keeps `lp_epochs`): it runs the epochs
@@ -25,26 +28,20 @@ then trains its epochs over the cache as usual.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from headkit._fs import recover_dir
-from headkit.data.batching import LengthGroupedBatches, collate, model_inputs
-from headkit.data.streaming import CachedExamples, StreamedData
+from headkit.data.batching import collate, model_inputs
 from headkit.data.tasks import PreparedData
 from headkit.devices import _mps_available
 from headkit.errors import HeadkitError
@@ -54,22 +51,15 @@ from headkit.training import tracking
 from headkit.training.checkpoint import (
     load_train_state,
     restore_best,
-    restore_rng_state,
     save_best,
     save_train_state,
 )
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
-from headkit.training.features import (
-    FeatureCache,
-    cached_features,
-    features_needed,
-    stream_features,
-    weights_digest,
-)
 from headkit.training.finish import finish_run
-from headkit.training.state import TrainResult, TrainState
+from headkit.training.phase_data import cache_features, check_stream, epoch_batches, phase_loader
+from headkit.training.state import Batcher, PhaseRun, Run, TrainResult, TrainState
 from headkit.training.strategies import (
     Phase,
     Strategy,
@@ -81,54 +71,6 @@ from headkit.training.strategies import (
 )
 
 logger = logging.getLogger(__name__)
-
-Batcher = Callable[[list[dict[str, Any]]], dict[str, Any]]
-
-
-@dataclass
-class Run:
-    """What `fit` builds once and every step of the loop reads."""
-
-    config: TrainConfig
-    strategy: Strategy
-    accelerator: Any  # accelerate.Accelerator
-    model: MultiHeadModel
-    data: PreparedData
-    directory: Path
-    pad_id: int
-    make_batch: Batcher
-    make_eval_batch: Batcher | None
-    caches: dict[str, FeatureCache] = field(default_factory=dict)
-    cached_train: CachedExamples | None = None  # a stream's examples, indexed like caches["train"]
-
-    @property
-    def streamed(self) -> bool:
-        """The training data is a stream (no length, read as it passes)."""
-        return isinstance(self.data.train, StreamedData)
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.directory / "checkpoint"
-
-
-@dataclass
-class PhaseRun:
-    """The objects one phase trains with (rebuilt per phase: what trains changes between phases)."""
-
-    phase: Phase
-    wrapped: Any  # what trains (the model, or its heads on cached features) as accelerate prepared it
-    optimizer: torch.optim.Optimizer
-    sampler: LengthGroupedBatches | None  # the batch order (None: a stream's own); accelerate shards its batches
-    loader: Any
-    scheduler: Any
-    rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
-    trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
-    max_steps: int | None = None  # this phase's optimizer steps when max_steps sets them (else its epochs)
-    last_batches: int | None = None  # max_steps: the batches of the phase's last epoch (None: all)
 
 
 def fit(
@@ -225,24 +167,6 @@ def setup(
     return run
 
 
-def check_stream(run: Run) -> None:
-    """Refuse, before any work, what a stream cannot do: count epochs without max_steps, resume,
-    run on several processes."""
-    config = run.config
-    if config.resume:
-        raise HeadkitError("resuming a run that trains on a stream is not supported yet; start it again")
-    if run.accelerator.num_processes > 1:
-        raise HeadkitError("training on a stream runs on one process for now; launch it without accelerate launch")
-    reading = [p.name for p in run.strategy.phases(config) if not p.cached]
-    if reading and not getattr(config, "max_steps", None):
-        raise HeadkitError(
-            f"the training data is a stream (datasets.IterableDataset), which has no length to count epochs by: "
-            f"give max_steps (optimizer steps, as transformers' Trainer needs for such data) for the phase(s) "
-            f"{reading} of strategy {run.strategy.name}, or bound the stream and load it as a Dataset; "
-            "strategy frozen needs none (one pass caches the stream's features, then its epochs run on the cache)"
-        )
-
-
 def force_cpu() -> bool:
     """Whether to tell accelerate `cpu=True`: only when there is neither CUDA nor Apple's MPS.
 
@@ -284,27 +208,8 @@ def start_phase(
             f"({100 * trainable / total:.2f}%)"
         )
     if phase.cached and "train" not in run.caches:
-        digest = weights_digest(model.backbone)  # hashed once for both datasets
-        if run.streamed:
-            run.caches["train"], run.cached_train = _stream_features(run)
-        else:
-            run.caches["train"] = _features(run, run.data.train, digest)
-        if len(run.data.val):
-            run.caches["val"] = _features(run, run.data.val, digest)
-    train = run.cached_train if phase.cached and run.streamed else run.data.train
-    last_batches = None
-    if isinstance(train, StreamedData):  # the stream's own order, read as it passes: max_steps as one "epoch"
-        sampler, loader = None, train.loader(config.batch_size, run.make_batch)
-        phase = dataclasses.replace(phase, epochs=1)
-    else:
-        sampler = LengthGroupedBatches(
-            train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
-        )
-        loader = DataLoader(train, batch_sampler=sampler, collate_fn=run.make_batch)
-        if max_steps:  # the epochs the steps need, the last one cut short
-            per_epoch = math.ceil(len(loader) / config.grad_accum)
-            phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))
-            last_batches = min(len(loader), (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
+        cache_features(run)
+    phase, sampler, loader, last_batches = phase_loader(run, phase, max_steps)
     optimizer = make_optimizer(model, config, run.strategy)
     # a cached phase never runs the backbone: DDP wraps only the heads and loss weighting that train
     trains = model.trainable_top() if phase.cached else model
@@ -346,51 +251,6 @@ def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strateg
     return adamw(params)
 
 
-def _features(run: Run, data, digest: str) -> FeatureCache:
-    """The backbone's features for `data`, from the cache or computed: under several processes
-    each computes a share of the batches, a sum joins them, and rank 0 writes the file."""
-    model, accelerator = run.model, run.accelerator
-    poolings, token_layers = features_needed(model)
-    shares = accelerator.num_processes
-    cache, hit = cached_features(
-        model,
-        data,
-        poolings,
-        token_layers,
-        batch_size=64,
-        pad_id=run.pad_id,
-        progress=run.config.progress and run.main,
-        backbone_digest=digest,
-        shard=(accelerator.process_index, shares),
-        total=(lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu()) if shares > 1 else None,
-        write=run.main,
-    )
-    accelerator.wait_for_everyone()  # the file is whole before anyone goes on
-    if run.main:
-        how = f"computed by {shares} processes, a share each," if shares > 1 else "computed"
-        done = "reused from cache" if hit else how + " and cached"
-        logger.info(f"backbone features for {len(data)} examples: {done}")
-    return cache
-
-
-def _stream_features(run: Run) -> tuple[FeatureCache, CachedExamples]:
-    """One pass over the training stream: its backbone features (disk-backed) and its examples."""
-    poolings, token_layers = features_needed(run.model)
-    data = run.data.train
-    cache, labels = stream_features(
-        run.model,
-        data.chunks(),
-        poolings,
-        token_layers,
-        batch_size=64,
-        pad_id=run.pad_id,
-        progress=run.config.progress and run.main,
-    )
-    if run.main:
-        logger.info(f"backbone features for the {len(data)} examples of the stream: computed in one pass")
-    return cache, CachedExamples.join(cache.offsets, labels, run.data.head_types)
-
-
 # ----------------------------------------------------------------------------- one epoch
 
 
@@ -399,7 +259,7 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
     Returns the seconds it took."""
     accelerator, phase, wrapped = run.accelerator, current.phase, current.wrapped
     epoch_started = time.perf_counter()
-    iterator, skip = _batches(run, current, state)
+    iterator, skip = epoch_batches(run, current, state)
     steps_before = state.global_step  # a stream's steps are counted from here (its runs do not resume)
     wrapped.train()
     run.model.train()  # a cached phase trains a wrapper of the heads alone: the model's own flag follows
@@ -444,49 +304,6 @@ def _done(current: PhaseRun, state: TrainState, steps_before: int) -> bool:
         return state.global_step - steps_before >= (current.max_steps or 0)
     last = state.epoch == current.phase.epochs - 1
     return current.last_batches is not None and last and state.batches_done >= current.last_batches
-
-
-def _batches(run: Run, current: PhaseRun, state: TrainState) -> tuple[Iterator, int]:
-    """This epoch's batches in their seeded order, past the ones a resumed run already did.
-
-    The epoch is set on the batch sampler itself (under several processes accelerate wraps it in
-    a shard that does not pass set_epoch on) and on the loader (accelerate's loaders call
-    set_epoch with their own pass count on every iteration): a resumed run then sees the same
-    batch order. A resumed run
-    restores the RNG state before the iterator's first draw at an epoch boundary, and after it
-    mid-epoch (the saved state already includes the loader's draw, made at the first batch).
-    """
-    if current.sampler is None:
-        return _stream_batches(current), 0
-    loader, skip = current.loader, state.batches_done
-    current.sampler.set_epoch(state.epoch)
-    loader.set_epoch(state.epoch)
-    batches = run.accelerator.skip_first_batches(loader, skip) if skip else loader
-    if skip:
-        batches.set_epoch(state.epoch)
-    if current.rng_pending and not skip:
-        restore_rng_state(run.checkpoint_dir)
-        current.rng_pending = False
-    iterator = iter(batches)
-    if current.rng_pending:
-        first = next(iterator, None)
-        iterator = itertools.chain([] if first is None else [first], iterator)
-        restore_rng_state(run.checkpoint_dir)
-        current.rng_pending = False
-    return iterator, skip
-
-
-def _stream_batches(current: PhaseRun) -> Iterator[dict[str, Any]]:
-    """A stream's batches, pass after pass (pass k in the stream's k-th order) until the caller
-    has its steps; a pass that gives nothing is an error, not an endless loop."""
-    for passes in itertools.count():
-        current.loader.set_epoch(passes)
-        empty = True
-        for batch in current.loader:
-            empty = False
-            yield batch
-        if empty:
-            raise HeadkitError("the training stream gave no examples")
 
 
 def _step(run: Run, current: PhaseRun, batch: dict[str, Any]) -> tuple[Any, float | None]:

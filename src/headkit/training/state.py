@@ -1,16 +1,28 @@
-"""What a training run holds: where it stands (saved with every checkpoint) and what it returns."""
+"""What a training run holds: where it stands (saved with every checkpoint), what it returns, and
+what the loop builds once (`Run`) and per phase (`PhaseRun`) for every step to read."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from headkit.data.streaming import StreamedData
+
 if TYPE_CHECKING:
+    from headkit.data.batching import LengthGroupedBatches
+    from headkit.data.encode import PreparedData
+    from headkit.data.streaming import CachedExamples
     from headkit.model import MultiHeadModel
+    from headkit.training.config import TrainConfig
     from headkit.training.evaluate import Evaluation
+    from headkit.training.features import FeatureCache
+    from headkit.training.strategies import Phase, Strategy
 
 
 @dataclass
@@ -47,3 +59,52 @@ class TrainState:
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+Batcher = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+@dataclass
+class Run:
+    """What `fit` builds once and every step of the loop reads."""
+
+    config: TrainConfig
+    strategy: Strategy
+    accelerator: Any  # accelerate.Accelerator
+    model: MultiHeadModel
+    data: PreparedData
+    directory: Path
+    pad_id: int
+    make_batch: Batcher
+    make_eval_batch: Batcher | None
+    caches: dict[str, FeatureCache] = field(default_factory=dict)
+    cached_train: CachedExamples | None = None  # a stream's examples, indexed like caches["train"]
+
+    @property
+    def streamed(self) -> bool:
+        """The training data is a stream (no length, read as it passes)."""
+        return isinstance(self.data.train, StreamedData)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.directory / "checkpoint"
+
+
+@dataclass
+class PhaseRun:
+    """The objects one phase trains with (rebuilt per phase: what trains changes between phases)."""
+
+    phase: Phase
+    wrapped: Any  # what trains (the model, or its heads on cached features) as accelerate prepared it
+    optimizer: torch.optim.Optimizer
+    sampler: LengthGroupedBatches | None  # the batch order (None: a stream's own); accelerate shards its batches
+    loader: Any
+    scheduler: Any
+    rng_pending: bool  # resumed: restore the RNG state at the right moment of the first epoch
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what gradient clipping sees
+    max_steps: int | None = None  # this phase's optimizer steps when max_steps sets them (else its epochs)
+    last_batches: int | None = None  # max_steps: the batches of the phase's last epoch (None: all)
