@@ -543,3 +543,18 @@ def test_importing_headkit_logs_warnings_only(capsys):
         assert "now shown" in capsys.readouterr().err
     finally:
         headkit.set_verbosity_warning()
+
+
+def test_a_cli_run_records_the_columns_its_heads_read(tiny_text_model, tmp_path):
+    """config.json is in every full save (a run's model/ too), so evaluate knows each head's columns."""
+    rows = [{"review": r["text"], "polarity": r["label"]} for r in sentiment_rows(24)]
+    data = write_csv(tmp_path / "d.csv", rows)
+    args = ["train", "--model", str(tiny_text_model), "--data", str(data), "--text_column", "review",
+            "--head", "sentiment:polarity", "--epochs", "1", "--output_dir", str(tmp_path / "run"),
+            "--no_progress"]  # fmt: skip
+    assert main(args) == 0
+    config = headkit.MultiHeadConfig.from_pretrained(tmp_path / "run")
+    assert config.columns == {"sentiment": {"label": "polarity", "text": "review", "text_pair": None}}
+    model = MultiHeadModel.from_pretrained(tmp_path / "run")
+    assert model.evaluate(rows).num_examples == 24  # no columns named: the recorded ones
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data)]) == 0

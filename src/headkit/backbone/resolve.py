@@ -22,6 +22,7 @@ from headkit._fs import cache_dir
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
 from headkit.hub import local_path
+from headkit.save_layout import MANIFEST
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -90,10 +91,13 @@ def resolve_model(name: str | os.PathLike) -> ModelSource:
         )
     if not path.is_dir():
         raise ModelNotFoundError(f"model '{text}' is a file; pass the checkpoint directory that holds it")
+    for saved in (path / "backbone", path / "model" / "backbone"):  # a headkit save, or a run directory
+        # a save's own config.json (MultiHeadConfig) describes the whole model: its backbone is in backbone/
+        if (saved / "config.json").is_file() and (
+            (saved.parent / MANIFEST).is_file() or not (path / "config.json").is_file()
+        ):
+            return ModelSource(path=saved)
     if not (path / "config.json").is_file():
-        for saved in (path / "backbone", path / "model" / "backbone"):  # a headkit save, or a run directory
-            if (saved / "config.json").is_file():
-                return ModelSource(path=saved)
         raise ModelNotFoundError(
             f"'{text}' holds no config.json, so it is not a Hugging Face checkpoint directory "
             "(save one with model.save_pretrained(dir))"

@@ -167,8 +167,7 @@ class PretrainedMixin(
         options = getattr(self, "_save_options", {})
         processor = options.get("processor")
         save(self, save_directory, processor=processor if processor is not None else self._processor(),
-             card=options.get("card"))  # fmt: skip
-        self.config.save_pretrained(save_directory)
+             card=options.get("card"))  # fmt: skip  # config.json among its files
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:  # type: ignore[override]
         """Save to a temporary folder and upload it as the hub repository `repo_id` (created if

@@ -131,7 +131,7 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
     """Full save: `backbone/` (save_pretrained, or for a LoRA model the base's config with
     `adapter/` beside it) with the processor (by default the one the model reads with, as
     `save_pretrained` keeps it), the heads and a model card (README.md; `card`: what a training
-    run knows, see ship/card.py), swapped in atomically."""
+    run knows, see ship/card.py) and config.json (`model.config`), swapped in atomically."""
     from headkit.ship.card import model_card
 
     if processor is None and hasattr(model, "_processor"):
@@ -142,6 +142,8 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
         if processor is not None:
             processor.save_pretrained(staging / BACKBONE_DIR)
         _save_heads(model, staging, base)
+        if hasattr(model, "config"):  # config.json: the model described (MultiHeadConfig), its training columns
+            model.config.save_pretrained(staging)
         card = dict(card or {})
         text = model_card(model, card, repo_id=card.pop("repo_id", None))
         atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
