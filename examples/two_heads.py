@@ -7,7 +7,7 @@ both, each row labelled for one head and None for the other, as multi-task data 
 a head skips the rows it has no label for.
 
 Then: metrics per head, predictions for new texts, and a `save_pretrained` / `from_pretrained`
-round trip that predicts the same.
+round trip (and `headkit.pipeline` over the saved folder) that predicts the same.
 
 Run: python examples/two_heads.py   (about 30 s on 2 CPU cores)
 
@@ -50,10 +50,12 @@ for text, prediction in zip(texts, predictions, strict=True):
 
 with tempfile.TemporaryDirectory() as directory:
     model.save_pretrained(directory)  # backbone, tokenizer, heads and a model card
-    reloaded = headkit.MultiHeadModel.from_pretrained(directory)
-    again = reloaded.predict(texts)
+    reloaded = headkit.MultiHeadModel.from_pretrained(directory).predict(texts)
+    piped = headkit.pipeline(directory)(texts)  # the same answers, as transformers pipelines give them
 same = all(
-    a[h]["label"] == b[h]["label"] for a, b in zip(predictions, again, strict=True) for h in ("sentiment", "topic")
+    a[h]["label"] == b[h]["label"] == c[h]["label"] and abs(a[h]["score"] - b[h]["score"]) < 1e-4
+    for a, b, c in zip(predictions, reloaded, piped, strict=True)
+    for h in ("sentiment", "topic")
 )
-print("reloaded model predicts the same:", same)
+print("reloaded model and pipeline predict the same:", same)
 assert same

