@@ -2,11 +2,13 @@ import json
 
 import pytest
 import torch
+import transformers
 
+import headkit
 from headkit import HeadkitError, ModelNotFoundError, RemoteCodeError, inspect_model, load_backbone
 from headkit.cli.main import main
 
-from conftest import ARCHITECTURES, has_package
+from conftest import ARCHITECTURES, has_package, tiny_config
 
 # architecture -> (head kind, output layer, in, out, tied)
 EXPECTED = {
@@ -125,3 +127,14 @@ def test_timm_specs_and_weight_files_are_checked_before_timm_is_needed(tmp_path)
         read_weights(tmp_path / "absent.pth")
     torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "nested.pth")
     assert list(read_weights(tmp_path / "nested.pth")) == ["w"]  # a training checkpoint is unwrapped
+
+
+def test_a_checkpoint_without_tokenizer_files_has_no_tokenizer(tmp_path):
+    """transformers 5 would build an empty tokenizer from the config (every word [UNK]): refused, not used."""
+    transformers.BertModel(tiny_config("bert")).save_pretrained(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="holds no tokenizer files"):
+        headkit.load_processor(tmp_path)
+    heads = {"s": headkit.head_config("classification", labels=["a", "b"])}
+    model = headkit.MultiHeadModel.from_pretrained(tmp_path, heads)
+    with pytest.raises(HeadkitError, match="no tokenizer"):
+        model.predict("hello")

@@ -28,7 +28,8 @@ CONFIG_FORMAT = "headkit.model"
 @dataclass
 class MultiHeadConfig:
     """A multi-head model described: see the module docstring. A snapshot: changing it changes no
-    model (transformers' Trainer sets `config.use_cache` on whatever model it gets; here that is harmless).
+    model. (transformers' Trainer sets `config.use_cache = False` on the model it trains; that does
+    not reach a decoder backbone here, whose own setting is `model.backbone.config.use_cache`.)
 
     Attributes:
         backbone: the checkpoint the backbone was loaded from (hub id, alias or path; empty if built in memory).

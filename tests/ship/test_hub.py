@@ -558,3 +558,26 @@ def test_a_cli_run_records_the_columns_its_heads_read(tiny_text_model, tmp_path)
     model = MultiHeadModel.from_pretrained(tmp_path / "run")
     assert model.evaluate(rows).num_examples == 24  # no columns named: the recorded ones
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(data)]) == 0
+
+
+def test_device_map_spellings_and_a_local_folder_ignores_revision(run):
+    model = MultiHeadModel.from_pretrained(run, revision="main", device_map={"": "cpu"})  # a folder has no revisions
+    assert model.device.type == "cpu" and set(model.heads) == {"sentiment", "score"}
+    with pytest.raises(HeadkitError, match="splits the model"):
+        MultiHeadModel.from_pretrained(run, device_map={"backbone": 0, "heads": 1})
+    if not torch.cuda.is_available():
+        with pytest.raises(HeadkitError, match=r"device_map 'cuda:0'.*no CUDA device"):
+            MultiHeadModel.from_pretrained(run, device_map=0)
+
+
+def test_pipeline_of_a_model_object_keeps_its_dtype_and_evaluate_skips_a_dicts_train_split(run):
+    model = MultiHeadModel.from_pretrained(run, dtype=torch.bfloat16)
+    headkit.pipeline(model, device="cpu")
+    assert model.dtype == torch.bfloat16  # moved where asked, never recast behind the caller's back
+    import datasets
+
+    rows = sentiment_rows(12)
+    split = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows * 3), "test": datasets.Dataset.from_list(rows)}
+    )
+    assert model.evaluate(split).num_examples == 12  # the test split, not the 36 training rows

@@ -17,7 +17,7 @@ from headkit.model import MultiHeadModel
 from headkit.training.config import TrainConfig
 from headkit.training.trainer import Trainer, train
 
-from conftest import NEGATIVE, POSITIVE, has_package, sentiment_rows
+from conftest import NEGATIVE, POSITIVE, has_package, save_decoder, sentiment_rows
 
 FAST = dict(epochs=1, batch_size=8, lr=1e-2, backbone_lr=1e-3, lora_lr=1e-2, patience=0, progress=False)
 
@@ -269,3 +269,45 @@ def test_a_data_file_path_reads_its_images_relative_to_the_file(tmp_path, monkey
     result = train(str(vit), {"shape": "label"}, train_dataset=str(splits["train"]),
                    eval_dataset=str(splits["validation"]), text_column="image", epochs=1, progress=False)  # fmt: skip
     assert result.metrics["train_examples"] == 16 and result.metrics["val_examples"] == 8
+
+
+# ----------------------------------------------------------------------------- found in review (issue 36)
+
+
+def test_the_feature_cache_tells_a_pair_from_the_same_ids_joined():
+    """'a [SEP] b' as one text has the ids of the pair (a, b): only segment ids differ; the cache key sees them."""
+    from headkit.training.features import tokens_digest
+
+    ids = [[2, 5, 3, 6, 3]]
+    joined = EncodedData(ids, token_type_ids=None)
+    pair = EncodedData(ids, token_type_ids=[[0, 0, 0, 1, 1]])
+    assert tokens_digest(joined) != tokens_digest(pair)
+
+
+def test_sentence_pairs_on_a_tokenizer_without_a_pair_template_are_refused(tmp_path):
+    """A decoder's tokenizer(a, b) runs the two texts together: neither training nor predict reads that silently."""
+    decoder = save_decoder(tmp_path / "gpt2", "gpt2")
+    rows = [
+        {"text": "good film", "other": "bad plot", "label": "pos"},
+        {"text": "dull", "other": "fine", "label": "neg"},
+    ]
+    with pytest.raises(DataError, match="no sentence-pair template"):
+        train(str(decoder), {"s": {"label": "label", "text_pair": "other"}}, train_dataset=rows * 4, epochs=1,
+              progress=False)  # fmt: skip
+    model = MultiHeadModel.from_pretrained(decoder, {"s": headkit.head_config("classification", labels=["neg", "pos"])})
+    with pytest.raises(DataError, match="no sentence-pair template"):
+        model.predict([("good film", "bad plot")])
+
+
+def test_a_given_model_keeps_its_max_length_and_is_refused_lpft_and_lora_twice(tiny_text_model, rows):
+    heads = {"sentiment": headkit.head_config("classification", labels=["neg", "pos"])}
+    model = MultiHeadModel.from_pretrained(tiny_text_model, heads)
+    model.max_length = 16
+    assert Trainer(model, {"sentiment": "label"}, train_dataset=rows).args.max_length == 16
+    with pytest.raises(HeadkitError, match="lp-ft reloads the backbone"):
+        Trainer(model, {"sentiment": "label"}, train_dataset=rows, strategy="lp-ft")
+    from peft import LoraConfig, get_peft_model
+
+    model.backbone = get_peft_model(model.backbone, LoraConfig(r=2, target_modules=["query", "value"]))
+    with pytest.raises(HeadkitError, match="already carries LoRA adapters"):
+        Trainer(model, {"sentiment": "label"}, train_dataset=rows, strategy="lora")

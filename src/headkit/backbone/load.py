@@ -252,10 +252,27 @@ def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
         except (OSError, ValueError, KeyError, TypeError) as e:
             errors.append(f"{auto.__name__}: {str(e)[:160]}")
             continue
+        if auto is AutoTokenizer and not _has_tokenizer_files(path):
+            # transformers 5 builds an empty tokenizer from the config alone (every word [UNK]): refused
+            errors.append(f"AutoTokenizer: {path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+            continue
         return with_pad_token(processor) if auto is AutoTokenizer else processor
     raise ModelNotFoundError(
         f"{source.path} has no tokenizer, image processor or feature extractor: " + "; ".join(errors)
     )
+
+
+# What a saved tokenizer consists of (any one of them): its vocabulary, merges or model file, or its config.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json")  # fmt: skip
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    """Whether a local checkpoint folder holds a tokenizer (a file that is not a folder: a hub repo
+    or GGUF file, is answered by its own loader)."""
+    if not Path(path).is_dir():
+        return True
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES) or any(Path(path).glob("*.tiktoken"))
 
 
 def _main_input(source: ModelSource, trust_remote_code: bool) -> str | None:

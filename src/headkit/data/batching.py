@@ -136,11 +136,25 @@ def tokenize(
     if text_pair is None:
         return Tokenized(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
     pairs = _texts(rows, text_pair, source)
+    check_pair_template(tokenizer, source)
     try:  # "longest_first" (truncation=True) cuts whichever text is longer, token by token
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     except (ValueError, TypeError) as e:  # an image processor, or a tokenizer without pairs
         raise DataError(f"{source}: the tokenizer cannot encode text pairs ({e})") from e
     return Tokenized(enc["input_ids"], None, enc.get("token_type_ids"))
+
+
+def check_pair_template(tokenizer: Any, source: str) -> None:
+    """Refuse sentence pairs on a tokenizer whose pair template puts nothing between the two texts
+    (GPT-2, Llama, SmolLM2: `tokenizer(a, b)` is one run-on text), which would train and predict on
+    texts whose boundary the model cannot see."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    if count is not None and count(pair=True) <= count(pair=False):
+        raise DataError(
+            f"{source}: this tokenizer ({type(tokenizer).__name__}) has no sentence-pair template (no separator "
+            "between the two texts, as on decoder LLMs); join the two columns into one text with a separator "
+            "of your choice, or use an encoder (BERT, RoBERTa, MiniLM) for text pairs"
+        )
 
 
 def _texts(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:

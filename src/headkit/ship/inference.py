@@ -91,11 +91,11 @@ class InferenceMixin:
     ) -> Metrics:
         """Every head's metrics on labelled `dataset`, as `headkit evaluate` scores the same rows.
 
-        `dataset`: a `datasets.Dataset` (or `DatasetDict`: its train split), a pandas DataFrame, a
-        dict of lists, a list of dicts, a file or a built-in dataset name. `heads`: the heads to
-        score (default: every head), as names or as a dict head -> label column (or -> {"label",
-        "text", "text_pair"}). A head reads the columns it trained on (`model.columns`) where the
-        data has them, else the CLI's defaults: a label column named like the head ('label' for a
+        `dataset`: a `datasets.Dataset` (or `DatasetDict`: its test split, else its validation split), a
+        pandas DataFrame, a dict of lists, a list of dicts, a file or a built-in dataset name. `heads`:
+        the heads to score (default: every head), as names or as a dict head -> label column (or ->
+        {"label", "text", "text_pair"}). A head reads the columns it trained on (`model.columns`) where
+        the data has them, else the CLI's defaults: a label column named like the head ('label' for a
         lone head), text in `text`. Labels the head never saw in training raise a DataError.
 
         Returns a `Metrics`: head -> metric -> value, with `.losses` (head -> mean loss),
@@ -103,6 +103,7 @@ class InferenceMixin:
         """
         from headkit.training.evaluate import evaluate_dataset
 
+        dataset = held_out_split(dataset)
         processor = _require_processor(self, self._processor())
         if heads is None or isinstance(heads, Mapping):
             columns = dict(heads or {})
@@ -137,6 +138,18 @@ class InferenceMixin:
         head_types = {name: head.config.type for name, head in self.heads.items()}
         widths = {name: len(head.config.labels) for name, head in self.heads.items()}
         return functools.partial(collate, pad_id=pad_id, head_types=head_types, widths=widths)
+
+
+def held_out_split(dataset: Any) -> Any:
+    """A DatasetDict's split to score: test, else validation (never train: scores on the training rows
+    would look better than the model is); any other dataset as it is."""
+    if not (hasattr(dataset, "keys") and hasattr(dataset, "column_names") and not hasattr(dataset, "to_list")):
+        return dataset
+    splits = list(dataset.keys())
+    found = next((s for s in ("test", "validation") if s in splits), None)
+    if found is None:
+        raise DataError(f"evaluate: the dataset has the splits {splits} and no 'test' or 'validation'; pass one split")
+    return dataset[found]
 
 
 def answer(

@@ -48,7 +48,8 @@ def pipeline(
     `from_pretrained` reads it), or an ONNX export (`engine` onnx / onnx-int8).
 
     `device` / `dtype` (see headkit.devices): where a loaded model runs (default: auto); a model
-    given as an object stays where it is unless `device` is named. `processor`: the tokenizer or
+    given as an object is moved (itself, as transformers' pipeline moves it) only to a `device` or
+    `dtype` that is named, and keeps its dtype unless one is. `processor`: the tokenizer or
     image processor (default: the one saved with the model).
     """
     from torch import nn
@@ -56,10 +57,13 @@ def pipeline(
     if isinstance(model, nn.Module):
         if engine != "torch":
             raise _engine_error(engine)
-        if device is not None:
-            from headkit.devices import place
+        if device is not None or dtype != "auto":
+            from headkit.devices import pick_device, pick_dtype
 
-            model = place(model, device, dtype)
+            # as transformers' pipeline(model=..., device=...): the given model itself moves (no copy); its
+            # dtype changes only when one is named ("auto" would turn an fp32 model bf16 on a GPU behind its back)
+            where = pick_device(device) if device is not None else model.device
+            model = model.to(device=where, dtype=model.dtype if dtype == "auto" else pick_dtype(dtype, where)).eval()
         return HeadsPipeline(model, processor if processor is not None else model._processor(), batch_size, max_length)
     if not isinstance(model, str | os.PathLike):
         raise _type_error(model)

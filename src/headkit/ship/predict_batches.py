@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.backbone import max_input_tokens
+from headkit.data.batching import check_pair_template
 from headkit.data.pairs import join_pair
 from headkit.errors import DataError
 
@@ -117,6 +118,7 @@ def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_
     tokens: the encoding a `text_pair` column gets in training, so predictions see what training saw."""
     if pairs is None:
         return tokenizer(texts, truncation=True, max_length=max_length)
+    check_pair_template(tokenizer, "text pairs")
     return tokenizer(texts, pairs, truncation=True, max_length=max_length)
 
 

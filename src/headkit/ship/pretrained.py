@@ -89,7 +89,8 @@ class PretrainedMixin(
         `local_files_only`: as in transformers, for every file this load fetches from the hub.
         """
         name = str(pretrained_model_name_or_path)
-        name = f"{name}@{revision}" if revision else name
+        if revision and not Path(name).expanduser().exists():  # a local folder has no revisions
+            name = f"{name}@{revision}"
         with hub_options(token, cache_dir, local_files_only, force_download):
             saved = find_save(local_path(name))
             if saved is None:
@@ -99,9 +100,7 @@ class PretrainedMixin(
                 for head, config in head_configs(heads).items():
                     model.add_head(head, config)
         if device_map is not None:
-            from headkit.devices import pick_device
-
-            model.to(pick_device(str(device_map)))
+            model.to(one_device(device_map))
         return model.eval()
 
     @classmethod
@@ -195,6 +194,29 @@ class PretrainedMixin(
             columns=dict(getattr(self, "columns", {}) or {}),
             headkit_version=__version__,
         )
+
+
+def one_device(device_map: Any) -> torch.device:
+    """transformers' `device_map` spellings that name one device: "auto", "cpu", "cuda", "cuda:1",
+    "mps", a GPU index, a torch.device, or {"": any of those}. A map that splits the model across
+    devices is refused: the heads read the backbone's last layers, so the model stays whole."""
+    from headkit.devices import pick_device
+
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise HeadkitError(
+                f"device_map {device_map!r} splits the model; a MultiHeadModel goes to one device: "
+                'device_map="cuda", 0, or {"": 0}'
+            )
+        device_map = device_map[""]
+    if isinstance(device_map, int):
+        device_map = f"cuda:{device_map}"
+    if isinstance(device_map, torch.device):
+        device_map = str(device_map)
+    try:
+        return pick_device(str(device_map))
+    except HeadkitError as e:
+        raise HeadkitError(f"device_map {device_map!r}: {e}".replace("--device ", "")) from e
 
 
 def _card_repo(hub_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from headkit.errors import OutputError
 # through training/evaluate.py), and nothing model.py imports imports headkit.model back.
 Model = Any
 
-FORMAT = "headkit-features/2"  # in the cache key and the file: a file of another layout is never read
+FORMAT = "headkit-features/3"  # in the cache key and the file: a file of another layout is never read
 TOKEN_DTYPE = torch.bfloat16  # per-token features; pooled ones stay fp32
 
 
@@ -54,7 +54,8 @@ def weights_digest(module: torch.nn.Module) -> str:
 def tokens_digest(data: EncodedData) -> str:
     if data.pixels is not None:  # image data: the pixels are the input
         return data.pixels.digest()
-    sequences = data.input_ids + (data.pair_ids or [])
+    # segment ids too: "a [SEP] b" as one text and the pair (a, b) have the same ids, not the same features
+    sequences = data.input_ids + (data.pair_ids or []) + (getattr(data, "token_type_ids", None) or [])
     lengths = np.array([len(x) for x in sequences], dtype=np.int64)
     flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in sequences]) if len(data) else lengths
     return hashlib.sha256(lengths.tobytes() + flat.tobytes()).hexdigest()

@@ -88,7 +88,11 @@ class Trainer:
                 f"model must be a model id, alias or path, or a MultiHeadModel; got {type(model).__name__}"
             )
         self.model = model
+        if isinstance(model, MultiHeadModel) and model.max_length and "max_length" not in overrides and args is None:
+            overrides = {**overrides, "max_length": model.max_length}  # trained further: at the limit it was trained at
         self.args, self.keeps_run = run_config(args, overrides)
+        if isinstance(model, MultiHeadModel):
+            check_given_model(model, self.args)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.heads = dict(heads or {})
         self.tasks, self.configs = head_tasks(self.heads, self.model, self.args)  # bad heads fail here, not later
@@ -180,6 +184,23 @@ def scratch_dir() -> Iterator[Path]:
     finally:
         if state.is_main_process:
             shutil.rmtree(path[0], ignore_errors=True)
+
+
+def check_given_model(model: MultiHeadModel, config: TrainConfig) -> None:
+    """Refuse what a given model cannot be trained further with: lp-ft's probe phase restarts the
+    backbone from its checkpoint's weights (it would drop what this model learned since), and LoRA
+    on a backbone that already carries LoRA adapters would wrap it twice."""
+    if config.strategy == "lp-ft":
+        raise HeadkitError(
+            "strategy lp-ft reloads the backbone from its checkpoint when the probe phase wins, which would drop "
+            "what this model has learned since: train it further with full, partial:K or lora, or start lp-ft "
+            "from the checkpoint's id"
+        )
+    if config.strategy == "lora" and hasattr(model.backbone, "peft_config"):
+        raise HeadkitError(
+            "this model's backbone already carries LoRA adapters: train them further with strategy full "
+            "(only what is trainable trains), or merge them first: model.backbone = model.backbone.merge_and_unload()"
+        )
 
 
 def backbone_name(model: MultiHeadModel) -> str:
