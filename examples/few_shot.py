@@ -7,7 +7,7 @@ sentiment head on the tuned features with logistic regression. Every labelled ex
 `rotten_tomatoes` test split with `model.evaluate`, against a frozen-backbone head trained on the
 same 16 rows.
 
-Run: python examples/few_shot.py   (about 30 s on 2 CPU cores)
+Run: python examples/few_shot.py   (about 55 s on a shared 2-core CPU; examples/README.md)
 
 For CI it scores 300 held-out rows. A real evaluation uses the whole test split (2,562 rows) and
 several draws of the 16 examples: with 8 per class the score moves by several points from one

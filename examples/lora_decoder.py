@@ -6,7 +6,7 @@ dequantized on load) SmolLM2 and trains them with a sentiment head that reads th
 A LoRA model saves its adapter and the base model's id, not a copy of the base weights: the script
 prints what `save_pretrained` wrote and its size.
 
-Run: python examples/lora_decoder.py   (about 50 s on 2 CPU cores, 20 s of it dequantizing)
+Run: python examples/lora_decoder.py   (about 60 s on a shared 2-core CPU, 20 s of it dequantizing; examples/README.md)
 
 To fit in a minute on a CPU it trains one epoch on 24 snippets (3 steps of 8) at 32 tokens and
 validates on 8: the head barely moves from chance, and the scores printed are noise. A real run

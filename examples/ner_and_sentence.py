@@ -7,7 +7,7 @@ tweets (the built-in `tweet_ner`: BIO tags over 10 entity types, given as a `dat
 `headkit.TaskSpec` naming the built-in `rotten_tomatoes` dataset as its own data). One backbone pass
 then answers both for any text: entity spans with character offsets, and a label.
 
-Run: python examples/ner_and_sentence.py   (about 30 s on 2 CPU cores)
+Run: python examples/ner_and_sentence.py   (about 40 s on a shared 2-core CPU; examples/README.md)
 
 To stay well under a minute in CI it trains the heads of a frozen backbone on 600 tweets and 600
 reviews for 10 epochs at 64 tokens. A real run uses every tweet and a few thousand reviews, and

@@ -7,7 +7,7 @@ a score per (prompt, response) with the Bradley–Terry loss, -log sigmoid(r_cho
 and is measured by the share of held-out pairs it ranks right (`pair_accuracy`). `model.predict`
 scores (prompt, response) tuples, joined as training joined them.
 
-Run: python examples/reward_model.py   (about 40 s on 2 CPU cores)
+Run: python examples/reward_model.py   (about 30 s on a shared 2-core CPU; examples/README.md)
 
 For CI it trains the head of a frozen MiniLM (features cached once) for 10 epochs on 600 pairs at
 64 tokens; it ranks about 0.9 of 200 held-out pairs right (fine-tuning the whole MiniLM for 2

@@ -8,7 +8,7 @@ their labels, one `POST /predict` returns every head's answer for each text (one
 batch), `"heads": [...]` narrows it, and a bad request gets a 4xx with an `error` that says what to
 change.
 
-Run: python examples/serving.py   (about 30 s on 2 CPU cores)
+Run: python examples/serving.py   (about 20 s on a shared 2-core CPU; examples/README.md)
 
 For CI the model is trained on 400 rows for 10 epochs at 64 tokens. A real deployment serves a
 real run (`headkit serve runs/demo --port 8000`, or `uvicorn` over `load_app(...)`) and calls it

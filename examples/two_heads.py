@@ -9,7 +9,7 @@ a head skips the rows it has no label for.
 Then: metrics per head, predictions for new texts, and a `save_pretrained` / `from_pretrained`
 round trip (and `headkit.pipeline` over the saved folder) that predicts the same.
 
-Run: python examples/two_heads.py   (about 30 s on 2 CPU cores)
+Run: python examples/two_heads.py   (about 35 s on a shared 2-core CPU; examples/README.md)
 
 To run it in CI in well under a minute it trains on 600 of the 1,600 training rows for 10 epochs and
 validates on 200 of the 400 test rows, with texts cut to 64 tokens. A real run drops the

@@ -7,7 +7,7 @@ to keep frozen): cross-entropy for the class, L1 + GIoU for the box. The data is
 `image` column names PNG files beside it; `model.predict` takes image
 paths or PIL images and returns each box in pixels of the image given.
 
-Run: python examples/vision_class_and_box.py   (about 40 s on 2 CPU cores)
+Run: python examples/vision_class_and_box.py   (about 40 s on a shared 2-core CPU; examples/README.md)
 
 Everything is written under a temporary directory. For CI it trains 5 epochs on 400 images of 48
 pixels: that shows the whole API but leaves both heads near chance (accuracy 0.2-0.4 of 4 classes,
