@@ -95,6 +95,16 @@ def text_batch(batch: int = 4, length: int = 7, pad_last: int = 2) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+@pytest.fixture
+def notes_shown():
+    """The library's notes on stderr: logger "headkit" at INFO (its default is WARNING, as transformers')."""
+    import headkit
+
+    headkit.set_verbosity_info()
+    yield
+    headkit.set_verbosity_warning()
+
+
 def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

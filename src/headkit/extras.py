@@ -19,7 +19,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "gguf": ("gguf",),
     "timm": ("timm",),  # brings torchvision
     "tensorboard": ("tensorboard",),  # --report_to tensorboard (accelerate's tracker)
-    "datasets": ("datasets",),  # hf:NAME data, save_to_disk folders
 }
 
 

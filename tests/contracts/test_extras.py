@@ -31,7 +31,6 @@ USES = {
     "onnx-engine": "from headkit.ship.onnx_engine import OnnxModel; OnnxModel('no-export')",
     "gguf": "from headkit.backbone import load_config; load_config(GGUF)",
     "timm": "from headkit.backbone import resolve_model; resolve_model('timm:resnet18')",
-    "datasets": "from headkit.data.readers import read_rows; read_rows('hf:imdb')",
     "tensorboard": (
         "from headkit.training.config import TrainConfig; from headkit.training.tracking import start_tracking; "
         "start_tracking(None, TrainConfig(report_to='tensorboard'))"

@@ -557,7 +557,7 @@ def test_a_cli_run_records_the_columns_its_heads_read(tiny_text_model, tmp_path)
     assert config.columns == {"sentiment": {"label": "polarity", "text": "review", "text_pair": None}}
     model = MultiHeadModel.from_pretrained(tmp_path / "run")
     assert model.evaluate(rows).num_examples == 24  # no columns named: the recorded ones
-    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data)]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--text_column", "review"]) == 0  # the label
 
 
 def test_device_map_spellings_and_a_local_folder_ignores_revision(run):

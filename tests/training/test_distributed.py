@@ -101,7 +101,9 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the saved model: heads, backbone, and LoRA adapters where there are some."""
     model = run_dir / "model"
     files = sorted(model.rglob("*.safetensors"))
-    assert all((model / name).is_file() for name in WEIGHTS) and any(f.parent.parent.name == "heads" for f in files)
+    # a LoRA save names its base model instead of copying it: its tensors are the adapter's (and the heads')
+    expected = ("heads.json", "adapter/adapter_model.safetensors") if (model / "adapter").is_dir() else WEIGHTS
+    assert all((model / name).is_file() for name in expected) and any(f.parent.parent.name == "heads" for f in files)
     return {f"{f.relative_to(model)}:{k}": v for f in files for k, v in safetensors.torch.load_file(f).items()}
 
 

@@ -130,7 +130,7 @@ RECIPES = [
 
 @pytest.mark.parametrize(("recipe", "count", "value", "pairs"), RECIPES)
 def test_fewshot_run_learns_a_toy_task_from_8_per_class_and_resumes_after_the_contrastive_phase(
-    tiny_text_model, tmp_path, capsys, recipe, count, value, pairs
+    tiny_text_model, tmp_path, capsys, notes_shown, recipe, count, value, pairs
 ):
     data = write_csv(tmp_path / "few.csv", sentiment_rows(16))  # 8 per class
     config = TrainConfig(

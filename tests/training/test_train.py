@@ -46,14 +46,6 @@ def changed(before: dict, after: dict, prefix: str = "") -> set[str]:
     return {k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])}
 
 
-@pytest.fixture
-def notes_shown():
-    """The library's notes on stderr: logger "headkit" at INFO (its default is WARNING)."""
-    headkit.set_verbosity_info()
-    yield
-    headkit.set_verbosity_warning()
-
-
 def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_path, capsys, notes_shown):
     result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen"))
     assert not changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())

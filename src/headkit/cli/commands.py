@@ -42,7 +42,7 @@ def evaluate(
     run: str,
     data: str | None = None,
     head: list[str] | None = None,
-    text_column: str | None = None,
+    text_column: str = "text",
     max_length: int | None = None,
     batch_size: int = 64,
     output: str | None = None,
@@ -56,7 +56,7 @@ def evaluate(
         run: a training run directory (or its model/ directory).
         data: a labelled file or built-in dataset.
         head: NAME:COLUMN for each head to score (default: the column named like the head, or 'label' for one).
-        text_column: the text column (old spelling: --text); default: the one each head trained on, else text.
+        text_column: the text column (old spelling: --text).
         max_length: token limit; longer inputs are truncated (default: the limit the model was trained with).
         batch_size: examples per forward pass.
         output: also write the scores (and the per-class report) to this JSON file.

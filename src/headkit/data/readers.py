@@ -28,7 +28,6 @@ from typing import Any
 from headkit.data.builtin import BUILTIN_DATASETS
 from headkit.data.files import read_file
 from headkit.errors import DataError
-from headkit.extras import require
 
 
 class Rows(list):
@@ -70,7 +69,6 @@ def read_rows(source: Any) -> Rows:
         return _dataset_rows(load_hub_dataset(spec), name)
     path = Path(name).expanduser()
     if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
-        require("datasets", "Reading a dataset folder")
         import datasets
 
         return _dataset_rows(datasets.load_from_disk(str(path)), name)
@@ -219,7 +217,6 @@ def parse_hf_spec(spec: str) -> HubSpec:
 def load_hub_dataset(spec: HubSpec | str) -> Any:
     """A Dataset (streaming: an IterableDataset) through `datasets.load_dataset`: the split
     expression is datasets' own, so it does the slicing (`train[:1000]` reads only those rows)."""
-    require("datasets", "Reading hf: datasets")
     import datasets
 
     where = spec if isinstance(spec, str) else spec.text
