@@ -35,11 +35,11 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     return write_shapes(tmp_path_factory.mktemp("shapes"), train=24, validation=8, test=8, size=32)
 
 
-def test_weights_with_other_names_load_by_position_into_the_backbone(weights, tmp_path, capsys):
+def test_weights_with_other_names_load_by_position_into_the_backbone(weights, tmp_path, capsys, notes_shown):
     from headkit.timm_checkpoint import timm_checkpoint
 
     directory = timm_checkpoint(TINY, weights, tmp_path / "ckpt")
-    assert "by position" in capsys.readouterr().err  # a log note (stderr)
+    assert "by position" in capsys.readouterr().err  # a log note (stderr, at INFO)
     network = timm.create_model(TINY, pretrained=False)
     network.load_state_dict(dict(zip(network.state_dict(), torch.load(weights).values(), strict=True)))
     model = MultiHeadModel.from_pretrained(
