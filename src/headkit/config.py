@@ -72,10 +72,13 @@ class MultiHeadConfig:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> MultiHeadConfig:
-        """The config.json of a headkit save (a run directory: of its model/)."""
-        from headkit.ship.save import find_save
+        """The config.json of a headkit save (a run directory: of its model/), local or a hub id
+        (`org/name[@revision]`, from the hub cache or downloaded)."""
+        from headkit.hub import local_path
+        from headkit.save_layout import find_save
 
-        found = find_save(directory, with_backbone=False) or Path(directory)
+        folder = local_path(directory)
+        found = find_save(folder, with_backbone=False) or folder
         path = found / CONFIG_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -507,8 +507,10 @@ def test_from_pretrained_takes_transformers_loading_options(run, fake_hub, tmp_p
         MultiHeadModel.from_pretrained(run, dtype="half")
 
 
-def test_headkit_load_takes_hub_ids_and_refuses_plain_checkpoints(run, hub_cache, tiny_text_model):
-    hub_cache(Path(run) / "model", "me/reviews")
+def test_headkit_load_takes_hub_ids_and_refuses_plain_checkpoints(run, hub_cache, tiny_text_model, tmp_path):
+    MultiHeadModel.from_pretrained(run).save_pretrained(tmp_path / "saved")  # with its config.json
+    hub_cache(tmp_path / "saved", "me/reviews")
+    assert set(headkit.MultiHeadConfig.from_pretrained("me/reviews").heads) == {"sentiment", "score"}
     assert set(headkit.load("me/reviews").heads) == {"sentiment", "score"}
     with pytest.raises(headkit.CheckpointError, match="not a headkit save"):
         headkit.load(tiny_text_model)
