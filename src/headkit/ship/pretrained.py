@@ -35,7 +35,6 @@ from headkit.ship.load import read_save, restore, saved_backbone
 from headkit.ship.save import find_save, save
 
 HeadConfigs = Mapping[str, HeadConfig | dict[str, Any]]
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def head_configs(heads: HeadConfigs | None) -> dict[str, HeadConfig]:
@@ -50,9 +49,11 @@ def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         return dtype
     if dtype == "auto":
         return None
-    if dtype not in DTYPE_NAMES:
-        raise HeadkitError(f"dtype {dtype!r}: use a torch.dtype, 'auto' or one of {sorted(DTYPE_NAMES)}")
-    return DTYPE_NAMES[dtype]
+    from headkit.devices import DTYPES
+
+    if dtype not in DTYPES:
+        raise HeadkitError(f"dtype {dtype!r}: use a torch.dtype, 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
 
 
 class PretrainedMixin(
