@@ -203,9 +203,8 @@ def pretrain(config: PretrainConfig):
     from headkit.training.distributed import main_process_prints, process_state
     from headkit.training.evaluate import evaluate
     from headkit.training.loop import fit
-    from headkit.training.recipe import prepare_run_dir, quiet_if_asked
+    from headkit.training.recipe import prepare_run_dir
 
-    quiet_if_asked(config)
     check_ranges(config)
     state = process_state()
     with main_process_prints(state):

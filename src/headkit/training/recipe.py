@@ -81,15 +81,6 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     return run
 
 
-def quiet_if_asked(config: TrainConfig) -> None:
-    """Nothing, kept for the callers that still make the call (pretrain, sft).
-
-    `progress` is headkit's own bars only (the loop's, the feature cache's, few-shot's): it once
-    also switched off transformers' progress bars for the whole process, which outlived the run
-    and silenced a notebook's later downloads (issue #36)."""
-    del config
-
-
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
     """Run a whole training recipe and return the best model with its validation metrics.
 

@@ -352,9 +352,8 @@ def sft(config: SFTConfig):
     from headkit.training.evaluate import evaluate
     from headkit.training.loop import fit
     from headkit.training.pretrain import check_objective, import_pretraining_head
-    from headkit.training.recipe import prepare_run_dir, quiet_if_asked
+    from headkit.training.recipe import prepare_run_dir
 
-    quiet_if_asked(config)
     check_ranges(config)
     state = process_state()
     with main_process_prints(state):
