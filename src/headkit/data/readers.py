@@ -44,7 +44,7 @@ def read_rows(source: Any) -> Rows:
     """Rows of a file, a built-in dataset, a `datasets` folder or hub dataset, a Dataset, a pandas
     DataFrame, a dict of column lists or a list of row dicts."""
     if _is_datasets_object(source):
-        if _is_iterable_dataset(source):
+        if is_iterable_dataset(source):
             raise DataError(
                 "a streamed dataset (datasets.IterableDataset) cannot be read into rows: it has no length; "
                 "it trains through headkit.data.streaming (give it as train_dataset)"
@@ -164,9 +164,16 @@ def _is_datasets_object(source: Any) -> bool:
     return hasattr(source, "column_names") and (hasattr(source, "to_list") or hasattr(source, "keys"))
 
 
-def _is_iterable_dataset(source: Any) -> bool:
+def is_iterable_dataset(source: Any) -> bool:
+    """A streamed `datasets.IterableDataset` or `IterableDatasetDict` (no length, read as it passes)."""
     datasets = sys.modules.get("datasets")  # a datasets object means datasets is already imported
     return datasets is not None and isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict))
+
+
+def is_split_dict(source: Any) -> bool:
+    """A `datasets.DatasetDict` or `IterableDatasetDict`: splits by name, not rows."""
+    datasets = sys.modules.get("datasets")  # a datasets object means datasets is already imported
+    return datasets is not None and isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict))
 
 
 HF_FORMS = (

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +43,15 @@ import torch
 
 from headkit.data.batching import EncodedData, concat
 from headkit.data.encode import PreparedData, check_tasks, encode_rows
-from headkit.data.readers import Rows, label_names_of, load_hub_dataset, named_rows, parse_hf_spec, read_rows
+from headkit.data.readers import (
+    Rows,
+    is_iterable_dataset,
+    label_names_of,
+    load_hub_dataset,
+    named_rows,
+    parse_hf_spec,
+    read_rows,
+)
 from headkit.errors import DataError, HeadkitError
 
 logger = logging.getLogger(__name__)
@@ -63,8 +70,7 @@ def is_stream(source: Any) -> bool:
             return parse_hf_spec(source).streaming
         except DataError:
             return False  # read_rows reports the bad spec
-    datasets = sys.modules.get("datasets")  # a datasets object means datasets is already imported
-    return datasets is not None and isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict))
+    return is_iterable_dataset(source)
 
 
 def _open(source: Any, where: str) -> tuple[Any, Any | None]:

@@ -143,7 +143,9 @@ class InferenceMixin:
 def held_out_split(dataset: Any) -> Any:
     """A DatasetDict's split to score: test, else validation (never train: scores on the training rows
     would look better than the model is); any other dataset as it is."""
-    if not (hasattr(dataset, "keys") and hasattr(dataset, "column_names") and not hasattr(dataset, "to_list")):
+    from headkit.data.readers import is_split_dict
+
+    if not is_split_dict(dataset):
         return dataset
     splits = list(dataset.keys())
     found = next((s for s in ("test", "validation") if s in splits), None)

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from headkit.data.readers import is_split_dict
 from headkit.data.tasks import DEFAULT_HEAD_TYPE, TaskSpec
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import HeadConfig
@@ -320,7 +321,7 @@ def data_sources(tasks: list[TaskSpec], train_dataset: Any, eval_dataset: Any) -
 def _splits(dataset: Any, role: str) -> tuple[Any, Any]:
     """(the data to read, a validation split it brings): a DatasetDict gives its train split (as
     eval_dataset: its validation, else test split) and its validation split."""
-    if _is_split_dict(dataset):
+    if is_split_dict(dataset):
         splits = list(dataset.keys())
         wanted = ["train"] if role == TRAIN_KEY else ["validation", "test"]
         found = next((s for s in wanted if s in splits), None)
@@ -334,11 +335,6 @@ def _splits(dataset: Any, role: str) -> tuple[Any, Any]:
             validation = _checked(dataset["validation"], f"{role}['validation']")
         return _checked(dataset[found], f"{role}['{found}']"), validation
     return _checked(dataset, role), None
-
-
-def _is_split_dict(dataset: Any) -> bool:
-    datasets = sys.modules.get("datasets")  # a DatasetDict means datasets is imported
-    return datasets is not None and isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict))
 
 
 def _checked(dataset: Any, role: str) -> Any:
