@@ -583,3 +583,5 @@ def test_pipeline_of_a_model_object_keeps_its_dtype_and_evaluate_skips_a_dicts_t
         {"train": datasets.Dataset.from_list(rows * 3), "test": datasets.Dataset.from_list(rows)}
     )
     assert model.evaluate(split).num_examples == 12  # the test split, not the 36 training rows
+    with pytest.raises(headkit.DataError, match="has the splits \\['train'\\] and no 'test' or 'validation'"):
+        model.evaluate(datasets.DatasetDict({"train": split["train"]}))
