@@ -8,6 +8,7 @@ batch order and a 2-process run can be compared with a 1-process run over the sa
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,19 +162,40 @@ def _step(run_dir: Path) -> int:
         return 0
 
 
+def _kill_one_worker_mid_run(config: Path, out: Path, at_step: int, last_step: int) -> subprocess.Popen:
+    """Start a 2-process run and SIGKILL one worker once `at_step` is checkpointed but before the
+    last step. Both workers are stopped (SIGSTOP) before the step is read, so the check and the
+    kill see the same state; on a loaded machine the poll can wake after the run has trained to
+    its end, and then the attempt starts over instead of killing a run that was already done."""
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        launcher = subprocess.Popen(
+            headkit_train(config, out, 2),
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 180
+        while _step(out) < at_step and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        workers = _children(launcher.pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        if len(workers) == 2 and _step(out) < last_step:
+            os.kill(workers[-1], signal.SIGKILL)
+            os.kill(workers[0], signal.SIGCONT)
+            return launcher
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    pytest.fail("three runs finished (or never started) before a process could be killed mid-run")
+
+
 def test_one_process_killed_mid_epoch_resumes_with_two_to_the_same_weights(setup, two_process_run):
     root, config = setup
     reference, _ = two_process_run
     killed = root / "killed"
-    launcher = subprocess.Popen(
-        headkit_train(config, killed, 2), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 180
-    while _step(killed) < 6 and launcher.poll() is None and time.time() < deadline:  # 6 of 12: mid-epoch 2
-        time.sleep(0.01)
-    workers = _children(launcher.pid)
-    assert len(workers) == 2, "the run finished (or never started) before a process could be killed"
-    os.kill(workers[-1], signal.SIGKILL)
+    launcher = _kill_one_worker_mid_run(config, killed, at_step=6, last_step=12)  # 6 of 12: mid-epoch 2
     assert launcher.wait(timeout=120) != 0  # the launcher stops the other process too
     assert not (killed / "model").exists()
 
