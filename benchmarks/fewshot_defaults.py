@@ -1,6 +1,6 @@
 """Few-shot as a user meets it: the setfit package at its defaults (20 iterations, batch 16) against
 `headkit train --strategy fewshot` at its defaults (the all-pairs recipe of STRATEGY_DEFAULTS and
-fewshot_auto_steps in headkit.training.strategies: one step per 4 labelled examples, 10 to 40)
+fewshot_auto_steps in headkit.training.strategy_defaults: one step per 4 labelled examples, 10 to 40)
 and at fixed step counts (the time/accuracy curve; 0 = heads solved on the pretrained features).
 
 The same rows for every method (benchmarks/fewshot.py's fixed 500-row test set and k examples

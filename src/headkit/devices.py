@@ -3,18 +3,15 @@
 auto picks a CUDA GPU when torch sees one, else Apple's MPS, else the CPU; a device that is asked
 for by name but missing is an error that says what this machine has. The dtype's auto is bf16 on
 GPUs that have it (fp16 on older ones) and fp32 elsewhere; heads decode in fp32 whatever it is.
+The flags' types (`Device`, `DType`) live in choices.py, which the CLI reads without loading torch.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 
 from headkit.errors import HeadkitError
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

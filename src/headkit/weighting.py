@@ -9,14 +9,14 @@ solution sigma -> infinity. Heads absent from a batch (no labels) take no part i
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
+from headkit.choices import Weighting
 from headkit.errors import HeadConfigError
 
-Weighting = Literal["static", "uncertainty"]
 WEIGHTING_METHODS: tuple[str, ...] = get_args(Weighting)
 
 

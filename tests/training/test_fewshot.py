@@ -232,7 +232,7 @@ def test_a_contrastive_file_of_another_backbone_is_refused_by_name(tmp_path, ber
 
 
 def test_auto_steps_grow_with_the_labelled_examples_between_10_and_40():
-    from headkit.training.strategies import fewshot_auto_steps
+    from headkit.training.strategy_defaults import fewshot_auto_steps
 
     assert [fewshot_auto_steps(n) for n in (2, 40, 41, 128, 160, 161, 5000)] == [10, 10, 11, 32, 40, 40, 40]
     with pytest.raises(HeadkitError, match="--fewshot_steps must be 0 or more, or auto, got many"):

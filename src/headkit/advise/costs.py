@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from headkit.advise.facts import DataFacts, Hardware
-from headkit.training.strategies import fewshot_auto_steps, strategy_defaults
+from headkit.training.strategy_defaults import fewshot_auto_steps, strategy_defaults
 
 MEASURE_TEXTS = 16  # texts timed per kind of step
 

@@ -10,7 +10,7 @@ from headkit.advise.facts import DataFacts, Hardware, detect_hardware, read_fact
 from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
 from headkit.data.readers import read_rows
-from headkit.data.tasks import DEFAULT_HEAD_TYPE
+from headkit.data.taskspec import DEFAULT_HEAD_TYPE
 from headkit.errors import HeadkitError
 from headkit.heads import head_class
 

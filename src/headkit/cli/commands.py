@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from headkit.choices import Device, DType
 from headkit.cli import render
 from headkit.cli.training_commands import advise, pretrain, sft, train
-from headkit.devices import Device, DType
 from headkit.errors import HeadkitError
 
 Engine = Literal["torch", "onnx", "onnx-int8"]

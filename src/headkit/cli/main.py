@@ -23,11 +23,9 @@ from rich.markup import escape
 from headkit._logging import CurrentStderrHandler
 from headkit.cli.commands import COMMANDS
 from headkit.cli.parser import build_parser, explain, normalise_argv
-from headkit.data.tasks import TaskSpec
+from headkit.data.taskspec import TaskSpec
 from headkit.errors import HeadkitError
-from headkit.training.config import TrainConfig
-from headkit.training.pretrain import PretrainConfig
-from headkit.training.sft import SFTConfig
+from headkit.training.config import PretrainConfig, SFTConfig, TrainConfig
 
 INTERRUPTED = {
     "train": "interrupted: the last checkpoint is intact; continue with the same command and --resume",

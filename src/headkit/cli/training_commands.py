@@ -7,9 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from headkit.cli import render
-from headkit.training.config import TrainConfig
-from headkit.training.pretrain import PretrainConfig
-from headkit.training.sft import SFTConfig
+from headkit.training.config import PretrainConfig, SFTConfig, TrainConfig
 
 
 def train(config: TrainConfig) -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.errors import HeadConfigError, HeadMismatchError
@@ -81,6 +80,8 @@ class TokenScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "perplexity": False}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score
+
         pairs = [
             (p, r)
             for pred, ref in zip(predictions, references, strict=True)

@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, classification_report, f1_score
-from sklearn.preprocessing import MultiLabelBinarizer
 from torch import Tensor
 
 from headkit.heads.base import weight_tensor, zero_loss
@@ -32,6 +30,8 @@ class LabelSetScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"f1_micro": True, "f1_macro": True, "subset_accuracy": True}
 
     def _binarized(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        from sklearn.preprocessing import MultiLabelBinarizer
+
         preds, refs = labelled([p["labels"] for p in predictions], references)
         if not refs:
             return None
@@ -39,6 +39,8 @@ class LabelSetScores(Scoring):
         return binarizer.transform(refs), binarizer.transform(preds)
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
         binarized = self._binarized(predictions, references)
         if binarized is None:
             return {}
@@ -50,6 +52,8 @@ class LabelSetScores(Scoring):
         }
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        from sklearn.metrics import classification_report
+
         binarized = self._binarized(predictions, references)
         if binarized is None:
             return None
@@ -60,6 +64,8 @@ class LabelSetScores(Scoring):
         """Per label, the threshold in 0.05..0.95 with the best validation F1 (ties: nearest the
         default); a label with no positive validation example keeps the default. The tuned
         thresholds go into the head's buffer and the given predictions are re-decided at them."""
+        from sklearn.metrics import f1_score
+
         preds, refs = labelled(predictions, references)
         if not refs:
             return None

@@ -13,14 +13,14 @@ sentence-transformers pooling) and the resolved method is what heads.json record
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor
 
+from headkit.choices import Pooling
 from headkit.errors import HeadConfigError
 
-Pooling = Literal["auto", "mean", "cls", "max", "last", "pooler"]
 POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
 
 

@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from torch import Tensor
 
 from headkit.heads.base import zero_loss
@@ -28,6 +27,8 @@ class TargetScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"r2": True, "mse": False, "mae": False}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
         scores: dict[str, list[float]] = {"mse": [], "mae": [], "r2": []}
         for name in self.names:
             pairs = [

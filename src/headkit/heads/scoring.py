@@ -7,14 +7,15 @@ Predictions are what the head's `decode` gives and references what its codec's `
 give, example by example (None: no label, not scored). `ClassScores` serves every head that
 decides one class per example; head types with metrics of their own define their scoring in
 their file.
+
+scikit-learn and seqeval are imported inside the methods that score, never with a head's module:
+loading them takes seconds, and loading a model to predict with it needs neither.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any, ClassVar
-
-from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from headkit.heads.part import Part
 
@@ -55,6 +56,8 @@ class ClassScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
         preds, refs = labelled([p["label"] for p in predictions], references)
         if not refs:
             return {}
@@ -64,6 +67,8 @@ class ClassScores(Scoring):
         }
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
+        from sklearn.metrics import classification_report
+
         preds, refs = labelled([p["label"] for p in predictions], references)
         if not refs:
             return None

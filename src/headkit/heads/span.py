@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score
 from torch import Tensor, nn
 
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
@@ -50,6 +49,8 @@ class SpanScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"exact_match": True, "f1": True}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score
+
         pairs = [((p["start"], p["end"]), r) for p, r in zip(predictions, references, strict=True) if r is not None]
         if not pairs:
             return {}

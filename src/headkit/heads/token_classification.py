@@ -12,11 +12,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
-from seqeval.metrics import accuracy_score as seq_accuracy
-from seqeval.metrics import classification_report as seq_report
-from seqeval.metrics import f1_score as seq_f1
-from seqeval.metrics import precision_score, recall_score
-from sklearn.metrics import accuracy_score, classification_report, f1_score
 from torch import Tensor
 
 from headkit.heads.base import HeadBase, HeadConfig, dropout_linear, weight_tensor, zero_loss
@@ -61,6 +56,11 @@ class TagScores(Scoring):
     metrics: ClassVar[dict[str, bool]] = {"f1": True, "precision": True, "recall": True, "accuracy": True}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from seqeval.metrics import accuracy_score as seq_accuracy
+        from seqeval.metrics import f1_score as seq_f1
+        from seqeval.metrics import precision_score, recall_score
+        from sklearn.metrics import accuracy_score, f1_score
+
         y_pred, y_true = aligned(predictions, references)
         if not y_true:
             return {}
@@ -80,6 +80,9 @@ class TagScores(Scoring):
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""
+        from seqeval.metrics import classification_report as seq_report
+        from sklearn.metrics import classification_report
+
         y_pred, y_true = aligned(predictions, references)
         if not y_true:
             return None

@@ -71,13 +71,8 @@ from headkit.heads import IGNORE_INDEX, REGISTRY, HeadConfig, Pair, head_class
 from headkit.heads.fewshot import block_pairs
 from headkit.model import MultiHeadModel
 from headkit.training.features import FeatureCache, compute_features, features_needed
-from headkit.training.strategies import (
-    adamw,
-    fewshot_auto_steps,
-    freeze_bottom,
-    layer_stack,
-    set_backbone_trainable,
-)
+from headkit.training.strategies import adamw, freeze_bottom, layer_stack, set_backbone_trainable
+from headkit.training.strategy_defaults import fewshot_auto_steps
 
 logger = logging.getLogger(__name__)
 

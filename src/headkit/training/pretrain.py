@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,36 +29,11 @@ from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import head_config
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM
-from headkit.training.config import PartialStrategy, TrainConfig
-from headkit.training.strategies import FixedStrategy
+from headkit.training.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = {"mlm": MASKED_LM, "clm": CAUSAL_LM}  # objective -> the pretraining head it trains
-
-
-@dataclass
-class PretrainConfig(TrainConfig):
-    """Continued pretraining; the other fields are those of `headkit train`.
-
-    Attributes:
-        objective: mlm (masked-LM, encoders like BERT) or clm (causal-LM, decoders like GPT/Llama).
-        corpus: text files (one document per line), CSV/JSONL files (with --text_column) or
-            built-in datasets (e.g. rotten_tomatoes_plots).
-        mlm_probability: share of tokens selected for masking.
-    """
-
-    objective: Literal["mlm", "clm"] = "mlm"
-    corpus: list[str] = field(default_factory=list)
-    mlm_probability: float = 0.15
-    strategy: FixedStrategy | PartialStrategy = "full"
-    output_dir: str = "runs/pretrain"
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 1e-4
-    backbone_lr: float = 5e-5
-    val_fraction: float = 0.05
-    patience: int = 0
 
 
 def read_corpus(sources: list[str], text_column: str = "text") -> list[str]:

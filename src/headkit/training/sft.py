@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from headkit.heads import IGNORE_INDEX, head_config
 from headkit.heads.codecs.base import pad_ids
 from headkit.heads.lm import CAUSAL_LM
 from headkit.heads.scoring import perplexity
-from headkit.training.config import TrainConfig
+from headkit.training.config import SFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,46 +57,6 @@ PLAIN_TEMPLATE = (
     "{% else %}### Assistant:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    """Instruction tuning; the other fields are those of `headkit train`.
-
-    Attributes:
-        data: a CSV/JSONL/Parquet file, built-in dataset (chatterbot_english) or hf:NAME with
-            prompt/response columns or a column of chat `messages` lists ({"role", "content"}).
-        eval_data: held-out data in the same form (default: --val_fraction of --data).
-        prompt_column: the column holding the instruction or user message.
-        response_column: the column holding the wanted reply.
-        messages_column: the column holding whole conversations (used when present).
-        system_prompt: a system message put before every conversation that has none.
-        packing: pack whole examples into max_length blocks (less padding, faster on short texts).
-    """
-
-    model: str = "smollm2"
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    messages_column: str = "messages"
-    system_prompt: str | None = None
-    packing: bool = False
-    strategy: Literal["full", "lora"] = "lora"
-    output_dir: str = "runs/sft"
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 1e-4
-    backbone_lr: float = 2e-5
-    max_length: int = 512
-    # Plainly shuffled batches: on chatterbot-corpus (benchmarks/sft.py, 100 LoRA steps) length
-    # grouping was 1.5x faster but ended 0.044 higher in held-out reply loss.
-    group_by_length: bool = False
-    val_fraction: float = 0.1
-    patience: int = 0
-
-    def identity(self) -> dict[str, Any]:
-        data = super().identity()
-        data.update(data=self.data, eval_data=self.eval_data)  # the training rows are what SFT is about
-        return data
 
 
 def conversations(rows: list[dict[str, Any]], source: str, config: SFTConfig) -> list[list[dict[str, str]]]:

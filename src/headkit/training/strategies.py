@@ -8,6 +8,8 @@ lp-ft      linear probing then fine-tuning (Kumar et al. 2022): heads on frozen 
            features first, then everything, which distorts pretrained features less
 fewshot    SetFit-style: contrastive tuning of the backbone on pairs of the few labelled
            examples, then heads solved on its frozen features (fewshot.py)
+
+The names and the option defaults each brings are in strategy_defaults.py (no torch there).
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from torch import nn
 
 from headkit.adapter import checkpoint_activations
 from headkit.errors import HeadConfigError
+from headkit.training.strategy_defaults import STRATEGY_NAMES
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from headkit.model import MultiHeadModel
-
-FixedStrategy = Literal["frozen", "full", "lora", "lp-ft", "fewshot"]  # and partial:K
-STRATEGY_NAMES = ("frozen", "partial:K", "full", "lora", "lp-ft", "fewshot")
 
 
 @dataclass(frozen=True)
@@ -97,58 +97,6 @@ STRATEGIES = {
     "lp-ft": Strategy("lp-ft", backbone="all", probe_first=True),
     "fewshot": Strategy("fewshot", backbone="none", closed_form=True),
 }
-
-
-# The options a good recipe sets differently per strategy. A TrainConfig field left unset (None)
-# takes its strategy's value here, else the general one; `headkit advise` runs exactly these.
-GENERAL_DEFAULTS: dict[str, Any] = {
-    "epochs": 3,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "val_fraction": 0.1,
-    "patience": 3,
-    "backbone_lr": 3e-5,
-    "fewshot_recipe": "all-pairs",
-    "fewshot_steps": "auto",  # fewshot_auto_steps
-    "fewshot_iterations": 20,
-    "lora_lr": 5e-4,
-    "lora_dropout": 0.0,
-    "lora_targets": None,  # peft's choice for the model type
-}
-
-
-def fewshot_auto_steps(examples: int) -> int:
-    """fewshot_steps "auto": one all-pairs step per 4 labelled examples, at least 10, at most 40.
-
-    Measured with steps of 64 examples, the top half tuned (benchmarks/fewshot_defaults.py,
-    paired against setfit; the recipe since has steps of 32, see README): 10 steps suffice at 8 per
-    class (16 and 40 examples), and BBC at 64 per class scores as well at 10 as at 40; Rotten
-    Tomatoes at 64 per class (128 examples) was 3.7 points under setfit at 10 steps, 0.6 at 40:
-    a harder task for the pretrained features needs the steps that more labels allow."""
-    return min(40, max(10, -(-examples // 4)))
-
-
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    # a linear probe on cached features: many cheap epochs at a higher rate, kept to the end
-    # (early stopping on a small validation split stops it too soon)
-    "frozen": {"epochs": 30, "lr": 1e-2, "patience": 0},
-    # steps of 32 examples and every pair among them, the top two thirds of the backbone tuned
-    # (fewshot.tuned_from) at 2e-4: chosen on a development split (benchmarks/fewshot_dev.py; steps
-    # of 64 with the top half tuned were 1.2-1.8 points lower on Rotten Tomatoes, 0.4 on BBC, and
-    # 1.6x the time at 64 per class) and compared with SetFit on the test rows (fewshot_defaults.py:
-    # accuracy within noise of the old recipe, 0.07x setfit's time at 64 per class where it took
-    # 0.12x); with a handful of labels every one trains
-    "fewshot": {"batch_size": 32, "backbone_lr": 2e-4, "val_fraction": 0.0},
-    # adapters on every linear layer at 1e-3: 0.3 points below full fine-tuning on Rotten Tomatoes
-    # with 1.5% of the weights training, where query/value at 5e-4 was 3.8 below (lora_vs_full.py);
-    # no dropout (the general default): +0.5 point, 15% less training memory, 21% faster than 0.1
-    "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"]},
-}
-
-
-def strategy_defaults(name: str) -> dict[str, Any]:
-    """The defaults `--strategy NAME` brings (partial:K shares partial's)."""
-    return {**GENERAL_DEFAULTS, **STRATEGY_DEFAULTS.get(name.split(":")[0], {})}
 
 
 def parse_strategy(text: str) -> Strategy:

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from headkit.data.readers import is_split_dict
-from headkit.data.tasks import DEFAULT_HEAD_TYPE, TaskSpec
+from headkit.data.taskspec import DEFAULT_HEAD_TYPE, TaskSpec
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.state import TrainResult
-from headkit.training.strategies import parse_strategy, strategy_defaults
+from headkit.training.strategies import parse_strategy
+from headkit.training.strategy_defaults import strategy_defaults
 
 TRAIN_KEY, EVAL_KEY = "train_dataset", "eval_dataset"  # the `data` names the tasks read them by
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec) if f.name != "name")
