@@ -87,8 +87,8 @@ def test_cli_inspect_table_and_json(tiny_checkpoint, capsys):
     assert data["head_kind"] == "causal-lm" and data["tied_embeddings"] is True
 
 
-def test_cli_error_is_one_line_and_exit_code_2(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "missing")]) == 2
+def test_cli_error_is_one_line_and_exit_code_1(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 1  # a well-formed command whose run failed
     err = capsys.readouterr().err
     assert "error:" in err and "not found" in err and "Traceback" not in err
 

@@ -2,6 +2,8 @@
 flag name, --version, logging with --quiet / --verbose, progress bars, Ctrl-C messages."""
 
 import logging
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -37,6 +39,52 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"headkit {headkit.__version__}"
+
+
+# argv -> what the one-line error says; argparse's convention: 2 when the command line itself is
+# wrong (the parser's own checks, or a UsageError from a command), 1 when a well-formed command fails
+USAGE_ERRORS = {
+    "unknown flag": (["inspect", "minilm", "--bogus"], "unrecognized arguments: --bogus"),
+    "bad value": (["evaluate", "run", "--batch_size", "many"], "batch_size"),
+    "missing required argument": (["inspect"], "model"),
+    "contradictory options": (["export", "run", "--to", "onnx", "--only_head", "a"], "--only_head applies to"),
+    "missing option checked by the command": (["predict", "run"], "nothing to predict"),
+    "value out of range": (["train", "--data", "x.csv", "--head", "a:b", "--batch_size", "0"], "at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_ERRORS))
+def test_usage_errors_exit_2(case, capsys):
+    argv, message = USAGE_ERRORS[case]
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_runtime_errors_exit_1(tiny_text_model, tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 1
+    assert "not found" in capsys.readouterr().err
+    missing_data = str(tmp_path / "no.csv")
+    argv = ["train", "--model", str(tiny_text_model), "--data", missing_data, "--head", "a:label"]
+    assert main([*argv, "--output_dir", str(tmp_path / "run")]) == 1
+    assert "no.csv" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--text", "good"]) == 1
+    assert "neither a training run" in capsys.readouterr().err
+
+
+def test_the_process_exit_status_and_help_follow_the_convention(tmp_path):
+    """The installed entry point (not only main()'s return value): sys.exit carries the code."""
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "headkit", *argv], capture_output=True, text=True, timeout=300)
+
+    assert run("inspect", "minilm", "--bogus").returncode == 2
+    done = run("inspect", str(tmp_path / "missing"))
+    assert done.returncode == 1 and "not found" in done.stderr and "Traceback" not in done.stderr
+    shown = " ".join(run("--help").stdout.split())
+    assert "1 the run failed" in shown and "2 a usage error" in shown
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"headkit {headkit.__version__}"
 
 
 def test_every_fixed_set_of_values_is_a_literal_listed_by_help(capsys):
@@ -97,7 +145,7 @@ def test_old_spellings_still_work_with_a_deprecation_note(capsys):
     assert parse("train", "--text", "review").text_column == "review"
     assert parse("advise", "--text", "review").text_column == "review"
     assert parse("export", "run", "--head", "topic").only_head == "topic"
-    assert main(["evaluate", "some-run", "--text", "review"]) == 2  # fails later: no --data
+    assert main(["evaluate", "some-run", "--text", "review"]) == 2  # fails later: no --data (a usage error)
     err = capsys.readouterr().err
     assert "evaluate --text is deprecated: use --text_column" in err and "needs labelled data" in err
     assert parse("predict", "run", "--text", "a review").text == ["a review"]  # --text is texts here: unchanged

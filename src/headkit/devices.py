@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, UsageError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,7 +24,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}
     if name.split(":")[0] not in available:
-        raise HeadkitError(f"--device {name!r}: choose one of auto, cpu, cuda, mps")
+        raise UsageError(f"--device {name!r}: choose one of auto, cpu, cuda, mps")
     if not available[name.split(":")[0]]:
         have = ", ".join(k for k, v in available.items() if v)
         raise HeadkitError(f"--device {name}: this machine has no {name.split(':')[0].upper()} device (it has: {have})")
@@ -34,7 +34,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         if name not in DTYPES:
-            raise HeadkitError(f"--dtype {name!r}: choose one of auto, {', '.join(DTYPES)}")
+            raise UsageError(f"--dtype {name!r}: choose one of auto, {', '.join(DTYPES)}")
         if device.type == "cpu" and name == "float16":
             raise HeadkitError("--dtype float16 runs on GPUs; on the CPU use bfloat16 or float32")
         return DTYPES[name]

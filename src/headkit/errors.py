@@ -58,3 +58,16 @@ class MissingExtraError(HeadkitError, ImportError):
     """An optional feature used without the extra that installs it (`pip install 'headkit[EXTRA]'`).
 
     Also an `ImportError`, so code that probes for optional features with `except ImportError` works."""
+
+
+class UsageError(HeadkitError):
+    """Options that are wrong in themselves, whatever the files, the data and the machine: a value
+    out of range, a required option left out, options that contradict each other.
+
+    The CLI exits 2 for these, as argparse does for the errors it finds itself, and 1 for every other
+    `HeadkitError` (a missing file, bad data, no GPU: the command was well formed but the run failed)."""
+
+
+class DataOptionError(DataError, UsageError):
+    """A data option (--data, --corpus, --head) that is missing or malformed: a usage error, and a
+    `DataError` as it always was, so `except DataError` still catches it."""

@@ -204,14 +204,14 @@ def test_max_length_beyond_the_model_is_capped_not_a_crash(tiny_text_model, tmp_
 
 
 def test_cli_bad_invocations_are_one_line_errors(tmp_path, capsys):
-    cases = [
-        (["evaluate", str(tmp_path)], "evaluate needs labelled data"),
-        (["evaluate", str(tmp_path), "--data", "x.csv", "--head", "sentiment"], "should look like NAME:COLUMN"),
-        (["predict", str(tmp_path)], "nothing to predict"),
-        (["predict", str(tmp_path), "--text", "hi"], "neither a training run"),
-        (["pretrain", "--corpus", "x.txt", "--strategy", "frozen"], "supports --strategy full or lora"),
+    cases = [  # usage errors exit 2, a run that fails exits 1 (argparse's convention)
+        (["evaluate", str(tmp_path)], "evaluate needs labelled data", 2),
+        (["evaluate", str(tmp_path), "--data", "x.csv", "--head", "sentiment"], "should look like NAME:COLUMN", 2),
+        (["predict", str(tmp_path)], "nothing to predict", 2),
+        (["predict", str(tmp_path), "--text", "hi"], "neither a training run", 1),
+        (["pretrain", "--corpus", "x.txt", "--strategy", "frozen"], "supports --strategy full or lora", 2),
     ]
-    for argv, message in cases:
-        assert main(argv) == 2, argv
+    for argv, message, code in cases:
+        assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)

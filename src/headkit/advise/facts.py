@@ -14,7 +14,7 @@ import torch
 
 from headkit.data.files import SEQUENCE_TYPES, column_values
 from headkit.data.readers import read_rows
-from headkit.errors import DataError, HeadkitError
+from headkit.errors import DataError, HeadkitError, UsageError
 from headkit.heads import LabelSource, head_class
 
 
@@ -169,7 +169,7 @@ def read_facts(
 def detect_hardware(device: str = "auto") -> Hardware:
     """The machine the plan will run on: a CUDA GPU if there is one (or asked for), else the CPU."""
     if device not in ("auto", "cpu", "cuda"):
-        raise HeadkitError(f"--device must be auto, cpu or cuda, not '{device}'")
+        raise UsageError(f"--device must be auto, cpu or cuda, not '{device}'")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if device == "cuda" and not torch.cuda.is_available():
         raise HeadkitError("--device cuda, but torch sees no CUDA GPU here; use --device auto or cpu")

@@ -11,7 +11,7 @@ from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
 from headkit.data.readers import read_rows
 from headkit.data.taskspec import DEFAULT_HEAD_TYPE
-from headkit.errors import HeadkitError
+from headkit.errors import UsageError
 from headkit.heads import head_class
 
 
@@ -108,7 +108,7 @@ def advise(
     from headkit.backbone import load_config, load_processor
 
     if budget <= 0:
-        raise HeadkitError(f"--budget must be above 0 minutes, got {budget:g}")
+        raise UsageError(f"--budget must be above 0 minutes, got {budget:g}")
     tokenizer = load_processor(model)
     rows = read_rows(data)
     facts = read_facts(data, text, label, tokenizer, max_length, unlabelled, rows=rows)

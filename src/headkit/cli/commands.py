@@ -12,7 +12,7 @@ from typing import Literal
 from headkit.choices import Device, DType
 from headkit.cli import render
 from headkit.cli.training_commands import advise, pretrain, sft, train
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, UsageError
 
 Engine = Literal["torch", "onnx", "onnx-int8"]
 
@@ -70,10 +70,10 @@ def evaluate(
     from headkit.training.report import print_summary
 
     if not data:
-        raise HeadkitError("evaluate needs labelled data: --data FILE (or a built-in dataset name)")
+        raise UsageError("evaluate needs labelled data: --data FILE (or a built-in dataset name)")
     bad = [spec for spec in head or [] if ":" not in spec]
     if bad:
-        raise HeadkitError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
+        raise UsageError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
     model, tokenizer = load_for_inference(run, device=device, dtype=dtype)
     columns = dict(spec.split(":", 1) for spec in head or [])
     result, count = evaluate_dataset(
@@ -118,7 +118,7 @@ def predict(
     from headkit.ship.predict import load_for_inference, predict_file, predict_texts
 
     if not input and not text and not image:
-        raise HeadkitError("nothing to predict: give --input FILE, --text 'some text' or --image FILE")
+        raise UsageError("nothing to predict: give --input FILE, --text 'some text' or --image FILE")
     model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     if image:
         _predict_images(model, tokenizer, image, batch_size)
@@ -253,11 +253,11 @@ def export(
     from headkit.ship.export import export_onnx, export_transformers
 
     if to not in ("transformers", "onnx"):
-        raise HeadkitError("give --to transformers or --to onnx")
+        raise UsageError("give --to transformers or --to onnx")
     if quantize and to != "onnx":
-        raise HeadkitError("--quantize applies to --to onnx only")
+        raise UsageError("--quantize applies to --to onnx only")
     if only_head and to != "transformers":
-        raise HeadkitError("--only_head applies to --to transformers (ONNX holds every head in one graph)")
+        raise UsageError("--only_head applies to --to transformers (ONNX holds every head in one graph)")
     output = output or str(Path(run) / f"export-{to}")
     if to == "transformers":
         result = export_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)

@@ -1,5 +1,8 @@
 """The `headkit` command: parse, run one command, and print a `HeadkitError` (or a bad flag) as one
-line with exit code 2 (no traceback); Ctrl-C exits 130 with what it means for that command.
+line, without a traceback. Exit codes follow argparse's convention: 2 for a usage error (an unknown
+flag, a bad value, a missing or contradictory option: `UsageError`), 1 for a run that failed (any
+other `HeadkitError`: a missing file, bad data, no GPU); Ctrl-C exits 130 with what it means for
+that command.
 
 The library reports through `logging` (logger `headkit`); here it gets a rich handler on stderr,
 at INFO, or WARNING with --quiet, DEBUG with --verbose.
@@ -24,7 +27,7 @@ from headkit._logging import CurrentStderrHandler
 from headkit.cli.commands import COMMANDS
 from headkit.cli.parser import build_parser, explain, normalise_argv
 from headkit.data.taskspec import TaskSpec
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, UsageError
 from headkit.training.config import PretrainConfig, SFTConfig, TrainConfig
 
 INTERRUPTED = {
@@ -78,9 +81,13 @@ def cli_logging(argv: list[str]) -> Iterator[None]:
         logger.propagate = saved[2]
 
 
-def _error(message: str) -> int:
+USAGE_ERROR = 2  # argparse's code for a command line it cannot accept
+RUN_ERROR = 1  # the command was well formed, the run failed
+
+
+def _error(message: str, code: int) -> int:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +111,7 @@ def run_command(argv: list[str]) -> int:
     except ArgumentError as e:
         command = next((a for a in argv if not a.startswith("-")), "")
         hint = f" (headkit {command} --help lists the options)" if command else " (headkit --help)"
-        return _error(explain(e) + hint)
+        return _error(explain(e) + hint, USAGE_ERROR)
     name = args.command
     fn = next(f for f in COMMANDS if f.__name__.replace("_", "-") == name)
     kwargs = {k: v for k, v in args[name].as_dict().items() if k != "config" and not k.startswith("__")}
@@ -118,8 +125,10 @@ def run_command(argv: list[str]) -> int:
             fn(config)
         else:
             fn(**kwargs)
+    except UsageError as e:
+        return _error(str(e), USAGE_ERROR)
     except HeadkitError as e:
-        return _error(str(e))
+        return _error(str(e), RUN_ERROR)
     except KeyboardInterrupt:
         print(INTERRUPTED.get(name, "interrupted"), file=sys.stderr)
         return 130

@@ -32,6 +32,11 @@ RENAMED = {
     "export": {"--head": "--only_head"},
 }
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v")
+# argparse's convention, kept by cli/main.py (UsageError -> 2, any other HeadkitError -> 1)
+EXIT_CODES = (
+    "Exit status: 0 done; 1 the run failed (a missing file, bad data, no such device); 2 a usage error "
+    "(an unknown flag, a bad value, a missing or contradictory option); 130 interrupted (Ctrl-C)."
+)
 
 
 def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
@@ -60,6 +65,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="headkit",
         description="Inspect, swap, train and ship transformer heads. Flags are spelled --snake_case or --kebab-case.",
+        epilog=EXIT_CODES,
         version=__version__,
         exit_on_error=False,
     )

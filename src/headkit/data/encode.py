@@ -14,7 +14,7 @@ from headkit.data.batching import EncodedData, align_tags, tokenize
 from headkit.data.images import is_image_processor, load_images
 from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
-from headkit.errors import DataError
+from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
 
 
@@ -37,7 +37,7 @@ def check_tasks(tasks: list[Any]) -> None:
     """Refuse a task list that cannot train: none, a head name used twice or not an identifier,
     a task with no data, a dropout outside [0, 1), a head type that does not train from tables."""
     if not tasks:
-        raise DataError("no tasks: give at least one head and its data (--data FILE --head NAME:COLUMN)")
+        raise DataOptionError("no tasks: give at least one head and its data (--data FILE --head NAME:COLUMN)")
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headkit.errors import DataError
+from headkit.errors import DataOptionError
 
 DEFAULT_HEAD_TYPE = "classification"
 
@@ -64,8 +64,10 @@ def parse_task(
     """`name:column[:type]` (with shared --data/--text_column/--eval_data) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise DataError(f"--head '{spec}' should look like NAME:COLUMN or NAME:COLUMN:TYPE (e.g. sentiment:label)")
+        raise DataOptionError(
+            f"--head '{spec}' should look like NAME:COLUMN or NAME:COLUMN:TYPE (e.g. sentiment:label)"
+        )
     if not data:
-        raise DataError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
+        raise DataOptionError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
     kind = parts[2] if len(parts) > 2 else DEFAULT_HEAD_TYPE
     return TaskSpec(parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data)

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from headkit.data.tasks import PreparedData
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, UsageError
 from headkit.heads import HeadConfig, head_class
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def with_class_weights(setting: str | dict[str, float], data: PreparedData) -> d
     elif isinstance(setting, dict):
         chosen = _named(setting, weighable)
     else:
-        raise HeadkitError(f"--class_weights {setting!r}: choose none, auto or a mapping {{label: weight}}")
+        raise UsageError(f"--class_weights {setting!r}: choose none, auto or a mapping {{label: weight}}")
     for name, weights in chosen.items():
         shown = ", ".join(f"{label} {w:.3g}" for label, w in zip(weighable[name].labels, weights, strict=True))
         logger.info(f"{name}: class weights {shown}")
@@ -57,7 +57,7 @@ def _named(setting: dict[str, float], heads: dict[str, Any]) -> dict[str, list[f
         raise HeadkitError(f"--class_weights names labels {unknown} that no head has; the labels are {known}")
     bad = {k: v for k, v in setting.items() if not float(v) > 0}
     if bad:
-        raise HeadkitError(f"--class_weights {bad}: weights must be above 0")
+        raise UsageError(f"--class_weights {bad}: weights must be above 0")
     return {
         name: [float(setting.get(label, 1.0)) for label in config.labels]
         for name, config in heads.items()

@@ -15,7 +15,7 @@ from jsonargparse.typing import restricted_string_type
 
 from headkit.choices import Pooling, Weighting
 from headkit.data.taskspec import TaskSpec, parse_task
-from headkit.errors import HeadkitError
+from headkit.errors import UsageError
 from headkit.training.strategy_defaults import FixedStrategy, strategy_defaults
 
 # `partial:K` is the one strategy with a number in it: a pattern, so --help lists it with the rest
@@ -57,7 +57,7 @@ def check_ranges(config: Any) -> None:
     for name, (valid, expected) in RANGES.items():
         value = getattr(config, name, None)
         if value is not None and not valid(value):
-            raise HeadkitError(f"--{name} must be {expected}, got {value}")
+            raise UsageError(f"--{name} must be {expected}, got {value}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
-from headkit.errors import DataError, HeadkitError
+from headkit.errors import DataError, HeadkitError, UsageError
 from headkit.training.features import FeatureCache
 
 # A headkit.model.MultiHeadModel, not imported: model.py reaches this module (model.evaluate),
@@ -50,7 +50,7 @@ class Evaluation:
         values = [self._signed(model, h, name) for h in heads if name in self.scores.get(h, {})]
         if not values:
             reported = sorted(f"{h}/{m}" for h, s in self.scores.items() for m in s)
-            raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; reported here: {reported}")
+            raise UsageError(f"--metric_for_best_model {metric!r}: no head reports it; reported here: {reported}")
         return sum(values) / len(values)
 
     def _signed(self, model: Model, head: str, metric: str) -> float:
@@ -69,7 +69,7 @@ def check_metric(model: Model, metric: str | None) -> None:
     if heads and (name == "loss" or any(name in m or not m for m in metrics)):
         return
     available = ["loss"] + [f"{n}/{m}" for n, h in model.heads.items() for m in [*h.scoring.metrics, "loss"]]
-    raise HeadkitError(f"--metric_for_best_model {metric!r}: no head reports it; choose one of {available}")
+    raise UsageError(f"--metric_for_best_model {metric!r}: no head reports it; choose one of {available}")
 
 
 @torch.no_grad()

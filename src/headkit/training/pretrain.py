@@ -26,7 +26,7 @@ from headkit.data.batching import EncodedData, collate, split_indices
 from headkit.data.builtin import BUILTIN_DATASETS
 from headkit.data.files import column_values
 from headkit.data.readers import read_rows
-from headkit.errors import DataError, HeadkitError
+from headkit.errors import DataError, DataOptionError, HeadkitError, UsageError
 from headkit.heads import head_config
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM
 from headkit.training.config import PretrainConfig
@@ -39,7 +39,7 @@ OBJECTIVES = {"mlm": MASKED_LM, "clm": CAUSAL_LM}  # objective -> the pretrainin
 def read_corpus(sources: list[str], text_column: str = "text") -> list[str]:
     """Documents from text files (one per non-empty line), tables or built-in datasets."""
     if not sources:
-        raise DataError("no corpus: give --corpus FILE [FILE ...] (text files, CSV/JSONL, or a built-in dataset)")
+        raise DataOptionError("no corpus: give --corpus FILE [FILE ...] (text files, CSV/JSONL, or a built-in dataset)")
     documents: list[str] = []
     for source in sources:
         path = Path(source)
@@ -183,7 +183,7 @@ def pretrain(config: PretrainConfig):
     state = process_state()
     with main_process_prints(state):
         if config.strategy not in ("full", "lora"):
-            raise HeadkitError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
+            raise UsageError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
         tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         check_objective(config.model, config.objective, tokenizer, config.trust_remote_code)
         documents = read_corpus(config.corpus, config.text_column)

@@ -38,7 +38,7 @@ import torch
 from headkit.data.batching import EncodedData, collate, split_indices
 from headkit.data.files import is_missing
 from headkit.data.readers import read_rows
-from headkit.errors import DataError, HeadkitError
+from headkit.errors import DataError, DataOptionError, HeadkitError, UsageError
 from headkit.heads import IGNORE_INDEX, head_config
 from headkit.heads.codecs.base import pad_ids
 from headkit.heads.lm import CAUSAL_LM
@@ -318,9 +318,9 @@ def sft(config: SFTConfig):
     state = process_state()
     with main_process_prints(state):
         if config.strategy not in ("full", "lora"):
-            raise HeadkitError(f"instruction tuning supports --strategy full or lora, not '{config.strategy}'")
+            raise UsageError(f"instruction tuning supports --strategy full or lora, not '{config.strategy}'")
         if not config.data:
-            raise DataError("no data: give --data FILE with prompt/response columns or chat messages")
+            raise DataOptionError("no data: give --data FILE with prompt/response columns or chat messages")
         train_chats = conversations(read_rows(config.data), config.data, config)  # bad data fails first
         if config.eval_data:
             val_chats = conversations(read_rows(config.eval_data), config.eval_data, config)
