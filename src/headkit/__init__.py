@@ -9,6 +9,7 @@ from headkit._logging import (
     set_verbosity_info,
     set_verbosity_warning,
 )
+from headkit._version import __version__ as __version__
 from headkit.backbone import inspect_model, load_backbone, load_processor, split_backbone
 from headkit.backbone.fingerprint import fingerprint
 from headkit.config import MultiHeadConfig
@@ -28,8 +29,6 @@ from headkit.model import MultiHeadModel, MultiHeadOutput, load, load_heads
 from headkit.ship.inference import Metrics
 from headkit.ship.pipeline import pipeline
 from headkit.ship.save import save, save_heads
-
-__version__ = "0.1.0"
 
 install_default_handler()
 
