@@ -7,7 +7,7 @@ GPUs that have it (fp16 on older ones) and fp32 elsewhere; heads decode in fp32 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -46,7 +46,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def place(model: torch.nn.Module, device: str = "auto", dtype: str = "auto") -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def place(model: ModuleT, device: str = "auto", dtype: str = "auto") -> ModuleT:
     """`model` on the chosen device in the chosen dtype, in eval mode (inference's one placement)."""
     where = pick_device(device)
     return model.to(device=where, dtype=pick_dtype(dtype, where)).eval()
