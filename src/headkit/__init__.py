@@ -17,6 +17,7 @@ from headkit._logging import (
     set_verbosity_info,
     set_verbosity_warning,
 )
+from headkit._version import __version__ as __version__
 from headkit.errors import (
     CheckpointError,
     DataError,
@@ -28,8 +29,6 @@ from headkit.errors import (
     RemoteCodeError,
     UnknownHeadTypeError,
 )
-
-__version__ = "0.1.0"
 
 install_default_handler()
 

@@ -19,7 +19,7 @@ LIBRARY_LOGGER = "headkit"
 class CurrentStderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of the record (pytest and notebooks swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

@@ -19,6 +19,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def _reserve(f, size: int) -> None:
         f.write(chunk[:left])
 
 
-def _views(path: Path, mode: str) -> tuple[dict[str, Tensor], list[np.memmap], dict[str, str]]:
+def _views(path: Path, mode: Literal["r+", "c"]) -> tuple[dict[str, Tensor], list[np.memmap], dict[str, str]]:
     """Each tensor of the file as a torch view of a numpy memmap (`mode` "r+": writable, "c":
     copy-on-write), the maps, and the metadata; a DamagedFile when the header does not describe
     the file exactly (sizes, offsets back to back, known dtypes)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from headkit._typing import Backbone
 from headkit.backbone import declared_pooling
 from headkit.backbone_outputs import (
     as_sequence,
@@ -79,7 +80,7 @@ class Features:
 class BackboneAdapter(nn.Module):
     """A transformers backbone (or a PEFT wrapper around one) seen as a feature extractor."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.width = hidden_size(backbone)  # refuse a backbone the heads cannot read, before anything else
         self.backbone = backbone
@@ -146,7 +147,9 @@ class BackboneAdapter(nn.Module):
     def pool(self, hidden: Tensor, mask: Tensor, method: str) -> Tensor:
         """(B, T, H) -> (B, H) with a pooling method, the backbone's own `pooler` included."""
         if method == "pooler":  # it reads position 0: give it each text's first real token (left padding)
-            return self.pooler(pool(hidden, mask, "cls").unsqueeze(1))
+            pooler = self.pooler
+            assert pooler is not None  # check_pooling refused 'pooler' on a backbone without one
+            return pooler(pool(hidden, mask, "cls").unsqueeze(1))
         return pool(hidden, mask, method)
 
     def pooled(self, features: Features, method: str, layer: int = LAST_LAYER) -> Tensor:
@@ -188,7 +191,7 @@ class BackboneAdapter(nn.Module):
         return self.forward_features(inputs, layers)
 
 
-def checkpoint_activations(backbone: nn.Module, kwargs: dict | None = None) -> None:
+def checkpoint_activations(backbone: Backbone, kwargs: dict | None = None) -> None:
     """Turn on the backbone's own activation checkpointing (non-reentrant unless `kwargs` say otherwise):
     `MultiHeadModel.gradient_checkpointing_enable` and training's `--gradient_checkpointing`
     (training/strategies.py) both come here."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from headkit._typing import Backbone
 from headkit.errors import HeadMismatchError
 
 # Model types whose `last_hidden_state` is a (B, C, H, W) feature map and whose width is not `hidden_size`.
@@ -21,17 +22,17 @@ FEATURE_MAP_TYPES = ("resnet", "regnet", "convnext", "convnextv2", "efficientnet
 MAP_POOLINGS = ("mean", "max")
 
 
-def _unwrapped(backbone: nn.Module) -> nn.Module:
+def _unwrapped(backbone: Backbone) -> nn.Module:
     """The transformers model inside a PEFT wrapper."""
     return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
 
 
-def timm_network(backbone: nn.Module) -> nn.Module | None:
+def timm_network(backbone: Backbone) -> nn.Module | None:
     """The timm model inside a `TimmWrapperModel`, or None for any other backbone."""
     return getattr(_unwrapped(backbone), "timm_model", None)
 
 
-def hidden_size(backbone: nn.Module) -> int:
+def hidden_size(backbone: Backbone) -> int:
     """The width of the features heads read, or a HeadMismatchError naming what was found.
 
     (A property of nn.Module that raised AttributeError would surface as a misleading
@@ -58,7 +59,7 @@ def hidden_size(backbone: nn.Module) -> int:
     )
 
 
-def width_or_none(backbone: nn.Module) -> int | None:
+def width_or_none(backbone: Backbone) -> int | None:
     """The features' width for reports; None where the backbone gives none (inspect still reports the rest)."""
     if not hasattr(backbone, "config"):
         return getattr(backbone, "num_features", None)  # a bare timm network
@@ -73,7 +74,7 @@ def floating_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
-def is_feature_map(backbone: nn.Module) -> bool:
+def is_feature_map(backbone: Backbone) -> bool:
     """True when the backbone's last hidden state is a (B, C, H, W) map rather than a sequence."""
     config = backbone.config
     if config.model_type != "timm_wrapper":
@@ -87,7 +88,7 @@ def as_sequence(hidden: Tensor) -> Tensor:
     return hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
 
 
-def check_map_pooling(backbone: nn.Module, head: str, pooling: str) -> None:
+def check_map_pooling(backbone: Backbone, head: str, pooling: str) -> None:
     """Refuse a pooling that reads one chosen position (cls, last) or a transformer pooler on a feature map."""
     if pooling in MAP_POOLINGS or not is_feature_map(backbone):
         return
@@ -115,7 +116,7 @@ def right_aligned(inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor 
     return {k: roll_rows(v, shift) if k in TOKEN_INPUTS else v for k, v in inputs.items()}, shift
 
 
-def features_mask(backbone: nn.Module, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+def features_mask(backbone: Backbone, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
     """A (B, T) mask over the positions of `hidden`, whatever the modality. Text: the attention
     mask. Vision: all ones. Speech: the mask over audio samples, mapped to frames by the
     backbone's own helper."""
@@ -145,7 +146,7 @@ def roll_rows(values: Tensor, shift: Tensor) -> Tensor:
     return values.gather(1, index)
 
 
-def is_decoder(backbone: nn.Module) -> bool:
+def is_decoder(backbone: Backbone) -> bool:
     """A causal (left-to-right) language model: GPT-2, Llama, Mistral, Gemma, Qwen, ... (BERT-style
     encoders also have a causal-LM class, and encoder-decoders read with a bidirectional encoder)."""
     from transformers.models.auto.modeling_auto import (
@@ -159,7 +160,7 @@ def is_decoder(backbone: nn.Module) -> bool:
     return causal and not getattr(config, "is_encoder_decoder", False)
 
 
-def family_pooling(backbone: nn.Module) -> str:
+def family_pooling(backbone: Backbone) -> str:
     """The pooling a pooled head uses on this backbone unless told otherwise (`auto`), by the
     family's own convention: a decoder's last real token (the only one that has read the whole
     text), global average pooling of a CNN's feature map, the mean over a speech encoder's frames

@@ -8,6 +8,8 @@ The flags' types (`Device`, `DType`) live in choices.py, which the CLI reads wit
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 
 from headkit.errors import HeadkitError, UsageError
@@ -43,7 +45,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def place(model: torch.nn.Module, device: str = "auto", dtype: str = "auto") -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def place(model: ModuleT, device: str = "auto", dtype: str = "auto") -> ModuleT:
     """`model` on the chosen device in the chosen dtype, in eval mode (inference's one placement)."""
     where = pick_device(device)
     return model.to(device=where, dtype=pick_dtype(dtype, where)).eval()

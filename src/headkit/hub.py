@@ -242,9 +242,10 @@ def _download(
     except LocalEntryNotFoundError as e:
         # huggingface_hub 2.x's IncompleteSnapshotError: a cached snapshot lacking a file the patterns match (one
         # downloaded before SMALL_FILES asked for it); what it holds is what there is, as huggingface_hub < 2 gave
-        folder = getattr(e, "snapshot_path", None)
-        if folder is None:
+        snapshot = getattr(e, "snapshot_path", None)
+        if snapshot is None:
             raise
+        folder = snapshot
         logger.warning(f"the cached snapshot of '{repo_id}' lacks some small files; using it as it is ({e})")
     return Path(folder)
 

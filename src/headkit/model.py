@@ -19,20 +19,24 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from headkit._typing import Backbone
 from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, checkpoint_activations, feature_key
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
-from headkit.heads import HEAD_NAME, Head, HeadConfig, build_head, head_class
+from headkit.heads import HEAD_NAME, HeadBase, HeadConfig, build_head, head_class
 from headkit.heads.base import zero_loss
 from headkit.ship.inference import InferenceMixin
 from headkit.ship.pretrained import PretrainedMixin
 from headkit.weighting import LossWeighting
+
+if TYPE_CHECKING:
+    from headkit.heads.base import HeadModules
 
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values")
 
@@ -71,7 +75,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
     ):
         super().__init__()
         self.adapter = BackboneAdapter(backbone)
-        self.heads = nn.ModuleDict()
+        self.heads = cast("HeadModules", nn.ModuleDict())  # a dict of heads, typed as such
         self.weighting = LossWeighting(weighting)
         self.max_length: int | None = None  # the token limit it was trained with (saved; predict's default)
         self.columns: dict[
@@ -90,7 +94,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
             super().__setattr__(name, value)
 
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> Backbone:
         return self.adapter.backbone
 
     def _processor(self) -> Any:
@@ -136,7 +140,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------------- heads
 
-    def add_head(self, name: str, config: HeadConfig) -> Head:
+    def add_head(self, name: str, config: HeadConfig) -> HeadBase:
         """Attach a new head, checking that it fits this backbone (sizes, vocabulary). The head
         gets a copy of `config` with what the backbone decides filled in (input size, `auto`
         pooling, vocabulary): the caller's object is left as it was."""
@@ -174,7 +178,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
         adapter.check_pooling(name, config.pooling, head_class(config.type).per_token)
         return config.fitted_to(self.backbone)
 
-    def reset_head(self, name: str, config: HeadConfig | None = None) -> Head | None:
+    def reset_head(self, name: str, config: HeadConfig | None = None) -> HeadBase | None:
         """Replace head `name` with a new one built from `config` (as timm's `reset_classifier`);
         `config=None` only removes it. Returns the new head."""
         if name in self.heads:
@@ -303,7 +307,7 @@ class HeadStack(nn.Module):
 # ----------------------------------------------------------------------------- loading saves (ship/load.py reads them)
 
 
-def load_heads(directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> MultiHeadModel:
+def load_heads(directory: str | os.PathLike, backbone: Backbone, allow_other_weights: bool = False) -> MultiHeadModel:
     """The heads saved in `directory` on `backbone`, checked to fit it (`MultiHeadModel.from_heads`)."""
     return MultiHeadModel.from_heads(directory, backbone, allow_other_weights)
 

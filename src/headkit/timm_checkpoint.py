@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(path)
+            state: Any = load_file(path)  # a checkpoint may nest the state dict (below)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many kinds (pickle, zip, unsafe globals)
@@ -135,7 +136,8 @@ def _save_wrapped(network: torch.nn.Module, architecture: str, directory: Path) 
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, ViTImageProcessor
 
     num_classes = getattr(network, "num_classes", 0)
-    config = TimmWrapperConfig(architecture=architecture, num_labels=num_classes or 1)
+    # num_labels reaches PretrainedConfig through **kwargs, which TimmWrapperConfig's signature does not list
+    config = TimmWrapperConfig(architecture=architecture, num_labels=num_classes or 1)  # type: ignore[call-arg]
     if num_classes == 1000:
         from timm.data import ImageNetInfo
 
@@ -145,7 +147,7 @@ def _save_wrapped(network: torch.nn.Module, architecture: str, directory: Path) 
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(network.state_dict())
     model.save_pretrained(directory, safe_serialization=True)
-    data = network.pretrained_cfg
+    data: dict[str, Any] = network.pretrained_cfg  # type: ignore[assignment]  # a timm model's dict
     _, height, width = data.get("input_size", (3, 224, 224))
     ViTImageProcessor(
         size={"height": height, "width": width},

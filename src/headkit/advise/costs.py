@@ -55,7 +55,8 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     # per position computed, padding included: the timed batch pads 16 random texts to the longest,
     # training batches are length-grouped and pad little, so per real token would overestimate ~1.7x
     tokens = int(batch["input_ids"].numel())
-    backbone = load_backbone(model).to(hardware.device)
+    # transformers' decorated PreTrainedModel.to types its first argument as the model
+    backbone = load_backbone(model).to(hardware.device)  # type: ignore[arg-type]
 
     def step(module, optimizer):
         def run():

@@ -11,12 +11,12 @@ import hashlib
 import json
 
 import torch
-from torch import nn
 
+from headkit._typing import Backbone
 from headkit.backbone_outputs import floating_dtype, width_or_none
 
 
-def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
+def _backbone_names_and_shapes(backbone: Backbone) -> list[str]:
     """Parameter names and shapes of the backbone, seen through any PEFT wrapper."""
     if hasattr(backbone, "get_base_model"):
         backbone = backbone.get_base_model()
@@ -31,7 +31,7 @@ def _backbone_names_and_shapes(backbone: nn.Module) -> list[str]:
 SAMPLES_PER_TENSOR = 64
 
 
-def weights_samples(backbone: nn.Module) -> dict[str, str]:
+def weights_samples(backbone: Backbone) -> dict[str, str]:
     """Per tensor of the backbone's state, a short digest of the weights themselves, cheap enough
     for a 7B model: 64 evenly strided values (buffers such as BatchNorm statistics and LoRA
     adapters included), rounded to bf16 so that the same weights loaded in fp32 or bf16 give the
@@ -53,7 +53,7 @@ def digest_of(samples: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(samples, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint(backbone: nn.Module) -> dict:
+def fingerprint(backbone: Backbone) -> dict:
     """Identify the backbone a set of heads was trained on: type, sizes, a structure hash and a
     digest of sampled weights.
 

@@ -72,7 +72,8 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
         cls = getattr(transformers, arch, None)
         if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
             return cls
-    return AutoModel._model_mapping[type(config)]
+    # the lazy mapping gives the model class (its stub says a pair of classes)
+    return AutoModel._model_mapping[type(config)]  # type: ignore[return-value]
 
 
 def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Module]]:
@@ -93,9 +94,9 @@ def split_backbone(model: PreTrainedModel) -> tuple[nn.Module, dict[str, nn.Modu
         for name, module in model.named_children()
         if name != model.base_model_prefix and any(True for _ in module.parameters())
     }
-    if not heads and getattr(base, "num_classes", 0) and hasattr(base, "get_classifier"):
+    if not heads and getattr(base, "num_classes", None) and hasattr(base, "get_classifier"):
         classifier = getattr(base, "pretrained_cfg", {}).get("classifier", "classifier")
-        heads = {f"{model.base_model_prefix}.{classifier}": base.get_classifier()}
+        heads = {f"{model.base_model_prefix}.{classifier}": base.get_classifier()}  # type: ignore[operator]  # timm's
     return base, heads
 
 

@@ -15,15 +15,15 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import transformers
 from safetensors import SafetensorError
-from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from headkit._fs import cache_dir, staged_dir
+from headkit._typing import Backbone
 from headkit.backbone.inspect import model_class
 from headkit.backbone.named_base import base_name, check_base, named_base
 from headkit.backbone.resolve import ModelSource, check_remote_code, gguf_cache_key, load_config, resolve_model
@@ -51,6 +51,7 @@ def dequantised(source: ModelSource) -> Path:
     """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    assert source.gguf_file is not None  # only GGUF sources get here
     gguf = source.path / source.gguf_file
     key = gguf_cache_key(source)
     target = cache_dir() / "dequantised" / key
@@ -127,7 +128,7 @@ def load_backbone(
     if merge_adapter and source.path.name == "backbone" and (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        backbone = PeftModel.from_pretrained(backbone, adapter).merge_and_unload()
+        backbone = cast(PreTrainedModel, PeftModel.from_pretrained(backbone, adapter).merge_and_unload())
         setattr(
             backbone, SOURCE, {"name_or_path": None, "why": f"the LoRA adapter of {source.path.parent} is merged in"}
         )
@@ -142,7 +143,7 @@ def names_its_base(path: Path) -> bool:
 
 def saved_base(
     directory: str | os.PathLike, trust_remote_code: bool = False, dtype: torch.dtype | None = None
-) -> nn.Module:
+) -> PreTrainedModel:
     """The backbone under a full save's adapter: backbone/'s own weights (a plain save, a LoRA save
     made before LoRA saves named their base, or one whose base could not be named), else the base
     model the save names (heads.json, or peft's adapter_config.json), loaded by its id and checked
@@ -215,7 +216,7 @@ def reference(name: str | os.PathLike, folder: Path | None = None) -> dict | Non
     return {"name_or_path": str(path), "revision": None}
 
 
-def remember_source(backbone: nn.Module, name: str | os.PathLike, source: ModelSource) -> None:
+def remember_source(backbone: Backbone, name: str | os.PathLike, source: ModelSource) -> None:
     """Leave `SOURCE` on a freshly loaded backbone: how to load it again (`reference`), or why it
     cannot be, and the digest of its weights as loaded."""
     from headkit.backbone.fingerprint import digest_of, weights_samples
@@ -242,7 +243,7 @@ def load_processor(name: str | os.PathLike, trust_remote_code: bool = False):
 
     source = resolve_model(name)
     path = dequantised(source) if source.gguf_file else source.path
-    autos = [AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor]
+    autos: list[Any] = [AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor]
     if _main_input(source, trust_remote_code) in ("input_values", "input_features"):  # audio models
         autos = [AutoFeatureExtractor, AutoTokenizer]
     errors = []

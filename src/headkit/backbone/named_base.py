@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch import nn
-
+from headkit._typing import Backbone
 from headkit.backbone.fingerprint import differing_weights, fingerprint
 from headkit.backbone.resolve import resolve_model
 from headkit.errors import FingerprintMismatchError
@@ -43,7 +42,7 @@ def adapter_base(directory: Path) -> dict | None:
     return {"name_or_path": name, "revision": config.get("revision")} if name else None
 
 
-def check_base(base: dict, backbone: nn.Module, directory: Path) -> None:
+def check_base(base: dict, backbone: Backbone, directory: Path) -> None:
     """Refuse a base model other than the one the adapter was trained on (another fine-tune, a
     newer revision, a folder overwritten since): the adapter would apply to other weights and the
     heads predict garbage without a word."""

@@ -141,6 +141,7 @@ def load_config(name: str | os.PathLike, trust_remote_code: bool = False) -> Pre
 
 def gguf_cache_key(source: ModelSource) -> str:
     """Names cache entries derived from a GGUF file; a replaced or edited file gets a new key."""
+    assert source.gguf_file is not None  # only GGUF sources get here
     gguf_path = source.path / source.gguf_file
     stat = gguf_path.stat()
     return hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]

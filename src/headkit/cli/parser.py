@@ -48,13 +48,15 @@ def _add_arguments(parser: ArgumentParser, fn: Callable) -> None:
     if target is not None:
         fields = {f.name: f for f in dataclasses.fields(target)}
         flags = {n for n, f in fields.items() if f.type in (bool, "bool")}
-        parser.add_class_arguments(target, nested_key=None, as_group=False, skip=flags)
+        parser.add_class_arguments(
+            target, nested_key=None, as_group=False, skip=set(flags)
+        )  # jsonargparse: set[str | int]
         parser.add_argument("--config", action="config", help="a YAML file with any of these options")
         helps = {p.arg_name: p.description for p in parse_docstring(target.__doc__ or "").params}
         defaults = {n: fields[n].default for n in flags}
     else:
         flags = {n for n, p in params.items() if p.annotation in (bool, "bool")}
-        parser.add_function_arguments(fn, skip=flags, as_positional=True)
+        parser.add_function_arguments(fn, skip=set(flags), as_positional=True)
         helps = {p.arg_name: p.description for p in doc.params}
         defaults = {n: params[n].default for n in flags}
     for name in sorted(flags):

@@ -77,7 +77,15 @@ def advise(
     from headkit.advise.plan import run_plan
 
     facts, hardware, plan = make_plan(
-        data, text_column, label, budget, device, model, max_length, unlabelled, output_dir
+        data,  # type: ignore[arg-type]  # None is refused by read_rows ("data 'None' not found")
+        text_column,
+        label,
+        budget,
+        device,
+        model,
+        max_length,
+        unlabelled,
+        output_dir,
     )
     render.advice(data, budget, facts, hardware, plan)
     if run:

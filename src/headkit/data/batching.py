@@ -84,13 +84,13 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     images = [p.pixels is not None for p in parts]
     if any(images) and not all(images):
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
-    pixels = Pixels.join([p.pixels for p in parts]) if all(images) and parts else None
+    pixels = Pixels.join([p.pixels for p in parts if p.pixels is not None]) if all(images) and parts else None
     pairs = [p.pair_ids is not None for p in parts]
     if any(pairs) and not all(pairs):
         raise DataError(
             "a run trains on preference pairs or on single texts, not both: give reward heads a run of their own"
         )
-    pair_ids = [ids for p in parts for ids in p.pair_ids] if all(pairs) and parts else None
+    pair_ids = [ids for p in parts for ids in p.pair_ids or []] if all(pairs) and parts else None
     # a sentence-pair source beside a single-text one: the single texts are all segment 0, as
     # their tokenizer would have given them
     types = None
@@ -192,7 +192,7 @@ def split_indices(
     if strata is None or n_val == 0:
         return np.sort(order[n_val:]), np.sort(order[:n_val])
     strata = np.asarray(strata)[order]
-    val = []
+    val: list[int] = []
     for value in np.unique(strata):
         members = order[strata == value]  # already shuffled
         val.extend(members[: round(len(members) * val_fraction)] if len(members) > 1 else [])

@@ -113,6 +113,7 @@ def encode_rows(
             labels = codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
+            assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y
         options = {} if kind.per_token else {"pooling": task.pooling}

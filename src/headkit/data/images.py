@@ -108,7 +108,7 @@ def preprocessed_chunks(processor: Any, images: Sequence, crop: bool, batch_size
     """`preprocess`, `batch_size` images at a time (of an `ImageFiles`, only those are opened).
     The squeezed size is taken once, from the first image, so the chunks join into what one call
     on every image makes."""
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if not crop and getattr(processor, "do_center_crop", False):
         kwargs["do_center_crop"] = False
     if not crop and getattr(processor, "crop_pct", None) not in (None, 1.0):
@@ -129,7 +129,7 @@ def squeeze_size(processor: Any, image_size: tuple[int, int]) -> tuple[int, int]
     return int(height), int(width)
 
 
-def squeezed(processor: Any, images: list, size: tuple[int, int]) -> list:
+def squeezed(processor: Any, images: Sequence, size: tuple[int, int]) -> list:
     """Each image resized (aspect ratio not kept) to `size` (H, W), with the processor's own
     resampling filter."""
     from PIL import Image

@@ -177,7 +177,7 @@ class CachedExamples(torch.utils.data.Dataset):
     indexed like the feature cache (the token ids are not kept: a cached phase never reads them)."""
 
     def __init__(self, lengths: np.ndarray, labels: dict[str, Any]):
-        self._lengths, self.labels, self.texts, self.pixels, self.pair_ids = lengths, labels, [], None, None
+        self._lengths, self.labels, self.texts, self.pixels, self.pair_ids = lengths, labels, list[Any](), None, None
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -257,7 +257,7 @@ def prepare_stream(
             f"{data} is a stream, which cannot be split for validation: training without validation (the last "
             "weights are kept); give eval_dataset (or a task's eval_data) to validate"
         )
-    return PreparedData(train, val, configs)
+    return PreparedData(train, val, configs)  # type: ignore[arg-type]  # a stream reads as EncodedData in the loop
 
 
 def _read_all(source: Any, where: str) -> Rows:

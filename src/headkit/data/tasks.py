@@ -54,7 +54,7 @@ def prepare(
     # tasks reading the same rows the same way share one encoding (and one backbone pass)
     groups: dict[tuple[str, str, str | None, str | None], list[TaskSpec]] = defaultdict(list)
     for task in tasks:
-        groups[(task.data, task.text, task.text_pair, task.eval_data)].append(task)
+        groups[(task.data, task.text, task.text_pair, task.eval_data)].append(task)  # type: ignore[index]  # check_tasks: data given
     train_parts, val_parts, heads = [], [], {}
     for (data, text_column, _, eval_data), group in groups.items():
         limit = min((t.limit for t in group if t.limit), default=None)

@@ -28,7 +28,8 @@ from headkit.heads.token_classification import TokenClassificationConfig, TokenC
 
 HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what a head may be named: a Python identifier
 
-REGISTRY: dict[str, tuple[type[HeadConfig], type[Head]]] = {
+# Every head class is a HeadBase (an nn.Module that meets the Head contract): model.heads is an nn.ModuleDict.
+REGISTRY: dict[str, tuple[type[HeadConfig], type[HeadBase]]] = {
     "classification": (ClassificationConfig, ClassificationHead),
     "multilabel": (ClassificationConfig, MultiLabelHead),
     "regression": (ClassificationConfig, RegressionHead),
@@ -70,7 +71,7 @@ def _check_contract(head_type: str, config_class: type[HeadConfig], head_class: 
         )
 
 
-def register_head(head_type: str, config_class: type[HeadConfig], head_class: type[Head]) -> None:
+def register_head(head_type: str, config_class: type[HeadConfig], head_class: type[HeadBase]) -> None:
     """Add a head type defined outside headkit (a plugin, a test): it trains, saves, loads,
     predicts, evaluates and exports like the built-in ones."""
     if head_type in REGISTRY and REGISTRY[head_type] != (config_class, head_class):
@@ -79,13 +80,13 @@ def register_head(head_type: str, config_class: type[HeadConfig], head_class: ty
     REGISTRY[head_type] = (config_class, head_class)
 
 
-def _entry(head_type: str) -> tuple[type[HeadConfig], type[Head]]:
+def _entry(head_type: str) -> tuple[type[HeadConfig], type[HeadBase]]:
     if head_type not in REGISTRY:
         raise UnknownHeadTypeError(f"unknown head type '{head_type}'; known types: {sorted(REGISTRY)}")
     return REGISTRY[head_type]
 
 
-def head_class(head_type: str) -> type[Head]:
+def head_class(head_type: str) -> type[HeadBase]:
     """The module class of a head type, whose parts answer what is known before a head is built
     (`head_class(t).codec.label_names(...)`, `.export.target`)."""
     return _entry(head_type)[1]
@@ -109,12 +110,12 @@ def config_from_dict(data: dict[str, Any]) -> HeadConfig:
     return head_config(data["type"], **{k: v for k, v in data.items() if k != "type"})
 
 
-def build_head(config: HeadConfig) -> Head:
+def build_head(config: HeadConfig) -> HeadBase:
     """Instantiate the module for a complete config (input_size must be known)."""
     _, module_cls = _entry(config.type)
     if not config.input_size:
         raise HeadConfigError(f"'{config.type}' head needs input_size (the backbone's hidden size)")
-    return module_cls(config)  # type: ignore[call-arg]
+    return module_cls(config)
 
 
 __all__ = [

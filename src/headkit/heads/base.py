@@ -29,13 +29,15 @@ with no labels for a head returns a zero loss that still has a graph, never NaN.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headkit._typing import Backbone
 from headkit.errors import HeadConfigError
 from headkit.heads.codecs import Codec
 from headkit.heads.export import ExportSpec
@@ -73,7 +75,7 @@ class HeadConfig:
             )
         return cls(**data)
 
-    def fitted_to(self, backbone: nn.Module) -> HeadConfig:
+    def fitted_to(self, backbone: Backbone) -> HeadConfig:
         """This config with what the backbone decides filled in (language-model heads: the
         vocabulary, whether the decoder is tied); a new object, this one is left as it is."""
         return self
@@ -98,13 +100,15 @@ class Head(Protocol):
     view: ClassVar[View]
     export: ClassVar[ExportSpec]
     fewshot: ClassVar[FewShot | None]
-    config: HeadConfig
+
+    @property
+    def config(self) -> HeadConfig: ...  # read-only here: each head type holds its own config class
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor: ...
     def forward_pooled(self, pooled: Tensor) -> Tensor: ...
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, int]: ...
     def decode(self, output: Tensor, mask: Tensor) -> list[Any]: ...
-    def attach(self, backbone: nn.Module) -> None: ...
+    def attach(self, backbone: Backbone) -> None: ...
     def use_processor(self, processor: Any) -> None: ...
     def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None: ...
 
@@ -128,13 +132,15 @@ class HeadBase(nn.Module):
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         raise HeadConfigError(f"a {type(self).__name__} reads every position, not a pooled vector")
 
-    def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
+    # The mask is the contract's (Head): heads that read every position need it, pooled heads
+    # may take it as optional.
+    def loss(self, output: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, int]:
         raise NotImplementedError
 
-    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[Any]:
+    def decode(self, output: Tensor, mask: Tensor) -> list[Any]:
         raise NotImplementedError
 
-    def attach(self, backbone: nn.Module) -> None:
+    def attach(self, backbone: Backbone) -> None:
         """Called once the head sits on its backbone (language-model heads tie their decoder here)."""
 
     def use_processor(self, processor: Any) -> None:
@@ -142,6 +148,17 @@ class HeadBase(nn.Module):
 
     def set_generation(self, max_new_tokens: int | None = None, num_beams: int | None = None) -> None:
         """How text-writing heads generate from now on (None: unchanged); other heads ignore it."""
+
+
+if TYPE_CHECKING:
+
+    class HeadModules(nn.ModuleDict):
+        """`MultiHeadModel.heads` as the type checker sees it: torch types an nn.ModuleDict's values
+        as plain Modules, and a model's are heads."""
+
+        def __getitem__(self, key: str) -> HeadBase: ...
+        def values(self) -> Iterator[HeadBase]: ...  # type: ignore[override]  # a narrower element type
+        def items(self) -> Iterator[tuple[str, HeadBase]]: ...  # type: ignore[override]
 
 
 def zero_loss(output: Tensor) -> Tensor:

@@ -132,7 +132,8 @@ class BoxHead(HeadBase):
     def __init__(self, config: BoxConfig):
         super().__init__()
         check_pooling(config.pooling)
-        self.config = config
+        self.config: BoxConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         h = config.input_size
         self.mlp = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 4))
 

@@ -50,7 +50,8 @@ class PooledHead(HeadBase):
         super().__init__()
         config.require_labels(self.min_labels)
         check_pooling(config.pooling)
-        self.config = config
+        self.config: ClassificationConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         self.classifier = dropout_linear(config.input_size, len(config.labels), config.dropout)
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:

@@ -68,7 +68,8 @@ class CTCHead(HeadBase):
     def __init__(self, config: CTCConfig):
         super().__init__()
         config.require_labels(2)
-        self.config = config
+        self.config: CTCConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         self.lm_head = dropout_linear(config.input_size, len(config.labels), config.dropout)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:

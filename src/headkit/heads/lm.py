@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headkit._typing import Backbone
 from headkit.errors import HeadConfigError, HeadMismatchError
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import Codec
@@ -40,7 +41,7 @@ class LMConfig(HeadConfig):
     tie_embeddings: bool | None = None  # None: as the checkpoint ties (resolved when the head is attached)
     layer_norm_eps: float | None = None  # None: the backbone's (BERT 1e-12, RoBERTa 1e-5, DeBERTa 1e-7)
 
-    def fitted_to(self, backbone: nn.Module) -> LMConfig:
+    def fitted_to(self, backbone: Backbone) -> LMConfig:
         """The vocabulary (0: the backbone's own), the layer-norm eps, and whether the decoder is
         the input embeddings: as the checkpoint ties (`tie_word_embeddings`), where the shapes allow."""
         config = backbone.config
@@ -113,7 +114,8 @@ class LMHead(HeadBase):
         super().__init__()
         if config.vocab_size <= 0:
             raise HeadConfigError(f"a '{config.type}' head needs vocab_size > 0 (the tokenizer's size)")
-        self.config = config
+        self.config: LMConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         h = config.input_size
         # BERT's MLM head transforms before decoding; causal heads decode directly.
         self.transform = (
@@ -135,7 +137,7 @@ class LMHead(HeadBase):
             )
         self.decoder.weight = weight
 
-    def attach(self, backbone: nn.Module) -> None:
+    def attach(self, backbone: Backbone) -> None:
         if self.config.tie_embeddings:  # resolved from the checkpoint before the head was built (fitted_to)
             self.tie_to(backbone.get_input_embeddings())
 

@@ -104,6 +104,8 @@ class MultiLabelHead(PooledHead):
     export = sequence_classification("multi_label_classification")
     fewshot = FewShot(binary_logistic_per_label)
 
+    thresholds: Tensor  # a buffer (C,), registered in __init__
+
     def __init__(self, config: ClassificationConfig):
         super().__init__(config)
         thresholds = config.thresholds or [config.threshold] * len(config.labels)

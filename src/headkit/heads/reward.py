@@ -72,7 +72,8 @@ class RewardHead(HeadBase):
     def __init__(self, config: RewardConfig):
         super().__init__()
         check_pooling(config.pooling)
-        self.config = config
+        self.config: RewardConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         self.scorer = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.input_size, 1))
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:

@@ -34,12 +34,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
 )
 
+from headkit._typing import Backbone
 from headkit.errors import HeadConfigError, HeadMismatchError
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import TextCodec
@@ -73,7 +74,7 @@ class Seq2SeqConfig(HeadConfig):
     max_new_tokens: int = 64  # generation length limit (a server or the CLI may ask for others: set_generation)
     num_beams: int = 1  # 1: greedy search
 
-    def fitted_to(self, backbone: nn.Module) -> Seq2SeqConfig:
+    def fitted_to(self, backbone: Backbone) -> Seq2SeqConfig:
         """The decoder's config, from the backbone's own when empty."""
         if self.decoder:
             return self
@@ -142,7 +143,7 @@ class Seq2SeqHead(HeadBase):
 
         if not config.decoder:
             raise HeadConfigError("a seq2seq head needs its decoder config; attach it to a backbone (fitted_to)")
-        self.config = config
+        self.config: Seq2SeqConfig = config
         settings = dict(config.decoder)
         model_type = settings.pop("model_type", None)
         auto = AutoModelForSeq2SeqLM if config.on_encoder_decoder else AutoModelForCausalLM
@@ -176,7 +177,7 @@ class Seq2SeqHead(HeadBase):
                     raise HeadConfigError(f"{name} must be at least 1, got {value}")
                 self.generation[name] = value
 
-    def attach(self, backbone: nn.Module) -> None:
+    def attach(self, backbone: Backbone) -> None:
         base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
         if self.config.on_encoder_decoder:
             self._share(base)
@@ -188,7 +189,7 @@ class Seq2SeqHead(HeadBase):
         if not set(state) - set(result.unexpected_keys):
             logger.info("note: the seq2seq decoder shares no weights with this backbone; it starts from random weights")
 
-    def _share(self, base: nn.Module) -> None:
+    def _share(self, base: Backbone) -> None:
         """Make the ...ForConditionalGeneration hold the backbone's own modules (T5: shared, encoder,
         decoder; BART: the whole base model) and tie or import its LM output."""
         theirs = dict(base.named_children())

@@ -73,8 +73,9 @@ class SpanHead(HeadBase):
 
     def __init__(self, config: SpanConfig):
         super().__init__()
-        self.config = config
+        self.config: SpanConfig = config
         self.dropout = nn.Dropout(config.dropout)
+        assert config.input_size is not None  # build_head refuses a config without it
         self.qa_outputs = nn.Linear(config.input_size, 2)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:

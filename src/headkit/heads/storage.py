@@ -25,13 +25,14 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from headkit._fs import atomic_write_bytes
+from headkit._typing import Backbone
 from headkit.errors import CheckpointError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
-def base_model(backbone: nn.Module) -> nn.Module:
+def base_model(backbone: Backbone) -> nn.Module:
     """The model under a PEFT wrapper (whose tensor names carry its prefix), else the backbone."""
     return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
 
@@ -40,10 +41,10 @@ def _tensor_key(t: Tensor) -> tuple:
     return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
-def split_state(head: nn.Module, backbone: nn.Module) -> tuple[dict[str, Tensor], dict[str, str], dict[str, str]]:
+def split_state(head: nn.Module, backbone: Backbone) -> tuple[dict[str, Tensor], dict[str, str], dict[str, str]]:
     """(the tensors the head stores, its tensors that are the backbone's by backbone name, its second
     names for one of its own tensors by the first name) in state-dict order."""
-    base, owners = base_model(backbone), {}
+    base, owners = base_model(backbone), dict[tuple, str]()
     for name, t in [*base.named_parameters(remove_duplicate=False), *base.named_buffers(remove_duplicate=False)]:
         if t.numel():
             owners.setdefault(_tensor_key(t), name)
@@ -64,7 +65,7 @@ def split_state(head: nn.Module, backbone: nn.Module) -> tuple[dict[str, Tensor]
     return state, tied, shared
 
 
-def save_head(head: nn.Module, config: dict[str, Any], folder: Path, backbone: nn.Module) -> dict[str, Any]:
+def save_head(head: nn.Module, config: dict[str, Any], folder: Path, backbone: Backbone) -> dict[str, Any]:
     """Write `folder/model.safetensors` and `folder/config.json`; returns the head's manifest listing."""
     state, tied, shared = split_state(head, backbone)
     weights = safetensors.torch.save({k: v.detach().contiguous().cpu() for k, v in state.items()})
@@ -115,7 +116,7 @@ def _read_checked(path: Path, expected_sha256: str | None, manifest: str = "head
 def load_head(
     head: nn.Module,
     state: dict[str, Tensor],
-    backbone: nn.Module,
+    backbone: Backbone,
     tied: dict[str, str] | None = None,
     shared: dict[str, str] | None = None,
     source: str = "",
@@ -140,7 +141,7 @@ def _tensor(module: nn.Module, name: str, where: str) -> Tensor:
         owner = module.get_submodule(owner_name)
     except AttributeError:
         owner = None
-    found = None if owner is None else owner._parameters.get(leaf)
+    found: Tensor | None = None if owner is None else owner._parameters.get(leaf)
     if found is None and owner is not None:
         found = owner._buffers.get(leaf)
     if found is None:

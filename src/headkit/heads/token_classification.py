@@ -154,7 +154,8 @@ class TokenClassificationHead(HeadBase):
     def __init__(self, config: TokenClassificationConfig):
         super().__init__()
         config.require_labels(2)
-        self.config = config
+        self.config: TokenClassificationConfig = config
+        assert config.input_size is not None  # build_head refuses a config without it
         self.classifier = dropout_linear(config.input_size, len(config.labels), config.dropout)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ one backbone pass, then each head's decoder (`generate_heads`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def writing_heads(name: str) -> list[str]:
     return [h for h, c in read_manifest(saved)["heads"].items() if head_class(c["type"]).view.writes_text]
 
 
-def is_causal_lm_save(name: str) -> bool:
+def is_causal_lm_save(name: str | os.PathLike) -> bool:
     """A headkit save whose heads a causal-LM model holds (pretrain --objective clm, sft): it answers
     by generating with that model, not through its heads' forward."""
     saved = find_save(name)

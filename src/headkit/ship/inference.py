@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headkit.errors import DataError, HeadkitError
+
+if TYPE_CHECKING:
+    from headkit.heads.base import HeadModules
 
 HeadColumns = Mapping[str, str | Mapping[str, str | None]]
 
@@ -53,6 +56,12 @@ class Metrics(dict):
 
 class InferenceMixin:
     """`predict` and `evaluate` for a model with heads, a processor and a forward pass."""
+
+    if TYPE_CHECKING:  # what the model class (MultiHeadModel) provides
+        heads: HeadModules
+        max_length: int | None
+
+        def _processor(self) -> Any: ...
 
     def predict(
         self,

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from headkit._typing import Backbone
 from headkit.backbone import resolve_model
 from headkit.backbone.fingerprint import differing_weights, fingerprint
 from headkit.backbone.load import saved_base
@@ -47,7 +48,7 @@ __all__ = [  # saved_base, base_name and check_base live in backbone/ (load_back
 logger = logging.getLogger(__name__)
 
 
-def read_save(directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> dict:
+def read_save(directory: str | os.PathLike, backbone: Backbone, allow_other_weights: bool = False) -> dict:
     """The manifest of the heads saved in `directory` (`read_manifest`), after checking they fit
     `backbone`: the same architecture and the same weights as the one they were trained with."""
     manifest = read_manifest(directory)
@@ -128,7 +129,7 @@ def saved_backbone(
             f"{directory} has heads but no {BACKBONE_DIR}/ directory; it is a head-only checkpoint: "
             "load it with headkit.load_heads(dir, backbone)"
         )
-    backbone = saved_base(directory, trust_remote_code=trust_remote_code, dtype=dtype)
+    backbone: nn.Module = saved_base(directory, trust_remote_code=trust_remote_code, dtype=dtype)
     if (directory / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 
@@ -157,7 +158,7 @@ def base_checkpoint(directory: str | os.PathLike) -> Path:
     return dequantised(source) if source.gguf_file else source.path
 
 
-def check_fingerprint(saved: dict, backbone: nn.Module, allow_other_weights: bool = False) -> None:
+def check_fingerprint(saved: dict, backbone: Backbone, allow_other_weights: bool = False) -> None:
     """Refuse a backbone whose structure differs from the one the heads were trained on, and one
     of the same structure with other weights (the pretrained checkpoint under heads trained with
     a tuned backbone, or another fine-tune of it): the heads would predict garbage without a word.

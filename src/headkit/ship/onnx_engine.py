@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ class OnnxModel:
         return MultiHeadOutput(outputs=outputs, mask=mask)
 
 
-def load_head_state(heads: dict[str, nn.Module], directory: Path, manifest: dict) -> None:
+def load_head_state(heads: Mapping[str, nn.Module], directory: Path, manifest: dict) -> None:
     """Give the heads built from their configs the buffers training fitted (multi-label thresholds):
     the graph computes their outputs, the heads decide on them."""
     digest = manifest.get("files", {}).get(HEAD_STATE)

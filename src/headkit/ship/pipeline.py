@@ -63,7 +63,8 @@ def pipeline(
             # as transformers' pipeline(model=..., device=...): the given model itself moves (no copy); its
             # dtype changes only when one is named ("auto" would turn an fp32 model bf16 on a GPU behind its back)
             where = pick_device(device) if device is not None else model.device
-            model = model.to(device=where, dtype=model.dtype if dtype == "auto" else pick_dtype(dtype, where)).eval()
+            # a MultiHeadModel, whose device and dtype are properties (nn.Module types them as submodules)
+            model = model.to(device=where, dtype=model.dtype if dtype == "auto" else pick_dtype(dtype, where)).eval()  # type: ignore[arg-type]
         return HeadsPipeline(model, processor if processor is not None else model._processor(), batch_size, max_length)
     if not isinstance(model, str | os.PathLike):
         raise _type_error(model)

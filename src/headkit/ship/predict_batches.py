@@ -11,6 +11,7 @@ the loading and file-writing around them (`load_for_inference`, `predict_file`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -171,7 +172,7 @@ def describe(item: Any) -> str:
 def predict_images(
     model: Any,
     processor,
-    images: list,
+    images: Sequence,
     batch_size: int = 64,
     progress: bool = False,
     heads: list[str] | None = None,

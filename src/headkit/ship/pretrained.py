@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelHubMixin
-from torch import nn
 
+from headkit._typing import Backbone
 from headkit.backbone import load_backbone
 from headkit.config import MultiHeadConfig
 from headkit.errors import HeadkitError
@@ -33,6 +33,10 @@ from headkit.heads import HeadConfig, config_from_dict
 from headkit.hub import hub_options, local_path
 from headkit.ship.load import read_save, restore, saved_backbone
 from headkit.ship.save import find_save, save
+
+if TYPE_CHECKING:
+    from headkit.adapter import BackboneAdapter
+    from headkit.weighting import LossWeighting
 
 HeadConfigs = Mapping[str, HeadConfig | dict[str, Any]]
 
@@ -63,6 +67,18 @@ class PretrainedMixin(
     repo_url="https://pypi.org/project/headkit/",
 ):
     """Loading and saving for a model built as `cls(backbone, heads, weighting=...)`."""
+
+    if TYPE_CHECKING:  # what the model class (MultiHeadModel) provides
+        adapter: BackboneAdapter
+        weighting: LossWeighting
+        max_length: int | None
+
+        @property
+        def backbone(self) -> Backbone: ...
+        @property
+        def head_configs(self) -> dict[str, HeadConfig]: ...
+        def _processor(self) -> Any: ...
+        def eval(self) -> Any: ...  # nn.Module's (returns the model)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]  # headkit's own loader, with ModelHubMixin's hub options
@@ -130,7 +146,7 @@ class PretrainedMixin(
         return model
 
     @classmethod
-    def from_heads(cls, directory: str | os.PathLike, backbone: nn.Module, allow_other_weights: bool = False) -> Any:
+    def from_heads(cls, directory: str | os.PathLike, backbone: Backbone, allow_other_weights: bool = False) -> Any:
         """The heads saved in `directory` on `backbone`, after checking they fit it: the same
         architecture, and the same weights as the backbone they were trained with
         (`allow_other_weights`: load them onto other weights anyway, with a warning)."""
@@ -138,7 +154,7 @@ class PretrainedMixin(
         model = cls(backbone, head_configs(manifest["heads"]), weighting=manifest.get("weighting", "static"))
         return restore(model, directory, manifest)
 
-    def save_pretrained(  # type: ignore[override]  # ModelHubMixin's, plus the processor and card a save holds
+    def save_pretrained(  # ModelHubMixin's, plus the processor and card a save holds
         self,
         save_directory: str | os.PathLike,
         *,
@@ -158,7 +174,8 @@ class PretrainedMixin(
         self._save_options = {"processor": processor, "card": {**outer.get("card", {}), **(card or {}),
                                                                **_card_repo(hub_kwargs)}}  # fmt: skip
         try:
-            pushed = super().save_pretrained(save_directory, push_to_hub=push_to_hub, repo_id=repo_id, **hub_kwargs)
+            folder = Path(save_directory)
+            pushed = super().save_pretrained(folder, push_to_hub=push_to_hub, repo_id=repo_id, **hub_kwargs)
         finally:
             self._save_options = outer
         return pushed if push_to_hub else Path(save_directory)
@@ -169,7 +186,7 @@ class PretrainedMixin(
         save(self, save_directory, processor=processor if processor is not None else self._processor(),
              card=options.get("card"))  # fmt: skip  # config.json among its files
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:  # type: ignore[override]
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Save to a temporary folder and upload it as the hub repository `repo_id` (created if
         needed; huggingface_hub's options: `private`, `token`, `branch`, `create_pr`,
         `commit_message`, ...); `MultiHeadModel.from_pretrained(repo_id)` loads it back. The model

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from headkit._fs import atomic_write_bytes, atomic_write_json, staged_dir
+from headkit._typing import Backbone
 from headkit.backbone.fingerprint import digest_of, fingerprint, weights_samples
 from headkit.heads import storage
 from headkit.heads.storage import read_weights
@@ -150,7 +151,7 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
     return directory
 
 
-def _save_backbone(backbone: nn.Module, staging: Path) -> dict | None:
+def _save_backbone(backbone: Backbone, staging: Path) -> dict | None:
     """Plain backbones (a merged LoRA one too) save as they are. A LoRA backbone saves peft's
     adapter to adapter/ and, in backbone/, only its base's config: the base is named (returned,
     for heads.json) and fetched again at load. Where it cannot be named, its clean base weights
@@ -201,7 +202,7 @@ def base_state(base: nn.Module) -> dict[str, torch.Tensor]:
 def weights_samples_of(state: dict[str, torch.Tensor]) -> dict[str, str]:
     """`weights_samples` (the fingerprint's per-tensor digests) of a state dict: what a plain load
     of the base model gives, so the two compare."""
-    return weights_samples(SimpleNamespace(state_dict=lambda: state))  # type: ignore[arg-type]  # reads the state only
+    return weights_samples(SimpleNamespace(state_dict=lambda: state))  # reads the state only
 
 
 def base_reference(base: nn.Module, digest: str) -> tuple[dict | None, str]:
@@ -246,10 +247,10 @@ def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | 
 
     Parameter counts come from the safetensors headers, so no weights are loaded.
     """
-    directory = find_save(directory, with_backbone=False)
-    if directory is None:
+    found = find_save(directory, with_backbone=False)
+    if found is None:
         return None
-    manifest = read_manifest(directory)
+    manifest = read_manifest(found)
     return {
         name: {
             "type": config["type"],
@@ -259,7 +260,7 @@ def describe_heads(directory: str | os.PathLike) -> dict[str, dict[str, Any]] | 
             "tied_to_embeddings": bool(config.get("tie_embeddings", False)),
             "loss_weight": config.get("loss_weight", 1.0),
         }
-        for (name, config), size in zip(manifest["heads"].items(), _sizes(directory, manifest), strict=True)
+        for (name, config), size in zip(manifest["heads"].items(), _sizes(found, manifest), strict=True)
     }
 
 

@@ -241,7 +241,7 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
                 return _error(422, problem)
         too_long = None if reads_images else next((i for i, t in enumerate(given) if len(t) > limits.max_chars), None)
         if too_long is not None:
-            chars = len(request.texts[too_long])
+            chars = len(given[too_long])
             return _error(413, f"texts[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
         unknown = sorted(set(request.heads or []) - set(head_names))
         if unknown:
@@ -250,7 +250,7 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
         if new_tokens > limits.max_new_tokens:
             return _error(413, f"max_new_tokens {new_tokens} is above this server's limit of {limits.max_new_tokens}")
         try:
-            items = images if reads_images else request.texts
+            items = images if reads_images else given
             options = new_tokens if writes else 0  # only generation lengths keep requests apart
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10

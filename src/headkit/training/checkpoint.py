@@ -180,7 +180,7 @@ def best_tensors(model: MultiHeadModel) -> dict[str, torch.Tensor]:
     (tied embeddings) are saved under the backbone's name only.
     """
     tied = {f"heads.{n}" for n in model.tied_parameter_names()}
-    tensors = {
+    tensors: dict[str, torch.Tensor] = {
         n: p
         for n, p in model.named_parameters()
         if (p.requires_grad or n.startswith(("heads.", "weighting."))) and n not in tied

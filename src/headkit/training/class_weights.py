@@ -47,7 +47,8 @@ def with_class_weights(setting: str | dict[str, float], data: PreparedData) -> d
     for name, weights in chosen.items():
         shown = ", ".join(f"{label} {w:.3g}" for label, w in zip(weighable[name].labels, weights, strict=True))
         logger.info(f"{name}: class weights {shown}")
-    return {n: dataclasses.replace(c, class_weights=chosen[n]) if n in chosen else c for n, c in data.heads.items()}
+    # the chosen heads are the weighable ones, whose configs have class_weights
+    return {n: dataclasses.replace(c, class_weights=chosen[n]) if n in chosen else c for n, c in data.heads.items()}  # type: ignore[call-arg]
 
 
 def _named(setting: dict[str, float], heads: dict[str, Any]) -> dict[str, list[float]]:

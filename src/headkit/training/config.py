@@ -154,7 +154,7 @@ class TrainConfig:
     pooling: Pooling = "auto"
     layer: int = -1
     output_dir: str = "runs/latest"
-    strategy: FixedStrategy | PartialStrategy = "frozen"
+    strategy: FixedStrategy | PartialStrategy = "frozen"  # type: ignore[valid-type]  # a pattern type made at runtime
     weighting: Weighting = "static"
     epochs: int | None = None
     max_steps: int | None = None
@@ -203,7 +203,7 @@ class TrainConfig:
     print_summary: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        self.strategy = str(self.strategy)  # the CLI's pattern type is a str subclass YAML cannot write
+        self.strategy = str(self.strategy)  # type: ignore[assignment]  # the CLI's pattern type is a str subclass YAML cannot write
         for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -262,7 +262,7 @@ class PretrainConfig(TrainConfig):
     objective: Literal["mlm", "clm"] = "mlm"
     corpus: list[str] = field(default_factory=list)
     mlm_probability: float = 0.15
-    strategy: FixedStrategy | PartialStrategy = "full"
+    strategy: FixedStrategy | PartialStrategy = "full"  # type: ignore[valid-type]  # a pattern type made at runtime
     output_dir: str = "runs/pretrain"
     epochs: int = 1
     batch_size: int = 16

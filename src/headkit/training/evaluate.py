@@ -198,8 +198,9 @@ def encode_dataset(
     chosen = head_columns(model, columns, set(rows[0]) if rows else set(), text, where)
     tasks = []
     for name, spec in chosen.items():
-        pair = {"text_pair": spec["text_pair"]} if spec.get("text_pair") else {}  # TaskSpec has it when pairs train
-        tasks.append(TaskSpec(name, where, label=spec["label"], text=spec["text"], type=model.heads[name].config.type,
+        # TaskSpec has text_pair when pairs train; head_columns gives every head its label and text columns
+        pair: dict[str, Any] = {"text_pair": spec["text_pair"]} if spec.get("text_pair") else {}
+        tasks.append(TaskSpec(name, where, label=spec["label"], text=spec["text"], type=model.heads[name].config.type,  # type: ignore[arg-type]
                               **pair))  # fmt: skip
     label_maps = {n: model.heads[n].config.labels for n in chosen}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with

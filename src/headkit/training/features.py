@@ -254,7 +254,8 @@ def cached_features(
     digest = backbone_digest or weights_digest(model.backbone)
     key = hashlib.sha256(f"{FORMAT}|{TOKEN_DTYPE}|{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
     path = (root or cache_dir() / "features") / f"{key[:32]}.safetensors"
-    needs, run = (poolings, token_layers), {"batch_size": batch_size, "pad_id": pad_id, "progress": progress}
+    needs = (poolings, token_layers)
+    run: dict[str, Any] = {"batch_size": batch_size, "pad_id": pad_id, "progress": progress}
     if path.is_file():
         if (features := _load(path, data, needs, model.hidden_size)) is not None:
             return features, True

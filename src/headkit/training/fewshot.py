@@ -96,7 +96,8 @@ def fewshot_heads(configs: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
     """The run's head configs as few-shot training builds them (new objects): heads that read
     unit vectors, which is what the contrastive pairs train."""
     check_fewshot_heads({name: c.type for name, c in configs.items()})
-    return {name: head_class(c.type).fewshot.configure(c) for name, c in configs.items()}
+    # check_fewshot_heads refused the head types without a few-shot part
+    return {name: head_class(c.type).fewshot.configure(c) for name, c in configs.items()}  # type: ignore[union-attr]
 
 
 def make_pairs(data: EncodedData, head_types: dict[str, str], iterations: int, seed: int) -> list[Pair]:
@@ -127,7 +128,11 @@ def all_pair_steps(
     """
     rng = np.random.default_rng(seed)
     n, size = len(data), min(batch_size, len(data))
-    order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * size // n))]) if steps and n else []
+    order = (
+        np.concatenate([rng.permutation(n) for _ in range(-(-steps * size // n))])
+        if steps and n
+        else np.empty(0, np.int64)
+    )
     blocks = [order[k * size : (k + 1) * size] for k in range(steps)]
     batches: list[list[Pair]] = [[] for _ in blocks]
     token_pairs: list[Pair] = []
@@ -316,6 +321,7 @@ def solve_heads(model: MultiHeadModel, data: EncodedData, pad_id: int, progress:
         if y is None:
             continue
         layer, key = model.reads(name)
+        assert head.fewshot is not None  # check_fewshot_heads refused the head types without one
         if key is None:
             x, tags = _token_rows(cache, layer, y)
             head.fewshot.fit(_unit(x), tags)

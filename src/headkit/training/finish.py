@@ -38,6 +38,7 @@ def finish_run(
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
     if len(data.val):
+        assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
         evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)

@@ -157,7 +157,8 @@ def setup(
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model.backbone, strategy)
     if strategy.adapters:
-        model.backbone = apply_lora(
+        assert config.lora_dropout is not None  # TrainConfig.__post_init__ filled the strategy's default
+        model.backbone = apply_lora(  # type: ignore[misc]  # MultiHeadModel.__setattr__ hands it to the adapter
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
         )
     run = Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
@@ -228,9 +229,9 @@ def start_phase(
         state.phase, state.epoch, state.batches_done, state.bad_epochs = index, 0, 0, 0
     if not phase.frozen:
         state.backbone_modified = True
-    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    trained = [p for p in wrapped.parameters() if p.requires_grad]
     return PhaseRun(
-        phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trainable, max_steps, last_batches
+        phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trained, max_steps, last_batches
     ), state
 
 
@@ -240,6 +241,7 @@ def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strateg
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]} - backbone_ids
     backbone_lr = config.lora_lr if strategy.adapters else config.backbone_lr
+    assert config.lr is not None and backbone_lr is not None  # TrainConfig.__post_init__ filled the defaults
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for p in {id(p): p for p in model.parameters()}.values():
         if not p.requires_grad:
@@ -267,7 +269,7 @@ def train_epoch(run: Run, current: PhaseRun, state: TrainState) -> float:
         run.model.backbone.eval()
     streamed = current.sampler is None
     bar = tqdm(
-        total=current.max_steps * run.config.grad_accum if streamed else len(current.loader),
+        total=current.max_steps * run.config.grad_accum if streamed else len(current.loader),  # type: ignore[operator]  # a stream has max_steps
         initial=skip,
         desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}",
         disable=not (run.config.progress and run.main),
@@ -345,6 +347,7 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     }
     if len(data.val):
         cache = run.caches.get("val") if phase.cached else None
+        assert run.config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
         ev = evaluate(model, data.val, run.pad_id, run.config.batch_size, cache=cache, make_batch=run.make_eval_batch)
         record.update(
             val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model, run.config.metric_for_best_model)

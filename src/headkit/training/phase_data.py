@@ -58,6 +58,8 @@ def phase_loader(
         sampler, loader = None, train.loader(config.batch_size, run.make_batch)
         phase = dataclasses.replace(phase, epochs=1)
     else:
+        assert train is not None  # a cached phase over a stream has its examples by now
+        assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
         sampler = LengthGroupedBatches(
             train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
         )
@@ -155,6 +157,7 @@ def _stream_features(run: Run) -> tuple[FeatureCache, CachedExamples]:
     """One pass over the training stream: its backbone features (disk-backed) and its examples."""
     poolings, token_layers = features_needed(run.model)
     data = run.data.train
+    assert isinstance(data, StreamedData)  # only a streamed run gets here
     cache, labels = stream_features(
         run.model,
         data.chunks(),

@@ -28,7 +28,7 @@ from headkit.data.files import column_values
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, DataOptionError, HeadkitError, UsageError
 from headkit.heads import head_config
-from headkit.heads.lm import CAUSAL_LM, MASKED_LM
+from headkit.heads.lm import CAUSAL_LM, MASKED_LM, LMHead
 from headkit.training.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def lm_batch(
     return batch
 
 
-def import_pretraining_head(model_name: str, head: nn.Module, trust_remote_code: bool = False) -> bool:
+def import_pretraining_head(model_name: str, head: LMHead, trust_remote_code: bool = False) -> bool:
     """Copy the checkpoint's own pretraining head into `head` when their layers line up."""
     import transformers
 
@@ -209,11 +209,11 @@ def pretrain(config: PretrainConfig):
         )
         make_eval_batch = functools.partial(make_batch, seed=config.seed + 1)
         pad_id = tokenizer.pad_token_id or 0
-        before = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores
-        before = before.get("lm", {}).get("perplexity", float("nan"))  # no held-out blocks: no perplexity
+        scores = evaluate(model, prepared.val, pad_id, config.batch_size, make_batch=make_eval_batch).scores
+        before = scores.get("lm", {}).get("perplexity", float("nan"))  # no held-out blocks: no perplexity
         result = fit(config, model, tokenizer, prepared, make_batch=make_batch, make_eval_batch=make_eval_batch)
-        after = result.evaluation.scores if result.evaluation else {}
-        after = after.get("lm", {}).get("perplexity", float("nan"))
+        scores = result.evaluation.scores if result.evaluation else {}
+        after = scores.get("lm", {}).get("perplexity", float("nan"))
         result.metrics.update(perplexity_before=before, perplexity_after=after, head_imported=imported)
         if state.is_main_process:
             atomic_write_json(Path(config.output_dir) / "metrics.json", result.metrics)

@@ -131,6 +131,7 @@ def run_recipe(
         configs = configs or {}
         maps = {n: list(c.labels) for n, c in configs.items() if c.labels}
         maps.update({t.name: list(model.heads[t.name].config.labels) for t in tasks if model and t.name in model.heads})
+        assert config.val_fraction is not None  # TrainConfig.__post_init__ filled the strategy's default
         data = prepare(tasks, processor, max_length, config.val_fraction, config.seed, label_maps=maps, sources=sources)
         data.heads.update({n: dataclasses.replace(c, labels=data.heads[n].labels) for n, c in configs.items()})
         heads = with_class_weights(config.class_weights, data)
@@ -199,6 +200,9 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
     if ignored:
         logger.warning(f"note: strategy fewshot does not use {', '.join(ignored)} (heads are solved in closed form)")
     model.to(state.device)
+    # TrainConfig.__post_init__ filled these with the strategy's defaults
+    assert config.fewshot_recipe is not None and config.fewshot_steps is not None
+    assert config.fewshot_iterations is not None and config.batch_size is not None and config.backbone_lr is not None
     result = run_fewshot(
         model,
         data.train,

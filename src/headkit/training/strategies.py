@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from headkit._typing import Backbone
 from headkit.adapter import checkpoint_activations
 from headkit.errors import HeadConfigError
 from headkit.training.strategy_defaults import STRATEGY_NAMES
@@ -108,7 +109,7 @@ def parse_strategy(text: str) -> Strategy:
     raise HeadConfigError(f"unknown strategy '{text}'; choose one of {list(STRATEGY_NAMES)} (e.g. partial:4)")
 
 
-def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+def layer_stack(backbone: Backbone) -> tuple[str, nn.ModuleList]:
     """The backbone's list of transformer layers (encoder.layer, layers, h, ...), found generically."""
     n_layers = getattr(backbone.config, "num_hidden_layers", None)
     for name, module in backbone.named_modules():
@@ -117,7 +118,7 @@ def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     raise HeadConfigError(f"could not find the layer stack of {type(backbone).__name__}; use full or frozen")
 
 
-def freeze_bottom(backbone: nn.Module, k: int) -> None:
+def freeze_bottom(backbone: Backbone, k: int) -> None:
     """Freeze everything that runs before layer k: embeddings and layers 0..k-1."""
     prefix, layers = layer_stack(backbone)
     if not 0 <= k <= len(layers):
@@ -134,13 +135,13 @@ def freeze_bottom(backbone: nn.Module, k: int) -> None:
             param.requires_grad_(seen_layers)
 
 
-def set_backbone_trainable(backbone: nn.Module, trainable: bool) -> None:
+def set_backbone_trainable(backbone: Backbone, trainable: bool) -> None:
     for param in backbone.parameters():
         param.requires_grad_(trainable)
 
 
 def apply_lora(
-    backbone: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None
+    backbone: Backbone, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None
 ) -> nn.Module:
     """Wrap the backbone with peft LoRA adapters; only adapter weights train in the backbone.
 
@@ -176,7 +177,7 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
-def enable_gradient_checkpointing(backbone: nn.Module, strategy: Strategy) -> None:
+def enable_gradient_checkpointing(backbone: Backbone, strategy: Strategy) -> None:
     """Trade compute for memory in a backbone that trains: its layers' activations are recomputed
     in the backward pass (non-reentrant, so frozen inputs and LoRA need no special care)."""
     if not getattr(backbone, "supports_gradient_checkpointing", False):

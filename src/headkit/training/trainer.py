@@ -110,13 +110,13 @@ class Trainer:
         config = dataclasses.replace(self.args, tasks=[*self.args.tasks, *tasks])
         given = self.model if isinstance(self.model, MultiHeadModel) else None
         config.model = backbone_name(given) if given is not None else str(self.model)
-        config.print_summary = config.progress  # a library run with progress=False prints nothing
+        config.print_summary = config.progress  # type: ignore[misc]  # this run's own: a library run with progress=False prints nothing
         if self.keeps_run:
             result = run_recipe(config, sources, given, self.configs)
         else:
             with scratch_dir() as directory:
                 config.output_dir = str(directory)
-                config.keep_files = False  # the scratch directory goes: write no model, report or plots there
+                config.keep_files = False  # type: ignore[misc]  # the scratch directory goes: write no model, report or plots there
                 result = run_recipe(config, sources, given, self.configs)
         self.model = result.model.eval()  # as transformers' from_pretrained hands a model over: no live dropout
         return result
@@ -174,7 +174,7 @@ def scratch_dir() -> Iterator[Path]:
     from headkit.training.distributed import process_state
 
     state = process_state()
-    path = [tempfile.mkdtemp(prefix="headkit-run-") if state.is_main_process else None]
+    path: list[Any] = [tempfile.mkdtemp(prefix="headkit-run-") if state.is_main_process else None]  # rank 0's, to all
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -296,14 +296,17 @@ def data_sources(tasks: list[TaskSpec], train_dataset: Any, eval_dataset: Any) -
     if not needed:
         return {}, tasks
     if train_dataset is None:
-        names = ", ".join(t.name for t in needed)
-        raise DataError(f"no train_dataset: heads {names} read their labels from it; pass train_dataset=({DATA_KINDS})")
+        listed = ", ".join(t.name for t in needed)
+        raise DataError(
+            f"no train_dataset: heads {listed} read their labels from it; pass train_dataset=({DATA_KINDS})"
+        )
     train, validation = _splits(train_dataset, TRAIN_KEY)
     if eval_dataset is not None:
         validation, _ = _splits(eval_dataset, EVAL_KEY)
     # a file or dataset name is the tasks' own `data` (read as the CLI reads it: image paths relative to
     # the file); an in-memory dataset goes into `sources` under the role's name
-    sources, names = {}, {}
+    sources: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for key, value in ((TRAIN_KEY, train), (EVAL_KEY, validation)):
         if isinstance(value, str):
             names[key] = value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,14 +27,14 @@ class ExportResult:
     int8_error: dict[str, float] = field(default_factory=dict)
 
 
-def load_merged(run: str | os.PathLike) -> tuple[MultiHeadModel, object, Path]:
+def load_merged(run: str | os.PathLike) -> tuple[MultiHeadModel, Any, Path]:
     """The saved model with any LoRA adapter merged into the backbone (eval mode), its processor, its dir."""
     from headkit.backbone import load_processor
 
     directory = resolve_model_dir(run)
     model = load(directory)  # the heads are checked against the backbone (and adapter) they were saved with
     if hasattr(model.backbone, "merge_and_unload"):  # a LoRA adapter becomes plain weights
-        model.backbone = model.backbone.merge_and_unload()
+        model.backbone = model.backbone.merge_and_unload()  # type: ignore[misc]  # MultiHeadModel.__setattr__ hands it to the adapter
     try:
         processor = load_processor(directory / BACKBONE_DIR)
     except ModelNotFoundError:
@@ -84,12 +85,12 @@ def steps_bar(description: str, names: list[str], progress: bool) -> tqdm:
     """A bar over an export's named steps (loading, tracing, quantising, writing): the slow ones
     take tens of seconds, and a user should see which one is running."""
     bar = tqdm(total=len(names), desc=description, unit="step", disable=not progress, leave=False)
-    bar.step_names = iter(names)  # type: ignore[attr-defined]
-    bar.set_postfix_str(next(bar.step_names))  # type: ignore[attr-defined]
+    bar.step_names = iter(names)
+    bar.set_postfix_str(next(bar.step_names))
     return bar
 
 
 def next_step(bar: tqdm) -> None:
     """Mark the current step done and name the next one on the bar."""
     bar.update(1)
-    bar.set_postfix_str(next(bar.step_names, "done"))  # type: ignore[attr-defined]
+    bar.set_postfix_str(next(bar.step_names, "done"))

@@ -197,4 +197,5 @@ def _export_graph(module: nn.Module, inputs: dict[str, Tensor], outputs: list[st
             )
         except Exception as e:  # the exporter raises many internal types; the user needs the reason
             raise ExportError(f"torch.onnx could not export this model: {type(e).__name__}: {str(e)[:400]}") from e
+    assert program is not None  # the dynamo exporter returns its program
     program.save(str(staging / ONNX_FILE))

