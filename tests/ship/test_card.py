@@ -169,3 +169,4 @@ def test_a_head_counts_its_labelled_examples():
     assert values.count_labelled([[1.0], [float("nan")], [0.5]]) == 2
     tags = head_class("token-classification").codec
     assert tags.count_labelled([[0, 1], None, [2]]) == 2
+    assert head_class("causal-lm").codec.count_labelled([[-100, 5], [-100, -100, 7]]) == 2  # every example

@@ -85,6 +85,8 @@ class Codec(Part):
     def count_labelled(self, y: Any) -> int:
         """How many examples carry a label in `y` (this head's labels in its layout, as `concat`
         joins them: a source without the head's labels adds missing ones), for model cards."""
+        if self.layout is None:  # not from tables (language-model heads): every example's own tokens
+            return len(y)
         if self.layout in ("per_token", "sequence"):  # lists of their own lengths, None where missing
             return sum(v is not None for v in y)
         y = np.asarray(y)
