@@ -8,10 +8,12 @@ checkpoint code unless the caller trusts it, before anything from the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from transformers import AutoConfig, PretrainedConfig
 from headkit._fs import cache_dir
 from headkit.errors import HeadkitError, ModelNotFoundError, RemoteCodeError
 from headkit.extras import require
-from headkit.hub import local_path
+from headkit.hub import HUB_ID, is_hub_id, local_path
 from headkit.save_layout import MANIFEST
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +69,35 @@ def _efficientnet_lite0_dir() -> Path:
 
 
 ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir, "efficientnet-lite0": _efficientnet_lite0_dir}
+# The hub repositories the shipped models come from (model cards name them as `base_model`):
+# smollm2 is that model quantised to Q4_1; efficientnet-lite0's weights are efficientnet_pytorch's,
+# on no hub repository, so it has none.
+ALIAS_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# a folder of the hub cache: .../models--ORG--NAME/snapshots/COMMIT
+_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
+
+
+def hub_id(name: str | os.PathLike | None) -> str | None:
+    """The hub repository (`org/name`, no revision) a model name stands for: a hub id itself, an
+    alias's source, a hub cache snapshot folder, or a shipped alias's folder by its path (a model
+    saved by hand names its backbone by the folder it loaded). None for anything else: a local
+    folder is no hub id, and a path is never written where a hub id belongs."""
+    text = str(name or "")
+    if text in ALIAS_HUB_IDS:
+        return ALIAS_HUB_IDS[text]
+    hub = HUB_ID.match(text)
+    if hub and is_hub_id(hub["repo"]) and not Path(text).exists():
+        return hub["repo"]
+    snapshot = _SNAPSHOT.search(text.replace(os.sep, "/"))
+    if snapshot:
+        return f"{snapshot[1]}/{snapshot[2]}"
+    if not text or not Path(text).is_dir():
+        return None
+    for alias, repo in ALIAS_HUB_IDS.items():
+        with contextlib.suppress(ModelNotFoundError, OSError):
+            if Path(text).resolve() == ALIASES[alias]().resolve():
+                return repo
+    return None
 
 
 def resolve_model(name: str | os.PathLike) -> ModelSource:

@@ -146,7 +146,7 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
         if hasattr(model, "config"):  # config.json: the model described (MultiHeadConfig), its training columns
             model.config.save_pretrained(staging)
         card = dict(card or {})
-        text = model_card(model, card, repo_id=card.pop("repo_id", None))
+        text = model_card(model, card, repo_id=card.pop("repo_id", None), processor=processor)
         atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
     return directory
 

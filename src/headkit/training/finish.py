@@ -10,14 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from headkit.data.batching import EncodedData
 from headkit.data.tasks import PreparedData
+from headkit.heads import HeadConfig, head_class
 from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
 from headkit.training.report import print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
-from headkit.training.strategies import count_parameters
+from headkit.training.strategies import count_parameters, parse_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def finish_run(
         **state.extra,
     }
     if main and config.keep_files:
-        card = {**metrics, "base_model": config.model, "data": sorted({str(t.data) for t in _tasks(config)})}
+        card = card_info(config, data, metrics)
         with transformers_bars(config.progress):  # its "Writing model shards" bar
             save(model, run / "model", processor=processor, card=card)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
@@ -98,6 +100,56 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
             tuned[name] = settings
             logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
     return tuned
+
+
+# What the model card lists of a run's settings: those of the training loop, then those only some
+# strategies read (below). Unset ones (None) are left out; the card gives the max_length the
+# model reads (the setting capped at the backbone's limit) on its own line.
+LOOP_SETTINGS = (
+    "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
+    "weighting", "class_weights", "patience", "metric_for_best_model", "val_fraction", "seed",
+    "mixed_precision", "objective", "mlm_probability", "packing",
+)  # fmt: skip
+BACKBONE_SETTINGS = ("backbone_lr",)  # full, partial:K, lp-ft
+LORA_SETTINGS = ("lora_lr", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+PROBE_SETTINGS = ("lp_epochs",)
+FEWSHOT_SETTINGS = (
+    "batch_size", "backbone_lr", "weight_decay", "val_fraction", "seed",
+    "fewshot_recipe", "fewshot_steps", "fewshot_iterations", "fewshot_tuned_layers",
+)  # fmt: skip
+
+
+def card_info(config: TrainConfig, data: PreparedData, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the saved model's card (ship/card.py) says of this run: its metrics, the model and
+    data it trained from, the settings its strategy read, and each head's labelled examples."""
+    strategy = parse_strategy(config.strategy)
+    if strategy.closed_form:  # fewshot: no epochs of gradient steps on the heads, which are solved
+        names: tuple[str, ...] = FEWSHOT_SETTINGS
+    else:
+        names = LOOP_SETTINGS + (LORA_SETTINGS if strategy.adapters else ())
+        names += BACKBONE_SETTINGS if strategy.backbone in ("all", "top") else ()
+        names += PROBE_SETTINGS if strategy.probe_first else ()
+    settings = {name: getattr(config, name, None) for name in names}
+    splits = {"train": data.train, "validation": data.val}
+    examples = {name: labelled_examples(split, data.heads) for name, split in splits.items() if len(split)}
+    return {
+        **metrics,
+        "base_model": config.model,
+        "data": sorted({str(t.data) for t in _tasks(config)}),
+        "hyperparameters": {k: v for k, v in settings.items() if v is not None},
+        "examples": {split: counts for split, counts in examples.items() if counts},
+    }
+
+
+def labelled_examples(split: Any, heads: dict[str, HeadConfig]) -> dict[str, int]:
+    """Examples with a label per head (a language-model head learns from every example); {} for a
+    stream, whose labels are only its first look's."""
+    if not isinstance(split, EncodedData):
+        return {}
+    return {
+        name: head_class(config.type).codec.count_labelled(split.labels[name]) if name in split.labels else len(split)
+        for name, config in heads.items()
+    }
 
 
 def _tasks(config: TrainConfig) -> list[Any]:

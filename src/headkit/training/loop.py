@@ -5,6 +5,7 @@ Reads top to bottom (torchtune's recipes, litgpt's setup -> fit):
     fit(config, model, processor, data)
       setup            accelerator (trackers: tracking.py), gradient checkpointing, LoRA, device, the
                        TrainState (state.py: fresh, or where a checkpoint left it)
+      claim_run_dir    config.yaml written only now that the inputs checked out (run_dir.py)
       for each phase   (strategy data: frozen -> heads; lp-ft -> probe, finetune; else -> train)
         start_phase    which weights train, cached features, optimizer, loader, scheduler; resume
                        (the features and the loader: phase_data.py)
@@ -59,6 +60,7 @@ from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
 from headkit.training.finish import finish_run
 from headkit.training.phase_data import cache_features, check_stream, epoch_batches, phase_loader
+from headkit.training.run_dir import claim_run_dir
 from headkit.training.state import Batcher, PhaseRun, Run, TrainResult, TrainState
 from headkit.training.strategies import (
     Phase,
@@ -89,6 +91,8 @@ def fit(
     """
     started = time.perf_counter()
     run = setup(config, model, processor, data, make_batch, make_eval_batch)
+    if run.main:  # everything the run reads checked out: now the directory is this run's (run_dir.py)
+        claim_run_dir(config)
     state, resuming = initial_state(run)
     phases = run.strategy.phases(config)
     for index, phase in enumerate(phases):

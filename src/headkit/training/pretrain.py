@@ -177,18 +177,18 @@ def pretrain(config: PretrainConfig):
     from headkit.training.distributed import main_process_prints, process_state
     from headkit.training.evaluate import evaluate
     from headkit.training.loop import fit
-    from headkit.training.recipe import prepare_run_dir
+    from headkit.training.run_dir import check_run_dir
 
     check_ranges(config)
     state = process_state()
     with main_process_prints(state):
         if config.strategy not in ("full", "lora"):
             raise UsageError(f"pretraining supports --strategy full or lora, not '{config.strategy}'")
+        if state.is_main_process:  # refuse another run's directory before any work; fit claims it
+            check_run_dir(config)
         tokenizer = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         check_objective(config.model, config.objective, tokenizer, config.trust_remote_code)
         documents = read_corpus(config.corpus, config.text_column)
-        if state.is_main_process:
-            prepare_run_dir(config)
         max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
         blocks = encode_corpus(documents, tokenizer, config.objective, max_length)
         data = EncodedData(blocks, {})

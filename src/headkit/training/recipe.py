@@ -6,7 +6,9 @@ or few-shot's two phases), then `finish_run` scores, saves and reports. The CLI 
 `headkit.Trainer` both run it. Runs unchanged under `accelerate launch` on several processes;
 only the main process writes files.
 
-    RUN/config.yaml        the resolved config; --resume refuses a different one
+    RUN/config.yaml        the resolved config; --resume refuses a different one. Written only once
+                           the inputs checked out (run_dir.py): a run with a wrong --data or label
+                           column leaves no claim, and its corrected rerun is not refused
     RUN/checkpoint/        last training state (every `save_every` steps and each epoch)
     RUN/best.safetensors   trainable weights of the best epoch so far
     RUN/model/             the final model (best epoch): backbone/ + heads.json + heads/NAME/
@@ -18,67 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from headkit._fs import atomic_write_bytes, write_failed
 from headkit.backbone import input_limit, load_processor, max_input_tokens
 from headkit.data.tasks import PreparedData, TaskSpec, prepare, reads_stream
-from headkit.errors import CheckpointError, HeadkitError
+from headkit.errors import HeadkitError
 from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
 from headkit.training.class_weights import with_class_weights
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.distributed import main_process_prints, process_state
-from headkit.training.fewshot import CONTRASTIVE_FILE, fewshot_heads
+from headkit.training.fewshot import fewshot_heads
 from headkit.training.finish import finish_run
 from headkit.training.loop import fit
+from headkit.training.run_dir import check_run_dir, claim_run_dir
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import parse_strategy
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create or re-open the run directory; never silently mix two different runs."""
-    run = Path(config.output_dir)
-    saved = run / "config.yaml"
-    if run.exists() and not run.is_dir():
-        raise HeadkitError(f"--output_dir {run} is a file, not a directory; choose another --output_dir")
-    if config.resume and not saved.is_file():
-        raise CheckpointError(f"--resume: {run} holds no run to continue; drop --resume to start one there")
-    if saved.is_file() and config.resume:
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        current = config.identity()
-        diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if diff:
-            details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in diff[:5])
-            raise CheckpointError(
-                f"--resume: {run} holds a run with a different configuration ({details}); "
-                "resume with the same settings, or choose another --output_dir"
-            )
-        return run
-    if saved.is_file() and not config.overwrite:
-        raise HeadkitError(
-            f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --output_dir"
-        )
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(run, e) from e
-    atomic_write_bytes(saved, yaml.safe_dump(config.identity(), sort_keys=True).encode("utf-8"))
-    for stale in ("checkpoint", "best.safetensors", "best.json", CONTRASTIVE_FILE):
-        path = run / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return run
 
 
 def train(config: TrainConfig, sources: dict[str, Any] | None = None) -> TrainResult:
@@ -109,7 +70,7 @@ def run_recipe(
     strategy = parse_strategy(config.strategy)
     with main_process_prints(state):
         if state.is_main_process:
-            prepare_run_dir(config)  # fail before any expensive work if the directory holds another run
+            check_run_dir(config)  # fail before any expensive work if the directory holds another run
         tasks = config.all_tasks()
         if strategy.closed_form and reads_stream(tasks, sources):
             raise HeadkitError(
@@ -203,6 +164,8 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
     # TrainConfig.__post_init__ filled these with the strategy's defaults
     assert config.fewshot_recipe is not None and config.fewshot_steps is not None
     assert config.fewshot_iterations is not None and config.batch_size is not None and config.backbone_lr is not None
+    if state.is_main_process:
+        claim_run_dir(config)  # the inputs checked out: the run directory is this run's from here on
     result = run_fewshot(
         model,
         data.train,

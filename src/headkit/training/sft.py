@@ -312,13 +312,15 @@ def sft(config: SFTConfig):
     from headkit.training.evaluate import evaluate
     from headkit.training.loop import fit
     from headkit.training.pretrain import check_objective, import_pretraining_head
-    from headkit.training.recipe import prepare_run_dir
+    from headkit.training.run_dir import check_run_dir
 
     check_ranges(config)
     state = process_state()
     with main_process_prints(state):
         if config.strategy not in ("full", "lora"):
             raise UsageError(f"instruction tuning supports --strategy full or lora, not '{config.strategy}'")
+        if state.is_main_process:  # refuse another run's directory before any work; fit claims it
+            check_run_dir(config)
         if not config.data:
             raise DataOptionError("no data: give --data FILE with prompt/response columns or chat messages")
         train_chats = conversations(read_rows(config.data), config.data, config)  # bad data fails first
@@ -331,8 +333,6 @@ def sft(config: SFTConfig):
         check_objective(config.model, "clm", tokenizer, config.trust_remote_code)
         use_chat_template(tokenizer, config.model)
         max_length = input_limit(config.model, tokenizer, config.max_length, config.trust_remote_code)
-        if state.is_main_process:
-            prepare_run_dir(config)
         train = encode(train_chats, tokenizer, max_length, config.data, config.packing)
         val = (
             encode(val_chats, tokenizer, max_length, config.eval_data or config.data) if val_chats else EncodedData([])

@@ -82,6 +82,18 @@ class Codec(Part):
         missing = [np.full((n, *have.shape[1:]), fill, have.dtype) for n in sizes]
         return np.concatenate([p if p is not None else m for p, m in zip(parts, missing, strict=True)])
 
+    def count_labelled(self, y: Any) -> int:
+        """How many examples carry a label in `y` (this head's labels in its layout, as `concat`
+        joins them: a source without the head's labels adds missing ones), for model cards."""
+        if self.layout is None:  # not from tables (language-model heads): every example's own tokens
+            return len(y)
+        if self.layout in ("per_token", "sequence"):  # lists of their own lengths, None where missing
+            return sum(v is not None for v in y)
+        y = np.asarray(y)
+        if self.layout == "index":
+            return int((y != IGNORE_INDEX).sum())
+        return int((~np.isnan(y.reshape(len(y), -1)).all(axis=1)).sum())  # float rows: all NaN where missing
+
     def collate(self, values: list[Any], length: int, width: int) -> Tensor:
         """One batch's labels (None: missing) as a tensor in the layout: per-token ids padded to
         the inputs' `length`, target sequences to the longest, float rows of `width`, class ids."""
