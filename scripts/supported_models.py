@@ -1,7 +1,7 @@
-"""Run the conformance suite and write the README's supported-models table from its results.
+"""Run the conformance suite and write the docs' supported-models table from its results.
 
-    python scripts/supported_models.py            # run tests/contracts/test_conformance.py, rewrite README.md
-    python scripts/supported_models.py --check    # exit 1 if README.md's table differs from the matrix
+    python scripts/supported_models.py            # run tests/contracts/test_conformance.py, rewrite the page
+    python scripts/supported_models.py --check    # exit 1 if the page's table differs from the matrix
 
 The table is rendered from the suite's own matrix (tests/contracts/model_zoo.py) and marks ✗
 every cell whose conformance test failed in this run, so it never claims more than was checked.
@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "supported-models.md"
 sys.path.insert(0, str(ROOT / "tests" / "contracts"))
 
 from model_zoo import FAMILIES, MARKERS, STRATEGIES, TABLE_HEADS, supported_models_table  # noqa: E402
@@ -53,28 +54,29 @@ def run_suite() -> set[str]:
         return failed_cells(junit)
 
 
-def with_table(readme: str, table: str) -> str:
+def with_table(page: str, table: str) -> str:
     start, end = MARKERS
-    before, _, rest = readme.partition(start)
+    before, _, rest = page.partition(start)
     _, _, after = rest.partition(end)
     return f"{before}{start}\n{table}\n{end}{after}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare README.md with the matrix; run nothing")
+    parser.add_argument("--check", action="store_true", help=f"compare {PAGE.name} with the matrix; run nothing")
     args = parser.parse_args()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    if MARKERS[0] not in readme:
-        print(f"README.md has no {MARKERS[0]} ... {MARKERS[1]} block", file=sys.stderr)
+    page = PAGE.read_text(encoding="utf-8")
+    name = PAGE.relative_to(ROOT)
+    if MARKERS[0] not in page:
+        print(f"{name} has no {MARKERS[0]} ... {MARKERS[1]} block", file=sys.stderr)
         return 1
     if args.check:
-        same = with_table(readme, supported_models_table()) == readme
-        print("README.md's supported-models table matches the matrix" if same else "README.md's table is stale")
+        same = with_table(page, supported_models_table()) == page
+        print(f"{name}: the supported-models table matches the matrix" if same else f"{name}: the table is stale")
         return 0 if same else 1
     failed = run_suite()
-    (ROOT / "README.md").write_text(with_table(readme, supported_models_table(failed)), encoding="utf-8")
-    print(f"README.md: supported-models table written ({len(failed)} failing cell(s): {sorted(failed)})")
+    PAGE.write_text(with_table(page, supported_models_table(failed)), encoding="utf-8")
+    print(f"{name}: supported-models table written ({len(failed)} failing cell(s): {sorted(failed)})")
     return 0
 
 
