@@ -12,7 +12,7 @@ Run: python examples/few_shot.py   (about 55 s on a shared 2-core CPU; examples/
 For CI it scores 300 held-out rows. A real evaluation uses the whole test split (2,562 rows) and
 several draws of the 16 examples: with 8 per class the score moves by several points from one
 draw to the next. The few-shot recipe itself is the real one, with its default number of steps.
-Expect little from 16 snippets of film criticism: both heads land near 0.6 here (the README's
+Expect little from 16 snippets of film criticism: both heads land near 0.6 here (the advisor guide's
 `headkit advise` table measured fewshot 0.586 vs frozen 0.575 with 12 per class); few-shot gains
 more where classes differ in topic (BBC News: 8 per class is enough for most articles).
 """

@@ -10,7 +10,7 @@ head's answer, the headline as generated text.
 Run: python examples/headline.py   (about 80 s on a shared 2-core CPU; examples/README.md)
 
 For CI it trains 2 epochs on 64 articles (8 steps) cut to 64 tokens, generating at most 16 tokens: the
-decoder has just begun, so its headlines are generic headline-shaped phrases. The README's
+decoder has just begun, so its headlines are generic headline-shaped phrases. The generation benchmark's
 recipe (`--strategy frozen --epochs 12 --lr 5e-4` on all 2,003 training articles at 128 tokens,
 13 minutes here) reaches ROUGE-2 10.4 and ROUGE-L 20.8, above a lead baseline.
 """

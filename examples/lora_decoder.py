@@ -11,7 +11,7 @@ Run: python examples/lora_decoder.py   (about 60 s on a shared 2-core CPU, 20 s 
 To fit in a minute on a CPU it trains one epoch on 24 snippets (3 steps of 8) at 32 tokens and
 validates on 8: the head barely moves from chance, and the scores printed are noise. A real run
 trains a few epochs on thousands of snippets at 128 tokens (`select(range(2000))`, `epochs=2`,
-`max_length=128`), better on a GPU; the README measured LoRA on MiniLM at 0.761 accuracy with
+`max_length=128`), better on a GPU; the advisor guide measured LoRA on MiniLM at 0.761 accuracy with
 2,000 Rotten Tomatoes snippets.
 """
 

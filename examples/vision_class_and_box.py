@@ -11,7 +11,7 @@ Run: python examples/vision_class_and_box.py   (about 40 s on a shared 2-core CP
 
 Everything is written under a temporary directory. For CI it trains 5 epochs on 400 images of 48
 pixels: that shows the whole API but leaves both heads near chance (accuracy 0.2-0.4 of 4 classes,
-every box near the average box). A real run trains longer on more images: the README's benchmark
+every box near the average box). A real run trains longer on more images: the vision benchmark
 (`python benchmarks/vision_multihead.py`: 3,000 images, 25 epochs, 267 s) reaches 0.64 accuracy and
 0.66 mean IoU from scratch; a real task starts from a pretrained backbone (any transformers vision
 checkpoint, or a timm one such as the shipped `efficientnet-lite0`) and its own images and boxes.

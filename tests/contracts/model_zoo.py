@@ -12,7 +12,7 @@ Widths are 16-32, two layers: a checkpoint builds and saves in milliseconds.
 
 `MATRIX` says which head types apply to each family and which strategies train it; a cell marked
 refused must be refused with one clear HeadkitError line. scripts/supported_models.py renders the
-README's supported-models table from this matrix and the suite's results.
+supported-models table (docs/supported-models.md) from this matrix and the suite's results.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ MARKERS = ("<!-- supported-models:start -->", "<!-- supported-models:end -->")
 
 
 def supported_models_table(failed: set[str] | None = None) -> str:
-    """The README's supported-models table, from the matrix above: ✓ a cell every invariant holds
+    """The supported-models table (docs/supported-models.md), from the matrix above: ✓ a cell every invariant holds
     for, — refused with one clear error, blank not applicable, ✗ a conformance test failed
     (`failed`: the family names, `family-head` and `family-strategy` cells with a failing test)."""
     failed = failed or set()

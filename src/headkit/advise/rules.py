@@ -28,7 +28,7 @@ Under 500 labels the frozen backbone wins outright: on 400 Rotten Tomatoes revie
 epochs, 36 optimizer steps) reached 0.564 held-out accuracy, the advised frozen head (30 epochs
 at lr 0.01 on cached features, 3 s) 0.687; on 2,000 LoRA wins, 0.761 to 0.724; on 24, fewshot
 0.586 against 0.575 for a solved head on frozen features, 0.490 for LoRA
-(`benchmarks/advise_plans.py`, table in the README).
+(`benchmarks/advise_plans.py`, table in docs/guides/advisor.md).
 The 10% fragmentation line comes from the shipped data: 3-7% of the words in movie reviews,
 BBC news and tweets are split into 3+ MiniLM word pieces, against 35% in clinical text.
 

@@ -35,7 +35,7 @@ def fewshot_auto_steps(examples: int) -> int:
     """fewshot_steps "auto": one all-pairs step per 4 labelled examples, at least 10, at most 40.
 
     Measured with steps of 64 examples, the top half tuned (benchmarks/fewshot_defaults.py,
-    paired against setfit; the recipe since has steps of 32, see README): 10 steps suffice at 8 per
+    paired against setfit; the recipe since has steps of 32, see docs/benchmarks/few-shot.md): 10 steps suffice at 8 per
     class (16 and 40 examples), and BBC at 64 per class scores as well at 10 as at 40; Rotten
     Tomatoes at 64 per class (128 examples) was 3.7 points under setfit at 10 steps, 0.6 at 40:
     a harder task for the pretrained features needs the steps that more labels allow."""
