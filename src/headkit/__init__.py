@@ -28,6 +28,7 @@ from headkit.errors import (
     ModelNotFoundError,
     RemoteCodeError,
     UnknownHeadTypeError,
+    UsageError,
 )
 
 install_default_handler()
@@ -110,6 +111,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "UnknownHeadTypeError",
+    "UsageError",
     "build_head",
     "builtin_dataset",
     "disable_default_handler",
