@@ -49,6 +49,7 @@ USAGE_ERRORS = {
     "missing required argument": (["inspect"], "model"),
     "contradictory options": (["export", "run", "--to", "onnx", "--only_head", "a"], "--only_head applies to"),
     "missing option checked by the command": (["predict", "run"], "nothing to predict"),
+    "advise without its data": (["advise"], "advise needs --data"),
     "value out of range": (["train", "--data", "x.csv", "--head", "a:b", "--batch_size", "0"], "at least 1"),
 }
 

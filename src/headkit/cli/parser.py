@@ -17,7 +17,7 @@ from collections.abc import Callable
 from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionYesNo, ArgumentParser
 
-from headkit import __version__
+from headkit._version import __version__
 from headkit.cli.commands import COMMANDS
 
 logger = logging.getLogger(__name__)

@@ -75,9 +75,12 @@ def advise(
     """
     from headkit.advise.plan import advise as make_plan
     from headkit.advise.plan import run_plan
+    from headkit.errors import DataOptionError
 
+    if data is None:
+        raise DataOptionError("advise needs --data: the labelled file or built-in dataset to plan for")
     facts, hardware, plan = make_plan(
-        data,  # type: ignore[arg-type]  # None is refused by read_rows ("data 'None' not found")
+        data,
         text_column,
         label,
         budget,
