@@ -24,7 +24,7 @@ def cli_train(model_dir, data, out, *flags: str) -> int:
 
 def run_config(model_dir, data, out, **overrides) -> TrainConfig:
     fields = dict(model=str(model_dir), tasks=[TaskSpec("sentiment", data)], output_dir=str(out), epochs=1)
-    fields.update(batch_size=8, strategy="frozen", progress=False, **overrides)
+    fields.update({"batch_size": 8, "strategy": "frozen", "progress": False, **overrides})
     return TrainConfig(**fields)
 
 
@@ -63,6 +63,15 @@ def test_a_metric_no_head_reports_is_refused_before_the_claim(tiny_text_model, d
     with pytest.raises(HeadkitError, match="metric_for_best_model 'sentiment/bleu'"):
         train(run_config(tiny_text_model, data_file, tmp_path / "run", metric_for_best_model="sentiment/bleu"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_strategy_the_backbone_cannot_take_is_refused_before_the_claim(tiny_text_model, data_file, tmp_path):
+    # what trains is set (and partial:K checked against the layer count) before config.yaml is written
+    with pytest.raises(HeadkitError, match="partial:99 but the backbone has"):
+        train(run_config(tiny_text_model, data_file, tmp_path / "run", strategy="partial:99"))
+    assert not (tmp_path / "run").exists()
+    train(run_config(tiny_text_model, data_file, tmp_path / "run", strategy="partial:1"))
+    assert "partial:1" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_overwrite_with_wrong_inputs_keeps_the_previous_run(tiny_text_model, data_file, tmp_path):

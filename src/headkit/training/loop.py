@@ -91,10 +91,12 @@ def fit(
     """
     started = time.perf_counter()
     run = setup(config, model, processor, data, make_batch, make_eval_batch)
+    phases = run.strategy.phases(config)
+    for phase in phases:  # partial:K past the layer count, no layer stack, nothing to train: refused now
+        set_trainable(run, phase)
     if run.main:  # everything the run reads checked out: now the directory is this run's (run_dir.py)
         claim_run_dir(config)
     state, resuming = initial_state(run)
-    phases = run.strategy.phases(config)
     for index, phase in enumerate(phases):
         if resuming and index < _saved_phase(run):
             continue
@@ -194,19 +196,26 @@ def _saved_phase(run: Run) -> int:
     return json.loads((run.checkpoint_dir / "state.json").read_text())["progress"]["phase"]
 
 
+def set_trainable(run: Run, phase: Phase) -> tuple[int, int]:
+    """Set what trains in `phase` and return (trainable, total) parameters; refuse a phase in which
+    nothing would train. `fit` calls it for every phase before the run directory is claimed."""
+    run.strategy.set_trainable(run.model, phase)
+    trainable, total = count_parameters(run.model)
+    if trainable == 0:  # e.g. a seq2seq head that is an encoder-decoder's own (tied) decoder, backbone frozen
+        raise HeadkitError(
+            f"nothing trains in phase '{phase.name}' of strategy {run.strategy.name}: every weight of the heads "
+            "is a frozen backbone weight; use --strategy full, partial:K or lora"
+        )
+    return trainable, total
+
+
 def start_phase(
     run: Run, phase: Phase, index: int, state: TrainState, resuming: bool, max_steps: int | None = None
 ) -> tuple[PhaseRun, TrainState]:
     """Set what trains, build the optimizer, loader and scheduler, and resume or reset progress.
     `max_steps`: the phase's optimizer steps (the returned PhaseRun's phase has the epochs they need)."""
     config, accelerator, model = run.config, run.accelerator, run.model
-    run.strategy.set_trainable(model, phase)
-    trainable, total = count_parameters(model)
-    if trainable == 0:  # e.g. a seq2seq head that is an encoder-decoder's own (tied) decoder, backbone frozen
-        raise HeadkitError(
-            f"nothing trains in phase '{phase.name}' of strategy {run.strategy.name}: every weight of the heads "
-            "is a frozen backbone weight; use --strategy full, partial:K or lora"
-        )
+    trainable, total = set_trainable(run, phase)
     if run.main:
         logger.info(
             f"phase '{phase.name}' ({run.strategy.name}): {trainable:,} trainable of {total:,} parameters "
