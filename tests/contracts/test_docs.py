@@ -44,6 +44,9 @@ def test_the_site_builds_strictly(tmp_path):
     api = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for symbol in ("MultiHeadModel", "Trainer", "TrainConfig", "pipeline", "head_config", "Metrics"):
         assert symbol in api, f"the API reference lacks {symbol}"
+    # the model's methods from its mixins (ship/inference.py, ship/pretrained.py) are documented with it
+    for method in ("predict", "evaluate", "from_pretrained", "save_pretrained", "push_to_hub", "forward"):
+        assert f'id="headkit.MultiHeadModel.{method}"' in api, f"the API reference lacks MultiHeadModel.{method}"
 
 
 def test_every_page_has_checked_examples():
