@@ -50,7 +50,12 @@ class Evaluation:
         values = [self._signed(model, h, name) for h in heads if name in self.scores.get(h, {})]
         if not values:
             reported = sorted(f"{h}/{m}" for h, s in self.scores.items() for m in s)
-            raise UsageError(f"--metric_for_best_model {metric!r}: no head reports it; reported here: {reported}")
+            # check_metric refused the names no head can report: this is a validation split without
+            # labelled rows for that head, a data problem found at run time (exit 1, not 2)
+            raise DataError(
+                f"--metric_for_best_model {metric!r}: no head reports it on this validation split; "
+                f"reported here: {reported}"
+            )
         return sum(values) / len(values)
 
     def _signed(self, model: Model, head: str, metric: str) -> float:
