@@ -81,6 +81,8 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
         self.columns: dict[
             str, dict[str, str | None]
         ] = {}  # head -> the data columns it trained on (evaluate's default)
+        # what the run that trained it knows (training/finish.py `card_info`): its save's card and training.json
+        self.training_facts: dict[str, Any] | None = None
         self._given_processor = processor
         for name, config in (heads or {}).items():
             self.add_head(name, config)

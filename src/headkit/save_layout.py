@@ -2,21 +2,25 @@
 
 ship/save.py writes saves and ship/load.py restores them; what both of them, and the backbone
 loader, need to know of a save's folders lives here, below all three: the file and folder names,
-reading `heads.json` (`read_manifest`), finding a save (`find_save`) and telling whether a save's
-backbone/ holds weights (`holds_weights`: a LoRA save's holds only its base's config). Loading a
-backbone from a save's backbone/ folder (backbone/load.py) therefore needs nothing from ship/.
+reading `heads.json` (`read_manifest`) and `training.json` (`read_training`), finding a save
+(`find_save`) and telling whether a save's backbone/ holds weights (`holds_weights`: a LoRA
+save's holds only its base's config). Loading a backbone from a save's backbone/ folder
+(backbone/load.py) therefore needs nothing from ship/.
 ship/save.py re-exports every name, so `from headkit.ship.save import MANIFEST` keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from headkit.errors import CheckpointError
 from headkit.heads import storage
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "headkit.heads"
 FORMAT_VERSION = 2
@@ -26,6 +30,10 @@ WEIGHTING = "weighting.safetensors"
 WEIGHTS = "heads.safetensors"  # format 1: every head's tensors in one file
 BACKBONE_DIR = "backbone"
 ADAPTER_DIR = "adapter"
+# the facts of the run that trained the model (strategy, hyperparameters, examples and scores per
+# head, data, base model: training/finish.py `card_info`), so a model loaded and saved again, or
+# pushed, still has them for its card; plain JSON, absent from saves made by hand and older ones
+TRAINING = "training.json"
 
 
 def read_json_manifest(path: Path, expected_format: str) -> dict:
@@ -75,6 +83,23 @@ def _listed(path: Path, name: str, entry: Any) -> dict:
     if not isinstance(folder, str) or Path(folder).is_absolute() or ".." in Path(folder).parts:
         raise CheckpointError(f"{path} lists head {name!r} without a folder inside the save; the checkpoint is damaged")
     return {"tied": {}, "shared": {}, **entry, "sha256": entry.get("sha256") or {}}
+
+
+def read_training(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The run facts a save keeps (`TRAINING`), or None when it has none. They only describe the
+    model (its card), so a damaged file is warned about and left out, not a reason to refuse the load."""
+    path = Path(directory) / TRAINING
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning(f"warning: {path} is not valid JSON ({e}); the model's training facts are left out")
+        return None
+    if not isinstance(facts, dict):
+        logger.warning(f"warning: {path} does not hold an object; the model's training facts are left out")
+        return None
+    return facts
 
 
 def holds_weights(directory: str | os.PathLike) -> bool:

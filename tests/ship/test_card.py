@@ -7,6 +7,7 @@ import io
 import json
 import platform
 import re
+import shutil
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ import headkit
 from headkit.backbone.resolve import hub_id, resolve_model
 from headkit.cli.main import main
 from headkit.heads import head_class
-from headkit.ship.card import PLACEHOLDER, model_card
+from headkit.ship.card import NOT_RECORDED, PLACEHOLDER, model_card
+from headkit.ship.save import TRAINING
 
 from conftest import sentiment_rows, tiny_config, write_csv
 
@@ -115,6 +117,56 @@ def test_the_card_counts_examples_and_scores_per_head(run):
 def test_the_usage_snippet_runs_against_the_saved_folder(run):
     printed = run_snippet(card_of(run / "model"), run / "model")
     assert "'sentiment': {'label': " in printed and "'score': " in printed
+
+
+def test_a_trained_run_saved_again_keeps_its_training_facts_and_metrics(run, tmp_path):
+    model = headkit.MultiHeadModel.from_pretrained(run / "model")
+    assert model.training_facts["strategy"] == "frozen"  # restored from the save's training.json
+    model.save_pretrained(tmp_path / "again")
+    before, after = card_of(run / "model"), card_of(tmp_path / "again")
+    assert facts(after) == facts(before) and facts(after)["lr"] == "0.05"
+    for section in ("## Metrics", "Examples with a label, per head"):
+        assert table(after, section) == table(before, section) and table(after, section)
+    # and once more from that save: the facts travel with every save, not only the run's
+    headkit.MultiHeadModel.from_pretrained(tmp_path / "again").save_pretrained(tmp_path / "third")
+    assert table(card_of(tmp_path / "third"), "## Metrics") == table(before, "## Metrics")
+
+
+def test_the_model_train_returns_carries_its_facts_and_a_further_run_replaces_them(tiny_text_model, tmp_path):
+    rows = sentiment_rows(32)
+    fast = dict(epochs=1, batch_size=8, lr=1e-2, patience=0, progress=False, val_fraction=0.25)
+    model = headkit.train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, seed=5, **fast).model
+    model.save_pretrained(tmp_path / "first")
+    card = card_of(tmp_path / "first")
+    assert facts(card)["strategy"] == "frozen" and facts(card)["seed"] == "5"
+    assert {head for head, *_ in table(card, "## Metrics")} == {"sentiment"}
+    assert dict((h, int(n)) for h, n, _ in table(card, "Examples with a label, per head")) == {"sentiment": 24}
+    loaded = headkit.MultiHeadModel.from_pretrained(tmp_path / "first")
+    again = headkit.train(loaded, {"sentiment": "label"}, train_dataset=rows, seed=9, strategy="full", **fast).model
+    again.save_pretrained(tmp_path / "second")
+    listed = facts(card_of(tmp_path / "second"))
+    assert listed["strategy"] == "full" and listed["seed"] == "9" and "backbone_lr" in listed  # the new run's
+
+
+def test_an_old_save_without_training_facts_loads_and_says_they_were_not_recorded(run, tmp_path):
+    shutil.copytree(run / "model", tmp_path / "old")
+    (tmp_path / "old" / TRAINING).unlink()  # as saves made before they kept them
+    model = headkit.MultiHeadModel.from_pretrained(tmp_path / "old")
+    assert model.training_facts is None
+    model.save_pretrained(tmp_path / "resaved")
+    card = card_of(tmp_path / "resaved")
+    assert NOT_RECORDED in card and "## Metrics" not in card and "Hyperparameters:" not in card
+    listed = dict(re.findall(r"^- ([^:\n]+): (.*)$", card, flags=re.M))
+    assert "strategy" not in listed and "best epoch" not in listed
+    assert listed["max_length (tokens read; predict and serve use it too)"] == "32"  # the model's own
+    assert not (tmp_path / "resaved" / TRAINING).exists()
+
+
+def test_a_damaged_training_file_is_left_out_with_a_warning(run, tmp_path, caplog):
+    shutil.copytree(run / "model", tmp_path / "damaged")
+    (tmp_path / "damaged" / TRAINING).write_text("{not json")
+    model = headkit.MultiHeadModel.from_pretrained(tmp_path / "damaged")
+    assert model.training_facts is None and "training facts are left out" in caplog.text
 
 
 def test_a_lora_run_lists_its_lora_settings_and_peft(tiny_text_model, tmp_path):

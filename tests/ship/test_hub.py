@@ -290,9 +290,12 @@ def test_push_to_hub_uploads_what_from_pretrained_reads(run, tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     url = MultiHeadModel.from_pretrained(run).push_to_hub("me/reviews")
     assert uploaded == {"created": "me/reviews", "repo": "me/reviews"} and url.endswith("/commit/abc")
-    assert "# reviews" in (tmp_path / "uploaded" / "README.md").read_text()
+    card = (tmp_path / "uploaded" / "README.md").read_text()
+    assert "# reviews" in card
+    assert "strategy: frozen" in card and "| sentiment | accuracy |" in card  # the run's facts, kept by the save
     hub_cache(tmp_path / "uploaded", "me/reviews")  # what a user downloads is what was uploaded
-    assert set(MultiHeadModel.from_pretrained("me/reviews").heads) == {"sentiment", "score"}
+    pulled = MultiHeadModel.from_pretrained("me/reviews")
+    assert set(pulled.heads) == {"sentiment", "score"} and pulled.training_facts["strategy"] == "frozen"
 
 
 def test_training_starts_from_the_backbone_of_a_headkit_save(run, tmp_path):

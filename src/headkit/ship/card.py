@@ -4,8 +4,10 @@ trained (strategy and hyperparameters), on how many examples, how it scored, wit
 versions, and how to load it (headkit's public API; and, where a head has a transformers class,
 as a plain transformers model).
 
-`info` is what a training run knows (training/finish.py `card_info`); a model saved by hand has
-none of it and its card says so. Each head says which metrics it reports (`head.scoring.metrics`).
+`info` is what a training run knows (training/finish.py `card_info`, kept on the model as
+`training_facts` and in its save's training.json, so a trained model saved again or pushed keeps
+it); a model saved by hand has none of it and its card says so. Each head says which metrics it
+reports (`head.scoring.metrics`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from huggingface_hub import ModelCardData
 from headkit.backbone.resolve import hub_id
 from headkit.hub import is_hub_id
 
+# a model with no run's facts: saved by hand, or loaded from a save made before saves kept them
+NOT_RECORDED = "- how it was trained: not recorded (saved by hand, not by a training run)"
 PLACEHOLDER = "PATH_OR_REPO_ID"  # where the snippets load from, for a save that names no repository
 
 
@@ -62,10 +66,11 @@ def training(model: Any, info: dict[str, Any], data: list[str]) -> list[str]:
     facts = [
         ("strategy", info.get("strategy")),
         ("training data", ", ".join(data) if data else None),
-        ("max_length (tokens read; predict and serve use it too)", getattr(model, "max_length", None)),
         ("best epoch", info.get("best_epoch")),
     ]
-    lines += [f"- {key}: {value}" for key, value in facts if value is not None] or ["- not recorded (saved by hand)"]
+    lines += [f"- {key}: {value}" for key, value in facts if value is not None] or [NOT_RECORDED]
+    if getattr(model, "max_length", None) is not None:  # the model's own, known with or without a run
+        lines.append(f"- max_length (tokens read; predict and serve use it too): {model.max_length}")
     settings = info.get("hyperparameters") or {}
     if settings:
         lines += ["", "Hyperparameters:", "", table_head("setting", "value"), *(row(k, v) for k, v in settings.items())]

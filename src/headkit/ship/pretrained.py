@@ -32,7 +32,7 @@ from headkit.errors import HeadkitError
 from headkit.heads import HeadConfig, config_from_dict
 from headkit.hub import hub_options, local_path
 from headkit.ship.load import read_save, restore, saved_backbone
-from headkit.ship.save import find_save, save
+from headkit.ship.save import find_save, read_training, save
 
 if TYPE_CHECKING:
     from headkit.adapter import BackboneAdapter
@@ -72,6 +72,7 @@ class PretrainedMixin(
         adapter: BackboneAdapter
         weighting: LossWeighting
         max_length: int | None
+        training_facts: dict[str, Any] | None
 
         @property
         def backbone(self) -> Backbone: ...
@@ -143,6 +144,7 @@ class PretrainedMixin(
         """A full save written by `save` (backbone + heads)."""
         model = cls.from_heads(directory, saved_backbone(directory, trust_remote_code, dtype))
         model.columns = _saved_columns(directory)
+        model.training_facts = read_training(directory)  # for the card when it is saved again or pushed
         return model
 
     @classmethod

@@ -8,6 +8,7 @@ A head checkpoint is laid out as a sentence-transformers model is, one folder pe
     heads/NAME/config.json      the head's config (with its label maps)
     heads/NAME/model.safetensors  its own tensors, tied ones left out (headkit.heads.storage)
     weighting.safetensors       the learned loss weights, when the weighting has any
+    training.json               (full saves) the facts of the run that trained it, for its card
 Format 1 (until issue 35) held every head's tensors in one heads.safetensors and the configs in
 heads.json; `read_manifest` (headkit.save_layout, with the names above) reads both, and
 ship/load.py restores both.
@@ -50,12 +51,14 @@ from headkit.save_layout import (
     FORMAT_VERSION,
     HEADS_DIR,
     MANIFEST,
+    TRAINING,
     WEIGHTING,
     WEIGHTS,
     find_save,
     holds_weights,
     read_json_manifest,
     read_manifest,
+    read_training,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,12 +72,14 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADS_DIR",
     "MANIFEST",
+    "TRAINING",
     "WEIGHTING",
     "WEIGHTS",
     "find_save",
     "holds_weights",
     "read_json_manifest",
     "read_manifest",
+    "read_training",
     "read_weights",
 ]
 
@@ -131,8 +136,11 @@ def _remove_stale(directory: Path, listing: dict, weighted: bool) -> None:
 def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: dict | None = None) -> Path:
     """Full save: `backbone/` (save_pretrained, or for a LoRA model the base's config with
     `adapter/` beside it) with the processor (by default the one the model reads with, as
-    `save_pretrained` keeps it), the heads and a model card (README.md; `card`: what a training
-    run knows, see ship/card.py) and config.json (`model.config`), swapped in atomically."""
+    `save_pretrained` keeps it), the heads, config.json (`model.config`) and a model card
+    (README.md), swapped in atomically. The card describes the run that trained the model: the
+    facts training left on it (`model.training_facts`, restored from a save's training.json),
+    with `card` (the same keys, see ship/card.py; "repo_id": the repository it names) over them.
+    training.json keeps those facts, so the model saved again or pushed keeps its card."""
     from headkit.ship.card import model_card
 
     if processor is None and hasattr(model, "_processor"):
@@ -145,8 +153,11 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
         _save_heads(model, staging, base)
         if hasattr(model, "config"):  # config.json: the model described (MultiHeadConfig), its training columns
             model.config.save_pretrained(staging)
-        card = dict(card or {})
-        text = model_card(model, card, repo_id=card.pop("repo_id", None), processor=processor)
+        facts = {**(getattr(model, "training_facts", None) or {}), **(card or {})}
+        repo_id = facts.pop("repo_id", None)
+        if facts:
+            atomic_write_bytes(staging / TRAINING, (json.dumps(facts, indent=2, default=str) + "\n").encode("utf-8"))
+        text = model_card(model, facts, repo_id=repo_id, processor=processor)
         atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
     return directory
 

@@ -62,10 +62,11 @@ def finish_run(
         "epochs": state.epochs,
         **state.extra,
     }
+    # on the model, not only in this save: saving it again or pushing it writes the same card
+    model.training_facts = card_info(config, data, metrics)
     if main and config.keep_files:
-        card = card_info(config, data, metrics)
         with transformers_bars(config.progress):  # its "Writing model shards" bar
-            save(model, run / "model", processor=processor, card=card)
+            save(model, run / "model", processor=processor)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
     if main and config.print_summary:
         print_summary(model, evaluation, metrics)

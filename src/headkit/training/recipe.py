@@ -110,6 +110,7 @@ def run_recipe(
         else:
             add_heads(model, heads, data.heads)
         model.max_length = max_length
+        model.training_facts = None  # an earlier run's no longer describe it; this run's are set when it finishes
         model.columns = {t.name: {"label": t.label, "text": t.text, "text_pair": t.text_pair} for t in tasks}
         if strategy.closed_form:
             return fit_fewshot(config, model, processor, data)
