@@ -9,5 +9,7 @@ bash scripts/setup.sh
 source scripts/venv.sh
 python -m deptry src
 python -m ruff check src tests benchmarks
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q "$@"
+# -n auto: one pytest-xdist worker per core (tests/conftest.py gives each its share of the threads and
+# keeps tests that share a module's fixture on one worker); --durations: the slowest tests, in the log.
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q -n auto --dist loadgroup --durations=25 "$@"
 bash scripts/test_timm.sh
