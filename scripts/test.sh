@@ -11,6 +11,8 @@ source scripts/venv.sh
 python -m deptry src
 python -m ruff check src tests benchmarks examples scripts
 python -m mypy src
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q "$@"
+# -n auto: one pytest-xdist worker per core (tests/conftest.py gives each its share of the threads and
+# keeps tests that share a module's fixture on one worker); --durations: the slowest tests, in the log.
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q -n auto --dist loadgroup --durations=25 "$@"
 bash scripts/test_timm.sh
 bash scripts/test_wheel.sh

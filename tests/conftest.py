@@ -18,6 +18,54 @@ import pytest
 import torch
 import transformers
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`, scripts/test.sh), each of the N workers gets cores // N threads,
+    and so does every process a test starts (OMP_NUM_THREADS, unless already set): torch would
+    otherwise start a thread per core in each worker, and N workers x cores threads spin-wait for
+    each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(max(1, cores // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which runs without it too
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` (scripts/test.sh): a test module that defines a module-scoped fixture (a
+    trained run, a torchrun pair, an exported model) goes to one worker as a whole, since spread
+    over two, each worker would build the fixture again; every other test is handed out alone, so
+    that the long independent ones (examples, ONNX cells) balance the workers. xdist's own
+    loadgroup reads `xdist_group` marks by rewriting node ids, which pytest 9.2 no longer allows;
+    a node id that carries an `@group` is still grouped by it."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    root = config.rootpath
+    shares = {}
+
+    def shares_a_module_fixture(path: str) -> bool:
+        if path not in shares:
+            try:
+                shares[path] = 'scope="module"' in (root / path).read_text(encoding="utf-8")
+            except OSError:
+                shares[path] = False
+        return shares[path]
+
+    class ByModuleWhereShared(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if "@" not in nodeid and shares_a_module_fixture(path):
+                return path
+            return super()._split_scope(nodeid)
+
+    return ByModuleWhereShared(config, log)
+
+
 VOCAB = 100
 TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 

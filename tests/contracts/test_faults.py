@@ -53,12 +53,16 @@ def step_of(run: Path) -> int:
         return 0
 
 
-def uninterrupted_run(model_dir: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
-    """The data, the reference run trained without interruption, and the environment."""
-    data = write_csv(tmp_path / "d.csv", sentiment_rows(40))
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_text_model, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The data, the reference run trained without interruption, and the environment. One run
+    serves every test here: the same command on the same data, so the same bytes (a run is
+    deterministic; the kill tests compare each resumed run with it byte for byte)."""
+    root = tmp_path_factory.mktemp("faults")
+    data = write_csv(root / "d.csv", sentiment_rows(40))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    reference = tmp_path / "reference"
-    subprocess.run(train_command(model_dir, data, reference), env=env, check=True, capture_output=True)
+    reference = root / "reference"
+    subprocess.run(train_command(tiny_text_model, data, reference), env=env, check=True, capture_output=True)
     return data, reference, env
 
 
@@ -76,8 +80,10 @@ def resume_and_compare(model_dir: Path, data: Path, run: Path, reference: Path, 
 
 
 @pytest.mark.parametrize("kill_after_step", [4, 9])
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_text_model, tmp_path, kill_after_step):
-    data, reference, env = uninterrupted_run(tiny_text_model, tmp_path)
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(
+    tiny_text_model, uninterrupted_run, tmp_path, kill_after_step
+):
+    data, reference, env = uninterrupted_run
 
     run = tmp_path / "killed"
     process = subprocess.Popen(
@@ -132,8 +138,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("mode", ["files", "rename"])
-def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically(tiny_text_model, tmp_path, mode):
-    data, reference, env = uninterrupted_run(tiny_text_model, tmp_path)
+def test_sigkill_mid_save_keeps_the_last_good_checkpoint_and_resumes_identically(
+    tiny_text_model, uninterrupted_run, tmp_path, mode
+):
+    data, reference, env = uninterrupted_run
 
     run = tmp_path / "killed"
     args = train_command(tiny_text_model, data, run)[3:]  # drop "python -m headkit"
