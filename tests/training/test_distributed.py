@@ -186,6 +186,8 @@ def _kill_one_worker_mid_run(config: Path, out: Path, at_step: int, last_step: i
             os.kill(workers[-1], signal.SIGKILL)
             os.kill(workers[0], signal.SIGCONT)
             return launcher
+        for pid in workers:  # torchrun starts its workers in their own process groups: kill them by pid
+            os.kill(pid, signal.SIGKILL)
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
     pytest.fail("three runs finished (or never started) before a process could be killed mid-run")
