@@ -7,6 +7,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import atexit
+import shutil
 import tempfile
 
 os.environ["HEADKIT_CACHE"] = tempfile.mkdtemp(prefix="headkit-test-cache-")  # never the user's cache
@@ -17,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+
+# removed when the process ends (each xdist worker has its own): runs left hundreds of MB each behind
+atexit.register(shutil.rmtree, os.environ["HEADKIT_CACHE"], ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
