@@ -46,6 +46,7 @@ from headkit.errors import FingerprintMismatchError
 from headkit.ship.predict import predict_images, predict_texts
 
 TMP = Path(__import__("tempfile").mkdtemp(prefix="headkit-conformance-"))
+__import__("atexit").register(__import__("shutil").rmtree, TMP, ignore_errors=True)  # at the process's end
 
 
 def cells(*, side: bool = False, lm: bool = False, export: bool = False) -> list:
