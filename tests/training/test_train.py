@@ -46,7 +46,9 @@ def changed(before: dict, after: dict, prefix: str = "") -> set[str]:
     return {k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])}
 
 
-def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_path, capsys, notes_shown):
+def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_path, capsys, notes_shown, monkeypatch):
+    # an empty feature cache of its own: an earlier test on the same worker may have cached these features
+    monkeypatch.setenv("HEADKIT_CACHE", str(tmp_path / "cache"))
     result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen"))
     assert not changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())
     notes = capsys.readouterr().err  # the library logs its notes (logger "headkit", stderr, at INFO)
