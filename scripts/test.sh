@@ -11,16 +11,8 @@ source scripts/venv.sh
 python -m deptry src
 python -m ruff check src tests benchmarks examples scripts
 python -m mypy src
-# .venv-timm is built while the main suite runs (pip spends most of that time unpacking wheels, the
-# suite on the CPU); its tests run after the suite, once the build is done
-timm_log=$(mktemp)
-bash scripts/test_timm.sh --setup-only >"$timm_log" 2>&1 &
-timm_setup=$!
-trap 'kill "$timm_setup" 2>/dev/null || true; rm -f "$timm_log"' EXIT
 # -n auto: one pytest-xdist worker per core (tests/conftest.py gives each its share of the threads and
 # keeps tests that share a module's fixture on one worker); --durations: the slowest tests, in the log.
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q -n auto --dist loadgroup --durations=25 "$@"
-wait "$timm_setup" || { cat "$timm_log" >&2; echo "building .venv-timm failed" >&2; exit 1; }
-cat "$timm_log"
 bash scripts/test_timm.sh
 bash scripts/test_wheel.sh
