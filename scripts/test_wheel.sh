@@ -33,7 +33,7 @@ done
 stage "installing it into a clean virtual environment"
 "${PYTHON:-python3}" -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
-PIP="$PY -m pip install --quiet --disable-pip-version-check"
+PIP="$PY -m pip install --quiet --disable-pip-version-check --no-compile"  # no .pyc for a venv run once
 $PIP --upgrade pip  # the bundled pip can be too old to build seqeval's sdist (see setup.sh)
 $PIP "${HEADKIT_TORCH:-torch==2.13.0}"
 $PIP "$wheel"
