@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+def atomic_write_json(path: Path, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """`obj` as indented JSON, atomically; `default` turns values JSON lacks (paths, ...) into ones it has."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=default) + "\n").encode("utf-8"))
 
 
 def replace_dir(staging: Path, directory: Path) -> None:

@@ -156,7 +156,7 @@ def save(model: Any, directory: str | os.PathLike, processor: Any = None, card: 
         facts = {**(getattr(model, "training_facts", None) or {}), **(card or {})}
         repo_id = facts.pop("repo_id", None)
         if facts:
-            atomic_write_bytes(staging / TRAINING, (json.dumps(facts, indent=2, default=str) + "\n").encode("utf-8"))
+            atomic_write_json(staging / TRAINING, facts, default=str)
         text = model_card(model, facts, repo_id=repo_id, processor=processor)
         atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
     return directory
