@@ -11,8 +11,10 @@ fine-tuned (a backward pass at 224 costs about 6x more on a CPU); the small ViT 
 the box head, and training seconds (feature caching included); a PNG grid of test predictions of
 the fine-tuned run.
 
-Needs the timm extra (timm + torchvision): run it from .venv-timm (scripts/test_timm.sh builds it).
+Needs the timm extra (timm + a torchvision built for its torch), e.g. in an environment of its own:
 
+    HEADKIT_VENV=.venv-timm HEADKIT_TORCH="torch==2.14.1 torchvision==0.29.1" HEADKIT_EXTRAS=dev,timm \
+        bash scripts/setup.sh
     .venv-timm/bin/python benchmarks/vision_transfer.py [--out runs/vision-transfer]
 """
 

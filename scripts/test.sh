@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up the project's virtual environment (idempotent), check dependencies, lint and types, and run
 # the whole test suite offline (the docs site's strict build and its examples included); then the
-# timm backbones' tests in their own environment (scripts/test_timm.sh says why), and the wheel built,
-# installed into a clean environment and run (scripts/test_wheel.sh). Any failure, or a run that
-# collects no tests (pytest exit code 5), makes this script fail.
+# wheel built, installed into a clean environment and run, the README's quickstart and the timm
+# backbones' tests there (scripts/test_wheel.sh says why). Any failure, or a run that collects no
+# tests (pytest exit code 5), makes this script fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,5 +14,4 @@ python -m mypy src
 # -n auto: one pytest-xdist worker per core (tests/conftest.py gives each its share of the threads and
 # keeps tests that share a module's fixture on one worker); --durations: the slowest tests, in the log.
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m pytest -q -n auto --dist loadgroup --durations=25 "$@"
-bash scripts/test_timm.sh
 bash scripts/test_wheel.sh

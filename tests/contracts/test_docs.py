@@ -58,7 +58,7 @@ def test_every_page_has_checked_examples():
     for page, line in no_run:
         block = next(b for b in python_blocks(DOCS / page) if b.line == line)
         assert block.why, f"{page}:{line}: a no-run block says why it cannot run"
-        if "README" in block.why:  # "the README's quickstart, run by test_readme": only true while they match
+        if "README" in block.why:  # "the README's quickstart, run by test_wheel.sh": only true while they match
             assert block.body in readme, f"{page}:{line} says it is the README's block, but the README's differs"
 
 

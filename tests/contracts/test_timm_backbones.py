@@ -1,4 +1,4 @@
-"""timm networks as backbones (the timm extra; run by scripts/test_timm.sh in .venv-timm): written
+"""timm networks as backbones (the timm extra; run by scripts/test_wheel.sh on the installed wheel): written
 once as a transformers TimmWrapper checkpoint, then trained, saved, fingerprinted, exported to
 ONNX and served like any other backbone."""
 
@@ -13,7 +13,7 @@ from headkit.data.tasks import TaskSpec
 from headkit.training.recipe import TrainConfig, train
 
 pytestmark = pytest.mark.timm
-timm = pytest.importorskip("timm", reason="the timm extra lives in .venv-timm (scripts/test_timm.sh)")
+timm = pytest.importorskip("timm", reason="no timm extra here (scripts/test_wheel.sh runs these tests)")
 
 TINY = "test_efficientnet"  # timm's own tiny test network
 
