@@ -24,9 +24,10 @@ if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
     "$HEADKIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 PY="$HEADKIT_VENV/bin/python"
-# --no-compile: Python compiles a module the first time it is imported instead (of torch and
-# transformers, a small part), which halves the time this step takes on a fresh machine
-PIP="$PY -m pip install --quiet --disable-pip-version-check --no-compile"
+# pip compiles every module at install (about half of a fresh setup's time). Not skipped with
+# --no-compile: where PYTHONDONTWRITEBYTECODE is set, nothing would ever be cached, and every process
+# (each CLI call, each test's subprocess) would compile torch's and transformers' modules again.
+PIP="$PY -m pip install --quiet --disable-pip-version-check"
 TORCH=${HEADKIT_TORCH:-torch==2.13.0}
 if ! $PY -c "import torch" 2>/dev/null; then
     echo "installing $TORCH and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"
