@@ -9,8 +9,8 @@ the same export measured 1.11x on a machine without VNNI and 3.33x on one with i
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
+
+from headkit.ship.engines import cpu_facts  # the CPU's name and flags, as --engine auto records them
 
 # (what to call it, /proc/cpuinfo flags any of which means present)
 FEATURES = [
@@ -19,21 +19,6 @@ FEATURES = [
     ("VNNI", {"avx512_vnni", "avx_vnni"}),
     ("AMX", {"amx_tile", "amx_int8"}),
 ]
-
-
-def cpu_facts() -> tuple[str, set[str]]:
-    """The CPU's model name and flags (Linux /proc/cpuinfo; elsewhere the platform's name only)."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return platform.processor() or platform.machine(), set()
-    model, flags = platform.machine(), set()
-    for line in info.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == platform.machine():
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
 
 
 def machine_line() -> str:

@@ -14,5 +14,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 # how a pooled head reduces a sequence to one vector (heads/pooling.py computes each)
 Pooling = Literal["auto", "mean", "cls", "max", "last", "pooler"]
+# what runs a saved model for predict / evaluate / serve (ship/engines.py: auto picks a validated one)
+Engine = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
 # how the heads' losses combine (weighting.py)
 Weighting = Literal["static", "uncertainty"]

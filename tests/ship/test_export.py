@@ -252,7 +252,7 @@ def test_cli_export_and_onnx_predict(saved_multihead, tmp_path, capsys):
     assert "--to 'pdf': choose one of transformers, onnx" in capsys.readouterr().err
     assert main(["export", str(saved_multihead), "--to", "transformers", "--quantize"]) == 2
     assert main(["predict", str(saved_multihead), "--engine", "tensorrt", "--text", "good"]) == 2
-    assert "--engine 'tensorrt': choose one of torch, onnx, onnx-int8" in capsys.readouterr().err
+    assert "--engine 'tensorrt': choose one of auto, torch, torch-bf16, onnx, onnx-int8" in capsys.readouterr().err
 
 
 def test_trained_pooler_head_round_trips_train_export_pipeline(tiny_text_model, tmp_path, capsys):

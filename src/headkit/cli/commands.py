@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from headkit.choices import Device, DType
+from headkit.choices import Device, DType, Engine
 from headkit.cli import render
 from headkit.cli.training_commands import advise, pretrain, sft, train
 from headkit.errors import HeadkitError, UsageError
-
-Engine = Literal["torch", "onnx", "onnx-int8"]
 
 
 def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> None:
@@ -26,16 +24,20 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
         trust_remote_code: allow checkpoints that need their own Python code.
     """
     from headkit.backbone import inspect_model
+    from headkit.ship.engines import read_choice, run_root
     from headkit.ship.save import describe_heads
 
     report = inspect_model(model, trust_remote_code=trust_remote_code)
     heads = describe_heads(model)  # a headkit save or run also carries its own task heads
+    checked = read_choice(run_root(model)) if heads else None  # what --engine auto measured (engines.json)
     if json:
-        render.as_json({**report.to_dict(), "headkit_heads": heads})
+        render.as_json({**report.to_dict(), "headkit_heads": heads, "engines": checked})
         return
     render.checkpoint(report)
     if heads:
         render.saved_heads(heads, model)
+    if checked:
+        render.engines(checked)
 
 
 def evaluate(
@@ -47,6 +49,7 @@ def evaluate(
     batch_size: int = 64,
     output: str | None = None,
     progress: bool = True,
+    engine: Engine = "auto",
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
@@ -61,6 +64,8 @@ def evaluate(
         batch_size: examples per forward pass.
         output: also write the scores (and the per-class report) to this JSON file.
         progress: show a progress bar.
+        engine: auto (the fastest engine validated for this model on this machine), torch, torch-bf16,
+            onnx or onnx-int8.
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
@@ -74,7 +79,7 @@ def evaluate(
     bad = [spec for spec in head or [] if ":" not in spec]
     if bad:
         raise UsageError(f"--head {bad[0]!r} should look like NAME:COLUMN (e.g. sentiment:label)")
-    model, tokenizer = load_for_inference(run, device=device, dtype=dtype)
+    model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
     columns = dict(spec.split(":", 1) for spec in head or [])
     result, count = evaluate_dataset(
         model, tokenizer, data, columns, text_column, max_length, batch_size, progress=progress
@@ -92,7 +97,7 @@ def predict(
     image: list[str] | None = None,
     text_column: str = "text",
     batch_size: int = 64,
-    engine: Engine = "torch",
+    engine: Engine = "auto",
     progress: bool = True,
     max_length: int | None = None,
     device: Device = "auto",
@@ -108,7 +113,8 @@ def predict(
         image: image files to predict directly, for an image model (repeat --image for several).
         text_column: the text column of --input (for an image model: the column of image paths).
         batch_size: texts per forward pass.
-        engine: torch (the saved model), onnx or onnx-int8 (a directory written by export --to onnx).
+        engine: auto (the fastest engine validated for this model on this machine against torch fp32; torch
+            where none was), torch, torch-bf16, onnx or onnx-int8 (a directory written by export --to onnx).
         progress: show a progress bar for --input files.
         max_length: token limit; longer texts are predicted on their first tokens and marked
             truncated (default: the limit the model was trained with).
@@ -270,7 +276,7 @@ def serve(
     run: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    engine: Engine = "torch",
+    engine: Engine = "auto",
     max_texts: int = 64,
     max_chars: int = 20_000,
     timeout: float = 30.0,
@@ -286,7 +292,8 @@ def serve(
         run: a training run, a saved model, or an ONNX export (with --engine onnx / onnx-int8).
         host: interface to bind; the default answers this machine only.
         port: TCP port.
-        engine: torch, onnx or onnx-int8.
+        engine: auto (the fastest engine validated for this model on this machine), torch, torch-bf16,
+            onnx or onnx-int8.
         max_texts: texts one request may send (more: HTTP 413).
         max_chars: characters per text (more: HTTP 413).
         timeout: seconds a request may wait for its predictions (then HTTP 504).

@@ -66,6 +66,24 @@ def saved_heads(heads: dict[str, dict[str, Any]], model: str) -> None:
     Console().print(table)
 
 
+def engines(record: dict[str, Any]) -> None:
+    """`inspect` on a run whose engines were checked (engines.json): each candidate's speed against
+    torch fp32, its agreement and metric change, and the choice `--engine auto` makes."""
+    checks = record["candidates"]
+    base = next((c["examples_per_s"] for c in checks if c["engine"] == "torch"), None) or 1.0
+    title = f"engines checked on {record['examples']} validation examples ({record['machine']['cpu']})"
+    table = Table(title=title, caption=f"--engine auto runs {record['chosen']}; rule: {record['rule']}")
+    for column in ("engine", "speed", "min agreement", "max metric change", "verdict"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        speed = f"{c['examples_per_s'] / base:.2f}x" if c.get("examples_per_s") else "-"
+        agreement = f"{min(c['agreement'].values()):.2%}" if c.get("agreement") else "-"
+        change = f"{max(c['metric_change'].values()) * 100:.2f} pt" if c.get("metric_change") else "-"
+        verdict = ("chosen; " if c["engine"] == record["chosen"] else "") + c["why"]
+        table.add_row(c["engine"], speed, agreement, change, verdict)
+    Console().print(table)
+
+
 def predictions(samples: list[str], predictions: list[dict[str, Any]], model: Any) -> None:
     """Each text (or image path) in bold, then one line per head in the head's own brief form."""
     console = Console()
@@ -107,6 +125,8 @@ def export_result(result: Any) -> None:
     """`export`: what was written where, and the export's own explanation."""
     print(f"wrote {result.path} ({result.target})")
     print(result.message)
+    if result.engines:
+        engines(result.engines)
 
 
 def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any) -> None:

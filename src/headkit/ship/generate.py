@@ -41,7 +41,9 @@ def masked_lm(
     if saved is not None:
         from headkit.ship.predict import load_for_inference
 
-        model, tokenizer = load_for_inference(saved, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        model, tokenizer = load_for_inference(
+            saved, trust_remote_code=trust_remote_code, engine="torch", device=device, dtype=dtype
+        )
         head = next((n for n, h in model.heads.items() if isinstance(h, MaskedLMHead)), None)
         if head is None:
             raise HeadkitError(
@@ -245,7 +247,7 @@ def generate_heads(
     heads = writing_heads(name)
     if not heads:
         raise HeadkitError(f"{name} has no head that writes text (a seq2seq head); use `headkit predict` for it")
-    model, tokenizer = load_for_inference(name, device=device, dtype=dtype)
+    model, tokenizer = load_for_inference(name, engine="torch", device=device, dtype=dtype)  # generation loops
     for head in heads:
         model.heads[head].set_generation(max_new_tokens=max_new_tokens, num_beams=num_beams)
     return predict_texts(model, tokenizer, texts, heads=heads)

@@ -92,8 +92,22 @@ class OnnxModel:
         self.max_length: int | None = manifest.get("max_length")  # the limit the model was trained with
         self.device = torch.device("cpu")  # where inputs are built; onnxruntime copies them to its provider
 
-    def __call__(self, heads: list[str] | None = None, **inputs: Tensor) -> MultiHeadOutput:
+    # An engine has no training mode; these let evaluation (training/evaluate.py) run it as a model.
+    training = False
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        return self
+
+    def __call__(
+        self, heads: list[str] | None = None, labels: Mapping[str, Tensor] | None = None, **inputs: Tensor
+    ) -> MultiHeadOutput:
+        """Every head's (or the named ones') output; `labels` are accepted and not scored (no losses)."""
         names = heads if heads is not None else list(self.heads)
+        if "token_type_ids" in self.input_names and "token_type_ids" not in inputs:  # as BERT defaults them
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         feed = {n: as_feed(inputs[n]) for n in self.input_names}
         values = self.session.run(names, feed)
         outputs = {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}

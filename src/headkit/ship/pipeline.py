@@ -37,7 +37,7 @@ def pipeline(
     model: Any,
     device: str | None = None,
     dtype: str = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     batch_size: int = 32,
     max_length: int | None = None,
     trust_remote_code: bool = False,
@@ -45,7 +45,9 @@ def pipeline(
 ) -> HeadsPipeline:
     """A pipeline over a `MultiHeadModel`, a training run or headkit save directory, a hub id
     holding one (`org/name[@revision]`, read from the hub cache or downloaded as
-    `from_pretrained` reads it), or an ONNX export (`engine` onnx / onnx-int8).
+    `from_pretrained` reads it), or an ONNX export (`engine` onnx / onnx-int8). `engine` auto: a
+    saved model runs on the fastest engine validated for it on this machine (ship/engines.py), a
+    model object on torch.
 
     `device` / `dtype` (see headkit.devices): where a loaded model runs (default: auto); a model
     given as an object is moved (itself, as transformers' pipeline moves it) only to a `device` or
@@ -55,7 +57,7 @@ def pipeline(
     from torch import nn
 
     if isinstance(model, nn.Module):
-        if engine != "torch":
+        if engine not in ("auto", "torch"):
             raise _engine_error(engine)
         if device is not None or dtype != "auto":
             from headkit.devices import pick_device, pick_dtype

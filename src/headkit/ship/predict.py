@@ -20,6 +20,7 @@ from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.model import MultiHeadModel, load
+from headkit.ship.engines import ENGINES, auto_engine, onnx_dir
 from headkit.ship.predict_batches import describe, predict_images, predict_texts
 from headkit.ship.save import BACKBONE_DIR, MANIFEST, find_save
 
@@ -42,22 +43,20 @@ def resolve_model_dir(run: str | os.PathLike) -> Path:
     return found
 
 
-ENGINES = ("torch", "onnx", "onnx-int8")
-
-
 def load_for_inference(
     run: str | os.PathLike,
     trust_remote_code: bool = False,
-    engine: str = "torch",
+    engine: str = "auto",
     device: str = "cpu",
     dtype: str = "auto",
     spin: bool = True,
 ):
     """The saved model (eval mode, on `device` in `dtype`: see headkit.devices) and its tokenizer;
     `run` is a run or save directory, or a hub id (`org/name[@revision]`) holding one (read from
-    the hub cache, downloaded when online, as `from_pretrained` reads it); `engine` onnx/onnx-int8
-    reads an ONNX export (on CUDA through onnxruntime's CUDA provider); `spin=False` keeps
-    onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
+    the hub cache, downloaded when online, as `from_pretrained` reads it); `engine` auto picks the
+    fastest engine validated for this model on this machine (ship/engines.py), torch-bf16 is torch in
+    bf16, onnx/onnx-int8 read an ONNX export (on CUDA through onnxruntime's CUDA provider);
+    `spin=False` keeps onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
     from headkit.backbone import load_processor
     from headkit.devices import pick_device, place
     from headkit.hub import local_path
@@ -66,10 +65,15 @@ def load_for_inference(
         raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
     run = local_path(run)
     where = pick_device(device)
+    if engine == "auto":  # a dtype asked for by name is the torch engine's setting
+        engine = auto_engine(run, device) if dtype == "auto" else "torch"
+    if engine == "torch-bf16":
+        engine, dtype = "torch", "bfloat16"
     if engine != "torch":
         from headkit.ship.onnx_engine import OnnxModel
 
-        return OnnxModel(run, int8=engine == "onnx-int8", device=where.type, spin=spin), load_processor(run)
+        export = onnx_dir(run)
+        return OnnxModel(export, int8=engine == "onnx-int8", device=where.type, spin=spin), load_processor(export)
     directory = resolve_model_dir(run)
     model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
     processor = load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)

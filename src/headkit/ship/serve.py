@@ -264,25 +264,29 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
 
 def load_app(
     run: str | os.PathLike,
-    engine: str = "torch",
+    engine: str = "auto",
     limits: ServeLimits | None = None,
     device: str = "cpu",
     dtype: str = "auto",
 ) -> FastAPI:
-    """Load a run, a saved model or an ONNX export and build its app."""
-    from pathlib import Path
+    """Load a run, a saved model or an ONNX export and build its app (`engine` auto: the fastest
+    engine validated for the model on this machine, see ship/engines.py)."""
 
+    from headkit.ship.engines import auto_engine, onnx_dir
     from headkit.ship.generate import is_causal_lm_save, load_causal_lm
     from headkit.ship.onnx_engine import read_onnx_manifest
     from headkit.ship.predict import load_for_inference, resolve_model_dir
     from headkit.ship.save import read_manifest
 
-    if engine == "torch" and is_causal_lm_save(run):  # sft / clm runs answer by generating replies
+    if engine in ("auto", "torch") and is_causal_lm_save(run):  # sft / clm runs answer by generating replies
+        engine = "torch"
         model, processor = load_causal_lm(str(run), device=device, dtype=dtype)
     else:
+        engine = auto_engine(run, device) if engine == "auto" else engine
         # spin=False: onnxruntime's idle threads would hold the cores the request handling needs
         model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype, spin=False)
-    manifest = read_onnx_manifest(Path(run)) if engine != "torch" else read_manifest(resolve_model_dir(run))
+    onnx = engine.startswith("onnx")
+    manifest = read_onnx_manifest(onnx_dir(run)) if onnx else read_manifest(resolve_model_dir(run))
     metadata = {
         "engine": engine,
         "heads": {

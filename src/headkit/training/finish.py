@@ -20,6 +20,7 @@ from headkit.training.evaluate import Evaluation, evaluate, score_heads
 from headkit.training.report import print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters, parse_strategy
+from headkit.training.validation_set import save_validation_set
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def finish_run(
     if main and config.keep_files:
         with transformers_bars(config.progress):  # its "Writing model shards" bar
             save(model, run / "model", processor=processor)
+        save_validation_set(run, data.val)  # what `--engine auto` checks other engines on (ship/engines.py)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
     if main and config.print_summary:
         print_summary(model, evaluation, metrics)

@@ -25,6 +25,8 @@ class ExportResult:
     message: str
     # ONNX with quantize: per head, the largest |int8 output - fp32 output| on the export's probe inputs
     int8_error: dict[str, float] = field(default_factory=dict)
+    # an export into the run's export-onnx/: the engines checked on its validation split (engines.json)
+    engines: dict[str, Any] | None = None
 
 
 def load_merged(run: str | os.PathLike) -> tuple[MultiHeadModel, Any, Path]:

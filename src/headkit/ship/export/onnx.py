@@ -87,6 +87,9 @@ def export_onnx(
         _write_head_state(model, staging)
         _write_manifest(staging, source, names, list(model.heads), fused, int8_error)
     bar.close()
+    from headkit.ship.engines import validate_after_export  # engines read this export, never write one
+
+    checked = validate_after_export(source, output_dir)
     files = ONNX_FILE + (f" and {ONNX_INT8_FILE} (int8 weights; {describe_error(int8_error)})" if quantize else "")
     return ExportResult(
         output_dir,
@@ -94,6 +97,7 @@ def export_onnx(
         f"{len(model.heads)} head(s) ({', '.join(model.heads)}) in one graph: {files}; graph optimisation: "
         f"{fused}; run it with headkit predict {output_dir} --engine onnx",
         int8_error,
+        checked,
     )
 
 

@@ -1,0 +1,352 @@
+"""`--engine auto`: the fastest engine this model has been *validated* with on this machine.
+
+A faster engine is only worth having if it answers as the model does, and whether it is faster
+depends on the CPU (int8 ONNX gains ~2x where the CPU has VNNI, next to nothing where it has not),
+so the choice is measured, never assumed. Each candidate engine
+
+    torch        the saved model in fp32: the reference
+    torch-bf16   the saved model in bf16 (a CPU with AMX, or a GPU)
+    onnx         the ONNX export, onnxruntime's transformer fusions applied
+    onnx-int8    its int8-weight copy (CPU)
+
+scores the run's validation split (kept by training in validation.json, or data given to
+`validate_engines`), is timed on it, and is valid only if for **every head** its decisions agree
+with torch fp32's on >= 99.5% of the examples and its primary metric moves by <= 0.3 point. The
+fastest valid engine is chosen; the record (every candidate's speed, agreement, metric change and
+verdict, and the machine it was measured on) is written to engines.json next to the model, shown by
+`headkit inspect RUN` and reused until the machine, torch or onnxruntime changes.
+
+When: at export (`headkit export RUN --to onnx` into the run's default `RUN/export-onnx`, which is
+where the ONNX candidates are read from), else on first use of `auto` (torch candidates and an
+existing export). Predicting never writes an export behind the user's back. A model with nothing
+to validate on (no validation.json, no data given) runs on torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from headkit._fs import atomic_write_json
+from headkit.choices import Engine
+from headkit.errors import HeadkitError
+from headkit.save_layout import find_save, read_json_manifest
+
+logger = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = get_args(Engine)
+CHOICE_FILE = "engines.json"
+FORMAT = "headkit.engines/1"
+EXPORT_DIR = "export-onnx"  # where `headkit export RUN --to onnx` writes by default
+MIN_AGREEMENT = 0.995  # of examples on which a head decides as torch fp32 does
+MAX_METRIC_CHANGE = 0.003  # 0.3 point of a metric in [0, 1] (relative, for metrics beyond 1)
+MIN_TIMED_SECONDS = 0.5  # a candidate's passes are repeated until this much time is measured (best one kept)
+
+
+@dataclass
+class EngineCheck:
+    """One candidate's measurements and verdict."""
+
+    engine: str
+    valid: bool
+    why: str
+    examples_per_s: float | None = None
+    agreement: dict[str, float] = field(default_factory=dict)  # head -> share of examples decided alike
+    metric_change: dict[str, float] = field(default_factory=dict)  # head -> |primary metric - torch fp32's|
+
+
+def machine_facts(device: str) -> dict[str, Any]:
+    """What decides which engine is fastest: the CPU and its int8/bf16 instructions, the device,
+    torch's and onnxruntime's versions. A record measured under other facts is measured again."""
+    import torch
+
+    from headkit.devices import pick_device
+
+    where = pick_device(device)
+    model, flags = cpu_facts()
+    facts = {
+        "cpu": model,
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+        "amx": bool(flags & {"amx_tile", "amx_bf16"}),
+        "cores": os.cpu_count(),
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else where.type,
+        "torch": torch.__version__,
+    }
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        facts["onnxruntime"] = None
+    return facts
+
+
+def cpu_facts() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags (Linux /proc/cpuinfo; elsewhere the platform's name)."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return platform.processor() or platform.machine(), set()
+    model, flags = platform.machine(), set[str]()
+    for line in info.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == platform.machine():
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def run_root(run: str | os.PathLike) -> Path:
+    """The directory engines.json, validation.json and export-onnx/ live in: the run directory
+    (for a run's model/ or the run itself), or a save directory itself."""
+    model_dir = find_save(run, with_backbone=False)
+    if model_dir is None:
+        raise HeadkitError(f"{run} is neither a training run (with model/) nor a saved model")
+    parent = model_dir.parent
+    return parent if model_dir.name == "model" and (parent / "model").resolve() == model_dir.resolve() else model_dir
+
+
+def onnx_dir(run: str | os.PathLike) -> Path:
+    """The ONNX export to run: `run` itself when it is one, else the run's export-onnx/."""
+    from headkit.hub import local_path
+    from headkit.ship.onnx_engine import ONNX_MANIFEST
+
+    local = local_path(run)
+    if (local / ONNX_MANIFEST).is_file() or find_save(local) is None:
+        return local  # an export, or nothing headkit reads: OnnxModel names what is missing
+    export = run_root(local) / EXPORT_DIR
+    return export if (export / ONNX_MANIFEST).is_file() else local
+
+
+def validate_after_export(run: str | os.PathLike, output_dir: Path) -> dict[str, Any] | None:
+    """At export: when the export is the run's own (RUN/export-onnx) and the run kept its validation
+    split, check the engines now, so that `--engine auto` starts from a measured choice."""
+    from headkit.training.validation_set import VALIDATION_FILE
+
+    root = run_root(run)
+    if output_dir.resolve() != (root / EXPORT_DIR).resolve() or not (root / VALIDATION_FILE).is_file():
+        return None
+    return validate_engines(root, device="cpu")
+
+
+def read_choice(root: Path) -> dict[str, Any] | None:
+    path = root / CHOICE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json_manifest(path, FORMAT)
+    except HeadkitError as e:
+        logger.warning("%s is unreadable (%s); the engines are checked again", path, e)
+        return None
+
+
+def auto_engine(run: str | os.PathLike, device: str = "auto") -> str:
+    """The engine `--engine auto` runs `run` on: the recorded choice when it was measured on this
+    machine, else a fresh validation when the run kept its validation split, else torch (one line
+    says why)."""
+    from headkit.hub import local_path
+    from headkit.ship.onnx_engine import ONNX_MANIFEST
+
+    local = local_path(run)
+    if (local / ONNX_MANIFEST).is_file():  # an ONNX export directory: no torch weights to compare with
+        record = read_choice(local)
+        return record["chosen"] if record else "onnx"
+    root = run_root(local)
+    record = read_choice(root)
+    if record is not None and record.get("machine") == machine_facts(device):
+        return record["chosen"]
+    from headkit.training.validation_set import load_validation_set
+
+    data = load_validation_set(root)
+    if data is None:
+        logger.info(
+            "engine auto: torch (%s has no validation split to check other engines on; "
+            "headkit.validate_engines(RUN, DATA) checks them on labelled data)",
+            root,
+        )
+        return "torch"
+    return validate_engines(root, data, device=device)["chosen"]
+
+
+def validate_engines(run: str | os.PathLike, data: Any = None, device: str = "auto") -> dict[str, Any]:
+    """Check every candidate engine against torch fp32 on labelled `data` (default: the run's kept
+    validation split; else anything `model.evaluate` reads), time each, choose the fastest valid
+    one and write the record to engines.json next to the model. Returns the record.
+
+    Candidates: torch-bf16 where the CPU has AMX or a GPU runs it; onnx and onnx-int8 when the run
+    has an ONNX export in RUN/export-onnx (`headkit export RUN --to onnx` writes it and runs this)."""
+    from headkit.hub import local_path
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import encode_dataset
+    from headkit.training.validation_set import load_validation_set
+
+    root = run_root(local_path(run))
+    reference, processor = load_for_inference(root, engine="torch", device=device, dtype="float32")
+    if data is None:
+        data = load_validation_set(root)
+        if data is None:
+            raise HeadkitError(f"{root} kept no validation split (validation.json): pass labelled data to check on")
+    elif not _is_encoded(data):
+        data = encode_dataset(reference, processor, data, name="the validation data")
+    if not len(data):
+        raise HeadkitError("validate_engines: the validation data has no examples")
+    pad_id = getattr(processor, "pad_token_id", None) or 0
+    names, notes = candidates(root, device)
+    checks = []
+    if names:  # one candidate alone needs no measuring
+        expected, speed = _score(reference, data, pad_id)
+        checks.append(EngineCheck("torch", True, "the reference", speed))
+        checks += [_check(name, root, data, pad_id, expected, device) for name in names]
+    else:
+        checks.append(EngineCheck("torch", True, "the reference; no other engine to check here"))
+    checks += [EngineCheck(name, False, why) for name, why in notes.items()]
+    valid = [c for c in checks if c.valid]
+    chosen = max(valid, key=lambda c: c.examples_per_s or 0.0).engine
+    record = {
+        "format": FORMAT,
+        "chosen": chosen,
+        "examples": len(data),
+        "rule": f"every head: agreement >= {MIN_AGREEMENT:.1%} with torch fp32, primary metric within "
+        f"{MAX_METRIC_CHANGE * 100:.1f} point",
+        "machine": machine_facts(device),
+        "candidates": [asdict(c) for c in checks],
+    }
+    try:
+        atomic_write_json(root / CHOICE_FILE, record)
+    except OSError as e:  # a read-only model (a hub cache): the choice holds for this process only
+        logger.warning("engine auto: could not record the choice in %s (%s)", root / CHOICE_FILE, e)
+    if names:
+        logger.warning("engine auto: %s (%s)", chosen, summary(record))
+    return record
+
+
+def candidates(root: Path, device: str) -> tuple[list[str], dict[str, str]]:
+    """(the engines to check besides torch fp32, {engine: why it is not a candidate here})."""
+    import importlib.util
+
+    from headkit.ship.onnx_engine import ONNX_INT8_FILE, ONNX_MANIFEST
+
+    facts = machine_facts(device)
+    gpu = facts["device"] not in ("cpu", "mps")
+    names, notes = [], {}
+    if facts["amx"] or gpu:
+        names.append("torch-bf16")
+    else:
+        notes["torch-bf16"] = "not tried: bf16 is slow on a CPU without AMX"
+    export = root / EXPORT_DIR
+    if not (export / ONNX_MANIFEST).is_file():
+        notes["onnx"] = notes["onnx-int8"] = (
+            f"not tried: no ONNX export in {EXPORT_DIR}/ (headkit export RUN --to onnx)"
+        )
+    elif importlib.util.find_spec("onnxruntime") is None:
+        notes["onnx"] = notes["onnx-int8"] = "not tried: onnxruntime is not installed (pip install 'headkit[onnx]')"
+        logger.warning("engine auto: onnxruntime is not installed (pip install 'headkit[onnx]'): torch engines only")
+    else:
+        names.append("onnx")
+        if gpu:
+            notes["onnx-int8"] = "not tried: int8 weights are a CPU engine"
+        elif not (export / ONNX_INT8_FILE).is_file():
+            notes["onnx-int8"] = "not tried: the export has no int8 graph (headkit export RUN --to onnx --quantize)"
+        else:
+            names.append("onnx-int8")
+    return names, notes
+
+
+def _check(name: str, root: Path, data: Any, pad_id: int, expected: Any, device: str) -> EngineCheck:
+    """Build engine `name`, score `data` with it and judge it against torch fp32's `expected`."""
+    try:
+        engine = _build(name, root, device)
+    except HeadkitError as e:  # a damaged or mismatched export (CheckpointError)
+        return EngineCheck(name, False, f"could not be built: {e}")
+    evaluation, speed = _score(engine, data, pad_id)
+    agreement = {h: _agreement(evaluation.predictions[h], expected.predictions[h]) for h in expected.predictions}
+    change = {h: _metric_change(engine.heads[h], evaluation.scores[h], expected.scores[h]) for h in expected.scores}
+    failed = [f"{h}: agreement {a:.2%}" for h, a in agreement.items() if a < MIN_AGREEMENT]
+    failed += [f"{h}: primary metric moved {c * 100:.2f} point" for h, c in change.items() if c > MAX_METRIC_CHANGE]
+    why = "; ".join(failed) if failed else "agrees with torch fp32"
+    return EngineCheck(name, not failed, why, speed, agreement, change)
+
+
+def _build(name: str, root: Path, device: str) -> Any:
+    from headkit.ship.predict import load_for_inference
+
+    if name == "torch-bf16":
+        return load_for_inference(root, engine="torch", device=device, dtype="bfloat16")[0]
+    from headkit.devices import pick_device
+    from headkit.ship.onnx_engine import OnnxModel
+
+    return OnnxModel(root / EXPORT_DIR, int8=name == "onnx-int8", device=pick_device(device).type)
+
+
+def _is_encoded(data: Any) -> bool:
+    from headkit.data.batching import EncodedData
+
+    return isinstance(data, EncodedData)
+
+
+def _score(model: Any, data: Any, pad_id: int) -> tuple[Any, float]:
+    """(the evaluation of `data`, examples per second: the best of passes repeated for at least
+    MIN_TIMED_SECONDS, after one untimed warm-up batch)."""
+    from headkit.training.evaluate import evaluate
+
+    evaluate(model, data.subset(list(range(min(len(data), 8)))), pad_id)  # warm-up: first-call allocations, lazy inits
+    best, spent, evaluation = math.inf, 0.0, None
+    while spent < MIN_TIMED_SECONDS or evaluation is None:
+        started = time.perf_counter()
+        evaluation = evaluate(model, data, pad_id)
+        seconds = time.perf_counter() - started
+        best, spent = min(best, seconds), spent + seconds
+    return evaluation, len(data) / best
+
+
+DECISIONS = ("label", "labels")  # the keys of a decoded prediction that hold its decision
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two decoded predictions are the same decision: a prediction that names its decision
+    (a `label` or `labels` key) by that alone, not by the probabilities beside it; floats within 1%
+    (a regression head's value); sequences and mappings element by element; anything else equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [k for k in DECISIONS if k in a] or list(a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in keys)
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-2, abs_tol=1e-2)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "tolist") and hasattr(b, "tolist"):
+        return _same(a.tolist(), b.tolist())
+    return bool(a == b)
+
+
+def _agreement(got: list[Any], expected: list[Any]) -> float:
+    return sum(_same(a, b) for a, b in zip(got, expected, strict=True)) / max(len(expected), 1)
+
+
+def _primary(head: Any, scores: dict[str, float]) -> str | None:
+    """The head's first metric (as its scoring lists them), else its first score."""
+    listed = [m for m in getattr(head.scoring, "metrics", {}) if m in scores]
+    return listed[0] if listed else next(iter(scores), None)
+
+
+def _metric_change(head: Any, got: dict[str, float], expected: dict[str, float]) -> float:
+    metric = _primary(head, expected)
+    if metric is None or metric not in got:
+        return 0.0
+    return abs(got[metric] - expected[metric]) / max(1.0, abs(expected[metric]))
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line: each candidate's speed relative to torch fp32 and its verdict."""
+    checks = record["candidates"]
+    base = next((c["examples_per_s"] for c in checks if c["engine"] == "torch"), None) or 1.0
+    parts = []
+    for c in checks:
+        speed = f"{c['examples_per_s'] / base:.2f}x" if c.get("examples_per_s") else "-"
+        parts.append(f"{c['engine']} {speed} {'valid' if c['valid'] else 'refused'}")
+    return f"on {record['examples']} validation examples: " + ", ".join(parts)

@@ -1,0 +1,147 @@
+"""`--engine auto`: engines validated against torch fp32 on the run's validation split, the choice
+recorded next to the model and reused; a damaged export is refused; no onnxruntime means torch."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+import headkit
+from headkit.cli.main import main
+from headkit.ship import engines
+from headkit.ship.engines import CHOICE_FILE, EXPORT_DIR, auto_engine, read_choice, validate_engines
+from headkit.ship.export import export_onnx
+from headkit.ship.predict import load_for_inference
+from headkit.training.validation_set import VALIDATION_FILE, load_validation_set
+
+from conftest import sentiment_rows
+
+HEADS = {"sentiment": "label", "stars": {"type": "regression", "label": "score"}}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_text_model, tmp_path_factory):
+    """A trained two-head run (a classifier and a regression head) with its ONNX export: the export
+    checks the engines on the validation split training kept."""
+    path = tmp_path_factory.mktemp("engines") / "run"
+    rows = [dict(r, score=float(r["score"])) for r in sentiment_rows(64)]
+    headkit.train(str(tiny_text_model), HEADS, train_dataset=rows, output_dir=path, epochs=2, batch_size=8,
+                  lr=1e-2, val_fraction=0.5, progress=False, seed=0)  # fmt: skip
+    result = export_onnx(path, path / EXPORT_DIR, quantize=True)
+    return path, result
+
+
+def test_training_keeps_its_validation_split_for_the_engine_check(run):
+    path, _ = run
+    kept = load_validation_set(path)
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert kept is not None and len(kept) == metrics["val_examples"] == 32
+    assert set(kept.labels) == {"sentiment", "stars"}
+    # scored again from the file, the torch model gives the validation scores training reported
+    model, _ = load_for_inference(path, engine="torch")
+    from headkit.training.evaluate import evaluate
+
+    again = evaluate(model, kept, pad_id=0)
+    assert again.scores["sentiment"]["accuracy"] == pytest.approx(metrics["heads"]["sentiment"]["accuracy"])
+
+
+def test_export_checks_every_engine_and_records_the_fastest_valid_one(run):
+    path, result = run
+    record = result.engines
+    assert record is not None and record == read_choice(path)
+    checks = {c["engine"]: c for c in record["candidates"]}
+    assert {"torch", "onnx", "onnx-int8", "torch-bf16"} <= set(checks)
+    for name in ("onnx", "onnx-int8"):
+        assert set(checks[name]["agreement"]) == {"sentiment", "stars"}, checks[name]
+        assert checks[name]["examples_per_s"] > 0
+    assert checks["onnx"]["valid"], checks["onnx"]  # fp32 ONNX answers as torch fp32 does
+    valid = [c for c in checks.values() if c["valid"] and c["examples_per_s"]]
+    assert record["chosen"] == max(valid, key=lambda c: c["examples_per_s"])["engine"]
+    assert record["machine"] == engines.machine_facts("cpu")
+
+
+def test_the_recorded_choice_is_reused_without_measuring_again(run, monkeypatch):
+    path, _ = run
+    chosen = read_choice(path)["chosen"]
+    monkeypatch.setattr(engines, "validate_engines", lambda *a, **k: pytest.fail("measured again"))
+    assert auto_engine(path, "cpu") == chosen
+    model, _ = load_for_inference(path)  # the default engine is auto
+    assert type(model).__name__ == ("OnnxModel" if chosen.startswith("onnx") else "MultiHeadModel")
+    assert headkit.pipeline(path, device="cpu")("good film")["sentiment"]["label"] in ("pos", "neg")
+
+
+def test_another_machine_measures_again(run, tmp_path, monkeypatch):
+    path, _ = run
+    copy = tmp_path / "copied"
+    shutil.copytree(path, copy)
+    record = json.loads((copy / CHOICE_FILE).read_text())
+    record["machine"]["cpu"] = "another CPU"
+    (copy / CHOICE_FILE).write_text(json.dumps(record))
+    measured = []
+    monkeypatch.setattr(engines, "validate_engines", lambda root, data, device: measured.append(root) or record)
+    auto_engine(copy, "cpu")
+    assert measured == [copy]
+
+
+def test_a_damaged_export_is_refused_and_never_chosen(run, tmp_path):
+    """An export whose heads answer otherwise (an export of other weights left in export-onnx) fails
+    the agreement bar; torch runs instead."""
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy, ignore=shutil.ignore_patterns(EXPORT_DIR))
+    other = headkit.MultiHeadModel.from_pretrained(copy / "model")
+    with torch.no_grad():
+        for p in other.heads["sentiment"].parameters():
+            p.neg_()  # flips the classifier's decisions
+    other.save_pretrained(tmp_path / "other")
+    export_onnx(tmp_path / "other", copy / EXPORT_DIR, quantize=True)  # not the run's model: no check at export
+    record = validate_engines(copy, device="cpu")
+    checks = {c["engine"]: c for c in record["candidates"]}
+    for name in ("onnx", "onnx-int8"):
+        assert not checks[name]["valid"] and "sentiment: agreement" in checks[name]["why"], checks[name]
+        assert checks[name]["agreement"]["sentiment"] < engines.MIN_AGREEMENT
+    assert record["chosen"] == "torch"
+    assert auto_engine(copy, "cpu") == "torch"
+
+
+def test_without_onnxruntime_auto_runs_torch_and_says_so_once(run, tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    (copy / CHOICE_FILE).unlink()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
+    with caplog.at_level(logging.WARNING, logger="headkit"):
+        assert auto_engine(copy, "cpu") == ("torch-bf16" if engines.machine_facts("cpu")["amx"] else "torch")
+    said = [r.getMessage() for r in caplog.records if "onnxruntime is not installed" in r.getMessage()]
+    assert len(said) == 1, said
+    checks = {c["engine"]: c for c in read_choice(copy)["candidates"]}
+    assert "onnxruntime is not installed" in checks["onnx"]["why"] and not checks["onnx"]["valid"]
+
+
+def test_a_run_without_a_validation_split_runs_torch(run, tmp_path):
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    (copy / CHOICE_FILE).unlink()
+    (copy / VALIDATION_FILE).unlink()
+    assert auto_engine(copy, "cpu") == "torch"
+    assert not (copy / CHOICE_FILE).exists()
+
+
+def test_inspect_shows_the_engines_and_predict_runs_the_choice(run, capsys):
+    path, _ = run
+    assert main(["inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert (
+        "engines checked on 32 validation examples" in shown
+        and f"--engine auto runs {read_choice(path)['chosen']}" in shown
+    )
+    assert main(["predict", str(path), "--text", "good film"]) == 0
+    assert "sentiment:" in capsys.readouterr().out
