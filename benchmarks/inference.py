@@ -14,8 +14,14 @@ texts/s depend on the machine.
    the graph as traced (fp32), with onnxruntime's transformer fusions, then int8 weights; each
    step's throughput gain and test accuracy on 400 held-out reviews. The first line names the
    machine (int8 gains depend on VNNI/AMX: benchmarks/machine.py).
+4. The default path, `--engine auto` (the engine the export validated on the run's validation
+   split, ship/engines.py): default `headkit predict` against `SentenceTransformer.encode` on the
+   same texts, with the default engine's held-out accuracy beside torch fp32's (goal: >= 3x where
+   the CPU has VNNI or AMX, within 0.3 point); and the demo's whole frozen training (configs/demo.yaml
+   from an empty feature cache: model loading, the cache pass, every epoch, saving) against one
+   default predict pass over the same 5,225 texts (goal: <= 1.3x).
 
-    python benchmarks/inference.py [--n 600] [--batch-size 64] [--rounds 3] [--skip-onnx]
+    python benchmarks/inference.py [--n 600] [--batch-size 64] [--rounds 3] [--skip-onnx] [--skip-training]
 """
 
 from __future__ import annotations
@@ -170,7 +176,8 @@ def onnx_engines(texts: list[str], batch_size: int, out: Path, rounds: int) -> l
     )
     started = time.perf_counter()
     export_onnx(out / "run", out / "onnx-plain", optimize=False)
-    result = export_onnx(out / "run", out / "onnx", quantize=True)  # fused, then int8 from the fused graph
+    # fused, then int8 from the fused graph, into the run's own export-onnx/: the engines are checked there
+    result = export_onnx(out / "run", out / "run" / "export-onnx", quantize=True)
     print(f"ONNX exports (as traced; fused + int8): {time.perf_counter() - started:.1f} s")
     print(f"graph optimisation: {result.message.split('graph optimisation: ')[1].split('; run it')[0]}")
     with open(test_csv, encoding="utf-8") as f:
@@ -179,8 +186,9 @@ def onnx_engines(texts: list[str], batch_size: int, out: Path, rounds: int) -> l
     steps = (
         ("torch", "torch", out / "run"),
         ("onnx fp32", "onnx", out / "onnx-plain"),
-        ("+ fused", "onnx", out / "onnx"),
-        ("+ int8", "onnx-int8", out / "onnx"),
+        ("+ fused", "onnx", out / "run"),
+        ("+ int8", "onnx-int8", out / "run"),
+        ("auto", "auto", out / "run"),
     )
     for name, engine, where in steps:
         model, tokenizer = load_for_inference(where, engine=engine)
@@ -195,16 +203,66 @@ def onnx_engines(texts: list[str], batch_size: int, out: Path, rounds: int) -> l
     return [(engine, best[engine], accuracy[engine]) for engine in runs]
 
 
+def default_vs_sentence_transformers(run: Path, texts: list[str], batch_size: int, rounds: int) -> tuple[float, float]:
+    """(default predict seconds, SentenceTransformer.encode seconds) on `texts`, best of `rounds`."""
+    from sentence_transformers import SentenceTransformer
+
+    from headkit.backbone import resolve_model
+    from headkit.ship.predict import load_for_inference, predict_texts
+
+    model, tokenizer = load_for_inference(run)  # engine auto
+    st = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
+    st.max_seq_length = MAX_LENGTH
+    predict_texts(model, tokenizer, texts[:batch_size], batch_size=batch_size)
+    st.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
+    best = best_times(
+        {
+            "ours": lambda: predict_texts(model, tokenizer, texts, batch_size=batch_size, max_length=MAX_LENGTH),
+            "theirs": lambda: st.encode(texts, batch_size=batch_size, show_progress_bar=False),
+        },
+        rounds,
+    )
+    return best["ours"], best["theirs"]
+
+
+def frozen_training_vs_one_pass(out: Path) -> tuple[float, float, int, str]:
+    """(seconds of the demo's whole frozen training from an empty feature cache, seconds of one
+    default predict pass over the same texts, how many texts, the engine that pass ran on)."""
+    from headkit.cli.main import main as headkit
+    from headkit.data.builtin import BUILTIN_DATASETS
+    from headkit.data.tasks import _sample
+    from headkit.ship.engines import read_choice
+    from headkit.ship.predict import load_for_inference, predict_texts
+
+    os.environ["HEADKIT_CACHE"] = str(out / "cache")  # empty: the backbone pass is part of the training
+    started = time.perf_counter()
+    code = headkit(["train", "--config", "configs/demo.yaml", "--output_dir", str(out / "demo"), "--no_progress",
+                    "--overwrite"])  # fmt: skip
+    training = time.perf_counter() - started
+    assert code == 0, "the demo's training failed"
+    headkit(["export", str(out / "demo"), "--to", "onnx", "--quantize"])  # validates the engines
+    seed = 0  # configs/demo.yaml's seed (TrainConfig's default): the rows the demo trained on
+    texts = [r["text"] for r in _sample(BUILTIN_DATASETS["rotten_tomatoes"](), 3000, seed)]
+    texts += [r["text"] for r in BUILTIN_DATASETS["bbc_news"]()]
+    model, tokenizer = load_for_inference(out / "demo")
+    predict_texts(model, tokenizer, texts[:64])  # warm-up
+    started = time.perf_counter()
+    predict_texts(model, tokenizer, texts)
+    return training, time.perf_counter() - started, len(texts), read_choice(out / "demo")["chosen"]
+
+
 def main() -> None:
     import torch
 
     from headkit.data.builtin import rotten_tomatoes
+    from headkit.ship.engines import read_choice
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=600, help="texts per timing")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best is kept")
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--skip-training", action="store_true", help="leave out 4's demo training")
     args = parser.parse_args()
     texts = [r["text"] for r in rotten_tomatoes()[: args.n]]
     n = len(texts)
@@ -230,6 +288,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         rows = onnx_engines(texts, args.batch_size, Path(tmp), args.rounds)
+        default = default_vs_sentence_transformers(Path(tmp) / "run", texts, args.batch_size, args.rounds)
+        chosen = read_choice(Path(tmp) / "run")
+        training = None if args.skip_training else frozen_training_vs_one_pass(Path(tmp))
     base_seconds, base_accuracy = rows[0][1], rows[0][2]
     print("\n3. ONNX engines vs PyTorch, step by step (trained sentiment head; accuracy on 400 held-out reviews)")
     print(f"   {'engine':12}{'texts/s':>10}{'vs torch':>10}{'this step':>10}{'accuracy':>10}{'change':>10}")
@@ -241,6 +302,20 @@ def main() -> None:
             f"{accuracy:10.4f}{change:+10.4f}"
         )
         previous = seconds
+
+    from headkit.ship.engines import summary
+
+    ours, theirs = default
+    auto = next(r for r in rows if r[0] == "auto")
+    print(f"\n4. the default path: --engine auto runs {chosen['chosen']} ({summary(chosen)})")
+    print(f"   default headkit predict   {n / ours:8.1f} texts/s, held-out accuracy {auto[2]:.4f} "
+          f"(torch fp32 {base_accuracy:.4f}, {100 * (auto[2] - base_accuracy):+.2f} point)")  # fmt: skip
+    print(f"   SentenceTransformer.encode{n / theirs:8.1f} texts/s")
+    print(f"   ratio {theirs / ours:.2f}x (goal >= 3x where the CPU has VNNI or AMX)")
+    if training is not None:
+        train_s, pass_s, count, engine = training
+        print(f"   demo's whole frozen training {train_s:.1f} s; one default predict pass ({engine}) over its "
+              f"{count} texts {pass_s:.1f} s; ratio {train_s / pass_s:.2f}x (goal <= 1.3x)")  # fmt: skip
 
 
 if __name__ == "__main__":

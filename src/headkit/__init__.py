@@ -51,6 +51,7 @@ _LAZY: dict[str, str] = {
     "load_heads": "headkit.model",
     "Metrics": "headkit.ship.inference",
     "pipeline": "headkit.ship.pipeline",
+    "validate_engines": "headkit.ship.engines",
     "save": "headkit.ship.save",
     "save_heads": "headkit.ship.save",
     "Trainer": "headkit.training.trainer",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from headkit.data.taskspec import TaskSpec
     from headkit.heads import REGISTRY, HeadConfig, build_head, head_config
     from headkit.model import MultiHeadModel, MultiHeadOutput, load, load_heads
+    from headkit.ship.engines import validate_engines
     from headkit.ship.inference import Metrics
     from headkit.ship.pipeline import pipeline
     from headkit.ship.save import save, save_heads
@@ -130,4 +132,5 @@ __all__ = [
     "set_verbosity_warning",
     "split_backbone",
     "train",
+    "validate_engines",
 ]
