@@ -10,13 +10,14 @@ import torch
 
 import headkit
 from headkit.cli.main import main
+from headkit.errors import UsageError
 from headkit.ship import engines
-from headkit.ship.engines import CHOICE_FILE, EXPORT_DIR, auto_engine, read_choice, validate_engines
+from headkit.ship.engines import CHOICE_FILE, EXPORT_DIR, auto_engine, read_choice, resolve_engine, validate_engines
 from headkit.ship.export import export_onnx
 from headkit.ship.predict import load_for_inference
 from headkit.training.validation_set import VALIDATION_FILE, load_validation_set
 
-from conftest import sentiment_rows
+from conftest import sentiment_rows, write_csv
 
 HEADS = {"sentiment": "label", "stars": {"type": "regression", "label": "score"}}
 
@@ -72,17 +73,72 @@ def test_the_recorded_choice_is_reused_without_measuring_again(run, monkeypatch)
     assert headkit.pipeline(path, device="cpu")("good film")["sentiment"]["label"] in ("pos", "neg")
 
 
-def test_another_machine_measures_again(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", ["machine", "model", "export gone"])
+def test_another_machine_model_or_missing_export_measures_again(run, tmp_path, monkeypatch, change):
     path, _ = run
     copy = tmp_path / "copied"
     shutil.copytree(path, copy)
     record = json.loads((copy / CHOICE_FILE).read_text())
-    record["machine"]["cpu"] = "another CPU"
+    if change == "machine":
+        record["machine"]["cpu"] = "another CPU"
+    elif change == "model":
+        record["model"] = "0" * 64  # as after a retrain that kept the record
+    else:
+        record["chosen"] = "onnx"
+        shutil.rmtree(copy / EXPORT_DIR / "..") if False else (copy / EXPORT_DIR / "model.onnx").unlink()
     (copy / CHOICE_FILE).write_text(json.dumps(record))
     measured = []
-    monkeypatch.setattr(engines, "validate_engines", lambda root, data, device: measured.append(root) or record)
+    monkeypatch.setattr(engines, "validate_engines", lambda root, data, **k: measured.append(root) or record)
     auto_engine(copy, "cpu")
     assert measured == [copy]
+
+
+def test_training_again_in_the_run_directory_drops_what_was_measured_on_the_old_model(run, tiny_text_model, tmp_path):
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    rows = [dict(r, score=float(r["score"])) for r in sentiment_rows(32, seed=3)]
+    headkit.train(str(tiny_text_model), HEADS, train_dataset=rows, output_dir=copy, epochs=1, batch_size=8,
+                  progress=False, overwrite=True, val_fraction=0.25)  # fmt: skip
+    assert not (copy / CHOICE_FILE).exists() and not (copy / EXPORT_DIR).exists()
+    assert len(load_validation_set(copy)) == 8  # the new run's split
+    assert resolve_engine(copy, "auto", "cpu", "auto")[0] == "torch"  # no export of the new model: torch
+
+
+def test_evaluate_runs_on_the_chosen_engine(run, tmp_path, capsys):
+    path, _ = run
+    rows = [dict(r, score=float(r["score"])) for r in sentiment_rows(16, seed=7)]
+    data = write_csv(tmp_path / "eval.csv", rows)
+    for engine in ("auto", "onnx", "torch"):
+        assert main(["evaluate", str(path), "--data", str(data), "--head", "sentiment:label", "--head",
+                     "stars:score", "--engine", engine, "--output", str(tmp_path / f"{engine}.json")]) == 0  # fmt: skip
+    scores = {e: json.loads((tmp_path / f"{e}.json").read_text())["scores"] for e in ("onnx", "torch")}
+    assert scores["onnx"]["sentiment"]["accuracy"] == scores["torch"]["sentiment"]["accuracy"]
+
+
+def test_a_dtype_named_with_auto_means_torch_and_bf16_contradictions_are_refused(run):
+    path, _ = run
+    assert resolve_engine(path, "auto", "cpu", "float32") == ("torch", "float32")
+    assert resolve_engine(path, "torch-bf16", "cpu", "auto") == ("torch", "bfloat16")
+    with pytest.raises(UsageError, match="torch-bf16"):
+        resolve_engine(path, "torch-bf16", "cpu", "float32")
+    chosen = read_choice(path)["chosen"]
+    expected = ("torch", "float32") if chosen == "torch" else (chosen, "auto")  # a checked torch runs as checked
+    assert resolve_engine(path, "auto", "cpu", "auto") == expected
+
+
+def test_each_head_type_judges_the_same_decision():
+    from headkit.heads import build_head, head_config
+
+    classes = build_head(head_config("classification", labels=["a", "b"], input_size=8)).scoring
+    assert classes.same_decision({"label": "a", "probs": {"a": 0.6}}, {"label": "a", "probs": {"a": 0.9}})
+    assert not classes.same_decision({"label": "a", "probs": {}}, {"label": "b", "probs": {}})
+    values = build_head(head_config("regression", labels=["label"], input_size=8)).scoring  # a target named "label"
+    assert values.same_decision({"label": 1.0}, {"label": 1.005})
+    assert not values.same_decision({"label": 0.2}, {"label": 5.0})
+    assert not values.same_decision({"label": 0.001}, {"label": 0.009})  # no absolute slack near zero
+    labels = build_head(head_config("multilabel", labels=["x", "y"], input_size=8)).scoring
+    assert labels.same_decision({"labels": ["y", "x"], "probs": {}}, {"labels": ["x", "y"], "probs": {"x": 1}})
 
 
 def test_a_damaged_export_is_refused_and_never_chosen(run, tmp_path):
@@ -114,15 +170,16 @@ def test_without_onnxruntime_auto_runs_torch_and_says_so_once(run, tmp_path, mon
     shutil.copytree(path, copy)
     (copy / CHOICE_FILE).unlink()
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
-    )
+    without_ort = lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", without_ort)
+    facts = engines.machine_facts("cpu")
+    monkeypatch.setattr(engines, "machine_facts", lambda device: {**facts, "amx": False})  # no bf16 candidate
     with caplog.at_level(logging.WARNING, logger="headkit"):
-        assert auto_engine(copy, "cpu") == ("torch-bf16" if engines.machine_facts("cpu")["amx"] else "torch")
+        assert resolve_engine(copy, "auto", "cpu", "auto") == ("torch", "auto")
     said = [r.getMessage() for r in caplog.records if "onnxruntime is not installed" in r.getMessage()]
     assert len(said) == 1, said
-    checks = {c["engine"]: c for c in read_choice(copy)["candidates"]}
-    assert "onnxruntime is not installed" in checks["onnx"]["why"] and not checks["onnx"]["valid"]
+    names, notes = engines.candidates(copy, "cpu")
+    assert names == [] and "onnxruntime is not installed" in notes["onnx"]
 
 
 def test_a_run_without_a_validation_split_runs_torch(run, tmp_path):
@@ -131,7 +188,8 @@ def test_a_run_without_a_validation_split_runs_torch(run, tmp_path):
     shutil.copytree(path, copy)
     (copy / CHOICE_FILE).unlink()
     (copy / VALIDATION_FILE).unlink()
-    assert auto_engine(copy, "cpu") == "torch"
+    assert auto_engine(copy, "cpu") is None  # nothing to check on: torch, as it always ran
+    assert resolve_engine(copy, "auto", "cpu", "auto") == ("torch", "auto")
     assert not (copy / CHOICE_FILE).exists()
 
 

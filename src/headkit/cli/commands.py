@@ -24,20 +24,21 @@ def inspect(model: str, json: bool = False, trust_remote_code: bool = False) -> 
         trust_remote_code: allow checkpoints that need their own Python code.
     """
     from headkit.backbone import inspect_model
-    from headkit.ship.engines import read_choice, run_root
+    from headkit.ship.engines import read_choice, run_root, still_holds
     from headkit.ship.save import describe_heads
 
     report = inspect_model(model, trust_remote_code=trust_remote_code)
     heads = describe_heads(model)  # a headkit save or run also carries its own task heads
-    checked = read_choice(run_root(model)) if heads else None  # what --engine auto measured (engines.json)
+    root = run_root(model) if heads else None
+    checked = read_choice(root) if root else None  # what --engine auto measured (engines.json)
     if json:
         render.as_json({**report.to_dict(), "headkit_heads": heads, "engines": checked})
         return
     render.checkpoint(report)
     if heads:
         render.saved_heads(heads, model)
-    if checked:
-        render.engines(checked)
+    if checked and root:
+        render.engines(checked, current=still_holds(checked, root, "auto"))
 
 
 def evaluate(

@@ -66,13 +66,21 @@ def saved_heads(heads: dict[str, dict[str, Any]], model: str) -> None:
     Console().print(table)
 
 
-def engines(record: dict[str, Any]) -> None:
+def engines(record: dict[str, Any], current: bool = True) -> None:
     """`inspect` on a run whose engines were checked (engines.json): each candidate's speed against
-    torch fp32, its agreement and metric change, and the choice `--engine auto` makes."""
+    torch fp32, its agreement and metric change, and the choice `--engine auto` makes (`current`:
+    whether the record holds for this machine and model, or auto will measure again)."""
     checks = record["candidates"]
     base = next((c["examples_per_s"] for c in checks if c["engine"] == "torch"), None) or 1.0
     title = f"engines checked on {record['examples']} validation examples ({record['machine']['cpu']})"
-    table = Table(title=title, caption=f"--engine auto runs {record['chosen']}; rule: {record['rule']}")
+    runs = (
+        f"--engine auto runs {record['chosen']}"
+        if current
+        else (
+            f"measured for another machine or model version (it chose {record['chosen']}): --engine auto measures again"
+        )
+    )
+    table = Table(title=title, caption=f"{runs}; rule: {record['rule']}")
     for column in ("engine", "speed", "min agreement", "max metric change", "verdict"):
         table.add_column(column, overflow="fold")
     for c in checks:

@@ -29,6 +29,9 @@ class LabelSetScores(Scoring):
     primary = "f1_micro"
     metrics: ClassVar[dict[str, bool]] = {"f1_micro": True, "f1_macro": True, "subset_accuracy": True}
 
+    def same_decision(self, a: Any, b: Any) -> bool:
+        return sorted(a["labels"]) == sorted(b["labels"])  # the label set, not the probabilities
+
     def _binarized(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
         from sklearn.preprocessing import MultiLabelBinarizer
 

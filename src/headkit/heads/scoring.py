@@ -48,12 +48,33 @@ class Scoring(Part):
         at them, as `decode` now would; returns what was set, or None."""
         return None
 
+    def same_decision(self, a: Any, b: Any) -> bool:
+        """Whether two decoded predictions of one example decide alike (another engine's against
+        torch fp32's: ship/engines.py). The default is strict: equal structure, equal discrete
+        values, numbers within 1% (a regression value, a span's score); a head type whose answer
+        is a decision beside scores (a class beside its probabilities) compares the decision."""
+        return same_values(a, b)
+
+
+def same_values(a: Any, b: Any) -> bool:
+    """Equal structure and discrete values; numbers (not bools) within 1% of each other."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b, rel_tol=1e-2)
+    return bool(a == b)
+
 
 class ClassScores(Scoring):
     """One class per example: predictions carry it as `label`, references are class names."""
 
     primary = "accuracy"
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True}
+
+    def same_decision(self, a: Any, b: Any) -> bool:
+        return a["label"] == b["label"]  # the class, not the probabilities beside it
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score

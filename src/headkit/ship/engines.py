@@ -11,10 +11,11 @@ so the choice is measured, never assumed. Each candidate engine
 
 scores the run's validation split (kept by training in validation.json, or data given to
 `validate_engines`), is timed on it, and is valid only if for **every head** its decisions agree
-with torch fp32's on >= 99.5% of the examples and its primary metric moves by <= 0.3 point. The
-fastest valid engine is chosen; the record (every candidate's speed, agreement, metric change and
-verdict, and the machine it was measured on) is written to engines.json next to the model, shown by
-`headkit inspect RUN` and reused until the machine, torch or onnxruntime changes.
+with torch fp32's on >= 99.5% of the examples (as the head's scoring judges "the same decision")
+and its primary metric moves by <= 0.3 point. The fastest valid engine is chosen; the record (every
+candidate's speed, agreement, metric change and verdict, the machine it was measured on and the
+model's identity) is written to engines.json next to the model, shown by `headkit inspect RUN` and
+reused until the machine, torch, onnxruntime or the model changes.
 
 When: at export (`headkit export RUN --to onnx` into the run's default `RUN/export-onnx`, which is
 where the ONNX candidates are read from), else on first use of `auto` (torch candidates and an
@@ -35,7 +36,7 @@ from typing import Any, get_args
 
 from headkit._fs import atomic_write_json
 from headkit.choices import Engine
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, UsageError
 from headkit.save_layout import find_save, read_json_manifest
 
 logger = logging.getLogger(__name__)
@@ -126,13 +127,50 @@ def onnx_dir(run: str | os.PathLike) -> Path:
 
 def validate_after_export(run: str | os.PathLike, output_dir: Path) -> dict[str, Any] | None:
     """At export: when the export is the run's own (RUN/export-onnx) and the run kept its validation
-    split, check the engines now, so that `--engine auto` starts from a measured choice."""
+    split, check the engines now, so that `--engine auto` starts from a measured choice (on the
+    device `auto` will pick, so that the record fits the runs that follow)."""
     from headkit.training.validation_set import VALIDATION_FILE
 
     root = run_root(run)
     if output_dir.resolve() != (root / EXPORT_DIR).resolve() or not (root / VALIDATION_FILE).is_file():
         return None
-    return validate_engines(root, device="cpu")
+    return validate_engines(root)
+
+
+def model_identity(root: Path) -> str:
+    """A digest that changes when the saved model does: heads.json (which holds every head file's
+    sha256) and the backbone's file names and sizes (hashing gigabytes of weights would cost more
+    than the check saves)."""
+    import hashlib
+
+    model_dir = find_save(root, with_backbone=False)
+    assert model_dir is not None  # run_root found it
+    digest = hashlib.sha256((model_dir / "heads.json").read_bytes())
+    backbone = model_dir / "backbone"
+    for path in sorted(backbone.rglob("*")) if backbone.is_dir() else []:
+        if path.is_file():
+            digest.update(f"{path.relative_to(backbone)}:{path.stat().st_size};".encode())
+    return digest.hexdigest()
+
+
+def resolve_engine(
+    run: str | os.PathLike, engine: str, device: str, dtype: str, trust_remote_code: bool = False
+) -> tuple[str, str]:
+    """(engine, dtype) to load `run` with: `auto` resolved (see auto_engine; a dtype named by the
+    user means the torch engine, whose setting it is), torch-bf16 as torch in bfloat16. A choice
+    the check made runs as it was checked: torch in fp32."""
+    if engine == "torch-bf16":
+        if dtype not in ("auto", "bfloat16"):
+            raise UsageError(f"--engine torch-bf16 runs in bfloat16; --dtype {dtype} contradicts it")
+        return "torch", "bfloat16"
+    if engine != "auto":
+        return engine, dtype
+    if dtype != "auto":
+        return "torch", dtype
+    chosen = auto_engine(run, device, trust_remote_code)
+    if chosen is None:
+        return "torch", dtype  # nothing was checked: torch as it always ran (bf16 on a GPU)
+    return resolve_engine(run, chosen, device, "float32" if chosen == "torch" else dtype)
 
 
 def read_choice(root: Path) -> dict[str, Any] | None:
@@ -146,21 +184,23 @@ def read_choice(root: Path) -> dict[str, Any] | None:
         return None
 
 
-def auto_engine(run: str | os.PathLike, device: str = "auto") -> str:
+def auto_engine(run: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False) -> str | None:
     """The engine `--engine auto` runs `run` on: the recorded choice when it was measured on this
-    machine, else a fresh validation when the run kept its validation split, else torch (one line
-    says why)."""
+    machine for this model and its files are still there, else a fresh check when there is an
+    engine besides torch to check and the run kept its validation split; None (torch, unchecked)
+    otherwise."""
     from headkit.hub import local_path
     from headkit.ship.onnx_engine import ONNX_MANIFEST
 
     local = local_path(run)
     if (local / ONNX_MANIFEST).is_file():  # an ONNX export directory: no torch weights to compare with
-        record = read_choice(local)
-        return record["chosen"] if record else "onnx"
+        return "onnx"
     root = run_root(local)
     record = read_choice(root)
-    if record is not None and record.get("machine") == machine_facts(device):
+    if record is not None and still_holds(record, root, device):
         return record["chosen"]
+    if not candidates(root, device)[0]:
+        return None  # torch is all there is here: nothing to measure
     from headkit.training.validation_set import load_validation_set
 
     data = load_validation_set(root)
@@ -170,11 +210,23 @@ def auto_engine(run: str | os.PathLike, device: str = "auto") -> str:
             "headkit.validate_engines(RUN, DATA) checks them on labelled data)",
             root,
         )
-        return "torch"
-    return validate_engines(root, data, device=device)["chosen"]
+        return None
+    return validate_engines(root, data, device=device, trust_remote_code=trust_remote_code)["chosen"]
 
 
-def validate_engines(run: str | os.PathLike, data: Any = None, device: str = "auto") -> dict[str, Any]:
+def still_holds(record: dict[str, Any], root: Path, device: str) -> bool:
+    """Whether a record speaks for this machine, this model and the files its choice runs."""
+    from headkit.ship.onnx_engine import ONNX_FILE, ONNX_INT8_FILE
+
+    if record.get("machine") != machine_facts(device) or record.get("model") != model_identity(root):
+        return False
+    graph = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}.get(record["chosen"])
+    return graph is None or (root / EXPORT_DIR / graph).is_file()
+
+
+def validate_engines(
+    run: str | os.PathLike, data: Any = None, device: str = "auto", trust_remote_code: bool = False
+) -> dict[str, Any]:
     """Check every candidate engine against torch fp32 on labelled `data` (default: the run's kept
     validation split; else anything `model.evaluate` reads), time each, choose the fastest valid
     one and write the record to engines.json next to the model. Returns the record.
@@ -187,7 +239,8 @@ def validate_engines(run: str | os.PathLike, data: Any = None, device: str = "au
     from headkit.training.validation_set import load_validation_set
 
     root = run_root(local_path(run))
-    reference, processor = load_for_inference(root, engine="torch", device=device, dtype="float32")
+    load: dict[str, Any] = {"device": device, "trust_remote_code": trust_remote_code}
+    reference, processor = load_for_inference(root, engine="torch", dtype="float32", **load)
     if data is None:
         data = load_validation_set(root)
         if data is None:
@@ -202,7 +255,7 @@ def validate_engines(run: str | os.PathLike, data: Any = None, device: str = "au
     if names:  # one candidate alone needs no measuring
         expected, speed = _score(reference, data, pad_id)
         checks.append(EngineCheck("torch", True, "the reference", speed))
-        checks += [_check(name, root, data, pad_id, expected, device) for name in names]
+        checks += [_check(name, root, data, pad_id, expected, load) for name in names]
     else:
         checks.append(EngineCheck("torch", True, "the reference; no other engine to check here"))
     checks += [EngineCheck(name, False, why) for name, why in notes.items()]
@@ -215,6 +268,7 @@ def validate_engines(run: str | os.PathLike, data: Any = None, device: str = "au
         "rule": f"every head: agreement >= {MIN_AGREEMENT:.1%} with torch fp32, primary metric within "
         f"{MAX_METRIC_CHANGE * 100:.1f} point",
         "machine": machine_facts(device),
+        "model": model_identity(root),
         "candidates": [asdict(c) for c in checks],
     }
     try:
@@ -258,30 +312,37 @@ def candidates(root: Path, device: str) -> tuple[list[str], dict[str, str]]:
     return names, notes
 
 
-def _check(name: str, root: Path, data: Any, pad_id: int, expected: Any, device: str) -> EngineCheck:
+def _check(name: str, root: Path, data: Any, pad_id: int, expected: Any, load: dict[str, Any]) -> EngineCheck:
     """Build engine `name`, score `data` with it and judge it against torch fp32's `expected`."""
     try:
-        engine = _build(name, root, device)
+        engine = _build(name, root, load)
     except HeadkitError as e:  # a damaged or mismatched export (CheckpointError)
         return EngineCheck(name, False, f"could not be built: {e}")
     evaluation, speed = _score(engine, data, pad_id)
-    agreement = {h: _agreement(evaluation.predictions[h], expected.predictions[h]) for h in expected.predictions}
-    change = {h: _metric_change(engine.heads[h], evaluation.scores[h], expected.scores[h]) for h in expected.scores}
+    heads = engine.heads
+    agreement = {
+        h: _agreement(heads[h].scoring, evaluation.predictions[h], expected.predictions[h])
+        for h in expected.predictions
+    }
+    change = {h: _metric_change(heads[h].scoring, evaluation.scores[h], expected.scores[h]) for h in expected.scores}
     failed = [f"{h}: agreement {a:.2%}" for h, a in agreement.items() if a < MIN_AGREEMENT]
-    failed += [f"{h}: primary metric moved {c * 100:.2f} point" for h, c in change.items() if c > MAX_METRIC_CHANGE]
+    # not `c > bar`: a metric that came out nan (or any change that is not a number) fails too
+    failed += [
+        f"{h}: primary metric moved {c * 100:.2f} point" for h, c in change.items() if not c <= MAX_METRIC_CHANGE
+    ]
     why = "; ".join(failed) if failed else "agrees with torch fp32"
     return EngineCheck(name, not failed, why, speed, agreement, change)
 
 
-def _build(name: str, root: Path, device: str) -> Any:
+def _build(name: str, root: Path, load: dict[str, Any]) -> Any:
     from headkit.ship.predict import load_for_inference
 
     if name == "torch-bf16":
-        return load_for_inference(root, engine="torch", device=device, dtype="bfloat16")[0]
+        return load_for_inference(root, engine="torch", dtype="bfloat16", **load)[0]
     from headkit.devices import pick_device
     from headkit.ship.onnx_engine import OnnxModel
 
-    return OnnxModel(root / EXPORT_DIR, int8=name == "onnx-int8", device=pick_device(device).type)
+    return OnnxModel(root / EXPORT_DIR, int8=name == "onnx-int8", device=pick_device(load["device"]).type)
 
 
 def _is_encoded(data: Any) -> bool:
@@ -291,53 +352,62 @@ def _is_encoded(data: Any) -> bool:
 
 
 def _score(model: Any, data: Any, pad_id: int) -> tuple[Any, float]:
-    """(the evaluation of `data`, examples per second: the best of passes repeated for at least
-    MIN_TIMED_SECONDS, after one untimed warm-up batch)."""
+    """(the evaluation of `data`, examples per second of the forward pass and decoding: the best of
+    passes repeated for at least MIN_TIMED_SECONDS, after an untimed warm-up batch). Scoring and
+    losses stay out of the timing: they are the same work whatever the engine, and a torch model
+    computes losses an ONNX graph does not."""
     from headkit.training.evaluate import evaluate
 
-    evaluate(model, data.subset(list(range(min(len(data), 8)))), pad_id)  # warm-up: first-call allocations, lazy inits
-    best, spent, evaluation = math.inf, 0.0, None
-    while spent < MIN_TIMED_SECONDS or evaluation is None:
+    evaluation = evaluate(model, data, pad_id)
+    batches = [collate_batch(data, indices, pad_id) for indices in inference_batches(data)]
+    _forward(model, batches[:1])  # warm-up: first-call allocations, lazy inits
+    best, spent = math.inf, 0.0
+    while spent < MIN_TIMED_SECONDS:
         started = time.perf_counter()
-        evaluation = evaluate(model, data, pad_id)
+        _forward(model, batches)
         seconds = time.perf_counter() - started
         best, spent = min(best, seconds), spent + seconds
     return evaluation, len(data) / best
 
 
-DECISIONS = ("label", "labels")  # the keys of a decoded prediction that hold its decision
+def inference_batches(data: Any) -> list[list[int]]:
+    from headkit.data.batching import LengthGroupedBatches
+
+    return LengthGroupedBatches(data.lengths(), 64, seed=0, shuffle=False).batches()
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two decoded predictions are the same decision: a prediction that names its decision
-    (a `label` or `labels` key) by that alone, not by the probabilities beside it; floats within 1%
-    (a regression head's value); sequences and mappings element by element; anything else equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = [k for k in DECISIONS if k in a] or list(a)
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in keys)
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=1e-2, abs_tol=1e-2)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if hasattr(a, "tolist") and hasattr(b, "tolist"):
-        return _same(a.tolist(), b.tolist())
-    return bool(a == b)
+def collate_batch(data: Any, indices: list[int], pad_id: int) -> dict[str, Any]:
+    from headkit.data.batching import collate
+
+    return collate([data[i] for i in indices], pad_id, {}, {})
 
 
-def _agreement(got: list[Any], expected: list[Any]) -> float:
-    return sum(_same(a, b) for a, b in zip(got, expected, strict=True)) / max(len(expected), 1)
+def _forward(model: Any, batches: list[dict[str, Any]]) -> None:
+    """Every head's decoded answers for `batches`, as predict computes them (no labels, no grad)."""
+    import torch
+
+    from headkit.data.batching import model_inputs
+
+    with torch.inference_mode():
+        for batch in batches:
+            out = model(**model_inputs(batch, model.device))
+            for name, output in out.outputs.items():
+                model.heads[name].decode(output, out.mask)
 
 
-def _primary(head: Any, scores: dict[str, float]) -> str | None:
-    """The head's first metric (as its scoring lists them), else its first score."""
-    listed = [m for m in getattr(head.scoring, "metrics", {}) if m in scores]
-    return listed[0] if listed else next(iter(scores), None)
+def _agreement(scoring: Any, got: list[Any], expected: list[Any]) -> float:
+    """The share of examples on which the head decides alike (its scoring says what that means)."""
+    return sum(scoring.same_decision(a, b) for a, b in zip(got, expected, strict=True)) / max(len(expected), 1)
 
 
-def _metric_change(head: Any, got: dict[str, float], expected: dict[str, float]) -> float:
-    metric = _primary(head, expected)
-    if metric is None or metric not in got:
+def _metric_change(scoring: Any, got: dict[str, float], expected: dict[str, float]) -> float:
+    """How far the head's primary metric moved: in points of a metric in [0, 1], relative beyond
+    (an mse of 4.9); 0 for a head with no labels in the data (nothing to score)."""
+    metric = scoring.primary if scoring.primary in expected else next(iter(expected), None)
+    if metric is None:
         return 0.0
+    if metric not in got:
+        return math.inf
     return abs(got[metric] - expected[metric]) / max(1.0, abs(expected[metric]))
 
 
@@ -348,5 +418,6 @@ def summary(record: dict[str, Any]) -> str:
     parts = []
     for c in checks:
         speed = f"{c['examples_per_s'] / base:.2f}x" if c.get("examples_per_s") else "-"
-        parts.append(f"{c['engine']} {speed} {'valid' if c['valid'] else 'refused'}")
+        verdict = "valid" if c["valid"] else "not tried" if c["why"].startswith("not tried") else "refused"
+        parts.append(f"{c['engine']} {speed} {verdict}")
     return f"on {record['examples']} validation examples: " + ", ".join(parts)

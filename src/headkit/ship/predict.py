@@ -20,7 +20,7 @@ from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
 from headkit.model import MultiHeadModel, load
-from headkit.ship.engines import ENGINES, auto_engine, onnx_dir
+from headkit.ship.engines import ENGINES, onnx_dir, resolve_engine
 from headkit.ship.predict_batches import describe, predict_images, predict_texts
 from headkit.ship.save import BACKBONE_DIR, MANIFEST, find_save
 
@@ -65,10 +65,7 @@ def load_for_inference(
         raise HeadkitError(f"unknown engine '{engine}'; choose one of {list(ENGINES)}")
     run = local_path(run)
     where = pick_device(device)
-    if engine == "auto":  # a dtype asked for by name is the torch engine's setting
-        engine = auto_engine(run, device) if dtype == "auto" else "torch"
-    if engine == "torch-bf16":
-        engine, dtype = "torch", "bfloat16"
+    engine, dtype = resolve_engine(run, engine, device, dtype, trust_remote_code)  # auto, torch-bf16: what loads
     if engine != "torch":
         from headkit.ship.onnx_engine import OnnxModel
 

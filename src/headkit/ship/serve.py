@@ -272,7 +272,7 @@ def load_app(
     """Load a run, a saved model or an ONNX export and build its app (`engine` auto: the fastest
     engine validated for the model on this machine, see ship/engines.py)."""
 
-    from headkit.ship.engines import auto_engine, onnx_dir
+    from headkit.ship.engines import onnx_dir, resolve_engine
     from headkit.ship.generate import is_causal_lm_save, load_causal_lm
     from headkit.ship.onnx_engine import read_onnx_manifest
     from headkit.ship.predict import load_for_inference, resolve_model_dir
@@ -282,7 +282,7 @@ def load_app(
         engine = "torch"
         model, processor = load_causal_lm(str(run), device=device, dtype=dtype)
     else:
-        engine = auto_engine(run, device) if engine == "auto" else engine
+        engine, dtype = resolve_engine(run, engine, device, dtype)  # the metadata names what runs
         # spin=False: onnxruntime's idle threads would hold the cores the request handling needs
         model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype, spin=False)
     onnx = engine.startswith("onnx")

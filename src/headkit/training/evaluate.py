@@ -209,7 +209,8 @@ def encode_dataset(
                               **pair))  # fmt: skip
     label_maps = {n: model.heads[n].config.labels for n in chosen}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
-    limit = max_input_tokens(model.backbone.config, processor, max_length)
+    config = getattr(model, "backbone_config", None) or model.backbone.config  # an ONNX engine has no backbone
+    limit = max_input_tokens(config, processor, max_length)
     return prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows}).train
 
 

@@ -68,7 +68,8 @@ def finish_run(
     if main and config.keep_files:
         with transformers_bars(config.progress):  # its "Writing model shards" bar
             save(model, run / "model", processor=processor)
-        save_validation_set(run, data.val)  # what `--engine auto` checks other engines on (ship/engines.py)
+        if make_eval_batch is None:  # (a run scored with batches of its own, e.g. masked, is checked on none)
+            save_validation_set(run, data.val)  # what `--engine auto` checks other engines on (ship/engines.py)
         write_report(run, model, evaluation, state.steps, state.epochs, metrics)
     if main and config.print_summary:
         print_summary(model, evaluation, metrics)

@@ -26,8 +26,17 @@ from headkit.errors import CheckpointError, HeadkitError
 from headkit.training.fewshot import CONTRASTIVE_FILE
 
 CONFIG_FILE = "config.yaml"
-# what a previous run in the directory left that a new (not resumed) run must not read
-STALE = ("checkpoint", "best.safetensors", "best.json", CONTRASTIVE_FILE)
+# what a previous run in the directory left that a new (not resumed) run must not read: its
+# checkpoints, and what `--engine auto` measured on its model (ship/engines.py)
+STALE = (
+    "checkpoint",
+    "best.safetensors",
+    "best.json",
+    CONTRASTIVE_FILE,
+    "validation.json",
+    "engines.json",
+    "export-onnx",
+)
 
 
 def check_run_dir(config: Any) -> Path:
