@@ -234,13 +234,12 @@ def validate_engines(
     Candidates: torch-bf16 where the CPU has AMX or a GPU runs it; onnx and onnx-int8 when the run
     has an ONNX export in RUN/export-onnx (`headkit export RUN --to onnx` writes it and runs this)."""
     from headkit.hub import local_path
-    from headkit.ship.predict import load_for_inference
     from headkit.training.evaluate import encode_dataset
     from headkit.training.validation_set import load_validation_set
 
     root = run_root(local_path(run))
     load: dict[str, Any] = {"device": device, "trust_remote_code": trust_remote_code}
-    reference, processor = load_for_inference(root, engine="torch", dtype="float32", **load)
+    reference, processor = _torch_model(root, "float32", **load)
     if data is None:
         data = load_validation_set(root)
         if data is None:
@@ -334,11 +333,24 @@ def _check(name: str, root: Path, data: Any, pad_id: int, expected: Any, load: d
     return EngineCheck(name, not failed, why, speed, agreement, change)
 
 
-def _build(name: str, root: Path, load: dict[str, Any]) -> Any:
-    from headkit.ship.predict import load_for_inference
+def _torch_model(root: Path, dtype: str, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The saved model on `device` in `dtype` (eval mode) and its processor: the torch engine as
+    ship/predict.py loads it (not imported from there: it resolves engines with this module)."""
+    from headkit.backbone import load_processor
+    from headkit.devices import place
+    from headkit.model import load
+    from headkit.save_layout import BACKBONE_DIR
 
+    directory = find_save(root)
+    if directory is None:
+        raise HeadkitError(f"{root} holds no saved model with its backbone")
+    model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
+    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+
+
+def _build(name: str, root: Path, load: dict[str, Any]) -> Any:
     if name == "torch-bf16":
-        return load_for_inference(root, engine="torch", dtype="bfloat16", **load)[0]
+        return _torch_model(root, "bfloat16", **load)[0]
     from headkit.devices import pick_device
     from headkit.ship.onnx_engine import OnnxModel
 
