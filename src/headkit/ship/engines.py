@@ -25,6 +25,7 @@ to validate on (no validation.json, no data given) runs on torch.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
@@ -79,11 +80,9 @@ def machine_facts(device: str) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(where) if where.type == "cuda" else where.type,
         "torch": torch.__version__,
     }
-    try:
-        import onnxruntime
-
-        facts["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
+    try:  # the installed version, without importing it (a second of start-up)
+        facts["onnxruntime"] = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
         facts["onnxruntime"] = None
     return facts
 
