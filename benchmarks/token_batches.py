@@ -7,9 +7,10 @@ News articles cut at `--max-length`, half each, from the built-in `reviews_and_n
 shipped MiniLM and 4 heads, at several budgets, against the fixed count of 64 a pass that
 predict used before, measured in the same run (best of `--rounds`, interleaved). It also checks
 that every setting gives the same labels. `--long` times news articles alone, where the budget
-decides every batch. The first line names the machine.
+decides every batch; `--features` times the feature-cache pass of frozen training
+(`compute_features`) the same way. The first line names the machine.
 
-    python benchmarks/token_batches.py [--n 600] [--max-length 512] [--rounds 5] [--long]
+    python benchmarks/token_batches.py [--n 600] [--max-length 512] [--rounds 5] [--long] [--features]
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--long", action="store_true", help="news articles only (most at the length cut)")
+    parser.add_argument("--features", action="store_true", help="time the feature-cache pass instead")
     args = parser.parse_args()
     print(machine_line())
+    if args.features:
+        feature_pass(texts(args.n, args.long), args.max_length, args.rounds, best_times)
+        return
 
     from headkit import MultiHeadModel, load_processor
     from headkit.ship.predict import predict_texts
@@ -101,6 +106,37 @@ def main() -> None:
         total = sum(len(a) for a, _ in pairs)
         speed = f"{best[name]:7.2f} {len(items) / best[name]:8.1f} {base / best[name]:10.2f}x"
         print(f"{name:<20} {speed}  {unlike} of {total}")
+
+
+def feature_pass(items: list[str], max_length: int, rounds: int, best_times) -> None:
+    """The frozen-training feature cache's backbone pass (`compute_features`: mean-pooled vectors
+    and every position of the last layer) in fixed batches of 64 against the default budget."""
+    from headkit import MultiHeadModel, load_processor
+    from headkit.adapter import LAST_LAYER
+    from headkit.data import MAX_TOKENS
+    from headkit.data.batching import EncodedData
+    from headkit.training.features import compute_features
+
+    tokenizer = load_processor("minilm")
+    model = MultiHeadModel.from_pretrained("minilm", heads={"t": {"type": "classification", "labels": ["a", "b"]}})
+    data = EncodedData(tokenizer(items, truncation=True, max_length=max_length)["input_ids"])
+    settings = {"fixed 64 (before)": None, f"64, {MAX_TOKENS} tokens": MAX_TOKENS}
+    caches = {}
+
+    def run(name: str, budget: int | None):
+        def go() -> None:
+            caches[name] = compute_features(model, data, {"mean"}, {LAST_LAYER}, 64, max_tokens=budget, progress=False)
+
+        return go
+
+    best = best_times({name: run(name, budget) for name, budget in settings.items()}, rounds)
+    base, first = best["fixed 64 (before)"], caches["fixed 64 (before)"]
+    print(f"feature-cache pass over {len(data)} texts (cut at {max_length} tokens):")
+    for name in settings:
+        pooled = (caches[name].pooled["mean"] - first.pooled["mean"]).abs().max().item()
+        tokens = (caches[name].tokens[LAST_LAYER].float() - first.tokens[LAST_LAYER].float()).abs().max().item()
+        gaps = f"largest difference: pooled {pooled:.1e}, per-token (bfloat16) {tokens:.1e}"
+        print(f"{name:<20} {best[name]:7.2f} s {base / best[name]:6.2f}x  {gaps}")
 
 
 def decisions(prediction: dict) -> list:
