@@ -167,3 +167,27 @@ def test_headkit_serve_command_answers_on_loopback(saved_multihead):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_gathered_batch_runs_in_passes_of_the_servers_count_and_token_limits(saved_multihead):
+    """The worker's texts go to predict_texts whole; it cuts them by length into passes of at most
+    `forward_batch` texts and `max_tokens` padded tokens, and each text's answers are its own."""
+    from headkit.ship.serve import answerer
+
+    model, tokenizer = load_for_inference(saved_multihead)
+    shapes = []
+    hook = model.backbone.register_forward_pre_hook(
+        lambda _module, _args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    texts = ["good", "the plot was dull and the acting boring", "bad", "superb film", "alice met bob", "a film"]
+    try:
+        got = answerer(model, tokenizer, list(SERVED_HEADS), ServeLimits(forward_batch=3, max_tokens=16))(
+            texts, None, 8
+        )
+    finally:
+        hook.remove()
+    assert len(shapes) > 2 and all(n <= 3 and (n * length <= 16 or n == 1) for n, length in shapes)
+    assert max(n for n, _ in shapes) > 1
+    for text, g, e in zip(texts, got, predict_texts(model, tokenizer, texts, max_tokens=None), strict=True):
+        assert g["sentiment"]["label"] == e["sentiment"]["label"] and g["tags"] == e["tags"], text
+        assert g["sentiment"]["probs"]["pos"] == pytest.approx(e["sentiment"]["probs"]["pos"], abs=1e-5), text

@@ -13,7 +13,7 @@ import torch
 from headkit import MultiHeadModel, head_config
 from headkit.adapter import LAST_LAYER
 from headkit.data.batching import EncodedData
-from headkit.training.features import cached_features, features_needed
+from headkit.training.features import cached_features, compute_features, features_needed
 
 from conftest import mapped_file, needs_proc_maps
 
@@ -170,3 +170,26 @@ def test_a_file_laid_out_in_place_is_a_safetensors_file_read_copy_on_write_and_a
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(DamagedFile, match=r"bytes where the header describes|short file"):
         mapped(path)
+
+
+def test_the_features_do_not_depend_on_the_token_budget_and_heads_train_on_them(bert_backbone):
+    """The backbone pass batches by tokens under inference mode; what it stores is the same whatever
+    the batches, and ordinary tensors a head's loss can backpropagate through."""
+    model, data = setup(bert_backbone)
+    need = features_needed(model)
+    whole = compute_features(model, data, *need, batch_size=64, max_tokens=None, progress=False)
+    rows = torch.arange(len(data))
+    for batch_size, max_tokens in ((64, 8), (1, None), (2, 12)):
+        cache = compute_features(model, data, *need, batch_size=batch_size, max_tokens=max_tokens, progress=False)
+        assert torch.allclose(cache.pooled["mean"], whole.pooled["mean"], atol=1e-5), (batch_size, max_tokens)
+        got, expected = cache.batch(rows).at(LAST_LAYER), whole.batch(rows).at(LAST_LAYER)
+        assert torch.allclose(got, expected, rtol=1e-2, atol=1e-2), (batch_size, max_tokens)  # bfloat16: 8 bits
+    for i in range(len(data)):  # and they are the backbone's own states for each example
+        assert torch.allclose(whole.batch(torch.tensor([i])).at(LAST_LAYER)[0], live_states(model, data, i), atol=2e-2)
+    assert not whole.pooled["mean"].is_inference() and not whole.tokens[LAST_LAYER].is_inference()
+    model.train()
+    labels = {"topic": torch.tensor([0, 1, 0, 1, 0, 1]), "tags": torch.zeros(len(data), max(LENGTHS), dtype=torch.long)}
+    (out := model.forward_heads(whole.batch(rows), labels)).loss.backward()
+    assert set(out.losses) == {"topic", "tags"}
+    assert all(p.grad is not None for p in model.heads.parameters())
+    model.eval()

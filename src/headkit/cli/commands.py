@@ -12,6 +12,7 @@ from typing import Literal
 from headkit.choices import Device, DType, Engine
 from headkit.cli import render
 from headkit.cli.training_commands import advise, pretrain, sft, train
+from headkit.data import MAX_TOKENS
 from headkit.errors import HeadkitError, UsageError
 
 
@@ -101,6 +102,7 @@ def predict(
     engine: Engine = "auto",
     progress: bool = True,
     max_length: int | None = None,
+    max_tokens: int | None = MAX_TOKENS,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
@@ -113,12 +115,14 @@ def predict(
         text: texts to predict directly (repeat --text for several).
         image: image files to predict directly, for an image model (repeat --image for several).
         text_column: the text column of --input (for an image model: the column of image paths).
-        batch_size: texts per forward pass.
+        batch_size: at most this many texts per forward pass.
         engine: auto (the fastest engine validated for this model on this machine against torch fp32; torch
             where none was), torch, torch-bf16, onnx or onnx-int8 (a directory written by export --to onnx).
         progress: show a progress bar for --input files.
         max_length: token limit; longer texts are predicted on their first tokens and marked
             truncated (default: the limit the model was trained with).
+        max_tokens: at most this many padded tokens per forward pass (texts x the longest one's
+            length): long texts go in smaller batches than short ones; null: --batch_size alone.
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
@@ -131,10 +135,13 @@ def predict(
         _predict_images(model, tokenizer, image, batch_size)
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
-        count, truncated = predict_file(model, tokenizer, input, text_column, output, batch_size, progress, max_length)
+        count, truncated = predict_file(
+            model, tokenizer, input, text_column, output, batch_size, progress, max_length, max_tokens
+        )
         render.file_predictions(count, truncated, output)
     if text:
-        render.predictions(text, predict_texts(model, tokenizer, text, batch_size, max_length), model)
+        predictions = predict_texts(model, tokenizer, text, batch_size, max_length, max_tokens=max_tokens)
+        render.predictions(text, predictions, model)
 
 
 def _predict_images(model, processor, paths: list[str], batch_size: int) -> None:
@@ -299,7 +306,7 @@ def serve(
         max_chars: characters per text (more: HTTP 413).
         timeout: seconds a request may wait for its predictions (then HTTP 504).
         max_batch_texts: texts gathered from concurrent requests into one prediction call (run in
-            length-grouped forward passes of 16).
+            length-grouped forward passes of at most 16 texts and 4096 padded tokens).
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
         max_new_tokens: generated texts (seq2seq heads, sft runs): the most tokens a request may
             ask for (its `max_new_tokens`, default this; more: HTTP 413).

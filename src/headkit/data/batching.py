@@ -10,7 +10,7 @@ each missing the other heads' labels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from headkit.data.files import column_values
 from headkit.data.pixels import Pixels
-from headkit.errors import DataError
+from headkit.errors import DataError, UsageError
 from headkit.heads import IGNORE_INDEX, head_class
 
 
@@ -206,6 +206,40 @@ def split_indices(
 # ----------------------------------------------------------------------------- batching
 
 
+def token_batches(lengths: Sequence[int], max_tokens: int | None, max_examples: int) -> list[list[int]]:
+    """Indices cut into inference batches: sorted by length (shortest first, ties in input order), a
+    batch grows while (examples) x (its longest length) stays within `max_tokens` and it holds at
+    most `max_examples`. An example longer than the budget gets a batch of its own; `max_tokens`
+    None caps the count only.
+
+    Why a token budget and not only a count: the cost of a pass is its padded tokens, so a fixed
+    count makes passes over long texts slow and memory-hungry and passes over short ones too small
+    to keep the cores busy."""
+    if max_examples < 1 or (max_tokens is not None and max_tokens < 1):
+        raise UsageError(
+            f"batch_size={max_examples}, max_tokens={max_tokens}: a forward pass needs room for at least one "
+            "example; give positive numbers (max_tokens None: no token limit)"
+        )
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        # sorted: example i is the longest of the batch it joins, so the batch pads to its length
+        full = len(batch) >= max_examples or (max_tokens is not None and (len(batch) + 1) * lengths[i] > max_tokens)
+        if batch and full:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return [*batches, batch] if batch else batches
+
+
+def data_batches(data: EncodedData, max_tokens: int | None, max_examples: int) -> list[list[int]]:
+    """`token_batches` over a dataset's examples, counting the rows its batches pad: a preference
+    pair is two rows (chosen and rejected) of the longer one's length."""
+    rows = 2 if data.pair_ids is not None else 1
+    return token_batches([rows * n for n in data.lengths()], max_tokens, max_examples)
+
+
 class LengthGroupedBatches(Sampler[list[int]]):
     """Batches of similar length (less padding), in a random order that is fixed by seed + epoch.
 
@@ -225,8 +259,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         n, size = len(self.lengths), self.batch_size
         if not self.shuffle:
-            order = sorted(range(n), key=lambda i: self.lengths[i])
-            return [order[i : i + size] for i in range(0, n, size)]
+            return token_batches(self.lengths, None, size)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n).tolist()
         if not self.group:

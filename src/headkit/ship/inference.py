@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from headkit.data import MAX_TOKENS
 from headkit.errors import DataError, HeadkitError
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class InferenceMixin:
         heads: list[str] | None = None,
         max_length: int | None = None,
         progress: bool = False,
+        max_tokens: int | None = MAX_TOKENS,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Every head's answer (or the named `heads`') for each input, from one backbone pass per batch.
 
@@ -82,6 +84,10 @@ class InferenceMixin:
         `max_length` tokens (default: the limit the model was trained with) is predicted on its
         start and its dict says `"truncated": True`.
 
+        Texts are batched by length: a forward pass reads at most `batch_size` texts and at most
+        `max_tokens` padded tokens (texts x the longest one's length; None: count only), so long
+        texts go in small batches and short ones in big ones; answers do not depend on the batch.
+
         Pairs: heads trained on preference pairs (reward heads) score a (prompt, response) as the
         one text training joined; any other model reads `tokenizer(text, text_pair)`, as training
         with a `text_pair` column encodes it (with BERT-style segment ids).
@@ -89,7 +95,7 @@ class InferenceMixin:
         The model runs in eval mode (dropout off) and is put back in training mode afterwards if
         it was in it, so predicting in the middle of training is safe.
         """
-        return answer(self, self._processor(), inputs, batch_size, heads, max_length, progress)
+        return answer(self, self._processor(), inputs, batch_size, heads, max_length, progress, max_tokens)
 
     def evaluate(
         self,
@@ -171,6 +177,7 @@ def answer(
     heads: list[str] | None = None,
     max_length: int | None = None,
     progress: bool = False,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """`predict`'s work for any model the predict functions run (a `MultiHeadModel` or an ONNX
     engine): what `model.predict` and `headkit.pipeline` both answer with."""
@@ -193,7 +200,7 @@ def answer(
             predictions = predict_images(model, processor, images, batch_size, progress, heads)
         else:
             check_texts(items, processor)
-            predictions = predict_texts(model, processor, items, batch_size, max_length, heads, progress)
+            predictions = predict_texts(model, processor, items, batch_size, max_length, heads, progress, max_tokens)
     finally:
         if training:
             model.train(True)

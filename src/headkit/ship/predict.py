@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from headkit._fs import atomic_write_bytes
+from headkit.data import MAX_TOKENS
 from headkit.data.files import column_values
 from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
@@ -87,8 +88,10 @@ def predict_file(
     batch_size: int = 64,
     progress: bool = False,
     max_length: int | None = None,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> tuple[int, int]:
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
+    `batch_size` and `max_tokens` bound each forward pass (`predict_texts`).
 
     Returns (texts predicted, texts truncated to the model's limit)."""
     rows = read_rows(input_path)
@@ -106,7 +109,7 @@ def predict_file(
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
     predictions = predict_texts(
-        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress
+        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress, max_tokens=max_tokens
     )
     truncated = sum(1 for p in predictions if p.get("truncated"))
     out = Path(output_path)

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.backbone import max_input_tokens
-from headkit.data.batching import check_pair_template
+from headkit.data import MAX_TOKENS
+from headkit.data.batching import check_pair_template, token_batches
 from headkit.data.pairs import join_pair
 from headkit.errors import DataError
 
@@ -54,9 +55,15 @@ def predict_texts(
     max_length: int | None = None,
     heads: list[str] | None = None,
     progress: bool = False,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> list[dict[str, Any]]:
     """Each text's predictions from every head (or the named ones), in input order; `progress`
     shows a bar over the batches.
+
+    A forward pass reads texts of similar token length, at most `batch_size` of them and at most
+    `max_tokens` padded tokens (texts x the longest one's length; None: no token limit), so long
+    texts go in small batches and short ones in big ones (`token_batches`). A text's answer does
+    not depend on the batch it is in.
 
     Texts longer than the model reads are predicted on their first tokens (the last ones where
     the tokenizer truncates on the left, as a reward model's does) and marked `"truncated": true`,
@@ -71,13 +78,10 @@ def predict_texts(
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.
     enc = encode_texts(tokenizer, firsts, seconds, limit)
-    ids = enc["input_ids"]
-    order = sorted(range(len(firsts)), key=lambda i: len(ids[i]))
+    batches = token_batches([len(ids) for ids in enc["input_ids"]], max_tokens, batch_size)
     encodings = getattr(enc, "encodings", None) or []
     results: list[dict[str, Any]] = [{} for _ in firsts]
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress or len(starts) < 2, leave=False):
-        idx = order[start : start + batch_size]
+    for idx in tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False):
         inputs = _padded(enc, idx, tokenizer, model.device)
         out = model(heads=heads, **inputs)
         for name, output in out.outputs.items():

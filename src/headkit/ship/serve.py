@@ -36,6 +36,7 @@ except ImportError:
     require("serve", "headkit serve")  # names the pip command when the extra is missing
     raise
 
+from headkit.data import MAX_TOKENS
 from headkit.data.images import is_image_processor
 from headkit.errors import DataError
 from headkit.ship.predict import predict_images, predict_texts
@@ -51,7 +52,8 @@ class ServeLimits:
     timeout_s: float = 30.0  # a request waiting longer gets a 504
     max_batch_texts: int = 128  # texts gathered from queued requests into one prediction call
     batch_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
-    forward_batch: int = 16  # texts per forward pass within a gathered batch, grouped by length (less padding)
+    forward_batch: int = 16  # at most this many texts per forward pass within a gathered batch, grouped by length
+    max_tokens: int | None = MAX_TOKENS  # at most this many padded tokens (texts x longest length) per pass
     max_new_tokens: int = 64  # the most tokens a generated text may have (a request may ask for fewer)
 
 
@@ -169,7 +171,9 @@ def answerer(model, processor, head_names: list[str], limits: ServeLimits):
             return [{head_names[0]: reply} for reply in replies]
         for head in heads.values():
             head.set_generation(max_new_tokens=max_new_tokens)  # text-writing heads; the rest ignore it
-        return predict_texts(model, processor, items, batch_size=limits.forward_batch, heads=wanted)
+        return predict_texts(
+            model, processor, items, batch_size=limits.forward_batch, heads=wanted, max_tokens=limits.max_tokens
+        )
 
     return run_batch
 

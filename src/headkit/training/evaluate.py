@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
+from headkit.data import MAX_TOKENS
+from headkit.data.batching import EncodedData, collate, data_batches, model_inputs
 from headkit.errors import DataError, HeadkitError, UsageError
 from headkit.training.features import FeatureCache
 
@@ -86,9 +87,11 @@ def evaluate(
     cache: FeatureCache | None = None,
     make_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     progress: bool = False,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> Evaluation:
     """Decode every head on `data` and score it against the labels (missing labels skipped);
-    `progress` shows a bar over the batches.
+    `progress` shows a bar over the batches. Batches are as prediction's: similar lengths, at most
+    `batch_size` examples and `max_tokens` padded tokens (`data_batches`).
 
     `make_batch` builds a batch from examples (default: padding + labels); it must be
     deterministic so that two evaluations are comparable (pretraining masks with a fixed seed).
@@ -102,7 +105,7 @@ def evaluate(
     loss_sums: dict[str, float] = {n: 0.0 for n in model.heads}
     counts: dict[str, int] = {n: 0 for n in model.heads}
     device = model.device
-    batches = LengthGroupedBatches(data.lengths(), batch_size, seed=0, shuffle=False).batches()
+    batches = data_batches(data, max_tokens, batch_size)
     for indices in tqdm(batches, desc="evaluate", unit="batch", disable=not progress or len(batches) < 2, leave=False):
         examples = [data[i] for i in indices]
         batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths)

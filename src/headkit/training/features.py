@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from headkit._fs import atomic_path, cache_dir
 from headkit._tensorfile import DamagedFile, Spec, mapped, writing
 from headkit.adapter import LAST_LAYER, Features, split_feature_key
-from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, model_inputs
+from headkit.data import MAX_TOKENS
+from headkit.data.batching import EncodedData, collate, data_batches, model_inputs
 from headkit.errors import OutputError
 
 # A headkit.model.MultiHeadModel, not imported: model.py reaches this module (model.evaluate,
@@ -127,7 +128,6 @@ def _spec(data: EncodedData, poolings: set[str], token_layers: set[int], hidden_
     return spec | {_stored_name(layer): (TOKEN_DTYPE, (total, hidden_size)) for layer in token_layers}
 
 
-@torch.no_grad()
 def _backbone_pass(
     model: Model,
     data: EncodedData,
@@ -137,10 +137,18 @@ def _backbone_pass(
     pad_id: int,
     progress: bool,
     shard: tuple[int, int],
+    max_tokens: int | None = MAX_TOKENS,
 ) -> dict[str, Tensor]:
-    """Run the backbone over `data` once (eval mode, no grad): every position of each layer in
-    `tokens` is written into that (sum of lengths, H) store, in RAM or mapped from a file, a batch
-    at a time; returns the pooled vectors of `poolings` (fp32, in RAM).
+    """Run the backbone over `data` once (eval mode, inference mode): every position of each layer
+    in `tokens` is written into that (sum of lengths, H) store, in RAM or mapped from a file, a
+    batch at a time; returns the pooled vectors of `poolings` (fp32, in RAM). Batches are
+    prediction's (`data_batches`: similar lengths, at most `batch_size` examples and `max_tokens`
+    padded tokens).
+
+    Inference mode (no autograd bookkeeping at all: no_grad still tracks views and version
+    counters) holds only around the batches: the stores are made outside it and each batch's
+    outputs are copied into them, so the heads later train on ordinary tensors (an inference
+    tensor cannot be saved for backward).
 
     `shard` = (index, count): compute only every count-th batch from the index-th on, leaving
     zeros elsewhere, so that several processes each compute a share and a sum joins them."""
@@ -148,23 +156,24 @@ def _backbone_pass(
     model.eval()
     n, device = len(data), model.device
     pairs = data.pair_ids is not None  # 2 rows per example: the chosen text, then (at n + i) the rejected
-    pooled = {key: torch.zeros(2 * n if pairs else n, model.hidden_size) for key in poolings}
+    pooled = {key: torch.zeros(2 * n if pairs else n, model.hidden_size) for key in poolings}  # outside: see above
     lengths = data.lengths()
     starts = _offsets(data).tolist()
     layers = {split_feature_key(key)[1] for key in poolings} | set(tokens)
     index, count = shard
-    batches = LengthGroupedBatches(lengths, batch_size, seed=0, shuffle=False).batches()[index::count]
-    for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
-        batch = collate([data[i] for i in indices], pad_id, {}, {})
-        features = model.adapter(model_inputs(batch, device), layers or {LAST_LAYER})
-        rows = indices + [n + i for i in indices] if pairs else indices
-        for key in poolings:
-            method, layer = split_feature_key(key)
-            pooled[key][rows] = model.adapter.pool(features.at(layer).float(), features.mask, method).cpu()
-        for layer, store in tokens.items():
-            states = features.at(layer).to(store.dtype).cpu()
-            for row, i in enumerate(indices):
-                store[starts[i] : starts[i] + lengths[i]] = states[row, : lengths[i]]
+    batches = data_batches(data, max_tokens, batch_size)[index::count]
+    with torch.inference_mode():
+        for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
+            batch = collate([data[i] for i in indices], pad_id, {}, {})
+            features = model.adapter(model_inputs(batch, device), layers or {LAST_LAYER})
+            rows = indices + [n + i for i in indices] if pairs else indices
+            for key in poolings:
+                method, layer = split_feature_key(key)
+                pooled[key][rows] = model.adapter.pool(features.at(layer).float(), features.mask, method).cpu()
+            for layer, store in tokens.items():
+                states = features.at(layer).to(store.dtype).cpu()
+                for row, i in enumerate(indices):
+                    store[starts[i] : starts[i] + lengths[i]] = states[row, : lengths[i]]
     model.train(was_training)
     return pooled
 
@@ -178,14 +187,15 @@ def compute_features(
     pad_id: int = 0,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    max_tokens: int | None = MAX_TOKENS,
 ) -> FeatureCache:
     """The features the heads need, held in RAM: `poolings` (feature keys, fp32) and every position
     of `token_layers` (TOKEN_DTYPE), for data that fits in memory (few-shot sets, the shares that
     several processes sum). `cached_features` writes large data's per-token rows to disk instead.
-    `shard`: see `_backbone_pass`."""
+    `shard`, `batch_size` and `max_tokens`: see `_backbone_pass`."""
     offsets = _offsets(data)
     tokens = {layer: torch.zeros(int(offsets[-1]), model.hidden_size, dtype=TOKEN_DTYPE) for layer in token_layers}
-    pooled = _backbone_pass(model, data, poolings, tokens, batch_size, pad_id, progress, shard)
+    pooled = _backbone_pass(model, data, poolings, tokens, batch_size, pad_id, progress, shard, max_tokens)
     return FeatureCache(pooled, tokens, offsets)
 
 
@@ -242,20 +252,22 @@ def cached_features(
     shard: tuple[int, int] = (0, 1),
     total: Callable[[Tensor], Tensor] | None = None,
     write: bool = True,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> tuple[FeatureCache, bool]:
     """Load the features from the cache, or compute and store them. Returns (features, was_cached).
 
     `backbone_digest` (from `weights_digest`) saves re-hashing the weights when a caller asks for
     several datasets' features from the same backbone. Under several processes each computes its
     `shard`, `total` sums the shares across processes (every process then holds all features),
-    and only the process with `write` stores the file.
+    and only the process with `write` stores the file. `batch_size` and `max_tokens` bound the
+    backbone pass's batches (`_backbone_pass`); the features do not depend on them.
     """
     kinds = ",".join(sorted(poolings) + sorted(_stored_name(layer) for layer in token_layers))
     digest = backbone_digest or weights_digest(model.backbone)
     key = hashlib.sha256(f"{FORMAT}|{TOKEN_DTYPE}|{digest}|{tokens_digest(data)}|{kinds}".encode()).hexdigest()
     path = (root or cache_dir() / "features") / f"{key[:32]}.safetensors"
     needs = (poolings, token_layers)
-    run: dict[str, Any] = {"batch_size": batch_size, "pad_id": pad_id, "progress": progress}
+    run: dict[str, Any] = {"batch_size": batch_size, "pad_id": pad_id, "progress": progress, "max_tokens": max_tokens}
     if path.is_file():
         if (features := _load(path, data, needs, model.hidden_size)) is not None:
             return features, True
