@@ -332,19 +332,26 @@ def _check(name: str, root: Path, data: Any, pad_id: int, expected: Any, load: d
     return EngineCheck(name, not failed, why, speed, agreement, change)
 
 
-def _torch_model(root: Path, dtype: str, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
-    """The saved model on `device` in `dtype` (eval mode) and its processor: the torch engine as
-    ship/predict.py loads it (not imported from there: it resolves engines with this module)."""
+def load_torch_model(directory: Path, dtype: str, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The torch engine: the save in `directory` on `device` in `dtype` (eval mode), its processor
+    set on it (model.predict reads with the processor the pipeline and the CLI use), and that
+    processor. ship/predict.py loads with it too."""
     from headkit.backbone import load_processor
     from headkit.devices import place
     from headkit.model import load
     from headkit.save_layout import BACKBONE_DIR
 
+    model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
+    processor = load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    model.set_processor(processor)
+    return model, processor
+
+
+def _torch_model(root: Path, dtype: str, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
     directory = find_save(root)
     if directory is None:
         raise HeadkitError(f"{root} holds no saved model with its backbone")
-    model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
-    return model, load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+    return load_torch_model(directory, dtype, device, trust_remote_code)
 
 
 def _build(name: str, root: Path, load: dict[str, Any]) -> Any:

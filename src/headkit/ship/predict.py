@@ -20,10 +20,10 @@ from headkit.data.files import column_values
 from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError
-from headkit.model import MultiHeadModel, load
-from headkit.ship.engines import ENGINES, onnx_dir, resolve_engine
+from headkit.model import MultiHeadModel
+from headkit.ship.engines import ENGINES, load_torch_model, onnx_dir, resolve_engine
 from headkit.ship.predict_batches import describe, predict_images, predict_texts
-from headkit.ship.save import BACKBONE_DIR, MANIFEST, find_save
+from headkit.ship.save import MANIFEST, find_save
 
 __all__ = [  # predict_texts, predict_images and describe are re-exported from ship/predict_batches.py
     "ENGINES",
@@ -59,7 +59,7 @@ def load_for_inference(
     bf16, onnx/onnx-int8 read an ONNX export (on CUDA through onnxruntime's CUDA provider);
     `spin=False` keeps onnxruntime's idle threads off the cores (for a server: see OnnxModel)."""
     from headkit.backbone import load_processor
-    from headkit.devices import pick_device, place
+    from headkit.devices import pick_device
     from headkit.hub import local_path
 
     if engine not in ENGINES:
@@ -72,11 +72,7 @@ def load_for_inference(
 
         export = onnx_dir(run)
         return OnnxModel(export, int8=engine == "onnx-int8", device=where.type, spin=spin), load_processor(export)
-    directory = resolve_model_dir(run)
-    model = place(load(directory, trust_remote_code=trust_remote_code), device, dtype)
-    processor = load_processor(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
-    model.set_processor(processor)  # model.predict reads with the processor the pipeline and the CLI use
-    return model, processor
+    return load_torch_model(resolve_model_dir(run), dtype, device, trust_remote_code)
 
 
 def predict_file(
