@@ -24,10 +24,13 @@ if [ ! -x "$HEADKIT_VENV/bin/python" ]; then
     "$HEADKIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 PY="$HEADKIT_VENV/bin/python"
-# pip compiles every module at install (about half of a fresh setup's time). Not skipped with
-# --no-compile: where PYTHONDONTWRITEBYTECODE is set, nothing would ever be cached, and every process
-# (each CLI call, each test's subprocess) would compile torch's and transformers' modules again.
+# pip compiles every installed module at install (about half of a fresh setup: ~70 s on 2 cores),
+# most of which no process ever imports. Where Python may write bytecode, --no-compile leaves it to
+# the first import of each module, once. Where PYTHONDONTWRITEBYTECODE is set nothing would ever be
+# cached and every process (each CLI call, each test's subprocess) would compile torch and
+# transformers again, so there pip compiles at install as usual.
 PIP="$PY -m pip install --quiet --disable-pip-version-check"
+[ -n "${PYTHONDONTWRITEBYTECODE:-}" ] || PIP="$PIP --no-compile"
 TORCH=${HEADKIT_TORCH:-torch==2.13.0}
 if ! $PY -c "import torch" 2>/dev/null; then
     echo "installing $TORCH and headkit's dependencies into $HEADKIT_VENV (a few minutes, once)"

@@ -6,6 +6,10 @@
 # tests (pytest exit code 5), makes this script fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Bytecode is written on a module's first import and read by every later process (scripts/setup.sh
+# then skips compiling all of site-packages at install); a machine-wide PYTHONDONTWRITEBYTECODE
+# would have every test process compile torch and transformers again.
+unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh
 source scripts/venv.sh
 python -m deptry src

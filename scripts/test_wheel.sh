@@ -36,7 +36,9 @@ done
 stage "installing it into a clean virtual environment"
 "${PYTHON:-python3}" -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
-PIP="$PY -m pip install --quiet --disable-pip-version-check --no-compile"  # no .pyc for a venv run once
+# --no-compile: a module is compiled on its first import (cached for the next process unless
+# PYTHONDONTWRITEBYTECODE is set; test.sh unsets it), not every module of torch at install
+PIP="$PY -m pip install --quiet --disable-pip-version-check --no-compile"
 $PIP --upgrade pip  # the bundled pip can be too old to build seqeval's sdist (see setup.sh)
 [ -z "${HEADKIT_TORCH:-}" ] || $PIP $HEADKIT_TORCH
 $PIP "$wheel"

