@@ -120,7 +120,12 @@ def _answers(row: Mapping[str, Any], name: str, source: str) -> dict[str, list[A
         try:
             answers = json.loads(answers)
         except json.JSONDecodeError as e:
-            raise DataError(f"{name} in {source}: 'answers' is a string but not JSON ({e.msg})") from None
+            # datasets' to_csv writes numpy reprs ("{'text': array([...], dtype=object), ...}"): not readable back
+            hint = "; datasets' to_csv writes numpy reprs, save JSONL or Parquet instead" if "array(" in answers else ""
+            raise DataError(
+                f"{name} in {source}: 'answers' {_show(answers)} is not JSON ({e.msg}); expected "
+                f'{{"text": [...], "answer_start": [...]}}{hint}'
+            ) from None
     if isinstance(answers, list) and all(isinstance(x, Mapping) for x in answers):
         answers = {"text": [x.get("text") for x in answers], "answer_start": [x.get("answer_start") for x in answers]}
     if not isinstance(answers, Mapping) or "text" not in answers or "answer_start" not in answers:
