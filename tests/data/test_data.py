@@ -202,7 +202,7 @@ def test_task_specs_are_checked(tokenizer):
     with pytest.raises(DataError, match=r"used by more than one task"):
         prepare([TaskSpec("s", "x.csv"), TaskSpec("s", "y.csv")], tokenizer)
     with pytest.raises(DataError, match=r"cannot be trained from files"):
-        prepare([TaskSpec("s", "x.csv", type="span")], tokenizer)
+        prepare([TaskSpec("s", "x.csv", type="ctc")], tokenizer)
     with pytest.raises(DataError, match=r"dropout 1.5 is outside \[0, 1\)"):
         prepare([TaskSpec("s", "x.csv", dropout=1.5)], tokenizer)
 

@@ -132,10 +132,10 @@ def tokenize(
         words = column_values(rows, "tokens", source)
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         return Tokenized(enc["input_ids"], [enc.word_ids(i) for i in range(len(words))])
-    texts = _texts(rows, text_column, source)
+    texts = text_values(rows, text_column, source)
     if text_pair is None:
         return Tokenized(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
-    pairs = _texts(rows, text_pair, source)
+    pairs = text_values(rows, text_pair, source)
     check_pair_template(tokenizer, source)
     try:  # "longest_first" (truncation=True) cuts whichever text is longer, token by token
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -157,7 +157,7 @@ def check_pair_template(tokenizer: Any, source: str) -> None:
         )
 
 
-def _texts(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:
+def text_values(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:
     """A text column's values, refusing an empty or non-text one by its row number."""
     texts = column_values(rows, column, source)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)

@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from headkit.data.batching import EncodedData, align_tags, tokenize
+import numpy as np
+
+from headkit.data.batching import EncodedData, align_tags, text_values, tokenize
 from headkit.data.images import is_image_processor, load_images
 from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
 from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
+from headkit.heads.qa import QAWindows, check_answers, qa_windows, window_labels
 
 
 @dataclass
@@ -74,9 +77,21 @@ def encode_rows(
     codecs = {t.name: kinds[t.name].codec for t in group}
     words = any(c.inputs == "words" for c in codecs.values())
     pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
+    questions = any(c.inputs == "qa" for c in codecs.values())
     images = is_image_processor(processor)
     sizes = None
-    if pairs:  # preference pairs: every head on this data reads them
+    windows: QAWindows | None = None
+    contexts: list[str] = []
+    if questions:  # (question, context) pairs, the contexts cut into windows: a row per window
+        if images or words or pairs:
+            raise DataError(
+                f"{data}: a question-answering head reads a question and a context; other heads on "
+                "this data read images, pre-split words or preference pairs: give them a run of their own"
+            )
+        encoded, windows, contexts = encode_questions(
+            processor, rows, text_column, group[0].text_pair, max_length, data
+        )
+    elif pairs:  # preference pairs: every head on this data reads them
         if group[0].text_pair is not None:
             raise DataError(
                 f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
@@ -112,6 +127,8 @@ def encode_rows(
         if labels is None:
             labels = codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
+        if windows is not None:
+            y = _labels_per_window(y, codec.inputs == "qa", windows, contexts, rows, data)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
@@ -123,6 +140,32 @@ def encode_rows(
             task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
         )
     return encoded, configs
+
+
+def encode_questions(
+    tokenizer: Any, rows: list[dict[str, Any]], question: str, context: str | None, max_length: int, data: str
+) -> tuple[EncodedData, QAWindows, list[str]]:
+    """The windows of each row's (question, context), as encoded rows, and the contexts: the
+    question in the text column (or a `question` column when the text column is absent), the
+    context in `text_pair` (default `context`)."""
+    if rows and question not in rows[0] and "question" in rows[0]:
+        question = "question"
+    context = context or "context"
+    contexts = text_values(rows, context, data)
+    windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length)
+    texts = [_text(rows[e], question, context) for e in windows.example]
+    return EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids), windows, contexts
+
+
+def _labels_per_window(
+    y: Any, answers: bool, windows: QAWindows, contexts: list[str], rows: list[dict[str, Any]], data: str
+) -> Any:
+    """A task's labels for each window: an answer becomes the window's start and end tokens (once
+    its context is known to hold it); any other label is its pair's, repeated."""
+    if answers:
+        check_answers(y, contexts, [r.get("id") for r in rows], data)
+        return window_labels(windows, y)
+    return y[windows.example] if isinstance(y, np.ndarray) else [y[e] for e in windows.example]
 
 
 def _text(row: dict[str, Any], column: str, pair: str | None) -> Any:

@@ -53,6 +53,10 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and _is_squad(text):
+        from headkit.heads.squad import read_squad
+
+        return read_squad(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -71,6 +75,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if bad is not None:
         raise DataError(f"{path}: record {bad + 1} is not a JSON object")
     return rows
+
+
+def _is_squad(text: str) -> bool:
+    """Whether a .json file is one object in SQuAD's own layout, {"data": [articles]} (JSON Lines
+    files hold one object per line and fail to load as one)."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(whole, dict) and isinstance(whole.get("data"), list)
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

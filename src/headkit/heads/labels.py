@@ -16,7 +16,7 @@ from headkit.errors import DataError
 IGNORE_INDEX = -100
 NAN = float("nan")
 
-LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair"]
+LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair", "span"]
 """How a head's labels are stored and batched (the only label shapes the data code knows):
     index      one class id per example: (B,) long, IGNORE_INDEX when missing
     vector     a row of floats per example: (B, K) float, NaN when missing
@@ -25,11 +25,15 @@ LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair"]
                IGNORE_INDEX to the batch's longest target (a missing target is all IGNORE_INDEX)
     pair       one preference pair per example (its texts are the inputs): (B, 1) float, 1 when
                the pair is to be ranked, NaN when missing
+    span       an answer's first and last token in one window of a (question, context) pair:
+               (B, 2) long, both the window's null position when it holds no answer, IGNORE_INDEX
+               when missing (headkit.heads.qa)
 """
 
-Inputs = Literal["text", "words", "images", "pairs"]
-"""What a head's training rows hold: text, pre-split words (one label per word), image files, or
-preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs)."""
+Inputs = Literal["text", "words", "images", "pairs", "qa"]
+"""What a head's training rows hold: text, pre-split words (one label per word), image files,
+preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs), or a question
+and a context that is cut into windows (headkit.heads.qa)."""
 
 
 @dataclass(frozen=True)

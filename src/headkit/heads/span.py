@@ -2,22 +2,31 @@
 
 Labels are (B, 2) long token positions [start, end] (inclusive), -100 for a missing example.
 Padding positions are masked out of both softmaxes, so an answer can never start in padding.
+From tables, a span head reads a question column, a context column (`text_pair`, default
+`context`) and SQuAD answers (`{"text": [...], "answer_start": [...]}`, empty for no answer); long
+contexts are cut into overlapping windows and answers come back in the context's characters
+(headkit.heads.qa).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headkit.data.files import column_values, is_missing
+from headkit.errors import DataError
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import Codec
 from headkit.heads.export import ExportSpec
-from headkit.heads.labels import IGNORE_INDEX
+from headkit.heads.labels import IGNORE_INDEX, LabelSource
 from headkit.heads.pooling import first_real_position
+from headkit.heads.qa import DOC_STRIDE
 from headkit.heads.scoring import Scoring
 
 
@@ -26,6 +35,8 @@ class SpanConfig(HeadConfig):
     type: str = "span"
     pooling: str = "none"
     max_answer_tokens: int = 30
+    doc_stride: int = DOC_STRIDE  # tokens a context's windows overlap by
+    null_threshold: float = 0.0  # answer "" when the null score beats the best span's by more
 
 
 def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
@@ -39,9 +50,56 @@ def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
 
 
 class SpanCodec(Codec):
+    layout = "span"
+    inputs = "qa"
+    class_noun = "answer"
+    suggested_name = "answer"
+
+    def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        return []  # answers are stretches of the context, not classes
+
+    def encode_labels(
+        self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> list[dict[str, list[Any]] | None]:
+        """Each row's SQuAD answers (None where it has none given); the windows turn them into token
+        positions (headkit.heads.qa), once the context is known to hold them."""
+        column = "answers" if where.column == "label" else where.column
+        return [parse_answers(v, where, i) for i, v in enumerate(column_values(rows, column, where.source))]
+
+    def concat(self, parts: list[Any | None], sizes: list[int]) -> Any:
+        missing = [np.full((n, 2), IGNORE_INDEX, np.int64) for n in sizes]
+        return np.concatenate([p if p is not None else m for p, m in zip(parts, missing, strict=True)])
+
+    def count_labelled(self, y: Any) -> int:
+        return int((np.asarray(y).reshape(-1, 2) != IGNORE_INDEX).all(axis=1).sum())
+
+    def collate(self, values: list[Any], length: int, width: int) -> Tensor:
+        return torch.tensor(
+            [[IGNORE_INDEX] * 2 if v is None else [int(x) for x in v] for v in values], dtype=torch.long
+        )
+
     def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
         """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
         return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
+
+
+def parse_answers(value: Any, where: LabelSource, row: int) -> dict[str, list[Any]] | None:
+    """One row's answers as a dict of lists: as `datasets` gives them, or as JSON text (CSV)."""
+    if is_missing(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where.source}, row {row + 1}: answers {value[:60]!r} are not JSON ({e.msg})") from e
+    if isinstance(value, list):  # a list of {"text", "answer_start"} records (SQuAD's own layout)
+        value = {"text": [a.get("text") for a in value], "answer_start": [a.get("answer_start") for a in value]}
+    if not isinstance(value, dict) or not {"text", "answer_start"} <= value.keys():
+        raise DataError(
+            f"{where.source}, row {row + 1}: head '{where.head}' reads SQuAD answers "
+            f'{{"text": [...], "answer_start": [...]}} (empty lists: no answer), not {value!r:.80}'
+        )
+    return {"text": list(value["text"]), "answer_start": [int(a) for a in value["answer_start"]]}
 
 
 class SpanScores(Scoring):
@@ -93,15 +151,30 @@ class SpanHead(HeadBase):
         return (start + end) / 2, n
 
     def decode(self, output: Tensor, mask: Tensor) -> list[dict[str, Any]]:
-        """Best span with start <= end < start + max_answer_tokens, scored by summed log-probs."""
+        """Best span with start <= end < start + max_answer_tokens, scored by summed log-probs, or
+        the null answer (both ends on the row's first token, [CLS]) when it scores higher; positions
+        count from each text's first token. The answer across a long context's windows, in
+        characters, is `heads.qa.best_answers` (what predict gives for (question, context) pairs)."""
         logp = output.float().log_softmax(dim=1)  # (B, T, 2)
         scores = logp[..., 0].unsqueeze(2) + logp[..., 1].unsqueeze(1)  # (B, T_start, T_end)
         t = scores.shape[1]
         idx = torch.arange(t, device=scores.device)
         allowed = (idx[None, :] >= idx[:, None]) & (idx[None, :] - idx[:, None] < self.config.max_answer_tokens)
         scores = scores.masked_fill(~allowed, float("-inf"))
-        best = scores.flatten(1).argmax(dim=1)
         offset = first_real_position(mask)  # token positions count from each text's first token
-        starts, ends = (best // t - offset).tolist(), (best % t - offset).tolist()
-        top = scores.flatten(1).max(dim=1).values.exp().tolist()
-        return [{"start": s, "end": e, "score": p} for s, e, p in zip(starts, ends, top, strict=True)]
+        rows = torch.arange(len(offset), device=scores.device)
+        null = scores[rows, offset, offset]
+        scores[rows, offset, offset] = float("-inf")  # the null answer is weighed on its own below
+        best = scores.flatten(1).argmax(dim=1)
+        top = scores.flatten(1).max(dim=1).values
+        is_null = null - top > self.config.null_threshold
+        starts = torch.where(is_null, offset, best // t) - offset
+        ends = torch.where(is_null, offset, best % t) - offset
+        score = torch.where(is_null, null, top).exp().tolist()
+        return [
+            {"start": s, "end": e, "score": p} for s, e, p in zip(starts.tolist(), ends.tolist(), score, strict=True)
+        ]
+
+    def window_logits(self, output: Tensor, mask: Tensor) -> list[Tensor]:
+        """Each row's (tokens, 2) start/end logits without its padding, for `heads.qa.best_answers`."""
+        return [row[m.bool()] for row, m in zip(output.float(), mask, strict=True)]

@@ -22,6 +22,7 @@ from headkit.data import MAX_TOKENS
 from headkit.data.batching import check_pair_template, token_batches
 from headkit.data.pairs import join_pair
 from headkit.errors import DataError
+from headkit.heads.qa import best_answers, qa_windows
 
 
 def _padded(enc, idx: list[int], tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
@@ -75,6 +76,8 @@ def predict_texts(
         return []
     max_length = max_length or getattr(model, "max_length", None) or 512  # default: what it was trained with
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
+    if seconds is not None and any(getattr(model.heads[n].codec, "inputs", None) == "qa" for n in heads or model.heads):
+        return predict_questions(model, tokenizer, firsts, seconds, limit, batch_size, heads, progress, max_tokens)
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.
     enc = encode_texts(tokenizer, firsts, seconds, limit)
@@ -95,6 +98,62 @@ def predict_texts(
         for i in idx:
             if i < len(encodings) and encodings[i].overflowing:
                 results[i]["truncated"] = True  # longer than the model reads: predicted on the start
+    return results
+
+
+def predict_questions(
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    contexts: list[str],
+    max_length: int,
+    batch_size: int,
+    heads: list[str] | None,
+    progress: bool,
+    max_tokens: int | None,
+) -> list[dict[str, Any]]:
+    """`predict_texts` for a model with a question-answering head: each (question, context) pair's
+    context is cut into overlapping windows (as training cut it), every window goes through the
+    backbone once, a QA head answers from all of a pair's windows ({"answer", "score", "start",
+    "end"} in the context's characters; "" when the text holds no answer) and the other heads
+    answer from its first window. (Single texts take `predict_texts`' own path: a span head then
+    gives token positions in the text.)"""
+    names = list(heads or model.heads)
+    readers = [n for n in names if model.heads[n].codec.inputs == "qa"]
+    stride = min(model.heads[n].config.doc_stride for n in readers)
+    windows = qa_windows(tokenizer, questions, contexts, max_length, stride)
+    enc = {"input_ids": windows.input_ids}
+    if windows.token_type_ids is not None:
+        enc["token_type_ids"] = windows.token_type_ids
+    first_window = {e: w for w, e in reversed(list(enumerate(windows.example)))}
+    logits: dict[str, list[Any]] = {n: [None] * len(windows.example) for n in readers}
+    results: list[dict[str, Any]] = [{} for _ in questions]
+    batches = token_batches([len(ids) for ids in windows.input_ids], max_tokens, batch_size)
+    for idx in tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False):
+        out = model(heads=heads, **_padded(enc, idx, tokenizer, model.device))
+        for name, output in out.outputs.items():
+            head = model.heads[name]
+            if name in logits:
+                for w, row in zip(idx, head.window_logits(output, out.mask), strict=True):
+                    logits[name][w] = row.cpu()
+                continue
+            decoded = head.decode(output, out.mask)
+            for row, w in enumerate(idx):
+                e = windows.example[w]
+                if first_window[e] == w:
+                    results[e][name] = head.view.for_text(decoded[row], None, questions[e])
+    for name in readers:
+        config = model.heads[name].config
+        answers = best_answers(
+            logits[name],
+            windows,
+            contexts,
+            max_answer_tokens=config.max_answer_tokens,
+            null_threshold=config.null_threshold,
+        )
+        for result, answer in zip(results, answers, strict=True):
+            answer.pop("null_score_diff")
+            result[name] = answer
     return results
 
 

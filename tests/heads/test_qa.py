@@ -1,0 +1,163 @@
+"""Extractive QA over long contexts: windows and their labels, answers across windows in the
+context's characters, the null answer, and a span head trained from SQuAD data end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import headkit
+from headkit.errors import DataError
+from headkit.heads.qa import best_answers, qa_windows, window_labels
+
+from conftest import FILLER
+
+QUESTION = "who visited paris"
+
+
+def context_with(answer: str, before: int, after: int) -> tuple[str, int]:
+    """A context of filler words around `answer`, and the answer's first character."""
+    head = " ".join(FILLER[i % len(FILLER)] for i in range(before))
+    tail = " ".join(FILLER[i % len(FILLER)] for i in range(after))
+    return f"{head} {answer} {tail}", len(head) + 1
+
+
+@pytest.fixture
+def tokenizer(tiny_text_model):
+    return headkit.load_processor(tiny_text_model)
+
+
+def labelled(windows, answers, tokenizer):
+    """Each window's label and the text its tokens spell (the window's null: "")."""
+    labels = window_labels(windows, answers).tolist()
+    return [
+        (s, e, "" if s == windows.null[w] else tokenizer.decode(windows.input_ids[w][s : e + 1]))
+        for w, (s, e) in enumerate(labels)
+    ]
+
+
+def test_a_long_context_is_cut_into_overlapping_windows_and_each_learns_whether_it_holds_the_answer(tokenizer):
+    cut_through = 0
+    for before in range(36, 48):  # the answer at every place relative to the windows' borders
+        context, start = context_with("alice met bob", before=before, after=40)
+        end = start + len("alice met bob")
+        windows = qa_windows(tokenizer, [QUESTION], [context], max_length=24, doc_stride=8)
+        assert len(windows.input_ids) > 3 and set(windows.example) == {0}
+        assert all(len(ids) <= 24 for ids in windows.input_ids)
+        labels = labelled(windows, [{"text": ["alice met bob"], "answer_start": [start]}], tokenizer)
+        for w, (s, e, text) in enumerate(labels):
+            chars = [o for o in windows.offsets[w] if o]
+            if chars[0][0] <= start and end <= chars[-1][1]:  # the window holds the whole answer
+                assert text == "alice met bob"
+            else:  # none or part of it: the window's null position, [CLS]
+                assert s == e == windows.null[w] == 0 and not text
+                cut_through += chars[0][0] < end and start < chars[-1][1]
+        # every context character is in some window
+        covered = {c for offs in windows.offsets for o in offs if o for c in range(*o)}
+        assert all(c in covered for c, ch in enumerate(context) if not ch.isspace())
+    assert cut_through, "some window border should have cut the answer"
+
+
+def test_short_contexts_and_unanswerable_questions(tokenizer):
+    context, start = context_with("london", before=3, after=2)
+    windows = qa_windows(tokenizer, [QUESTION, QUESTION], [context, context], max_length=64)
+    assert windows.example == [0, 1]
+    answers = [{"text": ["london"], "answer_start": [start]}, {"text": [], "answer_start": []}]
+    labels = labelled(windows, answers, tokenizer)
+    assert labels[0][2] == "london" and labels[1] == (0, 0, "")
+    assert window_labels(windows, [None, None]).tolist() == [[-100, -100], [-100, -100]]
+
+
+def test_a_tokenizer_that_pads_on_the_left_reads_the_context_first(tokenizer):
+    tokenizer.padding_side = "left"
+    context, start = context_with("alice", before=5, after=5)
+    windows = qa_windows(tokenizer, [QUESTION], [context], max_length=64)
+    ((s, e, text),) = labelled(windows, [{"text": ["alice"], "answer_start": [start]}], tokenizer)
+    assert text == "alice" and s < windows.input_ids[0].index(tokenizer.sep_token_id)  # in the first segment
+
+
+def test_the_best_span_across_windows_wins_and_the_null_answer_needs_to_beat_it(tokenizer):
+    context, start = context_with("alice met bob", before=40, after=40)
+    windows = qa_windows(tokenizer, [QUESTION], [context], max_length=24, doc_stride=8)
+    labels = window_labels(windows, [{"text": ["alice met bob"], "answer_start": [start]}]).tolist()
+    w = next(i for i, (s, _) in enumerate(labels) if s != 0)
+    logits = [torch.zeros(len(ids), 2) for ids in windows.input_ids]
+    logits[w][labels[w][0], 0] = logits[w][labels[w][1], 1] = 5.0  # start + end = 10
+    for row in logits:
+        row[0] = 4.0  # every window's null: 8
+    (answer,) = best_answers(logits, windows, [context])
+    assert answer["answer"] == "alice met bob" and (answer["start"], answer["end"]) == (start, start + 13)
+    assert answer["null_score_diff"] == pytest.approx(-2.0)
+    (empty,) = best_answers(logits, windows, [context], null_threshold=-3.0)  # a threshold tuned lower
+    assert empty["answer"] == "" and empty["start"] == empty["end"] == 0
+    logits[0][0] = 6.0  # one window sure there is no answer: the null score is the windows' lowest
+    assert best_answers(logits, windows, [context])[0]["answer"] == "alice met bob"
+    (never,) = best_answers(logits, windows, [context], null_threshold=None)  # SQuAD 1.1: always a span
+    assert never["answer"] == "alice met bob"
+
+
+def test_decode_gives_the_null_answer_on_the_first_token_when_it_scores_highest():
+    from headkit.heads.span import SpanConfig, SpanHead
+
+    head = SpanHead(SpanConfig(input_size=4))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # the second row left-padded
+    logits = torch.full((2, 5, 2), -5.0)
+    logits[0, 2, 0] = logits[0, 3, 1] = 5.0  # row 0: the span 2..3
+    logits[1, 2, :] = 5.0  # row 1: both ends on its first real token, [CLS]
+    spans = head.decode(logits, mask)
+    assert (spans[0]["start"], spans[0]["end"]) == (2, 3) and (spans[1]["start"], spans[1]["end"]) == (0, 0)
+
+
+def squad_file(path, contexts):
+    """A SQuAD-layout file: one article, a paragraph per context, its questions."""
+    paragraphs = [{"context": c, "qas": qas} for c, qas in contexts]
+    path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def qa_data(tmp_path, n=24):
+    contexts = []
+    for i in range(n):
+        name = ["alice", "bob"][i % 2]
+        context, start = context_with(f"{name} visited paris", before=3 + i % 5, after=3)
+        qas = [
+            {"id": f"a{i}", "question": "who visited paris", "answers": [{"text": name, "answer_start": start}]},
+            {"id": f"n{i}", "question": "who met london", "answers": [], "is_impossible": True},
+        ]
+        contexts.append((context, qas))
+    return squad_file(tmp_path / "squad.json", contexts)
+
+
+def test_a_span_head_trains_from_a_squad_file_and_answers_pairs_in_the_contexts_characters(tiny_text_model, tmp_path):
+    data = qa_data(tmp_path)
+    result = headkit.train(
+        str(tiny_text_model),
+        {"answer": {"type": "span", "label": "answers", "data": str(data), "text_pair": "context"}},
+        strategy="full",
+        epochs=1,
+        max_length=32,
+        progress=False,
+    )
+    context, start = context_with("alice visited paris", before=30, after=10)  # longer than one window
+    (answered,) = result.model.predict([("who visited paris", context)])
+    answer = answered["answer"]
+    assert set(answer) == {"answer", "score", "start", "end"}
+    assert answer["answer"] == context[answer["start"] : answer["end"]]
+    assert 0.0 <= answer["score"] <= 1.0
+
+
+def test_an_answer_that_is_not_where_its_start_says_names_the_question(tiny_text_model, tmp_path):
+    context, start = context_with("alice", before=3, after=3)
+    bad = squad_file(
+        tmp_path / "bad.json",
+        [(context, [{"id": "q-7", "question": "who", "answers": [{"text": "alice", "answer_start": start + 1}]}])],
+    )
+    with pytest.raises(DataError, match=r"q-7") as refused:
+        headkit.train(
+            str(tiny_text_model),
+            {"answer": {"type": "span", "label": "answers", "data": str(bad), "text_pair": "context"}},
+            progress=False,
+        )
+    assert "\n" not in str(refused.value)
