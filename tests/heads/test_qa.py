@@ -74,7 +74,7 @@ def test_a_tokenizer_that_pads_on_the_left_reads_the_context_first(tokenizer):
     tokenizer.padding_side = "left"
     context, start = context_with("alice", before=5, after=5)
     windows = qa_windows(tokenizer, [QUESTION], [context], max_length=64)
-    ((s, e, text),) = labelled(windows, [{"text": ["alice"], "answer_start": [start]}], tokenizer)
+    ((s, _e, text),) = labelled(windows, [{"text": ["alice"], "answer_start": [start]}], tokenizer)
     assert text == "alice" and s < windows.input_ids[0].index(tokenizer.sep_token_id)  # in the first segment
 
 
@@ -140,7 +140,7 @@ def test_a_span_head_trains_from_a_squad_file_and_answers_pairs_in_the_contexts_
         max_length=32,
         progress=False,
     )
-    context, start = context_with("alice visited paris", before=30, after=10)  # longer than one window
+    context, _start = context_with("alice visited paris", before=30, after=10)  # longer than one window
     (answered,) = result.model.predict([("who visited paris", context)])
     answer = answered["answer"]
     assert set(answer) == {"answer", "score", "start", "end"}
