@@ -161,3 +161,42 @@ def test_an_answer_that_is_not_where_its_start_says_names_the_question(tiny_text
             progress=False,
         )
     assert "\n" not in str(refused.value)
+
+
+def test_a_pairs_windows_do_not_depend_on_the_other_pairs_in_the_call(tokenizer):
+    context, _ = context_with("alice met bob", before=60, after=30)
+    long_question = " ".join(FILLER[:12])
+    alone = qa_windows(tokenizer, [QUESTION], [context], max_length=32, doc_stride=8)
+    together = qa_windows(tokenizer, [long_question, QUESTION], [context, context], max_length=32, doc_stride=8)
+    mine = [w for w, e in enumerate(together.example) if e == 1]
+    assert [together.input_ids[w] for w in mine] == alone.input_ids
+    assert together.example == sorted(together.example)  # pair order, whatever the overlap each got
+
+
+def test_the_validation_split_keeps_every_window_of_a_context_on_one_side(tiny_text_model, tmp_path):
+    from headkit.data.tasks import TaskSpec, prepare
+
+    prepared = prepare(
+        [TaskSpec("answer", str(qa_data(tmp_path)), label="answers", type="span")],
+        headkit.load_processor(tiny_text_model),
+        max_length=24,
+        val_fraction=0.25,
+    )
+    train, val = {t[1] for t in prepared.train.texts}, {t[1] for t in prepared.val.texts}
+    assert train and val and not train & val  # contexts: (question, context) texts
+
+
+def test_bad_answers_and_decoder_tokenizers_are_refused_in_one_line(tiny_text_model, tmp_path):
+    from headkit.data.encode import encode_questions
+
+    from conftest import chat_tokenizer
+
+    context, start = context_with("alice", before=3, after=3)
+    for answers in ({"text": ["alice"], "answer_start": ["x"]}, {"text": ["alice", "bob"], "answer_start": [start]}):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"question": "who", "context": context, "answers": answers}) + "\n")
+        with pytest.raises(DataError, match=r"answer") as refused:
+            headkit.train(str(tiny_text_model), {"answer": {"type": "span", "data": str(bad)}}, progress=False)
+        assert "\n" not in str(refused.value)
+    with pytest.raises(DataError, match=r"no sentence-pair template"):
+        encode_questions(chat_tokenizer(), [{"question": "who", "context": context}], "text", None, 32, "d.jsonl")

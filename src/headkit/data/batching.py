@@ -40,6 +40,9 @@ class EncodedData(Dataset):
     pixels: Pixels | None = None  # image data (N examples of (C, H, W), on disk); input_ids are then empty lists
     pair_ids: list[list[int]] | None = None  # the second text of each preference pair
     token_type_ids: list[list[int]] | None = None  # segment ids, one per token (sentence pairs)
+    # Rows that must stay on one side of a validation split (the windows of one QA context and its
+    # questions), as a group id per row; None: each row is its own.
+    groups: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
@@ -65,7 +68,8 @@ class EncodedData(Dataset):
         pixels = self.pixels.subset(idx) if self.pixels is not None else None  # indices, not pixels
         pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types)
+        groups = [self.groups[i] for i in idx] if self.groups is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups)
 
     def lengths(self) -> list[int]:
         if self.pair_ids is not None:
@@ -201,6 +205,21 @@ def split_indices(
     if len(train) == 0:
         raise DataError(f"only {n} examples: too few to hold out {val_fraction:.0%} for validation")
     return np.sort(train), np.sort(np.asarray(val, dtype=order.dtype))
+
+
+def split_groups(groups: list[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`split_indices` over groups of rows: every row of a group lands on the same side, so the
+    windows of one context (and the questions on it) are never both trained on and validated on."""
+    ids = np.asarray(groups)
+    unique = np.unique(ids)
+    if val_fraction > 0 and len(unique) < 2:
+        raise DataError(
+            f"all {len(ids)} rows are windows of one context: too few to hold out {val_fraction:.0%} for "
+            "validation; give more contexts or validation data of its own (eval_data)"
+        )
+    _, val = split_indices(len(unique), val_fraction, seed)
+    held_out = np.isin(ids, unique[val])
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
 # ----------------------------------------------------------------------------- batching

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from headkit.data.batching import EncodedData, align_tags, text_values, tokenize
+from headkit.data.batching import EncodedData, align_tags, check_pair_template, text_values, tokenize
 from headkit.data.images import is_image_processor, load_images
 from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
@@ -150,11 +150,15 @@ def encode_questions(
     context in `text_pair` (default `context`)."""
     if rows and question not in rows[0] and "question" in rows[0]:
         question = "question"
+    check_pair_template(tokenizer, data)  # a decoder's run-on question and context: no boundary to learn
     context = context or "context"
     contexts = text_values(rows, context, data)
     windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length)
     texts = [_text(rows[e], question, context) for e in windows.example]
-    return EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids), windows, contexts
+    paragraph = {c: i for i, c in enumerate(dict.fromkeys(contexts))}  # the questions on one context: one group
+    encoded = EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids)
+    encoded.groups = [paragraph[contexts[e]] for e in windows.example]
+    return encoded, windows, contexts
 
 
 def _labels_per_window(

@@ -86,7 +86,10 @@ def _is_squad(text: str) -> bool:
         whole = json.loads(text)
     except json.JSONDecodeError:
         return False
-    return isinstance(whole, dict) and isinstance(whole.get("data"), list)
+    articles = whole.get("data") if isinstance(whole, dict) else None
+    return (
+        isinstance(articles, list) and bool(articles) and isinstance(articles[0], dict) and "paragraphs" in articles[0]
+    )
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from headkit.data.batching import EncodedData, concat, split_indices
+from headkit.data.batching import EncodedData, concat, split_groups, split_indices
 from headkit.data.encode import PreparedData, check_tasks, encode_rows
 from headkit.data.pixels import pixel_store
 from headkit.data.readers import Rows, read_rows
@@ -67,7 +67,10 @@ def prepare(
             train_parts.append(encoded)
             val_parts.append(_encode(eval_rows, group, eval_data, text_column, processor, max_length, maps)[0])
             continue
-        train_idx, val_idx = split_indices(len(encoded), val_fraction, seed, strata=_strata(encoded, group))
+        if encoded.groups is not None:  # windows of one context stay together
+            train_idx, val_idx = split_groups(encoded.groups, val_fraction, seed)
+        else:
+            train_idx, val_idx = split_indices(len(encoded), val_fraction, seed, strata=_strata(encoded, group))
         train_parts.append(encoded.subset(train_idx))
         val_parts.append(encoded.subset(val_idx))
     head_types = {name: c.type for name, c in heads.items()}

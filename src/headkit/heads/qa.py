@@ -58,20 +58,44 @@ def qa_windows(
     max_length: int,
     doc_stride: int = DOC_STRIDE,
 ) -> QAWindows:
-    """The windows of every (question, context) pair, with each token's characters in the context."""
-    first = context_first(tokenizer)
-    pairs = (contexts, questions) if first else (questions, contexts)
-    question_tokens = max((len(tokenizer(q, add_special_tokens=False)["input_ids"]) for q in questions), default=0)
+    """The windows of every (question, context) pair, with each token's characters in the context.
+
+    A pair's windows depend on that pair alone: its overlap is `doc_stride` tokens, or half the
+    room its question leaves in `max_length` when that is less (the tokenizer refuses an overlap
+    as large as the room, and a larger one would move each window by a token or two)."""
     specials = tokenizer.num_special_tokens_to_add(pair=True)
-    if question_tokens + specials + 1 >= max_length:
-        raise DataError(
-            f"a question of {question_tokens} tokens leaves no room for its context in windows of {max_length} "
-            "tokens; raise max_length or shorten the question"
-        )
-    stride = min(doc_stride, max_length - question_tokens - specials - 1)  # the tokenizer refuses a stride that large
+    strides: dict[int, list[int]] = {}  # overlap -> the pairs tokenised with it
+    for i, question in enumerate(questions):
+        room = max_length - specials - len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        if room < 2:
+            raise DataError(
+                f"question {i + 1} ({question[:60]!r}) leaves no room for its context in windows of {max_length} "
+                "tokens; raise max_length or shorten the question"
+            )
+        strides.setdefault(min(doc_stride, room // 2), []).append(i)
+    parts = [_tokenize_windows(tokenizer, questions, contexts, max_length, s, idx) for s, idx in strides.items()]
+    windows = QAWindows([], [] if all(p.token_type_ids is not None for p in parts) else None, [], [], [])
+    order = sorted(((e, k, w) for k, part in enumerate(parts) for w, e in enumerate(part.example)))
+    for e, k, w in order:  # every window in pair order, each pair's in their own order
+        part = parts[k]
+        windows.input_ids.append(part.input_ids[w])
+        if windows.token_type_ids is not None and part.token_type_ids is not None:
+            windows.token_type_ids.append(part.token_type_ids[w])
+        windows.example.append(e)
+        windows.offsets.append(part.offsets[w])
+        windows.null.append(part.null[w])
+    return windows
+
+
+def _tokenize_windows(
+    tokenizer: Any, questions: list[str], contexts: list[str], max_length: int, stride: int, idx: list[int]
+) -> QAWindows:
+    """The windows of the pairs `idx`, all with overlap `stride` (`example`: indices into the full lists)."""
+    first = context_first(tokenizer)
+    qs, cs = [questions[i] for i in idx], [contexts[i] for i in idx]
     try:
         enc = tokenizer(
-            *pairs,
+            *((cs, qs) if first else (qs, cs)),
             truncation="only_first" if first else "only_second",
             max_length=max_length,
             stride=stride,
@@ -81,7 +105,8 @@ def qa_windows(
     except (ValueError, TypeError) as e:
         raise DataError(f"the tokenizer cannot cut these (question, context) pairs into windows ({e})") from e
     context_id = 0 if first else 1
-    windows = QAWindows(enc["input_ids"], enc.get("token_type_ids"), list(enc["overflow_to_sample_mapping"]), [], [])
+    examples = [idx[j] for j in enc["overflow_to_sample_mapping"]]
+    windows = QAWindows(enc["input_ids"], enc.get("token_type_ids"), examples, [], [])
     cls_id = getattr(tokenizer, "cls_token_id", None)
     for w, ids in enumerate(enc["input_ids"]):
         sequence = enc.sequence_ids(w)
@@ -104,7 +129,11 @@ def check_answers(answers: list[dict[str, list[Any]] | None], contexts: list[str
     """Refuse an answer its context does not hold at its `answer_start`, naming the question (its
     id, else its row): trained on, it would teach the wrong tokens."""
     for i, (answer, context) in enumerate(zip(answers, contexts, strict=True)):
-        for text, start in zip(*(answer or {"text": [], "answer_start": []}).values(), strict=True):
+        texts, starts = (answer or {"text": [], "answer_start": []}).values()
+        if len(texts) != len(starts):
+            name = f"question {ids[i]!r}" if ids[i] is not None else f"row {i + 1}"
+            raise DataError(f"{name} of {source}: {len(texts)} answer texts but {len(starts)} answer_start values")
+        for text, start in zip(texts, starts, strict=True):
             if not isinstance(text, str) or not text or context[start : start + len(text)] != text:
                 name = f"question {ids[i]!r}" if ids[i] is not None else f"row {i + 1}"
                 found = context[start : start + len(str(text))] if isinstance(start, int) else None

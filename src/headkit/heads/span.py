@@ -92,14 +92,15 @@ def parse_answers(value: Any, where: LabelSource, row: int) -> dict[str, list[An
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise DataError(f"{where.source}, row {row + 1}: answers {value[:60]!r} are not JSON ({e.msg})") from e
-    if isinstance(value, list):  # a list of {"text", "answer_start"} records (SQuAD's own layout)
-        value = {"text": [a.get("text") for a in value], "answer_start": [a.get("answer_start") for a in value]}
-    if not isinstance(value, dict) or not {"text", "answer_start"} <= value.keys():
+    try:
+        if isinstance(value, list):  # a list of {"text", "answer_start"} records (SQuAD's own layout)
+            value = {"text": [a["text"] for a in value], "answer_start": [a["answer_start"] for a in value]}
+        return {"text": [str(t) for t in value["text"]], "answer_start": [int(a) for a in value["answer_start"]]}
+    except (TypeError, ValueError, KeyError) as e:
         raise DataError(
             f"{where.source}, row {row + 1}: head '{where.head}' reads SQuAD answers "
-            f'{{"text": [...], "answer_start": [...]}} (empty lists: no answer), not {value!r:.80}'
-        )
-    return {"text": list(value["text"]), "answer_start": [int(a) for a in value["answer_start"]]}
+            f'{{"text": [...], "answer_start": [...]}} (empty lists: no answer), not {value!r:.80} ({e})'
+        ) from e
 
 
 class SpanScores(Scoring):

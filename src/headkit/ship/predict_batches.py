@@ -118,6 +118,7 @@ def predict_questions(
     "end"} in the context's characters; "" when the text holds no answer) and the other heads
     answer from its first window. (Single texts take `predict_texts`' own path: a span head then
     gives token positions in the text.)"""
+    check_pair_template(tokenizer, "question-answering pairs")
     names = list(heads or model.heads)
     readers = [n for n in names if model.heads[n].codec.inputs == "qa"]
     stride = min(model.heads[n].config.doc_stride for n in readers)
