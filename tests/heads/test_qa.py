@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 import headkit
 from headkit.errors import DataError
@@ -200,3 +201,39 @@ def test_bad_answers_and_decoder_tokenizers_are_refused_in_one_line(tiny_text_mo
         assert "\n" not in str(refused.value)
     with pytest.raises(DataError, match=r"no sentence-pair template"):
         encode_questions(chat_tokenizer(), [{"question": "who", "context": context}], "text", None, 32, "d.jsonl")
+
+
+def test_the_exported_question_answering_model_gives_headkit_s_answers(tiny_text_model, tmp_path):
+    """transformers 5 has no question-answering pipeline: the exported AutoModelForQuestionAnswering,
+    run on the same windows and decoded as run_qa decodes (heads.qa.best_answers), answers as
+    headkit's predict does, character for character, over contexts longer than one window."""
+    from headkit.ship.export import export_transformers
+
+    result = headkit.train(
+        str(tiny_text_model),
+        {"answer": {"type": "span", "label": "answers", "data": str(qa_data(tmp_path))}},
+        strategy="full",
+        epochs=2,
+        max_length=32,
+        lr=1e-3,
+        progress=False,
+    )
+    tokenizer = headkit.load_processor(tiny_text_model)
+    saved = headkit.save(result.model, tmp_path / "saved", processor=tokenizer)
+    export_transformers(saved, tmp_path / "plain", head="answer")
+    exported = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "plain").eval()
+    pairs = []
+    for i, name in enumerate(["alice", "bob", "alice", "bob", "paris"]):
+        context, _ = context_with(f"{name} visited london", before=1 + 6 * i, after=2)
+        pairs.append(("who visited london" if i % 2 else "who met paris", context))
+    ours = [p["answer"] for p in result.model.predict(pairs)]
+    windows = qa_windows(tokenizer, [q for q, _ in pairs], [c for _, c in pairs], max_length=32)
+    assert len(windows.example) > len(pairs)  # some contexts span several windows
+    logits = []
+    with torch.no_grad():
+        for w, ids in enumerate(windows.input_ids):
+            out = exported(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([windows.token_type_ids[w]]))
+            logits.append(torch.stack([out.start_logits[0], out.end_logits[0]], -1))
+    theirs = best_answers(logits, windows, [c for _, c in pairs])
+    assert [(a["answer"], a["start"], a["end"]) for a in ours] == [(t["answer"], t["start"], t["end"]) for t in theirs]
+    assert [a["score"] for a in ours] == pytest.approx([t["score"] for t in theirs], abs=1e-5)
