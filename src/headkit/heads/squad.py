@@ -149,6 +149,18 @@ def _as_list(value: Any) -> list[Any] | None:
     return list(value) if isinstance(value, (list, tuple)) else None
 
 
+def _question_id(row: Any, i: int, source: str) -> str:
+    """A row's question id as a string (a CSV reader's number becomes one); refused when missing."""
+    if not isinstance(row, Mapping):
+        raise DataError(f"row {i} of {source} is a {type(row).__name__}; expected {ROW_LAYOUT}")
+    qid = row.get("id")
+    if isinstance(qid, numbers.Integral) and not isinstance(qid, bool):
+        qid = str(qid)
+    if not isinstance(qid, str) or not qid.strip():
+        raise DataError(f"row {i} of {source} has no question id (got {qid!r}); every row needs a unique 'id'")
+    return qid
+
+
 def check_qa_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
     """Rows in `squad_v2` columns checked and normalised: answers a dict of two lists, ids strings.
 
@@ -159,13 +171,7 @@ def check_qa_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[s
     checked: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise DataError(f"row {i} of {source} is a {type(row).__name__}; expected {ROW_LAYOUT}")
-        qid = row.get("id")
-        if isinstance(qid, numbers.Integral) and not isinstance(qid, bool):
-            qid = str(qid)
-        if not isinstance(qid, str) or not qid.strip():
-            raise DataError(f"row {i} of {source} has no question id (got {qid!r}); every row needs a unique 'id'")
+        qid = _question_id(row, i, source)
         name = f"question {qid!r}"
         if qid in seen:
             raise DataError(f"{name} appears twice in {source}; question ids must be unique")
@@ -246,13 +252,7 @@ def _gold(rows: Iterable[Mapping[str, Any]], source: str) -> dict[str, list[str]
     """
     gold: dict[str, list[str]] = {}
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise DataError(f"row {i} of {source} is a {type(row).__name__}; expected {ROW_LAYOUT}")
-        qid = row.get("id")
-        if isinstance(qid, numbers.Integral) and not isinstance(qid, bool):
-            qid = str(qid)
-        if not isinstance(qid, str):
-            raise DataError(f"row {i} of {source} has no question id (got {qid!r}); every row needs a unique 'id'")
+        qid = _question_id(row, i, source)
         if qid in gold:
             raise DataError(f"question {qid!r} appears twice in {source}; question ids must be unique")
         gold[qid] = [str(t) for t in _answers(row, f"question {qid!r}", source)["text"]]
