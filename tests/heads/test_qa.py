@@ -237,3 +237,23 @@ def test_the_exported_question_answering_model_gives_headkit_s_answers(tiny_text
     theirs = best_answers(logits, windows, [c for _, c in pairs])
     assert [(a["answer"], a["start"], a["end"]) for a in ours] == [(t["answer"], t["start"], t["end"]) for t in theirs]
     assert [a["score"] for a in ours] == pytest.approx([t["score"] for t in theirs], abs=1e-5)
+
+
+def test_evaluate_scores_a_question_answering_head_per_question_as_squad_does(tiny_text_model, tmp_path):
+    from headkit.heads.squad import read_squad, squad_scores
+
+    data = qa_data(tmp_path, n=8)
+    result = headkit.train(
+        str(tiny_text_model),
+        {"answer": {"type": "span", "label": "answers", "data": str(data)}},
+        epochs=1,
+        max_length=24,
+        progress=False,
+    )
+    rows = read_squad(data)
+    metrics = result.model.evaluate(str(data))
+    answers = result.model.predict([(r["question"], r["context"]) for r in rows])
+    expected = squad_scores({r["id"]: a["answer"]["answer"] for r, a in zip(rows, answers, strict=True)}, rows)
+    assert metrics["answer"]["f1"] == pytest.approx(expected["f1"])
+    assert metrics["answer"]["HasAns_total"] == 8 and metrics["answer"]["NoAns_total"] == 8
+    assert {"window_exact_match", "window_f1"} <= metrics["answer"].keys() and metrics.num_examples == 16

@@ -174,7 +174,34 @@ def evaluate_dataset(
     """
     encoded = encode_dataset(model, processor, data, columns, text, max_length, name="the evaluation data")
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
-    return evaluate(model, encoded, pad_id, batch_size=batch_size, progress=progress), len(encoded)
+    evaluation = evaluate(model, encoded, pad_id, batch_size=batch_size, progress=progress)
+    answering = [n for n in evaluation.scores if model.heads[n].codec.inputs == "qa"]
+    if not answering:
+        return evaluation, len(encoded)
+    from headkit.data.readers import read_rows
+
+    rows = read_rows(data)
+    for name in answering:
+        windows = {f"window_{k}": v for k, v in evaluation.scores[name].items()}
+        evaluation.scores[name] = {**answer_scores(model, processor, rows, name, max_length, batch_size), **windows}
+    return evaluation, len(rows)
+
+
+def answer_scores(
+    model: Model, processor: Any, rows: list[dict[str, Any]], head: str, max_length: int | None, batch_size: int
+) -> dict[str, float]:
+    """A question-answering head's official SQuAD 2.0 scores per question (its answer from all of a
+    context's windows, as `predict` gives it), beside its per-window scores (`window_*`, what
+    training's validation reports)."""
+    from headkit.heads.squad import squad_scores
+    from headkit.ship.predict_batches import predict_texts
+
+    question = "question" if rows and "question" in rows[0] else "text"
+    pairs = [(r[question], r["context"]) for r in rows]
+    answers = predict_texts(model, processor, pairs, batch_size, max_length, heads=[head])
+    scored = [{**r, "id": str(r.get("id", i))} for i, r in enumerate(rows)]
+    squad = squad_scores({r["id"]: a[head]["answer"] for r, a in zip(scored, answers, strict=True)}, scored)
+    return squad
 
 
 def encode_dataset(
