@@ -9,7 +9,8 @@ answers on the windows a transformers QA model would:
   question is repeated in every window. A tokenizer that pads on the left puts the context first, as
   run_qa does.
 - A window is labelled with the first and last token of the answer when the whole answer lies in
-  its part of the context, and with its null position (the [CLS] token, else its first token) when
+  its part of the context, and with its null position (its first token: [CLS] on BERT-style
+  tokenizers; the span head's decode reads the null answer there too) when
   it does not: every window of an unanswerable question, and the windows of an answerable one
   that miss the answer, learn "no answer here".
 - Answering takes the `n_best` start and end positions of every window of a question, keeps the
@@ -43,7 +44,7 @@ class QAWindows:
     token_type_ids: list[list[int]] | None
     example: list[int]  # the index of the pair each window comes from
     offsets: list[list[tuple[int, int] | None]]  # per token: its characters in the context, None outside it
-    null: list[int]  # the position of each window's null answer ([CLS], else its first token)
+    null: list[int]  # the position of each window's null answer: its first token ([CLS] where it leads)
 
 
 def context_first(tokenizer: Any) -> bool:
@@ -107,13 +108,12 @@ def _tokenize_windows(
     context_id = 0 if first else 1
     examples = [idx[j] for j in enc["overflow_to_sample_mapping"]]
     windows = QAWindows(enc["input_ids"], enc.get("token_type_ids"), examples, [], [])
-    cls_id = getattr(tokenizer, "cls_token_id", None)
-    for w, ids in enumerate(enc["input_ids"]):
+    for w in range(len(enc["input_ids"])):
         sequence = enc.sequence_ids(w)
         windows.offsets.append(
             [tuple(o) if s == context_id else None for o, s in zip(enc["offset_mapping"][w], sequence, strict=True)]
         )
-        windows.null.append(ids.index(cls_id) if cls_id is not None and cls_id in ids else 0)
+        windows.null.append(0)  # where decode looks for it, whatever the tokenizer puts first
     return windows
 
 
