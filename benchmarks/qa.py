@@ -101,12 +101,32 @@ def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -
         import dataclasses
 
         model.heads["answer"].config = dataclasses.replace(model.heads["answer"].config, doc_stride=args.doc_stride)
-    started = time.perf_counter()
-    out = model.predict([(r["question"], r["context"]) for r in test], batch_size=args.predict_batch_size)
-    predict_seconds = time.perf_counter() - started
+    import headkit.ship.predict_batches as predict_batches
+
+    kept: list[tuple] = []  # what predict chose its answers from: for the null-threshold search, after the clock
+
+    def keeping(logits, windows, contexts, **options):
+        kept.append((logits, windows, contexts, options))
+        return best_answers(logits, windows, contexts, **options)
+
+    best_answers, predict_batches.best_answers = predict_batches.best_answers, keeping
+    try:
+        started = time.perf_counter()
+        out = model.predict([(r["question"], r["context"]) for r in test], batch_size=args.predict_batch_size)
+        predict_seconds = time.perf_counter() - started
+    finally:
+        predict_batches.best_answers = best_answers
     say(f"headkit predicted {len(test)} questions in {predict_seconds:.1f}s")
     predictions = {r["id"]: o["answer"]["answer"] for r, o in zip(test, out, strict=True)}
-    return {"predictions": predictions, "train_s": train_seconds, "predict_s": predict_seconds}
+    logits, windows, contexts, options = kept[0]
+    spans = best_answers(logits, windows, contexts, **{**options, "null_threshold": float("inf")})  # never ""
+    return {
+        "predictions": predictions,
+        "spans": {r["id"]: a["answer"] for r, a in zip(test, spans, strict=True)},
+        "null_score_diff": {r["id"]: a["null_score_diff"] for r, a in zip(test, spans, strict=True)},
+        "train_s": train_seconds,
+        "predict_s": predict_seconds,
+    }
 
 
 # ----------------------------------------------------------------------------- transformers' run_qa
@@ -181,12 +201,13 @@ def prepare_validation_features(tokenizer, rows: list[dict], max_length: int, st
     return dict(enc), example, offsets
 
 
-def postprocess_qa_predictions(rows, example, offsets, start_logits, end_logits) -> dict[str, str]:
-    """utils_qa.postprocess_qa_predictions with version_2_with_negative: each question's answer text."""
+def postprocess_qa_predictions(rows, example, offsets, start_logits, end_logits) -> tuple[dict, dict, dict]:
+    """utils_qa.postprocess_qa_predictions with version_2_with_negative: each question's answer text,
+    its best non-null span and null score difference (run_qa's null_odds)."""
     features = collections.defaultdict(list)
     for feature, e in enumerate(example):
         features[e].append(feature)
-    answers = {}
+    answers, spans, diffs = {}, {}, {}
     for e, row in enumerate(rows):
         min_null, prelim = None, []
         for f in features[e]:
@@ -223,7 +244,8 @@ def postprocess_qa_predictions(rows, example, offsets, start_logits, end_logits)
         best = predictions[i]
         diff = null_score - best["start_logit"] - best["end_logit"]
         answers[row["id"]] = "" if diff > NULL_THRESHOLD else best["text"]
-    return answers
+        spans[row["id"]], diffs[row["id"]] = best["text"], float(diff)
+    return answers, spans, diffs
 
 
 def run_reference(train: list[dict], test: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -294,16 +316,22 @@ def run_reference(train: list[dict], test: list[dict], args: argparse.Namespace)
     started = time.perf_counter()
     enc, example, offsets = prepare_validation_features(tokenizer, test, args.max_length, args.doc_stride, pad)
     start_logits, end_logits = trainer.predict(datasets.Dataset.from_dict(enc)).predictions
-    predictions = postprocess_qa_predictions(test, example, offsets, start_logits, end_logits)
+    predictions, spans, diffs = postprocess_qa_predictions(test, example, offsets, start_logits, end_logits)
     predict_seconds = time.perf_counter() - started
     say(f"reference predicted {len(test)} questions in {predict_seconds:.1f}s")
-    return {"predictions": predictions, "train_s": train_seconds, "predict_s": predict_seconds}
+    return {
+        "predictions": predictions,
+        "spans": spans,
+        "null_score_diff": diffs,
+        "train_s": train_seconds,
+        "predict_s": predict_seconds,
+    }
 
 
 # ----------------------------------------------------------------------------- the table
 
 COLUMNS = [("EM", "exact_match"), ("F1", "f1"), ("HasAns EM", "HasAns_exact_match"), ("HasAns F1", "HasAns_f1"),
-           ("NoAns", "NoAns_f1")]  # fmt: skip
+           ("NoAns", "NoAns_f1"), ("answered %", "answered"), ("best F1*", "best_f1")]  # fmt: skip
 
 
 def row_cells(result: dict[str, Any]) -> list[str]:
@@ -352,7 +380,7 @@ def main() -> None:
     import transformers
 
     import headkit  # noqa: F401  (imported before any clock starts)
-    from headkit.heads.squad import read_squad, squad_scores
+    from headkit.heads.squad import null_threshold_search, read_squad, squad_scores
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -366,6 +394,10 @@ def main() -> None:
             mine = run_headkit(train, test, args)
             for result in (reference, mine):
                 result["scores"] = squad_scores(result["predictions"], test)
+                best = null_threshold_search(result["null_score_diff"], result["spans"], test)
+                result["scores"]["best_f1"] = best["best_f1"]
+                result["best_f1_thresh"] = best["best_f1_thresh"]
+                result["scores"]["answered"] = sum(1 for a in result["predictions"].values() if a) / len(test)
             say(f"F1 headkit {100 * mine['scores']['f1']:.1f}, reference {100 * reference['scores']['f1']:.1f}")
             results.append((title, len(train), len(test), mine, reference))
 
@@ -396,7 +428,11 @@ def main() -> None:
     predict_ratio = avg_mine["predict_s"] / avg_ref["predict_s"]
     met = f1_gap >= -1.0 and train_ratio <= 1.0 and predict_ratio <= 1.0
     print(
-        f"\ngoal: within 1 F1 point of the reference at no more time: F1 {f1_gap:+.1f} points, "
+        "\n*best F1: the official best_f1, F1 at the null threshold that is best on these test questions "
+        "(an oracle: it shows what the spans learned, whatever the null threshold; the recipes use 0.0)"
+    )
+    print(
+        f"goal: within 1 F1 point of the reference at no more time: F1 {f1_gap:+.1f} points, "
         f"train time {train_ratio:.2f}x, predict time {predict_ratio:.2f}x -> {'met' if met else 'NOT met'}"
     )
 
