@@ -12,17 +12,19 @@ rotates the test article over the first N articles (default 1: Normans is the te
   (version_2_with_negative, n_best 20, max_answer_length 30, null_score_diff_threshold 0.0), written
   compactly below.
 
-Both get the same windows (max_length, doc_stride), epochs, batch size, seed 0 and the optimizer of
-headkit's full strategy: AdamW, backbone at --lr, the QA layer at --head_lr (headkit's per-strategy
-default for its heads, 1e-3; the Trainer gets the same two groups through `optimizers=`), weight decay
-0.01 on matrices, 6% linear warm-up then linear decay, gradient clipping at 1.0. headkit trains on
-every training question (no validation split, no early stopping). Reference batches (--reference_batches):
-`matched` pads each batch to its longest window and groups windows of similar length, as headkit
-does; `run_qa` pads every window to max_length in random batches (run_qa's defaults: slower on
-short windows). Both recipes' answers are scored by the same function (headkit.heads.squad.squad_scores,
-the official evaluate-v2.0 EM/F1). Train time: tokenising, loading the model and training; predict
-time: windowing, the forward passes and choosing the answers. Both run in this one process, one
-after the other, on the same threads.
+Both get the same window settings (max_length, doc_stride; headkit overlaps a pair's windows by
+doc_stride or half the room its question leaves, whichever is less, and trains on an overlap of 128
+whatever doc_stride says; at the defaults both cut the 1,407 questions into 1,463 windows), epochs,
+batch size, seed 0 and the optimizer of headkit's full strategy: AdamW, backbone at --lr, the QA
+layer at --head_lr (headkit's per-strategy default for its heads, 1e-3; the Trainer gets the same
+two groups through `optimizers=`), weight decay 0.01 on matrices, 6% linear warm-up then linear
+decay, gradient clipping at 1.0. headkit trains on every training question (no validation split, no
+early stopping). Reference batches (--reference_batches): `matched` pads each batch to its longest
+window and groups windows of similar length, as headkit does; `run_qa` pads every window to
+max_length in random batches (run_qa's defaults: slower on short windows). Both recipes' answers are
+scored by the same function (headkit.heads.squad.squad_scores, the official evaluate-v2.0 EM/F1).
+Train time: tokenising, loading the model and training; predict time: windowing, the forward passes
+and choosing the answers. Both run in this one process, one after the other, on the same threads.
 
     python benchmarks/qa.py [--folds 1] [--epochs 2] [--max_length 256] [--strategy full]
                             [--train_questions N] [--test_questions N]
@@ -75,6 +77,7 @@ def sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 
 def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     import headkit
+    from headkit.heads.qa import DOC_STRIDE
 
     overrides = {"backbone_lr": args.lr} if args.strategy != "lora" else {}
     if args.head_lr is not None:
@@ -97,7 +100,9 @@ def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -
     train_seconds = time.perf_counter() - started
     say(f"headkit trained in {train_seconds:.1f}s")
     model = result.model
-    if args.doc_stride != model.heads["answer"].config.doc_stride:  # training's windows always overlap by 128
+    if args.doc_stride != model.heads["answer"].config.doc_stride:
+        say(f"note: headkit trains on windows that overlap by {DOC_STRIDE} tokens whatever --doc_stride says "
+            "(data/encode.py); --doc_stride sets its prediction windows only")  # fmt: skip
         import dataclasses
 
         model.heads["answer"].config = dataclasses.replace(model.heads["answer"].config, doc_stride=args.doc_stride)
