@@ -13,7 +13,7 @@ rotates the test article over the first N articles (default 1: Normans is the te
   compactly below.
 
 Both get the same window settings (max_length, doc_stride; headkit overlaps a pair's windows by
-doc_stride or half the room its question leaves, whichever is less, and trains on an overlap of 128
+doc_stride as run_qa does wherever run_qa's tokenizer call works, and trains on an overlap of 128
 whatever doc_stride says; at the defaults both cut the 1,407 questions into 1,463 windows), epochs,
 batch size, seed 0 and the optimizer of headkit's full strategy: AdamW, backbone at --lr, the QA
 layer at --head_lr (headkit's per-strategy default for its heads, 1e-3; the Trainer gets the same
@@ -137,11 +137,12 @@ def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -
 # ----------------------------------------------------------------------------- transformers' run_qa
 
 
-def prepare_train_features(tokenizer, rows: list[dict], max_length: int, stride: int, pad: bool) -> dict:
-    """run_qa's prepare_train_features: windows labelled with the answer's tokens, else [CLS]."""
+def run_qa_windows(tokenizer, rows: list[dict], max_length: int, stride: int, pad: bool):
+    """The tokenizer call both of run_qa's preparations make: question and context (context first
+    where the tokenizer pads on the left), the context cut into overlapping windows, offsets kept."""
     pad_on_right = tokenizer.padding_side == "right"
     questions, contexts = [r["question"].lstrip() for r in rows], [r["context"] for r in rows]
-    enc = tokenizer(
+    return tokenizer(
         questions if pad_on_right else contexts,
         contexts if pad_on_right else questions,
         truncation="only_second" if pad_on_right else "only_first",
@@ -151,6 +152,12 @@ def prepare_train_features(tokenizer, rows: list[dict], max_length: int, stride:
         return_offsets_mapping=True,
         padding="max_length" if pad else False,
     )
+
+
+def prepare_train_features(tokenizer, rows: list[dict], max_length: int, stride: int, pad: bool) -> dict:
+    """run_qa's prepare_train_features: windows labelled with the answer's tokens, else [CLS]."""
+    pad_on_right = tokenizer.padding_side == "right"
+    enc = run_qa_windows(tokenizer, rows, max_length, stride, pad)
     sample_mapping = enc.pop("overflow_to_sample_mapping")
     enc["start_positions"], enc["end_positions"] = [], []
     for i, offsets in enumerate(enc.pop("offset_mapping")):
@@ -186,17 +193,7 @@ def prepare_train_features(tokenizer, rows: list[dict], max_length: int, stride:
 def prepare_validation_features(tokenizer, rows: list[dict], max_length: int, stride: int, pad: bool):
     """run_qa's prepare_validation_features: the windows, each one's example and its context offsets."""
     pad_on_right = tokenizer.padding_side == "right"
-    questions, contexts = [r["question"].lstrip() for r in rows], [r["context"] for r in rows]
-    enc = tokenizer(
-        questions if pad_on_right else contexts,
-        contexts if pad_on_right else questions,
-        truncation="only_second" if pad_on_right else "only_first",
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="max_length" if pad else False,
-    )
+    enc = run_qa_windows(tokenizer, rows, max_length, stride, pad)
     example = list(enc.pop("overflow_to_sample_mapping"))
     context_index = 1 if pad_on_right else 0
     offsets = [

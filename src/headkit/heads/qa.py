@@ -61,9 +61,9 @@ def qa_windows(
 ) -> QAWindows:
     """The windows of every (question, context) pair, with each token's characters in the context.
 
-    A pair's windows depend on that pair alone: its overlap is `doc_stride` tokens, or half the
-    room its question leaves in `max_length` when that is less (the tokenizer refuses an overlap
-    as large as the room, and a larger one would move each window by a token or two)."""
+    A pair's windows depend on that pair alone: its overlap is `doc_stride` tokens, as in run_qa,
+    unless that is not less than the room its question leaves in `max_length` (where run_qa's
+    tokenizer call fails): then half that room."""
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     strides: dict[int, list[int]] = {}  # overlap -> the pairs tokenised with it
     for i, question in enumerate(questions):
@@ -73,7 +73,7 @@ def qa_windows(
                 f"question {i + 1} ({question[:60]!r}) leaves no room for its context in windows of {max_length} "
                 "tokens; raise max_length or shorten the question"
             )
-        strides.setdefault(min(doc_stride, room // 2), []).append(i)
+        strides.setdefault(doc_stride if doc_stride < room else room // 2, []).append(i)
     parts = [_tokenize_windows(tokenizer, questions, contexts, max_length, s, idx) for s, idx in strides.items()]
     windows = QAWindows([], [] if all(p.token_type_ids is not None for p in parts) else None, [], [], [])
     order = sorted(((e, k, w) for k, part in enumerate(parts) for w, e in enumerate(part.example)))
