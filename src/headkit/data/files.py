@@ -53,10 +53,10 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and _is_squad(text):
+    if path.suffix.lower() == ".json" and (document := _squad_document(text)) is not None:
         from headkit.heads.squad import read_squad
 
-        return read_squad(path)
+        return read_squad(document, source=str(path))
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -77,19 +77,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _is_squad(text: str) -> bool:
-    """Whether a .json file is one object in SQuAD's own layout, {"data": [articles]} (JSON Lines
-    files hold one object per line and fail to load as one)."""
+def _squad_document(text: str) -> dict[str, Any] | None:
+    """A .json file's object when it is in SQuAD's own layout, {"data": [articles with paragraphs]}
+    (JSON Lines files hold one object per line and fail to load as one); else None."""
     if not text.lstrip().startswith("{"):
-        return False
+        return None
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:
-        return False
+        return None
     articles = whole.get("data") if isinstance(whole, dict) else None
-    return (
-        isinstance(articles, list) and bool(articles) and isinstance(articles[0], dict) and "paragraphs" in articles[0]
-    )
+    if not isinstance(articles, list) or not articles or not isinstance(articles[0], dict):
+        return None
+    return whole if "paragraphs" in articles[0] else None
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from headkit.errors import DataError
 from headkit.heads.labels import IGNORE_INDEX
+from headkit.heads.squad import check_answer
 
 DOC_STRIDE = 128  # run_qa's default overlap between a context's windows
 N_BEST = 20  # run_qa's n_best_size
@@ -126,21 +127,12 @@ def window_labels(windows: QAWindows, answers: list[dict[str, list[Any]] | None]
 
 
 def check_answers(answers: list[dict[str, list[Any]] | None], contexts: list[str], ids: list[Any], source: str) -> None:
-    """Refuse an answer its context does not hold at its `answer_start`, naming the question (its
-    id, else its row): trained on, it would teach the wrong tokens."""
+    """Refuse an answer its context does not hold at its `answer_start` (`squad.check_answer`),
+    naming the question (its id, else its row)."""
     for i, (answer, context) in enumerate(zip(answers, contexts, strict=True)):
-        texts, starts = (answer or {"text": [], "answer_start": []}).values()
-        if len(texts) != len(starts):
-            name = f"question {ids[i]!r}" if ids[i] is not None else f"row {i + 1}"
-            raise DataError(f"{name} of {source}: {len(texts)} answer texts but {len(starts)} answer_start values")
-        for text, start in zip(texts, starts, strict=True):
-            if not isinstance(text, str) or not text or context[start : start + len(text)] != text:
-                name = f"question {ids[i]!r}" if ids[i] is not None else f"row {i + 1}"
-                found = context[start : start + len(str(text))] if isinstance(start, int) else None
-                raise DataError(
-                    f"{name} of {source}: answer {text!r} is not at answer_start {start} of its context "
-                    f"(which holds {found!r} there)"
-                )
+        name = f"question {ids[i]!r}" if ids[i] is not None else f"row {i + 1}"
+        for text, start in zip(*(answer or {"text": [], "answer_start": []}).values(), strict=True):
+            check_answer(text, start, context, name, source)
 
 
 def _window_label(windows: QAWindows, w: int, answer: dict[str, list[Any]] | None) -> tuple[int, int]:

@@ -10,7 +10,6 @@ contexts are cut into overlapping windows and answers come back in the context's
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headkit.data.files import column_values, is_missing
-from headkit.errors import DataError
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import Codec
 from headkit.heads.export import ExportSpec
@@ -28,6 +26,7 @@ from headkit.heads.labels import IGNORE_INDEX, LabelSource
 from headkit.heads.pooling import first_real_position
 from headkit.heads.qa import DOC_STRIDE
 from headkit.heads.scoring import Scoring
+from headkit.heads.squad import parse_answers
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,8 @@ class SpanCodec(Codec):
         """Each row's SQuAD answers (None where it has none given); the windows turn them into token
         positions (headkit.heads.qa), once the context is known to hold them."""
         column = "answers" if where.column == "label" else where.column
-        return [parse_answers(v, where, i) for i, v in enumerate(column_values(rows, column, where.source))]
+        values = column_values(rows, column, where.source)
+        return [None if is_missing(v) else parse_answers(v, f"row {i + 1}", where.source) for i, v in enumerate(values)]
 
     def concat(self, parts: list[Any | None], sizes: list[int]) -> Any:
         missing = [np.full((n, 2), IGNORE_INDEX, np.int64) for n in sizes]
@@ -81,26 +81,6 @@ class SpanCodec(Codec):
     def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
         """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
         return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
-
-
-def parse_answers(value: Any, where: LabelSource, row: int) -> dict[str, list[Any]] | None:
-    """One row's answers as a dict of lists: as `datasets` gives them, or as JSON text (CSV)."""
-    if is_missing(value):
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where.source}, row {row + 1}: answers {value[:60]!r} are not JSON ({e.msg})") from e
-    try:
-        if isinstance(value, list):  # a list of {"text", "answer_start"} records (SQuAD's own layout)
-            value = {"text": [a["text"] for a in value], "answer_start": [a["answer_start"] for a in value]}
-        return {"text": [str(t) for t in value["text"]], "answer_start": [int(a) for a in value["answer_start"]]}
-    except (TypeError, ValueError, KeyError) as e:
-        raise DataError(
-            f"{where.source}, row {row + 1}: head '{where.head}' reads SQuAD answers "
-            f'{{"text": [...], "answer_start": [...]}} (empty lists: no answer), not {value!r:.80} ({e})'
-        ) from e
 
 
 class SpanScores(Scoring):

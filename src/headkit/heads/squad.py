@@ -39,15 +39,15 @@ def _show(text: str, limit: int = 60) -> str:
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def read_squad(path_or_dict: str | Path | Mapping[str, Any]) -> list[dict[str, Any]]:
+def read_squad(path_or_dict: str | Path | Mapping[str, Any], source: str | None = None) -> list[dict[str, Any]]:
     """The questions of a file (or loaded dict) in SQuAD's own JSON layout, as rows in `squad_v2` columns.
 
     Flattened so that SQuAD files train and score like any other table of rows; every answer is
     checked against its context here, because a wrong `answer_start` silently trains on the wrong span.
     `plausible_answers` (the distractors of unanswerable questions) are dropped: they are not answers.
     """
-    if isinstance(path_or_dict, Mapping):
-        source, document = "the given SQuAD dict", path_or_dict
+    if isinstance(path_or_dict, Mapping):  # `source`: the file it was loaded from, for errors
+        source, document = source or "the given SQuAD dict", path_or_dict
     else:
         source = str(path_or_dict)
         try:
@@ -110,12 +110,17 @@ def read_squad(path_or_dict: str | Path | Mapping[str, Any]) -> list[dict[str, A
 
 
 def _answers(row: Mapping[str, Any], name: str, source: str) -> dict[str, list[Any]]:
-    """A row's answers as a dict of two lists, from any of the forms tables hold them in.
+    """A row's answers (its `answers` column) as a dict of two lists: `parse_answers`."""
+    return parse_answers(row.get("answers"), name, source)
+
+
+def parse_answers(answers: Any, name: str, source: str) -> dict[str, list[Any]]:
+    """An answers value as a dict of two lists, from any of the forms tables hold it in (`name`:
+    the question or row an error names).
 
     `datasets` gives a dict of lists, a CSV cell holds the same dict as a JSON string, Parquet through
     pandas gives arrays, and SQuAD-like JSONL often has a list of `{"text", "answer_start"}` objects.
     """
-    answers = row.get("answers")
     if isinstance(answers, str):
         try:
             answers = json.loads(answers)
@@ -161,6 +166,23 @@ def _question_id(row: Any, i: int, source: str) -> str:
     return qid
 
 
+def check_answer(text: Any, start: Any, context: str, name: str, source: str) -> None:
+    """Refuse an answer that is empty or that its context does not hold at its `answer_start`:
+    trained on, it would teach the wrong tokens (`name`: the question or row the error names)."""
+    if not isinstance(text, str) or not text:
+        raise DataError(f"{name} in {source} has an empty answer text (got {text!r})")
+    if not isinstance(start, numbers.Integral) or isinstance(start, bool):
+        raise DataError(f"{name} in {source}: answer_start {start!r} of {_show(text)} is not an integer")
+    start = int(start)
+    if start < 0 or context[start : start + len(text)] != text:
+        there = context[max(start, 0) : max(start, 0) + len(text)]
+        found = context.find(text)
+        hint = f" (that text is at {found})" if found >= 0 else " (that text is nowhere in the context)"
+        raise DataError(
+            f"{name} in {source}: answer_start {start} points at {_show(there)}, not at the answer {_show(text)}{hint}"
+        )
+
+
 def check_qa_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
     """Rows in `squad_v2` columns checked and normalised: answers a dict of two lists, ids strings.
 
@@ -183,19 +205,7 @@ def check_qa_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[s
             raise DataError(f"{name} in {source} has an empty question (got {_show(str(question))})")
         answers = _answers(row, name, source)
         for text, start in zip(answers["text"], answers["answer_start"], strict=True):
-            if not isinstance(text, str) or not text:
-                raise DataError(f"{name} in {source} has an empty answer text (got {text!r})")
-            if not isinstance(start, numbers.Integral) or isinstance(start, bool):
-                raise DataError(f"{name} in {source}: answer_start {start!r} of {_show(text)} is not an integer")
-            start = int(start)
-            if start < 0 or context[start : start + len(text)] != text:
-                there = context[max(start, 0) : max(start, 0) + len(text)]
-                found = context.find(text)
-                hint = f" (that text is at {found})" if found >= 0 else " (that text is nowhere in the context)"
-                raise DataError(
-                    f"{name} in {source}: answer_start {start} points at "
-                    f"{_show(there)}, not at the answer {_show(text)}{hint}"
-                )
+            check_answer(text, start, context, name, source)
         title = row.get("title")
         checked.append(
             {
