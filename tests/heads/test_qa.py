@@ -257,3 +257,23 @@ def test_evaluate_scores_a_question_answering_head_per_question_as_squad_does(ti
     assert metrics["answer"]["f1"] == pytest.approx(expected["f1"])
     assert metrics["answer"]["HasAns_total"] == 8 and metrics["answer"]["NoAns_total"] == 8
     assert {"window_exact_match", "window_f1"} <= metrics["answer"].keys() and metrics.num_examples == 16
+
+
+def test_evaluate_reads_the_question_and_context_columns_the_head_trained_on(tiny_text_model, tmp_path):
+    from headkit.heads.squad import read_squad
+
+    rows = [
+        {"id": r["id"], "ask": r["question"], "passage": r["context"], "answers": r["answers"]}
+        for r in read_squad(qa_data(tmp_path, n=6))
+    ]
+    data = tmp_path / "renamed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = headkit.train(
+        str(tiny_text_model),
+        {"answer": {"type": "span", "label": "answers", "text": "ask", "text_pair": "passage", "data": str(data)}},
+        epochs=1,
+        max_length=24,
+        progress=False,
+    )
+    metrics = result.model.evaluate(str(data))
+    assert metrics["answer"]["HasAns_total"] == 6 and metrics.num_examples == 12

@@ -148,10 +148,8 @@ def encode_questions(
     """The windows of each row's (question, context), as encoded rows, and the contexts: the
     question in the text column (or a `question` column when the text column is absent), the
     context in `text_pair` (default `context`)."""
-    if rows and question not in rows[0] and "question" in rows[0]:
-        question = "question"
+    question, context = qa_columns(rows, question, context)
     check_pair_template(tokenizer, data)  # a decoder's run-on question and context: no boundary to learn
-    context = context or "context"
     contexts = text_values(rows, context, data)
     windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length)
     texts = [_text(rows[e], question, context) for e in windows.example]
@@ -159,6 +157,14 @@ def encode_questions(
     encoded = EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids)
     encoded.groups = [paragraph[contexts[e]] for e in windows.example]
     return encoded, windows, contexts
+
+
+def qa_columns(rows: list[dict[str, Any]], question: str, context: str | None) -> tuple[str, str]:
+    """The question and context columns of QA rows: the text column (or `question` when the rows
+    lack it), and `text_pair` (default `context`)."""
+    if rows and question not in rows[0] and "question" in rows[0]:
+        question = "question"
+    return question, context or "context"
 
 
 def _labels_per_window(

@@ -126,7 +126,9 @@ def predict_questions(
     enc = {"input_ids": windows.input_ids}
     if windows.token_type_ids is not None:
         enc["token_type_ids"] = windows.token_type_ids
-    first_window = {e: w for w, e in reversed(list(enumerate(windows.example)))}
+    first_window: dict[int, int] = {}
+    for w, e in enumerate(windows.example):
+        first_window.setdefault(e, w)
     logits: dict[str, list[Any]] = {n: [None] * len(windows.example) for n in readers}
     results: list[dict[str, Any]] = [{} for _ in questions]
     batches = token_batches([len(ids) for ids in windows.input_ids], max_tokens, batch_size)

@@ -180,28 +180,45 @@ def evaluate_dataset(
         return evaluation, len(encoded)
     from headkit.data.readers import read_rows
 
+    where = str(data) if isinstance(data, str | os.PathLike) else "the evaluation data"
     rows = read_rows(data)
+    chosen = head_columns(model, columns, set(rows[0]) if rows else set(), text, where)  # as encode_dataset chose
     for name in answering:
+        pairs = question_pairs(rows, chosen[name]["text"] or "text", chosen[name]["text_pair"], where)
         windows = {f"window_{k}": v for k, v in evaluation.scores[name].items()}
-        evaluation.scores[name] = {**answer_scores(model, processor, rows, name, max_length, batch_size), **windows}
+        evaluation.scores[name] = {
+            **answer_scores(model, processor, rows, pairs, name, max_length, batch_size),
+            **windows,
+        }
     return evaluation, len(rows)
 
 
+def question_pairs(rows: list[dict[str, Any]], question: str, context: str | None, where: str) -> list[tuple[str, str]]:
+    """The (question, context) of each QA row, from the columns training encodes them from."""
+    from headkit.data.batching import text_values
+    from headkit.data.encode import qa_columns
+
+    question, context = qa_columns(rows, question, context)
+    return list(zip(text_values(rows, question, where), text_values(rows, context, where), strict=True))
+
+
 def answer_scores(
-    model: Model, processor: Any, rows: list[dict[str, Any]], head: str, max_length: int | None, batch_size: int
+    model: Model,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    pairs: list[tuple[str, str]],
+    head: str,
+    max_length: int | None,
+    batch_size: int,
 ) -> dict[str, float]:
-    """A question-answering head's official SQuAD 2.0 scores per question (its answer from all of a
-    context's windows, as `predict` gives it), beside its per-window scores (`window_*`, what
-    training's validation reports)."""
+    """A question-answering head's official SQuAD 2.0 scores per question: its answer to each of
+    `rows`' (question, context) `pairs` from all of the context's windows, as `predict` gives it."""
     from headkit.heads.squad import squad_scores
     from headkit.ship.predict_batches import predict_texts
 
-    question = "question" if rows and "question" in rows[0] else "text"
-    pairs = [(r[question], r["context"]) for r in rows]
     answers = predict_texts(model, processor, pairs, batch_size, max_length, heads=[head])
     scored = [{**r, "id": str(r.get("id", i))} for i, r in enumerate(rows)]
-    squad = squad_scores({r["id"]: a[head]["answer"] for r, a in zip(scored, answers, strict=True)}, scored)
-    return squad
+    return squad_scores({r["id"]: a[head]["answer"] for r, a in zip(scored, answers, strict=True)}, scored)
 
 
 def encode_dataset(
