@@ -193,10 +193,20 @@ def test_bad_answers_and_decoder_tokenizers_are_refused_in_one_line(tiny_text_mo
     from conftest import chat_tokenizer
 
     context, start = context_with("alice", before=3, after=3)
-    for answers in ({"text": ["alice"], "answer_start": ["x"]}, {"text": ["alice", "bob"], "answer_start": [start]}):
+    for answers, message in (
+        (
+            {"text": ["alice"], "answer_start": ["x"]},
+            r"row 1 in .*bad.jsonl: answer_start 'x' of 'alice' is not an integer",
+        ),
+        (
+            {"text": ["alice", "bob"], "answer_start": [start]},
+            r"row 1 in .*'text' and 'answer_start' must be lists of the same",
+        ),
+        ({"text": ["alice"], "answer_start": [start + 2]}, r"answer_start \d+ points at .*not at the answer 'alice'"),
+    ):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps({"question": "who", "context": context, "answers": answers}) + "\n")
-        with pytest.raises(DataError, match=r"answer") as refused:
+        with pytest.raises(DataError, match=message) as refused:
             headkit.train(str(tiny_text_model), {"answer": {"type": "span", "data": str(bad)}}, progress=False)
         assert "\n" not in str(refused.value)
     with pytest.raises(DataError, match=r"no sentence-pair template"):
@@ -277,3 +287,15 @@ def test_evaluate_reads_the_question_and_context_columns_the_head_trained_on(tin
     )
     metrics = result.model.evaluate(str(data))
     assert metrics["answer"]["HasAns_total"] == 6 and metrics.num_examples == 12
+
+
+def test_a_json_file_with_a_data_list_that_is_not_squad_reads_as_json_lines(tmp_path):
+    from headkit.data.readers import read_rows
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"data": [{"x": 1}], "label": "a"}) + "\n")  # datasets' json(field="data") layout
+    assert read_rows(str(other)) == [{"data": [{"x": 1}], "label": "a"}]
+    context, start = context_with("alice", before=2, after=2)
+    qas = [{"id": "q1", "question": "who", "answers": [{"text": "alice", "answer_start": start}]}]
+    (row,) = read_rows(str(squad_file(tmp_path / "squad.json", [(context, qas)])))
+    assert row["id"] == "q1" and row["answers"] == {"text": ["alice"], "answer_start": [start]}
