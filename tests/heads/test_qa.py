@@ -244,7 +244,9 @@ def test_the_exported_question_answering_model_gives_headkit_s_answers(tiny_text
         for w, ids in enumerate(windows.input_ids):
             out = exported(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([windows.token_type_ids[w]]))
             logits.append(torch.stack([out.start_logits[0], out.end_logits[0]], -1))
-    theirs = best_answers(logits, windows, [c for _, c in pairs])
+    threshold = exported.config.null_score_diff_threshold  # the head's, tuned on the validation split
+    assert threshold == result.model.heads["answer"].config.null_threshold
+    theirs = best_answers(logits, windows, [c for _, c in pairs], null_threshold=threshold)
     assert [(a["answer"], a["start"], a["end"]) for a in ours] == [(t["answer"], t["start"], t["end"]) for t in theirs]
     assert [a["score"] for a in ours] == pytest.approx([t["score"] for t in theirs], abs=1e-5)
 

@@ -127,6 +127,7 @@ def encode_rows(
         if labels is None:
             labels = codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
+        settings = codec.settings_from_labels(y)
         if windows is not None:
             y = _labels_per_window(y, codec.inputs == "qa", windows, contexts, rows, data)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
@@ -136,6 +137,7 @@ def encode_rows(
         options = {} if kind.per_token else {"pooling": task.pooling}
         if task.dropout is not None:
             options["dropout"] = task.dropout
+        options.update(settings)
         configs[task.name] = head_config(
             task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
         )

@@ -126,6 +126,28 @@ def window_labels(windows: QAWindows, answers: list[dict[str, list[Any]] | None]
     return np.array(labels, dtype=np.int64).reshape(-1, 2)
 
 
+def answers_from_labels(
+    windows: QAWindows, labels: np.ndarray, contexts: list[str]
+) -> list[dict[str, list[Any]] | None]:
+    """Each pair's answer as its windows' labels hold it (`window_labels` read back): the answer
+    trained on, from the first window that holds it, in the context's characters; empty lists
+    when every window is labelled "no answer here"; None when the pair has no label. Validation
+    windows keep no answer text; this is what a null threshold is tuned against."""
+    answers: list[dict[str, list[Any]] | None] = [None] * len(contexts)
+    for w, e in enumerate(windows.example):
+        start, end = (int(x) for x in labels[w])
+        if start == IGNORE_INDEX or (answers[e] is not None and answers[e]["text"]):  # type: ignore[index]
+            continue
+        if start == end == windows.null[w]:
+            answers[e] = answers[e] or {"text": [], "answer_start": []}
+            continue
+        first, last = windows.offsets[w][start], windows.offsets[w][end]
+        if first is None or last is None:  # not a context token: not a label window_labels gives
+            raise DataError(f"window {w + 1}: its answer label [{start}, {end}] is outside the context")
+        answers[e] = {"text": [contexts[e][first[0] : last[1]]], "answer_start": [first[0]]}
+    return answers
+
+
 def check_answers(answers: list[dict[str, list[Any]] | None], contexts: list[str], ids: list[Any], source: str) -> None:
     """Refuse an answer its context does not hold at its `answer_start` (`squad.check_answer`),
     naming the question (its id, else its row)."""

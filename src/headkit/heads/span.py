@@ -35,7 +35,9 @@ class SpanConfig(HeadConfig):
     pooling: str = "none"
     max_answer_tokens: int = 30
     doc_stride: int = DOC_STRIDE  # tokens a context's windows overlap by
-    null_threshold: float = 0.0  # answer "" when the null score beats the best span's by more
+    # answer "" when the null score beats the best span's by more; None: never (SQuAD 1.1). Set to
+    # None when no training question lacks an answer, and tuned on the validation split otherwise.
+    null_threshold: float | None = 0.0
 
 
 def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
@@ -65,6 +67,13 @@ class SpanCodec(Codec):
         column = "answers" if where.column == "label" else where.column
         values = column_values(rows, column, where.source)
         return [None if is_missing(v) else parse_answers(v, f"row {i + 1}", where.source) for i, v in enumerate(values)]
+
+    def settings_from_labels(self, y: Any) -> dict[str, Any]:
+        """Never answer empty when no training question is unanswerable (SQuAD 1.1 data), as run_qa
+        does without `--version_2_with_negative`: the null position then only means "not in this
+        window", which a long context's other windows answer."""
+        unanswerable = any(a is not None and not a["text"] for a in y)
+        return {} if unanswerable else {"null_threshold": None}
 
     def concat(self, parts: list[Any | None], sizes: list[int]) -> Any:
         missing = [np.full((n, 2), IGNORE_INDEX, np.int64) for n in sizes]
@@ -99,6 +108,15 @@ class SpanScores(Scoring):
         }
 
 
+def answering_settings(head: Any, config: Any) -> None:
+    """Record how the head answers in the exported config, under run_qa's argument names
+    (transformers' QA classes have no place of their own for them): the tuned null threshold
+    (None: never answer empty), the longest answer and the windows' overlap."""
+    config.null_score_diff_threshold = head.config.null_threshold
+    config.max_answer_length = head.config.max_answer_tokens
+    config.doc_stride = head.config.doc_stride
+
+
 def start_end(out: Any) -> Tensor:
     """AutoModelForQuestionAnswering's start and end logits as (B, T, 2), as the head gives them."""
     return torch.stack([out.start_logits, out.end_logits], dim=-1)
@@ -108,7 +126,7 @@ class SpanHead(HeadBase):
     per_token = True
     codec = SpanCodec()
     scoring = SpanScores()
-    export = ExportSpec("AutoModelForQuestionAnswering", "question-answering", read=start_end)
+    export = ExportSpec("AutoModelForQuestionAnswering", "question-answering", fill=answering_settings, read=start_end)
 
     def __init__(self, config: SpanConfig):
         super().__init__()
@@ -148,7 +166,8 @@ class SpanHead(HeadBase):
         scores[rows, offset, offset] = float("-inf")  # the null answer is weighed on its own below
         best = scores.flatten(1).argmax(dim=1)
         top = scores.flatten(1).max(dim=1).values
-        is_null = null - top > self.config.null_threshold
+        threshold = self.config.null_threshold
+        is_null = null - top > threshold if threshold is not None else torch.zeros_like(top, dtype=torch.bool)
         starts = torch.where(is_null, offset, best // t) - offset
         ends = torch.where(is_null, offset, best % t) - offset
         score = torch.where(is_null, null, top).exp().tolist()

@@ -11,6 +11,7 @@ the loading and file-writing around them (`load_for_inference`, `predict_file`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,6 +102,7 @@ def predict_texts(
     return results
 
 
+@torch.inference_mode()
 def predict_questions(
     model: Any,
     tokenizer: Any,
@@ -111,13 +113,15 @@ def predict_questions(
     heads: list[str] | None,
     progress: bool,
     max_tokens: int | None,
+    best_spans: bool = False,
 ) -> list[dict[str, Any]]:
     """`predict_texts` for a model with a question-answering head: each (question, context) pair's
     context is cut into overlapping windows (as training cut it), every window goes through the
     backbone once, a QA head answers from all of a pair's windows ({"answer", "score", "start",
     "end"} in the context's characters; "" when the text holds no answer) and the other heads
     answer from its first window. (Single texts take `predict_texts`' own path: a span head then
-    gives token positions in the text.)"""
+    gives token positions in the text.) `best_spans`: a QA head gives its best span whatever the
+    null score, with `null_score_diff` (null score minus that span's), to tune a threshold on."""
     check_pair_template(tokenizer, "question-answering pairs")
     names = list(heads or model.heads)
     readers = [n for n in names if model.heads[n].codec.inputs == "qa"]
@@ -152,10 +156,11 @@ def predict_questions(
             windows,
             contexts,
             max_answer_tokens=config.max_answer_tokens,
-            null_threshold=config.null_threshold,
+            null_threshold=math.inf if best_spans else config.null_threshold,
         )
         for result, answer in zip(results, answers, strict=True):
-            answer.pop("null_score_diff")
+            if not best_spans:
+                answer.pop("null_score_diff")
             result[name] = answer
     return results
 

@@ -113,7 +113,8 @@ class TrainConfig:
             the training split; multi-label: negatives/positives per label), or {label: weight}
             (unlisted labels weigh 1), for every classification, multi-label and tagging head.
         tune_thresholds: multi-label heads: tune one decision threshold per label on the validation
-            split (best F1), saved with the head; off: 0.5 for every label.
+            split (best F1), saved with the head; off: 0.5 for every label. Question-answering
+            heads: tune the null threshold (the official SQuAD 2.0 best-F1 one) the same way; off: 0.
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling alpha.

@@ -1,5 +1,6 @@
-"""The end of a run: the final validation scores (multi-label thresholds tuned first), the saved
-model, metrics.json, plots and the summary. Shared by the loop and few-shot training."""
+"""The end of a run: the final validation scores (multi-label thresholds and question-answering null
+thresholds tuned first), the saved model, metrics.json, plots and the summary. Shared by the loop
+and few-shot training."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
+from headkit.training.null_threshold import tune_null_thresholds
 from headkit.training.report import print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters, parse_strategy
@@ -45,6 +47,7 @@ def finish_run(
         evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
+            thresholds.update(tune_null_thresholds(model, processor, data.val, config.batch_size))
         if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
     metrics = {

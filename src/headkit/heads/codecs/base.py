@@ -43,6 +43,11 @@ class Codec(Part):
         """Labels that are text (seq2seq targets) -> token ids with the run's tokenizer; others as they are."""
         return y
 
+    def settings_from_labels(self, y: Any) -> dict[str, Any]:
+        """Head config settings that the training labels decide (given as `encode_labels` made
+        them); {} for most heads."""
+        return {}
+
     def references(self, labels: Tensor, mask: Tensor) -> list[Any]:
         """A batch's labels as one reference per example, in the form `decode` gives predictions
         (None where the example has no label), for the head's metrics."""
