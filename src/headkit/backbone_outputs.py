@@ -11,6 +11,8 @@ and `last` pooling (which read one chosen position) are refused there.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -149,13 +151,17 @@ def roll_rows(values: Tensor, shift: Tensor) -> Tensor:
 def is_decoder(backbone: Backbone) -> bool:
     """A causal (left-to-right) language model: GPT-2, Llama, Mistral, Gemma, Qwen, ... (BERT-style
     encoders also have a causal-LM class, and encoder-decoders read with a bidirectional encoder)."""
+    return is_causal(backbone.config)
+
+
+def is_causal(config: Any) -> bool:
+    """`is_decoder` from the backbone's config alone (what data is encoded for, before a model is built)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    config = backbone.config
-    model_type = config.model_type
+    model_type = getattr(config, "model_type", None)
     causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
     return causal and not getattr(config, "is_encoder_decoder", False)
 

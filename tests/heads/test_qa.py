@@ -301,3 +301,61 @@ def test_a_json_file_with_a_data_list_that_is_not_squad_reads_as_json_lines(tmp_
     qas = [{"id": "q1", "question": "who", "answers": [{"text": "alice", "answer_start": start}]}]
     (row,) = read_rows(str(squad_file(tmp_path / "squad.json", [(context, qas)])))
     assert row["id"] == "q1" and row["answers"] == {"text": ["alice"], "answer_start": [start]}
+
+
+def long_questions(tmp_path, n=6):
+    """A JSON Lines file of questions on contexts several windows long."""
+    rows = []
+    for i in range(n):
+        name = ["alice", "bob"][i % 2]
+        context, start = context_with(f"{name} visited paris", before=10 + 7 * i, after=20)
+        answers = {"text": [name], "answer_start": [start]} if i % 3 else {"text": [], "answer_start": []}
+        rows.append({"id": f"q{i}", "question": "who visited paris", "context": context, "answers": answers})
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def test_a_span_heads_options_set_its_windows_overlap_and_answer_length_for_training_and_scoring(
+    tiny_text_model, tmp_path
+):
+    from headkit.training.evaluate import encode_dataset
+
+    data, rows = long_questions(tmp_path)
+    tokenizer = headkit.load_processor(tiny_text_model)
+    questions, contexts = [r["question"] for r in rows], [r["context"] for r in rows]
+    narrow = len(qa_windows(tokenizer, questions, contexts, 24, doc_stride=4).example)  # windows overlapping by 4
+    default = len(qa_windows(tokenizer, questions, contexts, 24).example)  # by half the room the question leaves
+    assert narrow != default
+    result = headkit.train(
+        str(tiny_text_model),
+        {"answer": {"type": "span", "data": str(data), "options": {"doc_stride": 4, "max_answer_tokens": 5}}},
+        epochs=1,
+        max_length=24,
+        val_fraction=0.0,
+        progress=False,
+    )
+    config = result.model.heads["answer"].config
+    assert (config.doc_stride, config.max_answer_tokens) == (4, 5)
+    assert result.metrics["train_examples"] == narrow
+    assert len(encode_dataset(result.model, tokenizer, str(data))) == narrow  # scored on the windows it trained on
+
+
+def test_unknown_or_conflicting_span_options_are_refused_in_one_line(tiny_text_model, tmp_path):
+    from headkit.errors import HeadConfigError
+
+    data, _ = long_questions(tmp_path)
+    with pytest.raises(HeadConfigError, match=r"unknown field\(s\) \['stride'\] for a 'span' head"):
+        headkit.train(
+            str(tiny_text_model), {"answer": {"type": "span", "data": str(data), "options": {"stride": 4}}}, progress=False
+        )
+    with pytest.raises(DataError, match=r"overlap by \[4, 8\] tokens") as refused:
+        headkit.train(
+            str(tiny_text_model),
+            {
+                "a": {"type": "span", "label": "answers", "data": str(data), "options": {"doc_stride": 4}},
+                "b": {"type": "span", "label": "answers", "data": str(data), "options": {"doc_stride": 8}},
+            },
+            progress=False,
+        )
+    assert "\n" not in str(refused.value)

@@ -18,7 +18,7 @@ from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
 from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
-from headkit.heads.qa import QAWindows, check_answers, qa_windows, window_labels
+from headkit.heads.qa import DOC_STRIDE, QAWindows, check_answers, qa_windows, window_labels
 
 
 @dataclass
@@ -69,10 +69,12 @@ def encode_rows(
     max_length: int,
     label_maps: dict[str, list[str]] | None,
     store_pixels: Callable[..., Any] = pixel_store,
+    causal: bool = False,
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
     """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs.
     `store_pixels(processor, files, crop=...)` holds an image source's preprocessed pixels
-    (data/pixels.py's disk store; data/tasks.py hands in the one it names)."""
+    (data/pixels.py's disk store; data/tasks.py hands in the one it names). `causal`: encoded for
+    a decoder backbone (its question-answering windows differ: heads/qa.py)."""
     kinds = {t.name: head_class(t.type) for t in group}
     codecs = {t.name: kinds[t.name].codec for t in group}
     words = any(c.inputs == "words" for c in codecs.values())
@@ -88,8 +90,9 @@ def encode_rows(
                 f"{data}: a question-answering head reads a question and a context; other heads on "
                 "this data read images, pre-split words or preference pairs: give them a run of their own"
             )
+        stride = window_overlap([t for t in group if codecs[t.name].inputs == "qa"], data)
         encoded, windows, contexts = encode_questions(
-            processor, rows, text_column, group[0].text_pair, max_length, data
+            processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
     elif pairs:  # preference pairs: every head on this data reads them
         if group[0].text_pair is not None:
@@ -138,6 +141,7 @@ def encode_rows(
         if task.dropout is not None:
             options["dropout"] = task.dropout
         options.update(settings)
+        options.update(task.options)  # the user's word over what the labels suggest
         configs[task.name] = head_config(
             task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
         )
@@ -145,20 +149,41 @@ def encode_rows(
 
 
 def encode_questions(
-    tokenizer: Any, rows: list[dict[str, Any]], question: str, context: str | None, max_length: int, data: str
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    question: str,
+    context: str | None,
+    max_length: int,
+    data: str,
+    doc_stride: int = DOC_STRIDE,
+    causal: bool = False,
 ) -> tuple[EncodedData, QAWindows, list[str]]:
     """The windows of each row's (question, context), as encoded rows, and the contexts: the
     question in the text column (or a `question` column when the text column is absent), the
-    context in `text_pair` (default `context`)."""
+    context in `text_pair` (default `context`). A decoder's windows (`causal`) mark the border
+    between the two themselves (heads/qa.py); an encoder's tokenizer must have a pair template."""
     question, context = qa_columns(rows, question, context)
-    check_pair_template(tokenizer, data)  # a decoder's run-on question and context: no boundary to learn
+    if not causal:
+        check_pair_template(tokenizer, data)  # a run-on question and context: no boundary to learn
     contexts = text_values(rows, context, data)
-    windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length)
+    windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length, doc_stride, causal)
     texts = [_text(rows[e], question, context) for e in windows.example]
     paragraph = {c: i for i, c in enumerate(dict.fromkeys(contexts))}  # the questions on one context: one group
     encoded = EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids)
     encoded.groups = [paragraph[contexts[e]] for e in windows.example]
     return encoded, windows, contexts
+
+
+def window_overlap(tasks: list[Any], data: str) -> int:
+    """The overlap of the windows the question-answering heads on this data read (their configs'
+    `doc_stride`, as their tasks' options set it): one value, as they share the windows."""
+    strides = {head_config(t.type, **t.options).doc_stride for t in tasks}  # type: ignore[attr-defined]
+    if len(strides) > 1:
+        raise DataError(
+            f"{data}: the question-answering heads {[t.name for t in tasks]} ask for windows that overlap by "
+            f"{sorted(strides)} tokens; they read the same windows: give them one doc_stride"
+        )
+    return strides.pop()
 
 
 def qa_columns(rows: list[dict[str, Any]], question: str, context: str | None) -> tuple[str, str]:

@@ -105,8 +105,10 @@ class StreamedData:
         names: dict[str, list[str]],
         sample: EncodedData,
         inferred: list[str],
+        causal: bool = False,
     ):
         self.stream, self.group, self.where, self.text_column = stream, group, where, text_column
+        self.causal = causal  # encoded for a decoder backbone (question-answering windows)
         self.processor, self.max_length, self.label_maps, self.names = processor, max_length, label_maps, names
         self.labels, self.inferred, self.read = sample.labels, inferred, 0
 
@@ -122,7 +124,14 @@ class StreamedData:
             batch = Rows(named_rows(chunk, self.names), self.names)
             try:
                 encoded, _ = encode_rows(
-                    batch, self.group, self.where, self.text_column, self.processor, self.max_length, self.label_maps
+                    batch,
+                    self.group,
+                    self.where,
+                    self.text_column,
+                    self.processor,
+                    self.max_length,
+                    self.label_maps,
+                    causal=self.causal,
                 )
             except DataError as e:
                 if self.inferred and "never seen" in str(e):
@@ -206,6 +215,7 @@ def prepare_stream(
     seed: int,
     sources: dict[str, Any] | None,
     label_maps: dict[str, list[str]] | None,
+    causal: bool = False,
 ) -> Any:
     """Streamed training data (a `StreamedData`), the in-memory validation data, and the head
     configs with their label maps (see the module docstring for where each comes from)."""
@@ -239,19 +249,19 @@ def prepare_stream(
     if not probe:
         raise DataError(f"{data}: the stream is empty")
     given = dict(label_maps or {})
-    sample, configs = encode_rows(probe, tasks, data, text_column, processor, max_length, given)
+    sample, configs = encode_rows(probe, tasks, data, text_column, processor, max_length, given, causal=causal)
     maps = {**given, **{n: c.labels for n, c in configs.items()}}
     declared = {t.name for t in tasks if t.label in names}
     inferred = [t.name for t in tasks if t.name not in given and t.name not in declared]
     if inferred:
         logger.info(f"label maps of {inferred} read from the first {len(probe)} rows of {data}")
-    train = StreamedData(stream, tasks, data, text_column, processor, max_length, maps, names, sample, inferred)
+    train = StreamedData(stream, tasks, data, text_column, processor, max_length, maps, names, sample, inferred, causal)
     val = EncodedData([], {}, [])  # no validation
     eval_source = sources.get(eval_data, eval_data) if eval_data else validation
     if eval_source is not None:
         where = str(eval_data or f"{data} (validation split)")
         eval_rows = _read_all(eval_source, where)
-        val = encode_rows(eval_rows, tasks, where, text_column, processor, max_length, maps)[0]
+        val = encode_rows(eval_rows, tasks, where, text_column, processor, max_length, maps, causal=causal)[0]
     else:
         logger.warning(
             f"{data} is a stream, which cannot be split for validation: training without validation (the last "

@@ -38,18 +38,20 @@ def prepare(
     seed: int = 0,
     label_maps: dict[str, list[str]] | None = None,
     sources: dict[str, Any] | None = None,
+    causal: bool = False,
 ) -> PreparedData:
     """Read, encode and split every task's data; build each head's config with its label map.
 
     `sources` maps a task's `data` (or `eval_data`) string to an in-memory source (library use:
     a `datasets.Dataset`, a DataFrame, rows ...; a stream goes to `prepare_stream`). A task with
     `eval_data` validates on it; the others hold out `val_fraction` of their data, stratified by
-    the first single-label classification head's labels.
+    the first single-label classification head's labels. `causal`: encoded for a decoder backbone
+    (`backbone_outputs.is_causal`; question-answering windows differ).
     """
     if reads_stream(tasks, sources):  # encoded as it is read: data/streaming.py
         from headkit.data.streaming import prepare_stream
 
-        return prepare_stream(tasks, processor, max_length, seed, sources, label_maps)
+        return prepare_stream(tasks, processor, max_length, seed, sources, label_maps, causal)
     check_tasks(tasks)
     # tasks reading the same rows the same way share one encoding (and one backbone pass)
     groups: dict[tuple[str, str, str | None, str | None], list[TaskSpec]] = defaultdict(list)
@@ -59,13 +61,13 @@ def prepare(
     for (data, text_column, _, eval_data), group in groups.items():
         limit = min((t.limit for t in group if t.limit), default=None)
         rows = _sample(read_rows((sources or {}).get(data, data)), limit, seed)
-        encoded, configs = _encode(rows, group, data, text_column, processor, max_length, label_maps)
+        encoded, configs = _encode(rows, group, data, text_column, processor, max_length, label_maps, causal)
         heads.update(configs)
         if eval_data:
             maps = {**(label_maps or {}), **{n: c.labels for n, c in configs.items()}}
             eval_rows = read_rows((sources or {}).get(eval_data, eval_data))
             train_parts.append(encoded)
-            val_parts.append(_encode(eval_rows, group, eval_data, text_column, processor, max_length, maps)[0])
+            val_parts.append(_encode(eval_rows, group, eval_data, text_column, processor, max_length, maps, causal)[0])
             continue
         if encoded.groups is not None:  # windows of one context stay together
             train_idx, val_idx = split_groups(encoded.groups, val_fraction, seed)
@@ -94,9 +96,12 @@ def _encode(
     processor: Any,
     max_length: int,
     label_maps: dict[str, list[str]] | None,
+    causal: bool,
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
     """`encode_rows` (data/encode.py), image files held by this module's `pixel_store`."""
-    return encode_rows(rows, group, data, text_column, processor, max_length, label_maps, store_pixels=pixel_store)
+    return encode_rows(
+        rows, group, data, text_column, processor, max_length, label_maps, store_pixels=pixel_store, causal=causal
+    )
 
 
 def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:

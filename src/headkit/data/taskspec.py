@@ -6,7 +6,8 @@ is read, so this module imports nothing heavy (data/tasks.py turns TaskSpecs int
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from headkit.errors import DataOptionError
 
@@ -37,6 +38,9 @@ class TaskSpec:
         eval_data: validate on this file or dataset instead of holding out part of `data`.
         layer: the hidden state the head reads: -1 the last, 0 the embeddings, k the k-th layer
             (negative: counted from the top). Heads on different layers share one backbone pass.
+        options: settings of the head type's own config, e.g. a span head's `doc_stride` (the
+            overlap of a long context's windows), `max_answer_tokens`, `null_threshold`; see the
+            type's config class (`headkit.head_config(type, ...)`). Unknown names are refused.
     """
 
     name: str
@@ -51,6 +55,7 @@ class TaskSpec:
     layer: int = -1
     eval_data: str | None = None
     text_pair: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_task(

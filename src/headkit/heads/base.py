@@ -75,6 +75,12 @@ class HeadConfig:
             )
         return cls(**data)
 
+    def task_options(self) -> dict[str, Any]:
+        """The settings of this config that its data is encoded with (a task's `options`), so that
+        a head given as a config, or a saved head trained or scored again, reads data as it did;
+        {} for most heads."""
+        return {}
+
     def fitted_to(self, backbone: Backbone) -> HeadConfig:
         """This config with what the backbone decides filled in (language-model heads: the
         vocabulary, whether the decoder is tied); a new object, this one is left as it is."""

@@ -36,9 +36,7 @@ def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
         masked = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min)
         return masked.max(dim=1).values
     if method == "last":
-        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)  # (B,)
-        return hidden[rows, last]
+        return hidden[rows, last_real_position(mask)]
     if method == "pooler":
         raise HeadConfigError("'pooler' pooling runs the backbone's pooling layer: use MultiHeadModel.pool")
     if method == "auto":
@@ -52,6 +50,13 @@ def pool(hidden: Tensor, mask: Tensor, method: str) -> Tensor:
 def check_pooling(method: str) -> None:
     if method not in POOLING_METHODS:
         raise HeadConfigError(f"unknown pooling '{method}'; choose one of {list(POOLING_METHODS)}")
+
+
+def last_real_position(mask: Tensor) -> Tensor:
+    """(B,) index of each row's last real (mask 1) position, whichever side it is padded on (0 for a
+    row with no real position)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)
 
 
 def first_real_position(mask: Tensor) -> Tensor:

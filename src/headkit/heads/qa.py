@@ -8,6 +8,10 @@ answers on the windows a transformers QA model would:
   that overlap by `doc_stride` tokens (`truncation="only_second"`, `return_overflowing_tokens`); the
   question is repeated in every window. A tokenizer that pads on the left puts the context first, as
   run_qa does.
+- A decoder (`causal`) reads left to right, so its windows always put the question first (a context
+  token can then see the question), mark the border with the end token (decoder tokenizers have no
+  pair template) and close with the end token, where the null answer is read: it is the one token
+  that has read the whole window. (A decoder's first token has read nothing.)
 - A window is labelled with the first and last token of the answer when the whole answer lies in
   its part of the context, and with its null position (its first token: [CLS] on BERT-style
   tokenizers; the span head's decode reads the null answer there too) when
@@ -35,6 +39,7 @@ from headkit.heads.squad import check_answer
 
 DOC_STRIDE = 128  # run_qa's default overlap between a context's windows
 N_BEST = 20  # run_qa's n_best_size
+CLOSING = 2  # the tokens a decoder's window adds: an end token after the question and one after the context
 
 
 @dataclass
@@ -45,7 +50,7 @@ class QAWindows:
     token_type_ids: list[list[int]] | None
     example: list[int]  # the index of the pair each window comes from
     offsets: list[list[tuple[int, int] | None]]  # per token: its characters in the context, None outside it
-    null: list[int]  # the position of each window's null answer: its first token ([CLS] where it leads)
+    null: list[int]  # each window's null answer position: its first token ([CLS]), a decoder's last
 
 
 def context_first(tokenizer: Any) -> bool:
@@ -59,13 +64,19 @@ def qa_windows(
     contexts: list[str],
     max_length: int,
     doc_stride: int = DOC_STRIDE,
+    causal: bool = False,
 ) -> QAWindows:
     """The windows of every (question, context) pair, with each token's characters in the context.
 
     A pair's windows depend on that pair alone: its overlap is `doc_stride` tokens, as in run_qa,
     unless that is not less than the room its question leaves in `max_length` (where run_qa's
-    tokenizer call fails): then half that room."""
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    tokenizer call fails): then half that room. `causal`: a decoder's windows (module docstring)."""
+    if causal and tokenizer.eos_token_id is None:
+        raise DataError(
+            f"{type(tokenizer).__name__} has no end-of-text token, which a decoder's question-answering windows "
+            "close with (and read the null answer on): set tokenizer.eos_token"
+        )
+    specials = tokenizer.num_special_tokens_to_add(pair=True) + (CLOSING if causal else 0)
     strides: dict[int, list[int]] = {}  # overlap -> the pairs tokenised with it
     for i, question in enumerate(questions):
         room = max_length - specials - len(tokenizer(question, add_special_tokens=False)["input_ids"])
@@ -75,7 +86,9 @@ def qa_windows(
                 "tokens; raise max_length or shorten the question"
             )
         strides.setdefault(doc_stride if doc_stride < room else room // 2, []).append(i)
-    parts = [_tokenize_windows(tokenizer, questions, contexts, max_length, s, idx) for s, idx in strides.items()]
+    parts = [
+        _tokenize_windows(tokenizer, questions, contexts, max_length, s, idx, causal) for s, idx in strides.items()
+    ]
     windows = QAWindows([], [] if all(p.token_type_ids is not None for p in parts) else None, [], [], [])
     order = sorted(((e, k, w) for k, part in enumerate(parts) for w, e in enumerate(part.example)))
     for e, k, w in order:  # every window in pair order, each pair's in their own order
@@ -90,16 +103,22 @@ def qa_windows(
 
 
 def _tokenize_windows(
-    tokenizer: Any, questions: list[str], contexts: list[str], max_length: int, stride: int, idx: list[int]
+    tokenizer: Any,
+    questions: list[str],
+    contexts: list[str],
+    max_length: int,
+    stride: int,
+    idx: list[int],
+    causal: bool,
 ) -> QAWindows:
     """The windows of the pairs `idx`, all with overlap `stride` (`example`: indices into the full lists)."""
-    first = context_first(tokenizer)
+    first = context_first(tokenizer) and not causal
     qs, cs = [questions[i] for i in idx], [contexts[i] for i in idx]
     try:
         enc = tokenizer(
             *((cs, qs) if first else (qs, cs)),
             truncation="only_first" if first else "only_second",
-            max_length=max_length,
+            max_length=max_length - (CLOSING if causal else 0),
             stride=stride,
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
@@ -108,13 +127,19 @@ def _tokenize_windows(
         raise DataError(f"the tokenizer cannot cut these (question, context) pairs into windows ({e})") from e
     context_id = 0 if first else 1
     examples = [idx[j] for j in enc["overflow_to_sample_mapping"]]
-    windows = QAWindows(enc["input_ids"], enc.get("token_type_ids"), examples, [], [])
+    windows = QAWindows(enc["input_ids"], None if causal else enc.get("token_type_ids"), examples, [], [])
     for w in range(len(enc["input_ids"])):
         sequence = enc.sequence_ids(w)
-        windows.offsets.append(
-            [tuple(o) if s == context_id else None for o, s in zip(enc["offset_mapping"][w], sequence, strict=True)]
-        )
-        windows.null.append(0)  # where decode looks for it, whatever the tokenizer puts first
+        spans = enc["offset_mapping"][w]
+        offsets = [tuple(o) if s == context_id else None for o, s in zip(spans, sequence, strict=True)]
+        if causal:  # question, end token, context, end token: the null answer on the last
+            border = sequence.index(context_id)
+            eos = tokenizer.eos_token_id
+            ids = enc["input_ids"][w]
+            windows.input_ids[w] = [*ids[:border], eos, *ids[border:], eos]
+            offsets = [*offsets[:border], None, *offsets[border:], None]
+        windows.offsets.append(offsets)
+        windows.null.append(len(offsets) - 1 if causal else 0)  # where decode looks for it
     return windows
 
 

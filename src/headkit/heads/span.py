@@ -10,6 +10,7 @@ contexts are cut into overlapping windows and answers come back in the context's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headkit._typing import Backbone
 from headkit.data.files import column_values, is_missing
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import Codec
 from headkit.heads.export import ExportSpec
 from headkit.heads.labels import IGNORE_INDEX, LabelSource
-from headkit.heads.pooling import first_real_position
+from headkit.heads.pooling import first_real_position, last_real_position
 from headkit.heads.qa import DOC_STRIDE
 from headkit.heads.scoring import Scoring
 from headkit.heads.squad import parse_answers
@@ -38,6 +40,21 @@ class SpanConfig(HeadConfig):
     # answer "" when the null score beats the best span's by more; None: never (SQuAD 1.1). Set to
     # None when no training question lacks an answer, and tuned on the validation split otherwise.
     null_threshold: float | None = 0.0
+    # where a window's null answer is read: "first" (its first token, [CLS] on BERT-style encoders,
+    # as run_qa) or "last" (the end token closing a decoder's window: the only one that has read it
+    # all). Set from the backbone when the head joins it.
+    null_position: str = "first"
+
+    def task_options(self) -> dict[str, Any]:
+        """The windows' overlap: a context is cut as this head was trained on."""
+        return {"doc_stride": self.doc_stride}
+
+    def fitted_to(self, backbone: Backbone) -> SpanConfig:
+        """A decoder's windows read the question first and close with an end token, where the null
+        answer is read (`heads.qa.qa_windows` with `causal`)."""
+        from headkit.backbone_outputs import is_decoder
+
+        return dataclasses.replace(self, null_position="last" if is_decoder(backbone) else "first")
 
 
 def overlap_f1(pred: tuple[int, int], ref: tuple[int, int]) -> float:
@@ -64,9 +81,12 @@ class SpanCodec(Codec):
     ) -> list[dict[str, list[Any]] | None]:
         """Each row's SQuAD answers (None where it has none given); the windows turn them into token
         positions (headkit.heads.qa), once the context is known to hold them."""
-        column = "answers" if where.column == "label" else where.column
-        values = column_values(rows, column, where.source)
+        values = column_values(rows, self.label_column(where.column), where.source)
         return [None if is_missing(v) else parse_answers(v, f"row {i + 1}", where.source) for i, v in enumerate(values)]
+
+    def label_column(self, column: str) -> str:
+        """SQuAD's answers are in `answers`, which the default label column means here."""
+        return "answers" if column == "label" else column
 
     def settings_from_labels(self, y: Any) -> dict[str, Any]:
         """Never answer empty when no training question is unanswerable (SQuAD 1.1 data), as run_qa
@@ -151,9 +171,10 @@ class SpanHead(HeadBase):
 
     def decode(self, output: Tensor, mask: Tensor) -> list[dict[str, Any]]:
         """Best span with start <= end < start + max_answer_tokens, scored by summed log-probs, or
-        the null answer (both ends on the row's first token, [CLS]) when it scores higher; positions
-        count from each text's first token. The answer across a long context's windows, in
-        characters, is `heads.qa.best_answers` (what predict gives for (question, context) pairs)."""
+        the null answer (both ends on the row's null position: its first token, [CLS], or a
+        decoder's last) when it scores higher; positions count from each text's first token. The
+        answer across a long context's windows, in characters, is `heads.qa.best_answers` (what
+        predict gives for (question, context) pairs)."""
         logp = output.float().log_softmax(dim=1)  # (B, T, 2)
         scores = logp[..., 0].unsqueeze(2) + logp[..., 1].unsqueeze(1)  # (B, T_start, T_end)
         t = scores.shape[1]
@@ -161,15 +182,16 @@ class SpanHead(HeadBase):
         allowed = (idx[None, :] >= idx[:, None]) & (idx[None, :] - idx[:, None] < self.config.max_answer_tokens)
         scores = scores.masked_fill(~allowed, float("-inf"))
         offset = first_real_position(mask)  # token positions count from each text's first token
+        at = last_real_position(mask) if self.config.null_position == "last" else offset
         rows = torch.arange(len(offset), device=scores.device)
-        null = scores[rows, offset, offset]
-        scores[rows, offset, offset] = float("-inf")  # the null answer is weighed on its own below
+        null = scores[rows, at, at]
+        scores[rows, at, at] = float("-inf")  # the null answer is weighed on its own below
         best = scores.flatten(1).argmax(dim=1)
         top = scores.flatten(1).max(dim=1).values
         threshold = self.config.null_threshold
         is_null = null - top > threshold if threshold is not None else torch.zeros_like(top, dtype=torch.bool)
-        starts = torch.where(is_null, offset, best // t) - offset
-        ends = torch.where(is_null, offset, best % t) - offset
+        starts = torch.where(is_null, at, best // t) - offset
+        ends = torch.where(is_null, at, best % t) - offset
         score = torch.where(is_null, null, top).exp().tolist()
         return [
             {"start": s, "end": e, "score": p} for s, e, p in zip(starts.tolist(), ends.tolist(), score, strict=True)

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headkit.backbone import max_input_tokens
+from headkit.backbone_outputs import is_causal
 from headkit.data import MAX_TOKENS
 from headkit.data.batching import check_pair_template, token_batches
 from headkit.data.pairs import join_pair
@@ -122,11 +123,13 @@ def predict_questions(
     answer from its first window. (Single texts take `predict_texts`' own path: a span head then
     gives token positions in the text.) `best_spans`: a QA head gives its best span whatever the
     null score, with `null_score_diff` (null score minus that span's), to tune a threshold on."""
-    check_pair_template(tokenizer, "question-answering pairs")
+    causal = is_causal(model.backbone_config)
+    if not causal:
+        check_pair_template(tokenizer, "question-answering pairs")
     names = list(heads or model.heads)
     readers = [n for n in names if model.heads[n].codec.inputs == "qa"]
     stride = min(model.heads[n].config.doc_stride for n in readers)
-    windows = qa_windows(tokenizer, questions, contexts, max_length, stride)
+    windows = qa_windows(tokenizer, questions, contexts, max_length, stride, causal)
     enc = {"input_ids": windows.input_ids}
     if windows.token_type_ids is not None:
         enc["token_type_ids"] = windows.token_type_ids

@@ -223,8 +223,8 @@ class TrainConfig:
         for task in data["tasks"]:
             if task["layer"] == -1:
                 del task["layer"]  # the default: runs saved before heads had layers still resume
-            for key in ("eval_data", "text_pair"):  # unset: runs saved before the option still resume
-                if task[key] is None:
+            for key in ("eval_data", "text_pair", "options"):  # unset: runs saved before the option still resume
+                if not task[key]:
                     del task[key]
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
         for key in (*ignored, "head", "data", "eval_data", "text_column", "pooling", "layer"):

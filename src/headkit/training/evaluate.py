@@ -242,6 +242,7 @@ def encode_dataset(
     `name`: what errors call in-memory data.
     """
     from headkit.backbone import max_input_tokens
+    from headkit.backbone_outputs import is_causal
     from headkit.data.readers import read_rows
     from headkit.data.tasks import TaskSpec, prepare
 
@@ -252,13 +253,17 @@ def encode_dataset(
     for name, spec in chosen.items():
         # TaskSpec has text_pair when pairs train; head_columns gives every head its label and text columns
         pair: dict[str, Any] = {"text_pair": spec["text_pair"]} if spec.get("text_pair") else {}
-        tasks.append(TaskSpec(name, where, label=spec["label"], text=spec["text"], type=model.heads[name].config.type,  # type: ignore[arg-type]
-                              **pair))  # fmt: skip
+        head = model.heads[name].config
+        tasks.append(TaskSpec(name, where, label=spec["label"], text=spec["text"], type=head.type,  # type: ignore[arg-type]
+                              options=head.task_options(), **pair))  # fmt: skip
     label_maps = {n: model.heads[n].config.labels for n in chosen}
     max_length = max_length or model.max_length or 128  # default: the limit the model was trained with
     config = getattr(model, "backbone_config", None) or model.backbone.config  # an ONNX engine has no backbone
     limit = max_input_tokens(config, processor, max_length)
-    return prepare(tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows}).train
+    causal = is_causal(config)
+    return prepare(
+        tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows}, causal=causal
+    ).train
 
 
 COLUMN_KEYS = ("label", "text", "text_pair")

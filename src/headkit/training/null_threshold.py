@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from headkit.backbone import max_input_tokens
+from headkit.backbone_outputs import is_causal
 from headkit.data import MAX_TOKENS
 from headkit.data.batching import EncodedData
 from headkit.heads.labels import IGNORE_INDEX
@@ -60,11 +61,12 @@ def _tune(
 ) -> dict[str, float] | None:
     config: Any = model.heads[name].config  # a span head's (heads/span.py)
     limit = max_input_tokens(model.backbone_config, processor, model.max_length or 512)
-    pairs, labels = _validation_questions(processor, val, name, limit, config.doc_stride)
+    causal = is_causal(model.backbone_config)
+    pairs, labels = _validation_questions(processor, val, name, limit, config.doc_stride, causal)
     if not pairs:
         return None
     questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
-    windows = qa_windows(processor, questions, contexts, limit, config.doc_stride)
+    windows = qa_windows(processor, questions, contexts, limit, config.doc_stride, causal)
     gold = answers_from_labels(windows, labels, contexts)
     rows: list[dict[str, Any]] = [{"id": str(i), "answers": a} for i, a in enumerate(gold) if a is not None]
     if not any(r["answers"]["text"] for r in rows) or all(r["answers"]["text"] for r in rows):
@@ -87,7 +89,7 @@ def _tune(
 
 
 def _validation_questions(
-    processor: Any, val: EncodedData, name: str, limit: int, stride: int
+    processor: Any, val: EncodedData, name: str, limit: int, stride: int, causal: bool
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
     """The validation split's (question, context) pairs for head `name`, one per question (a
     question asked twice counts twice), and their windows' labels. A pair's windows are consecutive
@@ -97,7 +99,7 @@ def _validation_questions(
     distinct = list(dict.fromkeys(labelled))
     if not distinct:
         return [], y[:0]
-    cut = qa_windows(processor, [q for q, _ in distinct], [c for _, c in distinct], limit, stride)
+    cut = qa_windows(processor, [q for q, _ in distinct], [c for _, c in distinct], limit, stride, causal)
     count = Counter(distinct[e] for e in cut.example)
     pairs, rows, w = [], [], 0
     while w < len(val.texts):

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from headkit.backbone import input_limit, load_processor, max_input_tokens
+from headkit.backbone import input_limit, load_config, load_processor, max_input_tokens
+from headkit.backbone_outputs import is_causal
 from headkit.data.tasks import PreparedData, TaskSpec, prepare, reads_stream
 from headkit.errors import HeadkitError
-from headkit.heads import HeadConfig
+from headkit.heads import HeadConfig, head_class
 from headkit.model import MultiHeadModel
 from headkit.training.class_weights import with_class_weights
 from headkit.training.config import TrainConfig, check_ranges
@@ -86,14 +87,17 @@ def run_recipe(
                     "none is saved beside its backbone): call model.set_processor(processor) first"
                 )
             max_length = max_input_tokens(model.backbone.config, processor, config.max_length)
+            causal = is_causal(model.backbone.config)
         else:
             processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
             max_length = input_limit(config.model, processor, config.max_length, config.trust_remote_code)
+            causal = is_causal(load_config(config.model, trust_remote_code=config.trust_remote_code))
         configs = configs or {}
         maps = {n: list(c.labels) for n, c in configs.items() if c.labels}
         maps.update({t.name: list(model.heads[t.name].config.labels) for t in tasks if model and t.name in model.heads})
         assert config.val_fraction is not None  # TrainConfig.__post_init__ filled the strategy's default
-        data = prepare(tasks, processor, max_length, config.val_fraction, config.seed, label_maps=maps, sources=sources)
+        fraction, seed = config.val_fraction, config.seed
+        data = prepare(tasks, processor, max_length, fraction, seed, label_maps=maps, sources=sources, causal=causal)
         data.heads.update({n: dataclasses.replace(c, labels=data.heads[n].labels) for n, c in configs.items()})
         heads = with_class_weights(config.class_weights, data)
         if strategy.closed_form:  # solved heads read unit vectors: configured so before they are built
@@ -111,10 +115,16 @@ def run_recipe(
             add_heads(model, heads, data.heads)
         model.max_length = max_length
         model.training_facts = None  # an earlier run's no longer describe it; this run's are set when it finishes
-        model.columns = {t.name: {"label": t.label, "text": t.text, "text_pair": t.text_pair} for t in tasks}
+        model.columns = {t.name: read_columns(t) for t in tasks}
         if strategy.closed_form:
             return fit_fewshot(config, model, processor, data)
         return fit(config, model, processor, data)
+
+
+def read_columns(task: TaskSpec) -> dict[str, str | None]:
+    """The columns a task's head reads (kept on the model: what `evaluate` reads by default)."""
+    label = head_class(task.type).codec.label_column(task.label)
+    return {"label": label, "text": task.text, "text_pair": task.text_pair}
 
 
 def check_kept_heads(model: MultiHeadModel, tasks: list[TaskSpec]) -> None:

@@ -270,6 +270,7 @@ def _task_for(name: str, head: HeadConfig, config: TrainConfig, label: str) -> T
         loss_weight=head.loss_weight,
         dropout=head.dropout,
         layer=head.layer,
+        options=head.task_options(),
     )
 
 

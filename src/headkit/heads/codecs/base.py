@@ -43,6 +43,10 @@ class Codec(Part):
         """Labels that are text (seq2seq targets) -> token ids with the run's tokenizer; others as they are."""
         return y
 
+    def label_column(self, column: str) -> str:
+        """The column a task's `label` setting reads (the default, "label", may mean another)."""
+        return column
+
     def settings_from_labels(self, y: Any) -> dict[str, Any]:
         """Head config settings that the training labels decide (given as `encode_labels` made
         them); {} for most heads."""
