@@ -5,16 +5,19 @@ Data: the first 5 articles of the SQuAD 2.0 development set (../shared/data/squa
 rotates the test article over the first N articles (default 1: Normans is the test article).
 
 - headkit: `headkit.train("minilm", {"answer": {"type": "span", "label": "answers"}}, ...)`, then
-  `model.predict([(question, context), ...])` (windows and answers as in headkit.heads.qa).
+  `model.predict([(question, context), ...])` (windows and answers as in headkit.heads.qa), once per
+  strategy in `--strategy` (comma-separated: full, frozen, lora); `--two_heads` adds a full run with
+  a question-type head (the question's first word: what, who, when, ...) on the same backbone, its
+  accuracy on the test questions printed below the table.
 - reference: `AutoModelForQuestionAnswering` on the same MiniLM checkpoint and `transformers.Trainer`,
   with run_qa's preprocessing (prepare_train_features / prepare_validation_features: truncation
   "only_second", stride, overflowing tokens, offsets) and utils_qa's postprocess_qa_predictions
   (version_2_with_negative, n_best 20, max_answer_length 30, null_score_diff_threshold 0.0), written
   compactly below.
 
-Both get the same window settings (max_length, doc_stride; headkit overlaps a pair's windows by
-doc_stride as run_qa does wherever run_qa's tokenizer call works, and trains on an overlap of 128
-whatever doc_stride says; at the defaults both cut the 1,407 questions into 1,463 windows), epochs,
+Both get the same window settings (max_length, doc_stride: headkit overlaps a pair's windows by
+doc_stride as run_qa does wherever run_qa's tokenizer call works; at the defaults both cut the 1,407
+questions into 1,463 windows), epochs,
 batch size, seed 0 and the optimizer of headkit's full strategy: AdamW, backbone at --lr, the QA
 layer at --head_lr (headkit's per-strategy default for its heads, 1e-3; the Trainer gets the same
 two groups through `optimizers=`), weight decay 0.01 on matrices, 6% linear warm-up then linear
@@ -26,7 +29,7 @@ scored by the same function (headkit.heads.squad.squad_scores, the official eval
 Train time: tokenising, loading the model and training; predict time: windowing, the forward passes
 and choosing the answers. Both run in this one process, one after the other, on the same threads.
 
-    python benchmarks/qa.py [--folds 1] [--epochs 2] [--max_length 256] [--strategy full]
+    python benchmarks/qa.py [--folds 1] [--epochs 2] [--max_length 256] [--strategy full,frozen,lora] [--two_heads]
                             [--train_questions N] [--test_questions N]
 """
 
@@ -75,19 +78,33 @@ def sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 # ----------------------------------------------------------------------------- headkit
 
 
-def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    import headkit
-    from headkit.heads.qa import DOC_STRIDE
+QUESTION_WORDS = ("what", "who", "when", "where", "which", "how", "why", "in")  # the rest: "other"
 
-    overrides = {"backbone_lr": args.lr} if args.strategy != "lora" else {}
+
+def question_type(question: str) -> str:
+    """The second head's label: the question's first word (what, who, when, ...), else "other"."""
+    words = question.lower().split()
+    return words[0] if words and words[0] in QUESTION_WORDS else "other"
+
+
+def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace, strategy: str, two_heads: bool):
+    """headkit's span head with `strategy` (beside a question-type head on the same backbone when
+    `two_heads`): trained, then predicting every test question."""
+    import headkit
+
+    overrides = {"backbone_lr": args.lr} if strategy not in ("lora", "frozen") else {}
     if args.head_lr is not None:
         overrides["lr"] = args.head_lr
+    heads: dict[str, Any] = {"answer": {"type": "span", "label": "answers", "options": {"doc_stride": args.doc_stride}}}
+    if two_heads:
+        heads["qtype"] = {"type": "classification", "label": "qtype"}
+        train = [{**r, "qtype": question_type(r["question"])} for r in train]
     started = time.perf_counter()
     result = headkit.train(
         "minilm",
-        {"answer": {"type": "span", "label": "answers"}},
+        heads,
         train_dataset=train,
-        strategy=args.strategy,
+        strategy=strategy,
         epochs=args.epochs,
         batch_size=args.batch_size,
         max_length=args.max_length,
@@ -98,14 +115,8 @@ def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -
         **overrides,
     )
     train_seconds = time.perf_counter() - started
-    say(f"headkit trained in {train_seconds:.1f}s")
+    say(f"headkit {strategy}{' + qtype' if two_heads else ''} trained in {train_seconds:.1f}s")
     model = result.model
-    if args.doc_stride != model.heads["answer"].config.doc_stride:
-        say(f"note: headkit trains on windows that overlap by {DOC_STRIDE} tokens whatever --doc_stride says "
-            "(data/encode.py); --doc_stride sets its prediction windows only")  # fmt: skip
-        import dataclasses
-
-        model.heads["answer"].config = dataclasses.replace(model.heads["answer"].config, doc_stride=args.doc_stride)
     import headkit.ship.predict_batches as predict_batches
 
     kept: list[tuple] = []  # what predict chose its answers from: for the null-threshold search, after the clock
@@ -125,12 +136,17 @@ def run_headkit(train: list[dict], test: list[dict], args: argparse.Namespace) -
     predictions = {r["id"]: o["answer"]["answer"] for r, o in zip(test, out, strict=True)}
     logits, windows, contexts, options = kept[0]
     spans = best_answers(logits, windows, contexts, **{**options, "null_threshold": float("inf")})  # never ""
+    scores = {}
+    if two_heads:
+        right = [o["qtype"]["label"] == question_type(r["question"]) for r, o in zip(test, out, strict=True)]
+        scores["qtype_accuracy"] = sum(right) / len(right)
     return {
         "predictions": predictions,
         "spans": {r["id"]: a["answer"] for r, a in zip(test, spans, strict=True)},
         "null_score_diff": {r["id"]: a["null_score_diff"] for r, a in zip(test, spans, strict=True)},
         "train_s": train_seconds,
         "predict_s": predict_seconds,
+        "extra": scores,
     }
 
 
@@ -363,7 +379,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA.resolve()), help="a SQuAD 2.0 JSON file")
     parser.add_argument("--folds", type=int, default=1, help="test on each of the first N articles in turn (5: all)")
-    parser.add_argument("--strategy", default="full", help="headkit's strategy: full, frozen or lora (reference: full)")
+    parser.add_argument(
+        "--strategy", default="full", help="headkit's strategies, comma-separated: full, frozen, lora (reference: full)"
+    )
+    parser.add_argument(
+        "--two_heads", action="store_true", help="also a full run with a question-type head beside the span head"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--predict_batch_size", type=int, default=32)
@@ -387,44 +408,58 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     rows = read_squad(args.data)
-    results: list[tuple[str, int, int, dict, dict]] = []
+    strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    results: list[tuple[str, int, int, dict[str, dict], dict]] = []
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = scratch
         for title, train, test in folds(rows, args.folds, args.train_questions, args.test_questions, args.seed):
             say(f"fold '{title}': {len(train)} training questions, {len(test)} test questions")
             reference = run_reference(train, test, args)
-            mine = run_headkit(train, test, args)
-            for result in (reference, mine):
+            recipes = {f"headkit {s}": run_headkit(train, test, args, s, False) for s in strategies}
+            if args.two_heads:
+                recipes["headkit full + qtype head"] = run_headkit(train, test, args, "full", True)
+            for result in (reference, *recipes.values()):
                 result["scores"] = squad_scores(result["predictions"], test)
                 best = null_threshold_search(result["null_score_diff"], result["spans"], test)
                 result["scores"]["best_f1"] = best["best_f1"]
                 result["best_f1_thresh"] = best["best_f1_thresh"]
                 result["scores"]["answered"] = sum(1 for a in result["predictions"].values() if a) / len(test)
-            say(f"F1 headkit {100 * mine['scores']['f1']:.1f}, reference {100 * reference['scores']['f1']:.1f}")
-            results.append((title, len(train), len(test), mine, reference))
+            for name, mine in recipes.items():
+                say(f"F1 {name} {100 * mine['scores']['f1']:.1f}, reference {100 * reference['scores']['f1']:.1f}")
+            results.append((title, len(train), len(test), recipes, reference))
 
     from machine import machine_line
 
     print(machine_line())
     print(
         f"\nSQuAD 2.0 dev, 5 articles, split by article; MiniLM (all-MiniLM-L6-v2); headkit strategy "
-        f"{args.strategy}, reference full; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
+        f"{', '.join(strategies)}, reference full; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
         f"(QA layer {args.head_lr or 1e-3:g}), max_length {args.max_length}, doc_stride {args.doc_stride}, "
         f"seed {args.seed}; reference batches: {args.reference_batches}\n"
     )
     header = ["test article", "train q", "test q", "recipe", *(c for c, _ in COLUMNS), "train s", "predict s"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for title, n_train, n_test, mine, reference in results:
-        for name, result in (("headkit", mine), ("reference", reference)):
-            print("| " + " | ".join([title, str(n_train), str(n_test), name, *row_cells(result)]) + " |")
-        print("| " + " | ".join([title, "", "", "headkit - / ÷ reference", *ratio_cells(mine, reference)]) + " |")
-    avg_mine, avg_ref = mean([r[3] for r in results]), mean([r[4] for r in results])
+    for title, n_train, n_test, recipes, reference in results:
+        print("| " + " | ".join([title, str(n_train), str(n_test), "reference", *row_cells(reference)]) + " |")
+        for name, mine in recipes.items():
+            print("| " + " | ".join([title, "", "", name, *row_cells(mine)]) + " |")
+            print("| " + " | ".join([title, "", "", f"{name} − / ÷ reference", *ratio_cells(mine, reference)]) + " |")
+    names = list(results[0][3])
+    avg_ref = mean([r[4] for r in results])
+    averages = {name: mean([r[3][name] for r in results]) for name in names}
     if len(results) > 1:
-        for name, result in (("headkit", avg_mine), ("reference", avg_ref)):
+        print("| " + " | ".join([f"mean of {len(results)}", "", "", "reference", *row_cells(avg_ref)]) + " |")
+        for name, result in averages.items():
             print("| " + " | ".join([f"mean of {len(results)}", "", "", name, *row_cells(result)]) + " |")
-        print("| " + " | ".join([f"mean of {len(results)}", "", "", "headkit - / ÷ reference",
-                                 *ratio_cells(avg_mine, avg_ref)]) + " |")  # fmt: skip
+            print("| " + " | ".join([f"mean of {len(results)}", "", "", f"{name} − / ÷ reference",
+                                     *ratio_cells(result, avg_ref)]) + " |")  # fmt: skip
+    for name in names:
+        extra = {k: sum(r[3][name]["extra"].get(k, 0.0) for r in results) / len(results)
+                 for k in results[0][3][name]["extra"]}  # fmt: skip
+        if extra:
+            print(f"\n{name}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in extra.items()))
+    avg_mine = averages[names[0]]
     f1_gap = 100 * (avg_mine["scores"]["f1"] - avg_ref["scores"]["f1"])
     train_ratio = avg_mine["train_s"] / avg_ref["train_s"]
     predict_ratio = avg_mine["predict_s"] / avg_ref["predict_s"]
@@ -434,7 +469,7 @@ def main() -> None:
         "(an oracle: it shows what the spans learned, whatever the null threshold; the recipes use 0.0)"
     )
     print(
-        f"goal: within 1 F1 point of the reference at no more time: F1 {f1_gap:+.1f} points, "
+        f"goal ({names[0]}): within 1 F1 point of the reference at no more time: F1 {f1_gap:+.1f} points, "
         f"train time {train_ratio:.2f}x, predict time {predict_ratio:.2f}x -> {'met' if met else 'NOT met'}"
     )
 
