@@ -359,3 +359,25 @@ def test_unknown_or_conflicting_span_options_are_refused_in_one_line(tiny_text_m
             progress=False,
         )
     assert "\n" not in str(refused.value)
+
+
+def test_predict_reads_questions_and_contexts_from_a_file_and_the_pipeline_takes_qa_dicts(tiny_text_model, tmp_path):
+    from headkit.ship.predict import predict_file
+
+    data, rows = long_questions(tmp_path)
+    result = headkit.train(str(tiny_text_model), {"answer": {"type": "span", "data": str(data)}}, epochs=1,
+                           max_length=24, progress=False)  # fmt: skip
+    model, tokenizer = result.model, headkit.load_processor(tiny_text_model)
+    expected = model.predict([(r["question"], r["context"]) for r in rows])
+    for suffix in (".jsonl", ".csv"):
+        out = tmp_path / f"answers{suffix}"
+        count, _ = predict_file(model, tokenizer, str(data), "text", str(out))
+        assert count == len(rows)
+        if suffix == ".jsonl":
+            lines = [json.loads(line) for line in out.read_text().splitlines()]
+            assert [(x["text"], x["text_pair"]) for x in lines] == [(r["question"], r["context"]) for r in rows]
+            assert [x["answer"] for x in lines] == [e["answer"] for e in expected]
+        else:
+            assert out.read_text().splitlines()[0].startswith("text,text_pair,answer")
+    answer = headkit.pipeline(model)({"question": rows[0]["question"], "context": rows[0]["context"]})
+    assert answer == expected[0]

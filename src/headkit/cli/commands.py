@@ -98,6 +98,7 @@ def predict(
     text: list[str] | None = None,
     image: list[str] | None = None,
     text_column: str = "text",
+    text_pair: str | None = None,
     batch_size: int = 64,
     engine: Engine = "auto",
     progress: bool = True,
@@ -115,6 +116,8 @@ def predict(
         text: texts to predict directly (repeat --text for several).
         image: image files to predict directly, for an image model (repeat --image for several).
         text_column: the text column of --input (for an image model: the column of image paths).
+        text_pair: the column of each row's second text (sentence pairs; a question-answering model's
+            context); default: the one the model's heads trained on, where --input has it.
         batch_size: at most this many texts per forward pass.
         engine: auto (the fastest engine validated for this model on this machine against torch fp32; torch
             where none was), torch, torch-bf16, onnx or onnx-int8 (a directory written by export --to onnx).
@@ -136,7 +139,7 @@ def predict(
     if input:
         output = output or str(Path(input).with_suffix("")) + ".predictions.jsonl"
         count, truncated = predict_file(
-            model, tokenizer, input, text_column, output, batch_size, progress, max_length, max_tokens
+            model, tokenizer, input, text_column, output, batch_size, progress, max_length, max_tokens, text_pair
         )
         render.file_predictions(count, truncated, output)
     if text:

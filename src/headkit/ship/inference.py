@@ -232,12 +232,18 @@ def as_items(inputs: Any) -> tuple[list[Any], bool]:
 
 
 def _pair_of(item: Mapping, where: str) -> Any:
-    """{"text": ..., "text_pair": ...} (transformers' text-classification pipeline's form) -> a tuple."""
+    """{"text": ..., "text_pair": ...} (transformers' text-classification pipeline's form) or
+    {"question": ..., "context": ...} (its question-answering pipeline's) -> a tuple."""
     if set(item) == {"text", "text_pair"}:
         return (item["text"], item["text_pair"])
+    if set(item) == {"question", "context"}:
+        return (item["question"], item["context"])
     if set(item) == {"text"}:
         return item["text"]
-    raise DataError(f"{where} is a dict with keys {sorted(item)}; a text pair is {{'text': ..., 'text_pair': ...}}")
+    raise DataError(
+        f"{where} is a dict with keys {sorted(item)}; a text pair is {{'text': ..., 'text_pair': ...}} "
+        "(a question: {'question': ..., 'context': ...})"
+    )
 
 
 def check_texts(items: list[Any], processor: Any) -> None:

@@ -85,9 +85,12 @@ def predict_file(
     progress: bool = False,
     max_length: int | None = None,
     max_tokens: int | None = MAX_TOKENS,
+    text_pair: str | None = None,
 ) -> tuple[int, int]:
     """Read texts from a file, write one JSON object (or CSV row) per input with each head's output.
-    `batch_size` and `max_tokens` bound each forward pass (`predict_texts`).
+    `batch_size` and `max_tokens` bound each forward pass (`predict_texts`). `text_pair`: the
+    column of each row's second text (default: the one the model's heads trained on, where the
+    file has it; a question-answering model reads `question` and `context` as training does).
 
     Returns (texts predicted, texts truncated to the model's limit)."""
     rows = read_rows(input_path)
@@ -100,10 +103,17 @@ def predict_file(
         lines = [json.dumps({"image": n, **p}) for n, p in zip(names, predictions, strict=True)]
         atomic_write_bytes(Path(output_path), ("\n".join(lines) + "\n").encode("utf-8"))
         return len(images), 0
+    text_column, text_pair = _text_columns(model, rows, text_column, text_pair)
     texts = column_values(rows, text_column, input_path)
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if missing is not None:
         raise DataError(f"row {missing + 1} of {input_path}: '{text_column}' is empty or not text")
+    if text_pair is not None:
+        seconds = column_values(rows, text_pair, input_path)
+        bad = next((i for i, t in enumerate(seconds) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DataError(f"row {bad + 1} of {input_path}: '{text_pair}' is empty or not text")
+        texts = list(zip(texts, seconds, strict=True))
     predictions = predict_texts(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, progress=progress, max_tokens=max_tokens
     )
@@ -112,19 +122,39 @@ def predict_file(
     if out.suffix.lower() == ".csv":
         atomic_write_bytes(out, _csv_bytes(texts, predictions, model))
     else:
-        lines = [json.dumps({"text": t, **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
+        lines = [json.dumps({**_shown(t), **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
     return len(texts), truncated
 
 
-def _csv_bytes(texts: list[str], predictions: list[dict[str, Any]], model) -> bytes:
+def _text_columns(model: Any, rows: list[dict[str, Any]], text: str, pair: str | None) -> tuple[str, str | None]:
+    """The text and second-text columns a file is read with: as given, else the second text the
+    model's heads trained on where the file has that column (a question-answering head: the
+    question and context columns training reads)."""
+    if pair is None:
+        trained = [c.get("text_pair") for c in (getattr(model, "columns", None) or {}).values()]
+        pair = next((p for p in trained if p and rows and p in rows[0]), None)
+    if any(getattr(h.codec, "inputs", None) == "qa" for h in model.heads.values()):
+        from headkit.data.encode import qa_columns
+
+        text, context = qa_columns(rows, text, pair)
+        return text, context if rows and context in rows[0] else pair
+    return text, pair
+
+
+def _shown(text: str | tuple[str, str]) -> dict[str, str]:
+    """An input as its output line shows it: {"text"}, or {"text", "text_pair"} for a pair."""
+    return {"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else {"text": text}
+
+
+def _csv_bytes(texts: list[Any], predictions: list[dict[str, Any]], model) -> bytes:
     """Flat CSV: each head's own columns (classification: its label and a column per class
     probability), JSON for anything nested."""
     import io as stdio
 
     flat_rows = []
     for text, pred in zip(texts, predictions, strict=True):
-        row: dict[str, Any] = {"text": text}
+        row: dict[str, Any] = _shown(text)
         for head, value in pred.items():
             if head in model.heads:
                 cells = model.heads[head].view.table_cells(value)
