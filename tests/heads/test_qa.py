@@ -346,9 +346,8 @@ def test_unknown_or_conflicting_span_options_are_refused_in_one_line(tiny_text_m
 
     data, _ = long_questions(tmp_path)
     with pytest.raises(HeadConfigError, match=r"unknown field\(s\) \['stride'\] for a 'span' head"):
-        headkit.train(
-            str(tiny_text_model), {"answer": {"type": "span", "data": str(data), "options": {"stride": 4}}}, progress=False
-        )
+        bad = {"answer": {"type": "span", "data": str(data), "options": {"stride": 4}}}
+        headkit.train(str(tiny_text_model), bad, progress=False)
     with pytest.raises(DataError, match=r"overlap by \[4, 8\] tokens") as refused:
         headkit.train(
             str(tiny_text_model),

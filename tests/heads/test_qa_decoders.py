@@ -10,9 +10,9 @@ import torch
 import headkit
 from headkit.errors import DataError
 from headkit.heads.qa import best_answers, qa_windows, window_labels
+from heads.test_qa import context_with, qa_data
 
 from conftest import save_decoder
-from heads.test_qa import context_with, qa_data
 
 
 @pytest.fixture(scope="module")
