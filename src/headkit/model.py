@@ -150,6 +150,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
             raise HeadConfigError(f"head name '{name}' must be a Python identifier (letters, digits, _)")
         if name in self.heads:
             raise HeadConfigError(f"a head named '{name}' already exists; reset_head('{name}', config) replaces it")
+        self._check_shared_encoding(name, config)
         head = build_head(self._resolved(name, config))
         head.attach(self.backbone)
         if head.needs_processor:
@@ -164,6 +165,18 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
         self.heads[name] = head
         self.weighting.add_head(name)
         return head
+
+    def _check_shared_encoding(self, name: str, config: HeadConfig) -> None:
+        """Heads that read the same kind of input read one encoding of it (one set of a long
+        context's windows), so the settings it is made with (`task_options`) must agree."""
+        inputs, options = head_class(config.type).codec.inputs, config.task_options()
+        for other_name, other in self.heads.items():
+            if other.codec.inputs == inputs and other.config.task_options() != options:
+                raise HeadConfigError(
+                    f"head '{name}' reads its data with {options or 'the default settings'} and head '{other_name}' "
+                    f"with {other.config.task_options() or 'the default settings'}; heads of one model share one "
+                    "encoding of their input: give them the same settings"
+                )
 
     def _resolved(self, name: str, config: HeadConfig) -> HeadConfig:
         """A copy of `config` completed and checked against this backbone."""

@@ -380,3 +380,41 @@ def test_predict_reads_questions_and_contexts_from_a_file_and_the_pipeline_takes
             assert out.read_text().splitlines()[0].startswith("text,text_pair,answer")
     answer = headkit.pipeline(model)({"question": rows[0]["question"], "context": rows[0]["context"]})
     assert answer == expected[0]
+
+
+def test_options_that_are_the_tasks_own_fields_are_refused(tiny_text_model, tmp_path):
+    data, _ = long_questions(tmp_path)
+    with pytest.raises(DataError, match=r"\['layer'\] in options are the task's own settings"):
+        headkit.train(str(tiny_text_model), {"answer": {"type": "span", "data": str(data), "options": {"layer": 1}}},
+                      progress=False)  # fmt: skip
+
+
+def test_a_kept_head_trains_further_on_windows_cut_as_it_reads_them_or_as_its_options_now_say(
+    tiny_text_model, tmp_path
+):
+    data, rows = long_questions(tmp_path)
+    tokenizer = headkit.load_processor(tiny_text_model)
+    questions, contexts = [r["question"] for r in rows], [r["context"] for r in rows]
+    windows = {s: len(qa_windows(tokenizer, questions, contexts, 24, doc_stride=s).example) for s in (4, 7)}
+    assert windows[4] != windows[7]
+    settings = {"epochs": 1, "max_length": 24, "val_fraction": 0.0, "progress": False}
+    first = headkit.train(
+        str(tiny_text_model), {"answer": {"type": "span", "data": str(data), "options": {"doc_stride": 4}}}, **settings
+    )
+    again = headkit.train(first.model, {"answer": {"type": "span", "data": str(data)}}, **settings)
+    assert again.model.heads["answer"].config.doc_stride == 4 and again.metrics["train_examples"] == windows[4]
+    changed = headkit.train(
+        first.model, {"answer": {"type": "span", "data": str(data), "options": {"doc_stride": 7}}}, **settings
+    )
+    assert changed.model.heads["answer"].config.doc_stride == 7 and changed.metrics["train_examples"] == windows[7]
+
+
+def test_span_heads_of_one_model_share_their_windows(tiny_text_model):
+    from headkit.errors import HeadConfigError
+
+    model = headkit.MultiHeadModel.from_pretrained(
+        tiny_text_model, heads={"a": headkit.head_config("span", doc_stride=4)}
+    )
+    with pytest.raises(HeadConfigError, match="share one encoding"):
+        model.add_head("b", headkit.head_config("span", doc_stride=8))
+    model.add_head("b", headkit.head_config("span", doc_stride=4))

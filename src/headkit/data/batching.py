@@ -43,6 +43,9 @@ class EncodedData(Dataset):
     # Rows that must stay on one side of a validation split (the windows of one QA context and its
     # questions), as a group id per row; None: each row is its own.
     groups: list[int] | None = None
+    # The question each row is a window of (heads.qa.Question: its text, context and answers as
+    # given), for QA data; None elsewhere.
+    questions: list[Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
@@ -69,7 +72,8 @@ class EncodedData(Dataset):
         pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
         groups = [self.groups[i] for i in idx] if self.groups is not None else None
-        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups)
+        questions = [self.questions[i] for i in idx] if self.questions is not None else None
+        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups, questions)
 
     def lengths(self) -> list[int]:
         if self.pair_ids is not None:
@@ -104,7 +108,10 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
         head: head_class(head_type).codec.concat([p.labels.get(head) for p in parts], [len(p) for p in parts])
         for head, head_type in heads.items()
     }
-    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types)
+    questions = None
+    if any(p.questions is not None for p in parts):
+        questions = [q for p in parts for q in (p.questions or [None] * len(p))]
+    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types, questions=questions)
 
 
 class Tokenized(NamedTuple):

@@ -6,6 +6,7 @@ encoders. The tasks are `TaskSpec`s (data/tasks.py); only their fields are read 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
 from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
-from headkit.heads.qa import DOC_STRIDE, QAWindows, check_answers, qa_windows, window_labels
+from headkit.heads.qa import DOC_STRIDE, QAWindows, Question, check_answers, qa_windows, window_labels
 
 
 @dataclass
@@ -79,19 +80,19 @@ def encode_rows(
     codecs = {t.name: kinds[t.name].codec for t in group}
     words = any(c.inputs == "words" for c in codecs.values())
     pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
-    questions = any(c.inputs == "qa" for c in codecs.values())
+    answering = any(c.inputs == "qa" for c in codecs.values())
     images = is_image_processor(processor)
     sizes = None
     windows: QAWindows | None = None
-    contexts: list[str] = []
-    if questions:  # (question, context) pairs, the contexts cut into windows: a row per window
+    questions: list[Question] = []
+    if answering:  # (question, context) pairs, the contexts cut into windows: a row per window
         if images or words or pairs:
             raise DataError(
                 f"{data}: a question-answering head reads a question and a context; other heads on "
                 "this data read images, pre-split words or preference pairs: give them a run of their own"
             )
         stride = window_overlap([t for t in group if codecs[t.name].inputs == "qa"], data)
-        encoded, windows, contexts = encode_questions(
+        encoded, windows, questions = encode_questions(
             processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
     elif pairs:  # preference pairs: every head on this data reads them
@@ -130,9 +131,11 @@ def encode_rows(
         if labels is None:
             labels = codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
-        settings = codec.settings_from_labels(y)
         if windows is not None:
-            y = _labels_per_window(y, codec.inputs == "qa", windows, contexts, rows, data)
+            if codec.inputs == "qa":
+                for record, answers in zip(questions, y, strict=True):
+                    record.answers[task.name] = answers
+            y = _labels_per_window(y, codec.inputs == "qa", windows, questions, rows, data)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
@@ -140,8 +143,7 @@ def encode_rows(
         options = {} if kind.per_token else {"pooling": task.pooling}
         if task.dropout is not None:
             options["dropout"] = task.dropout
-        options.update(settings)
-        options.update(task.options)  # the user's word over what the labels suggest
+        options.update(head_options(task))
         configs[task.name] = head_config(
             task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
         )
@@ -157,27 +159,42 @@ def encode_questions(
     data: str,
     doc_stride: int = DOC_STRIDE,
     causal: bool = False,
-) -> tuple[EncodedData, QAWindows, list[str]]:
-    """The windows of each row's (question, context), as encoded rows, and the contexts: the
-    question in the text column (or a `question` column when the text column is absent), the
-    context in `text_pair` (default `context`). A decoder's windows (`causal`) mark the border
-    between the two themselves (heads/qa.py); an encoder's tokenizer must have a pair template."""
+) -> tuple[EncodedData, QAWindows, list[Question]]:
+    """The windows of each row's (question, context), as encoded rows, and a `Question` per row
+    (the heads' answers are added to it): the question in the text column (or a `question` column
+    when the text column is absent), the context in `text_pair` (default `context`). A decoder's
+    windows (`causal`) mark the border between the two themselves (heads/qa.py); an encoder's
+    tokenizer must have a pair template."""
     question, context = qa_columns(rows, question, context)
     if not causal:
         check_pair_template(tokenizer, data)  # a run-on question and context: no boundary to learn
     contexts = text_values(rows, context, data)
-    windows = qa_windows(tokenizer, text_values(rows, question, data), contexts, max_length, doc_stride, causal)
+    asked = text_values(rows, question, data)
+    windows = qa_windows(tokenizer, asked, contexts, max_length, doc_stride, causal)
+    records = [Question(q, c) for q, c in zip(asked, contexts, strict=True)]
     texts = [_text(rows[e], question, context) for e in windows.example]
     paragraph = {c: i for i, c in enumerate(dict.fromkeys(contexts))}  # the questions on one context: one group
     encoded = EncodedData(windows.input_ids, {}, texts, token_type_ids=windows.token_type_ids)
     encoded.groups = [paragraph[contexts[e]] for e in windows.example]
-    return encoded, windows, contexts
+    encoded.questions = [records[e] for e in windows.example]
+    return encoded, windows, records
+
+
+def head_options(task: Any) -> dict[str, Any]:
+    """A task's `options`, refusing those that are the task's own fields (set there instead)."""
+    own = sorted(set(task.options) & {f.name for f in dataclasses.fields(HeadConfig)})
+    if own:
+        raise DataError(
+            f"task '{task.name}': {own} in options are the task's own settings; set them as its fields "
+            f"(options hold what the '{task.type}' head type adds, e.g. a span head's doc_stride)"
+        )
+    return dict(task.options)
 
 
 def window_overlap(tasks: list[Any], data: str) -> int:
     """The overlap of the windows the question-answering heads on this data read (their configs'
     `doc_stride`, as their tasks' options set it): one value, as they share the windows."""
-    strides = {head_config(t.type, **t.options).doc_stride for t in tasks}  # type: ignore[attr-defined]
+    strides = {head_config(t.type, **head_options(t)).doc_stride for t in tasks}  # type: ignore[attr-defined]
     if len(strides) > 1:
         raise DataError(
             f"{data}: the question-answering heads {[t.name for t in tasks]} ask for windows that overlap by "
@@ -195,12 +212,12 @@ def qa_columns(rows: list[dict[str, Any]], question: str, context: str | None) -
 
 
 def _labels_per_window(
-    y: Any, answers: bool, windows: QAWindows, contexts: list[str], rows: list[dict[str, Any]], data: str
+    y: Any, answers: bool, windows: QAWindows, questions: list[Question], rows: list[dict[str, Any]], data: str
 ) -> Any:
     """A task's labels for each window: an answer becomes the window's start and end tokens (once
     its context is known to hold it); any other label is its pair's, repeated."""
     if answers:
-        check_answers(y, contexts, [r.get("id") for r in rows], data)
+        check_answers(y, [q.context for q in questions], [r.get("id") for r in rows], data)
         return window_labels(windows, y)
     return y[windows.example] if isinstance(y, np.ndarray) else [y[e] for e in windows.example]
 

@@ -26,7 +26,7 @@ answers on the windows a transformers QA model would:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,17 @@ class QAWindows:
     example: list[int]  # the index of the pair each window comes from
     offsets: list[list[tuple[int, int] | None]]  # per token: its characters in the context, None outside it
     null: list[int]  # each window's null answer position: its first token ([CLS]), a decoder's last
+
+
+@dataclass(eq=False)  # compared by identity: the windows of one row hold the same record
+class Question:
+    """A (question, context) row as its windows were cut from it, with each QA head's answers as
+    given (None: no label): what tuning a null threshold and scoring per question read, since a
+    window's token labels keep neither every reference answer nor an answer no window holds whole."""
+
+    question: str
+    context: str
+    answers: dict[str, dict[str, list[Any]] | None] = field(default_factory=dict)
 
 
 def context_first(tokenizer: Any) -> bool:
@@ -149,28 +160,6 @@ def window_labels(windows: QAWindows, answers: list[dict[str, list[Any]] | None]
     trained on, as in run_qa)."""
     labels = [_window_label(windows, w, answers[e]) for w, e in enumerate(windows.example)]
     return np.array(labels, dtype=np.int64).reshape(-1, 2)
-
-
-def answers_from_labels(
-    windows: QAWindows, labels: np.ndarray, contexts: list[str]
-) -> list[dict[str, list[Any]] | None]:
-    """Each pair's answer as its windows' labels hold it (`window_labels` read back): the answer
-    trained on, from the first window that holds it, in the context's characters; empty lists
-    when every window is labelled "no answer here"; None when the pair has no label. Validation
-    windows keep no answer text; this is what a null threshold is tuned against."""
-    answers: list[dict[str, list[Any]] | None] = [None] * len(contexts)
-    for w, e in enumerate(windows.example):
-        start, end = (int(x) for x in labels[w])
-        if start == IGNORE_INDEX or (answers[e] is not None and answers[e]["text"]):  # type: ignore[index]
-            continue
-        if start == end == windows.null[w]:
-            answers[e] = answers[e] or {"text": [], "answer_start": []}
-            continue
-        first, last = windows.offsets[w][start], windows.offsets[w][end]
-        if first is None or last is None:  # not a context token: not a label window_labels gives
-            raise DataError(f"window {w + 1}: its answer label [{start}, {end}] is outside the context")
-        answers[e] = {"text": [contexts[e][first[0] : last[1]]], "answer_start": [first[0]]}
-    return answers
 
 
 def check_answers(answers: list[dict[str, list[Any]] | None], contexts: list[str], ids: list[Any], source: str) -> None:

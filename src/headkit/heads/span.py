@@ -11,6 +11,7 @@ contexts are cut into overlapping windows and answers come back in the context's
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from headkit._typing import Backbone
 from headkit.data.files import column_values, is_missing
+from headkit.errors import HeadConfigError
 from headkit.heads.base import HeadBase, HeadConfig, zero_loss
 from headkit.heads.codecs import Codec
 from headkit.heads.export import ExportSpec
@@ -30,6 +32,8 @@ from headkit.heads.qa import DOC_STRIDE
 from headkit.heads.scoring import Scoring
 from headkit.heads.squad import parse_answers
 
+NULL_POSITIONS = ("first", "last")
+
 
 @dataclass(frozen=True)
 class SpanConfig(HeadConfig):
@@ -37,17 +41,29 @@ class SpanConfig(HeadConfig):
     pooling: str = "none"
     max_answer_tokens: int = 30
     doc_stride: int = DOC_STRIDE  # tokens a context's windows overlap by
-    # answer "" when the null score beats the best span's by more; None: never (SQuAD 1.1). Set to
-    # None when no training question lacks an answer, and tuned on the validation split otherwise.
+    # answer "" when a question's null score beats its best span's by more; None: never (SQuAD
+    # 1.1). At the end of a run: None when no training question lacks an answer, else tuned on the
+    # validation questions (training/null_threshold.py), unless a task's options set it.
     null_threshold: float | None = 0.0
     # where a window's null answer is read: "first" (its first token, [CLS] on BERT-style encoders,
     # as run_qa) or "last" (the end token closing a decoder's window: the only one that has read it
-    # all). Set from the backbone when the head joins it.
+    # all). Set from the backbone when the head joins it, as the windows are cut for the backbone.
     null_position: str = "first"
 
+    def __post_init__(self) -> None:
+        if self.doc_stride < 1 or self.max_answer_tokens < 1:
+            raise HeadConfigError(
+                f"a span head's doc_stride and max_answer_tokens are at least 1, not {self.doc_stride} and "
+                f"{self.max_answer_tokens}"
+            )
+        if self.null_position not in NULL_POSITIONS:
+            raise HeadConfigError(f"null_position is one of {NULL_POSITIONS}, not {self.null_position!r}")
+        if self.null_threshold is not None and not math.isfinite(self.null_threshold):
+            raise HeadConfigError(f"null_threshold is a finite number or None (never empty), not {self.null_threshold}")
+
     def task_options(self) -> dict[str, Any]:
-        """The windows' overlap: a context is cut as this head was trained on."""
-        return {"doc_stride": self.doc_stride}
+        """The windows' overlap where it is not the default: a context is cut as the head trained on."""
+        return {"doc_stride": self.doc_stride} if self.doc_stride != DOC_STRIDE else {}
 
     def fitted_to(self, backbone: Backbone) -> SpanConfig:
         """A decoder's windows read the question first and close with an end token, where the null
@@ -88,13 +104,6 @@ class SpanCodec(Codec):
         """SQuAD's answers are in `answers`, which the default label column means here."""
         return "answers" if column == "label" else column
 
-    def settings_from_labels(self, y: Any) -> dict[str, Any]:
-        """Never answer empty when no training question is unanswerable (SQuAD 1.1 data), as run_qa
-        does without `--version_2_with_negative`: the null position then only means "not in this
-        window", which a long context's other windows answer."""
-        unanswerable = any(a is not None and not a["text"] for a in y)
-        return {} if unanswerable else {"null_threshold": None}
-
     def concat(self, parts: list[Any | None], sizes: list[int]) -> Any:
         missing = [np.full((n, 2), IGNORE_INDEX, np.int64) for n in sizes]
         return np.concatenate([p if p is not None else m for p, m in zip(parts, missing, strict=True)])
@@ -131,10 +140,12 @@ class SpanScores(Scoring):
 def answering_settings(head: Any, config: Any) -> None:
     """Record how the head answers in the exported config, under run_qa's argument names
     (transformers' QA classes have no place of their own for them): the tuned null threshold
-    (None: never answer empty), the longest answer and the windows' overlap."""
+    (None: never answer empty), the longest answer and the windows' overlap; and where a window's
+    null answer is read ("last": a decoder's windows, question, end token, context, end token)."""
     config.null_score_diff_threshold = head.config.null_threshold
     config.max_answer_length = head.config.max_answer_tokens
     config.doc_stride = head.config.doc_stride
+    config.null_position = head.config.null_position  # "last": a decoder's windows (heads/qa.py)
 
 
 def start_end(out: Any) -> Tensor:
@@ -188,8 +199,9 @@ class SpanHead(HeadBase):
         scores[rows, at, at] = float("-inf")  # the null answer is weighed on its own below
         best = scores.flatten(1).argmax(dim=1)
         top = scores.flatten(1).max(dim=1).values
-        threshold = self.config.null_threshold
-        is_null = null - top > threshold if threshold is not None else torch.zeros_like(top, dtype=torch.bool)
+        # None never answers a *question* empty (best_answers); a window may still hold no answer
+        threshold = self.config.null_threshold if self.config.null_threshold is not None else 0.0
+        is_null = null - top > threshold
         starts = torch.where(is_null, at, best // t) - offset
         ends = torch.where(is_null, at, best % t) - offset
         score = torch.where(is_null, null, top).exp().tolist()

@@ -403,6 +403,48 @@ def best_null_threshold(
     return found["best_f1_thresh"], found["best_exact"], found["best_f1"]
 
 
+def tune_null_threshold(
+    null_score_diff: Mapping[str, float],
+    predictions: Mapping[str, str],
+    rows: Iterable[Mapping[str, Any]],
+    current: float | None = None,
+    source: str = "the rows",
+) -> float:
+    """The threshold to answer with: one at which `apply_null_threshold` gives the highest F1.
+
+    The official `best_f1_thresh` (`best_null_threshold`) is what the official script reports beside
+    its best F1, not always a threshold that reaches it: it is 0.0 when answering nothing is best,
+    and ties in the diff are taken one question at a time although a threshold answers all of them.
+    Here every threshold that changes an answer is tried (each distinct finite diff, and one below
+    them all: every question empty); `current` is kept unless another threshold scores higher.
+    `predictions` are the best non-null spans; a question without any (diff inf) is empty at every
+    threshold.
+    """
+    gold = _gold(rows, source)
+    if not gold:
+        raise DataError(f"{source} has no questions to score")
+    _, answered = _raw_scores(predictions, gold)
+    _, empty = _raw_scores(dict.fromkeys(gold, ""), gold)
+    diffs = {qid: _diff(null_score_diff, qid) for qid in gold}
+    finite = sorted({d for d in diffs.values() if d != float("inf")})
+    if not finite:
+        return current if current is not None else 0.0
+    order = sorted(gold, key=lambda q: diffs[q])
+    total = best_score = sum(empty.values())  # below every diff: every question empty
+    best, k = finite[0] - 1.0, 0
+    for threshold in finite:  # answer every question whose diff is at most the threshold
+        while k < len(order) and diffs[order[k]] <= threshold:
+            total += answered[order[k]] - empty[order[k]]
+            k += 1
+        if total > best_score:
+            best, best_score = threshold, total
+    if current is not None:
+        at_current = sum(answered[q] if diffs[q] <= current else empty[q] for q in gold)
+        if at_current >= best_score:
+            return current
+    return best
+
+
 def apply_null_threshold(
     predictions: Mapping[str, str], null_score_diff: Mapping[str, float], threshold: float
 ) -> dict[str, str]:

@@ -18,7 +18,7 @@ from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
-from headkit.training.null_threshold import tune_null_thresholds
+from headkit.training.null_threshold import settle_null_thresholds
 from headkit.training.report import print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters, parse_strategy
@@ -42,14 +42,15 @@ def finish_run(
     run = Path(config.output_dir)
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
+    assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
+    null_thresholds = settle_null_thresholds(model, processor, data, config)
     if len(data.val):
-        assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
         evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
-            thresholds.update(tune_null_thresholds(model, processor, data.val, config.batch_size))
         if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
+        thresholds.update(null_thresholds)
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best_epoch,

@@ -80,6 +80,7 @@ def run_recipe(
             )
         if model is not None:
             check_kept_heads(model, tasks)
+            tasks = [with_kept_options(model, t) for t in tasks]
             processor = model._processor()
             if processor is None:
                 raise HeadkitError(
@@ -112,7 +113,7 @@ def run_recipe(
                 processor=processor,
             )
         else:
-            add_heads(model, heads, data.heads)
+            add_heads(model, heads, data.heads, {t.name: t.options for t in tasks})
         model.max_length = max_length
         model.training_facts = None  # an earlier run's no longer describe it; this run's are set when it finishes
         model.columns = {t.name: read_columns(t) for t in tasks}
@@ -139,9 +140,23 @@ def check_kept_heads(model: MultiHeadModel, tasks: list[TaskSpec]) -> None:
             )
 
 
-def add_heads(model: MultiHeadModel, heads: dict[str, HeadConfig], prepared: dict[str, HeadConfig]) -> None:
+def with_kept_options(model: MultiHeadModel, task: TaskSpec) -> TaskSpec:
+    """A task for a head the model has: its data read with the head's own settings (a span head's
+    windows' overlap) unless the task's options change them."""
+    if task.name not in model.heads:
+        return task
+    return dataclasses.replace(task, options={**model.heads[task.name].config.task_options(), **task.options})
+
+
+def add_heads(
+    model: MultiHeadModel,
+    heads: dict[str, HeadConfig],
+    prepared: dict[str, HeadConfig],
+    options: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Add the run's new heads to `model`; a head it has keeps its weights, with what the run sets
-    on top of the data's config (class weights, few-shot's unit vectors) set on it too."""
+    on top of the data's config (class weights, few-shot's unit vectors, its task's `options`) set
+    on it too."""
     for name, config in heads.items():
         if name not in model.heads:
             model.add_head(name, config)
@@ -152,6 +167,8 @@ def add_heads(model: MultiHeadModel, heads: dict[str, HeadConfig], prepared: dic
             for f in dataclasses.fields(config)
             if getattr(config, f.name) != getattr(base, f.name)
         }
+        kept = model.heads[name].config
+        changed.update({k: v for k, v in (options or {}).get(name, {}).items() if getattr(kept, k) != v})
         if changed:  # configs are values: a new head with the new settings and the trained weights
             head = model.heads[name]
             weights, weighting = head.state_dict(), model.weighting.state_dict()

@@ -47,11 +47,6 @@ class Codec(Part):
         """The column a task's `label` setting reads (the default, "label", may mean another)."""
         return column
 
-    def settings_from_labels(self, y: Any) -> dict[str, Any]:
-        """Head config settings that the training labels decide (given as `encode_labels` made
-        them); {} for most heads."""
-        return {}
-
     def references(self, labels: Tensor, mask: Tensor) -> list[Any]:
         """A batch's labels as one reference per example, in the form `decode` gives predictions
         (None where the example has no label), for the head's metrics."""
