@@ -245,7 +245,7 @@ def test_a_stream_goes_to_the_streaming_reader_untouched(tiny_text_model, rows, 
 
     seen = {}
 
-    def prepare_stream(tasks, processor, max_length, seed, sources, label_maps):
+    def prepare_stream(tasks, processor, max_length, seed, sources, label_maps, causal=False):
         seen.update(tasks=tasks, sources=sources)
         raise KeyboardInterrupt  # far enough: what it was given is what this test checks
 
