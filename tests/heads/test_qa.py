@@ -418,3 +418,25 @@ def test_span_heads_of_one_model_share_their_windows(tiny_text_model):
     with pytest.raises(HeadConfigError, match="share one encoding"):
         model.add_head("b", headkit.head_config("span", doc_stride=8))
     model.add_head("b", headkit.head_config("span", doc_stride=4))
+
+
+def test_the_server_answers_questions_on_their_contexts_as_predict_does(tiny_text_model, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from headkit.ship.serve import load_app
+
+    data, rows = long_questions(tmp_path)
+    result = headkit.train(str(tiny_text_model), {"answer": {"type": "span", "data": str(data)}}, epochs=1,
+                           max_length=24, progress=False, output_dir=str(tmp_path / "run"))  # fmt: skip
+    expected = result.model.predict([(r["question"], r["context"]) for r in rows])
+    with TestClient(load_app(tmp_path / "run", engine="torch")) as client:
+        body = {"texts": [r["question"] for r in rows], "text_pairs": [r["context"] for r in rows]}
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.text
+        got = [p["answer"] for p in response.json()["predictions"]]
+        assert [(g["answer"], g["start"]) for g in got] == [
+            (e["answer"]["answer"], e["answer"]["start"]) for e in expected
+        ]
+        uneven = client.post("/predict", json={"texts": ["who"], "text_pairs": ["a", "b"]})
+        assert uneven.status_code == 422 and "one second text for each" in uneven.json()["error"]

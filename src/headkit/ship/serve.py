@@ -1,6 +1,8 @@
 """HTTP server over a saved model: every head from one backbone pass, concurrent requests batched.
 
     POST /predict   {"texts": [...], "heads": [...]?} -> {"predictions": [{head: output, ...}, ...]}
+                    (sentence pairs: "text_pairs": [...] beside "texts", one second text each; a
+                    question-answering model: the questions in "texts", their contexts in "text_pairs")
                     (an image model takes {"images": ["<base64 PNG/JPEG bytes>", ...]} instead;
                     heads that write text, and sft / clm runs, take "max_new_tokens": n <= the limit)
     GET  /health    liveness
@@ -60,6 +62,12 @@ class ServeLimits:
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr] | None = Field(default=None, min_length=1, description="texts, for a text model")
+    text_pairs: list[StrictStr] | None = Field(
+        default=None,
+        min_length=1,
+        description="the second text of each pair, one per text (sentence pairs; a question-answering model: the "
+        "contexts of the questions in texts)",
+    )
     images: list[StrictStr] | None = Field(
         default=None, min_length=1, description="base64-encoded image files, for an image model (never paths)"
     )
@@ -72,6 +80,8 @@ class PredictRequest(BaseModel):
     def one_kind_of_input(self) -> PredictRequest:
         if (self.texts is None) == (self.images is None):
             raise ValueError('give exactly one of "texts" or "images"')
+        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts or []):
+            raise ValueError('"text_pairs" holds one second text for each of "texts"')
         return self
 
 
@@ -111,10 +121,11 @@ class Batcher:
         self.run_batch, self.max_texts, self.wait_s = run_batch, max_texts, wait_s
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    async def submit(self, texts: list[str], heads: list[str] | None, options: int = 0) -> list[dict[str, Any]]:
-        """Queue texts; `options` (the generation length) must be equal for requests to share a pass."""
+    async def submit(self, texts: list[Any], heads: list[str] | None, options: int = 0) -> list[dict[str, Any]]:
+        """Queue texts (or (text, text_pair) tuples); requests share a pass when their `options` (the
+        generation length) are equal and both hold pairs or both single texts."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, heads, options, future))
+        await self.queue.put((texts, heads, (options, isinstance(texts[0], tuple)), future))
         return await future
 
     async def work(self) -> None:
@@ -131,8 +142,8 @@ class Batcher:
                 jobs.append(job)
                 size += len(job[0])
             jobs = [j for j in jobs if not j[3].done()]  # timed-out requests are not computed
-            for options in sorted({j[2] for j in jobs}):  # one pass per generation length
-                await self._run([j for j in jobs if j[2] == options], options)
+            for key in sorted({j[2] for j in jobs}):  # one pass per generation length, pairs apart
+                await self._run([j for j in jobs if j[2] == key], key[0])
 
     async def _run(self, jobs: list, options: int) -> None:
         texts = [t for job in jobs for t in job[0]]
@@ -243,10 +254,13 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
             images, problem = decode_images(given)
             if problem:
                 return _error(422, problem)
-        too_long = None if reads_images else next((i for i, t in enumerate(given) if len(t) > limits.max_chars), None)
-        if too_long is not None:
-            chars = len(given[too_long])
-            return _error(413, f"texts[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
+        for field, values in (("texts", given), ("text_pairs", request.text_pairs or [])):
+            too_long = next((i for i, t in enumerate(values) if len(t) > limits.max_chars), None)
+            if too_long is not None and not reads_images:
+                chars = len(values[too_long])
+                return _error(413, f"{field}[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
+        if request.text_pairs is not None and (reads_images or getattr(model, "heads", None) is None):
+            return _error(422, '"text_pairs" are read by a model of heads on text (not images, not a chat model)')
         unknown = sorted(set(request.heads or []) - set(head_names))
         if unknown:
             return _error(422, f"unknown head(s) {unknown}; this model answers {head_names}")
@@ -255,6 +269,8 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
             return _error(413, f"max_new_tokens {new_tokens} is above this server's limit of {limits.max_new_tokens}")
         try:
             items = images if reads_images else given
+            if request.text_pairs is not None:
+                items = list(zip(given, request.text_pairs, strict=True))
             options = new_tokens if writes else 0  # only generation lengths keep requests apart
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
