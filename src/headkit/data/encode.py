@@ -132,22 +132,22 @@ def encode_rows(
             labels = codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
         if windows is not None:
-            if codec.inputs == "qa":
-                for record, answers in zip(questions, y, strict=True):
-                    record.answers[task.name] = answers
-            y = _labels_per_window(y, codec.inputs == "qa", windows, questions, rows, data)
+            y = _labels_per_window(y, task.name if codec.inputs == "qa" else None, windows, questions, rows, data)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y
-        options = {} if kind.per_token else {"pooling": task.pooling}
-        if task.dropout is not None:
-            options["dropout"] = task.dropout
-        options.update(head_options(task))
-        configs[task.name] = head_config(
-            task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options
-        )
+        configs[task.name] = _task_config(task, kind.per_token, labels)
     return encoded, configs
+
+
+def _task_config(task: Any, per_token: bool, labels: list[str]) -> HeadConfig:
+    """The head config a task asks for, with its label map."""
+    options = {} if per_token else {"pooling": task.pooling}
+    if task.dropout is not None:
+        options["dropout"] = task.dropout
+    options.update(head_options(task))
+    return head_config(task.type, labels=list(labels), loss_weight=task.loss_weight, layer=task.layer, **options)
 
 
 def encode_questions(
@@ -212,12 +212,15 @@ def qa_columns(rows: list[dict[str, Any]], question: str, context: str | None) -
 
 
 def _labels_per_window(
-    y: Any, answers: bool, windows: QAWindows, questions: list[Question], rows: list[dict[str, Any]], data: str
+    y: Any, answering: str | None, windows: QAWindows, questions: list[Question], rows: list[dict[str, Any]], data: str
 ) -> Any:
-    """A task's labels for each window: an answer becomes the window's start and end tokens (once
-    its context is known to hold it); any other label is its pair's, repeated."""
-    if answers:
+    """A task's labels for each window: the answers of QA head `answering` become each window's start
+    and end tokens (once its context is known to hold them; each question keeps its answers as
+    given); any other label is its pair's, repeated."""
+    if answering is not None:
         check_answers(y, [q.context for q in questions], [r.get("id") for r in rows], data)
+        for record, answers in zip(questions, y, strict=True):
+            record.answers[answering] = answers
         return window_labels(windows, y)
     return y[windows.example] if isinstance(y, np.ndarray) else [y[e] for e in windows.example]
 

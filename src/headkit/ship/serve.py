@@ -110,6 +110,24 @@ class PredictResponse(BaseModel):
     predictions: list[dict[str, Any]]
 
 
+def _text_refusal(request: PredictRequest, limits: ServeLimits, chat: bool) -> JSONResponse | None:
+    """The answer to a text request over the character limit, or with pairs a chat model cannot read."""
+    for field, values in (("texts", request.texts or []), ("text_pairs", request.text_pairs or [])):
+        too_long = next((i for i, t in enumerate(values) if len(t) > limits.max_chars), None)
+        if too_long is not None:
+            chars = len(values[too_long])
+            return _error(413, f"{field}[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
+    if request.text_pairs is not None and chat:
+        return _error(422, '"text_pairs" are read by a model of heads on text, not by a chat model')
+    return None
+
+
+def _texts_of(request: PredictRequest) -> list[Any]:
+    """A text request's items: its texts, or (text, text_pair) tuples."""
+    texts = request.texts or []
+    return texts if request.text_pairs is None else list(zip(texts, request.text_pairs, strict=True))
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, **extra})
 
@@ -254,13 +272,9 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
             images, problem = decode_images(given)
             if problem:
                 return _error(422, problem)
-        for field, values in (("texts", given), ("text_pairs", request.text_pairs or [])):
-            too_long = next((i for i, t in enumerate(values) if len(t) > limits.max_chars), None)
-            if too_long is not None and not reads_images:
-                chars = len(values[too_long])
-                return _error(413, f"{field}[{too_long}] has {chars:,} characters; the limit is {limits.max_chars:,}")
-        if request.text_pairs is not None and (reads_images or getattr(model, "heads", None) is None):
-            return _error(422, '"text_pairs" are read by a model of heads on text (not images, not a chat model)')
+        refused = None if reads_images else _text_refusal(request, limits, chat=getattr(model, "heads", None) is None)
+        if refused is not None:
+            return refused
         unknown = sorted(set(request.heads or []) - set(head_names))
         if unknown:
             return _error(422, f"unknown head(s) {unknown}; this model answers {head_names}")
@@ -268,9 +282,7 @@ def create_app(model, processor, metadata: dict[str, Any], limits: ServeLimits |
         if new_tokens > limits.max_new_tokens:
             return _error(413, f"max_new_tokens {new_tokens} is above this server's limit of {limits.max_new_tokens}")
         try:
-            items = images if reads_images else given
-            if request.text_pairs is not None:
-                items = list(zip(given, request.text_pairs, strict=True))
+            items = images if reads_images else _texts_of(request)
             options = new_tokens if writes else 0  # only generation lengths keep requests apart
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
