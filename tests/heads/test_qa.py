@@ -131,6 +131,20 @@ def qa_data(tmp_path, n=24):
     return squad_file(tmp_path / "squad.json", contexts)
 
 
+def train_span(model, data, **options):
+    """A span head trained for two epochs on `data` (`task`: more task fields; the rest: run settings)."""
+    return headkit.train(
+        str(model) if not isinstance(model, headkit.MultiHeadModel) else model,
+        {"answer": {"type": "span", "label": "answers", "data": str(data), **options.pop("task", {})}},
+        strategy="full",
+        epochs=2,
+        max_length=24,
+        lr=1e-3,
+        progress=False,
+        **{"val_fraction": 0.5, **options},
+    )
+
+
 def test_a_span_head_trains_from_a_squad_file_and_answers_pairs_in_the_contexts_characters(tiny_text_model, tmp_path):
     data = qa_data(tmp_path)
     result = headkit.train(

@@ -10,7 +10,7 @@ import torch
 import headkit
 from headkit.errors import DataError
 from headkit.heads.qa import best_answers, qa_windows, window_labels
-from heads.test_qa import context_with, qa_data
+from heads.test_qa import context_with, qa_data, train_span
 
 from conftest import save_decoder
 
@@ -48,16 +48,7 @@ def test_a_decoder_tokenizer_without_an_end_token_is_refused(llama):
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_a_span_head_trains_on_a_decoder_and_answers_alike_whichever_side_it_pads(kind, tmp_path):
     path = save_decoder(tmp_path / kind, kind)
-    result = headkit.train(
-        str(path),
-        {"answer": {"type": "span", "label": "answers", "data": str(qa_data(tmp_path, n=12))}},
-        strategy="full",
-        epochs=2,
-        max_length=24,
-        lr=1e-3,
-        val_fraction=0.25,
-        progress=False,
-    )
+    result = train_span(path, qa_data(tmp_path, n=12), val_fraction=0.25)
     model = result.model
     assert model.heads["answer"].config.null_position == "last"
     pairs = []

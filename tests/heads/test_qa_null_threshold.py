@@ -12,7 +12,7 @@ import torch
 import headkit
 from headkit.errors import DataError, HeadConfigError
 from headkit.heads.squad import apply_null_threshold, read_squad, squad_scores, tune_null_threshold
-from heads.test_qa import context_with, long_questions, qa_data, squad_file
+from heads.test_qa import context_with, long_questions, qa_data, squad_file, train_span
 
 GOLD = [
     {"id": "a1", "answers": {"text": ["Paris"], "answer_start": [0]}},
@@ -46,20 +46,6 @@ def test_the_tuned_threshold_reaches_the_best_f1_that_any_threshold_gives():
     assert tune_null_threshold(cases[0], spans, GOLD, current=-5.0) == 0.5
     with pytest.raises(DataError, match="no null_score_diff for question 'u2'"):
         tune_null_threshold({"a1": 0.0, "a2": 0.0, "u1": 0.0}, spans, GOLD)
-
-
-def train_span(model, data, **options):
-    return headkit.train(
-        str(model) if not isinstance(model, headkit.MultiHeadModel) else model,
-        {"answer": {"type": "span", "label": "answers", "data": str(data), **options.pop("task", {})}},
-        strategy="full",
-        epochs=2,
-        max_length=24,
-        lr=1e-3,
-        val_fraction=0.5,
-        progress=False,
-        **options,
-    )
 
 
 def validation_rows(tiny_text_model, data):
