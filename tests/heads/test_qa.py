@@ -454,3 +454,31 @@ def test_the_server_answers_questions_on_their_contexts_as_predict_does(tiny_tex
         ]
         uneven = client.post("/predict", json={"texts": ["who"], "text_pairs": ["a", "b"]})
         assert uneven.status_code == 422 and "one second text for each" in uneven.json()["error"]
+
+
+def test_a_head_beside_a_span_head_answers_from_the_windows_it_trained_on_whichever_heads_are_asked(
+    tiny_text_model, tmp_path
+):
+    data, rows = long_questions(tmp_path)
+    rows = [{**r, "kind": "alice" if "alice" in r["context"] else "bob"} for r in rows]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heads = {"answer": {"type": "span", "label": "answers", "data": str(data)},
+             "kind": {"type": "classification", "label": "kind", "data": str(data)}}  # fmt: skip
+    model = headkit.train(str(tiny_text_model), heads, epochs=1, max_length=24, val_fraction=0.0, progress=False).model
+    pairs = [(r["question"], r["context"]) for r in rows]
+    together = model.predict(pairs)
+    alone = model.predict(pairs, heads=["kind"])
+    assert [a["kind"] for a in alone] == [t["kind"] for t in together] and "answer" not in alone[0]
+
+
+def test_two_span_heads_change_their_windows_overlap_together(tiny_text_model, tmp_path):
+    data, _ = long_questions(tmp_path)
+    heads = {name: {"type": "span", "label": "answers", "data": str(data)} for name in ("a", "b")}
+    settings = {"epochs": 1, "max_length": 24, "val_fraction": 0.0, "progress": False}
+    first = headkit.train(str(tiny_text_model), heads, **settings)
+    wider = {name: {**spec, "options": {"doc_stride": 5}} for name, spec in heads.items()}
+    again = headkit.train(first.model, wider, **settings)
+    assert [again.model.heads[n].config.doc_stride for n in ("a", "b")] == [5, 5]
+    narrower = {**heads["a"], "options": {"doc_stride": 128}}  # one of them alone: b keeps its own, 5
+    with pytest.raises(DataError, match=r"overlap by \[5, 128\] tokens"):
+        headkit.train(again.model, {"a": narrower, "b": heads["b"]}, **settings)

@@ -43,9 +43,29 @@ def test_the_tuned_threshold_reaches_the_best_f1_that_any_threshold_gives():
     assert tune_null_threshold(everything_empty, spans, GOLD) < min(everything_empty.values())
     # the current threshold stays unless another scores higher
     assert tune_null_threshold(cases[0], spans, GOLD, current=0.7) == 0.7
-    assert tune_null_threshold(cases[0], spans, GOLD, current=-5.0) == 0.5
+    moved = tune_null_threshold(cases[0], spans, GOLD, current=-5.0)
+    assert 0.5 < moved < 2.0  # halfway between the last diff answered and the next: robust to noise
     with pytest.raises(DataError, match="no null_score_diff for question 'u2'"):
         tune_null_threshold({"a1": 0.0, "a2": 0.0, "u1": 0.0}, spans, GOLD)
+
+
+def test_the_tuned_threshold_is_the_best_of_every_threshold_on_random_diffs_with_ties_and_infinities():
+    import random
+
+    rng = random.Random(0)
+    values = [-2.0, -1.0, -1.0, 0.0, 0.5, 3.0, 1e16, 2e16, float("inf"), float("-inf")]
+    for _ in range(300):
+        diffs = {r["id"]: rng.choice(values) for r in GOLD}
+        spans = {r["id"]: rng.choice(["Paris", "1889", "", "Rome"]) for r in GOLD}
+        current = rng.choice([None, 0.0, -1.0, 0.5])
+        threshold = tune_null_threshold(diffs, spans, GOLD, current=current)
+        finite = sorted({d for d in diffs.values() if abs(d) != float("inf")})
+        tried = [*finite, *(f - 1.0 for f in finite), *(f + 1.0 for f in finite), 0.0, -3e16, 3e16]
+        best = max(f1_at(t, spans, diffs) for t in tried)
+        assert threshold == threshold and abs(threshold) != float("inf")  # a number a config can hold
+        assert f1_at(threshold, spans, diffs) == pytest.approx(best)
+        if current is not None and f1_at(current, spans, diffs) == pytest.approx(best):
+            assert threshold == current
 
 
 def validation_rows(tiny_text_model, data):
@@ -151,6 +171,9 @@ def test_span_settings_out_of_range_are_refused():
         ({"max_answer_tokens": 0}, "at least 1"),
         ({"null_position": "middle"}, "null_position is one of"),
         ({"null_threshold": float("inf")}, "finite number or None"),
+        ({"null_threshold": "0.5"}, "a number or None"),
+        ({"doc_stride": "64"}, "whole numbers"),
+        ({"max_answer_tokens": True}, "whole numbers"),
     ):
         with pytest.raises(HeadConfigError, match=message):
             headkit.head_config("span", **bad)

@@ -267,8 +267,10 @@ def test_trained_multilabel_heads_keep_their_tuned_thresholds(tiny_text_model, g
     reloaded = headkit.load(run / "model").heads["genres"]  # the tuned thresholds are the head's state
     assert reloaded.thresholds.tolist() == pytest.approx([thresholds[n] for n in ("comedy", "drama", "news")])
     export_onnx(run, tmp_path / "onnx")  # and they travel with an ONNX export, whose heads decide with them
-    onnx = load_for_inference(tmp_path / "onnx", engine="onnx")[0].heads["genres"]
+    engine = load_for_inference(tmp_path / "onnx", engine="onnx")[0]
+    onnx = engine.heads["genres"]
     assert onnx.thresholds.tolist() == reloaded.thresholds.tolist()
+    assert engine.columns == result.model.columns  # predict --input reads the columns training read
     (tmp_path / "onnx" / "head_state.safetensors").unlink()  # an export copied without it: said, not a traceback
     with pytest.raises(CheckpointError, match=r"has no head_state\.safetensors, which onnx\.json lists"):
         load_for_inference(tmp_path / "onnx", engine="onnx")

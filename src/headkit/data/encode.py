@@ -59,6 +59,9 @@ def check_tasks(tasks: list[Any]) -> None:
         trainable = head_types_for_tables()
         if t.type not in trainable:
             raise DataError(f"task '{t.name}': type '{t.type}' cannot be trained from files; use one of {trainable}")
+    answering = [t for t in tasks if head_class(t.type).codec.inputs == "qa"]
+    if answering:  # one model's span heads read one set of windows (MultiHeadModel.add_head)
+        window_overlap(answering, "this run")
 
 
 def encode_rows(

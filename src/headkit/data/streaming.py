@@ -109,6 +109,7 @@ class StreamedData:
     ):
         self.stream, self.group, self.where, self.text_column = stream, group, where, text_column
         self.causal = causal  # encoded for a decoder backbone (question-answering windows)
+        self.questions = sample.questions  # QA: the first rows' questions (what a stream keeps of its rows)
         self.processor, self.max_length, self.label_maps, self.names = processor, max_length, label_maps, names
         self.labels, self.inferred, self.read = sample.labels, inferred, 0
 

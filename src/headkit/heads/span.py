@@ -51,6 +51,12 @@ class SpanConfig(HeadConfig):
     null_position: str = "first"
 
     def __post_init__(self) -> None:
+        counts = (self.doc_stride, self.max_answer_tokens)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise HeadConfigError(f"a span head's doc_stride and max_answer_tokens are whole numbers, not {counts}")
+        threshold = self.null_threshold
+        if threshold is not None and (not isinstance(threshold, int | float) or isinstance(threshold, bool)):
+            raise HeadConfigError(f"null_threshold is a number or None (never empty), not {threshold!r}")
         if self.doc_stride < 1 or self.max_answer_tokens < 1:
             raise HeadConfigError(
                 f"a span head's doc_stride and max_answer_tokens are at least 1, not {self.doc_stride} and "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import numbers
 import re
 import string
@@ -415,10 +416,11 @@ def tune_null_threshold(
     The official `best_f1_thresh` (`best_null_threshold`) is what the official script reports beside
     its best F1, not always a threshold that reaches it: it is 0.0 when answering nothing is best,
     and ties in the diff are taken one question at a time although a threshold answers all of them.
-    Here every threshold that changes an answer is tried (each distinct finite diff, and one below
-    them all: every question empty); `current` is kept unless another threshold scores higher.
-    `predictions` are the best non-null spans; a question without any (diff inf) is empty at every
-    threshold.
+    Here every threshold that changes an answer is tried, and the one returned lies halfway between
+    the diffs around it (below them all when every question is best left empty), so that a diff
+    computed again with a little numerical noise falls on the same side. `current` is kept unless
+    another threshold scores higher. `predictions` are the best non-null spans; a question without
+    any (diff inf) is empty at every threshold, one with diff -inf answered at every threshold.
     """
     gold = _gold(rows, source)
     if not gold:
@@ -426,23 +428,38 @@ def tune_null_threshold(
     _, answered = _raw_scores(predictions, gold)
     _, empty = _raw_scores(dict.fromkeys(gold, ""), gold)
     diffs = {qid: _diff(null_score_diff, qid) for qid in gold}
-    finite = sorted({d for d in diffs.values() if d != float("inf")})
-    if not finite:
-        return current if current is not None else 0.0
-    order = sorted(gold, key=lambda q: diffs[q])
-    total = best_score = sum(empty.values())  # below every diff: every question empty
-    best, k = finite[0] - 1.0, 0
-    for threshold in finite:  # answer every question whose diff is at most the threshold
-        while k < len(order) and diffs[order[k]] <= threshold:
-            total += answered[order[k]] - empty[order[k]]
+    finite = sorted({d for d in diffs.values() if math.isfinite(d)})
+    scores: list[float] = []  # scores[k]: every question with a diff up to finite[k - 1] answered
+    total = [answered[q] if diffs[q] == -math.inf else empty[q] for q in gold]
+    by_diff = sorted((q for q in gold if math.isfinite(diffs[q])), key=lambda q: diffs[q])
+    scores.append(math.fsum(total))
+    k = 0
+    for threshold in finite:
+        while k < len(by_diff) and diffs[by_diff[k]] <= threshold:
+            total.append(answered[by_diff[k]] - empty[by_diff[k]])
             k += 1
-        if total > best_score:
-            best, best_score = threshold, total
-    if current is not None:
-        at_current = sum(answered[q] if diffs[q] <= current else empty[q] for q in gold)
-        if at_current >= best_score:
+        scores.append(math.fsum(total))
+    if current is not None and math.isfinite(current):
+        at_current = math.fsum([answered[q] if diffs[q] <= current else empty[q] for q in gold])
+        if at_current >= max(scores) - 1e-9:
             return current
-    return best
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first of equals: answer fewer
+    return _between(finite, best)
+
+
+def _between(finite: list[float], k: int) -> float:
+    """A threshold that answers the questions with diffs up to finite[k - 1] and no more: halfway
+    to finite[k] (below finite[0] for k = 0, above the last for k = len(finite))."""
+    if not finite:
+        return 0.0
+    if k == 0:
+        below = finite[0] - max(1.0, abs(finite[0]))
+        return below if math.isfinite(below) and below < finite[0] else math.nextafter(finite[0], -math.inf)
+    if k == len(finite):
+        above = finite[-1] + max(1.0, abs(finite[-1]))
+        return above if math.isfinite(above) else finite[-1]
+    middle = finite[k - 1] / 2 + finite[k] / 2
+    return middle if finite[k - 1] <= middle < finite[k] else finite[k - 1]
 
 
 def apply_null_threshold(

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -90,6 +91,7 @@ class OnnxModel:
         load_head_state(self.heads, directory, manifest)
         self.backbone_config = AutoConfig.from_pretrained(directory)
         self.max_length: int | None = manifest.get("max_length")  # the limit the model was trained with
+        self.columns: dict[str, Any] = manifest.get("columns") or {}  # the data columns each head trained on
         self.device = torch.device("cpu")  # where inputs are built; onnxruntime copies them to its provider
 
     # An engine has no training mode; these let evaluation (training/evaluate.py) run it as a model.

@@ -78,7 +78,9 @@ def predict_texts(
         return []
     max_length = max_length or getattr(model, "max_length", None) or 512  # default: what it was trained with
     limit = max_input_tokens(model.backbone_config, tokenizer, max_length)
-    if seconds is not None and any(getattr(model.heads[n].codec, "inputs", None) == "qa" for n in heads or model.heads):
+    # a model with a QA head reads pairs as (question, context) windows, whichever heads are asked:
+    # the heads beside it trained on those windows
+    if seconds is not None and any(getattr(h.codec, "inputs", None) == "qa" for h in model.heads.values()):
         return predict_questions(model, tokenizer, firsts, seconds, limit, batch_size, heads, progress, max_tokens)
     # Tokenise everything once, then batch texts of similar *token* length (less padding than
     # grouping by characters) and pad each batch only to its own longest text.
@@ -128,7 +130,8 @@ def predict_questions(
         check_pair_template(tokenizer, "question-answering pairs")
     names = list(heads or model.heads)
     readers = [n for n in names if model.heads[n].codec.inputs == "qa"]
-    stride = min(model.heads[n].config.doc_stride for n in readers)
+    # one model's span heads share their windows' overlap (MultiHeadModel.add_head)
+    stride = next(h.config.doc_stride for h in model.heads.values() if h.codec.inputs == "qa")
     windows = qa_windows(tokenizer, questions, contexts, max_length, stride, causal)
     enc = {"input_ids": windows.input_ids}
     if windows.token_type_ids is not None:

@@ -23,6 +23,7 @@ from headkit.backbone import max_input_tokens
 from headkit.data import MAX_TOKENS
 from headkit.data.batching import EncodedData
 from headkit.data.tasks import PreparedData
+from headkit.errors import DataError
 from headkit.heads.qa import Question
 from headkit.heads.squad import apply_null_threshold, squad_scores, tune_null_threshold
 from headkit.model import MultiHeadModel
@@ -58,9 +59,13 @@ def settle_null_thresholds(
             continue
         if answerable_only is False and config.null_threshold is None:  # trained before on SQuAD 1.1 data
             head.config = config = dataclasses.replace(config, null_threshold=0.0)
-        if not tune or config.null_threshold is None:  # None: a stream's SQuAD 1.1 head, kept so
+        if not tune or config.null_threshold is None:  # None: kept where the data does not tell
             continue
-        found = _tune(model, processor, data.val, name, batch_size)
+        try:
+            found = _tune(model, processor, data.val, name, batch_size)
+        except DataError as e:  # e.g. a NaN score: the run's model is still saved, with the threshold it had
+            logger.warning(f"{name}: the null threshold could not be tuned ({e}); kept at {config.null_threshold}")
+            continue
         if found is None:
             logger.info(f"{name}: null threshold kept at {config.null_threshold} (the validation split needs "
                         "answerable and unanswerable questions to tune it)")  # fmt: skip
@@ -73,13 +78,13 @@ def settle_null_thresholds(
 
 
 def _answerable_only(train: Any, name: str) -> bool | None:
-    """Whether every labelled training question of head `name` has an answer (None: not known, as
-    for a stream, whose rows are not kept)."""
+    """Whether every labelled training question of head `name` has an answer (None: none to tell
+    by; a stream tells by its first rows, the ones it keeps)."""
     questions = getattr(train, "questions", None)
-    if questions is None:
+    labelled = [q.answers[name] for q in questions or [] if q is not None and q.answers.get(name) is not None]
+    if not labelled:
         return None
-    labelled = [q.answers[name] for q in questions if q is not None and q.answers.get(name) is not None]
-    return bool(labelled) and all(a["text"] for a in labelled)
+    return all(a["text"] for a in labelled)
 
 
 def _tune(

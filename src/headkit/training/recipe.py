@@ -156,10 +156,11 @@ def add_heads(
 ) -> None:
     """Add the run's new heads to `model`; a head it has keeps its weights, with what the run sets
     on top of the data's config (class weights, few-shot's unit vectors, its task's `options`) set
-    on it too."""
+    on it too. Every changed head is taken off before any is put back, so heads that must agree
+    (span heads' windows) can change together."""
+    rebuilt = {}
     for name, config in heads.items():
         if name not in model.heads:
-            model.add_head(name, config)
             continue
         base = prepared[name]
         changed = {
@@ -170,11 +171,18 @@ def add_heads(
         kept = model.heads[name].config
         changed.update({k: v for k, v in (options or {}).get(name, {}).items() if getattr(kept, k) != v})
         if changed:  # configs are values: a new head with the new settings and the trained weights
-            head = model.heads[name]
-            weights, weighting = head.state_dict(), model.weighting.state_dict()
-            model.reset_head(name, dataclasses.replace(head.config, **changed))
-            model.heads[name].load_state_dict(weights)
-            model.weighting.load_state_dict(weighting)
+            rebuilt[name] = (dataclasses.replace(kept, **changed), model.heads[name].state_dict())
+    weighting = model.weighting.state_dict()
+    for name in rebuilt:
+        model.remove_head(name)
+    for name, (config, weights) in rebuilt.items():
+        model.add_head(name, config)
+        model.heads[name].load_state_dict(weights)
+    if rebuilt:
+        model.weighting.load_state_dict(weighting)
+    for name, config in heads.items():
+        if name not in model.heads:
+            model.add_head(name, config)
 
 
 def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data: PreparedData) -> TrainResult:

@@ -123,6 +123,17 @@ def _write_head_state(model: MultiHeadModel, staging: Path) -> None:
         atomic_write_bytes(staging / HEAD_STATE, safetensors.torch.save(state))
 
 
+def saved_columns(source: Path) -> dict[str, Any]:
+    """The training columns a save's config.json records ({} for a save without one)."""
+    from headkit.config import MultiHeadConfig
+    from headkit.errors import CheckpointError
+
+    try:
+        return dict(MultiHeadConfig.from_pretrained(source).columns)
+    except CheckpointError:
+        return {}
+
+
 def _write_manifest(
     staging: Path, source: Path, inputs: list[str], heads: list[str], fused: str, int8_error: dict[str, float]
 ) -> None:
@@ -139,6 +150,7 @@ def _write_manifest(
             "heads": manifest["heads"],
             "backbone": manifest["backbone"],
             "max_length": manifest.get("max_length"),
+            "columns": saved_columns(source),  # the data columns each head trained on (predict --input reads them)
             "graph_optimization": fused,
             **({"int8_error": int8_error} if int8_error else {}),
             "files": {f: hashlib.sha256((staging / f).read_bytes()).hexdigest() for f in graphs},
