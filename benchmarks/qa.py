@@ -291,6 +291,9 @@ def run_reference(train: list[dict], test: list[dict], args: argparse.Namespace)
     )
     set_seed(args.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(path)
+    if args.reference_head == "headkit":  # a diagnostic: the QA layer as headkit builds its span head
+        model.qa_outputs.reset_parameters()  # PyTorch's default initialisation instead of normal(0, 0.02)
+        model.qa_outputs = torch.nn.Sequential(torch.nn.Dropout(0.1), model.qa_outputs)
     head = {id(p) for p in model.qa_outputs.parameters()}
     groups: dict[tuple[float, float], list] = {}
     for p in model.parameters():  # headkit's full strategy: the QA layer at head_lr, decay on matrices only
@@ -396,6 +399,13 @@ def main() -> None:
     parser.add_argument("--train_questions", type=int, default=None, help="a seeded sample of training questions")
     parser.add_argument("--test_questions", type=int, default=None, help="a seeded sample of test questions")
     parser.add_argument("--reference_batches", choices=["matched", "run_qa"], default="matched")
+    parser.add_argument(
+        "--reference_head",
+        choices=["bert", "headkit"],
+        default="bert",
+        help="the reference's QA layer: BertForQuestionAnswering's own, or (a diagnostic) initialised as "
+        "headkit's span head and behind the same dropout",
+    )
     args = parser.parse_args()
 
     import tempfile
@@ -408,7 +418,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     rows = read_squad(args.data)
-    strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    strategies = [s.strip() for s in args.strategy.split(",") if s.strip() not in ("", "none")]
     results: list[tuple[str, int, int, dict[str, dict], dict]] = []
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = scratch
@@ -435,7 +445,7 @@ def main() -> None:
         f"\nSQuAD 2.0 dev, 5 articles, split by article; MiniLM (all-MiniLM-L6-v2); headkit strategy "
         f"{', '.join(strategies)}, reference full; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
         f"(QA layer {args.head_lr or 1e-3:g}), max_length {args.max_length}, doc_stride {args.doc_stride}, "
-        f"seed {args.seed}; reference batches: {args.reference_batches}\n"
+        f"seed {args.seed}; reference batches: {args.reference_batches}, reference QA layer: {args.reference_head}\n"
     )
     header = ["test article", "train q", "test q", "recipe", *(c for c, _ in COLUMNS), "train s", "predict s"]
     print("| " + " | ".join(header) + " |")
@@ -446,6 +456,8 @@ def main() -> None:
             print("| " + " | ".join([title, "", "", name, *row_cells(mine)]) + " |")
             print("| " + " | ".join([title, "", "", f"{name} − / ÷ reference", *ratio_cells(mine, reference)]) + " |")
     names = list(results[0][3])
+    if not names:  # --strategy none: the reference alone
+        return
     avg_ref = mean([r[4] for r in results])
     averages = {name: mean([r[3][name] for r in results]) for name in names}
     if len(results) > 1:
