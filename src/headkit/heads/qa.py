@@ -64,6 +64,19 @@ class Question:
     answers: dict[str, dict[str, list[Any]] | None] = field(default_factory=dict)
 
 
+def distinct_questions(records: list[Question | None], head: str | None = None) -> list[Question]:
+    """The questions a run of windows is cut from, once each and in order (a question's windows are
+    consecutive and share its record; a question asked twice is two records); with `head`, those
+    that head has a label for."""
+    questions: list[Question] = []
+    for record in records:
+        if record is None or (head is not None and record.answers.get(head) is None):
+            continue
+        if not questions or questions[-1] is not record:
+            questions.append(record)
+    return questions
+
+
 def context_first(tokenizer: Any) -> bool:
     """Whether the context goes first: run_qa puts it first for tokenizers that pad on the left."""
     return getattr(tokenizer, "padding_side", "right") == "left"
@@ -89,8 +102,9 @@ def qa_windows(
         )
     specials = tokenizer.num_special_tokens_to_add(pair=True) + (CLOSING if causal else 0)
     strides: dict[int, list[int]] = {}  # overlap -> the pairs tokenised with it
-    for i, question in enumerate(questions):
-        room = max_length - specials - len(tokenizer(question, add_special_tokens=False)["input_ids"])
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]] if questions else []
+    for i, (question, length) in enumerate(zip(questions, lengths, strict=True)):
+        room = max_length - specials - length
         if room < 2:
             raise DataError(
                 f"question {i + 1} ({question[:60]!r}) leaves no room for its context in windows of {max_length} "

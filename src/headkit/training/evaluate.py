@@ -178,47 +178,30 @@ def evaluate_dataset(
     answering = [n for n in evaluation.scores if model.heads[n].codec.inputs == "qa"]
     if not answering:
         return evaluation, len(encoded)
-    from headkit.data.readers import read_rows
+    from headkit.heads.qa import distinct_questions
 
-    where = str(data) if isinstance(data, str | os.PathLike) else "the evaluation data"
-    rows = read_rows(data)
-    chosen = head_columns(model, columns, set(rows[0]) if rows else set(), text, where)  # as encode_dataset chose
     for name in answering:
-        pairs = question_pairs(rows, chosen[name]["text"] or "text", chosen[name]["text_pair"], where)
         windows = {f"window_{k}": v for k, v in evaluation.scores[name].items()}
+        questions = distinct_questions(encoded.questions or [], name)
         evaluation.scores[name] = {
-            **answer_scores(model, processor, rows, pairs, name, max_length, batch_size),
+            **answer_scores(model, processor, questions, name, max_length, batch_size),
             **windows,
         }
-    return evaluation, len(rows)
-
-
-def question_pairs(rows: list[dict[str, Any]], question: str, context: str | None, where: str) -> list[tuple[str, str]]:
-    """The (question, context) of each QA row, from the columns training encodes them from."""
-    from headkit.data.batching import text_values
-    from headkit.data.encode import qa_columns
-
-    question, context = qa_columns(rows, question, context)
-    return list(zip(text_values(rows, question, where), text_values(rows, context, where), strict=True))
+    return evaluation, len(distinct_questions(encoded.questions or []))
 
 
 def answer_scores(
-    model: Model,
-    processor: Any,
-    rows: list[dict[str, Any]],
-    pairs: list[tuple[str, str]],
-    head: str,
-    max_length: int | None,
-    batch_size: int,
+    model: Model, processor: Any, questions: list[Any], head: str, max_length: int | None, batch_size: int
 ) -> dict[str, float]:
-    """A question-answering head's official SQuAD 2.0 scores per question: its answer to each of
-    `rows`' (question, context) `pairs` from all of the context's windows, as `predict` gives it."""
+    """A question-answering head's official SQuAD 2.0 scores per question (`heads.qa.Question`s with
+    its answers): its answer to each from all of the context's windows, as `predict` gives it."""
     from headkit.heads.squad import squad_scores
     from headkit.ship.predict_batches import predict_texts
 
+    pairs = [(q.question, q.context) for q in questions]
     answers = predict_texts(model, processor, pairs, batch_size, max_length, heads=[head])
-    scored = [{**r, "id": str(r.get("id", i))} for i, r in enumerate(rows)]
-    return squad_scores({r["id"]: a[head]["answer"] for r, a in zip(scored, answers, strict=True)}, scored)
+    rows = [{"id": str(i), "answers": q.answers[head]} for i, q in enumerate(questions)]
+    return squad_scores({r["id"]: a[head]["answer"] for r, a in zip(rows, answers, strict=True)}, rows)
 
 
 def encode_dataset(

@@ -24,7 +24,7 @@ from headkit.data import MAX_TOKENS
 from headkit.data.batching import EncodedData
 from headkit.data.tasks import PreparedData
 from headkit.errors import DataError
-from headkit.heads.qa import Question
+from headkit.heads.qa import distinct_questions
 from headkit.heads.squad import apply_null_threshold, squad_scores, tune_null_threshold
 from headkit.model import MultiHeadModel
 from headkit.ship.predict_batches import predict_questions
@@ -90,7 +90,7 @@ def _answerable_only(train: Any, name: str) -> bool | None:
 def _tune(
     model: MultiHeadModel, processor: Any, val: EncodedData, name: str, batch_size: int
 ) -> dict[str, float] | None:
-    questions = _validation_questions(val, name)
+    questions = distinct_questions(val.questions or [], name)
     rows: list[dict[str, Any]] = [{"id": str(i), "answers": q.answers[name]} for i, q in enumerate(questions)]
     if not any(r["answers"]["text"] for r in rows) or all(r["answers"]["text"] for r in rows):
         return None
@@ -119,15 +119,3 @@ def _tune(
         "exact_match_before": at_before["exact_match"],
         "questions": len(rows),
     }
-
-
-def _validation_questions(val: EncodedData, name: str) -> list[Question]:
-    """The validation questions labelled for head `name`, once each (a question's windows are
-    consecutive and share its record; a question asked twice is two records)."""
-    questions: list[Question] = []
-    for record in val.questions or []:
-        if record is None or record.answers.get(name) is None:
-            continue
-        if not questions or questions[-1] is not record:
-            questions.append(record)
-    return questions
