@@ -394,6 +394,12 @@ def test_predict_reads_questions_and_contexts_from_a_file_and_the_pipeline_takes
             assert out.read_text().splitlines()[0].startswith("text,text_pair,answer")
     answer = headkit.pipeline(model)({"question": rows[0]["question"], "context": rows[0]["context"]})
     assert answer == expected[0]
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"question": "who", "context": None}) + "\n")
+    with pytest.raises(DataError, match=r"row 1 of .*blank\.jsonl: 'context' is empty or not text"):
+        predict_file(model, tokenizer, str(blank), "text", str(tmp_path / "out.jsonl"))
+    with pytest.raises(DataError, match=r"a text pair is \{'text': \.\.\., 'text_pair': \.\.\.\} \(a question"):
+        model.predict([{"query": "who", "passage": "alice"}])
 
 
 def test_options_that_are_the_tasks_own_fields_are_refused(tiny_text_model, tmp_path):
@@ -454,6 +460,8 @@ def test_the_server_answers_questions_on_their_contexts_as_predict_does(tiny_tex
         ]
         uneven = client.post("/predict", json={"texts": ["who"], "text_pairs": ["a", "b"]})
         assert uneven.status_code == 422 and "one second text for each" in uneven.json()["error"]
+        long = client.post("/predict", json={"texts": ["who"], "text_pairs": ["word " * 5000]})
+        assert long.status_code == 413 and long.json()["error"].startswith("text_pairs[0] has 25,000 characters")
 
 
 def test_a_head_beside_a_span_head_answers_from_the_windows_it_trained_on_whichever_heads_are_asked(
