@@ -88,7 +88,9 @@ def evaluate(
     )
     print_summary(model, result, {}, title=f"evaluation on {data} ({count} examples)")
     if output:
-        atomic_write_json(Path(output), {"scores": result.scores, "losses": result.losses, "per_class": result.reports})
+        unseen = {"unseen": result.unseen} if result.unseen else {}  # labels training never had: misses
+        written = {"scores": result.scores, "losses": result.losses, "per_class": result.reports, **unseen}
+        atomic_write_json(Path(output), written)
 
 
 def predict(

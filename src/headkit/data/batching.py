@@ -46,6 +46,9 @@ class EncodedData(Dataset):
     # The question each row is a window of (heads.qa.Question: its text, context and answers as
     # given), for QA data; None elsewhere.
     questions: list[Any] | None = None
+    # Per head, the names of labels training never had (evaluation data only, `prepare(...,
+    # unseen_labels=True)`): the label ids from the head's own count on stand for them, in order.
+    unseen: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
@@ -73,7 +76,9 @@ class EncodedData(Dataset):
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
         groups = [self.groups[i] for i in idx] if self.groups is not None else None
         questions = [self.questions[i] for i in idx] if self.questions is not None else None
-        return EncodedData([self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups, questions)
+        return EncodedData(
+            [self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups, questions, self.unseen
+        )
 
     def lengths(self) -> list[int]:
         if self.pair_ids is not None:
@@ -111,7 +116,8 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     questions = None
     if any(p.questions is not None for p in parts):
         questions = [q for p in parts for q in (p.questions or [None] * len(p))]
-    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types, questions=questions)
+    unseen = {head: names for p in parts for head, names in p.unseen.items()}  # a head reads one source
+    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types, questions=questions, unseen=unseen)
 
 
 class Tokenized(NamedTuple):

@@ -74,11 +74,14 @@ def encode_rows(
     label_maps: dict[str, list[str]] | None,
     store_pixels: Callable[..., Any] = pixel_store,
     causal: bool = False,
+    unseen_labels: bool = False,
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
     """One source's rows -> encoded inputs with every task's labels, and the tasks' head configs.
     `store_pixels(processor, files, crop=...)` holds an image source's preprocessed pixels
     (data/pixels.py's disk store; data/tasks.py hands in the one it names). `causal`: encoded for
-    a decoder backbone (its question-answering windows differ: heads/qa.py)."""
+    a decoder backbone (its question-answering windows differ: heads/qa.py). `unseen_labels`:
+    labels outside `label_maps` are encoded past them and named in `EncodedData.unseen` (data
+    to score a trained model on) instead of refused (data to train on)."""
     kinds = {t.name: head_class(t.type) for t in group}
     codecs = {t.name: kinds[t.name].codec for t in group}
     words = any(c.inputs == "words" for c in codecs.values())
@@ -122,17 +125,13 @@ def encode_rows(
         input_ids, word_ids, token_type_ids = tokenize(processor, rows, text_column, max_length, data, words, pair)
         texts = [r.get("tokens") if words else _text(r, text_column, pair) for r in rows]
         encoded = EncodedData(input_ids, {}, texts, token_type_ids=token_type_ids)
-    configs = {}
+    configs, declared = {}, getattr(rows, "label_names", {})
     for task in group:
         kind, codec = kinds[task.name], codecs[task.name]
-        if codec.inputs == "images" and not images:
-            raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
-        if images and codec.inputs == "words":
-            raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
-        where = LabelSource(task.name, task.label, data, declared=getattr(rows, "label_names", {}))
-        labels = (label_maps or {}).get(task.name)
-        if labels is None:
-            labels = codec.label_names(rows, where)
+        _check_inputs(task, codec, images)
+        where = LabelSource(task.name, task.label, data, declared, [] if unseen_labels else None)
+        known = (label_maps or {}).get(task.name)
+        labels = known if known is not None else codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
         if windows is not None:
             y = _labels_per_window(y, task.name if codec.inputs == "qa" else None, windows, questions, rows, data)
@@ -140,8 +139,18 @@ def encode_rows(
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y
+        if where.unseen:
+            encoded.unseen[task.name] = where.unseen
         configs[task.name] = _task_config(task, kind.per_token, labels)
     return encoded, configs
+
+
+def _check_inputs(task: Any, codec: Any, images: bool) -> None:
+    """Refuse a head whose inputs the data does not hold (images for text heads, or the reverse)."""
+    if codec.inputs == "images" and not images:
+        raise DataError(f"task '{task.name}': a {task.type} head needs an image backbone and image files")
+    if images and codec.inputs == "words":
+        raise DataError(f"task '{task.name}': a '{task.type}' head needs text, not images")
 
 
 def _task_config(task: Any, per_token: bool, labels: list[str]) -> HeadConfig:

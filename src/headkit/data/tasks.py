@@ -39,6 +39,7 @@ def prepare(
     label_maps: dict[str, list[str]] | None = None,
     sources: dict[str, Any] | None = None,
     causal: bool = False,
+    unseen_labels: bool = False,
 ) -> PreparedData:
     """Read, encode and split every task's data; build each head's config with its label map.
 
@@ -46,7 +47,9 @@ def prepare(
     a `datasets.Dataset`, a DataFrame, rows ...; a stream goes to `prepare_stream`). A task with
     `eval_data` validates on it; the others hold out `val_fraction` of their data, stratified by
     the first single-label classification head's labels. `causal`: encoded for a decoder backbone
-    (`backbone_outputs.is_causal`; question-answering windows differ).
+    (`backbone_outputs.is_causal`; question-answering windows differ). `unseen_labels`: labels
+    outside `label_maps` are kept for scoring as misses (`EncodedData.unseen`), not refused; for
+    data a trained model is scored on, never for data it trains on.
     """
     if reads_stream(tasks, sources):  # encoded as it is read: data/streaming.py
         from headkit.data.streaming import prepare_stream
@@ -61,7 +64,9 @@ def prepare(
     for (data, text_column, _, eval_data), group in groups.items():
         limit = min((t.limit for t in group if t.limit), default=None)
         rows = _sample(read_rows((sources or {}).get(data, data)), limit, seed)
-        encoded, configs = _encode(rows, group, data, text_column, processor, max_length, label_maps, causal)
+        encoded, configs = _encode(
+            rows, group, data, text_column, processor, max_length, label_maps, causal, unseen_labels
+        )
         heads.update(configs)
         if eval_data:
             maps = {**(label_maps or {}), **{n: c.labels for n, c in configs.items()}}
@@ -97,10 +102,11 @@ def _encode(
     max_length: int,
     label_maps: dict[str, list[str]] | None,
     causal: bool,
+    unseen_labels: bool = False,
 ) -> tuple[EncodedData, dict[str, HeadConfig]]:
     """`encode_rows` (data/encode.py), image files held by this module's `pixel_store`."""
     return encode_rows(
-        rows, group, data, text_column, processor, max_length, label_maps, store_pixels=pixel_store, causal=causal
+        rows, group, data, text_column, processor, max_length, label_maps, pixel_store, causal, unseen_labels
     )
 
 

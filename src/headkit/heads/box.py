@@ -7,6 +7,7 @@ L1 + generalised IoU (Rezatofighi et al. 2019); labels are (B, 4) floats, NaN fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -99,7 +100,9 @@ class BoxCodec(Codec):
             out[i] = (x1 / width, y1 / height, x2 / width, y2 / height)
         return out
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[float] | None]:
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[list[float] | None]:
         present = rows_with_labels(labels).tolist()
         return [row if ok else None for row, ok in zip(labels.float().tolist(), present, strict=True)]
 

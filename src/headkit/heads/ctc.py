@@ -6,6 +6,7 @@ symbol ids padded with -100; a row that is all -100 is missing for this head.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,7 +37,7 @@ def symbols(vocabulary: list[str], ids: list[int]) -> str:
 class SymbolCodec(Codec):
     """Labels are (B, L) symbol ids padded with -100; references are the texts they spell."""
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
+    def references(self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()) -> list[str | None]:
         rows = [[y for y in row if y != IGNORE_INDEX] for row in labels.tolist()]
         return [symbols(self.names, r) if r else None for r in rows]
 

@@ -3,7 +3,7 @@ read from, and the small helpers every codec uses to read them (heads/codecs/ pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ class LabelSource:
     source: str  # the data they come from (a path or a built-in name)
     # label names a source declares per column, in their order (a datasets ClassLabel)
     declared: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+    # None: a label outside the head's label map is an error (training). A list: such labels are
+    # collected here in the order met and encoded past the map (evaluation data, scored as misses)
+    unseen: list[str] | None = field(default=None, compare=False, hash=False)
 
     def declared_names(self, column: str | None = None, present: set[str] | None = None) -> list[str] | None:
         """The declared label names of `column` (default: the label column), checked to hold every
@@ -83,10 +86,16 @@ def label_order(names: Iterable[str]) -> list[str]:
 
 
 def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:
-    """name -> id in the label map; a name never seen in training is an error naming the row."""
+    """name -> id in the label map. A name never seen in training is an error naming the row, or,
+    where the source collects them (`where.unseen`), the id `len(labels) + k` of the k-th such name:
+    ids past the map, which no prediction can match and the loss skips (`known_labels`)."""
     index = {name: i for i, name in enumerate(labels)}
 
     def lookup(name: str, row: int) -> int:
+        if name not in index and where.unseen is not None:
+            if name not in where.unseen:
+                where.unseen.append(name)
+            return len(labels) + where.unseen.index(name)
         if name not in index:
             raise DataError(
                 f"label {name!r} of head '{where.head}' (row {row}) was never seen in training; "
@@ -95,6 +104,18 @@ def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], i
         return index[name]
 
     return lookup
+
+
+def label_name(names: list[str], unseen: Sequence[str], y: int) -> str:
+    """The name of label id `y`: one of the head's `names`, or past them one of the `unseen` names
+    (labels of evaluation data that training never had: `label_index`)."""
+    return names[y] if y < len(names) else unseen[y - len(names)]
+
+
+def known_labels(labels: Tensor, width: int) -> Tensor:
+    """Class ids with those past a head's `width` labels (unseen in training) made missing, for the
+    loss: the head has no logit for them. (Their misses are counted by the metrics instead.)"""
+    return labels.masked_fill(labels >= width, IGNORE_INDEX)
 
 
 def real_positions(values: Tensor, mask: Tensor) -> list[list[Any]]:

@@ -14,6 +14,7 @@ them itself, so labels = input_ids (padding set to -100) is correct.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,7 +65,7 @@ class TokenIdCodec(Codec):
     def __init__(self, causal: bool):
         self.causal = causal
 
-    def references(self, labels: Tensor, mask: Tensor) -> list[list[int | None] | None]:
+    def references(self, labels: Tensor, mask: Tensor, unseen: Sequence[str] = ()) -> list[list[int | None] | None]:
         if self.causal:  # position t is scored against token t + 1
             labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         refs: list[list[int | None] | None] = []

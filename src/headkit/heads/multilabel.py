@@ -20,7 +20,7 @@ from headkit.heads.classification import ClassificationConfig, PooledHead, seque
 from headkit.heads.codecs import LabelSetCodec
 from headkit.heads.fewshot import FewShot, binary_logistic_per_label
 from headkit.heads.presentation import View
-from headkit.heads.scoring import Scoring, labelled, report_dict
+from headkit.heads.scoring import Scoring, labelled, report_dict, with_unseen
 
 
 class LabelSetScores(Scoring):
@@ -32,14 +32,19 @@ class LabelSetScores(Scoring):
     def same_decision(self, a: Any, b: Any) -> bool:
         return sorted(a["labels"]) == sorted(b["labels"])  # the label set, not the probabilities
 
-    def _binarized(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _binarized(
+        self, predictions: list[Any], references: list[Any]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+        """References and predictions as 1/0 columns, one per label name (labels training never
+        had included: always missed), and the names."""
         from sklearn.preprocessing import MultiLabelBinarizer
 
         preds, refs = labelled([p["labels"] for p in predictions], references)
         if not refs:
             return None
-        binarizer = MultiLabelBinarizer(classes=self.names).fit([self.names])
-        return binarizer.transform(refs), binarizer.transform(preds)
+        names = with_unseen(self.names, refs)
+        binarizer = MultiLabelBinarizer(classes=names).fit([names])
+        return binarizer.transform(refs), binarizer.transform(preds), names
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
@@ -47,7 +52,7 @@ class LabelSetScores(Scoring):
         binarized = self._binarized(predictions, references)
         if binarized is None:
             return {}
-        y_true, y_pred = binarized
+        y_true, y_pred, _ = binarized
         return {
             "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
             "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
@@ -60,7 +65,8 @@ class LabelSetScores(Scoring):
         binarized = self._binarized(predictions, references)
         if binarized is None:
             return None
-        report = classification_report(*binarized, target_names=self.names, output_dict=True, zero_division=0)
+        y_true, y_pred, names = binarized
+        report = classification_report(y_true, y_pred, target_names=names, output_dict=True, zero_division=0)
         return report_dict(report)
 
     def calibrate(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:

@@ -84,7 +84,9 @@ class ClassScores(Scoring):
             return {}
         return {
             "accuracy": float(accuracy_score(refs, preds)),
-            "f1_macro": float(f1_score(refs, preds, labels=self.names, average="macro", zero_division=0)),
+            "f1_macro": float(
+                f1_score(refs, preds, labels=with_unseen(self.names, refs), average="macro", zero_division=0)
+            ),
         }
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
@@ -93,11 +95,20 @@ class ClassScores(Scoring):
         preds, refs = labelled([p["label"] for p in predictions], references)
         if not refs:
             return None
-        return report_dict(classification_report(refs, preds, labels=self.names, output_dict=True, zero_division=0))
+        names = with_unseen(self.names, refs)
+        return report_dict(classification_report(refs, preds, labels=names, output_dict=True, zero_division=0))
 
     def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
         preds, refs = labelled([p["label"] for p in predictions], references)
         return refs, preds
+
+
+def with_unseen(names: list[str], references: list[Any]) -> list[str]:
+    """A head's label `names` and, after them, the reference labels it never had (evaluation data
+    with classes training lacked): per-class metrics count those as classes it always misses."""
+    known = set(names)
+    seen = {r for ref in references if ref is not None for r in (ref if isinstance(ref, list) else [ref])}
+    return [*names, *sorted(str(r) for r in seen - known if r is not None)]
 
 
 def labelled(predictions: list[Any], references: list[Any]) -> tuple[list[Any], list[Any]]:

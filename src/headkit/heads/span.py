@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -122,7 +123,9 @@ class SpanCodec(Codec):
             [[IGNORE_INDEX] * 2 if v is None else [int(x) for x in v] for v in values], dtype=torch.long
         )
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[int, int] | None]:
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[tuple[int, int] | None]:
         """Labels are token positions in the batch as collated (right-padded: from the text's start)."""
         return [None if IGNORE_INDEX in row else (row[0], row[1]) for row in labels.tolist()]
 

@@ -20,7 +20,7 @@ from headkit.heads.export import ExportSpec, label_maps
 from headkit.heads.fewshot import FewShot, class_solution
 from headkit.heads.labels import IGNORE_INDEX, real_positions
 from headkit.heads.presentation import View
-from headkit.heads.scoring import Scoring, report_dict
+from headkit.heads.scoring import Scoring, report_dict, with_unseen
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class TagScores(Scoring):
             return report_dict(seq_report(y_true, y_pred, output_dict=True, zero_division=0))
         flat_true = [t for seq in y_true for t in seq]
         flat_pred = [t for seq in y_pred for t in seq]
-        report = classification_report(flat_true, flat_pred, labels=self.names, output_dict=True, zero_division=0)
+        names = with_unseen(self.names, flat_true)
+        report = classification_report(flat_true, flat_pred, labels=names, output_dict=True, zero_division=0)
         return report_dict(report)
 
 

@@ -34,7 +34,8 @@ class Metrics(dict):
 
     - `losses`: head -> mean validation loss over the labelled examples (metrics.json's `val_losses`);
     - `per_class`: head -> class -> {precision, recall, f1-score, support}, for heads that decide classes;
-    - `num_examples`: how many examples were scored.
+    - `num_examples`: how many examples were scored;
+    - `unseen`: head -> labels of the data that training never had (scored as misses).
 
     The losses stay out of the dict so that every key is a head (a head may be named `loss`)."""
 
@@ -44,15 +45,19 @@ class Metrics(dict):
         losses: Mapping[str, float] | None = None,
         per_class: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
         num_examples: int = 0,
+        unseen: Mapping[str, list[str]] | None = None,
     ):
         super().__init__({head: dict(values) for head, values in scores.items()})
         self.losses = dict(losses or {})
         self.per_class = {head: dict(report) for head, report in (per_class or {}).items()}
         self.num_examples = num_examples
+        self.unseen = {head: list(names) for head, names in (unseen or {}).items()}
 
     def to_json(self) -> dict[str, Any]:
-        """What `headkit evaluate --output` writes: {"scores", "losses", "per_class"}."""
-        return {"scores": dict(self), "losses": self.losses, "per_class": self.per_class}
+        """What `headkit evaluate --output` writes: {"scores", "losses", "per_class"}, and "unseen"
+        when the data had labels training never had."""
+        unseen = {"unseen": self.unseen} if self.unseen else {}
+        return {"scores": dict(self), "losses": self.losses, "per_class": self.per_class, **unseen}
 
 
 class InferenceMixin:
@@ -111,7 +116,8 @@ class InferenceMixin:
         the heads to score (default: every head), as names or as a dict head -> label column (or ->
         {"label", "text", "text_pair"}). A head reads the columns it trained on (`model.columns`) where
         the data has them, else the CLI's defaults: a label column named like the head ('label' for a
-        lone head), text in `text`. Labels the head never saw in training raise a DataError.
+        lone head), text in `text`. Labels a head never saw in training count as misses (it cannot
+        predict them), with one warning naming them (`.unseen`).
 
         Returns a `Metrics`: head -> metric -> value, with `.losses` (head -> mean loss),
         `.per_class` and `.num_examples`.
@@ -129,7 +135,7 @@ class InferenceMixin:
         evaluation, count = evaluate_dataset(
             self, processor, dataset, columns, max_length=self.max_length, batch_size=batch_size, progress=progress
         )
-        return Metrics(evaluation.scores, evaluation.losses, evaluation.reports, count)
+        return Metrics(evaluation.scores, evaluation.losses, evaluation.reports, count, evaluation.unseen)
 
     def encode_dataset(self, dataset: Any, heads: HeadColumns | None = None, max_length: int | None = None) -> Any:
         """Labelled `dataset` tokenized for this model's heads, with their label maps: a torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -16,6 +17,8 @@ from headkit.data.batching import EncodedData, collate, data_batches, model_inpu
 from headkit.errors import DataError, HeadkitError, UsageError
 from headkit.training.features import FeatureCache
 
+logger = logging.getLogger(__name__)
+
 # A headkit.model.MultiHeadModel, not imported: model.py reaches this module (model.evaluate),
 # and nothing model.py imports imports headkit.model back.
 Model = Any
@@ -28,6 +31,8 @@ class Evaluation:
     predictions: dict[str, list[Any]] = field(default_factory=dict)
     references: dict[str, list[Any]] = field(default_factory=dict)
     reports: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # head -> per-class report
+    # head -> labels of the data that training never had: in the references, never predicted (misses)
+    unseen: dict[str, list[str]] = field(default_factory=dict)
 
     def objective(self, model: Model, metric: str | None = None) -> float:
         """One number to select checkpoints by, sign-adjusted so that higher is better.
@@ -95,11 +100,14 @@ def evaluate(
 
     `make_batch` builds a batch from examples (default: padding + labels); it must be
     deterministic so that two evaluations are comparable (pretraining masks with a fixed seed).
+    Labels training never had (`data.unseen`) are references the head cannot predict, so they count
+    as misses in its metrics; its loss skips them (it has no output for them).
     """
     was_training = model.training
     model.eval()
     head_types = {n: h.config.type for n, h in model.heads.items()}
-    widths = {n: len(h.config.labels) for n, h in model.heads.items()}
+    unseen = {n: data.unseen.get(n, []) for n in model.heads}
+    widths = {n: len(h.config.labels) + len(unseen[n]) for n, h in model.heads.items()}
     preds: dict[str, list[Any]] = {n: [] for n in model.heads}
     refs: dict[str, list[Any]] = {n: [] for n in model.heads}
     loss_sums: dict[str, float] = {n: 0.0 for n in model.heads}
@@ -110,19 +118,20 @@ def evaluate(
         examples = [data[i] for i in indices]
         batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths)
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
+        known = {k: model.heads[k].codec.known_labels(v) if unseen.get(k) else v for k, v in labels.items()}
         if cache is not None:
-            out = model.forward_heads(cache.batch(batch["index"]).to(device), labels)
+            out = model.forward_heads(cache.batch(batch["index"]).to(device), known)
         else:
-            out = model(labels=labels, **model_inputs(batch, device))
+            out = model(labels=known, **model_inputs(batch, device))
         for name, head in model.heads.items():
             preds[name] += head.decode(out.outputs[name], out.mask)
-            refs[name] += head.codec.references(labels[name], out.mask)
+            refs[name] += head.codec.references(labels[name], out.mask, unseen[name])
             if name in out.losses:
                 loss_sums[name] += float(out.losses[name]) * out.counts[name]
                 counts[name] += out.counts[name]
     model.train(was_training)
     losses = {n: loss_sums[n] / counts[n] for n in model.heads if counts[n]}
-    return score_heads(model, Evaluation({}, losses, preds, refs))
+    return score_heads(model, Evaluation({}, losses, preds, refs, unseen={n: u for n, u in unseen.items() if u}))
 
 
 def score_heads(model: Model, evaluation: Evaluation) -> Evaluation:
@@ -170,9 +179,14 @@ def evaluate_dataset(
     """Score a trained model on labelled data with the label maps saved at training time.
 
     `data`, `columns`, `text`, `max_length`: as `encode_dataset`. Returns the evaluation and the
-    number of examples. Unseen labels raise a `DataError`.
+    number of examples. Labels training never had are scored as misses (the model cannot predict
+    them; small training sets often lack a rare class) and named in one warning and in
+    `Evaluation.unseen`.
     """
-    encoded = encode_dataset(model, processor, data, columns, text, max_length, name="the evaluation data")
+    encoded = encode_dataset(
+        model, processor, data, columns, text, max_length, name="the evaluation data", unseen_labels=True
+    )
+    warn_unseen(encoded.unseen)
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
     evaluation = evaluate(model, encoded, pad_id, batch_size=batch_size, progress=progress)
     answering = [n for n in evaluation.scores if model.heads[n].codec.inputs == "qa"]
@@ -188,6 +202,15 @@ def evaluate_dataset(
             **windows,
         }
     return evaluation, len(distinct_questions(encoded.questions or []))
+
+
+def warn_unseen(unseen: dict[str, list[str]]) -> None:
+    """One warning naming, per head, the labels of the evaluation data that training never had."""
+    if unseen:
+        listed = "; ".join(f"head '{head}': {names}" for head, names in unseen.items())
+        logger.warning(
+            "labels the model never saw in training are scored as misses (it cannot predict them): %s", listed
+        )
 
 
 def answer_scores(
@@ -212,6 +235,7 @@ def encode_dataset(
     text: str | None = None,
     max_length: int | None = None,
     name: str = "the given data",
+    unseen_labels: bool = False,
 ) -> EncodedData:
     """Labelled data encoded for `model`'s heads with their saved label maps: what `evaluate` scores,
     and a torch Dataset that `transformers.Trainer` trains on with `model.data_collator()`.
@@ -223,6 +247,9 @@ def encode_dataset(
     `text`: the text column of every head (default: each head's own, else 'text').
     `max_length`: the token limit (default: the one the model was trained with, else 128).
     `name`: what errors call in-memory data.
+    `unseen_labels`: labels outside a head's saved map are encoded past it for scoring as misses
+    (`EncodedData.unseen`) instead of refused; not for data to train on (the head has no output
+    for them).
     """
     from headkit.backbone import max_input_tokens
     from headkit.backbone_outputs import is_causal
@@ -245,8 +272,9 @@ def encode_dataset(
     limit = max_input_tokens(config, processor, max_length)
     causal = is_causal(config)
     return prepare(
-        tasks, processor, limit, val_fraction=0.0, label_maps=label_maps, sources={where: rows}, causal=causal
-    ).train
+        tasks, processor, limit, 0.0, label_maps=label_maps, sources={where: rows}, causal=causal,
+        unseen_labels=unseen_labels,
+    ).train  # fmt: skip
 
 
 COLUMN_KEYS = ("label", "text", "text_pair")

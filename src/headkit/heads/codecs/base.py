@@ -10,6 +10,7 @@ of the layouts (index.py, vector.py, per_token.py, sequence.py, pair.py) overrid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,16 @@ class Codec(Part):
         """The column a task's `label` setting reads (the default, "label", may mean another)."""
         return column
 
-    def references(self, labels: Tensor, mask: Tensor) -> list[Any]:
+    def references(self, labels: Tensor, mask: Tensor, unseen: Sequence[str] = ()) -> list[Any]:
         """A batch's labels as one reference per example, in the form `decode` gives predictions
-        (None where the example has no label), for the head's metrics."""
+        (None where the example has no label), for the head's metrics. `unseen`: the names of the
+        ids past the head's labels (evaluation data with labels training never had)."""
         raise NotImplementedError(f"{type(self).__name__} has no references")
+
+    def known_labels(self, labels: Tensor) -> Tensor:
+        """A batch's labels as the loss reads them: those unseen in training (ids past the head's
+        labels, in evaluation data) made missing, as the head has no output for them."""
+        return labels
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
         """How many examples carry each label (advise's class balance); {} for labels without classes."""

@@ -8,6 +8,7 @@ names, the class balance, balanced class weights and SetFit's class pairs all fo
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,15 @@ from headkit.errors import DataError
 from headkit.heads import fewshot
 from headkit.heads.codecs.base import Codec
 from headkit.heads.fewshot import Pair
-from headkit.heads.labels import IGNORE_INDEX, LabelSource, label_index, label_order, label_values
+from headkit.heads.labels import (
+    IGNORE_INDEX,
+    LabelSource,
+    known_labels,
+    label_index,
+    label_name,
+    label_order,
+    label_values,
+)
 
 
 class IndexCodec(Codec):
@@ -60,9 +69,12 @@ class IndexCodec(Codec):
                 out[i] = lookup(str(v), i + 1)
         return out
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[str | None]:
+    def references(self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()) -> list[str | None]:
         names = self.names
-        return [None if int(y) == IGNORE_INDEX else names[int(y)] for y in labels]
+        return [None if int(y) == IGNORE_INDEX else label_name(names, unseen, int(y)) for y in labels]
+
+    def known_labels(self, labels: Tensor) -> Tensor:
+        return known_labels(labels, len(self.names))
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
         return dict(Counter(str(v) for v in values).most_common())

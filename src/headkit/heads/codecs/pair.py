@@ -7,6 +7,7 @@ scored row its role and how far away its partner row is, so a metric can pair th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,9 @@ class PairCodec(Codec):
         """Every row is a pair to rank (the texts themselves are checked where they are encoded)."""
         return np.ones((len(rows), 1), dtype=np.float32)
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[tuple[str, int] | None]:
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[tuple[str, int] | None]:
         """One entry per scored row, in the order the head scores them (chosen rows, then rejected
         rows): its role and how far away its partner row is; None where the pair has no label."""
         present = rows_with_labels(labels).tolist()

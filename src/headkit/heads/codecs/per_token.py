@@ -7,6 +7,7 @@ references are tag lists over an example's real positions, None where a position
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,16 @@ from headkit.errors import DataError
 from headkit.heads.codecs.base import Codec
 from headkit.heads.codecs.index import balanced_weights
 from headkit.heads.fewshot import Pair
-from headkit.heads.labels import IGNORE_INDEX, LabelSource, label_index, label_order, label_values, real_positions
+from headkit.heads.labels import (
+    IGNORE_INDEX,
+    LabelSource,
+    known_labels,
+    label_index,
+    label_name,
+    label_order,
+    label_values,
+    real_positions,
+)
 
 
 def _tags_column(where: LabelSource) -> str:
@@ -55,13 +65,16 @@ class TagCodec(Codec):
             encoded.append([lookup(str(t), i + 1) for t in tags])
         return encoded
 
-    def references(self, labels: Tensor, mask: Tensor) -> list[list[str | None] | None]:
+    def references(self, labels: Tensor, mask: Tensor, unseen: Sequence[str] = ()) -> list[list[str | None] | None]:
         names = self.names
         refs: list[list[str | None] | None] = []
         for row in real_positions(labels, mask):
-            tags = [None if y == IGNORE_INDEX else names[y] for y in row]
+            tags = [None if y == IGNORE_INDEX else label_name(names, unseen, y) for y in row]
             refs.append(None if all(t is None for t in tags) else tags)
         return refs
+
+    def known_labels(self, labels: Tensor) -> Tensor:
+        return known_labels(labels, len(self.names))
 
     def auto_class_weights(self, y: Any, width: int) -> list[float]:
         """Inverse tag frequency over labelled tokens (`O` usually weighs far below 1)."""

@@ -9,6 +9,7 @@ knows its tokenizer and its special tokens.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -80,6 +81,6 @@ class TextCodec(Codec):
             )
         return out
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[Any]:
+    def references(self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()) -> list[Any]:
         rows = [[i for i in row if i != IGNORE_INDEX] for row in labels.tolist()]
         return [self.head.text(ids) if ids else None for ids in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,21 +45,31 @@ class LabelSetCodec(Codec):
     def encode_labels(
         self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
     ) -> np.ndarray:
+        """One 1/0 column per label name; labels unseen in training (evaluation data) in columns past them."""
         lookup = label_index(labels, where)
-        out = np.full((len(rows), len(labels)), NAN, dtype=np.float32)
-        for i, v in enumerate(column_values(rows, where.column, where.source)):
-            if not is_missing(v):
+        values = column_values(rows, where.column, where.source)
+        ids = [
+            None if is_missing(v) else [lookup(name, i + 1) for name in as_label_list(v)] for i, v in enumerate(values)
+        ]
+        out = np.full((len(rows), len(labels) + len(where.unseen or ())), NAN, dtype=np.float32)
+        for i, present in enumerate(ids):
+            if present is not None:
                 out[i] = 0.0
-                for name in as_label_list(v):
-                    out[i, lookup(name, i + 1)] = 1.0
+                out[i, present] = 1.0
         return out
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[list[str] | None]:
-        names, present = self.names, rows_with_labels(labels).tolist()
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[list[str] | None]:
+        names, present = [*self.names, *unseen], rows_with_labels(labels).tolist()
         return [
             [n for n, y in zip(names, row, strict=True) if y > 0.5] if ok else None
             for row, ok in zip(labels.float().tolist(), present, strict=True)
         ]
+
+    def known_labels(self, labels: Tensor) -> Tensor:
+        """The columns of the head's own labels (a row whose labels were all unseen: none of them)."""
+        return labels[:, : len(self.names)]
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
         """Examples that carry each label (an example counts once for each of its labels)."""
@@ -108,7 +119,9 @@ class TargetCodec(Codec):
             dtype=np.float32,
         ).reshape(len(rows), len(columns))
 
-    def references(self, labels: Tensor, mask: Tensor | None = None) -> list[dict[str, float] | None]:
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[dict[str, float] | None]:
         rows = labels.reshape(labels.shape[0], -1).float().tolist()
         names = self.names
         return [None if all(np.isnan(v) for v in row) else dict(zip(names, row, strict=True)) for row in rows]
