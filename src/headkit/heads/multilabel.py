@@ -59,6 +59,14 @@ class LabelSetScores(Scoring):
             "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         }
 
+    def chance(self, references: list[Any]) -> float | None:
+        """Micro F1 of the better blind answer: every label for every example, or none (F1 0)."""
+        refs = [r for r in references if r is not None]
+        if not refs:
+            return None
+        positives, cells = sum(len(r) for r in refs), len(refs) * len(self.names)
+        return 2 * positives / (cells + positives) if positives else 0.0
+
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         from sklearn.metrics import classification_report
 

@@ -44,6 +44,10 @@ class TargetScores(Scoring):
             scores["r2"].append(r2_score(y_true, y_pred))
         return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
+    def chance(self, references: list[Any]) -> float | None:
+        """R² of always answering the references' own mean: 0 (no constant answer does better)."""
+        return 0.0
+
 
 class RegressionHead(PooledHead):
     codec = TargetCodec()

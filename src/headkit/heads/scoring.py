@@ -15,6 +15,7 @@ loading them takes seconds, and loading a model to predict with it needs neither
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, ClassVar
 
 from headkit.heads.part import Part
@@ -36,6 +37,12 @@ class Scoring(Part):
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         """Per-class precision / recall / F1 / support (classification_report's dict), or None."""
+        return None
+
+    def chance(self, references: list[Any]) -> float | None:
+        """The `primary` metric that the best answer blind to the input reaches on `references`
+        (the majority class; no entity at all), which a head that learned nothing scores; None
+        where the head type has none defined."""
         return None
 
     def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
@@ -101,6 +108,11 @@ class ClassScores(Scoring):
     def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
         preds, refs = labelled([p["label"] for p in predictions], references)
         return refs, preds
+
+    def chance(self, references: list[Any]) -> float | None:
+        """Accuracy of always answering the most frequent class."""
+        refs = [r for r in references if r is not None]
+        return max(Counter(refs).values()) / len(refs) if refs else None
 
 
 def with_unseen(names: list[str], references: list[Any]) -> list[str]:

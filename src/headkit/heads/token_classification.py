@@ -8,6 +8,7 @@ where the reference has no label, so the scoring can align them exactly.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,6 +78,17 @@ class TagScores(Scoring):
             "f1": float(f1_score(flat_true, flat_pred, average="macro", zero_division=0)),
             "accuracy": float(accuracy_score(flat_true, flat_pred)),
         }
+
+    def chance(self, references: list[Any]) -> float | None:
+        """BIO tags: entity F1 of tagging every word `O` (no entity found), 0; other tag sets: the
+        macro F1 of always answering the most frequent tag."""
+        if is_bio(self.names):
+            return 0.0
+        tags = [t for ref in references if ref is not None for t in ref if t is not None]
+        if not tags:
+            return None
+        share = max(Counter(tags).values()) / len(tags)  # that tag's F1 (precision = share, recall 1); others 0
+        return 2 * share / (1 + share) / len(set(tags))
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""

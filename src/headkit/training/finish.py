@@ -19,7 +19,7 @@ from headkit.ship.save import save
 from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
 from headkit.training.null_threshold import settle_null_thresholds
-from headkit.training.report import print_summary, write_report
+from headkit.training.report import chance_notes, print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters, parse_strategy
 from headkit.training.validation_set import save_validation_set
@@ -67,6 +67,11 @@ def finish_run(
         "epochs": state.epochs,
         **state.extra,
     }
+    notes = chance_notes(model, evaluation)
+    if notes:
+        metrics["notes"] = notes  # the summary shows them; without one, the log does
+        for note in notes if main and not config.print_summary else ():
+            logger.warning(note)
     # on the model, not only in this save: saving it again or pushing it writes the same card
     model.training_facts = card_info(config, data, metrics)
     if main and config.keep_files:

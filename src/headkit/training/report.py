@@ -30,6 +30,28 @@ def write_report(
             plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
 
 
+CHANCE_MARGIN = 0.02  # a primary metric this close to its chance level (absolute) is "at chance"
+
+
+def chance_notes(model: MultiHeadModel, evaluation: Evaluation | None) -> list[str]:
+    """One line per head whose validation score ends at chance level: no better than the best
+    answer that ignores the input (`Scoring.chance`), i.e. the head learned nothing usable. A run
+    on little data at a recipe's defaults can end there without an error; this says so."""
+    notes: list[str] = []
+    if evaluation is None:
+        return notes
+    for name, head in model.heads.items():
+        primary, scores = head.scoring.primary, evaluation.scores.get(name, {})
+        chance = head.scoring.chance(evaluation.references[name]) if primary in scores else None
+        if chance is not None and scores[primary] <= chance + CHANCE_MARGIN:
+            notes.append(
+                f"head '{name}' ends at chance level: validation {primary} {scores[primary]:.4f}, where answering "
+                f"blind to the input scores {chance:.4f}; it has not learned the task. Train more steps (--epochs), "
+                "or try --strategy fewshot or frozen (headkit advise weighs them on your data)"
+            )
+    return notes
+
+
 def print_summary(
     model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any], title: str | None = None
 ) -> None:
@@ -50,6 +72,8 @@ def print_summary(
     console.print(table)
     for name, report in (evaluation.reports if evaluation else {}).items():
         console.print(per_class_table(name, report))
+    for note in metrics.get("notes", []):
+        console.print(f"[bold yellow]note:[/] {note}", highlight=False)
     if title.startswith("evaluation"):
         return
     console.print(

@@ -1,0 +1,75 @@
+"""A run whose validation score ends at chance level says so (issue #42): at small data a recipe's
+defaults can train a head that learned nothing, and nothing else would tell the user."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import headkit
+from headkit.cli.main import main
+from headkit.training.evaluate import Evaluation
+from headkit.training.report import chance_notes
+
+from conftest import sentiment_rows, write_csv
+
+HEADS = {
+    "sentiment": {"type": "classification", "labels": ["neg", "pos"]},
+    "genres": {"type": "multilabel", "labels": ["comedy", "drama"]},
+    "tags": {"type": "token-classification", "labels": ["O", "B-PER", "I-PER"]},
+    "pos": {"type": "token-classification", "labels": ["NOUN", "VERB"]},
+    "stars": {"type": "regression", "labels": ["stars"]},
+}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_text_model):
+    torch.manual_seed(0)
+    return headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=HEADS)
+
+
+def test_chance_is_the_best_answer_blind_to_the_input(model):
+    chance = {name: head.scoring.chance for name, head in model.heads.items()}
+    assert chance["sentiment"](["pos", "neg", "pos", None, "pos"]) == 0.75  # always "pos"
+    # always both labels: 3 of 4 cells right -> precision 3/4, recall 1 -> F1 6/7 (no label at all: 0)
+    assert chance["genres"]([["comedy", "drama"], ["drama"], None]) == pytest.approx(6 / 7)
+    assert chance["tags"]([["B-PER", "O"], None]) == 0.0  # every word O: no entity found
+    # always NOUN: its F1 2 * 0.75 / 1.75, VERB's 0, averaged over the two tags
+    assert chance["pos"]([["NOUN", "NOUN", "VERB"], ["NOUN", None]]) == pytest.approx(6 / 7 / 2)
+    assert chance["stars"]([{"stars": 1.0}, {"stars": 3.0}]) == 0.0  # R² of the mean
+    assert chance["sentiment"]([None]) is None
+
+
+def test_only_heads_within_two_points_of_chance_get_a_note(model):
+    references = {
+        "sentiment": ["pos", "pos", "neg", "pos"],
+        "genres": [["drama"], ["comedy"]],
+        "tags": [["B-PER", "O"]],
+        "pos": [["NOUN", "VERB"]],
+        "stars": [{"stars": 1.0}, {"stars": 2.0}],
+    }
+    scores = {
+        "sentiment": {"accuracy": 0.76},  # chance 0.75
+        "genres": {"f1_micro": 0.9},  # chance 2/3
+        "tags": {"f1": 0.011},  # chance 0
+        "pos": {"f1": 0.9},
+        "stars": {"r2": -0.3},  # worse than the mean
+    }
+    evaluation = Evaluation(scores, {}, {n: [] for n in HEADS}, references)
+    notes = chance_notes(model, evaluation)
+    assert [n.split("'")[1] for n in notes] == ["sentiment", "tags", "stars"]
+    assert "validation accuracy 0.7600, where answering blind to the input scores 0.7500" in notes[0]
+    assert chance_notes(model, None) == []
+
+
+def test_a_run_that_learned_nothing_says_so_in_its_summary_and_metrics(tiny_text_model, tmp_path, capsys):
+    rows = [{"text": "the same words every time", "label": r["label"]} for r in sentiment_rows(40)]
+    data = write_csv(tmp_path / "same.csv", rows)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_text_model), "--data", str(data), "--head", "sentiment:label",
+                 "--epochs", "1", "--output_dir", str(run), "--no_progress"]) == 0  # fmt: skip
+    assert "head 'sentiment' ends at chance level" in capsys.readouterr().out.replace("\n", " ")
+    notes = json.loads((run / "metrics.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("head 'sentiment' ends at chance level: validation accuracy")
