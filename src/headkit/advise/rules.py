@@ -10,8 +10,8 @@ user's own texts (`measure_rates`), turns that into a cost per candidate strateg
 rule  when                                                       plan (first that fits the budget)
 ====  =========================================================  ==================================
 1     very few labels: fewer than 16 examples in some class       fewshot, frozen (its head solved
-      (multilabel: with some label; regression: fewer than 100    by logistic/ridge regression)
-      labelled rows)
+      (multilabel: with some label; tags: entities of some type;  by logistic/ridge regression)
+      regression: fewer than 100 labelled rows)
 2     plenty of labels (500 or more) and a GPU                    full, partial:K (bottom half
                                                                   frozen), lora
 3     500 or more labels, no GPU (little compute)                 lora, frozen
@@ -61,7 +61,8 @@ SHIFT_UNLABELLED = 1000  # rule D: unlabelled texts needed to make pretraining w
 
 
 RULES = {
-    "1": "very few labels (fewer than 16 in some class or label; regression: fewer than 100): few-shot, else frozen",
+    "1": "very few labels (fewer than 16 in some class, label or entity type; regression: fewer than 100 rows): "
+    "few-shot, else frozen",
     "2": "500+ labels and a GPU: full, else partial, else LoRA",
     "3": "500+ labels, no GPU (little compute): LoRA, else frozen",
     "4": "under 500 labels: frozen (too few optimizer steps for LoRA or fine-tuning to beat it)",

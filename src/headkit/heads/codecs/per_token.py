@@ -7,6 +7,7 @@ references are tag lists over an example's real positions, None where a position
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ def _tags_column(where: LabelSource) -> str:
 class TagCodec(Codec):
     layout = "per_token"
     inputs = "words"
+    class_noun, suggested_name = "entity type", "tags"
 
     def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         """Sorted tags with `O` first (the usual id 0)."""
@@ -75,6 +77,22 @@ class TagCodec(Codec):
 
     def known_labels(self, labels: Tensor) -> Tensor:
         return known_labels(labels, len(self.names))
+
+    def label_counts(self, values: list[Any]) -> dict[str, int]:
+        """Entities per type for BIO tags (an entity starts at B-X, or at an I-X after anything but
+        X, as seqeval reads them), else tagged words per tag; `O` is not counted."""
+        counts: Counter[str] = Counter()
+        tag_lists = [[str(t) for t in v] for v in values if not is_missing(v)]
+        bio = all(t == "O" or t[:2] in ("B-", "I-") for tags in tag_lists for t in tags)
+        for tags in tag_lists:
+            previous = "O"
+            for tag in tags:
+                if not bio:
+                    counts.update([tag] if tag != "O" else [])
+                elif tag.startswith("B-") or (tag.startswith("I-") and previous[2:] != tag[2:]):
+                    counts[tag[2:]] += 1
+                previous = tag
+        return dict(counts.most_common())
 
     def auto_class_weights(self, y: Any, width: int) -> list[float]:
         """Inverse tag frequency over labelled tokens (`O` usually weighs far below 1)."""
