@@ -9,7 +9,7 @@ import shlex
 import pandas as pd
 import pytest
 
-from headkit.advise.costs import Rates, estimate_costs, measure_rates
+from headkit.advise.costs import Rates, estimate_costs, fewshot_texts, measure_rates
 from headkit.advise.facts import DataFacts, Hardware, fragmented_share, read_facts
 from headkit.advise.plan import plan_commands, train_options
 from headkit.advise.rules import choose
@@ -256,6 +256,16 @@ def test_costs_come_from_measured_rates_and_scale_with_the_data(tiny_text_model)
     fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
     assert estimate_costs(large, fixed)["lora"] == pytest.approx(10 * estimate_costs(small, fixed)["lora"], rel=0.02)
     assert estimate_costs(large, fixed)["frozen"] == pytest.approx(1.6)  # 1,600 tokens x 1 ms
+
+
+def test_few_shot_tagging_is_costed_by_its_token_pairs():
+    """A tagger's few-shot pairs are tokens, 2 per sentence and iteration (20), 16 to a step of up
+    to 32 sentences: at 400 sentences 1,000 steps, where a classifier takes 40 all-pairs steps."""
+    tags = facts({"PER": 30, "LOC": 20}, task_type="token-classification", labelled=400, labelled_tokens=10_000)
+    classes = facts({"a": 200, "b": 200}, labelled=400, labelled_tokens=10_000)
+    assert fewshot_texts(tags) == 1000 * 32 and fewshot_texts(classes) == 40 * 32
+    fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
+    assert estimate_costs(tags, fixed)["fewshot"] == pytest.approx(25 * fewshot_texts(tags) * 3e-3 + 10, rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- bad input and the CLI

@@ -3,6 +3,7 @@ texts, turned into an estimated time per candidate strategy."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 
 from headkit.advise.facts import DataFacts, Hardware
+from headkit.heads import head_class
+from headkit.training.fewshot import TOKEN_PAIR_BATCH
 from headkit.training.strategy_defaults import fewshot_auto_steps, strategy_defaults
 
 MEASURE_TEXTS = 16  # texts timed per kind of step
@@ -17,6 +20,7 @@ MEASURE_TEXTS = 16  # texts timed per kind of step
 # the recipes the plan's commands run (each strategy's own defaults), which the estimates assume
 EPOCHS = {s: strategy_defaults(s)["epochs"] for s in ("frozen", "lora", "partial", "full")} | {"pretrain": 1}
 FEWSHOT_BATCH = strategy_defaults("fewshot")["batch_size"]
+FEWSHOT_ITERATIONS = strategy_defaults("fewshot")["fewshot_iterations"]
 
 
 @dataclass
@@ -76,6 +80,17 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     return Rates(forward / tokens, full / tokens, lora / tokens)
 
 
+def fewshot_texts(facts: DataFacts) -> int:
+    """Texts the few-shot contrastive phase embeds, costed as full steps (an upper bound: the bottom
+    third of the layers skips its backward). All-pairs steps embed min(batch, labelled) texts each;
+    a tagger's pairs are tokens, 2 per sentence and iteration, TOKEN_PAIR_BATCH pairs to a step
+    that embeds each pair's two sentences (training/fewshot.py): far more texts than a classifier's."""
+    if head_class(facts.task_type).per_token:
+        steps = math.ceil(2 * FEWSHOT_ITERATIONS * facts.labelled / TOKEN_PAIR_BATCH)
+        return steps * min(2 * TOKEN_PAIR_BATCH, facts.labelled)
+    return fewshot_auto_steps(facts.labelled) * min(FEWSHOT_BATCH, facts.labelled)
+
+
 def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) -> dict[str, float]:
     """Seconds per candidate strategy: tokens to process x the measured seconds per token.
 
@@ -85,11 +100,9 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     n_tokens = facts.labelled_tokens
     train_tokens, val_tokens = n_tokens * (1 - val_fraction), n_tokens * val_fraction
     per_example = n_tokens / max(1, facts.labelled)
-    # all-pairs steps embed min(batch, labelled) texts each; costed as full (the frozen bottom third skips its backward)
-    fewshot_texts = fewshot_auto_steps(facts.labelled) * min(FEWSHOT_BATCH, facts.labelled)
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
-        "fewshot": fewshot_texts * per_example * rates.full + n_tokens * rates.forward,
+        "fewshot": fewshot_texts(facts) * per_example * rates.full + n_tokens * rates.forward,
         "lora": EPOCHS["lora"] * (train_tokens * rates.lora + val_tokens * rates.forward),
         "partial": EPOCHS["partial"] * (train_tokens * rates.full + val_tokens * rates.forward),
         "full": EPOCHS["full"] * (train_tokens * rates.full + val_tokens * rates.forward),
