@@ -114,6 +114,21 @@ def test_max_grad_norm_zero_leaves_gradients_alone(tiny_text_model, data_file, t
 # ----------------------------------------------------------------------------- gradient checkpointing
 
 
+def test_min_steps_adds_whole_epochs_on_small_data_only(tiny_text_model, data_file, tmp_path, monkeypatch, caplog):
+    steps = _record_norms_before_steps(monkeypatch)  # 36 training rows in batches of 8: 5 steps an epoch
+    with caplog.at_level(logging.INFO, logger="headkit"):
+        result = train(config(tiny_text_model, data_file, tmp_path / "more", strategy="full", min_steps=12))
+    assert len(result.metrics["epochs"]) == 3 and len(steps) == 15  # 2 epochs are 10 steps: a third, whole
+    assert "3 epochs instead of 2, to train at least --min_steps 12 optimizer steps (5 an epoch" in caplog.text
+    steps.clear()
+    result = train(config(tiny_text_model, data_file, tmp_path / "enough", strategy="full", min_steps=10))
+    assert len(result.metrics["epochs"]) == 2 and len(steps) == 10
+    # 0 (epochs alone) stays out of a run's identity: runs saved before the option still resume
+    assert (
+        "min_steps" not in TrainConfig(min_steps=0).identity() and TrainConfig(min_steps=5).identity()["min_steps"] == 5
+    )
+
+
 def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(
     tiny_text_model, data_file, tmp_path, monkeypatch
 ):

@@ -30,6 +30,7 @@ ClassWeights = Literal["none", "auto"] | dict[str, float]
 RANGES: dict[str, tuple[Any, str]] = {
     "epochs": (lambda v: v >= 1, "at least 1"),
     "max_steps": (lambda v: v >= 1, "at least 1"),
+    "min_steps": (lambda v: v >= 0, "0 or more"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "grad_accum": (lambda v: v >= 1, "at least 1"),
     "max_length": (lambda v: v >= 1, "at least 1"),
@@ -88,6 +89,10 @@ class TrainConfig:
             (transformers' max_steps). Needed to train on a stream (datasets.IterableDataset,
             hf:...?streaming), which has no length to count epochs by; unused by a frozen run on cached
             features (one pass over the stream caches it, then epochs run over the cache).
+        min_steps: optimizer steps the main phase trains at least: on small data its epochs grow
+            until they reach them (100 examples at batch 32 are 3 steps an epoch, so 3 epochs would
+            be 9 steps), large data keeps its epochs; 0: epochs alone. Default by strategy: see
+            strategy_defaults.py.
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
@@ -159,6 +164,7 @@ class TrainConfig:
     weighting: Weighting = "static"
     epochs: int | None = None
     max_steps: int | None = None
+    min_steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     backbone_lr: float | None = None
@@ -232,6 +238,8 @@ class TrainConfig:
         for key, default in NEW_DEFAULTS.items():
             if data[key] == default:
                 del data[key]  # runs saved before the option existed still resume
+        if data["min_steps"] == 0:
+            del data["min_steps"]  # likewise, where the strategy trains by epochs alone
         return data
 
 
@@ -266,6 +274,7 @@ class PretrainConfig(TrainConfig):
     strategy: FixedStrategy | PartialStrategy = "full"  # type: ignore[valid-type]  # a pattern type made at runtime
     output_dir: str = "runs/pretrain"
     epochs: int = 1
+    min_steps: int = 0  # a pass over the corpus, whatever its size
     batch_size: int = 16
     lr: float = 1e-4
     backbone_lr: float = 5e-5
@@ -297,6 +306,7 @@ class SFTConfig(TrainConfig):
     strategy: Literal["full", "lora"] = "lora"
     output_dir: str = "runs/sft"
     epochs: int = 1
+    min_steps: int = 0
     batch_size: int = 8
     lr: float = 1e-4
     backbone_lr: float = 2e-5

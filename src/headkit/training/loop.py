@@ -100,8 +100,9 @@ def fit(
     for index, phase in enumerate(phases):
         if resuming and index < _saved_phase(run):
             continue
-        steps = getattr(config, "max_steps", None) if index == len(phases) - 1 else None  # the `epochs` phase
-        current, state = start_phase(run, phase, index, state, resuming, steps)
+        main = index == len(phases) - 1  # the `epochs` phase, which max_steps and min_steps set
+        steps = (getattr(config, "max_steps", None), getattr(config, "min_steps", 0)) if main else (None, 0)
+        current, state = start_phase(run, phase, index, state, resuming, *steps)
         resuming = False
         while state.epoch < current.phase.epochs:
             seconds = train_epoch(run, current, state)
@@ -210,10 +211,17 @@ def set_trainable(run: Run, phase: Phase) -> tuple[int, int]:
 
 
 def start_phase(
-    run: Run, phase: Phase, index: int, state: TrainState, resuming: bool, max_steps: int | None = None
+    run: Run,
+    phase: Phase,
+    index: int,
+    state: TrainState,
+    resuming: bool,
+    max_steps: int | None = None,
+    min_steps: int | None = 0,
 ) -> tuple[PhaseRun, TrainState]:
     """Set what trains, build the optimizer, loader and scheduler, and resume or reset progress.
-    `max_steps`: the phase's optimizer steps (the returned PhaseRun's phase has the epochs they need)."""
+    `max_steps` / `min_steps`: the phase's optimizer steps, exactly / at least (the returned
+    PhaseRun's phase has the epochs they need)."""
     config, accelerator, model = run.config, run.accelerator, run.model
     trainable, total = set_trainable(run, phase)
     if run.main:
@@ -223,7 +231,7 @@ def start_phase(
         )
     if phase.cached and "train" not in run.caches:
         cache_features(run)
-    phase, sampler, loader, last_batches = phase_loader(run, phase, max_steps)
+    phase, sampler, loader, last_batches = phase_loader(run, phase, max_steps, min_steps)
     optimizer = make_optimizer(model, config, run.strategy)
     # a cached phase never runs the backbone: DDP wraps only the heads and loss weighting that train
     trains = model.trainable_top() if phase.cached else model

@@ -46,11 +46,12 @@ def check_stream(run: Run) -> None:
 
 
 def phase_loader(
-    run: Run, phase: Phase, max_steps: int | None
+    run: Run, phase: Phase, max_steps: int | None, min_steps: int | None = 0
 ) -> tuple[Phase, LengthGroupedBatches | None, Any, int | None]:
     """The phase's loader over its training data (the cached examples of a stream in a cached
-    phase), with the phase's epochs as they end up, the batch sampler (None: a stream's own order)
-    and, when `max_steps` sets the phase's length, the batches of its last epoch."""
+    phase), with the phase's epochs as they end up (as many as `max_steps` needs, or enough for
+    `min_steps` where its own are fewer), the batch sampler (None: a stream's own order) and,
+    when `max_steps` sets the phase's length, the batches of its last epoch."""
     config = run.config
     train = run.cached_train if phase.cached and run.streamed else run.data.train
     last_batches = None
@@ -64,10 +65,18 @@ def phase_loader(
             train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
         )
         loader = DataLoader(train, batch_sampler=sampler, collate_fn=run.make_batch)
+        per_epoch = math.ceil(len(loader) / config.grad_accum)
         if max_steps:  # the epochs the steps need, the last one cut short
-            per_epoch = math.ceil(len(loader) / config.grad_accum)
             phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))
             last_batches = min(len(loader), (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
+        elif min_steps and phase.epochs * per_epoch < min_steps:  # small data: more epochs, whole ones
+            epochs = math.ceil(min_steps / per_epoch)
+            if run.main:
+                logger.info(
+                    f"phase '{phase.name}': {epochs} epochs instead of {phase.epochs}, to train at least "
+                    f"--min_steps {min_steps} optimizer steps ({per_epoch} an epoch on this data)"
+                )
+            phase = dataclasses.replace(phase, epochs=epochs)
     return phase, sampler, loader, last_batches
 
 

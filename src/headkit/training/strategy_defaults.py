@@ -17,6 +17,7 @@ STRATEGY_NAMES = ("frozen", "partial:K", "full", "lora", "lp-ft", "fewshot")
 # takes its strategy's value here, else the general one; `headkit advise` runs exactly these.
 GENERAL_DEFAULTS: dict[str, Any] = {
     "epochs": 3,
+    "min_steps": 0,
     "batch_size": 32,
     "lr": 1e-3,
     "val_fraction": 0.1,
