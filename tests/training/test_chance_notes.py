@@ -32,35 +32,53 @@ def model(tiny_text_model):
 
 def test_chance_is_the_best_answer_blind_to_the_input(model):
     chance = {name: head.scoring.chance for name, head in model.heads.items()}
-    assert chance["sentiment"](["pos", "neg", "pos", None, "pos"]) == 0.75  # always "pos"
-    # always both labels: 3 of 4 cells right -> precision 3/4, recall 1 -> F1 6/7 (no label at all: 0)
-    assert chance["genres"]([["comedy", "drama"], ["drama"], None]) == pytest.approx(6 / 7)
-    assert chance["tags"]([["B-PER", "O"], None]) == 0.0  # every word O: no entity found
+    # always "pos" (3 of 4): its F1 2 * 0.75 / 1.75, "neg"'s 0, averaged over the head's 2 classes
+    assert chance["sentiment"](["pos", "neg", "pos", None, "pos"]) == pytest.approx(
+        {"accuracy": 0.75, "f1_macro": 6 / 7 / 2}
+    )
+    # the k most frequent labels for every row, the best k: both (TP 5, FP 1: 10/11) beat {drama} (6/8)
+    assert chance["genres"]([["comedy", "drama"], ["drama"], ["drama", "comedy"], None]) == pytest.approx(
+        {"f1_micro": 10 / 11}
+    )
+    # one label in 9 of 10 rows, another in 1: {a} alone (18/20) beats both (20/30)
+    assert chance["genres"]([["comedy"]] * 9 + [["drama"]]) == pytest.approx({"f1_micro": 18 / 20})
+    assert chance["tags"]([["B-PER", "O"], None]) == {"f1": 0.0}  # every word O: no entity found
+    assert chance["tags"]([["O", "O"]]) == {}  # no entity to find: every answer scores 0
     # always NOUN: its F1 2 * 0.75 / 1.75, VERB's 0, averaged over the two tags
-    assert chance["pos"]([["NOUN", "NOUN", "VERB"], ["NOUN", None]]) == pytest.approx(6 / 7 / 2)
-    assert chance["stars"]([{"stars": 1.0}, {"stars": 3.0}]) == 0.0  # R² of the mean
-    assert chance["sentiment"]([None]) is None
+    assert chance["pos"]([["NOUN", "NOUN", "VERB"], ["NOUN", None]]) == pytest.approx({"f1": 6 / 7 / 2})
+    assert chance["stars"]([{"stars": 1.0}, {"stars": 3.0}]) == {"r2": 0.0}  # R² of the mean
+    assert chance["sentiment"]([None]) == {}
 
 
-def test_only_heads_within_two_points_of_chance_get_a_note(model):
+def test_only_heads_at_chance_on_every_telling_metric_get_a_note(model):
     references = {
-        "sentiment": ["pos", "pos", "neg", "pos"],
+        "sentiment": ["pos", "pos", "neg", "pos"],  # blind: accuracy 0.75, f1_macro 3/7
         "genres": [["drama"], ["comedy"]],
         "tags": [["B-PER", "O"]],
         "pos": [["NOUN", "VERB"]],
         "stars": [{"stars": 1.0}, {"stars": 2.0}],
     }
     scores = {
-        "sentiment": {"accuracy": 0.76},  # chance 0.75
-        "genres": {"f1_micro": 0.9},  # chance 2/3
-        "tags": {"f1": 0.011},  # chance 0
+        "sentiment": {"accuracy": 0.76, "f1_macro": 0.44},
+        "genres": {"f1_micro": 0.9},
+        "tags": {"f1": 0.011},
         "pos": {"f1": 0.9},
         "stars": {"r2": -0.3},  # worse than the mean
     }
     evaluation = Evaluation(scores, {}, {n: [] for n in HEADS}, references)
     notes = chance_notes(model, evaluation)
     assert [n.split("'")[1] for n in notes] == ["sentiment", "tags", "stars"]
-    assert "validation accuracy 0.7600, where answering blind to the input scores 0.7500" in notes[0]
+    assert "validation accuracy 0.7600 (blind: 0.7500), f1_macro 0.4400 (blind: 0.4286)" in notes[0]
+    # a head that learned: its macro F1 far above chance, though its accuracy is not
+    evaluation.scores["sentiment"]["f1_macro"] = 0.7
+    assert "sentiment" not in " ".join(chance_notes(model, evaluation))
+    # 99 of 100 in one class: accuracy cannot tell (chance + margin >= 1), macro F1 does
+    evaluation.references["sentiment"] = ["pos"] * 99 + ["neg"]
+    evaluation.scores["sentiment"] = {"accuracy": 1.0, "f1_macro": 1.0}
+    assert "sentiment" not in " ".join(chance_notes(model, evaluation))
+    # validation sentences without an entity: nothing to tell by
+    evaluation.references["tags"] = [["O", "O"]]
+    assert "tags" not in " ".join(chance_notes(model, evaluation))
     assert chance_notes(model, None) == []
 
 
@@ -72,4 +90,4 @@ def test_a_run_that_learned_nothing_says_so_in_its_summary_and_metrics(tiny_text
                  "--epochs", "1", "--output_dir", str(run), "--no_progress"]) == 0  # fmt: skip
     assert "head 'sentiment' ends at chance level" in capsys.readouterr().out.replace("\n", " ")
     notes = json.loads((run / "metrics.json").read_text())["notes"]
-    assert len(notes) == 1 and notes[0].startswith("head 'sentiment' ends at chance level: validation accuracy")
+    assert len(notes) == 1 and notes[0].startswith("head 'sentiment' ends at chance level: validation accuracy 0.")

@@ -8,6 +8,7 @@ when the config is long fixed.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,13 +60,16 @@ class LabelSetScores(Scoring):
             "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         }
 
-    def chance(self, references: list[Any]) -> float | None:
-        """Micro F1 of the better blind answer: every label for every example, or none (F1 0)."""
+    def chance(self, references: list[Any]) -> dict[str, float]:
+        """Micro F1 of the best blind answer: the k most frequent labels for every example, for the
+        best k (none at all: 0)."""
         refs = [r for r in references if r is not None]
-        if not refs:
-            return None
-        positives, cells = sum(len(r) for r in refs), len(refs) * len(self.names)
-        return 2 * positives / (cells + positives) if positives else 0.0
+        counts = sorted(Counter(name for r in refs for name in set(r)).values(), reverse=True)
+        positives, best, hits = sum(counts), 0.0, 0
+        for k, count in enumerate(counts, start=1):  # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (k N + P)
+            hits += count
+            best = max(best, 2 * hits / (k * len(refs) + positives))
+        return {"f1_micro": best} if refs else {}
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         from sklearn.metrics import classification_report

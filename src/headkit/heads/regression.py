@@ -44,9 +44,9 @@ class TargetScores(Scoring):
             scores["r2"].append(r2_score(y_true, y_pred))
         return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
-    def chance(self, references: list[Any]) -> float | None:
+    def chance(self, references: list[Any]) -> dict[str, float]:
         """R² of always answering the references' own mean: 0 (no constant answer does better)."""
-        return 0.0
+        return {"r2": 0.0}
 
 
 class RegressionHead(PooledHead):

@@ -39,11 +39,11 @@ class Scoring(Part):
         """Per-class precision / recall / F1 / support (classification_report's dict), or None."""
         return None
 
-    def chance(self, references: list[Any]) -> float | None:
-        """The `primary` metric that the best answer blind to the input reaches on `references`
-        (the majority class; no entity at all), which a head that learned nothing scores; None
-        where the head type has none defined."""
-        return None
+    def chance(self, references: list[Any]) -> dict[str, float]:
+        """Metric -> what the best answer blind to the input (the majority class; no entity at
+        all) scores on `references`, which is what a head that learned nothing scores; only for
+        the metrics where the head type defines it ({}: none, or nothing to tell by)."""
+        return {}
 
     def class_decisions(self, predictions: list[Any], references: list[Any]) -> tuple[list, list] | None:
         """(true, predicted) class per labelled example, for a confusion matrix; None if not classes."""
@@ -109,10 +109,14 @@ class ClassScores(Scoring):
         preds, refs = labelled([p["label"] for p in predictions], references)
         return refs, preds
 
-    def chance(self, references: list[Any]) -> float | None:
-        """Accuracy of always answering the most frequent class."""
+    def chance(self, references: list[Any]) -> dict[str, float]:
+        """Always answering the most frequent class (share p): accuracy p, and its F1 2p/(1+p) as
+        the one class of the macro average's that is not 0 (averaged over the classes `score` averages)."""
         refs = [r for r in references if r is not None]
-        return max(Counter(refs).values()) / len(refs) if refs else None
+        if not refs:
+            return {}
+        share = max(Counter(refs).values()) / len(refs)
+        return {"accuracy": share, "f1_macro": 2 * share / (1 + share) / len(with_unseen(self.names, refs))}
 
 
 def with_unseen(names: list[str], references: list[Any]) -> list[str]:

@@ -79,16 +79,17 @@ class TagScores(Scoring):
             "accuracy": float(accuracy_score(flat_true, flat_pred)),
         }
 
-    def chance(self, references: list[Any]) -> float | None:
-        """BIO tags: entity F1 of tagging every word `O` (no entity found), 0; other tag sets: the
-        macro F1 of always answering the most frequent tag."""
-        if is_bio(self.names):
-            return 0.0
+    def chance(self, references: list[Any]) -> dict[str, float]:
+        """BIO tags: entity F1 of tagging every word `O` (no entity found), 0 (none where the
+        references hold no entity: then every answer scores 0); other tag sets: the macro F1 of
+        always answering the most frequent tag."""
         tags = [t for ref in references if ref is not None for t in ref if t is not None]
+        if is_bio(self.names):
+            return {"f1": 0.0} if any(t != "O" for t in tags) else {}
         if not tags:
-            return None
+            return {}
         share = max(Counter(tags).values()) / len(tags)  # that tag's F1 (precision = share, recall 1); others 0
-        return 2 * share / (1 + share) / len(set(tags))
+        return {"f1": 2 * share / (1 + share) / len(set(tags))}
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         """BIO tags: seqeval's entity-level report (one row per entity type); else per tag."""

@@ -30,24 +30,28 @@ def write_report(
             plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
 
 
-CHANCE_MARGIN = 0.02  # a primary metric this close to its chance level (absolute) is "at chance"
+CHANCE_MARGIN = 0.02  # a metric this close to its chance level (absolute) is "at chance"
 
 
 def chance_notes(model: MultiHeadModel, evaluation: Evaluation | None) -> list[str]:
-    """One line per head whose validation score ends at chance level: no better than the best
-    answer that ignores the input (`Scoring.chance`), i.e. the head learned nothing usable. A run
-    on little data at a recipe's defaults can end there without an error; this says so."""
+    """One line per head whose validation scores all end at chance level: no better than the
+    best answer that ignores the input (`Scoring.chance`), i.e. the head learned nothing usable.
+    A run on little data at a recipe's defaults can end there without an error; this says so.
+    A metric whose chance level is within the margin of its best (accuracy on 99% one class)
+    tells nothing and is left out; a head with no such metric gets no note."""
     notes: list[str] = []
     if evaluation is None:
         return notes
     for name, head in model.heads.items():
-        primary, scores = head.scoring.primary, evaluation.scores.get(name, {})
-        chance = head.scoring.chance(evaluation.references[name]) if primary in scores else None
-        if chance is not None and scores[primary] <= chance + CHANCE_MARGIN:
+        scores = evaluation.scores.get(name, {})
+        chance = head.scoring.chance(evaluation.references[name]) if scores else {}
+        telling = {m: c for m, c in chance.items() if m in scores and c + CHANCE_MARGIN < 1}
+        if telling and all(scores[m] <= c + CHANCE_MARGIN for m, c in telling.items()):
+            shown = ", ".join(f"{m} {scores[m]:.4f} (blind: {c:.4f})" for m, c in telling.items())
             notes.append(
-                f"head '{name}' ends at chance level: validation {primary} {scores[primary]:.4f}, where answering "
-                f"blind to the input scores {chance:.4f}; it has not learned the task. Train more steps (--epochs), "
-                "or try --strategy fewshot or frozen (headkit advise weighs them on your data)"
+                f"head '{name}' ends at chance level: validation {shown}, no better than answering blind "
+                "to the input; it has not learned the task. Train more steps (--epochs, --min_steps), or "
+                "try --strategy fewshot or frozen (headkit advise weighs them on your data)"
             )
     return notes
 
