@@ -328,8 +328,8 @@ def test_evaluate_defaults_and_errors(text_model, labelled):
         text_model.evaluate(rows, heads="sentiment")
     with pytest.raises(HeadkitError, match=r"unknown column key\(s\) \['labels'\]"):
         text_model.evaluate(rows, heads={"sentiment": {"labels": "sentiment"}})
-    unseen = text_model.evaluate([{"text": "a good film", "sentiment": "meh"}], heads=["sentiment"])
-    assert unseen["sentiment"]["accuracy"] == 0 and unseen.unseen == {"sentiment": ["meh"]}  # a miss, not an error
+    with pytest.raises(DataError, match="none of the labels in column 'sentiment'"):  # no label the head knows
+        text_model.evaluate([{"text": "a good film", "sentiment": "meh"}], heads=["sentiment"])
 
 
 def test_evaluate_reads_sentence_pairs_as_predict_does(text_model):

@@ -104,6 +104,15 @@ def test_an_entity_type_training_never_had_is_missed_by_the_entity_scores(model,
     assert metrics.per_class["tags"]["ORG"]["support"] == 2 and metrics.per_class["tags"]["ORG"]["recall"] == 0
 
 
+def test_labels_none_of_which_the_head_knows_are_a_wrong_column_or_format(model):
+    """1.0 for 1, ids for names, another column: every label unseen is a data mistake, refused."""
+    rows = [{"text": r["text"], "sentiment": str(i % 2)} for i, r in enumerate(sentiment_rows(6))]
+    with pytest.raises(DataError, match=r"head 'sentiment': none of the labels in column 'sentiment' .*\['0', '1'\]"):
+        model.evaluate(rows, heads=["sentiment"])
+    tagged = [{"tokens": ["acme", "corp"], "tags": ["B-ORG", "I-ORG"]}, {"tokens": ["bob"], "tags": ["B-PER"]}]
+    assert model.evaluate(tagged, heads=["tags"]).unseen == {"tags": ["B-ORG", "I-ORG"]}  # B-PER is known
+
+
 def test_encoded_evaluation_data_holds_unseen_labels_past_the_map(tiny_text_model):
     tokenizer = headkit.load_processor(tiny_text_model)
     rows = [{"text": "good film", "label": "pos"}, {"text": "bad", "label": "meh"}, {"text": "ok", "label": "so-so"},

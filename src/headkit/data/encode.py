@@ -19,6 +19,7 @@ from headkit.data.pairs import tokenize_pairs
 from headkit.data.pixels import pixel_store
 from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
+from headkit.heads.labels import LabelTally
 from headkit.heads.qa import DOC_STRIDE, QAWindows, Question, check_answers, qa_windows, window_labels
 
 
@@ -129,7 +130,7 @@ def encode_rows(
     for task in group:
         kind, codec = kinds[task.name], codecs[task.name]
         _check_inputs(task, codec, images)
-        where = LabelSource(task.name, task.label, data, declared, [] if unseen_labels else None)
+        where = LabelSource(task.name, task.label, data, declared, LabelTally() if unseen_labels else None)
         known = (label_maps or {}).get(task.name)
         labels = known if known is not None else codec.label_names(rows, where)
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
@@ -139,10 +140,24 @@ def encode_rows(
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
         encoded.labels[task.name] = y
-        if where.unseen:
-            encoded.unseen[task.name] = where.unseen
+        if where.tally and where.tally.unseen:
+            encoded.unseen[task.name] = unseen_labels_of(where, labels)
         configs[task.name] = _task_config(task, kind.per_token, labels)
     return encoded, configs
+
+
+def unseen_labels_of(where: LabelSource, labels: list[str]) -> list[str]:
+    """The labels of data to score that the head never had (`where.tally`), refused when none of
+    its labels is one it had: that is a wrong label column or format (1.0 for 1, ids for names),
+    not a class training lacked."""
+    assert where.tally is not None
+    if not where.tally.known:
+        raise DataError(
+            f"head '{where.head}': none of the labels in column '{where.column}' of {where.source} is one it "
+            f"was trained on (found {where.tally.unseen[:10]}; it knows {labels[:20]}): check the label column, "
+            "and that its labels are written as in training"
+        )
+    return where.tally.unseen
 
 
 def _check_inputs(task: Any, codec: Any, images: bool) -> None:

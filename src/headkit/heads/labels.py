@@ -36,6 +36,15 @@ preference pairs (a prompt and a chosen and a rejected response: headkit.data.pa
 and a context that is cut into windows (headkit.heads.qa)."""
 
 
+@dataclass
+class LabelTally:
+    """The labels met while encoding data a trained head is scored on: those outside its label map,
+    in the order met (their ids follow the map's: `label_index`), and how many were in the map."""
+
+    unseen: list[str] = field(default_factory=list)
+    known: int = 0
+
+
 @dataclass(frozen=True)
 class LabelSource:
     """Where a head's labels are read from, for label parsing and its error messages."""
@@ -45,9 +54,9 @@ class LabelSource:
     source: str  # the data they come from (a path or a built-in name)
     # label names a source declares per column, in their order (a datasets ClassLabel)
     declared: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
-    # None: a label outside the head's label map is an error (training). A list: such labels are
-    # collected here in the order met and encoded past the map (evaluation data, scored as misses)
-    unseen: list[str] | None = field(default=None, compare=False, hash=False)
+    # None: a label outside the head's label map is an error (training). A tally: such labels are
+    # counted there and encoded past the map (evaluation data, where they are scored as misses)
+    tally: LabelTally | None = field(default=None, compare=False, hash=False)
 
     def declared_names(self, column: str | None = None, present: set[str] | None = None) -> list[str] | None:
         """The declared label names of `column` (default: the label column), checked to hold every
@@ -87,15 +96,18 @@ def label_order(names: Iterable[str]) -> list[str]:
 
 def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:
     """name -> id in the label map. A name never seen in training is an error naming the row, or,
-    where the source collects them (`where.unseen`), the id `len(labels) + k` of the k-th such name:
+    where the source tallies them (`where.tally`), the id `len(labels) + k` of the k-th such name:
     ids past the map, which no prediction can match and the loss skips (`known_labels`)."""
     index = {name: i for i, name in enumerate(labels)}
+    tally = where.tally
 
     def lookup(name: str, row: int) -> int:
-        if name not in index and where.unseen is not None:
-            if name not in where.unseen:
-                where.unseen.append(name)
-            return len(labels) + where.unseen.index(name)
+        if tally is not None and name in index:
+            tally.known += 1
+        elif tally is not None:
+            if name not in tally.unseen:
+                tally.unseen.append(name)
+            return len(labels) + tally.unseen.index(name)
         if name not in index:
             raise DataError(
                 f"label {name!r} of head '{where.head}' (row {row}) was never seen in training; "

@@ -51,7 +51,7 @@ class LabelSetCodec(Codec):
         ids = [
             None if is_missing(v) else [lookup(name, i + 1) for name in as_label_list(v)] for i, v in enumerate(values)
         ]
-        out = np.full((len(rows), len(labels) + len(where.unseen or ())), NAN, dtype=np.float32)
+        out = np.full((len(rows), len(labels) + len(where.tally.unseen if where.tally else ())), NAN, dtype=np.float32)
         for i, present in enumerate(ids):
             if present is not None:
                 out[i] = 0.0
