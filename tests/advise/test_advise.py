@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -199,6 +200,10 @@ def test_read_facts_counts_entities_per_type_in_tagged_sentences(tiny_text_model
     assert seen.task_type == "token-classification" and seen.labelled == 24
     assert seen.class_counts == {"PER": 24, "LOC": 24, "ORG": 8}  # entities, not tags: B-ORG I-ORG is one
     assert seen.min_per_class == 8 and seen.tokens_median > 3  # the sentence's words, tokenized as one text
+    assert seen.unlabelled == 1  # the untagged sentence
+    # continued pretraining reads plain text, not word lists: no rule D for a tagger
+    shifted = dataclasses.replace(seen, fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
+    assert not choose(shifted, CPU, CHEAP, 30).pretrain
     plan = choose(seen, CPU, CHEAP, 30)
     assert plan.rule == "1" and plan.strategy == "fewshot" and "8 in the rarest entity type" in plan.reasons[0]
     command = plan_commands(plan, seen, "minilm", "runs/t", [])[0]
@@ -221,6 +226,8 @@ def test_tags_that_are_not_bio_are_counted_per_tagged_word():
     assert codec.label_counts([["NOUN", "VERB", "NOUN"], ["O", "NOUN"], None]) == {"NOUN": 3, "VERB": 1}
     # BIO read as seqeval reads it: an I- after another type (or after O) starts an entity
     assert codec.label_counts([["I-PER", "I-PER", "I-LOC", "O", "B-PER", "B-PER"]]) == {"PER": 3, "LOC": 1}
+    # BIOES: S- is an entity of its own, E- ends one
+    assert codec.label_counts([["S-PER", "B-LOC", "I-LOC", "E-LOC", "S-PER", "E-PER"]]) == {"PER": 3, "LOC": 1}
 
 
 def test_cli_advise_plans_and_runs_a_tagger(tiny_text_model, tmp_path, capsys, monkeypatch):
@@ -258,12 +265,23 @@ def test_costs_come_from_measured_rates_and_scale_with_the_data(tiny_text_model)
     assert estimate_costs(large, fixed)["frozen"] == pytest.approx(1.6)  # 1,600 tokens x 1 ms
 
 
+def test_full_fine_tuning_is_costed_for_its_min_steps_on_small_data():
+    from headkit.advise.costs import epochs
+
+    small, large = facts({"a": 200, "b": 200}), facts({"a": 5000, "b": 5000})  # 360 / 9,000 training rows
+    assert epochs(small, "full", 0.1) == 21 and epochs(small, "lora", 0.1) == 3  # 12 steps an epoch: 250 need 21
+    assert epochs(large, "full", 0.1) == 3  # 282 steps an epoch
+    fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
+    assert estimate_costs(small, fixed)["full"] == pytest.approx(21 * (10_800 * 3e-3 + 1_200 * 1e-3), rel=1e-3)
+
+
 def test_few_shot_tagging_is_costed_by_its_token_pairs():
     """A tagger's few-shot pairs are tokens, 2 per sentence and iteration (20), 16 to a step of up
-    to 32 sentences: at 400 sentences 1,000 steps, where a classifier takes 40 all-pairs steps."""
+    to 24 sentences (8 anchors, each with 2 partners): at 400 sentences 1,000 steps, where a
+    classifier takes 40 all-pairs steps of 32."""
     tags = facts({"PER": 30, "LOC": 20}, task_type="token-classification", labelled=400, labelled_tokens=10_000)
     classes = facts({"a": 200, "b": 200}, labelled=400, labelled_tokens=10_000)
-    assert fewshot_texts(tags) == 1000 * 32 and fewshot_texts(classes) == 40 * 32
+    assert fewshot_texts(tags) == 1000 * 24 and fewshot_texts(classes) == 40 * 32
     fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
     assert estimate_costs(tags, fixed)["fewshot"] == pytest.approx(25 * fewshot_texts(tags) * 3e-3 + 10, rel=1e-3)
 

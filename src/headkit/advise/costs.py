@@ -80,14 +80,23 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     return Rates(forward / tokens, full / tokens, lora / tokens)
 
 
+def epochs(facts: DataFacts, strategy: str, val_fraction: float) -> int:
+    """The epochs a strategy's recipe runs on this data: its `epochs`, or more where they would be
+    fewer than its `min_steps` optimizer steps (small data: training/phase_data.py)."""
+    recipe = strategy_defaults(strategy)
+    per_epoch = math.ceil(max(1, round(facts.labelled * (1 - val_fraction))) / recipe["batch_size"])
+    return max(recipe["epochs"], math.ceil(recipe["min_steps"] / per_epoch))
+
+
 def fewshot_texts(facts: DataFacts) -> int:
     """Texts the few-shot contrastive phase embeds, costed as full steps (an upper bound: the bottom
     third of the layers skips its backward). All-pairs steps embed min(batch, labelled) texts each;
-    a tagger's pairs are tokens, 2 per sentence and iteration, TOKEN_PAIR_BATCH pairs to a step
-    that embeds each pair's two sentences (training/fewshot.py): far more texts than a classifier's."""
+    a tagger's pairs are tokens, 2 per sentence and iteration (an anchor token with one of its tag
+    and one of another), TOKEN_PAIR_BATCH pairs to a step, so a step embeds up to 3 sentences per
+    anchor (training/fewshot.py): far more texts than a classifier's."""
     if head_class(facts.task_type).per_token:
         steps = math.ceil(2 * FEWSHOT_ITERATIONS * facts.labelled / TOKEN_PAIR_BATCH)
-        return steps * min(2 * TOKEN_PAIR_BATCH, facts.labelled)
+        return steps * min(3 * TOKEN_PAIR_BATCH // 2, facts.labelled)
     return fewshot_auto_steps(facts.labelled) * min(FEWSHOT_BATCH, facts.labelled)
 
 
@@ -103,9 +112,9 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
     costs = {
         "frozen": n_tokens * rates.forward,  # features once; head epochs on the cache take seconds
         "fewshot": fewshot_texts(facts) * per_example * rates.full + n_tokens * rates.forward,
-        "lora": EPOCHS["lora"] * (train_tokens * rates.lora + val_tokens * rates.forward),
-        "partial": EPOCHS["partial"] * (train_tokens * rates.full + val_tokens * rates.forward),
-        "full": EPOCHS["full"] * (train_tokens * rates.full + val_tokens * rates.forward),
+        "lora": epochs(facts, "lora", val_fraction) * (train_tokens * rates.lora + val_tokens * rates.forward),
+        "partial": epochs(facts, "partial", val_fraction) * (train_tokens * rates.full + val_tokens * rates.forward),
+        "full": epochs(facts, "full", val_fraction) * (train_tokens * rates.full + val_tokens * rates.forward),
     }
     if facts.unlabelled_tokens:
         costs["pretrain"] = EPOCHS["pretrain"] * facts.unlabelled_tokens * rates.full

@@ -128,7 +128,7 @@ def read_facts(
     else:
         task_type, counts = _label_facts(labelled, text, label, data)
         labelled_texts = [t for t, _ in labelled]
-    free = [t for t, v in zip(texts, values, strict=True) if _is_missing(v) and isinstance(t, str) and t.strip()]
+    free = as_texts([t for t, v in zip(texts, values, strict=True) if _is_missing(v)])  # (words: a tagger's)
     for source in unlabelled or []:
         free += _texts(read_rows(source), text, source)
 

@@ -114,7 +114,10 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
             "beat a head on the frozen backbone's cached features, which also costs the least"
         ]
         candidates = ["frozen"]
-    pretrain = facts.fragmented_share >= SHIFT_SHARE and facts.unlabelled >= SHIFT_UNLABELLED and "pretrain" in costs
+    # continued pretraining reads plain text, which a tagger's word lists are not (yet)
+    tags = head_class(facts.task_type).per_token
+    shifted = facts.fragmented_share >= SHIFT_SHARE and facts.unlabelled >= SHIFT_UNLABELLED
+    pretrain = shifted and "pretrain" in costs and not tags
     first = costs.get("pretrain", 0.0) if pretrain else 0.0
     if pretrain and first + min(costs[c] for c in candidates) > budget:
         reasons.append(
@@ -142,7 +145,7 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
         reasons.append(f"{strategy} takes ~{_minutes(costs[strategy])} here, within the {budget_minutes:g} min budget")
     if rule == "1" and strategy == "frozen":
         reasons.append("frozen with a head solved by logistic (ridge) regression: fewshot with 0 contrastive pairs")
-    if facts.class_counts and facts.imbalance >= 5:
+    if facts.class_counts and facts.imbalance >= 5 and not tags:  # (a tagger reports entity F1)
         reasons.append(f"classes are imbalanced ({facts.imbalance:.0f}:1): watch f1_macro, not only accuracy")
     if facts.truncated_share > 0.2:
         reasons.append(f"{facts.truncated_share:.0%} of texts are longer than the token limit and will be cut")

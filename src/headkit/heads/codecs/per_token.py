@@ -79,17 +79,20 @@ class TagCodec(Codec):
         return known_labels(labels, len(self.names))
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
-        """Entities per type for BIO tags (an entity starts at B-X, or at an I-X after anything but
-        X, as seqeval reads them), else tagged words per tag; `O` is not counted."""
+        """Entities per type for BIO / BIOES tags (an entity starts at B-X or S-X, or at an I-X or
+        E-X that does not continue an X, as seqeval reads them), else tagged words per tag; `O` is
+        not counted."""
         counts: Counter[str] = Counter()
         tag_lists = [[str(t) for t in v] for v in values if not is_missing(v)]
-        bio = all(t == "O" or t[:2] in ("B-", "I-") for tags in tag_lists for t in tags)
+        entities = all(t == "O" or t[:2] in ("B-", "I-", "E-", "S-") for tags in tag_lists for t in tags)
         for tags in tag_lists:
             previous = "O"
             for tag in tags:
-                if not bio:
+                if not entities:
                     counts.update([tag] if tag != "O" else [])
-                elif tag.startswith("B-") or (tag.startswith("I-") and previous[2:] != tag[2:]):
+                elif tag[:2] in ("B-", "S-") or (
+                    tag[:2] in ("I-", "E-") and (previous[2:] != tag[2:] or previous[:2] in ("E-", "S-"))
+                ):
                     counts[tag[2:]] += 1
                 previous = tag
         return dict(counts.most_common())
