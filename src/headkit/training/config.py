@@ -89,15 +89,15 @@ class TrainConfig:
             (transformers' max_steps). Needed to train on a stream (datasets.IterableDataset,
             hf:...?streaming), which has no length to count epochs by; unused by a frozen run on cached
             features (one pass over the stream caches it, then epochs run over the cache).
-        min_steps: optimizer steps the main phase trains at least: on small data its epochs grow
-            until they reach them (100 examples at batch 32 are 3 steps an epoch, so 3 epochs would
-            be 9 steps), large data keeps its epochs; 0: epochs alone. Default by strategy: see
-            strategy_defaults.py.
+        min_steps: optimizer steps the main phase trains at least, early stopping or not: on small
+            data its epochs grow until they reach them (100 examples at batch 32 are 3 steps an
+            epoch, so 3 epochs would be 9 steps); large data keeps its epochs. 0: epochs alone.
+            Default by strategy: full and partial 250, else 0.
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
-            Default by strategy: fewshot 2e-4, else 3e-5.
+            Default by strategy: full and partial 1e-4, fewshot 2e-4, else 3e-5.
         lora_lr: learning rate of LoRA adapter weights (default: 0.001 for lora, 0.0005 otherwise).
         weight_decay: AdamW weight decay (matrices only).
         max_grad_norm: clip the gradients' global norm to this before each optimizer step (0: no clipping).

@@ -393,7 +393,7 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
         )
         logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
     state.epoch, state.batches_done = state.epoch + 1, 0
-    stop = run.config.patience and state.bad_epochs >= run.config.patience
+    stop = run.config.patience and state.bad_epochs >= run.config.patience and state.epoch >= phase.min_epochs
     if stop:
         state.epoch = phase.epochs
     checkpoint(run, current, state)

@@ -69,14 +69,17 @@ def phase_loader(
         if max_steps:  # the epochs the steps need, the last one cut short
             phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))
             last_batches = min(len(loader), (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
-        elif min_steps and phase.epochs * per_epoch < min_steps:  # small data: more epochs, whole ones
-            epochs = math.ceil(min_steps / per_epoch)
-            if run.main:
+        elif min_steps:  # small data: more epochs, whole ones, as each process steps through its share
+            per_epoch = math.ceil(math.ceil(len(loader) / run.accelerator.num_processes) / config.grad_accum)
+            epochs = max(phase.epochs, math.ceil(min_steps / per_epoch))
+            if run.main and epochs > phase.epochs:
                 logger.info(
                     f"phase '{phase.name}': {epochs} epochs instead of {phase.epochs}, to train at least "
                     f"--min_steps {min_steps} optimizer steps ({per_epoch} an epoch on this data)"
                 )
-            phase = dataclasses.replace(phase, epochs=epochs)
+            # early stopping counts epochs: on data this small a few of them are a few steps, the
+            # ones a head spends leaving chance level (validation F1 0 at first), so it waits for them
+            phase = dataclasses.replace(phase, epochs=epochs, min_epochs=math.ceil(min_steps / per_epoch))
     return phase, sampler, loader, last_batches
 
 

@@ -42,6 +42,8 @@ class Phase:
     epochs: int
     cached: bool  # heads on cached backbone features (the backbone never runs)
     frozen: bool = False  # the backbone does not train (and runs in eval mode when not cached)
+    # epochs that run whatever the validation scores do (min_steps' epochs): no early stop before
+    min_epochs: int = 0
 
 
 BackboneRule = Literal["none", "all", "top", "adapters"]
