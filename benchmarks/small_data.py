@@ -23,7 +23,7 @@ training file (--advise; it times a step of each strategy, a few seconds per row
 
     python benchmarks/small_data.py [--tasks ner,sentiment] [--sizes ner=50,100,400,all;sentiment=8,64,500]
         [--cells frozen,fewshot,full,lora,reference] [--split test|dev] [--seeds 1]
-        [--configs 'full@backbone_lr=1e-4,epochs=10; full@lr=1e-2'] [--advise]
+        [--configs 'full@backbone_lr=1e-4,epochs=10; full@lr=1e-2'] [--advise] [--skip ner/all/fewshot]
     python benchmarks/small_data.py --table runs/bench/small_data.jsonl
 
 A config `STRATEGY@name=value,...` sets TrainConfig options on top of the strategy's defaults
@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     if args.advise:
                         row["advise"] = advise_pick(task, train_file)
                     for cell in cells:
+                        if f"{task}/{size}/{cell}" in args.skip.split(","):
+                            continue
                         if cell == "reference":
                             score, seconds = run_reference(task, train, scored, seed, work)
                         else:
@@ -258,6 +260,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--advise", action="store_true", help="record headkit advise's pick per row")
+    parser.add_argument("--skip", default="", help="cells not to run, TASK/SIZE/CELL,... (e.g. ner/all/fewshot)")
     parser.add_argument("--out", default="runs/bench/small_data.jsonl")
     parser.add_argument("--table", help="print the table of a saved --out file and stop")
     args = parser.parse_args()
