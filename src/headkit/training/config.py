@@ -92,7 +92,8 @@ class TrainConfig:
         min_steps: optimizer steps the main phase trains at least, early stopping or not: on small
             data its epochs grow until they reach them (100 examples at batch 32 are 3 steps an
             epoch, so 3 epochs would be 9 steps); large data keeps its epochs. 0: epochs alone.
-            Default by strategy: full and partial 250, else 0.
+            Default by strategy: full and partial 250, else 0; with --epochs given and no
+            --min_steps, 0 (the epochs you ask for are what trains).
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
         lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001.
@@ -211,6 +212,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.strategy = str(self.strategy)  # type: ignore[assignment]  # the CLI's pattern type is a str subclass YAML cannot write
+        if self.epochs is not None and self.min_steps is None:
+            self.min_steps = 0  # epochs of the user's own: the run's length is theirs, not the recipe's
         for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -396,7 +396,9 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     stop = run.config.patience and state.bad_epochs >= run.config.patience and state.epoch >= phase.min_epochs
     if stop:
         state.epoch = phase.epochs
-    checkpoint(run, current, state)
+    # (an improved epoch always: the checkpoint's best score must be the saved best model's)
+    if improved or state.epoch >= phase.epochs or state.epoch % phase.checkpoint_every == 0:
+        checkpoint(run, current, state)
     if stop and run.main:
         logger.info(f"early stopping: no improvement for {run.config.patience} epochs")
 

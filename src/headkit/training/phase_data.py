@@ -79,7 +79,10 @@ def phase_loader(
                 )
             # early stopping counts epochs: on data this small a few of them are a few steps, the
             # ones a head spends leaving chance level (validation F1 0 at first), so it waits for them
-            phase = dataclasses.replace(phase, epochs=epochs, min_epochs=math.ceil(min_steps / per_epoch))
+            every = max(1, epochs // max(1, phase.epochs))
+            phase = dataclasses.replace(
+                phase, epochs=epochs, min_epochs=math.ceil(min_steps / per_epoch), checkpoint_every=every
+            )
     return phase, sampler, loader, last_batches
 
 

@@ -44,6 +44,9 @@ class Phase:
     frozen: bool = False  # the backbone does not train (and runs in eval mode when not cached)
     # epochs that run whatever the validation scores do (min_steps' epochs): no early stop before
     min_epochs: int = 0
+    # write the resumable checkpoint every this many epochs (min_steps' many small epochs: as often
+    # as the phase's own epochs would, not a full optimizer state every few steps)
+    checkpoint_every: int = 1
 
 
 BackboneRule = Literal["none", "all", "top", "adapters"]
