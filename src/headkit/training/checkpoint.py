@@ -196,6 +196,19 @@ def save_best(directory: Path, model: MultiHeadModel, backbone_modified: bool, e
     atomic_write_json(directory / BEST_JSON, {"backbone_modified": backbone_modified, **epoch_record})
 
 
+def epoch_score(record: dict) -> list[float]:
+    """What ranks epochs: the objective, then the validation loss (lower is better) to break ties:
+    accuracy on a small validation set moves in coarse steps and plateaus while the loss falls."""
+    return [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
+
+
+def saved_best_score(directory: Path) -> list[float] | None:
+    """The score of the best epoch saved in `directory` (None: none yet), which may be later than
+    the last checkpoint (checkpoints of many small epochs are written every few)."""
+    path = directory / BEST_JSON
+    return epoch_score(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
 def restore_best(directory: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:
     """Put the best epoch's weights and buffers back into `model`; returns that epoch's record.
 

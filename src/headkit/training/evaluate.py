@@ -93,10 +93,12 @@ def evaluate(
     make_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     progress: bool = False,
     max_tokens: int | None = MAX_TOKENS,
+    reports: bool = True,
 ) -> Evaluation:
     """Decode every head on `data` and score it against the labels (missing labels skipped);
-    `progress` shows a bar over the batches. Batches are as prediction's: similar lengths, at most
-    `batch_size` examples and `max_tokens` padded tokens (`data_batches`).
+    `progress` shows a bar over the batches; `reports`: also each head's per-class report.
+    Batches are as prediction's: similar lengths, at most `batch_size` examples and `max_tokens`
+    padded tokens (`data_batches`).
 
     `make_batch` builds a batch from examples (default: padding + labels); it must be
     deterministic so that two evaluations are comparable (pretraining masks with a fixed seed).
@@ -131,10 +133,11 @@ def evaluate(
                 counts[name] += out.counts[name]
     model.train(was_training)
     losses = {n: loss_sums[n] / counts[n] for n in model.heads if counts[n]}
-    return score_heads(model, Evaluation({}, losses, preds, refs, unseen={n: u for n, u in unseen.items() if u}))
+    evaluation = Evaluation({}, losses, preds, refs, unseen={n: u for n, u in unseen.items() if u})
+    return score_heads(model, evaluation, reports)
 
 
-def score_heads(model: Model, evaluation: Evaluation) -> Evaluation:
+def score_heads(model: Model, evaluation: Evaluation, reports: bool = True) -> Evaluation:
     """Each head's scores and per-class report from the evaluation's predictions and losses (also
     after a head re-decided its predictions, e.g. at tuned thresholds: no second pass needed)."""
     preds, refs, losses = evaluation.predictions, evaluation.references, evaluation.losses
@@ -143,7 +146,8 @@ def score_heads(model: Model, evaluation: Evaluation) -> Evaluation:
     for name, head in labelled.items():
         if name in losses:
             evaluation.scores[name].update(head.scoring.scores_from_loss(losses[name]))
-    evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.scoring.report(preds[n], refs[n]))}
+    if reports:
+        evaluation.reports = {n: r for n, h in model.heads.items() if (r := h.scoring.report(preds[n], refs[n]))}
     return evaluation
 
 

@@ -50,10 +50,12 @@ from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
 from headkit.training import tracking
 from headkit.training.checkpoint import (
+    epoch_score,
     load_train_state,
     restore_best,
     save_best,
     save_train_state,
+    saved_best_score,
 )
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
@@ -241,6 +243,8 @@ def start_phase(
     if resuming:
         saved = load_train_state(run.checkpoint_dir, model, optimizer, scheduler)
         state = TrainState.from_dict(saved)
+        best = saved_best_score(run.directory)  # saved after the checkpoint, when its epochs are written every few
+        state.best = max(state.best, best) if best is not None else state.best
         if run.main:
             logger.info(
                 f"resumed from {run.checkpoint_dir}: phase {state.phase + 1}, epoch {state.epoch + 1}, "
@@ -369,15 +373,21 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     if len(data.val):
         cache = run.caches.get("val") if phase.cached else None
         assert run.config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
-        ev = evaluate(model, data.val, run.pad_id, run.config.batch_size, cache=cache, make_batch=run.make_eval_batch)
+        ev = evaluate(
+            model,
+            data.val,
+            run.pad_id,
+            run.config.batch_size,
+            cache=cache,
+            make_batch=run.make_eval_batch,
+            reports=False,
+        )  # per-class reports are the final evaluation's: a scikit-learn report an epoch costs more than small epochs
         record.update(
             val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model, run.config.metric_for_best_model)
         )
         if run.config.report_to != "none":
             tracking.log_validation(run.accelerator, ev.scores, ev.losses, state.global_step)
-    # Better metric, or the same metric at a lower loss: accuracy on a small validation set moves
-    # in coarse steps and plateaus while the loss still falls, so loss breaks ties.
-    score = [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
+    score = epoch_score(record)  # a better metric, or the same at a lower validation loss
     improved = not len(data.val) or score > state.best
     if improved:
         state.best, state.bad_epochs = score, 0
@@ -396,8 +406,7 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     stop = run.config.patience and state.bad_epochs >= run.config.patience and state.epoch >= phase.min_epochs
     if stop:
         state.epoch = phase.epochs
-    # (an improved epoch always: the checkpoint's best score must be the saved best model's)
-    if improved or state.epoch >= phase.epochs or state.epoch % phase.checkpoint_every == 0:
+    if state.epoch >= phase.epochs or state.epoch % phase.checkpoint_every == 0:
         checkpoint(run, current, state)
     if stop and run.main:
         logger.info(f"early stopping: no improvement for {run.config.patience} epochs")
