@@ -127,6 +127,40 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_text_model, data_file
     assert resumed.metrics["heads"] == uninterrupted.metrics["heads"]
 
 
+def test_a_run_of_min_steps_resumes_between_its_sparser_checkpoints(tiny_text_model, data_file, tmp_path, monkeypatch):
+    """min_steps' small epochs checkpoint every few (here every 2 of 4): a run killed after a best
+    epoch that no checkpoint holds yet replays it from the one before, to the same model and record."""
+    options = {"strategy": "full", "epochs": 2, "min_steps": 20}  # 5 steps an epoch: 4 epochs, checkpoints at 2, 4
+    uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", **options))
+    assert len(uninterrupted.metrics["epochs"]) == 4
+    calls = {"n": 0}
+    original = MultiHeadModel.forward_heads
+
+    def crash_in_epoch_four(self, *args, **kwargs):
+        calls["n"] += self.training
+        if calls["n"] == 17 and self.training:  # epoch 3 ended (its best.json written, no checkpoint)
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", crash_in_epoch_four)
+    cfg = config(tiny_text_model, data_file, tmp_path / "b", **options)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["progress"]["global_step"] == 10
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", original)
+    cfg.resume = True
+    resumed = train(cfg)
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+    def without_times(epochs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "train_seconds"} for e in epochs]
+
+    assert without_times(resumed.metrics["epochs"]) == without_times(uninterrupted.metrics["epochs"])
+    assert resumed.metrics["best_epoch"] == uninterrupted.metrics["best_epoch"]
+
+
 def test_resume_with_a_different_config_is_refused(tiny_text_model, data_file, tmp_path):
     train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
     with pytest.raises(CheckpointError, match=r"different configuration \(lr: was 0.01, now 0.5"):

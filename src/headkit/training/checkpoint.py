@@ -202,11 +202,14 @@ def epoch_score(record: dict) -> list[float]:
     return [record.get("objective", 0.0), -sum(record.get("val_losses", {}).values())]
 
 
-def saved_best_score(directory: Path) -> list[float] | None:
-    """The score of the best epoch saved in `directory` (None: none yet), which may be later than
+def saved_best(directory: Path) -> tuple[int, list[float]] | None:
+    """The best epoch saved in `directory` and its score (None: none yet); it may be later than
     the last checkpoint (checkpoints of many small epochs are written every few)."""
     path = directory / BEST_JSON
-    return epoch_score(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return record.get("epoch", 0), epoch_score(record)
 
 
 def restore_best(directory: Path, model: MultiHeadModel, config: TrainConfig, backbone_modified: bool) -> dict:

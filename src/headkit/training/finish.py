@@ -119,8 +119,8 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
 # strategies read (below). Unset ones (None) are left out; the card gives the max_length the
 # model reads (the setting capped at the backbone's limit) on its own line.
 LOOP_SETTINGS = (
-    "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
-    "weighting", "class_weights", "patience", "metric_for_best_model", "val_fraction", "seed",
+    "epochs", "max_steps", "min_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio",
+    "max_grad_norm", "weighting", "class_weights", "patience", "metric_for_best_model", "val_fraction", "seed",
     "mixed_precision", "objective", "mlm_probability", "packing",
 )  # fmt: skip
 BACKBONE_SETTINGS = ("backbone_lr",)  # full, partial:K, lp-ft

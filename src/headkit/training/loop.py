@@ -55,7 +55,7 @@ from headkit.training.checkpoint import (
     restore_best,
     save_best,
     save_train_state,
-    saved_best_score,
+    saved_best,
 )
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
@@ -243,8 +243,9 @@ def start_phase(
     if resuming:
         saved = load_train_state(run.checkpoint_dir, model, optimizer, scheduler)
         state = TrainState.from_dict(saved)
-        best = saved_best_score(run.directory)  # saved after the checkpoint, when its epochs are written every few
-        state.best = max(state.best, best) if best is not None else state.best
+        best = saved_best(run.directory)  # saved after the checkpoint, when its epochs are written every few
+        if best is not None and best[1] > state.best:
+            state.best, run.replayed_best_epoch = best[1], best[0]
         if run.main:
             logger.info(
                 f"resumed from {run.checkpoint_dir}: phase {state.phase + 1}, epoch {state.epoch + 1}, "
@@ -388,7 +389,8 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
         if run.config.report_to != "none":
             tracking.log_validation(run.accelerator, ev.scores, ev.losses, state.global_step)
     score = epoch_score(record)  # a better metric, or the same at a lower validation loss
-    improved = not len(data.val) or score > state.best
+    replayed = record["epoch"] == run.replayed_best_epoch and score == state.best  # resumed: its replay
+    improved = not len(data.val) or score > state.best or replayed
     if improved:
         state.best, state.bad_epochs = score, 0
         if run.main:

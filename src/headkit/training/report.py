@@ -50,8 +50,8 @@ def chance_notes(model: MultiHeadModel, evaluation: Evaluation | None) -> list[s
             shown = ", ".join(f"{m} {scores[m]:.4f} (blind: {c:.4f})" for m, c in telling.items())
             notes.append(
                 f"head '{name}' ends at chance level: validation {shown}, no better than answering blind "
-                "to the input; it has not learned the task. Train more steps (--epochs, --min_steps), or "
-                "try --strategy fewshot or frozen (headkit advise weighs them on your data)"
+                "to the input; it has not learned the task. Train more optimizer steps (--min_steps above "
+                "the steps this run took), or try --strategy fewshot or frozen (headkit advise weighs them)"
             )
     return notes
 

@@ -79,6 +79,9 @@ class Run:
     make_eval_batch: Batcher | None
     caches: dict[str, FeatureCache] = field(default_factory=dict)
     cached_train: CachedExamples | None = None  # a stream's examples, indexed like caches["train"]
+    # resumed from a checkpoint older than the best epoch saved (best.json): that epoch's number, so
+    # that its replay counts as the improvement it was (training/loop.py)
+    replayed_best_epoch: int | None = None
 
     @property
     def streamed(self) -> bool:
