@@ -97,7 +97,7 @@ def label_order(names: Iterable[str]) -> list[str]:
 def label_index(labels: list[str], where: LabelSource) -> Callable[[str, int], int]:
     """name -> id in the label map. A name never seen in training is an error naming the row, or,
     where the source tallies them (`where.tally`), the id `len(labels) + k` of the k-th such name:
-    ids past the map, which no prediction can match and the loss skips (`known_labels`)."""
+    ids past the map, which no prediction can match and the loss skips (`Codec.known_labels`)."""
     index = {name: i for i, name in enumerate(labels)}
     tally = where.tally
 
@@ -122,12 +122,6 @@ def label_name(names: list[str], unseen: Sequence[str], y: int) -> str:
     """The name of label id `y`: one of the head's `names`, or past them one of the `unseen` names
     (labels of evaluation data that training never had: `label_index`)."""
     return names[y] if y < len(names) else unseen[y - len(names)]
-
-
-def known_labels(labels: Tensor, width: int) -> Tensor:
-    """Class ids with those past a head's `width` labels (unseen in training) made missing, for the
-    loss: the head has no logit for them. (Their misses are counted by the metrics instead.)"""
-    return labels.masked_fill(labels >= width, IGNORE_INDEX)
 
 
 def real_positions(values: Tensor, mask: Tensor) -> list[list[Any]]:

@@ -56,7 +56,10 @@ class Codec(Part):
 
     def known_labels(self, labels: Tensor) -> Tensor:
         """A batch's labels as the loss reads them: those unseen in training (ids past the head's
-        labels, in evaluation data) made missing, as the head has no output for them."""
+        labels, in evaluation data: `labels.label_index`) made missing, as the head has no output
+        for them. Class ids (index, per_token) past the labels become IGNORE_INDEX."""
+        if self.layout in ("index", "per_token"):
+            return labels.masked_fill(labels >= len(self.names), IGNORE_INDEX)
         return labels
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:

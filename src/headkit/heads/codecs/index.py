@@ -22,7 +22,6 @@ from headkit.heads.fewshot import Pair
 from headkit.heads.labels import (
     IGNORE_INDEX,
     LabelSource,
-    known_labels,
     label_index,
     label_name,
     label_order,
@@ -72,9 +71,6 @@ class IndexCodec(Codec):
     def references(self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()) -> list[str | None]:
         names = self.names
         return [None if int(y) == IGNORE_INDEX else label_name(names, unseen, int(y)) for y in labels]
-
-    def known_labels(self, labels: Tensor) -> Tensor:
-        return known_labels(labels, len(self.names))
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
         return dict(Counter(str(v) for v in values).most_common())

@@ -22,7 +22,6 @@ from headkit.heads.fewshot import Pair
 from headkit.heads.labels import (
     IGNORE_INDEX,
     LabelSource,
-    known_labels,
     label_index,
     label_name,
     label_order,
@@ -74,9 +73,6 @@ class TagCodec(Codec):
             tags = [None if y == IGNORE_INDEX else label_name(names, unseen, y) for y in row]
             refs.append(None if all(t is None for t in tags) else tags)
         return refs
-
-    def known_labels(self, labels: Tensor) -> Tensor:
-        return known_labels(labels, len(self.names))
 
     def label_counts(self, values: list[Any]) -> dict[str, int]:
         """Entities per type for BIO / BIOES tags (an entity starts at B-X or S-X, or at an I-X or
