@@ -72,6 +72,7 @@ def evaluate(
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
     from headkit._fs import atomic_write_json
+    from headkit.ship.inference import Metrics
     from headkit.ship.predict import load_for_inference
     from headkit.training.evaluate import evaluate_dataset
     from headkit.training.report import print_summary
@@ -88,9 +89,8 @@ def evaluate(
     )
     print_summary(model, result, {}, title=f"evaluation on {data} ({count} examples)")
     if output:
-        unseen = {"unseen": result.unseen} if result.unseen else {}  # labels training never had: misses
-        written = {"scores": result.scores, "losses": result.losses, "per_class": result.reports, **unseen}
-        atomic_write_json(Path(output), written)
+        metrics = Metrics(result.scores, result.losses, result.reports, count, result.unseen)
+        atomic_write_json(Path(output), metrics.to_json())  # what model.evaluate(...).to_json() gives
 
 
 def predict(
