@@ -17,8 +17,9 @@ from headkit.training.strategy_defaults import fewshot_auto_steps, strategy_defa
 
 MEASURE_TEXTS = 16  # texts timed per kind of step
 
-# the recipes the plan's commands run (each strategy's own defaults), which the estimates assume
-EPOCHS = {s: strategy_defaults(s)["epochs"] for s in ("frozen", "lora", "partial", "full")} | {"pretrain": 1}
+# the recipes the plan's commands run (each strategy's own defaults, `epochs` below), which the
+# estimates assume; continued pretraining, one pass over the corpus
+PRETRAIN_EPOCHS = 1
 FEWSHOT_BATCH = strategy_defaults("fewshot")["batch_size"]
 FEWSHOT_ITERATIONS = strategy_defaults("fewshot")["fewshot_iterations"]
 
@@ -117,5 +118,5 @@ def estimate_costs(facts: DataFacts, rates: Rates, val_fraction: float = 0.1) ->
         "full": epochs(facts, "full", val_fraction) * (train_tokens * rates.full + val_tokens * rates.forward),
     }
     if facts.unlabelled_tokens:
-        costs["pretrain"] = EPOCHS["pretrain"] * facts.unlabelled_tokens * rates.full
+        costs["pretrain"] = PRETRAIN_EPOCHS * facts.unlabelled_tokens * rates.full
     return {k: round(v, 1) for k, v in costs.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headkit.advise.costs import EPOCHS, estimate_costs, measure_rates
+from headkit.advise.costs import PRETRAIN_EPOCHS, estimate_costs, measure_rates
 from headkit.advise.facts import DataFacts, Hardware, as_texts, detect_hardware, read_facts
 from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
@@ -38,7 +38,7 @@ def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unl
         commands.append(
             f"headkit pretrain --model {model} --corpus {' '.join([facts.source, *unlabelled])} "
             f"--text_column {facts.text} "
-            f"--epochs {EPOCHS['pretrain']} --output_dir {output_dir}-pretrain"
+            f"--epochs {PRETRAIN_EPOCHS} --output_dir {output_dir}-pretrain"
         )
         backbone = f"{output_dir}-pretrain"
     options = " ".join(f"--{k} {v}" for k, v in train_options(plan).items())
@@ -73,7 +73,7 @@ def run_plan(
                 model=model,
                 corpus=[facts.source, *unlabelled],
                 text_column=facts.text,
-                epochs=EPOCHS["pretrain"],
+                epochs=PRETRAIN_EPOCHS,
                 output_dir=f"{output_dir}-pretrain",
                 overwrite=overwrite,
                 progress=progress,

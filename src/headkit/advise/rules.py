@@ -106,14 +106,8 @@ def _rule(facts: DataFacts, hardware: Hardware) -> tuple[str, list[str], list[st
             if not facts.class_counts
             else f"{facts.min_per_class} in the rarest {head_class(facts.task_type).codec.class_noun}"
         )
-        return (
-            "1",
-            [f"very few labels ({what}): contrastive pairs multiply the signal in each example"],
-            [
-                "fewshot",
-                "frozen",
-            ],
-        )
+        reason = f"very few labels ({what}): contrastive pairs multiply the signal in each example"
+        return "1", [reason], ["fewshot", "frozen"]
     if facts.labelled >= PLENTY and hardware.device == "cuda":
         reason = f"{facts.labelled} labelled examples and a GPU ({hardware.name}): enough to move every weight"
         return "2", [reason], ["full", "partial", "lora"]

@@ -374,15 +374,8 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     if len(data.val):
         cache = run.caches.get("val") if phase.cached else None
         assert run.config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
-        ev = evaluate(
-            model,
-            data.val,
-            run.pad_id,
-            run.config.batch_size,
-            cache=cache,
-            make_batch=run.make_eval_batch,
-            reports=False,
-        )  # per-class reports are the final evaluation's: a scikit-learn report an epoch costs more than small epochs
+        # no per-class reports: the final evaluation's are enough, and one per small epoch costs more than it
+        ev = evaluate(model, data.val, run.pad_id, run.config.batch_size, cache, run.make_eval_batch, reports=False)
         record.update(
             val_losses=ev.losses, scores=ev.scores, objective=ev.objective(model, run.config.metric_for_best_model)
         )
