@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,30 +101,41 @@ def test_lora_keeps_base_weights_and_reloads_identically(tiny_text_model, data_f
     assert predict_texts(model, tokenizer, texts) == expected
 
 
-@pytest.mark.parametrize("strategy", ["frozen", "full"])
-def test_interrupted_run_resumes_to_identical_weights(tiny_text_model, data_file, tmp_path, monkeypatch, strategy):
-    uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", strategy=strategy, save_every=2, epochs=3))
+def interrupted_and_resumed(monkeypatch, cfg: TrainConfig, step: int, checkpointed: int):
+    """Train `cfg` until its `step`-th training step (evaluation passes not counted) raises
+    KeyboardInterrupt, as a kill would stop it; check that the last checkpoint is the one at
+    optimizer step `checkpointed`; then resume it to the end and return the result."""
     calls = {"n": 0}
     original = MultiHeadModel.forward_heads
 
-    def crash_after_seven(self, *args, **kwargs):
-        calls["n"] += self.training  # count training steps only, not evaluation passes
-        if calls["n"] == 7 and self.training:  # mid-epoch 2, one step after the checkpoint at step 6
+    def crashing(self, *args, **kwargs):
+        calls["n"] += self.training
+        if calls["n"] == step and self.training:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(MultiHeadModel, "forward_heads", crash_after_seven)
-    cfg = config(tiny_text_model, data_file, tmp_path / "b", strategy=strategy, save_every=2, epochs=3)
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
-    assert state["progress"]["global_step"] == 6  # the last checkpoint survived the interruption
+    state = json.loads((Path(cfg.output_dir) / "checkpoint" / "state.json").read_text())
+    assert state["progress"]["global_step"] == checkpointed  # the last checkpoint survived the interruption
     monkeypatch.setattr(MultiHeadModel, "forward_heads", original)
     cfg.resume = True
-    resumed = train(cfg)
-    expected = uninterrupted.model.state_dict()
-    for name, tensor in resumed.model.state_dict().items():
+    return train(cfg)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    expected = b.state_dict()
+    for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "full"])
+def test_interrupted_run_resumes_to_identical_weights(tiny_text_model, data_file, tmp_path, monkeypatch, strategy):
+    uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", strategy=strategy, save_every=2, epochs=3))
+    cfg = config(tiny_text_model, data_file, tmp_path / "b", strategy=strategy, save_every=2, epochs=3)
+    resumed = interrupted_and_resumed(monkeypatch, cfg, step=7, checkpointed=6)  # mid-epoch 2, a step past step 6's
+    assert_same_weights(resumed.model, uninterrupted.model)
     assert resumed.metrics["heads"] == uninterrupted.metrics["heads"]
 
 
@@ -133,26 +145,10 @@ def test_a_run_of_min_steps_resumes_between_its_sparser_checkpoints(tiny_text_mo
     options = {"strategy": "full", "epochs": 2, "min_steps": 20}  # 5 steps an epoch: 4 epochs, checkpoints at 2, 4
     uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", **options))
     assert len(uninterrupted.metrics["epochs"]) == 4
-    calls = {"n": 0}
-    original = MultiHeadModel.forward_heads
-
-    def crash_in_epoch_four(self, *args, **kwargs):
-        calls["n"] += self.training
-        if calls["n"] == 17 and self.training:  # epoch 3 ended (its best.json written, no checkpoint)
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MultiHeadModel, "forward_heads", crash_in_epoch_four)
     cfg = config(tiny_text_model, data_file, tmp_path / "b", **options)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["progress"]["global_step"] == 10
-    monkeypatch.setattr(MultiHeadModel, "forward_heads", original)
-    cfg.resume = True
-    resumed = train(cfg)
-    expected = uninterrupted.model.state_dict()
-    for name, tensor in resumed.model.state_dict().items():
-        assert torch.equal(tensor, expected[name]), name
+    # killed in epoch 4: epoch 3 ended (its best.json written), the last checkpoint is epoch 2's (step 10)
+    resumed = interrupted_and_resumed(monkeypatch, cfg, step=17, checkpointed=10)
+    assert_same_weights(resumed.model, uninterrupted.model)
 
     def without_times(epochs: list[dict]) -> list[dict]:
         return [{k: v for k, v in e.items() if k != "train_seconds"} for e in epochs]
