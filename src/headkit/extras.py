@@ -14,7 +14,7 @@ from headkit.errors import MissingExtraError
 
 # extra -> the import names it provides (kept equal to pyproject.toml by tests/test_extras.py)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve": ("fastapi", "uvicorn", "pydantic"),
+    "serve": ("fastapi", "uvicorn", "pydantic", "prometheus_client", "prometheus_fastapi_instrumentator"),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "gguf": ("gguf",),
     "timm": ("timm",),  # brings torchvision

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import headkit.ship.serve
+import headkit.ship.serve.answer
 from headkit.ship.predict import load_for_inference, predict_texts
 from headkit.ship.serve import Batcher, ServeLimits, load_app
 
@@ -25,7 +25,8 @@ def client(saved_multihead):
 
 
 def test_health_metadata_and_schema(client, saved_multihead):
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "worker": "running", "restarts": 0, "last_failure": None}
+    assert client.get("/ready").json() == {"status": "ready"}
     meta = client.get("/metadata").json()
     assert list(meta["heads"]) == list(SERVED_HEADS)
     assert meta["heads"]["sentiment"] == {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"}
@@ -95,7 +96,7 @@ def test_a_request_that_waits_too_long_gets_504(saved_multihead, monkeypatch):
         time.sleep(1.0)
         return [{} for _ in args[2]]
 
-    monkeypatch.setattr(headkit.ship.serve, "predict_texts", slow)
+    monkeypatch.setattr(headkit.ship.serve.answer, "predict_texts", slow)
     limits = ServeLimits(timeout_s=0.2)
     with TestClient(load_app(saved_multihead, limits=limits)) as c:
         response = c.post("/predict", json={"texts": ["good"]})
@@ -113,9 +114,9 @@ def test_concurrent_requests_share_forward_passes():
 
     async def main():
         batcher = Batcher(run_batch, max_texts=64, wait_s=0.01)
-        worker = asyncio.create_task(batcher.work())
+        batcher.start()
         results = await asyncio.gather(*(batcher.submit([f"t{i}", f"u{i}"], None) for i in range(10)))
-        worker.cancel()
+        await batcher.stop()
         return results
 
     results = asyncio.run(main())
@@ -132,9 +133,9 @@ def test_requests_for_different_generation_lengths_never_share_a_pass():
 
     async def main():
         batcher = Batcher(run_batch, max_texts=64, wait_s=0.05)
-        worker = asyncio.create_task(batcher.work())
+        batcher.start()
         results = await asyncio.gather(*(batcher.submit([f"t{i}"], None, 8 if i % 2 else 16) for i in range(6)))
-        worker.cancel()
+        await batcher.stop()
         return results
 
     results = asyncio.run(main())

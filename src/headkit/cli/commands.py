@@ -296,10 +296,15 @@ def serve(
     max_batch_texts: int = 128,
     batch_wait_ms: float = 2.0,
     max_new_tokens: int = 64,
+    max_queue: int = 256,
+    api_key: str | None = None,
+    admin_key: str | None = None,
+    heads_dir: str | None = None,
+    cors_origin: list[str] | None = None,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
-    """Serve every head over HTTP: POST /predict, GET /health, GET /metadata, GET /docs.
+    """Serve every head over HTTP: POST /predict, GET /health, /ready, /metadata, /metrics, /docs.
 
     Args:
         run: a training run, a saved model, or an ONNX export (with --engine onnx / onnx-int8).
@@ -315,10 +320,18 @@ def serve(
         batch_wait_ms: how long to wait for more requests to fill a forward pass.
         max_new_tokens: generated texts (seq2seq heads, sft runs): the most tokens a request may
             ask for (its `max_new_tokens`, default this; more: HTTP 413).
+        max_queue: requests that may wait for the worker; more, or more queued work than it gets
+            through within --timeout at its measured pace, is answered 429 with Retry-After.
+        api_key: a key every route but /health and /ready requires as `Authorization: Bearer KEY`
+            (default: the HEADKIT_API_KEY environment variable, which keeps it out of `ps`; none: open).
+        admin_key: enables POST /admin/heads and DELETE /admin/heads/NAME (loading head saves onto
+            the running backbone, unloading heads), which require this key (default: HEADKIT_ADMIN_KEY).
+        heads_dir: the folder the admin routes load head saves from (a request names a save inside it).
+        cors_origin: a browser origin allowed to call the server (repeat for more; default none).
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
-    from headkit.ship.serve import ServeLimits, load_app, run_server
+    from headkit.ship.serve import ServeAccess, ServeLimits, load_app, run_server
 
     limits = ServeLimits(
         max_texts=max_texts,
@@ -327,8 +340,13 @@ def serve(
         max_batch_texts=max_batch_texts,
         batch_wait_ms=batch_wait_ms,
         max_new_tokens=max_new_tokens,
+        max_queue=max_queue,
     )
-    run_server(load_app(run, engine=engine, limits=limits, device=device, dtype=dtype), host=host, port=port)
+    access = ServeAccess.from_options(api_key, admin_key, heads_dir, cors_origin or ())
+    if access.heads_dir is not None and not access.heads_dir.is_dir():
+        raise UsageError(f"--heads_dir {heads_dir} is not a folder")
+    app = load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
+    run_server(app, host=host, port=port)
 
 
 COMMANDS: list[Callable] = [

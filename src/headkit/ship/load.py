@@ -38,6 +38,7 @@ __all__ = [  # saved_base, base_name and check_base live in backbone/ (load_back
     "check_base",
     "check_fingerprint",
     "head_tensors",
+    "load_head_weights",
     "other_weights",
     "read_save",
     "restore",
@@ -64,16 +65,22 @@ def restore(model: Any, directory: str | os.PathLike, manifest: dict) -> Any:
     if "head_files" not in manifest:
         _restore_format_1(model, directory, manifest)
     else:
-        for name, entry in manifest["head_files"].items():
-            state = head_tensors(directory, manifest, name)
-            source = str(directory / entry["path"] / storage.WEIGHTS)
-            storage.load_head(model.heads[name], state, model.backbone, entry["tied"], entry["shared"], source)
+        for name in manifest["head_files"]:
+            load_head_weights(model, directory, manifest, name, head_tensors(directory, manifest, name))
         listed = manifest.get("weighting_state")
         path = directory / (listed["path"] if isinstance(listed, dict) else "")
         state = storage.read_weights(path, listed.get("sha256")) if isinstance(listed, dict) else {}
         _load_weighting(model, state, path)
     model.max_length = manifest.get("max_length")
     return model.eval()
+
+
+def load_head_weights(model: Any, directory: Path, manifest: dict, name: str, state: dict[str, torch.Tensor]) -> None:
+    """Fill head `name` of `model`, built from its config in a format-2 manifest, with `state`
+    (`head_tensors`), tying what was tied to the backbone and to other heads again."""
+    entry = manifest["head_files"][name]
+    source = str(directory / entry["path"] / storage.WEIGHTS)
+    storage.load_head(model.heads[name], state, model.backbone, entry["tied"], entry["shared"], source)
 
 
 def head_tensors(directory: str | os.PathLike, manifest: dict, name: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,101 @@
+"""What every request passes before a route sees it, as plain ASGI middleware (they run before
+FastAPI reads the body, and the body limit must count what is read, not what a header claims):
+
+- `RequireKey`: a bearer key on every route but the probes (/health, /ready), and the admin key on
+  /admin; compared in constant time; a missing or wrong key is a 401 that never echoes it.
+- `LimitBody`: the request body is read here, counting its bytes, chunked or not; past the limit
+  the reading stops and the answer is a 413; under it the body is handed on whole.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+ASGIApp = Any  # starlette.types.ASGIApp; kept loose to avoid importing starlette's typing here
+
+PROBES = ("/health", "/ready")
+ADMIN_PREFIX = "/admin"
+
+
+async def send_error(send: Any, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """A JSON `{"error": message}` answer, straight to the ASGI `send`."""
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer(scope: dict) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, if there is one."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def same_key(given: str | None, expected: str) -> bool:
+    """Constant-time comparison (hmac.compare_digest), so timing does not tell how much matched."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class RequireKey:
+    """401 unless the request carries the key its route needs (`api_key` for the API, `admin_key`
+    for /admin; None: that part is open). The probes never need one: they tell nothing but status."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, admin_key: str | None):
+        self.app, self.api_key, self.admin_key = app, api_key, admin_key
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            return await self.app(scope, receive, send)
+        admin = scope["path"] == ADMIN_PREFIX or scope["path"].startswith(ADMIN_PREFIX + "/")
+        expected = self.admin_key if admin else self.api_key
+        if expected is not None and not same_key(bearer(scope), expected):
+            which = "the admin key" if admin else "the server's API key"
+            return await send_error(
+                send, 401, f"send {which} as 'Authorization: Bearer <key>'", {"www-authenticate": "Bearer"}
+            )
+        return await self.app(scope, receive, send)
+
+
+class LimitBody:
+    """413 for a request body over `max_bytes`, counted on the bytes received."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send, f"request body is {int(declared):,} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:  # stop reading: the rest is never buffered
+                return await self._refuse(send, f"request body is over {self.max_bytes:,} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: a disconnect, when the client goes
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any, what: str) -> None:
+        await send_error(send, 413, f"{what}; the limit is {self.max_bytes:,}", {"connection": "close"})

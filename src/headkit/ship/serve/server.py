@@ -1,0 +1,73 @@
+"""Loading a model into an app, and running it under uvicorn with a drain on shutdown."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from headkit.ship.serve.app import create_app
+from headkit.ship.serve.config import ServeAccess, ServeLimits
+from headkit.ship.serve.hotload import describe
+
+logger = logging.getLogger(__name__)
+
+
+def load_app(
+    run: str | os.PathLike,
+    engine: str = "auto",
+    limits: ServeLimits | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    access: ServeAccess | None = None,
+) -> FastAPI:
+    """Load a run, a saved model or an ONNX export and build its app (`engine` auto: the fastest
+    engine validated for the model on this machine, see ship/engines.py)."""
+
+    from headkit.ship.engines import onnx_dir, resolve_engine
+    from headkit.ship.generate import is_causal_lm_save, load_causal_lm
+    from headkit.ship.onnx_engine import read_onnx_manifest
+    from headkit.ship.predict import load_for_inference, resolve_model_dir
+    from headkit.ship.save import read_manifest
+
+    if engine in ("auto", "torch") and is_causal_lm_save(run):  # sft / clm runs answer by generating replies
+        engine = "torch"
+        model, processor = load_causal_lm(str(run), device=device, dtype=dtype)
+    else:
+        engine, dtype = resolve_engine(run, engine, device, dtype)  # the metadata names what runs
+        # spin=False: onnxruntime's idle threads would hold the cores the request handling needs
+        model, processor = load_for_inference(run, engine=engine, device=device, dtype=dtype, spin=False)
+    onnx = engine.startswith("onnx")
+    manifest = read_onnx_manifest(onnx_dir(run)) if onnx else read_manifest(resolve_model_dir(run))
+    metadata = {
+        "engine": engine,
+        "heads": {name: describe(c) for name, c in manifest["heads"].items()},
+        "backbone": manifest["backbone"],
+    }
+    return create_app(model, processor, metadata, limits, access)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when a SIGTERM (or Ctrl-C) arrives: from then on /ready
+    says draining and new requests get 503, while uvicorn stops accepting connections and lets
+    the requests it has accepted finish (at most the request timeout, plus a little) before the
+    app's worker stops."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "server", None)
+        if state is not None and not state.draining:
+            state.draining = True
+            logger.info("draining: answering the requests accepted, refusing new ones")
+        super().handle_exit(sig, frame)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until SIGTERM or Ctrl-C, draining the requests in flight."""
+    state = getattr(app.state, "server", None)
+    grace = math.ceil(state.limits.timeout_s if state is not None else 30.0) + 5
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=grace)
+    DrainingServer(config).run()
