@@ -301,6 +301,7 @@ def serve(
     admin_key: str | None = None,
     heads_dir: str | None = None,
     cors_origin: list[str] | None = None,
+    replicas: int = 1,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
@@ -328,6 +329,9 @@ def serve(
             the running backbone, unloading heads), which require this key (default: HEADKIT_ADMIN_KEY).
         heads_dir: the folder the admin routes load head saves from (a request names a save inside it).
         cors_origin: a browser origin allowed to call the server (repeat for more; default none).
+        replicas: more than 1: that many copies of the server behind Ray Serve's proxy on this
+            machine (or the cluster RAY_ADDRESS names), each batching its own requests and using its
+            share of the cores (`pip install 'headkit[ray]'`).
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
@@ -345,6 +349,14 @@ def serve(
     access = ServeAccess.from_options(api_key, admin_key, heads_dir, cors_origin or ())
     if access.heads_dir is not None and not access.heads_dir.is_dir():
         raise UsageError(f"--heads_dir {heads_dir} is not a folder")
+    if replicas < 1:
+        raise UsageError(f"--replicas {replicas}: give 1 or more")
+    if replicas > 1:
+        from headkit.ship.serve.ray_serve import application, run_replicas
+
+        options = {"engine": engine, "limits": limits, "access": access, "device": device, "dtype": dtype}
+        run_replicas(application(run, replicas, **options), host=host, port=port)
+        return
     app = load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
     run_server(app, host=host, port=port)
 
