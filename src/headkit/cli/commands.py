@@ -354,8 +354,8 @@ def serve(
     if replicas > 1:
         from headkit.ship.serve.ray_serve import application, run_replicas
 
-        options = {"engine": engine, "limits": limits, "access": access, "device": device, "dtype": dtype}
-        run_replicas(application(run, replicas, **options), host=host, port=port)
+        app = application(run, replicas, engine=engine, limits=limits, access=access, device=device, dtype=dtype)
+        run_replicas(app, host=host, port=port)
         return
     app = load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
     run_server(app, host=host, port=port)

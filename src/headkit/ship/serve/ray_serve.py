@@ -50,7 +50,7 @@ def application(
     class HeadkitReplica:
         """One copy of the app; its routes are the app's."""
 
-    return HeadkitReplica.bind()
+    return HeadkitReplica.bind()  # type: ignore[attr-defined]  # serve.deployment made it a Deployment
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -59,9 +59,10 @@ def app_builder(args: dict[str, str]) -> Any:
     unknown = sorted(set(args) - known)
     if unknown or "run" not in args:
         raise ValueError(f"give run=RUN and optionally {sorted(known - {'run'})}; not {unknown}")
-    options = {k: v for k, v in args.items() if k in ("engine", "device", "dtype")}
-    access = ServeAccess.from_options()  # keys from HEADKIT_API_KEY / HEADKIT_ADMIN_KEY
-    return application(args["run"], int(args.get("replicas", 2)), access=access, **options)
+    return application(
+        args["run"], int(args.get("replicas", 2)), engine=args.get("engine", "auto"), device=args.get("device", "cpu"),
+        dtype=args.get("dtype", "auto"), access=ServeAccess.from_options(),  # keys from HEADKIT_API_KEY / _ADMIN_KEY
+    )  # fmt: skip
 
 
 def run_replicas(app: Any, host: str, port: int) -> None:
