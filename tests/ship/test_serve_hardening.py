@@ -2,9 +2,11 @@
 a worker that dies, metrics, per-request heads, images decoded off the event loop, and a drain on SIGTERM."""
 
 import asyncio
+import base64
 import concurrent.futures
-import logging
+import io
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -18,7 +20,7 @@ from fastapi.testclient import TestClient
 import headkit.ship.serve.answer
 import headkit.ship.serve.batcher
 import headkit.ship.serve.requests
-from headkit.ship.serve import Batcher, Overloaded, ServeAccess, ServeLimits, load_app
+from headkit.ship.serve import Batcher, Overloaded, ServeAccess, ServeLimits, WorkerFailure, load_app
 
 from conftest import SERVED_HEADS
 
@@ -52,14 +54,32 @@ def test_every_other_route_needs_the_api_key(keyed, method, path, headers):
     assert "Bearer" in response.json()["error"] and KEY not in response.text
 
 
-def test_the_right_key_opens_the_api_and_is_never_echoed_or_logged(keyed, caplog):
-    with caplog.at_level(logging.DEBUG):
-        response = keyed.post("/predict", json={"texts": ["good"]}, headers=_auth(KEY))
-        meta = keyed.get("/metadata", headers=_auth(KEY))
+def test_the_right_key_opens_the_api_and_is_never_echoed(keyed):
+    response = keyed.post("/predict", json={"texts": ["good"]}, headers=_auth(KEY))
+    meta = keyed.get("/metadata", headers=_auth(KEY))
     assert response.status_code == 200 and set(response.json()["predictions"][0]) >= set(SERVED_HEADS)
     assert KEY not in meta.text and ADMIN not in meta.text
-    assert KEY not in caplog.text
     assert KEY not in repr(keyed.app.state.server.access)
+
+
+def test_keys_hold_under_a_path_prefix(saved_multihead):
+    """Mounted under /v1 (or behind --root-path, or a Ray Serve route prefix) the raw path carries
+    the prefix: /v1/admin/... still needs the admin key, /v1/health still needs none."""
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+    outer.mount("/v1", load_app(saved_multihead, access=ServeAccess(admin_key=ADMIN)))
+    with TestClient(outer) as c:
+        for headers in ({}, _auth(KEY)):
+            assert c.delete("/v1/admin/heads/topic", headers=headers).status_code == 401
+        assert c.get("/v1/health").status_code != 401
+        assert c.delete("/v1/admin/heads/topic", headers=_auth(ADMIN)).status_code == 200
+
+
+def test_a_made_up_method_is_a_405_and_never_a_metric(keyed):
+    response = keyed.request("X0", "/predict", headers=_auth(KEY))
+    assert response.status_code == 405
+    assert 'method="X0"' not in keyed.get("/metrics", headers=_auth(KEY)).text
 
 
 def test_the_api_key_does_not_open_the_admin_routes(keyed):
@@ -111,37 +131,60 @@ def test_a_chunked_body_over_the_limit_is_refused_on_the_bytes_read(small_body):
 # ----------------------------------------------------------------------------- overload
 
 
+def _stopped_batcher(pace: float | None = None, **options) -> Batcher:
+    """A batcher whose worker has not started: what is submitted stays queued."""
+    batcher = Batcher(lambda items, heads, options: [{"ok": True} for _ in items], 1, 0, **options)
+    batcher.seconds_per_text = pace
+    return batcher
+
+
 def test_a_full_queue_is_refused_at_once_with_retry_after():
     async def main():
-        batcher = Batcher(lambda items, heads, options: [{"ok": True} for _ in items], 1, 0, max_queue=2)
-        waiting = [asyncio.ensure_future(batcher.submit(["a"], None)) for _ in range(2)]
-        await asyncio.sleep(0)  # both queued; the worker has not started
+        batcher = _stopped_batcher(pace=0.5, max_queue=2)
+        waiting = [asyncio.ensure_future(batcher.submit(["a", "b"], None)) for _ in range(2)]
+        await asyncio.sleep(0)  # both queued
         with pytest.raises(Overloaded) as refused:
-            await batcher.submit(["b"], None)
-        assert "2 requests are waiting" in str(refused.value) and refused.value.retry_after >= 1
+            await batcher.submit(["c"], None)
+        assert "2 requests are waiting" in str(refused.value)
+        assert refused.value.retry_after == 2  # 4 texts queued at 0.5 s a text
         batcher.start()
         answers = await asyncio.gather(*waiting)
         await batcher.stop()
         return answers
 
-    assert asyncio.run(main()) == [[{"ok": True}], [{"ok": True}]]
+    assert asyncio.run(main()) == [[{"ok": True}] * 2] * 2
 
 
-def test_work_that_cannot_finish_in_time_is_refused_by_the_measured_pace():
+def test_work_queued_ahead_that_cannot_finish_in_time_is_refused_by_the_measured_pace():
     async def main():
-        def run_batch(items, heads, options):
-            time.sleep(0.05 * len(items))  # 50 ms per text
-            return [{} for _ in items]
-
-        batcher = Batcher(run_batch, max_texts=4, wait_s=0, max_queue=100, timeout_s=1.0)
-        batcher.start()
-        await batcher.submit(["a", "b"], None)  # measures the pace: about 0.05 s a text
-        assert batcher.seconds_per_text == pytest.approx(0.05, rel=0.5)
-        batcher.admit(10)  # 0.5 s of work fits in 0.8 of the 1 s timeout
+        batcher = _stopped_batcher(pace=0.1, timeout_s=1.0)
+        batcher.admit(64)  # an idle server takes any request, however slow its last batch was
+        first = asyncio.ensure_future(batcher.submit(["a"] * 7, None))
+        await asyncio.sleep(0)
+        batcher.admit(64)  # 0.7 s queued ahead fits in 0.8 of the 1 s timeout: its own size does not count
+        second = asyncio.ensure_future(batcher.submit(["b"] * 2, None))
+        await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
-            batcher.admit(20)  # 1 s does not
-        assert "texts are queued" in str(refused.value)
+            batcher.admit(1)  # 0.9 s ahead does not
+        assert "9 texts are queued ahead" in str(refused.value)
+        second.cancel()  # a request that gives up leaves the count at once
+        await asyncio.sleep(0)
+        assert batcher.waiting == 1 and batcher.queued_texts == 7
+        batcher.admit(1)
+        first.cancel()
         await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_stopping_fails_every_request_still_queued():
+    async def main():
+        batcher = _stopped_batcher()
+        waiting = asyncio.ensure_future(batcher.submit(["a"], None))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        with pytest.raises(WorkerFailure, match="stopped"):
+            await waiting
 
     asyncio.run(main())
 
@@ -186,15 +229,33 @@ def test_a_worker_that_dies_answers_its_batch_with_503_at_once_and_is_restarted(
         assert c.post("/predict", json={"texts": ["good"]}).status_code == 200
 
 
-def test_a_failing_prediction_is_a_500_without_a_traceback_and_the_worker_lives(saved_multihead, monkeypatch):
+def test_a_failing_prediction_is_a_500_and_failing_ones_make_the_server_unhealthy(saved_multihead, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert")
 
     with TestClient(load_app(saved_multihead)) as c:
         monkeypatch.setattr(headkit.ship.serve.answer, "predict_texts", broken)
         response = c.post("/predict", json={"texts": ["good"]})
-        assert response.status_code == 500 and "RuntimeError" in response.json()["error"]
-        assert "Traceback" not in response.text and c.get("/health").json()["restarts"] == 0
+        assert response.status_code == 500 and "RuntimeError: CUDA error" in response.json()["error"]
+        assert "Traceback" not in response.text and c.get("/health").status_code == 200  # one failure: alive
+        for _ in range(2):
+            c.post("/predict", json={"texts": ["good"]})
+        health = c.get("/health")  # three in a row: a broken device, which a restart of the pod may mend
+        assert health.status_code == 503 and "the last 3 prediction calls raised" in health.json()["worker"]
+        monkeypatch.undo()
+        assert c.post("/predict", json={"texts": ["good"]}).status_code == 200
+        assert c.get("/health").status_code == 200
+
+
+def test_an_app_runs_again_after_its_shutdown_and_leaves_the_model_as_given(saved_multihead):
+    app = load_app(saved_multihead)
+    for _ in range(2):  # a second lifespan: the queue and lock belong to its event loop
+        with TestClient(app) as c:
+            assert c.post("/predict", json={"texts": ["good"]}).status_code == 200
+            head = app.state.server.model.heads["sentiment"]
+            assert "forward" in head.__dict__  # timed while serving
+        assert "forward" not in head.__dict__ and "decode" not in head.__dict__
+        pickle.dumps(head)
 
 
 # ----------------------------------------------------------------------------- metrics and heads
@@ -210,7 +271,7 @@ def test_metrics_count_requests_queue_batches_and_head_time(saved_multihead):
     assert 'http_requests_total{handler="/predict",method="POST",status="422"} 1.0' in text
     assert 'http_request_duration_seconds_bucket{handler="/predict"' in text
     assert "headkit_batch_texts_count 3.0" in text and "headkit_batch_texts_sum 6.0" in text
-    assert "headkit_queue_requests 0.0" in text and "headkit_worker_restarts 0.0" in text
+    assert "headkit_queue_requests 0.0" in text and "headkit_worker_restarts_total 0.0" in text
     assert 'headkit_head_seconds_count{head="sentiment"} 6.0' in text  # forward and decode in 3 passes
     assert 'headkit_head_seconds_count{head="tags"} 0.0' in text  # not asked for: never run
 
@@ -227,6 +288,17 @@ def test_a_request_computes_only_the_heads_it_names(saved_multihead):
                 hook.remove()
     assert response.status_code == 200 and set(response.json()["predictions"][0]) == {"tags"}
     assert calls == ["tags"]
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 60)).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    images, problem = headkit.ship.serve.requests.decode_images([encoded], max_pixels=5_000)
+    assert images == [] and problem == "images[0] is 100x60 pixels; the limit is 5,000 pixels"
+    assert len(headkit.ship.serve.requests.decode_images([encoded], max_pixels=6_000)[0]) == 1
 
 
 def test_images_are_decoded_off_the_event_loop(monkeypatch):
@@ -255,30 +327,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_answers_accepted_requests_refuses_new_ones_then_exits(saved_multihead):
-    port, url = _free_port(), None
+def test_sigterm_drains_ready_turns_503_requests_accepted_are_answered_then_exit(saved_multihead):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HEADKIT_SERVE_FAULTS": "1"}
-    command = [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port), "--engine", "torch"]
+    command = [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port), "--engine", "torch",
+               "--drain_s", "1.5"]  # fmt: skip
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
         for _ in range(600):
             try:
                 if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
+        else:
+            pytest.fail("the server never became ready")
         httpx.post(f"{url}/debug/faults", json={"delay_s": 2.0}, timeout=5)  # the next batch takes 2 s
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one thread free for the late request
             pending = [pool.submit(httpx.post, f"{url}/predict", json={"texts": [f"good {i}"]}, timeout=30)
                        for i in range(3)]  # fmt: skip
-            time.sleep(0.7)  # accepted, and waiting on the slow batch
+            time.sleep(0.5)  # accepted, and waiting on the slow batch
             server.send_signal(signal.SIGTERM)
-            answers = [p.result() for p in pending]
-        assert [a.status_code for a in answers] == [200, 200, 200]
+            time.sleep(0.2)
+            ready = httpx.get(f"{url}/ready", timeout=5)  # within the drain delay: still answering
+            assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+            late = pool.submit(httpx.post, f"{url}/predict", json={"texts": ["during the delay"]}, timeout=30)
+            answers = [p.result() for p in [*pending, late]]
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
         _, stderr = server.communicate(timeout=60)
         assert "draining" in stderr
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(httpx.TransportError):  # after the delay: connections are refused
             httpx.post(f"{url}/predict", json={"texts": ["late"]}, timeout=2)
     finally:
         if server.poll() is None:

@@ -1,13 +1,16 @@
 """Heads as a service: head saves loaded onto the running backbone and unloaded through /admin,
 checked against the backbone's fingerprint, without a restart and without failing a request."""
 
+import asyncio
 import concurrent.futures
+import time
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 import headkit
+import headkit.ship.serve.answer
 from headkit.heads import config_from_dict
 from headkit.ship.predict import predict_texts
 from headkit.ship.serve import ServeAccess, load_app
@@ -116,3 +119,52 @@ def test_loading_and_unloading_under_load_fails_no_request(admin):
         answers = [p.result() for p in pending]
     assert first.status_code == 200 and set(first.json()["predictions"][0]) == {"colour"}
     assert [a.status_code for a in answers] == [200] * 40
+
+
+def test_two_unloads_at_once_never_leave_the_server_without_heads(admin):
+    import httpx
+
+    names = list(admin.get("/metadata").json()["heads"])
+    for name in names[:-2]:
+        admin.delete(f"/admin/heads/{name}")
+    app = admin.app
+
+    async def both():
+        transport = httpx.ASGITransport(app=app)
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://server", headers=auth) as c:
+            return await asyncio.gather(*(c.delete(f"/admin/heads/{n}") for n in names[-2:]))
+
+    codes = sorted(r.status_code for r in asyncio.run(both()))
+    assert codes == [200, 409] and len(admin.get("/metadata").json()["heads"]) == 1
+
+
+def test_heads_change_between_batches_and_a_request_for_an_unloaded_head_says_so(admin, monkeypatch):
+    """The batch in progress finishes with its heads (the change waits for the lock); a request
+    queued behind it for the head being unloaded gets a 409 naming it, never an empty answer."""
+    events = []
+    real_predict, real_remove = headkit.ship.serve.answer.predict_texts, admin.app.state.server.model.remove_head
+
+    def slow_predict(*args, **kwargs):
+        events.append("batch starts")
+        time.sleep(0.6)
+        events.append("batch ends")
+        return real_predict(*args, **kwargs)
+
+    def remove(name):
+        events.append("head removed")
+        real_remove(name)
+
+    monkeypatch.setattr(headkit.ship.serve.answer, "predict_texts", slow_predict)
+    monkeypatch.setattr(admin.app.state.server.model, "remove_head", remove)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(admin.post, "/predict", json={"texts": ["good"], "heads": ["sentiment", "topic"]})
+        time.sleep(0.2)  # the first batch is running
+        waiting = pool.submit(admin.post, "/predict", json={"texts": ["bad"], "heads": ["topic"]})
+        time.sleep(0.1)
+        unloaded = pool.submit(admin.delete, "/admin/heads/topic")
+        answers = first.result(), waiting.result(), unloaded.result()
+    assert answers[0].status_code == 200 and set(answers[0].json()["predictions"][0]) == {"sentiment", "topic"}
+    assert answers[2].status_code == 200
+    assert events[:3] == ["batch starts", "batch ends", "head removed"]
+    assert answers[1].status_code == 409 and "['topic'] were unloaded" in answers[1].json()["error"]

@@ -302,6 +302,7 @@ def serve(
     heads_dir: str | None = None,
     cors_origin: list[str] | None = None,
     replicas: int = 1,
+    drain_s: float = 0.0,
     device: Device = "auto",
     dtype: DType = "auto",
 ) -> None:
@@ -332,6 +333,9 @@ def serve(
         replicas: more than 1: that many copies of the server behind Ray Serve's proxy on this
             machine (or the cluster RAY_ADDRESS names), each batching its own requests and using its
             share of the cores (`pip install 'headkit[ray]'`).
+        drain_s: on SIGTERM, /ready turns 503 at once and the server keeps answering this many
+            seconds (time for a load balancer to stop sending) before it refuses connections,
+            answers the requests it accepted and exits.
         device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
         dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
     """
@@ -358,7 +362,7 @@ def serve(
         run_replicas(app, host=host, port=port)
         return
     app = load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
-    run_server(app, host=host, port=port)
+    run_server(app, host=host, port=port, drain_s=drain_s)
 
 
 COMMANDS: list[Callable] = [

@@ -10,15 +10,16 @@
     GET  /ready     readiness: taking requests (503 while draining on shutdown)
     GET  /metadata  heads, labels, backbone fingerprint, engine and limits
     GET  /metrics   Prometheus: requests by route and code, latency, queue depth, batch sizes, head time
-    POST /admin/heads, DELETE /admin/heads/NAME   load a head save onto the running backbone, unload
-                    a head (only with an admin key and a heads folder)
+    POST /admin/heads, DELETE /admin/heads/NAME   load a head save from the heads folder onto the
+                    running backbone, unload a head (the routes exist only with an admin key)
     GET  /docs, /openapi.json   FastAPI's schema
 
 Requests go to a bounded queue; one worker predicts everything waiting in one call
 (batcher.py). Bad requests get a 4xx with an `error` that says what to change; work the server
 cannot finish in time gets a 429 with Retry-After at once; a request that waits longer than
 `timeout_s` gets a 504; a worker that dies answers its requests with a 503 and is restarted. With
-an API key every route but the probes needs it (guards.py). The model is loaded once, in eval mode
+an API key every route but the probes needs it (guards.py; with a key, /docs cannot fetch the
+schema from a browser: read /openapi.json with the key instead). The model is loaded once, in eval mode
 with gradients off, and nothing in a prediction request is ever read as a path.
 
 Layout: config.py (limits, access), requests.py (the request body and its checks), batcher.py,

@@ -16,14 +16,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from headkit.data.images import is_image_processor
-from headkit.errors import DataError, HeadkitError
+from headkit.errors import HeadkitError
 from headkit.ship.serve.answer import answerer, generates
-from headkit.ship.serve.batcher import Batcher, Overloaded, WorkerFailure
+from headkit.ship.serve.batcher import FAILING_BATCHES, Batcher, BatchFailure, HeadsGone, Overloaded, WorkerFailure
 from headkit.ship.serve.config import ServeAccess, ServeLimits
-from headkit.ship.serve.guards import LimitBody, RequireKey
-from headkit.ship.serve.hotload import HeadClash, SaveNotFound, add_heads, describe, read_heads, save_in
+from headkit.ship.serve.guards import KnownMethods, LimitBody, RequireKey
+from headkit.ship.serve.hotload import HeadClash, SaveNotFound, add_heads, check_free, describe, read_heads, save_in
 from headkit.ship.serve.metrics import ServeMetrics
-from headkit.ship.serve.requests import PredictRequest, PredictResponse, error, read_items
+from headkit.ship.serve.requests import PredictRequest, PredictResponse, error, read_items, size_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ServerState:
     access: ServeAccess
     batcher: Batcher = field(init=False)
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
-    draining: bool = False  # set on SIGTERM (server.py): new requests get 503 while accepted ones finish
+    draining: bool = False  # set on SIGTERM (server.py): /ready says so while accepted requests finish
     faults: dict[str, float] = field(default_factory=dict)  # injected by /debug/faults
 
     @property
@@ -63,16 +63,17 @@ def create_app(
         run_batch = _with_faults(run_batch, state.faults)
     state.batcher = Batcher(
         run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000, limits.max_queue, limits.timeout_s,
-        on_batch=state.metrics.observe_batch,
+        on_batch=state.metrics.observe_batch, on_restart=state.metrics.worker_restarts.inc,
     )  # fmt: skip
-    if isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
-        state.metrics.time_heads(model.heads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
+            state.metrics.time_heads(model.heads)
         state.batcher.start()
         yield
         await state.batcher.stop()
+        state.metrics.untime_heads()  # the caller's model is left as it was given
 
     app = FastAPI(title="headkit", description="Every head of one model, from one backbone pass.", lifespan=lifespan)
     app.state.server = state
@@ -83,6 +84,7 @@ def create_app(
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])  # fmt: skip
     state.metrics.watch(app, state.batcher)
+    app.add_middleware(KnownMethods)  # outermost: a made-up method never becomes a metric label
     app.add_exception_handler(RequestValidationError, _invalid_request)
     _probe_routes(app, state)
     _predict_route(app, state)
@@ -110,22 +112,24 @@ async def _invalid_request(request: Request, exc: Exception) -> Any:
 def _probe_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health", responses={503: {}})
     async def health() -> Any:
-        """Liveness: 200 while the worker runs; 503 while it is being restarted or a batch has run
-        for more than twice the request timeout (a stalled device)."""
+        """Liveness: 200 while the worker runs; 503 while it is being restarted, when a batch has
+        run for more than twice the request timeout (a stalled device), or when the last few
+        prediction calls all failed (a broken device)."""
         worker = state.batcher.health()
         report = {"worker": "running" if worker.alive else "restarting", "restarts": worker.restarts,
                   "last_failure": worker.last_failure}  # fmt: skip
         if worker.stalled_s is not None:
             report["worker"] = f"stalled for {worker.stalled_s:.0f} s"
-        ok = worker.alive and worker.stalled_s is None
+        elif worker.failing >= FAILING_BATCHES:
+            report["worker"] = f"failing: the last {worker.failing} prediction calls raised"
+        ok = worker.alive and worker.stalled_s is None and worker.failing < FAILING_BATCHES
         return _json(200 if ok else 503, {"status": "ok" if ok else "unhealthy", **report})
 
     @app.get("/ready", responses={503: {}})
     async def ready() -> Any:
-        """Readiness: 200 when requests are being taken (worker running, not shutting down)."""
-        if state.draining:
-            return _json(503, {"status": "draining"})
-        return _json(200 if state.batcher.health().alive else 503, {"status": "ready"})
+        """Readiness: 200 while requests are being taken (the worker runs, no shutdown has begun)."""
+        status = "draining" if state.draining else "ready" if state.batcher.health().alive else "not ready"
+        return _json(200 if status == "ready" else 503, {"status": status})
 
     @app.get("/metadata")
     async def describe_model() -> dict[str, Any]:
@@ -136,27 +140,29 @@ def _predict_route(app: FastAPI, state: ServerState) -> None:
     limits, batcher, model = state.limits, state.batcher, state.model
     reads_images, chat = is_image_processor(state.processor), getattr(model, "heads", None) is None
 
-    @app.post("/predict", response_model=PredictResponse, responses={413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
+    @app.post("/predict", response_model=PredictResponse, responses={k: {} for k in (409, 413, 422, 429, 503, 504)})
     async def predict(request: PredictRequest) -> Any:
-        if state.draining:
-            return error(503, "the server is shutting down; send this request again", {"connection": "close"})
-        items = await read_items(request, limits, reads_images, state.head_names, chat)
-        if not isinstance(items, list):
-            return items
-        options = (request.max_new_tokens or limits.max_new_tokens) if generates(model) else 0
-        try:  # only generation lengths keep requests apart
+        try:  # refused before any work (decoding images included) when the queue cannot take it
+            batcher.admit(size_of(request))
+            items = await read_items(request, limits, reads_images, state.head_names, chat)
+            if not isinstance(items, list):
+                return items
+            options = (request.max_new_tokens or limits.max_new_tokens) if generates(model) else 0
+            # only generation lengths keep requests apart
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except Overloaded as e:
             return error(429, f"the server is busy: {e}; retry later", {"retry-after": str(e.retry_after)})
         except WorkerFailure as e:
-            return error(503, str(e))
-        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+            return error(503, str(e), {"retry-after": "1"})
+        except HeadsGone as e:
+            return error(409, str(e))
+        except asyncio.TimeoutError:  # the wait, never the call: its errors are BatchFailure
             return error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
-        except DataError as e:  # e.g. a prompt plus max_new_tokens beyond a causal LM's context
+        except HeadkitError as e:  # e.g. a prompt plus max_new_tokens beyond a causal LM's context
             return error(422, str(e))
-        except Exception as e:  # the traceback goes to the log, not to the client
-            logger.exception("prediction failed")
-            return error(500, f"the prediction failed ({type(e).__name__}); the server log has the details")
+        except BatchFailure as e:  # the traceback goes to the log, not to the client
+            logger.error("prediction failed: %s", e, exc_info=e.__cause__)
+            return error(500, f"the prediction failed ({e}); the server log has the details")
         return {"predictions": predictions}
 
 
@@ -167,48 +173,54 @@ class LoadHeadsRequest(BaseModel):
 
 
 def _admin_routes(app: FastAPI, state: ServerState) -> None:
-    """Loading and unloading heads on the running backbone (torch engines; the admin key)."""
+    """Loading and unloading heads on the running backbone (torch engines; the admin key). Every
+    check that depends on the current heads is made again under the batcher's lock, where the
+    change happens, so two admin calls (or one and a batch) never see each other half done."""
     model, batcher = state.model, state.batcher
 
-    def refusal() -> Any:
+    def refusal(loading: bool) -> Any:
         if not isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
-            return error(
-                409, f"heads can be loaded onto a torch engine only; this server runs {state.metadata['engine']}"
-            )
-        if state.access.heads_dir is None:
+            engine = state.metadata["engine"]
+            return error(409, f"heads can be changed on a torch engine only; this server runs {engine}")
+        if loading and state.access.heads_dir is None:
             return error(409, "the server has no heads folder to load from: start it with --heads_dir DIR")
         return None
 
     @app.post("/admin/heads", responses={404: {}, 409: {}, 422: {}})
     async def load_heads(request: LoadHeadsRequest) -> Any:
-        refused, heads_dir = refusal(), state.access.heads_dir
+        refused, heads_dir = refusal(loading=True), state.access.heads_dir
         if refused is not None or heads_dir is None:
             return refused
         try:
             directory = save_in(heads_dir, request.save)
             manifest, states = await asyncio.to_thread(read_heads, model, directory, request.heads)
             async with batcher.lock:  # between two batches: requests in flight keep their heads
-                loaded = add_heads(model, directory, manifest, states)
+                check_free(model, states)
+                loaded = await asyncio.to_thread(add_heads, model, directory, manifest, states)
                 state.metadata["heads"].update({n: describe(manifest["heads"][n]) for n in loaded})
         except HeadkitError as e:  # nothing changed: the server answers as before
             status = 404 if isinstance(e, SaveNotFound) else 409 if isinstance(e, HeadClash) else 422
             return error(status, f"not loaded: {e}")
+        except Exception as e:  # a save that does not read (bad JSON, tensors of the wrong size)
+            logger.warning("loading heads from %s failed", request.save, exc_info=e)
+            return error(422, f"not loaded: the save does not read ({type(e).__name__}: {e})")
         state.metrics.time_heads({n: model.heads[n] for n in loaded})
         logger.info("loaded head(s) %s from %s", loaded, directory)
         return {"loaded": loaded, "heads": state.metadata["heads"]}
 
     @app.delete("/admin/heads/{name}", responses={404: {}, 409: {}})
     async def unload_head(name: str) -> Any:
-        refused = refusal()
+        refused = refusal(loading=False)
         if refused is not None:
             return refused
-        if name not in model.heads:
-            return error(404, f"no head named '{name}'; this server answers {state.head_names}")
-        if len(model.heads) == 1:
-            return error(409, f"'{name}' is the server's only head; load another before unloading it")
         async with batcher.lock:
+            if name not in model.heads:
+                return error(404, f"no head named '{name}'; this server answers {state.head_names}")
+            if len(model.heads) == 1:
+                return error(409, f"'{name}' is the server's only head; load another before unloading it")
             model.remove_head(name)
             del state.metadata["heads"][name]
+        state.metrics.forget_head(name)
         logger.info("unloaded head %s", name)
         return {"unloaded": name, "heads": state.metadata["heads"]}
 

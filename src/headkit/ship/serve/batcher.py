@@ -6,11 +6,13 @@ Requests wait in a queue; the worker takes everything waiting (up to `max_texts`
 passes instead of contending for the CPU/GPU. Admission is decided when a request arrives: more
 than `max_queue` requests waiting, or more queued texts than the worker gets through in
 `timeout_s` at the pace it has been measured at, is `Overloaded` (HTTP 429 with Retry-After) at
-once, instead of a 504 after a wait that was bound to fail.
+once, instead of a 504 after a wait that was bound to fail. A request that gives up (its 504)
+leaves the count at once, though its job stays in the queue until the worker skips it.
 
 A supervisor runs the worker. If the worker dies (anything outside `run_batch`, whose own errors
-go to the requests of that batch), the requests it held are failed with `WorkerFailure` at once
-(HTTP 503), the fault is kept for /health, and a new worker starts after a short back-off.
+go to the requests of that batch as `BatchFailure`), the requests it held are failed with
+`WorkerFailure` at once (HTTP 503), the fault is kept for /health, and a new worker starts after a
+short back-off. Prediction calls that keep failing (a broken device) make /health unhealthy too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from headkit.errors import HeadkitError
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +43,27 @@ class Overloaded(Exception):
 
 
 class WorkerFailure(RuntimeError):
-    """The worker died holding this request; it was not predicted."""
+    """The worker died holding this request, or the server stopped first; it was not predicted."""
 
 
-@dataclass
+class HeadsGone(RuntimeError):
+    """A head the request named was unloaded while the request waited."""
+
+
+class BatchFailure(RuntimeError):
+    """The prediction call raised (the cause is chained); its requests get a 500."""
+
+
+FAILING_BATCHES = 3  # this many failed prediction calls in a row: /health reports the worker unhealthy
+
+
+@dataclass(eq=False)
 class Job:
     items: list[Any]  # texts, (text, text_pair) tuples or images
     heads: list[str] | None
     key: tuple  # requests share a pass only when their keys are equal
     future: asyncio.Future = field(repr=False)
+    queued: bool = True  # counted among the waiting until taken or given up
 
 
 @dataclass
@@ -58,6 +74,7 @@ class WorkerHealth:
     restarts: int
     last_failure: str | None
     stalled_s: float | None  # how long the batch in progress has run, when that is longer than it should
+    failing: int  # prediction calls that raised in a row
 
 
 class Batcher:
@@ -71,39 +88,57 @@ class Batcher:
         max_queue: int = 256,
         timeout_s: float = 30.0,
         on_batch: Callable[[int, float], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ):
         self.run_batch, self.max_texts, self.wait_s = run_batch, max_texts, wait_s
-        self.max_queue, self.timeout_s, self.on_batch = max_queue, timeout_s, on_batch
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.queued_texts = 0  # texts in the queue (taken ones are in `held`)
+        self.max_queue, self.timeout_s = max_queue, timeout_s
+        self.on_batch, self.on_restart = on_batch, on_restart
+        self.waiting = 0  # requests queued and still wanted (one that timed out leaves at once)
+        self.queued_texts = 0  # their texts (taken ones are in `held`)
         self.held: list[Job] = []  # jobs the worker has taken and not yet answered
         self.seconds_per_text: float | None = None  # measured pace, smoothed over batches
         self.busy_since: float | None = None  # when the batch in progress started
-        self.restarts, self.last_failure = 0, None  # type: tuple[int, str | None]
-        self.lock = asyncio.Lock()  # held around each prediction call; changing the heads takes it too
+        self.restarts, self.last_failure, self.failing = 0, None, 0  # type: tuple[int, str | None, int]
         self.fail_next = False  # a fault injected for tests and benchmarks (app.py's fault route)
         self._supervisor: asyncio.Task | None = None
         self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the worker last ran on
+        self._bind()
+
+    def _bind(self) -> None:
+        """A queue and a lock for the running event loop (asyncio binds them to the first loop that uses them)."""
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.lock = asyncio.Lock()  # held around each prediction call; changing the heads takes it too
 
     # ------------------------------------------------------------------------- life cycle
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:  # a second lifespan, on its own event loop
+            self._bind()
+        self._loop = loop
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def stop(self) -> None:
+        """Stop the worker; every request still queued or held gets a `WorkerFailure`."""
         for task in (self._supervisor, self._worker):
-            if task is not None:
+            # a cancellation can be swallowed by wait_for when its get had already finished: ask again
+            while task is not None and not task.done():
                 task.cancel()
-        for task in (self._supervisor, self._worker):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
-        self._fail_held(WorkerFailure("the server stopped before this request was predicted"))
+                await asyncio.wait([task], timeout=1)
+        stopped = WorkerFailure("the server stopped before this request was predicted")
+        self._fail_held(stopped)
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            self._leave_queue(job)
+            if not job.future.done():
+                job.future.set_exception(stopped)
 
     def health(self) -> WorkerHealth:
         alive = self._worker is not None and not self._worker.done()
         running = None if self.busy_since is None else time.monotonic() - self.busy_since
         stalled = running if running is not None and running > 2 * self.timeout_s else None
-        return WorkerHealth(alive, self.restarts, self.last_failure, stalled)
+        return WorkerHealth(alive, self.restarts, self.last_failure, stalled, self.failing)
 
     async def _supervise(self) -> None:
         pause = RESTART_BACKOFF_S[0]
@@ -121,6 +156,8 @@ class Batcher:
             else:
                 return
             self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart()
             self.last_failure = f"{type(failure).__name__}: {failure}"
             logger.error("the batching worker died (%s); its requests get 503, restarting it", self.last_failure)
             self._fail_held(WorkerFailure(f"the server's worker failed ({self.last_failure}); retry"))
@@ -138,16 +175,21 @@ class Batcher:
     # ------------------------------------------------------------------------- requests
 
     def admit(self, n_texts: int) -> None:
-        """Raise `Overloaded` unless a request of `n_texts` can be queued and answered in time."""
-        if self.queue.qsize() >= self.max_queue:
-            raise Overloaded(f"{self.queue.qsize()} requests are waiting (the limit)", self._drain_seconds())
-        if self.seconds_per_text is None:  # nothing measured yet: only the count limit applies
-            return
-        waiting = self.queued_texts + sum(len(j.items) for j in self.held) + n_texts
-        if waiting * self.seconds_per_text > ADMIT_FRACTION * self.timeout_s:
+        """Raise `Overloaded` unless a request of `n_texts` may be queued: fewer than `max_queue`
+        requests wait, and the work ahead of it (queued and in progress) takes at most a share of
+        the timeout at the measured pace. An idle server takes any request (its own size is the
+        request limit's business; a request too slow for the timeout gets its 504)."""
+        if self.waiting >= self.max_queue:
+            raise Overloaded(f"{self.waiting} requests are waiting (the limit)", self._drain_seconds())
+        ahead = self.queued_texts + sum(len(j.items) for j in self.held)
+        if (
+            ahead
+            and self.seconds_per_text is not None
+            and ahead * self.seconds_per_text > ADMIT_FRACTION * self.timeout_s
+        ):
             raise Overloaded(
-                f"{waiting} texts are queued, about {waiting * self.seconds_per_text:.1f} s of work; requests "
-                f"are answered within {self.timeout_s:g} s",
+                f"{ahead} texts are queued ahead, about {ahead * self.seconds_per_text:.1f} s of work; requests are "
+                f"answered within {self.timeout_s:g} s",
                 self._drain_seconds(),
             )
 
@@ -162,9 +204,18 @@ class Batcher:
         pairs or both single items. Raises `Overloaded` when the request is not admitted."""
         self.admit(len(items))
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Job(items, heads, (options, isinstance(items[0], tuple)), future))
+        job = Job(items, heads, (options, isinstance(items[0], tuple)), future)
+        future.add_done_callback(lambda _: self._leave_queue(job))  # given up (504): no longer waiting
+        self.queue.put_nowait(job)
+        self.waiting += 1
         self.queued_texts += len(items)
         return await future
+
+    def _leave_queue(self, job: Job) -> None:
+        if job.queued:
+            job.queued = False
+            self.waiting -= 1
+            self.queued_texts -= len(job.items)
 
     # ------------------------------------------------------------------------- the worker
 
@@ -176,7 +227,7 @@ class Batcher:
             job = self.queue.get_nowait()  # wait_for(..., 0) would give up before looking
         else:
             job = await asyncio.wait_for(self.queue.get(), timeout)
-        self.queued_texts -= len(job.items)
+        self._leave_queue(job)
         self.held.append(job)
         return job
 
@@ -208,21 +259,35 @@ class Batcher:
             try:
                 results = await asyncio.to_thread(self.run_batch, items, wanted, options)
             except Exception as e:  # reported to every waiting request; the worker lives on
+                self.failing += 1
+                failure = e if isinstance(e, HeadkitError) else BatchFailure(f"{type(e).__name__}: {e}")
+                failure.__cause__ = e
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(e)
+                        job.future.set_exception(failure)
                 return
             finally:
                 self.busy_since = None
+        self.failing = 0
         self._measured(len(items), time.monotonic() - started)
         start = 0
         for job in jobs:
             part = results[start : start + len(job.items)]
             start += len(job.items)
-            if job.heads is not None:
-                part = [{k: v for k, v in r.items() if k in job.heads or k == "truncated"} for r in part]
             if not job.future.done():
-                job.future.set_result(part)
+                self._answer(job, part)
+
+    @staticmethod
+    def _answer(job: Job, part: list[dict[str, Any]]) -> None:
+        """The job's own heads from its items' answers; a named head the answers lack was unloaded."""
+        if job.heads is None:
+            job.future.set_result(part)
+            return
+        gone = sorted(set(job.heads) - set(part[0])) if part else []
+        if gone:
+            job.future.set_exception(HeadsGone(f"head(s) {gone} were unloaded while this request waited"))
+        else:
+            job.future.set_result([{k: v for k, v in r.items() if k in job.heads or k == "truncated"} for r in part])
 
     def _measured(self, n_texts: int, seconds: float) -> None:
         pace = seconds / max(n_texts, 1)

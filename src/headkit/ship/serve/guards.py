@@ -5,6 +5,9 @@ FastAPI reads the body, and the body limit must count what is read, not what a h
   /admin; compared in constant time; a missing or wrong key is a 401 that never echoes it.
 - `LimitBody`: the request body is read here, counting its bytes, chunked or not; past the limit
   the reading stops and the answer is a 413; under it the body is handed on whole.
+- `KnownMethods`: a method no route has is a 405 before the metrics see it (a made-up method name
+  would otherwise become a new series).
+Paths are judged without the prefix the app is mounted under (`route_path`).
 """
 
 from __future__ import annotations
@@ -28,18 +31,25 @@ async def send_error(send: Any, status: int, message: str, headers: dict[str, st
     await send({"type": "http.response.body", "body": body})
 
 
-def bearer(scope: dict) -> str | None:
-    """The key of an `Authorization: Bearer <key>` header, if there is one."""
+def bearer(scope: dict) -> bytes | None:
+    """The key of an `Authorization: Bearer <key>` header, as sent, if there is one."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            scheme, _, key = value.decode("latin-1").partition(" ")
-            return key.strip() if scheme.lower() == "bearer" else None
+            scheme, _, key = value.partition(b" ")
+            return key.strip() if scheme.lower() == b"bearer" else None
     return None
 
 
-def same_key(given: str | None, expected: str) -> bool:
+def same_key(given: bytes | None, expected: str) -> bool:
     """Constant-time comparison (hmac.compare_digest), so timing does not tell how much matched."""
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    return given is not None and hmac.compare_digest(given, expected.encode())
+
+
+def route_path(scope: dict) -> str:
+    """The path the app routes on: without the prefix it is mounted under (`root_path`: a mount,
+    uvicorn --root-path, a Ray Serve route prefix), which the raw path still carries."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 class RequireKey:
@@ -50,15 +60,34 @@ class RequireKey:
         self.app, self.api_key, self.admin_key = app, api_key, admin_key
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
             return await self.app(scope, receive, send)
-        admin = scope["path"] == ADMIN_PREFIX or scope["path"].startswith(ADMIN_PREFIX + "/")
+        path = route_path(scope)
+        if scope["type"] == "http" and path in PROBES:
+            return await self.app(scope, receive, send)
+        admin = path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
         expected = self.admin_key if admin else self.api_key
+        if expected is not None and scope["type"] == "websocket":  # the server has none: closed, never open
+            return await send({"type": "websocket.close", "code": 1008})
         if expected is not None and not same_key(bearer(scope), expected):
             which = "the admin key" if admin else "the server's API key"
             return await send_error(
                 send, 401, f"send {which} as 'Authorization: Bearer <key>'", {"www-authenticate": "Bearer"}
             )
+        return await self.app(scope, receive, send)
+
+
+class KnownMethods:
+    """405 for an HTTP method the server has no route for, before anything else counts it."""
+
+    METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in self.METHODS:
+            return await send_error(send, 405, f"method {scope['method'][:16]} is not served", {"allow": "GET, POST"})
         return await self.app(scope, receive, send)
 
 
@@ -77,8 +106,8 @@ class LimitBody:
         chunks, size = [], 0
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
+            if message["type"] == "http.disconnect":  # the client is gone: the answer is for the metrics
+                return await send_error(send, 400, "the client disconnected before sending its body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:  # stop reading: the rest is never buffered

@@ -4,12 +4,14 @@ A head save (`headkit.save_heads`, or a run's or full save's heads) is read and 
 served backbone's fingerprint before anything changes: heads trained on other weights, another
 architecture or a shape that does not fit are refused with the reason, and the server keeps
 answering as before. The change itself happens between two batches (under the batcher's lock), so
-a request in flight is answered by the heads it was queued for, and the next batch sees the new set.
+the batch in progress finishes with the heads it started with and the next batch sees the new set;
+a request still waiting for a head that was unloaded gets a 409 saying so.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,15 @@ def read_heads(model: Any, directory: Path, names: list[str] | None) -> tuple[di
     unknown = sorted(set(names) - set(available))
     if unknown:
         raise HeadConfigError(f"the save holds heads {available}, not {unknown}")
+    check_free(model, names)
+    return manifest, {name: head_tensors(directory, manifest, name) for name in names}
+
+
+def check_free(model: Any, names: Iterable[str]) -> None:
+    """Raise `HeadClash` when the model already has a head of one of these names."""
     taken = sorted(set(names) & set(model.heads))
     if taken:
         raise HeadClash(f"the server already has head(s) {taken}; unload them first")
-    return manifest, {name: head_tensors(directory, manifest, name) for name in names}
 
 
 def add_heads(model: Any, directory: Path, manifest: dict, states: dict[str, dict[str, torch.Tensor]]) -> list[str]:

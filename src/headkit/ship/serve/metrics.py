@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_fastapi_instrumentator import Instrumentator
 
 BATCH_TEXTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -37,6 +37,10 @@ class ServeMetrics:
             "headkit_head_seconds", "Seconds a head spent in one call (forward or decode; torch engines)",
             ["head"], buckets=SECONDS_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.worker_restarts = Counter(
+            "headkit_worker_restarts", "Times the worker died and was started again", registry=self.registry
+        )
+        self._timed: dict[str, Any] = {}  # head name -> the head whose methods this app wrapped
 
     def observe_batch(self, n_texts: int, seconds: float) -> None:
         self.batch_texts.observe(n_texts)
@@ -45,9 +49,8 @@ class ServeMetrics:
     def watch(self, app: Any, batcher: Any) -> None:
         """Gauges read from `batcher` when scraped, the HTTP metrics, and the /metrics route."""
         gauges = {
-            "headkit_queue_requests": ("Requests waiting for the worker", lambda: batcher.queue.qsize()),
+            "headkit_queue_requests": ("Requests waiting for the worker", lambda: batcher.waiting),
             "headkit_queue_texts": ("Texts waiting for the worker", lambda: batcher.queued_texts),
-            "headkit_worker_restarts": ("Times the worker died and was started again", lambda: batcher.restarts),
         }
         for name, (text, read) in gauges.items():
             Gauge(name, text, registry=self.registry).set_function(read)
@@ -56,18 +59,31 @@ class ServeMetrics:
         ).instrument(app).expose(app, include_in_schema=False)
 
     def time_heads(self, heads: Mapping[str, Any]) -> None:
-        """Time each head's forward and decode calls (a head already timed is left as it is)."""
+        """Time each head's forward and decode calls, until `untime_heads` (the app's shutdown) or
+        `forget_head`. The timing wraps the methods on the head objects themselves (forward_pooled
+        and decode are not reached by module hooks); times are host wall time (on a GPU, until the
+        call returns)."""
         for name, head in heads.items():
-            if head.__dict__.get("_timed_by_server"):
-                continue
             inside = threading.local()  # one per head: its forward calling its forward_pooled is one call
             for method in TIMED_METHODS:
                 if callable(getattr(head, method, None)):
                     # an instance attribute, found before the class's method by nn.Module.__call__ too
-                    object.__setattr__(head, method, self._timed(name, getattr(head, method), inside))
-            object.__setattr__(head, "_timed_by_server", True)
+                    object.__setattr__(head, method, self._wrap(name, getattr(head, method), inside))
+            self._timed[name] = head
 
-    def _timed(self, head: str, call: Callable, inside: threading.local) -> Callable:
+    def forget_head(self, name: str) -> None:
+        """An unloaded head: its wrappers and its series go."""
+        head = self._timed.pop(name, None)
+        for method in TIMED_METHODS if head is not None else ():
+            head.__dict__.pop(method, None)
+        if head is not None:
+            self.head_seconds.remove(name)
+
+    def untime_heads(self) -> None:
+        for name in list(self._timed):
+            self.forget_head(name)
+
+    def _wrap(self, head: str, call: Callable, inside: threading.local) -> Callable:
         histogram = self.head_seconds.labels(head=head)
 
         @functools.wraps(call)

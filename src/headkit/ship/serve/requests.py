@@ -4,12 +4,16 @@ schema cannot say (characters per text, pairs a chat model cannot read, images t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from headkit.ship.serve.config import ServeLimits
+
+MAX_IMAGE_PIXELS = 40_000_000  # per image: refused above (PIL warns at 89M and refuses at 178M)
+DECODING_THREADS = 2
 
 
 class PredictRequest(BaseModel):
@@ -24,7 +28,9 @@ class PredictRequest(BaseModel):
     images: list[StrictStr] | None = Field(
         default=None, min_length=1, description="base64-encoded image files, for an image model (never paths)"
     )
-    heads: list[StrictStr] | None = Field(default=None, description="heads to answer (default: all)")
+    heads: list[StrictStr] | None = Field(
+        default=None, min_length=1, description="heads to answer, the only ones computed (default: all)"
+    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="generated texts: at most this many tokens (default: the server's limit)"
     )
@@ -38,9 +44,11 @@ class PredictRequest(BaseModel):
         return self
 
 
-def decode_images(items: list[str]) -> tuple[list, str | None]:
+def decode_images(items: list[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[list, str | None]:
     """PIL images from base64 strings, or an error naming the first bad item. Nothing is read
-    from disk: a path (or any text that is not base64 image bytes) is refused."""
+    from disk: a path (or any text that is not base64 image bytes) is refused, and an image over
+    `max_pixels` is refused from its header, before its pixels are decoded (a few kB of PNG can
+    claim gigapixels)."""
     import base64
     import binascii
     import io
@@ -52,11 +60,31 @@ def decode_images(items: list[str]) -> tuple[list, str | None]:
         try:
             data = base64.b64decode(item, validate=True)
             with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    return [], f"images[{i}] is {width}x{height} pixels; the limit is {max_pixels:,} pixels"
                 image.load()
                 images.append(image.convert("RGB"))
-        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):
             return [], f"images[{i}] is not a base64-encoded image file (paths and URLs are never read)"
     return images, None
+
+
+def size_of(request: PredictRequest) -> int:
+    """How many items (texts or images) the request holds."""
+    return len(request.texts or request.images or [])
+
+
+_decoding: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _decoder() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads of their own for image decoding: the default pool also runs the prediction calls,
+    and two decoding at once keep a burst of large images from holding more memory than that."""
+    global _decoding
+    if _decoding is None:
+        _decoding = concurrent.futures.ThreadPoolExecutor(max_workers=DECODING_THREADS, thread_name_prefix="decode")
+    return _decoding
 
 
 class PredictResponse(BaseModel):
@@ -108,5 +136,5 @@ async def read_items(
         )
     if not reads_images:
         return texts_of(request)
-    images, problem = await asyncio.to_thread(decode_images, given)
+    images, problem = await asyncio.get_running_loop().run_in_executor(_decoder(), decode_images, given)
     return error(422, problem) if problem else images

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import uvicorn
@@ -52,22 +53,40 @@ def load_app(
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app when a SIGTERM (or Ctrl-C) arrives: from then on /ready
-    says draining and new requests get 503, while uvicorn stops accepting connections and lets
-    the requests it has accepted finish (at most the request timeout, plus a little) before the
-    app's worker stops."""
+    """uvicorn's server with a drain. On SIGTERM (or Ctrl-C) /ready turns 503 (`draining`) at once;
+    the server goes on answering for `drain_s` seconds, so a load balancer that polls /ready takes
+    it out of rotation before connections are refused (Kubernetes: give the pod a
+    terminationGracePeriodSeconds above drain_s + the request timeout); then uvicorn stops
+    accepting connections, answers the requests it has accepted (for at most the request timeout)
+    and the app's worker stops. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, drain_s: float = 0.0):
+        super().__init__(config)
+        self.drain_s, self.stop_at = drain_s, None  # type: float, float | None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         state = getattr(getattr(self.config.app, "state", None), "server", None)
-        if state is not None and not state.draining:
-            state.draining = True
-            logger.info("draining: answering the requests accepted, refusing new ones")
-        super().handle_exit(sig, frame)
+        if state is None or state.draining or self.drain_s <= 0:
+            if state is not None and not state.draining:
+                state.draining = True
+                logger.info("draining: answering the requests accepted, then stopping")
+            return super().handle_exit(sig, frame)
+        state.draining = True
+        self._captured_signals.append(sig)  # as uvicorn's own handler: raised again once stopped
+        self.stop_at = time.monotonic() + self.drain_s
+        logger.info("draining: /ready says so; still answering for %g s, then stopping", self.drain_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` with uvicorn until SIGTERM or Ctrl-C, draining the requests in flight."""
+def run_server(app: FastAPI, host: str, port: int, drain_s: float = 0.0) -> None:
+    """Serve `app` with uvicorn until SIGTERM or Ctrl-C, draining the requests in flight
+    (`DrainingServer`)."""
     state = getattr(app.state, "server", None)
-    grace = math.ceil(state.limits.timeout_s if state is not None else 30.0) + 5
+    # an accepted request waits at most the request timeout (then it has its 504)
+    grace = math.ceil(state.limits.timeout_s if state is not None else 30.0) + 1
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=grace)
-    DrainingServer(config).run()
+    DrainingServer(config, drain_s).run()
