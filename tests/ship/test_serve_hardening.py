@@ -157,20 +157,23 @@ def test_a_full_queue_is_refused_at_once_with_retry_after():
 
 def test_work_queued_ahead_that_cannot_finish_in_time_is_refused_by_the_measured_pace():
     async def main():
-        batcher = _stopped_batcher(pace=0.1, timeout_s=1.0)
+        batcher = _stopped_batcher(pace=0.1, timeout_s=2.0)  # passes of one text (max_texts 1); 1 s may wait
         batcher.admit(64)  # an idle server takes any request, however slow its last batch was
-        first = asyncio.ensure_future(batcher.submit(["a"] * 7, None))
+        first = asyncio.ensure_future(batcher.submit(["a"] * 6, None))
         await asyncio.sleep(0)
-        batcher.admit(64)  # 0.7 s queued ahead fits in 0.8 of the 1 s timeout: its own size does not count
-        second = asyncio.ensure_future(batcher.submit(["b"] * 2, None))
+        batcher.admit(64)  # 6 texts ahead + its own pass of 1 at 0.1 s: 0.7 s fits in half the timeout
+        second = asyncio.ensure_future(batcher.submit(["b"] * 4, None))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
-            batcher.admit(1)  # 0.9 s ahead does not
-        assert "9 texts are queued ahead" in str(refused.value)
+            batcher.admit(1)  # 10 ahead + 1: 1.1 s does not
+        assert "10 texts are queued ahead" in str(refused.value)
         second.cancel()  # a request that gives up leaves the count at once
         await asyncio.sleep(0)
-        assert batcher.waiting == 1 and batcher.queued_texts == 7
+        assert batcher.waiting == 1 and batcher.queued_texts == 6
         batcher.admit(1)
+        batcher.last_pace = 0.2  # the last batch was slower than the smoothed pace: that counts
+        with pytest.raises(Overloaded):
+            batcher.admit(1)
         first.cancel()
         await batcher.stop()
 

@@ -54,6 +54,7 @@ def test_a_loaded_head_answers_with_its_saved_weights_and_unloads(admin, heads_d
     response = admin.post("/admin/heads", json={"save": "colour"})
     assert response.status_code == 200, response.text
     assert response.json()["loaded"] == ["colour"] and "colour" in admin.get("/metadata").json()["heads"]
+    assert set(response.json()["seconds"]) == {"read", "waited", "built"}
     texts = ["the film was good", "alice met bob in paris"]
     got = admin.post("/predict", json={"texts": texts, "heads": ["colour"]}).json()["predictions"]
     reference = headkit.load_heads(heads_dir / "colour", served_backbone)

@@ -351,7 +351,7 @@ def serve(
         max_queue=max_queue,
     )
     access = ServeAccess.from_options(api_key, admin_key, heads_dir, cors_origin or ())
-    if access.heads_dir is not None and not access.heads_dir.is_dir():
+    if access.heads_folder is not None and not access.heads_folder.is_dir():
         raise UsageError(f"--heads_dir {heads_dir} is not a folder")
     if replicas < 1:
         raise UsageError(f"--replicas {replicas}: give 1 or more")

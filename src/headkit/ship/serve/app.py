@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -182,22 +184,26 @@ def _admin_routes(app: FastAPI, state: ServerState) -> None:
         if not isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
             engine = state.metadata["engine"]
             return error(409, f"heads can be changed on a torch engine only; this server runs {engine}")
-        if loading and state.access.heads_dir is None:
+        if loading and state.access.heads_folder is None:
             return error(409, "the server has no heads folder to load from: start it with --heads_dir DIR")
         return None
 
     @app.post("/admin/heads", responses={404: {}, 409: {}, 422: {}})
     async def load_heads(request: LoadHeadsRequest) -> Any:
-        refused, heads_dir = refusal(loading=True), state.access.heads_dir
+        refused, heads_dir = refusal(loading=True), state.access.heads_folder
         if refused is not None or heads_dir is None:
             return refused
+        clock = [time.perf_counter()]  # read, waited for the batch in progress, built: what the call's time was
         try:
             directory = save_in(heads_dir, request.save)
             manifest, states = await asyncio.to_thread(read_heads, model, directory, request.heads)
+            clock.append(time.perf_counter())
             async with batcher.lock:  # between two batches: requests in flight keep their heads
+                clock.append(time.perf_counter())
                 check_free(model, states)
                 loaded = await asyncio.to_thread(add_heads, model, directory, manifest, states)
                 state.metadata["heads"].update({n: describe(manifest["heads"][n]) for n in loaded})
+                clock.append(time.perf_counter())
         except HeadkitError as e:  # nothing changed: the server answers as before
             status = 404 if isinstance(e, SaveNotFound) else 409 if isinstance(e, HeadClash) else 422
             return error(status, f"not loaded: {e}")
@@ -205,8 +211,10 @@ def _admin_routes(app: FastAPI, state: ServerState) -> None:
             logger.warning("loading heads from %s failed", request.save, exc_info=e)
             return error(422, f"not loaded: the save does not read ({type(e).__name__}: {e})")
         state.metrics.time_heads({n: model.heads[n] for n in loaded})
-        logger.info("loaded head(s) %s from %s", loaded, directory)
-        return {"loaded": loaded, "heads": state.metadata["heads"]}
+        steps = (round(b - a, 4) for a, b in itertools.pairwise(clock))
+        seconds = dict(zip(("read", "waited", "built"), steps, strict=True))
+        logger.info("loaded head(s) %s from %s (%s)", loaded, directory, seconds)
+        return {"loaded": loaded, "heads": state.metadata["heads"], "seconds": seconds}
 
     @app.delete("/admin/heads/{name}", responses={404: {}, 409: {}})
     async def unload_head(name: str) -> Any:
@@ -238,8 +246,6 @@ def _fault_route(app: FastAPI, state: ServerState) -> None:
 
 def _with_faults(run_batch: Any, faults: dict[str, float]) -> Any:
     def run(items: list, wanted: list[str] | None, options: int) -> list[dict[str, Any]]:
-        import time
-
         time.sleep(faults.pop("delay_s", 0.0))
         return run_batch(items, wanted, options)
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (0.05, 5.0)  # first and longest pause before a dead worker is started again
 PACE_SMOOTHING = 0.3  # weight of the newest batch in the seconds-per-text estimate
-ADMIT_FRACTION = 0.8  # queued work may fill this share of timeout_s; the rest is the request's own pass
+ADMIT_FRACTION = 0.5  # a request's expected wait may fill this share of timeout_s (the rest: noise in the pace)
 
 
 class Overloaded(Exception):
@@ -97,6 +97,7 @@ class Batcher:
         self.queued_texts = 0  # their texts (taken ones are in `held`)
         self.held: list[Job] = []  # jobs the worker has taken and not yet answered
         self.seconds_per_text: float | None = None  # measured pace, smoothed over batches
+        self.last_pace = 0.0  # the last batch's seconds per text
         self.busy_since: float | None = None  # when the batch in progress started
         self.restarts, self.last_failure, self.failing = 0, None, 0  # type: tuple[int, str | None, int]
         self.fail_next = False  # a fault injected for tests and benchmarks (app.py's fault route)
@@ -176,20 +177,21 @@ class Batcher:
 
     def admit(self, n_texts: int) -> None:
         """Raise `Overloaded` unless a request of `n_texts` may be queued: fewer than `max_queue`
-        requests wait, and the work ahead of it (queued and in progress) takes at most a share of
-        the timeout at the measured pace. An idle server takes any request (its own size is the
-        request limit's business; a request too slow for the timeout gets its 504)."""
+        requests wait, and its expected wait fits in a share of the timeout. The wait is the work
+        ahead of it (queued and in progress) plus its own pass, which may fill up to `max_texts`
+        with requests behind it, at the slower of the smoothed and the last batch's pace (a pace
+        that is getting worse counts at once). An idle server takes any request (its own size is
+        the request limit's business; a request too slow for the timeout gets its 504)."""
         if self.waiting >= self.max_queue:
             raise Overloaded(f"{self.waiting} requests are waiting (the limit)", self._drain_seconds())
         ahead = self.queued_texts + sum(len(j.items) for j in self.held)
-        if (
-            ahead
-            and self.seconds_per_text is not None
-            and ahead * self.seconds_per_text > ADMIT_FRACTION * self.timeout_s
-        ):
+        if not ahead or self.seconds_per_text is None:
+            return
+        wait = (ahead + self.max_texts) * max(self.seconds_per_text, self.last_pace)
+        if wait > ADMIT_FRACTION * self.timeout_s:
             raise Overloaded(
-                f"{ahead} texts are queued ahead, about {ahead * self.seconds_per_text:.1f} s of work; requests are "
-                f"answered within {self.timeout_s:g} s",
+                f"{ahead} texts are queued ahead, about {wait:.1f} s of work with this request's pass; requests "
+                f"are answered within {self.timeout_s:g} s",
                 self._drain_seconds(),
             )
 
@@ -290,7 +292,7 @@ class Batcher:
             job.future.set_result([{k: v for k, v in r.items() if k in job.heads or k == "truncated"} for r in part])
 
     def _measured(self, n_texts: int, seconds: float) -> None:
-        pace = seconds / max(n_texts, 1)
+        pace = self.last_pace = seconds / max(n_texts, 1)
         old = self.seconds_per_text
         self.seconds_per_text = pace if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * pace
         if self.on_batch is not None:

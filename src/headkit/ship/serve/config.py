@@ -41,8 +41,17 @@ class ServeAccess:
 
     api_key: str | None = field(default=None, repr=False)
     admin_key: str | None = field(default=None, repr=False)
-    heads_dir: Path | None = None
+    heads_dir: str | os.PathLike | None = None
     cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.heads_dir is not None:  # absolute, so a save's path can be checked to lie inside it
+            object.__setattr__(self, "heads_dir", Path(self.heads_dir).resolve())
+
+    @property
+    def heads_folder(self) -> Path | None:
+        """`heads_dir`, resolved."""
+        return None if self.heads_dir is None else Path(self.heads_dir)
 
     @classmethod
     def from_options(
@@ -56,6 +65,6 @@ class ServeAccess:
         return cls(
             api_key=api_key or os.environ.get(API_KEY_ENV) or None,
             admin_key=admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
-            heads_dir=Path(heads_dir).resolve() if heads_dir else None,
+            heads_dir=heads_dir or None,
             cors_origins=tuple(cors_origins),
         )
