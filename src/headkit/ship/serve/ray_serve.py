@@ -71,7 +71,10 @@ def run_replicas(app: Any, host: str, port: int) -> None:
     import ray
     from ray import serve
 
-    ray.init(include_dashboard=False, ignore_reinit_error=True)
+    options: dict[str, Any] = {}
+    if not os.environ.get("RAY_ADDRESS") and host in ("127.0.0.1", "localhost", "::1"):
+        options["_node_ip_address"] = "127.0.0.1"  # a local cluster for a loopback server: Ray's own ports too
+    ray.init(include_dashboard=False, ignore_reinit_error=True, **options)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="headkit", route_prefix="/", blocking=True)
