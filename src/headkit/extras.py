@@ -18,8 +18,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "gguf": ("gguf",),
     "timm": ("timm",),  # brings torchvision
-    "tensorboard": ("tensorboard",),
-    "ray": ("ray",),  # serve --replicas (Ray Serve)  # --report_to tensorboard (accelerate's tracker)
+    "tensorboard": ("tensorboard",),  # --report_to tensorboard (accelerate's tracker)
+    "ray": ("ray",),  # serve --replicas (Ray Serve)
 }
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -20,7 +21,9 @@ from fastapi.testclient import TestClient
 import headkit.ship.serve.answer
 import headkit.ship.serve.batcher
 import headkit.ship.serve.requests
+from headkit.errors import DataError
 from headkit.ship.serve import Batcher, Overloaded, ServeAccess, ServeLimits, WorkerFailure, load_app
+from headkit.ship.serve.batcher import BatchFailure
 
 from conftest import SERVED_HEADS
 
@@ -76,9 +79,9 @@ def test_keys_hold_under_a_path_prefix(saved_multihead):
         assert c.delete("/v1/admin/heads/topic", headers=_auth(ADMIN)).status_code == 200
 
 
-def test_a_made_up_method_is_a_405_and_never_a_metric(keyed):
+def test_a_made_up_method_is_a_501_and_never_a_metric(keyed):
     response = keyed.request("X0", "/predict", headers=_auth(KEY))
-    assert response.status_code == 405
+    assert response.status_code == 501
     assert 'method="X0"' not in keyed.get("/metrics", headers=_auth(KEY)).text
 
 
@@ -157,25 +160,63 @@ def test_a_full_queue_is_refused_at_once_with_retry_after():
 
 def test_work_queued_ahead_that_cannot_finish_in_time_is_refused_by_the_measured_pace():
     async def main():
-        batcher = _stopped_batcher(pace=0.1, timeout_s=2.0)  # passes of one text (max_texts 1); 1 s may wait
+        batcher = _stopped_batcher(pace=0.1, timeout_s=2.0)  # half the timeout, 1 s, may be waited
         batcher.admit(64)  # an idle server takes any request, however slow its last batch was
         first = asyncio.ensure_future(batcher.submit(["a"] * 6, None))
         await asyncio.sleep(0)
-        batcher.admit(64)  # 6 texts ahead + its own pass of 1 at 0.1 s: 0.7 s fits in half the timeout
-        second = asyncio.ensure_future(batcher.submit(["b"] * 4, None))
+        batcher.admit(3)  # 6 texts ahead and its own 3 at 0.1 s: 0.9 s
+        with pytest.raises(Overloaded):
+            batcher.admit(5)  # 1.1 s
+        second = asyncio.ensure_future(batcher.submit(["b"] * 2, None))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
-            batcher.admit(1)  # 10 ahead + 1: 1.1 s does not
-        assert "10 texts are queued ahead" in str(refused.value)
-        second.cancel()  # a request that gives up leaves the count at once
+            batcher.admit(3)
+        assert "8 texts are queued ahead" in str(refused.value)
+        second.cancel()  # a request that gives up is no longer work ahead
         await asyncio.sleep(0)
         assert batcher.waiting == 1 and batcher.queued_texts == 6
-        batcher.admit(1)
+        batcher.admit(3)
         batcher.last_pace = 0.2  # the last batch was slower than the smoothed pace: that counts
         with pytest.raises(Overloaded):
             batcher.admit(1)
+        batcher.last_pace, batcher.busy_since = 0.0, time.monotonic() - 1.5  # a batch that overruns
+        with pytest.raises(Overloaded, match=r"has run 1\.5 s"):
+            batcher.admit(1)
         first.cancel()
         await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_an_input_error_in_a_shared_pass_reaches_only_its_request():
+    def run_batch(items, heads, options):
+        if "too long" in items:
+            raise DataError("a prompt is too long for the model's context")
+        return [{"echo": item} for item in items]
+
+    async def main():
+        batcher = Batcher(run_batch, max_texts=64, wait_s=0)
+        jobs = [asyncio.ensure_future(batcher.submit([text], None)) for text in ("good", "too long", "fine")]
+        await asyncio.sleep(0)  # all three queued: the worker gathers them into one pass
+        batcher.start()
+        answers = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return answers, batcher.failing
+
+    answers, failing = asyncio.run(main())
+    assert answers[0] == [{"echo": "good"}] and answers[2] == [{"echo": "fine"}]
+    assert isinstance(answers[1], DataError) and failing == 0  # the request's fault, not the server's
+
+
+def test_a_call_that_answers_fewer_items_than_it_was_given_is_a_failure():
+    async def main():
+        batcher = Batcher(lambda items, heads, options: [{"h": 1}], max_texts=64, wait_s=0)
+        batcher.start()
+        try:
+            with pytest.raises(BatchFailure, match="1 answers for 2 items"):
+                await batcher.submit(["a", "b"], ["h"])
+        finally:
+            await batcher.stop()
 
     asyncio.run(main())
 
@@ -239,8 +280,8 @@ def test_a_failing_prediction_is_a_500_and_failing_ones_make_the_server_unhealth
     with TestClient(load_app(saved_multihead)) as c:
         monkeypatch.setattr(headkit.ship.serve.answer, "predict_texts", broken)
         response = c.post("/predict", json={"texts": ["good"]})
-        assert response.status_code == 500 and "RuntimeError: CUDA error" in response.json()["error"]
-        assert "Traceback" not in response.text and c.get("/health").status_code == 200  # one failure: alive
+        assert response.status_code == 500 and "the server log has the details under" in response.json()["error"]
+        assert "CUDA" not in response.text and c.get("/health").status_code == 200  # one failure: alive
         for _ in range(2):
             c.post("/predict", json={"texts": ["good"]})
         health = c.get("/health")  # three in a row: a broken device, which a restart of the pod may mend
@@ -293,15 +334,32 @@ def test_a_request_computes_only_the_heads_it_names(saved_multihead):
     assert calls == ["tags"]
 
 
-def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
+def _png(width: int, height: int) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (100, 60)).save(buffer, format="PNG")
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    images, problem = headkit.ship.serve.requests.decode_images([encoded], max_pixels=5_000)
-    assert images == [] and problem == "images[0] is 100x60 pixels; the limit is 5,000 pixels"
-    assert len(headkit.ship.serve.requests.decode_images([encoded], max_pixels=6_000)[0]) == 1
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_over_the_pixel_limit_are_refused_from_their_headers():
+    decode = headkit.ship.serve.requests.decode_images
+    whole = _png(100, 60)
+    header_only = whole[: whole.index(b"IDAT") + 8]  # its pixel data cut off: decoding it would fail
+    for data in (whole, header_only):  # refused before the pixels are read: the header is enough
+        images, problem = decode([base64.b64encode(data).decode()], max_pixels=5_000)
+        assert images == [] and problem.startswith("images[0] is 100x60 pixels, 6,000"), problem
+    cut = decode([base64.b64encode(header_only).decode()], max_pixels=10**6)[1]
+    assert "not a base64-encoded image" in cut  # had its pixels been read first, that is what it would say
+    two = [base64.b64encode(whole).decode()] * 2  # the limit is on the request's pixels in all
+    assert len(decode(two, max_pixels=12_000)[0]) == 2
+    assert decode(two, max_pixels=11_999)[1].startswith("images[1] is 100x60 pixels, 12,000 with the images")
+
+
+def test_only_plain_image_formats_are_opened():
+    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    images, problem = headkit.ship.serve.requests.decode_images([base64.b64encode(postscript).decode()])
+    assert images == [] and "is not a base64-encoded image file" in problem
 
 
 def test_images_are_decoded_off_the_event_loop(monkeypatch):
@@ -312,13 +370,13 @@ def test_images_are_decoded_off_the_event_loop(monkeypatch):
             asyncio.get_running_loop()
             seen.append("on the loop")
         except RuntimeError:
-            seen.append("on a thread")
+            seen.append(threading.current_thread().name.split("_")[0])
         return [], "stop here"
 
     monkeypatch.setattr(headkit.ship.serve.requests, "decode_images", decode)
     request = headkit.ship.serve.requests.PredictRequest(images=["aGk="])
     answer = asyncio.run(headkit.ship.serve.requests.read_items(request, ServeLimits(), True, ["h"], chat=False))
-    assert answer.status_code == 422 and seen == ["on a thread"]
+    assert answer.status_code == 422 and seen == ["decode"]  # on the decoding threads, not the loop's default ones
 
 
 # ----------------------------------------------------------------------------- drain on SIGTERM

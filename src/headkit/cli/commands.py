@@ -358,8 +358,10 @@ def serve(
     if replicas > 1:
         from headkit.ship.serve.ray_serve import application, run_replicas
 
+        if drain_s:
+            raise UsageError("--drain_s applies to one server; Ray Serve drains its replicas itself")
         app = application(run, replicas, engine=engine, limits=limits, access=access, device=device, dtype=dtype)
-        run_replicas(app, host=host, port=port)
+        run_replicas(app, host=host, port=port, timeout_s=timeout)
         return
     app = load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
     run_server(app, host=host, port=port, drain_s=drain_s)

@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from headkit.errors import HeadkitError
 from headkit.ship.serve.answer import answerer, generates
 from headkit.ship.serve.batcher import FAILING_BATCHES, Batcher, BatchFailure, HeadsGone, Overloaded, WorkerFailure
 from headkit.ship.serve.config import ServeAccess, ServeLimits
-from headkit.ship.serve.guards import KnownMethods, LimitBody, RequireKey
+from headkit.ship.serve.guards import KnownMethods, LimitBody, RequireKey, route_path
 from headkit.ship.serve.hotload import HeadClash, SaveNotFound, add_heads, check_free, describe, read_heads, save_in
 from headkit.ship.serve.metrics import ServeMetrics
 from headkit.ship.serve.requests import PredictRequest, PredictResponse, error, read_items, size_of
@@ -106,7 +107,7 @@ async def _invalid_request(request: Request, exc: Exception) -> Any:
         else:
             problems.append(f"{where or 'body'}: {err.get('msg')}")
     example = '{"texts": ["a text", ...], "heads": ["name", ...] (optional)}'
-    if request.url.path.startswith("/admin"):
+    if route_path(request.scope).startswith("/admin"):
         example = '{"save": "a folder in the heads folder", "heads": ["name", ...] (optional)}'
     return error(422, "; ".join(problems) + f". Expected {example}")
 
@@ -162,9 +163,10 @@ def _predict_route(app: FastAPI, state: ServerState) -> None:
             return error(504, f"the prediction took longer than {limits.timeout_s} s; retry with fewer texts")
         except HeadkitError as e:  # e.g. a prompt plus max_new_tokens beyond a causal LM's context
             return error(422, str(e))
-        except BatchFailure as e:  # the traceback goes to the log, not to the client
-            logger.error("prediction failed: %s", e, exc_info=e.__cause__)
-            return error(500, f"the prediction failed ({e}); the server log has the details")
+        except BatchFailure as e:  # the details go to the log, under an id the client is given
+            incident = uuid.uuid4().hex[:12]
+            logger.error("prediction failed [%s]: %s", incident, e, exc_info=e.__cause__)
+            return error(500, f"the prediction failed; the server log has the details under {incident}")
         return {"predictions": predictions}
 
 
@@ -201,7 +203,9 @@ def _admin_routes(app: FastAPI, state: ServerState) -> None:
             async with batcher.lock:  # between two batches: requests in flight keep their heads
                 clock.append(time.perf_counter())
                 check_free(model, states)
-                loaded = await asyncio.to_thread(add_heads, model, directory, manifest, states)
+                # on the loop, not a thread: the routes read model.heads (a few ms for a head;
+                # the weights were read above)
+                loaded = add_heads(model, directory, manifest, states)
                 state.metadata["heads"].update({n: describe(manifest["heads"][n]) for n in loaded})
                 clock.append(time.perf_counter())
         except HeadkitError as e:  # nothing changed: the server answers as before

@@ -177,28 +177,35 @@ class Batcher:
 
     def admit(self, n_texts: int) -> None:
         """Raise `Overloaded` unless a request of `n_texts` may be queued: fewer than `max_queue`
-        requests wait, and its expected wait fits in a share of the timeout. The wait is the work
-        ahead of it (queued and in progress) plus its own pass, which may fill up to `max_texts`
-        with requests behind it, at the slower of the smoothed and the last batch's pace (a pace
-        that is getting worse counts at once). An idle server takes any request (its own size is
-        the request limit's business; a request too slow for the timeout gets its 504)."""
+        requests wait, the batch in progress has not run past that share of the timeout, and the
+        texts ahead of it (queued and in progress, still wanted) and its own, at the slower of the
+        smoothed and the last batch's pace (a pace that is getting worse counts at once), take at
+        most a share of the timeout; the rest of the timeout absorbs a pace that varies. An idle
+        server takes any request (its size is the request limit's business)."""
         if self.waiting >= self.max_queue:
             raise Overloaded(f"{self.waiting} requests are waiting (the limit)", self._drain_seconds())
-        ahead = self.queued_texts + sum(len(j.items) for j in self.held)
+        budget = ADMIT_FRACTION * self.timeout_s
+        running = 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
+        if running > budget:  # a batch that overruns: whatever waits behind it would time out
+            raise Overloaded(f"the batch in progress has run {running:.1f} s", self._drain_seconds())
+        ahead = self._ahead()
         if not ahead or self.seconds_per_text is None:
             return
-        wait = (ahead + self.max_texts) * max(self.seconds_per_text, self.last_pace)
-        if wait > ADMIT_FRACTION * self.timeout_s:
+        wait = (ahead + n_texts) * max(self.seconds_per_text, self.last_pace)
+        if wait > budget:
             raise Overloaded(
-                f"{ahead} texts are queued ahead, about {wait:.1f} s of work with this request's pass; requests "
-                f"are answered within {self.timeout_s:g} s",
+                f"{ahead} texts are queued ahead, about {wait:.1f} s of work with this request's; requests are "
+                f"answered within {self.timeout_s:g} s",
                 self._drain_seconds(),
             )
 
+    def _ahead(self) -> int:
+        """Texts queued or in progress whose requests still wait for them."""
+        return self.queued_texts + sum(len(j.items) for j in self.held if not j.future.done())
+
     def _drain_seconds(self) -> int:
         """Whole seconds until the work queued now is done, at the measured pace (at least 1)."""
-        texts = self.queued_texts + sum(len(j.items) for j in self.held)
-        return max(1, math.ceil(texts * (self.seconds_per_text or 0.0)))
+        return max(1, math.ceil(self._ahead() * max(self.seconds_per_text or 0.0, self.last_pace)))
 
     async def submit(self, items: list[Any], heads: list[str] | None, options: int = 0) -> list[dict[str, Any]]:
         """Queue items (texts or (text, text_pair) tuples, or images) and wait for their answers;
@@ -253,23 +260,37 @@ class Batcher:
             self.held = []
 
     async def _run(self, jobs: list[Job], options: int) -> None:
+        """One prediction call for these jobs. An input error (a HeadkitError: a prompt too long
+        for the context, say) is one request's fault: the jobs of a failed shared call are run
+        again one by one, so only that request gets it. Any other error is the server's and
+        counts towards an unhealthy /health."""
         items = [item for job in jobs for item in job.items]
         everything = any(job.heads is None for job in jobs)
         wanted = None if everything else sorted({h for job in jobs for h in job.heads or []})
+        failure: Exception | None = None
         async with self.lock:
             self.busy_since = started = time.monotonic()
             try:
                 results = await asyncio.to_thread(self.run_batch, items, wanted, options)
-            except Exception as e:  # reported to every waiting request; the worker lives on
+                if len(results) != len(items):
+                    raise RuntimeError(f"{len(results)} answers for {len(items)} items")
+            except HeadkitError as e:
+                failure = e
+            except Exception as e:  # the worker lives on
                 self.failing += 1
-                failure = e if isinstance(e, HeadkitError) else BatchFailure(f"{type(e).__name__}: {e}")
+                failure = BatchFailure(f"{type(e).__name__}: {e}")
                 failure.__cause__ = e
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(failure)
-                return
             finally:
                 self.busy_since = None
+        if failure is not None:
+            if isinstance(failure, HeadkitError) and len(jobs) > 1:
+                for job in jobs:
+                    await self._run([job], options)
+                return
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            return
         self.failing = 0
         self._measured(len(items), time.monotonic() - started)
         start = 0
@@ -285,7 +306,7 @@ class Batcher:
         if job.heads is None:
             job.future.set_result(part)
             return
-        gone = sorted(set(job.heads) - set(part[0])) if part else []
+        gone = sorted({h for r in part for h in job.heads if h not in r})
         if gone:
             job.future.set_exception(HeadsGone(f"head(s) {gone} were unloaded while this request waited"))
         else:

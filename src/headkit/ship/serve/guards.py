@@ -5,7 +5,7 @@ FastAPI reads the body, and the body limit must count what is read, not what a h
   /admin; compared in constant time; a missing or wrong key is a 401 that never echoes it.
 - `LimitBody`: the request body is read here, counting its bytes, chunked or not; past the limit
   the reading stops and the answer is a 413; under it the body is handed on whole.
-- `KnownMethods`: a method no route has is a 405 before the metrics see it (a made-up method name
+- `KnownMethods`: a method no route has is a 501 before the metrics see it (a made-up method name
   would otherwise become a new series).
 Paths are judged without the prefix the app is mounted under (`route_path`).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 ASGIApp = Any  # starlette.types.ASGIApp; kept loose to avoid importing starlette's typing here
@@ -45,11 +46,13 @@ def same_key(given: bytes | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given, expected.encode())
 
 
-def route_path(scope: dict) -> str:
+def route_path(scope: MutableMapping[str, Any]) -> str:
     """The path the app routes on: without the prefix it is mounted under (`root_path`: a mount,
     uvicorn --root-path, a Ray Serve route prefix), which the raw path still carries."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root) :] or "/" if root and path.startswith(root) else path
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):  # as starlette's routing strips it
+        return path[len(root) :] or "/"
+    return path
 
 
 class RequireKey:
@@ -78,7 +81,8 @@ class RequireKey:
 
 
 class KnownMethods:
-    """405 for an HTTP method the server has no route for, before anything else counts it."""
+    """501 (RFC 9110: a method the server does not recognise) for a method no route has, before
+    anything else counts it; a known method on the wrong route is FastAPI's 405 with its Allow."""
 
     METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "OPTIONS"})
 
@@ -87,7 +91,7 @@ class KnownMethods:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in self.METHODS:
-            return await send_error(send, 405, f"method {scope['method'][:16]} is not served", {"allow": "GET, POST"})
+            return await send_error(send, 501, f"method {scope['method'][:16]} is not served")
         return await self.app(scope, receive, send)
 
 

@@ -2,7 +2,8 @@
 
 Each replica is a Ray actor that loads the model and builds the very app `headkit serve` runs
 (`load_app`), with its own worker, so request batching, the limits, the keys, /metrics and the
-admin routes hold per replica; Ray's proxy spreads requests over the replicas. The app is built
+admin routes hold per replica; Ray's proxy spreads requests over the replicas (so /metrics,
+through the proxy, is one replica's: scrape the replicas themselves for all of them). The app is built
 inside each replica (Serve's ingress takes a builder), so nothing large is pickled. A head loaded
 through /admin reaches the one replica that took the request: with replicas, add heads by
 redeploying instead. On a Ray cluster, `serve run headkit.ship.serve.ray_serve:app_builder
@@ -35,7 +36,9 @@ def application(
     from ray import serve
 
     run = os.path.abspath(run)
-    cpus = cpus_per_replica or max(1.0, (os.cpu_count() or 1) / replicas)
+    limits = limits or ServeLimits()
+    cpus = cpus_per_replica or (os.cpu_count() or 1) / replicas  # a share, so N replicas fit N-fold on the cores
+    actor = {"num_cpus": cpus, "num_gpus": 1 / replicas if device.startswith("cuda") else 0}
 
     def build() -> Any:  # runs in each replica
         import torch
@@ -45,7 +48,10 @@ def application(
         torch.set_num_threads(max(1, int(cpus)))
         return load_app(run, engine=engine, limits=limits, device=device, dtype=dtype, access=access)
 
-    @serve.deployment(name="headkit", num_replicas=replicas, ray_actor_options={"num_cpus": cpus})
+    # Ray would hold all but 5 requests per replica in its own unbounded queue: let the replica's
+    # batcher see up to its queue limit (it batches them and answers 429 beyond), and bound Ray's
+    @serve.deployment(name="headkit", num_replicas=replicas, ray_actor_options=actor,
+                      max_ongoing_requests=limits.max_queue, max_queued_requests=limits.max_queue)  # fmt: skip
     @serve.ingress(build)
     class HeadkitReplica:
         """One copy of the app; its routes are the app's."""
@@ -65,9 +71,10 @@ def app_builder(args: dict[str, str]) -> Any:
     )  # fmt: skip
 
 
-def run_replicas(app: Any, host: str, port: int) -> None:
+def run_replicas(app: Any, host: str, port: int, timeout_s: float = 30.0) -> None:
     """Start Ray on this machine (or join the cluster RAY_ADDRESS names), serve `app` on
-    host:port until interrupted, then shut the replicas down."""
+    host:port until interrupted, then shut the replicas down. Ray's proxy gives up on a request
+    after `timeout_s` plus a little (the replica answers 504 first)."""
     import ray
     from ray import serve
 
@@ -76,7 +83,7 @@ def run_replicas(app: Any, host: str, port: int) -> None:
         options["_node_ip_address"] = "127.0.0.1"  # a local cluster for a loopback server: Ray's own ports too
     ray.init(include_dashboard=False, ignore_reinit_error=True, **options)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": timeout_s + 5})
         serve.run(app, name="headkit", route_prefix="/", blocking=True)
     finally:
         serve.shutdown()

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from headkit.ship.serve.config import ServeLimits
 
-MAX_IMAGE_PIXELS = 40_000_000  # per image: refused above (PIL warns at 89M and refuses at 178M)
+MAX_IMAGE_PIXELS = 40_000_000  # per request (decoded as RGB: 120 MB); PIL itself warns at 89M per image
+IMAGE_FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 DECODING_THREADS = 2
 
 
@@ -46,23 +47,26 @@ class PredictRequest(BaseModel):
 
 def decode_images(items: list[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[list, str | None]:
     """PIL images from base64 strings, or an error naming the first bad item. Nothing is read
-    from disk: a path (or any text that is not base64 image bytes) is refused, and an image over
-    `max_pixels` is refused from its header, before its pixels are decoded (a few kB of PNG can
-    claim gigapixels)."""
+    from disk: a path (or any text that is not base64 image bytes) is refused; only the formats
+    in IMAGE_FORMATS are opened (never PostScript, which Pillow hands to Ghostscript); and a
+    request whose images hold more than `max_pixels` in all is refused from their headers,
+    before their pixels are decoded (a few kB of PNG can claim gigapixels)."""
     import base64
     import binascii
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    images = []
+    images, pixels = [], 0
     for i, item in enumerate(items):
         try:
             data = base64.b64decode(item, validate=True)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 width, height = image.size
-                if width * height > max_pixels:
-                    return [], f"images[{i}] is {width}x{height} pixels; the limit is {max_pixels:,} pixels"
+                pixels += width * height
+                if pixels > max_pixels:
+                    return [], (f"images[{i}] is {width}x{height} pixels, {pixels:,} with the images before it; the "
+                                f"limit is {max_pixels:,} pixels a request")  # fmt: skip
                 image.load()
                 images.append(image.convert("RGB"))
         except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):

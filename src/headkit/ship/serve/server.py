@@ -66,8 +66,11 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         state = getattr(getattr(self.config.app, "state", None), "server", None)
-        if state is None or state.draining or self.drain_s <= 0:
-            if state is not None and not state.draining:
+        if state is not None and state.draining:  # a second signal: stop now, whatever is in flight
+            self.force_exit = True
+            return super().handle_exit(sig, frame)
+        if state is None or self.drain_s <= 0:
+            if state is not None:
                 state.draining = True
                 logger.info("draining: answering the requests accepted, then stopping")
             return super().handle_exit(sig, frame)
