@@ -233,6 +233,18 @@ def test_stopping_fails_every_request_still_queued():
     asyncio.run(main())
 
 
+def test_a_full_server_sheds_requests_before_reading_their_bodies(small_body):
+    batcher = small_body.app.state.server.batcher
+    batcher.waiting = batcher.max_queue  # as if the queue were full
+    try:
+        response = small_body.post("/predict", content=b'{"texts": [', headers={"content-type": "application/json"})
+    finally:
+        batcher.waiting = 0
+    assert response.status_code == 429 and "requests are waiting" in response.json()["error"]  # not the JSON's 422
+    assert int(response.headers["retry-after"]) >= 1
+    assert small_body.get("/health").status_code == 200
+
+
 def test_overload_through_the_app_is_a_429_with_retry_after(saved_multihead, monkeypatch):
     real = headkit.ship.serve.answer.predict_texts
 

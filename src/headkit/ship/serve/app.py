@@ -23,7 +23,7 @@ from headkit.errors import HeadkitError
 from headkit.ship.serve.answer import answerer, generates
 from headkit.ship.serve.batcher import FAILING_BATCHES, Batcher, BatchFailure, HeadsGone, Overloaded, WorkerFailure
 from headkit.ship.serve.config import ServeAccess, ServeLimits
-from headkit.ship.serve.guards import KnownMethods, LimitBody, RequireKey, route_path
+from headkit.ship.serve.guards import KnownMethods, LimitBody, RequireKey, Shed, route_path
 from headkit.ship.serve.hotload import HeadClash, SaveNotFound, add_heads, check_free, describe, read_heads, save_in
 from headkit.ship.serve.metrics import ServeMetrics
 from headkit.ship.serve.requests import PredictRequest, PredictResponse, error, read_items, size_of
@@ -82,6 +82,7 @@ def create_app(
     app.state.server = state
     # outermost last: metrics count every answer, CORS answers preflights before the key is asked for
     app.add_middleware(LimitBody, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Shed, batcher=state.batcher)  # inside the key check: strangers learn nothing of the load
     app.add_middleware(RequireKey, api_key=access.api_key, admin_key=access.admin_key)
     if access.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],

@@ -98,6 +98,7 @@ class Batcher:
         self.held: list[Job] = []  # jobs the worker has taken and not yet answered
         self.seconds_per_text: float | None = None  # measured pace, smoothed over batches
         self.last_pace = 0.0  # the last batch's seconds per text
+        self.pass_texts = 0.0  # texts per prediction call, smoothed
         self.busy_since: float | None = None  # when the batch in progress started
         self.restarts, self.last_failure, self.failing = 0, None, 0  # type: tuple[int, str | None, int]
         self.fail_next = False  # a fault injected for tests and benchmarks (app.py's fault route)
@@ -178,10 +179,12 @@ class Batcher:
     def admit(self, n_texts: int) -> None:
         """Raise `Overloaded` unless a request of `n_texts` may be queued: fewer than `max_queue`
         requests wait, the batch in progress has not run past that share of the timeout, and the
-        texts ahead of it (queued and in progress, still wanted) and its own, at the slower of the
-        smoothed and the last batch's pace (a pace that is getting worse counts at once), take at
-        most a share of the timeout; the rest of the timeout absorbs a pace that varies. An idle
-        server takes any request (its size is the request limit's business)."""
+        texts ahead of it (queued and in progress, still wanted) and its own pass, at the slower
+        of the smoothed and the last batch's pace (a pace that is getting worse counts at once),
+        take at most a share of the timeout; the rest of the timeout absorbs a pace that varies.
+        Its own pass is as large as passes have lately been (requests behind it join it), or its
+        own texts if more. An idle server takes any request (its size is the request limit's
+        business)."""
         if self.waiting >= self.max_queue:
             raise Overloaded(f"{self.waiting} requests are waiting (the limit)", self._drain_seconds())
         budget = ADMIT_FRACTION * self.timeout_s
@@ -191,7 +194,7 @@ class Batcher:
         ahead = self._ahead()
         if not ahead or self.seconds_per_text is None:
             return
-        wait = (ahead + n_texts) * max(self.seconds_per_text, self.last_pace)
+        wait = (ahead + max(n_texts, self.pass_texts)) * max(self.seconds_per_text, self.last_pace)
         if wait > budget:
             raise Overloaded(
                 f"{ahead} texts are queued ahead, about {wait:.1f} s of work with this request's; requests are "
@@ -314,6 +317,7 @@ class Batcher:
 
     def _measured(self, n_texts: int, seconds: float) -> None:
         pace = self.last_pace = seconds / max(n_texts, 1)
+        self.pass_texts = (1 - PACE_SMOOTHING) * self.pass_texts + PACE_SMOOTHING * n_texts
         old = self.seconds_per_text
         self.seconds_per_text = pace if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * pace
         if self.on_batch is not None:

@@ -5,6 +5,7 @@ FastAPI reads the body, and the body limit must count what is read, not what a h
   /admin; compared in constant time; a missing or wrong key is a 401 that never echoes it.
 - `LimitBody`: the request body is read here, counting its bytes, chunked or not; past the limit
   the reading stops and the answer is a 413; under it the body is handed on whole.
+- `Shed`: while the queue would refuse any request, /predict is a 429 before its body is read.
 - `KnownMethods`: a method no route has is a 501 before the metrics see it (a made-up method name
   would otherwise become a new series).
 Paths are judged without the prefix the app is mounted under (`route_path`).
@@ -92,6 +93,25 @@ class KnownMethods:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in self.METHODS:
             return await send_error(send, 501, f"method {scope['method'][:16]} is not served")
+        return await self.app(scope, receive, send)
+
+
+class Shed:
+    """Load shedding at the door: while the batcher would refuse even a one-text request, a POST
+    to /predict gets its 429 here, before its body is read, parsed and validated. Under a flood
+    the refusals then cost little, and the worker keeps the CPU (and the GIL) for the requests it
+    took."""
+
+    def __init__(self, app: ASGIApp, batcher: Any):
+        self.app, self.batcher = app, batcher
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == "/predict":
+            try:
+                self.batcher.admit(1)
+            except Exception as e:  # Overloaded (imported here it would tie guards to the batcher)
+                retry = str(getattr(e, "retry_after", 1))
+                return await send_error(send, 429, f"the server is busy: {e}; retry later", {"retry-after": retry})
         return await self.app(scope, receive, send)
 
 
