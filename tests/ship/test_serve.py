@@ -1,13 +1,12 @@
 """The HTTP server through FastAPI's TestClient: every endpoint and every bad request."""
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from served import start_server, stop, wait_until_ready
 
 import headkit.ship.serve.answer
 from headkit.ship.predict import load_for_inference, predict_texts
@@ -145,29 +144,13 @@ def test_requests_for_different_generation_lengths_never_share_a_pass():
 
 
 def test_headkit_serve_command_answers_on_loopback(saved_multihead):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server, url = start_server(saved_multihead)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_ready(server, url)
         response = httpx.post(f"{url}/predict", json={"texts": ["good", "bad"]}, timeout=30)
         assert response.status_code == 200 and len(response.json()["predictions"]) == 2
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_a_gathered_batch_runs_in_passes_of_the_servers_count_and_token_limits(saved_multihead):

@@ -8,15 +8,13 @@ import io
 import os
 import pickle
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from served import start_server, stop, wait_until_ready
 
 import headkit.ship.serve.answer
 import headkit.ship.serve.batcher
@@ -394,28 +392,11 @@ def test_images_are_decoded_off_the_event_loop(monkeypatch):
 # ----------------------------------------------------------------------------- drain on SIGTERM
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_ready_turns_503_requests_accepted_are_answered_then_exit(saved_multihead):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HEADKIT_SERVE_FAULTS": "1"}
-    command = [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port), "--engine", "torch",
-               "--drain_s", "1.5"]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, url = start_server(saved_multihead, "--engine", "torch", "--drain_s", "1.5", env=env)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server never became ready")
+        wait_until_ready(server, url)
         httpx.post(f"{url}/debug/faults", json={"delay_s": 2.0}, timeout=5)  # the next batch takes 2 s
         with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one thread free for the late request
             pending = [pool.submit(httpx.post, f"{url}/predict", json={"texts": [f"good {i}"]}, timeout=30)
@@ -433,6 +414,4 @@ def test_sigterm_drains_ready_turns_503_requests_accepted_are_answered_then_exit
         with pytest.raises(httpx.TransportError):  # after the delay: connections are refused
             httpx.post(f"{url}/predict", json={"texts": ["late"]}, timeout=2)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=30)
+        stop(server)

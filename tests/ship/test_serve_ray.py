@@ -2,44 +2,26 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import httpx
 import pytest
+from served import start_server, stop, wait_until_ready
 
 from conftest import SERVED_HEADS
 
 pytestmark = pytest.mark.xdist_group("ray")  # one local Ray cluster at a time
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_replicas_answer_every_head_behind_the_key(saved_multihead):
-    port, ray_dir = _free_port(), tempfile.mkdtemp(prefix="ray")  # Ray's socket paths must stay under 108 bytes
-    url = f"http://127.0.0.1:{port}"
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # Ray's socket paths must stay under 108 bytes
     env = {"HEADKIT_API_KEY": "k", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_dir}
-    command = [sys.executable, "-m", "headkit", "serve", str(saved_multihead), "--port", str(port),
-               "--replicas", "2", "--engine", "torch", "--device", "cpu"]  # fmt: skip
-    server = subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    options = ("--replicas", "2", "--engine", "torch", "--device", "cpu")
+    server, url = start_server(saved_multihead, *options, env={**os.environ, **env})
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read()[-3000:]
-            time.sleep(0.1)
+        wait_until_ready(server, url, seconds=180)
         assert httpx.post(f"{url}/predict", json={"texts": ["good"]}, timeout=30).status_code == 401
         auth = {"authorization": "Bearer k"}
         answers = [httpx.post(f"{url}/predict", json={"texts": ["good", f"bad {i}"]}, headers=auth, timeout=30)
@@ -53,9 +35,5 @@ def test_two_replicas_answer_every_head_behind_the_key(saved_multihead):
         )  # fmt: skip
         assert "'RUNNING': 2" in status.stdout, status.stderr[-2000:]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         shutil.rmtree(ray_dir, ignore_errors=True)
