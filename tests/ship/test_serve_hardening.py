@@ -187,7 +187,10 @@ def test_work_queued_ahead_that_cannot_finish_in_time_is_refused_by_the_measured
 
 
 def test_an_input_error_in_a_shared_pass_reaches_only_its_request():
+    calls = []
+
     def run_batch(items, heads, options):
+        calls.append(list(items))
         if "too long" in items:
             raise DataError("a prompt is too long for the model's context")
         return [{"echo": item} for item in items]
@@ -203,6 +206,7 @@ def test_an_input_error_in_a_shared_pass_reaches_only_its_request():
 
     answers, failing = asyncio.run(main())
     assert answers[0] == [{"echo": "good"}] and answers[2] == [{"echo": "fine"}]
+    assert calls == [["good", "too long", "fine"], ["good"], ["too long", "fine"], ["too long"], ["fine"]]
     assert isinstance(answers[1], DataError) and failing == 0  # the request's fault, not the server's
 
 
@@ -367,8 +371,8 @@ def test_images_over_the_pixel_limit_are_refused_from_their_headers():
 
 
 def test_only_plain_image_formats_are_opened():
-    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-    images, problem = headkit.ship.serve.requests.decode_images([base64.b64encode(postscript).decode()])
+    portable_pixmap = b"P6\n1 1\n255\n\x00\x00\x00"  # Pillow decodes it by itself; not on the list, so refused
+    images, problem = headkit.ship.serve.requests.decode_images([base64.b64encode(portable_pixmap).decode()])
     assert images == [] and "is not a base64-encoded image file" in problem
 
 

@@ -265,8 +265,8 @@ class Batcher:
     async def _run(self, jobs: list[Job], options: int) -> None:
         """One prediction call for these jobs. An input error (a HeadkitError: a prompt too long
         for the context, say) is one request's fault: the jobs of a failed shared call are run
-        again one by one, so only that request gets it. Any other error is the server's and
-        counts towards an unhealthy /health."""
+        again in halves until the request it came from is alone, so only that request gets it.
+        Any other error is the server's and counts towards an unhealthy /health."""
         items = [item for job in jobs for item in job.items]
         everything = any(job.heads is None for job in jobs)
         wanted = None if everything else sorted({h for job in jobs for h in job.heads or []})
@@ -286,9 +286,10 @@ class Batcher:
             finally:
                 self.busy_since = None
         if failure is not None:
-            if isinstance(failure, HeadkitError) and len(jobs) > 1:
-                for job in jobs:
-                    await self._run([job], options)
+            live = [job for job in jobs if not job.future.done()]  # those that gave up are not run again
+            if isinstance(failure, HeadkitError) and len(live) > 1:  # halves: one bad request costs log2(N) calls
+                await self._run(live[: len(live) // 2], options)
+                await self._run(live[len(live) // 2 :], options)
                 return
             for job in jobs:
                 if not job.future.done():
@@ -317,7 +318,8 @@ class Batcher:
 
     def _measured(self, n_texts: int, seconds: float) -> None:
         pace = self.last_pace = seconds / max(n_texts, 1)
-        self.pass_texts = (1 - PACE_SMOOTHING) * self.pass_texts + PACE_SMOOTHING * n_texts
+        first = self.seconds_per_text is None  # the first pass is taken as it is, not blended with nothing
+        self.pass_texts = n_texts if first else (1 - PACE_SMOOTHING) * self.pass_texts + PACE_SMOOTHING * n_texts
         old = self.seconds_per_text
         self.seconds_per_text = pace if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * pace
         if self.on_batch is not None:

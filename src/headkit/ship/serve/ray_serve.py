@@ -38,7 +38,10 @@ def application(
     run = os.path.abspath(run)
     limits = limits or ServeLimits()
     cpus = cpus_per_replica or (os.cpu_count() or 1) / replicas  # a share, so N replicas fit N-fold on the cores
-    actor = {"num_cpus": cpus, "num_gpus": 1 / replicas if device.startswith("cuda") else 0}
+    from headkit.devices import pick_device
+
+    on_gpu = pick_device(device).type == "cuda"  # "auto" too: a GPU the driver sees is shared out, not taken by each
+    actor = {"num_cpus": cpus, "num_gpus": 1 / replicas if on_gpu else 0}
 
     def build() -> Any:  # runs in each replica
         import torch
