@@ -16,6 +16,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from headkit.data.images import is_image_processor
@@ -51,6 +52,11 @@ class ServerState:
     def head_names(self) -> list[str]:
         return list(self.metadata["heads"])
 
+    @property
+    def torch_heads(self) -> bool:
+        """Whether the heads are torch modules (timed, and changed by /admin): not an ONNX graph or a chat model."""
+        return isinstance(getattr(self.model, "heads", None), torch.nn.ModuleDict)
+
 
 def create_app(
     model, processor, metadata: dict[str, Any], limits: ServeLimits | None = None, access: ServeAccess | None = None
@@ -62,7 +68,8 @@ def create_app(
         model.eval().requires_grad_(False)  # read-only: nothing in serving can change a weight
     state = ServerState(model, processor, metadata, limits, access)
     run_batch = answerer(model, processor, state.head_names, limits)
-    if os.environ.get(FAULTS_ENV) == "1":
+    faults = os.environ.get(FAULTS_ENV) == "1"
+    if faults:
         run_batch = _with_faults(run_batch, state.faults)
     state.batcher = Batcher(
         run_batch, limits.max_batch_texts, limits.batch_wait_ms / 1000, limits.max_queue, limits.timeout_s,
@@ -71,7 +78,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
+        if state.torch_heads:
             state.metrics.time_heads(model.heads)
         state.batcher.start()
         yield
@@ -94,7 +101,7 @@ def create_app(
     _predict_route(app, state)
     if access.admin_key is not None:
         _admin_routes(app, state)
-    if os.environ.get(FAULTS_ENV) == "1":
+    if faults:
         _fault_route(app, state)
     return app
 
@@ -155,7 +162,7 @@ def _predict_route(app: FastAPI, state: ServerState) -> None:
             # only generation lengths keep requests apart
             predictions = await asyncio.wait_for(batcher.submit(items, request.heads, options), limits.timeout_s)
         except Overloaded as e:
-            return error(429, f"the server is busy: {e}; retry later", {"retry-after": str(e.retry_after)})
+            return error(*e.answer())
         except WorkerFailure as e:
             return error(503, str(e), {"retry-after": "1"})
         except HeadsGone as e:
@@ -184,7 +191,7 @@ def _admin_routes(app: FastAPI, state: ServerState) -> None:
     model, batcher = state.model, state.batcher
 
     def refusal(loading: bool) -> Any:
-        if not isinstance(getattr(model, "heads", None), torch.nn.ModuleDict):
+        if not state.torch_heads:
             engine = state.metadata["engine"]
             return error(409, f"heads can be changed on a torch engine only; this server runs {engine}")
         if loading and state.access.heads_folder is None:
@@ -257,7 +264,5 @@ def _with_faults(run_batch: Any, faults: dict[str, float]) -> Any:
     return run
 
 
-def _json(status: int, content: dict[str, Any]) -> Any:
-    from fastapi.responses import JSONResponse
-
+def _json(status: int, content: dict[str, Any]) -> JSONResponse:
     return JSONResponse(status_code=status, content=content)

@@ -4,9 +4,9 @@ cannot finish in time, and is restarted when it dies.
 Requests wait in a queue; the worker takes everything waiting (up to `max_texts`, waiting at most
 `wait_s` for more) and predicts it in one call on a thread, so concurrent clients share forward
 passes instead of contending for the CPU/GPU. Admission is decided when a request arrives: more
-than `max_queue` requests waiting, or more queued texts than the worker gets through in
-`timeout_s` at the pace it has been measured at, is `Overloaded` (HTTP 429 with Retry-After) at
-once, instead of a 504 after a wait that was bound to fail. A request that gives up (its 504)
+than `max_queue` requests waiting, or more work ahead of it than the worker gets through in half
+of `timeout_s` at the pace it has been measured at (`admit`), is `Overloaded` (HTTP 429 with
+Retry-After) at once, instead of a 504 after a wait that was bound to fail. A request that gives up (its 504)
 leaves the count at once, though its job stays in the queue until the worker skips it.
 
 A supervisor runs the worker. If the worker dies (anything outside `run_batch`, whose own errors
@@ -40,6 +40,10 @@ class Overloaded(Exception):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+    def answer(self) -> tuple[int, str, dict[str, str]]:
+        """The HTTP status, message and headers a refused request gets (at the door or in the route)."""
+        return 429, f"the server is busy: {self}; retry later", {"retry-after": str(self.retry_after)}
 
 
 class WorkerFailure(RuntimeError):
@@ -98,7 +102,7 @@ class Batcher:
         self.held: list[Job] = []  # jobs the worker has taken and not yet answered
         self.seconds_per_text: float | None = None  # measured pace, smoothed over batches
         self.last_pace = 0.0  # the last batch's seconds per text
-        self.pass_texts = 0.0  # texts per prediction call, smoothed
+        self.pass_texts: float | None = None  # texts per prediction call, smoothed
         self.busy_since: float | None = None  # when the batch in progress started
         self.restarts, self.last_failure, self.failing = 0, None, 0  # type: tuple[int, str | None, int]
         self.fail_next = False  # a fault injected for tests and benchmarks (app.py's fault route)
@@ -194,7 +198,7 @@ class Batcher:
         ahead = self._ahead()
         if not ahead or self.seconds_per_text is None:
             return
-        wait = (ahead + max(n_texts, self.pass_texts)) * max(self.seconds_per_text, self.last_pace)
+        wait = (ahead + max(n_texts, self.pass_texts or 0)) * max(self.seconds_per_text, self.last_pace)
         if wait > budget:
             raise Overloaded(
                 f"{ahead} texts are queued ahead, about {wait:.1f} s of work with this request's; requests are "
@@ -317,10 +321,13 @@ class Batcher:
             job.future.set_result([{k: v for k, v in r.items() if k in job.heads or k == "truncated"} for r in part])
 
     def _measured(self, n_texts: int, seconds: float) -> None:
-        pace = self.last_pace = seconds / max(n_texts, 1)
-        first = self.seconds_per_text is None  # the first pass is taken as it is, not blended with nothing
-        self.pass_texts = n_texts if first else (1 - PACE_SMOOTHING) * self.pass_texts + PACE_SMOOTHING * n_texts
-        old = self.seconds_per_text
-        self.seconds_per_text = pace if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * pace
+        self.last_pace = seconds / max(n_texts, 1)
+        self.pass_texts = _smoothed(self.pass_texts, n_texts)
+        self.seconds_per_text = _smoothed(self.seconds_per_text, self.last_pace)
         if self.on_batch is not None:
             self.on_batch(n_texts, seconds)
+
+
+def _smoothed(old: float | None, new: float) -> float:
+    """An exponential moving average; the first value is taken as it is, not blended with nothing."""
+    return new if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * new

@@ -18,6 +18,8 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
+from headkit.ship.serve.batcher import Batcher, Overloaded
+
 ASGIApp = Any  # starlette.types.ASGIApp; kept loose to avoid importing starlette's typing here
 
 PROBES = ("/health", "/ready")
@@ -102,16 +104,15 @@ class Shed:
     the refusals then cost little, and the worker keeps the CPU (and the GIL) for the requests it
     took."""
 
-    def __init__(self, app: ASGIApp, batcher: Any):
+    def __init__(self, app: ASGIApp, batcher: Batcher):
         self.app, self.batcher = app, batcher
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == "/predict":
             try:
                 self.batcher.admit(1)
-            except Exception as e:  # Overloaded (imported here it would tie guards to the batcher)
-                retry = str(getattr(e, "retry_after", 1))
-                return await send_error(send, 429, f"the server is busy: {e}; retry later", {"retry-after": retry})
+            except Overloaded as e:
+                return await send_error(send, *e.answer())
         return await self.app(scope, receive, send)
 
 

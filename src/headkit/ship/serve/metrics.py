@@ -74,10 +74,11 @@ class ServeMetrics:
     def forget_head(self, name: str) -> None:
         """An unloaded head: its wrappers and its series go."""
         head = self._timed.pop(name, None)
-        for method in TIMED_METHODS if head is not None else ():
+        if head is None:
+            return
+        for method in TIMED_METHODS:
             head.__dict__.pop(method, None)
-        if head is not None:
-            self.head_seconds.remove(name)
+        self.head_seconds.remove(name)
 
     def untime_heads(self) -> None:
         for name in list(self._timed):

@@ -3,8 +3,8 @@
 Each replica is a Ray actor that loads the model and builds the very app `headkit serve` runs
 (`load_app`), with its own worker, so request batching, the limits, the keys, /metrics and the
 admin routes hold per replica; Ray's proxy spreads requests over the replicas (so /metrics,
-through the proxy, is one replica's: scrape the replicas themselves for all of them). The app is built
-inside each replica (Serve's ingress takes a builder), so nothing large is pickled. A head loaded
+through the proxy, is one replica's: scrape the replicas themselves for all of them). The app is
+built inside each replica (Serve's ingress takes a builder), so nothing large is pickled. A head loaded
 through /admin reaches the one replica that took the request: with replicas, add heads by
 redeploying instead. On a Ray cluster, `serve run headkit.ship.serve.ray_serve:app_builder
 run=RUN replicas=N` deploys it from the command line (the run must be readable on every node).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from headkit.devices import pick_device
 from headkit.extras import require
 from headkit.ship.serve.config import ServeAccess, ServeLimits
 
@@ -38,8 +39,6 @@ def application(
     run = os.path.abspath(run)
     limits = limits or ServeLimits()
     cpus = cpus_per_replica or (os.cpu_count() or 1) / replicas  # a share, so N replicas fit N-fold on the cores
-    from headkit.devices import pick_device
-
     on_gpu = pick_device(device).type == "cuda"  # "auto" too: a GPU the driver sees is shared out, not taken by each
     actor = {"num_cpus": cpus, "num_gpus": 1 / replicas if on_gpu else 0}
 

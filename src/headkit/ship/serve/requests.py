@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -79,16 +80,12 @@ def size_of(request: PredictRequest) -> int:
     return len(request.texts or request.images or [])
 
 
-_decoding: concurrent.futures.ThreadPoolExecutor | None = None
-
-
+@functools.cache
 def _decoder() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads of their own for image decoding: the default pool also runs the prediction calls,
-    and two decoding at once keep a burst of large images from holding more memory than that."""
-    global _decoding
-    if _decoding is None:
-        _decoding = concurrent.futures.ThreadPoolExecutor(max_workers=DECODING_THREADS, thread_name_prefix="decode")
-    return _decoding
+    """Threads of their own for image decoding (made once): the default pool also runs the
+    prediction calls, and two decoding at once keep a burst of large images from holding more
+    memory than that."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=DECODING_THREADS, thread_name_prefix="decode")
 
 
 class PredictResponse(BaseModel):

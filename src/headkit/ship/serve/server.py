@@ -56,7 +56,7 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain. On SIGTERM (or Ctrl-C) /ready turns 503 (`draining`) at once;
     the server goes on answering for `drain_s` seconds, so a load balancer that polls /ready takes
     it out of rotation before connections are refused (Kubernetes: give the pod a
-    terminationGracePeriodSeconds above drain_s + the request timeout); then uvicorn stops
+    terminationGracePeriodSeconds a few seconds above drain_s + the request timeout); then uvicorn stops
     accepting connections, answers the requests it has accepted (for at most the request timeout)
     and the app's worker stops. A second signal stops at once."""
 
@@ -66,15 +66,15 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         state = getattr(getattr(self.config.app, "state", None), "server", None)
-        if state is not None and state.draining:  # a second signal: stop now, whatever is in flight
+        if state is None:  # not a headkit app: uvicorn's own handling
+            return super().handle_exit(sig, frame)
+        if state.draining:  # a second signal: stop now, whatever is in flight
             self.force_exit = True
             return super().handle_exit(sig, frame)
-        if state is None or self.drain_s <= 0:
-            if state is not None:
-                state.draining = True
-                logger.info("draining: answering the requests accepted, then stopping")
-            return super().handle_exit(sig, frame)
         state.draining = True
+        if self.drain_s <= 0:
+            logger.info("draining: answering the requests accepted, then stopping")
+            return super().handle_exit(sig, frame)
         self._captured_signals.append(sig)  # as uvicorn's own handler: raised again once stopped
         self.stop_at = time.monotonic() + self.drain_s
         logger.info("draining: /ready says so; still answering for %g s, then stopping", self.drain_s)
