@@ -14,6 +14,22 @@ from conftest import SERVED_HEADS
 
 pytestmark = pytest.mark.xdist_group("ray")  # one local Ray cluster at a time
 
+# Prints the replica states once both replicas run, or the last states seen after 200 s (a replica
+# starts a fresh Python, torch and the model: on a busy 2-core machine that takes a while).
+WAIT_FOR_REPLICAS = """
+import time
+import ray
+from ray import serve
+ray.init(address="auto")
+deadline = time.monotonic() + 200
+while True:
+    states = serve.status().applications["headkit"].deployments["headkit"].replica_states
+    if states.get("RUNNING") == 2 or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(dict(states))
+"""
+
 
 def test_two_replicas_answer_every_head_behind_the_key(saved_multihead):
     ray_dir = tempfile.mkdtemp(prefix="ray")  # Ray's socket paths must stay under 108 bytes
@@ -21,19 +37,16 @@ def test_two_replicas_answer_every_head_behind_the_key(saved_multihead):
     options = ("--replicas", "2", "--engine", "torch", "--device", "cpu")
     server, url = start_server(saved_multihead, *options, env={**os.environ, **env})
     try:
-        wait_until_ready(server, url, seconds=180)
+        wait_until_ready(server, url, seconds=180)  # the proxy answers once one replica runs
+        states = subprocess.run([sys.executable, "-c", WAIT_FOR_REPLICAS], env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=240)  # fmt: skip
+        assert "'RUNNING': 2" in states.stdout, (states.stdout, states.stderr[-2000:])
         assert httpx.post(f"{url}/predict", json={"texts": ["good"]}, timeout=30).status_code == 401
         auth = {"authorization": "Bearer k"}
         answers = [httpx.post(f"{url}/predict", json={"texts": ["good", f"bad {i}"]}, headers=auth, timeout=30)
                    for i in range(8)]  # fmt: skip
         assert [a.status_code for a in answers] == [200] * 8
         assert all(set(p) >= set(SERVED_HEADS) for a in answers for p in a.json()["predictions"])
-        status = subprocess.run(
-            [sys.executable, "-c", "from ray import serve; import ray; ray.init(address='auto');"
-             "print(serve.status().applications['headkit'].deployments['headkit'].replica_states)"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert "'RUNNING': 2" in status.stdout, status.stderr[-2000:]
     finally:
         stop(server)
         shutil.rmtree(ray_dir, ignore_errors=True)
