@@ -1,10 +1,14 @@
 """`headkit serve --replicas N`: the same app in N Ray Serve replicas, on a local Ray cluster (loopback only)."""
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -49,4 +53,26 @@ def test_two_replicas_answer_every_head_behind_the_key(saved_multihead):
         assert all(set(p) >= set(SERVED_HEADS) for a in answers for p in a.json()["predictions"])
     finally:
         stop(server)
+        end_ray_processes(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def end_ray_processes(ray_dir: str, seconds: float = 10) -> None:
+    """Kills what is left of the Ray cluster the server started (processes with a file open under
+    its folder) after `seconds`. Ray's agents end when they see their raylet gone, but where PID 1
+    does not reap orphans (containers) the raylet stays a zombie and they wait for it forever."""
+    deadline = time.monotonic() + seconds
+    while (left := processes_using(ray_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def processes_using(folder: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours
+            if any(os.readlink(fd).startswith(folder) for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+    return pids
