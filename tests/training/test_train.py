@@ -64,6 +64,39 @@ def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_pa
     assert "reused from cache" in capsys.readouterr().err
 
 
+def test_a_frozen_runs_backbone_reads_each_example_once_and_its_final_scores_match_a_live_pass(
+    tiny_text_model, data_file, tmp_path, monkeypatch
+):
+    """The cache pass is the only backbone pass of a frozen run: the final validation reads the
+    cached features (the backbone never trained), and scores as a pass through the backbone does."""
+    from headkit.adapter import BackboneAdapter
+    from headkit.training import finish
+
+    monkeypatch.setenv("HEADKIT_CACHE", str(tmp_path / "cache"))
+    read, live = [], {}
+    forward_features = BackboneAdapter.forward_features
+
+    def counted(self, inputs, *args, **kwargs):
+        read.append(len(inputs["input_ids"]))
+        return forward_features(self, inputs, *args, **kwargs)
+
+    evaluate = finish.evaluate
+
+    def final_evaluation(model, data, pad_id, batch_size, cache=None, **kwargs):
+        live["cached"] = cache is not None
+        counting = len(read)
+        live["scores"] = evaluate(model, data, pad_id, batch_size, None, **kwargs).scores  # through the backbone
+        del read[counting:]
+        return evaluate(model, data, pad_id, batch_size, cache, **kwargs)
+
+    monkeypatch.setattr(BackboneAdapter, "forward_features", counted)
+    monkeypatch.setattr(finish, "evaluate", final_evaluation)
+    result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen", epochs=3))
+    assert sum(read) == 48 and live["cached"]  # 36 training + 12 validation examples, once each
+    for head, scores in result.metrics["heads"].items():
+        assert scores == pytest.approx(live["scores"][head], abs=1e-5), head
+
+
 def test_partial_freezes_embeddings_and_bottom_layers(tiny_text_model, data_file, tmp_path):
     result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="partial:1"))
     diff = changed(backbone_state(tiny_text_model), result.model.backbone.state_dict())

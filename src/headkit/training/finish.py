@@ -18,6 +18,7 @@ from headkit.model import MultiHeadModel
 from headkit.ship.save import save
 from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
+from headkit.training.features import FeatureCache
 from headkit.training.null_threshold import settle_null_thresholds
 from headkit.training.report import chance_notes, print_summary, write_report
 from headkit.training.state import TrainResult, TrainState
@@ -37,15 +38,17 @@ def finish_run(
     best_epoch: int | None,
     main: bool = True,
     make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    val_cache: FeatureCache | None = None,
 ) -> TrainResult:
-    """Score the final model on the validation split, save it, and write the report."""
+    """Score the final model on the validation split (on `val_cache`, the backbone's features for
+    it, where the run kept them), save it, and write the report."""
     run = Path(config.output_dir)
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
     assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
     null_thresholds = settle_null_thresholds(model, processor, data, config)
     if len(data.val):
-        evaluation = evaluate(model, data.val, pad_id, config.batch_size, make_batch=make_eval_batch)
+        evaluation = evaluate(model, data.val, pad_id, config.batch_size, val_cache, make_batch=make_eval_batch)
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
         if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)

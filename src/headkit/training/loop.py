@@ -114,10 +114,15 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
+    # a backbone no phase trained gives the features cached for validation: the final scores
+    # read them instead of running the backbone over the validation split again
+    val_cache = None if state.backbone_modified else run.caches.get("val")
     # the final scores in the run's mixed precision: when only a cached phase ran, accelerate
-    # wrapped just the heads, and the backbone's final validation pass would run in fp32
+    # wrapped just the heads, and the heads (or a backbone pass) would run in fp32
     with run.accelerator.autocast():
-        return finish_run(config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch)
+        return finish_run(
+            config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch, val_cache
+        )
 
 
 # ----------------------------------------------------------------------------- setup

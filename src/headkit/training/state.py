@@ -53,7 +53,9 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific results (few-shot timings)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, not copied: the checkpoint writes them as JSON at once (`dataclasses.asdict`
+        deep-copied the growing per-step losses at every checkpoint)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
