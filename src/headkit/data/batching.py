@@ -311,29 +311,25 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 def collate(
-    examples: list[dict[str, Any]], pad_id: int, head_types: dict[str, str], widths: dict[str, int]
+    examples: list[dict[str, Any]],
+    pad_id: int,
+    head_types: dict[str, str],
+    widths: dict[str, int],
+    inputs: bool = True,
 ) -> dict[str, Any]:
     """Pad a list of examples to the longest one in the batch (dynamic padding); stack images.
 
-    A batch of B preference pairs has 2B rows of inputs (chosen, then rejected) and B of labels."""
+    A batch of B preference pairs has 2B rows of inputs (chosen, then rejected) and B of labels.
+    `inputs` False: the labels (and index) alone, for a phase that reads cached features (building
+    and padding inputs no backbone reads cost a frozen run more than its heads' steps)."""
     if "pixel_values" in examples[0]:
         length = 0
-        batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+        batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])} if inputs else {}
     else:
         # preference pairs: the B chosen texts, then the B rejected ones (reward heads split the halves)
         sequences = [e["input_ids"] for e in examples] + [e["pair_ids"] for e in examples if "pair_ids" in e]
         length = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for i, ids in enumerate(sequences):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in examples[0]:  # sentence pairs: segment ids on the same positions, padding 0
-            token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
-            for i, e in enumerate(examples):
-                token_type_ids[i, : len(e["token_type_ids"])] = torch.tensor(e["token_type_ids"])
-            batch["token_type_ids"] = token_type_ids
+        batch = _padded(examples, sequences, length, pad_id) if inputs else {}
     labels = {
         head: head_class(kind).codec.collate([e["labels"].get(head) for e in examples], length, widths.get(head, 0))
         for head, kind in head_types.items()
@@ -341,6 +337,22 @@ def collate(
     if "index" not in examples[0]:  # transformers.Trainer drops what forward does not name
         return {**batch, "labels": labels}
     return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
+
+
+def _padded(examples: list[dict[str, Any]], sequences: list[list[int]], length: int, pad_id: int) -> dict[str, Any]:
+    """Token ids padded to `length` on the right, their attention mask and, for sentence pairs, segment ids."""
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in examples[0]:  # sentence pairs: segment ids on the same positions, padding 0
+        token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
+        for i, e in enumerate(examples):
+            token_type_ids[i, : len(e["token_type_ids"])] = torch.tensor(e["token_type_ids"])
+        batch["token_type_ids"] = token_type_ids
+    return batch
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "pixel_values", "input_values")

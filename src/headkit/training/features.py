@@ -86,10 +86,9 @@ class FeatureCache:
                 torch.ones(len(rows), 1, dtype=torch.long), pooled={m: v[rows] for m, v in self.pooled.items()}
             )
         pooled = {m: v[indices] for m, v in self.pooled.items()}
-        lengths = (self.offsets[indices + 1] - self.offsets[indices]).tolist()
-        mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-        for i, n in enumerate(lengths):
-            mask[i, :n] = 1
+        sizes = self.offsets[indices + 1] - self.offsets[indices]
+        lengths = sizes.tolist()
+        mask = (torch.arange(max(lengths)) < sizes[:, None]).long()
         if not self.tokens:
             return Features(mask, pooled=pooled)
         hidden = {}

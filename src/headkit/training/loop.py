@@ -166,8 +166,10 @@ def setup(
             "in all; rank 0 writes the run directory"
         )
     pad_id = getattr(processor, "pad_token_id", None) or 0  # image processors have none
+    cached_batch = None  # a recipe's own batches (masking, ...) are its business in cached phases too
     if make_batch is None:
         make_batch = functools.partial(collate, pad_id=pad_id, head_types=data.head_types, widths=data.widths)
+        cached_batch = functools.partial(make_batch, inputs=False)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model.backbone, strategy)
     if strategy.adapters:
@@ -175,7 +177,10 @@ def setup(
         model.backbone = apply_lora(  # type: ignore[misc]  # MultiHeadModel.__setattr__ hands it to the adapter
             model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets
         )
-    run = Run(config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch)
+    run = Run(
+        config, strategy, accelerator, model, data, Path(config.output_dir), pad_id, make_batch, make_eval_batch,
+        cached_batch,
+    )  # fmt: skip
     if run.streamed:
         check_stream(run)
     model.to(accelerator.device)

@@ -64,7 +64,8 @@ def phase_loader(
         sampler = LengthGroupedBatches(
             train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
         )
-        loader = DataLoader(train, batch_sampler=sampler, collate_fn=run.make_batch)
+        make_batch = (run.make_cached_batch or run.make_batch) if phase.cached else run.make_batch
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_batch)
         per_epoch = math.ceil(len(loader) / config.grad_accum)
         if max_steps:  # the epochs the steps need, the last one cut short
             phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))

@@ -79,6 +79,7 @@ class Run:
     pad_id: int
     make_batch: Batcher
     make_eval_batch: Batcher | None
+    make_cached_batch: Batcher | None = None  # a cached phase's batches, labels without inputs (None: make_batch)
     caches: dict[str, FeatureCache] = field(default_factory=dict)
     cached_train: CachedExamples | None = None  # a stream's examples, indexed like caches["train"]
     # resumed from a checkpoint older than the best epoch saved (best.json): that epoch's number, so
