@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,22 +84,30 @@ def warm_up(model, tokenizer, separate, texts: list[str], batch_size: int) -> No
         hf_predict(m, tokenizer, texts[:batch_size], batch_size, per_token)
 
 
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+
+
+def four_head_minilm(pooling: tuple[str, str, str] = ("pooler", "pooler", "pooler")) -> tuple[Any, Any]:
+    """(model, tokenizer): MiniLM with a sentiment, a topic and a genres head (pooled as
+    `pooling` says) and an entity tagger, untrained (timings only)."""
+    from headkit import MultiHeadModel, load_processor
+
+    heads = {
+        "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": pooling[0]},
+        "topic": {"type": "classification", "labels": [f"t{i}" for i in range(5)], "pooling": pooling[1]},
+        "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": pooling[2]},
+        "entities": {"type": "token-classification", "labels": TAGS},
+    }
+    return MultiHeadModel.from_pretrained("minilm", heads=heads).eval(), load_processor("minilm")
+
+
 def multihead_vs_separate(texts: list[str], batch_size: int, rounds: int) -> tuple[float, float]:
     import transformers
 
-    from headkit import MultiHeadModel, load_processor
     from headkit.backbone import resolve_model
     from headkit.ship.predict import predict_texts
 
-    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
-    heads = {
-        "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"},
-        "topic": {"type": "classification", "labels": [f"t{i}" for i in range(5)], "pooling": "pooler"},
-        "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": "pooler"},
-        "entities": {"type": "token-classification", "labels": tags},
-    }
-    tokenizer = load_processor("minilm")
-    model = MultiHeadModel.from_pretrained("minilm", heads=heads).eval()
+    model, tokenizer = four_head_minilm()
     path = resolve_model("minilm").path
     separate = [
         (transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2), False),
@@ -109,7 +118,7 @@ def multihead_vs_separate(texts: list[str], batch_size: int, rounds: int) -> tup
             ),
             False,
         ),
-        (transformers.BertForTokenClassification.from_pretrained(path, num_labels=len(tags)), True),
+        (transformers.BertForTokenClassification.from_pretrained(path, num_labels=len(TAGS)), True),
     ]
     for m, _ in separate:
         m.eval()
@@ -232,8 +241,8 @@ def frozen_training_vs_one_pass(out: Path) -> tuple[float, float, float, int, st
     texts, the engine that pass ran on). The pass is timed warm (imports done, model loaded), so
     the training is too: its imports (a process pays them once) are timed on their own first."""
     started = time.perf_counter()
-    import headkit.training.plots  # noqa: F401  (matplotlib, sklearn)
-    import headkit.training.recipe  # noqa: F401  (accelerate, the loop)
+    import headkit.training.plots  # (matplotlib, sklearn)
+    import headkit.training.recipe  # (accelerate, the loop)
 
     imports = time.perf_counter() - started
     from headkit.cli.main import main as headkit

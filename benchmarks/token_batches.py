@@ -64,18 +64,11 @@ def main() -> None:
         feature_pass(texts(args.n, args.long), args.max_length, args.rounds, best_times)
         return
 
-    from headkit import MultiHeadModel, load_processor
+    from inference import four_head_minilm
+
     from headkit.ship.predict import predict_texts
 
-    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-    heads = {
-        "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": "pooler"},
-        "topic": {"type": "classification", "labels": [f"t{i}" for i in range(5)], "pooling": "mean"},
-        "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": "mean"},
-        "entities": {"type": "token-classification", "labels": tags},
-    }
-    tokenizer = load_processor("minilm")
-    model = MultiHeadModel.from_pretrained("minilm", heads=heads).eval()
+    model, tokenizer = four_head_minilm(("pooler", "mean", "mean"))
     items = texts(args.n, args.long)
     lengths = sorted(len(ids) for ids in tokenizer(items, truncation=True, max_length=args.max_length)["input_ids"])
     print(
