@@ -87,16 +87,18 @@ def warm_up(model, tokenizer, separate, texts: list[str], batch_size: int) -> No
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 
 
-def four_head_minilm(pooling: tuple[str, str, str] = ("pooler", "pooler", "pooler")) -> tuple[Any, Any]:
+def four_head_minilm(
+    pooling: tuple[str, str, str] = ("pooler", "pooler", "pooler"), tags: list[str] = TAGS
+) -> tuple[Any, Any]:
     """(model, tokenizer): MiniLM with a sentiment, a topic and a genres head (pooled as
-    `pooling` says) and an entity tagger, untrained (timings only)."""
+    `pooling` says) and an entity tagger over `tags`, untrained (timings only)."""
     from headkit import MultiHeadModel, load_processor
 
     heads = {
         "sentiment": {"type": "classification", "labels": ["neg", "pos"], "pooling": pooling[0]},
         "topic": {"type": "classification", "labels": [f"t{i}" for i in range(5)], "pooling": pooling[1]},
         "genres": {"type": "multilabel", "labels": ["drama", "comedy", "crime"], "pooling": pooling[2]},
-        "entities": {"type": "token-classification", "labels": TAGS},
+        "entities": {"type": "token-classification", "labels": tags},
     }
     return MultiHeadModel.from_pretrained("minilm", heads=heads).eval(), load_processor("minilm")
 

@@ -35,6 +35,7 @@ from model_zoo import (
     Family,
     images,
     many_texts,
+    move_batchnorm_statistics,
     save_checkpoint,
     waveforms,
 )
@@ -88,11 +89,7 @@ def zoo_model(name: str) -> tuple[MultiHeadModel, Any, Path]:
         for param_name, p in model.heads.named_parameters():
             if p.dim() > 1 and param_name not in {f"{n}.{k}" for n, k in _tied(model)}:
                 torch.nn.init.normal_(p, std=0.5)
-        for buffer_name, b in model.backbone.named_buffers():
-            if buffer_name.endswith("running_mean"):
-                b.normal_(0.0, 0.1)
-            elif buffer_name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
+    move_batchnorm_statistics(model.backbone)
     processor = headkit.load_processor(checkpoint(name))
     saved = headkit.save(model, TMP / "saved" / name, processor=processor)
     return model.eval(), processor, saved

@@ -1,5 +1,5 @@
 """`--engine auto`'s check on the families users load, not only tiny tied BERTs: untied and tied
-decoders, which predict reads padded on the tokenizer's side (left for Llama: the check itself pads
+decoders, which predict reads padded on the tokenizer's side, left or right (the check itself pads
 right), bf16 judged like every other candidate, and a CNN whose BatchNorm statistics must travel
 into the export."""
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_zoo import BY_NAME, images, many_texts, save_checkpoint
+from model_zoo import BY_NAME, images, many_texts, move_batchnorm_statistics, save_checkpoint
 
 import headkit
 from headkit import MultiHeadModel, head_config
 from headkit.ship import engines
-from headkit.ship.engines import EXPORT_DIR, auto_engine, validate_engines
+from headkit.ship.engines import EXPORT_DIR, validate_engines
 from headkit.ship.export import export_onnx
 from headkit.ship.predict import load_for_inference, predict_images, predict_texts
 
@@ -29,11 +29,7 @@ def saved_model(family: str, directory: Path) -> Path:
     with torch.no_grad():
         for p in model.heads.parameters():
             torch.nn.init.normal_(p, std=0.5)
-        for name, buffer in model.backbone.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.1)
-            elif name.endswith("running_var"):
-                buffer.uniform_(0.5, 1.5)
+    move_batchnorm_statistics(model.backbone)
     return headkit.save(model.eval(), directory / "run", processor=headkit.load_processor(base))
 
 
@@ -56,7 +52,7 @@ def test_a_decoders_onnx_engine_is_checked_and_answers_left_padded_text_as_torch
     assert onnx["valid"] and onnx["agreement"] == {"mood": 1.0}, onnx
     torch_model, tokenizer = load_for_inference(run, engine="torch", device="cpu")
     onnx_model, _ = load_for_inference(run, engine="onnx", device="cpu")
-    for side in ("left", "right"):  # predict pads on the tokenizer's side (Llama's own: left)
+    for side in ("left", "right"):  # predict pads on the tokenizer's side; GPT-2's absolute positions shift
         tokenizer.padding_side = side
         ours = predict_texts(torch_model, tokenizer, texts, batch_size=8)
         theirs = predict_texts(onnx_model, tokenizer, texts, batch_size=8)
@@ -75,15 +71,13 @@ def test_bf16_is_checked_like_any_candidate_where_it_would_run(tmp_path, monkeyp
     bf16 = checked(record)["torch-bf16"]
     assert set(bf16["agreement"]) == {"mood"} and bf16["examples_per_s"] > 0, bf16
     assert bf16["valid"] == (bf16["agreement"]["mood"] >= engines.MIN_AGREEMENT and
-                             abs(bf16["metric_change"]["mood"]) <= engines.MAX_METRIC_CHANGE * 100)  # fmt: skip
+                             bf16["metric_change"]["mood"] <= engines.MAX_METRIC_CHANGE)  # fmt: skip
     assert record["chosen"] in {c["engine"] for c in record["candidates"] if c["valid"]}
 
 
 def test_a_cnn_run_is_checked_on_images_with_its_batchnorm_statistics(tmp_path):
     run = saved_model("resnet", tmp_path)
     export_onnx(run, run / EXPORT_DIR, optimize=False)
-    # an image run keeps no validation split (pixels are large): auto stays on torch, unchecked
-    assert auto_engine(run, "cpu") is None
     pictures = images(12)
     files = [str(tmp_path / f"{i}.png") for i in range(len(pictures))]
     for picture, file in zip(pictures, files, strict=True):

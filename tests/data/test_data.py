@@ -171,11 +171,15 @@ def test_collate_pads_dynamically_and_marks_missing_labels():
     assert batch["labels"]["s"].tolist() == [1, IGNORE_INDEX]
     assert batch["labels"]["r"][0].item() == 0.5 and torch.isnan(batch["labels"]["r"][1]).all()
     assert batch["labels"]["t"].tolist() == [[-100, 1, -100], [-100, -100, -100]]
-    # a cached phase's batch: the same labels (per-token ones padded to the longest example) and no inputs
-    heads = {"s": "classification", "r": "regression", "t": "token-classification"}
-    labels_only = collate(examples, pad_id=0, head_types=heads, widths={"s": 2, "r": 1, "t": 2}, inputs=False)
-    assert set(labels_only) == {"labels", "index"} and labels_only["index"].tolist() == [0, 1]
-    for head, expected in batch["labels"].items():
+    # a cached phase's batch: the same labels, per-token ones padded to the longest example (one
+    # without tags, longer than every tagged one), and no inputs
+    heads, widths = {"s": "classification", "r": "regression", "t": "token-classification"}, {"s": 2, "r": 1, "t": 2}
+    examples.append({"index": 2, "input_ids": [2, 7, 7, 3], "labels": {"s": 0, "r": [1.0], "t": None}})
+    full = collate(examples, pad_id=0, head_types=heads, widths=widths)
+    labels_only = collate(examples, pad_id=0, head_types=heads, widths=widths, inputs=False)
+    assert set(labels_only) == {"labels", "index"} and labels_only["index"].tolist() == [0, 1, 2]
+    assert labels_only["labels"]["t"].shape == (3, 4)
+    for head, expected in full["labels"].items():
         assert torch.equal(labels_only["labels"][head].nan_to_num(7.0), expected.nan_to_num(7.0)), head
 
 

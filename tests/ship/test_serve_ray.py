@@ -73,6 +73,6 @@ def processes_using(folder: str) -> list[int]:
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours
-            if any(os.readlink(fd).startswith(folder) for fd in (proc / "fd").iterdir()):
+            if any(os.readlink(fd).startswith(folder + os.sep) for fd in (proc / "fd").iterdir()):
                 pids.append(int(proc.name))
     return pids

@@ -12,7 +12,7 @@ from headkit.model import MultiHeadModel
 from headkit.ship.predict import load_for_inference, predict_texts
 from headkit.training.recipe import TrainConfig, train
 
-from conftest import sentiment_rows, write_csv
+from conftest import NEGATIVE, POSITIVE, sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,25 @@ def test_frozen_trains_heads_only_and_reports(tiny_text_model, data_file, tmp_pa
     assert "reused from cache" in capsys.readouterr().err
 
 
-def test_a_frozen_runs_backbone_reads_each_example_once_and_its_final_scores_match_a_live_pass(
-    tiny_text_model, data_file, tmp_path, monkeypatch
+def tagged_rows(n: int = 48) -> list[dict]:
+    """Pre-split words with a tag per word: the sentiment word is B-MOOD, the rest O."""
+    moods = set(POSITIVE + NEGATIVE)
+    words = [r["text"].split() for r in sentiment_rows(n)]
+    return [{"tokens": w, "tags": ["B-MOOD" if x in moods else "O" for x in w]} for w in words]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "tagger", "cached"),
+    [("frozen", False, True), ("frozen", True, False), ("lp-ft", False, False)],
+    ids=["frozen", "frozen-tagger", "lp-ft"],
+)
+def test_final_scores_equal_a_live_pass_and_a_frozen_run_reads_each_example_once(
+    tiny_text_model, data_file, tmp_path, monkeypatch, strategy, tagger, cached
 ):
-    """The cache pass is the only backbone pass of a frozen run: the final validation reads the
-    cached features (the backbone never trained), and scores as a pass through the backbone does."""
+    """A frozen run of pooled heads scores its final model on the validation features it cached
+    (fp32, as the backbone gives them): its one backbone pass reads each example once. Per-token
+    features are cached in bf16 and lp-ft trains the backbone: those runs score live. Either way
+    the final scores and losses are those of a pass through the final model."""
     from headkit.adapter import BackboneAdapter
     from headkit.training import finish
 
@@ -85,16 +99,23 @@ def test_a_frozen_runs_backbone_reads_each_example_once_and_its_final_scores_mat
     def final_evaluation(model, data, pad_id, batch_size, cache=None, **kwargs):
         live["cached"] = cache is not None
         counting = len(read)
-        live["scores"] = evaluate(model, data, pad_id, batch_size, None, **kwargs).scores  # through the backbone
+        live["result"] = evaluate(model, data, pad_id, batch_size, None, **kwargs)  # through the backbone
         del read[counting:]
         return evaluate(model, data, pad_id, batch_size, cache, **kwargs)
 
     monkeypatch.setattr(BackboneAdapter, "forward_features", counted)
     monkeypatch.setattr(finish, "evaluate", final_evaluation)
-    result = train(config(tiny_text_model, data_file, tmp_path / "run", strategy="frozen", epochs=3))
-    assert sum(read) == 48 and live["cached"]  # 36 training + 12 validation examples, once each
+    tasks = [TaskSpec("sentiment", data_file), TaskSpec("score", data_file, label="score", type="regression")]
+    if tagger:
+        tasks.append(TaskSpec("tags", "tagged", type="token-classification"))
+    settings = config(tiny_text_model, data_file, tmp_path / "run", strategy=strategy, epochs=3, tasks=tasks)
+    result = train(settings, sources={"tagged": tagged_rows()})
+    assert live["cached"] == cached
+    if cached:
+        assert sum(read) == 48  # 36 training + 12 validation examples, once each
     for head, scores in result.metrics["heads"].items():
-        assert scores == pytest.approx(live["scores"][head], abs=1e-5), head
+        assert scores == pytest.approx(live["result"].scores[head], abs=1e-6), head
+    assert result.metrics["val_losses"] == pytest.approx(live["result"].losses, abs=1e-6)
 
 
 def test_partial_freezes_embeddings_and_bottom_layers(tiny_text_model, data_file, tmp_path):

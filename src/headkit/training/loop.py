@@ -60,6 +60,7 @@ from headkit.training.checkpoint import (
 from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
+from headkit.training.features import features_needed
 from headkit.training.finish import finish_run
 from headkit.training.phase_data import cache_features, check_stream, epoch_batches, phase_loader
 from headkit.training.run_dir import claim_run_dir
@@ -114,9 +115,11 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
-    # a backbone no phase trained gives the features cached for validation: the final scores
-    # read them instead of running the backbone over the validation split again
-    val_cache = None if state.backbone_modified else run.caches.get("val")
+    # a backbone no phase trained gives the features cached for validation: the final scores read
+    # them instead of running the backbone over the split again. Pooled features are cached in
+    # fp32, as the backbone gives them; per-token ones in bf16, so per-token heads are scored live
+    exact = not state.backbone_modified and not features_needed(model)[1]
+    val_cache = run.caches.get("val") if exact else None
     # the final scores in the run's mixed precision: when only a cached phase ran, accelerate
     # wrapped just the heads, and the heads (or a backbone pass) would run in fp32
     with run.accelerator.autocast():
