@@ -162,6 +162,19 @@ def test_a_damaged_export_is_refused_and_never_chosen(run, tmp_path):
     assert auto_engine(copy, "cpu") == "torch"
 
 
+def test_labelled_data_with_a_class_training_never_had_is_checked_not_refused(run, tmp_path):
+    """A user's own labelled set may hold a class the run never saw: every engine misses it alike."""
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    rows = [dict(r, score=float(r["score"])) for r in sentiment_rows(24, seed=3)]
+    rows[0]["label"] = "mixed"  # not one of the sentiment head's classes
+    record = validate_engines(copy, rows, device="cpu")
+    checks = {c["engine"]: c for c in record["candidates"]}
+    assert record["examples"] == 24 and checks["onnx"]["valid"], checks["onnx"]
+    assert checks["onnx"]["agreement"]["sentiment"] == 1.0
+
+
 def test_without_onnxruntime_auto_runs_torch_and_says_so_once(run, tmp_path, monkeypatch, caplog):
     import importlib.util
 

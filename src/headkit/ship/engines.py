@@ -227,8 +227,9 @@ def validate_engines(
     run: str | os.PathLike, data: Any = None, device: str = "auto", trust_remote_code: bool = False
 ) -> dict[str, Any]:
     """Check every candidate engine against torch fp32 on labelled `data` (default: the run's kept
-    validation split; else anything `model.evaluate` reads), time each, choose the fastest valid
-    one and write the record to engines.json next to the model. Returns the record.
+    validation split; else anything `model.evaluate` reads; a label training never had is a miss
+    for every engine), time each, choose the fastest valid one and write the record to
+    engines.json next to the model. Returns the record.
 
     Candidates: torch-bf16 where the CPU has AMX or a GPU runs it; onnx and onnx-int8 when the run
     has an ONNX export in RUN/export-onnx (`headkit export RUN --to onnx` writes it and runs this)."""
@@ -244,7 +245,8 @@ def validate_engines(
         if data is None:
             raise HeadkitError(f"{root} kept no validation split (validation.json): pass labelled data to check on")
     elif not _is_encoded(data):
-        data = encode_dataset(reference, processor, data, name="the validation data")
+        # labels training never had are misses for every engine alike (a small labelled set has them)
+        data = encode_dataset(reference, processor, data, name="the validation data", unseen_labels=True)
     if not len(data):
         raise HeadkitError("validate_engines: the validation data has no examples")
     pad_id = getattr(processor, "pad_token_id", None) or 0
