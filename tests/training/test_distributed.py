@@ -142,6 +142,18 @@ def test_two_processes_train_like_one_with_the_same_global_batch(setup, two_proc
     assert strategy != "lora" or any("lora_" in name for name in single)  # and the adapters
 
 
+def test_max_steps_counts_optimizer_steps_under_two_processes(setup):
+    """--max_steps 5 is 5 optimizer steps whatever the process count: 2 processes step through 4
+    batches an epoch each (not the 8 of both), so they run 2 epochs, the second cut after one."""
+    root, config = setup
+    run(headkit_train(config, root / "ddp-steps", 2, "--max_steps", "5"))
+    run(headkit_train(config, root / "single-steps", 1, "--grad_accum", "2", "--max_steps", "5"))
+    assert _step(root / "ddp-steps") == _step(root / "single-steps") == 5
+    single, parallel = weights(root / "single-steps"), weights(root / "ddp-steps")
+    for name, tensor in single.items():
+        torch.testing.assert_close(parallel[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

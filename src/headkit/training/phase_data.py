@@ -66,12 +66,14 @@ def phase_loader(
         )
         make_batch = (run.make_cached_batch or run.make_batch) if phase.cached else run.make_batch
         loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_batch)
-        per_epoch = math.ceil(len(loader) / config.grad_accum)
+        # optimizer steps an epoch: each process steps through its share of the batches (accelerate
+        # gives every process the same number, the last share filled from the start)
+        batches = math.ceil(len(loader) / run.accelerator.num_processes)
+        per_epoch = math.ceil(batches / config.grad_accum)
         if max_steps:  # the epochs the steps need, the last one cut short
             phase = dataclasses.replace(phase, epochs=math.ceil(max_steps / per_epoch))
-            last_batches = min(len(loader), (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
-        elif min_steps:  # small data: more epochs, whole ones, as each process steps through its share
-            per_epoch = math.ceil(math.ceil(len(loader) / run.accelerator.num_processes) / config.grad_accum)
+            last_batches = min(batches, (max_steps - (phase.epochs - 1) * per_epoch) * config.grad_accum)
+        elif min_steps:  # small data: more epochs, whole ones
             epochs = max(phase.epochs, math.ceil(min_steps / per_epoch))
             if run.main and epochs > phase.epochs:
                 logger.info(
