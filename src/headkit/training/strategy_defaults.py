@@ -56,13 +56,8 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "fewshot": {"batch_size": 32, "backbone_lr": 2e-4, "val_fraction": 0.0},
     # adapters on every linear layer at 1e-3: 0.3 points below full fine-tuning on Rotten Tomatoes
     # with 1.5% of the weights training, where query/value at 5e-4 was 3.8 below (lora_vs_full.py);
-    # no dropout (the general default): +0.5 point, 15% less training memory, 21% faster than 0.1.
-    # At least 250 optimizer steps, heads at 1e-2: at 3 epochs a tagger on 100 or 400 tweets learned
-    # nothing (development F1 0.006 / 0.000). Chosen on the development split (benchmarks/
-    # small_data.py --split dev): 250 steps gave 0.302 / 0.000 (100 / 400 tweets) with heads at 1e-3
-    # (at 400 the tagger settled on "no entity") and 0.242 / 0.376 with heads at 1e-2; reviews at
-    # 64 / 500 per class 0.614 / 0.766 at 3 epochs, 0.726 / 0.786 at 250 steps and heads at 1e-2.
-    "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"], "min_steps": 250, "lr": 1e-2},
+    # no dropout (the general default): +0.5 point, 15% less training memory, 21% faster than 0.1
+    "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"]},
     # every weight trained: at least 250 optimizer steps (small data gets more epochs, and early
     # stopping waits for them) at a backbone rate of 1e-4. At 3 epochs and 3e-5 a tagger on 100 or
     # 400 tweets learned nothing (entity F1 0.00-0.01), and 128 reviews scored 0.594, under the frozen
