@@ -69,3 +69,20 @@ def test_preference_pairs_count_two_rows_each():
 def test_a_budget_with_no_room_for_one_example_is_a_usage_error(max_tokens, max_examples):
     with pytest.raises(UsageError, match="at least one example"):
         token_batches([3, 4], max_tokens, max_examples)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_under_several_processes_the_short_batch_comes_last_and_every_example_is_dealt(group):
+    """accelerate deals batches to processes a round at a time and drops a round that a short
+    batch ends before the last: with the short batch last, each process gets ceil(7 / 2) = 4
+    batches and every example is seen (the last round filled from the start)."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    for seed in range(6):
+        sampler = LengthGroupedBatches([10] * 100, 16, seed=seed, group=group, short_last=True)
+        assert [len(b) for b in sampler.batches()] == [16] * 6 + [4]
+        shards = [list(BatchSamplerShard(sampler, 2, p, split_batches=False, even_batches=True)) for p in range(2)]
+        assert [len(s) for s in shards] == [4, 4]
+        assert {i for shard in shards for b in shard for i in b} == set(range(100))
+    plain = LengthGroupedBatches([10] * 100, 16, seed=0, group=group)  # one process: the order as it was
+    assert sorted(map(len, plain.batches())) == [4] + [16] * 6

@@ -280,9 +280,21 @@ class LengthGroupedBatches(Sampler[list[int]]):
     is what lets an interrupted run resume mid-epoch on exactly the same batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True, group: bool = True):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        group: bool = True,
+        short_last: bool = False,
+    ):
         self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
         self.group = group  # False: plain shuffled batches (more padding, batches of mixed lengths)
+        # the short batch (if any) last: accelerate deals the batches to several processes a round
+        # at a time and drops a round that a short batch ends before the last one (its examples
+        # unseen that epoch, every process a step short)
+        self.short_last = short_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -295,13 +307,18 @@ class LengthGroupedBatches(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n).tolist()
         if not self.group:
-            return [order[i : i + size] for i in range(0, n, size)]
+            return self._ordered([order[i : i + size] for i in range(0, n, size)])
         mega = size * 50
         batches = []
         for start in range(0, n, mega):
             chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return self._ordered([batches[i] for i in rng.permutation(len(batches))])
+
+    def _ordered(self, batches: list[list[int]]) -> list[list[int]]:
+        if not self.short_last:
+            return batches
+        return [b for b in batches if len(b) == self.batch_size] + [b for b in batches if len(b) < self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())

@@ -62,12 +62,14 @@ def phase_loader(
         assert train is not None  # a cached phase over a stream has its examples by now
         assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
         sampler = LengthGroupedBatches(
-            train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length
-        )
+            train.lengths(), config.batch_size, seed=config.seed, group=config.group_by_length,
+            short_last=run.accelerator.num_processes > 1,
+        )  # fmt: skip
         make_batch = (run.make_cached_batch or run.make_batch) if phase.cached else run.make_batch
         loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_batch)
         # optimizer steps an epoch: each process steps through its share of the batches (accelerate
-        # gives every process the same number, the last share filled from the start)
+        # gives every process the same number, the last round filled from the start: the short
+        # batch comes last, see LengthGroupedBatches)
         batches = math.ceil(len(loader) / run.accelerator.num_processes)
         per_epoch = math.ceil(batches / config.grad_accum)
         if max_steps:  # the epochs the steps need, the last one cut short
