@@ -23,33 +23,34 @@ from pathlib import Path
 from typing import Any
 
 
-def body_matmuls(graph: Any, hidden: int, intermediate: int, layers: int) -> list[list[str]]:
+def weight_shapes(graph: Any) -> dict[str, tuple[int, ...]]:
+    """Each MatMul / Gemm node that multiplies by a weight, in graph order: its weight's shape."""
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    return {
+        node.name: weights[node.input[1]]
+        for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in weights
+    }
+
+
+def body_matmuls(shapes: dict[str, tuple[int, ...]], hidden: int, intermediate: int, layers: int) -> list[list[str]]:
     """The encoder's weight matmuls, in graph order, one list per layer: those whose weight is
     hidden x hidden (attention) or touches the feed-forward width (the heads' are neither)."""
-    weights = {i.name: tuple(i.dims) for i in graph.initializer}
-    body = [
-        node.name
-        for node in graph.node
-        if node.op_type in ("MatMul", "Gemm")
-        and (shape := weights.get(node.input[1])) is not None
-        and (shape == (hidden, hidden) or intermediate in shape)
-    ]
+    body = [name for name, shape in shapes.items() if shape == (hidden, hidden) or intermediate in shape]
     per_layer = len(body) // layers
     return [body[i * per_layer : (i + 1) * per_layer] for i in range(layers)]
 
 
-def settings(per_layer: list[list[str]], hidden: int, graph: Any) -> dict[str, dict[str, Any]]:
+def settings(per_layer: list[list[str]], shapes: dict[str, tuple[int, ...]], hidden: int) -> dict[str, dict[str, Any]]:
     """Named `quantize_dynamic` keyword sets: the export's, per-channel weights, the first layer
     left in fp32 (the most sensitive here), both, and attention projections only."""
-    weights = {i.name: tuple(i.dims) for i in graph.initializer}
-    square = {n.name for n in graph.node if weights.get(n.input[1] if len(n.input) > 1 else "") == (hidden, hidden)}
     body = [n for layer in per_layer for n in layer]
     return {
         "export default": {},
         "per-channel weights": {"per_channel": True},
         "first layer fp32": {"nodes_to_exclude": per_layer[0]},
         "per-channel + first layer fp32": {"per_channel": True, "nodes_to_exclude": per_layer[0]},
-        "attention projections only": {"nodes_to_exclude": [n for n in body if n not in square]},
+        "attention projections only": {"nodes_to_exclude": [n for n in body if shapes[n] != (hidden, hidden)]},
     }
 
 
@@ -85,13 +86,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
         shutil.copytree(args.run / EXPORT_DIR, export)
-        graph = onnx.load(str(export / ONNX_FILE)).graph
-        per_layer = body_matmuls(graph, hidden, intermediate, layers)
+        shapes = weight_shapes(onnx.load(str(export / ONNX_FILE)).graph)
+        per_layer = body_matmuls(shapes, hidden, intermediate, layers)
         print(f"{len(data)} validation examples; {sum(map(len, per_layer))} weight matmuls in {layers} layers")
         print(f"the check: every head agreement >= {MIN_AGREEMENT:.1%}, primary metric within "
               f"{MAX_METRIC_CHANGE * 100:.1f} point\n")  # fmt: skip
         print(f"{'setting':32}{'vs torch':>9}  agreement / metric change per head")
-        for name, options in settings(per_layer, hidden, graph).items():
+        for name, options in settings(per_layer, shapes, hidden).items():
             quantize_dynamic(export / ONNX_FILE, export / ONNX_INT8_FILE, weight_type=QuantType.QInt8, **options)
             manifest = json.loads((export / ONNX_MANIFEST).read_text())
             manifest["files"][ONNX_INT8_FILE] = hashlib.sha256((export / ONNX_INT8_FILE).read_bytes()).hexdigest()

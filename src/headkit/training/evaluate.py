@@ -118,7 +118,10 @@ def evaluate(
     batches = data_batches(data, max_tokens, batch_size)
     for indices in tqdm(batches, desc="evaluate", unit="batch", disable=not progress or len(batches) < 2, leave=False):
         examples = [data[i] for i in indices]
-        batch = make_batch(examples) if make_batch else collate(examples, pad_id, head_types, widths, cache is None)
+        if make_batch:
+            batch = make_batch(examples)
+        else:  # on cached features the heads read no inputs: labels alone
+            batch = collate(examples, pad_id, head_types, widths, inputs=cache is None)
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
         known = {k: model.heads[k].codec.known_labels(v) if unseen.get(k) else v for k, v in labels.items()}
         if cache is not None:
