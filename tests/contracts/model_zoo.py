@@ -88,13 +88,13 @@ TEXT_HEADS = ["classification", "multilabel", "regression", "token-classificatio
 POOLED_HEADS = ["classification", "multilabel", "regression"]
 HEADS: dict[str, dict] = {  # a head of every type, by type name (labels where the type needs them)
     "classification": {"labels": ["neg", "mixed", "pos"]},
-    "multilabel": {"labels": ["drama", "comedy", "crime"]},
+    "multilabel": {"labels": ["drama", "comedy", "crime"], "hidden_layers": 1, "hidden_size": 24},  # an MLP head
     "regression": {"labels": ["stars", "length"]},
     "token-classification": {"labels": ["O", "B-PER", "I-PER", "B-LOC"]},
     "span": {},
     "masked-lm": {},
     "causal-lm": {},
-    "reward": {},
+    "reward": {"hidden_layers": 2, "activation": "tanh"},  # an MLP head, two hidden layers
     "box": {},
     "ctc": {"labels": ["<blank>", "a", "b", "c", "d"]},
     "seq2seq": {"max_new_tokens": 6},

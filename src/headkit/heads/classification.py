@@ -1,8 +1,9 @@
 """Single-label classification, and what the pooled classifiers share (multilabel.py, regression.py).
 
-All three are `pool -> dropout -> linear` (PooledHead); they differ in labels, loss, decoding
-and metric. Label tensors: single-label (B,) long with -100 for missing; multi-label (B, C)
-float 0/1 and regression (B, K) float, NaN for missing values.
+All three are `pool -> dropout -> linear` (PooledHead; hidden layers before the linear one on
+request, heads/mlp.py); they differ in labels, loss, decoding and metric. Label tensors:
+single-label (B,) long with -100 for missing; multi-label (B, C) float 0/1 and regression (B, K)
+float, NaN for missing values.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from headkit.heads.base import HeadBase, HeadConfig, class_loss, dropout_linear
+from headkit.heads.base import HeadBase, class_loss
 from headkit.heads.codecs import IndexCodec
 from headkit.heads.export import ExportSpec, label_maps
 from headkit.heads.fewshot import FewShot, class_solution
+from headkit.heads.mlp import MLPConfig, output_layers
 from headkit.heads.pooling import check_pooling
 from headkit.heads.presentation import View
 from headkit.heads.scoring import ClassScores
@@ -26,7 +28,7 @@ SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"  # holds all thre
 
 
 @dataclass(frozen=True)
-class ClassificationConfig(HeadConfig):
+class ClassificationConfig(MLPConfig):
     """`labels` are class names (classification, multilabel) or target names (regression)."""
 
     type: str = "classification"
@@ -42,7 +44,8 @@ def sequence_classification(problem_type: str) -> ExportSpec:
 
 
 class PooledHead(HeadBase):
-    """pool -> dropout -> linear; the three types differ in labels, loss, decode and score."""
+    """pool -> dropout -> linear (or an MLP: heads/mlp.py); the three types differ in labels,
+    loss, decode and score."""
 
     min_labels = 1
 
@@ -52,13 +55,14 @@ class PooledHead(HeadBase):
         check_pooling(config.pooling)
         self.config: ClassificationConfig = config
         assert config.input_size is not None  # build_head refuses a config without it
-        self.classifier = dropout_linear(config.input_size, len(config.labels), config.dropout)
+        self.classifier = output_layers(config, len(config.labels))
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         """(B, H) -> (B, C): used directly with cached pooled features."""
         if self.config.normalize:
             pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
         return self.classifier(pooled)
+
 
 
 class ClassView(View):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headkit.errors import DataError
+from headkit.errors import DataError, HeadConfigError
 from headkit.heads.labels import IGNORE_INDEX
 from headkit.heads.part import Part
 
@@ -58,7 +58,15 @@ class FewShot(Part):
 
     @staticmethod
     def configure(config: Any) -> Any:
-        """`config` for a head that few-shot training solves: it reads unit vectors."""
+        """`config` for a head that few-shot training solves: it reads unit vectors. A head with
+        hidden layers is refused: the closed form solves one linear layer on the features, and
+        layers below it would stay random."""
+        if getattr(config, "hidden_layers", 0):
+            raise HeadConfigError(
+                f"a '{config.type}' head with hidden_layers={config.hidden_layers} has no closed-form few-shot "
+                "solution (fewshot solves one linear layer on the features): train it with frozen, full or lora, "
+                "or drop hidden_layers"
+            )
         return dataclasses.replace(config, normalize=True)
 
 

@@ -15,19 +15,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from headkit.errors import HeadConfigError
-from headkit.heads.base import HeadBase, HeadConfig, zero_loss
+from headkit.heads.base import HeadBase, zero_loss
 from headkit.heads.codecs import PairCodec
 from headkit.heads.labels import rows_with_labels
+from headkit.heads.mlp import MLPConfig, output_layers
 from headkit.heads.pooling import check_pooling
 from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring
 
 
 @dataclass(frozen=True)
-class RewardConfig(HeadConfig):
+class RewardConfig(MLPConfig):
     type: str = "reward"
     # auto: on a decoder the last real token, the one that has read the whole sequence (heads/pooling.py)
     pooling: str = "auto"
@@ -63,7 +64,7 @@ class ScoreView(View):
 
 
 class RewardHead(HeadBase):
-    """pool -> dropout -> linear to one score; Bradley–Terry loss on (chosen, rejected) pairs."""
+    """pool -> dropout -> linear (or an MLP) to one score; Bradley–Terry loss on (chosen, rejected) pairs."""
 
     codec = PairCodec()
     scoring = PairScores()
@@ -74,7 +75,7 @@ class RewardHead(HeadBase):
         check_pooling(config.pooling)
         self.config: RewardConfig = config
         assert config.input_size is not None  # build_head refuses a config without it
-        self.scorer = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.input_size, 1))
+        self.scorer = output_layers(config, 1)
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         return self.scorer(pooled).squeeze(-1).float()  # (B,)
