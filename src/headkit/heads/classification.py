@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from headkit.heads.base import HeadBase, class_loss
 from headkit.heads.codecs import IndexCodec
@@ -63,6 +64,14 @@ class PooledHead(HeadBase):
             pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
         return self.classifier(pooled)
 
+    @torch.no_grad()
+    def scale_output(self, factor: float) -> None:
+        """Multiply the outputs by `factor` in the output layer's own weights: a fitted temperature
+        (1 / T) lives there, so every path that runs the head (predict, serve, ONNX, a
+        transformers export) gives the calibrated scores without knowing of it."""
+        output: nn.Linear = self.classifier[-1]  # type: ignore[assignment]  # output_layers ends in its Linear
+        output.weight.mul_(factor)
+        output.bias.mul_(factor)
 
 
 class ClassView(View):

@@ -18,6 +18,10 @@ import math
 from collections import Counter
 from typing import Any, ClassVar
 
+import numpy as np
+
+from headkit.heads import calibration
+from headkit.heads.calibration import expected_calibration_error
 from headkit.heads.part import Part
 
 
@@ -55,6 +59,17 @@ class Scoring(Part):
         at them, as `decode` now would; returns what was set, or None."""
         return None
 
+    def confidences(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(confidence in the decided answer, whether it is right) per labelled example, for
+        calibration metrics and reliability diagrams; None where the head decides no class."""
+        return None
+
+    def scale_temperature(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Fit a softmax temperature on validation predictions into the head (heads/calibration.py)
+        and re-decide `predictions` in place at it; returns the temperature, the validation NLL and
+        ECE before and after, and the head's validation `loss` after; None where nothing changed."""
+        return None
+
     def same_decision(self, a: Any, b: Any) -> bool:
         """Whether two decoded predictions of one example decide alike (another engine's against
         torch fp32's: ship/engines.py). The default is strict: equal structure, equal discrete
@@ -78,7 +93,7 @@ class ClassScores(Scoring):
     """One class per example: predictions carry it as `label`, references are class names."""
 
     primary = "accuracy"
-    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True}
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True, "ece": False}
 
     def same_decision(self, a: Any, b: Any) -> bool:
         return a["label"] == b["label"]  # the class, not the probabilities beside it
@@ -89,12 +104,62 @@ class ClassScores(Scoring):
         preds, refs = labelled([p["label"] for p in predictions], references)
         if not refs:
             return {}
-        return {
+        scores = {
             "accuracy": float(accuracy_score(refs, preds)),
             "f1_macro": float(
                 f1_score(refs, preds, labels=with_unseen(self.names, refs), average="macro", zero_division=0)
             ),
         }
+        confidences = self.confidences(predictions, references)
+        if confidences is not None:
+            scores["ece"] = expected_calibration_error(*confidences)
+        return scores
+
+    def confidences(self, predictions: list[Any], references: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        preds, refs = labelled(predictions, references)
+        if not refs or any("probs" not in p for p in preds):
+            return None
+        return np.array([p["probs"][p["label"]] for p in preds]), np.array(
+            [p["label"] == r for p, r in zip(preds, refs, strict=True)]
+        )
+
+    def scale_temperature(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
+        """Temperature scaling on the labelled examples of a class the head knows: T is folded into
+        the head's output layer (`scale_output`), so predict, serve and every export give the
+        calibrated probabilities; decisions are unchanged."""
+        names = self.names
+        index = {name: i for i, name in enumerate(names)}
+        pairs = [(p, index[r]) for p, r in zip(predictions, references, strict=True) if r in index and "probs" in p]
+        if not pairs:
+            return None
+        probs = np.array([[p["probs"][n] for n in names] for p, _ in pairs])
+        targets = np.array([t for _, t in pairs])
+        temperature = calibration.fit_temperature(probs, targets)
+        if temperature == 1.0:
+            return None
+        before = self.confidences(predictions, references)
+        self.head.scale_output(1.0 / temperature)
+        for prediction in predictions:
+            row = calibration.scaled(np.array([prediction["probs"][n] for n in names]), temperature)
+            prediction["probs"] = dict(zip(names, row.tolist(), strict=True))
+        after = self.confidences(predictions, references)
+        assert before is not None and after is not None
+        return {
+            "temperature": temperature,
+            "nll_before": calibration.nll(probs, targets),
+            "nll_after": calibration.nll(probs, targets, temperature),
+            "ece_before": expected_calibration_error(*before),
+            "ece_after": expected_calibration_error(*after),
+            "examples": len(targets),
+            "loss": self._loss(calibration.scaled(probs, temperature), targets),
+        }
+
+    def _loss(self, probs: np.ndarray, targets: np.ndarray) -> float:
+        """The head's validation loss from its probabilities: cross-entropy, weighted per class as
+        training weighs it (a weighted mean, as torch's)."""
+        weights = np.asarray(self.head.config.class_weights or [1.0] * len(self.names))[targets]
+        losses = -calibration.log_probs(probs)[np.arange(len(targets)), targets]
+        return float((weights * losses).sum() / weights.sum())
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         from sklearn.metrics import classification_report

@@ -121,6 +121,10 @@ class TrainConfig:
         tune_thresholds: multi-label heads: tune one decision threshold per label on the validation
             split (best F1), saved with the head; off: 0.5 for every label. Question-answering
             heads: tune the null threshold (the official SQuAD 2.0 best-F1 one) the same way; off: 0.
+        temperature_scaling: classification heads: fit one softmax temperature on the validation
+            split (the least negative log-likelihood; decisions unchanged), folded into the head's
+            weights, so predicted and served probabilities are calibrated; kept at 1 when it does
+            not lower the validation NLL, or with fewer than 50 labelled validation examples.
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling alpha.
@@ -182,6 +186,7 @@ class TrainConfig:
     metric_for_best_model: str | None = None
     class_weights: ClassWeights = "none"
     tune_thresholds: bool = True
+    temperature_scaling: bool = True
     save_every: int = 0
     lora_r: int = 8
     lora_alpha: int = 16
@@ -252,6 +257,7 @@ NEW_DEFAULTS: dict[str, Any] = {
     "metric_for_best_model": None,
     "class_weights": "none",
     "tune_thresholds": True,
+    "temperature_scaling": True,
     "group_by_length": True,
     "fewshot_recipe": "all-pairs",
     "fewshot_steps": "auto",

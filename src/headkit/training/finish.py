@@ -45,13 +45,17 @@ def finish_run(
     run = Path(config.output_dir)
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
+    calibrated: dict[str, dict] = {}
+    curves: dict[str, tuple] = {}
     assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
     null_thresholds = settle_null_thresholds(model, processor, data, config)
     if len(data.val):
         evaluation = evaluate(model, data.val, pad_id, config.batch_size, val_cache, make_batch=make_eval_batch)
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
-        if thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
+        if config.temperature_scaling:
+            calibrated, curves = scale_temperatures(model, evaluation)
+        if thresholds or calibrated:  # the validation scores at the tuned settings (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
         thresholds.update(null_thresholds)
     metrics = {
@@ -61,6 +65,7 @@ def finish_run(
         "heads": evaluation.scores if evaluation else {},
         "per_class": evaluation.reports if evaluation else {},
         "thresholds": thresholds,
+        "calibration": calibrated,
         "val_losses": evaluation.losses if evaluation else {},
         "trainable_params": count_parameters(model)[0],
         "total_params": count_parameters(model)[1],
@@ -82,7 +87,7 @@ def finish_run(
             save(model, run / "model", processor=processor)
         if make_eval_batch is None:  # (a run scored with batches of its own, e.g. masked, is checked on none)
             save_validation_set(run, data.val)  # what `--engine auto` checks other engines on (ship/engines.py)
-        write_report(run, model, evaluation, state.steps, state.epochs, metrics)
+        write_report(run, model, evaluation, state.steps, state.epochs, metrics, curves)
     if main and config.print_summary:
         print_summary(model, evaluation, metrics)
     return TrainResult(model, metrics, evaluation, run if config.keep_files else None)
@@ -116,6 +121,29 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
             tuned[name] = settings
             logger.info(f"{name}: decision thresholds tuned on the validation split: {settings}")
     return tuned
+
+
+def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Fit each classification head's softmax temperature on the validation predictions (folded
+    into its weights, so the saved model keeps it) and re-decide those predictions at it; returns
+    head -> {temperature, NLL and ECE before and after} and head -> (confidences, correct) before
+    and after, for the reliability diagrams. A head's validation loss becomes the calibrated one."""
+    fitted, curves = {}, {}
+    for name, head in model.heads.items():
+        before = head.scoring.confidences(evaluation.predictions[name], evaluation.references[name])
+        settings = head.scoring.scale_temperature(evaluation.predictions[name], evaluation.references[name])
+        if not settings:
+            continue
+        if name in evaluation.losses:
+            evaluation.losses[name] = settings.pop("loss")
+        settings.pop("loss", None)
+        fitted[name] = settings
+        curves[name] = (before, head.scoring.confidences(evaluation.predictions[name], evaluation.references[name]))
+        logger.info(
+            f"{name}: softmax temperature {settings['temperature']:.3f} fitted on the validation split; "
+            f"ECE {settings['ece_before']:.4f} -> {settings['ece_after']:.4f}"
+        )
+    return fitted, curves
 
 
 # What the model card lists of a run's settings: those of the training loop, then those only some

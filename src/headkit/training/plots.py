@@ -1,4 +1,5 @@
-"""PNG plots a person would rather look at than read: loss curves per head, confusion matrices."""
+"""PNG plots a person would rather look at than read: loss curves per head, confusion matrices,
+reliability diagrams."""
 
 from __future__ import annotations
 
@@ -52,6 +53,30 @@ def confusion_matrix(head: str, references: list[str], predictions: list[str], l
         references, predictions, labels=labels, ax=ax, colorbar=False, xticks_rotation=45
     )
     ax.set_title(f"{head}: validation confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_diagram(head: str, before: tuple, after: tuple, path: Path) -> Path:
+    """Accuracy against confidence per confidence bin, before and after temperature scaling (a
+    calibrated head's bars sit on the diagonal); `before` / `after`: (confidences, correct)."""
+    from headkit.heads.calibration import BINS, reliability
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    edges = np.linspace(0, 1, BINS + 1)
+    for ax, (title, (confidences, correct)) in zip(axes, (("before", before), ("after", after)), strict=True):
+        bins = reliability(confidences, correct)
+        filled = bins.counts > 0
+        ax.bar(edges[:-1][filled], bins.accuracy[filled], width=1 / BINS, align="edge", edgecolor="black",
+               alpha=0.7, label="accuracy")  # fmt: skip
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        ax.set(title=f"{head}: {title} temperature scaling (ECE {bins.ece:.4f})", xlabel="confidence",
+               xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy (validation)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

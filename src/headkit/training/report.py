@@ -14,9 +14,17 @@ from headkit.training.evaluate import Evaluation
 
 
 def write_report(
-    run: Path, model: MultiHeadModel, evaluation: Evaluation | None, steps: list, epochs: list, metrics: dict
+    run: Path,
+    model: MultiHeadModel,
+    evaluation: Evaluation | None,
+    steps: list,
+    epochs: list,
+    metrics: dict,
+    calibration: dict[str, tuple] | None = None,
 ) -> None:
-    """metrics.json, the per-head loss curves and a confusion matrix per head that decides classes."""
+    """metrics.json, the per-head loss curves, a confusion matrix per head that decides classes and
+    a reliability diagram per head whose temperature was fitted (`calibration`: head -> its
+    (confidences, correct) before and after)."""
     from headkit.training import plots
 
     atomic_write_json(run / "metrics.json", metrics)
@@ -28,6 +36,8 @@ def write_report(
         if decisions and decisions[0]:
             refs, preds = decisions
             plots.confusion_matrix(name, list(refs), list(preds), head.config.labels, run / f"confusion_{name}.png")
+    for name, (before, after) in (calibration or {}).items():
+        plots.reliability_diagram(name, before, after, run / f"reliability_{name}.png")
 
 
 CHANCE_MARGIN = 0.02  # a metric this close to its chance level (absolute) is "at chance"
@@ -76,6 +86,13 @@ def print_summary(
     console.print(table)
     for name, report in (evaluation.reports if evaluation else {}).items():
         console.print(per_class_table(name, report))
+    for name, fit in metrics.get("calibration", {}).items():
+        console.print(
+            f"{name}: probabilities calibrated (temperature {fit['temperature']:.3f}, fitted on validation): "
+            f"ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, "
+            f"NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}",
+            highlight=False,
+        )
     for note in metrics.get("notes", []):
         console.print(f"[bold yellow]note:[/] {note}", highlight=False)
     if title.startswith("evaluation"):
