@@ -215,6 +215,9 @@ def test_resume_with_a_different_config_is_refused(tiny_text_model, data_file, t
     train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
     with pytest.raises(CheckpointError, match=r"different configuration \(lr: was 0.01, now 0.5"):
         train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1, lr=0.5, resume=True))
+    # a setting the saved run left at its default reads as that default, not None
+    with pytest.raises(CheckpointError, match=r"min_steps: was 0, now 40"):
+        train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1, min_steps=40, resume=True))
     with pytest.raises(HeadkitError, match=r"already holds a run; pass --resume"):
         train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
 

@@ -116,6 +116,10 @@ def test_output_dir_keeps_the_run_and_args_take_overrides(tiny_text_model, rows,
     assert trainer.args.epochs == 1 and args.epochs == 30  # the override; args itself is left as it was
     # a strategy given as an override brings its own defaults for what args left at frozen's
     assert Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=args, strategy="full").args.lr == 1e-3
+    # ... but what args set by hand stays, even at the value the old strategy would have brought
+    chosen = TrainConfig(strategy="frozen", lr=0.01, epochs=30, progress=False)  # frozen's own lr and epochs
+    switched = Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=chosen, strategy="full").args
+    assert (switched.lr, switched.epochs, switched.patience) == (0.01, 30, 3)  # patience: full's, left unset
     with pytest.raises(HeadkitError, match="already holds a run"):
         train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out)
     resumed = train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out,

@@ -87,8 +87,9 @@ class TrainConfig:
             Default by strategy: frozen 30, else 3.
         max_steps: optimizer steps to train for; overrides epochs for the phases that read the data
             (transformers' max_steps). Needed to train on a stream (datasets.IterableDataset,
-            hf:...?streaming), which has no length to count epochs by; unused by a frozen run on cached
-            features (one pass over the stream caches it, then epochs run over the cache).
+            hf:...?streaming), which has no length to count epochs by, except by a frozen run (one
+            pass over the stream caches it, then epochs run over the cache); given, it sets the
+            cached epochs' steps there too.
         min_steps: optimizer steps the main phase trains at least, early stopping or not: on small
             data its epochs grow until they reach them (100 examples at batch 32 are 3 steps an
             epoch, so 3 epochs would be 9 steps); large data keeps its epochs. 0: epochs alone.
@@ -219,9 +220,13 @@ class TrainConfig:
         self.strategy = str(self.strategy)  # type: ignore[assignment]  # the CLI's pattern type is a str subclass YAML cannot write
         if self.epochs is not None and self.min_steps is None:
             self.min_steps = 0  # epochs of the user's own: the run's length is theirs, not the recipe's
+        filled = []
         for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
             if getattr(self, name) is None:
                 setattr(self, name, value)
+                filled.append(name)
+        # not a field (not saved, not in the run's identity): what another strategy would set anew
+        self.strategy_filled = frozenset(filled)
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
@@ -249,6 +254,11 @@ class TrainConfig:
         if data["min_steps"] == 0:
             del data["min_steps"]  # likewise, where the strategy trains by epochs alone
         return data
+
+
+def identity_value(identity: dict[str, Any], key: str) -> Any:
+    """A setting as an `identity()` holds it: the value a key left out stands for (its default)."""
+    return identity[key] if key in identity else {**NEW_DEFAULTS, "min_steps": 0}.get(key)
 
 
 # Options added after runs were first saved: at their default they are left out of a run's

@@ -23,6 +23,7 @@ import yaml
 
 from headkit._fs import atomic_write_bytes, write_failed
 from headkit.errors import CheckpointError, HeadkitError
+from headkit.training.config import identity_value
 from headkit.training.fewshot import CONTRASTIVE_FILE
 
 CONFIG_FILE = "config.yaml"
@@ -54,7 +55,9 @@ def check_run_dir(config: Any) -> Path:
         current = config.identity()
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if diff:
-            details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in diff[:5])
+            details = "; ".join(
+                f"{k}: was {identity_value(previous, k)!r}, now {identity_value(current, k)!r}" for k in diff[:5]
+            )
             raise CheckpointError(
                 f"--resume: {run} holds a run with a different configuration ({details}); "
                 "resume with the same settings, or choose another --output_dir"

@@ -37,7 +37,6 @@ from headkit.model import MultiHeadModel
 from headkit.training.config import TrainConfig, check_ranges
 from headkit.training.state import TrainResult
 from headkit.training.strategies import parse_strategy
-from headkit.training.strategy_defaults import strategy_defaults
 
 TRAIN_KEY, EVAL_KEY = "train_dataset", "eval_dataset"  # the `data` names the tasks read them by
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec) if f.name != "name")
@@ -141,18 +140,16 @@ def run_config(args: TrainConfig | None, overrides: dict[str, Any]) -> tuple[Tra
     """`args` with `overrides` applied, and whether the run directory is kept (an output_dir given).
 
     A TrainConfig fills what is unset from its strategy's defaults when it is made, so an override
-    of the strategy would keep the old strategy's values: fields still at those are unset again
-    for the new strategy to fill."""
+    of the strategy would keep the old strategy's values: the fields that strategy filled (not
+    those set to the same values by hand) are unset again for the new strategy to fill."""
     if args is not None and not isinstance(args, TrainConfig):
         raise HeadkitError(f"args must be a headkit TrainConfig, got {type(args).__name__}")
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise HeadkitError(f"unknown training option(s) {unknown}; TrainConfig has {sorted(CONFIG_FIELDS)}")
     fields = {f: getattr(args, f) for f in CONFIG_FIELDS} if args is not None else {}
-    if args is not None:
-        for name, value in strategy_defaults(args.strategy).items():
-            if fields.get(name) == value:
-                fields[name] = None
+    for name in getattr(args, "strategy_filled", ()):
+        fields[name] = None
     keeps_run = "output_dir" in overrides or (args is not None and args.output_dir != DEFAULT_OUTPUT_DIR)
     try:
         config = TrainConfig(**{**fields, **overrides})
