@@ -58,6 +58,16 @@ def test_fewshot_refuses_a_head_with_hidden_layers_it_could_not_solve(tiny_text_
         headkit.train(tiny_text_model, heads, train_dataset=sentiment_rows(24), strategy="fewshot", progress=False)
 
 
+def test_fewshot_refuses_to_train_further_a_head_the_model_has_with_hidden_layers(tiny_text_model):
+    heads = {"sentiment": {"label": "label", "options": {"hidden_layers": 1}}}
+    rows = sentiment_rows(24)
+    model = headkit.train(tiny_text_model, heads, train_dataset=rows, epochs=1, progress=False).model
+    before = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    with pytest.raises(HeadConfigError, match="no closed-form few-shot solution"):
+        headkit.train(model, {"sentiment": "label"}, train_dataset=rows, strategy="fewshot", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.heads.state_dict().items())
+
+
 def test_hidden_layers_train_from_a_tasks_options_and_are_saved_with_the_head(tiny_text_model, tmp_path):
     rows = sentiment_rows(48)
     heads = {"sentiment": {"label": "label", "options": {"hidden_layers": 1, "hidden_size": 24}}}
@@ -70,9 +80,13 @@ def test_hidden_layers_train_from_a_tasks_options_and_are_saved_with_the_head(ti
     saved = json.loads((tmp_path / "run" / "model" / "heads" / "sentiment" / "config.json").read_text())
     assert (saved["hidden_layers"], saved["hidden_size"], saved["activation"]) == (1, 24, "gelu")
     loaded = headkit.load(tmp_path / "run" / "model")
-    inputs = headkit.load_processor(tiny_text_model)(["the film was good", "a dull plot"], return_tensors="pt", padding=True)
+    inputs = headkit.load_processor(tiny_text_model)(
+        ["the film was good", "a dull plot"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(**inputs).outputs["sentiment"], result.model.eval()(**inputs).outputs["sentiment"])
+        assert torch.equal(
+            loaded.eval()(**inputs).outputs["sentiment"], result.model.eval()(**inputs).outputs["sentiment"]
+        )
     assert loaded.heads["sentiment"].config.hidden_size == 24
 
 

@@ -48,6 +48,18 @@ def test_no_temperature_is_fitted_on_too_few_examples_or_when_every_answer_is_ri
     assert calibration.fit_temperature(probs, wrong) != 1.0
 
 
+def test_a_head_type_of_its_own_without_an_output_layer_to_hold_t_is_left_as_it_is():
+    from types import SimpleNamespace
+
+    from headkit.heads.scoring import ClassScores
+
+    head = SimpleNamespace(config=SimpleNamespace(labels=["a", "b"]))  # decodes probs, has no scale_output
+    predictions = [{"label": "a", "probs": {"a": 0.9, "b": 0.1}} for _ in range(60)]
+    references = ["a", "b"] * 30
+    assert ClassScores().__get__(head).scale_temperature(predictions, references) is None
+    assert predictions[0]["probs"] == {"a": 0.9, "b": 0.1}
+
+
 def noisy_rows(n: int, seed: int = 0) -> list[dict]:
     """The toy sentiment task with a fifth of its labels flipped: no head is always right on it."""
     rng = random.Random(seed)

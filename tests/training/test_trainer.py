@@ -120,6 +120,11 @@ def test_output_dir_keeps_the_run_and_args_take_overrides(tiny_text_model, rows,
     chosen = TrainConfig(strategy="frozen", lr=0.01, epochs=30, progress=False)  # frozen's own lr and epochs
     switched = Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=chosen, strategy="full").args
     assert (switched.lr, switched.epochs, switched.patience) == (0.01, 30, 3)  # patience: full's, left unset
+    changed = TrainConfig(strategy="frozen", progress=False)
+    changed.lr, changed.batch_size = 0.05, 4  # set by hand after the strategy filled them: they stay
+    kept = Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=changed).args
+    assert (kept.lr, kept.batch_size) == (0.05, 4)
+    assert Trainer(tiny_text_model, {"s": "label"}, train_dataset=rows, args=changed, strategy="full").args.lr == 0.05
     with pytest.raises(HeadkitError, match="already holds a run"):
         train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out)
     resumed = train(tiny_text_model, {"sentiment": "label"}, train_dataset=rows, args=args, epochs=1, output_dir=out,

@@ -58,16 +58,20 @@ class FewShot(Part):
 
     @staticmethod
     def configure(config: Any) -> Any:
-        """`config` for a head that few-shot training solves: it reads unit vectors. A head with
-        hidden layers is refused: the closed form solves one linear layer on the features, and
-        layers below it would stay random."""
+        """`config` for a head that few-shot training solves: it reads unit vectors."""
+        FewShot.check(config)
+        return dataclasses.replace(config, normalize=True)
+
+    @staticmethod
+    def check(config: Any) -> None:
+        """Refuse a head with hidden layers (a task's, or one the model already has): the closed
+        form solves one linear layer on the features, and the layers below it would stay random."""
         if getattr(config, "hidden_layers", 0):
             raise HeadConfigError(
                 f"a '{config.type}' head with hidden_layers={config.hidden_layers} has no closed-form few-shot "
                 "solution (fewshot solves one linear layer on the features): train it with frozen, full or lora, "
                 "or drop hidden_layers"
             )
-        return dataclasses.replace(config, normalize=True)
 
 
 def class_pairs(name: str, y: np.ndarray, iterations: int, rng: np.random.Generator) -> list[Pair]:

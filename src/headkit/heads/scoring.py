@@ -66,8 +66,8 @@ class Scoring(Part):
 
     def scale_temperature(self, predictions: list[Any], references: list[Any]) -> dict[str, float] | None:
         """Fit a softmax temperature on validation predictions into the head (heads/calibration.py)
-        and re-decide `predictions` in place at it; returns the temperature, the validation NLL and
-        ECE before and after, and the head's validation `loss` after; None where nothing changed."""
+        and re-decide `predictions` in place at it; returns the temperature and the validation NLL
+        and ECE before and after; None where nothing changed."""
         return None
 
     def same_decision(self, a: Any, b: Any) -> bool:
@@ -127,6 +127,8 @@ class ClassScores(Scoring):
         """Temperature scaling on the labelled examples of a class the head knows: T is folded into
         the head's output layer (`scale_output`), so predict, serve and every export give the
         calibrated probabilities; decisions are unchanged."""
+        if not hasattr(self.head, "scale_output"):  # a head type of its own, without a last linear layer to hold T
+            return None
         names = self.names
         index = {name: i for i, name in enumerate(names)}
         pairs = [(p, index[r]) for p, r in zip(predictions, references, strict=True) if r in index and "probs" in p]
@@ -151,15 +153,7 @@ class ClassScores(Scoring):
             "ece_before": expected_calibration_error(*before),
             "ece_after": expected_calibration_error(*after),
             "examples": len(targets),
-            "loss": self._loss(calibration.scaled(probs, temperature), targets),
         }
-
-    def _loss(self, probs: np.ndarray, targets: np.ndarray) -> float:
-        """The head's validation loss from its probabilities: cross-entropy, weighted per class as
-        training weighs it (a weighted mean, as torch's)."""
-        weights = np.asarray(self.head.config.class_weights or [1.0] * len(self.names))[targets]
-        losses = -calibration.log_probs(probs)[np.arange(len(targets)), targets]
-        return float((weights * losses).sum() / weights.sum())
 
     def report(self, predictions: list[Any], references: list[Any]) -> dict[str, dict[str, float]] | None:
         from sklearn.metrics import classification_report

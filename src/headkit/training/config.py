@@ -220,13 +220,14 @@ class TrainConfig:
         self.strategy = str(self.strategy)  # type: ignore[assignment]  # the CLI's pattern type is a str subclass YAML cannot write
         if self.epochs is not None and self.min_steps is None:
             self.min_steps = 0  # epochs of the user's own: the run's length is theirs, not the recipe's
-        filled = []
+        filled = {}
         for name, value in strategy_defaults(self.strategy).items():  # what the strategy's recipe sets
             if getattr(self, name) is None:
                 setattr(self, name, value)
-                filled.append(name)
-        # not a field (not saved, not in the run's identity): what another strategy would set anew
-        self.strategy_filled = frozenset(filled)
+                filled[name] = value
+        # not a field (not saved, not in the run's identity): the values the strategy filled, which
+        # another strategy fills anew (headkit.Trainer's overrides) while they are left as filled
+        self.strategy_filled = filled
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]

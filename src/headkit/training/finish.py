@@ -55,7 +55,9 @@ def finish_run(
             thresholds = calibrate(model, evaluation)
         if config.temperature_scaling:
             calibrated, curves = scale_temperatures(model, evaluation)
-        if thresholds or calibrated:  # the validation scores at the tuned settings (tuned on these same examples)
+        if calibrated:  # scored again as saved: losses and scores of the calibrated weights, as evaluate gives them
+            evaluation = evaluate(model, data.val, pad_id, config.batch_size, val_cache, make_batch=make_eval_batch)
+        elif thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
         thresholds.update(null_thresholds)
     metrics = {
@@ -127,16 +129,13 @@ def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[d
     """Fit each classification head's softmax temperature on the validation predictions (folded
     into its weights, so the saved model keeps it) and re-decide those predictions at it; returns
     head -> {temperature, NLL and ECE before and after} and head -> (confidences, correct) before
-    and after, for the reliability diagrams. A head's validation loss becomes the calibrated one."""
+    and after, for the reliability diagrams."""
     fitted, curves = {}, {}
     for name, head in model.heads.items():
         before = head.scoring.confidences(evaluation.predictions[name], evaluation.references[name])
         settings = head.scoring.scale_temperature(evaluation.predictions[name], evaluation.references[name])
         if not settings:
             continue
-        if name in evaluation.losses:
-            evaluation.losses[name] = settings.pop("loss")
-        settings.pop("loss", None)
         fitted[name] = settings
         curves[name] = (before, head.scoring.confidences(evaluation.predictions[name], evaluation.references[name]))
         logger.info(

@@ -196,6 +196,10 @@ def fit_fewshot(config: TrainConfig, model: MultiHeadModel, processor: Any, data
     ignored = [f"--{k}" for k in ("class_weights", "report_to") if getattr(config, k) != "none"]
     if ignored:
         logger.warning(f"note: strategy fewshot does not use {', '.join(ignored)} (heads are solved in closed form)")
+    for name in data.heads:  # the heads as built, a head the model already had included
+        fewshot = model.heads[name].fewshot
+        assert fewshot is not None  # fewshot_heads refused head types without a few-shot part
+        fewshot.check(model.heads[name].config)
     model.to(state.device)
     # TrainConfig.__post_init__ filled these with the strategy's defaults
     assert config.fewshot_recipe is not None and config.fewshot_steps is not None

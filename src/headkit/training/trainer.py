@@ -140,16 +140,19 @@ def run_config(args: TrainConfig | None, overrides: dict[str, Any]) -> tuple[Tra
     """`args` with `overrides` applied, and whether the run directory is kept (an output_dir given).
 
     A TrainConfig fills what is unset from its strategy's defaults when it is made, so an override
-    of the strategy would keep the old strategy's values: the fields that strategy filled (not
-    those set to the same values by hand) are unset again for the new strategy to fill."""
+    of the strategy would keep the old strategy's values: the fields that strategy filled and
+    that still hold what it filled are unset again for the new strategy to fill; a value set by
+    hand (when made, or changed since) stays, even one equal to the old strategy's. (A copy made
+    with dataclasses.replace is a new config whose values were all given: they all stay.)"""
     if args is not None and not isinstance(args, TrainConfig):
         raise HeadkitError(f"args must be a headkit TrainConfig, got {type(args).__name__}")
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise HeadkitError(f"unknown training option(s) {unknown}; TrainConfig has {sorted(CONFIG_FIELDS)}")
     fields = {f: getattr(args, f) for f in CONFIG_FIELDS} if args is not None else {}
-    for name in getattr(args, "strategy_filled", ()):
-        fields[name] = None
+    for name, value in getattr(args, "strategy_filled", {}).items():
+        if fields[name] == value:
+            fields[name] = None
     keeps_run = "output_dir" in overrides or (args is not None and args.output_dir != DEFAULT_OUTPUT_DIR)
     try:
         config = TrainConfig(**{**fields, **overrides})
