@@ -53,10 +53,14 @@ class MultiHeadOutput(ModelOutput):
     mask: Tensor | None = None  # (B, T) mask over the hidden states
 
     def __post_init__(self) -> None:
+        # ModelOutput's own first: it reads `MultiHeadOutput({"loss": ..., ...})` (one mapping,
+        # the other fields None) as those fields, which is how accelerate rebuilds the output
+        # under mixed precision (convert_outputs_to_fp32); filled in before, they hid that case
+        # and the whole mapping became `loss`
+        super().__post_init__()
         for name in ("outputs", "losses", "counts"):
             if getattr(self, name) is None:
-                setattr(self, name, {})
-        super().__post_init__()
+                self[name] = {}
 
 
 class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):

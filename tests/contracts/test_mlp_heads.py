@@ -25,7 +25,7 @@ def config(head_type: str, **fields):
 @pytest.mark.parametrize("head_type", POOLED)
 def test_no_hidden_layers_keeps_the_linear_heads_layout_and_hidden_layers_stack_before_it(head_type):
     linear = build_head(config(head_type))
-    assert [k for k in linear.state_dict() if k.endswith("weight")][0].endswith(".1.weight")  # saved heads load
+    assert next(k for k in linear.state_dict() if k.endswith("weight")).endswith(".1.weight")  # saved heads load
     deep = build_head(config(head_type, hidden_layers=2, hidden_size=16, activation="relu", dropout=0.0))
     shapes = [tuple(p.shape) for name, p in deep.named_parameters() if name.endswith("weight")]
     width = max(1, len(LABELS[head_type]))

@@ -80,8 +80,8 @@ def runs(tiny_text_model, tmp_path_factory):
     for scaled in (True, False):
         where = tmp_path_factory.mktemp(f"scaled-{scaled}")
         out[scaled] = headkit.train(
-            tiny_text_model, {"sentiment": {"label": "label", "pooling": "mean"}}, train_dataset=rows, output_dir=where / "run",
-            temperature_scaling=scaled, **fast,
+            tiny_text_model, {"sentiment": {"label": "label", "pooling": "mean"}}, train_dataset=rows,
+            output_dir=where / "run", temperature_scaling=scaled, **fast,
         )  # fmt: skip
     return out
 
@@ -119,3 +119,19 @@ def test_the_output_layer_holds_the_temperature(runs):
     plain = runs[False].model.heads["sentiment"].classifier[-1].weight
     temperature = runs[True].metrics["calibration"]["sentiment"]["temperature"]
     assert torch.allclose(scaled * temperature, plain, atol=1e-6)
+
+
+def test_a_bf16_run_trains_and_its_final_scores_are_the_calibrated_weights(tiny_text_model, tmp_path):
+    """Under mixed precision accelerate rebuilds the model's output (its loss was the whole
+    output once), and the final scores run inside one autocast region, whose cached bf16 copy of
+    the output layer would have scored the heads again on the weights from before T."""
+    rows, heads = noisy_rows(300), {"sentiment": {"label": "label", "pooling": "mean"}}
+    headkit.train(tiny_text_model, heads, train_dataset=rows, epochs=1, progress=False, mixed_precision="no")
+    result = headkit.train(  # a second run in this process, at another precision (accelerate kept the first's)
+        tiny_text_model, heads, train_dataset=rows, epochs=4, batch_size=16, lr=3e-2, val_fraction=0.2,
+        progress=False, strategy="frozen", mixed_precision="bf16", output_dir=tmp_path / "run",
+    )  # fmt: skip
+    fit = result.metrics["calibration"]["sentiment"]
+    loss = result.metrics["val_losses"]["sentiment"]
+    assert abs(loss - fit["nll_after"]) < abs(loss - fit["nll_before"])  # scored on the calibrated weights
+    assert result.metrics["heads"]["sentiment"]["ece"] == fit["ece_after"]

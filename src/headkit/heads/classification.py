@@ -72,6 +72,9 @@ class PooledHead(HeadBase):
         output: nn.Linear = self.classifier[-1]  # type: ignore[assignment]  # output_layers ends in its Linear
         output.weight.mul_(factor)
         output.bias.mul_(factor)
+        # inside an autocast region (a run's final scores) torch reuses its low-precision copy of a
+        # weight cast before: without this, the heads would be scored again on the old weights
+        torch.clear_autocast_cache()
 
 
 class ClassView(View):

@@ -57,6 +57,7 @@ def finish_run(
             calibrated, curves = scale_temperatures(model, evaluation)
         if calibrated:  # scored again as saved: losses and scores of the calibrated weights, as evaluate gives them
             evaluation = evaluate(model, data.val, pad_id, config.batch_size, val_cache, make_batch=make_eval_batch)
+            curves = scored_as_saved(model, evaluation, calibrated, curves)
         elif thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
         thresholds.update(null_thresholds)
@@ -125,6 +126,22 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
     return tuned
 
 
+def scored_as_saved(
+    model: MultiHeadModel, evaluation: Evaluation, calibrated: dict[str, dict], curves: dict[str, tuple]
+) -> dict[str, tuple]:
+    """The calibrated heads' ECE and reliability after, from the saved weights' own validation
+    predictions (under mixed precision these differ a little from the fit's rescaled ones)."""
+    for name, fit in calibrated.items():
+        fit["ece_after"] = evaluation.scores[name].get("ece", fit["ece_after"])
+        after = model.heads[name].scoring.confidences(evaluation.predictions[name], evaluation.references[name])
+        curves[name] = (curves[name][0], after)
+        logger.info(
+            f"{name}: softmax temperature {fit['temperature']:.3f} fitted on the validation split; "
+            f"ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}"
+        )
+    return curves
+
+
 def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[dict[str, dict], dict[str, tuple]]:
     """Fit each classification head's softmax temperature on the validation predictions (folded
     into its weights, so the saved model keeps it) and re-decide those predictions at it; returns
@@ -138,10 +155,6 @@ def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[d
             continue
         fitted[name] = settings
         curves[name] = (before, head.scoring.confidences(evaluation.predictions[name], evaluation.references[name]))
-        logger.info(
-            f"{name}: softmax temperature {settings['temperature']:.3f} fitted on the validation split; "
-            f"ECE {settings['ece_before']:.4f} -> {settings['ece_after']:.4f}"
-        )
     return fitted, curves
 
 

@@ -131,6 +131,21 @@ def fit(
 # ----------------------------------------------------------------------------- setup
 
 
+def release_accelerator_state(mixed_precision: str, cpu: bool) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator of another
+    precision or device after it ("restart your runtime"): a notebook's second run in bf16 after
+    one in fp32 would fail. A state set up otherwise is reset, as transformers' TrainingArguments
+    resets it for each Trainer; the process state (devices, process group) is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if not state:
+        return
+    other_device = cpu and getattr(state.get("device"), "type", "cpu") != "cpu"
+    if state.get("_mixed_precision", mixed_precision) != mixed_precision or other_device:
+        AcceleratorState._reset_state()
+
+
 def setup(
     config: TrainConfig,
     model: MultiHeadModel,
@@ -149,6 +164,7 @@ def setup(
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     tracked = config.report_to != "none"
+    release_accelerator_state(mixed, force_cpu())
     accelerator = Accelerator(
         cpu=force_cpu(),
         mixed_precision=mixed,
