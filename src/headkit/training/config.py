@@ -8,6 +8,7 @@ light modules are imported here (the option types, TaskSpec, the strategies' def
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -225,9 +226,8 @@ class TrainConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
                 filled[name] = value
-        # not a field (not saved, not in the run's identity): the values the strategy filled, which
-        # another strategy fills anew (headkit.Trainer's overrides) while they are left as filled
-        self.strategy_filled = filled
+        _STRATEGY_FILLED[id(self)] = filled
+        weakref.finalize(self, _STRATEGY_FILLED.pop, id(self), None)
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
@@ -260,6 +260,17 @@ class TrainConfig:
 def identity_value(identity: dict[str, Any], key: str) -> Any:
     """A setting as an `identity()` holds it: the value a key left out stands for (its default)."""
     return identity[key] if key in identity else {**NEW_DEFAULTS, "min_steps": 0}.get(key)
+
+
+# config id -> the values its strategy filled in when it was made, which another strategy fills
+# anew (headkit.Trainer's overrides) while they are left as filled. Kept beside the config, not on
+# it: not a field (not saved, not in a run's identity), and `TrainConfig(**vars(config))` copies it.
+_STRATEGY_FILLED: dict[int, dict[str, Any]] = {}
+
+
+def strategy_filled(config: TrainConfig) -> dict[str, Any]:
+    """The fields `config`'s strategy filled when it was made, with the values it gave them."""
+    return _STRATEGY_FILLED.get(id(config), {})
 
 
 # Options added after runs were first saved: at their default they are left out of a run's

@@ -34,7 +34,7 @@ from headkit.data.taskspec import DEFAULT_HEAD_TYPE, TaskSpec
 from headkit.errors import DataError, HeadkitError
 from headkit.heads import HeadConfig
 from headkit.model import MultiHeadModel
-from headkit.training.config import TrainConfig, check_ranges
+from headkit.training.config import TrainConfig, check_ranges, strategy_filled
 from headkit.training.state import TrainResult
 from headkit.training.strategies import parse_strategy
 
@@ -150,7 +150,7 @@ def run_config(args: TrainConfig | None, overrides: dict[str, Any]) -> tuple[Tra
     if unknown:
         raise HeadkitError(f"unknown training option(s) {unknown}; TrainConfig has {sorted(CONFIG_FIELDS)}")
     fields = {f: getattr(args, f) for f in CONFIG_FIELDS} if args is not None else {}
-    for name, value in getattr(args, "strategy_filled", {}).items():
+    for name, value in (strategy_filled(args) if args is not None else {}).items():
         if fields[name] == value:
             fields[name] = None
     keeps_run = "output_dir" in overrides or (args is not None and args.output_dir != DEFAULT_OUTPUT_DIR)
