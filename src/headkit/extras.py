@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "timm": ("timm",),  # brings torchvision
     "tensorboard": ("tensorboard",),  # --report_to tensorboard (accelerate's tracker)
     "ray": ("ray",),  # serve --replicas (Ray Serve)
+    "sentence-transformers": ("sentence_transformers",),  # export --to sentence-transformers checks its folder
 }
 
 

@@ -152,7 +152,11 @@ def decisions(head_type: str, prediction: Any) -> list:
 
 
 def agreement(head_type: str, ours: list, theirs: list) -> float:
-    """The share of decisions two runs agree on; numeric heads agree within 5% of the value's scale."""
+    """The share of decisions two runs agree on; numeric heads agree within 5% of the value's scale,
+    embeddings when they point the same way (cosine similarity 0.99 or more)."""
+    if head_type == "embedding":
+        pairs = [(np.asarray(a["embedding"]), np.asarray(b["embedding"])) for a, b in zip(ours, theirs, strict=True)]
+        return float(np.mean([u @ v >= 0.99 * np.linalg.norm(u) * np.linalg.norm(v) for u, v in pairs]))
     if head_type in ("regression", "reward", "box"):
 
         def numbers(p: Any) -> list[float]:

@@ -247,7 +247,7 @@ def generate(
 
 def export(
     run: str,
-    to: Literal["transformers", "onnx"] | None = None,
+    to: Literal["transformers", "onnx", "sentence-transformers"] | None = None,
     output: str | None = None,
     only_head: str | None = None,
     quantize: bool = False,
@@ -255,31 +255,34 @@ def export(
     progress: bool = True,
     optimize: bool = True,
 ) -> None:
-    """Export a trained model: to a plain transformers checkpoint, or every head to one ONNX graph.
+    """Export a trained model: to a plain transformers checkpoint, every head to one ONNX graph, or
+    an embedding head to a sentence-transformers folder.
 
     Args:
         run: a training run directory (or a saved model directory).
-        to: transformers or onnx.
+        to: transformers, onnx or sentence-transformers.
         output: the directory to write; default RUN/export-transformers or RUN/export-onnx.
         only_head: with --to transformers, export this one head of a multi-head model as a plain
-            model (old spelling: --head).
+            model (old spelling: --head); with --to sentence-transformers, the embedding head to write.
         quantize: with --to onnx, also write an int8 (dynamically quantised) graph.
         overwrite: replace a non-empty output directory.
         progress: show the export's steps as they run.
         optimize: with --to onnx, apply onnxruntime's transformer fusions for the backbone's type
             (--no_optimize: the graph as torch.onnx wrote it).
     """
-    from headkit.ship.export import export_onnx, export_transformers
+    from headkit.ship.export import export_onnx, export_sentence_transformers, export_transformers
 
-    if to not in ("transformers", "onnx"):
-        raise UsageError("give --to transformers or --to onnx")
+    if to not in ("transformers", "onnx", "sentence-transformers"):
+        raise UsageError("give --to transformers, --to onnx or --to sentence-transformers")
     if quantize and to != "onnx":
         raise UsageError("--quantize applies to --to onnx only")
-    if only_head and to != "transformers":
-        raise UsageError("--only_head applies to --to transformers (ONNX holds every head in one graph)")
+    if only_head and to == "onnx":
+        raise UsageError("--only_head applies to --to transformers and sentence-transformers (ONNX holds every head)")
     output = output or str(Path(run) / f"export-{to}")
     if to == "transformers":
         result = export_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)
+    elif to == "sentence-transformers":
+        result = export_sentence_transformers(run, output, head=only_head, overwrite=overwrite, progress=progress)
     else:
         result = export_onnx(run, output, quantize=quantize, overwrite=overwrite, progress=progress, optimize=optimize)
     render.export_result(result)

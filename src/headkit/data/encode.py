@@ -15,7 +15,7 @@ import numpy as np
 
 from headkit.data.batching import EncodedData, align_tags, check_pair_template, text_values, tokenize
 from headkit.data.images import is_image_processor, load_images
-from headkit.data.pairs import tokenize_pairs
+from headkit.data.pairs import tokenize_pairs, tokenize_text_pairs
 from headkit.data.pixels import pixel_store
 from headkit.errors import DataError, DataOptionError
 from headkit.heads import HEAD_NAME, HeadConfig, LabelSource, head_class, head_config, head_types_for_tables
@@ -102,19 +102,21 @@ def encode_rows(
         encoded, windows, questions = encode_questions(
             processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
-    elif pairs:  # preference pairs: every head on this data reads them
+    elif pairs:  # two texts per example (preference pairs, text pairs): every head on this data reads them
         if group[0].text_pair is not None:
             raise DataError(
                 f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
                 f"their label column; drop text_pair '{group[0].text_pair}'"
             )
-        if len(pairs) != len(group) or images:
+        joins = codecs[pairs[0].name].joins  # preference pairs (reward heads), or a text and its partner
+        if len(pairs) != len(group) or images or any(codecs[t.name].joins != joins for t in pairs):
             raise DataError(
-                f"{data}: heads {[t.name for t in pairs]} train on preference pairs, which other heads and "
-                "images cannot share; give them a run of their own"
+                f"{data}: heads {[t.name for t in pairs]} train on {'preference pairs' if joins else 'pairs of texts'}"
+                ", which other heads and images cannot share; give them a run of their own"
             )
-        chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
-        encoded = EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, rejected)
+        tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
+        first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)
+        encoded = EncodedData(first, {}, [r.get(text_column) for r in rows], None, second)
     elif images:  # the text column names image files
         if group[0].text_pair is not None:
             raise DataError(f"{data}: text_pair '{group[0].text_pair}' needs a text backbone; this one reads images")

@@ -1,6 +1,9 @@
-"""Preference pairs: a prompt and two responses to it, the one people chose and the one they
-rejected (TRL's `prompt`, `chosen`, `rejected` columns). Heads whose `inputs` is "pairs"
-(reward heads) train on them.
+"""Two texts per example, each encoded as its own row: preference pairs (reward heads) and text
+pairs (embedding heads: an anchor and its positive, `tokenize_text_pairs`).
+
+Preference pairs: a prompt and two responses to it, the one people chose and the one they
+rejected (TRL's `prompt`, `chosen`, `rejected` columns). Heads whose codec `joins` (reward heads)
+train on them.
 
 A reward head scores one text: the prompt and a response joined (`join_pair`, as TRL's
 RewardTrainer joins them, with a space where neither side has one), encoded exactly as
@@ -63,6 +66,24 @@ def tokenize_pairs(
         return tokenizer(joined, truncation=True, max_length=max_length)["input_ids"]
 
     return encode(chosen), encode(rejected)
+
+
+def tokenize_text_pairs(
+    tokenizer: Any, rows: list[dict[str, Any]], text_column: str, partner_column: str, max_length: int, source: str
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(text ids, partner ids): each text as the tokenizer encodes one text alone, as predict and
+    the server encode what they are given; a DataError names the first empty one."""
+    encoded = []
+    for column in (text_column, partner_column):
+        texts = column_values(rows, column, source)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+        if bad is not None:
+            raise DataError(
+                f"{source}, row {bad + 1}: '{column}' is empty or not text ({texts[bad]!r}); each text needs its "
+                f"partner: '{text_column}' and '{partner_column}' hold the two texts of a pair"
+            )
+        encoded.append(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    return encoded[0], encoded[1]
 
 
 def join_pair(prompt: str, response: str) -> str:

@@ -15,6 +15,7 @@ from headkit.heads.base import Head, HeadBase, HeadConfig
 from headkit.heads.box import BoxConfig, BoxHead
 from headkit.heads.classification import ClassificationConfig, ClassificationHead
 from headkit.heads.ctc import CTCConfig, CTCHead
+from headkit.heads.embedding import EmbeddingConfig, EmbeddingHead
 from headkit.heads.fewshot import Pair
 from headkit.heads.labels import IGNORE_INDEX, LabelSource
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
@@ -40,6 +41,7 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[HeadBase]]] = {
     "ctc": (CTCConfig, CTCHead),
     "box": (BoxConfig, BoxHead),
     "reward": (RewardConfig, RewardHead),
+    "embedding": (EmbeddingConfig, EmbeddingHead),
     SEQ2SEQ: (Seq2SeqConfig, Seq2SeqHead),
 }
 

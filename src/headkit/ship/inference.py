@@ -4,6 +4,7 @@
     model.predict([("A man sleeps.", "A person rests.")])   # sentence pairs, as NLI / STS heads read them
     model.predict(Image.open("cat.jpg"))          # an image model: PIL images (or image file paths)
     model.evaluate(data["test"])                  # {"sentiment": {"accuracy": ...}, ...}; .losses per head
+    model.encode(["A text.", "Another."])         # an embedding head's vectors, (2, D)
 
 A mixin, as ship/pretrained.py is for saving and loading, so that model.py keeps to the model.
 It needs of the class only `heads`, `_processor()`, `max_length`, `device`, `columns` (optional)
@@ -101,6 +102,30 @@ class InferenceMixin:
         it was in it, so predicting in the middle of training is safe.
         """
         return answer(self, self._processor(), inputs, batch_size, heads, max_length, progress, max_tokens)
+
+    def encode(
+        self, texts: str | Sequence[str], head: str | None = None, batch_size: int = 32, progress: bool = False
+    ) -> Any:
+        """The embedding head's vectors for `texts`: a (N, D) float32 numpy array (a single text:
+        (D,)), as `SentenceTransformer.encode` gives them. `head`: which embedding head (needed
+        when the model has several); the model's other heads are not computed."""
+        import numpy as np
+
+        embedding = [name for name, h in self.heads.items() if h.view.gives_vectors]
+        if head is None and len(embedding) != 1:
+            raise HeadkitError(
+                f"encode needs the embedding head to read: this model has {embedding or 'none'} "
+                f"(heads: {list(self.heads)}); name one with head=..."
+            )
+        name = head or embedding[0]
+        if name not in self.heads or not self.heads[name].view.gives_vectors:
+            raise HeadkitError(f"no embedding head named '{name}'; this model's embedding heads: {embedding}")
+        single = isinstance(texts, str)
+        inputs = [texts] if single else list(texts)
+        answers = self.predict(inputs, batch_size=batch_size, heads=[name], progress=progress)
+        assert isinstance(answers, list)  # a list of inputs gives a list of answers
+        vectors = np.array([a[name] for a in answers], dtype=np.float32)
+        return vectors[0] if single else vectors
 
     def evaluate(
         self,

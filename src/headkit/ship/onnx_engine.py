@@ -88,6 +88,8 @@ class OnnxModel:
             raise CheckpointError(f"onnxruntime could not load {path}: {e}") from e
         self.input_names: list[str] = manifest["inputs"]
         self.heads = {name: build_head(config_from_dict(c)).eval() for name, c in manifest["heads"].items()}
+        # head -> its graph output (exports before output names were prefixed named them as the heads)
+        self.output_names = dict(zip(self.heads, manifest.get("outputs") or list(self.heads), strict=True))
         load_head_state(self.heads, directory, manifest)
         self.backbone_config = AutoConfig.from_pretrained(directory)
         self.max_length: int | None = manifest.get("max_length")  # the limit the model was trained with
@@ -111,7 +113,7 @@ class OnnxModel:
         if "token_type_ids" in self.input_names and "token_type_ids" not in inputs:  # as BERT defaults them
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         feed = {n: as_feed(inputs[n]) for n in self.input_names}
-        values = self.session.run(names, feed)
+        values = self.session.run([self.output_names[n] for n in names], feed)
         outputs = {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
         mask = inputs.get("attention_mask")
         if mask is None:

@@ -187,7 +187,10 @@ class FirstText:
 def reads_preference_pairs(model: Any) -> bool:
     """Whether the model's heads score a (prompt, response) pair as one joined text (reward heads),
     rather than reading two texts as a sentence pair."""
-    return any(getattr(head.codec, "inputs", None) == "pairs" for head in model.heads.values())
+    return any(
+        getattr(head.codec, "inputs", None) == "pairs" and getattr(head.codec, "joins", False)
+        for head in model.heads.values()
+    )
 
 
 def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> Any:

@@ -1,8 +1,10 @@
-"""The pair layout: one preference pair per example (a prompt, a chosen and a rejected response).
+"""The pair layout: two texts per example, each its own row for the head: a preference pair (a
+prompt, a chosen and a rejected response; `PairCodec`), or a text and its partner (an anchor and
+its positive; `TextPairCodec`).
 
-The texts are the inputs (headkit.data.pairs): a batch of B pairs is 2B scored rows, the chosen
-ones first. The label only says the pair is to be ranked: (B, 1), 1 or NaN. References give each
-scored row its role and how far away its partner row is, so a metric can pair the scores up.
+The texts are the inputs (headkit.data.pairs): a batch of B pairs is 2B rows, the first texts
+first. The label only says the pair is there: (B, 1), 1 or NaN. References give each row its role
+and how far away its partner row is, so a metric can pair the rows up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class PairCodec(Codec):
     layout = "pair"
     inputs = "pairs"
     suggested_name = "reward"
+    joins = True  # each row is the prompt (the text column) joined with one response (the two label columns)
+    roles = ("chosen", "rejected")  # what the first and the second row of a pair are
 
     def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         return ["score"]
@@ -34,10 +38,21 @@ class PairCodec(Codec):
     def references(
         self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
     ) -> list[tuple[str, int] | None]:
-        """One entry per scored row, in the order the head scores them (chosen rows, then rejected
-        rows): its role and how far away its partner row is; None where the pair has no label."""
+        """One entry per row, in the order the head reads them (first rows, then second rows):
+        its role and how far away its partner row is; None where the pair has no label."""
         present = rows_with_labels(labels).tolist()
         pairs = len(present)
-        return [("chosen", pairs) if ok else None for ok in present] + [
-            ("rejected", -pairs) if ok else None for ok in present
-        ]
+        first, second = self.roles
+        return [(first, pairs) if ok else None for ok in present] + [(second, -pairs) if ok else None for ok in present]
+
+
+class TextPairCodec(PairCodec):
+    """A text (the text column) and its partner (the label column), each read as it is: the
+    pairs an embedding head learns to put side by side."""
+
+    suggested_name = "embedding"
+    joins = False
+    roles = ("anchor", "positive")
+
+    def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
+        return []

@@ -72,20 +72,22 @@ def export_onnx(
     names = list(inputs)
     int8_error: dict[str, float] = {}
     with staged_dir(output_dir) as staging:
-        _export_graph(AllHeads(model, names).eval(), inputs, list(model.heads), _dynamic_axes(inputs), staging)
+        outputs = graph_outputs(list(model.heads))
+        _export_graph(AllHeads(model, names).eval(), inputs, outputs, _dynamic_axes(inputs), staging)
         next_step(bar)
         fused = "not asked for"
         if optimize:
             fused = _optimize(staging / ONNX_FILE, model.backbone.config)
             next_step(bar)
         if quantize:
-            int8_error = quantize_graph(staging / ONNX_FILE, staging / ONNX_INT8_FILE, inputs)
+            by_output = quantize_graph(staging / ONNX_FILE, staging / ONNX_INT8_FILE, inputs)
+            int8_error = {head: by_output[out] for head, out in zip(model.heads, outputs, strict=True)}
             next_step(bar)
         if processor is not None:
             processor.save_pretrained(staging)
         model.backbone.config.save_pretrained(staging)
         _write_head_state(model, staging)
-        _write_manifest(staging, source, names, list(model.heads), fused, int8_error)
+        _write_manifest(staging, source, names, outputs, fused, int8_error)
     bar.close()
     from headkit.ship.engines import validate_after_export  # engines read this export, never write one
 
@@ -99,6 +101,12 @@ def export_onnx(
         int8_error,
         checked,
     )
+
+
+def graph_outputs(heads: list[str]) -> list[str]:
+    """The graph's output per head, prefixed: a head named as a node of the backbone's graph (a head
+    called `embedding`) would otherwise define that name twice, and onnxruntime refuses the graph."""
+    return [f"headkit.{name}" for name in heads]
 
 
 def _dynamic_axes(inputs: dict[str, Tensor]) -> dict[str, dict[int, Any]]:
@@ -135,7 +143,7 @@ def saved_columns(source: Path) -> dict[str, Any]:
 
 
 def _write_manifest(
-    staging: Path, source: Path, inputs: list[str], heads: list[str], fused: str, int8_error: dict[str, float]
+    staging: Path, source: Path, inputs: list[str], outputs: list[str], fused: str, int8_error: dict[str, float]
 ) -> None:
     """onnx.json: what the ONNX engine reads (inputs, outputs, head configs, fingerprint, limit)
     and the sha256 of each graph, checked on load."""
@@ -146,7 +154,7 @@ def _write_manifest(
         {
             "format": ONNX_FORMAT,
             "inputs": inputs,
-            "outputs": heads,
+            "outputs": outputs,  # one per head, in the order of "heads"
             "heads": manifest["heads"],
             "backbone": manifest["backbone"],
             "max_length": manifest.get("max_length"),

@@ -1,0 +1,167 @@
+"""Embedding heads (heads/embedding.py): in-batch-negative training on text pairs, retrieval
+metrics, `model.encode`, and a sentence-transformers folder that gives the same vectors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import headkit
+from headkit import build_head, head_config
+from headkit.errors import DataError, ExportError, HeadConfigError, HeadkitError
+from headkit.heads.embedding import RetrievalScores
+from headkit.ship.export import export_onnx, export_sentence_transformers
+
+from conftest import FILLER, WORDS
+
+KEYS = [w for w in WORDS if w not in FILLER]  # 16 words; each pair shares one
+
+
+def pair_rows(n: int = 64, seed: int = 0) -> list[dict]:
+    """An anchor and its positive share their one key word (and nothing else but filler)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        key = KEYS[i % len(KEYS)]
+        rows.append(
+            {
+                "text": " ".join([*rng.choice(FILLER, 3), key]),
+                "positive": " ".join([key, *rng.choice(FILLER, 2)]),
+            }
+        )
+    return rows
+
+
+def test_the_loss_is_multiple_negatives_ranking_over_the_batch_and_skips_missing_pairs():
+    torch.manual_seed(0)
+    head = build_head(head_config("embedding", input_size=8, pooling="mean", scale=20.0))
+    output = torch.randn(8, 8)  # 4 pairs: anchors 0-3, positives 4-7
+    labels = torch.tensor([[1.0], [float("nan")], [1.0], [1.0]])
+    loss, n = head.loss(output, labels, None)
+    keep = torch.tensor([0, 2, 3])
+    a, p = F.normalize(output[:4][keep], dim=-1), F.normalize(output[4:][keep], dim=-1)
+    expected = F.cross_entropy(20.0 * a @ p.T, torch.arange(3))  # sentence-transformers' MNRL, by hand
+    assert n == 3 and torch.allclose(loss, expected)
+    zero, none = head.loss(output, torch.full((4, 1), float("nan")), None)
+    assert none == 0 and zero.item() == 0.0
+    with pytest.raises(HeadConfigError, match="2 x 4 rows"):
+        head.loss(output[:6], labels, None)
+
+
+def test_the_projection_starts_as_the_identity_and_vectors_are_unit_length():
+    head = build_head(head_config("embedding", input_size=8, pooling="mean"))
+    pooled = torch.randn(3, 8)
+    assert torch.allclose(head.forward_pooled(pooled), F.normalize(pooled, dim=-1), atol=1e-6)
+    narrow = build_head(head_config("embedding", input_size=8, pooling="mean", dimensions=4, normalize=False))
+    assert narrow.forward_pooled(pooled).shape == (3, 4)
+    with pytest.raises(HeadConfigError, match="positive width"):
+        head_config("embedding", dimensions=0)
+
+
+def test_retrieval_metrics_rank_each_anchor_among_every_positive():
+    scores = RetrievalScores()
+    #   anchors a0 a1 a2, positives p0 p1 p2 (cosine): a0 finds p0 first (0.99 > 0.53 > -1), a1 finds
+    #   p1 first (0.85 > 0.10 > 0), a2 finds p2 third (p1 0.996 > p0 0.68 > p2 -0.6)
+    anchors = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    positives = [[1.0, 0.1], [0.5, 0.8], [-1.0, 0.0]]
+    predictions = anchors + positives
+    references = [("anchor", 3)] * 3 + [("positive", -3)] * 3
+    got = scores.score(predictions, references)
+    assert got == pytest.approx({"recall@1": 2 / 3, "mrr@10": (1 + 1 + 1 / 3) / 3})
+    assert scores.chance(references) == pytest.approx({"recall@1": 1 / 3, "mrr@10": (1 + 1 / 2 + 1 / 3) / 3})
+    assert scores.same_decision([1.0, 0.0], [0.999, 0.01]) and not scores.same_decision([1.0, 0.0], [0.7, 0.7])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_text_model, tmp_path_factory):
+    run = tmp_path_factory.mktemp("embedding") / "run"
+    heads = {"embed": {"label": "positive", "type": "embedding", "pooling": "mean", "options": {"dimensions": 16}}}
+    before = headkit.train(
+        tiny_text_model, heads, train_dataset=pair_rows(), epochs=1, lr=1e-9, backbone_lr=1e-9, progress=False,
+        strategy="full", val_fraction=0.25,
+    )  # fmt: skip
+    result = headkit.train(
+        tiny_text_model, heads, train_dataset=pair_rows(), epochs=6, batch_size=16, lr=1e-2, backbone_lr=1e-3,
+        progress=False, strategy="full", val_fraction=0.25, output_dir=run,
+    )  # fmt: skip
+    return before, result, run
+
+
+def test_training_on_pairs_brings_each_text_next_to_its_partner(trained):
+    before, result, _ = trained
+    untrained, learned = before.metrics["heads"]["embed"], result.metrics["heads"]["embed"]
+    assert learned["mrr@10"] > untrained["mrr@10"] + 0.1 and learned["recall@1"] > untrained["recall@1"]
+
+
+def test_encode_gives_the_heads_unit_vectors_and_predict_gives_them_too(trained):
+    _, _, run = trained
+    model = headkit.load(run / "model")
+    texts = ["the film good", "bob met alice"]
+    vectors = model.encode(texts)
+    assert vectors.shape == (2, 16) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(model.encode("the film good"), vectors[0], atol=1e-6)
+    assert np.allclose(model.predict(texts)[1]["embed"], vectors[1], atol=1e-6)
+    with pytest.raises(HeadkitError, match="no embedding head named 'nope'"):
+        model.encode(texts, head="nope")
+
+
+def test_a_sentence_transformers_folder_gives_the_same_vectors(trained, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from headkit.cli.main import main
+
+    _, _, run = trained
+    result = export_sentence_transformers(run, tmp_path / "st")
+    assert "checked" in result.message and "not checked" not in result.message
+    assert main(["export", str(run), "--to", "sentence-transformers", "--output", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "2_Dense" / "model.safetensors").is_file()
+    modules = json.loads((tmp_path / "st" / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Dense", "3_Normalize"]
+    texts = ["the film good", "a dull boring plot and the acting", "paris"]
+    theirs = SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(texts)
+    assert np.allclose(theirs, headkit.load(run / "model").encode(texts), atol=1e-5)
+
+
+def test_the_onnx_graph_gives_the_same_vectors(trained, tmp_path):
+    from headkit.ship.predict import load_for_inference, predict_texts
+
+    _, _, run = trained
+    export_onnx(run, tmp_path / "onnx", optimize=False)
+    onnx, tokenizer = load_for_inference(tmp_path / "onnx", engine="onnx")
+    texts = ["the film good", "a dull boring plot and the acting"]
+    theirs = [p["embed"]["embedding"] for p in predict_texts(onnx, tokenizer, texts)]
+    assert np.allclose(theirs, headkit.load(run / "model").encode(texts), atol=1e-4)
+
+
+def test_bad_pairs_and_heads_that_cannot_share_them_get_one_clear_line(tiny_text_model):
+    rows = pair_rows(16)
+    rows[5]["positive"] = " "
+    embedding = {"embed": {"label": "positive", "type": "embedding"}}
+    with pytest.raises(DataError, match=r"row 6: 'positive' is empty") as refused:
+        headkit.train(tiny_text_model, embedding, train_dataset=rows, epochs=1, progress=False)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(DataError, match="column 'partner' not found"):
+        headkit.train(
+            tiny_text_model, {"embed": {"label": "partner", "type": "embedding"}}, train_dataset=pair_rows(16)
+        )
+    beside = {**embedding, "topic": {"label": "positive"}}  # a classification head on the same rows
+    with pytest.raises(DataError, match="train on pairs of texts, which other heads"):
+        headkit.train(tiny_text_model, beside, train_dataset=pair_rows(16), epochs=1, progress=False)
+
+
+def test_exports_that_sentence_transformers_cannot_hold_are_refused(tiny_text_model, tmp_path):
+    heads = {"embed": head_config("embedding", pooling="pooler")}
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    saved = headkit.save(model, tmp_path / "saved", processor=headkit.load_processor(tiny_text_model))
+    with pytest.raises(ExportError, match="Pooling has no mode for"):
+        export_sentence_transformers(saved, tmp_path / "st")
+    assert not (tmp_path / "st").exists()
+    plain = headkit.MultiHeadModel.from_pretrained(
+        tiny_text_model, heads={"c": head_config("classification", labels=["a", "b"])}
+    )
+    saved = headkit.save(plain, tmp_path / "plain", processor=headkit.load_processor(tiny_text_model))
+    with pytest.raises(ExportError, match="holds one embedding head; this model has none"):
+        export_sentence_transformers(saved, tmp_path / "st2")
