@@ -38,7 +38,7 @@ def test_the_loss_is_multiple_negatives_ranking_over_the_batch_and_skips_missing
     torch.manual_seed(0)
     head = build_head(head_config("embedding", input_size=8, pooling="mean", scale=20.0))
     output = torch.randn(8, 8)  # 4 pairs: anchors 0-3, positives 4-7
-    labels = torch.tensor([[1.0], [float("nan")], [1.0], [1.0]])
+    labels = torch.tensor([[1.0], [float("nan")], [2.0], [3.0]])  # each pair's partner id, or missing
     loss, n = head.loss(output, labels, None)
     keep = torch.tensor([0, 2, 3])
     a, p = F.normalize(output[:4][keep], dim=-1), F.normalize(output[4:][keep], dim=-1)
@@ -165,3 +165,42 @@ def test_exports_that_sentence_transformers_cannot_hold_are_refused(tiny_text_mo
     saved = headkit.save(plain, tmp_path / "plain", processor=headkit.load_processor(tiny_text_model))
     with pytest.raises(ExportError, match="holds one embedding head; this model has none"):
         export_sentence_transformers(saved, tmp_path / "st2")
+
+
+def test_pairs_that_share_a_partner_are_no_negatives_for_each_other_and_it_is_ranked_once():
+    torch.manual_seed(1)
+    head = build_head(head_config("embedding", input_size=8, pooling="mean"))
+    output = torch.randn(6, 8)  # 3 pairs; pairs 0 and 1 have the same partner text (id 7)
+    labels = torch.tensor([[7.0], [7.0], [9.0]])
+    loss, n = head.loss(output, labels, None)
+    a, p = F.normalize(output[:3], dim=-1), F.normalize(output[3:], dim=-1)
+    logits = 20.0 * a @ p.T
+    logits[0, 1] = logits[1, 0] = float("-inf")  # each one's partner is the other's own: masked out
+    assert n == 3 and torch.allclose(loss, F.cross_entropy(logits, torch.arange(3)))
+    # a perfect model: two questions about one passage both find it first
+    predictions = [[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    references = [("anchor", 3, 7), ("anchor", 3, 7), ("anchor", 3, 9), ("positive", -3, 7), ("positive", -3, 7),
+                  ("positive", -3, 9)]  # fmt: skip
+    assert RetrievalScores().score(predictions, references) == {"recall@1": 1.0, "mrr@10": 1.0}
+    assert RetrievalScores().chance(references)["recall@1"] == 0.5  # two distinct positives
+
+
+def test_a_run_cannot_read_pairs_two_ways_and_text_pairs_keep_their_start(tiny_text_model, tmp_path):
+    from conftest import write_csv
+
+    prefs = write_csv(tmp_path / "prefs.csv", [{"prompt": "the film", "chosen": "good", "rejected": "bad"}] * 8)
+    pairs = write_csv(tmp_path / "pairs.csv", pair_rows(16))
+    tasks = {
+        "reward": {"data": str(prefs), "type": "reward", "label": "chosen,rejected", "text": "prompt"},
+        "embed": {"data": str(pairs), "type": "embedding", "label": "positive"},
+    }
+    with pytest.raises(DataError, match="read their pairs of texts in two ways"):
+        headkit.train(tiny_text_model, tasks, epochs=1, progress=False)
+    tokenizer = headkit.load_processor(tiny_text_model)
+    tokenizer.truncation_side = "left"  # as a model trained further from a reward run has it
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads={})
+    model.save_pretrained(tmp_path / "left", processor=tokenizer)
+    result = headkit.train(tmp_path / "left", {"embed": {"label": "positive", "type": "embedding"}},
+                           train_dataset=pair_rows(16), epochs=1, progress=False, output_dir=tmp_path / "run")  # fmt: skip
+    assert headkit.load_processor(tmp_path / "run" / "model").truncation_side == "right"
+    assert result.model.heads["embed"].config.type == "embedding"

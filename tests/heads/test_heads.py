@@ -39,8 +39,8 @@ def labels_for(head_type: str) -> torch.Tensor:
         return torch.tensor([[1, 2, IGNORE_INDEX], [IGNORE_INDEX] * 3, [2, 2, 1], [1, IGNORE_INDEX, IGNORE_INDEX]])
     if head_type == "box":
         return torch.tensor([[0.1, 0.1, 0.5, 0.5], [NAN] * 4, [0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]])
-    if head_type in ("reward", "embedding"):  # B pairs (preference pairs; anchors and positives)
-        return torch.tensor([[1.0], [NAN], [1.0], [1.0]])
+    if head_type in ("reward", "embedding"):  # B pairs (preference pairs; anchors and positives: partner ids)
+        return torch.tensor([[1.0], [NAN], [2.0], [3.0]])
     if head_type == "seq2seq":  # [start, tokens .., end], padded to the longest target
         return torch.tensor(
             [[1, 5, 6, 2], [IGNORE_INDEX] * 4, [1, 7, 2, IGNORE_INDEX], [1, 2, IGNORE_INDEX, IGNORE_INDEX]]

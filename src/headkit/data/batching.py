@@ -101,7 +101,8 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     pairs = [p.pair_ids is not None for p in parts]
     if any(pairs) and not all(pairs):
         raise DataError(
-            "a run trains on preference pairs or on single texts, not both: give reward heads a run of their own"
+            "a run trains on pairs of texts or on single texts, not both: give reward and embedding heads a run "
+            "of their own"
         )
     pair_ids = [ids for p in parts for ids in p.pair_ids or []] if all(pairs) and parts else None
     # a sentence-pair source beside a single-text one: the single texts are all segment 0, as

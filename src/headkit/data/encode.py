@@ -63,6 +63,12 @@ def check_tasks(tasks: list[Any]) -> None:
     answering = [t for t in tasks if head_class(t.type).codec.inputs == "qa"]
     if answering:  # one model's span heads read one set of windows (MultiHeadModel.add_head)
         window_overlap(answering, "this run")
+    pairs = [t for t in tasks if head_class(t.type).codec.inputs == "pairs"]
+    if len({head_class(t.type).codec.joins for t in pairs}) > 1:
+        raise DataError(
+            f"heads {[t.name for t in pairs]} read their pairs of texts in two ways (a reward head joins a prompt to "
+            "each response, an embedding head reads each text alone) with one tokenizer: give them runs of their own"
+        )
 
 
 def encode_rows(

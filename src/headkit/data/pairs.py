@@ -72,7 +72,10 @@ def tokenize_text_pairs(
     tokenizer: Any, rows: list[dict[str, Any]], text_column: str, partner_column: str, max_length: int, source: str
 ) -> tuple[list[list[int]], list[list[int]]]:
     """(text ids, partner ids): each text as the tokenizer encodes one text alone, as predict and
-    the server encode what they are given; a DataError names the first empty one."""
+    the server encode what they are given; a DataError names the first empty one. A long text
+    keeps its start (the tokenizer is set to truncate on the right, and saved so: a model trained
+    further from a reward run would otherwise keep its left truncation)."""
+    tokenizer.truncation_side = tokenizer.init_kwargs["truncation_side"] = "right"
     encoded = []
     for column in (text_column, partner_column):
         texts = column_values(rows, column, source)

@@ -240,7 +240,7 @@ def prepare_stream(
         raise DataError(f"{data}: training on a stream of images is not supported yet; use a Dataset")
     pairs = [t.name for t in tasks if head_class(t.type).codec.inputs in ("pairs", "images")]
     if pairs:
-        raise DataError(f"heads {pairs} (preference pairs, images) cannot train on a stream yet; use a Dataset")
+        raise DataError(f"heads {pairs} (pairs of texts, images) cannot train on a stream yet; use a Dataset")
     stream, validation = _open(source, data)
     limit = min((t.limit for t in tasks if t.limit), default=None)
     if limit:  # a stream's sample is its first rows: there is no whole to draw from

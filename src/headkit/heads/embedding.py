@@ -33,6 +33,7 @@ from headkit.heads.presentation import View
 from headkit.heads.scoring import Scoring
 
 MRR_CUTOFF = 10
+RANK_BLOCK = 1024  # anchors ranked at a time (a block of similarities: 1024 x the distinct positives)
 # headkit pooling -> the flag of sentence-transformers' Pooling module that computes it
 SENTENCE_POOLING = {
     "mean": "pooling_mode_mean_tokens",
@@ -83,8 +84,9 @@ class RetrievalScores(Scoring):
         }
 
     def chance(self, references: list[Any]) -> dict[str, float]:
-        """Ranking blind to the texts: the positive is at any of the n places alike."""
-        n = sum(1 for r in references if r is not None and r[0] == "anchor")
+        """Ranking blind to the texts: the positive is at any of the n places (distinct positives) alike."""
+        anchors = [(i, r) for i, r in enumerate(references) if r is not None and r[0] == "anchor"]
+        n = len({r[2] if len(r) > 2 else i for i, r in anchors})
         if n < 2:
             return {}
         return {"recall@1": 1 / n, "mrr@10": sum(1 / k for k in range(1, min(n, MRR_CUTOFF) + 1)) / n}
@@ -96,15 +98,26 @@ class RetrievalScores(Scoring):
 
     @staticmethod
     def _ranks(predictions: list[Any], references: list[Any]) -> np.ndarray | None:
-        """Each anchor's positive's place (1 = first) among all the positives; ties count against it."""
-        pairs = [(i, i + r[1]) for i, r in enumerate(references) if r is not None and r[0] == "anchor"]
+        """Each anchor's positive's place (1 = first) among the distinct positives (a text that is
+        several anchors' partner is ranked once, by its partner id); ties count against it. In
+        blocks of anchors, so that a large split never holds all similarities at once."""
+        pairs = [(i, i + r[1], r[2] if len(r) > 2 else i) for i, r in enumerate(references) if r and r[0] == "anchor"]
         if len(pairs) < 2:
             return None
-        anchors = unit(np.array([predictions[i] for i, _ in pairs], dtype=np.float64))
-        positives = unit(np.array([predictions[j] for _, j in pairs], dtype=np.float64))
-        similarity = anchors @ positives.T
-        own = np.diag(similarity)[:, None]
-        return (similarity >= own).sum(axis=1)  # itself included: rank 1 when no other is as close
+        first: dict[Any, int] = {}  # partner id -> the row of its first copy
+        for _, j, key in pairs:
+            first.setdefault(key, j)
+        keys = list(first)
+        positives = unit(np.array([predictions[j] for j in first.values()], dtype=np.float32))
+        anchors = unit(np.array([predictions[i] for i, _, _ in pairs], dtype=np.float32))
+        where = {key: k for k, key in enumerate(keys)}
+        target = np.array([where[key] for _, _, key in pairs])  # each anchor's positive among the distinct ones
+        ranks = np.empty(len(pairs), dtype=np.int64)
+        for start in range(0, len(pairs), RANK_BLOCK):
+            block = anchors[start : start + RANK_BLOCK] @ positives.T
+            own = block[np.arange(len(block)), target[start : start + RANK_BLOCK]][:, None]
+            ranks[start : start + RANK_BLOCK] = (block >= own).sum(axis=1)  # itself included: 1 when none is as close
+        return ranks
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -164,6 +177,9 @@ class EmbeddingHead(HeadBase):
         anchors = F.normalize(output[:pairs][present].float(), dim=-1)
         positives = F.normalize(output[pairs:][present].float(), dim=-1)
         similarity = self.config.scale * anchors @ positives.T  # (n, n): row i's right column is i
+        ids = labels.reshape(pairs, -1)[:, 0][present]  # each partner's text id (codecs/pair.py)
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=output.device)
+        similarity = similarity.masked_fill(same, float("-inf"))  # another pair's copy of my partner: no negative
         return F.cross_entropy(similarity, torch.arange(n, device=output.device)), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[list[float]]:

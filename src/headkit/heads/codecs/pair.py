@@ -9,6 +9,7 @@ and how far away its partner row is, so a metric can pair the rows up.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +49,11 @@ class PairCodec(Codec):
 
 class TextPairCodec(PairCodec):
     """A text (the text column) and its partner (the label column), each read as it is: the
-    pairs an embedding head learns to put side by side."""
+    pairs an embedding head learns to put side by side.
+
+    A pair's label is its partner's text as a number (`partner_id`), so that pairs whose partners
+    are the same text are known as such: one's partner is no negative for the other in the loss,
+    and the metrics rank each distinct partner once (question-to-passage data repeats passages)."""
 
     suggested_name = "embedding"
     joins = False
@@ -56,3 +61,24 @@ class TextPairCodec(PairCodec):
 
     def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
         return []
+
+    def encode_labels(
+        self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
+    ) -> np.ndarray:
+        """(B, 1): each partner text's id (the texts are checked where they are encoded)."""
+        return np.array([[partner_id(row.get(where.column))] for row in rows], dtype=np.float32)
+
+    def references(
+        self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
+    ) -> list[tuple[str, int] | None]:
+        """As PairCodec's, each entry with the pair's partner id: (role, offset, id)."""
+        ids = labels.reshape(labels.shape[0], -1)[:, 0].tolist()
+        roles = super().references(labels, mask, unseen)
+        pairs = len(ids)
+        return [None if r is None else (*r, int(ids[i % pairs])) for i, r in enumerate(roles)]  # type: ignore[misc]
+
+
+def partner_id(text: Any) -> float:
+    """A text as 1 + its CRC-32 modulo 2^24: exact in float32, equal for equal texts (different texts
+    share one with a chance of 1 in 16.7 million per pair of them, which costs that pair a negative)."""
+    return float(1 + zlib.crc32(str(text).encode("utf-8")) % (1 << 24))
