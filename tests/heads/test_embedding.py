@@ -200,7 +200,23 @@ def test_a_run_cannot_read_pairs_two_ways_and_text_pairs_keep_their_start(tiny_t
     tokenizer.truncation_side = "left"  # as a model trained further from a reward run has it
     model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads={})
     model.save_pretrained(tmp_path / "left", processor=tokenizer)
-    result = headkit.train(tmp_path / "left", {"embed": {"label": "positive", "type": "embedding"}},
-                           train_dataset=pair_rows(16), epochs=1, progress=False, output_dir=tmp_path / "run")  # fmt: skip
+    heads = {"embed": {"label": "positive", "type": "embedding"}}
+    result = headkit.train(
+        tmp_path / "left", heads, train_dataset=pair_rows(16), epochs=1, progress=False, output_dir=tmp_path / "run"
+    )
     assert headkit.load_processor(tmp_path / "run" / "model").truncation_side == "right"
     assert result.model.heads["embed"].config.type == "embedding"
+
+
+def test_the_server_answers_with_the_heads_vectors(trained):
+    from fastapi.testclient import TestClient
+
+    from headkit.ship.serve import load_app
+
+    _, _, run = trained
+    texts = ["the film good", "bob met alice"]
+    with TestClient(load_app(run)) as client:
+        answer = client.post("/predict", json={"texts": texts})
+    assert answer.status_code == 200
+    served = [p["embed"]["embedding"] for p in answer.json()["predictions"]]
+    assert np.allclose(served, headkit.load(run / "model").encode(texts), atol=1e-5)
