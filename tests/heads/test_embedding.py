@@ -220,3 +220,16 @@ def test_the_server_answers_with_the_heads_vectors(trained):
     assert answer.status_code == 200
     served = [p["embed"]["embedding"] for p in answer.json()["predictions"]]
     assert np.allclose(served, headkit.load(run / "model").encode(texts), atol=1e-5)
+
+
+def test_the_embedding_head_trains_at_its_types_share_of_the_heads_rate(tiny_text_model):
+    from headkit.training.config import TrainConfig
+    from headkit.training.loop import make_optimizer
+    from headkit.training.strategies import parse_strategy
+
+    heads = {"embed": head_config("embedding"), "topic": head_config("classification", labels=["a", "b"])}
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    optimizer = make_optimizer(model, TrainConfig(strategy="frozen", lr=0.01), parse_strategy("frozen"))
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert {rate[id(p)] for p in model.heads["embed"].parameters()} == {0.01 * 0.01}
+    assert {rate[id(p)] for p in model.heads["topic"].parameters()} == {0.01}

@@ -125,6 +125,9 @@ class HeadBase(nn.Module):
 
     per_token: ClassVar[bool] = False
     needs_processor: ClassVar[bool] = False
+    # the head's learning rate is the run's `lr` times this: a head that starts from something
+    # learned (an embedding head's identity projection) wants a gentler rate than a new classifier
+    lr_scale: ClassVar[float] = 1.0
     codec: ClassVar[Codec] = Codec()  # not trained from table files
     scoring: ClassVar[Scoring] = Scoring()
     view: ClassVar[View] = View()
