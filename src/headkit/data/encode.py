@@ -109,20 +109,7 @@ def encode_rows(
             processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
     elif pairs:  # two texts per example (preference pairs, text pairs): every head on this data reads them
-        if group[0].text_pair is not None:
-            raise DataError(
-                f"{data}: heads {[t.name for t in pairs]} read (prompt, response) preference pairs from "
-                f"their label column; drop text_pair '{group[0].text_pair}'"
-            )
-        joins = codecs[pairs[0].name].joins  # preference pairs (reward heads), or a text and its partner
-        if len(pairs) != len(group) or images or any(codecs[t.name].joins != joins for t in pairs):
-            raise DataError(
-                f"{data}: heads {[t.name for t in pairs]} train on {'preference pairs' if joins else 'pairs of texts'}"
-                ", which other heads and images cannot share; give them a run of their own"
-            )
-        tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
-        first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)
-        encoded = EncodedData(first, {}, [r.get(text_column) for r in rows], None, second)
+        encoded = encode_pairs(rows, group, pairs, codecs, data, text_column, processor, max_length, images)
     elif images:  # the text column names image files
         if group[0].text_pair is not None:
             raise DataError(f"{data}: text_pair '{group[0].text_pair}' needs a text backbone; this one reads images")
@@ -152,6 +139,36 @@ def encode_rows(
             encoded.unseen[task.name] = unseen_labels_of(where, labels)
         configs[task.name] = _task_config(task, kind.per_token, labels)
     return encoded, configs
+
+
+def encode_pairs(
+    rows: list[dict[str, Any]],
+    group: list[Any],
+    pairs: list[Any],
+    codecs: dict[str, Any],
+    data: str,
+    text_column: str,
+    processor: Any,
+    max_length: int,
+    images: bool,
+) -> EncodedData:
+    """Rows of two texts each, as the heads that read them ask: a prompt joined to each response
+    (reward heads), or a text and its partner read alone (embedding heads); refused beside other
+    heads or images."""
+    if group[0].text_pair is not None:
+        raise DataError(
+            f"{data}: heads {[t.name for t in pairs]} read their pairs of texts from their label column; drop "
+            f"text_pair '{group[0].text_pair}'"
+        )
+    joins = codecs[pairs[0].name].joins  # preference pairs (reward heads), or a text and its partner
+    if len(pairs) != len(group) or images or any(codecs[t.name].joins != joins for t in pairs):
+        raise DataError(
+            f"{data}: heads {[t.name for t in pairs]} train on {'preference pairs' if joins else 'pairs of texts'}"
+            ", which other heads and images cannot share; give them a run of their own"
+        )
+    tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
+    first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)
+    return EncodedData(first, {}, [r.get(text_column) for r in rows], None, second)
 
 
 def unseen_labels_of(where: LabelSource, labels: list[str]) -> list[str]:
