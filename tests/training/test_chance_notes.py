@@ -91,3 +91,17 @@ def test_a_run_that_learned_nothing_says_so_in_its_summary_and_metrics(tiny_text
     assert "head 'sentiment' ends at chance level" in capsys.readouterr().out.replace("\n", " ")
     notes = json.loads((run / "metrics.json").read_text())["notes"]
     assert len(notes) == 1 and notes[0].startswith("head 'sentiment' ends at chance level: validation accuracy 0.")
+
+
+def test_the_note_suggests_only_strategies_the_head_can_train_with(tiny_text_model):
+    heads = {"embed": {"type": "embedding"}, "sentiment": {"type": "classification", "labels": ["neg", "pos"]}}
+    model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
+    references = {
+        "embed": [("anchor", 2, 1), ("anchor", 2, 2), ("positive", -2, 1), ("positive", -2, 2)],  # blind: 0.5, 0.75
+        "sentiment": ["pos", "neg"],
+    }
+    scores = {"embed": {"recall@1": 0.5, "mrr@10": 0.75}, "sentiment": {"accuracy": 0.5, "f1_macro": 1 / 3}}
+    notes = chance_notes(model, Evaluation(scores, {}, {n: [] for n in heads}, references))
+    assert len(notes) == 2
+    assert "--strategy frozen or lora" in notes[0] and "fewshot" not in notes[0]  # fewshot has no embedding heads
+    assert "--strategy fewshot or frozen" in notes[1]

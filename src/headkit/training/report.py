@@ -58,10 +58,11 @@ def chance_notes(model: MultiHeadModel, evaluation: Evaluation | None) -> list[s
         telling = {m: c for m, c in chance.items() if m in scores and c + CHANCE_MARGIN < 1}
         if telling and all(scores[m] <= c + CHANCE_MARGIN for m, c in telling.items()):
             shown = ", ".join(f"{m} {scores[m]:.4f} (blind: {c:.4f})" for m, c in telling.items())
+            others = "fewshot or frozen" if head.fewshot is not None else "frozen or lora"  # fewshot solves few types
             notes.append(
                 f"head '{name}' ends at chance level: validation {shown}, no better than answering blind "
                 "to the input; it has not learned the task. Train more optimizer steps (--min_steps above "
-                "the steps this run took), or try --strategy fewshot or frozen (headkit advise weighs them)"
+                f"the steps this run took), or try --strategy {others} (headkit advise weighs them)"
             )
     return notes
 
