@@ -67,7 +67,7 @@ def test_retrieval_metrics_rank_each_anchor_among_every_positive():
     anchors = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
     positives = [[1.0, 0.1], [0.5, 0.8], [-1.0, 0.0]]
     predictions = anchors + positives
-    references = [("anchor", 3)] * 3 + [("positive", -3)] * 3
+    references = [("anchor", 3, k) for k in (1, 2, 3)] + [("positive", -3, k) for k in (1, 2, 3)]  # 3 partner texts
     got = scores.score(predictions, references)
     assert got == pytest.approx({"recall@1": 2 / 3, "mrr@10": (1 + 1 + 1 / 3) / 3})
     assert scores.chance(references) == pytest.approx({"recall@1": 1 / 3, "mrr@10": (1 + 1 / 2 + 1 / 3) / 3})

@@ -85,8 +85,7 @@ class RetrievalScores(Scoring):
 
     def chance(self, references: list[Any]) -> dict[str, float]:
         """Ranking blind to the texts: the positive is at any of the n places (distinct positives) alike."""
-        anchors = [(i, r) for i, r in enumerate(references) if r is not None and r[0] == "anchor"]
-        n = len({r[2] if len(r) > 2 else i for i, r in anchors})
+        n = len({r[2] for r in references if r is not None and r[0] == "anchor"})
         if n < 2:
             return {}
         return {"recall@1": 1 / n, "mrr@10": sum(1 / k for k in range(1, min(n, MRR_CUTOFF) + 1)) / n}
@@ -101,17 +100,16 @@ class RetrievalScores(Scoring):
         """Each anchor's positive's place (1 = first) among the distinct positives (a text that is
         several anchors' partner is ranked once, by its partner id); ties count against it. In
         blocks of anchors, so that a large split never holds all similarities at once."""
-        pairs = [(i, i + r[1], r[2] if len(r) > 2 else i) for i, r in enumerate(references) if r and r[0] == "anchor"]
+        pairs = [(i, i + r[1], r[2]) for i, r in enumerate(references) if r is not None and r[0] == "anchor"]
         if len(pairs) < 2:
             return None
-        first: dict[Any, int] = {}  # partner id -> the row of its first copy
+        first: dict[Any, int] = {}  # partner id -> the row of its first copy, in order
         for _, j, key in pairs:
             first.setdefault(key, j)
-        keys = list(first)
         positives = unit(np.array([predictions[j] for j in first.values()], dtype=np.float32))
         anchors = unit(np.array([predictions[i] for i, _, _ in pairs], dtype=np.float32))
-        where = {key: k for k, key in enumerate(keys)}
-        target = np.array([where[key] for _, _, key in pairs])  # each anchor's positive among the distinct ones
+        column = {key: k for k, key in enumerate(first)}
+        target = np.array([column[key] for _, _, key in pairs])  # each anchor's positive among the distinct ones
         ranks = np.empty(len(pairs), dtype=np.int64)
         for start in range(0, len(pairs), RANK_BLOCK):
             block = anchors[start : start + RANK_BLOCK] @ positives.T

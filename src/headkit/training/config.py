@@ -251,17 +251,15 @@ class TrainConfig:
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
         for key in (*ignored, "head", "data", "eval_data", "text_column", "pooling", "layer"):
             data.pop(key)
-        for key, default in NEW_DEFAULTS.items():
+        for key, default in LEFT_OUT.items():
             if data[key] == default:
                 del data[key]  # runs saved before the option existed still resume
-        if data["min_steps"] == 0:
-            del data["min_steps"]  # likewise, where the strategy trains by epochs alone
         return data
 
 
 def identity_value(identity: dict[str, Any], key: str) -> Any:
     """A setting as an `identity()` holds it: the value a key left out stands for (its default)."""
-    return identity[key] if key in identity else {**NEW_DEFAULTS, "min_steps": 0}.get(key)
+    return identity[key] if key in identity else LEFT_OUT.get(key)
 
 
 # config id -> the values its strategy filled in when it was made, which another strategy fills
@@ -288,6 +286,9 @@ NEW_DEFAULTS: dict[str, Any] = {
     "fewshot_tuned_layers": None,
     "max_steps": None,
 }
+# What a run's identity leaves out where it holds this value: the options above, and min_steps 0,
+# where the strategy trains by epochs alone (runs saved before min_steps still resume).
+LEFT_OUT: dict[str, Any] = {**NEW_DEFAULTS, "min_steps": 0}
 
 
 @dataclass

@@ -46,7 +46,7 @@ def finish_run(
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
     calibrated: dict[str, dict] = {}
-    curves: dict[str, tuple] = {}
+    curves: dict[str, tuple] = {}  # head -> its (confidences, correct) before and after, for the reliability diagrams
     assert config.batch_size is not None  # TrainConfig.__post_init__ filled the strategy's default
     null_thresholds = settle_null_thresholds(model, processor, data, config)
     if len(data.val):
@@ -54,10 +54,10 @@ def finish_run(
         if config.tune_thresholds:
             thresholds = calibrate(model, evaluation)
         if config.temperature_scaling:
-            calibrated, curves = scale_temperatures(model, evaluation)
+            calibrated, before = scale_temperatures(model, evaluation)
         if calibrated:  # scored again as saved: losses and scores of the calibrated weights, as evaluate gives them
             evaluation = evaluate(model, data.val, pad_id, config.batch_size, val_cache, make_batch=make_eval_batch)
-            curves = scored_as_saved(model, evaluation, calibrated, curves)
+            curves = scored_as_saved(model, evaluation, calibrated, before)
         elif thresholds:  # the validation scores at the tuned thresholds (tuned on these same examples)
             evaluation = score_heads(model, evaluation)
         thresholds.update(null_thresholds)
@@ -127,14 +127,16 @@ def calibrate(model: MultiHeadModel, evaluation: Evaluation) -> dict[str, dict[s
 
 
 def scored_as_saved(
-    model: MultiHeadModel, evaluation: Evaluation, calibrated: dict[str, dict], curves: dict[str, tuple]
+    model: MultiHeadModel, evaluation: Evaluation, calibrated: dict[str, dict], before: dict[str, Any]
 ) -> dict[str, tuple]:
     """The calibrated heads' ECE and reliability after, from the saved weights' own validation
-    predictions (under mixed precision these differ a little from the fit's rescaled ones)."""
+    predictions (under mixed precision these differ a little from the fit's rescaled ones); returns
+    head -> (confidences, correct) before and after, for the reliability diagrams."""
+    curves = {}
     for name, fit in calibrated.items():
         fit["ece_after"] = evaluation.scores[name].get("ece", fit["ece_after"])
         after = model.heads[name].scoring.confidences(evaluation.predictions[name], evaluation.references[name])
-        curves[name] = (curves[name][0], after)
+        curves[name] = (before[name], after)
         logger.info(
             f"{name}: softmax temperature {fit['temperature']:.3f} fitted on the validation split; "
             f"ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}"
@@ -142,20 +144,17 @@ def scored_as_saved(
     return curves
 
 
-def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[dict[str, dict], dict[str, tuple]]:
+def scale_temperatures(model: MultiHeadModel, evaluation: Evaluation) -> tuple[dict[str, dict], dict[str, Any]]:
     """Fit each classification head's softmax temperature on the validation predictions (folded
     into its weights, so the saved model keeps it) and re-decide those predictions at it; returns
-    head -> {temperature, NLL and ECE before and after} and head -> (confidences, correct) before
-    and after, for the reliability diagrams."""
-    fitted, curves = {}, {}
+    head -> {temperature, NLL and ECE before and after} and head -> (confidences, correct) before."""
+    fitted, before = {}, {}
     for name, head in model.heads.items():
-        before = head.scoring.confidences(evaluation.predictions[name], evaluation.references[name])
+        untouched = head.scoring.confidences(evaluation.predictions[name], evaluation.references[name])
         settings = head.scoring.scale_temperature(evaluation.predictions[name], evaluation.references[name])
-        if not settings:
-            continue
-        fitted[name] = settings
-        curves[name] = (before, head.scoring.confidences(evaluation.predictions[name], evaluation.references[name]))
-    return fitted, curves
+        if settings:
+            fitted[name], before[name] = settings, untouched
+    return fitted, before
 
 
 # What the model card lists of a run's settings: those of the training loop, then those only some
