@@ -84,7 +84,8 @@ def many_texts(count: int = 60, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, int(rng.integers(1, 13)))) for _ in range(count)]
 
 
-TEXT_HEADS = ["classification", "multilabel", "regression", "token-classification", "span", "embedding"]
+TEXT_HEADS = ["classification", "multilabel", "regression", "token-classification", "span", "embedding",
+              "multiple-choice"]  # fmt: skip
 POOLED_HEADS = ["classification", "multilabel", "regression"]
 HEADS: dict[str, dict] = {  # a head of every type, by type name (labels where the type needs them)
     "classification": {"labels": ["neg", "mixed", "pos"]},
@@ -96,6 +97,7 @@ HEADS: dict[str, dict] = {  # a head of every type, by type name (labels where t
     "causal-lm": {},
     "reward": {"hidden_layers": 2, "activation": "tanh"},  # an MLP head, two hidden layers
     "embedding": {"dimensions": 24},  # a projection that changes the width
+    "multiple-choice": {"dropout": 0.2},
     "box": {},
     "ctc": {"labels": ["<blank>", "a", "b", "c", "d"]},
     "seq2seq": {"max_new_tokens": 6},

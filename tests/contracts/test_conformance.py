@@ -157,7 +157,7 @@ def agreement(head_type: str, ours: list, theirs: list) -> float:
     if head_type == "embedding":
         pairs = [(np.asarray(a["embedding"]), np.asarray(b["embedding"])) for a, b in zip(ours, theirs, strict=True)]
         return float(np.mean([u @ v >= 0.99 * np.linalg.norm(u) * np.linalg.norm(v) for u, v in pairs]))
-    if head_type in ("regression", "reward", "box"):
+    if head_type in ("regression", "reward", "box", "multiple-choice"):
 
         def numbers(p: Any) -> list[float]:
             values = p.values() if isinstance(p, dict) else p
@@ -317,7 +317,8 @@ def test_a_transformers_export_computes_what_the_head_computes_or_is_refused(fam
     inputs = _model_inputs(f, processor)
     with torch.no_grad():
         ours = single(**inputs)
-        theirs = single.heads[name].export.output(exported(**inputs)).float()
+        export = single.heads[name].export  # the exported model's inputs (choices: one per example)
+        theirs = export.output(exported(**export.inputs(inputs))).float()
     mine = ours.outputs[name].float()
     if single.heads[name].per_token:
         real = ours.mask.bool()

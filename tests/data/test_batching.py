@@ -7,10 +7,11 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 
-from headkit.data.batching import EncodedData, LengthGroupedBatches, data_batches, token_batches
-from headkit.errors import UsageError
+from headkit.data.batching import EncodedData, LengthGroupedBatches, collate, data_batches, token_batches
+from headkit.errors import DataError, UsageError
 
 
 def random_lengths(seed: int, n: int = 300) -> list[int]:
@@ -60,9 +61,30 @@ def test_without_a_budget_it_is_the_fixed_count_batching_of_before():
 def test_preference_pairs_count_two_rows_each():
     """A pair pads its chosen and rejected texts into two rows of the longer one's length."""
     ids = [[1] * n for n in (4, 4, 4, 4)]
-    pairs = EncodedData(ids, pair_ids=[[2] * 6] * 4)
+    pairs = EncodedData(ids, more_ids=[[[2] * 6]] * 4)
     assert data_batches(pairs, max_tokens=24, max_examples=64) == [[0, 1], [2, 3]]  # 2 pairs x 2 rows x 6
     assert data_batches(EncodedData(ids), max_tokens=24, max_examples=64) == [[0, 1, 2, 3]]  # 4 x 4 = 16
+
+
+def test_choices_count_a_row_each_and_are_laid_out_choice_by_choice():
+    """B examples of 3 choices are 3B rows, every example's first choice first, with each row's own
+    segment ids; a batch whose examples have different choice counts is refused in one line."""
+    data = EncodedData(
+        [[1, 1], [2, 2]],
+        {"c": np.array([2, 0])},
+        more_ids=[[[1, 3], [1, 4, 4]], [[2, 5], [2, 6]]],
+        token_type_ids=[[0, 1], [0, 1]],
+        more_types=[[[0, 1], [0, 1, 1]], [[0, 1], [0, 1]]],
+    )
+    assert data.rows_per_example == 3 and data.lengths() == [3, 2]
+    assert data_batches(data, max_tokens=9, max_examples=64) == [[1], [0]]  # 3 rows x 3 tokens: one per batch
+    batch = collate([data[0], data[1]], 0, {"c": "classification"}, {})
+    assert batch["input_ids"].tolist() == [[1, 1, 0], [2, 2, 0], [1, 3, 0], [2, 5, 0], [1, 4, 4], [2, 6, 0]]
+    assert batch["token_type_ids"].tolist()[4] == [0, 1, 1]
+    assert batch["labels"]["c"].tolist() == [2, 0]
+    uneven = EncodedData([[1], [2]], more_ids=[[[3]], [[4], [5]]])
+    with pytest.raises(DataError, match="same number of choices"):
+        collate([uneven[0], uneven[1]], 0, {}, {})
 
 
 @pytest.mark.parametrize(("max_tokens", "max_examples"), [(0, 8), (512, 0)])

@@ -39,6 +39,8 @@ def labels_for(head_type: str) -> torch.Tensor:
         return torch.tensor([[1, 2, IGNORE_INDEX], [IGNORE_INDEX] * 3, [2, 2, 1], [1, IGNORE_INDEX, IGNORE_INDEX]])
     if head_type == "box":
         return torch.tensor([[0.1, 0.1, 0.5, 0.5], [NAN] * 4, [0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]])
+    if head_type == "multiple-choice":  # the right choice's position among 3
+        return torch.tensor([2, IGNORE_INDEX, 0, 1])
     if head_type in ("reward", "embedding"):  # B pairs (preference pairs; anchors and positives: partner ids)
         return torch.tensor([[1.0], [NAN], [2.0], [3.0]])
     if head_type == "seq2seq":  # [start, tokens .., end], padded to the longest target
@@ -49,8 +51,9 @@ def labels_for(head_type: str) -> torch.Tensor:
 
 
 def rows(head) -> int:
-    """Scored rows for B labelled examples: a pairs head scores the chosen and the rejected text."""
-    return 2 * B if head.codec.inputs == "pairs" else B
+    """Scored rows for B labelled examples: a pairs head scores the chosen and the rejected text, a
+    multiple-choice head each of 3 choices."""
+    return {"pairs": 2 * B, "choices": 3 * B}.get(head.codec.inputs, B)
 
 
 def make(head_type: str):
@@ -85,7 +88,8 @@ def test_forward_loss_backward_decode_score(head_type):
     loss.backward()
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
-    preds, refs = head.decode(out.detach(), mask()), head.codec.references(y, mask())
+    # the references read the rows' mask, as evaluation gives them the batch's (out.mask)
+    preds, refs = head.decode(out.detach(), mask()), head.codec.references(y, mask().repeat(rows(head) // B, 1))
     assert len(preds) == len(refs) == rows(head) and refs[1] is None
     scores = head.scoring.score(preds, refs)
     assert head.scoring.primary in scores and all(math.isfinite(v) for v in scores.values())
@@ -102,7 +106,8 @@ def test_all_labels_missing_gives_zero_loss_not_nan(head_type):
     loss, n = head.loss(out, y, mask())
     assert n == 0 and loss.item() == 0.0
     loss.backward()  # still differentiable
-    assert head.scoring.score(head.decode(out.detach(), mask()), head.codec.references(y, mask())) == {}
+    refs = head.codec.references(y, mask().repeat(rows(head) // B, 1))
+    assert head.scoring.score(head.decode(out.detach(), mask()), refs) == {}
 
 
 def test_missing_example_does_not_change_the_loss():

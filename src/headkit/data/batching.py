@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -23,22 +23,27 @@ from headkit.data.pixels import Pixels
 from headkit.errors import DataError, UsageError
 from headkit.heads import IGNORE_INDEX, head_class
 
+T = TypeVar("T")
+
 
 @dataclass
 class EncodedData(Dataset):
     """Token ids (text) or pixel tensors (images) plus each head's labels, one entry per example.
 
-    Heads absent from `labels` are missing for every example here. Preference pairs (reward
-    heads) hold the chosen text's ids in `input_ids` and the rejected one's in `pair_ids`.
-    Sentence pairs (a task with `text_pair`) are one sequence each, `tokenizer(text, text_pair)`;
-    `token_type_ids` keeps the segment ids the tokenizer gave them (BERT tells the two texts apart
-    by them: without them a pair model would read one run-on text)."""
+    Heads absent from `labels` are missing for every example here. An example may be several
+    rows the heads read apart: a preference pair (reward heads) holds the chosen text's ids in
+    `input_ids` and the rejected one's in `more_ids`, a text pair (embedding heads) the text and
+    its partner, a multiple-choice example (context, choice) for its first choice and for the
+    others. Sentence pairs (a task with `text_pair`, or choices) are one sequence each,
+    `tokenizer(text, text_pair)`; `token_type_ids` (and `more_types`) keep the segment ids the
+    tokenizer gave them (BERT tells the two texts apart by them: without them a pair model would
+    read one run-on text)."""
 
     input_ids: list[list[int]]
     labels: dict[str, Any] = field(default_factory=dict)  # head -> np.ndarray or list of per-token lists
     texts: list[Any] = field(default_factory=list)
     pixels: Pixels | None = None  # image data (N examples of (C, H, W), on disk); input_ids are then empty lists
-    pair_ids: list[list[int]] | None = None  # the second text of each preference pair
+    more_ids: list[list[list[int]]] | None = None  # each example's further rows (as many for every example)
     token_type_ids: list[list[int]] | None = None  # segment ids, one per token (sentence pairs)
     # Rows that must stay on one side of a validation split (the windows of one QA context and its
     # questions), as a group id per row; None: each row is its own.
@@ -49,6 +54,7 @@ class EncodedData(Dataset):
     # Per head, the names of labels training never had (evaluation data only, `prepare(...,
     # unseen_labels=True)`): the label ids from the head's own count on stand for them, in order.
     unseen: dict[str, list[str]] = field(default_factory=dict)
+    more_types: list[list[list[int]]] | None = None  # the further rows' segment ids (choices as sentence pairs)
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, torch.Tensor):  # (N, C, H, W) made in memory (library use)
@@ -61,29 +67,39 @@ class EncodedData(Dataset):
         example = {"index": i, "input_ids": self.input_ids[i], "labels": {h: y[i] for h, y in self.labels.items()}}
         if self.pixels is not None:
             example["pixel_values"] = self.pixels[i]
-        if self.pair_ids is not None:
-            example["pair_ids"] = self.pair_ids[i]
+        if self.more_ids is not None:
+            example["more_ids"] = self.more_ids[i]
         if self.token_type_ids is not None:
             example["token_type_ids"] = self.token_type_ids[i]
+        if self.more_types is not None:
+            example["more_types"] = self.more_types[i]
         return example
+
+    @property
+    def rows_per_example(self) -> int:
+        """How many rows the heads read per example: 1, 2 for a pair, the choice count for choices."""
+        return 1 + len(self.more_ids[0]) if self.more_ids else 1
 
     def subset(self, indices: list[int] | np.ndarray) -> EncodedData:
         idx = [int(i) for i in indices]
         labels = {h: (y[idx] if isinstance(y, np.ndarray) else [y[i] for i in idx]) for h, y in self.labels.items()}
         texts = [self.texts[i] for i in idx] if self.texts else []
         pixels = self.pixels.subset(idx) if self.pixels is not None else None  # indices, not pixels
-        pair_ids = [self.pair_ids[i] for i in idx] if self.pair_ids is not None else None
-        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        groups = [self.groups[i] for i in idx] if self.groups is not None else None
-        questions = [self.questions[i] for i in idx] if self.questions is not None else None
         return EncodedData(
-            [self.input_ids[i] for i in idx], labels, texts, pixels, pair_ids, types, groups, questions, self.unseen
-        )
+            [self.input_ids[i] for i in idx], labels, texts, pixels, _pick(self.more_ids, idx),
+            _pick(self.token_type_ids, idx), _pick(self.groups, idx), _pick(self.questions, idx), self.unseen,
+            _pick(self.more_types, idx),
+        )  # fmt: skip
 
     def lengths(self) -> list[int]:
-        if self.pair_ids is not None:
-            return [max(len(a), len(b)) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
+        """Each example's length: its longest row's (every row of a batch pads to the longest)."""
+        if self.more_ids is not None:
+            return [max(len(a), *map(len, more)) for a, more in zip(self.input_ids, self.more_ids, strict=True)]
         return [len(x) or 1 for x in self.input_ids]  # images: all one length
+
+
+def _pick(values: list[T] | None, indices: list[int]) -> list[T] | None:
+    return None if values is None else [values[i] for i in indices]
 
 
 def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
@@ -98,18 +114,18 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     if any(images) and not all(images):
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
     pixels = Pixels.join([p.pixels for p in parts if p.pixels is not None]) if all(images) and parts else None
-    pairs = [p.pair_ids is not None for p in parts]
-    if any(pairs) and not all(pairs):
+    if len({p.rows_per_example for p in parts if len(p)}) > 1:
         raise DataError(
-            "a run trains on pairs of texts or on single texts, not both: give reward and embedding heads a run "
-            "of their own"
+            "a run trains on pairs of texts, on choices or on single texts, one kind only: give reward, embedding "
+            "and multiple-choice heads a run of their own"
         )
-    pair_ids = [ids for p in parts for ids in p.pair_ids or []] if all(pairs) and parts else None
+    more_ids = [ids for p in parts for ids in p.more_ids or []] if parts and parts[0].more_ids is not None else None
     # a sentence-pair source beside a single-text one: the single texts are all segment 0, as
     # their tokenizer would have given them
     types = None
     if any(p.token_type_ids is not None for p in parts):
         types = [t for p in parts for t in (p.token_type_ids or [[0] * len(ids) for ids in p.input_ids])]
+    more_types = [t for p in parts for t in p.more_types or []] if all(p.more_types for p in parts) else None
     labels = {
         head: head_class(head_type).codec.concat([p.labels.get(head) for p in parts], [len(p) for p in parts])
         for head, head_type in heads.items()
@@ -118,7 +134,9 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     if any(p.questions is not None for p in parts):
         questions = [q for p in parts for q in (p.questions or [None] * len(p))]
     unseen = {head: names for p in parts for head, names in p.unseen.items()}  # a head reads one source
-    return EncodedData(input_ids, labels, texts, pixels, pair_ids, types, questions=questions, unseen=unseen)
+    return EncodedData(
+        input_ids, labels, texts, pixels, more_ids, types, questions=questions, unseen=unseen, more_types=more_types
+    )
 
 
 class Tokenized(NamedTuple):
@@ -153,7 +171,14 @@ def tokenize(
     texts = text_values(rows, text_column, source)
     if text_pair is None:
         return Tokenized(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
-    pairs = text_values(rows, text_pair, source)
+    return tokenize_pairs_of_texts(tokenizer, texts, text_values(rows, text_pair, source), max_length, source)
+
+
+def tokenize_pairs_of_texts(
+    tokenizer: Any, texts: list[str], pairs: list[str], max_length: int, source: str
+) -> Tokenized:
+    """Each `tokenizer(text, pair)` in the tokenizer's pair template, cut at `max_length` tokens
+    (longest first), with its segment ids where the tokenizer gives them."""
     check_pair_template(tokenizer, source)
     try:  # "longest_first" (truncation=True) cuts whichever text is longer, token by token
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -268,8 +293,8 @@ def token_batches(lengths: Sequence[int], max_tokens: int | None, max_examples: 
 
 def data_batches(data: EncodedData, max_tokens: int | None, max_examples: int) -> list[list[int]]:
     """`token_batches` over a dataset's examples, counting the rows its batches pad: a preference
-    pair is two rows (chosen and rejected) of the longer one's length."""
-    rows = 2 if data.pair_ids is not None else 1
+    pair is two rows (chosen and rejected) of the longer one's length, N choices N rows."""
+    rows = data.rows_per_example
     return token_batches([rows * n for n in data.lengths()], max_tokens, max_examples)
 
 
@@ -337,7 +362,8 @@ def collate(
 ) -> dict[str, Any]:
     """Pad a list of examples to the longest one in the batch (dynamic padding); stack images.
 
-    A batch of B preference pairs has 2B rows of inputs (chosen, then rejected) and B of labels.
+    A batch of B preference pairs has 2B rows of inputs (chosen, then rejected) and B of labels;
+    B examples of N choices N x B rows, every example's first choice first (choice-major).
     `inputs` False: the labels (and index) alone, for a phase that reads cached features (building
     and padding inputs no backbone reads cost a frozen run more than its heads' steps)."""
     if "pixel_values" in examples[0]:
@@ -345,9 +371,9 @@ def collate(
         batch: dict[str, Any] = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])} if inputs else {}
     else:
         # preference pairs: the B chosen texts, then the B rejected ones (reward heads split the halves)
-        sequences = [e["input_ids"] for e in examples] + [e["pair_ids"] for e in examples if "pair_ids" in e]
+        sequences, types = _rows(examples)
         length = max(len(ids) for ids in sequences)
-        batch = _padded(examples, sequences, length, pad_id) if inputs else {}
+        batch = _padded(sequences, types, length, pad_id) if inputs else {}
     labels = {
         head: head_class(kind).codec.collate([e["labels"].get(head) for e in examples], length, widths.get(head, 0))
         for head, kind in head_types.items()
@@ -357,7 +383,28 @@ def collate(
     return {**batch, "labels": labels, "index": torch.tensor([e["index"] for e in examples])}
 
 
-def _padded(examples: list[dict[str, Any]], sequences: list[list[int]], length: int, pad_id: int) -> dict[str, Any]:
+def _rows(examples: list[dict[str, Any]]) -> tuple[list[list[int]], list[list[int]] | None]:
+    """A batch's rows (the examples' first rows, then their second rows ...) and their segment ids
+    (None: the tokenizer gave none); refused when the examples have different row counts."""
+    counts = {len(e.get("more_ids", ())) for e in examples}
+    if len(counts) > 1:
+        raise DataError(
+            f"a batch holds examples of {sorted(c + 1 for c in counts)} rows (choices): every example of a "
+            "multiple-choice head needs the same number of choices"
+        )
+    more = counts.pop()
+    sequences = [e["input_ids"] for e in examples] + [e["more_ids"][k] for k in range(more) for e in examples]
+    if "token_type_ids" not in examples[0]:
+        return sequences, None
+    firsts = [e["token_type_ids"] for e in examples]
+    if more == 0:
+        return sequences, firsts
+    if "more_types" not in examples[0]:  # a pair of single texts: segment 0 throughout
+        return sequences, firsts + [[0] * len(ids) for ids in sequences[len(examples) :]]
+    return sequences, firsts + [e["more_types"][k] for k in range(more) for e in examples]
+
+
+def _padded(sequences: list[list[int]], types: list[list[int]] | None, length: int, pad_id: int) -> dict[str, Any]:
     """Token ids padded to `length` on the right, their attention mask and, for sentence pairs, segment ids."""
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -365,10 +412,10 @@ def _padded(examples: list[dict[str, Any]], sequences: list[list[int]], length: 
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention_mask[i, : len(ids)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "token_type_ids" in examples[0]:  # sentence pairs: segment ids on the same positions, padding 0
+    if types is not None:  # sentence pairs: segment ids on the same positions, padding 0
         token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
-        for i, e in enumerate(examples):
-            token_type_ids[i, : len(e["token_type_ids"])] = torch.tensor(e["token_type_ids"])
+        for i, row in enumerate(types):
+            token_type_ids[i, : len(row)] = torch.tensor(row)
         batch["token_type_ids"] = token_type_ids
     return batch
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from headkit.data.batching import EncodedData, align_tags, check_pair_template, text_values, tokenize
+from headkit.data.choices import check_choice_answers, encode_choices
 from headkit.data.images import is_image_processor, load_images
 from headkit.data.pairs import tokenize_pairs, tokenize_text_pairs
 from headkit.data.pixels import pixel_store
@@ -94,6 +95,7 @@ def encode_rows(
     words = any(c.inputs == "words" for c in codecs.values())
     pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
     answering = any(c.inputs == "qa" for c in codecs.values())
+    choosing = [t.name for t in group if codecs[t.name].inputs == "choices"]
     images = is_image_processor(processor)
     sizes = None
     windows: QAWindows | None = None
@@ -108,6 +110,13 @@ def encode_rows(
         encoded, windows, questions = encode_questions(
             processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
+    elif choosing:  # a context and N choices: N (context, choice) rows per example
+        if images or len(choosing) != len(group):
+            raise DataError(
+                f"{data}: multiple-choice heads {choosing} read a context and its choices, which other heads and "
+                "images cannot share; give them a run of their own"
+            )
+        encoded = encode_choices(processor, rows, text_column, group[0].text_pair, max_length, data)
     elif pairs:  # two texts per example (preference pairs, text pairs): every head on this data reads them
         encoded = encode_pairs(rows, group, pairs, codecs, data, text_column, processor, max_length, images)
     elif images:  # the text column names image files
@@ -131,6 +140,8 @@ def encode_rows(
         y = codec.tokenize_labels(codec.encode_labels(rows, where, labels, sizes), processor, where)
         if windows is not None:
             y = _labels_per_window(y, task.name if codec.inputs == "qa" else None, windows, questions, rows, data)
+        if codec.inputs == "choices":
+            check_choice_answers(y, encoded, task.name, task.label, data)
         if codec.inputs == "words":  # a tag per word -> a tag per word's first sub-word token
             assert word_ids is not None  # word inputs are tokenised with their word ids
             y = [align_tags(tags, ids) for tags, ids in zip(y, word_ids, strict=True)]
@@ -168,7 +179,7 @@ def encode_pairs(
         )
     tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
     first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)
-    return EncodedData(first, {}, [r.get(text_column) for r in rows], None, second)
+    return EncodedData(first, {}, [r.get(text_column) for r in rows], None, [[ids] for ids in second])
 
 
 def unseen_labels_of(where: LabelSource, labels: list[str]) -> list[str]:

@@ -187,7 +187,7 @@ class CachedExamples(torch.utils.data.Dataset):
     indexed like the feature cache (the token ids are not kept: a cached phase never reads them)."""
 
     def __init__(self, lengths: np.ndarray, labels: dict[str, Any]):
-        self._lengths, self.labels, self.texts, self.pixels, self.pair_ids = lengths, labels, list[Any](), None, None
+        self._lengths, self.labels, self.texts, self.pixels, self.more_ids = lengths, labels, list[Any](), None, None
 
     def __len__(self) -> int:
         return len(self._lengths)

@@ -20,6 +20,7 @@ from headkit.heads.fewshot import Pair
 from headkit.heads.labels import IGNORE_INDEX, LabelSource
 from headkit.heads.lm import CAUSAL_LM, MASKED_LM, CausalLMHead, LMConfig, MaskedLMHead
 from headkit.heads.multilabel import MultiLabelHead
+from headkit.heads.multiple_choice import MultipleChoiceConfig, MultipleChoiceHead
 from headkit.heads.pooling import POOLING_METHODS, pool
 from headkit.heads.regression import RegressionHead
 from headkit.heads.reward import RewardConfig, RewardHead
@@ -42,6 +43,7 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[HeadBase]]] = {
     "box": (BoxConfig, BoxHead),
     "reward": (RewardConfig, RewardHead),
     "embedding": (EmbeddingConfig, EmbeddingHead),
+    "multiple-choice": (MultipleChoiceConfig, MultipleChoiceHead),
     SEQ2SEQ: (Seq2SeqConfig, Seq2SeqHead),
 }
 

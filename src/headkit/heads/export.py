@@ -30,11 +30,16 @@ class ExportSpec(Part):
     architectures: tuple[str, ...] = ()  # transformers class-name endings that carry this head (inspect)
     fill: Callable[[Any, Any], None] | None = None  # (head, transformers config) -> None
     read: Callable[[Any], Tensor] = logits  # the exported model's output -> this head's output
+    feed: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None  # our inputs -> the exported model's
 
     def configure(self, config: Any) -> None:
         """Set what `target` needs in a copy of the backbone's config (labels, problem type)."""
         if self.fill is not None:
             self.fill(self.head, config)
+
+    def inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The inputs the exported model takes for the rows this head reads (most: the same)."""
+        return inputs if self.feed is None else self.feed(inputs)
 
     def output(self, out: Any) -> Tensor:
         """The exported model's output, in the layout of this head's own output."""

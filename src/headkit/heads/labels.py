@@ -18,7 +18,8 @@ NAN = float("nan")
 
 LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair", "span"]
 """How a head's labels are stored and batched (the only label shapes the data code knows):
-    index      one class id per example: (B,) long, IGNORE_INDEX when missing
+    index      one class id per example: (B,) long, IGNORE_INDEX when missing (also the right
+               choice's position, for multiple-choice heads)
     vector     a row of floats per example: (B, K) float, NaN when missing
     per_token  one id per token: (B, T) long, IGNORE_INDEX where a token has no label
     sequence   a target token sequence per example, of its own length: (B, L) long, padded with
@@ -30,10 +31,11 @@ LabelLayout = Literal["index", "vector", "per_token", "sequence", "pair", "span"
                when missing (headkit.heads.qa)
 """
 
-Inputs = Literal["text", "words", "images", "pairs", "qa"]
+Inputs = Literal["text", "words", "images", "pairs", "qa", "choices"]
 """What a head's training rows hold: text, pre-split words (one label per word), image files,
-preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs), or a question
-and a context that is cut into windows (headkit.heads.qa)."""
+preference pairs (a prompt and a chosen and a rejected response: headkit.data.pairs), a question
+and a context that is cut into windows (headkit.heads.qa), or a context and its choices
+(headkit.data.choices)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from headkit.heads.part import Part
 class View(Part):
     writes_text: bool = False  # its predictions are generated text (`headkit generate` answers with it)
     gives_vectors: bool = False  # its predictions are embeddings (`model.encode` answers with them)
+    gives_scores: bool = False  # its prediction is a score per input: {"score"} (`model.rank` orders by it)
 
     def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
         """A prediction in terms of the text as given (`encoding`: the fast tokenizer's, or None)."""

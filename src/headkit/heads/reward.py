@@ -56,6 +56,10 @@ class PairScores(Scoring):
 
 
 class ScoreView(View):
+    """One score per input, {"score"}: what `model.rank` orders a query's candidates by."""
+
+    gives_scores = True
+
     def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
         return {"score": prediction}
 

@@ -5,6 +5,7 @@
     model.predict(Image.open("cat.jpg"))          # an image model: PIL images (or image file paths)
     model.evaluate(data["test"])                  # {"sentiment": {"accuracy": ...}, ...}; .losses per head
     model.encode(["A text.", "Another."])         # an embedding head's vectors, (2, D)
+    model.rank("The cat", ["sat on the mat.", "flew."])    # candidates best first, by a scoring head
 
 A mixin, as ship/pretrained.py is for saving and loading, so that model.py keeps to the model.
 It needs of the class only `heads`, `_processor()`, `max_length`, `device`, `columns` (optional)
@@ -111,21 +112,41 @@ class InferenceMixin:
         when the model has several); the model's other heads are not computed."""
         import numpy as np
 
-        embedding = [name for name, h in self.heads.items() if h.view.gives_vectors]
-        if head is None and len(embedding) != 1:
-            raise HeadkitError(
-                f"encode needs the embedding head to read: this model has {embedding or 'none'} "
-                f"(heads: {list(self.heads)}); name one with head=..."
-            )
-        name = head or embedding[0]
-        if name not in self.heads or not self.heads[name].view.gives_vectors:
-            raise HeadkitError(f"no embedding head named '{name}'; this model's embedding heads: {embedding}")
+        name = head_that_gives(
+            self.heads, "gives_vectors", head, "embedding", "encode needs the embedding head to read"
+        )
         single = isinstance(texts, str)
         inputs = [texts] if single else list(texts)
         answers = self.predict(inputs, batch_size=batch_size, heads=[name], progress=progress)
         assert isinstance(answers, list)  # a list of inputs gives a list of answers
         vectors = np.array([a[name] for a in answers], dtype=np.float32)
         return vectors[0] if single else vectors
+
+    def rank(
+        self, query: str, candidates: Sequence[str], head: str | None = None, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`candidates` best first, as a head that scores one (query, candidate) pair per input
+        orders them: a multiple-choice head (the query is the context, the candidates its choices)
+        or a reward head (a prompt and its responses). Each is {"index" (its place in
+        `candidates`), "text", "score", "probability" (softmax over the candidates' scores: a
+        multiple-choice head's probability of each choice)}. `head`: which scoring head (needed
+        when the model has several)."""
+        import numpy as np
+
+        name = head_that_gives(self.heads, "gives_scores", head, "scoring", "rank needs the head that scores pairs")
+        texts = list(candidates)
+        if not isinstance(query, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DataError("rank takes a query (a text) and a list of at least one candidate text")
+        answers = self.predict([(query, text) for text in texts], batch_size=batch_size, heads=[name])
+        assert isinstance(answers, list)  # a list of inputs gives a list of answers
+        scores = np.array([a[name]["score"] for a in answers], dtype=np.float64)
+        probabilities = np.exp(scores - scores.max())
+        probabilities /= probabilities.sum()
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])
+        return [
+            {"index": i, "text": texts[i], "score": float(scores[i]), "probability": float(probabilities[i])}
+            for i in order
+        ]
 
     def evaluate(
         self,
@@ -198,6 +219,23 @@ def held_out_split(dataset: Any) -> Any:
     if found is None:
         raise DataError(f"evaluate: the dataset has the splits {splits} and no 'test' or 'validation'; pass one split")
     return dataset[found]
+
+
+def head_that_gives(
+    heads: Any, flag: str, head: str | None, noun: str, need: str, how: str = "head=...",
+    error: type[HeadkitError] = HeadkitError,
+) -> str:  # fmt: skip
+    """The head whose view has `flag` (gives_vectors, gives_scores): `head` when it is one, else
+    the only one the model has; `error` says which there are (`need`: what asks for one; `how`:
+    how to name one)."""
+    offering = [name for name, h in heads.items() if getattr(h.view, flag)]
+    if head is not None:
+        if head not in offering:
+            raise error(f"no {noun} head named '{head}'; this model's {noun} heads: {offering}")
+        return head
+    if len(offering) != 1:
+        raise error(f"{need}; this model has {offering or 'none'} (heads: {list(heads)}); name one with {how}")
+    return offering[0]
 
 
 def answer(

@@ -56,7 +56,8 @@ def tokens_digest(data: EncodedData) -> str:
     if data.pixels is not None:  # image data: the pixels are the input
         return data.pixels.digest()
     # segment ids too: "a [SEP] b" as one text and the pair (a, b) have the same ids, not the same features
-    sequences = data.input_ids + (data.pair_ids or []) + (getattr(data, "token_type_ids", None) or [])
+    more = [ids for rows in data.more_ids or [] for ids in rows] + [t for rows in data.more_types or [] for t in rows]
+    sequences = data.input_ids + more + (getattr(data, "token_type_ids", None) or [])
     lengths = np.array([len(x) for x in sequences], dtype=np.int64)
     flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in sequences]) if len(data) else lengths
     return hashlib.sha256(lengths.tobytes() + flat.tobytes()).hexdigest()
@@ -66,22 +67,24 @@ def tokens_digest(data: EncodedData) -> str:
 class FeatureCache:
     """Backbone outputs for every example of one dataset."""
 
-    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H) fp32; preference pairs: (2N, H)
+    pooled: dict[str, Tensor]  # feature_key(pooling, layer) -> (N, H) fp32; R rows per example: (R x N, H)
     tokens: dict[int, Tensor]  # layer key -> (sum of lengths, H) TOKEN_DTYPE, mapped from the cache file
     offsets: Tensor  # (N + 1,) start of each example in `tokens`
 
     @property
-    def pairs(self) -> bool:
-        """Preference pairs: rows N..2N-1 of `pooled` are the rejected texts of examples 0..N-1."""
+    def rows_per_example(self) -> int:
+        """R rows per example (pairs, choices): rows kN..(k+1)N-1 of `pooled` are row k of examples 0..N-1."""
         n = len(self.offsets) - 1
-        return any(v.shape[0] == 2 * n for v in self.pooled.values()) and n > 0
+        return max((v.shape[0] // n for v in self.pooled.values()), default=1) if n > 0 else 1
 
     def batch(self, indices: Tensor) -> Features:
         """The heads' `Features` for the given examples: hidden states by layer (padded, fp32),
         their mask, and pooled vectors (for B preference pairs: 2B rows, the chosen ones first, as
-        collate lays them out). Only the rows of these examples are read from the per-token store."""
-        if self.pairs:
-            rows = torch.cat([indices, indices + len(self.offsets) - 1])
+        collate lays them out; B examples of R choices: R x B). Only the rows of these examples are
+        read from the per-token store."""
+        if self.rows_per_example > 1:
+            n = len(self.offsets) - 1
+            rows = torch.cat([indices + k * n for k in range(self.rows_per_example)])
             return Features(
                 torch.ones(len(rows), 1, dtype=torch.long), pooled={m: v[rows] for m, v in self.pooled.items()}
             )
@@ -120,7 +123,7 @@ def _offsets(data: EncodedData) -> Tensor:
 
 def _spec(data: EncodedData, poolings: set[str], token_layers: set[int], hidden_size: int) -> Spec:
     """What a cache file of this data holds: its tensors' dtypes and shapes."""
-    rows = 2 * len(data) if data.pair_ids is not None else len(data)
+    rows = data.rows_per_example * len(data)
     spec: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {"offsets": (torch.int64, (len(data) + 1,))}
     spec |= {f"pooled.{key}": (torch.float32, (rows, hidden_size)) for key in poolings}
     total = sum(data.lengths())
@@ -154,8 +157,8 @@ def _backbone_pass(
     was_training = model.training
     model.eval()
     n, device = len(data), model.device
-    pairs = data.pair_ids is not None  # 2 rows per example: the chosen text, then (at n + i) the rejected
-    pooled = {key: torch.zeros(2 * n if pairs else n, model.hidden_size) for key in poolings}  # outside: see above
+    per_example = data.rows_per_example  # pairs: the chosen text, then (at n + i) the rejected; choices alike
+    pooled = {key: torch.zeros(per_example * n, model.hidden_size) for key in poolings}  # outside: see above
     lengths = data.lengths()
     starts = _offsets(data).tolist()
     layers = {split_feature_key(key)[1] for key in poolings} | set(tokens)
@@ -165,7 +168,7 @@ def _backbone_pass(
         for indices in tqdm(batches, desc="backbone features", unit="batch", disable=not progress, leave=False):
             batch = collate([data[i] for i in indices], pad_id, {}, {})
             features = model.adapter(model_inputs(batch, device), layers or {LAST_LAYER})
-            rows = indices + [n + i for i in indices] if pairs else indices
+            rows = [k * n + i for k in range(per_example) for i in indices]
             for key in poolings:
                 method, layer = split_feature_key(key)
                 pooled[key][rows] = model.adapter.pool(features.at(layer).float(), features.mask, method).cpu()

@@ -43,7 +43,8 @@ def save_validation_set(directory: Path, data: EncodedData) -> Path | None:
         "format": FORMAT,
         "input_ids": kept.input_ids,
         "token_type_ids": kept.token_type_ids,
-        "pair_ids": kept.pair_ids,
+        "more_ids": kept.more_ids,
+        "more_types": kept.more_types,
         "labels": labels,
     }
     path = directory / VALIDATION_FILE
@@ -65,12 +66,19 @@ def load_validation_set(directory: Path) -> EncodedData | None:
         return EncodedData(
             record["input_ids"],
             labels,
-            pair_ids=record.get("pair_ids"),
+            more_ids=record.get("more_ids") or _pairs_before(record),
             token_type_ids=record.get("token_type_ids"),
+            more_types=record.get("more_types"),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("%s is unreadable (%s); engines are not checked against it", path, e)
         return None
+
+
+def _pairs_before(record: dict[str, Any]) -> list[list[list[int]]] | None:
+    """The second rows of a file written before examples could have several (`pair_ids`: one each)."""
+    pairs = record.get("pair_ids")
+    return None if pairs is None else [[ids] for ids in pairs]
 
 
 def _labels_to_json(values: Any) -> Any:

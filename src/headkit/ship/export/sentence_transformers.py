@@ -25,6 +25,7 @@ from headkit._fs import staged_dir
 from headkit.errors import ExportError, HeadConfigError
 from headkit.model import MultiHeadModel
 from headkit.ship.export.common import ExportResult, check_output_dir, load_merged, next_step, steps_bar
+from headkit.ship.inference import head_that_gives
 
 PROBES = ["A short probe.", "A longer probe sentence, so that the first one is padded in the batch.", "Third one."]
 
@@ -39,7 +40,10 @@ def export_sentence_transformers(
     """The embedding head (or the named one) on its backbone as a sentence-transformers folder."""
     bar = steps_bar("export sentence-transformers", ["loading", "writing and checking"], progress)
     model, processor, source = load_merged(run)
-    name = _embedding_head(model, head)
+    name = head_that_gives(
+        model.heads, "gives_vectors", head, "embedding", "a sentence-transformers folder holds one embedding head",
+        "--only_head", ExportError,
+    )  # fmt: skip
     output_dir = Path(output_dir)
     check_output_dir(output_dir, source, overwrite)
     if processor is None:
@@ -58,20 +62,6 @@ def export_sentence_transformers(
         f"head '{name}' written as a sentence-transformers model ({note}); load it with "
         f"sentence_transformers.SentenceTransformer('{output_dir}')",
     )
-
-
-def _embedding_head(model: MultiHeadModel, head: str | None) -> str:
-    embedding = [n for n, h in model.heads.items() if h.view.gives_vectors]
-    if head is not None:
-        if head not in embedding:
-            raise ExportError(f"no embedding head named '{head}'; this model's embedding heads: {embedding}")
-        return head
-    if len(embedding) != 1:
-        raise ExportError(
-            f"a sentence-transformers folder holds one embedding head; this model has {embedding or 'none'} "
-            f"(heads: {list(model.heads)}): name one with --only_head"
-        )
-    return embedding[0]
 
 
 def write_folder(model: MultiHeadModel, name: str, processor: Any, folder: Path) -> None:

@@ -113,7 +113,8 @@ def check_parity(model: MultiHeadModel, head_name: str, target: nn.Module, input
     """Max abs difference between our head's output and the exported model's, over real positions."""
     out = model(heads=[head_name], **inputs)
     ours, mask = out.outputs[head_name].float(), out.mask
-    theirs = model.heads[head_name].export.output(target(**inputs)).float()
+    export = model.heads[head_name].export
+    theirs = export.output(target(**export.inputs(inputs))).float()
     if ours.shape != theirs.shape:
         raise ExportError(f"{type(target).__name__} returns shape {tuple(theirs.shape)}, this head {tuple(ours.shape)}")
     if model.heads[head_name].per_token:  # padding positions carry no prediction (our span head masks them)
