@@ -176,3 +176,37 @@ def test_choices_cannot_share_their_rows_with_other_heads_or_miss_their_column(t
     elsewhere = {"answer": {"label": "label", "type": "multiple-choice", "text_pair": "options"}}
     with pytest.raises(DataError, match="column 'options' not found"):
         headkit.train(tiny_text_model, elsewhere, train_dataset=choice_rows(8), epochs=1, progress=False)
+
+
+def test_a_file_of_contexts_and_choices_is_answered_row_by_row_and_rank_runs_from_the_cli(trained, tmp_path, capsys):
+    import csv
+    import json
+
+    from headkit.cli.main import main
+
+    _, run = trained
+    model = headkit.load(run / "model")
+    rows = choice_rows(6, seed=9)
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["predict", str(run), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [line["choices"] for line in lines] == [r["choices"] for r in rows]
+    for line, row in zip(lines, rows, strict=True):
+        top = model.rank(row["text"], row["choices"])[0]
+        assert line["answer"]["choice"] == top["index"] and line["answer"]["text"] == top["text"]
+        assert line["answer"]["probabilities"][top["index"]] == pytest.approx(top["probability"], abs=1e-5)
+    assert main(["predict", str(run), "--input", str(data), "--output", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["answer"]) for r in table] == [line["answer"]["choice"] for line in lines]
+    assert set(table[0]) == {"text", "choices", "answer", "answer.text", "answer.probabilities", "answer.scores"}
+    capsys.readouterr()
+    query, candidates = "the film was", ["a dull plot", "a superb plot", "a poor plot"]
+    flags = [a for c in candidates for a in ("--candidate", c)]
+    assert main(["rank", str(run), "--query", query, *flags, "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)
+    assert [r["index"] for r in ranked] == [r["index"] for r in model.rank(query, candidates)]
+    assert main(["predict", str(run), "--text", query, "--text_pair", candidates[1]]) == 0
+    shown = capsys.readouterr().out
+    assert f"{query} | {candidates[1]}" in shown and f"score {ranked[0]['score']:.4f}" in shown

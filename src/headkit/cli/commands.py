@@ -119,7 +119,9 @@ def predict(
         image: image files to predict directly, for an image model (repeat --image for several).
         text_column: the text column of --input (for an image model: the column of image paths).
         text_pair: the column of each row's second text (sentence pairs; a question-answering model's
-            context); default: the one the model's heads trained on, where --input has it.
+            context; a multiple-choice model's choices: a column of lists or columns A,B,C); default:
+            the one the model's heads trained on, where --input has it. With --text: the second text
+            of each --text.
         batch_size: at most this many texts per forward pass.
         engine: auto (the fastest engine validated for this model on this machine against torch fp32; torch
             where none was), torch, torch-bf16, onnx or onnx-int8 (a directory written by export --to onnx).
@@ -145,8 +147,50 @@ def predict(
         )
         render.file_predictions(count, truncated, output)
     if text:
-        predictions = predict_texts(model, tokenizer, text, batch_size, max_length, max_tokens=max_tokens)
-        render.predictions(text, predictions, model)
+        inputs = [(t, text_pair) for t in text] if text_pair is not None and not input else text
+        predictions = predict_texts(model, tokenizer, inputs, batch_size, max_length, max_tokens=max_tokens)
+        shown = [f"{t} | {text_pair}" for t in text] if inputs is not text else text
+        render.predictions(shown, predictions, model)
+
+
+def rank(
+    run: str,
+    query: str | None = None,
+    candidate: list[str] | None = None,
+    only_head: str | None = None,
+    json: bool = False,
+    batch_size: int = 32,
+    engine: Engine = "auto",
+    device: Device = "auto",
+    dtype: DType = "auto",
+) -> None:
+    """Order candidate texts for a query, best first, by a head that scores pairs of texts.
+
+    The head scores each (query, candidate) pair: a multiple-choice head (a context and its
+    choices) or a reward head (a prompt and its responses).
+
+    Args:
+        run: a training run directory (or its model/ directory), or an ONNX export with --engine onnx.
+        query: the context, question or prompt.
+        candidate: the texts to order (repeat --candidate for each).
+        only_head: the scoring head to rank by (needed when the model has several).
+        json: print JSON (index, text, score, probability per candidate) instead of a table.
+        batch_size: at most this many pairs per forward pass.
+        engine: auto, torch, torch-bf16, onnx or onnx-int8 (as predict's).
+        device: auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda or mps.
+        dtype: auto (bf16 on GPUs that have it, fp32 elsewhere), float32, bfloat16 or float16.
+    """
+    from headkit.ship.inference import score_choices
+    from headkit.ship.predict import load_for_inference
+
+    if query is None or not candidate:
+        raise UsageError("rank needs --query TEXT and at least one --candidate TEXT (repeat it for each)")
+    model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
+    ranked = score_choices(model, tokenizer, [(query, candidate)], only_head, batch_size)[0].ranked()
+    if json:
+        render.as_json(ranked)
+        return
+    render.ranking(query, ranked)
 
 
 def _predict_images(model, processor, paths: list[str], batch_size: int) -> None:
@@ -375,6 +419,7 @@ COMMANDS: list[Callable] = [
     train,
     evaluate,
     predict,
+    rank,
     fill_mask,
     generate,
     pretrain,

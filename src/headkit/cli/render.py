@@ -104,6 +104,17 @@ def predictions(samples: list[str], predictions: list[dict[str, Any]], model: An
             console.print(f"  {head}: {model.heads[head].view.brief(value)}", highlight=False)
 
 
+def ranking(query: str, ranked: list[dict[str, Any]]) -> None:
+    """`rank`: the candidates best first, with their probability and score."""
+    table = Table(title=query, title_justify="left")
+    for column, justify in (("#", "right"), ("candidate", "left"), ("probability", "right"), ("score", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for entry in ranked:
+        cut = " (truncated)" if entry.get("truncated") else ""
+        table.add_row(str(entry["index"]), entry["text"] + cut, f"{entry['probability']:.3f}", f"{entry['score']:.4f}")
+    Console().print(table)
+
+
 def file_predictions(count: int, truncated: int, output: str) -> None:
     """`predict --input`: where the predictions went, and how many texts were cut to the limit."""
     print(f"wrote predictions for {count} texts to {output}")

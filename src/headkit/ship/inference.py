@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from headkit.data import MAX_TOKENS
@@ -129,24 +130,10 @@ class InferenceMixin:
         orders them: a multiple-choice head (the query is the context, the candidates its choices)
         or a reward head (a prompt and its responses). Each is {"index" (its place in
         `candidates`), "text", "score", "probability" (softmax over the candidates' scores: a
-        multiple-choice head's probability of each choice)}. `head`: which scoring head (needed
-        when the model has several)."""
-        import numpy as np
-
-        name = head_that_gives(self.heads, "gives_scores", head, "scoring", "rank needs the head that scores pairs")
-        texts = list(candidates)
-        if not isinstance(query, str) or not texts or not all(isinstance(t, str) for t in texts):
-            raise DataError("rank takes a query (a text) and a list of at least one candidate text")
-        answers = self.predict([(query, text) for text in texts], batch_size=batch_size, heads=[name])
-        assert isinstance(answers, list)  # a list of inputs gives a list of answers
-        scores = np.array([a[name]["score"] for a in answers], dtype=np.float64)
-        probabilities = np.exp(scores - scores.max())
-        probabilities /= probabilities.sum()
-        order = sorted(range(len(texts)), key=lambda i: -scores[i])
-        return [
-            {"index": i, "text": texts[i], "score": float(scores[i]), "probability": float(probabilities[i])}
-            for i in order
-        ]
+        multiple-choice head's probability of each choice)}, and "truncated": True where the pair
+        was longer than the model reads. `head`: which scoring head (needed when the model has
+        several)."""
+        return score_choices(self, self._processor(), [(query, candidates)], head, batch_size)[0].ranked()
 
     def evaluate(
         self,
@@ -236,6 +223,65 @@ def head_that_gives(
     if len(offering) != 1:
         raise error(f"{need}; this model has {offering or 'none'} (heads: {list(heads)}); name one with {how}")
     return offering[0]
+
+
+@dataclass
+class ScoredChoices:
+    """One query's candidates as a scoring head scored them, in the order given."""
+
+    texts: list[str]
+    scores: list[float]
+    truncated: list[bool]
+
+    @property
+    def probabilities(self) -> list[float]:
+        """Softmax over the candidates' scores."""
+        import numpy as np
+
+        scores = np.array(self.scores, dtype=np.float64)
+        weights = np.exp(scores - scores.max())
+        return (weights / weights.sum()).tolist()
+
+    def entry(self, i: int) -> dict[str, Any]:
+        """Candidate i as `model.rank` gives it."""
+        cut = {"truncated": True} if self.truncated[i] else {}
+        return {"index": i, "text": self.texts[i], "score": self.scores[i], "probability": self.probabilities[i], **cut}
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """The candidates best first, as `model.rank` gives them."""
+        return [self.entry(i) for i in sorted(range(len(self.texts)), key=lambda i: -self.scores[i])]
+
+    def choice(self) -> dict[str, Any]:
+        """The best candidate and every candidate's score and probability, in the order given (a
+        multiple-choice file's prediction)."""
+        best = max(range(len(self.scores)), key=lambda i: self.scores[i])
+        return {"choice": best, "text": self.texts[best], "probabilities": self.probabilities, "scores": self.scores}
+
+
+def score_choices(
+    model: Any, processor: Any, items: Sequence[tuple[str, Sequence[str]]], head: str | None, batch_size: int = 32,
+    progress: bool = False, max_length: int | None = None, max_tokens: int | None = MAX_TOKENS,
+) -> list[ScoredChoices]:  # fmt: skip
+    """Every (query, candidate) pair of `items` scored by the model's scoring head (`head`, or its
+    only one), all in one batched pass (`answer`, so an ONNX engine ranks as torch does)."""
+    name = head_that_gives(model.heads, "gives_scores", head, "scoring", "ranking needs the head that scores pairs")
+    for number, (query, candidates) in enumerate(items, start=1):
+        texts = [query, *candidates] if not isinstance(candidates, str) else []
+        if len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise DataError(f"item {number}: ranking takes a query and a list of at least one candidate, all texts")
+    pairs = [(query, text) for query, candidates in items for text in candidates]
+    answers = answer(model, processor, pairs, batch_size, [name], max_length, progress, max_tokens)
+    assert isinstance(answers, list)  # a list of inputs gives a list of answers
+    scored, start = [], 0
+    for _, candidates in items:
+        mine = answers[start : start + len(candidates)]
+        start += len(candidates)
+        scored.append(
+            ScoredChoices(
+                list(candidates), [float(a[name]["score"]) for a in mine], [bool(a.get("truncated")) for a in mine]
+            )
+        )
+    return scored
 
 
 def answer(

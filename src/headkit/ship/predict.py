@@ -9,6 +9,7 @@ runs through it), and is re-exported here.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from headkit._fs import atomic_write_bytes
 from headkit.data import MAX_TOKENS
+from headkit.data.batching import text_values
 from headkit.data.files import column_values
 from headkit.data.images import is_image_processor
 from headkit.data.readers import read_rows
@@ -103,6 +105,9 @@ def predict_file(
         lines = [json.dumps({"image": n, **p}) for n, p in zip(names, predictions, strict=True)]
         atomic_write_bytes(Path(output_path), ("\n".join(lines) + "\n").encode("utf-8"))
         return len(images), 0
+    if any(getattr(h.codec, "inputs", None) == "choices" for h in model.heads.values()):
+        return _predict_choices(model, tokenizer, rows, input_path, text_column, text_pair, output_path,
+                                (batch_size, progress, max_length, max_tokens))  # fmt: skip
     text_column, text_pair = _text_columns(model, rows, text_column, text_pair)
     texts = column_values(rows, text_column, input_path)
     missing = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
@@ -125,6 +130,46 @@ def predict_file(
         lines = [json.dumps({**_shown(t), **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
     return len(texts), truncated
+
+
+def _predict_choices(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], input_path: str, text_column: str, choices: str | None,
+    output_path: str, settings: tuple[int, bool, int | None, int | None],
+) -> tuple[int, int]:  # fmt: skip
+    """A multiple-choice model's file: each row's context and its choices (the columns given, else
+    those its heads trained on, else `choices`), one line per row with the head's choice and every
+    choice's probability and score."""
+    from headkit.heads.codecs.choice import choice_lists
+    from headkit.ship.inference import score_choices
+
+    trained = [c.get("text_pair") for c in (getattr(model, "columns", None) or {}).values()]
+    texts = text_values(rows, text_column, input_path)
+    lists = choice_lists(rows, choices or next((p for p in trained if p), None), input_path)
+    batch_size, progress, max_length, max_tokens = settings
+    scored = score_choices(model, tokenizer, list(zip(texts, lists, strict=True)), None, batch_size, progress,
+                           max_length, max_tokens)  # fmt: skip
+    head = next(name for name, h in model.heads.items() if h.view.gives_scores)
+    lines: list[dict[str, Any]] = [
+        {
+            "text": text,
+            "choices": options,
+            head: result.choice(),
+            **({"truncated": True} if any(result.truncated) else {}),
+        }
+        for text, options, result in zip(texts, lists, scored, strict=True)
+    ]
+    out = Path(output_path)
+    if out.suffix.lower() == ".csv":  # the head's answer in columns of its own: HEAD (the choice), HEAD.text ...
+        flat = [
+            {key: _cell(value) for key, value in line.items() if key != head}
+            | {f"{head}{'' if key == 'choice' else '.' + key}": _cell(value) for key, value in line[head].items()}
+            for line in lines
+        ]
+        atomic_write_bytes(out, _csv_table(flat))
+    else:
+        body = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
+        atomic_write_bytes(out, body.encode("utf-8"))
+    return len(lines), sum(1 for line in lines if line.get("truncated"))
 
 
 def _text_columns(model: Any, rows: list[dict[str, Any]], text: str, pair: str | None) -> tuple[str, str | None]:
@@ -150,8 +195,6 @@ def _shown(text: str | tuple[str, str]) -> dict[str, str]:
 def _csv_bytes(texts: list[Any], predictions: list[dict[str, Any]], model) -> bytes:
     """Flat CSV: each head's own columns (classification: its label and a column per class
     probability), JSON for anything nested."""
-    import io as stdio
-
     flat_rows = []
     for text, pred in zip(texts, predictions, strict=True):
         row: dict[str, Any] = _shown(text)
@@ -162,8 +205,18 @@ def _csv_bytes(texts: list[Any], predictions: list[dict[str, Any]], model) -> by
             else:  # e.g. "truncated"
                 row[head] = json.dumps(value, ensure_ascii=False)
         flat_rows.append(row)
-    buffer = stdio.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in flat_rows for k in r)))
+    return _csv_table(flat_rows)
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: text and whole numbers as they are, anything else as JSON."""
+    return value if isinstance(value, str | int) else json.dumps(value, ensure_ascii=False)
+
+
+def _csv_table(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as CSV, every key any row has a column."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
-    writer.writerows(flat_rows)
+    writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
