@@ -252,6 +252,10 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
             y = labels.get(name)
             if y is None:
                 continue
+            if y.shape[0] < outputs[name].shape[0] and not self.heads[name].codec.multi_row:
+                # beside a head whose examples are several rows (a text and its partner), a head
+                # of one row per example reads each example's first row: the text column
+                outputs[name] = outputs[name][: y.shape[0]]
             loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), features.mask)
             if n > 0:
                 losses[name], counts[name] = loss, n

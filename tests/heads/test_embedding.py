@@ -14,7 +14,7 @@ from headkit.errors import DataError, ExportError, HeadConfigError, HeadkitError
 from headkit.heads.embedding import RetrievalScores
 from headkit.ship.export import export_onnx, export_sentence_transformers
 
-from conftest import FILLER, WORDS
+from conftest import FILLER, NEGATIVE, POSITIVE, WORDS
 
 KEYS = [w for w in WORDS if w not in FILLER]  # 16 words; each pair shares one
 
@@ -147,9 +147,33 @@ def test_bad_pairs_and_heads_that_cannot_share_them_get_one_clear_line(tiny_text
         headkit.train(
             tiny_text_model, {"embed": {"label": "partner", "type": "embedding"}}, train_dataset=pair_rows(16)
         )
-    beside = {**embedding, "topic": {"label": "positive"}}  # a classification head on the same rows
-    with pytest.raises(DataError, match="train on pairs of texts, which other heads"):
-        headkit.train(tiny_text_model, beside, train_dataset=pair_rows(16), epochs=1, progress=False)
+    tags = [{**r, "tokens": r["text"].split(), "tags": ["O"] * len(r["text"].split())} for r in pair_rows(16)]
+    beside = {**embedding, "ner": {"label": "tags", "type": "token-classification"}}  # reads words, not one text
+    with pytest.raises(DataError, match=r"heads \['ner'\] cannot read the pairs of texts of heads \['embed'\]"):
+        headkit.train(tiny_text_model, beside, train_dataset=tags, epochs=1, progress=False)
+
+
+def test_a_topic_head_beside_an_embedding_head_reads_each_pairs_first_text(tiny_text_model):
+    """One backbone, two heads on the same rows: the embedding head trains on (text, partner)
+    pairs, the topic head on the text alone; scored from cached features and through the backbone alike."""
+    rows = [{**r, "topic": "sentiment" if set(r["text"].split()) & set(POSITIVE + NEGATIVE) else "other"}
+            for r in pair_rows(96)]  # fmt: skip
+    heads = {"embed": {"label": "positive", "type": "embedding"}, "topic": {"label": "topic"}}
+    held_out = rows[64:]
+    common = dict(train_dataset=rows[:64], eval_dataset=held_out, batch_size=16, lr=1e-2, progress=False)
+    full = headkit.train(
+        tiny_text_model, heads, strategy="full", epochs=30, backbone_lr=1e-3, patience=0,
+        metric_for_best_model="topic/accuracy", **common,
+    )  # fmt: skip
+    assert set(full.metrics["heads"]) == {"embed", "topic"} and full.metrics["heads"]["topic"]["accuracy"] > 0.8
+    both = full.model.predict(held_out[0]["text"])
+    assert set(both) >= {"embed", "topic"} and both["topic"]["label"] in ("sentiment", "other")
+    texts_alone = [{"text": r["text"], "topic": r["topic"]} for r in held_out]  # no partners: the topic head alone
+    assert full.model.evaluate(texts_alone, heads=["topic"])["topic"] == full.metrics["heads"]["topic"]
+    frozen = headkit.train(tiny_text_model, heads, strategy="frozen", epochs=2, **common)
+    again = frozen.model.evaluate(held_out)  # through the backbone: the topic head reads each first text
+    assert again.losses["topic"] == pytest.approx(frozen.metrics["val_losses"]["topic"], rel=1e-4)
+    assert again["embed"]["mrr@10"] == pytest.approx(frozen.metrics["heads"]["embed"]["mrr@10"], abs=1e-6)
 
 
 def test_exports_that_sentence_transformers_cannot_hold_are_refused(tiny_text_model, tmp_path):

@@ -210,3 +210,53 @@ def test_a_file_of_contexts_and_choices_is_answered_row_by_row_and_rank_runs_fro
     assert main(["predict", str(run), "--text", query, "--text_pair", candidates[1]]) == 0
     shown = capsys.readouterr().out
     assert f"{query} | {candidates[1]}" in shown and f"score {ranked[0]['score']:.4f}" in shown
+
+
+def test_what_a_run_of_choices_cannot_do_is_refused_in_one_line_and_prediction_takes_any_count(
+    trained, tiny_text_model, tmp_path
+):
+    import json
+
+    import datasets
+
+    from headkit.cli.main import main
+
+    _, run = trained
+    heads = {"answer": {"label": "label", "type": "multiple-choice"}}
+    stream = datasets.IterableDataset.from_generator(lambda: iter(choice_rows(8)))
+    refused = r"heads \['answer'\] \(pairs of texts, choices, images\) cannot train on a"
+    with pytest.raises(DataError, match=refused):
+        headkit.train(tiny_text_model, heads, train_dataset=stream, epochs=1, progress=False)
+    sources = {
+        "four": choice_rows(8),
+        "three": [{**r, "choices": r["choices"][:3], "label": 0} for r in choice_rows(8)],
+    }
+    for name, rows in sources.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    two = {n: {**heads["answer"], "data": str(tmp_path / f"{n}.jsonl")} for n in sources}
+    with pytest.raises(DataError, match=r"with \[3, 4\] choices per example"):
+        headkit.train(tiny_text_model, two, epochs=1, progress=False)
+    # predicting needs no common count: ARC-style files hold 3 to 5 choices
+    rows = [{**r, "choices": r["choices"][: 2 + i % 3]} for i, r in enumerate(choice_rows(6, seed=3))]
+    data = tmp_path / "varied.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["predict", str(run), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [len(line["answer"]["probabilities"]) for line in lines] == [2, 3, 4, 2, 3, 4]
+    assert main(["predict", str(run), "--text", "the film was"]) == 2  # a lone context is no pair to score
+    plain = headkit.MultiHeadModel.from_pretrained(
+        tiny_text_model, heads={"c": head_config("classification", labels=["a", "b"])}
+    )
+    with pytest.raises(HeadkitError, match=r"ranking needs the head that scores pairs; this model has none"):
+        plain.rank("a", ["b", "c"])
+
+
+def test_a_class_label_answer_column_is_read_as_the_position_it_holds(trained):
+    import datasets
+
+    result, _ = trained
+    rows = choice_rows(16, seed=4, columns=True)
+    names = ["first", "second", "third", "fourth"]  # a ClassLabel's names: read as text, they are no letters
+    labelled = datasets.Dataset.from_list(rows).cast_column("label", datasets.ClassLabel(names=names))
+    heads = {"answer": {"label": "label", "text_pair": ENDINGS}}
+    assert result.model.evaluate(labelled, heads=heads) == result.model.evaluate(rows, heads=heads)

@@ -147,6 +147,11 @@ def predict(
         )
         render.file_predictions(count, truncated, output)
     if text:
+        if text_pair is None and any(getattr(h.codec, "inputs", None) == "choices" for h in model.heads.values()):
+            raise UsageError(
+                "a multiple-choice model scores (context, choice) pairs: give --text_pair CHOICE beside --text, or "
+                "rank the choices with headkit rank --query CONTEXT --candidate A --candidate B"
+            )
         inputs = [(t, text_pair) for t in text] if text_pair is not None and not input else text
         predictions = predict_texts(model, tokenizer, inputs, batch_size, max_length, max_tokens=max_tokens)
         shown = [f"{t} | {text_pair}" for t in text] if inputs is not text else text
@@ -186,7 +191,7 @@ def rank(
     if query is None or not candidate:
         raise UsageError("rank needs --query TEXT and at least one --candidate TEXT (repeat it for each)")
     model, tokenizer = load_for_inference(run, engine=engine, device=device, dtype=dtype)
-    ranked = score_choices(model, tokenizer, [(query, candidate)], only_head, batch_size)[0].ranked()
+    ranked = score_choices(model, tokenizer, [(query, candidate)], only_head, batch_size, how="--only_head")[0].ranked()
     if json:
         render.as_json(ranked)
         return

@@ -114,7 +114,13 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
     if any(images) and not all(images):
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
     pixels = Pixels.join([p.pixels for p in parts if p.pixels is not None]) if all(images) and parts else None
-    if len({p.rows_per_example for p in parts if len(p)}) > 1:
+    counts = {p.rows_per_example for p in parts if len(p)}
+    if len(counts) > 1 and 1 not in counts:  # pairs are 2 rows each: choices of different counts
+        raise DataError(
+            f"multiple-choice sources with {sorted(counts)} choices per example: every example of a run needs the "
+            "same number of choices; give them runs of their own"
+        )
+    if len(counts) > 1:
         raise DataError(
             "a run trains on pairs of texts, on choices or on single texts, one kind only: give reward, embedding "
             "and multiple-choice heads a run of their own"

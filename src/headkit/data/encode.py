@@ -64,6 +64,12 @@ def check_tasks(tasks: list[Any]) -> None:
     answering = [t for t in tasks if head_class(t.type).codec.inputs == "qa"]
     if answering:  # one model's span heads read one set of windows (MultiHeadModel.add_head)
         window_overlap(answering, "this run")
+    choosing = [t.name for t in tasks if head_class(t.type).codec.inputs == "choices"]
+    if choosing and len(choosing) < len(tasks):
+        raise DataError(
+            f"multiple-choice heads {choosing} read a context and its choices, rows no other head reads: give "
+            f"{sorted({t.name for t in tasks} - set(choosing))} a run of their own"
+        )
     pairs = [t for t in tasks if head_class(t.type).codec.inputs == "pairs"]
     if len({head_class(t.type).codec.joins for t in pairs}) > 1:
         raise DataError(
@@ -164,18 +170,26 @@ def encode_pairs(
     images: bool,
 ) -> EncodedData:
     """Rows of two texts each, as the heads that read them ask: a prompt joined to each response
-    (reward heads), or a text and its partner read alone (embedding heads); refused beside other
-    heads or images."""
+    (reward heads), or a text and its partner read alone (embedding heads). Beside text pairs,
+    heads of one text per example read the first text (a topic head beside an embedding head);
+    preference pairs and images are refused beside other heads."""
     if group[0].text_pair is not None:
         raise DataError(
             f"{data}: heads {[t.name for t in pairs]} read their pairs of texts from their label column; drop "
             f"text_pair '{group[0].text_pair}'"
         )
     joins = codecs[pairs[0].name].joins  # preference pairs (reward heads), or a text and its partner
-    if len(pairs) != len(group) or images or any(codecs[t.name].joins != joins for t in pairs):
+    beside = [t for t in group if t not in pairs]
+    if images or (beside and joins) or any(codecs[t.name].joins != joins for t in pairs):
         raise DataError(
             f"{data}: heads {[t.name for t in pairs]} train on {'preference pairs' if joins else 'pairs of texts'}"
             ", which other heads and images cannot share; give them a run of their own"
+        )
+    others = [t.name for t in beside if codecs[t.name].inputs != "text" or codecs[t.name].multi_row]
+    if others:
+        raise DataError(
+            f"{data}: heads {others} cannot read the pairs of texts of heads {[t.name for t in pairs]} (a head beside "
+            "them reads the first text of each pair, as one text); give them a run of their own"
         )
     tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
     first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)

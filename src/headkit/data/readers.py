@@ -42,7 +42,10 @@ class Rows(list):
 
 def read_rows(source: Any) -> Rows:
     """Rows of a file, a built-in dataset, a `datasets` folder or hub dataset, a Dataset, a pandas
-    DataFrame, a dict of column lists or a list of row dicts."""
+    DataFrame, a dict of column lists or a list of row dicts (`Rows` already read: as they are,
+    with the label names their dataset declared)."""
+    if isinstance(source, Rows):
+        return source
     if _is_datasets_object(source):
         if is_iterable_dataset(source):
             raise DataError(

@@ -238,9 +238,11 @@ def prepare_stream(
         raise DataError(f"{data}: a streamed run reads its training data from a stream, not {type(source).__name__}")
     if is_image_processor(processor):
         raise DataError(f"{data}: training on a stream of images is not supported yet; use a Dataset")
-    pairs = [t.name for t in tasks if head_class(t.type).codec.inputs in ("pairs", "images")]
+    # an example of several rows (a pair, a context's choices): the feature pass writes a stream's
+    # rows chunk by chunk, not in the whole data's row-by-row layout the cache reads
+    pairs = [t.name for t in tasks if head_class(t.type).codec.multi_row or head_class(t.type).codec.inputs == "images"]
     if pairs:
-        raise DataError(f"heads {pairs} (pairs of texts, images) cannot train on a stream yet; use a Dataset")
+        raise DataError(f"heads {pairs} (pairs of texts, choices, images) cannot train on a stream yet; use a Dataset")
     stream, validation = _open(source, data)
     limit = min((t.limit for t in tasks if t.limit), default=None)
     if limit:  # a stream's sample is its first rows: there is no whole to draw from

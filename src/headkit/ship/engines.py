@@ -393,9 +393,9 @@ def _score(model: Any, data: Any, pad_id: int) -> tuple[Any, float]:
 def inference_batches(data: Any) -> list[list[int]]:
     """The batches predict would make of these examples (by tokens, data/batching.py)."""
     from headkit.data import MAX_TOKENS
-    from headkit.data.batching import token_batches
+    from headkit.data.batching import data_batches
 
-    return token_batches(data.lengths(), MAX_TOKENS, 64)
+    return data_batches(data, MAX_TOKENS, 64)
 
 
 def collate_batch(data: Any, indices: list[int], pad_id: int) -> dict[str, Any]:

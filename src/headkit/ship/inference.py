@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from headkit.data import MAX_TOKENS
@@ -220,12 +221,14 @@ def head_that_gives(
         if head not in offering:
             raise error(f"no {noun} head named '{head}'; this model's {noun} heads: {offering}")
         return head
-    if len(offering) != 1:
-        raise error(f"{need}; this model has {offering or 'none'} (heads: {list(heads)}); name one with {how}")
+    if not offering:
+        raise error(f"{need}; this model has none (heads: {list(heads)})")
+    if len(offering) > 1:
+        raise error(f"{need}; this model has {offering}: name one with {how}")
     return offering[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoredChoices:
     """One query's candidates as a scoring head scored them, in the order given."""
 
@@ -233,7 +236,7 @@ class ScoredChoices:
     scores: list[float]
     truncated: list[bool]
 
-    @property
+    @cached_property
     def probabilities(self) -> list[float]:
         """Softmax over the candidates' scores."""
         import numpy as np
@@ -260,11 +263,13 @@ class ScoredChoices:
 
 def score_choices(
     model: Any, processor: Any, items: Sequence[tuple[str, Sequence[str]]], head: str | None, batch_size: int = 32,
-    progress: bool = False, max_length: int | None = None, max_tokens: int | None = MAX_TOKENS,
+    progress: bool = False, max_length: int | None = None, max_tokens: int | None = MAX_TOKENS, how: str = "head=...",
 ) -> list[ScoredChoices]:  # fmt: skip
     """Every (query, candidate) pair of `items` scored by the model's scoring head (`head`, or its
     only one), all in one batched pass (`answer`, so an ONNX engine ranks as torch does)."""
-    name = head_that_gives(model.heads, "gives_scores", head, "scoring", "ranking needs the head that scores pairs")
+    name = head_that_gives(
+        model.heads, "gives_scores", head, "scoring", "ranking needs the head that scores pairs", how
+    )
     for number, (query, candidates) in enumerate(items, start=1):
         texts = [query, *candidates] if not isinstance(candidates, str) else []
         if len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):

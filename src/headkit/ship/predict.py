@@ -144,7 +144,7 @@ def _predict_choices(
 
     trained = [c.get("text_pair") for c in (getattr(model, "columns", None) or {}).values()]
     texts = text_values(rows, text_column, input_path)
-    lists = choice_lists(rows, choices or next((p for p in trained if p), None), input_path)
+    lists = choice_lists(rows, choices or next((p for p in trained if p), None), input_path, same_count=False)
     batch_size, progress, max_length, max_tokens = settings
     scored = score_choices(model, tokenizer, list(zip(texts, lists, strict=True)), None, batch_size, progress,
                            max_length, max_tokens)  # fmt: skip

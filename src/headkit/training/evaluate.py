@@ -107,7 +107,10 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    head_types = {n: h.config.type for n, h in model.heads.items()}
+    # the heads the data has labels for (data to score some heads of a model need not fit the
+    # others: pairs of texts for a topic head's rows); all of them where labels come with make_batch
+    scored = [n for n in model.heads if n in data.labels] or list(model.heads)
+    head_types = {n: h.config.type for n, h in model.heads.items() if n in scored}
     unseen = {n: data.unseen.get(n, []) for n in model.heads}
     widths = {n: len(h.config.labels) + len(unseen[n]) for n, h in model.heads.items()}
     preds: dict[str, list[Any]] = {n: [] for n in model.heads}
@@ -125,10 +128,11 @@ def evaluate(
         labels = {k: v.to(device) for k, v in batch["labels"].items()}
         known = {k: model.heads[k].codec.known_labels(v) if unseen.get(k) else v for k, v in labels.items()}
         if cache is not None:
-            out = model.forward_heads(cache.batch(batch["index"]).to(device), known)
+            out = model.forward_heads(cache.batch(batch["index"]).to(device), known, heads=scored)
         else:
-            out = model(labels=known, **model_inputs(batch, device))
-        for name, head in model.heads.items():
+            out = model(labels=known, heads=scored, **model_inputs(batch, device))
+        for name in scored:
+            head = model.heads[name]
             preds[name] += head.decode(out.outputs[name], out.mask)
             refs[name] += head.codec.references(labels[name], out.mask, unseen[name])
             if name in out.losses:

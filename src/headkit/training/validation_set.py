@@ -24,7 +24,8 @@ from headkit.data.batching import EncodedData
 logger = logging.getLogger(__name__)
 
 VALIDATION_FILE = "validation.json"
-FORMAT = "headkit.validation/1"
+FORMAT = "headkit.validation/2"  # /2: an example's further rows in `more_ids` (/1: one in `pair_ids`)
+READABLE = (FORMAT, "headkit.validation/1")
 LIMIT = 1000  # examples kept: enough for a 0.3-point metric check, small enough to run 4 engines in seconds
 
 
@@ -60,7 +61,7 @@ def load_validation_set(directory: Path) -> EncodedData | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("format") != FORMAT:
+        if record.get("format") not in READABLE:
             return None
         labels = {head: _labels_from_json(values) for head, values in record["labels"].items()}
         return EncodedData(

@@ -26,6 +26,9 @@ from headkit.heads.part import Part
 class Codec(Part):
     layout: LabelLayout | None = None  # None: not trained from table files
     inputs: Inputs = "text"  # what the training rows hold
+    # an example is several rows of a batch (a pair of texts, a context's choices); a head beside
+    # such a head, one example per row, reads each example's first row (MultiHeadModel.forward_heads)
+    multi_row: bool = False
     crop_ok: bool = True  # False: labels are image positions, so images are never centre-cropped
     class_noun: str = "class"  # what one label is called in advice ("class", "label", "target")
     suggested_name: str = "label"  # the head name advise writes in the commands it prints

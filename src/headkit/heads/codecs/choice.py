@@ -32,6 +32,7 @@ CHOICES_COLUMN = "choices"  # where a task's choices are read when its text_pair
 class ChoiceCodec(Codec):
     layout = "index"
     inputs = "choices"
+    multi_row = True
     class_noun = "choice"
     suggested_name = "answer"
 
@@ -44,6 +45,9 @@ class ChoiceCodec(Codec):
         """(B,) the right choice's position (IGNORE_INDEX where missing); that it is one of the
         example's choices is checked where the choices are read (headkit.data.choices)."""
         values = column_values(rows, where.column, where.source)
+        # a datasets ClassLabel column was read as its names (data/readers.py): its id is the position
+        declared = where.declared.get(where.column)
+        values = [declared.index(v) if declared and v in declared else v for v in values]
         positions = [IGNORE_INDEX if is_missing(v) else answer_position(v, where, i + 1) for i, v in enumerate(values)]
         return np.array(positions, dtype=np.int64)
 
@@ -84,9 +88,12 @@ def answer_position(value: Any, where: LabelSource, row: int) -> int:
     )
 
 
-def choice_lists(rows: list[dict[str, Any]], columns: str | None, source: str) -> list[list[str]]:
-    """Each row's choices (every row as many, each a text), from one column of lists or from
-    several comma-separated columns; a DataError names the first bad row."""
+def choice_lists(
+    rows: list[dict[str, Any]], columns: str | None, source: str, same_count: bool = True
+) -> list[list[str]]:
+    """Each row's choices (each a text; with `same_count`, as training batches them, every row as
+    many), from one column of lists or from several comma-separated columns; a DataError names
+    the first bad row."""
     names = [c.strip() for c in (columns or CHOICES_COLUMN).split(",")]
     if len(names) > 1:
         per_column = [column_values(rows, name, source) for name in names]
@@ -101,7 +108,7 @@ def choice_lists(rows: list[dict[str, Any]], columns: str | None, source: str) -
                 f"row {number} of {source}: {where} should hold an example's choices (at least 2), got {choices!r}; "
                 "give one column of lists or several columns, comma-separated (text_pair: ending0,ending1)"
             )
-        if count is not None and len(choices) != count:
+        if same_count and count is not None and len(choices) != count:
             raise DataError(
                 f"row {number} of {source}: {len(choices)} choices where the rows before have {count}; every "
                 "example of a multiple-choice head needs the same number of choices"

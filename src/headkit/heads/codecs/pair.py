@@ -23,6 +23,7 @@ from headkit.heads.labels import LabelSource, rows_with_labels
 class PairCodec(Codec):
     layout = "pair"
     inputs = "pairs"
+    multi_row = True
     suggested_name = "reward"
     joins = True  # each row is the prompt (the text column) joined with one response (the two label columns)
     roles = ("chosen", "rejected")  # what the first and the second row of a pair are

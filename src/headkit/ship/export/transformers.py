@@ -174,9 +174,13 @@ def export_transformers(
         if processor is not None:
             processor.save_pretrained(staging)
     bar.close()
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    task = model.heads[name].export.pipeline_tag
+    pipeline = f" or transformers.pipeline('{task}', ...)" if task in SUPPORTED_TASKS else ""
     return ExportResult(
         output_dir,
         type(target).__name__,
         f"head '{name}' written as {type(target).__name__}; load it with transformers alone, e.g. "
-        f"{model.heads[name].export.target}.from_pretrained('{output_dir}') or transformers.pipeline",
+        f"{model.heads[name].export.target}.from_pretrained('{output_dir}'){pipeline}",
     )
