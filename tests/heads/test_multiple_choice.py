@@ -119,7 +119,7 @@ def test_the_head_on_pooler_is_exactly_transformers_multiple_choice_model_and_ex
     model = headkit.MultiHeadModel.from_pretrained(
         tiny_text_model, heads={"answer": head_config("multiple-choice", pooling="pooler")}
     )
-    torch.nn.init.normal_(model.heads["answer"].classifier[-1].weight, std=0.5)
+    torch.nn.init.normal_(model.heads["answer"].scorer[-1].weight, std=0.5)
     tokenizer = headkit.load_processor(tiny_text_model)
     saved = headkit.save(model, tmp_path / "saved", processor=tokenizer)
     export_transformers(saved, tmp_path / "hf")

@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headkit.errors import HeadConfigError
-from headkit.heads.base import HeadBase, zero_loss
+from headkit.heads.base import zero_loss
 from headkit.heads.codecs.choice import ChoiceCodec
 from headkit.heads.export import ExportSpec
 from headkit.heads.labels import IGNORE_INDEX
-from headkit.heads.mlp import MLPConfig, output_layers
-from headkit.heads.pooling import check_pooling
-from headkit.heads.reward import ScoreView
+from headkit.heads.mlp import MLPConfig
+from headkit.heads.reward import ScoreHead
 from headkit.heads.scoring import Scoring
 
 
@@ -79,26 +78,14 @@ def row_scores(out: Any) -> Tensor:
     return out.logits.reshape(-1)
 
 
-class MultipleChoiceHead(HeadBase):
-    """pool -> dropout -> linear (or an MLP) to one score per (context, choice) row; cross-entropy
-    over each example's choices."""
+class MultipleChoiceHead(ScoreHead):
+    """One score per (context, choice) row; cross-entropy over each example's choices."""
 
     codec = ChoiceCodec()
     scoring = ChoiceScores()
-    view = ScoreView()
     export = ExportSpec(
         "AutoModelForMultipleChoice", "multiple-choice", ("ForMultipleChoice",), feed=one_choice_each, read=row_scores
     )
-
-    def __init__(self, config: MultipleChoiceConfig):
-        super().__init__()
-        check_pooling(config.pooling)
-        self.config: MultipleChoiceConfig = config
-        assert config.input_size is not None  # build_head refuses a config without it
-        self.classifier = output_layers(config, 1)
-
-    def forward_pooled(self, pooled: Tensor) -> Tensor:
-        return self.classifier(pooled).squeeze(-1)  # (rows,)
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         logits = choice_logits(output, labels.shape[0])
@@ -106,6 +93,3 @@ class MultipleChoiceHead(HeadBase):
         if n == 0:
             return zero_loss(output), 0
         return F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX), n
-
-    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
-        return output.float().tolist()

@@ -67,22 +67,31 @@ class ScoreView(View):
         return f"score {prediction['score']:.4f}"
 
 
-class RewardHead(HeadBase):
-    """pool -> dropout -> linear (or an MLP) to one score; Bradley–Terry loss on (chosen, rejected) pairs."""
+class ScoreHead(HeadBase):
+    """pool -> dropout -> linear (or an MLP) to one score per row: what reward and multiple-choice
+    heads compute; they differ in how rows are paired or grouped for the loss."""
 
-    codec = PairCodec()
-    scoring = PairScores()
     view = ScoreView()
 
-    def __init__(self, config: RewardConfig):
+    def __init__(self, config: MLPConfig):
         super().__init__()
         check_pooling(config.pooling)
-        self.config: RewardConfig = config
+        self.config: MLPConfig = config
         assert config.input_size is not None  # build_head refuses a config without it
         self.scorer = output_layers(config, 1)
 
     def forward_pooled(self, pooled: Tensor) -> Tensor:
-        return self.scorer(pooled).squeeze(-1).float()  # (B,)
+        return self.scorer(pooled).squeeze(-1).float()  # (rows,)
+
+    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
+        return output.float().tolist()
+
+
+class RewardHead(ScoreHead):
+    """One score per text; Bradley–Terry loss on (chosen, rejected) pairs."""
+
+    codec = PairCodec()
+    scoring = PairScores()
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         pairs = labels.shape[0]
@@ -96,6 +105,3 @@ class RewardHead(HeadBase):
             return zero_loss(output), 0
         margin = output[:pairs][present] - output[pairs:][present]
         return -F.logsigmoid(margin).mean(), n
-
-    def decode(self, output: Tensor, mask: Tensor | None = None) -> list[float]:
-        return output.float().tolist()
