@@ -191,9 +191,19 @@ def encode_pairs(
             f"{data}: heads {others} cannot read the pairs of texts of heads {[t.name for t in pairs]} (a head beside "
             "them reads the first text of each pair, as one text); give them a run of their own"
         )
-    tokenize_two = tokenize_pairs if joins else tokenize_text_pairs
-    first, second = tokenize_two(processor, rows, text_column, pairs[0].label, max_length, data)
-    return EncodedData(first, {}, [r.get(text_column) for r in rows], None, [[ids] for ids in second])
+    if len({t.label for t in pairs}) > 1:  # one encoding of the rows: the pairs' texts are their inputs
+        raise DataError(
+            f"{data}: heads {[t.name for t in pairs]} read their pairs from different columns "
+            f"{sorted({t.label for t in pairs})}; heads on one set of rows read the same pairs: give them runs of "
+            "their own"
+        )
+    if joins:
+        chosen, rejected = tokenize_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
+        more = [[ids] for ids in rejected]
+    else:
+        first, partners, negatives = tokenize_text_pairs(processor, rows, text_column, pairs[0].label, max_length, data)
+        chosen, more = first, [[p] if negatives is None else [p, negatives[i]] for i, p in enumerate(partners)]
+    return EncodedData(chosen, {}, [r.get(text_column) for r in rows], None, more)
 
 
 def unseen_labels_of(where: LabelSource, labels: list[str]) -> list[str]:

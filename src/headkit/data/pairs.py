@@ -70,14 +70,18 @@ def tokenize_pairs(
 
 def tokenize_text_pairs(
     tokenizer: Any, rows: list[dict[str, Any]], text_column: str, partner_column: str, max_length: int, source: str
-) -> tuple[list[list[int]], list[list[int]]]:
-    """(text ids, partner ids): each text as the tokenizer encodes one text alone, as predict and
-    the server encode what they are given; a DataError names the first empty one. A long text
-    keeps its start (the tokenizer is set to truncate on the right, and saved so: a model trained
-    further from a reward run would otherwise keep its left truncation)."""
+) -> tuple[list[list[int]], list[list[int]], list[list[int]] | None]:
+    """(text ids, partner ids, negative ids or None): each text as the tokenizer encodes one text
+    alone, as predict and the server encode what they are given; a DataError names the first
+    empty one. `partner_column` may name two columns, POSITIVE,NEGATIVE (triplets: a hard
+    negative per text). A long text keeps its start (the tokenizer is set to truncate on the
+    right, and saved so: a model trained further from a reward run would otherwise keep its left
+    truncation)."""
+    from headkit.heads.codecs.pair import partner_columns
+
     tokenizer.truncation_side = tokenizer.init_kwargs["truncation_side"] = "right"
     encoded = []
-    for column in (text_column, partner_column):
+    for column in (text_column, *partner_columns(partner_column)):
         texts = column_values(rows, column, source)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
         if bad is not None:
@@ -86,7 +90,7 @@ def tokenize_text_pairs(
                 f"partner: '{text_column}' and '{partner_column}' hold the two texts of a pair"
             )
         encoded.append(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
-    return encoded[0], encoded[1]
+    return encoded[0], encoded[1], encoded[2] if len(encoded) > 2 else None
 
 
 def join_pair(prompt: str, response: str) -> str:

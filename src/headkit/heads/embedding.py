@@ -6,6 +6,8 @@ layer) and L2 normalisation. It trains on pairs, an anchor (the text column) and
 where for anchor i the right answer among every positive of the batch is its own, cross-entropy
 over `scale` x cosine similarity (scale 20, as there). A batch of B pairs is 2B rows, anchors
 first (the pair layout reward heads read, its texts read alone rather than joined: codecs/pair.py).
+Triplets (label columns POSITIVE,NEGATIVE) add each anchor's hard negative: 3B rows, and every
+negative of the batch joins the candidates, as MNRL does with (anchor, positive, negative) rows.
 
 The projection starts as the identity (when it keeps the width), so training starts from the
 backbone's own embeddings, and a frozen backbone has a layer to train. The metrics rank over the
@@ -166,21 +168,24 @@ class EmbeddingHead(HeadBase):
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:
         pairs = labels.shape[0]
-        if output.shape[0] != 2 * pairs:
+        if output.shape[0] not in (2 * pairs, 3 * pairs):
             raise HeadConfigError(
-                f"an embedding head trains on text pairs (2 x {pairs} rows: anchors, then positives), "
-                f"got {output.shape[0]} rows"
+                f"an embedding head trains on text pairs (2 x {pairs} rows: anchors, then positives) or triplets "
+                f"(3 x {pairs}: then hard negatives), got {output.shape[0]} rows"
             )
         present = rows_with_labels(labels)
         n = int(present.sum())
         if n == 0:
             return zero_loss(output), 0
         anchors = F.normalize(output[:pairs][present].float(), dim=-1)
-        positives = F.normalize(output[pairs:][present].float(), dim=-1)
+        positives = F.normalize(output[pairs : 2 * pairs][present].float(), dim=-1)
         similarity = self.config.scale * anchors @ positives.T  # (n, n): row i's right column is i
         ids = labels.reshape(pairs, -1)[:, 0][present]  # each partner's text id (codecs/pair.py)
         same = (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=output.device)
         similarity = similarity.masked_fill(same, float("-inf"))  # another pair's copy of my partner: no negative
+        if output.shape[0] == 3 * pairs:  # triplets: every text's hard negative is one more wrong answer for all
+            negatives = F.normalize(output[2 * pairs :][present].float(), dim=-1)
+            similarity = torch.cat([similarity, self.config.scale * anchors @ negatives.T], dim=1)  # (n, 2n)
         return F.cross_entropy(similarity, torch.arange(n, device=output.device)), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[list[float]]:

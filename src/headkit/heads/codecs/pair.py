@@ -1,10 +1,10 @@
 """The pair layout: two texts per example, each its own row for the head: a preference pair (a
 prompt, a chosen and a rejected response; `PairCodec`), or a text and its partner (an anchor and
-its positive; `TextPairCodec`).
+its positive, and optionally a hard negative: a triplet; `TextPairCodec`).
 
-The texts are the inputs (headkit.data.pairs): a batch of B pairs is 2B rows, the first texts
-first. The label only says the pair is there: (B, 1), 1 or NaN. References give each row its role
-and how far away its partner row is, so a metric can pair the rows up.
+The texts are the inputs (headkit.data.pairs): a batch of B pairs is 2B rows (triplets 3B), the
+first texts first. The label only says the pair is there: (B, 1), 1 or NaN. References give each
+row its role and how far away its partner row is, so a metric can pair the rows up.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from headkit.errors import DataError
 from headkit.heads.codecs.base import Codec
 from headkit.heads.labels import LabelSource, rows_with_labels
 
@@ -67,16 +68,28 @@ class TextPairCodec(PairCodec):
         self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
     ) -> np.ndarray:
         """(B, 1): each partner text's id (the texts are checked where they are encoded)."""
-        return np.array([[partner_id(row.get(where.column))] for row in rows], dtype=np.float32)
+        partner = partner_columns(where.column)[0]
+        return np.array([[partner_id(row.get(partner))] for row in rows], dtype=np.float32)
 
     def references(
         self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
     ) -> list[tuple[str, int] | None]:
-        """As PairCodec's, each entry with the pair's partner id: (role, offset, id)."""
+        """As PairCodec's, each entry with the pair's partner id: (role, offset, id); a triplet's
+        negatives (rows 2B..3B-1, when the mask has them) are ("negative", 0, id), for no metric."""
         ids = labels.reshape(labels.shape[0], -1)[:, 0].tolist()
         roles = super().references(labels, mask, unseen)
         pairs = len(ids)
+        if mask is not None and pairs and mask.shape[0] == 3 * pairs:
+            roles += [None if r is None else ("negative", 0) for r in roles[:pairs]]
         return [None if r is None else (*r, int(ids[i % pairs])) for i, r in enumerate(roles)]  # type: ignore[misc]
+
+
+def partner_columns(label: str) -> list[str]:
+    """A text pair's partner column, or a triplet's positive and negative columns (`POS,NEG`)."""
+    columns = [c.strip() for c in label.split(",")]
+    if len(columns) > 2 or not all(columns):
+        raise DataError(f"text pairs name their partner column (or POSITIVE,NEGATIVE for triplets), not '{label}'")
+    return columns
 
 
 def partner_id(text: Any) -> float:
