@@ -85,7 +85,7 @@ def many_texts(count: int = 60, seed: int = 0) -> list[str]:
 
 
 TEXT_HEADS = ["classification", "multilabel", "regression", "token-classification", "span", "embedding",
-              "multiple-choice"]  # fmt: skip
+              "multiple-choice", "cross-encoder"]  # fmt: skip
 POOLED_HEADS = ["classification", "multilabel", "regression"]
 HEADS: dict[str, dict] = {  # a head of every type, by type name (labels where the type needs them)
     "classification": {"labels": ["neg", "mixed", "pos"]},
@@ -98,6 +98,7 @@ HEADS: dict[str, dict] = {  # a head of every type, by type name (labels where t
     "reward": {"hidden_layers": 2, "activation": "tanh"},  # an MLP head, two hidden layers
     "embedding": {"dimensions": 24},  # a projection that changes the width
     "multiple-choice": {"dropout": 0.2},
+    "cross-encoder": {"hidden_layers": 1, "activation": "tanh"},  # an MLP head
     "box": {},
     "ctc": {"labels": ["<blank>", "a", "b", "c", "d"]},
     "seq2seq": {"max_new_tokens": 6},
@@ -134,8 +135,8 @@ class Family:
 PER_TOKEN_EXPORTS = ("token-classification", "span")
 
 
-def _encoder(name: str, config: Callable, architecture: str, lm_import: bool = True, **kw) -> Family:
-    exports = (*PER_TOKEN_EXPORTS, "masked-lm") if lm_import else PER_TOKEN_EXPORTS
+def _encoder(name: str, config: Callable, architecture: str, lm_import: bool = True, more: tuple = (), **kw) -> Family:
+    exports = (*PER_TOKEN_EXPORTS, "masked-lm", *more) if lm_import else (*PER_TOKEN_EXPORTS, *more)
     return Family(
         name, "encoder", config, architecture, [*TEXT_HEADS, "masked-lm"], lm_import=lm_import, exports=exports, **kw
     )
@@ -154,7 +155,8 @@ FAMILIES: list[Family] = [
     _encoder("bert", lambda: transformers.BertConfig(vocab_size=V, max_position_embeddings=64, **TEXT),
              "BertForMaskedLM"),
     _encoder("roberta", lambda: transformers.RobertaConfig(vocab_size=V, max_position_embeddings=66, pad_token_id=PAD,
-             bos_token_id=CLS, eos_token_id=SEP, layer_norm_eps=1e-5, **TEXT), "RobertaForMaskedLM"),
+             bos_token_id=CLS, eos_token_id=SEP, layer_norm_eps=1e-5, **TEXT), "RobertaForMaskedLM",
+             more=("cross-encoder",)),  # one tanh layer on cls: RoBERTa's own classification head
     _encoder("deberta-v2", lambda: transformers.DebertaV2Config(vocab_size=V, max_position_embeddings=64,
              relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"], position_buckets=16,
              norm_rel_ebd="layer_norm", share_att_key=True, layer_norm_eps=1e-7, **TEXT), "DebertaV2ForMaskedLM"),

@@ -157,7 +157,7 @@ def agreement(head_type: str, ours: list, theirs: list) -> float:
     if head_type == "embedding":
         pairs = [(np.asarray(a["embedding"]), np.asarray(b["embedding"])) for a, b in zip(ours, theirs, strict=True)]
         return float(np.mean([u @ v >= 0.99 * np.linalg.norm(u) * np.linalg.norm(v) for u, v in pairs]))
-    if head_type in ("regression", "reward", "box", "multiple-choice"):
+    if head_type in ("regression", "reward", "box", "multiple-choice", "cross-encoder"):
 
         def numbers(p: Any) -> list[float]:
             values = p.values() if isinstance(p, dict) else p

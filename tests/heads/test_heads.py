@@ -39,6 +39,8 @@ def labels_for(head_type: str) -> torch.Tensor:
         return torch.tensor([[1, 2, IGNORE_INDEX], [IGNORE_INDEX] * 3, [2, 2, 1], [1, IGNORE_INDEX, IGNORE_INDEX]])
     if head_type == "box":
         return torch.tensor([[0.1, 0.1, 0.5, 0.5], [NAN] * 4, [0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]])
+    if head_type == "cross-encoder":  # a relevance in [0, 1] per (query, document)
+        return torch.tensor([[1.0], [NAN], [0.0], [0.5]])
     if head_type == "multiple-choice":  # the right choice's position among 3
         return torch.tensor([2, IGNORE_INDEX, 0, 1])
     if head_type in ("reward", "embedding"):  # B pairs (preference pairs; anchors and positives: partner ids)

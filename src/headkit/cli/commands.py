@@ -171,8 +171,8 @@ def rank(
 ) -> None:
     """Order candidate texts for a query, best first, by a head that scores pairs of texts.
 
-    The head scores each (query, candidate) pair: a multiple-choice head (a context and its
-    choices) or a reward head (a prompt and its responses).
+    The head scores each (query, candidate) pair: a cross-encoder head (a query and its documents),
+    a multiple-choice head (a context and its choices) or a reward head (a prompt and its responses).
 
     Args:
         run: a training run directory (or its model/ directory), or an ONNX export with --engine onnx.

@@ -14,6 +14,7 @@ from headkit.errors import HeadConfigError, UnknownHeadTypeError
 from headkit.heads.base import Head, HeadBase, HeadConfig
 from headkit.heads.box import BoxConfig, BoxHead
 from headkit.heads.classification import ClassificationConfig, ClassificationHead
+from headkit.heads.cross_encoder import CrossEncoderConfig, CrossEncoderHead
 from headkit.heads.ctc import CTCConfig, CTCHead
 from headkit.heads.embedding import EmbeddingConfig, EmbeddingHead
 from headkit.heads.fewshot import Pair
@@ -44,6 +45,7 @@ REGISTRY: dict[str, tuple[type[HeadConfig], type[HeadBase]]] = {
     "reward": (RewardConfig, RewardHead),
     "embedding": (EmbeddingConfig, EmbeddingHead),
     "multiple-choice": (MultipleChoiceConfig, MultipleChoiceHead),
+    "cross-encoder": (CrossEncoderConfig, CrossEncoderHead),
     SEQ2SEQ: (Seq2SeqConfig, Seq2SeqHead),
 }
 

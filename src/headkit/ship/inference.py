@@ -128,8 +128,9 @@ class InferenceMixin:
         self, query: str, candidates: Sequence[str], head: str | None = None, batch_size: int = 32
     ) -> list[dict[str, Any]]:
         """`candidates` best first, as a head that scores one (query, candidate) pair per input
-        orders them: a multiple-choice head (the query is the context, the candidates its choices)
-        or a reward head (a prompt and its responses). Each is {"index" (its place in
+        orders them: a cross-encoder head (a query and its documents), a multiple-choice head (the
+        query is the context, the candidates its choices) or a reward head (a prompt and its
+        responses). Each is {"index" (its place in
         `candidates`), "text", "score", "probability" (softmax over the candidates' scores: a
         multiple-choice head's probability of each choice)}, and "truncated": True where the pair
         was longer than the model reads. `head`: which scoring head (needed when the model has
