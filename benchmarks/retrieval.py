@@ -91,7 +91,8 @@ def reranked(strategy: str, train, queries: list[str], corpus: list[str], out: P
 
     headlines, articles = list(train["headline"]), list(train["text"])
     similar = minilm_scores(headlines, articles)
-    np.fill_diagonal(similar, -np.inf)
+    text = np.array(articles, dtype=object)
+    similar[text[:, None] == text[None, :]] = -np.inf  # never the headline's own article, nor a copy of it
     hard = similar.argmax(axis=1)  # the training article MiniLM finds first after the headline's own
     rows = [{"text": h, "document": articles[i], "relevant": 1} for i, h in enumerate(headlines)]
     rows += [{"text": h, "document": articles[hard[i]], "relevant": 0} for i, h in enumerate(headlines)]

@@ -30,7 +30,7 @@ from headkit._typing import Backbone
 from headkit.adapter import LAST_LAYER, BackboneAdapter, Features, checkpoint_activations, feature_key
 from headkit.errors import HeadConfigError, HeadkitError, HeadMismatchError
 from headkit.heads import HEAD_NAME, HeadBase, HeadConfig, build_head, head_class
-from headkit.heads.base import zero_loss
+from headkit.heads.base import first_rows, zero_loss
 from headkit.ship.inference import InferenceMixin
 from headkit.ship.pretrained import PretrainedMixin
 from headkit.weighting import LossWeighting
@@ -252,10 +252,7 @@ class MultiHeadModel(InferenceMixin, PretrainedMixin, nn.Module):
             y = labels.get(name)
             if y is None:
                 continue
-            if y.shape[0] < outputs[name].shape[0] and not self.heads[name].codec.multi_row:
-                # beside a head whose examples are several rows (a text and its partner), a head
-                # of one row per example reads each example's first row: the text column
-                outputs[name] = outputs[name][: y.shape[0]]
+            outputs[name] = first_rows(self.heads[name], outputs[name], y.shape[0])
             loss, n = self.heads[name].loss(outputs[name], y.to(outputs[name].device), features.mask)
             if n > 0:
                 losses[name], counts[name] = loss, n

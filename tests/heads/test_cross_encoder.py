@@ -67,6 +67,8 @@ def test_a_cross_encoder_learns_relevance_and_ranks_documents(trained):
     assert ranked[0]["text"] == "a story superb"
     scores = model.predict([("the film", "a story superb")])[0]["rerank"]["score"]
     assert scores == pytest.approx(ranked[0]["score"], abs=1e-5)
+    # a pair's own probability of relevance, as CrossEncoder.predict gives it: not a share among the candidates
+    assert ranked[0]["probability"] == pytest.approx(float(torch.sigmoid(torch.tensor(ranked[0]["score"]))))
 
 
 def test_the_export_is_the_folder_sentence_transformers_cross_encoder_loads(trained, tmp_path):
@@ -80,6 +82,15 @@ def test_the_export_is_the_folder_sentence_transformers_cross_encoder_loads(trai
     theirs = CrossEncoder(str(tmp_path / "reranker"), device="cpu").predict(pairs)  # sigmoid of the logit
     ours = [p["rerank"]["score"] for p in headkit.load(run / "model").predict(pairs)]
     assert np.allclose(theirs, torch.sigmoid(torch.tensor(ours)).numpy(), atol=1e-5)
+
+
+def test_a_cross_encoder_without_documents_is_refused(tiny_text_model, trained):
+    from headkit.cli.main import main
+
+    heads = {"rerank": {"type": "cross-encoder", "label": "relevant"}}
+    with pytest.raises(DataError, match=r"heads \['rerank'\] score pairs of texts .* text_pair"):
+        headkit.train(tiny_text_model, heads, train_dataset=relevance_rows(8), epochs=1, progress=False)
+    assert main(["predict", str(trained[1]), "--text", "the film"]) == 2  # a query alone is nothing to score
 
 
 @pytest.mark.parametrize("value", ["relevant", 2, -0.5])

@@ -153,7 +153,7 @@ def test_bad_pairs_and_heads_that_cannot_share_them_get_one_clear_line(tiny_text
         headkit.train(tiny_text_model, beside, train_dataset=tags, epochs=1, progress=False)
 
 
-def test_a_topic_head_beside_an_embedding_head_reads_each_pairs_first_text(tiny_text_model):
+def test_a_topic_head_beside_an_embedding_head_reads_each_pairs_first_text(tiny_text_model, tmp_path):
     """One backbone, two heads on the same rows: the embedding head trains on (text, partner)
     pairs, the topic head on the text alone; scored from cached features and through the backbone alike."""
     rows = [{**r, "topic": "sentiment" if set(r["text"].split()) & set(POSITIVE + NEGATIVE) else "other"}
@@ -170,10 +170,19 @@ def test_a_topic_head_beside_an_embedding_head_reads_each_pairs_first_text(tiny_
     assert set(both) >= {"embed", "topic"} and both["topic"]["label"] in ("sentiment", "other")
     texts_alone = [{"text": r["text"], "topic": r["topic"]} for r in held_out]  # no partners: the topic head alone
     assert full.model.evaluate(texts_alone, heads=["topic"])["topic"] == full.metrics["heads"]["topic"]
-    frozen = headkit.train(tiny_text_model, heads, strategy="frozen", epochs=2, **common)
+    frozen = headkit.train(tiny_text_model, heads, strategy="frozen", epochs=2, output_dir=tmp_path / "run", **common)
     again = frozen.model.evaluate(held_out)  # through the backbone: the topic head reads each first text
     assert again.losses["topic"] == pytest.approx(frozen.metrics["val_losses"]["topic"], rel=1e-4)
     assert again["embed"]["mrr@10"] == pytest.approx(frozen.metrics["heads"]["embed"]["mrr@10"], abs=1e-6)
+    # an ONNX engine reads no labels: the evaluation gives the topic head each pair's first row all the same
+    from headkit.ship.export import export_onnx
+    from headkit.ship.predict import load_for_inference
+    from headkit.training.evaluate import evaluate_dataset
+
+    export_onnx(tmp_path / "run", tmp_path / "onnx", optimize=False)
+    onnx, tokenizer = load_for_inference(tmp_path / "onnx", engine="onnx")
+    scored, _ = evaluate_dataset(onnx, tokenizer, held_out)
+    assert scored.scores["topic"]["accuracy"] == again["topic"]["accuracy"]
 
 
 def test_exports_that_sentence_transformers_cannot_hold_are_refused(tiny_text_model, tmp_path):
@@ -270,6 +279,12 @@ def test_triplets_add_each_texts_hard_negative_to_every_anchors_candidates():
     assert n == 3 and torch.allclose(loss, expected)
     references = head.codec.references(labels, torch.ones(9, 4))
     assert [r[0] for r in references] == ["anchor"] * 3 + ["positive"] * 3 + ["negative"] * 3
+    # with the negatives' ids: pair 2's negative is pair 0's positive text, so no negative for anchor 0
+    with_ids = torch.tensor([[1.0, 9.0], [2.0, 8.0], [3.0, 1.0]])
+    masked, _ = head.loss(output, with_ids, None)
+    logits = 20.0 * torch.cat([a @ p.T, a @ q.T], dim=1)
+    logits[0, 5] = float("-inf")
+    assert torch.allclose(masked, F.cross_entropy(logits, torch.arange(3)))
 
 
 def test_an_embedding_head_trains_on_triplets_and_bad_ones_get_one_line(tiny_text_model):
@@ -287,6 +302,9 @@ def test_an_embedding_head_trains_on_triplets_and_bad_ones_get_one_line(tiny_tex
     triplets[3]["negative"] = ""
     with pytest.raises(DataError, match=r"row 4: 'negative' is empty"):
         headkit.train(tiny_text_model, heads, train_dataset=triplets, epochs=1, progress=False)
+    beside = {**heads, "title": {"label": "text", "type": "seq2seq"}}  # reads every position: not beside pairs
+    with pytest.raises(DataError, match=r"heads \['title'\] cannot read the pairs of texts"):
+        headkit.train(tiny_text_model, beside, train_dataset=pair_rows(16), epochs=1, progress=False)
     two = {"embed": heads["embed"], "other": {"label": "text", "type": "embedding"}}
     with pytest.raises(DataError, match="read their pairs from different columns"):
         headkit.train(tiny_text_model, two, train_dataset=pair_rows(16), epochs=1, progress=False)

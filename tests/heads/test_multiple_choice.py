@@ -234,7 +234,7 @@ def test_what_a_run_of_choices_cannot_do_is_refused_in_one_line_and_prediction_t
     for name, rows in sources.items():
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     two = {n: {**heads["answer"], "data": str(tmp_path / f"{n}.jsonl")} for n in sources}
-    with pytest.raises(DataError, match=r"with \[3, 4\] choices per example"):
+    with pytest.raises(DataError, match=r"sources of \[3, 4\] rows per example"):
         headkit.train(tiny_text_model, two, epochs=1, progress=False)
     # predicting needs no common count: ARC-style files hold 3 to 5 choices
     rows = [{**r, "choices": r["choices"][: 2 + i % 3]} for i, r in enumerate(choice_rows(6, seed=3))]

@@ -137,6 +137,8 @@ def test_each_head_type_judges_the_same_decision():
     assert values.same_decision({"label": 1.0}, {"label": 1.005})
     assert not values.same_decision({"label": 0.2}, {"label": 5.0})
     assert not values.same_decision({"label": 0.001}, {"label": 0.009})  # no absolute slack near zero
+    scores = build_head(head_config("cross-encoder", input_size=8)).scoring  # a logit that ranks: slack near zero
+    assert scores.same_decision(0.004, 0.0041) and not scores.same_decision(-0.3, 0.3)
     labels = build_head(head_config("multilabel", labels=["x", "y"], input_size=8)).scoring
     assert labels.same_decision({"labels": ["y", "x"], "probs": {}}, {"labels": ["x", "y"], "probs": {"x": 1}})
 
@@ -173,6 +175,22 @@ def test_labelled_data_with_a_class_training_never_had_is_checked_not_refused(ru
     checks = {c["engine"]: c for c in record["candidates"]}
     assert record["examples"] == 24 and checks["onnx"]["valid"], checks["onnx"]
     assert checks["onnx"]["agreement"]["sentiment"] == 1.0
+
+
+def test_data_that_labels_one_head_checks_the_engines_on_that_head(run, tmp_path):
+    """Data for some of a model's heads: the others are not decoded on it, so not judged (nor failed)."""
+    path, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    from headkit.training.evaluate import encode_dataset
+
+    model, tokenizer = load_for_inference(copy, engine="torch")
+    rows = [{"text": r["text"], "label": r["label"]} for r in sentiment_rows(24, seed=3)]  # no stars column
+    data = encode_dataset(model, tokenizer, rows, {"sentiment": "label"}, name="rows", unseen_labels=True)
+    record = validate_engines(copy, data, device="cpu")
+    checks = {c["engine"]: c for c in record["candidates"]}
+    assert checks["onnx"]["valid"], checks["onnx"]
+    assert set(checks["onnx"]["agreement"]) == {"sentiment"}
 
 
 def test_without_onnxruntime_auto_runs_torch_and_says_so_once(run, tmp_path, monkeypatch, caplog):

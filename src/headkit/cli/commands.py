@@ -147,15 +147,21 @@ def predict(
         )
         render.file_predictions(count, truncated, output)
     if text:
-        if text_pair is None and any(getattr(h.codec, "inputs", None) == "choices" for h in model.heads.values()):
+        pairs_only = [n for n, h in model.heads.items() if _reads_pairs(h.codec)]
+        if text_pair is None and pairs_only:
             raise UsageError(
-                "a multiple-choice model scores (context, choice) pairs: give --text_pair CHOICE beside --text, or "
-                "rank the choices with headkit rank --query CONTEXT --candidate A --candidate B"
+                f"heads {pairs_only} score pairs of texts: give --text_pair SECOND beside --text, or rank candidates "
+                "with headkit rank --query TEXT --candidate A --candidate B"
             )
         inputs = [(t, text_pair) for t in text] if text_pair is not None and not input else text
         predictions = predict_texts(model, tokenizer, inputs, batch_size, max_length, max_tokens=max_tokens)
         shown = [f"{t} | {text_pair}" for t in text] if inputs is not text else text
         render.predictions(shown, predictions, model)
+
+
+def _reads_pairs(codec: object) -> bool:
+    """Whether a head scores only pairs of texts (a context and a choice, a query and a document)."""
+    return getattr(codec, "inputs", None) == "choices" or bool(getattr(codec, "needs_text_pair", False))
 
 
 def rank(

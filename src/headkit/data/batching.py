@@ -115,10 +115,10 @@ def concat(parts: list[EncodedData], heads: dict[str, str]) -> EncodedData:
         raise DataError("a run trains on text or on images, not both: give every task the same kind of data")
     pixels = Pixels.join([p.pixels for p in parts if p.pixels is not None]) if all(images) and parts else None
     counts = {p.rows_per_example for p in parts if len(p)}
-    if len(counts) > 1 and 1 not in counts:  # pairs are 2 rows each: choices of different counts
+    if len(counts) > 1 and 1 not in counts:  # pairs, triplets, N choices
         raise DataError(
-            f"multiple-choice sources with {sorted(counts)} choices per example: every example of a run needs the "
-            "same number of choices; give them runs of their own"
+            f"sources of {sorted(counts)} rows per example (pairs 2, triplets 3, N choices N): every example of a "
+            "run needs as many (the same number of choices, pairs or triplets throughout); give them runs of their own"
         )
     if len(counts) > 1:
         raise DataError(

@@ -102,6 +102,12 @@ def encode_rows(
     pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
     answering = any(c.inputs == "qa" for c in codecs.values())
     choosing = [t.name for t in group if codecs[t.name].inputs == "choices"]
+    lone = [t.name for t in group if codecs[t.name].needs_text_pair and t.text_pair is None]
+    if lone:
+        raise DataError(
+            f"{data}: heads {lone} score pairs of texts (a query and a document): name the second text's column "
+            "with text_pair (e.g. {'label': 'relevant', 'text_pair': 'document'})"
+        )
     images = is_image_processor(processor)
     sizes = None
     windows: QAWindows | None = None
@@ -185,7 +191,11 @@ def encode_pairs(
             f"{data}: heads {[t.name for t in pairs]} train on {'preference pairs' if joins else 'pairs of texts'}"
             ", which other heads and images cannot share; give them a run of their own"
         )
-    others = [t.name for t in beside if codecs[t.name].inputs != "text" or codecs[t.name].multi_row]
+    others = [
+        t.name
+        for t in beside
+        if codecs[t.name].inputs != "text" or codecs[t.name].multi_row or head_class(t.type).per_token
+    ]
     if others:
         raise DataError(
             f"{data}: heads {others} cannot read the pairs of texts of heads {[t.name for t in pairs]} (a head beside "

@@ -87,7 +87,7 @@ def tokenize_text_pairs(
         if bad is not None:
             raise DataError(
                 f"{source}, row {bad + 1}: '{column}' is empty or not text ({texts[bad]!r}); each text needs its "
-                f"partner: '{text_column}' and '{partner_column}' hold the two texts of a pair"
+                f"partner: '{text_column}' and '{partner_column}' hold the texts of a pair (or a triplet)"
             )
         encoded.append(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
     return encoded[0], encoded[1], encoded[2] if len(encoded) > 2 else None

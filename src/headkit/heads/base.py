@@ -170,6 +170,15 @@ if TYPE_CHECKING:
         def items(self) -> Iterator[tuple[str, HeadBase]]: ...  # type: ignore[override]
 
 
+def first_rows(head: Any, output: Tensor, examples: int) -> Tensor:
+    """A head's output for `examples` examples: beside a head whose examples are several rows of
+    a batch (a text and its partner), a head of one row per example reads each example's first
+    row (the text column), the first `examples` rows."""
+    if output.shape[0] > examples and not head.codec.multi_row:
+        return output[:examples]
+    return output
+
+
 def zero_loss(output: Tensor) -> Tensor:
     """A zero that keeps the autograd graph, for batches with no labels for a head.
 

@@ -33,8 +33,8 @@ from headkit.heads.codecs.base import Codec
 from headkit.heads.export import ExportSpec
 from headkit.heads.labels import NAN, LabelSource, rows_with_labels
 from headkit.heads.mlp import MLPConfig
-from headkit.heads.reward import ScoreHead
-from headkit.heads.scoring import Scoring
+from headkit.heads.reward import ScoreHead, ScoreView
+from headkit.heads.scoring import Scoring, same_score
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class RelevanceCodec(Codec):
     """A relevance per (query, document) row: (B, 1) float in [0, 1], NaN where missing."""
 
     layout = "vector"
+    needs_text_pair = True  # a relevance belongs to a (query, document) pair, never to a text alone
     class_noun, suggested_name = "relevance", "relevance"
 
     def label_names(self, rows: list[dict[str, Any]], where: LabelSource) -> list[str]:
@@ -102,6 +103,9 @@ class RelevanceScores(Scoring):
             result["auc"] = float(roc_auc_score(relevant, scores))
         return result
 
+    def same_decision(self, a: Any, b: Any) -> bool:
+        return same_score(a, b)
+
     def chance(self, references: list[Any]) -> dict[str, float]:
         """Every pair alike: AUC 0.5; accuracy of the more frequent answer."""
         relevant = [r > 0.5 for r in references if r is not None]
@@ -109,6 +113,13 @@ class RelevanceScores(Scoring):
             return {}
         share = float(np.mean(relevant))
         return {"auc": 0.5, "accuracy": max(share, 1 - share)}
+
+
+class RelevanceView(ScoreView):
+    def probabilities(self, scores: list[float]) -> list[float]:
+        """Each pair's own probability of relevance (the sigmoid of its logit), as sentence-transformers'
+        CrossEncoder.predict gives it: a document's relevance does not depend on the others ranked."""
+        return (1.0 / (1.0 + np.exp(-np.array(scores, dtype=np.float64)))).tolist()
 
 
 def one_label(head: Any, config: Any) -> None:
@@ -127,6 +138,7 @@ class CrossEncoderHead(ScoreHead):
 
     codec = RelevanceCodec()
     scoring = RelevanceScores()
+    view = RelevanceView()
     export = ExportSpec(SEQUENCE_CLASSIFICATION, "text-ranking", fill=one_label, read=first_logit)
 
     def loss(self, output: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, int]:

@@ -185,7 +185,11 @@ class EmbeddingHead(HeadBase):
         similarity = similarity.masked_fill(same, float("-inf"))  # another pair's copy of my partner: no negative
         if output.shape[0] == 3 * pairs:  # triplets: every text's hard negative is one more wrong answer for all
             negatives = F.normalize(output[2 * pairs :][present].float(), dim=-1)
-            similarity = torch.cat([similarity, self.config.scale * anchors @ negatives.T], dim=1)  # (n, 2n)
+            hard = self.config.scale * anchors @ negatives.T
+            if labels.reshape(pairs, -1).shape[1] > 1:  # a negative that is my own partner's text: no negative
+                negative_ids = labels.reshape(pairs, -1)[:, 1][present]
+                hard = hard.masked_fill(ids[:, None] == negative_ids[None, :], float("-inf"))
+            similarity = torch.cat([similarity, hard], dim=1)  # (n, 2n)
         return F.cross_entropy(similarity, torch.arange(n, device=output.device)), n
 
     def decode(self, output: Tensor, mask: Tensor | None = None) -> list[list[float]]:

@@ -25,7 +25,7 @@ from headkit.heads.export import ExportSpec
 from headkit.heads.labels import IGNORE_INDEX
 from headkit.heads.mlp import MLPConfig
 from headkit.heads.reward import ScoreHead
-from headkit.heads.scoring import Scoring
+from headkit.heads.scoring import Scoring, same_score
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class ChoiceScores(Scoring):
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         right = [int(np.argmax(scores)) == answer for scores, answer in _examples(predictions, references)]
         return {"accuracy": float(np.mean(right))} if right else {}
+
+    def same_decision(self, a: Any, b: Any) -> bool:
+        return same_score(a, b)
 
     def chance(self, references: list[Any]) -> dict[str, float]:
         """Always the most frequent answer position."""

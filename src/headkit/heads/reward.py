@@ -24,7 +24,7 @@ from headkit.heads.labels import rows_with_labels
 from headkit.heads.mlp import MLPConfig, output_layers
 from headkit.heads.pooling import check_pooling
 from headkit.heads.presentation import View
-from headkit.heads.scoring import Scoring
+from headkit.heads.scoring import Scoring, same_score
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class PairScores(Scoring):
 
     primary = "pair_accuracy"
     metrics: ClassVar[dict[str, bool]] = {"pair_accuracy": True, "mean_margin": True}
+
+    def same_decision(self, a: Any, b: Any) -> bool:
+        return same_score(a, b)
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         margins = [
@@ -59,6 +62,13 @@ class ScoreView(View):
     """One score per input, {"score"}: what `model.rank` orders a query's candidates by."""
 
     gives_scores = True
+
+    def probabilities(self, scores: list[float]) -> list[float]:
+        """What `model.rank` reports as each candidate's probability: softmax over the candidates
+        (a choice among them; a cross-encoder reads each score alone)."""
+        values = np.array(scores, dtype=np.float64)
+        weights = np.exp(values - values.max())
+        return (weights / weights.sum()).tolist()
 
     def for_text(self, prediction: Any, encoding: Any, text: str) -> Any:
         return {"score": prediction}

@@ -89,6 +89,13 @@ def same_values(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def same_score(a: float, b: float) -> bool:
+    """Two engines' scores of one pair agree: within 1%, or within 0.01 near zero. A score ranks and
+    a logit's scale is its own (0.004 against 0.0041 decides nothing apart), unlike a regression
+    value, which `same_values` holds to 1% however small."""
+    return math.isclose(a, b, rel_tol=1e-2, abs_tol=1e-2)
+
+
 class ClassScores(Scoring):
     """One class per example: predictions carry it as `label`, references are class names."""
 

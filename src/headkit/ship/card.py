@@ -110,14 +110,14 @@ def usage(model: Any, where: str, processor: Any) -> list[str]:
     """How to load and run it: headkit's public API, the CLI, and a plain transformers export."""
     from headkit.data.images import is_image_processor
 
-    imports, example = ["import headkit"], '["some text"]'
+    imports, example, cli = ["import headkit"], '["some text"]', '--text "some text"'
     if processor is not None and is_image_processor(processor):
         imports, example = ["import headkit", "from PIL import Image"], '[Image.new("RGB", (224, 224))]'
     elif any((columns or {}).get("text_pair") for columns in (getattr(model, "columns", None) or {}).values()):
-        example = '[("a first text", "a second text")]'
+        example, cli = '[("a first text", "a second text")]', '--text "a first text" --text_pair "a second text"'
     lines = ["", "## Use", "", "```python", *imports, ""]
     lines += [f'model = headkit.MultiHeadModel.from_pretrained("{where}")', f"print(model.predict({example}))", "```"]
-    lines += ["", f'or `headkit predict {where} --text "some text"`.']
+    lines += ["", f"or `headkit predict {where} {cli}`."]
     exportable = [n for n, h in model.heads.items() if h.export.target]
     if exportable:
         name, auto = exportable[0], model.heads[exportable[0]].export.target

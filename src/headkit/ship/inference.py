@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from headkit.data import MAX_TOKENS
@@ -131,8 +130,9 @@ class InferenceMixin:
         orders them: a cross-encoder head (a query and its documents), a multiple-choice head (the
         query is the context, the candidates its choices) or a reward head (a prompt and its
         responses). Each is {"index" (its place in
-        `candidates`), "text", "score", "probability" (softmax over the candidates' scores: a
-        multiple-choice head's probability of each choice)}, and "truncated": True where the pair
+        `candidates`), "text", "score", "probability" (a multiple-choice or reward head's: softmax
+        over the candidates' scores; a cross-encoder's: each pair's own probability of relevance,
+        the sigmoid of its score)}, and "truncated": True where the pair
         was longer than the model reads. `head`: which scoring head (needed when the model has
         several)."""
         return score_choices(self, self._processor(), [(query, candidates)], head, batch_size)[0].ranked()
@@ -236,15 +236,7 @@ class ScoredChoices:
     texts: list[str]
     scores: list[float]
     truncated: list[bool]
-
-    @cached_property
-    def probabilities(self) -> list[float]:
-        """Softmax over the candidates' scores."""
-        import numpy as np
-
-        scores = np.array(self.scores, dtype=np.float64)
-        weights = np.exp(scores - scores.max())
-        return (weights / weights.sum()).tolist()
+    probabilities: list[float]  # as the head reads its scores (ScoreView.probabilities)
 
     def entry(self, i: int) -> dict[str, Any]:
         """Candidate i as `model.rank` gives it."""
@@ -282,11 +274,9 @@ def score_choices(
     for _, candidates in items:
         mine = answers[start : start + len(candidates)]
         start += len(candidates)
-        scored.append(
-            ScoredChoices(
-                list(candidates), [float(a[name]["score"]) for a in mine], [bool(a.get("truncated")) for a in mine]
-            )
-        )
+        scores = [float(a[name]["score"]) for a in mine]
+        cut = [bool(a.get("truncated")) for a in mine]
+        scored.append(ScoredChoices(list(candidates), scores, cut, model.heads[name].view.probabilities(scores)))
     return scored
 
 

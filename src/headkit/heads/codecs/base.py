@@ -29,6 +29,7 @@ class Codec(Part):
     # an example is several rows of a batch (a pair of texts, a context's choices); a head beside
     # such a head, one example per row, reads each example's first row (MultiHeadModel.forward_heads)
     multi_row: bool = False
+    needs_text_pair: bool = False  # each row is a pair of texts (`text_pair` names the second column)
     crop_ok: bool = True  # False: labels are image positions, so images are never centre-cropped
     class_noun: str = "class"  # what one label is called in advice ("class", "label", "target")
     suggested_name: str = "label"  # the head name advise writes in the commands it prints

@@ -67,9 +67,10 @@ class TextPairCodec(PairCodec):
     def encode_labels(
         self, rows: list[dict[str, Any]], where: LabelSource, labels: list[str], image_sizes: list | None
     ) -> np.ndarray:
-        """(B, 1): each partner text's id (the texts are checked where they are encoded)."""
-        partner = partner_columns(where.column)[0]
-        return np.array([[partner_id(row.get(partner))] for row in rows], dtype=np.float32)
+        """(B, 1): each partner text's id; triplets (B, 2): the positive's and the negative's (the
+        texts are checked where they are encoded)."""
+        columns = partner_columns(where.column)
+        return np.array([[partner_id(row.get(c)) for c in columns] for row in rows], dtype=np.float32)
 
     def references(
         self, labels: Tensor, mask: Tensor | None = None, unseen: Sequence[str] = ()
