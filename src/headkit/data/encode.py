@@ -102,13 +102,8 @@ def encode_rows(
     pairs = [t for t in group if codecs[t.name].inputs == "pairs"]
     answering = any(c.inputs == "qa" for c in codecs.values())
     choosing = [t.name for t in group if codecs[t.name].inputs == "choices"]
-    lone = [t.name for t in group if codecs[t.name].needs_text_pair and t.text_pair is None]
-    if lone:
-        raise DataError(
-            f"{data}: heads {lone} score pairs of texts (a query and a document): name the second text's column "
-            "with text_pair (e.g. {'label': 'relevant', 'text_pair': 'document'})"
-        )
     images = is_image_processor(processor)
+    _check_pair_heads(group, codecs, choosing, images, data)
     sizes = None
     windows: QAWindows | None = None
     questions: list[Question] = []
@@ -123,11 +118,6 @@ def encode_rows(
             processor, rows, text_column, group[0].text_pair, max_length, data, stride, causal
         )
     elif choosing:  # a context and N choices: N (context, choice) rows per example
-        if images or len(choosing) != len(group):
-            raise DataError(
-                f"{data}: multiple-choice heads {choosing} read a context and its choices, which other heads and "
-                "images cannot share; give them a run of their own"
-            )
         encoded = encode_choices(processor, rows, text_column, group[0].text_pair, max_length, data)
     elif pairs:  # two texts per example (preference pairs, text pairs): every head on this data reads them
         encoded = encode_pairs(rows, group, pairs, codecs, data, text_column, processor, max_length, images)
@@ -162,6 +152,22 @@ def encode_rows(
             encoded.unseen[task.name] = unseen_labels_of(where, labels)
         configs[task.name] = _task_config(task, kind.per_token, labels)
     return encoded, configs
+
+
+def _check_pair_heads(group: list[Any], codecs: dict[str, Any], choosing: list[str], images: bool, data: str) -> None:
+    """Refuse heads that score pairs of texts without a second text column, and multiple-choice
+    heads beside other heads or images."""
+    lone = [t.name for t in group if codecs[t.name].needs_text_pair and t.text_pair is None]
+    if lone:
+        raise DataError(
+            f"{data}: heads {lone} score pairs of texts (a query and a document): name the second text's column "
+            "with text_pair (e.g. {'label': 'relevant', 'text_pair': 'document'})"
+        )
+    if choosing and (images or len(choosing) != len(group)):
+        raise DataError(
+            f"{data}: multiple-choice heads {choosing} read a context and its choices, which other heads and "
+            "images cannot share; give them a run of their own"
+        )
 
 
 def encode_pairs(
