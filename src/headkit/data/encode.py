@@ -156,17 +156,17 @@ def encode_rows(
 
 def _check_pair_heads(group: list[Any], codecs: dict[str, Any], choosing: list[str], images: bool, data: str) -> None:
     """Refuse heads that score pairs of texts without a second text column, and multiple-choice
-    heads beside other heads or images."""
+    heads on images (beside other heads they are refused for the whole run: `check_tasks`)."""
     lone = [t.name for t in group if codecs[t.name].needs_text_pair and t.text_pair is None]
     if lone:
         raise DataError(
             f"{data}: heads {lone} score pairs of texts (a query and a document): name the second text's column "
             "with text_pair (e.g. {'label': 'relevant', 'text_pair': 'document'})"
         )
-    if choosing and (images or len(choosing) != len(group)):
+    if choosing and images:
         raise DataError(
-            f"{data}: multiple-choice heads {choosing} read a context and its choices, which other heads and "
-            "images cannot share; give them a run of their own"
+            f"{data}: multiple-choice heads {choosing} read a context and its choices, not images; give them a text "
+            "backbone"
         )
 
 

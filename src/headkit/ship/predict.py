@@ -102,8 +102,8 @@ def predict_file(
         images, _ = load_images(rows, text_column, input_path)
         predictions = predict_images(model, tokenizer, images, batch_size=batch_size, progress=progress)
         names = column_values(rows, text_column, input_path)
-        lines = [json.dumps({"image": n, **p}) for n, p in zip(names, predictions, strict=True)]
-        atomic_write_bytes(Path(output_path), ("\n".join(lines) + "\n").encode("utf-8"))
+        records = [{"image": n, **p} for n, p in zip(names, predictions, strict=True)]
+        atomic_write_bytes(Path(output_path), _jsonl_bytes(records, ensure_ascii=True))
         return len(images), 0
     if any(getattr(h.codec, "inputs", None) == "choices" for h in model.heads.values()):
         return _predict_choices(model, tokenizer, rows, input_path, text_column, text_pair, output_path,
@@ -127,8 +127,7 @@ def predict_file(
     if out.suffix.lower() == ".csv":
         atomic_write_bytes(out, _csv_bytes(texts, predictions, model))
     else:
-        lines = [json.dumps({**_shown(t), **p}, ensure_ascii=False) for t, p in zip(texts, predictions, strict=True)]
-        atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
+        atomic_write_bytes(out, _jsonl_bytes([{**_shown(t), **p} for t, p in zip(texts, predictions, strict=True)]))
     return len(texts), truncated
 
 
@@ -140,15 +139,15 @@ def _predict_choices(
     those its heads trained on, else `choices`), one line per row with the head's choice and every
     choice's probability and score."""
     from headkit.heads.codecs.choice import choice_lists
-    from headkit.ship.inference import score_choices
+    from headkit.ship.inference import head_that_gives, score_choices
 
+    head = head_that_gives(model.heads, "gives_scores", None, "scoring", "ranking needs the head that scores pairs")
     trained = [c.get("text_pair") for c in (getattr(model, "columns", None) or {}).values()]
     texts = text_values(rows, text_column, input_path)
     lists = choice_lists(rows, choices or next((p for p in trained if p), None), input_path, same_count=False)
     batch_size, progress, max_length, max_tokens = settings
-    scored = score_choices(model, tokenizer, list(zip(texts, lists, strict=True)), None, batch_size, progress,
+    scored = score_choices(model, tokenizer, list(zip(texts, lists, strict=True)), head, batch_size, progress,
                            max_length, max_tokens)  # fmt: skip
-    head = next(name for name, h in model.heads.items() if h.view.gives_scores)
     lines: list[dict[str, Any]] = [
         {
             "text": text,
@@ -167,8 +166,7 @@ def _predict_choices(
         ]
         atomic_write_bytes(out, _csv_table(flat))
     else:
-        body = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
-        atomic_write_bytes(out, body.encode("utf-8"))
+        atomic_write_bytes(out, _jsonl_bytes(lines))
     return len(lines), sum(1 for line in lines if line.get("truncated"))
 
 
@@ -206,6 +204,11 @@ def _csv_bytes(texts: list[Any], predictions: list[dict[str, Any]], model) -> by
                 row[head] = json.dumps(value, ensure_ascii=False)
         flat_rows.append(row)
     return _csv_table(flat_rows)
+
+
+def _jsonl_bytes(records: list[dict[str, Any]], ensure_ascii: bool = False) -> bytes:
+    """One JSON object per line, a newline after the last."""
+    return ("\n".join(json.dumps(r, ensure_ascii=ensure_ascii) for r in records) + "\n").encode("utf-8")
 
 
 def _cell(value: Any) -> Any:
