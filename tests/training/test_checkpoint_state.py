@@ -238,3 +238,107 @@ def test_accelerate_is_forced_onto_the_cpu_only_without_cuda_or_mps(monkeypatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(loop, "_mps_available", lambda: mps)
     assert loop.force_cpu() is cpu
+
+
+def rig_head_scores(monkeypatch, scores: dict[str, list[float]]) -> list[dict[str, torch.Tensor]]:
+    """Make the loop's validation report `scores[head][i]` as each head's accuracy at epoch i+1;
+    returns the model's state_dict at each epoch's end. Rigs anew when called again."""
+    from headkit.training.evaluate import evaluate as original
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def rigged(model, *args, **kwargs):
+        ev = original(model, *args, **kwargs)
+        snapshots.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        for head, values in scores.items():
+            ev.scores[head]["accuracy"] = values[len(snapshots) - 1]
+        return ev
+
+    monkeypatch.setattr(loop, "evaluate", rigged)
+    return snapshots
+
+
+def two_head_config(model: Path, data: str, out: Path, **overrides) -> TrainConfig:
+    fields = dict(
+        model=str(model),
+        tasks=[TaskSpec("a", data), TaskSpec("b", data)],
+        strategy="frozen",
+        epochs=4,
+        batch_size=8,
+        val_fraction=0.25,
+        patience=0,
+        progress=False,
+        temperature_scaling="off",  # the saved heads are then exactly the epochs' weights
+        output_dir=str(out),
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def head_state(state: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
+    return {n: t for n, t in state.items() if n.startswith(f"heads.{head}.")}
+
+
+def test_heads_on_a_frozen_backbone_each_keep_their_own_best_epoch(tiny_text_model, tmp_path, monkeypatch):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    snapshots = rig_head_scores(monkeypatch, {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.9]})
+    result = train(two_head_config(tiny_text_model, data, tmp_path / "run"))
+    assert result.metrics["head_best_epochs"] == {"a": 2, "b": 4}
+    final = result.model.state_dict()
+    for head, epoch in [("a", 2), ("b", 4)]:
+        kept = head_state(final, head)
+        assert kept and all(torch.equal(t, snapshots[epoch - 1][n]) for n, t in kept.items()), head
+    assert any(not torch.equal(t, snapshots[3][n]) for n, t in head_state(final, "a").items())  # not the last epoch's
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "best epochs: a 2, b 4" in card
+
+
+def test_one_best_epoch_for_all_heads_where_a_metric_is_named_or_the_backbone_trains(
+    tiny_text_model, tmp_path, monkeypatch
+):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    scores = {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.9]}  # mean best at epoch 4 (0.75)
+    for name, overrides in [("metric", {"metric_for_best_model": "accuracy"}), ("full", {"strategy": "full"})]:
+        snapshots = rig_head_scores(monkeypatch, scores)
+        result = train(two_head_config(tiny_text_model, data, tmp_path / name, **overrides))
+        assert "head_best_epochs" not in result.metrics and result.metrics["best_epoch"] == 4, name
+        assert all(torch.equal(t, snapshots[3][n]) for n, t in head_state(result.model.state_dict(), "a").items())
+        assert not (tmp_path / name / "best_heads.json").exists()
+
+
+def test_an_epoch_that_improves_any_head_is_not_a_bad_epoch(tiny_text_model, tmp_path, monkeypatch):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    # the mean falls after epoch 2 (0.75, 0.7, 0.6) while head b still improves at epoch 3
+    rig_head_scores(monkeypatch, {"a": [0.5, 0.9, 0.6, 0.3, 0.3], "b": [0.5, 0.6, 0.8, 0.7, 0.7]})
+    result = train(two_head_config(tiny_text_model, data, tmp_path / "run", epochs=5, patience=1))
+    assert len(result.metrics["epochs"]) == 4  # epoch 4 improved nothing: stopped there, not after epoch 3
+    assert result.metrics["head_best_epochs"] == {"a": 2, "b": 3}
+
+
+def test_an_interrupted_run_resumes_to_the_same_heads_at_their_best_epochs(tiny_text_model, tmp_path, monkeypatch):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    scores = {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.9]}
+    rig_head_scores(monkeypatch, scores)
+    uninterrupted = train(two_head_config(tiny_text_model, data, tmp_path / "a"))
+    snapshots = rig_head_scores(monkeypatch, scores)
+    original = loop.end_epoch
+
+    def crash_in_epoch_three(run, current, state, seconds):
+        if len(state.epochs) == 2:  # after epoch 2's best files, before epoch 3 is recorded
+            raise KeyboardInterrupt
+        return original(run, current, state, seconds)
+
+    monkeypatch.setattr(loop, "end_epoch", crash_in_epoch_three)
+    cfg = two_head_config(tiny_text_model, data, tmp_path / "b", save_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert json.loads((tmp_path / "b" / "best_heads.json").read_text())["a"]["epoch"] == 2
+    monkeypatch.setattr(loop, "end_epoch", original)
+    assert len(snapshots) == 2
+    rig_head_scores(monkeypatch, {h: v[2:] for h, v in scores.items()})  # resumed at epoch 3
+    cfg.resume = True
+    resumed = train(cfg)
+    assert resumed.metrics["head_best_epochs"] == {"a": 2, "b": 4}
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name

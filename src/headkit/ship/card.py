@@ -60,13 +60,22 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def best_epoch_text(info: dict[str, Any]) -> str | None:
+    """The epoch the model was taken from, or each head's where heads kept their own
+    (training/head_best.py): "7", "embed 25, topic 12"."""
+    per_head = info.get("head_best_epochs")
+    if per_head:
+        return ", ".join(f"{head} {epoch}" for head, epoch in per_head.items())
+    return None if info.get("best_epoch") is None else str(info["best_epoch"])
+
+
 def training(model: Any, info: dict[str, Any], data: list[str]) -> list[str]:
     """Strategy, hyperparameters and the examples each head trained and was scored on."""
     lines = ["", "## Training", ""]
     facts = [
         ("strategy", info.get("strategy")),
         ("training data", ", ".join(data) if data else None),
-        ("best epoch", info.get("best_epoch")),
+        ("best epoch" + ("s" if info.get("head_best_epochs") else ""), best_epoch_text(info)),
     ]
     lines += [f"- {key}: {value}" for key, value in facts if value is not None] or [NOT_RECORDED]
     if getattr(model, "max_length", None) is not None:  # the model's own, known with or without a run

@@ -118,7 +118,8 @@ class TrainConfig:
             by strategy: frozen 0, else 3.
         metric_for_best_model: what picks the best epoch and early stopping: HEAD/METRIC (e.g.
             topic/f1_macro), METRIC (its mean over the heads that report it), or loss / HEAD/loss;
-            default: the mean of each head's primary metric.
+            default: the mean of each head's primary metric, except for several heads on a
+            frozen backbone, where each head keeps its own best epoch (training/head_best.py).
         class_weights: loss weights for imbalanced labels: none, auto (inverse label frequency in
             the training split; multi-label: negatives/positives per label), or {label: weight}
             (unlisted labels weigh 1), for every classification, multi-label and tagging head.

@@ -39,9 +39,11 @@ def finish_run(
     main: bool = True,
     make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     val_cache: FeatureCache | None = None,
+    head_epochs: dict[str, int] | None = None,
 ) -> TrainResult:
     """Score the final model on the validation split (on `val_cache`, the backbone's features for
-    it, where the run kept them), save it, and write the report."""
+    it, where the run kept them), save it, and write the report. `head_epochs`: the epoch each head
+    was taken from, where heads kept their own best epochs (training/head_best.py)."""
     run = Path(config.output_dir)
     pad_id = getattr(processor, "pad_token_id", None) or 0
     evaluation, thresholds = None, {}
@@ -64,6 +66,7 @@ def finish_run(
     metrics = {
         "strategy": config.strategy,
         "best_epoch": best_epoch,
+        **({"head_best_epochs": head_epochs} if head_epochs else {}),
         "metric_for_best_model": config.metric_for_best_model,
         "heads": evaluation.scores if evaluation else {},
         "per_class": evaluation.reports if evaluation else {},

@@ -62,6 +62,7 @@ from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
 from headkit.training.features import features_needed
 from headkit.training.finish import finish_run
+from headkit.training.head_best import keep_improved_heads, restore_head_bests, saved_head_scores, selects_per_head
 from headkit.training.phase_data import cache_features, check_stream, epoch_batches, phase_loader
 from headkit.training.run_dir import claim_run_dir
 from headkit.training.state import Batcher, PhaseRun, Run, TrainResult, TrainState
@@ -100,6 +101,8 @@ def fit(
     if run.main:  # everything the run reads checked out: now the directory is this run's (run_dir.py)
         claim_run_dir(config)
     state, resuming = initial_state(run)
+    if selects_per_head(run):  # several heads on a backbone that never trains: each keeps its best epoch
+        run.head_best = saved_head_scores(run.directory) if resuming else {}
     for index, phase in enumerate(phases):
         if resuming and index < _saved_phase(run):
             continue
@@ -115,6 +118,7 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
+    head_epochs = restore_head_bests(run.directory, model) if run.head_best is not None else {}
     # a backbone no phase trained gives the features cached for validation: the final scores read
     # them instead of running the backbone over the split again. Pooled features are cached in
     # fp32, as the backbone gives them; per-token ones in bf16, so per-token heads are scored live
@@ -124,7 +128,17 @@ def fit(
     # wrapped just the heads, and the heads (or a backbone pass) would run in fp32
     with run.accelerator.autocast():
         return finish_run(
-            config, model, processor, data, state, started, best.get("epoch"), run.main, make_eval_batch, val_cache
+            config,
+            model,
+            processor,
+            data,
+            state,
+            started,
+            best.get("epoch"),
+            run.main,
+            make_eval_batch,
+            val_cache,
+            head_epochs,
         )
 
 
@@ -416,18 +430,21 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     replayed = record["epoch"] == run.replayed_best_epoch and score == state.best  # resumed: its replay
     improved = not len(data.val) or score > state.best or replayed
     if improved:
-        state.best, state.bad_epochs = score, 0
+        state.best = score
         if run.main:
             save_best(run.directory, model, state.backbone_modified, record)
-    else:
-        state.bad_epochs += 1
+    # heads that keep their own best epochs: an epoch that improved any of them is not a bad one
+    heads_improved = keep_improved_heads(run, record) if run.head_best is not None and "scores" in record else []
+    state.bad_epochs = 0 if improved or heads_improved else state.bad_epochs + 1
     state.epochs.append(record)
     if run.main and "scores" in record:
+        marks = {h: " *" for h in heads_improved} if run.head_best is not None else {}
         shown = ", ".join(
-            f"{h}: {model.heads[h].scoring.primary} {s.get(model.heads[h].scoring.primary, 0):.4f}"
+            f"{h}: {model.heads[h].scoring.primary} {s.get(model.heads[h].scoring.primary, 0):.4f}{marks.get(h, '')}"
             for h, s in record["scores"].items()
         )
-        logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{' *' if improved else ''}")
+        mark = " *" if improved and run.head_best is None else ""
+        logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{mark}")
     state.epoch, state.batches_done = state.epoch + 1, 0
     stop = run.config.patience and state.bad_epochs >= run.config.patience and state.epoch >= phase.min_epochs
     if stop:

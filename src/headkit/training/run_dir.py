@@ -25,6 +25,7 @@ from headkit._fs import atomic_write_bytes, write_failed
 from headkit.errors import CheckpointError, HeadkitError
 from headkit.training.config import identity_value
 from headkit.training.fewshot import CONTRASTIVE_FILE
+from headkit.training.head_best import HEADS_JSON, HEADS_TENSORS
 
 CONFIG_FILE = "config.yaml"
 # what a previous run in the directory left that a new (not resumed) run must not read: its
@@ -33,6 +34,8 @@ STALE = (
     "checkpoint",
     "best.safetensors",
     "best.json",
+    HEADS_TENSORS,
+    HEADS_JSON,
     CONTRASTIVE_FILE,
     "validation.json",
     "engines.json",

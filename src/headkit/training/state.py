@@ -85,6 +85,9 @@ class Run:
     # resumed from a checkpoint older than the best epoch saved (best.json): that epoch's number, so
     # that its replay counts as the improvement it was (training/loop.py)
     replayed_best_epoch: int | None = None
+    # heads on a backbone that never trains keep their own best epochs (training/head_best.py):
+    # head -> {"epoch", "score"} so far; None: one best epoch for the whole model
+    head_best: dict[str, dict] | None = None
 
     @property
     def streamed(self) -> bool:
