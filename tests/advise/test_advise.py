@@ -357,3 +357,88 @@ def test_the_strategy_alone_gives_the_recipe_advise_runs(strategy):
     frozen = TrainConfig(strategy="frozen")
     assert (frozen.epochs, frozen.lr, frozen.patience, frozen.val_fraction) == (30, 0.01, 0, 0.1)
     assert TrainConfig(strategy="fewshot", val_fraction=0.2).val_fraction == 0.2  # what a user sets wins
+
+
+# ----------------------------------------------------------------------------- pairs and several heads
+
+
+def pair_rows(n: int) -> list[dict]:
+    """Sentence pairs: does the second sentence say the same thing about the film? (NLI-like)"""
+    rows = sentiment_rows(n)
+    return [
+        {**r, "other": ("it was good" if (i // 2) % 2 else "it was bad"), "same": "yes" if (i // 2) % 2 == (i % 2 == 0)
+         else "no"}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
+def test_read_facts_counts_the_tokens_of_both_texts_of_a_pair(tiny_text_model, tmp_path):
+    from headkit.backbone import load_processor
+
+    tokenizer = load_processor(str(tiny_text_model))
+    rows = pair_rows(40)
+    alone = read_facts("pairs", "text", "same", tokenizer, rows=rows)
+    pairs = read_facts("pairs", "text", "same", tokenizer, rows=rows, text_pair="other")
+    second = len(tokenizer("it was good", add_special_tokens=False)["input_ids"])
+    assert pairs.text_pair == "other" and pairs.labelled == alone.labelled == 40
+    assert pairs.tokens_median == alone.tokens_median + second + 1  # the second text and its [SEP]
+    assert pairs.labelled_tokens == alone.labelled_tokens + 40 * (second + 1)
+    rows[3]["other"] = ""
+    with pytest.raises(DataError, match=r"row 4 of pairs has a label but no second text in column 'other'"):
+        read_facts("pairs", "text", "same", tokenizer, rows=rows, text_pair="other")
+    with pytest.raises(DataError, match="column 'second' not found"):
+        read_facts("pairs", "text", "same", tokenizer, rows=pair_rows(8), text_pair="second")
+
+
+def test_several_heads_follow_the_head_that_needs_the_backbone_most():
+    plenty = facts({"pos": 300, "neg": 300}, label="sentiment")
+    scarce = facts({"a": 150, "b": 150}, label="topic")  # under 500: rule 4
+    few = facts({"x": 200, "y": 8}, label="rare")  # 8 in a class: rule 1
+    tags = facts({"PER": 40}, task_type="token-classification", label="tags", labelled=100)
+    assert choose([plenty, scarce], CPU, CHEAP, 30).rule == choose(scarce, CPU, CHEAP, 30).rule == "4"
+    plan = choose([plenty, few, scarce], CPU, CHEAP, 30)
+    assert (plan.rule, plan.strategy) == ("1", "fewshot")
+    assert "3 heads (sentiment, rare, topic) train together on one backbone" in plan.reasons[0]
+    assert "'rare'" in plan.reasons[0]
+    assert choose([few, tags], CPU, CHEAP, 30).rule == "T"
+    imbalanced = choose([plenty, facts({"a": 500, "b": 50}, label="topic")], CPU, CHEAP, 30)
+    assert any("imbalanced in 'topic' (10:1)" in r for r in imbalanced.reasons)
+
+
+def test_commands_for_several_heads_and_pairs_train_them_in_one_run():
+    from headkit.advise.rules import Plan
+
+    plan = Plan(rule="4", strategy="full", pretrain=False, reasons=[], costs={}, budget_s=60.0)
+    heads = [facts(label="same", text_pair="other"), facts(task_type="regression", counts={}, label="score 1-5",
+                                                           text_pair="other")]  # fmt: skip
+    train, evaluate, predict = plan_commands(plan, heads, "minilm", "runs/x", [])
+    parsed = build_parser().parse_args(normalise_argv(shlex.split(train.removeprefix("headkit "))))["train"]
+    assert parsed.head == ["same:same", "score_1_5:score 1-5:regression"]  # a column with spaces, quoted
+    assert parsed.text_pair == "other" and parsed.strategy == "full"
+    scored = build_parser().parse_args(normalise_argv(shlex.split(evaluate.removeprefix("headkit "))))["evaluate"]
+    assert scored.head == ["same:same", "score_1_5:score 1-5"] and scored.text_column == "text"
+    assert '--text_pair "its second text"' in predict
+
+
+def test_cli_advise_plans_and_runs_two_heads_on_sentence_pairs(tiny_text_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    data = write_csv(tmp_path / "pairs.csv", pair_rows(48))
+    run = tmp_path / "advised"
+    argv = ["advise", "--data", str(data), "--text_pair", "other", "--label", "same", "--label", "label",
+            "--model", str(tiny_text_model), "--output_dir", str(run), "--budget", "5"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "task (same)" in out and "task (label)" in out and "tokens per pair (text + other)" in out
+    assert "2 heads (same, label) train together on one backbone" in out
+    train = next(c for c in re.findall(r"^\s+\d\. headkit (.+)$", out, flags=re.M) if c.startswith("train"))
+    parsed = build_parser().parse_args(normalise_argv(shlex.split(train)))["train"]
+    assert parsed.head == ["same:same", "label:label"] and parsed.text_pair == "other"
+    assert main([*argv, "--run"]) == 0
+    import yaml
+
+    assert list(json.loads((run / "model" / "heads.json").read_text())["heads"]) == ["same", "label"]
+    tasks = yaml.safe_load((run / "config.yaml").read_text())["tasks"]
+    expected = [("same", "same", "other"), ("label", "label", "other")]
+    assert [(t["name"], t["label"], t["text_pair"]) for t in tasks] == expected
+    assert main([*argv[:4], "--label", "same", "--label", "same", "--model", str(tiny_text_model)]) == 2
+    assert "name each label column once" in capsys.readouterr().err

@@ -45,8 +45,16 @@ def _time(fn, repeats: int = 2) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, max_length: int = 128) -> Rates:
-    """Time a forward pass, a full training step and a LoRA step on a batch of the user's texts.
+def measure_rates(
+    model: str,
+    texts: list[str],
+    tokenizer,
+    hardware: Hardware,
+    max_length: int = 128,
+    pairs: list[str] | None = None,
+) -> Rates:
+    """Time a forward pass, a full training step and a LoRA step on a batch of the user's texts
+    (`pairs`: each text's second text, encoded with it as training encodes sentence pairs).
 
     A few seconds on a CPU; the costs of every strategy are scaled from these per-token times.
     """
@@ -54,8 +62,11 @@ def measure_rates(model: str, texts: list[str], tokenizer, hardware: Hardware, m
     from headkit.training.strategies import adamw, apply_lora
 
     rng = np.random.default_rng(0)
-    sample = [texts[i] for i in rng.choice(len(texts), size=min(MEASURE_TEXTS, len(texts)), replace=False)]
-    batch = tokenizer(sample, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    chosen = rng.choice(len(texts), size=min(MEASURE_TEXTS, len(texts)), replace=False)
+    second = [pairs[i] for i in chosen] if pairs is not None else None
+    batch = tokenizer(
+        [texts[i] for i in chosen], second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
     batch = {k: v.to(hardware.device) for k, v in batch.items()}
     # per position computed, padding included: the timed batch pads 16 random texts to the longest,
     # training batches are length-grouped and pad little, so per real token would overestimate ~1.7x

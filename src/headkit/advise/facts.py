@@ -34,6 +34,7 @@ class DataFacts:
     unlabelled: int  # texts without a label (rows with an empty label + --unlabelled)
     labelled_tokens: int
     unlabelled_tokens: int
+    text_pair: str | None = None  # the second text's column (sentence pairs: tokens count both texts)
 
     @property
     def n_classes(self) -> int:
@@ -110,32 +111,39 @@ def read_facts(
     max_length: int = 128,
     unlabelled: list[str] | None = None,
     rows: list[dict[str, Any]] | None = None,
+    text_pair: str | None = None,
 ) -> DataFacts:
     """Everything the rules look at, from the user's file (and optional unlabelled text).
 
-    `rows`: the file's rows when the caller has read them already.
+    `rows`: the file's rows when the caller has read them already. `text_pair`: the column of each
+    row's second text (sentence pairs), whose tokens count with the first's, as training encodes them.
     """
     rows = read_rows(data) if rows is None else rows
     if not rows:
         raise DataError(f"{data} holds no rows; advise needs labelled examples")
     values = column_values(rows, label, data)
     texts = column_values(rows, text, data)
+    seconds = column_values(rows, text_pair, data) if text_pair else [None] * len(rows)
     labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
     if not labelled:
         raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
     if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):  # a list of words per row: token tags
+        if text_pair:
+            raise DataError(f"{data}: token tags read one list of words per row; --text_pair does not apply")
         task_type, counts, labelled_texts = _tag_facts(labelled, text, label, data)
     else:
         task_type, counts = _label_facts(labelled, text, label, data)
         labelled_texts = [t for t, _ in labelled]
+    pairs = _second_texts(seconds, values, text_pair, data) if text_pair else None
     free = as_texts([t for t, v in zip(texts, values, strict=True) if _is_missing(v)])  # (words: a tagger's)
     for source in unlabelled or []:
         free += _texts(read_rows(source), text, source)
 
-    def token_counts(texts: list[str]) -> list[int]:  # full lengths; verbose=False: no too-long warning
-        return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+    def token_counts(texts: list[str], second: list[str] | None = None) -> list[int]:
+        # full lengths; verbose=False: no too-long warning
+        return [len(ids) for ids in tokenizer(texts, second, truncation=False, verbose=False)["input_ids"]]
 
-    lengths = np.array(token_counts(labelled_texts))
+    lengths = np.array(token_counts(labelled_texts, pairs))
     free_tokens = sum(token_counts(free[:20_000])) if free else 0
     if len(free) > 20_000:  # estimate the rest from the first 20,000
         free_tokens = round(free_tokens * len(free) / 20_000)
@@ -149,11 +157,20 @@ def read_facts(
         tokens_median=float(np.median(lengths)),
         tokens_p95=float(np.percentile(lengths, 95)),
         truncated_share=float(np.mean(lengths > max_length)),
-        fragmented_share=fragmented_share(labelled_texts + free[:5000], tokenizer),
+        fragmented_share=fragmented_share(labelled_texts + (pairs or []) + free[:5000], tokenizer),
         unlabelled=len(free),
         labelled_tokens=int(np.minimum(lengths, max_length).sum()),
         unlabelled_tokens=int(free_tokens),
+        text_pair=text_pair,
     )
+
+
+def _second_texts(seconds: list[Any], values: list[Any], column: str, data: str) -> list[str]:
+    """The labelled rows' second texts (sentence pairs); a labelled row without one is refused."""
+    for i, (second, value) in enumerate(zip(seconds, values, strict=True), start=1):
+        if not _is_missing(value) and (not isinstance(second, str) or not second.strip()):
+            raise DataError(f"row {i} of {data} has a label but no second text in column '{column}': {second!r}")
+    return [s for s, v in zip(seconds, values, strict=True) if not _is_missing(v)]
 
 
 def _label_facts(labelled: list[tuple[Any, Any]], text: str, label: str, data: str) -> tuple[str, dict[str, int]]:

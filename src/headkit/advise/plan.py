@@ -3,6 +3,8 @@ out, and --run to carry it out (see rules.py for the table and why)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from typing import Any
 
 from headkit.advise.costs import PRETRAIN_EPOCHS, estimate_costs, measure_rates
@@ -15,9 +17,18 @@ from headkit.errors import UsageError
 from headkit.heads import head_class
 
 
-def head_spec(facts: DataFacts) -> str:
+def head_name(facts: DataFacts, several: bool) -> str:
+    """The head's name in the printed commands: its type's usual name, or with several heads its
+    label column's (made a Python identifier), which tells them apart."""
+    if not several:
+        return head_class(facts.task_type).codec.suggested_name
+    name = re.sub(r"\W+", "_", facts.label).strip("_")
+    return name if name.isidentifier() else f"head_{name}"
+
+
+def head_spec(facts: DataFacts, several: bool = False) -> str:
     """NAME:COLUMN[:TYPE] for the printed commands (the type only where it is not the default)."""
-    name = head_class(facts.task_type).codec.suggested_name
+    name = head_name(facts, several)
     return f"{name}:{facts.label}" + ("" if facts.task_type == DEFAULT_HEAD_TYPE else f":{facts.task_type}")
 
 
@@ -31,31 +42,38 @@ def train_options(plan: Plan) -> dict[str, Any]:
     return {"strategy": plan.strategy}
 
 
-def plan_commands(plan: Plan, facts: DataFacts, model: str, output_dir: str, unlabelled: list[str]) -> list[str]:
-    """The plan as the exact `headkit` commands, in order."""
+def plan_commands(
+    plan: Plan, heads: DataFacts | list[DataFacts], model: str, output_dir: str, unlabelled: list[str]
+) -> list[str]:
+    """The plan as the exact `headkit` commands, in order (one run trains every head); names and
+    paths quoted for the shell where they need it. `evaluate` reads the second texts from the
+    columns the model trained on."""
+    heads = heads if isinstance(heads, list) else [heads]
+    facts, several, q = heads[0], len(heads) > 1, shlex.quote
     commands, backbone = [], model
     if plan.pretrain:
         commands.append(
-            f"headkit pretrain --model {model} --corpus {' '.join([facts.source, *unlabelled])} "
-            f"--text_column {facts.text} "
-            f"--epochs {PRETRAIN_EPOCHS} --output_dir {output_dir}-pretrain"
+            f"headkit pretrain --model {q(model)} --corpus {' '.join(q(c) for c in [facts.source, *unlabelled])} "
+            f"--text_column {q(facts.text)} --epochs {PRETRAIN_EPOCHS} --output_dir {q(output_dir + '-pretrain')}"
         )
         backbone = f"{output_dir}-pretrain"
     options = " ".join(f"--{k} {v}" for k, v in train_options(plan).items())
-    head = head_spec(facts)
-    name = head.split(":")[0]
+    pair = f" --text_pair {q(facts.text_pair)}" if facts.text_pair else ""
+    trained = " ".join(f"--head {q(head_spec(f, several))}" for f in heads)
+    scored = " ".join(f"--head {q(head_name(f, several) + ':' + f.label)}" for f in heads)
+    text, out = q(facts.text), q(output_dir)
     return [
         *commands,
-        f"headkit train --model {backbone} --data {facts.source} --text_column {facts.text} --head {head} {options} "
-        f"--output_dir {output_dir}",
-        f"headkit evaluate {output_dir} --data YOUR_TEST_FILE --text_column {facts.text} --head {name}:{facts.label}",
-        f'headkit predict {output_dir} --text "a new example"',
+        f"headkit train --model {q(backbone)} --data {q(facts.source)} --text_column {text}{pair} {trained} "
+        f"{options} --output_dir {out}",
+        f"headkit evaluate {out} --data YOUR_TEST_FILE --text_column {text} {scored}",
+        f'headkit predict {out} --text "a new example"' + (' --text_pair "its second text"' if facts.text_pair else ""),
     ]
 
 
 def run_plan(
     plan: Plan,
-    facts: DataFacts,
+    facts: DataFacts | list[DataFacts],
     model: str,
     output_dir: str,
     unlabelled: list[str],
@@ -66,7 +84,8 @@ def run_plan(
     from headkit.training.pretrain import PretrainConfig, pretrain
     from headkit.training.recipe import TrainConfig, train
 
-    backbone = model
+    heads = facts if isinstance(facts, list) else [facts]
+    facts, backbone = heads[0], model
     if plan.pretrain:
         pretrain(
             PretrainConfig(
@@ -84,7 +103,8 @@ def run_plan(
         model=backbone,
         data=facts.source,
         text_column=facts.text,
-        head=[head_spec(facts)],
+        text_pair=facts.text_pair,
+        head=[head_spec(f, len(heads) > 1) for f in heads],
         output_dir=output_dir,
         overwrite=overwrite,
         progress=progress,
@@ -96,29 +116,44 @@ def run_plan(
 def advise(
     data: str,
     text: str = "text",
-    label: str = "label",
+    label: str | list[str] = "label",
     budget: float = 30.0,
     device: str = "auto",
     model: str = "minilm",
     max_length: int = 128,
     unlabelled: list[str] | None = None,
     output_dir: str = "runs/advised",
-) -> tuple[DataFacts, Hardware, Plan]:
-    """Facts, hardware, measured costs and the rule table -> the plan with its commands."""
+    text_pair: str | None = None,
+) -> tuple[DataFacts | list[DataFacts], Hardware, Plan]:
+    """Facts, hardware, measured costs and the rule table -> the plan with its commands.
+
+    `label`: one label column, or several (a list: one head each, trained together in one run on
+    one backbone; the facts come back as a list, one per head). `text_pair`: the column of each
+    row's second text (sentence pairs)."""
     from headkit.backbone import load_config, load_processor
 
     if budget <= 0:
         raise UsageError(f"--budget must be above 0 minutes, got {budget:g}")
+    labels = [label] if isinstance(label, str) else list(label)
+    if not labels or len(set(labels)) < len(labels):
+        raise UsageError(f"--label: name each label column once, got {labels}")
     tokenizer = load_processor(model)
     rows = read_rows(data)
-    facts = read_facts(data, text, label, tokenizer, max_length, unlabelled, rows=rows)
+    heads = [read_facts(data, text, lab, tokenizer, max_length, unlabelled, rows, text_pair) for lab in labels]
     hardware = detect_hardware(device)
-    texts = as_texts(column_values(rows, text, data))
-    rates = measure_rates(model, texts, tokenizer, hardware, max_length)
-    costs = estimate_costs(facts, rates)
-    plan = choose(facts, hardware, costs, budget)
+    firsts, seconds = column_values(rows, text, data), column_values(rows, text_pair, data) if text_pair else None
+    if seconds is None:
+        texts, pairs = as_texts(firsts), None
+    else:  # the rows with both texts, as training pairs them
+        kept = [(t, s) for t, s in zip(firsts, seconds, strict=True) if as_texts([t]) and as_texts([s])]
+        texts, pairs = [t for t, _ in kept], [s for _, s in kept]
+    rates = measure_rates(model, texts, tokenizer, hardware, max_length, pairs)
+    # every head reads the same backbone pass: the run costs about what its head with the most
+    # labelled tokens would alone (rows labelled for several heads train once)
+    costs = estimate_costs(max(heads, key=lambda f: f.labelled_tokens), rates)
+    plan = choose(heads, hardware, costs, budget)
     if plan.strategy == "partial:K":  # freeze the bottom half of this backbone's layers
         n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
         plan.strategy = f"partial:{max(1, n_layers // 2)}"
-    plan.commands = plan_commands(plan, facts, model, output_dir, list(unlabelled or []))
-    return facts, hardware, plan
+    plan.commands = plan_commands(plan, heads, model, output_dir, list(unlabelled or []))
+    return (heads[0] if isinstance(label, str) else heads), hardware, plan

@@ -36,6 +36,12 @@ The cost of every candidate is measured on this machine; the first one that fits
 The 10% fragmentation line comes from the shipped data: 3-7% of the words in movie reviews,
 BBC news and tweets are split into 3+ MiniLM word pieces, against 35% in clinical text.
 
+Several heads trained together (several label columns) get one plan: the head that needs the most
+of the backbone decides it (a tagger, else one with very few labels, else the one with the fewest
+labels), and the run is costed as its head with the most labelled tokens, since every head reads
+the same backbone pass. Sentence pairs (`text_pair`) are counted and timed as training encodes
+them, both texts in one sequence; the rules read their labels as any other head's.
+
 If no candidate fits the budget the advisor refuses and says what the cheapest one would need.
 """
 
@@ -121,25 +127,45 @@ def _rule(facts: DataFacts, hardware: Hardware) -> tuple[str, list[str], list[st
     return "4", [reason], ["full", "frozen"]
 
 
-def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget_minutes: float) -> Plan:
-    """Apply the rule table (module docstring) to the facts; pure, so each rule is testable."""
+def deciding_head(heads: list[DataFacts]) -> DataFacts:
+    """Of several heads trained on one backbone, the one whose needs decide the plan: a tagger
+    (its backbone must be tuned), else one with very few labels, else the one with the fewest."""
+    taggers = [f for f in heads if head_class(f.task_type).per_token]
+    few = sorted((f for f in heads if _few_labels(f)), key=lambda f: f.labelled)
+    return (taggers or few or sorted(heads, key=lambda f: f.labelled))[0]
+
+
+def choose(
+    facts: DataFacts | list[DataFacts], hardware: Hardware, costs: dict[str, float], budget_minutes: float
+) -> Plan:
+    """Apply the rule table (module docstring) to the facts, one head's or several heads' trained
+    in one run (the head `deciding_head` picks applies the rules); pure, so each rule is testable."""
+    heads = facts if isinstance(facts, list) else [facts]
+    facts = deciding_head(heads)
     budget = budget_minutes * 60
     rule, reasons, candidates = _rule(facts, hardware)
+    if len(heads) > 1:
+        reasons.insert(
+            0,
+            f"{len(heads)} heads ({', '.join(f.label for f in heads)}) train together on one backbone: the plan "
+            f"follows '{facts.label}', the head that needs the most of it",
+        )
     # continued pretraining reads plain text, which a tagger's word lists are not (yet)
-    tags = head_class(facts.task_type).per_token
-    shifted = facts.fragmented_share >= SHIFT_SHARE and facts.unlabelled >= SHIFT_UNLABELLED
-    pretrain = shifted and "pretrain" in costs and not tags
+    tags = any(head_class(f.task_type).per_token for f in heads)
+    shifted = [f for f in heads if f.fragmented_share >= SHIFT_SHARE and f.unlabelled >= SHIFT_UNLABELLED]
+    pretrain = bool(shifted) and "pretrain" in costs and not tags
+    shift = shifted[0] if shifted else facts
     first = costs.get("pretrain", 0.0) if pretrain else 0.0
     if pretrain and first + min(costs[c] for c in candidates) > budget:
         reasons.append(
-            f"domain shift ({facts.fragmented_share:.0%} of words split into 3+ pieces) and {facts.unlabelled:,} "
+            f"domain shift ({shift.fragmented_share:.0%} of words split into 3+ pieces) and {shift.unlabelled:,} "
             f"unlabelled texts, but continued pretraining (~{_minutes(first)}) does not fit the budget with the rest"
         )
         pretrain, first = False, 0.0
     elif pretrain:
         reasons.append(
-            f"domain shift: {facts.fragmented_share:.0%} of words are split into 3+ pieces (shipped English text: "
-            f"3-7%), and {facts.unlabelled:,} unlabelled texts are there to adapt on: continued MLM pretraining first"
+            f"domain shift: {shift.fragmented_share:.0%} of words are split into 3+ pieces (shipped English text: "
+            f"3-7%), and {shift.unlabelled:,} unlabelled texts are there to adapt on: continued MLM pretraining first"
         )
     fitting = [c for c in candidates if first + costs[c] <= budget]
     if not fitting:
@@ -156,10 +182,13 @@ def choose(facts: DataFacts, hardware: Hardware, costs: dict[str, float], budget
         reasons.append(f"{strategy} takes ~{_minutes(costs[strategy])} here, within the {budget_minutes:g} min budget")
     if rule == "1" and strategy == "frozen":
         reasons.append("frozen with a head solved by logistic (ridge) regression: fewshot with 0 contrastive pairs")
-    if facts.class_counts and facts.imbalance >= 5 and not tags:  # (a tagger reports entity F1)
-        reasons.append(f"classes are imbalanced ({facts.imbalance:.0f}:1): watch f1_macro, not only accuracy")
+    for head in heads:  # (a tagger reports entity F1)
+        if head.class_counts and head.imbalance >= 5 and not head_class(head.task_type).per_token:
+            where = f" in '{head.label}'" if len(heads) > 1 else ""
+            reasons.append(f"classes are imbalanced{where} ({head.imbalance:.0f}:1): watch f1_macro, not only accuracy")
     if facts.truncated_share > 0.2:
-        reasons.append(f"{facts.truncated_share:.0%} of texts are longer than the token limit and will be cut")
+        what = "text pairs" if facts.text_pair else "texts"
+        reasons.append(f"{facts.truncated_share:.0%} of {what} are longer than the token limit and will be cut")
     if strategy == "partial":
         strategy = "partial:K"
     return Plan(rule, strategy, pretrain, reasons, costs, budget)

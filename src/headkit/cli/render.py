@@ -156,12 +156,20 @@ def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any
 
     console = Console()
     table = Table(title=f"what headkit sees in {data}", show_header=False)
-    counts = head_class(facts.task_type).codec.describe_counts(facts.class_counts) if facts.class_counts else ""
-    rows = [
-        ("task", f"{facts.task_type}" + (f", {counts}" if counts else "")),
-        ("labelled examples", f"{facts.labelled:,}"),
+    heads = facts if isinstance(facts, list) else [facts]
+    facts = heads[0]
+    rows = []
+    for head in heads:
+        counts = head_class(head.task_type).codec.describe_counts(head.class_counts) if head.class_counts else ""
+        of = f" ({head.label})" if len(heads) > 1 else ""
+        rows += [
+            (f"task{of}", f"{head.task_type}" + (f", {counts}" if counts else "")),
+            (f"labelled examples{of}", f"{head.labelled:,}"),
+        ]
+    per = f"pair ({facts.text} + {facts.text_pair})" if facts.text_pair else "text"
+    rows += [
         ("unlabelled texts", f"{facts.unlabelled:,}"),
-        ("tokens per text", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),
+        (f"tokens per {per}", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),
         ("words split into 3+ pieces", f"{facts.fragmented_share:.1%} (domain-shift signal; 10%+ is a clear shift)"),
         ("hardware", f"{hardware.name}" + (f", {hardware.memory_gb:.0f} GiB" if hardware.memory_gb else "")),
         ("budget", f"{budget:g} min"),

@@ -46,7 +46,8 @@ def sft(config: SFTConfig) -> None:
 def advise(
     data: str | None = None,
     text_column: str = "text",
-    label: str = "label",
+    label: list[str] | None = None,
+    text_pair: str | None = None,
     budget: float = 30.0,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     model: str = "minilm",
@@ -62,7 +63,10 @@ def advise(
         data: the labelled file (CSV/JSONL/Parquet) or a built-in dataset; rows with an empty
             label count as unlabelled text.
         text_column: the text column (old spelling: --text).
-        label: the label column (classes, or numbers for regression).
+        label: the label column (classes, label sets, numbers for regression, or tags per word);
+            several (--label topic --label sentiment): one head each, planned as one run on one
+            backbone. Default: label.
+        text_pair: the column of each row's second text (sentence pairs: NLI, paraphrase, STS).
         budget: minutes of training you can spend on this machine.
         device: auto (a CUDA GPU if there is one), cpu or cuda.
         model: the backbone checkpoint directory or alias.
@@ -79,16 +83,18 @@ def advise(
 
     if data is None:
         raise DataOptionError("advise needs --data: the labelled file or built-in dataset to plan for")
+    labels = label or ["label"]
     facts, hardware, plan = make_plan(
         data,
         text_column,
-        label,
+        labels[0] if len(labels) == 1 else labels,
         budget,
         device,
         model,
         max_length,
         unlabelled,
         output_dir,
+        text_pair,
     )
     render.advice(data, budget, facts, hardware, plan)
     if run:

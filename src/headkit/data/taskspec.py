@@ -65,8 +65,9 @@ def parse_task(
     pooling: str = "auto",
     layer: int = -1,
     eval_data: str | None = None,
+    text_pair: str | None = None,
 ) -> TaskSpec:
-    """`name:column[:type]` (with shared --data/--text_column/--eval_data) -> TaskSpec."""
+    """`name:column[:type]` (with shared --data/--text_column/--eval_data/--text_pair) -> TaskSpec."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise DataOptionError(
@@ -75,4 +76,6 @@ def parse_task(
     if not data:
         raise DataOptionError(f"--head '{spec}' needs --data FILE (or use `tasks:` in a YAML config)")
     kind = parts[2] if len(parts) > 2 else DEFAULT_HEAD_TYPE
-    return TaskSpec(parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data)
+    return TaskSpec(
+        parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data, text_pair=text_pair
+    )

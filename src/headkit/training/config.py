@@ -71,6 +71,8 @@ class TrainConfig:
         tasks: heads and their data (YAML); or use data/text/head below for one file.
         data: shorthand: one data file or built-in dataset shared by every --head.
         text_column: shorthand: the text column of --data (old spelling: --text).
+        text_pair: shorthand: the column of each row's second text for the --head heads (sentence
+            pairs: NLI, paraphrase, STS, reranking; read as `tokenizer(text, text_pair)`).
         eval_data: shorthand: validate the --head heads on this file or dataset instead of holding
             out --val_fraction of --data (data sources as for --data).
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
@@ -166,6 +168,7 @@ class TrainConfig:
     data: str | None = None
     eval_data: str | None = None
     text_column: str = "text"
+    text_pair: str | None = None
     head: list[str] = field(default_factory=list)
     pooling: Pooling = "auto"
     layer: int = -1
@@ -235,7 +238,7 @@ class TrainConfig:
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
         return tasks + [
-            parse_task(spec, self.data, self.text_column, self.pooling, self.layer, self.eval_data)
+            parse_task(spec, self.data, self.text_column, self.pooling, self.layer, self.eval_data, self.text_pair)
             for spec in self.head
         ]
 
@@ -250,7 +253,7 @@ class TrainConfig:
                 if not task[key]:
                     del task[key]
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
-        for key in (*ignored, "head", "data", "eval_data", "text_column", "pooling", "layer"):
+        for key in (*ignored, "head", "data", "eval_data", "text_column", "text_pair", "pooling", "layer"):
             data.pop(key)
         for key, default in LEFT_OUT.items():
             if data[key] == default:
