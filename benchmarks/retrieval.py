@@ -11,7 +11,8 @@ the one right answer: recall@1 and MRR@10 over the 445 queries, for
   in-batch negatives), with `--strategy frozen` (cached features) and `--strategy lora`;
 - with `--joint` strategies, the embedding head trained together with a topic head (the headline's
   BBC topic) on one backbone, against a topic head trained alone with the same strategy: topic
-  accuracy on the 445 test headlines for both;
+  accuracy on the 445 test headlines for both, over `--seeds` (each a seed of both runs; the
+  table shows their means);
 - with `--rerank` strategies, MiniLM's top 20 articles per headline reordered by a `cross-encoder`
   head on MiniLM, trained on the training headlines with their own article (relevant) and the
   training article MiniLM ranks first among the others (a hard negative).
@@ -19,7 +20,8 @@ the one right answer: recall@1 and MRR@10 over the 445 queries, for
 Every encoder reads 256 tokens (MiniLM's sentence-transformers limit). Times: training, and
 encoding the 890 test texts.
 
-    python benchmarks/retrieval.py [--strategies frozen,lora] [--joint frozen] [--rerank lora] [--out runs/retrieval]
+    python benchmarks/retrieval.py [--strategies frozen,lora] [--joint frozen] [--seeds 0,1,2] [--rerank lora]
+                                   [--out runs/retrieval]
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ EMBED = {"type": "embedding", "label": "text", "text": "headline"}  # headline -
 TOPIC = {"label": "label", "text": "headline"}  # the headline's topic
 
 
-def embedding_head(strategy: str, train, queries: list[str], corpus: list[str], out: Path, heads=None):
+def embedding_head(strategy: str, train, queries: list[str], corpus: list[str], out: Path, heads=None, seed=0):
     import headkit
 
     started = time.perf_counter()
@@ -129,7 +131,7 @@ def embedding_head(strategy: str, train, queries: list[str], corpus: list[str], 
         output_dir=out / strategy,
         overwrite=True,
         progress=False,
-        seed=0,
+        seed=seed,
     )
     trained = time.perf_counter() - started
     started = time.perf_counter()
@@ -143,21 +145,41 @@ def topic_accuracy(model, test) -> float:
     return model.evaluate(test, heads=["topic"], batch_size=64)["topic"]["accuracy"]
 
 
-def topic_alone(strategy: str, train, test, out: Path) -> tuple[float, float]:
+def topic_alone(strategy: str, train, test, out: Path, seed: int = 0) -> tuple[float, float]:
     import headkit
 
     started = time.perf_counter()
     result = headkit.train(
         "minilm", {"topic": TOPIC}, train_dataset=train, strategy=strategy, max_length=MAX_LENGTH,
-        output_dir=out / f"topic-{strategy}", overwrite=True, progress=False, seed=0,
+        output_dir=out / f"topic-{strategy}", overwrite=True, progress=False, seed=seed,
     )  # fmt: skip
     return topic_accuracy(result.model, test), time.perf_counter() - started
+
+
+def joint(strategy: str, data, queries: list[str], corpus: list[str], out: Path, seeds: list[int]):
+    """The embedding + topic run and the topic head alone, once per seed: the mean scores and
+    times, and each seed's topic accuracies (joint, alone) and the epochs each head was taken from."""
+    test, runs = data["test"], []
+    for seed in seeds:
+        alone, alone_s = topic_alone(strategy, data["train"], test, out / f"seed{seed}", seed)
+        heads = {"embed": EMBED, "topic": TOPIC}
+        scores, trained, encoded, result = embedding_head(
+            strategy, data["train"], queries, corpus, out / f"seed{seed}" / "joint", heads, seed
+        )
+        epochs = result.metrics.get("head_best_epochs") or result.metrics["best_epoch"]
+        runs.append((scores, trained, encoded, topic_accuracy(result.model, test), alone, alone_s, epochs))
+        print(f"seed {seed}: {runs[-1]}", flush=True)
+    mean = {k: float(np.mean([r[0][k] for r in runs])) for k in runs[0][0]}
+    topic = (float(np.mean([r[3] for r in runs])), float(np.mean([r[4] for r in runs])), np.mean([r[5] for r in runs]))
+    per_seed = [(seed, r[3], r[4], r[6]) for seed, r in zip(seeds, runs, strict=True)]
+    return mean, float(np.mean([r[1] for r in runs])), float(np.mean([r[2] for r in runs])), (*topic, per_seed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--strategies", default="frozen,lora")
     parser.add_argument("--joint", default="", help="strategies of the joint embedding + topic runs")
+    parser.add_argument("--seeds", default="0", help="seeds of the joint runs and their topic-only runs")
     parser.add_argument("--rerank", default="", help="strategies of the cross-encoder that reranks MiniLM's top 20")
     parser.add_argument("--out", default="runs/retrieval")
     args = parser.parse_args()
@@ -178,14 +200,10 @@ def main() -> None:
         scores, trained, encoded, _ = embedding_head(strategy, data["train"], queries, corpus, Path(args.out))
         rows.append((f"headkit embedding head, {strategy}", scores, trained, encoded, None))
         print(rows[-1], flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
     for strategy in [s for s in args.joint.split(",") if s]:
-        alone, alone_s = topic_alone(strategy, data["train"], test, Path(args.out))
-        heads = {"embed": EMBED, "topic": TOPIC}
-        scores, trained, encoded, result = embedding_head(
-            f"{strategy}", data["train"], queries, corpus, Path(args.out) / "joint", heads
-        )
-        topic = topic_accuracy(result.model, test)
-        rows.append((f"embedding + topic heads, {strategy}", scores, trained, encoded, (topic, alone, alone_s)))
+        scores, trained, encoded, topic = joint(strategy, data, queries, corpus, Path(args.out) / "joint", seeds)
+        rows.append((f"embedding + topic heads, {strategy}", scores, trained, encoded, topic))
         print(rows[-1], flush=True)
     for strategy in [s for s in args.rerank.split(",") if s]:
         scores, trained, encoded = reranked(strategy, data["train"], queries, corpus, Path(args.out))
@@ -200,7 +218,10 @@ def main() -> None:
         print(f"{name:44}{s['recall@1']:10.4f}{s['mrr@10']:9.4f}{shown_train}{shown_encode}")
     for name, _, _, _, topic in rows:
         if topic is not None:
-            print(f"{name}: topic accuracy {topic[0]:.4f} (a topic head alone: {topic[1]:.4f}, {topic[2]:.0f} s)")
+            print(f"{name}, mean of seeds {args.seeds}: topic accuracy {topic[0]:.4f} (a topic head alone: "
+                  f"{topic[1]:.4f}, {topic[2]:.0f} s)")  # fmt: skip
+            for seed, together, alone, epochs in topic[3]:
+                print(f"  seed {seed}: joint {together:.4f}, alone {alone:.4f}; joint run's best epochs {epochs}")
 
 
 if __name__ == "__main__":
