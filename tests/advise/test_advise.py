@@ -440,5 +440,5 @@ def test_cli_advise_plans_and_runs_two_heads_on_sentence_pairs(tiny_text_model, 
     tasks = yaml.safe_load((run / "config.yaml").read_text())["tasks"]
     expected = [("same", "same", "other"), ("label", "label", "other")]
     assert [(t["name"], t["label"], t["text_pair"]) for t in tasks] == expected
-    assert main([*argv[:4], "--label", "same", "--label", "same", "--model", str(tiny_text_model)]) == 2
+    assert main([*argv[:3], "--label", "same", "--label", "same", "--model", str(tiny_text_model)]) == 2
     assert "name each label column once" in capsys.readouterr().err
