@@ -101,3 +101,29 @@ def test_model_predict_and_headkit_predict_pass_the_budget_on(
         outputs.append([json.loads(line) for line in out.read_text().splitlines()])
     assert [o["text"] for o in outputs[0]] == items  # input order
     assert same(outputs[0], outputs[1])
+
+
+def test_a_file_without_the_text_column_is_read_by_the_columns_the_model_trained_on(model, tiny_text_model, tmp_path):
+    from headkit.errors import DataError
+    from headkit.ship.predict import predict_file
+
+    tokenizer = load_processor(tiny_text_model)
+    model.set_processor(tokenizer)
+    items, seconds = texts(6, seed=2), texts(6, seed=3)
+    data = write_csv(tmp_path / "in.csv", [{"sentence": t, "other": s} for t, s in zip(items, seconds, strict=True)])
+    model.columns = {"first": {"label": "y", "text": "sentence", "text_pair": "other"}}
+    try:
+        out = tmp_path / "out.jsonl"
+        assert predict_file(model, tokenizer, str(data), "text", str(out)) == (6, 0)
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(o["text"], o["text_pair"]) for o in lines] == list(zip(items, seconds, strict=True))
+        expected = model.predict(list(zip(items, seconds, strict=True)))  # read as pairs
+        assert same(
+            [(o["first"]["label"], o["mean"]) for o in lines], [(e["first"]["label"], e["mean"]) for e in expected]
+        )
+        assert not same([o["mean"] for o in lines], [e["mean"] for e in model.predict(items)])  # not single texts
+        model.columns = {"first": {"label": "y", "text": "body", "text_pair": None}}  # in neither file nor flag
+        with pytest.raises(DataError, match="column 'text' not found"):
+            predict_file(model, tokenizer, str(data), "text", str(out))
+    finally:
+        model.columns = {}

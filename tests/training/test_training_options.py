@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import headkit
 from headkit import HeadkitError
 from headkit.cli.main import main
+from headkit.cli.parser import build_parser, normalise_argv
 from headkit.data.tasks import TaskSpec
 from headkit.errors import CheckpointError
 from headkit.heads import head_class, head_config
@@ -366,3 +367,30 @@ def test_evaluate_never_scores_two_heads_against_one_label_column(tiny_text_mode
     assert sorted(result.references["sentiment"]) == sorted(r["label"] for r in rows)
     scored, _ = evaluate_dataset(model, tokenizer, plain, {"sentiment": "label"})
     assert set(scored.scores) == {"sentiment"}
+
+
+def test_option_flags_set_the_head_heads_type_settings():
+    from headkit.errors import DataOptionError
+
+    config = TrainConfig(
+        data="squad.json",
+        head=["answer:answers:span", "kind:qtype"],
+        option=["answer.doc_stride=64", "answer.max_answer_tokens=20", "dropout_note=x"],
+    )
+    tasks = {t.name: t.options for t in config.all_tasks()}
+    assert tasks == {
+        "answer": {"doc_stride": 64, "max_answer_tokens": 20, "dropout_note": "x"},
+        "kind": {"dropout_note": "x"},
+    }
+    argv = ["train", "--data", "q.json", "--head", "answer:answers:span", "--option", "answer.doc_stride=64"]
+    parsed = build_parser().parse_args(normalise_argv(argv))["train"]
+    assert parsed.option == ["answer.doc_stride=64"]
+    for bad, message in [
+        (["doc_stride"], "should look like KEY=VALUE"),
+        (["other.doc_stride=3"], "no --head named 'other'"),
+        (["answer.doc_stride=[1"], "not readable"),
+    ]:
+        with pytest.raises(DataOptionError, match=message):
+            TrainConfig(data="q.json", head=["answer:answers:span"], option=bad).all_tasks()
+    with pytest.raises(DataOptionError, match="--option sets the --head heads"):
+        TrainConfig(option=["doc_stride=64"]).all_tasks()

@@ -79,3 +79,27 @@ def parse_task(
     return TaskSpec(
         parts[0], data, parts[1], text, kind, pooling, layer=layer, eval_data=eval_data, text_pair=text_pair
     )
+
+
+def head_options(specs: list[str], heads: list[str]) -> dict[str, dict[str, Any]]:
+    """`--option` values -> each --head head's type settings: `HEAD.KEY=VALUE` for one head,
+    `KEY=VALUE` for every one (e.g. `answer.doc_stride=64`). Values read as YAML scalars (64 -> int,
+    0.5 -> float, true -> bool); which keys a head type knows is its config's business (unknown
+    ones are refused when the head is made)."""
+    import yaml
+
+    options: dict[str, dict[str, Any]] = {head: {} for head in heads}
+    for spec in specs:
+        key, eq, text = spec.partition("=")
+        head, _, name = key.rpartition(".")
+        if not eq or not name or not name.isidentifier():
+            raise DataOptionError(f"--option '{spec}' should look like KEY=VALUE or HEAD.KEY=VALUE (doc_stride=64)")
+        if head and head not in options:
+            raise DataOptionError(f"--option '{spec}': no --head named '{head}'; the --head heads are {heads}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise DataOptionError(f"--option '{spec}': the value is not readable ({e})") from None
+        for target in [head] if head else heads:
+            options[target][name] = value
+    return options

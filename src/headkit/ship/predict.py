@@ -171,12 +171,17 @@ def _predict_choices(
 
 
 def _text_columns(model: Any, rows: list[dict[str, Any]], text: str, pair: str | None) -> tuple[str, str | None]:
-    """The text and second-text columns a file is read with: as given, else the second text the
-    model's heads trained on where the file has that column (a question-answering head: the
-    question and context columns training reads)."""
+    """The text and second-text columns a file is read with: as given, else the ones the model's
+    heads trained on where the file has them (a text column the file lacks, such as the default
+    `text`, is looked for under its trained name; a question-answering head: the question and
+    context columns training reads)."""
+    trained = list((getattr(model, "columns", None) or {}).values())
+    if rows and text not in rows[0]:
+        text = next((c["text"] for c in trained if c.get("text") and c["text"] in rows[0]), text)
     if pair is None:
-        trained = [c.get("text_pair") for c in (getattr(model, "columns", None) or {}).values()]
-        pair = next((p for p in trained if p and rows and p in rows[0]), None)
+        pair = next(
+            (c["text_pair"] for c in trained if c.get("text_pair") and rows and c["text_pair"] in rows[0]), None
+        )
     if any(getattr(h.codec, "inputs", None) == "qa" for h in model.heads.values()):
         from headkit.data.encode import qa_columns
 

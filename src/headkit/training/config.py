@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 from jsonargparse.typing import restricted_string_type
 
 from headkit.choices import Pooling, Weighting
-from headkit.data.taskspec import TaskSpec, parse_task
-from headkit.errors import UsageError
+from headkit.data.taskspec import TaskSpec, head_options, parse_task
+from headkit.errors import DataOptionError, UsageError
 from headkit.training.strategy_defaults import FixedStrategy, strategy_defaults
 
 # `partial:K` is the one strategy with a number in it: a pattern, so --help lists it with the rest
@@ -76,6 +76,9 @@ class TrainConfig:
         eval_data: shorthand: validate the --head heads on this file or dataset instead of holding
             out --val_fraction of --data (data sources as for --data).
         head: shorthand: NAME:COLUMN[:TYPE] per head, e.g. sentiment:label.
+        option: shorthand: a setting of the --head heads' type (as a task's `options`):
+            HEAD.KEY=VALUE for one head, KEY=VALUE for every --head head; e.g. a span head's
+            answer.doc_stride=64 (the overlap of a long context's windows) or max_answer_tokens=50.
         pooling: shorthand: pooling of the --head heads: auto (the checkpoint's own sentence
             pooling, else its family's: cls for BERT-style encoders and ViT, last for decoders,
             mean for CNNs, speech and encoder-decoders), mean, cls, max, last, or pooler (the
@@ -170,6 +173,7 @@ class TrainConfig:
     text_column: str = "text"
     text_pair: str | None = None
     head: list[str] = field(default_factory=list)
+    option: list[str] = field(default_factory=list)
     pooling: Pooling = "auto"
     layer: int = -1
     output_dir: str = "runs/latest"
@@ -237,10 +241,14 @@ class TrainConfig:
 
     def all_tasks(self) -> list[TaskSpec]:
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
-        return tasks + [
+        shorthand = [
             parse_task(spec, self.data, self.text_column, self.pooling, self.layer, self.eval_data, self.text_pair)
             for spec in self.head
         ]
+        if self.option and not shorthand:
+            raise DataOptionError("--option sets the --head heads' settings; a task in `tasks:` takes `options:`")
+        options = head_options(self.option, [t.name for t in shorthand])
+        return tasks + [dataclasses.replace(t, options=options[t.name]) for t in shorthand]
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a run: a resumed run must match them exactly."""
@@ -253,7 +261,7 @@ class TrainConfig:
                 if not task[key]:
                     del task[key]
         ignored = ("resume", "overwrite", "progress", "report_to", "gradient_checkpointing", "output_dir")
-        for key in (*ignored, "head", "data", "eval_data", "text_column", "text_pair", "pooling", "layer"):
+        for key in (*ignored, "head", "option", "data", "eval_data", "text_column", "text_pair", "pooling", "layer"):
             data.pop(key)
         for key, default in LEFT_OUT.items():
             if data[key] == default:
