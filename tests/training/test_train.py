@@ -211,6 +211,34 @@ def test_a_run_of_min_steps_resumes_between_its_sparser_checkpoints(tiny_text_mo
     assert resumed.metrics["best_epoch"] == uninterrupted.metrics["best_epoch"]
 
 
+def test_lp_ft_killed_at_the_phase_boundary_resumes_to_identical_weights(
+    tiny_text_model, data_file, tmp_path, monkeypatch
+):
+    """The last checkpoint is the probe phase's end: the fine-tuning phase starts from its random
+    state (dropout masks, batch order), not from wherever the resumed process's generator is."""
+    from headkit.training import loop
+
+    options = {"strategy": "lp-ft", "lp_epochs": 2, "epochs": 2}
+    uninterrupted = train(config(tiny_text_model, data_file, tmp_path / "a", **options))
+    original = loop.train_epoch
+
+    def killed_before_fine_tuning(run, current, state):
+        if current.phase.name != "probe":
+            raise KeyboardInterrupt
+        return original(run, current, state)
+
+    monkeypatch.setattr(loop, "train_epoch", killed_before_fine_tuning)
+    cfg = config(tiny_text_model, data_file, tmp_path / "b", **options)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(loop, "train_epoch", original)
+    cfg.resume = True
+    torch.manual_seed(1234)  # a resumed process's generator is wherever its own start left it
+    resumed = train(cfg)
+    assert_same_weights(resumed.model, uninterrupted.model)
+    assert resumed.metrics["heads"] == uninterrupted.metrics["heads"]
+
+
 def test_resume_with_a_different_config_is_refused(tiny_text_model, data_file, tmp_path):
     train(config(tiny_text_model, data_file, tmp_path / "run", epochs=1))
     with pytest.raises(CheckpointError, match=r"different configuration \(lr: was 0.01, now 0.5"):

@@ -53,6 +53,7 @@ from headkit.training.checkpoint import (
     epoch_score,
     load_train_state,
     restore_best,
+    restore_rng_state,
     save_best,
     save_train_state,
     saved_best,
@@ -113,6 +114,8 @@ def fit(
         while state.epoch < current.phase.epochs:
             seconds = train_epoch(run, current, state)
             end_epoch(run, current, state, seconds)
+        if current.rng_pending:  # resumed at this phase's end (lp-ft's probe): the next phase draws from here
+            restore_rng_state(run.checkpoint_dir)
         state.phase, state.epoch, state.batches_done = index + 1, 0, 0
     run.accelerator.wait_for_everyone()
     tracking.finish_tracking(run.accelerator)
