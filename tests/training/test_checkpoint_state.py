@@ -251,7 +251,10 @@ def rig_head_scores(monkeypatch, scores: dict[str, list[float]]) -> list[dict[st
         ev = original(model, *args, **kwargs)
         snapshots.append({n: t.detach().clone() for n, t in model.state_dict().items()})
         for head, values in scores.items():
-            ev.scores[head]["accuracy"] = values[len(snapshots) - 1]
+            if values[len(snapshots) - 1] is None:  # the split scored no example of this head
+                del ev.scores[head]
+            else:
+                ev.scores[head]["accuracy"] = values[len(snapshots) - 1]
         return ev
 
     monkeypatch.setattr(loop, "evaluate", rigged)
@@ -297,7 +300,7 @@ def test_one_best_epoch_for_all_heads_where_a_metric_is_named_or_the_backbone_tr
     tiny_text_model, tmp_path, monkeypatch
 ):
     data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
-    scores = {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.9]}  # mean best at epoch 4 (0.75)
+    scores = {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.95]}  # mean best at epoch 4 (0.775)
     for name, overrides in [("metric", {"metric_for_best_model": "accuracy"}), ("full", {"strategy": "full"})]:
         snapshots = rig_head_scores(monkeypatch, scores)
         result = train(two_head_config(tiny_text_model, data, tmp_path / name, **overrides))
@@ -342,3 +345,37 @@ def test_an_interrupted_run_resumes_to_the_same_heads_at_their_best_epochs(tiny_
     expected = uninterrupted.model.state_dict()
     for name, tensor in resumed.model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_head_no_validation_example_scores_stays_at_the_models_best_epoch(tiny_text_model, tmp_path, monkeypatch):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    config = two_head_config(tiny_text_model, data, tmp_path / "run")
+    config.tasks.append(TaskSpec("c", data))
+    rig_head_scores(monkeypatch, {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.95], "c": [None] * 4})
+    result = train(config)
+    assert result.metrics["head_best_epochs"] == {"a": 2, "b": 4, "c": 4}  # c: the mean's best epoch
+    assert "best epochs: a 2, b 4, c 4" in (tmp_path / "run" / "model" / "README.md").read_text()
+
+
+def test_a_run_resumed_from_before_heads_kept_their_own_epochs_keeps_one(tiny_text_model, tmp_path, monkeypatch):
+    data = str(write_csv(tmp_path / "reviews.csv", sentiment_rows(48)))
+    scores = {"a": [0.5, 0.9, 0.6, 0.6], "b": [0.5, 0.6, 0.7, 0.95]}
+    rig_head_scores(monkeypatch, scores)
+    original = loop.end_epoch
+
+    def crash_in_epoch_three(run, current, state, seconds):
+        if len(state.epochs) == 2:
+            raise KeyboardInterrupt
+        return original(run, current, state, seconds)
+
+    monkeypatch.setattr(loop, "end_epoch", crash_in_epoch_three)
+    cfg = two_head_config(tiny_text_model, data, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    for name in ("best_heads.json", "best_heads.safetensors"):  # as an earlier version left the directory
+        (tmp_path / "run" / name).unlink()
+    monkeypatch.setattr(loop, "end_epoch", original)
+    rig_head_scores(monkeypatch, {h: v[2:] for h, v in scores.items()})
+    cfg.resume = True
+    resumed = train(cfg)
+    assert "head_best_epochs" not in resumed.metrics and resumed.metrics["best_epoch"] == 4

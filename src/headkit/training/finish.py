@@ -39,7 +39,7 @@ def finish_run(
     main: bool = True,
     make_eval_batch: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     val_cache: FeatureCache | None = None,
-    head_epochs: dict[str, int] | None = None,
+    head_epochs: dict[str, int | None] | None = None,
 ) -> TrainResult:
     """Score the final model on the validation split (on `val_cache`, the backbone's features for
     it, where the run kept them), save it, and write the report. `head_epochs`: the epoch each head

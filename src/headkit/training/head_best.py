@@ -101,11 +101,21 @@ def keep_improved_heads(run: Run, record: dict) -> list[str]:
     return improved
 
 
-def restore_head_bests(directory: Path, model: MultiHeadModel) -> dict[str, int]:
-    """Put every head saved in `directory` back at its best epoch; returns head -> that epoch."""
+def restore_head_bests(directory: Path, model: MultiHeadModel, model_epoch: int | None) -> dict[str, int | None]:
+    """Put every head saved in `directory` back at its best epoch; returns head -> the epoch each
+    head is from: a head the validation split never scored (no labelled rows) stays at the
+    model's best epoch (`model_epoch`, which `restore_best` restored)."""
     path = directory / HEADS_TENSORS
-    if not path.is_file():
-        return {}
-    targets = {n: t for head in model.heads for n, t in head_tensors(model, head).items()}
-    _copy_into(targets, safetensors.torch.load_file(path), directory, "head tensors")
-    return {head: saved["epoch"] for head, saved in saved_head_scores(directory).items()}
+    saved = saved_head_scores(directory)
+    if path.is_file():
+        targets = {n: t for head in model.heads for n, t in head_tensors(model, head).items()}
+        _copy_into(targets, safetensors.torch.load_file(path), directory, "head tensors")
+    return {head: saved[head]["epoch"] if head in saved else model_epoch for head in model.heads}
+
+
+def resumed_without_head_bests(directory: Path) -> bool:
+    """A run resumed from a checkpoint written before heads kept their own epochs (best.json but
+    no best_heads.json): it goes on with one epoch for all, rather than forget the epochs before."""
+    from headkit.training.checkpoint import BEST_JSON
+
+    return (directory / BEST_JSON).is_file() and not (directory / HEADS_JSON).is_file()

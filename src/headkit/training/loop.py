@@ -63,7 +63,13 @@ from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
 from headkit.training.features import features_needed
 from headkit.training.finish import finish_run
-from headkit.training.head_best import keep_improved_heads, restore_head_bests, saved_head_scores, selects_per_head
+from headkit.training.head_best import (
+    keep_improved_heads,
+    restore_head_bests,
+    resumed_without_head_bests,
+    saved_head_scores,
+    selects_per_head,
+)
 from headkit.training.phase_data import cache_features, check_stream, epoch_batches, phase_loader
 from headkit.training.run_dir import claim_run_dir
 from headkit.training.state import Batcher, PhaseRun, Run, TrainResult, TrainState
@@ -102,8 +108,8 @@ def fit(
     if run.main:  # everything the run reads checked out: now the directory is this run's (run_dir.py)
         claim_run_dir(config)
     state, resuming = initial_state(run)
-    if selects_per_head(run):  # several heads on a backbone that never trains: each keeps its best epoch
-        run.head_best = saved_head_scores(run.directory) if resuming else {}
+    if selects_per_head(run) and not (resuming and resumed_without_head_bests(run.directory)):
+        run.head_best = saved_head_scores(run.directory) if resuming else {}  # each head keeps its best epoch
     for index, phase in enumerate(phases):
         if resuming and index < _saved_phase(run):
             continue
@@ -121,7 +127,7 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
-    head_epochs = restore_head_bests(run.directory, model) if run.head_best is not None else {}
+    head_epochs = restore_head_bests(run.directory, model, best.get("epoch")) if run.head_best is not None else {}
     # a backbone no phase trained gives the features cached for validation: the final scores read
     # them instead of running the backbone over the split again. Pooled features are cached in
     # fp32, as the backbone gives them; per-token ones in bf16, so per-token heads are scored live
@@ -432,13 +438,15 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     score = epoch_score(record)  # a better metric, or the same at a lower validation loss
     replayed = record["epoch"] == run.replayed_best_epoch and score == state.best  # resumed: its replay
     improved = not len(data.val) or score > state.best or replayed
+    # heads that keep their own best epochs (saved before best.json: a resume that finds best.json
+    # without them is one from before heads kept theirs): an epoch is bad when it improved none
+    per_head = run.head_best is not None and "scores" in record
+    heads_improved = keep_improved_heads(run, record) if per_head else []
     if improved:
         state.best = score
         if run.main:
             save_best(run.directory, model, state.backbone_modified, record)
-    # heads that keep their own best epochs: an epoch that improved any of them is not a bad one
-    heads_improved = keep_improved_heads(run, record) if run.head_best is not None and "scores" in record else []
-    state.bad_epochs = 0 if improved or heads_improved else state.bad_epochs + 1
+    state.bad_epochs = 0 if (heads_improved if per_head else improved) else state.bad_epochs + 1
     state.epochs.append(record)
     if run.main and "scores" in record:
         marks = {h: " *" for h in heads_improved} if run.head_best is not None else {}
