@@ -383,11 +383,47 @@ def test_read_facts_counts_the_tokens_of_both_texts_of_a_pair(tiny_text_model, t
     assert pairs.text_pair == "other" and pairs.labelled == alone.labelled == 40
     assert pairs.tokens_median == alone.tokens_median + second + 1  # the second text and its [SEP]
     assert pairs.labelled_tokens == alone.labelled_tokens + 40 * (second + 1)
-    rows[3]["other"] = ""
-    with pytest.raises(DataError, match=r"row 4 of pairs has a label but no second text in column 'other'"):
+    rows[3]["other"], rows[3]["same"] = "", ""  # unlabelled, but training reads every row's texts
+    with pytest.raises(DataError, match=r"row 4 of pairs: text column 'other' is empty"):
         read_facts("pairs", "text", "same", tokenizer, rows=rows, text_pair="other")
     with pytest.raises(DataError, match="column 'second' not found"):
         read_facts("pairs", "text", "same", tokenizer, rows=pair_rows(8), text_pair="second")
+
+    class NoPairTemplate:  # a decoder's tokenizer: nothing between the two texts of a pair
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def num_special_tokens_to_add(self, pair: bool = False) -> int:
+            return 0
+
+    with pytest.raises(DataError, match="no sentence-pair template"):
+        read_facts("pairs", "text", "same", NoPairTemplate(), rows=pair_rows(8), text_pair="other")
+
+
+def test_a_run_of_several_heads_is_costed_by_the_rows_labelled_for_any_of_them(tiny_text_model):
+    from headkit.advise.facts import run_facts
+    from headkit.backbone import load_processor
+
+    tokenizer = load_processor(str(tiny_text_model))
+    rows = sentiment_rows(60)
+    for i, row in enumerate(rows):  # topic on rows 0-19, mood on 20-39, neither on 40-59
+        row["topic"] = row["label"] if i < 20 else ""
+        row["mood"] = row["label"] if 20 <= i < 40 else ""
+    heads = [read_facts("rows", "text", label, tokenizer, rows=rows) for label in ("topic", "mood")]
+    assert [(f.labelled, f.unlabelled) for f in heads] == [(20, 40), (20, 40)]
+    run = run_facts(heads, rows, tokenizer, 128, None)
+    assert (run.labelled, run.unlabelled) == (40, 20)
+    assert run.labelled_tokens == heads[0].labelled_tokens + heads[1].labelled_tokens
+    assert run_facts(heads[:1], rows, tokenizer, 128, None) is heads[0]
+
+
+def test_head_names_for_several_heads_are_distinct_ascii_identifiers():
+    from headkit.advise.plan import head_names
+
+    labels = ["is-spam", "is_spam", "étiquette", "2nd", "-", "__"]
+    names = head_names([facts(label=label) for label in labels])
+    assert names == ["is_spam", "is_spam_2", "tiquette", "head_2nd", "head", "head_2"]
+    assert head_names([facts(label="is-spam")]) == ["label"]  # one head: its type's usual name
 
 
 def test_several_heads_follow_the_head_that_needs_the_backbone_most():
@@ -396,6 +432,7 @@ def test_several_heads_follow_the_head_that_needs_the_backbone_most():
     few = facts({"x": 200, "y": 8}, label="rare")  # 8 in a class: rule 1
     tags = facts({"PER": 40}, task_type="token-classification", label="tags", labelled=100)
     assert choose([plenty, scarce], CPU, CHEAP, 30).rule == choose(scarce, CPU, CHEAP, 30).rule == "4"
+    assert "follows 'topic'" in choose([scarce, plenty], CPU, CHEAP, 30).reasons[0]  # the fewest, not the last
     plan = choose([plenty, few, scarce], CPU, CHEAP, 30)
     assert (plan.rule, plan.strategy) == ("1", "fewshot")
     assert "3 heads (sentiment, rare, topic) train together on one backbone" in plan.reasons[0]
@@ -422,7 +459,7 @@ def test_commands_for_several_heads_and_pairs_train_them_in_one_run():
 
 def test_cli_advise_plans_and_runs_two_heads_on_sentence_pairs(tiny_text_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    data = write_csv(tmp_path / "pairs.csv", pair_rows(48))
+    data = write_csv(tmp_path / "pairs[v2].csv", pair_rows(48))  # rich markup must not eat the brackets
     run = tmp_path / "advised"
     argv = ["advise", "--data", str(data), "--text_pair", "other", "--label", "same", "--label", "label",
             "--model", str(tiny_text_model), "--output_dir", str(run), "--budget", "5"]  # fmt: skip
@@ -432,7 +469,7 @@ def test_cli_advise_plans_and_runs_two_heads_on_sentence_pairs(tiny_text_model, 
     assert "2 heads (same, label) train together on one backbone" in out
     train = next(c for c in re.findall(r"^\s+\d\. headkit (.+)$", out, flags=re.M) if c.startswith("train"))
     parsed = build_parser().parse_args(normalise_argv(shlex.split(train)))["train"]
-    assert parsed.head == ["same:same", "label:label"] and parsed.text_pair == "other"
+    assert parsed.head == ["same:same", "label:label"] and parsed.text_pair == "other" and parsed.data == str(data)
     assert main([*argv, "--run"]) == 0
     import yaml
 
@@ -442,3 +479,18 @@ def test_cli_advise_plans_and_runs_two_heads_on_sentence_pairs(tiny_text_model, 
     assert [(t["name"], t["label"], t["text_pair"]) for t in tasks] == expected
     assert main([*argv[:3], "--label", "same", "--label", "same", "--model", str(tiny_text_model)]) == 2
     assert "name each label column once" in capsys.readouterr().err
+
+
+def test_a_sentence_label_beside_tags_on_word_lists_is_read_per_sentence(tiny_text_model):
+    from headkit.advise.facts import run_facts
+    from headkit.backbone import load_processor
+
+    tokenizer = load_processor(str(tiny_text_model))
+    rows = [{**r, "company": "yes" if i % 3 == 0 else "no"} for i, r in enumerate(tagged_rows(24))]
+    tags, company = (read_facts("tags.jsonl", "tokens", label, tokenizer, rows=rows) for label in ("tags", "company"))
+    assert (tags.task_type, company.task_type, company.class_counts) == (
+        "token-classification", "classification", {"yes": 8, "no": 16}
+    )  # fmt: skip
+    assert company.labelled_tokens == tags.labelled_tokens  # the same sentences, read whole
+    plan = choose([company, tags], CPU, CHEAP, 30, run_facts([company, tags], rows, tokenizer, 128, None))
+    assert plan.rule == "T" and "follows 'tags'" in plan.reasons[0]

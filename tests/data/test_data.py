@@ -35,10 +35,15 @@ def test_csv_jsonl_parquet_and_datasets_read_the_same_rows(tmp_path):
 
 def test_empty_cells_are_missing_labels(tmp_path, tokenizer):
     rows = sentiment_rows(8)
-    rows[3]["label"] = ""
-    data = prepare([TaskSpec("s", str(write_csv(tmp_path / "d.csv", rows)))], tokenizer, val_fraction=0)
-    assert data.train.labels["s"][3] == IGNORE_INDEX
+    rows[3]["label"] = ""  # the score head still has this row
+    rows[5]["label"] = rows[5]["score"] = ""  # no head has this one
+    path = str(write_csv(tmp_path / "d.csv", rows))
+    data = prepare([TaskSpec("s", path), TaskSpec("r", path, label="score", type="regression")], tokenizer,
+                   val_fraction=0)  # fmt: skip
+    assert data.train.labels["s"][3] == IGNORE_INDEX and not np.isnan(data.train.labels["r"][3]).any()
     assert data.heads["s"].labels == ["neg", "pos"]
+    # a row labelled for no head is left out of training: it adds no loss, only its backbone pass
+    assert len(data.train) == 7 and [t for t in data.train.texts] == [r["text"] for i, r in enumerate(rows) if i != 5]
 
 
 def test_missing_column_lists_available_columns(tmp_path, tokenizer):

@@ -3,6 +3,7 @@ and the hardware. Label counting and checking are asked of the head type that wi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from headkit.data.batching import check_pair_template, text_values
 from headkit.data.files import SEQUENCE_TYPES, column_values
 from headkit.data.readers import read_rows
 from headkit.errors import DataError, HeadkitError, UsageError
@@ -123,30 +125,24 @@ def read_facts(
         raise DataError(f"{data} holds no rows; advise needs labelled examples")
     values = column_values(rows, label, data)
     texts = column_values(rows, text, data)
-    seconds = column_values(rows, text_pair, data) if text_pair else [None] * len(rows)
+    if text_pair:  # refused as training refuses them: an empty second text, a tokenizer without pairs
+        check_pair_template(tokenizer, data)
+        seconds = text_values(rows, text_pair, data)
     labelled = [(t, v) for t, v in zip(texts, values, strict=True) if not _is_missing(v)]
     if not labelled:
         raise DataError(f"column '{label}' of {data} has no labels; advise needs labelled examples")
-    if any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled):  # a list of words per row: token tags
+    words = any(isinstance(t, SEQUENCE_TYPES) for t, _ in labelled)
+    if words and any(isinstance(v, SEQUENCE_TYPES) for _, v in labelled):  # a tag per word: token tags
         if text_pair:
             raise DataError(f"{data}: token tags read one list of words per row; --text_pair does not apply")
         task_type, counts, labelled_texts = _tag_facts(labelled, text, label, data)
-    else:
+    else:  # one label per row (on word lists: of the sentence they make, as training reads them)
+        labelled = [(" ".join(map(str, t)) if isinstance(t, SEQUENCE_TYPES) else t, v) for t, v in labelled]
         task_type, counts = _label_facts(labelled, text, label, data)
         labelled_texts = [t for t, _ in labelled]
-    pairs = _second_texts(seconds, values, text_pair, data) if text_pair else None
-    free = as_texts([t for t, v in zip(texts, values, strict=True) if _is_missing(v)])  # (words: a tagger's)
-    for source in unlabelled or []:
-        free += _texts(read_rows(source), text, source)
-
-    def token_counts(texts: list[str], second: list[str] | None = None) -> list[int]:
-        # full lengths; verbose=False: no too-long warning
-        return [len(ids) for ids in tokenizer(texts, second, truncation=False, verbose=False)["input_ids"]]
-
-    lengths = np.array(token_counts(labelled_texts, pairs))
-    free_tokens = sum(token_counts(free[:20_000])) if free else 0
-    if len(free) > 20_000:  # estimate the rest from the first 20,000
-        free_tokens = round(free_tokens * len(free) / 20_000)
+    pairs = [s for s, v in zip(seconds, values, strict=True) if not _is_missing(v)] if text_pair else None
+    free = unlabelled_texts(rows, text, [label], unlabelled)
+    lengths = np.array(_token_counts(tokenizer, labelled_texts, pairs))
     return DataFacts(
         source=data,
         text=text,
@@ -160,17 +156,60 @@ def read_facts(
         fragmented_share=fragmented_share(labelled_texts + (pairs or []) + free[:5000], tokenizer),
         unlabelled=len(free),
         labelled_tokens=int(np.minimum(lengths, max_length).sum()),
-        unlabelled_tokens=int(free_tokens),
+        unlabelled_tokens=_free_tokens(tokenizer, free),
         text_pair=text_pair,
     )
 
 
-def _second_texts(seconds: list[Any], values: list[Any], column: str, data: str) -> list[str]:
-    """The labelled rows' second texts (sentence pairs); a labelled row without one is refused."""
-    for i, (second, value) in enumerate(zip(seconds, values, strict=True), start=1):
-        if not _is_missing(value) and (not isinstance(second, str) or not second.strip()):
-            raise DataError(f"row {i} of {data} has a label but no second text in column '{column}': {second!r}")
-    return [s for s, v in zip(seconds, values, strict=True) if not _is_missing(v)]
+def unlabelled_texts(rows: list[dict[str, Any]], text: str, labels: list[str], files: list[str] | None) -> list[str]:
+    """The texts of the rows without a label for any of `labels` (training leaves them out; a
+    tagger's are word lists, joined), and of the `--unlabelled` files."""
+    free = as_texts([row.get(text) for row in rows if all(_is_missing(row.get(label)) for label in labels)])
+    for source in files or []:
+        free += _texts(read_rows(source), text, source)
+    return free
+
+
+def _token_counts(tokenizer, texts: list[str], second: list[str] | None = None) -> list[int]:
+    """Each text's (or pair's) full length in tokens; verbose=False: no too-long warning."""
+    return [len(ids) for ids in tokenizer(texts, second, truncation=False, verbose=False)["input_ids"]]
+
+
+def _free_tokens(tokenizer, free: list[str], limit: int = 20_000) -> int:
+    """Tokens of the unlabelled texts, the rest estimated from the first `limit`."""
+    counted = sum(_token_counts(tokenizer, free[:limit])) if free else 0
+    return round(counted * len(free) / limit) if len(free) > limit else counted
+
+
+def run_facts(
+    heads: list[DataFacts], rows: list[dict[str, Any]], tokenizer, max_length: int, unlabelled: list[str] | None
+) -> DataFacts:
+    """The facts a run that trains every head is costed by: its examples are the rows labelled for
+    any head (training leaves out the others: data/tasks.py `labelled_only`), its unlabelled text
+    the rows labelled for none. One head's facts are already that."""
+    if len(heads) == 1:
+        return heads[0]
+    first = heads[0]
+    texts = [
+        " ".join(map(str, t)) if isinstance(t, SEQUENCE_TYPES) else t
+        for t in column_values(rows, first.text, first.source)
+    ]
+    seconds = column_values(rows, first.text_pair, first.source) if first.text_pair else None
+    kept = [i for i, row in enumerate(rows) if any(not _is_missing(row.get(f.label)) for f in heads)]
+    lengths = np.array(
+        _token_counts(tokenizer, [texts[i] for i in kept], [seconds[i] for i in kept] if seconds else None)
+    )
+    free = unlabelled_texts(rows, first.text, [f.label for f in heads], unlabelled)
+    return dataclasses.replace(
+        max(heads, key=lambda f: f.labelled),
+        labelled=len(kept),
+        tokens_median=float(np.median(lengths)),
+        tokens_p95=float(np.percentile(lengths, 95)),
+        truncated_share=float(np.mean(lengths > max_length)),
+        labelled_tokens=int(np.minimum(lengths, max_length).sum()),
+        unlabelled=len(free),
+        unlabelled_tokens=_free_tokens(tokenizer, free),
+    )
 
 
 def _label_facts(labelled: list[tuple[Any, Any]], text: str, label: str, data: str) -> tuple[str, dict[str, int]]:

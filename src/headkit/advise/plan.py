@@ -8,27 +8,34 @@ import shlex
 from typing import Any
 
 from headkit.advise.costs import PRETRAIN_EPOCHS, estimate_costs, measure_rates
-from headkit.advise.facts import DataFacts, Hardware, as_texts, detect_hardware, read_facts
+from headkit.advise.facts import DataFacts, Hardware, as_texts, detect_hardware, read_facts, run_facts
 from headkit.advise.rules import Plan, choose
 from headkit.data.files import column_values
 from headkit.data.readers import read_rows
 from headkit.data.taskspec import DEFAULT_HEAD_TYPE
 from headkit.errors import UsageError
-from headkit.heads import head_class
+from headkit.heads import HEAD_NAME, head_class
 
 
-def head_name(facts: DataFacts, several: bool) -> str:
-    """The head's name in the printed commands: its type's usual name, or with several heads its
-    label column's (made a Python identifier), which tells them apart."""
-    if not several:
-        return head_class(facts.task_type).codec.suggested_name
-    name = re.sub(r"\W+", "_", facts.label).strip("_")
-    return name if name.isidentifier() else f"head_{name}"
+def head_names(heads: list[DataFacts]) -> list[str]:
+    """The heads' names in the printed commands: one head's type's usual name; several heads their
+    label columns' (ASCII identifiers, as head names must be, made distinct)."""
+    if len(heads) == 1:
+        return [head_class(heads[0].task_type).codec.suggested_name]
+    names: list[str] = []
+    for facts in heads:
+        base = re.sub(r"[^A-Za-z0-9_]+", "_", facts.label).strip("_") or "head"
+        base = base if HEAD_NAME.match(base) else f"head_{base}"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
 
 
-def head_spec(facts: DataFacts, several: bool = False) -> str:
+def head_spec(facts: DataFacts, name: str | None = None) -> str:
     """NAME:COLUMN[:TYPE] for the printed commands (the type only where it is not the default)."""
-    name = head_name(facts, several)
+    name = name or head_names([facts])[0]
     return f"{name}:{facts.label}" + ("" if facts.task_type == DEFAULT_HEAD_TYPE else f":{facts.task_type}")
 
 
@@ -49,7 +56,7 @@ def plan_commands(
     paths quoted for the shell where they need it. `evaluate` reads the second texts from the
     columns the model trained on."""
     heads = heads if isinstance(heads, list) else [heads]
-    facts, several, q = heads[0], len(heads) > 1, shlex.quote
+    facts, q = heads[0], shlex.quote
     commands, backbone = [], model
     if plan.pretrain:
         commands.append(
@@ -59,8 +66,9 @@ def plan_commands(
         backbone = f"{output_dir}-pretrain"
     options = " ".join(f"--{k} {v}" for k, v in train_options(plan).items())
     pair = f" --text_pair {q(facts.text_pair)}" if facts.text_pair else ""
-    trained = " ".join(f"--head {q(head_spec(f, several))}" for f in heads)
-    scored = " ".join(f"--head {q(head_name(f, several) + ':' + f.label)}" for f in heads)
+    names = head_names(heads)
+    trained = " ".join(f"--head {q(head_spec(f, n))}" for f, n in zip(heads, names, strict=True))
+    scored = " ".join(f"--head {q(n + ':' + f.label)}" for f, n in zip(heads, names, strict=True))
     text, out = q(facts.text), q(output_dir)
     return [
         *commands,
@@ -104,7 +112,7 @@ def run_plan(
         data=facts.source,
         text_column=facts.text,
         text_pair=facts.text_pair,
-        head=[head_spec(f, len(heads) > 1) for f in heads],
+        head=[head_spec(f, n) for f, n in zip(heads, head_names(heads), strict=True)],
         output_dir=output_dir,
         overwrite=overwrite,
         progress=progress,
@@ -148,10 +156,9 @@ def advise(
         kept = [(t, s) for t, s in zip(firsts, seconds, strict=True) if as_texts([t]) and as_texts([s])]
         texts, pairs = [t for t, _ in kept], [s for _, s in kept]
     rates = measure_rates(model, texts, tokenizer, hardware, max_length, pairs)
-    # every head reads the same backbone pass: the run costs about what its head with the most
-    # labelled tokens would alone (rows labelled for several heads train once)
-    costs = estimate_costs(max(heads, key=lambda f: f.labelled_tokens), rates)
-    plan = choose(heads, hardware, costs, budget)
+    # every head reads the same backbone pass over the rows labelled for any of them
+    run = run_facts(heads, rows, tokenizer, max_length, unlabelled)
+    plan = choose(heads, hardware, estimate_costs(run, rates), budget, run if len(heads) > 1 else None)
     if plan.strategy == "partial:K":  # freeze the bottom half of this backbone's layers
         n_layers = int(getattr(load_config(model), "num_hidden_layers", 2))
         plan.strategy = f"partial:{max(1, n_layers // 2)}"

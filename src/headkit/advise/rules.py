@@ -90,6 +90,7 @@ class Plan:
     costs: dict[str, float]  # strategy -> estimated seconds on this machine
     budget_s: float
     commands: list[str] = field(default_factory=list)
+    run: DataFacts | None = None  # several heads: the run's own facts (`facts.run_facts`), which it is costed by
 
 
 def _few_labels(facts: DataFacts) -> bool:
@@ -136,12 +137,18 @@ def deciding_head(heads: list[DataFacts]) -> DataFacts:
 
 
 def choose(
-    facts: DataFacts | list[DataFacts], hardware: Hardware, costs: dict[str, float], budget_minutes: float
+    facts: DataFacts | list[DataFacts],
+    hardware: Hardware,
+    costs: dict[str, float],
+    budget_minutes: float,
+    run: DataFacts | None = None,
 ) -> Plan:
     """Apply the rule table (module docstring) to the facts, one head's or several heads' trained
-    in one run (the head `deciding_head` picks applies the rules); pure, so each rule is testable."""
+    in one run (the head `deciding_head` picks applies the rules; `run`: the run's own facts,
+    `facts.run_facts`, for its unlabelled text and lengths); pure, so each rule is testable."""
     heads = facts if isinstance(facts, list) else [facts]
     facts = deciding_head(heads)
+    whole = run or facts
     budget = budget_minutes * 60
     rule, reasons, candidates = _rule(facts, hardware)
     if len(heads) > 1:
@@ -152,9 +159,9 @@ def choose(
         )
     # continued pretraining reads plain text, which a tagger's word lists are not (yet)
     tags = any(head_class(f.task_type).per_token for f in heads)
-    shifted = [f for f in heads if f.fragmented_share >= SHIFT_SHARE and f.unlabelled >= SHIFT_UNLABELLED]
-    pretrain = bool(shifted) and "pretrain" in costs and not tags
-    shift = shifted[0] if shifted else facts
+    shifted = whole.fragmented_share >= SHIFT_SHARE and whole.unlabelled >= SHIFT_UNLABELLED
+    pretrain = shifted and "pretrain" in costs and not tags
+    shift = whole
     first = costs.get("pretrain", 0.0) if pretrain else 0.0
     if pretrain and first + min(costs[c] for c in candidates) > budget:
         reasons.append(
@@ -186,12 +193,12 @@ def choose(
         if head.class_counts and head.imbalance >= 5 and not head_class(head.task_type).per_token:
             where = f" in '{head.label}'" if len(heads) > 1 else ""
             reasons.append(f"classes are imbalanced{where} ({head.imbalance:.0f}:1): watch f1_macro, not only accuracy")
-    if facts.truncated_share > 0.2:
-        what = "text pairs" if facts.text_pair else "texts"
-        reasons.append(f"{facts.truncated_share:.0%} of {what} are longer than the token limit and will be cut")
+    if whole.truncated_share > 0.2:
+        what = "text pairs" if whole.text_pair else "texts"
+        reasons.append(f"{whole.truncated_share:.0%} of {what} are longer than the token limit and will be cut")
     if strategy == "partial":
         strategy = "partial:K"
-    return Plan(rule, strategy, pretrain, reasons, costs, budget)
+    return Plan(rule, strategy, pretrain, reasons, costs, budget, run=run)
 
 
 def _minutes(seconds: float) -> str:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -155,7 +156,7 @@ def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any
     from headkit.heads import head_class
 
     console = Console()
-    table = Table(title=f"what headkit sees in {data}", show_header=False)
+    table = Table(title=escape(f"what headkit sees in {data}"), show_header=False)
     heads = facts if isinstance(facts, list) else [facts]
     facts = heads[0]
     rows = []
@@ -166,16 +167,19 @@ def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any
             (f"task{of}", f"{head.task_type}" + (f", {counts}" if counts else "")),
             (f"labelled examples{of}", f"{head.labelled:,}"),
         ]
+    whole = plan.run or facts  # several heads: the rows labelled for any, the rest unlabelled
+    if plan.run is not None:
+        rows.append(("examples the run trains on", f"{whole.labelled:,} (labelled for some head)"))
     per = f"pair ({facts.text} + {facts.text_pair})" if facts.text_pair else "text"
     rows += [
-        ("unlabelled texts", f"{facts.unlabelled:,}"),
-        (f"tokens per {per}", f"median {facts.tokens_median:.0f}, 95th percentile {facts.tokens_p95:.0f}"),
+        ("unlabelled texts", f"{whole.unlabelled:,}"),
+        (f"tokens per {per}", f"median {whole.tokens_median:.0f}, 95th percentile {whole.tokens_p95:.0f}"),
         ("words split into 3+ pieces", f"{facts.fragmented_share:.1%} (domain-shift signal; 10%+ is a clear shift)"),
         ("hardware", f"{hardware.name}" + (f", {hardware.memory_gb:.0f} GiB" if hardware.memory_gb else "")),
         ("budget", f"{budget:g} min"),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     console.print(table)
     costs = Table(title="estimated training time here (from a measured step on your texts)")
     costs.add_column("strategy")
@@ -190,11 +194,11 @@ def advice(data: str | None, budget: float, facts: Any, hardware: Any, plan: Any
     console.print(costs)
     steps = ("continued pretraining, then " if plan.pretrain else "") + plan.strategy
     console.print(f"[bold]recommended:[/] {steps}   (rule {plan.rule}: {RULES[plan.rule]})")
-    for reason in plan.reasons:
-        console.print(f"  - {reason}")
+    for reason in plan.reasons:  # column names and paths are the user's: no rich markup in them
+        console.print(f"  - {reason}", markup=False)
     console.print("[bold]steps:[/]")
     for i, command in enumerate(plan.commands, start=1):
-        console.print(f"  {i}. {command}", highlight=False, soft_wrap=True)
+        console.print(f"  {i}. {command}", highlight=False, soft_wrap=True, markup=False)
 
 
 def plan_done(output_dir: str, steps: int) -> None:

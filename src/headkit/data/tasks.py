@@ -10,6 +10,7 @@ config type, which the CLI reads without loading the data pipeline).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -21,6 +22,8 @@ from headkit.data.pixels import pixel_store
 from headkit.data.readers import Rows, read_rows
 from headkit.data.taskspec import TaskSpec
 from headkit.heads import HeadConfig, head_class
+
+logger = logging.getLogger(__name__)
 
 
 def _sample(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
@@ -67,6 +70,7 @@ def prepare(
         encoded, configs = _encode(
             rows, group, data, text_column, processor, max_length, label_maps, causal, unseen_labels
         )
+        encoded = labelled_only(encoded, configs, data)
         heads.update(configs)
         if eval_data:
             maps = {**(label_maps or {}), **{n: c.labels for n, c in configs.items()}}
@@ -108,6 +112,26 @@ def _encode(
     return encode_rows(
         rows, group, data, text_column, processor, max_length, label_maps, pixel_store, causal, unseen_labels
     )
+
+
+def labelled_only(encoded: EncodedData, configs: dict[str, HeadConfig], data: str) -> EncodedData:
+    """The rows with a label for at least one of the heads: a row labelled for none adds nothing to
+    any loss or score but would cost its backbone pass in every epoch (and its share of the
+    validation split). Such rows are unlabelled text: continued pretraining reads them."""
+    if len(encoded) == 0:
+        return encoded
+    labelled = np.zeros(len(encoded), dtype=bool)
+    for name, config in configs.items():
+        if name not in encoded.labels:  # a head whose labels are the inputs themselves
+            return encoded
+        labelled |= head_class(config.type).codec.labelled_mask(encoded.labels[name])
+    if labelled.all():
+        return encoded
+    logger.info(
+        f"{data}: {int((~labelled).sum())} of {len(encoded)} rows have no label for {sorted(configs)}; "
+        "training leaves them out"
+    )
+    return encoded.subset(np.flatnonzero(labelled))
 
 
 def _strata(encoded: EncodedData, group: list[TaskSpec]) -> np.ndarray | None:

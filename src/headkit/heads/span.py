@@ -115,8 +115,8 @@ class SpanCodec(Codec):
         missing = [np.full((n, 2), IGNORE_INDEX, np.int64) for n in sizes]
         return np.concatenate([p if p is not None else m for p, m in zip(parts, missing, strict=True)])
 
-    def count_labelled(self, y: Any) -> int:
-        return int((np.asarray(y).reshape(-1, 2) != IGNORE_INDEX).all(axis=1).sum())
+    def labelled_mask(self, y: Any) -> np.ndarray:
+        return (np.asarray(y).reshape(-1, 2) != IGNORE_INDEX).all(axis=1)
 
     def collate(self, values: list[Any], length: int, width: int) -> Tensor:
         return torch.tensor(

@@ -245,8 +245,11 @@ class TrainConfig:
             parse_task(spec, self.data, self.text_column, self.pooling, self.layer, self.eval_data, self.text_pair)
             for spec in self.head
         ]
-        if self.option and not shorthand:
-            raise DataOptionError("--option sets the --head heads' settings; a task in `tasks:` takes `options:`")
+        if (self.option or self.text_pair) and not shorthand:
+            raise DataOptionError(
+                "--option and --text_pair set the --head heads' settings; a task in `tasks:` takes `options:` "
+                "and `text_pair:`"
+            )
         options = head_options(self.option, [t.name for t in shorthand])
         return tasks + [dataclasses.replace(t, options=options[t.name]) for t in shorthand]
 

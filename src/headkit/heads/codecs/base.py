@@ -100,17 +100,22 @@ class Codec(Part):
         missing = [np.full((n, *have.shape[1:]), fill, have.dtype) for n in sizes]
         return np.concatenate([p if p is not None else m for p, m in zip(parts, missing, strict=True)])
 
-    def count_labelled(self, y: Any) -> int:
-        """How many examples carry a label in `y` (this head's labels in its layout, as `concat`
-        joins them: a source without the head's labels adds missing ones), for model cards."""
+    def labelled_mask(self, y: Any) -> np.ndarray:
+        """Which examples carry a label in `y` (this head's labels in its layout, as `concat` joins
+        them: a source without the head's labels adds missing ones): training leaves out the rows
+        no head has a label for, and model cards count the rest."""
         if self.layout is None:  # not from tables (language-model heads): every example's own tokens
-            return len(y)
+            return np.ones(len(y), dtype=bool)
         if self.layout in ("per_token", "sequence"):  # lists of their own lengths, None where missing
-            return sum(v is not None for v in y)
-        y = np.asarray(y)
-        if self.layout == "index":
-            return int((y != IGNORE_INDEX).sum())
-        return int((~np.isnan(y.reshape(len(y), -1)).all(axis=1)).sum())  # float rows: all NaN where missing
+            return np.array([v is not None for v in y], dtype=bool)
+        y = np.asarray(y).reshape(len(y), -1)
+        if self.layout == "index":  # ids (a triplet's partner and negative: either one)
+            return (y != IGNORE_INDEX).any(axis=1)
+        return ~np.isnan(y).all(axis=1)  # float rows: all NaN where missing
+
+    def count_labelled(self, y: Any) -> int:
+        """How many examples carry a label in `y` (`labelled_mask`), for model cards."""
+        return int(self.labelled_mask(y).sum())
 
     def collate(self, values: list[Any], length: int, width: int) -> Tensor:
         """One batch's labels (None: missing) as a tensor in the layout: per-token ids padded to
