@@ -38,8 +38,9 @@ def test_empty_cells_are_missing_labels(tmp_path, tokenizer):
     rows[3]["label"] = ""  # the score head still has this row
     rows[5]["label"] = rows[5]["score"] = ""  # no head has this one
     path = str(write_csv(tmp_path / "d.csv", rows))
-    data = prepare([TaskSpec("s", path), TaskSpec("r", path, label="score", type="regression")], tokenizer,
-                   val_fraction=0)  # fmt: skip
+    tasks = [TaskSpec("s", path), TaskSpec("r", path, label="score", type="regression")]
+    assert len(prepare(tasks, tokenizer, val_fraction=0).train) == 8  # evaluation reads every row
+    data = prepare(tasks, tokenizer, val_fraction=0, labelled_only=True)  # as training reads them
     assert data.train.labels["s"][3] == IGNORE_INDEX and not np.isnan(data.train.labels["r"][3]).any()
     assert data.heads["s"].labels == ["neg", "pos"]
     # a row labelled for no head is left out of training: it adds no loss, only its backbone pass

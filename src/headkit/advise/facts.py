@@ -185,7 +185,7 @@ def run_facts(
     heads: list[DataFacts], rows: list[dict[str, Any]], tokenizer, max_length: int, unlabelled: list[str] | None
 ) -> DataFacts:
     """The facts a run that trains every head is costed by: its examples are the rows labelled for
-    any head (training leaves out the others: data/tasks.py `labelled_only`), its unlabelled text
+    any head (training leaves out the others: data/tasks.py `labelled_rows`), its unlabelled text
     the rows labelled for none. One head's facts are already that."""
     if len(heads) == 1:
         return heads[0]

@@ -43,6 +43,7 @@ def prepare(
     sources: dict[str, Any] | None = None,
     causal: bool = False,
     unseen_labels: bool = False,
+    labelled_only: bool = False,
 ) -> PreparedData:
     """Read, encode and split every task's data; build each head's config with its label map.
 
@@ -52,7 +53,8 @@ def prepare(
     the first single-label classification head's labels. `causal`: encoded for a decoder backbone
     (`backbone_outputs.is_causal`; question-answering windows differ). `unseen_labels`: labels
     outside `label_maps` are kept for scoring as misses (`EncodedData.unseen`), not refused; for
-    data a trained model is scored on, never for data it trains on.
+    data a trained model is scored on, never for data it trains on. `labelled_only`: leave out the
+    rows no head has a label for (`labelled_rows`; data to train on).
     """
     if reads_stream(tasks, sources):  # encoded as it is read: data/streaming.py
         from headkit.data.streaming import prepare_stream
@@ -70,7 +72,8 @@ def prepare(
         encoded, configs = _encode(
             rows, group, data, text_column, processor, max_length, label_maps, causal, unseen_labels
         )
-        encoded = labelled_only(encoded, configs, data)
+        if labelled_only:
+            encoded = labelled_rows(encoded, configs, data)
         heads.update(configs)
         if eval_data:
             maps = {**(label_maps or {}), **{n: c.labels for n, c in configs.items()}}
@@ -114,7 +117,7 @@ def _encode(
     )
 
 
-def labelled_only(encoded: EncodedData, configs: dict[str, HeadConfig], data: str) -> EncodedData:
+def labelled_rows(encoded: EncodedData, configs: dict[str, HeadConfig], data: str) -> EncodedData:
     """The rows with a label for at least one of the heads: a row labelled for none adds nothing to
     any loss or score but would cost its backbone pass in every epoch (and its share of the
     validation split). Such rows are unlabelled text: continued pretraining reads them."""

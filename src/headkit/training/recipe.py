@@ -98,7 +98,10 @@ def run_recipe(
         maps.update({t.name: list(model.heads[t.name].config.labels) for t in tasks if model and t.name in model.heads})
         assert config.val_fraction is not None  # TrainConfig.__post_init__ filled the strategy's default
         fraction, seed = config.val_fraction, config.seed
-        data = prepare(tasks, processor, max_length, fraction, seed, label_maps=maps, sources=sources, causal=causal)
+        data = prepare(
+            tasks, processor, max_length, fraction, seed, label_maps=maps, sources=sources, causal=causal,
+            labelled_only=True,
+        )  # fmt: skip
         data.heads.update({n: dataclasses.replace(c, labels=data.heads[n].labels) for n, c in configs.items()})
         heads = with_class_weights(config.class_weights, data)
         if strategy.closed_form:  # solved heads read unit vectors: configured so before they are built
