@@ -392,5 +392,6 @@ def test_option_flags_set_the_head_heads_type_settings():
     ]:
         with pytest.raises(DataOptionError, match=message):
             TrainConfig(data="q.json", head=["answer:answers:span"], option=bad).all_tasks()
-    with pytest.raises(DataOptionError, match="--option sets the --head heads"):
-        TrainConfig(option=["doc_stride=64"]).all_tasks()
+    for alone in ({"option": ["doc_stride=64"]}, {"text_pair": "hypothesis"}):  # no --head to set
+        with pytest.raises(DataOptionError, match="--option and --text_pair set the --head heads"):
+            TrainConfig(**alone).all_tasks()
