@@ -494,3 +494,12 @@ def test_a_sentence_label_beside_tags_on_word_lists_is_read_per_sentence(tiny_te
     assert company.labelled_tokens == tags.labelled_tokens  # the same sentences, read whole
     plan = choose([company, tags], CPU, CHEAP, 30, run_facts([company, tags], rows, tokenizer, 128, None))
     assert plan.rule == "T" and "follows 'tags'" in plan.reasons[0]
+
+
+def test_a_sentence_label_on_word_lists_without_a_tagger_is_refused_as_training_refuses_it(tiny_text_model, tmp_path):
+    from headkit.advise.plan import advise
+
+    rows = [{**r, "company": "yes" if i % 3 == 0 else "no"} for i, r in enumerate(tagged_rows(24))]
+    data = write_jsonl(tmp_path / "tags.jsonl", rows)
+    with pytest.raises(DataError, match="a label per row \\('company'\\) trains on them only beside a tagger"):
+        advise(str(data), text="tokens", label="company", model=str(tiny_text_model), budget=5)

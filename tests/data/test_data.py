@@ -9,7 +9,7 @@ from headkit import DataError
 from headkit.data.batching import LengthGroupedBatches, collate, split_indices
 from headkit.data.readers import read_rows
 from headkit.data.tasks import TaskSpec, prepare
-from headkit.heads import IGNORE_INDEX
+from headkit.heads import IGNORE_INDEX, head_class
 
 from conftest import sentiment_rows, write_csv
 
@@ -244,3 +244,18 @@ def test_numeric_labels_sort_as_numbers(tmp_path, tokenizer):
     assert tags.heads["t"].labels == ["O", "1", "2", "10"]
     words = prepare([TaskSpec("s", str(write_csv(tmp_path / "w.csv", sentiment_rows(6))))], tokenizer)
     assert words.heads["s"].labels == ["neg", "pos"]
+
+
+def test_training_leaves_out_untagged_sentences_and_refuses_data_with_no_label_at_all(tmp_path, tokenizer):
+    rows = [{"tokens": ["alice", "met", "bob"], "tags": ["B-PER", "O", "B-PER"]} for _ in range(6)]
+    rows += [{"tokens": ["bob", "slept"], "tags": None} for _ in range(4)]
+    path = tmp_path / "ner.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = TaskSpec("ner", str(path), label="tags", text="tokens", type="token-classification")
+    kept = prepare([task], tokenizer, val_fraction=0, labelled_only=True)
+    assert len(kept.train) == 6 and len(prepare([task], tokenizer, val_fraction=0).train) == 10
+    codec = head_class("token-classification").codec
+    assert codec.count_labelled(prepare([task], tokenizer, val_fraction=0).train.labels["ner"]) == 6
+    empty = write_csv(tmp_path / "empty.csv", [{"text": "a film", "score": ""}, {"text": "a play", "score": ""}])
+    with pytest.raises(DataError, match=r"no row has a label for any of the heads \{'r': 'regression'\}"):
+        prepare([TaskSpec("r", str(empty), label="score", type="regression")], tokenizer, labelled_only=True)

@@ -125,5 +125,11 @@ def test_a_file_without_the_text_column_is_read_by_the_columns_the_model_trained
         model.columns = {"first": {"label": "y", "text": "body", "text_pair": None}}  # in neither file nor flag
         with pytest.raises(DataError, match="column 'text' not found"):
             predict_file(model, tokenizer, str(data), "text", str(out))
+        model.columns = {  # heads trained on different text columns: which one is not for predict to guess
+            "first": {"label": "y", "text": "sentence", "text_pair": None},
+            "mean": {"label": "z", "text": "other", "text_pair": None},
+        }
+        with pytest.raises(DataError, match="column 'text' not found"):
+            predict_file(model, tokenizer, str(data), "text", str(out))
     finally:
         model.columns = {}

@@ -10,10 +10,10 @@ from typing import Any
 from headkit.advise.costs import PRETRAIN_EPOCHS, estimate_costs, measure_rates
 from headkit.advise.facts import DataFacts, Hardware, as_texts, detect_hardware, read_facts, run_facts
 from headkit.advise.rules import Plan, choose
-from headkit.data.files import column_values
+from headkit.data.files import SEQUENCE_TYPES, column_values
 from headkit.data.readers import read_rows
 from headkit.data.taskspec import DEFAULT_HEAD_TYPE
-from headkit.errors import UsageError
+from headkit.errors import DataError, UsageError
 from headkit.heads import HEAD_NAME, head_class
 
 
@@ -121,6 +121,19 @@ def run_plan(
     return train(config)
 
 
+def check_sentence_labels_on_words(heads: list[DataFacts], rows: list[dict[str, Any]], data: str) -> None:
+    """Refuse what training refuses: a label per row on word lists trains only beside a tagger of
+    those words (which makes training read them as sentences)."""
+    if any(head_class(f.task_type).per_token for f in heads):
+        return
+    facts = heads[0]
+    if any(isinstance(v, SEQUENCE_TYPES) for v in column_values(rows, facts.text, data)):
+        raise DataError(
+            f"{data}: column '{facts.text}' holds lists of words; a label per row ('{facts.label}') trains on "
+            "them only beside a tagger of those words (add its --label), else give a text column"
+        )
+
+
 def advise(
     data: str,
     text: str = "text",
@@ -148,6 +161,7 @@ def advise(
     tokenizer = load_processor(model)
     rows = read_rows(data)
     heads = [read_facts(data, text, lab, tokenizer, max_length, unlabelled, rows, text_pair) for lab in labels]
+    check_sentence_labels_on_words(heads, rows, data)
     hardware = detect_hardware(device)
     firsts, seconds = column_values(rows, text, data), column_values(rows, text_pair, data) if text_pair else None
     if seconds is None:

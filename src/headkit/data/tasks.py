@@ -21,6 +21,7 @@ from headkit.data.encode import PreparedData, check_tasks, encode_rows
 from headkit.data.pixels import pixel_store
 from headkit.data.readers import Rows, read_rows
 from headkit.data.taskspec import TaskSpec
+from headkit.errors import DataError
 from headkit.heads import HeadConfig, head_class
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _encode(
 
 def labelled_rows(encoded: EncodedData, configs: dict[str, HeadConfig], data: str) -> EncodedData:
     """The rows with a label for at least one of the heads: a row labelled for none adds nothing to
-    any loss or score but would cost its backbone pass in every epoch (and its share of the
+    any loss or score but would cost its backbone pass in every epoch (and its share of a held-out
     validation split). Such rows are unlabelled text: continued pretraining reads them."""
     if len(encoded) == 0:
         return encoded
@@ -130,6 +131,9 @@ def labelled_rows(encoded: EncodedData, configs: dict[str, HeadConfig], data: st
         labelled |= head_class(config.type).codec.labelled_mask(encoded.labels[name])
     if labelled.all():
         return encoded
+    if not labelled.any():
+        columns = {name: config.type for name, config in configs.items()}
+        raise DataError(f"{data}: no row has a label for any of the heads {columns}: nothing to train on")
     logger.info(
         f"{data}: {int((~labelled).sum())} of {len(encoded)} rows have no label for {sorted(configs)}; "
         "training leaves them out"

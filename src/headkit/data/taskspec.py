@@ -83,11 +83,10 @@ def parse_task(
 
 def head_options(specs: list[str], heads: list[str]) -> dict[str, dict[str, Any]]:
     """`--option` values -> each --head head's type settings: `HEAD.KEY=VALUE` for one head,
-    `KEY=VALUE` for every one (e.g. `answer.doc_stride=64`). Values read as YAML scalars (64 -> int,
-    0.5 -> float, true -> bool); which keys a head type knows is its config's business (unknown
-    ones are refused when the head is made)."""
-    import yaml
-
+    `KEY=VALUE` for every one (e.g. `answer.doc_stride=64`; heads of different types: name the
+    head). Values are numbers where they read as one (64, 0.5, 1e-3), else YAML (true, null, a list),
+    else the text itself; which keys a head type knows is its config's business (unknown ones are
+    refused when the head is made)."""
     options: dict[str, dict[str, Any]] = {head: {} for head in heads}
     for spec in specs:
         key, eq, text = spec.partition("=")
@@ -96,10 +95,24 @@ def head_options(specs: list[str], heads: list[str]) -> dict[str, dict[str, Any]
             raise DataOptionError(f"--option '{spec}' should look like KEY=VALUE or HEAD.KEY=VALUE (doc_stride=64)")
         if head and head not in options:
             raise DataOptionError(f"--option '{spec}': no --head named '{head}'; the --head heads are {heads}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise DataOptionError(f"--option '{spec}': the value is not readable ({e})") from None
+        value = _option_value(text, spec)
         for target in [head] if head else heads:
             options[target][name] = value
     return options
+
+
+def _option_value(text: str, spec: str) -> Any:
+    """An `--option` value: an int, else a float (YAML 1.1 reads 1e-3 as text), else YAML's reading
+    where it is JSON-like (true, null, [1, 2]), else the text (a date or a timestamp stays text)."""
+    import yaml
+
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DataOptionError(f"--option '{spec}': the value is not readable ({e})") from None
+    return value if isinstance(value, str | bool | int | float | list | dict | type(None)) else text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from headkit.model import MultiHeadModel
 from headkit.ship.engines import ENGINES, load_torch_model, onnx_dir, resolve_engine
 from headkit.ship.predict_batches import describe, predict_images, predict_texts
 from headkit.ship.save import MANIFEST, find_save
+
+logger = logging.getLogger(__name__)
 
 __all__ = [  # predict_texts, predict_images and describe are re-exported from ship/predict_batches.py
     "ENGINES",
@@ -173,11 +176,13 @@ def _predict_choices(
 def _text_columns(model: Any, rows: list[dict[str, Any]], text: str, pair: str | None) -> tuple[str, str | None]:
     """The text and second-text columns a file is read with: as given, else the ones the model's
     heads trained on where the file has them (a text column the file lacks, such as the default
-    `text`, is looked for under its trained name; a question-answering head: the question and
-    context columns training reads)."""
+    `text`, is the one every head trained on, when they agree; a question-answering head: the
+    question and context columns training reads)."""
     trained = list((getattr(model, "columns", None) or {}).values())
-    if rows and text not in rows[0]:
-        text = next((c["text"] for c in trained if c.get("text") and c["text"] in rows[0]), text)
+    texts = {c["text"] for c in trained if c.get("text")}
+    if rows and text not in rows[0] and len(texts) == 1 and next(iter(texts)) in rows[0]:
+        logger.info(f"the file has no column '{text}': reading '{next(iter(texts))}', the one the model trained on")
+        text = next(iter(texts))
     if pair is None:
         pair = next(
             (c["text_pair"] for c in trained if c.get("text_pair") and rows and c["text_pair"] in rows[0]), None

@@ -247,8 +247,8 @@ class TrainConfig:
         ]
         if (self.option or self.text_pair) and not shorthand:
             raise DataOptionError(
-                "--option and --text_pair set the --head heads' settings; a task in `tasks:` takes `options:` "
-                "and `text_pair:`"
+                "--option and --text_pair (option= / text_pair= in Python) set the --head heads' settings; "
+                "tasks given as `tasks:` (TaskSpecs, head dicts) take their own `options` and `text_pair`"
             )
         options = head_options(self.option, [t.name for t in shorthand])
         return tasks + [dataclasses.replace(t, options=options[t.name]) for t in shorthand]

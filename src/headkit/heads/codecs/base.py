@@ -106,7 +106,9 @@ class Codec(Part):
         no head has a label for, and model cards count the rest."""
         if self.layout is None:  # not from tables (language-model heads): every example's own tokens
             return np.ones(len(y), dtype=bool)
-        if self.layout in ("per_token", "sequence"):  # lists of their own lengths, None where missing
+        if self.layout == "per_token":  # a row without tags is all IGNORE_INDEX once aligned to its tokens
+            return np.array([v is not None and any(t != IGNORE_INDEX for t in v) for v in y], dtype=bool)
+        if self.layout == "sequence":  # target token lists, None where missing
             return np.array([v is not None for v in y], dtype=bool)
         y = np.asarray(y).reshape(len(y), -1)
         if self.layout == "index":  # ids (a triplet's partner and negative: either one)
