@@ -332,3 +332,29 @@ def test_cli_bad_invocations_are_one_line_errors(tmp_path, capsys):
         assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_resume_on_data_that_changed_since_the_checkpoint_is_refused(tiny_text_model, tmp_path, monkeypatch):
+    from headkit.errors import CheckpointError
+
+    data = write_csv(tmp_path / "reviews.csv", sentiment_rows(48))
+    cfg = config(tiny_text_model, str(data), tmp_path / "run", strategy="full", epochs=3)
+    original = MultiHeadModel.forward_heads
+    calls = {"n": 0}
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += self.training
+        if calls["n"] == 7 and self.training:  # mid-epoch 2, after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(MultiHeadModel, "forward_heads", original)
+    write_csv(data, sentiment_rows(64))  # 16 rows added while the run was stopped
+    cfg.resume = True
+    with pytest.raises(CheckpointError, match=r"written for 36 training and 12 validation examples; the data gives 48"):
+        train(cfg)
+    write_csv(data, sentiment_rows(48))  # the data it was written for: resumes
+    assert len(train(cfg).metrics["epochs"]) == 3

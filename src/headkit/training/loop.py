@@ -45,7 +45,7 @@ from headkit._fs import recover_dir
 from headkit.data.batching import collate, model_inputs
 from headkit.data.tasks import PreparedData
 from headkit.devices import _mps_available
-from headkit.errors import HeadkitError
+from headkit.errors import CheckpointError, HeadkitError
 from headkit.heads.base import zero_loss
 from headkit.model import MultiHeadModel
 from headkit.training import tracking
@@ -108,6 +108,7 @@ def fit(
     if run.main:  # everything the run reads checked out: now the directory is this run's (run_dir.py)
         claim_run_dir(config)
     state, resuming = initial_state(run)
+    state.examples = example_counts(run)
     if selects_per_head(run) and not (resuming and resumed_without_head_bests(run.directory)):
         run.head_best = saved_head_scores(run.directory) if resuming else {}  # each head keeps its best epoch
     for index, phase in enumerate(phases):
@@ -247,6 +248,25 @@ def initial_state(run: Run) -> tuple[TrainState, bool]:
     return TrainState(), bool(run.config.resume and (run.checkpoint_dir / "state.json").is_file())
 
 
+def example_counts(run: Run) -> list[int | None]:
+    """[training, validation] examples as this run reads them (a stream has no length)."""
+    return [None if run.streamed else len(run.data.train), len(run.data.val)]
+
+
+def check_same_data(run: Run, state: TrainState) -> None:
+    """Refuse to resume on other data than the checkpoint's: its batch positions and best epoch
+    belong to that split (a file edited since, or rows an earlier version kept that training now
+    leaves out, give another one)."""
+    now = example_counts(run)
+    if state.examples and state.examples != now:
+        raise CheckpointError(
+            f"{run.checkpoint_dir} was written for {state.examples[0]} training and {state.examples[1]} validation "
+            f"examples; the data gives {now[0]} and {now[1]} now (changed since?): resume on the same data, or "
+            "train afresh with --overwrite"
+        )
+    state.examples = now
+
+
 def _saved_phase(run: Run) -> int:
     return json.loads((run.checkpoint_dir / "state.json").read_text())["progress"]["phase"]
 
@@ -295,6 +315,7 @@ def start_phase(
     if resuming:
         saved = load_train_state(run.checkpoint_dir, model, optimizer, scheduler)
         state = TrainState.from_dict(saved)
+        check_same_data(run, state)
         best = saved_best(run.directory)  # saved after the checkpoint, when its epochs are written every few
         if best is not None and best[1] > state.best:
             state.best, run.replayed_best_epoch = best[1], best[0]

@@ -51,6 +51,9 @@ class TrainState:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch validation records
     backbone_modified: bool = False  # some phase trained the backbone
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific results (few-shot timings)
+    # [training, validation] examples the run read (a stream's training data: None); a resume on other
+    # data is refused (checkpoints written before the field have [])
+    examples: list[int | None] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields, not copied: the checkpoint writes them as JSON at once (`dataclasses.asdict`
