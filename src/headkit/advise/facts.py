@@ -142,7 +142,6 @@ def read_facts(
         labelled_texts = [t for t, _ in labelled]
     pairs = [s for s, v in zip(seconds, values, strict=True) if not _is_missing(v)] if text_pair else None
     free = unlabelled_texts(rows, text, [label], unlabelled)
-    lengths = np.array(_token_counts(tokenizer, labelled_texts, pairs))
     return DataFacts(
         source=data,
         text=text,
@@ -150,14 +149,9 @@ def read_facts(
         task_type=task_type,
         labelled=len(labelled),
         class_counts=counts,
-        tokens_median=float(np.median(lengths)),
-        tokens_p95=float(np.percentile(lengths, 95)),
-        truncated_share=float(np.mean(lengths > max_length)),
         fragmented_share=fragmented_share(labelled_texts + (pairs or []) + free[:5000], tokenizer),
-        unlabelled=len(free),
-        labelled_tokens=int(np.minimum(lengths, max_length).sum()),
-        unlabelled_tokens=_free_tokens(tokenizer, free),
         text_pair=text_pair,
+        **_text_facts(tokenizer, labelled_texts, pairs, free, max_length),
     )
 
 
@@ -168,6 +162,22 @@ def unlabelled_texts(rows: list[dict[str, Any]], text: str, labels: list[str], f
     for source in files or []:
         free += _texts(read_rows(source), text, source)
     return free
+
+
+def _text_facts(
+    tokenizer, texts: list[str], pairs: list[str] | None, free: list[str], max_length: int
+) -> dict[str, Any]:
+    """The DataFacts fields measured in tokens: the labelled texts' (or pairs') lengths, and the
+    unlabelled texts'."""
+    lengths = np.array(_token_counts(tokenizer, texts, pairs))
+    return {
+        "tokens_median": float(np.median(lengths)),
+        "tokens_p95": float(np.percentile(lengths, 95)),
+        "truncated_share": float(np.mean(lengths > max_length)),
+        "labelled_tokens": int(np.minimum(lengths, max_length).sum()),
+        "unlabelled": len(free),
+        "unlabelled_tokens": _free_tokens(tokenizer, free),
+    }
 
 
 def _token_counts(tokenizer, texts: list[str], second: list[str] | None = None) -> list[int]:
@@ -196,19 +206,12 @@ def run_facts(
     ]
     seconds = column_values(rows, first.text_pair, first.source) if first.text_pair else None
     kept = [i for i, row in enumerate(rows) if any(not _is_missing(row.get(f.label)) for f in heads)]
-    lengths = np.array(
-        _token_counts(tokenizer, [texts[i] for i in kept], [seconds[i] for i in kept] if seconds else None)
-    )
     free = unlabelled_texts(rows, first.text, [f.label for f in heads], unlabelled)
+    pairs = [seconds[i] for i in kept] if seconds else None
     return dataclasses.replace(
         max(heads, key=lambda f: f.labelled),
         labelled=len(kept),
-        tokens_median=float(np.median(lengths)),
-        tokens_p95=float(np.percentile(lengths, 95)),
-        truncated_share=float(np.mean(lengths > max_length)),
-        labelled_tokens=int(np.minimum(lengths, max_length).sum()),
-        unlabelled=len(free),
-        unlabelled_tokens=_free_tokens(tokenizer, free),
+        **_text_facts(tokenizer, [texts[i] for i in kept], pairs, free, max_length),
     )
 
 

@@ -38,9 +38,10 @@ BBC news and tweets are split into 3+ MiniLM word pieces, against 35% in clinica
 
 Several heads trained together (several label columns) get one plan: the head that needs the most
 of the backbone decides it (a tagger, else one with very few labels, else the one with the fewest
-labels), and the run is costed as its head with the most labelled tokens, since every head reads
-the same backbone pass. Sentence pairs (`text_pair`) are counted and timed as training encodes
-them, both texts in one sequence; the rules read their labels as any other head's.
+labels), and the run is costed over the rows labelled for any head, which is what it trains on
+(`facts.run_facts`: every head reads the same backbone pass). Sentence pairs (`text_pair`) are
+counted and timed as training encodes them, both texts in one sequence; the rules read their
+labels as any other head's.
 
 If no candidate fits the budget the advisor refuses and says what the cheapest one would need.
 """
@@ -161,18 +162,17 @@ def choose(
     tags = any(head_class(f.task_type).per_token for f in heads)
     shifted = whole.fragmented_share >= SHIFT_SHARE and whole.unlabelled >= SHIFT_UNLABELLED
     pretrain = shifted and "pretrain" in costs and not tags
-    shift = whole
     first = costs.get("pretrain", 0.0) if pretrain else 0.0
     if pretrain and first + min(costs[c] for c in candidates) > budget:
         reasons.append(
-            f"domain shift ({shift.fragmented_share:.0%} of words split into 3+ pieces) and {shift.unlabelled:,} "
+            f"domain shift ({whole.fragmented_share:.0%} of words split into 3+ pieces) and {whole.unlabelled:,} "
             f"unlabelled texts, but continued pretraining (~{_minutes(first)}) does not fit the budget with the rest"
         )
         pretrain, first = False, 0.0
     elif pretrain:
         reasons.append(
-            f"domain shift: {shift.fragmented_share:.0%} of words are split into 3+ pieces (shipped English text: "
-            f"3-7%), and {shift.unlabelled:,} unlabelled texts are there to adapt on: continued MLM pretraining first"
+            f"domain shift: {whole.fragmented_share:.0%} of words are split into 3+ pieces (shipped English text: "
+            f"3-7%), and {whole.unlabelled:,} unlabelled texts are there to adapt on: continued MLM pretraining first"
         )
     fitting = [c for c in candidates if first + costs[c] <= budget]
     if not fitting:

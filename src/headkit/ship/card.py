@@ -60,13 +60,14 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def best_epoch_text(info: dict[str, Any]) -> str | None:
+def best_epoch_fact(info: dict[str, Any]) -> tuple[str, str | None]:
     """The epoch the model was taken from, or each head's where heads kept their own
-    (training/head_best.py): "7", "embed 25, topic 12"."""
+    (training/head_best.py), named for the card and the summary: ("best epoch", "7"),
+    ("best epochs", "embed 25, topic 12")."""
     per_head = info.get("head_best_epochs")
     if per_head:
-        return ", ".join(f"{head} {epoch}" for head, epoch in per_head.items())
-    return None if info.get("best_epoch") is None else str(info["best_epoch"])
+        return "best epochs", ", ".join(f"{head} {epoch}" for head, epoch in per_head.items())
+    return "best epoch", None if info.get("best_epoch") is None else str(info["best_epoch"])
 
 
 def training(model: Any, info: dict[str, Any], data: list[str]) -> list[str]:
@@ -75,7 +76,7 @@ def training(model: Any, info: dict[str, Any], data: list[str]) -> list[str]:
     facts = [
         ("strategy", info.get("strategy")),
         ("training data", ", ".join(data) if data else None),
-        ("best epoch" + ("s" if info.get("head_best_epochs") else ""), best_epoch_text(info)),
+        best_epoch_fact(info),
     ]
     lines += [f"- {key}: {value}" for key, value in facts if value is not None] or [NOT_RECORDED]
     if getattr(model, "max_length", None) is not None:  # the model's own, known with or without a run

@@ -66,8 +66,12 @@ class Evaluation:
         return sum(values) / len(values)
 
     def _signed(self, model: Model, head: str, metric: str) -> float:
-        value = self.scores[head][metric]
-        return value if model.heads[head].scoring.metrics.get(metric, True) else -value
+        return signed(model, head, metric, self.scores[head][metric])
+
+
+def signed(model: Model, head: str, metric: str, value: float) -> float:
+    """A head's metric with higher always better (mse, cer, perplexity, loss: negated)."""
+    return value if model.heads[head].scoring.metrics.get(metric, True) else -value
 
 
 def check_metric(model: Model, metric: str | None) -> None:

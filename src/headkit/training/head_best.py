@@ -23,6 +23,7 @@ import torch
 
 from headkit._fs import atomic_write_json
 from headkit.training.checkpoint import _copy_into, _cpu, _write_tensors, persistent_buffers
+from headkit.training.evaluate import signed
 
 if TYPE_CHECKING:
     from headkit.model import MultiHeadModel
@@ -47,12 +48,11 @@ def selects_per_head(run: Run) -> bool:
 def head_score(record: dict, model: MultiHeadModel, head: str) -> list[float] | None:
     """What ranks a head's epochs: its primary metric (higher is better), then its validation loss
     (lower is better), as `epoch_score` ranks the model's; None where the split did not score it."""
-    scoring = model.heads[head].scoring
-    value = record.get("scores", {}).get(head, {}).get(scoring.primary)
+    primary = model.heads[head].scoring.primary
+    value = record.get("scores", {}).get(head, {}).get(primary)
     if value is None:
         return None
-    signed = value if scoring.metrics.get(scoring.primary, True) else -value
-    return [signed, -record.get("val_losses", {}).get(head, 0.0)]
+    return [signed(model, head, primary, value), -record.get("val_losses", {}).get(head, 0.0)]
 
 
 def saved_head_scores(directory: Path) -> dict[str, dict]:
@@ -101,12 +101,14 @@ def keep_improved_heads(run: Run, record: dict) -> list[str]:
     return improved
 
 
-def restore_head_bests(directory: Path, model: MultiHeadModel, model_epoch: int | None) -> dict[str, int | None]:
-    """Put every head saved in `directory` back at its best epoch; returns head -> the epoch each
-    head is from: a head the validation split never scored (no labelled rows) stays at the
-    model's best epoch (`model_epoch`, which `restore_best` restored)."""
+def restore_head_bests(
+    directory: Path, model: MultiHeadModel, saved: dict[str, dict], model_epoch: int | None
+) -> dict[str, int | None]:
+    """Put every head saved in `directory` back at its best epoch (`saved`: the run's
+    `head_best`, as best_heads.json holds it); returns head -> the epoch each head is from: a head
+    the validation split never scored (no labelled rows) stays at the model's best epoch
+    (`model_epoch`, which `restore_best` restored)."""
     path = directory / HEADS_TENSORS
-    saved = saved_head_scores(directory)
     if path.is_file():
         targets = {n: t for head in model.heads for n, t in head_tensors(model, head).items()}
         _copy_into(targets, safetensors.torch.load_file(path), directory, "head tensors")

@@ -128,7 +128,9 @@ def fit(
     tracking.finish_tracking(run.accelerator)
     model = run.model
     best = restore_best(run.directory, model, config, state.backbone_modified)
-    head_epochs = restore_head_bests(run.directory, model, best.get("epoch")) if run.head_best is not None else {}
+    head_epochs = {}
+    if run.head_best is not None:
+        head_epochs = restore_head_bests(run.directory, model, run.head_best, best.get("epoch"))
     # a backbone no phase trained gives the features cached for validation: the final scores read
     # them instead of running the backbone over the split again. Pooled features are cached in
     # fp32, as the backbone gives them; per-token ones in bf16, so per-token heads are scored live
@@ -470,12 +472,12 @@ def end_epoch(run: Run, current: PhaseRun, state: TrainState, train_seconds: flo
     state.bad_epochs = 0 if (heads_improved if per_head else improved) else state.bad_epochs + 1
     state.epochs.append(record)
     if run.main and "scores" in record:
-        marks = {h: " *" for h in heads_improved} if run.head_best is not None else {}
         shown = ", ".join(
-            f"{h}: {model.heads[h].scoring.primary} {s.get(model.heads[h].scoring.primary, 0):.4f}{marks.get(h, '')}"
+            f"{h}: {model.heads[h].scoring.primary} {s.get(model.heads[h].scoring.primary, 0):.4f}"
+            + (" *" if h in heads_improved else "")
             for h, s in record["scores"].items()
         )
-        mark = " *" if improved and run.head_best is None else ""
+        mark = " *" if improved and not per_head else ""  # per head: each head's own mark
         logger.info(f"{phase.name} epoch {state.epoch + 1}/{phase.epochs}: {shown}{mark}")
     state.epoch, state.batches_done = state.epoch + 1, 0
     stop = run.config.patience and state.bad_epochs >= run.config.patience and state.epoch >= phase.min_epochs

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from headkit._fs import atomic_write_json
 from headkit.model import MultiHeadModel
-from headkit.ship.card import best_epoch_text
+from headkit.ship.card import best_epoch_fact
 from headkit.training.evaluate import Evaluation
 
 
@@ -73,8 +73,7 @@ def print_summary(
 ) -> None:
     if title is None and not metrics.get("val_examples"):  # e.g. few-shot: every example trained
         title = "no validation split: score the model with `headkit evaluate` on held-out data"
-    epochs = "best epochs" if metrics.get("head_best_epochs") else "best epoch"
-    title = title or f"validation ({metrics['val_examples']} examples) — {epochs} {best_epoch_text(metrics)}"
+    title = title or f"validation ({metrics['val_examples']} examples) — {' '.join(map(str, best_epoch_fact(metrics)))}"
     table = Table(title=title)
     table.add_column("head", style="bold")
     table.add_column("type")
