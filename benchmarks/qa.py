@@ -266,6 +266,28 @@ def postprocess_qa_predictions(rows, example, offsets, start_logits, end_logits)
     return answers, spans, diffs
 
 
+def predict_in_order(trainer: Any, enc: dict, pad: bool) -> tuple[Any, Any]:
+    """The Trainer's start and end logits for every window, in the windows' order.
+
+    Trainer.predict under train_sampling_strategy "group_by_length" visits the windows in a
+    length-grouped random order and returns its logits in *that* order (its eval sampler groups too,
+    transformers#33514), which would pair each window with another's logits. So prediction runs
+    sequentially over the windows sorted by length (batches of similar length, as headkit predicts),
+    and the logits are put back in window order; unpadded batches come back padded to the longest
+    with -100, which no argsort in the post-processing reaches before a real position."""
+    import datasets
+    import numpy as np
+
+    trainer.args.train_sampling_strategy = "random"  # its eval sampler: sequential
+    n = len(enc["input_ids"])
+    order = list(range(n)) if pad else sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
+    ordered = datasets.Dataset.from_dict({k: [v[i] for i in order] for k, v in enc.items()})
+    start, end = trainer.predict(ordered).predictions
+    back = np.empty(n, dtype=int)
+    back[order] = np.arange(n)
+    return start[back], end[back]
+
+
 def run_reference(train: list[dict], test: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     import datasets
     import torch
@@ -336,7 +358,7 @@ def run_reference(train: list[dict], test: list[dict], args: argparse.Namespace)
     say(f"reference trained in {train_seconds:.1f}s")
     started = time.perf_counter()
     enc, example, offsets = prepare_validation_features(tokenizer, test, args.max_length, args.doc_stride, pad)
-    start_logits, end_logits = trainer.predict(datasets.Dataset.from_dict(enc)).predictions
+    start_logits, end_logits = predict_in_order(trainer, enc, pad)
     predictions, spans, diffs = postprocess_qa_predictions(test, example, offsets, start_logits, end_logits)
     predict_seconds = time.perf_counter() - started
     say(f"reference predicted {len(test)} questions in {predict_seconds:.1f}s")
