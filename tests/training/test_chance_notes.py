@@ -11,7 +11,7 @@ import torch
 import headkit
 from headkit.cli.main import main
 from headkit.training.evaluate import Evaluation
-from headkit.training.report import chance_notes
+from headkit.training.report import chance_notes, probe_notes
 
 from conftest import sentiment_rows, write_csv
 
@@ -105,3 +105,30 @@ def test_the_note_suggests_only_strategies_the_head_can_train_with(tiny_text_mod
     assert len(notes) == 2
     assert "--strategy frozen or lora" in notes[0] and "fewshot" not in notes[0]  # fewshot has no embedding heads
     assert "--strategy fewshot or frozen" in notes[1]
+
+
+def test_a_fine_tuning_that_never_beat_its_probe_says_so():
+    epochs = [
+        {"phase": "probe", "epoch": 1, "objective": 0.70},
+        {"phase": "probe", "epoch": 2, "objective": 0.75},
+        {"phase": "finetune", "epoch": 3, "objective": 0.72},
+        {"phase": "finetune", "epoch": 4, "objective": 0.74},
+    ]
+    (note,) = probe_notes(epochs, best_epoch=2)
+    assert note.startswith("fine-tuning never beat the linear probe: validation objective 0.7500 at probe epoch 2")
+    assert "at most 0.7400 (epoch 4) in the 2 fine-tuned epochs" in note
+    assert probe_notes(epochs, best_epoch=4) == []  # fine-tuning won
+    assert probe_notes(epochs[:2], best_epoch=2) == []  # nothing fine-tuned (e.g. stopped in the probe)
+    assert probe_notes([{"phase": "train", "epoch": 1, "objective": 0.7}], best_epoch=1) == []  # no probe
+    assert probe_notes([], best_epoch=None) == []
+
+
+def test_an_lp_ft_run_whose_fine_tuning_wrecks_the_backbone_keeps_and_names_the_probe(tiny_text_model):
+    heads = {"sentiment": {"type": "classification", "label": "label", "pooling": "mean"}}
+    result = headkit.train(tiny_text_model, heads, train_dataset=sentiment_rows(96), strategy="lp-ft", lp_epochs=30,
+                           epochs=2, backbone_lr=30.0, lr=3e-2, val_fraction=0.25, seed=0, progress=False)  # fmt: skip
+    records = {r["epoch"]: r for r in result.metrics["epochs"]}
+    probe = max(r["objective"] for r in records.values() if r["phase"] == "probe")
+    assert probe > 0.6 > max(r["objective"] for r in records.values() if r["phase"] != "probe")  # the rig holds
+    assert records[result.metrics["best_epoch"]]["phase"] == "probe"
+    assert any(n.startswith("fine-tuning never beat the linear probe") for n in result.metrics["notes"])

@@ -20,7 +20,7 @@ from headkit.training.config import TrainConfig
 from headkit.training.evaluate import Evaluation, evaluate, score_heads
 from headkit.training.features import FeatureCache
 from headkit.training.null_threshold import settle_null_thresholds
-from headkit.training.report import chance_notes, print_summary, write_report
+from headkit.training.report import chance_notes, print_summary, probe_notes, write_report
 from headkit.training.state import TrainResult, TrainState
 from headkit.training.strategies import count_parameters, parse_strategy
 from headkit.training.validation_set import save_validation_set
@@ -81,7 +81,7 @@ def finish_run(
         "epochs": state.epochs,
         **state.extra,
     }
-    notes = chance_notes(model, evaluation)
+    notes = chance_notes(model, evaluation) + probe_notes(state.epochs, best_epoch)
     if notes:
         metrics["notes"] = notes  # the summary shows them; without one, the log does
         for note in notes if main and not config.print_summary else ():

@@ -68,6 +68,25 @@ def chance_notes(model: MultiHeadModel, evaluation: Evaluation | None) -> list[s
     return notes
 
 
+def probe_notes(epochs: list[dict[str, Any]], best_epoch: int | None) -> list[str]:
+    """A line when lp-ft's fine-tuning never beat the linear probe it measured first (the heads
+    trained on the frozen backbone, the same heads on the same validation split): the best epoch, and
+    so the model kept, is then the probe's, and the fine-tuning's time bought nothing at these
+    settings. A run that ends below a frozen probe of its heads says so wherever it measured one."""
+    phases = {r["epoch"]: r["phase"] for r in epochs}
+    tuned = [r for r in epochs if r["phase"] != "probe" and "objective" in r]
+    if best_epoch is None or phases.get(best_epoch) != "probe" or not tuned:
+        return []
+    probe = next(r for r in epochs if r["epoch"] == best_epoch)
+    best_tuned = max(tuned, key=lambda r: r["objective"])
+    return [
+        f"fine-tuning never beat the linear probe: validation objective {probe['objective']:.4f} at probe epoch "
+        f"{best_epoch}, at most {best_tuned['objective']:.4f} (epoch {best_tuned['epoch']}) in the "
+        f"{len(tuned)} fine-tuned epochs, so the model kept is the probe's. Fine-tuning at a lower --backbone_lr "
+        "may still help; otherwise --strategy frozen gives this model in the probe's time"
+    ]
+
+
 def print_summary(
     model: MultiHeadModel, evaluation: Evaluation | None, metrics: dict[str, Any], title: str | None = None
 ) -> None:
