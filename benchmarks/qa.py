@@ -2,7 +2,8 @@
 
 Data: the first 5 articles of the SQuAD 2.0 development set (../shared/data/squad-v2-dev-5-articles.json,
 1,407 questions, half unanswerable), split by article: train on four, test on the fifth; `--folds N`
-rotates the test article over the first N articles (default 1: Normans is the test article).
+rotates the test article over the first N articles (default 1: Normans is the test article); `--first_fold K`
+starts the rotation at the K-th article (folds run in parts).
 
 - headkit: `headkit.train("minilm", {"answer": {"type": "span", "label": "answers"}}, ...)`, then
   `model.predict([(question, context), ...])` (windows and answers as in headkit.heads.qa), once per
@@ -58,10 +59,10 @@ def say(message: str) -> None:
     print(f"[{time.perf_counter() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def folds(rows: list[dict], n: int, train_questions: int | None, test_questions: int | None, seed: int):
-    """(test article, training rows, test rows) for the first n articles as the test article."""
+def folds(rows: list[dict], first: int, n: int, train_questions: int | None, test_questions: int | None, seed: int):
+    """(test article, training rows, test rows) for n articles from the `first` (1-based) as the test article."""
     titles = list(dict.fromkeys(r["title"] for r in rows))
-    for title in titles[:n]:
+    for title in titles[first - 1 : first - 1 + n]:
         train = [r for r in rows if r["title"] != title]
         test = [r for r in rows if r["title"] == title]
         yield title, sample(train, train_questions, seed), sample(test, test_questions, seed)
@@ -404,6 +405,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA.resolve()), help="a SQuAD 2.0 JSON file")
     parser.add_argument("--folds", type=int, default=1, help="test on each of the first N articles in turn (5: all)")
+    parser.add_argument("--first_fold", type=int, default=1, help="the first test article (1-based): folds in parts")
     parser.add_argument(
         "--strategy", default="full", help="headkit's strategies, comma-separated: full, frozen, lora (reference: full)"
     )
@@ -444,7 +446,9 @@ def main() -> None:
     results: list[tuple[str, int, int, dict[str, dict], dict]] = []
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = scratch
-        for title, train, test in folds(rows, args.folds, args.train_questions, args.test_questions, args.seed):
+        for title, train, test in folds(
+            rows, args.first_fold, args.folds, args.train_questions, args.test_questions, args.seed
+        ):
             say(f"fold '{title}': {len(train)} training questions, {len(test)} test questions")
             reference = run_reference(train, test, args)
             recipes = {f"headkit {s}": run_headkit(train, test, args, s, False) for s in strategies}
