@@ -269,17 +269,21 @@ def test_costs_come_from_measured_rates_and_scale_with_the_data(tiny_text_model)
 
     rates = measure_rates(str(tiny_text_model), ["the film was good"] * 4, load_processor(tiny_text_model), CPU, 16)
     assert 0 < rates.forward < rates.full and rates.lora > 0
-    small, large = facts({"a": 8, "b": 8}, labelled_tokens=160), facts({"a": 80, "b": 80}, labelled_tokens=1600)
+    # above lora's 250 optimizer steps (small data trains those: test_full_fine_tuning_is_costed_...)
+    small = facts({"a": 5_000, "b": 5_000}, labelled_tokens=100_000)
+    large = facts({"a": 50_000, "b": 50_000}, labelled_tokens=1_000_000)
     fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
     assert estimate_costs(large, fixed)["lora"] == pytest.approx(10 * estimate_costs(small, fixed)["lora"], rel=0.02)
-    assert estimate_costs(large, fixed)["frozen"] == pytest.approx(1.6)  # 1,600 tokens x 1 ms
+    tiny = facts({"a": 80, "b": 80}, labelled_tokens=1600)
+    assert estimate_costs(tiny, fixed)["frozen"] == pytest.approx(1.6)  # 1,600 tokens x 1 ms
 
 
 def test_full_fine_tuning_is_costed_for_its_min_steps_on_small_data():
     from headkit.advise.costs import epochs
 
     small, large = facts({"a": 200, "b": 200}), facts({"a": 5000, "b": 5000})  # 360 / 9,000 training rows
-    assert epochs(small, "full", 0.1) == 21 and epochs(small, "lora", 0.1) == 3  # 12 steps an epoch: 250 need 21
+    assert epochs(small, "full", 0.1) == epochs(small, "lora", 0.1) == 21  # 12 steps an epoch: 250 need 21
+    assert epochs(small, "frozen", 0.1) == 30  # frozen trains by epochs alone
     assert epochs(large, "full", 0.1) == 3  # 282 steps an epoch
     fixed = Rates(forward=1e-3, full=3e-3, lora=2e-3)
     assert estimate_costs(small, fixed)["full"] == pytest.approx(21 * (10_800 * 3e-3 + 1_200 * 1e-3), rel=1e-3)

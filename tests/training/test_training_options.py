@@ -127,7 +127,8 @@ def test_min_steps_adds_whole_epochs_on_small_data_only(tiny_text_model, data_fi
     # full's recipe: at least 250 steps; epochs of the user's own train as given, unless min_steps is given too
     assert (TrainConfig(strategy="full").min_steps, TrainConfig(strategy="full", epochs=3).min_steps) == (250, 0)
     assert TrainConfig(strategy="full", epochs=3, min_steps=100).min_steps == 100
-    assert TrainConfig(strategy="lora").min_steps == 0
+    assert (TrainConfig(strategy="lora").min_steps, TrainConfig(strategy="lora").lr) == (250, 1e-2)  # lora: as full
+    assert (TrainConfig(strategy="frozen").min_steps, TrainConfig(strategy="fewshot").min_steps) == (0, 0)
     # 0 (epochs alone) stays out of a run's identity: runs saved before the option still resume
     assert (
         "min_steps" not in TrainConfig(min_steps=0).identity() and TrainConfig(min_steps=5).identity()["min_steps"] == 5

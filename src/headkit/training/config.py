@@ -99,11 +99,11 @@ class TrainConfig:
         min_steps: optimizer steps the main phase trains at least, early stopping or not: on small
             data its epochs grow until they reach them (100 examples at batch 32 are 3 steps an
             epoch, so 3 epochs would be 9 steps); large data keeps its epochs. 0: epochs alone.
-            Default by strategy: full and partial 250, else 0; with --epochs given and no
+            Default by strategy: full, partial and lora 250, else 0; with --epochs given and no
             --min_steps, 0 (the epochs you ask for are what trains).
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
-        lr: learning rate of the heads. Default by strategy: frozen 0.01, else 0.001. A head type
+        lr: learning rate of the heads. Default by strategy: frozen and lora 0.01, else 0.001. A head type
             may scale it: embedding heads train at 0.01 x lr (they start from the backbone's own
             embeddings, which frozen's 0.01 undid in an epoch).
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
