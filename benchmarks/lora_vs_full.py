@@ -48,7 +48,7 @@ CONFIGS = {
         "lora_targets": ["all-linear"],
         "lora_dropout": 0.1,
     },
-    "lora r8 all-linear lr 1e-3 dropout 0": {  # the lora strategy's defaults now
+    "lora r8 all-linear lr 1e-3 dropout 0": {  # the lora strategy's adapters (its heads now train at 1e-2)
         "strategy": "lora",
         "lora_r": 8,
         "lora_alpha": 16,

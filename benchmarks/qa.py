@@ -20,7 +20,8 @@ Both get the same window settings (max_length, doc_stride: headkit overlaps a pa
 doc_stride as run_qa does wherever run_qa's tokenizer call works; at the defaults both cut the 1,407
 questions into 1,463 windows), epochs,
 batch size, seed 0 and the optimizer of headkit's full strategy: AdamW, backbone at --lr, the QA
-layer at --head_lr (headkit's per-strategy default for its heads, 1e-3; the Trainer gets the same
+layer at --head_lr (headkit full's default for its heads, 1e-3; frozen and lora keep their own, 1e-2,
+unless --head_lr is given; the Trainer gets the same
 two groups through `optimizers=`), weight decay 0.01 on matrices, 6% linear warm-up then linear
 decay, gradient clipping at 1.0. headkit trains on every training question (no validation split, no
 early stopping). Reference batches (--reference_batches): `matched` pads each batch to its longest
@@ -62,6 +63,8 @@ def say(message: str) -> None:
 def folds(rows: list[dict], first: int, n: int, train_questions: int | None, test_questions: int | None, seed: int):
     """(test article, training rows, test rows) for n articles from the `first` (1-based) as the test article."""
     titles = list(dict.fromkeys(r["title"] for r in rows))
+    if not (first >= 1 and n >= 1 and first - 1 + n <= len(titles)):
+        raise SystemExit(f"--first_fold {first} --folds {n}: the data has {len(titles)} articles to test on")
     for title in titles[first - 1 : first - 1 + n]:
         train = [r for r in rows if r["title"] != title]
         test = [r for r in rows if r["title"] == title]
@@ -279,11 +282,14 @@ def predict_in_order(trainer: Any, enc: dict, pad: bool) -> tuple[Any, Any]:
     import datasets
     import numpy as np
 
-    trainer.args.train_sampling_strategy = "random"  # its eval sampler: sequential
     n = len(enc["input_ids"])
     order = list(range(n)) if pad else sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
     ordered = datasets.Dataset.from_dict({k: [v[i] for i in order] for k, v in enc.items()})
-    start, end = trainer.predict(ordered).predictions
+    sampling, trainer.args.train_sampling_strategy = trainer.args.train_sampling_strategy, "sequential"
+    try:  # its eval sampler then visits the windows in the order given
+        start, end = trainer.predict(ordered).predictions
+    finally:
+        trainer.args.train_sampling_strategy = sampling
     back = np.empty(n, dtype=int)
     back[order] = np.arange(n)
     return start[back], end[back]
@@ -404,7 +410,7 @@ def mean(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA.resolve()), help="a SQuAD 2.0 JSON file")
-    parser.add_argument("--folds", type=int, default=1, help="test on each of the first N articles in turn (5: all)")
+    parser.add_argument("--folds", type=int, default=1, help="test on N articles in turn from --first_fold (5: all)")
     parser.add_argument("--first_fold", type=int, default=1, help="the first test article (1-based): folds in parts")
     parser.add_argument(
         "--strategy", default="full", help="headkit's strategies, comma-separated: full, frozen, lora (reference: full)"
@@ -416,7 +422,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--predict_batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-5, help="the backbone's learning rate")
-    parser.add_argument("--head_lr", type=float, default=None, help="the QA layer's (default: headkit's, 1e-3)")
+    parser.add_argument("--head_lr", type=float, default=None, help="the QA layer's (default: each strategy's)")
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -470,7 +476,8 @@ def main() -> None:
     print(
         f"\nSQuAD 2.0 dev, 5 articles, split by article; MiniLM (all-MiniLM-L6-v2); headkit strategy "
         f"{', '.join(strategies)}, reference full; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
-        f"(QA layer {args.head_lr or 1e-3:g}), max_length {args.max_length}, doc_stride {args.doc_stride}, "
+        f"(QA layer {args.head_lr or 1e-3:g}; frozen, lora: {args.head_lr or 1e-2:g}), "
+        f"max_length {args.max_length}, doc_stride {args.doc_stride}, "
         f"seed {args.seed}; reference batches: {args.reference_batches}, reference QA layer: {args.reference_head}\n"
     )
     header = ["test article", "train q", "test q", "recipe", *(c for c, _ in COLUMNS), "train s", "predict s"]

@@ -130,5 +130,8 @@ def test_an_lp_ft_run_whose_fine_tuning_wrecks_the_backbone_keeps_and_names_the_
     records = {r["epoch"]: r for r in result.metrics["epochs"]}
     probe = max(r["objective"] for r in records.values() if r["phase"] == "probe")
     assert probe > 0.6 > max(r["objective"] for r in records.values() if r["phase"] != "probe")  # the rig holds
-    assert records[result.metrics["best_epoch"]]["phase"] == "probe"
+    best = records[result.metrics["best_epoch"]]
+    assert best["phase"] == "probe"
+    # the model kept is the probe's: scored again at the end, it gives that epoch's scores
+    assert result.metrics["heads"]["sentiment"] == pytest.approx(best["scores"]["sentiment"])
     assert any(n.startswith("fine-tuning never beat the linear probe") for n in result.metrics["notes"])

@@ -128,6 +128,10 @@ class HeadBase(nn.Module):
     # the head's learning rate is the run's `lr` times this: a head that starts from something
     # learned (an embedding head's identity projection) wants a gentler rate than a new classifier
     lr_scale: ClassVar[float] = 1.0
+    # a head type built from pretrained modules (a copied decoder, an imported language-model head)
+    # trains at this rate where the run's `lr` is its strategy's: frozen's and lora's 1e-2 are
+    # chosen for new layers, and would undo what such a head brings. An --lr set by hand applies.
+    pretrained_lr: ClassVar[float | None] = None
     codec: ClassVar[Codec] = Codec()  # not trained from table files
     scoring: ClassVar[Scoring] = Scoring()
     view: ClassVar[View] = View()

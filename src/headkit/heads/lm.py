@@ -109,6 +109,7 @@ class LMHead(HeadBase):
 
     per_token = True
     scoring = TokenScores()
+    pretrained_lr = 1e-3  # its decoder comes from the checkpoint (or is the tied input embeddings)
     causal: bool
 
     def __init__(self, config: LMConfig):

@@ -125,6 +125,7 @@ class Seq2SeqHead(HeadBase):
 
     per_token = True  # reads every position (the memory), no pooling
     needs_processor = True
+    pretrained_lr = 1e-3  # a decoder of pretrained layers (warm-started from the encoder or a checkpoint)
     codec = TextCodec()
     scoring = TextScores()
     view = TextView()

@@ -103,9 +103,11 @@ class TrainConfig:
             --min_steps, 0 (the epochs you ask for are what trains).
         batch_size: examples per optimizer micro-step (fewshot: examples per contrastive step;
             its setfit recipe: pairs). Default 32.
-        lr: learning rate of the heads. Default by strategy: frozen and lora 0.01, else 0.001. A head type
-            may scale it: embedding heads train at 0.01 x lr (they start from the backbone's own
-            embeddings, which frozen's 0.01 undid in an epoch).
+        lr: learning rate of the heads. Default by strategy: frozen and lora 0.01, else 0.001 (a
+            strategy's rate is for new layers: heads built from pretrained modules, lm and seq2seq,
+            train at 0.001 unless lr is set by hand). A head type may scale it: embedding heads
+            train at 0.01 x lr (they start from the backbone's own embeddings, which frozen's 0.01
+            undid in an epoch).
         backbone_lr: learning rate of trainable backbone weights (full, partial, lp-ft, fewshot).
             Default by strategy: full and partial 1e-4, fewshot 2e-4, else 3e-5.
         lora_lr: learning rate of LoRA adapter weights (default: 0.001 for lora, 0.0005 otherwise).

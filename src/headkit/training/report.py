@@ -83,7 +83,7 @@ def probe_notes(epochs: list[dict[str, Any]], best_epoch: int | None) -> list[st
         f"fine-tuning never beat the linear probe: validation objective {probe['objective']:.4f} at probe epoch "
         f"{best_epoch}, at most {best_tuned['objective']:.4f} (epoch {best_tuned['epoch']}) in the "
         f"{len(tuned)} fine-tuned epochs, so the model kept is the probe's. Fine-tuning at a lower --backbone_lr "
-        "may still help; otherwise --strategy frozen gives this model in the probe's time"
+        "may still help; otherwise a frozen probe (--strategy frozen) trains such a model without the fine-tuning"
     ]
 
 

@@ -63,7 +63,8 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # at 400, seed 0), at 1e-2 never: tweet NER 0.198 / 0.353 (means over seeds 0-2), reviews 0.726 /
     # 0.786 at 64 / 500 per class (seed 0), against 0.156 / 0.238 and 0.706 / 0.776 at 1e-3
     # (benchmarks/small_data.py --split dev, all-MiniLM-L6-v2). The rate is for heads that start as new
-    # layers, as frozen's is; heads that bring pretrained modules (lm, seq2seq) take an --lr of their own.
+    # layers, as frozen's is; head types built from pretrained modules (lm, seq2seq) keep their own
+    # rate (HeadBase.pretrained_lr) unless --lr is set by hand.
     "lora": {"lora_lr": 1e-3, "lora_targets": ["all-linear"], "lr": 1e-2, "min_steps": 250},
     # every weight trained: at least 250 optimizer steps (small data gets more epochs, and early
     # stopping waits for them) at a backbone rate of 1e-4. At 3 epochs and 3e-5 a tagger on 100 or
