@@ -257,8 +257,7 @@ def test_the_server_answers_with_the_heads_vectors(trained):
 
 def test_the_embedding_head_trains_at_its_types_share_of_the_heads_rate(tiny_text_model):
     from headkit.training.config import TrainConfig
-    from headkit.training.loop import make_optimizer
-    from headkit.training.strategies import parse_strategy
+    from headkit.training.strategies import make_optimizer, parse_strategy
 
     heads = {"embed": head_config("embedding"), "topic": head_config("classification", labels=["a", "b"])}
     model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)

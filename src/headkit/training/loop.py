@@ -58,7 +58,7 @@ from headkit.training.checkpoint import (
     save_train_state,
     saved_best,
 )
-from headkit.training.config import TrainConfig, strategy_filled
+from headkit.training.config import TrainConfig
 from headkit.training.distributed import check_distributed
 from headkit.training.evaluate import check_metric, evaluate
 from headkit.training.features import features_needed
@@ -75,11 +75,10 @@ from headkit.training.run_dir import claim_run_dir
 from headkit.training.state import Batcher, PhaseRun, Run, TrainResult, TrainState
 from headkit.training.strategies import (
     Phase,
-    Strategy,
-    adamw,
     apply_lora,
     count_parameters,
     enable_gradient_checkpointing,
+    make_optimizer,
     parse_strategy,
 )
 
@@ -334,32 +333,6 @@ def start_phase(
     return PhaseRun(
         phase, wrapped, optimizer, sampler, loader, scheduler, resuming, trained, max_steps, last_batches
     ), state
-
-
-def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
-    """AdamW with one group per (learning rate, weight decay): heads at `lr` (times their type's
-    `lr_scale`; a type's `pretrained_lr` instead where `lr` is the strategy's), the backbone at its own
-    (also a backbone weight a head shares: tied embeddings, the decoder of an encoder-decoder)."""
-    backbone_ids = {id(p) for p in model.backbone.parameters()}
-    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]} - backbone_ids
-    assert config.lr is not None  # TrainConfig.__post_init__ filled the defaults
-    strategy_lr = strategy_filled(config).get("lr") == config.lr  # not an --lr set by hand
-    head_lr = {
-        id(p): (head.pretrained_lr if strategy_lr and head.pretrained_lr else config.lr) * head.lr_scale
-        for head in model.heads.values()
-        for p in head.parameters()
-    }  # heads/base.py
-    backbone_lr = config.lora_lr if strategy.adapters else config.backbone_lr
-    assert backbone_lr is not None  # TrainConfig.__post_init__ filled the defaults
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for p in {id(p): p for p in model.parameters()}.values():
-        if not p.requires_grad:
-            continue
-        lr = head_lr.get(id(p), config.lr) if id(p) in head_ids else backbone_lr
-        decay = config.weight_decay if p.ndim >= 2 else 0.0
-        groups.setdefault((lr, decay), []).append(p)
-    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in sorted(groups.items())]
-    return adamw(params)
 
 
 # ----------------------------------------------------------------------------- one epoch

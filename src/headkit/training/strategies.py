@@ -26,12 +26,14 @@ from torch import nn
 from headkit._typing import Backbone
 from headkit.adapter import checkpoint_activations
 from headkit.errors import HeadConfigError
+from headkit.training.config import strategy_filled
 from headkit.training.strategy_defaults import STRATEGY_NAMES
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from headkit.model import MultiHeadModel
+    from headkit.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -195,3 +197,29 @@ def enable_gradient_checkpointing(backbone: Backbone, strategy: Strategy) -> Non
         )
         return
     checkpoint_activations(backbone)
+
+
+def make_optimizer(model: MultiHeadModel, config: TrainConfig, strategy: Strategy) -> torch.optim.AdamW:
+    """AdamW with one group per (learning rate, weight decay): heads at `lr` (times their type's
+    `lr_scale`; a type's `pretrained_lr` instead where `lr` is the strategy's), the backbone at its own
+    (also a backbone weight a head shares: tied embeddings, the decoder of an encoder-decoder)."""
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    head_ids = {id(p) for p in [*model.heads.parameters(), *model.weighting.parameters()]} - backbone_ids
+    assert config.lr is not None  # TrainConfig.__post_init__ filled the defaults
+    strategy_lr = strategy_filled(config).get("lr") == config.lr  # not an --lr set by hand
+    head_lr = {
+        id(p): (head.pretrained_lr if strategy_lr and head.pretrained_lr else config.lr) * head.lr_scale
+        for head in model.heads.values()
+        for p in head.parameters()
+    }  # heads/base.py
+    backbone_lr = config.lora_lr if strategy.adapters else config.backbone_lr
+    assert backbone_lr is not None  # TrainConfig.__post_init__ filled the defaults
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in {id(p): p for p in model.parameters()}.values():
+        if not p.requires_grad:
+            continue
+        lr = head_lr.get(id(p), config.lr) if id(p) in head_ids else backbone_lr
+        decay = config.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in sorted(groups.items())]
+    return adamw(params)
