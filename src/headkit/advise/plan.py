@@ -121,13 +121,13 @@ def run_plan(
     return train(config)
 
 
-def check_sentence_labels_on_words(heads: list[DataFacts], rows: list[dict[str, Any]], data: str) -> None:
-    """Refuse what training refuses: a label per row on word lists trains only beside a tagger of
-    those words (which makes training read them as sentences)."""
+def check_sentence_labels_on_words(heads: list[DataFacts], texts: list[Any], data: str) -> None:
+    """Refuse what training refuses: a label per row on word lists (`texts`, the text column's
+    values) trains only beside a tagger of those words (which makes training read them as sentences)."""
     if any(head_class(f.task_type).per_token for f in heads):
         return
     facts = heads[0]
-    if any(isinstance(v, SEQUENCE_TYPES) for v in column_values(rows, facts.text, data)):
+    if any(isinstance(v, SEQUENCE_TYPES) for v in texts):
         raise DataError(
             f"{data}: column '{facts.text}' holds lists of words; a label per row ('{facts.label}') trains on "
             "them only beside a tagger of those words (add its --label), else give a text column"
@@ -161,9 +161,9 @@ def advise(
     tokenizer = load_processor(model)
     rows = read_rows(data)
     heads = [read_facts(data, text, lab, tokenizer, max_length, unlabelled, rows, text_pair) for lab in labels]
-    check_sentence_labels_on_words(heads, rows, data)
-    hardware = detect_hardware(device)
     firsts, seconds = column_values(rows, text, data), column_values(rows, text_pair, data) if text_pair else None
+    check_sentence_labels_on_words(heads, firsts, data)
+    hardware = detect_hardware(device)
     if seconds is None:
         texts, pairs = as_texts(firsts), None
     else:  # the rows with both texts, as training pairs them

@@ -73,11 +73,10 @@ def probe_notes(epochs: list[dict[str, Any]], best_epoch: int | None) -> list[st
     trained on the frozen backbone, the same heads on the same validation split): the best epoch, and
     so the model kept, is then the probe's, and the fine-tuning's time bought nothing at these
     settings. A run that ends below a frozen probe of its heads says so wherever it measured one."""
-    phases = {r["epoch"]: r["phase"] for r in epochs}
+    probe = next((r for r in epochs if r["epoch"] == best_epoch), None)
     tuned = [r for r in epochs if r["phase"] != "probe" and "objective" in r]
-    if best_epoch is None or phases.get(best_epoch) != "probe" or not tuned:
+    if probe is None or probe["phase"] != "probe" or not tuned:
         return []
-    probe = next(r for r in epochs if r["epoch"] == best_epoch)
     best_tuned = max(tuned, key=lambda r: r["objective"])
     return [
         f"fine-tuning never beat the linear probe: validation objective {probe['objective']:.4f} at probe epoch "
