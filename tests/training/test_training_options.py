@@ -120,16 +120,23 @@ def test_heads_built_from_pretrained_modules_keep_their_own_rate_under_a_strateg
     transform trains at its type's 1e-3 there, unless --lr is set by hand."""
     from headkit.training.strategies import parse_strategy
 
-    heads = {"topic": {"type": "classification", "labels": ["a", "b"]}, "mlm": {"type": "masked-lm", "vocab_size": 0}}
+    heads = {
+        "topic": {"type": "classification", "labels": ["a", "b"]},
+        "mlm": {"type": "masked-lm", "vocab_size": 0},  # tied: its decoder is the input embeddings
+        "untied": {"type": "masked-lm", "vocab_size": 0, "tie_embeddings": False},  # a decoder of its own
+    }
     model = headkit.MultiHeadModel.from_pretrained(tiny_text_model, heads=heads)
     tied = {id(p) for p in model.backbone.parameters()}  # the decoder shares the input embeddings
+    assert model.heads["untied"].config.tie_embeddings is False
     for strategy, given, topic, mlm in [("lora", {}, 1e-2, 1e-3), ("frozen", {}, 1e-2, 1e-3), ("full", {}, 1e-3, 1e-3),
                                         ("lora", {"lr": 5e-3}, 5e-3, 5e-3)]:  # fmt: skip
         optimizer = loop.make_optimizer(model, TrainConfig(strategy=strategy, **given), parse_strategy(strategy))
         rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         assert {rate[id(p)] for p in model.heads["topic"].parameters()} == {topic}, strategy
-        own = [p for p in model.heads["mlm"].parameters() if id(p) not in tied]
-        assert own and {rate[id(p)] for p in own} == {mlm}, (strategy, given)
+        for name in ("mlm", "untied"):
+            own = [p for p in model.heads[name].parameters() if id(p) not in tied]
+            assert own and {rate[id(p)] for p in own} == {mlm}, (name, strategy, given)
+        assert rate[id(model.heads["untied"].decoder.weight)] == mlm  # a vocabulary matrix of its own
 
 
 def test_min_steps_adds_whole_epochs_on_small_data_only(tiny_text_model, data_file, tmp_path, monkeypatch, caplog):
