@@ -111,6 +111,37 @@ def test_decode_gives_the_null_answer_on_the_first_token_when_it_scores_highest(
     assert (spans[0]["start"], spans[0]["end"]) == (2, 3) and (spans[1]["start"], spans[1]["end"]) == (0, 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_windows_candidate_spans_are_every_valid_pair_of_its_top_starts_and_ends_in_order(dtype):
+    """The n-best starts against the n-best ends (topk order), kept where both have offsets, the end is
+    not before the start and the span fits: scored with the float32 sum of the two logits, as
+    run_qa's numpy does; ties, context-less tokens and windows shorter than n-best included."""
+    from headkit.heads.qa import _window_spans
+
+    generator = torch.Generator().manual_seed(0)
+    for tokens, n_best, max_tokens, ties in [
+        (40, 20, 30, False),
+        (40, 20, 30, True),
+        (40, 5, 3, True),
+        (6, 20, 30, False),
+        (1, 20, 30, False),
+    ]:
+        logits = torch.randn(tokens, 2, generator=generator) * 4
+        logits = (logits.round() if ties else logits).to(dtype).float()
+        offsets = [None if t % 7 == 0 else (3 * t, 3 * t + 2) for t in range(tokens)]
+        k = min(n_best, tokens)
+        starts, ends = logits[:, 0].topk(k).indices.tolist(), logits[:, 1].topk(k).indices.tolist()
+        expected = [
+            ((logits[s, 0] + logits[e, 1]).item(), offsets[s][0], offsets[e][1])
+            for s in starts
+            for e in ends
+            if offsets[s] is not None and offsets[e] is not None and s <= e < s + max_tokens
+        ]
+        spans = _window_spans(logits[:, 0], logits[:, 1], offsets, n_best, max_tokens)
+        assert spans == expected and all(type(score) is float for score, _, _ in spans)
+        assert tokens < 7 or expected  # the longer windows have candidates to compare
+
+
 def squad_file(path, contexts):
     """A SQuAD-layout file: one article, a paragraph per context, its questions."""
     paragraphs = [{"context": c, "qas": qas} for c, qas in contexts]

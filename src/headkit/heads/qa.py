@@ -242,8 +242,8 @@ def _window_spans(
     k = min(n_best, len(offsets))
     starts, ends = start_logits.topk(k).indices, end_logits.topk(k).indices
     # every pair's score in one tensor op (float32 sums, as run_qa's numpy), read as Python floats
-    # once: indexing tensors per pair cost about a second per thousand windows of a trained model
-    # (its top starts and ends close together, most pairs valid), ten times this
+    # once: indexing tensors per pair cost 11x this when most pairs are valid spans (top starts and
+    # ends close together; benchmarks/qa_answers.py)
     scores = (start_logits[starts, None] + end_logits[None, ends]).tolist()
     spans = []
     end_ids = ends.tolist()
