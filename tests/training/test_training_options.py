@@ -118,7 +118,7 @@ def test_max_grad_norm_zero_leaves_gradients_alone(tiny_text_model, data_file, t
 def test_heads_built_from_pretrained_modules_keep_their_own_rate_under_a_strategys(tiny_text_model):
     """frozen's and lora's head rate (1e-2) is for new layers: a language-model head's pretrained
     transform trains at its type's 1e-3 there, unless --lr is set by hand."""
-    from headkit.training.strategies import parse_strategy
+    from headkit.training.strategies import make_optimizer, parse_strategy
 
     heads = {
         "topic": {"type": "classification", "labels": ["a", "b"]},
@@ -130,7 +130,7 @@ def test_heads_built_from_pretrained_modules_keep_their_own_rate_under_a_strateg
     assert model.heads["untied"].config.tie_embeddings is False
     for strategy, given, topic, mlm in [("lora", {}, 1e-2, 1e-3), ("frozen", {}, 1e-2, 1e-3), ("full", {}, 1e-3, 1e-3),
                                         ("lora", {"lr": 5e-3}, 5e-3, 5e-3)]:  # fmt: skip
-        optimizer = loop.make_optimizer(model, TrainConfig(strategy=strategy, **given), parse_strategy(strategy))
+        optimizer = make_optimizer(model, TrainConfig(strategy=strategy, **given), parse_strategy(strategy))
         rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         assert {rate[id(p)] for p in model.heads["topic"].parameters()} == {topic}, strategy
         for name in ("mlm", "untied"):

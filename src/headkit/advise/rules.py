@@ -27,7 +27,7 @@ much in the SetFit paper and in `benchmarks/fewshot.py`; on 24 reviews fewshot s
 against 0.575 for a solved head on frozen features, 0.490 for LoRA (`benchmarks/advise_plans.py`).
 Against full fine-tuning it holds further: on the development split of `benchmarks/small_data.py`
 (Rotten Tomatoes, means of 3 seeds) few-shot scored 0.703 against 0.673 at 64 reviews per class,
-in about a fifth of the time, and tied at 200 (0.720 against 0.719): classes under 500 labels go to
+in a quarter of its time or less, and tied at 200 (0.720 against 0.719): classes under 500 labels go to
 few-shot below 100 per class, a line between the two sizes measured.
 Above that, full fine-tuning at its recipe (at least 250 optimizer steps at a backbone rate of
 1e-4, strategy_defaults.py) beat the frozen probe on the development split of
